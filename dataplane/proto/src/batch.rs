@@ -1,0 +1,223 @@
+//! Batch buffers between the engine and the I/O layer.
+//!
+//! One receive batch is filled by one `recvmmsg`; one transmit batch is sent
+//! with as few `sendmmsg` calls as the source-port spread allows. Both own
+//! their memory for the lifetime of a worker, so the hot path allocates
+//! nothing once warmed up.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+
+/// One UDP message to send: `len` bytes at `start` in the batch arena.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxMsg {
+    pub dst: SocketAddr,
+    pub range: Range<usize>,
+    /// UDP_SEGMENT size: the message is several datagrams of this size (the
+    /// last may be shorter). 0 means one datagram.
+    pub segment: u16,
+    /// Hash of the inner flow; the I/O layer picks the outer source port
+    /// (socket) from it so that flows spread over underlay ECMP.
+    pub entropy: u32,
+}
+
+impl TxMsg {
+    /// How many datagrams this message becomes on the wire.
+    pub fn datagrams(&self) -> usize {
+        let len = self.range.len();
+        if self.segment == 0 || len == 0 {
+            1
+        } else {
+            len.div_ceil(self.segment as usize)
+        }
+    }
+}
+
+/// Outgoing UDP messages and the arena that holds their bytes.
+pub struct TxBatch {
+    arena: Vec<u8>,
+    msgs: Vec<TxMsg>,
+    max_bytes: usize,
+    max_msgs: usize,
+}
+
+impl TxBatch {
+    /// `max_bytes` is the arena size at which the batch reports full; it is
+    /// allocated up front with room for one more 64 KB frame beyond it.
+    pub fn new(max_bytes: usize, max_msgs: usize) -> TxBatch {
+        TxBatch {
+            arena: Vec::with_capacity(max_bytes + 2 * 65_536),
+            msgs: Vec::with_capacity(max_msgs),
+            max_bytes,
+            max_msgs,
+        }
+    }
+
+    /// The arena to append the next message's bytes to; call [`commit`]
+    /// with the offset the message started at.
+    ///
+    /// [`commit`]: TxBatch::commit
+    pub fn arena(&mut self) -> &mut Vec<u8> {
+        &mut self.arena
+    }
+
+    /// Records the bytes from `start` to the arena's end as one message.
+    pub fn commit(&mut self, dst: SocketAddr, start: usize, segment: u16, entropy: u32) {
+        let range = start..self.arena.len();
+        self.msgs.push(TxMsg {
+            dst,
+            range,
+            segment,
+            entropy,
+        });
+    }
+
+    /// Sends the bytes of an already committed message to one more
+    /// destination (flooding) without copying them.
+    pub fn commit_again(
+        &mut self,
+        dst: SocketAddr,
+        range: Range<usize>,
+        segment: u16,
+        entropy: u32,
+    ) {
+        self.msgs.push(TxMsg {
+            dst,
+            range,
+            segment,
+            entropy,
+        });
+    }
+
+    /// Drops bytes appended after `start` that were not committed (an
+    /// encapsulation that failed half-way).
+    pub fn rollback(&mut self, start: usize) {
+        self.arena.truncate(start);
+    }
+
+    pub fn msgs(&self) -> &[TxMsg] {
+        &self.msgs
+    }
+
+    pub fn bytes(&self, msg: &TxMsg) -> &[u8] {
+        &self.arena[msg.range.clone()]
+    }
+
+    /// Mutable access to a committed message (in-place encryption).
+    pub fn bytes_mut(&mut self, range: Range<usize>) -> &mut [u8] {
+        &mut self.arena[range]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.msgs.is_empty()
+    }
+
+    /// True when the next frame might not fit: flush before adding more.
+    pub fn is_full(&self) -> bool {
+        self.arena.len() >= self.max_bytes || self.msgs.len() >= self.max_msgs
+    }
+
+    pub fn clear(&mut self) {
+        self.arena.clear();
+        self.msgs.clear();
+    }
+}
+
+/// Metadata of one received UDP buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RxMeta {
+    pub src: SocketAddr,
+    pub len: usize,
+    /// UDP_GRO segment size: the buffer holds several datagrams of this size
+    /// (the last may be shorter). 0 means one datagram.
+    pub segment: u16,
+}
+
+/// Buffers for one `recvmmsg`: `bufs[i][..meta[i].len]` for `i < filled`.
+pub struct RxBatch {
+    pub bufs: Vec<Box<[u8]>>,
+    pub meta: Vec<RxMeta>,
+    pub filled: usize,
+}
+
+impl RxBatch {
+    /// `count` buffers of `buf_len` bytes (64 KB when UDP GRO is on).
+    pub fn new(count: usize, buf_len: usize) -> RxBatch {
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+        RxBatch {
+            bufs: (0..count)
+                .map(|_| vec![0u8; buf_len].into_boxed_slice())
+                .collect(),
+            meta: vec![
+                RxMeta {
+                    src: unspecified,
+                    len: 0,
+                    segment: 0
+                };
+                count
+            ],
+            filled: 0,
+        }
+    }
+
+    /// The datagrams of received buffer `i`, split at the GRO segment size.
+    pub fn datagrams(&self, i: usize) -> impl Iterator<Item = &[u8]> {
+        let meta = self.meta[i];
+        let data = &self.bufs[i][..meta.len.min(self.bufs[i].len())];
+        let step = if meta.segment == 0 {
+            data.len().max(1)
+        } else {
+            meta.segment as usize
+        };
+        data.chunks(step)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tx_commit_and_flood() {
+        let mut tx = TxBatch::new(1024, 4);
+        let dst: SocketAddr = "192.0.2.1:4789".parse().unwrap();
+        let start = tx.arena().len();
+        tx.arena().extend_from_slice(&[1, 2, 3]);
+        tx.commit(dst, start, 0, 7);
+        let range = tx.msgs()[0].range.clone();
+        tx.commit_again("192.0.2.2:4789".parse().unwrap(), range, 0, 7);
+        assert_eq!(tx.msgs().len(), 2);
+        assert_eq!(tx.bytes(&tx.msgs()[1]), &[1, 2, 3]);
+        let start = tx.arena().len();
+        tx.arena().extend_from_slice(&[9; 10]);
+        tx.rollback(start);
+        assert_eq!(tx.arena().len(), 3);
+        assert!(!tx.is_full());
+        tx.clear();
+        assert!(tx.is_empty());
+    }
+
+    #[test]
+    fn tx_datagram_count() {
+        let m = |len: usize, segment| TxMsg {
+            dst: "[::1]:1".parse().unwrap(),
+            range: 0..len,
+            segment,
+            entropy: 0,
+        };
+        assert_eq!(m(100, 0).datagrams(), 1);
+        assert_eq!(m(100, 50).datagrams(), 2);
+        assert_eq!(m(101, 50).datagrams(), 3);
+    }
+
+    #[test]
+    fn rx_split_by_segment() {
+        let mut rx = RxBatch::new(1, 64);
+        rx.meta[0].len = 25;
+        rx.meta[0].segment = 10;
+        let lens: Vec<usize> = rx.datagrams(0).map(<[u8]>::len).collect();
+        assert_eq!(lens, vec![10, 10, 5]);
+        rx.meta[0].segment = 0;
+        assert_eq!(rx.datagrams(0).count(), 1);
+    }
+}

@@ -1,0 +1,1 @@
+//! Forwarding decisions. (filled in next)

@@ -1,0 +1,1 @@
+//! Per-VNI forwarding tables. (filled in next)

@@ -1,0 +1,26 @@
+//! Sans-IO core of the vxnet dataplane.
+//!
+//! Everything in this crate takes bytes (and, where time matters, an explicit
+//! `now`) in and returns decisions out. It owns no socket, no TAP and reads no
+//! clock, so it is unit-testable and fuzzable; the `vxnet-dataplane` crate owns
+//! the I/O and drives it.
+//!
+//! Layers, bottom up:
+//! - [`wire`]: one module per wire format (VXLAN, virtio-net header, ARP,
+//!   IPv6 neighbour discovery, Internet checksum).
+//! - [`offload`]: segmentation of TAP GSO frames into wire-sized frames and
+//!   coalescing of received TCP segments back into GSO frames.
+//! - [`batch`]: the batch buffers the engine fills and the I/O layer drains
+//!   (one `sendmmsg`/`recvmmsg` per batch).
+//! - [`fdb`]: per-VNI forwarding tables (MAC -> local endpoint or remote VTEP,
+//!   IP -> MAC for the ARP/ND proxy, flood VTEPs).
+//! - [`engine`]: the forwarding decisions, `from_tap` and `from_wire`.
+//! - [`stats`]: per-thread counters and drop reasons.
+#![forbid(unsafe_code)]
+
+pub mod batch;
+pub mod engine;
+pub mod fdb;
+pub mod offload;
+pub mod stats;
+pub mod wire;

@@ -1,0 +1,217 @@
+//! Per-thread counters and drop reasons.
+//!
+//! Each worker owns one [`Stats`] and is its only writer, so an increment is
+//! a plain load and store on a cache line no other core writes (no locked
+//! instruction, no sharing). Readers sum every worker's [`Stats`] into a
+//! [`Snapshot`] when asked (`vxnet dp stats`, `/metrics`).
+
+use crossbeam_utils::CachePadded;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! enumerate {
+    ($(#[$m:meta])* $vis:vis enum $name:ident { $($variant:ident => ($($label:literal),+)),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        $vis enum $name { $($variant),+ }
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            pub const COUNT: usize = $name::ALL.len();
+        }
+        impl $name {
+            fn labels(self) -> &'static [&'static str] {
+                match self { $($name::$variant => &[$($label),+]),+ }
+            }
+        }
+    };
+}
+
+enumerate! {
+    /// What the engine counts besides drops.
+    pub enum Counter {
+        TapRxFrames => ("tap_rx_frames", "frames read from TAPs"),
+        TapRxBytes => ("tap_rx_bytes", "bytes read from TAPs (inner frames)"),
+        TapRxGsoFrames => ("tap_rx_gso_frames", "GSO super-frames read from TAPs"),
+        TapTxFrames => ("tap_tx_frames", "frames written to TAPs"),
+        TapTxBytes => ("tap_tx_bytes", "bytes written to TAPs (inner frames)"),
+        TapTxGsoFrames => ("tap_tx_gso_frames", "coalesced GSO frames written to TAPs"),
+        UdpTxDatagrams => ("udp_tx_datagrams", "VXLAN datagrams sent"),
+        UdpTxBytes => ("udp_tx_bytes", "UDP payload bytes sent"),
+        UdpTxCalls => ("udp_tx_calls", "sendmmsg calls"),
+        UdpTxGsoMessages => ("udp_tx_gso_messages", "messages sent with UDP_SEGMENT"),
+        UdpRxDatagrams => ("udp_rx_datagrams", "datagrams received"),
+        UdpRxBytes => ("udp_rx_bytes", "UDP payload bytes received"),
+        UdpRxCalls => ("udp_rx_calls", "recvmmsg calls that returned data"),
+        UdpRxGroBuffers => ("udp_rx_gro_buffers", "received buffers holding several GRO-coalesced datagrams"),
+        Encapsulated => ("encapsulated", "frames encapsulated towards a remote VTEP"),
+        Decapsulated => ("decapsulated", "frames decapsulated from the wire"),
+        LocalSwitched => ("local_switched", "frames switched between two local endpoints"),
+        Flooded => ("flooded", "broadcast/unknown frames sent to flood VTEPs"),
+        ArpProxied => ("arp_proxied", "ARP requests answered locally"),
+        NdProxied => ("nd_proxied", "IPv6 neighbour solicitations answered locally"),
+        GsoFallbacks => ("gso_fallbacks", "sends the kernel refused with UDP_SEGMENT, resent without it"),
+        PollSleeps => ("poll_sleeps", "times a worker went to sleep in epoll"),
+    }
+}
+
+enumerate! {
+    /// Why a packet was dropped: `(stage, reason, help)`.
+    pub enum Drop {
+        TapRunt => ("tap", "runt", "frame shorter than a vnet header plus Ethernet header"),
+        TapBadVnetHdr => ("tap", "bad_vnet_hdr", "vnet header unreadable or inconsistent"),
+        TapSegmentError => ("tap", "segment_error", "GSO frame could not be segmented"),
+        TapUnknownPort => ("tap", "unknown_port", "frame from a TAP with no endpoint"),
+        TapSpoofedSource => ("tap", "spoofed_source", "source MAC is not an endpoint of this TAP"),
+        TapNoDestination => ("tap", "no_destination", "unknown unicast MAC and no flood VTEP"),
+        TapTooBig => ("tap", "too_big", "frame larger than the underlay allows after encapsulation"),
+        WireRunt => ("wire", "runt", "datagram shorter than a VXLAN header plus Ethernet header"),
+        WireBadVxlan => ("wire", "bad_vxlan", "VXLAN flags or reserved fields invalid"),
+        WireUnknownVni => ("wire", "unknown_vni", "VNI not configured on this host"),
+        WireNoEndpoint => ("wire", "no_endpoint", "destination MAC is not a local endpoint"),
+        WireFromSelf => ("wire", "from_self", "inner source MAC belongs to a local endpoint"),
+        IoUdpSend => ("io", "udp_send", "sendmmsg failed (datagrams lost)"),
+        IoTapWrite => ("io", "tap_write", "TAP write failed (frames lost)"),
+    }
+}
+
+impl Counter {
+    pub fn name(self) -> &'static str {
+        self.labels()[0]
+    }
+    pub fn help(self) -> &'static str {
+        self.labels()[1]
+    }
+}
+
+impl Drop {
+    pub fn stage(self) -> &'static str {
+        self.labels()[0]
+    }
+    pub fn reason(self) -> &'static str {
+        self.labels()[1]
+    }
+    pub fn help(self) -> &'static str {
+        self.labels()[2]
+    }
+}
+
+/// One worker's counters.
+pub struct Stats {
+    counters: CachePadded<[AtomicU64; Counter::COUNT]>,
+    drops: CachePadded<[AtomicU64; Drop::COUNT]>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            counters: CachePadded::new(std::array::from_fn(|_| AtomicU64::new(0))),
+            drops: CachePadded::new(std::array::from_fn(|_| AtomicU64::new(0))),
+        }
+    }
+}
+
+impl Stats {
+    /// Adds `n`. Only the owning worker may call this (single writer).
+    #[inline]
+    pub fn add(&self, c: Counter, n: u64) {
+        let slot = &self.counters[c as usize];
+        slot.store(
+            slot.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    }
+
+    #[inline]
+    pub fn inc(&self, c: Counter) {
+        self.add(c, 1);
+    }
+
+    /// Counts `n` dropped packets. Only the owning worker may call this.
+    #[inline]
+    pub fn drop_n(&self, d: Drop, n: u64) {
+        let slot = &self.drops[d as usize];
+        slot.store(
+            slot.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    }
+
+    #[inline]
+    pub fn dropped(&self, d: Drop) {
+        self.drop_n(d, 1);
+    }
+
+    pub fn counter(&self, c: Counter) -> u64 {
+        self.counters[c as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn drops(&self, d: Drop) -> u64 {
+        self.drops[d as usize].load(Ordering::Relaxed)
+    }
+}
+
+/// The sum of several workers' counters at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub counters: [u64; Counter::COUNT],
+    pub drops: [u64; Drop::COUNT],
+}
+
+impl Snapshot {
+    pub fn sum<'a>(all: impl IntoIterator<Item = &'a Stats>) -> Snapshot {
+        let mut s = Snapshot {
+            counters: [0; Counter::COUNT],
+            drops: [0; Drop::COUNT],
+        };
+        for st in all {
+            for c in Counter::ALL {
+                s.counters[*c as usize] += st.counter(*c);
+            }
+            for d in Drop::ALL {
+                s.drops[*d as usize] += st.drops(*d);
+            }
+        }
+        s
+    }
+
+    pub fn counter(&self, c: Counter) -> u64 {
+        self.counters[c as usize]
+    }
+
+    pub fn drop_count(&self, d: Drop) -> u64 {
+        self.drops[d as usize]
+    }
+
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_workers() {
+        let a = Stats::default();
+        let b = Stats::default();
+        a.add(Counter::TapRxFrames, 3);
+        b.inc(Counter::TapRxFrames);
+        b.dropped(Drop::WireUnknownVni);
+        let s = Snapshot::sum([&a, &b]);
+        assert_eq!(s.counter(Counter::TapRxFrames), 4);
+        assert_eq!(s.drop_count(Drop::WireUnknownVni), 1);
+        assert_eq!(s.total_drops(), 1);
+    }
+
+    #[test]
+    fn names_are_unique() {
+        let mut names: Vec<_> = Counter::ALL.iter().map(|c| c.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), Counter::COUNT);
+        let mut reasons: Vec<_> = Drop::ALL.iter().map(|d| (d.stage(), d.reason())).collect();
+        reasons.sort();
+        reasons.dedup();
+        assert_eq!(reasons.len(), Drop::COUNT);
+    }
+}

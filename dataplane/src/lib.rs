@@ -1,0 +1,5 @@
+//! The vxnet dataplane process: owns the TAPs and UDP sockets, runs the
+//! worker threads that drive the sans-IO engine of `vxnet-proto`, serves the
+//! local API on a Unix socket and Prometheus metrics over HTTP.
+
+pub mod sys;
