@@ -2,4 +2,5 @@
 //! worker threads that drive the sans-IO engine of `vxnet-proto`, serves the
 //! local API on a Unix socket and Prometheus metrics over HTTP.
 
+pub mod api;
 pub mod sys;
