@@ -1,1 +1,364 @@
-fn main() {}
+//! `vxnet-testbed`: build, use and remove a namespace testbed; run the demo
+//! and the benchmark.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Mutex;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use vxnet_testbed::bench::{self, BenchConfig, Path};
+use vxnet_testbed::inject::{self, InjectKind};
+use vxnet_testbed::process;
+use vxnet_testbed::scenario::DEMO_VNI;
+use vxnet_testbed::state::{UpHost, UpState};
+use vxnet_testbed::topology::{self, Testbed, TestbedConfig};
+use vxnet_testbed::vxnet::{self, DataplaneOptions};
+
+/// Hosts and containers as network namespaces, for vxnet tests, demos and benchmarks.
+#[derive(Parser, Debug)]
+#[command(name = "vxnet-testbed", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create hosts and underlay, start a dataplane per host, and leave them running.
+    Up {
+        /// Number of hosts.
+        #[arg(long, default_value_t = 2)]
+        hosts: usize,
+        /// Underlay MTU (9000 for jumbo frames).
+        #[arg(long, default_value_t = 1500)]
+        underlay_mtu: u32,
+        /// Only build the topology; start no dataplane.
+        #[arg(long)]
+        no_dataplane: bool,
+        #[command(flatten)]
+        dp: DpArgs,
+    },
+    /// Run a command in a host's namespace (VXNET_SOCKET set to its dataplane).
+    Exec {
+        /// "host1", "1" or the namespace name.
+        host: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Remove namespaces and processes left by earlier runs.
+    Down {
+        /// Also remove testbeds whose owning process is still alive (e.g. running tests).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Two hosts, a container each on VNI 4096 over vxnet: ping v4/v6, iperf3, stats.
+    Demo {
+        /// iperf3 duration.
+        #[arg(long, default_value_t = 3)]
+        seconds: u32,
+        #[command(flatten)]
+        dp: DpArgs,
+    },
+    /// Single-stream TCP and RTT for underlay, kernel VXLAN and vxnet, side by side.
+    Bench {
+        /// iperf3 duration per path.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+        /// Pings per path (10 ms apart).
+        #[arg(long, default_value_t = 50)]
+        pings: u32,
+        #[arg(long, default_value_t = 1500)]
+        underlay_mtu: u32,
+        /// Paths to measure (default: all).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        paths: Vec<Path>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        #[command(flatten)]
+        dp: DpArgs,
+    },
+    /// Send malformed VXLAN datagrams (for robustness tests; run inside a netns).
+    #[command(hide = true)]
+    Inject {
+        /// Destination, e.g. 192.0.2.12:4789.
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, value_enum)]
+        kind: InjectKind,
+        #[arg(long, default_value_t = 10)]
+        count: u64,
+        /// VNI written into the header.
+        #[arg(long, default_value_t = 4096)]
+        vni: u32,
+    },
+}
+
+/// Dataplane options passed through to `vxnet-dataplane`.
+#[derive(clap::Args, Debug, Clone)]
+struct DpArgs {
+    /// --poll for the dataplanes (busy|adaptive|interrupt).
+    #[arg(long)]
+    poll: Option<String>,
+    /// --workers for the dataplanes.
+    #[arg(long)]
+    workers: Option<usize>,
+}
+
+impl DpArgs {
+    fn options(&self) -> DataplaneOptions {
+        DataplaneOptions {
+            poll: self.poll.clone(),
+            workers: self.workers,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+}
+
+/// The run prefix the signal handler must tear down, if any.
+static ACTIVE: Mutex<Option<String>> = Mutex::new(None);
+
+fn set_active(prefix: Option<String>) {
+    *ACTIVE.lock().unwrap_or_else(|e| e.into_inner()) = prefix;
+}
+
+/// On SIGINT/SIGTERM/SIGHUP: remove the active testbed, then exit. The
+/// `Testbed` value lives on the main thread and cannot be dropped from here,
+/// so this removes by prefix (processes in its namespaces, then namespaces).
+fn install_signal_handler() -> Result<()> {
+    ctrlc::set_handler(|| {
+        let prefix = ACTIVE.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(p) = prefix {
+            eprintln!("vxnet-testbed: interrupted, tearing down {p}");
+            topology::destroy_prefix(&p);
+        }
+        std::process::exit(130);
+    })
+    .context("installing the signal handler")
+}
+
+fn progress(msg: &str) {
+    println!("[vxnet-testbed] {msg}");
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vxnet-testbed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Up {
+            hosts,
+            underlay_mtu,
+            no_dataplane,
+            dp,
+        } => up(hosts, underlay_mtu, no_dataplane, &dp.options()),
+        Cmd::Exec { host, cmd } => exec(&host, &cmd),
+        Cmd::Down { all } => {
+            let r = topology::down(all, None)?;
+            for n in &r.namespaces {
+                println!("removed {n}");
+            }
+            for n in &r.skipped_live {
+                println!("kept {n} (its process is alive; --all removes it)");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Demo { seconds, dp } => demo(seconds, &dp.options()),
+        Cmd::Bench {
+            seconds,
+            pings,
+            underlay_mtu,
+            paths,
+            format,
+            dp,
+        } => {
+            bench::preflight()?;
+            install_signal_handler()?;
+            let cfg = BenchConfig {
+                seconds,
+                ping_count: pings,
+                underlay_mtu,
+                paths: if paths.is_empty() {
+                    Path::ALL.to_vec()
+                } else {
+                    paths
+                },
+                dataplane: dp.options(),
+            };
+            let quiet = format == Format::Json;
+            let report = bench::run(&cfg, &|p| set_active(Some(p.to_string())), &|m| {
+                if quiet {
+                    eprintln!("[vxnet-testbed] {m}");
+                } else {
+                    progress(m);
+                }
+            })?;
+            set_active(None);
+            match format {
+                Format::Table => print!("{}", bench::table(&report)),
+                Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Inject {
+            to,
+            kind,
+            count,
+            vni,
+        } => {
+            let n = inject::send(to, kind, vni, count)?;
+            println!("sent {n} {kind:?} datagrams to {to}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn up(hosts: usize, underlay_mtu: u32, no_dataplane: bool, opts: &DataplaneOptions) -> Result<ExitCode> {
+    if let Some(st) = UpState::load()? {
+        bail!(
+            "a testbed ({}) is already up; run `vxnet-testbed down` first",
+            st.prefix
+        );
+    }
+    install_signal_handler()?;
+    let prefix = topology::next_prefix();
+    set_active(Some(prefix.clone()));
+    let tb = Testbed::with_prefix(prefix, TestbedConfig { hosts, underlay_mtu })?;
+    let mut up_hosts = Vec::new();
+    for h in tb.hosts() {
+        let (socket, pid) = if no_dataplane {
+            (None, None)
+        } else {
+            let dp = tb.start_dataplane_detached(h, opts)?;
+            (Some(dp.socket), Some(dp.pid))
+        };
+        up_hosts.push(UpHost {
+            host: h.clone(),
+            socket,
+            dataplane_pid: pid,
+        });
+    }
+    let st = UpState {
+        prefix: tb.prefix().to_string(),
+        underlay_ns: tb.underlay_ns().to_string(),
+        hosts: up_hosts,
+    };
+    st.save()?;
+    println!("underlay: netns {} (bridge br0, MTU {underlay_mtu})", st.underlay_ns);
+    for h in &st.hosts {
+        print!(
+            "{}: netns {}  eth0 {} {}",
+            h.host.name, h.host.ns, h.host.underlay_v4, h.host.underlay_v6
+        );
+        if let (Some(s), Some(p)) = (&h.socket, h.dataplane_pid) {
+            print!("  dataplane pid {p} socket {}", s.display());
+        }
+        println!();
+    }
+    println!("state: {}", UpState::path().display());
+    println!("try: vxnet-testbed exec host1 -- vxnet dp show;  remove with: vxnet-testbed down");
+    tb.detach();
+    set_active(None);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn exec(host: &str, cmd: &[String]) -> Result<ExitCode> {
+    let st = UpState::load()?.context("no testbed is up (run `vxnet-testbed up` first)")?;
+    let h = st
+        .host(host)
+        .with_context(|| format!("no host {host:?} in testbed {}", st.prefix))?;
+    let mut c = std::process::Command::new("ip");
+    c.args(["netns", "exec", &h.host.ns]).args(cmd);
+    if let Some(s) = &h.socket {
+        c.env("VXNET_SOCKET", s);
+    }
+    // Let `vxnet` and `vxnet-dataplane` from our target dir be found by name.
+    if let Ok(cli) = vxnet::find_binary(vxnet::CLI_BIN)
+        && let Some(dir) = cli.parent()
+    {
+        let mut paths = vec![dir.to_path_buf()];
+        if let Some(p) = std::env::var_os("PATH") {
+            paths.extend(std::env::split_paths(&p));
+        }
+        c.env("PATH", std::env::join_paths(paths)?);
+    }
+    let status = c.status().context("running ip netns exec")?;
+    Ok(ExitCode::from(
+        status.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(1),
+    ))
+}
+
+fn demo(seconds: u32, opts: &DataplaneOptions) -> Result<ExitCode> {
+    if !process::is_root() {
+        bail!("demo needs root (network namespaces)");
+    }
+    install_signal_handler()?;
+    let prefix = topology::next_prefix();
+    set_active(Some(prefix.clone()));
+    progress(&format!("creating 2 hosts ({prefix}-h1, {prefix}-h2) and the underlay"));
+    let tb = Testbed::with_prefix(prefix, TestbedConfig::default())?;
+    progress("starting dataplanes, attaching c1 (host1) and c2 (host2) on VNI 4096, adding peers");
+    let pair = tb.vxnet_pair(DEMO_VNI, opts, ("c1", "c2"))?;
+    let (ip1, ip2) = (pair.ep1.v4().unwrap_or_default(), pair.ep2.v4().unwrap_or_default());
+    let (ip61, ip62) = (pair.ep1.v6().unwrap_or_default(), pair.ep2.v6().unwrap_or_default());
+    for (from, to, what) in [
+        (&pair.c1.ns, ip2, "c1 -> c2 IPv4"),
+        (&pair.c2.ns, ip1, "c2 -> c1 IPv4"),
+        (&pair.c1.ns, ip62, "c1 -> c2 IPv6"),
+        (&pair.c2.ns, ip61, "c2 -> c1 IPv6"),
+    ] {
+        let r = tb.ping_ok(from, to, 5, None)?;
+        progress(&format!(
+            "ping {what}: {}/{} replies, avg {:.3} ms",
+            r.received,
+            r.transmitted,
+            r.avg_ms().unwrap_or(0.0)
+        ));
+    }
+    progress(&format!("iperf3 c1 -> c2, {seconds} s"));
+    let t = tb.iperf(&pair.c2.ns, ip2, &pair.c1.ns, seconds, false)?;
+    progress(&format!(
+        "iperf3: {:.2} Gbit/s, {} retransmits, {} MB received",
+        t.gbit_per_second(),
+        t.retransmits,
+        t.received_bytes / 1_000_000
+    ));
+    for dp in [&pair.dp1, &pair.dp2] {
+        let s = dp.stats()?;
+        let nonzero: Vec<String> = s
+            .counters
+            .iter()
+            .filter(|(_, v)| *v > 0)
+            .map(|(n, v)| format!("{n}={v}"))
+            .chain(
+                s.drops
+                    .iter()
+                    .filter(|(_, _, v)| *v > 0)
+                    .map(|(st, r, v)| format!("drop:{st}/{r}={v}")),
+            )
+            .collect();
+        progress(&format!("host{} stats: {}", dp.host, nonzero.join(" ")));
+    }
+    progress("tearing down");
+    drop(pair);
+    drop(tb);
+    set_active(None);
+    progress("done");
+    Ok(ExitCode::SUCCESS)
+}
