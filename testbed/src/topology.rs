@@ -466,7 +466,7 @@ pub fn down(all: bool, keep: Option<&str>) -> Result<DownReport> {
         if keep.is_some_and(|k| prefix_of(name) == Some(k)) {
             return true;
         }
-        !all && owner_pid(name).is_some_and(|p| p != std::process::id() && process::pid_alive(p))
+        !all && owner_pid(name).is_some_and(process::pid_alive)
     };
     for n in names {
         if live(&n) {
@@ -484,7 +484,11 @@ pub fn down(all: bool, keep: Option<&str>) -> Result<DownReport> {
             }
         }
     }
-    let _ = std::fs::remove_file(Path::new(STATE_ROOT).join(crate::state::STATE_FILE));
+    if let Ok(Some(st)) = crate::state::UpState::load()
+        && !live(&st.prefix)
+    {
+        let _ = std::fs::remove_file(crate::state::UpState::path());
+    }
     Ok(report)
 }
 
