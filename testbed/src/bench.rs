@@ -104,7 +104,11 @@ pub fn machine() -> Machine {
 
 /// Runs every configured path on one fresh two-host testbed. A path that
 /// fails gets a row with `error` set; the others still run.
-pub fn run(cfg: &BenchConfig, tb_slot: &dyn Fn(&str), progress: &dyn Fn(&str)) -> Result<BenchReport> {
+pub fn run(
+    cfg: &BenchConfig,
+    tb_slot: &dyn Fn(&str),
+    progress: &dyn Fn(&str),
+) -> Result<BenchReport> {
     let prefix = crate::topology::next_prefix();
     tb_slot(&prefix);
     let tb = Testbed::with_prefix(
@@ -121,7 +125,12 @@ pub fn run(cfg: &BenchConfig, tb_slot: &dyn Fn(&str), progress: &dyn Fn(&str)) -
     ));
     let mut rows = Vec::new();
     for path in &cfg.paths {
-        progress(&format!("measuring {} ({} s TCP, {} pings)", path.label(), cfg.seconds, cfg.ping_count));
+        progress(&format!(
+            "measuring {} ({} s TCP, {} pings)",
+            path.label(),
+            cfg.seconds,
+            cfg.ping_count
+        ));
         let row = match run_path(&tb, *path, cfg) {
             Ok((tcp, ping)) => BenchRow {
                 path: *path,
@@ -292,8 +301,14 @@ mod tests {
         };
         let t = table(&r);
         assert!(t.contains("nproc=2"), "{t}");
-        assert!(t.contains("underlay") && t.contains("25.50") && t.contains("0.021"), "{t}");
-        assert!(t.contains("vxnet-plain") && t.contains("error: no dataplane"), "{t}");
+        assert!(
+            t.contains("underlay") && t.contains("25.50") && t.contains("0.021"),
+            "{t}"
+        );
+        assert!(
+            t.contains("vxnet-plain") && t.contains("error: no dataplane"),
+            "{t}"
+        );
         let j = serde_json::to_value(&r).unwrap();
         assert_eq!(j["rows"][0]["path"], "underlay");
         assert_eq!(j["rows"][1]["path"], "vxnet-plain");

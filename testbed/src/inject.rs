@@ -30,6 +30,18 @@ pub enum InjectKind {
     Runt,
 }
 
+impl InjectKind {
+    /// The `--kind` value naming this kind.
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            InjectKind::Garbage => "garbage",
+            InjectKind::UnknownVni => "unknown-vni",
+            InjectKind::BadFlags => "bad-flags",
+            InjectKind::Runt => "runt",
+        }
+    }
+}
+
 const VXLAN_FLAG_I: u8 = 0x08;
 
 /// A minimal inner Ethernet frame: broadcast, from a locally administered
@@ -44,7 +56,9 @@ fn inner_frame() -> Vec<u8> {
 
 fn vxlan_header(flags: u8, reserved: u8, vni: u32) -> [u8; 8] {
     let v = vni.to_be_bytes();
-    [flags, reserved, reserved, reserved, v[1], v[2], v[3], reserved]
+    [
+        flags, reserved, reserved, reserved, v[1], v[2], v[3], reserved,
+    ]
 }
 
 /// xorshift64: deterministic "garbage" without a rand dependency.
@@ -113,13 +127,25 @@ mod tests {
         assert_eq!(b[0] & VXLAN_FLAG_I, 0, "I flag must be clear");
         assert_eq!(&b[4..7], &[0x00, 0x10, 0x00]);
         let r = craft(InjectKind::Runt, 4096, 0);
-        assert!(r.len() < 8 + 14, "runt must be shorter than VXLAN + Ethernet");
+        assert!(
+            r.len() < 8 + 14,
+            "runt must be shorter than VXLAN + Ethernet"
+        );
         assert_eq!(r[0], VXLAN_FLAG_I);
         let g1 = craft(InjectKind::Garbage, 0, 1);
         let g2 = craft(InjectKind::Garbage, 0, 2);
         assert!(g1.len() <= 200 && g2.len() <= 200);
         assert_ne!(g1, g2);
         assert_eq!(g1, craft(InjectKind::Garbage, 0, 1), "deterministic");
+        for k in [
+            InjectKind::Garbage,
+            InjectKind::UnknownVni,
+            InjectKind::BadFlags,
+            InjectKind::Runt,
+        ] {
+            let v = k.to_possible_value().unwrap();
+            assert_eq!(v.get_name(), k.as_arg());
+        }
     }
 
     #[test]

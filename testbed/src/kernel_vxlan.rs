@@ -98,7 +98,10 @@ impl Testbed {
                 "mtu", &mtu, "netns", &c.ns,
             ],
         )?;
-        sh_in(&kv.ns, &["ip", "link", "set", &port, "master", &kv.bridge, "up"])?;
+        sh_in(
+            &kv.ns,
+            &["ip", "link", "set", &port, "master", &kv.bridge, "up"],
+        )?;
         configure_eth0(&c.ns, ep)
     }
 }
@@ -106,7 +109,10 @@ impl Testbed {
 /// Sets MAC and addresses on an existing `eth0` in `ns` and brings it up.
 pub fn configure_eth0(ns: &str, ep: &EndpointSpec) -> Result<()> {
     sh_in(ns, &["ip", "link", "set", "eth0", "address", &ep.mac])?;
-    sh_in(ns, &["ip", "link", "set", "eth0", "mtu", &ep.mtu.to_string()])?;
+    sh_in(
+        ns,
+        &["ip", "link", "set", "eth0", "mtu", &ep.mtu.to_string()],
+    )?;
     for ip in &ep.ips {
         if ip.contains(':') {
             sh_in(ns, &["ip", "addr", "add", ip, "dev", "eth0", "nodad"])?;
@@ -125,7 +131,14 @@ impl KernelVxlan {
         sh_in(
             &self.ns,
             &[
-                "bridge", "fdb", "append", "00:00:00:00:00:00", "dev", &self.dev, "dst", &v,
+                "bridge",
+                "fdb",
+                "append",
+                "00:00:00:00:00:00",
+                "dev",
+                &self.dev,
+                "dst",
+                &v,
             ],
         )?;
         Ok(())
@@ -137,7 +150,16 @@ impl KernelVxlan {
         sh_in(
             &self.ns,
             &[
-                "bridge", "fdb", "replace", mac, "dev", &self.dev, "dst", &v, "self", "permanent",
+                "bridge",
+                "fdb",
+                "replace",
+                mac,
+                "dev",
+                &self.dev,
+                "dst",
+                &v,
+                "self",
+                "permanent",
             ],
         )?;
         Ok(())

@@ -229,7 +229,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn up(hosts: usize, underlay_mtu: u32, no_dataplane: bool, opts: &DataplaneOptions) -> Result<ExitCode> {
+fn up(
+    hosts: usize,
+    underlay_mtu: u32,
+    no_dataplane: bool,
+    opts: &DataplaneOptions,
+) -> Result<ExitCode> {
     if let Some(st) = UpState::load()? {
         bail!(
             "a testbed ({}) is already up; run `vxnet-testbed down` first",
@@ -239,7 +244,13 @@ fn up(hosts: usize, underlay_mtu: u32, no_dataplane: bool, opts: &DataplaneOptio
     install_signal_handler()?;
     let prefix = topology::next_prefix();
     set_active(Some(prefix.clone()));
-    let tb = Testbed::with_prefix(prefix, TestbedConfig { hosts, underlay_mtu })?;
+    let tb = Testbed::with_prefix(
+        prefix,
+        TestbedConfig {
+            hosts,
+            underlay_mtu,
+        },
+    )?;
     let mut up_hosts = Vec::new();
     for h in tb.hosts() {
         let (socket, pid) = if no_dataplane {
@@ -260,7 +271,10 @@ fn up(hosts: usize, underlay_mtu: u32, no_dataplane: bool, opts: &DataplaneOptio
         hosts: up_hosts,
     };
     st.save()?;
-    println!("underlay: netns {} (bridge br0, MTU {underlay_mtu})", st.underlay_ns);
+    println!(
+        "underlay: netns {} (bridge br0, MTU {underlay_mtu})",
+        st.underlay_ns
+    );
     for h in &st.hosts {
         print!(
             "{}: netns {}  eth0 {} {}",
@@ -300,7 +314,10 @@ fn exec(host: &str, cmd: &[String]) -> Result<ExitCode> {
     }
     let status = c.status().context("running ip netns exec")?;
     Ok(ExitCode::from(
-        status.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(1),
+        status
+            .code()
+            .and_then(|c| u8::try_from(c).ok())
+            .unwrap_or(1),
     ))
 }
 
@@ -311,12 +328,20 @@ fn demo(seconds: u32, opts: &DataplaneOptions) -> Result<ExitCode> {
     install_signal_handler()?;
     let prefix = topology::next_prefix();
     set_active(Some(prefix.clone()));
-    progress(&format!("creating 2 hosts ({prefix}-h1, {prefix}-h2) and the underlay"));
+    progress(&format!(
+        "creating 2 hosts ({prefix}-h1, {prefix}-h2) and the underlay"
+    ));
     let tb = Testbed::with_prefix(prefix, TestbedConfig::default())?;
     progress("starting dataplanes, attaching c1 (host1) and c2 (host2) on VNI 4096, adding peers");
     let pair = tb.vxnet_pair(DEMO_VNI, opts, ("c1", "c2"))?;
-    let (ip1, ip2) = (pair.ep1.v4().unwrap_or_default(), pair.ep2.v4().unwrap_or_default());
-    let (ip61, ip62) = (pair.ep1.v6().unwrap_or_default(), pair.ep2.v6().unwrap_or_default());
+    let (ip1, ip2) = (
+        pair.ep1.v4().unwrap_or_default(),
+        pair.ep2.v4().unwrap_or_default(),
+    );
+    let (ip61, ip62) = (
+        pair.ep1.v6().unwrap_or_default(),
+        pair.ep2.v6().unwrap_or_default(),
+    );
     for (from, to, what) in [
         (&pair.c1.ns, ip2, "c1 -> c2 IPv4"),
         (&pair.c2.ns, ip1, "c2 -> c1 IPv4"),

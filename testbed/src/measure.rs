@@ -32,8 +32,8 @@ impl PingResult {
     /// Mean absolute deviation as ping's "mdev" reports it (standard deviation).
     pub fn mdev_ms(&self) -> Option<f64> {
         let avg = self.avg_ms()?;
-        let var = self.rtts_ms.iter().map(|r| (r - avg).powi(2)).sum::<f64>()
-            / self.rtts_ms.len() as f64;
+        let var =
+            self.rtts_ms.iter().map(|r| (r - avg).powi(2)).sum::<f64>() / self.rtts_ms.len() as f64;
         Some(var.sqrt())
     }
 
@@ -150,7 +150,13 @@ impl Testbed {
 
     /// Pings until one reply arrives (ARP/ND and FDB warm-up), then requires
     /// `count` of `count` replies. Errors with the output if either fails.
-    pub fn ping_ok(&self, ns: &str, dst: &str, count: u32, size: Option<u32>) -> Result<PingResult> {
+    pub fn ping_ok(
+        &self,
+        ns: &str,
+        dst: &str,
+        count: u32,
+        size: Option<u32>,
+    ) -> Result<PingResult> {
         self.wait_reachable(ns, dst, Duration::from_secs(10))?;
         let r = self.ping(
             ns,
@@ -226,7 +232,16 @@ impl Testbed {
         }
         let secs = seconds.to_string();
         let mut argv = vec![
-            "iperf3", "-c", server_ip, "-p", &port, "-t", &secs, "-J", "--connect-timeout", "5000",
+            "iperf3",
+            "-c",
+            server_ip,
+            "-p",
+            &port,
+            "-t",
+            &secs,
+            "-J",
+            "--connect-timeout",
+            "5000",
         ];
         if reverse {
             argv.push("-R");

@@ -107,7 +107,14 @@ fn die_with_parent(cmd: &mut Command) {
     // which is async-signal-safe; it touches no memory of the parent.
     unsafe {
         cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -166,7 +173,10 @@ pub fn run_env<S: AsRef<OsStr>>(
     let err = read_all(child.stderr.take());
     let deadline = Instant::now() + timeout;
     let status = loop {
-        if let Some(st) = child.try_wait().with_context(|| format!("waiting for `{line}`"))? {
+        if let Some(st) = child
+            .try_wait()
+            .with_context(|| format!("waiting for `{line}`"))?
+        {
             break st;
         }
         if Instant::now() >= deadline {
@@ -347,8 +357,12 @@ mod tests {
 
     #[test]
     fn run_captures_output_and_status() {
-        let out = run(None, &["sh", "-c", "echo hi; echo err >&2; exit 3"], Duration::from_secs(10))
-            .unwrap();
+        let out = run(
+            None,
+            &["sh", "-c", "echo hi; echo err >&2; exit 3"],
+            Duration::from_secs(10),
+        )
+        .unwrap();
         assert_eq!(out.stdout.trim(), "hi");
         assert_eq!(out.stderr.trim(), "err");
         assert_eq!(out.status.code(), Some(3));
@@ -368,7 +382,8 @@ mod tests {
     fn background_proc_is_reaped_on_drop() {
         let dir = std::env::temp_dir().join(format!("vxtb-proc-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let p = BackgroundProc::spawn("sleeper", None, &["sleep", "60"], &dir.join("s.log")).unwrap();
+        let p =
+            BackgroundProc::spawn("sleeper", None, &["sleep", "60"], &dir.join("s.log")).unwrap();
         let pid = p.pid();
         assert!(pid_alive(pid));
         drop(p);

@@ -35,7 +35,8 @@ impl UpState {
         let p = Self::path();
         match std::fs::read(&p) {
             Ok(bytes) => Ok(Some(
-                serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", p.display()))?,
+                serde_json::from_slice(&bytes)
+                    .with_context(|| format!("parsing {}", p.display()))?,
             )),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
@@ -50,8 +51,8 @@ impl UpState {
 
     /// Finds a host by "host1", "1" or namespace name.
     pub fn host(&self, name: &str) -> Option<&UpHost> {
-        self.hosts.iter().find(|h| {
-            h.host.name == name || h.host.index.to_string() == name || h.host.ns == name
-        })
+        self.hosts
+            .iter()
+            .find(|h| h.host.name == name || h.host.index.to_string() == name || h.host.ns == name)
     }
 }

@@ -158,7 +158,10 @@ impl Testbed {
             bail!("--hosts must be in 1..=200, got {}", cfg.hosts);
         }
         if !(1280..=65000).contains(&cfg.underlay_mtu) {
-            bail!("underlay MTU {} out of range 1280..=65000", cfg.underlay_mtu);
+            bail!(
+                "underlay MTU {} out of range 1280..=65000",
+                cfg.underlay_mtu
+            );
         }
         let state_dir = Path::new(STATE_ROOT).join(&prefix);
         std::fs::create_dir_all(&state_dir)
@@ -326,10 +329,7 @@ impl Testbed {
 
     /// Hands a process to the testbed, to be stopped at teardown.
     pub fn adopt(&self, p: BackgroundProc) {
-        self.procs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(p);
+        self.procs.lock().unwrap_or_else(|e| e.into_inner()).push(p);
     }
 
     /// Log file path for a process name.

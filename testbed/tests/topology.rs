@@ -38,7 +38,10 @@ fn underlay_ping_v4_v6() -> anyhow::Result<()> {
         "root netns has links of ours: {}",
         root_links.stdout
     );
-    let ul_links = tb.exec_ok(tb.underlay_ns(), &["ip", "-o", "link", "show", "master", "br0"])?;
+    let ul_links = tb.exec_ok(
+        tb.underlay_ns(),
+        &["ip", "-o", "link", "show", "master", "br0"],
+    )?;
     assert_eq!(ul_links.stdout.lines().count(), 3, "{}", ul_links.stdout);
     Ok(())
 }
@@ -51,8 +54,14 @@ fn kernel_vxlan_to_kernel_vxlan() -> anyhow::Result<()> {
     let tb = testbed(2, 1500)?;
     let pair = tb.kernel_pair(DEMO_VNI, VXLAN_PORT, ("k1", "k2"))?;
     let (a, b) = (&pair.c1.ns, &pair.c2.ns);
-    let (a4, b4) = (pair.ep1.v4().unwrap_or_default(), pair.ep2.v4().unwrap_or_default());
-    let (a6, b6) = (pair.ep1.v6().unwrap_or_default(), pair.ep2.v6().unwrap_or_default());
+    let (a4, b4) = (
+        pair.ep1.v4().unwrap_or_default(),
+        pair.ep2.v4().unwrap_or_default(),
+    );
+    let (a6, b6) = (
+        pair.ep1.v6().unwrap_or_default(),
+        pair.ep2.v6().unwrap_or_default(),
+    );
     tb.ping_ok(a, b4, 3, None)?;
     tb.ping_ok(b, a4, 3, None)?;
     tb.ping_ok(a, b6, 3, None)?;
@@ -97,7 +106,10 @@ fn teardown_leaves_nothing_behind() -> anyhow::Result<()> {
     drop(tb);
     assert_eq!(leftover(&names), Vec::<String>::new());
     assert!(!pid_alive(pid), "process {pid} survived teardown");
-    assert!(!pid_alive(in_container), "process {in_container} survived teardown");
+    assert!(
+        !pid_alive(in_container),
+        "process {in_container} survived teardown"
+    );
     assert!(!state_dir.exists());
     Ok(())
 }
@@ -131,7 +143,12 @@ fn down_removes_stale_runs_only() -> anyhow::Result<()> {
     child.wait()?;
     assert!(!pid_alive(dead));
     let stale = format!("{}{dead}-h1", topology::NAME_PREFIX);
-    process::run(None, &["ip", "netns", "add", &stale], Duration::from_secs(10))?.check()?;
+    process::run(
+        None,
+        &["ip", "netns", "add", &stale],
+        Duration::from_secs(10),
+    )?
+    .check()?;
     let guard = NetnsGuard(stale.clone());
     let live = testbed(1, 1500)?;
     let report = topology::down(false, None)?;
@@ -181,14 +198,38 @@ fn cli_up_exec_down() -> anyhow::Result<()> {
     let up = process::run(None, &[bin, "up", "--hosts", "2", "--no-dataplane"], t)?.check()?;
     assert!(up.stdout.contains("host2"), "{}", up.stdout);
     let again = process::run(None, &[bin, "up", "--hosts", "2", "--no-dataplane"], t)?;
-    assert!(!again.success() && again.stderr.contains("already up"), "{again:?}");
+    assert!(
+        !again.success() && again.stderr.contains("already up"),
+        "{again:?}"
+    );
     let st = vxnet_testbed::state::UpState::load()?.expect("state file");
     let names: Vec<String> = st.hosts.iter().map(|h| h.host.ns.clone()).collect();
     assert_eq!(leftover(&names).len(), 2);
-    let ex = process::run(None, &[bin, "exec", "host1", "--", "ip", "-o", "addr", "show", "eth0"], t)?
-        .check()?;
+    let ex = process::run(
+        None,
+        &[
+            bin, "exec", "host1", "--", "ip", "-o", "addr", "show", "eth0",
+        ],
+        t,
+    )?
+    .check()?;
     assert!(ex.stdout.contains("192.0.2.11/24"), "{}", ex.stdout);
-    let ping = process::run(None, &[bin, "exec", "1", "--", "ping", "-c", "1", "-W", "5", "192.0.2.12"], t)?;
+    let ping = process::run(
+        None,
+        &[
+            bin,
+            "exec",
+            "1",
+            "--",
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "5",
+            "192.0.2.12",
+        ],
+        t,
+    )?;
     assert!(ping.success(), "{ping:?}");
     let code = process::run(None, &[bin, "exec", "host1", "--", "sh", "-c", "exit 7"], t)?;
     assert_eq!(code.status.code(), Some(7));
