@@ -4,3 +4,8 @@
 
 pub mod api;
 pub mod sys;
+pub mod client;
+pub mod metrics;
+pub mod server;
+#[cfg(test)]
+mod testutil;
