@@ -72,11 +72,22 @@ impl Client {
     pub fn call(&mut self, req: &Request) -> io::Result<Response> {
         let mut line = serde_json::to_vec(req).map_err(io::Error::other)?;
         line.push(b'\n');
-        self.writer
+        let sent = self
+            .writer
             .write_all(&line)
-            .and_then(|()| self.writer.flush())
-            .map_err(|e| self.io_context(e, "sending the request"))?;
+            .and_then(|()| self.writer.flush());
+        match sent {
+            Ok(()) => self.read_response(),
+            // A server that refuses us (busy, oversize) answers and closes
+            // before reading; its answer is still in our receive buffer.
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                self.read_response().map_err(|_| self.io_context(e, "sending the request"))
+            }
+            Err(e) => Err(self.io_context(e, "sending the request")),
+        }
+    }
 
+    fn read_response(&mut self) -> io::Result<Response> {
         let mut buf = Vec::new();
         let n = (&mut self.reader)
             .take(MAX_RESPONSE_BYTES as u64 + 1)
