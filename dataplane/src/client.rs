@@ -80,9 +80,9 @@ impl Client {
             Ok(()) => self.read_response(),
             // A server that refuses us (busy, oversize) answers and closes
             // before reading; its answer is still in our receive buffer.
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
-                self.read_response().map_err(|_| self.io_context(e, "sending the request"))
-            }
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => self
+                .read_response()
+                .map_err(|_| self.io_context(e, "sending the request")),
             Err(e) => Err(self.io_context(e, "sending the request")),
         }
     }

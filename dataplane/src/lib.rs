@@ -3,9 +3,9 @@
 //! local API on a Unix socket and Prometheus metrics over HTTP.
 
 pub mod api;
-pub mod sys;
 pub mod client;
 pub mod metrics;
 pub mod server;
+pub mod sys;
 #[cfg(test)]
 mod testutil;

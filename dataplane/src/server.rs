@@ -84,12 +84,10 @@ pub fn serve(path: &Path, handler: Handler) -> io::Result<ServerHandle> {
             .map_err(|e| annotate(e, format!("cannot create {}", dir.display())))?;
     }
     remove_stale_socket(path)?;
-    let listener =
-        UnixListener::bind(path).map_err(|e| annotate(e, format!("cannot bind {}", path.display())))?;
+    let listener = UnixListener::bind(path)
+        .map_err(|e| annotate(e, format!("cannot bind {}", path.display())))?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o660))?;
-    let identity = fs::symlink_metadata(path)
-        .ok()
-        .map(|m| (m.dev(), m.ino()));
+    let identity = fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()));
 
     let stop = Arc::new(AtomicBool::new(false));
     let accept_listener = listener.try_clone()?;
@@ -312,7 +310,11 @@ mod tests {
         let meta = fs::metadata(&path).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o660);
         assert_eq!(
-            fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777,
+            fs::metadata(path.parent().unwrap())
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
             0o755
         );
 
@@ -421,7 +423,11 @@ mod tests {
     fn panicking_handler_answers_an_error() {
         let dir = TempDir::new("srv-panic");
         let path = dir.path().join("dp.sock");
-        let _srv = serve(&path, Arc::new(|_req: Request| -> Response { panic!("boom") })).unwrap();
+        let _srv = serve(
+            &path,
+            Arc::new(|_req: Request| -> Response { panic!("boom") }),
+        )
+        .unwrap();
         let mut c = Client::connect(&path).unwrap();
         let r = c.call(&Request::Stats).unwrap();
         assert!(r.error.unwrap().contains("internal error"));
