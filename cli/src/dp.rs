@@ -364,6 +364,20 @@ impl DpCommand {
         }
     }
 
+    /// The subcommand's name on the command line.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DpCommand::Attach(_) => "attach",
+            DpCommand::Detach(_) => "detach",
+            DpCommand::Peer(_) => "peer",
+            DpCommand::Flood(_) => "flood",
+            DpCommand::Stats { .. } => "stats",
+            DpCommand::Fdb { .. } => "fdb",
+            DpCommand::Endpoints { .. } => "endpoints",
+            DpCommand::Show { .. } => "show",
+        }
+    }
+
     /// The API request this command sends.
     pub fn request(&self) -> Request {
         match self {

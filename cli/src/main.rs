@@ -44,10 +44,22 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(dp::CliError::Usage(msg)) => {
-            // Formatted and exited (code 2) like clap's own usage errors.
-            Cli::command()
-                .error(clap::error::ErrorKind::ArgumentConflict, msg)
-                .exit()
+            // Formatted and exited (code 2) like clap's own usage errors,
+            // with the usage line of the subcommand that was run.
+            let Command::Dp(args) = &cli.command;
+            let mut cmd = Cli::command();
+            cmd.build();
+            let sub = cmd
+                .find_subcommand_mut("dp")
+                .and_then(|dp| dp.find_subcommand_mut(args.command.name()));
+            match sub {
+                Some(sub) => sub
+                    .error(clap::error::ErrorKind::ArgumentConflict, msg)
+                    .exit(),
+                None => cmd
+                    .error(clap::error::ErrorKind::ArgumentConflict, msg)
+                    .exit(),
+            }
         }
         Err(dp::CliError::Failed(msg)) => {
             eprintln!("error: {msg}");
