@@ -3,4 +3,7 @@
 //! local API on a Unix socket and Prometheus metrics over HTTP.
 
 pub mod api;
+pub mod attach;
+pub mod control;
 pub mod sys;
+pub mod worker;
