@@ -285,3 +285,109 @@ fn udp_recv_on_empty_socket_would_block() {
     assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
     assert_eq!(rx.filled, 0);
 }
+
+#[test]
+fn udp_truncated_datagram_is_reported_empty() {
+    if !root_or_skip("udp_truncated_datagram_is_reported_empty") {
+        return;
+    }
+    let ns = TestNetns::new().unwrap();
+    let (mut receiver, mut sender) = pair(&ns, "127.0.0.1", 1);
+    let mut tx = TxBatch::new(1 << 20, 64);
+    push(&mut tx, receiver.local_addr(), &pattern(13, 200), 0, 0);
+    push(&mut tx, receiver.local_addr(), &pattern(14, 50), 0, 0);
+    let stats = Stats::default();
+    sender.send_batch(&tx, &stats);
+    assert_eq!(stats.counter(Counter::UdpTxDatagrams), 2);
+    // 64-byte buffers: the 200-byte datagram does not fit.
+    let mut rx = RxBatch::new(2, 64);
+    let poller = Poller::new().unwrap();
+    poller.add(receiver.rx_fd(), 0).unwrap();
+    let mut lens = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lens.len() < 2 && Instant::now() < deadline {
+        match receiver.recv_batch(&mut rx) {
+            Ok(n) => lens.extend(rx.meta[..n].iter().map(|m| m.len)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let mut ready = Vec::new();
+                poller
+                    .wait(&mut ready, Some(Duration::from_millis(100)))
+                    .unwrap();
+            }
+            Err(e) => panic!("recv_batch: {e}"),
+        }
+    }
+    assert_eq!(lens, vec![0, 50]);
+}
+
+#[test]
+fn io_types_can_move_to_worker_threads() {
+    fn send<T: Send>() {}
+    send::<UdpIo>();
+    send::<vxnet_dataplane::sys::tap::Tap>();
+    send::<Poller>();
+    send::<vxnet_dataplane::sys::poll::Waker>();
+}
+
+#[test]
+fn udp_full_send_buffer_waits_briefly_then_drops() {
+    if !root_or_skip("udp_full_send_buffer_waits_briefly_then_drops") {
+        return;
+    }
+    let ns = TestNetns::new().unwrap();
+    // A veth whose qdisc releases 1 kB/s: sent datagrams stay charged to
+    // the sender's tiny send buffer, so the kernel soon answers EAGAIN.
+    ns.ip(&["link", "add", "v0", "type", "veth", "peer", "name", "v1"])
+        .unwrap();
+    ns.ip(&["addr", "add", "10.98.0.1/24", "dev", "v0"])
+        .unwrap();
+    ns.ip(&["link", "set", "v0", "up"]).unwrap();
+    ns.ip(&["link", "set", "v1", "up"]).unwrap();
+    ns.ip(&[
+        "neigh",
+        "add",
+        "10.98.0.2",
+        "lladdr",
+        "02:00:00:00:00:02",
+        "dev",
+        "v0",
+        "nud",
+        "permanent",
+    ])
+    .unwrap();
+    let tc = std::process::Command::new("tc")
+        .args(["-n", ns.name(), "qdisc", "add", "dev", "v0", "root", "tbf"])
+        .args(["rate", "8kbit", "burst", "1600", "limit", "1000000"])
+        .status();
+    if !matches!(tc, Ok(s) if s.success()) {
+        eprintln!("skipping: cannot add a tbf qdisc ({tc:?})");
+        return;
+    }
+    let mut sender = ns
+        .run(|| UdpIo::bind("10.98.0.1:0".parse().unwrap(), 1).unwrap())
+        .unwrap();
+    sender.test_set_send_buffer(4096).unwrap();
+    let mut tx = TxBatch::new(1 << 20, 64);
+    for i in 0..20 {
+        push(
+            &mut tx,
+            "10.98.0.2:4789".parse().unwrap(),
+            &pattern(i, 1000),
+            0,
+            0,
+        );
+    }
+    let stats = Stats::default();
+    let t = Instant::now();
+    sender.send_batch(&tx, &stats);
+    let elapsed = t.elapsed();
+    let sent = stats.counter(Counter::UdpTxDatagrams);
+    let dropped = stats.drops(Drop::IoUdpSend);
+    assert_eq!(sent + dropped, 20, "every datagram sent or counted lost");
+    assert!(sent >= 1, "the first datagrams fit");
+    assert!(dropped >= 10, "a full buffer drops the rest: {sent} sent");
+    assert!(
+        elapsed < Duration::from_secs(1),
+        "bounded wait: {elapsed:?}"
+    );
+}

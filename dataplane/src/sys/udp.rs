@@ -204,6 +204,15 @@ impl UdpIo {
         Ok(())
     }
 
+    /// Shrinks the send sockets' buffers so tests can fill them.
+    #[doc(hidden)]
+    pub fn test_set_send_buffer(&self, bytes: usize) -> io::Result<()> {
+        for s in self.tx.iter().chain(self.tx.is_empty().then_some(&self.rx)) {
+            s.set_send_buffer_size(bytes)?;
+        }
+        Ok(())
+    }
+
     /// One recvmmsg into `rx`; sets `rx.filled`; `WouldBlock` when empty.
     ///
     /// A datagram larger than its buffer (MSG_TRUNC) is reported with
