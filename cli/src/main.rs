@@ -1,1 +1,459 @@
-fn main() {}
+//! `vxnet`: the command-line interface.
+//!
+//! One module per area of commands: [`dp`] talks to the local dataplane;
+//! `swarm`, `node`, `network` and `container` (the control plane) will sit
+//! beside it. [`output`] renders results as tables or JSON.
+//!
+//! Exit codes: 0 success, 1 the request failed (refused by the dataplane or
+//! the dataplane unreachable), 2 usage error (nothing was sent).
+
+mod dp;
+mod output;
+
+use clap::{CommandFactory, Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vxnet",
+    version,
+    about = "vxnet: a userspace VXLAN overlay network",
+    long_about = "vxnet: a userspace VXLAN overlay network.\n\n\
+                  `vxnet dp` configures and inspects the dataplane running on this host.",
+    propagate_version = true,
+    after_help = "Examples:\n  vxnet dp show\n  vxnet dp endpoints\n  vxnet dp stats --all"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Configure and inspect the local dataplane (endpoints, peers, stats).
+    Dp(dp::DpArgs),
+    // Later: Swarm, Node, Network, Container (control plane).
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut stdout = std::io::stdout().lock();
+    let result = match &cli.command {
+        Command::Dp(args) => dp::run(args, &mut stdout),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(dp::CliError::Usage(msg)) => {
+            // Formatted and exited (code 2) like clap's own usage errors,
+            // with the usage line of the subcommand that was run.
+            let Command::Dp(args) = &cli.command;
+            let mut cmd = Cli::command();
+            cmd.build();
+            let sub = cmd
+                .find_subcommand_mut("dp")
+                .and_then(|dp| dp.find_subcommand_mut(args.command.name()));
+            match sub {
+                Some(sub) => sub
+                    .error(clap::error::ErrorKind::ArgumentConflict, msg)
+                    .exit(),
+                None => cmd
+                    .error(clap::error::ErrorKind::ArgumentConflict, msg)
+                    .exit(),
+            }
+        }
+        Err(dp::CliError::Failed(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dp::{DpCommand, FloodCommand, PeerCommand};
+    use crate::output::Format;
+    use clap::error::ErrorKind;
+    use vxnet_dataplane::api::{AttachTarget, DetachTarget, Request};
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("vxnet").chain(args.iter().copied()))
+    }
+
+    fn dp(args: &[&str]) -> dp::DpArgs {
+        match parse(args)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+            .command
+        {
+            Command::Dp(d) => d,
+        }
+    }
+
+    fn err(args: &[&str]) -> clap::Error {
+        parse(args)
+            .err()
+            .unwrap_or_else(|| panic!("{args:?} should fail"))
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn attach_netns() {
+        let d = dp(&[
+            "dp",
+            "attach",
+            "--netns",
+            "web1",
+            "--vni",
+            "4096",
+            "--ip",
+            "10.0.0.2/24",
+            "--ip",
+            "fd00::2/64",
+            "--gateway",
+            "10.0.0.1",
+            "--mtu",
+            "1400",
+            "--mac",
+            "02:42:0a:00:00:02",
+            "--ifname",
+            "eth1",
+            "--format",
+            "json",
+        ]);
+        assert!(d.command.validate().is_ok());
+        let Request::Attach(a) = d.command.request() else {
+            panic!("not an attach")
+        };
+        assert_eq!(a.target, AttachTarget::Netns("web1".into()));
+        assert_eq!(a.vni.get(), 4096);
+        assert_eq!(a.ips.len(), 2);
+        assert_eq!(a.ips[1].to_string(), "fd00::2/64");
+        assert_eq!(a.mtu, Some(1400));
+        assert_eq!(a.ifname.as_deref(), Some("eth1"));
+        assert_eq!(a.mac.unwrap().to_string(), "02:42:0a:00:00:02");
+        assert_eq!(
+            a.gateways,
+            vec!["10.0.0.1".parse::<std::net::IpAddr>().unwrap()]
+        );
+        assert!(matches!(d.command, DpCommand::Attach(ref x) if x.format.format == Format::Json));
+    }
+
+    #[test]
+    fn attach_veth() {
+        let d = dp(&[
+            "dp",
+            "attach",
+            "--veth",
+            "veth1",
+            "--vni",
+            "5",
+            "--ip",
+            "10.0.0.5/24",
+        ]);
+        let Request::Attach(a) = d.command.request() else {
+            panic!("not an attach")
+        };
+        assert_eq!(a.target, AttachTarget::Veth("veth1".into()));
+        assert_eq!(a.mac, None);
+    }
+
+    #[test]
+    fn attach_rejects_bad_input() {
+        let base = [
+            "dp",
+            "attach",
+            "--netns",
+            "n",
+            "--vni",
+            "5",
+            "--ip",
+            "10.0.0.2/24",
+        ];
+        fn with<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+            base.iter().chain(extra.iter()).copied().collect()
+        }
+        let with = |extra: &[&'static str]| with(&base, extra);
+        // Both or neither of --netns/--veth.
+        assert_eq!(
+            err(&with(&["--veth", "v1"])).kind(),
+            ErrorKind::ArgumentConflict
+        );
+        assert_eq!(
+            err(&["dp", "attach", "--vni", "5", "--ip", "10.0.0.2/24"]).kind(),
+            ErrorKind::MissingRequiredArgument
+        );
+        // --ip is required and needs a prefix.
+        assert_eq!(
+            err(&["dp", "attach", "--netns", "n", "--vni", "5"]).kind(),
+            ErrorKind::MissingRequiredArgument
+        );
+        let e = err(&[
+            "dp", "attach", "--netns", "n", "--vni", "5", "--ip", "10.0.0.2",
+        ]);
+        assert!(e.to_string().contains("needs a prefix length"), "{e}");
+        // VNI range and format.
+        assert!(
+            parse(&[
+                "dp",
+                "attach",
+                "--netns",
+                "n",
+                "--vni",
+                "-1",
+                "--ip",
+                "10.0.0.2/24"
+            ])
+            .is_err()
+        );
+        for vni in ["0", "16777216", "abc", " "] {
+            let e = err(&[
+                "dp",
+                "attach",
+                "--netns",
+                "n",
+                "--vni",
+                vni,
+                "--ip",
+                "10.0.0.2/24",
+            ]);
+            assert_eq!(e.kind(), ErrorKind::ValueValidation, "{vni}");
+        }
+        let e = err(&[
+            "dp",
+            "attach",
+            "--netns",
+            "n",
+            "--vni",
+            "0",
+            "--ip",
+            "10.0.0.2/24",
+        ]);
+        assert!(e.to_string().contains("outside 1..=16777215"), "{e}");
+        // MAC must be a unicast address.
+        assert!(
+            err(&with(&["--mac", "02:42:0a:00:00"]))
+                .to_string()
+                .contains("not a MAC")
+        );
+        assert!(
+            err(&with(&["--mac", "ff:ff:ff:ff:ff:ff"]))
+                .to_string()
+                .contains("unicast")
+        );
+        assert!(
+            err(&with(&["--mac", "00:00:00:00:00:00"]))
+                .to_string()
+                .contains("usable")
+        );
+        // MTU range, interface names.
+        assert_eq!(
+            err(&with(&["--mtu", "20"])).kind(),
+            ErrorKind::ValueValidation
+        );
+        assert!(
+            err(&with(&["--ifname", "a/b"]))
+                .to_string()
+                .contains("interface name")
+        );
+        assert!(
+            err(&with(&["--ifname", "sixteen-chars-xx"]))
+                .to_string()
+                .contains("interface name")
+        );
+        // Sidecar attach takes no namespace-side options.
+        let e = err(&[
+            "dp",
+            "attach",
+            "--veth",
+            "v",
+            "--vni",
+            "5",
+            "--ip",
+            "10.0.0.2/24",
+            "--mtu",
+            "1400",
+        ]);
+        assert_eq!(e.kind(), ErrorKind::ArgumentConflict);
+        // Cross-argument checks run before any request.
+        let d = dp(&with(&["--gateway", "10.0.0.1", "--gateway", "10.0.0.254"]));
+        assert!(
+            d.command
+                .validate()
+                .unwrap_err()
+                .contains("at most one IPv4")
+        );
+        let d = dp(&with(&["--gateway", "fd00::1"]));
+        assert!(
+            d.command
+                .validate()
+                .unwrap_err()
+                .contains("same address family")
+        );
+        let d = dp(&with(&["--ip", "10.0.0.2/16"]));
+        assert!(d.command.validate().unwrap_err().contains("given twice"));
+    }
+
+    #[test]
+    fn detach_forms() {
+        let r = dp(&["dp", "detach", "--id", "3"]).command.request();
+        assert_eq!(
+            r,
+            Request::Detach {
+                target: DetachTarget::Id(3)
+            }
+        );
+        let r = dp(&["dp", "detach", "--netns", "web1", "--ifname", "eth1"])
+            .command
+            .request();
+        assert_eq!(
+            r,
+            Request::Detach {
+                target: DetachTarget::Netns {
+                    netns: "web1".into(),
+                    ifname: Some("eth1".into())
+                }
+            }
+        );
+        let r = dp(&["dp", "detach", "--veth", "v1"]).command.request();
+        assert_eq!(
+            r,
+            Request::Detach {
+                target: DetachTarget::Veth("v1".into())
+            }
+        );
+        assert_eq!(
+            err(&["dp", "detach"]).kind(),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            err(&["dp", "detach", "--id", "1", "--veth", "v"]).kind(),
+            ErrorKind::ArgumentConflict
+        );
+        // --ifname only makes sense with --netns.
+        let d = dp(&["dp", "detach", "--veth", "v", "--ifname", "eth0"]);
+        assert!(d.command.validate().unwrap_err().contains("--ifname"));
+    }
+
+    #[test]
+    fn peer_and_flood() {
+        let d = dp(&[
+            "dp",
+            "peer",
+            "add",
+            "--vni",
+            "4096",
+            "--mac",
+            "02:42:0a:00:00:03",
+            "--ip",
+            "10.0.0.3",
+            "--ip",
+            "fd00::3",
+            "--vtep",
+            "192.0.2.2",
+        ]);
+        let Request::PeerAdd(p) = d.command.request() else {
+            panic!("not peer_add")
+        };
+        assert_eq!(p.ips.len(), 2);
+        assert_eq!(p.vtep.to_string(), "192.0.2.2");
+        assert!(matches!(
+            d.command,
+            DpCommand::Peer(PeerCommand::Add { .. })
+        ));
+        let r = dp(&[
+            "dp",
+            "peer",
+            "del",
+            "--vni",
+            "1",
+            "--mac",
+            "02:00:00:00:00:01",
+        ])
+        .command
+        .request();
+        assert!(matches!(r, Request::PeerDel { vni, .. } if vni.get() == 1));
+        let e = err(&[
+            "dp",
+            "peer",
+            "add",
+            "--vni",
+            "1",
+            "--mac",
+            "02:00:00:00:00:01",
+            "--vtep",
+            "0.0.0.0",
+        ]);
+        assert!(e.to_string().contains("cannot be a VTEP"), "{e}");
+        assert_eq!(
+            err(&[
+                "dp",
+                "peer",
+                "add",
+                "--vni",
+                "1",
+                "--mac",
+                "02:00:00:00:00:01"
+            ])
+            .kind(),
+            ErrorKind::MissingRequiredArgument
+        );
+        let d = dp(&["dp", "flood", "add", "--vni", "7", "--vtep", "2001:db8::1"]);
+        assert!(matches!(d.command, DpCommand::Flood(FloodCommand::Add(_))));
+        assert!(matches!(d.command.request(), Request::FloodAdd { vni, .. } if vni.get() == 7));
+        let r = dp(&["dp", "flood", "del", "--vni", "7", "--vtep", "192.0.2.9"])
+            .command
+            .request();
+        assert!(matches!(r, Request::FloodDel { .. }));
+        assert!(
+            err(&["dp", "flood", "add", "--vni", "7", "--vtep", "224.0.0.1"])
+                .to_string()
+                .contains("cannot be a VTEP")
+        );
+    }
+
+    #[test]
+    fn listings_and_socket() {
+        let d = dp(&["dp", "stats", "--all", "--format", "json"]);
+        assert!(
+            matches!(d.command, DpCommand::Stats { all: true, format } if format.format == Format::Json)
+        );
+        assert_eq!(d.command.request(), Request::Stats);
+        let d = dp(&["dp", "--socket", "/tmp/x.sock", "fdb", "--vni", "9"]);
+        assert_eq!(d.socket, std::path::PathBuf::from("/tmp/x.sock"));
+        assert!(matches!(d.command.request(), Request::Fdb { vni: Some(v) } if v.get() == 9));
+        // --socket is global: it may follow the subcommand too.
+        let d = dp(&["dp", "endpoints", "--socket", "/tmp/y.sock"]);
+        assert_eq!(d.socket, std::path::PathBuf::from("/tmp/y.sock"));
+        assert_eq!(dp(&["dp", "show"]).command.request(), Request::Show);
+        assert_eq!(
+            err(&["dp", "stats", "--format", "xml"]).kind(),
+            ErrorKind::InvalidValue
+        );
+        assert_eq!(err(&["dp", "nope"]).kind(), ErrorKind::InvalidSubcommand);
+    }
+
+    #[test]
+    fn help_is_available_everywhere() {
+        for args in [
+            &["--help"][..],
+            &["dp", "--help"],
+            &["dp", "attach", "--help"],
+            &["dp", "detach", "--help"],
+            &["dp", "peer", "add", "--help"],
+            &["dp", "flood", "del", "--help"],
+            &["dp", "stats", "--help"],
+        ] {
+            let e = err(args);
+            assert_eq!(e.kind(), ErrorKind::DisplayHelp, "{args:?}");
+            let text = e.to_string();
+            assert!(text.contains("Usage:"), "{args:?}");
+            if args.len() > 2 {
+                assert!(text.contains("Example"), "{args:?}: {text}");
+            }
+        }
+    }
+}

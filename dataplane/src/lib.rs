@@ -3,4 +3,12 @@
 //! local API on a Unix socket and Prometheus metrics over HTTP.
 
 pub mod api;
+pub mod attach;
+pub mod client;
+pub mod control;
+pub mod metrics;
+pub mod server;
 pub mod sys;
+#[cfg(test)]
+mod testutil;
+pub mod worker;

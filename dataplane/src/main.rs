@@ -1,1 +1,115 @@
-fn main() {}
+//! `vxnet-dataplane`: the per-host VXLAN engine.
+use clap::Parser;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use vxnet_dataplane::api::DEFAULT_SOCKET;
+use vxnet_dataplane::control::{Config, Dataplane};
+use vxnet_dataplane::metrics::{self, MetricsView};
+use vxnet_dataplane::server;
+use vxnet_dataplane::sys::signal;
+use vxnet_dataplane::worker::PollMode;
+
+/// Userspace VXLAN dataplane: reads containers' frames from TAP devices,
+/// encapsulates them in VXLAN over UDP and delivers them to the right host.
+///
+/// Program it with `vxnet dp ...` over the API socket.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// This host's underlay address (the VTEP); IPv4 or IPv6.
+    #[arg(long, value_name = "IP")]
+    local_vtep: IpAddr,
+    /// UDP port of VXLAN traffic.
+    #[arg(long, default_value_t = 4789, value_parser = clap::value_parser!(u16).range(1..))]
+    port: u16,
+    /// Unix socket of the local API.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET, env = "VXNET_SOCKET")]
+    socket: PathBuf,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9477).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// How workers wait for packets: busy (spin, lowest latency), adaptive
+    /// (spin briefly after traffic, then sleep) or interrupt (always sleep).
+    #[arg(long, value_name = "MODE", default_value = "adaptive")]
+    poll: PollMode,
+    /// Adaptive mode: microseconds to keep spinning after the last packet.
+    #[arg(long, value_name = "US", default_value_t = 50)]
+    spin_us: u64,
+    /// Worker threads (each with its own UDP socket on the port).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    workers: u16,
+    /// Outer UDP source ports per worker, chosen by inner-flow hash (ECMP entropy).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    src_ports: u16,
+    /// Default MTU of endpoints (1500 underlay minus 50 bytes of VXLAN).
+    #[arg(long, default_value_t = 1450)]
+    mtu: u32,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VXNET_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vxnet-dataplane: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    signal::block_termination().map_err(|e| format!("cannot block signals: {e}"))?;
+    let cfg = Config {
+        local_vtep: args.local_vtep,
+        port: args.port,
+        workers: usize::from(args.workers),
+        src_ports: usize::from(args.src_ports),
+        poll: args.poll,
+        spin: Duration::from_micros(args.spin_us),
+        default_mtu: args.mtu,
+    };
+    let dp = Arc::new(Dataplane::start(cfg).map_err(|e| {
+        format!(
+            "cannot listen on {}: {e} (is {} an address of this host, and is another dataplane using the port?)",
+            SocketAddr::new(args.local_vtep, args.port),
+            args.local_vtep
+        )
+    })?);
+    let handler_dp = Arc::clone(&dp);
+    let api = server::serve(&args.socket, Arc::new(move |req| handler_dp.handle(req)))
+        .map_err(|e| format!("cannot serve the API on {}: {e}", args.socket.display()))?;
+    let _metrics = match args.metrics {
+        Some(addr) => {
+            let view_dp = Arc::clone(&dp);
+            let view = Arc::new(move || {
+                let (endpoints, vnis) = view_dp.sizes();
+                MetricsView { snapshot: view_dp.snapshot(), endpoints, vnis, workers: view_dp.worker_count() }
+            });
+            Some(metrics::serve_metrics(addr, view).map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?)
+        }
+        None => None,
+    };
+    tracing::info!(
+        local_vtep = %args.local_vtep,
+        port = args.port,
+        socket = %args.socket.display(),
+        workers = args.workers,
+        poll = %args.poll,
+        "dataplane running"
+    );
+    let sig = signal::wait_termination().map_err(|e| format!("waiting for signals failed: {e}"))?;
+    tracing::info!(signal = sig, "shutting down");
+    drop(api);
+    dp.shutdown();
+    Ok(())
+}

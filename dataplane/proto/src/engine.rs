@@ -1,1 +1,374 @@
-//! Forwarding decisions. (filled in next)
+//! Forwarding decisions: what happens to a frame read from a TAP
+//! ([`Engine::from_tap`]) and to a datagram read from the underlay
+//! ([`Engine::from_wire`]).
+//!
+//! The engine writes its results into [`Outputs`]: UDP messages into a
+//! [`TxBatch`] (one `sendmmsg` per batch, UDP_SEGMENT for GSO frames) and
+//! TAP-bound frames into one [`Coalescer`] per port (one write per
+//! coalesced GSO frame). The caller flushes both after each batch. Nothing
+//! here does I/O, allocates per packet once warmed up, or takes a lock.
+
+use crate::batch::TxBatch;
+use crate::fdb::{Dest, Fdb, PortId, VniTable};
+use crate::offload::coalesce::Coalescer;
+use crate::offload::segment::segment;
+use crate::stats::{Counter, Drop, Stats};
+use crate::wire::vnet::{self, VnetHdr};
+use crate::wire::{MacAddr, Vni, WireError, arp, nd, vxlan};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+const ETH_HLEN: usize = 14;
+const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_ARP: u16 = 0x0806;
+const ETHERTYPE_IPV6: u16 = 0x86dd;
+
+/// Static settings of one dataplane.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    /// UDP destination port of VXLAN datagrams (4789).
+    pub port: u16,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { port: 4789 }
+    }
+}
+
+/// What one batch produced; the I/O layer drains it.
+pub struct Outputs {
+    pub udp: TxBatch,
+    taps: Vec<Coalescer>,
+    /// Ports with pending frames, so a flush touches only those.
+    dirty: Vec<PortId>,
+}
+
+impl Outputs {
+    pub fn new(udp: TxBatch) -> Outputs {
+        Outputs {
+            udp,
+            taps: Vec::new(),
+            dirty: Vec::new(),
+        }
+    }
+
+    /// The coalescer of `port`, marking it as having output.
+    fn tap(&mut self, port: PortId) -> &mut Coalescer {
+        let idx = port as usize;
+        if self.taps.len() <= idx {
+            self.taps.resize_with(idx + 1, Coalescer::new);
+        }
+        if self.taps[idx].is_empty() && !self.dirty.contains(&port) {
+            self.dirty.push(port);
+        }
+        &mut self.taps[idx]
+    }
+
+    pub fn has_tap_output(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// Hands every pending TAP write (`vnet header ‖ frame`) to `write`,
+    /// port by port, and empties the queues.
+    pub fn drain_taps(&mut self, mut write: impl FnMut(PortId, &[u8])) {
+        for port in self.dirty.drain(..) {
+            if let Some(c) = self.taps.get_mut(port as usize) {
+                c.drain(|bytes| write(port, bytes));
+            }
+        }
+    }
+}
+
+/// One worker's forwarding engine.
+pub struct Engine {
+    fdb: Arc<Fdb>,
+    ctx: Ctx,
+}
+
+/// The engine's mutable parts, apart from the table they read, so that a
+/// lookup result can be borrowed while they are used (and the table's `Arc`
+/// is never cloned per packet: its count is shared by every worker).
+struct Ctx {
+    cfg: EngineConfig,
+    stats: Arc<Stats>,
+    /// Room for one proxy reply.
+    reply: [u8; 128],
+}
+
+impl Engine {
+    pub fn new(cfg: EngineConfig, fdb: Arc<Fdb>, stats: Arc<Stats>) -> Engine {
+        Engine {
+            fdb,
+            ctx: Ctx {
+                cfg,
+                stats,
+                reply: [0; 128],
+            },
+        }
+    }
+
+    /// Installs a new forwarding table (between batches).
+    pub fn set_fdb(&mut self, fdb: Arc<Fdb>) {
+        self.fdb = fdb;
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.ctx.stats
+    }
+
+    /// Handles one `vnet header ‖ frame` read from the TAP of `port`.
+    pub fn from_tap(&mut self, port: PortId, pkt: &[u8], out: &mut Outputs) {
+        let ctx = &mut self.ctx;
+        let stats = &*ctx.stats;
+        stats.inc(Counter::TapRxFrames);
+        stats.add(
+            Counter::TapRxBytes,
+            pkt.len().saturating_sub(vnet::LEN) as u64,
+        );
+        if pkt.len() < vnet::LEN + ETH_HLEN {
+            return stats.dropped(Drop::TapRunt);
+        }
+        let Ok(hdr) = VnetHdr::parse(pkt) else {
+            return stats.dropped(Drop::TapBadVnetHdr);
+        };
+        let frame = &pkt[vnet::LEN..];
+        if hdr.gso_type != vnet::GsoType::None {
+            stats.inc(Counter::TapRxGsoFrames);
+        }
+        let fdb = &*self.fdb;
+        let Some(p) = fdb.port(port) else {
+            return stats.dropped(Drop::TapUnknownPort);
+        };
+        let (Some(dst), Some(src)) = (MacAddr::dst_of(frame), MacAddr::src_of(frame)) else {
+            return stats.dropped(Drop::TapRunt);
+        };
+        if !p.macs.contains(&src) {
+            return stats.dropped(Drop::TapSpoofedSource);
+        }
+        let vni = p.vni;
+        let Some(table) = fdb.vni(vni) else {
+            return stats.dropped(Drop::TapNoDestination);
+        };
+        if dst.is_multicast() {
+            if ctx.proxy(table, port, frame, out) {
+                return;
+            }
+            return ctx.flood(vni, table, port, &hdr, frame, out);
+        }
+        match table.macs.get(&dst) {
+            Some(Dest::Local(to)) => {
+                stats.inc(Counter::LocalSwitched);
+                out.tap(*to).push_as_is(&hdr, frame);
+            }
+            Some(Dest::Remote(vtep)) => {
+                ctx.encap(vni, *vtep, &hdr, frame, out);
+            }
+            None if !table.flood.is_empty() => ctx.flood(vni, table, port, &hdr, frame, out),
+            None => stats.dropped(Drop::TapNoDestination),
+        }
+    }
+
+    /// Handles one VXLAN datagram received from `src`.
+    pub fn from_wire(&mut self, _src: SocketAddr, datagram: &[u8], out: &mut Outputs) {
+        let stats = &*self.ctx.stats;
+        let pkt = match vxlan::Packet::new_checked(datagram) {
+            Ok(p) => p,
+            Err(WireError::Truncated) => return stats.dropped(Drop::WireRunt),
+            Err(_) => return stats.dropped(Drop::WireBadVxlan),
+        };
+        let inner = pkt.payload();
+        let (Some(dst), Some(src)) = (MacAddr::dst_of(inner), MacAddr::src_of(inner)) else {
+            return stats.dropped(Drop::WireRunt);
+        };
+        if inner.len() < ETH_HLEN {
+            return stats.dropped(Drop::WireRunt);
+        }
+        let Some(table) = self.fdb.vni(pkt.vni()) else {
+            return stats.dropped(Drop::WireUnknownVni);
+        };
+        if let Some(Dest::Local(_)) = table.macs.get(&src) {
+            return stats.dropped(Drop::WireFromSelf);
+        }
+        if dst.is_multicast() {
+            stats.inc(Counter::Decapsulated);
+            for &p in &table.ports {
+                out.tap(p).push_as_is(&VnetHdr::NONE, inner);
+            }
+            return;
+        }
+        match table.macs.get(&dst) {
+            Some(Dest::Local(p)) => {
+                stats.inc(Counter::Decapsulated);
+                out.tap(*p).push(inner);
+            }
+            _ => stats.dropped(Drop::WireNoEndpoint),
+        }
+    }
+}
+
+impl Ctx {
+    /// Answers ARP requests and neighbour solicitations for addresses the
+    /// table knows, on the port they came from. Returns true if answered.
+    fn proxy(&mut self, table: &VniTable, port: PortId, frame: &[u8], out: &mut Outputs) -> bool {
+        let (answer, counter) = match ethertype(frame) {
+            ETHERTYPE_ARP => {
+                let Ok(Some(req)) = arp::parse_request(frame) else {
+                    return false;
+                };
+                let Some(mac) = table.ips.get(&IpAddr::V4(req.target_ip)) else {
+                    return false;
+                };
+                (
+                    arp::emit_reply(&req, *mac, &mut self.reply),
+                    Counter::ArpProxied,
+                )
+            }
+            ETHERTYPE_IPV6 => {
+                let Ok(Some(sol)) = nd::parse_solicit(frame) else {
+                    return false;
+                };
+                let Some(mac) = table.ips.get(&IpAddr::V6(sol.target)) else {
+                    return false;
+                };
+                (
+                    nd::emit_advert(&sol, *mac, &mut self.reply),
+                    Counter::NdProxied,
+                )
+            }
+            _ => return false,
+        };
+        if answer == 0 || answer > self.reply.len() {
+            return false;
+        }
+        self.stats.inc(counter);
+        out.tap(port)
+            .push_as_is(&VnetHdr::NONE, &self.reply[..answer]);
+        true
+    }
+
+    /// Broadcast, multicast and unknown unicast: to the other local ports of
+    /// the VNI and to its flood VTEPs (never to every host: peers are
+    /// programmed, as in Docker's overlay).
+    fn flood(
+        &mut self,
+        vni: Vni,
+        table: &VniTable,
+        from: PortId,
+        hdr: &VnetHdr,
+        frame: &[u8],
+        out: &mut Outputs,
+    ) {
+        for &p in table.ports.iter().filter(|p| **p != from) {
+            out.tap(p).push_as_is(hdr, frame);
+        }
+        let Some((first, rest)) = table.flood.split_first() else {
+            return;
+        };
+        let Some(range) = self.encap(vni, *first, hdr, frame, out) else {
+            return;
+        };
+        let Some(msg) = out.udp.msgs().last().cloned() else {
+            return;
+        };
+        for vtep in rest {
+            let dst = SocketAddr::new(*vtep, self.cfg.port);
+            out.udp
+                .commit_again(dst, range.clone(), msg.segment, msg.entropy);
+        }
+        self.stats.add(Counter::Flooded, table.flood.len() as u64);
+    }
+
+    /// Encapsulates `frame` (segmenting GSO frames) towards `vtep`; returns
+    /// the arena range of the committed message.
+    fn encap(
+        &mut self,
+        vni: Vni,
+        vtep: IpAddr,
+        hdr: &VnetHdr,
+        frame: &[u8],
+        out: &mut Outputs,
+    ) -> Option<std::ops::Range<usize>> {
+        let mut prefix = [0u8; vxlan::HEADER_LEN];
+        vxlan::write_header(&mut prefix, vni);
+        let start = out.udp.arena().len();
+        match segment(hdr, frame, &prefix, 0, out.udp.arena()) {
+            Ok(seg) => {
+                let gso = if seg.count > 1 {
+                    u16::try_from(seg.stride).unwrap_or(0)
+                } else {
+                    0
+                };
+                if seg.count > 1 && gso == 0 {
+                    out.udp.rollback(start);
+                    self.stats.dropped(Drop::TapSegmentError);
+                    return None;
+                }
+                let dst = SocketAddr::new(vtep, self.cfg.port);
+                out.udp.commit(dst, start, gso, flow_hash(frame));
+                self.stats.add(Counter::Encapsulated, seg.count as u64);
+                Some(start..start + seg.total)
+            }
+            Err(_) => {
+                out.udp.rollback(start);
+                self.stats.dropped(Drop::TapSegmentError);
+                None
+            }
+        }
+    }
+}
+
+#[inline]
+fn ethertype(frame: &[u8]) -> u16 {
+    match frame.get(12..14) {
+        Some(b) => u16::from_be_bytes([b[0], b[1]]),
+        None => 0,
+    }
+}
+
+/// A hash of the inner flow (addresses, protocol, ports; MACs for non-IP),
+/// used to pick the outer UDP source port so that flows spread over
+/// underlay ECMP paths while one flow stays on one path (no reordering).
+pub fn flow_hash(frame: &[u8]) -> u32 {
+    // FxHash-style mixing: fast, and good enough to spread a few bits.
+    #[inline]
+    fn mix(h: u64, bytes: &[u8]) -> u64 {
+        let mut h = h;
+        for chunk in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+        h
+    }
+    let l3 = ETH_HLEN;
+    let h = match ethertype(frame) {
+        ETHERTYPE_IPV4 if frame.len() >= l3 + 20 => {
+            let ihl = usize::from(frame[l3] & 0x0f) * 4;
+            let proto = frame[l3 + 9];
+            let frag = u16::from_be_bytes([frame[l3 + 6], frame[l3 + 7]]) & 0x3fff != 0;
+            let mut h = mix(u64::from(proto), &frame[l3 + 12..l3 + 20]);
+            if !frag && matches!(proto, 6 | 17 | 132) {
+                if let Some(ports) = frame.get(l3 + ihl..l3 + ihl + 4) {
+                    h = mix(h, ports);
+                }
+            }
+            h
+        }
+        ETHERTYPE_IPV6 if frame.len() >= l3 + 40 => {
+            let next = frame[l3 + 6];
+            let mut h = mix(u64::from(next), &frame[l3 + 8..l3 + 40]);
+            if matches!(next, 6 | 17 | 132) {
+                if let Some(ports) = frame.get(l3 + 40..l3 + 44) {
+                    h = mix(h, ports);
+                }
+            }
+            h
+        }
+        _ => mix(0, &frame[..frame.len().min(12)]),
+    };
+    (h ^ (h >> 32)) as u32
+}
+
+#[cfg(test)]
+mod tests;

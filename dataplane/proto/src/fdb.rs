@@ -1,1 +1,383 @@
-//! Per-VNI forwarding tables. (filled in next)
+//! Per-VNI forwarding tables.
+//!
+//! The table is built by the control side (API requests) and published to
+//! the workers as an immutable `Arc<Fdb>`: workers read it without locks and
+//! pick up a new version between batches. Every mutation validates first and
+//! changes nothing when it fails.
+
+use crate::wire::{MacAddr, Vni};
+use rustc_hash::FxHashMap;
+use std::fmt;
+use std::net::IpAddr;
+
+/// A dataplane port: one TAP device (one native endpoint, or the bridge that
+/// holds several sidecar endpoints of one VNI). Small dense integers.
+pub type PortId = u32;
+
+/// Where frames for a MAC go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dest {
+    Local(PortId),
+    Remote(IpAddr),
+}
+
+/// Forwarding state of one VNI.
+#[derive(Debug, Clone, Default)]
+pub struct VniTable {
+    /// Unicast MAC -> where it lives.
+    pub macs: FxHashMap<MacAddr, Dest>,
+    /// Overlay IP -> MAC, answered by the ARP/ND proxy.
+    pub ips: FxHashMap<IpAddr, MacAddr>,
+    /// Default VTEPs for broadcast and unknown unicast (kernel interop).
+    pub flood: Vec<IpAddr>,
+    /// Local ports on this VNI (broadcast delivery).
+    pub ports: Vec<PortId>,
+}
+
+impl VniTable {
+    fn is_unused(&self) -> bool {
+        self.macs.is_empty() && self.flood.is_empty() && self.ports.is_empty()
+    }
+}
+
+/// A local port and the endpoint MACs behind it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Port {
+    pub vni: Vni,
+    /// Source MACs accepted from this port (anti-spoofing).
+    pub macs: Vec<MacAddr>,
+}
+
+/// Why a table change was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FdbError {
+    MacInUse { vni: Vni, mac: MacAddr, by: String },
+    IpInUse { vni: Vni, ip: IpAddr, by: String },
+    NotMulticastSafe(MacAddr),
+    PortOnOtherVni { port: PortId, vni: Vni },
+    NoSuchPeer { vni: Vni, mac: MacAddr },
+    NoSuchFlood { vni: Vni, vtep: IpAddr },
+    FloodExists { vni: Vni, vtep: IpAddr },
+}
+
+impl fmt::Display for FdbError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FdbError::MacInUse { vni, mac, by } => {
+                write!(f, "MAC {mac} is already used on VNI {vni} by {by}")
+            }
+            FdbError::IpInUse { vni, ip, by } => {
+                write!(f, "IP {ip} is already used on VNI {vni} by {by}")
+            }
+            FdbError::NotMulticastSafe(mac) => {
+                write!(
+                    f,
+                    "MAC {mac} is a multicast or zero address; an endpoint needs a unicast MAC"
+                )
+            }
+            FdbError::PortOnOtherVni { port, vni } => {
+                write!(f, "port {port} already belongs to VNI {vni}")
+            }
+            FdbError::NoSuchPeer { vni, mac } => {
+                write!(f, "no remote endpoint with MAC {mac} on VNI {vni}")
+            }
+            FdbError::NoSuchFlood { vni, vtep } => {
+                write!(f, "VTEP {vtep} is not a flood VTEP of VNI {vni}")
+            }
+            FdbError::FloodExists { vni, vtep } => {
+                write!(f, "VTEP {vtep} is already a flood VTEP of VNI {vni}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for FdbError {}
+
+/// All forwarding state of a dataplane.
+#[derive(Debug, Clone, Default)]
+pub struct Fdb {
+    vnis: FxHashMap<Vni, VniTable>,
+    ports: Vec<Option<Port>>,
+}
+
+fn describe(dest: Dest) -> String {
+    match dest {
+        Dest::Local(p) => format!("local port {p}"),
+        Dest::Remote(v) => format!("a remote endpoint behind {v}"),
+    }
+}
+
+impl Fdb {
+    #[inline]
+    pub fn vni(&self, vni: Vni) -> Option<&VniTable> {
+        self.vnis.get(&vni)
+    }
+
+    #[inline]
+    pub fn port(&self, id: PortId) -> Option<&Port> {
+        self.ports.get(id as usize).and_then(Option::as_ref)
+    }
+
+    pub fn vnis(&self) -> impl Iterator<Item = (Vni, &VniTable)> {
+        self.vnis.iter().map(|(v, t)| (*v, t))
+    }
+
+    /// A port id no port uses.
+    pub fn free_port(&self) -> PortId {
+        self.ports
+            .iter()
+            .position(Option::is_none)
+            .unwrap_or(self.ports.len()) as PortId
+    }
+
+    fn check_new(
+        &self,
+        vni: Vni,
+        mac: MacAddr,
+        ips: &[IpAddr],
+        replacing: Option<MacAddr>,
+    ) -> Result<(), FdbError> {
+        if mac.is_multicast() || mac.is_zero() {
+            return Err(FdbError::NotMulticastSafe(mac));
+        }
+        let Some(t) = self.vnis.get(&vni) else {
+            return Ok(());
+        };
+        if replacing != Some(mac) {
+            if let Some(d) = t.macs.get(&mac) {
+                return Err(FdbError::MacInUse {
+                    vni,
+                    mac,
+                    by: describe(*d),
+                });
+            }
+        }
+        for ip in ips {
+            match t.ips.get(ip) {
+                Some(owner) if Some(*owner) != replacing => {
+                    let by = t.macs.get(owner).map_or_else(
+                        || owner.to_string(),
+                        |d| format!("{owner} ({})", describe(*d)),
+                    );
+                    return Err(FdbError::IpInUse { vni, ip: *ip, by });
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that a local endpoint could be added, without adding it.
+    pub fn check_local(
+        &self,
+        port: PortId,
+        vni: Vni,
+        mac: MacAddr,
+        ips: &[IpAddr],
+    ) -> Result<(), FdbError> {
+        if let Some(p) = self.port(port) {
+            if p.vni != vni {
+                return Err(FdbError::PortOnOtherVni { port, vni: p.vni });
+            }
+        }
+        self.check_new(vni, mac, ips, None)
+    }
+
+    /// Adds an endpoint behind local `port`.
+    pub fn add_local(
+        &mut self,
+        port: PortId,
+        vni: Vni,
+        mac: MacAddr,
+        ips: &[IpAddr],
+    ) -> Result<(), FdbError> {
+        self.check_local(port, vni, mac, ips)?;
+        let idx = port as usize;
+        if self.ports.len() <= idx {
+            self.ports.resize(idx + 1, None);
+        }
+        let p = self.ports[idx].get_or_insert_with(|| Port {
+            vni,
+            macs: Vec::new(),
+        });
+        p.macs.push(mac);
+        let t = self.vnis.entry(vni).or_default();
+        if !t.ports.contains(&port) {
+            t.ports.push(port);
+        }
+        t.macs.insert(mac, Dest::Local(port));
+        for ip in ips {
+            t.ips.insert(*ip, mac);
+        }
+        Ok(())
+    }
+
+    /// Removes a local endpoint; the port goes when its last endpoint does.
+    pub fn remove_local(&mut self, port: PortId, mac: MacAddr) {
+        let Some(Some(p)) = self.ports.get_mut(port as usize) else {
+            return;
+        };
+        let vni = p.vni;
+        p.macs.retain(|m| *m != mac);
+        let port_gone = p.macs.is_empty();
+        if port_gone {
+            self.ports[port as usize] = None;
+        }
+        if let Some(t) = self.vnis.get_mut(&vni) {
+            if t.macs.get(&mac) == Some(&Dest::Local(port)) {
+                t.macs.remove(&mac);
+                t.ips.retain(|_, m| *m != mac);
+            }
+            if port_gone {
+                t.ports.retain(|x| *x != port);
+            }
+            if t.is_unused() {
+                self.vnis.remove(&vni);
+            }
+        }
+    }
+
+    /// Adds or replaces a remote endpoint.
+    pub fn add_remote(
+        &mut self,
+        vni: Vni,
+        mac: MacAddr,
+        ips: &[IpAddr],
+        vtep: IpAddr,
+    ) -> Result<(), FdbError> {
+        let replacing = match self.vnis.get(&vni).and_then(|t| t.macs.get(&mac)) {
+            Some(Dest::Remote(_)) => Some(mac),
+            _ => None,
+        };
+        self.check_new(vni, mac, ips, replacing)?;
+        let t = self.vnis.entry(vni).or_default();
+        t.ips.retain(|_, m| *m != mac);
+        t.macs.insert(mac, Dest::Remote(vtep));
+        for ip in ips {
+            t.ips.insert(*ip, mac);
+        }
+        Ok(())
+    }
+
+    pub fn remove_remote(&mut self, vni: Vni, mac: MacAddr) -> Result<(), FdbError> {
+        let t = self
+            .vnis
+            .get_mut(&vni)
+            .ok_or(FdbError::NoSuchPeer { vni, mac })?;
+        match t.macs.get(&mac) {
+            Some(Dest::Remote(_)) => {
+                t.macs.remove(&mac);
+                t.ips.retain(|_, m| *m != mac);
+                if t.is_unused() {
+                    self.vnis.remove(&vni);
+                }
+                Ok(())
+            }
+            _ => Err(FdbError::NoSuchPeer { vni, mac }),
+        }
+    }
+
+    pub fn add_flood(&mut self, vni: Vni, vtep: IpAddr) -> Result<(), FdbError> {
+        let t = self.vnis.entry(vni).or_default();
+        if t.flood.contains(&vtep) {
+            return Err(FdbError::FloodExists { vni, vtep });
+        }
+        t.flood.push(vtep);
+        Ok(())
+    }
+
+    pub fn remove_flood(&mut self, vni: Vni, vtep: IpAddr) -> Result<(), FdbError> {
+        let t = self
+            .vnis
+            .get_mut(&vni)
+            .ok_or(FdbError::NoSuchFlood { vni, vtep })?;
+        let before = t.flood.len();
+        t.flood.retain(|v| *v != vtep);
+        if t.flood.len() == before {
+            return Err(FdbError::NoSuchFlood { vni, vtep });
+        }
+        if t.is_unused() {
+            self.vnis.remove(&vni);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vni(n: u32) -> Vni {
+        Vni::new(n).unwrap()
+    }
+    fn mac(last: u8) -> MacAddr {
+        MacAddr([2, 0x42, 0, 0, 0, last])
+    }
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn local_and_remote_entries() {
+        let mut f = Fdb::default();
+        let p = f.free_port();
+        f.add_local(p, vni(4096), mac(2), &[ip("10.0.0.2")])
+            .unwrap();
+        f.add_remote(vni(4096), mac(3), &[ip("10.0.0.3")], ip("192.0.2.2"))
+            .unwrap();
+        let t = f.vni(vni(4096)).unwrap();
+        assert_eq!(t.macs[&mac(2)], Dest::Local(p));
+        assert_eq!(t.macs[&mac(3)], Dest::Remote(ip("192.0.2.2")));
+        assert_eq!(t.ips[&ip("10.0.0.3")], mac(3));
+        assert_eq!(f.free_port(), p + 1);
+        // Replacing a remote endpoint (it moved host) is allowed.
+        f.add_remote(vni(4096), mac(3), &[ip("10.0.0.3")], ip("192.0.2.9"))
+            .unwrap();
+        assert_eq!(
+            f.vni(vni(4096)).unwrap().macs[&mac(3)],
+            Dest::Remote(ip("192.0.2.9"))
+        );
+    }
+
+    #[test]
+    fn conflicts_change_nothing() {
+        let mut f = Fdb::default();
+        f.add_local(0, vni(7), mac(2), &[ip("10.0.0.2")]).unwrap();
+        let before = format!("{f:?}");
+        assert!(matches!(
+            f.add_local(1, vni(7), mac(5), &[ip("10.0.0.2")]),
+            Err(FdbError::IpInUse { .. })
+        ));
+        assert!(matches!(
+            f.add_remote(vni(7), mac(2), &[], ip("192.0.2.2")),
+            Err(FdbError::MacInUse { .. })
+        ));
+        assert!(matches!(
+            f.add_local(0, vni(8), mac(9), &[]),
+            Err(FdbError::PortOnOtherVni { .. })
+        ));
+        assert!(f.add_local(1, vni(7), MacAddr::BROADCAST, &[]).is_err());
+        assert!(
+            f.remove_remote(vni(7), mac(2)).is_err(),
+            "a local endpoint is not a peer"
+        );
+        assert_eq!(before, format!("{f:?}"));
+        // The same IP on another VNI is fine: networks are isolated.
+        f.add_local(1, vni(8), mac(5), &[ip("10.0.0.2")]).unwrap();
+    }
+
+    #[test]
+    fn removal_cleans_up() {
+        let mut f = Fdb::default();
+        f.add_local(0, vni(7), mac(2), &[ip("10.0.0.2")]).unwrap();
+        f.add_flood(vni(7), ip("192.0.2.2")).unwrap();
+        assert!(f.add_flood(vni(7), ip("192.0.2.2")).is_err());
+        f.remove_local(0, mac(2));
+        assert!(f.port(0).is_none());
+        let t = f.vni(vni(7)).unwrap();
+        assert!(t.macs.is_empty() && t.ips.is_empty() && t.ports.is_empty());
+        f.remove_flood(vni(7), ip("192.0.2.2")).unwrap();
+        assert!(f.vni(vni(7)).is_none());
+        assert!(f.remove_flood(vni(7), ip("192.0.2.2")).is_err());
+    }
+}

@@ -1,0 +1,488 @@
+//! `vxnet dp ...`: talk to the local dataplane over its API socket.
+//!
+//! Arguments are checked here with the same parsers the API uses (VNI range,
+//! MAC, ADDR/PLEN), so a typo is reported before any request is sent.
+
+use crate::output::{self, Format};
+use clap::{ArgGroup, Args, Subcommand};
+use serde::de::DeserializeOwned;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use vxnet_dataplane::api::{
+    AttachRequest, AttachTarget, DEFAULT_SOCKET, DetachTarget, EndpointInfo, FdbEntry, IpNet, Peer,
+    Request, ShowReport, StatsReport,
+};
+use vxnet_dataplane::client::Client;
+use vxnet_proto::wire::{MacAddr, Vni};
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  vxnet dp show
+  vxnet dp attach --netns web1 --vni 4096 --ip 10.0.0.2/24 --gateway 10.0.0.1
+  vxnet dp peer add --vni 4096 --mac 02:42:0a:00:00:03 --ip 10.0.0.3 --vtep 192.0.2.2
+  vxnet dp stats --format json")]
+pub struct DpArgs {
+    /// Path of the dataplane's API socket.
+    #[arg(long, global = true, env = "VXNET_SOCKET", default_value = DEFAULT_SOCKET, value_name = "PATH")]
+    pub socket: PathBuf,
+
+    #[command(subcommand)]
+    pub command: DpCommand,
+}
+
+#[derive(Debug, Args, Clone, Copy)]
+pub struct FormatArg {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DpCommand {
+    /// Attach an endpoint to a VXLAN network.
+    ///
+    /// Native attach (--netns) creates a TAP inside the network namespace
+    /// and gives it the addresses; sidecar attach (--veth) plugs an existing
+    /// host-side veth into the network's bridge.
+    #[command(after_help = "\
+Examples:
+  vxnet dp attach --netns web1 --vni 4096 --ip 10.0.0.2/24 --gateway 10.0.0.1
+  vxnet dp attach --netns /proc/1234/ns/net --vni 4096 --ip 10.0.0.2/24 --ip fd00::2/64
+  vxnet dp attach --veth veth1a2b --vni 4096 --ip 10.0.0.5/24")]
+    #[command(group(ArgGroup::new("target").required(true).args(["netns", "veth"])))]
+    Attach(AttachArgs),
+
+    /// Detach endpoints, by id, by namespace or by veth.
+    #[command(after_help = "\
+Examples:
+  vxnet dp detach --id 3
+  vxnet dp detach --netns web1
+  vxnet dp detach --netns web1 --ifname eth1
+  vxnet dp detach --veth veth1a2b")]
+    #[command(group(ArgGroup::new("target").required(true).args(["id", "netns", "veth"])))]
+    Detach(DetachArgs),
+
+    /// Add or remove remote endpoints (MAC and IPs behind a VTEP).
+    #[command(subcommand)]
+    Peer(PeerCommand),
+
+    /// Add or remove flood VTEPs, which receive broadcast and unknown
+    /// unicast frames of a VNI.
+    #[command(subcommand)]
+    Flood(FloodCommand),
+
+    /// Show packet counters and drops.
+    ///
+    /// The table lists non-zero counters and non-zero drops grouped by
+    /// pipeline stage; --all lists zeros too.
+    #[command(after_help = "\
+Examples:
+  vxnet dp stats
+  vxnet dp stats --all
+  vxnet dp stats --format json")]
+    Stats {
+        /// Also list counters and drop reasons that are zero.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+
+    /// List forwarding entries: local endpoints, remote peers, flood VTEPs.
+    #[command(after_help = "\
+Examples:
+  vxnet dp fdb
+  vxnet dp fdb --vni 4096 --format json")]
+    Fdb {
+        /// Only entries of this VNI.
+        #[arg(long, value_parser = parse_vni)]
+        vni: Option<Vni>,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+
+    /// List attached endpoints.
+    Endpoints {
+        #[command(flatten)]
+        format: FormatArg,
+    },
+
+    /// Show the dataplane's configuration and state summary.
+    Show {
+        #[command(flatten)]
+        format: FormatArg,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// Network namespace to create the endpoint's TAP in: a name under
+    /// /run/netns or a path such as /proc/PID/ns/net.
+    #[arg(long, value_name = "NAME|PATH", value_parser = parse_nonempty)]
+    pub netns: Option<String>,
+    /// Existing host-side veth to plug into the network's bridge.
+    #[arg(long, value_name = "HOSTIF", value_parser = parse_ifname,
+          conflicts_with_all = ["mtu", "gateways", "ifname"])]
+    pub veth: Option<String>,
+    /// VXLAN network identifier, 1 to 16777215.
+    #[arg(long, value_parser = parse_vni)]
+    pub vni: Vni,
+    /// Address with prefix length, e.g. 10.0.0.2/24 (repeat for more).
+    #[arg(long = "ip", value_name = "ADDR/PLEN", required = true)]
+    pub ips: Vec<IpNet>,
+    /// MAC address (default: derived from the first address, 02:42:...).
+    #[arg(long, value_parser = parse_unicast_mac)]
+    pub mac: Option<MacAddr>,
+    /// Interface MTU (default 1450).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(68..=65535))]
+    pub mtu: Option<u32>,
+    /// Default gateway; at most one IPv4 and one IPv6.
+    #[arg(long = "gateway", value_name = "IP")]
+    pub gateways: Vec<IpAddr>,
+    /// Interface name inside the namespace (default eth0).
+    #[arg(long, value_parser = parse_ifname)]
+    pub ifname: Option<String>,
+    #[command(flatten)]
+    pub format: FormatArg,
+}
+
+#[derive(Debug, Args)]
+pub struct DetachArgs {
+    /// Endpoint id, as listed by `vxnet dp endpoints`.
+    #[arg(long)]
+    pub id: Option<u32>,
+    /// Every endpoint in this network namespace.
+    #[arg(long, value_name = "NAME|PATH", value_parser = parse_nonempty)]
+    pub netns: Option<String>,
+    /// Only this interface of --netns.
+    #[arg(long, value_parser = parse_ifname)]
+    pub ifname: Option<String>,
+    /// The endpoint plugged in through this host-side veth.
+    #[arg(long, value_name = "HOSTIF", value_parser = parse_ifname)]
+    pub veth: Option<String>,
+    #[command(flatten)]
+    pub format: FormatArg,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PeerCommand {
+    /// Tell the dataplane that MAC (and its IPs) lives behind VTEP.
+    #[command(after_help = "\
+Example:
+  vxnet dp peer add --vni 4096 --mac 02:42:0a:00:00:03 --ip 10.0.0.3 --vtep 192.0.2.2")]
+    Add {
+        /// VXLAN network identifier, 1 to 16777215.
+        #[arg(long, value_parser = parse_vni)]
+        vni: Vni,
+        /// The remote endpoint's MAC address.
+        #[arg(long, value_parser = parse_unicast_mac)]
+        mac: MacAddr,
+        /// Overlay address of the endpoint, answered by the ARP/ND proxy
+        /// (repeat for more).
+        #[arg(long = "ip", value_name = "ADDR")]
+        ips: Vec<IpAddr>,
+        /// Underlay address of the host running the endpoint.
+        #[arg(long, value_parser = parse_vtep)]
+        vtep: IpAddr,
+    },
+    /// Forget a remote endpoint.
+    #[command(after_help = "\
+Example:
+  vxnet dp peer del --vni 4096 --mac 02:42:0a:00:00:03")]
+    Del {
+        /// VXLAN network identifier, 1 to 16777215.
+        #[arg(long, value_parser = parse_vni)]
+        vni: Vni,
+        /// The remote endpoint's MAC address.
+        #[arg(long, value_parser = parse_unicast_mac)]
+        mac: MacAddr,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FloodCommand {
+    /// Send the VNI's broadcast and unknown unicast frames to VTEP too.
+    #[command(after_help = "Example:\n  vxnet dp flood add --vni 4096 --vtep 192.0.2.2")]
+    Add(FloodArgs),
+    /// Stop flooding the VNI to VTEP.
+    #[command(after_help = "Example:\n  vxnet dp flood del --vni 4096 --vtep 192.0.2.2")]
+    Del(FloodArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FloodArgs {
+    /// VXLAN network identifier, 1 to 16777215.
+    #[arg(long, value_parser = parse_vni)]
+    pub vni: Vni,
+    /// Underlay address of the remote host.
+    #[arg(long, value_parser = parse_vtep)]
+    pub vtep: IpAddr,
+}
+
+pub fn parse_vni(s: &str) -> Result<Vni, String> {
+    let n: u32 = s.trim().parse().map_err(|_| {
+        format!(
+            "'{s}' is not a VNI; expected a number from 1 to {}",
+            Vni::MAX
+        )
+    })?;
+    Vni::try_from(n)
+}
+
+pub fn parse_unicast_mac(s: &str) -> Result<MacAddr, String> {
+    let mac: MacAddr = s.parse()?;
+    if mac.is_multicast() {
+        return Err(format!(
+            "{mac} is a multicast/broadcast address; an endpoint needs a unicast MAC"
+        ));
+    }
+    if mac.is_zero() {
+        return Err("00:00:00:00:00:00 is not a usable MAC address".into());
+    }
+    Ok(mac)
+}
+
+pub fn parse_vtep(s: &str) -> Result<IpAddr, String> {
+    let ip: IpAddr = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not an IPv4 or IPv6 address"))?;
+    if ip.is_unspecified() || ip.is_multicast() {
+        return Err(format!(
+            "{ip} cannot be a VTEP; give the remote host's unicast address"
+        ));
+    }
+    Ok(ip)
+}
+
+/// Linux interface names: 1 to 15 bytes, no '/', ':' or whitespace.
+pub fn parse_ifname(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 15
+        && s != "."
+        && s != ".."
+        && !s.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "'{s}' is not a valid interface name (1 to 15 characters, no '/', ':' or spaces)"
+        ))
+    }
+}
+
+fn parse_nonempty(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(s.to_string())
+    }
+}
+
+/// Why a command did not succeed; decides the exit code.
+#[derive(Debug)]
+pub enum CliError {
+    /// The arguments make no sense together (exit 2, before any request).
+    Usage(String),
+    /// The dataplane refused, could not be reached or answered nonsense
+    /// (exit 1).
+    Failed(String),
+}
+
+impl AttachArgs {
+    /// Checks that span several arguments, which clap cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        let (mut v4, mut v6) = (0, 0);
+        for gw in &self.gateways {
+            if gw.is_ipv4() {
+                v4 += 1
+            } else {
+                v6 += 1
+            }
+            if !self.ips.iter().any(|n| n.addr.is_ipv4() == gw.is_ipv4()) {
+                return Err(format!(
+                    "gateway {gw} has no --ip of the same address family to be reached through"
+                ));
+            }
+        }
+        if v4 > 1 || v6 > 1 {
+            return Err("give at most one IPv4 and one IPv6 --gateway".into());
+        }
+        for (i, a) in self.ips.iter().enumerate() {
+            if self.ips.iter().skip(i + 1).any(|b| b.addr == a.addr) {
+                return Err(format!("address {} is given twice", a.addr));
+            }
+        }
+        Ok(())
+    }
+
+    fn request(&self) -> Request {
+        let target = match (&self.netns, &self.veth) {
+            (_, Some(veth)) => AttachTarget::Veth(veth.clone()),
+            (Some(ns), None) => AttachTarget::Netns(ns.clone()),
+            // clap's required group guarantees one of them.
+            (None, None) => AttachTarget::Netns(String::new()),
+        };
+        Request::Attach(AttachRequest {
+            target,
+            vni: self.vni,
+            ips: self.ips.clone(),
+            mac: self.mac,
+            mtu: self.mtu,
+            gateways: self.gateways.clone(),
+            ifname: self.ifname.clone(),
+        })
+    }
+}
+
+impl DetachArgs {
+    fn request(&self) -> Request {
+        let target = match (self.id, &self.netns, &self.veth) {
+            (Some(id), _, _) => DetachTarget::Id(id),
+            (None, Some(ns), _) => DetachTarget::Netns {
+                netns: ns.clone(),
+                ifname: self.ifname.clone(),
+            },
+            (None, None, Some(v)) => DetachTarget::Veth(v.clone()),
+            // clap's required group guarantees one of them.
+            (None, None, None) => DetachTarget::Veth(String::new()),
+        };
+        Request::Detach { target }
+    }
+}
+
+impl DpCommand {
+    /// Cross-argument checks; an error here is a usage error.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            DpCommand::Attach(a) => a.validate(),
+            DpCommand::Detach(d) if d.ifname.is_some() && d.netns.is_none() => {
+                Err("--ifname selects an interface of --netns; use it with --netns".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The subcommand's name on the command line.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DpCommand::Attach(_) => "attach",
+            DpCommand::Detach(_) => "detach",
+            DpCommand::Peer(_) => "peer",
+            DpCommand::Flood(_) => "flood",
+            DpCommand::Stats { .. } => "stats",
+            DpCommand::Fdb { .. } => "fdb",
+            DpCommand::Endpoints { .. } => "endpoints",
+            DpCommand::Show { .. } => "show",
+        }
+    }
+
+    /// The API request this command sends.
+    pub fn request(&self) -> Request {
+        match self {
+            DpCommand::Attach(a) => a.request(),
+            DpCommand::Detach(d) => d.request(),
+            DpCommand::Peer(PeerCommand::Add {
+                vni,
+                mac,
+                ips,
+                vtep,
+            }) => Request::PeerAdd(Peer {
+                vni: *vni,
+                mac: *mac,
+                ips: ips.clone(),
+                vtep: *vtep,
+            }),
+            DpCommand::Peer(PeerCommand::Del { vni, mac }) => Request::PeerDel {
+                vni: *vni,
+                mac: *mac,
+            },
+            DpCommand::Flood(FloodCommand::Add(f)) => Request::FloodAdd {
+                vni: f.vni,
+                vtep: f.vtep,
+            },
+            DpCommand::Flood(FloodCommand::Del(f)) => Request::FloodDel {
+                vni: f.vni,
+                vtep: f.vtep,
+            },
+            DpCommand::Stats { .. } => Request::Stats,
+            DpCommand::Fdb { vni, .. } => Request::Fdb { vni: *vni },
+            DpCommand::Endpoints { .. } => Request::Endpoints,
+            DpCommand::Show { .. } => Request::Show,
+        }
+    }
+
+    fn format(&self) -> Format {
+        match self {
+            DpCommand::Attach(a) => a.format.format,
+            DpCommand::Detach(d) => d.format.format,
+            DpCommand::Peer(_) | DpCommand::Flood(_) => Format::Table,
+            DpCommand::Stats { format, .. }
+            | DpCommand::Fdb { format, .. }
+            | DpCommand::Endpoints { format }
+            | DpCommand::Show { format } => format.format,
+        }
+    }
+
+    /// Renders a successful result for the terminal.
+    fn render(&self, result: serde_json::Value) -> Result<String, CliError> {
+        if self.format() == Format::Json {
+            if result.is_null() {
+                return Ok(String::new());
+            }
+            let mut s = serde_json::to_string_pretty(&result)
+                .map_err(|e| CliError::Failed(format!("cannot print the answer: {e}")))?;
+            s.push('\n');
+            return Ok(s);
+        }
+        Ok(match self {
+            DpCommand::Attach(_) => output::endpoints(&[decode::<EndpointInfo>(result)?]),
+            DpCommand::Detach(_) => {
+                // The dataplane may answer with the detached endpoints or
+                // with nothing; show them when it does.
+                match serde_json::from_value::<Vec<EndpointInfo>>(result.clone()) {
+                    Ok(list) => output::endpoints(&list),
+                    Err(_) => match serde_json::from_value::<EndpointInfo>(result) {
+                        Ok(e) => output::endpoints(&[e]),
+                        Err(_) => String::new(),
+                    },
+                }
+            }
+            DpCommand::Peer(_) | DpCommand::Flood(_) => String::new(),
+            DpCommand::Stats { all, .. } => output::stats(&decode::<StatsReport>(result)?, *all),
+            DpCommand::Fdb { .. } => output::fdb(&decode::<Vec<FdbEntry>>(result)?),
+            DpCommand::Endpoints { .. } => output::endpoints(&decode::<Vec<EndpointInfo>>(result)?),
+            DpCommand::Show { .. } => output::show(&decode::<ShowReport>(result)?),
+        })
+    }
+}
+
+fn decode<T: DeserializeOwned>(v: serde_json::Value) -> Result<T, CliError> {
+    serde_json::from_value(v).map_err(|e| {
+        CliError::Failed(format!(
+            "unexpected answer from the dataplane ({e}); are the CLI and the dataplane the same version?"
+        ))
+    })
+}
+
+/// Runs one `vxnet dp` command, writing its output to `out`.
+pub fn run(args: &DpArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    args.command.validate().map_err(CliError::Usage)?;
+    let req = args.command.request();
+    let mut client = Client::connect(&args.socket).map_err(|e| CliError::Failed(e.to_string()))?;
+    let resp = client
+        .call(&req)
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    if !resp.ok {
+        return Err(CliError::Failed(resp.error.unwrap_or_else(|| {
+            "the dataplane refused the request without saying why".into()
+        })));
+    }
+    let text = args
+        .command
+        .render(resp.result.unwrap_or(serde_json::Value::Null))?;
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| CliError::Failed(format!("cannot write output: {e}")))
+}

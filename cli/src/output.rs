@@ -1,0 +1,315 @@
+//! Rendering of API results: aligned tables (like `docker network ls`) or
+//! JSON exactly as the dataplane sent it.
+
+use clap::ValueEnum;
+use std::fmt::Write as _;
+use vxnet_dataplane::api::{EndpointInfo, FdbEntry, ShowReport, StatsReport};
+use vxnet_proto::stats::{Counter, Drop as DropReason};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum Format {
+    /// Aligned columns for people.
+    #[default]
+    Table,
+    /// The dataplane's JSON answer, pretty-printed, for scripts.
+    Json,
+}
+
+/// Columns separated by at least three spaces, headers in capitals.
+pub struct Table {
+    headers: Vec<&'static str>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(headers: &[&'static str]) -> Table {
+        Table {
+            headers: headers.to_vec(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    pub fn render(&self) -> String {
+        const GAP: usize = 3;
+        let ncols = self.headers.len();
+        let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        let header: Vec<String> = self.headers.iter().map(|h| h.to_string()).collect();
+        for cells in std::iter::once(&header).chain(&self.rows) {
+            let mut line = String::new();
+            for (i, w) in widths.iter().enumerate().take(ncols) {
+                let cell = cells.get(i).map(String::as_str).unwrap_or("");
+                line.push_str(cell);
+                if i + 1 < ncols {
+                    let pad = w - cell.chars().count() + GAP;
+                    line.extend(std::iter::repeat_n(' ', pad));
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+fn join<T: ToString>(items: &[T]) -> String {
+    if items.is_empty() {
+        return "-".into();
+    }
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub fn endpoints(list: &[EndpointInfo]) -> String {
+    let mut t = Table::new(&[
+        "ID", "VNI", "MAC", "IPS", "MTU", "KIND", "LOCATION", "IFNAME", "TAP",
+    ]);
+    for e in list {
+        t.row(vec![
+            e.id.to_string(),
+            e.vni.to_string(),
+            e.mac.to_string(),
+            join(&e.ips),
+            e.mtu.to_string(),
+            e.kind.clone(),
+            e.location.clone(),
+            e.ifname.clone(),
+            e.tap.clone(),
+        ]);
+    }
+    t.render()
+}
+
+pub fn fdb(list: &[FdbEntry]) -> String {
+    let mut t = Table::new(&["VNI", "MAC", "IPS", "KIND", "DEST"]);
+    for e in list {
+        t.row(vec![
+            e.vni.to_string(),
+            e.mac.clone(),
+            join(&e.ips),
+            e.kind.clone(),
+            e.dest.clone(),
+        ]);
+    }
+    t.render()
+}
+
+pub fn show(r: &ShowReport) -> String {
+    let yes_no = |b: bool| if b { "yes" } else { "no" }.to_string();
+    let rows = [
+        ("Version", r.version.clone()),
+        ("Local VTEP", r.local_vtep.to_string()),
+        ("VXLAN port", r.port.to_string()),
+        ("Workers", r.workers.to_string()),
+        ("Poll mode", r.poll.clone()),
+        ("UDP GSO", yes_no(r.gso)),
+        ("UDP GRO", yes_no(r.gro)),
+        ("Endpoints", r.endpoints.to_string()),
+        ("VNIs", r.vnis.to_string()),
+        (
+            "Public key",
+            r.public_key.clone().unwrap_or_else(|| "-".into()),
+        ),
+    ];
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for (k, v) in rows {
+        let _ = writeln!(out, "{:<width$}   {v}", format!("{k}:"), width = width + 1);
+    }
+    out
+}
+
+fn counter_help(name: &str) -> &'static str {
+    Counter::ALL
+        .iter()
+        .find(|c| c.name() == name)
+        .map(|c| c.help())
+        .unwrap_or("")
+}
+
+fn drop_help(stage: &str, reason: &str) -> &'static str {
+    DropReason::ALL
+        .iter()
+        .find(|d| d.stage() == stage && d.reason() == reason)
+        .map(|d| d.help())
+        .unwrap_or("")
+}
+
+/// Counters then drops grouped by stage; zeros hidden unless `all`.
+pub fn stats(r: &StatsReport, all: bool) -> String {
+    let mut out = format!("Workers: {}\n\n", r.workers);
+    let mut t = Table::new(&["COUNTER", "VALUE", "DESCRIPTION"]);
+    for (name, v) in r.counters.iter().filter(|(_, v)| all || *v != 0) {
+        t.row(vec![name.clone(), v.to_string(), counter_help(name).into()]);
+    }
+    if t.is_empty() {
+        out.push_str("All counters are zero (--all lists them).\n");
+    } else {
+        out.push_str(&t.render());
+    }
+    out.push('\n');
+
+    // Group by stage in the order stages first appear, keeping the
+    // dataplane's order of reasons within a stage.
+    let mut stages: Vec<&str> = Vec::new();
+    for (stage, _, _) in &r.drops {
+        if !stages.contains(&stage.as_str()) {
+            stages.push(stage);
+        }
+    }
+    let mut t = Table::new(&["STAGE", "REASON", "DROPPED", "DESCRIPTION"]);
+    for stage in stages {
+        for (s, reason, n) in &r.drops {
+            if s == stage && (all || *n != 0) {
+                t.row(vec![
+                    s.clone(),
+                    reason.clone(),
+                    n.to_string(),
+                    drop_help(s, reason).into(),
+                ]);
+            }
+        }
+    }
+    if t.is_empty() {
+        out.push_str("No drops.\n");
+    } else {
+        out.push_str(&t.render());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vxnet_dataplane::api::IpNet;
+    use vxnet_proto::wire::{MacAddr, Vni};
+
+    #[test]
+    fn table_aligns_columns_docker_style() {
+        let mut t = Table::new(&["ID", "NAME", "DRIVER"]);
+        t.row(vec!["1".into(), "overlay-long-name".into(), "vxlan".into()]);
+        t.row(vec!["123".into(), "x".into(), "".into()]);
+        assert_eq!(
+            t.render(),
+            "ID    NAME                DRIVER\n\
+             1     overlay-long-name   vxlan\n\
+             123   x\n"
+        );
+    }
+
+    #[test]
+    fn empty_table_prints_headers() {
+        assert_eq!(fdb(&[]), "VNI   MAC   IPS   KIND   DEST\n");
+    }
+
+    #[test]
+    fn endpoint_table() {
+        let e = EndpointInfo {
+            id: 7,
+            vni: Vni::new(4096).unwrap(),
+            mac: "02:42:0a:00:00:02".parse::<MacAddr>().unwrap(),
+            ips: vec![
+                "10.0.0.2/24".parse::<IpNet>().unwrap(),
+                "fd00::2/64".parse().unwrap(),
+            ],
+            mtu: 1450,
+            ifname: "eth0".into(),
+            location: "ns1".into(),
+            kind: "native".into(),
+            tap: "vx7".into(),
+        };
+        let s = endpoints(&[e]);
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("ID   VNI    MAC "), "{s}");
+        assert!(
+            lines[1].contains("02:42:0a:00:00:02   10.0.0.2/24,fd00::2/64   1450"),
+            "{s}"
+        );
+        // Columns line up: every header starts where its values start.
+        let col = lines[0].find("IPS").unwrap();
+        assert_eq!(&lines[1][col..col + 11], "10.0.0.2/24");
+    }
+
+    fn report() -> StatsReport {
+        StatsReport {
+            workers: 2,
+            counters: vec![("tap_rx_frames".into(), 42), ("tap_rx_bytes".into(), 0)],
+            drops: vec![
+                ("tap".into(), "runt".into(), 0),
+                ("tap".into(), "too_big".into(), 3),
+                ("wire".into(), "unknown_vni".into(), 7),
+                ("wire".into(), "runt".into(), 0),
+            ],
+        }
+    }
+
+    #[test]
+    fn stats_hide_zeros_unless_all() {
+        let s = stats(&report(), false);
+        assert!(s.starts_with("Workers: 2\n"));
+        assert!(
+            s.contains("tap_rx_frames   42      frames read from TAPs\n"),
+            "{s}"
+        );
+        assert!(!s.contains("tap_rx_bytes"));
+        assert!(s.contains("tap     too_big       3"), "{s}");
+        assert!(s.contains("wire    unknown_vni   7"), "{s}");
+        assert!(!s.contains("runt"));
+        let all = stats(&report(), true);
+        assert!(all.contains("tap_rx_bytes"));
+        // Grouped by stage: both tap rows before the wire rows.
+        let runt_tap = all.find("tap     runt").unwrap();
+        let too_big = all.find("tap     too_big").unwrap();
+        let wire = all.find("wire    unknown_vni").unwrap();
+        assert!(runt_tap < too_big && too_big < wire, "{all}");
+    }
+
+    #[test]
+    fn stats_all_zero() {
+        let r = StatsReport {
+            workers: 1,
+            counters: vec![("tap_rx_frames".into(), 0)],
+            drops: vec![("tap".into(), "runt".into(), 0)],
+        };
+        let s = stats(&r, false);
+        assert!(s.contains("All counters are zero"));
+        assert!(s.contains("No drops."));
+    }
+
+    #[test]
+    fn show_is_key_value() {
+        let r = ShowReport {
+            version: "0.1.0".into(),
+            local_vtep: "192.0.2.1".parse().unwrap(),
+            port: 4789,
+            workers: 2,
+            poll: "busy".into(),
+            gso: true,
+            gro: false,
+            endpoints: 3,
+            vnis: 1,
+            public_key: None,
+        };
+        let s = show(&r);
+        assert!(s.contains("Local VTEP:   192.0.2.1\n"), "{s}");
+        assert!(s.contains("UDP GSO:      yes\n"), "{s}");
+        assert!(s.contains("Public key:   -\n"), "{s}");
+    }
+}

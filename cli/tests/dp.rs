@@ -1,0 +1,252 @@
+//! Runs the built `vxnet` binary against an in-process API server with a
+//! fake handler on a temporary socket.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use vxnet_dataplane::api::{EndpointInfo, Peer, Request, Response, StatsReport};
+use vxnet_dataplane::server::{ServerHandle, serve};
+
+/// A fresh directory removed on drop, also when the test fails.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("vxnet-clit-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A server whose handler records every request and answers with `answer`.
+struct Fake {
+    _dir: TempDir,
+    socket: PathBuf,
+    seen: Arc<Mutex<Vec<Request>>>,
+    _server: ServerHandle,
+}
+
+impl Fake {
+    fn new(answer: impl Fn(&Request) -> Response + Send + Sync + 'static) -> Fake {
+        let dir = TempDir::new("fake");
+        let socket = dir.0.join("dp.sock");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        let server = serve(
+            &socket,
+            Arc::new(move |req: Request| {
+                let resp = answer(&req);
+                seen2.lock().unwrap().push(req);
+                resp
+            }),
+        )
+        .unwrap();
+        Fake {
+            _dir: dir,
+            socket,
+            seen,
+            _server: server,
+        }
+    }
+
+    fn seen(&self) -> Vec<Request> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn vxnet(socket: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vxnet"))
+        .arg("dp")
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .env_remove("VXNET_SOCKET")
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn report() -> StatsReport {
+    StatsReport {
+        workers: 2,
+        counters: vec![("tap_rx_frames".into(), 42), ("tap_rx_bytes".into(), 0)],
+        drops: vec![
+            ("tap".into(), "runt".into(), 0),
+            ("wire".into(), "unknown_vni".into(), 7),
+        ],
+    }
+}
+
+#[test]
+fn stats_json_is_the_report_as_sent() {
+    let fake = Fake::new(|_| Response::ok(report()));
+    let out = vxnet(&fake.socket, &["stats", "--format", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let got: StatsReport = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(got, report());
+    assert_eq!(fake.seen(), vec![Request::Stats]);
+}
+
+#[test]
+fn stats_table_shows_non_zero_rows() {
+    let fake = Fake::new(|_| Response::ok(report()));
+    let out = vxnet(&fake.socket, &["stats"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("tap_rx_frames   42"), "{text}");
+    assert!(text.contains("wire    unknown_vni   7"), "{text}");
+    assert!(!text.contains("tap_rx_bytes"), "{text}");
+}
+
+#[test]
+fn peer_add_sends_the_request() {
+    let fake = Fake::new(|_| Response::ok(()));
+    let out = vxnet(
+        &fake.socket,
+        &[
+            "peer",
+            "add",
+            "--vni",
+            "4096",
+            "--mac",
+            "02:42:0a:00:00:03",
+            "--ip",
+            "10.0.0.3",
+            "--vtep",
+            "192.0.2.2",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        fake.seen(),
+        vec![Request::PeerAdd(Peer {
+            vni: 4096u32.try_into().unwrap(),
+            mac: "02:42:0a:00:00:03".parse().unwrap(),
+            ips: vec!["10.0.0.3".parse().unwrap()],
+            vtep: "192.0.2.2".parse().unwrap(),
+        })]
+    );
+}
+
+#[test]
+fn refusal_is_printed_with_exit_code_1() {
+    let fake = Fake::new(|_| Response::error("VNI 4096 has no local endpoint"));
+    let out = vxnet(
+        &fake.socket,
+        &["flood", "add", "--vni", "4096", "--vtep", "192.0.2.2"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr(&out), "error: VNI 4096 has no local endpoint\n");
+    assert_eq!(stdout(&out), "");
+}
+
+#[test]
+fn usage_error_exits_2_and_sends_nothing() {
+    let fake = Fake::new(|_| Response::ok(()));
+    let out = vxnet(
+        &fake.socket,
+        &["peer", "del", "--vni", "0", "--mac", "02:00:00:00:00:01"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("VNI 0 is outside"),
+        "{}",
+        stderr(&out)
+    );
+    let out = vxnet(
+        &fake.socket,
+        &[
+            "attach",
+            "--netns",
+            "n",
+            "--vni",
+            "5",
+            "--ip",
+            "10.0.0.2/24",
+            "--gateway",
+            "fd00::1",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("same address family"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(fake.seen().is_empty());
+}
+
+#[test]
+fn unreachable_socket_gives_the_helpful_message() {
+    let dir = TempDir::new("nosock");
+    let socket = dir.0.join("dataplane.sock");
+    let out = vxnet(&socket, &["show"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: cannot reach the dataplane at {}: is vxnet-dataplane running? (No such file or directory)\n",
+            socket.display()
+        )
+    );
+}
+
+#[test]
+fn attach_prints_the_endpoint_and_socket_comes_from_env() {
+    let fake = Fake::new(|req| match req {
+        Request::Attach(a) => Response::ok(EndpointInfo {
+            id: 1,
+            vni: a.vni,
+            mac: a
+                .mac
+                .unwrap_or(vxnet_proto::wire::MacAddr::from_ip(a.ips[0].addr)),
+            ips: a.ips.clone(),
+            mtu: a.mtu.unwrap_or(1450),
+            ifname: "eth0".into(),
+            location: "web1".into(),
+            kind: "native".into(),
+            tap: "vx1".into(),
+        }),
+        _ => Response::error("unexpected"),
+    });
+    let out = Command::new(env!("CARGO_BIN_EXE_vxnet"))
+        .args([
+            "dp",
+            "attach",
+            "--netns",
+            "web1",
+            "--vni",
+            "4096",
+            "--ip",
+            "10.0.0.2/24",
+        ])
+        .env("VXNET_SOCKET", &fake.socket)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].starts_with("ID   VNI    MAC"), "{text}");
+    assert!(
+        lines[1].contains("02:42:0a:00:00:02   10.0.0.2/24   1450   native   web1"),
+        "{text}"
+    );
+}

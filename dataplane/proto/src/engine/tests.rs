@@ -1,0 +1,309 @@
+use super::*;
+use crate::fdb::Fdb;
+use etherparse::PacketBuilder;
+
+const A: MacAddr = MacAddr([2, 0x42, 10, 0, 0, 2]);
+const B: MacAddr = MacAddr([2, 0x42, 10, 0, 0, 3]);
+const C: MacAddr = MacAddr([2, 0x42, 10, 0, 0, 4]);
+
+fn vni() -> Vni {
+    Vni::new(4096).unwrap()
+}
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// Port 0: local A (10.0.0.2); remote B (10.0.0.3) behind 192.0.2.2.
+fn setup(fdb_extra: impl FnOnce(&mut Fdb)) -> (Engine, Outputs) {
+    let mut fdb = Fdb::default();
+    fdb.add_local(0, vni(), A, &[ip("10.0.0.2"), ip("fd00::2")])
+        .unwrap();
+    fdb.add_remote(vni(), B, &[ip("10.0.0.3"), ip("fd00::3")], ip("192.0.2.2"))
+        .unwrap();
+    fdb_extra(&mut fdb);
+    let engine = Engine::new(
+        EngineConfig::default(),
+        Arc::new(fdb),
+        Arc::new(Stats::default()),
+    );
+    (engine, Outputs::new(TxBatch::new(1 << 20, 64)))
+}
+
+fn udp_frame(src: MacAddr, dst: MacAddr, payload: &[u8]) -> Vec<u8> {
+    let mut v = vec![0u8; vnet::LEN];
+    PacketBuilder::ethernet2(src.0, dst.0)
+        .ipv4([10, 0, 0, 2], [10, 0, 0, 3], 64)
+        .udp(1000, 2000)
+        .write(&mut v, payload)
+        .unwrap();
+    v
+}
+
+fn drained(out: &mut Outputs) -> Vec<(PortId, Vec<u8>)> {
+    let mut v = Vec::new();
+    out.drain_taps(|p, b| v.push((p, b.to_vec())));
+    v
+}
+
+#[test]
+fn unicast_to_remote_is_encapsulated() {
+    let (mut e, mut out) = setup(|_| {});
+    let pkt = udp_frame(A, B, b"hello");
+    e.from_tap(0, &pkt, &mut out);
+    let msgs = out.udp.msgs().to_vec();
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].dst, "192.0.2.2:4789".parse().unwrap());
+    assert_eq!(msgs[0].segment, 0);
+    let dgram = out.udp.bytes(&msgs[0]);
+    let vx = vxlan::Packet::new_checked(dgram).unwrap();
+    assert_eq!(vx.vni(), vni());
+    assert_eq!(vx.payload(), &pkt[vnet::LEN..]);
+    assert_eq!(e.stats().counter(Counter::Encapsulated), 1);
+}
+
+#[test]
+fn spoofed_and_runt_frames_are_dropped() {
+    let (mut e, mut out) = setup(|_| {});
+    e.from_tap(0, &udp_frame(C, B, b"x"), &mut out);
+    e.from_tap(0, &[0u8; 12], &mut out);
+    e.from_tap(7, &udp_frame(A, B, b"x"), &mut out);
+    assert!(out.udp.is_empty());
+    assert_eq!(e.stats().drops(Drop::TapSpoofedSource), 1);
+    assert_eq!(e.stats().drops(Drop::TapRunt), 1);
+    assert_eq!(e.stats().drops(Drop::TapUnknownPort), 1);
+}
+
+#[test]
+fn unknown_unicast_needs_a_flood_vtep() {
+    let (mut e, mut out) = setup(|_| {});
+    e.from_tap(0, &udp_frame(A, C, b"x"), &mut out);
+    assert!(out.udp.is_empty());
+    assert_eq!(e.stats().drops(Drop::TapNoDestination), 1);
+
+    let (mut e, mut out) = setup(|f| {
+        f.add_flood(vni(), ip("192.0.2.7")).unwrap();
+        f.add_flood(vni(), ip("192.0.2.8")).unwrap();
+    });
+    e.from_tap(0, &udp_frame(A, C, b"x"), &mut out);
+    let msgs = out.udp.msgs().to_vec();
+    assert_eq!(msgs.len(), 2);
+    assert_eq!(
+        msgs[0].range, msgs[1].range,
+        "flooding reuses the encapsulated bytes"
+    );
+    assert_eq!(msgs[1].dst, "192.0.2.8:4789".parse().unwrap());
+    assert_eq!(e.stats().counter(Counter::Flooded), 2);
+}
+
+#[test]
+fn arp_for_known_address_is_answered_locally() {
+    let (mut e, mut out) = setup(|_| {});
+    let mut pkt = vec![0u8; vnet::LEN];
+    // Ethernet broadcast ARP request: who has 10.0.0.3? tell 10.0.0.2
+    pkt.extend_from_slice(&MacAddr::BROADCAST.0);
+    pkt.extend_from_slice(&A.0);
+    pkt.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    pkt.extend_from_slice(&A.0);
+    pkt.extend_from_slice(&[10, 0, 0, 2]);
+    pkt.extend_from_slice(&[0; 6]);
+    pkt.extend_from_slice(&[10, 0, 0, 3]);
+    e.from_tap(0, &pkt, &mut out);
+    assert!(
+        out.udp.is_empty(),
+        "ARP is never sent across hosts when the proxy knows the answer"
+    );
+    let taps = drained(&mut out);
+    assert_eq!(taps.len(), 1);
+    let (port, reply) = &taps[0];
+    assert_eq!(*port, 0);
+    let frame = &reply[vnet::LEN..];
+    assert_eq!(MacAddr::dst_of(frame), Some(A));
+    assert_eq!(&frame[12..14], &[0x08, 0x06]);
+    assert_eq!(&frame[20..22], &[0, 2], "opcode reply");
+    assert_eq!(
+        &frame[22..28],
+        &B.0,
+        "sender hardware address is the answer"
+    );
+    assert_eq!(e.stats().counter(Counter::ArpProxied), 1);
+}
+
+#[test]
+fn neighbour_solicitation_is_answered_locally() {
+    let (mut e, mut out) = setup(|_| {});
+    let target: std::net::Ipv6Addr = "fd00::3".parse().unwrap();
+    let src: std::net::Ipv6Addr = "fd00::2".parse().unwrap();
+    let t = target.octets();
+    let snm = [
+        0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, t[13], t[14], t[15],
+    ];
+    let mut icmp = vec![135u8, 0, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&t);
+    icmp.extend_from_slice(&[1, 1]);
+    icmp.extend_from_slice(&A.0);
+    let mut pkt = vec![0u8; vnet::LEN];
+    PacketBuilder::ethernet2(A.0, [0x33, 0x33, 0xff, t[13], t[14], t[15]])
+        .ipv6(src.octets(), snm, 255)
+        .icmpv6(etherparse::Icmpv6Type::Unknown {
+            type_u8: 135,
+            code_u8: 0,
+            bytes5to8: [0; 4],
+        })
+        .write(&mut pkt, &icmp[8..])
+        .unwrap();
+    e.from_tap(0, &pkt, &mut out);
+    let taps = drained(&mut out);
+    assert_eq!(taps.len(), 1, "answered on the asking port");
+    assert_eq!(e.stats().counter(Counter::NdProxied), 1);
+    let frame = &taps[0].1[vnet::LEN..];
+    let parsed = etherparse::SlicedPacket::from_ethernet(frame).unwrap();
+    match parsed.transport {
+        Some(etherparse::TransportSlice::Icmpv6(i)) => assert_eq!(i.type_u8(), 136),
+        other => panic!("expected an ICMPv6 advertisement, got {other:?}"),
+    }
+}
+
+#[test]
+fn local_endpoints_switch_without_the_wire() {
+    let (mut e, mut out) = setup(|f| f.add_local(1, vni(), C, &[ip("10.0.0.4")]).unwrap());
+    e.from_tap(0, &udp_frame(A, C, b"local"), &mut out);
+    assert!(out.udp.is_empty());
+    let taps = drained(&mut out);
+    assert_eq!(taps.len(), 1);
+    assert_eq!(taps[0].0, 1);
+    assert_eq!(e.stats().counter(Counter::LocalSwitched), 1);
+}
+
+fn vxlan_datagram(vni: u32, inner: &[u8]) -> Vec<u8> {
+    let mut d = vec![0u8; 8];
+    vxlan::write_header(&mut d, Vni::new(vni).unwrap());
+    d.extend_from_slice(inner);
+    d
+}
+
+#[test]
+fn from_wire_delivers_and_drops_by_reason() {
+    let (mut e, mut out) = setup(|_| {});
+    let src: SocketAddr = "192.0.2.2:40000".parse().unwrap();
+    let inner = udp_frame(B, A, b"back")[vnet::LEN..].to_vec();
+    e.from_wire(src, &vxlan_datagram(4096, &inner), &mut out);
+    let taps = drained(&mut out);
+    assert_eq!(taps.len(), 1);
+    assert_eq!(&taps[0].1[vnet::LEN..], &inner[..]);
+
+    e.from_wire(src, &vxlan_datagram(4097, &inner), &mut out);
+    e.from_wire(src, &[0x08, 0, 0], &mut out);
+    let mut bad = vxlan_datagram(4096, &inner);
+    bad[0] = 0;
+    e.from_wire(src, &bad, &mut out);
+    e.from_wire(
+        src,
+        &vxlan_datagram(4096, &udp_frame(B, C, b"")[vnet::LEN..]),
+        &mut out,
+    );
+    e.from_wire(
+        src,
+        &vxlan_datagram(4096, &udp_frame(A, A, b"")[vnet::LEN..]),
+        &mut out,
+    );
+    e.from_wire(src, &vxlan_datagram(4096, &inner[..10]), &mut out);
+    assert!(drained(&mut out).is_empty());
+    let s = e.stats();
+    assert_eq!(s.drops(Drop::WireUnknownVni), 1);
+    assert_eq!(s.drops(Drop::WireBadVxlan), 1);
+    assert_eq!(s.drops(Drop::WireRunt), 2);
+    assert_eq!(s.drops(Drop::WireNoEndpoint), 1);
+    assert_eq!(s.drops(Drop::WireFromSelf), 1);
+    assert_eq!(s.counter(Counter::Decapsulated), 1);
+}
+
+/// A 64 KB TCP GSO frame as a TAP with TSO hands it over.
+fn tcp_gso_frame(payload_len: usize, mss: u16) -> Vec<u8> {
+    let payload: Vec<u8> = (0..payload_len).map(|i| (i * 7) as u8).collect();
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(A.0, B.0)
+        .ipv4([10, 0, 0, 2], [10, 0, 0, 3], 64)
+        .tcp(40000, 5201, 1000, 65535)
+        .ack(1)
+        .write(&mut frame, &payload)
+        .unwrap();
+    let hdr = VnetHdr {
+        flags: vnet::F_NEEDS_CSUM,
+        gso_type: vnet::GsoType::TcpV4,
+        gso_ecn: false,
+        hdr_len: 14 + 20 + 20,
+        gso_size: mss,
+        csum_start: 14 + 20,
+        csum_offset: 16,
+    };
+    let mut pkt = vec![0u8; vnet::LEN];
+    hdr.emit(&mut pkt);
+    pkt.extend_from_slice(&frame);
+    pkt
+}
+
+#[test]
+fn gso_frame_becomes_one_udp_gso_message_and_coalesces_back() {
+    let (mut e, mut out) = setup(|_| {});
+    let pkt = tcp_gso_frame(60_000, 1398);
+    e.from_tap(0, &pkt, &mut out);
+    let msgs = out.udp.msgs().to_vec();
+    assert_eq!(msgs.len(), 1);
+    let m = &msgs[0];
+    assert_eq!(m.segment as usize, 8 + 14 + 20 + 20 + 1398);
+    assert_eq!(m.datagrams(), 60_000usize.div_ceil(1398));
+    assert_eq!(
+        e.stats().counter(Counter::Encapsulated),
+        m.datagrams() as u64
+    );
+
+    // Feed the datagrams to the receiving side (A and B swapped) and expect
+    // them to be merged into few TAP writes carrying the same payload.
+    let (mut rx, mut rx_out) = {
+        let mut fdb = Fdb::default();
+        fdb.add_local(0, vni(), B, &[ip("10.0.0.3")]).unwrap();
+        fdb.add_remote(vni(), A, &[ip("10.0.0.2")], ip("192.0.2.1"))
+            .unwrap();
+        let e = Engine::new(
+            EngineConfig::default(),
+            Arc::new(fdb),
+            Arc::new(Stats::default()),
+        );
+        (e, Outputs::new(TxBatch::new(1 << 20, 64)))
+    };
+    let bytes = out.udp.bytes(m).to_vec();
+    for d in bytes.chunks(m.segment as usize) {
+        rx.from_wire("192.0.2.1:1".parse().unwrap(), d, &mut rx_out);
+    }
+    let taps = drained(&mut rx_out);
+    assert!(
+        taps.len() < 4,
+        "{} TAP writes for one 60 KB burst",
+        taps.len()
+    );
+    let mut total = 0;
+    for (_, w) in &taps {
+        let h = VnetHdr::parse(w).unwrap();
+        let frame = &w[vnet::LEN..];
+        total += frame.len() - 54;
+        if taps.len() == 1 {
+            assert_eq!(h.gso_type, vnet::GsoType::TcpV4);
+        }
+    }
+    assert_eq!(total, 60_000);
+}
+
+#[test]
+fn flow_hash_separates_flows_and_keeps_one_flow_stable() {
+    let a = udp_frame(A, B, b"1");
+    let b = udp_frame(A, B, b"22");
+    assert_eq!(flow_hash(&a[vnet::LEN..]), flow_hash(&b[vnet::LEN..]));
+    let mut other = Vec::new();
+    PacketBuilder::ethernet2(A.0, B.0)
+        .ipv4([10, 0, 0, 2], [10, 0, 0, 3], 64)
+        .udp(1001, 2000)
+        .write(&mut other, b"1")
+        .unwrap();
+    assert_ne!(flow_hash(&a[vnet::LEN..]), flow_hash(&other));
+    assert_eq!(flow_hash(&[]), flow_hash(&[]));
+}

@@ -1,0 +1,355 @@
+//! Attaching endpoints.
+//!
+//! - Native: the TAP is created *inside* the container's network namespace
+//!   (from a thread that entered it), named `eth0` there, while its file
+//!   descriptor stays with the dataplane. If any configuration step fails
+//!   the descriptor is closed, which deletes the device: nothing is left.
+//! - Sidecar: a container made by another runtime already has a veth; its
+//!   host side is enslaved to a per-VNI Linux bridge `vxbr<VNI>` that also
+//!   holds the dataplane's TAP `vxtap<VNI>` for that network.
+
+use crate::api::{AttachRequest, AttachTarget, IpNet};
+use crate::sys::netns;
+use crate::sys::tap::Tap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use vxnet_proto::fdb::PortId;
+use vxnet_proto::wire::{MacAddr, Vni};
+
+/// Smallest MTU Linux accepts for IPv6 (and a sane floor for IPv4).
+const MIN_MTU: u32 = 1280;
+/// Largest inner MTU: a 9000-byte underlay minus 50 bytes of VXLAN, with
+/// room for bigger underlays.
+const MAX_MTU: u32 = 65_000;
+
+/// A validated attach request.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub vni: Vni,
+    pub mac: MacAddr,
+    pub ips: Vec<IpNet>,
+    pub mtu: u32,
+    pub gateways: Vec<IpAddr>,
+    pub ifname: String,
+}
+
+impl Plan {
+    /// Checks everything that can be checked without touching the system.
+    pub fn validate(req: &AttachRequest, default_mtu: u32) -> Result<Plan, String> {
+        let Some(first) = req.ips.first() else {
+            return Err("an endpoint needs at least one address (--ip ADDR/PLEN)".into());
+        };
+        for (i, a) in req.ips.iter().enumerate() {
+            if req.ips[..i].iter().any(|b| b.addr == a.addr) {
+                return Err(format!("address {} is given twice", a.addr));
+            }
+            if a.addr.is_unspecified() || a.addr.is_multicast() || a.addr.is_loopback() {
+                return Err(format!("{a} is not a usable unicast address"));
+            }
+        }
+        let mac = req.mac.unwrap_or_else(|| MacAddr::from_ip(first.addr));
+        if mac.is_multicast() || mac.is_zero() {
+            return Err(format!(
+                "MAC {mac} is multicast or zero; an endpoint needs a unicast MAC"
+            ));
+        }
+        let mtu = req.mtu.unwrap_or(default_mtu);
+        if !(MIN_MTU..=MAX_MTU).contains(&mtu) {
+            return Err(format!("MTU {mtu} is outside {MIN_MTU}..={MAX_MTU}"));
+        }
+        let ifname = req.ifname.clone().unwrap_or_else(|| "eth0".into());
+        if ifname.is_empty()
+            || ifname.len() > 15
+            || ifname == "."
+            || ifname == ".."
+            || !ifname
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(format!(
+                "interface name '{ifname}' is invalid: use 1 to 15 letters, digits, '-', '_' or '.'"
+            ));
+        }
+        for (i, gw) in req.gateways.iter().enumerate() {
+            if req.gateways[..i]
+                .iter()
+                .any(|g| g.is_ipv4() == gw.is_ipv4())
+            {
+                return Err(format!(
+                    "more than one {} gateway given",
+                    if gw.is_ipv4() { "IPv4" } else { "IPv6" }
+                ));
+            }
+            if !req
+                .ips
+                .iter()
+                .any(|n| n.addr.is_ipv4() == gw.is_ipv4() && in_subnet(n, *gw))
+            {
+                return Err(format!(
+                    "gateway {gw} is not inside any of the endpoint's subnets ({})",
+                    crate::control::describe_ips(&req.ips)
+                ));
+            }
+        }
+        if let AttachTarget::Veth(v) = &req.target {
+            if req.mac.is_none() {
+                return Err(format!(
+                    "sidecar attach of {v} needs --mac: the MAC of the container's side of the veth"
+                ));
+            }
+            if !req.gateways.is_empty() {
+                return Err("--gateway applies to native attach only; a sidecar container's routes are its runtime's".into());
+            }
+        }
+        Ok(Plan {
+            vni: req.vni,
+            mac,
+            ips: req.ips.clone(),
+            mtu,
+            gateways: req.gateways.clone(),
+            ifname,
+        })
+    }
+}
+
+/// True when `ip` is in the subnet of `net` (and is not `net`'s own address).
+fn in_subnet(net: &IpNet, ip: IpAddr) -> bool {
+    if ip == net.addr {
+        return false;
+    }
+    let (a, b, bits) = match (net.addr, ip) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => (u128::from(u32::from(a)), u128::from(u32::from(b)), 32),
+        (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b), 128),
+        _ => return false,
+    };
+    let host_bits = bits - u32::from(net.prefix);
+    if host_bits >= 128 {
+        return true;
+    }
+    (a >> host_bits) == (b >> host_bits)
+}
+
+/// Creates and configures the TAP inside namespace `ns`; returns it and the
+/// namespace as given.
+pub fn native(ns: &str, plan: &Plan) -> Result<(Tap, String), String> {
+    let path = netns::resolve(ns).map_err(|e| e.to_string())?;
+    let plan = plan.clone();
+    let ns_name = ns.to_string();
+    let tap = netns::run_in(&path, move || -> Result<Tap, String> {
+        if netns::ip(&["link", "show", "dev", &plan.ifname]).is_ok() {
+            return Err(format!(
+                "interface {} already exists in network namespace '{ns_name}'",
+                plan.ifname
+            ));
+        }
+        let tap = Tap::create(&plan.ifname)
+            .map_err(|e| format!("cannot create TAP {}: {e}", plan.ifname))?;
+        configure(&plan)
+            .map_err(|e| format!("configuring {} in '{ns_name}' failed: {e}", plan.ifname))?;
+        Ok(tap)
+    })
+    .map_err(|e| format!("cannot enter network namespace '{ns}': {e}"))??;
+    Ok((tap, ns.to_string()))
+}
+
+/// Runs in the container's namespace: MAC, MTU, addresses, routes, up.
+fn configure(plan: &Plan) -> Result<(), String> {
+    let dev = plan.ifname.as_str();
+    let mac = plan.mac.to_string();
+    let mtu = plan.mtu.to_string();
+    netns::ip(&["link", "set", "dev", dev, "address", &mac, "mtu", &mtu])?;
+    for n in &plan.ips {
+        let addr = n.to_string();
+        if n.addr.is_ipv6() {
+            netns::ip(&["-6", "addr", "add", &addr, "dev", dev, "nodad"])?;
+        } else {
+            netns::ip(&["addr", "add", &addr, "dev", dev])?;
+        }
+    }
+    netns::ip(&["link", "set", "dev", dev, "up"])?;
+    for gw in &plan.gateways {
+        let gw = gw.to_string();
+        netns::ip(&["route", "replace", "default", "via", &gw, "dev", dev])?;
+    }
+    Ok(())
+}
+
+/// The per-VNI bridge of sidecar endpoints and the TAP that joins it.
+pub struct Bridge {
+    pub name: String,
+    pub tap: Arc<Tap>,
+    pub port: PortId,
+    pub members: usize,
+}
+
+impl Bridge {
+    /// Creates `vxbr<VNI>` with the TAP `vxtap<VNI>` in the dataplane's own
+    /// namespace. Neither gets IPv6 link-local addresses: they are plumbing,
+    /// not hosts, and must not send frames of their own into the overlay.
+    pub fn create(vni: Vni, port: PortId, mtu: u32) -> Result<Bridge, String> {
+        let name = format!("vxbr{vni}");
+        let tap_name = format!("vxtap{vni}");
+        let mtu = mtu.to_string();
+        netns::ip(&["link", "add", "name", &name, "type", "bridge"])
+            .map_err(|e| format!("cannot create bridge {name}: {e}"))?;
+        let undo = |e: String| {
+            let _ = netns::ip(&["link", "del", "dev", &name]);
+            e
+        };
+        netns::ip(&[
+            "link",
+            "set",
+            "dev",
+            &name,
+            "addrgenmode",
+            "none",
+            "mtu",
+            &mtu,
+            "up",
+        ])
+        .map_err(undo)?;
+        let tap = Tap::create(&tap_name)
+            .map_err(|e| undo(format!("cannot create TAP {tap_name}: {e}")))?;
+        netns::ip(&[
+            "link",
+            "set",
+            "dev",
+            &tap_name,
+            "addrgenmode",
+            "none",
+            "mtu",
+            &mtu,
+            "master",
+            &name,
+            "up",
+        ])
+        .map_err(undo)?;
+        Ok(Bridge {
+            name,
+            tap: Arc::new(tap),
+            port,
+            members: 0,
+        })
+    }
+
+    /// Puts the host side of a container's veth on the bridge.
+    pub fn enslave(&self, veth: &str, mtu: u32) -> Result<(), String> {
+        if netns::ip(&["link", "show", "dev", veth]).is_err() {
+            return Err(format!(
+                "veth {veth} does not exist in the dataplane's network namespace"
+            ));
+        }
+        let mtu = mtu.to_string();
+        netns::ip(&[
+            "link", "set", "dev", veth, "mtu", &mtu, "master", &self.name, "up",
+        ])
+        .map_err(|e| format!("cannot put {veth} on bridge {}: {e}", self.name))
+    }
+
+    /// Takes a veth off the bridge (it may already be gone with its container).
+    pub fn release(&self, veth: &str) {
+        let _ = netns::ip(&["link", "set", "dev", veth, "nomaster"]);
+    }
+
+    pub fn destroy(self) {
+        drop(self.tap);
+        let _ = netns::ip(&["link", "del", "dev", &self.name]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(ips: &[&str]) -> AttachRequest {
+        AttachRequest {
+            target: AttachTarget::Netns("c1".into()),
+            vni: Vni::new(4096).unwrap(),
+            ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
+            mac: None,
+            mtu: None,
+            gateways: vec![],
+            ifname: None,
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let p = Plan::validate(&req(&["10.0.0.2/24"]), 1450).unwrap();
+        assert_eq!(p.mtu, 1450);
+        assert_eq!(p.ifname, "eth0");
+        assert_eq!(p.mac.to_string(), "02:42:0a:00:00:02");
+    }
+
+    #[test]
+    fn refusals_say_what_to_fix() {
+        let cases: Vec<(AttachRequest, &str)> = vec![
+            (req(&[]), "at least one address"),
+            (req(&["10.0.0.2/24", "10.0.0.2/24"]), "twice"),
+            (
+                AttachRequest {
+                    mtu: Some(100),
+                    ..req(&["10.0.0.2/24"])
+                },
+                "MTU",
+            ),
+            (
+                AttachRequest {
+                    ifname: Some("a/b".into()),
+                    ..req(&["10.0.0.2/24"])
+                },
+                "interface name",
+            ),
+            (
+                AttachRequest {
+                    ifname: Some("x".repeat(16)),
+                    ..req(&["10.0.0.2/24"])
+                },
+                "interface name",
+            ),
+            (
+                AttachRequest {
+                    gateways: vec!["10.0.1.1".parse().unwrap()],
+                    ..req(&["10.0.0.2/24"])
+                },
+                "not inside",
+            ),
+            (
+                AttachRequest {
+                    mac: Some(MacAddr::BROADCAST),
+                    ..req(&["10.0.0.2/24"])
+                },
+                "unicast",
+            ),
+            (
+                AttachRequest {
+                    target: AttachTarget::Veth("v1".into()),
+                    ..req(&["10.0.0.2/24"])
+                },
+                "--mac",
+            ),
+        ];
+        for (r, word) in cases {
+            let e = Plan::validate(&r, 1450).unwrap_err();
+            assert!(e.contains(word), "'{e}' should mention '{word}'");
+        }
+        let ok = AttachRequest {
+            gateways: vec!["10.0.0.1".parse().unwrap(), "fd00::1".parse().unwrap()],
+            ..req(&["10.0.0.2/24", "fd00::2/64"])
+        };
+        assert!(Plan::validate(&ok, 1450).is_ok());
+    }
+
+    #[test]
+    fn subnet_membership() {
+        let n: IpNet = "10.0.0.2/24".parse().unwrap();
+        assert!(in_subnet(&n, "10.0.0.1".parse().unwrap()));
+        assert!(!in_subnet(&n, "10.0.1.1".parse().unwrap()));
+        assert!(!in_subnet(&n, "10.0.0.2".parse().unwrap()));
+        let z: IpNet = "10.0.0.2/0".parse().unwrap();
+        assert!(in_subnet(&z, "192.0.2.1".parse().unwrap()));
+        let v6: IpNet = "fd00::2/64".parse().unwrap();
+        assert!(in_subnet(&v6, "fd00::1".parse().unwrap()));
+        assert!(!in_subnet(&v6, "10.0.0.1".parse().unwrap()));
+    }
+}

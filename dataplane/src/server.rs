@@ -1,0 +1,474 @@
+//! The local API server: newline-delimited JSON over a Unix socket.
+//!
+//! This module owns the socket file and the connection threads, nothing
+//! else. It reads request lines, decodes them into [`Request`]s and hands
+//! them to a handler supplied by the caller (the dataplane core); it never
+//! interprets a request itself. Everything a client sends is untrusted: a
+//! line is bounded by [`MAX_REQUEST_BYTES`], a connection idle for
+//! [`IDLE_TIMEOUT`] is closed, and at most [`MAX_CONNECTIONS`] are served at
+//! once, so a stuck or hostile client cannot pin memory or threads.
+
+use crate::api::{MAX_REQUEST_BYTES, Request, Response};
+use std::fs::{self, DirBuilder};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// What the server calls for every decoded request.
+pub type Handler = Arc<dyn Fn(Request) -> Response + Send + Sync>;
+
+/// A connection that sends nothing for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A client that does not read its answer for this long is dropped.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections served at once; more are answered with an error and closed.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// A running API server. Dropping it stops accepting and removes the socket
+/// file; connections already open are served until their client closes
+/// them or they sit idle for [`IDLE_TIMEOUT`].
+pub struct ServerHandle {
+    path: PathBuf,
+    /// (dev, ino) of the socket we bound, so that drop never removes a
+    /// socket file that someone else has since put at the same path.
+    identity: Option<(u64, u64)>,
+    stop: Arc<AtomicBool>,
+    listener: UnixListener,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the blocked accept(): shutdown() on a listening socket makes
+        // Linux return from accept; the connect is a second, portable nudge.
+        let _ = socket2::SockRef::from(&self.listener).shutdown(std::net::Shutdown::Both);
+        let _ = UnixStream::connect(&self.path);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Ok(meta) = fs::symlink_metadata(&self.path) {
+            if Some((meta.dev(), meta.ino())) == self.identity {
+                let _ = fs::remove_file(&self.path);
+            }
+        }
+    }
+}
+
+/// Serves the API on the Unix socket at `path`, calling `handler` for every
+/// request, each connection on its own thread.
+///
+/// Creates the parent directory (mode 0755) if needed. A socket file left
+/// behind by a dead dataplane is replaced; if a live server answers on it,
+/// or the path is not a socket, this refuses with `AddrInUse` rather than
+/// stealing or deleting it. The socket is made mode 0660 so that access can
+/// be granted through its group.
+pub fn serve(path: &Path, handler: Handler) -> io::Result<ServerHandle> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .map_err(|e| annotate(e, format!("cannot create {}", dir.display())))?;
+    }
+    remove_stale_socket(path)?;
+    let listener = UnixListener::bind(path)
+        .map_err(|e| annotate(e, format!("cannot bind {}", path.display())))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o660))?;
+    let identity = fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let accept_listener = listener.try_clone()?;
+    let accept_stop = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("vxnet-api".into())
+        .spawn(move || accept_loop(accept_listener, handler, accept_stop))?;
+    tracing::info!(socket = %path.display(), "API server listening");
+    Ok(ServerHandle {
+        path: path.to_path_buf(),
+        identity,
+        stop,
+        listener,
+        thread: Some(thread),
+    })
+}
+
+fn annotate(e: io::Error, what: String) -> io::Error {
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+/// Removes a socket file nobody answers on; refuses if a server is alive on
+/// it or if the path is something other than a socket.
+fn remove_stale_socket(path: &Path) -> io::Result<()> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!(
+                "{} exists and is not a socket; remove it or choose another --socket",
+                path.display()
+            ),
+        ));
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!(
+                "another dataplane is already serving on {}; stop it first",
+                path.display()
+            ),
+        )),
+        // Nothing listens: the file is left over from a process that died.
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            tracing::info!(socket = %path.display(), "removing stale API socket");
+            fs::remove_file(path)
+        }
+        Err(e) => Err(annotate(
+            e,
+            format!("cannot tell whether {} is in use", path.display()),
+        )),
+    }
+}
+
+fn accept_loop(listener: UnixListener, handler: Handler, stop: Arc<AtomicBool>) {
+    let active = Arc::new(AtomicUsize::new(0));
+    loop {
+        let accepted = listener.accept();
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let stream = match accepted {
+            Ok((s, _)) => s,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                // EMFILE and friends: keep serving the connections we have;
+                // the next accept is retried once the client backlog moves.
+                tracing::warn!(error = %e, "API accept failed");
+                std::thread::yield_now();
+                continue;
+            }
+        };
+        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            active.fetch_sub(1, Ordering::SeqCst);
+            refuse_busy(stream);
+            continue;
+        }
+        let slot = ConnectionSlot(active.clone());
+        let handler = handler.clone();
+        let spawned = std::thread::Builder::new()
+            .name("vxnet-api-conn".into())
+            .spawn(move || {
+                let _slot = slot;
+                if let Err(e) = serve_connection(stream, &*handler) {
+                    tracing::debug!(error = %e, "API connection ended");
+                }
+            });
+        if let Err(e) = spawned {
+            // The closure (and with it the slot) was dropped: count is right.
+            tracing::warn!(error = %e, "cannot spawn an API connection thread");
+        }
+    }
+}
+
+/// Frees one connection slot when the connection's thread ends, however it
+/// ends.
+struct ConnectionSlot(Arc<AtomicUsize>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn refuse_busy(mut stream: UnixStream) {
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let resp = Response::error(format!(
+        "the dataplane is serving {MAX_CONNECTIONS} API connections already; try again later"
+    ));
+    let _ = write_response(&mut stream, &resp);
+}
+
+fn write_response(w: &mut impl Write, resp: &Response) -> io::Result<()> {
+    let mut line = serde_json::to_vec(resp).map_err(io::Error::other)?;
+    line.push(b'\n');
+    w.write_all(&line)?;
+    w.flush()
+}
+
+/// Reads request lines until the client closes, idles out or misbehaves.
+fn serve_connection(stream: UnixStream, handler: &dyn Fn(Request) -> Response) -> io::Result<()> {
+    stream.set_read_timeout(Some(IDLE_TIMEOUT))?;
+    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        // One byte more than allowed tells an over-long line from one that
+        // is exactly at the limit.
+        let n = (&mut reader)
+            .take(MAX_REQUEST_BYTES as u64 + 1)
+            .read_until(b'\n', &mut line)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let complete = line.last() == Some(&b'\n');
+        if !complete && line.len() > MAX_REQUEST_BYTES {
+            let resp = Response::error(format!(
+                "request longer than {MAX_REQUEST_BYTES} bytes; closing the connection"
+            ));
+            return write_response(&mut writer, &resp);
+        }
+        let text = match std::str::from_utf8(&line) {
+            Ok(t) => t.trim(),
+            Err(_) => {
+                write_response(&mut writer, &Response::error("bad request: not UTF-8"))?;
+                continue;
+            }
+        };
+        if text.is_empty() {
+            if complete {
+                continue;
+            }
+            return Ok(());
+        }
+        let resp = match serde_json::from_str::<Request>(text) {
+            Ok(req) => call_handler(handler, req),
+            Err(e) => Response::error(format!("bad request: {e}")),
+        };
+        write_response(&mut writer, &resp)?;
+        if !complete {
+            // The client closed after a last line without a newline.
+            return Ok(());
+        }
+    }
+}
+
+/// A panicking handler answers an error instead of silently killing the
+/// connection, so the client learns something went wrong.
+fn call_handler(handler: &dyn Fn(Request) -> Response, req: Request) -> Response {
+    match catch_unwind(AssertUnwindSafe(|| handler(req))) {
+        Ok(resp) => resp,
+        Err(_) => {
+            tracing::error!("API request handler panicked");
+            Response::error("internal error in the dataplane while handling the request")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::Client;
+    use crate::testutil::TempDir;
+    use std::io::Read;
+    use std::sync::Mutex;
+
+    fn echo_handler() -> Handler {
+        Arc::new(|req: Request| match req {
+            Request::Stats => Response::ok("stats!"),
+            Request::Fdb { vni } => Response::ok(vni.map(|v| v.get())),
+            other => Response::error(format!("unsupported: {other:?}")),
+        })
+    }
+
+    fn roundtrip_raw(stream: &mut UnixStream, line: &[u8]) -> Response {
+        stream.write_all(line).unwrap();
+        let mut r = BufReader::new(stream.try_clone().unwrap());
+        let mut out = String::new();
+        r.read_line(&mut out).unwrap();
+        serde_json::from_str(&out).unwrap()
+    }
+
+    #[test]
+    fn roundtrip_and_several_requests_per_connection() {
+        let dir = TempDir::new("srv-rt");
+        let path = dir.path().join("sub/dp.sock");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        let handler: Handler = Arc::new(move |req: Request| {
+            seen2.lock().unwrap().push(req.clone());
+            Response::ok(format!("{req:?}"))
+        });
+        let srv = serve(&path, handler).unwrap();
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+        assert_eq!(
+            fs::metadata(path.parent().unwrap())
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o755
+        );
+
+        let mut c = Client::connect(&path).unwrap();
+        let r1 = c.call(&Request::Stats).unwrap();
+        let r2 = c.call(&Request::Endpoints).unwrap();
+        assert!(r1.ok && r2.ok);
+        assert_eq!(r1.result.unwrap(), "Stats");
+        assert_eq!(r2.result.unwrap(), "Endpoints");
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![Request::Stats, Request::Endpoints]
+        );
+        drop(srv);
+        assert!(!path.exists(), "socket file removed on drop");
+    }
+
+    #[test]
+    fn malformed_json_names_the_problem_and_keeps_the_connection() {
+        let dir = TempDir::new("srv-bad");
+        let path = dir.path().join("dp.sock");
+        let _srv = serve(&path, echo_handler()).unwrap();
+        let mut s = UnixStream::connect(&path).unwrap();
+        let r = roundtrip_raw(&mut s, b"{\"op\":\"fdb\",\"vni\":0}\n");
+        assert!(!r.ok);
+        let msg = r.error.unwrap();
+        assert!(msg.starts_with("bad request: "), "{msg}");
+        assert!(msg.contains("VNI 0"), "{msg}");
+        let r = roundtrip_raw(&mut s, b"not json\n");
+        assert!(r.error.unwrap().starts_with("bad request: "));
+        // Blank lines are skipped; the connection still works.
+        let r = roundtrip_raw(&mut s, b"\n{\"op\":\"fdb\",\"vni\":7}\n");
+        assert_eq!(r.result.unwrap(), 7);
+    }
+
+    #[test]
+    fn oversize_line_is_refused_and_closed() {
+        let dir = TempDir::new("srv-big");
+        let path = dir.path().join("dp.sock");
+        let _srv = serve(&path, echo_handler()).unwrap();
+        let mut s = UnixStream::connect(&path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let big = vec![b'x'; MAX_REQUEST_BYTES + 10];
+        // The server may close while we are still writing; that is fine.
+        let _ = s.write_all(&big);
+        let mut out = String::new();
+        let _ = BufReader::new(&s).read_to_string(&mut out);
+        let first = out.lines().next().unwrap();
+        let r: Response = serde_json::from_str(first).unwrap();
+        assert!(r.error.unwrap().contains("longer than"));
+        // And the connection is closed: a read after the answer gives EOF.
+        let mut rest = Vec::new();
+        assert_eq!(s.read_to_end(&mut rest).unwrap_or(0), 0);
+    }
+
+    #[test]
+    fn line_at_the_limit_is_accepted() {
+        let dir = TempDir::new("srv-limit");
+        let path = dir.path().join("dp.sock");
+        let _srv = serve(&path, echo_handler()).unwrap();
+        let mut s = UnixStream::connect(&path).unwrap();
+        let mut line = b"{\"op\":\"stats\"}".to_vec();
+        line.resize(MAX_REQUEST_BYTES - 1, b' ');
+        line.push(b'\n');
+        let r = roundtrip_raw(&mut s, &line);
+        assert_eq!(r.result.unwrap(), "stats!");
+    }
+
+    #[test]
+    fn stale_socket_is_replaced() {
+        let dir = TempDir::new("srv-stale");
+        let path = dir.path().join("dp.sock");
+        // A bound socket whose listener is gone: what a crash leaves.
+        drop(UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let _srv = serve(&path, echo_handler()).unwrap();
+        let mut c = Client::connect(&path).unwrap();
+        assert!(c.call(&Request::Stats).unwrap().ok);
+    }
+
+    #[test]
+    fn live_socket_is_not_stolen() {
+        let dir = TempDir::new("srv-live");
+        let path = dir.path().join("dp.sock");
+        let first = serve(&path, echo_handler()).unwrap();
+        let err = serve(&path, echo_handler()).err().unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        assert!(err.to_string().contains("already serving"), "{err}");
+        // The first server still answers.
+        let mut c = Client::connect(&path).unwrap();
+        assert!(c.call(&Request::Stats).unwrap().ok);
+        drop(first);
+    }
+
+    #[test]
+    fn non_socket_file_is_left_alone() {
+        let dir = TempDir::new("srv-file");
+        let path = dir.path().join("dp.sock");
+        fs::write(&path, b"precious").unwrap();
+        let err = serve(&path, echo_handler()).err().unwrap();
+        assert!(err.to_string().contains("not a socket"), "{err}");
+        assert_eq!(fs::read(&path).unwrap(), b"precious");
+    }
+
+    #[test]
+    fn panicking_handler_answers_an_error() {
+        let dir = TempDir::new("srv-panic");
+        let path = dir.path().join("dp.sock");
+        let _srv = serve(
+            &path,
+            Arc::new(|_req: Request| -> Response { panic!("boom") }),
+        )
+        .unwrap();
+        let mut c = Client::connect(&path).unwrap();
+        let r = c.call(&Request::Stats).unwrap();
+        assert!(r.error.unwrap().contains("internal error"));
+    }
+
+    #[test]
+    fn connections_are_served_concurrently() {
+        let dir = TempDir::new("srv-conc");
+        let path = dir.path().join("dp.sock");
+        let _srv = serve(&path, echo_handler()).unwrap();
+        // An idle first connection must not block a second one.
+        let _idle = UnixStream::connect(&path).unwrap();
+        let mut c = Client::connect(&path).unwrap();
+        assert!(c.call(&Request::Stats).unwrap().ok);
+    }
+
+    #[test]
+    fn connections_beyond_the_cap_are_refused_politely() {
+        let dir = TempDir::new("srv-cap");
+        let path = dir.path().join("dp.sock");
+        let _srv = serve(&path, echo_handler()).unwrap();
+        // Fill every slot, making sure each is being served before going on.
+        let mut held = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            let mut c = Client::connect(&path).unwrap();
+            assert!(c.call(&Request::Stats).unwrap().ok);
+            held.push(c);
+        }
+        let mut extra = Client::connect(&path).unwrap();
+        let r = extra.call(&Request::Stats).unwrap();
+        assert!(r.error.unwrap().contains("try again later"));
+        // A freed slot is usable again.
+        held.pop();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut c = Client::connect(&path).unwrap();
+            if c.call(&Request::Stats).is_ok_and(|r| r.ok) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "slot never freed");
+            std::thread::yield_now();
+        }
+    }
+}

@@ -1,0 +1,407 @@
+//! Worker threads: each polls its UDP socket and the TAPs it owns, runs the
+//! engine over whole batches and flushes the results with one `sendmmsg`
+//! and one TAP write per (coalesced) frame.
+//!
+//! Work is handed to a worker only through its command channel (ports added
+//! or removed), never per packet. The forwarding table is published as a
+//! new `Arc<Fdb>` and picked up between batches by comparing a version
+//! number, so the hot path takes no lock.
+
+use crate::sys::poll::{Poller, Waker};
+use crate::sys::tap::Tap;
+use crate::sys::udp::UdpIo;
+use crossbeam_channel::{Receiver, Sender};
+use std::io;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use vxnet_proto::batch::{RxBatch, TxBatch};
+use vxnet_proto::engine::{Engine, EngineConfig, Outputs};
+use vxnet_proto::fdb::{Fdb, PortId};
+use vxnet_proto::stats::{Counter, Drop, Stats};
+use vxnet_proto::wire::vnet;
+
+/// How a worker waits for packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollMode {
+    /// Never sleeps: lowest latency, one core per worker at 100%.
+    Busy,
+    /// Spins for a bounded time after the last packet, then sleeps in epoll.
+    Adaptive,
+    /// Always sleeps in epoll when there is nothing to do.
+    Interrupt,
+}
+
+impl FromStr for PollMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "busy" => Ok(PollMode::Busy),
+            "adaptive" => Ok(PollMode::Adaptive),
+            "interrupt" => Ok(PollMode::Interrupt),
+            _ => Err(format!(
+                "poll mode '{s}' is not one of busy, adaptive, interrupt"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for PollMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PollMode::Busy => "busy",
+            PollMode::Adaptive => "adaptive",
+            PollMode::Interrupt => "interrupt",
+        })
+    }
+}
+
+/// The published forwarding table.
+pub struct FdbCell {
+    version: AtomicU64,
+    fdb: Mutex<Arc<Fdb>>,
+}
+
+impl FdbCell {
+    pub fn new(fdb: Fdb) -> FdbCell {
+        FdbCell {
+            version: AtomicU64::new(1),
+            fdb: Mutex::new(Arc::new(fdb)),
+        }
+    }
+
+    /// Makes `fdb` the table every worker uses from its next batch on.
+    pub fn publish(&self, fdb: Fdb) {
+        *self.fdb.lock().unwrap_or_else(PoisonError::into_inner) = Arc::new(fdb);
+        self.version.fetch_add(1, Ordering::Release);
+    }
+
+    fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    fn load(&self) -> (u64, Arc<Fdb>) {
+        let guard = self.fdb.lock().unwrap_or_else(PoisonError::into_inner);
+        (self.version(), Arc::clone(&guard))
+    }
+}
+
+pub enum Command {
+    /// Start writing to `tap` for `port`; the owner also polls it.
+    AddPort {
+        port: PortId,
+        tap: Arc<Tap>,
+        owner: bool,
+    },
+    /// Forget `port`; answered once the worker holds no reference to it.
+    RemovePort {
+        port: PortId,
+        done: Sender<()>,
+    },
+    Stop,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub id: usize,
+    pub local: SocketAddr,
+    pub src_ports: usize,
+    pub poll: PollMode,
+    /// Adaptive mode: how long to spin after the last packet.
+    pub spin: Duration,
+    pub engine: EngineConfig,
+}
+
+pub struct WorkerHandle {
+    pub stats: Arc<Stats>,
+    commands: Sender<Command>,
+    waker: Arc<Waker>,
+    thread: Option<JoinHandle<()>>,
+    pub gso: bool,
+    pub gro: bool,
+}
+
+impl WorkerHandle {
+    pub fn send(&self, cmd: Command) {
+        // A worker only goes away at shutdown; then there is nobody to tell.
+        let _ = self.commands.send(cmd);
+        self.waker.wake();
+    }
+
+    pub fn stop(&mut self) {
+        self.send(Command::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl std::ops::Drop for WorkerHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+const TOKEN_UDP: u64 = 0;
+const TOKEN_WAKER: u64 = 1;
+const TOKEN_TAP: u64 = 2;
+/// Frames read from one TAP before looking at the others.
+const TAP_BUDGET: usize = 64;
+/// Receive batches in a row before looking at the TAPs.
+const UDP_BUDGET: usize = 4;
+/// Largest `vnet header ‖ frame` a TAP hands over (64 KB GSO frame).
+const TAP_BUF: usize = vnet::LEN + 65_536 + 256;
+/// How long an idle worker sleeps at most (housekeeping, timers).
+const IDLE_WAKE: Duration = Duration::from_secs(1);
+
+/// Binds the worker's sockets (so errors surface to the caller) and starts it.
+pub fn spawn(cfg: WorkerConfig, fdb: Arc<FdbCell>) -> io::Result<WorkerHandle> {
+    let udp = UdpIo::bind(cfg.local, cfg.src_ports)?;
+    let poller = Poller::new()?;
+    let waker = Arc::new(Waker::new()?);
+    poller.add(udp.rx_fd(), TOKEN_UDP)?;
+    poller.add(waker.fd(), TOKEN_WAKER)?;
+    let stats = Arc::new(Stats::default());
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let (gso, gro) = (udp.gso_enabled(), udp.gro_enabled());
+    let (version, table) = fdb.load();
+    let mut worker = Worker {
+        engine: Engine::new(cfg.engine, table, Arc::clone(&stats)),
+        cfg,
+        udp,
+        poller,
+        waker: Arc::clone(&waker),
+        commands: rx,
+        fdb,
+        fdb_version: version,
+        ports: Vec::new(),
+        owned: Vec::new(),
+        rx: RxBatch::new(32, 65_536),
+        out: Outputs::new(TxBatch::new(512 * 1024, 256)),
+        tapbuf: vec![0u8; TAP_BUF].into_boxed_slice(),
+        ready: Vec::with_capacity(64),
+    };
+    let thread = std::thread::Builder::new()
+        .name(format!("vxnet-worker-{}", worker.cfg.id))
+        .spawn(move || worker.run())?;
+    Ok(WorkerHandle {
+        stats,
+        commands: tx,
+        waker,
+        thread: Some(thread),
+        gso,
+        gro,
+    })
+}
+
+struct Worker {
+    cfg: WorkerConfig,
+    engine: Engine,
+    udp: UdpIo,
+    poller: Poller,
+    waker: Arc<Waker>,
+    commands: Receiver<Command>,
+    fdb: Arc<FdbCell>,
+    fdb_version: u64,
+    /// Every port's TAP, for writes (indexed by port id).
+    ports: Vec<Option<Arc<Tap>>>,
+    /// The ports this worker reads.
+    owned: Vec<PortId>,
+    rx: RxBatch,
+    out: Outputs,
+    tapbuf: Box<[u8]>,
+    ready: Vec<u64>,
+}
+
+impl Worker {
+    fn run(&mut self) {
+        tracing::debug!(worker = self.cfg.id, poll = %self.cfg.poll, "worker started");
+        let mut last_work = Instant::now();
+        loop {
+            if !self.handle_commands() {
+                break;
+            }
+            if self.fdb.version() != self.fdb_version {
+                let (v, table) = self.fdb.load();
+                self.fdb_version = v;
+                self.engine.set_fdb(table);
+            }
+            let worked = self.poll_udp() | self.poll_taps();
+            self.flush();
+            if worked {
+                last_work = Instant::now();
+                continue;
+            }
+            let sleep = match self.cfg.poll {
+                PollMode::Busy => false,
+                PollMode::Adaptive => last_work.elapsed() >= self.cfg.spin,
+                PollMode::Interrupt => true,
+            };
+            if sleep {
+                self.engine.stats().inc(Counter::PollSleeps);
+                self.ready.clear();
+                if let Err(e) = self.poller.wait(&mut self.ready, Some(IDLE_WAKE)) {
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        tracing::error!(worker = self.cfg.id, error = %e, "epoll wait failed");
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+                if self.ready.contains(&TOKEN_WAKER) {
+                    self.waker.drain();
+                }
+                last_work = Instant::now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        tracing::debug!(worker = self.cfg.id, "worker stopped");
+    }
+
+    /// Applies pending commands; false when told to stop.
+    fn handle_commands(&mut self) -> bool {
+        while let Ok(cmd) = self.commands.try_recv() {
+            match cmd {
+                Command::AddPort { port, tap, owner } => {
+                    let idx = port as usize;
+                    if self.ports.len() <= idx {
+                        self.ports.resize(idx + 1, None);
+                    }
+                    if owner {
+                        match self.poller.add(
+                            std::os::fd::AsRawFd::as_raw_fd(&*tap),
+                            TOKEN_TAP + u64::from(port),
+                        ) {
+                            Ok(()) => self.owned.push(port),
+                            Err(e) => tracing::error!(port, error = %e, "cannot poll TAP"),
+                        }
+                    }
+                    self.ports[idx] = Some(tap);
+                }
+                Command::RemovePort { port, done } => {
+                    self.forget_port(port);
+                    let _ = done.send(());
+                }
+                Command::Stop => return false,
+            }
+        }
+        true
+    }
+
+    fn forget_port(&mut self, port: PortId) {
+        if let Some(Some(tap)) = self.ports.get_mut(port as usize).map(Option::take) {
+            if self.owned.contains(&port) {
+                let _ = self.poller.remove(std::os::fd::AsRawFd::as_raw_fd(&*tap));
+            }
+        }
+        self.owned.retain(|p| *p != port);
+    }
+
+    /// Reads up to a few batches from the underlay.
+    fn poll_udp(&mut self) -> bool {
+        let mut worked = false;
+        for _ in 0..UDP_BUDGET {
+            match self.udp.recv_batch(&mut self.rx) {
+                Ok(0) => break,
+                Ok(n) => {
+                    worked = true;
+                    let stats = Arc::clone(self.engine.stats());
+                    stats.inc(Counter::UdpRxCalls);
+                    for i in 0..n {
+                        let meta = self.rx.meta[i];
+                        stats.add(Counter::UdpRxBytes, meta.len as u64);
+                        if meta.segment != 0 && meta.len > usize::from(meta.segment) {
+                            stats.inc(Counter::UdpRxGroBuffers);
+                        }
+                        for d in self.rx.datagrams(i) {
+                            stats.inc(Counter::UdpRxDatagrams);
+                            self.engine.from_wire(meta.src, d, &mut self.out);
+                        }
+                        if self.out.udp.is_full() {
+                            self.flush();
+                        }
+                    }
+                    if n < self.rx.bufs.len() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!(worker = self.cfg.id, error = %e, "UDP receive failed");
+                    break;
+                }
+            }
+        }
+        worked
+    }
+
+    /// Reads up to a budget of frames from each owned TAP.
+    fn poll_taps(&mut self) -> bool {
+        let mut worked = false;
+        let mut dead: Option<PortId> = None;
+        for &port in &self.owned {
+            let Some(Some(tap)) = self.ports.get(port as usize) else {
+                continue;
+            };
+            for _ in 0..TAP_BUDGET {
+                match tap.read(&mut self.tapbuf) {
+                    Ok(n) => {
+                        worked = true;
+                        self.engine.from_tap(port, &self.tapbuf[..n], &mut self.out);
+                        if self.out.udp.is_full() {
+                            self.udp.send_batch(&self.out.udp, self.engine.stats());
+                            self.out.udp.clear();
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        // The device is gone (its namespace was deleted).
+                        tracing::warn!(port, tap = tap.name(), error = %e, "TAP read failed; no longer polling it");
+                        dead = Some(port);
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(port) = dead {
+            if let Some(Some(tap)) = self.ports.get(port as usize) {
+                let _ = self.poller.remove(std::os::fd::AsRawFd::as_raw_fd(&**tap));
+            }
+            self.owned.retain(|p| *p != port);
+        }
+        worked
+    }
+
+    fn flush(&mut self) {
+        let stats = self.engine.stats();
+        if !self.out.udp.is_empty() {
+            self.udp.send_batch(&self.out.udp, stats);
+            self.out.udp.clear();
+        }
+        if self.out.has_tap_output() {
+            let ports = &self.ports;
+            self.out.drain_taps(|port, bytes| {
+                let Some(Some(tap)) = ports.get(port as usize) else {
+                    return stats.dropped(Drop::IoTapWrite);
+                };
+                match tap.write(bytes) {
+                    Ok(_) => {
+                        stats.inc(Counter::TapTxFrames);
+                        stats.add(
+                            Counter::TapTxBytes,
+                            bytes.len().saturating_sub(vnet::LEN) as u64,
+                        );
+                        if bytes.get(1).is_some_and(|t| *t != 0) {
+                            stats.inc(Counter::TapTxGsoFrames);
+                        }
+                    }
+                    Err(_) => stats.dropped(Drop::IoTapWrite),
+                }
+            });
+        }
+    }
+}
