@@ -1,0 +1,110 @@
+//! The `vxnet-testbed` binary: the benchmark produces rows for the paths that
+//! need no dataplane, and SIGTERM in the middle of a run tears it all down.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::root_or_skip;
+use vxnet_testbed::process::{self, kill_pid, wait_until};
+use vxnet_testbed::topology::{NAME_PREFIX, list_netns, prefix_of};
+
+const BIN: &str = env!("CARGO_BIN_EXE_vxnet-testbed");
+
+#[test]
+fn bench_json_has_measured_rows() -> anyhow::Result<()> {
+    if !root_or_skip("bench_json_has_measured_rows") {
+        return Ok(());
+    }
+    let out = process::run(
+        None,
+        &[
+            BIN,
+            "bench",
+            "--seconds",
+            "1",
+            "--pings",
+            "5",
+            "--paths",
+            "underlay,kernel-vxlan",
+            "--format",
+            "json",
+        ],
+        Duration::from_secs(120),
+    )?
+    .check()?;
+    let v: serde_json::Value = serde_json::from_str(&out.stdout)?;
+    assert!(v["machine"]["nproc"].as_u64().unwrap_or(0) >= 1, "{v}");
+    let rows = v["rows"].as_array().cloned().unwrap_or_default();
+    assert_eq!(rows.len(), 2, "{v}");
+    for (row, path) in rows.iter().zip(["underlay", "kernel-vxlan"]) {
+        assert_eq!(row["path"], path);
+        assert!(row["error"].is_null(), "{row}");
+        assert!(
+            row["tcp"]["received_bytes"].as_u64().unwrap_or(0) > 0,
+            "{row}"
+        );
+        assert!(row["rtt_avg_ms"].as_f64().unwrap_or(0.0) > 0.0, "{row}");
+        assert_eq!(row["ping"]["received"], 5, "{row}");
+    }
+    Ok(())
+}
+
+/// Kills the child if the test fails before it exits.
+struct KillOnDrop(std::process::Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn sigterm_during_bench_tears_down() -> anyhow::Result<()> {
+    if !root_or_skip("sigterm_during_bench_tears_down") {
+        return Ok(());
+    }
+    let child = Command::new(BIN)
+        .args(["bench", "--seconds", "60", "--paths", "underlay"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let pid = child.id();
+    let mut child = KillOnDrop(child);
+    let prefix = format!("{NAME_PREFIX}{pid}");
+    let ours = || -> Vec<String> {
+        list_netns()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| prefix_of(n) == Some(prefix.as_str()))
+            .collect()
+    };
+    // Wait until iperf3 runs inside the testbed (the busiest moment).
+    let busy = wait_until(Duration::from_secs(60), || {
+        ours().len() == 3
+            && process::run(
+                None,
+                &["ip", "netns", "pids", &format!("{prefix}-h1")],
+                Duration::from_secs(5),
+            )
+            .is_ok_and(|o| !o.stdout.trim().is_empty())
+    });
+    assert!(
+        busy,
+        "bench never started its traffic; namespaces: {:?}",
+        ours()
+    );
+    kill_pid(pid, libc::SIGTERM);
+    let exited = wait_until(Duration::from_secs(30), || {
+        child.0.try_wait().ok().flatten().is_some()
+    });
+    assert!(exited, "bench did not exit after SIGTERM");
+    assert_eq!(
+        ours(),
+        Vec::<String>::new(),
+        "namespaces left after SIGTERM"
+    );
+    Ok(())
+}
