@@ -191,7 +191,11 @@ pub(crate) mod testutil {
             Some(NetSlice::Ipv4(ip)) => {
                 let h = ip.header().to_header();
                 assert_eq!(h.header_checksum, h.calc_header_checksum(), "IPv4 checksum");
-                (ip.header().source().to_vec(), ip.header().destination().to_vec(), false)
+                (
+                    ip.header().source().to_vec(),
+                    ip.header().destination().to_vec(),
+                    false,
+                )
             }
             Some(NetSlice::Ipv6(ip)) => (
                 ip.header().source().to_vec(),
@@ -204,9 +208,17 @@ pub(crate) mod testutil {
             Some(TransportSlice::Tcp(t)) => {
                 let h = t.to_header();
                 let want = if v6 {
-                    h.calc_checksum_ipv6_raw(src.try_into().unwrap(), dst.try_into().unwrap(), t.payload())
+                    h.calc_checksum_ipv6_raw(
+                        src.try_into().unwrap(),
+                        dst.try_into().unwrap(),
+                        t.payload(),
+                    )
                 } else {
-                    h.calc_checksum_ipv4_raw(src.try_into().unwrap(), dst.try_into().unwrap(), t.payload())
+                    h.calc_checksum_ipv4_raw(
+                        src.try_into().unwrap(),
+                        dst.try_into().unwrap(),
+                        t.payload(),
+                    )
                 }
                 .unwrap();
                 assert_eq!(t.checksum(), want, "TCP checksum");
@@ -215,9 +227,17 @@ pub(crate) mod testutil {
             Some(TransportSlice::Udp(u)) => {
                 let h = u.to_header();
                 let want = if v6 {
-                    h.calc_checksum_ipv6_raw(src.try_into().unwrap(), dst.try_into().unwrap(), u.payload())
+                    h.calc_checksum_ipv6_raw(
+                        src.try_into().unwrap(),
+                        dst.try_into().unwrap(),
+                        u.payload(),
+                    )
                 } else {
-                    h.calc_checksum_ipv4_raw(src.try_into().unwrap(), dst.try_into().unwrap(), u.payload())
+                    h.calc_checksum_ipv4_raw(
+                        src.try_into().unwrap(),
+                        dst.try_into().unwrap(),
+                        u.payload(),
+                    )
                 }
                 .unwrap();
                 assert_eq!(u.checksum(), want, "UDP checksum");

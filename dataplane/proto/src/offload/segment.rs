@@ -117,11 +117,13 @@ fn gso(
     let l4 = ip.l4;
     let seq = u32::from_be_bytes([frame[l4 + 4], frame[l4 + 5], frame[l4 + 6], frame[l4 + 7]]);
     let start = out.len();
-    for (i, chunk) in payload.chunks(mss).chain(
-        // A GSO frame without payload still goes out, as one segment.
-        std::iter::once(&[][..]).take(usize::from(payload.is_empty())),
-    )
-    .enumerate()
+    for (i, chunk) in payload
+        .chunks(mss)
+        .chain(
+            // A GSO frame without payload still goes out, as one segment.
+            std::iter::once(&[][..]).take(usize::from(payload.is_empty())),
+        )
+        .enumerate()
     {
         out.extend_from_slice(prefix);
         let f = out.len();
@@ -356,19 +358,32 @@ mod tests {
             assert!(r.is_err(), "truncated to {n}");
         }
         expect_err(&hdr, &frame[..frame.len() - 1], OffloadError::Malformed);
-        expect_err(&VnetHdr { gso_size: 0, ..hdr }, &frame, OffloadError::BadHeader);
         expect_err(
-            &VnetHdr { gso_type: GsoType::TcpV6, ..hdr },
+            &VnetHdr { gso_size: 0, ..hdr },
+            &frame,
+            OffloadError::BadHeader,
+        );
+        expect_err(
+            &VnetHdr {
+                gso_type: GsoType::TcpV6,
+                ..hdr
+            },
             &frame,
             OffloadError::Malformed,
         );
         expect_err(
-            &VnetHdr { gso_type: GsoType::UdpL4, ..hdr },
+            &VnetHdr {
+                gso_type: GsoType::UdpL4,
+                ..hdr
+            },
             &frame,
             OffloadError::Malformed,
         );
         expect_err(
-            &VnetHdr { gso_type: GsoType::Unknown(3), ..hdr },
+            &VnetHdr {
+                gso_type: GsoType::Unknown(3),
+                ..hdr
+            },
             &frame,
             OffloadError::Unsupported,
         );
@@ -378,9 +393,17 @@ mod tests {
         let mut frag = frame.clone();
         frag[20] = 0x20; // MF
         expect_err(&hdr, &frag, OffloadError::Malformed);
-        let none = VnetHdr { gso_type: GsoType::None, csum_start: 5000, ..hdr };
+        let none = VnetHdr {
+            gso_type: GsoType::None,
+            csum_start: 5000,
+            ..hdr
+        };
         expect_err(&none, &frame, OffloadError::BadHeader);
-        let none = VnetHdr { gso_type: GsoType::None, csum_offset: 65535, ..hdr };
+        let none = VnetHdr {
+            gso_type: GsoType::None,
+            csum_offset: 65535,
+            ..hdr
+        };
         expect_err(&none, &frame, OffloadError::BadHeader);
     }
 
@@ -389,7 +412,12 @@ mod tests {
         let data = payload(3000);
         let mut frame = tcp(false, 1, &data, false);
         let hdr = as_partial(&mut frame, GsoType::TcpV4, 1000);
-        let lying = VnetHdr { hdr_len: 9999, csum_start: 1, csum_offset: 3, ..hdr };
+        let lying = VnetHdr {
+            hdr_len: 9999,
+            csum_start: 1,
+            csum_offset: 3,
+            ..hdr
+        };
         let mut a = Vec::new();
         let mut b = Vec::new();
         segment(&hdr, &frame, &[], 0, &mut a).unwrap();

@@ -124,7 +124,11 @@ mod tests {
         assert_eq!(parse_request(f), Ok(None));
         // etherparse 0.16 has no ARP; check the fields against RFC 826.
         assert_eq!(&f[12..14], &[0x08, 0x06]);
-        assert_eq!(&f[14..22], &[0, 1, 0x08, 0, 6, 4, 0, 2], "Ethernet/IPv4 reply");
+        assert_eq!(
+            &f[14..22],
+            &[0, 1, 0x08, 0, 6, 4, 0, 2],
+            "Ethernet/IPv4 reply"
+        );
         assert_eq!(&f[22..28], &answer.0, "sender hw = answer");
         assert_eq!(&f[28..32], &[10, 0, 0, 3], "sender ip = asked-for ip");
         assert_eq!(&f[32..38], &r.sender_mac.0, "target hw = requester");

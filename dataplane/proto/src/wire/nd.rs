@@ -217,7 +217,13 @@ pub(crate) mod tests {
         assert_eq!(s.src_mac, "02:42:0a:00:00:02".parse().unwrap());
     }
 
-    fn check_advert(f: &[u8], dst_ip: Ipv6Addr, target: Ipv6Addr, answer: MacAddr, solicited: bool) {
+    fn check_advert(
+        f: &[u8],
+        dst_ip: Ipv6Addr,
+        target: Ipv6Addr,
+        answer: MacAddr,
+        solicited: bool,
+    ) {
         use etherparse::{Icmpv6Type, NetSlice, SlicedPacket, TransportSlice};
         let p = SlicedPacket::from_ethernet(f).unwrap();
         let Some(NetSlice::Ipv6(ip)) = &p.net else {
@@ -231,11 +237,14 @@ pub(crate) mod tests {
             panic!("not ICMPv6")
         };
         assert!(icmp.is_checksum_valid(h.source(), h.destination()));
-        assert_eq!(icmp.icmp_type(), Icmpv6Type::Unknown {
-            type_u8: 136,
-            code_u8: 0,
-            bytes5to8: [if solicited { 0x60 } else { 0x20 }, 0, 0, 0],
-        });
+        assert_eq!(
+            icmp.icmp_type(),
+            Icmpv6Type::Unknown {
+                type_u8: 136,
+                code_u8: 0,
+                bytes5to8: [if solicited { 0x60 } else { 0x20 }, 0, 0, 0],
+            }
+        );
         let body = icmp.payload();
         assert_eq!(&body[..16], &target.octets());
         assert_eq!(&body[16..18], &[2, 1], "target link-layer address option");
@@ -282,7 +291,11 @@ pub(crate) mod tests {
         };
         assert_eq!(mutate(21, 64), Err(WireError::Malformed), "hop limit");
         assert_eq!(mutate(55, 1), Err(WireError::Malformed), "code");
-        assert_eq!(mutate(57, good[57] ^ 1), Err(WireError::Malformed), "checksum");
+        assert_eq!(
+            mutate(57, good[57] ^ 1),
+            Err(WireError::Malformed),
+            "checksum"
+        );
         assert_eq!(mutate(14, 0x40), Err(WireError::Malformed), "version");
         assert_eq!(mutate(20, 17), Ok(None), "UDP, not ICMPv6");
         assert_eq!(mutate(12, 0x08), Ok(None), "IPv4 EtherType");

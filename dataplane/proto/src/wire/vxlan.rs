@@ -102,7 +102,12 @@ mod tests {
             Packet::new_checked(&CAPTURED[..7]).unwrap_err(),
             WireError::Truncated
         );
-        assert!(Packet::new_checked(&CAPTURED[..8]).unwrap().payload().is_empty());
+        assert!(
+            Packet::new_checked(&CAPTURED[..8])
+                .unwrap()
+                .payload()
+                .is_empty()
+        );
         let mut no_i = CAPTURED;
         no_i[0] = 0x00;
         assert_eq!(
@@ -120,6 +125,9 @@ mod tests {
         reserved[0] = 0xff;
         reserved[1] = 0x12;
         reserved[7] = 0x34;
-        assert_eq!(Packet::new_checked(&reserved[..]).unwrap().vni().get(), 4096);
+        assert_eq!(
+            Packet::new_checked(&reserved[..]).unwrap().vni().get(),
+            4096
+        );
     }
 }
