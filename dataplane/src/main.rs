@@ -17,7 +17,7 @@ use vxnet_dataplane::worker::PollMode;
 ///
 /// Program it with `vxnet dp ...` over the API socket.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Args {
     /// This host's underlay address (the VTEP); IPv4 or IPv6.
     #[arg(long, value_name = "IP")]
@@ -93,9 +93,17 @@ fn run(args: Args) -> Result<(), String> {
             let view_dp = Arc::clone(&dp);
             let view = Arc::new(move || {
                 let (endpoints, vnis) = view_dp.sizes();
-                MetricsView { snapshot: view_dp.snapshot(), endpoints, vnis, workers: view_dp.worker_count() }
+                MetricsView {
+                    snapshot: view_dp.snapshot(),
+                    endpoints,
+                    vnis,
+                    workers: view_dp.worker_count(),
+                }
             });
-            Some(metrics::serve_metrics(addr, view).map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?)
+            Some(
+                metrics::serve_metrics(addr, view)
+                    .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?,
+            )
         }
         None => None,
     };

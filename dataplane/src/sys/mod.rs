@@ -4,6 +4,6 @@
 
 pub mod netns;
 pub mod poll;
+pub mod signal;
 pub mod tap;
 pub mod udp;
-pub mod signal;

@@ -1,0 +1,201 @@
+//! Writes the seed corpora under `fuzz/corpus/<target>/seed-*` from real
+//! packet layouts (as Linux sends them). Run from `fuzz/`:
+//! `cargo run --example make_seeds`.
+use etherparse::{PacketBuilder, TcpOptionElement};
+use std::fs;
+use std::path::Path;
+use vxnet_proto::offload::segment::segment;
+use vxnet_proto::wire::vnet::{F_NEEDS_CSUM, GsoType, LEN, VnetHdr};
+use vxnet_proto::wire::{MacAddr, Vni, checksum, vxlan};
+
+const A: [u8; 6] = [0x02, 0x42, 0x0a, 0, 0, 2];
+const B: [u8; 6] = [0x02, 0x42, 0x0a, 0, 0, 3];
+const A6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+const B6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3];
+
+fn write(target: &str, name: &str, data: &[u8]) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("corpus")
+        .join(target);
+    fs::create_dir_all(&dir).expect("corpus dir");
+    fs::write(dir.join(format!("seed-{name}")), data).expect("write seed");
+}
+
+fn data(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 13 + 5) as u8).collect()
+}
+
+fn tcp(v6: bool, seq: u32, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(A, B);
+    let b = if v6 {
+        b.ipv6(A6, B6, 64)
+    } else {
+        b.ipv4([10, 0, 0, 2], [10, 0, 0, 3], 64)
+    };
+    let b = b
+        .tcp(40000, 5201, seq, 502)
+        .ack(99)
+        .options(&[
+            TcpOptionElement::Noop,
+            TcpOptionElement::Noop,
+            TcpOptionElement::Timestamp(11, 22),
+        ])
+        .expect("options");
+    let mut out = Vec::new();
+    b.write(&mut out, payload).expect("frame");
+    out
+}
+
+fn arp_request() -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&A);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&A);
+    f.extend_from_slice(&[10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 10, 0, 0, 3]);
+    f
+}
+
+fn nd_solicit(src: [u8; 16], slla: bool) -> Vec<u8> {
+    let dst = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 3];
+    let mut icmp = vec![135, 0, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&B6);
+    if slla {
+        icmp.extend_from_slice(&[1, 1]);
+        icmp.extend_from_slice(&A);
+    }
+    let p = checksum::pseudo_v6(src.into(), dst.into(), 58, icmp.len() as u32);
+    let c = checksum::finish(checksum::sum(&icmp, p));
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut f = vec![0x33, 0x33, 0xff, 0, 0, 3];
+    f.extend_from_slice(&A);
+    f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0, 0, icmp.len() as u8, 58, 255]);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&icmp);
+    f
+}
+
+/// A TAP read: vnet header with NEEDS_CSUM and the pseudo-header sum in
+/// the L4 checksum field.
+fn tap_read(frame: &[u8], gso_type: GsoType, gso_size: u16) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    let v6 = f[12] == 0x86;
+    let l4 = if v6 { 54 } else { 34 };
+    let tcp = f[if v6 { 20 } else { 23 }] == 6;
+    let off = if tcp { 16 } else { 6 };
+    let len = f.len() - l4;
+    let p = if v6 {
+        checksum::pseudo_v6(A6.into(), B6.into(), if tcp { 6 } else { 17 }, len as u32)
+    } else {
+        checksum::pseudo_v4(
+            [10, 0, 0, 2].into(),
+            [10, 0, 0, 3].into(),
+            if tcp { 6 } else { 17 },
+            len as u16,
+        )
+    };
+    f[l4 + off..l4 + off + 2].copy_from_slice(&checksum::fold(p).to_be_bytes());
+    let hl = if tcp {
+        (f[l4 + 12] >> 4) as usize * 4
+    } else {
+        8
+    };
+    let h = VnetHdr {
+        flags: F_NEEDS_CSUM,
+        gso_type,
+        gso_ecn: false,
+        hdr_len: (l4 + hl) as u16,
+        gso_size,
+        csum_start: l4 as u16,
+        csum_offset: off as u16,
+    };
+    let mut out = vec![0u8; LEN];
+    h.emit(&mut out);
+    out.extend_from_slice(&f);
+    out
+}
+
+fn batch(frames: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for f in frames {
+        out.extend_from_slice(&(f.len() as u16).to_le_bytes());
+        out.extend_from_slice(f);
+    }
+    out
+}
+
+fn main() {
+    let vni = Vni::new(4096).expect("vni");
+    let icmp_echo = {
+        let b = PacketBuilder::ethernet2(A, B)
+            .ipv4([10, 0, 0, 2], [10, 0, 0, 3], 64)
+            .icmpv4_echo_request(7, 1);
+        let mut f = Vec::new();
+        b.write(&mut f, &data(56)).expect("icmp");
+        f
+    };
+    for (name, inner) in [
+        ("arp-request", arp_request()),
+        ("icmp-echo", icmp_echo.clone()),
+    ] {
+        let mut d = vec![0u8; vxlan::HEADER_LEN];
+        vxlan::write_header(&mut d, vni);
+        d.extend_from_slice(&inner);
+        write("vxlan", name, &d);
+    }
+
+    write("arp_nd", "arp-request", &arp_request());
+    write("arp_nd", "nd-solicit", &nd_solicit(A6, true));
+    write("arp_nd", "nd-solicit-dad", &nd_solicit([0; 16], false));
+
+    let tso4 = tcp(false, 1000, &data(6000));
+    let tso6 = tcp(true, 1000, &data(6000));
+    write(
+        "vnet_tap_frame",
+        "tso4-6k",
+        &tap_read(&tso4, GsoType::TcpV4, 1398),
+    );
+    write(
+        "vnet_tap_frame",
+        "tso6-6k",
+        &tap_read(&tso6, GsoType::TcpV6, 1378),
+    );
+    let udp = {
+        let b = PacketBuilder::ethernet2(A, B)
+            .ipv4([10, 0, 0, 2], [10, 0, 0, 3], 64)
+            .udp(5000, 5201);
+        let mut f = Vec::new();
+        b.write(&mut f, &data(3000)).expect("udp");
+        f
+    };
+    write(
+        "vnet_tap_frame",
+        "uso4-3k",
+        &tap_read(&udp, GsoType::UdpL4, 1400),
+    );
+    write(
+        "vnet_tap_frame",
+        "csum-tcp4",
+        &tap_read(&tcp(false, 1, &data(100)), GsoType::None, 0),
+    );
+    let mut plain = vec![0u8; LEN];
+    plain.extend_from_slice(&icmp_echo);
+    write("vnet_tap_frame", "icmp-echo", &plain);
+
+    // Coalesce: the segments of a GSO frame, as they arrive from the wire.
+    for (name, v6, frame, mss) in [
+        ("tcp4-5segs", false, &tso4, 1398u16),
+        ("tcp6-5segs", true, &tso6, 1378),
+    ] {
+        let read = tap_read(frame, if v6 { GsoType::TcpV6 } else { GsoType::TcpV4 }, mss);
+        let hdr = VnetHdr::parse(&read).expect("hdr");
+        let mut out = Vec::new();
+        let s = segment(&hdr, &read[LEN..], &[], 0, &mut out).expect("segments");
+        let mut segs: Vec<&[u8]> = out.chunks(s.stride).collect();
+        let arp = arp_request();
+        segs.insert(2, &arp);
+        write("coalesce", name, &batch(&segs));
+    }
+    let _ = MacAddr::BROADCAST;
+    println!("seeds written");
+}

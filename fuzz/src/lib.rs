@@ -1,0 +1,162 @@
+//! The bodies of the fuzz targets, kept in a library so that the same code
+//! runs under libFuzzer (`fuzz_targets/`, nightly) and as a plain regression
+//! test over the seed corpora (`tests/corpus.rs`, stable).
+//!
+//! Each body feeds untrusted bytes to a parser and then checks invariants
+//! that must hold for any input, panicking when one breaks.
+use vxnet_proto::offload::coalesce::Coalescer;
+use vxnet_proto::offload::segment::{complete_checksum, segment};
+use vxnet_proto::wire::vnet::{self, GsoType, VnetHdr};
+use vxnet_proto::wire::{arp, checksum, nd, vxlan};
+
+/// A VXLAN datagram (UDP payload) from the wire.
+pub fn vxlan(data: &[u8]) {
+    if let Ok(p) = vxlan::Packet::new_checked(data) {
+        assert_eq!(p.payload().len(), data.len() - vxlan::HEADER_LEN);
+        let mut h = [0u8; vxlan::HEADER_LEN];
+        vxlan::write_header(&mut h, p.vni());
+        let again = vxlan::Packet::new_checked(&h[..]).expect("our header parses");
+        assert_eq!(again.vni(), p.vni());
+    }
+}
+
+/// `vnet header ‖ frame` as read from a TAP with IFF_VNET_HDR.
+pub fn vnet_tap_frame(data: &[u8]) {
+    let Ok(hdr) = VnetHdr::parse(data) else {
+        return;
+    };
+    let frame = &data[vnet::LEN..];
+    let prefix = [0xabu8; 8];
+    let mut out = vec![1, 2, 3];
+    match segment(&hdr, frame, &prefix, 16, &mut out) {
+        Ok(s) => {
+            assert_eq!(out.len(), 3 + s.total);
+            assert!(s.count >= 1);
+            assert!(s.stride * (s.count - 1) < s.total && s.total <= s.stride * s.count);
+            if matches!(
+                hdr.gso_type,
+                GsoType::TcpV4 | GsoType::TcpV6 | GsoType::UdpL4
+            ) {
+                for seg in out[3..].chunks(s.stride) {
+                    assert_eq!(&seg[..8], &prefix);
+                    check_l4_checksum(&seg[8..seg.len() - 16]);
+                }
+            }
+        }
+        Err(_) => assert_eq!(out, [1, 2, 3], "nothing appended on error"),
+    }
+    let mut copy = frame.to_vec();
+    if complete_checksum(&hdr, &mut copy).is_err() {
+        assert_eq!(copy, frame, "frame untouched on error");
+    }
+}
+
+/// An Ethernet frame from a TAP that may be an ARP request or an ND
+/// solicitation.
+pub fn arp_nd(data: &[u8]) {
+    let mac = vxnet_proto::wire::MacAddr([0x02, 0x42, 0x0a, 0, 0, 9]);
+    if let Ok(Some(req)) = arp::parse_request(data) {
+        let mut out = [0u8; arp::FRAME_LEN];
+        let n = arp::emit_reply(&req, mac, &mut out);
+        assert_eq!(arp::parse_request(&out[..n]), Ok(None), "a reply");
+    }
+    if let Ok(Some(sol)) = nd::parse_solicit(data) {
+        let mut out = [0u8; nd::ADVERT_LEN];
+        let n = nd::emit_advert(&sol, mac, &mut out);
+        assert_eq!(nd::parse_solicit(&out[..n]), Ok(None), "an advert");
+        // The advert's ICMPv6 checksum verifies.
+        let mut s = [0u8; 16];
+        let mut d = [0u8; 16];
+        s.copy_from_slice(&out[22..38]);
+        d.copy_from_slice(&out[38..54]);
+        let p = checksum::pseudo_v6(s.into(), d.into(), 58, (n - 54) as u32);
+        assert_eq!(checksum::finish(checksum::sum(&out[54..n], p)), 0);
+    }
+}
+
+/// Several inner frames from one receive batch: `[len: u16 LE][frame]...`;
+/// a length with the top bit set means `push_as_is` with a GSO header.
+/// Returns how many merged (GSO) items came out.
+pub fn coalesce(data: &[u8]) -> usize {
+    let mut c = Coalescer::new();
+    let mut frames: Vec<&[u8]> = Vec::new();
+    let mut rest = data;
+    while let [a, b, tail @ ..] = rest {
+        let raw = u16::from_le_bytes([*a, *b]);
+        let n = ((raw & 0x7fff) as usize).min(tail.len());
+        let (frame, next) = tail.split_at(n);
+        if raw & 0x8000 != 0 {
+            c.push_as_is(&VnetHdr::NONE, frame);
+        } else {
+            c.push(frame);
+        }
+        frames.push(frame);
+        rest = next;
+    }
+    let mut items = 0;
+    let mut merged = 0;
+    c.drain(|item| {
+        items += 1;
+        let hdr = VnetHdr::parse(item).expect("drain writes a vnet header");
+        let frame = &item[vnet::LEN..];
+        match hdr.gso_type {
+            GsoType::None => {
+                assert_eq!(hdr, VnetHdr::NONE);
+                // Unchanged, except Ethernet padding after the IP packet.
+                assert!(
+                    frames.iter().any(|f| f.starts_with(frame)),
+                    "unmerged frames pass unchanged"
+                );
+            }
+            GsoType::TcpV4 | GsoType::TcpV6 => {
+                merged += 1;
+                // A merged item segments back into valid TCP segments.
+                let mut out = Vec::new();
+                let s = segment(&hdr, frame, &[], 0, &mut out).expect("merged item segments");
+                assert!(s.count >= 2);
+                for seg in out.chunks(s.stride) {
+                    check_l4_checksum(seg);
+                }
+                let mut full = frame.to_vec();
+                complete_checksum(&hdr, &mut full).expect("offsets in range");
+                check_l4_checksum(&full);
+            }
+            other => panic!("coalescer produced {other:?}"),
+        }
+    });
+    assert!(items <= frames.len());
+    assert!(c.is_empty());
+    merged
+}
+
+/// Asserts that an Ethernet/IP/TCP|UDP frame's IPv4 header and L4
+/// checksums verify.
+fn check_l4_checksum(f: &[u8]) {
+    let (l4, end, pseudo) = match u16::from_be_bytes([f[12], f[13]]) {
+        0x0800 => {
+            let hl = (f[14] & 0x0f) as usize * 4;
+            assert_eq!(
+                checksum::finish(checksum::sum(&f[14..14 + hl], 0)),
+                0,
+                "IPv4"
+            );
+            let end = 14 + u16::from_be_bytes([f[16], f[17]]) as usize;
+            let src: [u8; 4] = f[26..30].try_into().expect("4 bytes");
+            let dst: [u8; 4] = f[30..34].try_into().expect("4 bytes");
+            let p = checksum::pseudo_v4(src.into(), dst.into(), f[23], (end - 14 - hl) as u16);
+            (14 + hl, end, p)
+        }
+        _ => {
+            let end = 54 + u16::from_be_bytes([f[18], f[19]]) as usize;
+            let src: [u8; 16] = f[22..38].try_into().expect("16 bytes");
+            let dst: [u8; 16] = f[38..54].try_into().expect("16 bytes");
+            let p = checksum::pseudo_v6(src.into(), dst.into(), f[20], (end - 54) as u32);
+            (54, end, p)
+        }
+    };
+    assert_eq!(
+        checksum::finish(checksum::sum(&f[l4..end], pseudo)),
+        0,
+        "L4"
+    );
+}
