@@ -149,7 +149,8 @@ impl Testbed {
     }
 
     /// Pings until one reply arrives (ARP/ND and FDB warm-up), then requires
-    /// `count` of `count` replies. Errors with the output if either fails.
+    /// `count` of `count` replies. A `size` also sets DF (`-M do`): MTU tests
+    /// must not pass by fragmenting. Errors with the output if either fails.
     pub fn ping_ok(
         &self,
         ns: &str,

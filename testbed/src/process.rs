@@ -7,6 +7,10 @@
 //! process dies without running its destructors, e.g. on SIGKILL).
 //! Namespaces are entered with `ip netns exec`, which `setns`es and then
 //! `exec`s the command: the pid we hold is the command's own pid.
+//!
+//! Linux sends the parent-death signal when the *thread* that spawned the
+//! child exits, not the process: spawn long-running processes from the thread
+//! that owns the `Testbed` (each test's own thread, the binary's main thread).
 
 use std::ffi::OsStr;
 use std::fs::File;
