@@ -106,6 +106,24 @@ impl Testbed {
     }
 }
 
+impl Testbed {
+    /// Makes `host` put complete inner checksums on the wire, as a host with a
+    /// real NIC does. Needed on a kernel-VXLAN host that talks to vxnet: over
+    /// a veth underlay the kernel leaves the inner TCP/UDP checksum of an
+    /// encapsulated packet unfinished (CHECKSUM_PARTIAL travels with the skb
+    /// to the peer namespace), which a kernel receiver handles but a
+    /// userspace receiver cannot see, so the container would drop every TCP
+    /// segment with a checksum error. Turns off `tx-checksum-ip-generic` on
+    /// the host's underlay `eth0` (needs `ethtool`).
+    pub fn wire_checksums(&self, host: &Host) -> Result<()> {
+        sh_in(
+            &host.ns,
+            &["ethtool", "-K", "eth0", "tx-checksum-ip-generic", "off"],
+        )?;
+        Ok(())
+    }
+}
+
 /// Sets MAC and addresses on an existing `eth0` in `ns` and brings it up.
 pub fn configure_eth0(ns: &str, ep: &EndpointSpec) -> Result<()> {
     sh_in(ns, &["ip", "link", "set", "eth0", "address", &ep.mac])?;

@@ -96,6 +96,8 @@ fn interop_with_kernel_vxlan() -> anyhow::Result<()> {
     dp.flood_add(DEMO_VNI, &h2.underlay_v4.to_string())?;
 
     let kv = tb.kernel_vxlan(&h2, DEMO_VNI, VXLAN_PORT, &[IpAddr::V4(h1.underlay_v4)])?;
+    // As a real NIC would: finished inner checksums from the kernel side.
+    tb.wire_checksums(&h2)?;
     let k2 = tb.add_container(&h2, "k2")?;
     tb.kernel_attach(&kv, &k2, &kern)?;
 
