@@ -41,6 +41,9 @@ pub mod replay;
 pub mod sa;
 pub mod session;
 
+#[cfg(test)]
+mod sim_tests;
+
 /// Errors of the crypto layer. Every variant is a reason to drop a packet (or
 /// a control message), so the engine can count drops by variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -67,8 +70,12 @@ pub enum CryptoError {
     BadTrailer,
     /// The outbound SA reached its hard sequence limit; a rekey is overdue.
     SequenceExhausted,
-    /// Malformed, unauthenticated, stale or unexpected control message.
+    /// Malformed or unauthenticated control message.
     BadControlMessage,
+    /// Authentic-looking control message that no longer matches the state:
+    /// replayed or superseded INIT, RESP to an abandoned INIT. Expected in
+    /// small numbers around collisions and retries.
+    StaleControlMessage,
     /// No established SA (yet) for this VNI.
     NoSa,
 }
@@ -88,6 +95,7 @@ impl core::fmt::Display for CryptoError {
             CryptoError::BadTrailer => "bad ESP trailer",
             CryptoError::SequenceExhausted => "sequence numbers exhausted",
             CryptoError::BadControlMessage => "bad control message",
+            CryptoError::StaleControlMessage => "stale control message",
             CryptoError::NoSa => "no security association",
         };
         f.write_str(s)

@@ -12,20 +12,25 @@
 //! # Control messages
 //!
 //! Carried on the data port, first word 0 (see [`super::esp::classify`]),
-//! 80 bytes each, all fields big-endian:
+//! 88 bytes each, all fields big-endian:
 //!
 //! ```text
-//! 0       4   5   6       8            12                20               52       64      80
-//! | 0x0000 | v=1 | type | 0 | generation | timestamp (ns) | ephemeral pub | nonce | tag |
+//! 0        4     5      6   8            12            20              52            60      72    88
+//! | 0x0000 | v=1 | type | 0 | generation | INIT ts (ns) | ephemeral pub | sender ts   | nonce | tag |
 //! ```
 //!
 //! - INIT (type 1): initiator's generation, its wall-clock timestamp, e_i.
 //! - RESP (type 2): same generation, the INIT's timestamp echoed, e_r.
 //! - CONFIRM (type 3): same generation and timestamp, e_r echoed.
+//! - sender ts: the sender's own clock when it sent the message. In a RESP
+//!   it tells the initiator that every INIT the responder sent before that
+//!   moment is abandoned (the responder yields in a collision), so such an
+//!   INIT arriving late is ignored instead of starting a handshake nobody
+//!   will finish.
 //!
 //! The tag is AES-GCM over an empty plaintext with the [`control_key`] from
 //! the static-static DH, a random nonce (the key lives forever, so counters
-//! would repeat across restarts), and AAD = bytes 0..52 ‖ sender static pub
+//! would repeat across restarts), and AAD = bytes 0..60 ‖ sender static pub
 //! ‖ receiver static pub (‖ e_i for RESP and CONFIRM, binding them to the
 //! INIT). Only the two hosts can produce them, a message cannot be reflected
 //! back to its sender, and an INIT is accepted only if its timestamp is newer
@@ -74,13 +79,13 @@ use super::keys::{Direction, Ephemeral, GenerationSecret, PublicKey, StaticKeypa
 use super::sa::{InboundSa, OutboundSa, SaId, SaKey};
 
 /// Length of every control message.
-pub const CONTROL_LEN: usize = 80;
+pub const CONTROL_LEN: usize = 88;
 const VERSION: u8 = 1;
 const TYPE_INIT: u8 = 1;
 const TYPE_RESP: u8 = 2;
 const TYPE_CONFIRM: u8 = 3;
 /// Bytes covered as AAD (everything before the nonce).
-const SIGNED_LEN: usize = 52;
+const SIGNED_LEN: usize = 60;
 
 /// Rotation policy.
 #[derive(Debug, Clone)]
@@ -228,6 +233,8 @@ pub struct Session {
     initiating: Option<PendingInit>,
     responding: Option<PendingResp>,
     completed: Option<CompletedInit>,
+    /// (INIT ts, e_i, e_r) of the last handshake we answered and switched to.
+    last_promoted: Option<(u64, PublicKey, PublicKey)>,
     last_peer_init_ts: u64,
     rekey_at: Option<Instant>,
     rekey_wanted: bool,
@@ -294,6 +301,7 @@ impl Session {
             initiating: None,
             responding: None,
             completed: None,
+            last_promoted: None,
             last_peer_init_ts: 0,
             rekey_at: None,
             rekey_wanted: true,
@@ -482,11 +490,12 @@ impl Session {
 
     // ---- control plane --------------------------------------------------
 
-    /// Forces a rotation now (`vxnet dp rekey`). A no-op while we already
-    /// wait for a RESP.
+    /// Forces a rotation now (`vxnet dp rekey`). A no-op while a handshake
+    /// is already under way (ours, or the peer's that we answered: either
+    /// brings a new generation).
     pub fn rekey(&mut self, now: Instant) {
         self.last_now = now;
-        if self.initiating.is_none() {
+        if !self.is_rotating() {
             self.start_init(now);
         }
     }
@@ -502,6 +511,8 @@ impl Session {
         let mut consider = |x: Instant| t = Some(t.map_or(x, |t| t.min(x)));
         if let Some(i) = &self.initiating {
             consider(i.next_retry);
+        } else if self.responding.is_some() {
+            // The answered handshake brings the next generation.
         } else if self.rekey_wanted {
             consider(self.last_now);
         } else if let Some(r) = self.rekey_at {
@@ -545,7 +556,9 @@ impl Session {
                 }
                 self.queue_init();
             }
-        } else if self.rekey_wanted || self.rekey_at.is_some_and(|at| now >= at) {
+        } else if self.responding.is_none()
+            && (self.rekey_wanted || self.rekey_at.is_some_and(|at| now >= at))
+        {
             self.start_init(now);
         }
         // RESP retransmission until the initiator confirms (or we give up).
@@ -584,9 +597,12 @@ impl Session {
         let mut eph = [0u8; 32];
         eph.copy_from_slice(&msg[20..52]);
         let eph = PublicKey::from_bytes(eph);
+        let mut sender_ts = [0u8; 8];
+        sender_ts.copy_from_slice(&msg[52..60]);
+        let sender_ts = u64::from_be_bytes(sender_ts);
         match msg[5] {
             TYPE_INIT => self.on_init(now, msg, generation, ts, eph),
-            TYPE_RESP => self.on_resp(now, msg, generation, ts, eph),
+            TYPE_RESP => self.on_resp(now, msg, generation, ts, eph, sender_ts),
             TYPE_CONFIRM => self.on_confirm(now, msg, ts, eph),
             _ => Err(CryptoError::BadControlMessage),
         }
@@ -602,7 +618,7 @@ impl Session {
     ) -> Result<(), CryptoError> {
         self.verify(msg, None)?;
         if ts <= self.last_peer_init_ts {
-            return Err(CryptoError::BadControlMessage);
+            return Err(CryptoError::StaleControlMessage);
         }
         if self.initiating.is_some() {
             if self.preferred {
@@ -632,7 +648,8 @@ impl Session {
         }
         let outbound: FxHashMap<u32, OutboundSa> =
             outs.into_iter().map(|sa| (sa.id().vni, sa)).collect();
-        let resp = self.build(TYPE_RESP, generation, ts, &resp_eph, Some(&e_i));
+        let sender_ts = self.next_ts(now);
+        let resp = self.build(TYPE_RESP, generation, ts, &resp_eph, sender_ts, Some(&e_i));
         self.transmit.push_back(resp);
         self.responding = Some(PendingResp {
             local_id,
@@ -655,6 +672,7 @@ impl Session {
         generation: u32,
         ts: u64,
         e_r: PublicKey,
+        sender_ts: u64,
     ) -> Result<(), CryptoError> {
         let Some(init) = self
             .initiating
@@ -675,7 +693,9 @@ impl Session {
                 self.transmit.push_back(confirm);
                 return Ok(());
             }
-            return Err(CryptoError::BadControlMessage);
+            // For an INIT we abandoned or retried since: cannot even be
+            // authenticated any more (the ephemeral is gone).
+            return Err(CryptoError::StaleControlMessage);
         };
         let e_i_pub = init.eph.public;
         self.verify(msg, Some(&e_i_pub))?;
@@ -684,6 +704,8 @@ impl Session {
         drop(dh_ee);
         // Forward secrecy: the ephemeral secret goes now.
         self.initiating = None;
+        // Any INIT the peer sent before answering ours was abandoned by it.
+        self.last_peer_init_ts = self.last_peer_init_ts.max(sender_ts);
         let local_id = self.install_generation(secret, true);
         let (ins, outs) = self.derive_sas(local_id, &self.vnis.clone(), now)?;
         for sa in ins {
@@ -695,7 +717,15 @@ impl Session {
             self.retire(old.local_id, now);
         }
         self.switch_outbound(local_id, outbound, now);
-        let confirm = self.build(TYPE_CONFIRM, generation, ts, &e_r, Some(&e_i_pub));
+        let sender_ts = self.next_ts(now);
+        let confirm = self.build(
+            TYPE_CONFIRM,
+            generation,
+            ts,
+            &e_r,
+            sender_ts,
+            Some(&e_i_pub),
+        );
         self.transmit.push_back(confirm);
         self.completed = Some(CompletedInit {
             ts,
@@ -718,8 +748,15 @@ impl Session {
             .as_ref()
             .filter(|r| r.ts == ts && r.resp_eph == e_r)
         else {
-            // Already switched (data came first) or stale: nothing to do.
-            return Err(CryptoError::BadControlMessage);
+            // Usually we already switched because data of the new generation
+            // arrived first: authenticate and accept that as a no-op.
+            if let Some((_, e_i, _)) = self
+                .last_promoted
+                .filter(|(t, _, resp_eph)| *t == ts && *resp_eph == e_r)
+            {
+                return self.verify(msg, Some(&e_i));
+            }
+            return Err(CryptoError::StaleControlMessage);
         };
         let e_i = r.init_eph;
         self.verify(msg, Some(&e_i))?;
@@ -729,6 +766,7 @@ impl Session {
 
     fn promote_responding(&mut self, now: Instant) {
         if let Some(r) = self.responding.take() {
+            self.last_promoted = Some((r.ts, r.init_eph, r.resp_eph));
             let PendingResp {
                 local_id, outbound, ..
             } = r;
@@ -857,7 +895,7 @@ impl Session {
             .as_ref()
             .map(|i| (i.generation, i.ts, i.eph.public))
         {
-            let msg = self.build(TYPE_INIT, generation, ts, &e_i, None);
+            let msg = self.build(TYPE_INIT, generation, ts, &e_i, ts, None);
             self.transmit.push_back(msg);
         }
     }
@@ -895,6 +933,7 @@ impl Session {
         generation: u32,
         ts: u64,
         eph: &PublicKey,
+        sender_ts: u64,
         init_eph: Option<&PublicKey>,
     ) -> [u8; CONTROL_LEN] {
         let mut msg = [0u8; CONTROL_LEN];
@@ -903,12 +942,13 @@ impl Session {
         msg[8..12].copy_from_slice(&generation.to_be_bytes());
         msg[12..20].copy_from_slice(&ts.to_be_bytes());
         msg[20..52].copy_from_slice(eph.as_bytes());
+        msg[52..60].copy_from_slice(&sender_ts.to_be_bytes());
         let mut nonce = [0u8; 12];
         self.rng.fill_bytes(&mut nonce);
-        msg[52..64].copy_from_slice(&nonce);
+        msg[60..72].copy_from_slice(&nonce);
         let aad = self.aad(&msg, &self.local, &self.peer, init_eph);
         let tag = self.ctrl.seal_in_place(&nonce, &aad, &mut []);
-        msg[64..80].copy_from_slice(&tag);
+        msg[72..88].copy_from_slice(&tag);
         msg
     }
 
@@ -918,9 +958,9 @@ impl Session {
         init_eph: Option<&PublicKey>,
     ) -> Result<(), CryptoError> {
         let mut nonce = [0u8; 12];
-        nonce.copy_from_slice(&msg[52..64]);
+        nonce.copy_from_slice(&msg[60..72]);
         let mut tag = [0u8; 16];
-        tag.copy_from_slice(&msg[64..80]);
+        tag.copy_from_slice(&msg[72..88]);
         let aad = self.aad(msg, &self.peer, &self.local, init_eph);
         self.ctrl
             .open_in_place(&nonce, &aad, &mut [], &tag)
