@@ -60,6 +60,14 @@
 //! other abandons its own and answers. Ephemeral secrets are dropped (wiped)
 //! as soon as the generation's PRK is derived.
 //!
+//! Limits, stated rather than handled: SPIs are 31-bit random values per
+//! (generation, VNI, direction); if two live SAs of one peer collided
+//! (probability about n²/2^32 for n live SAs) the newer one would shadow the
+//! older for its grace period. INIT freshness relies on the initiator's wall
+//! clock not going backwards across a restart (as WireGuard's TAI64N
+//! timestamps do); a clock stepped back makes its INITs stale until it
+//! catches up, while the other side can still initiate.
+//!
 //! Rekey triggers: `rekey_interval` after a generation starts (the side with
 //! the smaller key waits 10% longer, so normally only one side initiates),
 //! an outbound SA reaching `rekey_after_packets`, or [`Session::rekey`].
@@ -579,6 +587,8 @@ impl Session {
             if let Some(r) = self.responding.take() {
                 self.retire(r.local_id, now);
             }
+            // The peer wanted a new generation and did not get it: we try.
+            self.rekey_wanted = true;
         }
     }
 
@@ -625,8 +635,10 @@ impl Session {
                 // Simultaneous INIT: we stay initiator; the peer will answer ours.
                 return Ok(());
             }
-            // We yield: drop our pending INIT (wiping its ephemeral).
+            // We yield: drop our pending INIT (wiping its ephemeral). Should
+            // the peer's handshake fail too, we start over ourselves.
             self.initiating = None;
+            self.rekey_wanted = true;
         }
         let e_r = Ephemeral::generate(&mut *self.rng);
         let dh_ee = e_r.dh(&e_i).ok_or(CryptoError::BadControlMessage)?;

@@ -594,3 +594,48 @@ fn peer_restart_rehandshakes() {
         assert!(sim.opened[0] > opened[0] + 900 && sim.opened[1] > opened[1] + 900);
     }
 }
+
+#[test]
+fn responder_that_gives_up_initiates_itself() {
+    let config = SessionConfig {
+        handshake_timeout: Duration::from_millis(100),
+        max_retry_interval: Duration::from_millis(200),
+        max_resp_retries: 2,
+        ..SessionConfig::default()
+    };
+    let mut sim = Sim::new(12, config);
+    sim.traffic = false;
+    let larger = if sim.keys[0].public() > sim.keys[1].public() {
+        0
+    } else {
+        1
+    };
+    let smaller = 1 - larger;
+    // The smaller key yields to the larger one's INIT and answers; none of
+    // its messages get through, and the larger side's retries are lost too.
+    let mut larger_inits = 0;
+    sim.drop_control = Some(Box::new(move |from, m| {
+        if from == larger && msg_type(m) == 1 {
+            larger_inits += 1;
+            return larger_inits > 1;
+        }
+        from == smaller
+    }));
+    sim.run(Duration::from_secs(3));
+    let smaller_msgs: Vec<u8> = sim
+        .control_log
+        .iter()
+        .filter(|(f, _)| *f == smaller)
+        .map(|(_, m)| msg_type(m))
+        .collect();
+    // INIT at start, RESP + 2 retransmissions, then (after giving up) INITs again.
+    let first_resp = smaller_msgs.iter().position(|&t| t == 2).expect("answered");
+    assert_eq!(smaller_msgs[first_resp..first_resp + 3], [2, 2, 2]);
+    assert!(
+        smaller_msgs[first_resp + 3..].contains(&1),
+        "{smaller_msgs:?}"
+    );
+    // Once the network heals, the sides agree.
+    sim.drop_control = None;
+    assert!(sim.run_until(Duration::from_secs(3), Sim::both_on_same_generation));
+}
