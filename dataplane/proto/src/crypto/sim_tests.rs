@@ -639,3 +639,74 @@ fn responder_that_gives_up_initiates_itself() {
     sim.drop_control = None;
     assert!(sim.run_until(Duration::from_secs(3), Sim::both_on_same_generation));
 }
+
+#[test]
+fn vni_added_later_and_key_export_match() {
+    let mut sim = Sim::new(13, SessionConfig::default());
+    assert!(sim.run_until(Duration::from_millis(100), Sim::both_on_same_generation));
+    let now = sim.now;
+    for n in 0..2 {
+        sim.nodes[n].add_vni(7, now).unwrap();
+    }
+    let mut buf = vec![0u8; HEADER_LEN + 10 + MAX_TRAILER];
+    buf[HEADER_LEN..HEADER_LEN + 10].copy_from_slice(b"hello vni7");
+    let n = sim.nodes[0].seal(7, &mut buf, 10).unwrap();
+    buf.truncate(n);
+    let opened = sim.nodes[1].open(&mut buf, now).unwrap();
+    assert_eq!(opened.vni, 7);
+    assert_eq!(&buf[opened.range], b"hello vni7");
+    assert_eq!(
+        sim.nodes[0].seal(8, &mut [0u8; 64], 4),
+        Err(CryptoError::NoSa)
+    );
+    // Exported keys: A's outbound SA equals B's inbound SA with that SPI.
+    let a = sim.nodes[0].sa_infos(now, true);
+    let b = sim.nodes[1].sa_infos(now, true);
+    assert_eq!(a.len(), 6);
+    for out in a.iter().filter(|i| i.direction == SaDirection::Outbound) {
+        let peer_in = b
+            .iter()
+            .find(|i| i.direction == SaDirection::Inbound && i.spi == out.spi)
+            .expect("matching inbound SA");
+        let (ka, kb) = (out.key.as_ref().unwrap(), peer_in.key.as_ref().unwrap());
+        assert_eq!((ka.key(), ka.salt()), (kb.key(), kb.salt()));
+        assert_eq!(ka.key().len(), 16);
+        assert_eq!(out.vni, peer_in.vni);
+    }
+    sim.nodes[1].remove_vni(7);
+    let mut buf = vec![0u8; HEADER_LEN + 10 + MAX_TRAILER];
+    let n = sim.nodes[0].seal(7, &mut buf, 10).unwrap();
+    assert_eq!(
+        sim.nodes[1].open(&mut buf[..n], now),
+        Err(CryptoError::UnknownSpi)
+    );
+}
+
+#[test]
+fn old_generation_accepted_during_grace_only() {
+    let config = SessionConfig {
+        grace: Duration::from_secs(10),
+        ..SessionConfig::default()
+    };
+    let mut sim = Sim::new(14, config);
+    assert!(sim.run_until(Duration::from_millis(100), Sim::both_on_same_generation));
+    // A packet sealed with generation 1, delivered late.
+    let mut late = vec![0u8; HEADER_LEN + PAYLOAD + MAX_TRAILER];
+    let n = sim.nodes[0].seal(VNIS[0], &mut late, PAYLOAD).unwrap();
+    late.truncate(n);
+    let mut late2 = late.clone();
+    let now = sim.now;
+    sim.nodes[1].rekey(now);
+    sim.flush_transmits();
+    assert!(sim.run_until(Duration::from_millis(100), Sim::both_on_same_generation));
+    assert!(sim.nodes[0].generation() > 1);
+    // Within grace: accepted (and the window remembers it).
+    assert!(sim.nodes[1].open(&mut late, sim.now).is_ok());
+    sim.run(Duration::from_secs(10));
+    // After grace: the old SA is gone and its keys with it.
+    assert_eq!(
+        sim.nodes[1].open(&mut late2, sim.now),
+        Err(CryptoError::UnknownSpi)
+    );
+    assert!(sim.data_errors.is_empty(), "{:?}", sim.data_errors);
+}
