@@ -44,6 +44,28 @@ pub mod session;
 #[cfg(test)]
 mod sim_tests;
 
+/// The OS randomness source to hand to [`keys::StaticKeypair::generate`] and
+/// [`session::Session::new`] in production (tests pass a seeded RNG).
+pub use rand_core::OsRng;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn session_and_sas_can_move_to_worker_threads() {
+        fn send<T: Send>() {}
+        send::<super::session::Session>();
+        send::<super::sa::OutboundSa>();
+        send::<super::sa::InboundSa>();
+    }
+
+    #[test]
+    fn os_rng_makes_distinct_keys() {
+        let a = super::keys::StaticKeypair::generate(&mut super::OsRng);
+        let b = super::keys::StaticKeypair::generate(&mut super::OsRng);
+        assert_ne!(a.public(), b.public());
+    }
+}
+
 /// Errors of the crypto layer. Every variant is a reason to drop a packet (or
 /// a control message), so the engine can count drops by variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
