@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod batch;
+pub mod crypto;
 pub mod engine;
 pub mod fdb;
 pub mod offload;
