@@ -88,8 +88,7 @@ impl EndpointRecord {
 
     /// Whether `self` replaces `other` (same key assumed).
     pub fn supersedes(&self, other: &Self) -> bool {
-        (self.version, self.removed, self.emit())
-            > (other.version, other.removed, other.emit())
+        (self.version, self.removed, self.emit()) > (other.version, other.removed, other.emit())
     }
 
     /// Encodes the record.

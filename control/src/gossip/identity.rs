@@ -75,7 +75,11 @@ impl foca::Identity for NodeIdentity {
         // Higher generation wins; the rest only makes the order total so
         // every member picks the same winner.
         (self.generation, &self.node_id, &self.public_key)
-            > (adversary.generation, &adversary.node_id, &adversary.public_key)
+            > (
+                adversary.generation,
+                &adversary.node_id,
+                &adversary.public_key,
+            )
     }
 }
 

@@ -81,7 +81,9 @@ pub struct GossipKey {
 impl core::fmt::Debug for GossipKey {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         // Never print the secret.
-        f.debug_struct("GossipKey").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("GossipKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 

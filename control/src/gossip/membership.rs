@@ -488,7 +488,8 @@ impl Membership {
             members: self.swim.iter_membership_state().cloned().collect(),
             endpoints: lock(&self.table).all().cloned().collect(),
         };
-        let plain = postcard::to_allocvec(&snapshot).map_err(|_| MembershipError::SnapshotDecode)?;
+        let plain =
+            postcard::to_allocvec(&snapshot).map_err(|_| MembershipError::SnapshotDecode)?;
         let nonce = self.nonce();
         self.keyring
             .seal(Context::Snapshot, nonce, &plain)
