@@ -485,7 +485,11 @@ impl Membership {
     /// member. Both sides send theirs and merge the other's.
     pub fn state_snapshot(&mut self) -> Result<Vec<u8>, MembershipError> {
         let snapshot = Snapshot {
-            members: self.swim.iter_membership_state().cloned().collect(),
+            // Ourselves first (foca does not list us), at incarnation 0:
+            // a receiver that knows us better keeps what it knows.
+            members: std::iter::once(Member::alive(self.identity().clone()))
+                .chain(self.swim.iter_membership_state().cloned())
+                .collect(),
             endpoints: lock(&self.table).all().cloned().collect(),
         };
         let plain =
