@@ -353,7 +353,18 @@ fn dead_member_rejoins_as_new_generation() {
     let n = 5;
     let mut sim = converge(n);
     let victim = 4;
+    let ip: IpAddr = "10.30.0.4".parse().unwrap();
+    let vtep = identity(victim, 1).data_addr;
+    let first = sim.nodes[victim]
+        .m
+        .announce_endpoint("n", ip, [2, 0, 0, 0, 0, 1], vtep)
+        .unwrap();
+    sim.collect(victim);
     kill_and_detect(&mut sim, victim);
+    // What the daemon withdraws from its dataplane on Down.
+    for (i, node) in sim.running() {
+        assert_eq!(node.m.endpoints_at(vtep), vec![first.clone()], "node {i}");
+    }
 
     // The host comes back: a new process, next generation, joins node 0.
     sim.nodes[victim] = Node {
@@ -378,6 +389,20 @@ fn dead_member_rejoins_as_new_generation() {
                 .all(|(_, n)| n.events.iter().any(|(_, e)| *e == up))
     });
     assert!(took.is_some(), "rejoined node not Up everywhere in 5 s");
+    // The restarted host re-announces its endpoint before hearing its old
+    // record back: its new generation's version still wins everywhere.
+    let again = sim.nodes[victim]
+        .m
+        .announce_endpoint("n", ip, [2, 0, 0, 0, 0, 2], vtep)
+        .unwrap();
+    sim.collect(victim);
+    assert!(again.version > first.version);
+    let spread = sim.run_until(Duration::from_secs(3), |s| {
+        s.nodes
+            .iter()
+            .all(|n| n.m.endpoints() == vec![again.clone()])
+    });
+    assert!(spread.is_some(), "restarted host's record lost");
     for (i, node) in sim.running().filter(|(i, _)| *i != victim) {
         assert!(
             node.events.iter().any(|(_, e)| *e
@@ -438,7 +463,7 @@ fn endpoint_records_spread_update_and_tombstone() {
         .m
         .announce_endpoint(net, ip, mac, vtep1)
         .unwrap();
-    assert_eq!(rec.version, 1);
+    assert_eq!(rec.version, 1 << 32, "generation 1 in the high half");
     sim.collect(1);
     let spread = sim.run_until(Duration::from_secs(3), |s| {
         s.nodes.iter().all(|n| n.m.endpoints() == vec![rec.clone()])
@@ -460,7 +485,7 @@ fn endpoint_records_spread_update_and_tombstone() {
         .m
         .announce_endpoint(net, ip, mac, vtep3)
         .unwrap();
-    assert_eq!(moved.version, 2);
+    assert_eq!(moved.version, rec.version + 1);
     sim.collect(3);
     assert!(
         sim.run_until(Duration::from_secs(3), |s| s

@@ -405,6 +405,10 @@ impl Membership {
 
     /// Announces that a local endpoint lives here (at `vtep`, normally our
     /// `data_addr`), or moved; returns the record as spread.
+    ///
+    /// The version is one past the newest we know for (network, IP) and at
+    /// least `generation << 32`: with the generation taken from the start
+    /// time (or a persisted counter), a restarted host's records win.
     pub fn announce_endpoint(
         &mut self,
         network_id: &str,
@@ -439,7 +443,14 @@ impl Membership {
         let key = (network_id.to_owned(), ip);
         let record = {
             let mut table = lock(&self.table);
-            let version = table.version_of(&key).map_or(1, |v| v.saturating_add(1));
+            // Versions start at our generation in the high half, so a
+            // restarted node (higher generation) wins over the records of
+            // its previous life even before it hears them back; within a
+            // life they count up past anything we heard.
+            let floor = u64::from(self.swim.identity().generation) << 32;
+            let version = table
+                .version_of(&key)
+                .map_or(floor, |v| v.saturating_add(1).max(floor));
             let record = EndpointRecord {
                 network_id: network_id.to_owned(),
                 ip,
