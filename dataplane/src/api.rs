@@ -136,6 +136,25 @@ pub enum Request {
     Fdb { vni: Option<Vni> },
     Endpoints,
     Show,
+    /// Declares a network (VNI) and whether its traffic must be encrypted.
+    NetworkAdd {
+        vni: Vni,
+        #[serde(default)]
+        encrypted: bool,
+    },
+    NetworkDel { vni: Vni },
+    Networks,
+    /// Tells the dataplane another host's X25519 public key (static mode).
+    VtepAdd { vtep: IpAddr, pubkey: String },
+    VtepDel { vtep: IpAddr },
+    Vteps,
+    /// Starts a key rotation with one host, or with all.
+    Rekey { vtep: Option<IpAddr> },
+    /// Lists SAs; keys only if the dataplane allows key export.
+    Sa {
+        #[serde(default)]
+        show_keys: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -207,6 +226,56 @@ pub struct StatsReport {
     pub counters: Vec<(String, u64)>,
     /// (stage, reason, count) for every drop reason.
     pub drops: Vec<(String, String, u64)>,
+}
+
+/// A declared network, as listed by `vxnet dp network ls`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkInfo {
+    pub vni: Vni,
+    pub encrypted: bool,
+    /// Local endpoints on it.
+    pub endpoints: usize,
+    /// Remote endpoints known on it.
+    pub peers: usize,
+    /// Default MTU of endpoints attached to it.
+    pub mtu: u32,
+}
+
+/// A host whose key this dataplane knows (`vxnet dp vtep ls`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VtepInfo {
+    pub vtep: IpAddr,
+    pub pubkey: String,
+    /// A handshake completed: encrypted traffic can flow.
+    pub established: bool,
+    pub generation: u32,
+    /// A rotation is under way.
+    pub rotating: bool,
+}
+
+/// One security association (`vxnet dp sa`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SaEntry {
+    /// SPI as 0x-prefixed hex, as dissectors show it.
+    pub spi: String,
+    /// "in" or "out".
+    pub direction: String,
+    /// The peer host's VTEP address.
+    pub peer: IpAddr,
+    pub vni: u32,
+    pub generation: u32,
+    pub packets: u64,
+    pub age_secs: f64,
+    /// "active", or "standby" (inbound in grace, outbound not yet used).
+    pub state: String,
+    /// Source and destination VTEP of the packets this SA protects.
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// AES-GCM key and salt in hex; only with `--show-keys`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub salt: Option<String>,
 }
 
 /// `vxnet dp show`.

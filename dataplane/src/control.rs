@@ -5,8 +5,8 @@
 //! leaves no TAP, bridge or table entry behind.
 
 use crate::api::{
-    AttachRequest, AttachTarget, DetachTarget, EndpointInfo, FdbEntry, IpNet, Peer, Request,
-    Response, ShowReport, StatsReport,
+    AttachRequest, AttachTarget, DetachTarget, EndpointInfo, FdbEntry, IpNet, NetworkInfo, Peer, Request, Response,
+    SaEntry, ShowReport, StatsReport, VtepInfo,
 };
 use crate::attach::{self, Bridge};
 use crate::sys::tap::Tap;
@@ -14,7 +14,10 @@ use crate::worker::{self, Command, FdbCell, PollMode, WorkerConfig, WorkerHandle
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use vxnet_proto::crypto::OsRng;
+use vxnet_proto::crypto::keys::{PublicKey, StaticKeypair};
+use vxnet_proto::crypto::session::{SaDirection, Session, SessionConfig};
 use vxnet_proto::engine::EngineConfig;
 use vxnet_proto::fdb::{Dest, Fdb, PortId};
 use vxnet_proto::stats::{Counter, Drop, Snapshot};
@@ -30,7 +33,18 @@ pub struct Config {
     pub poll: PollMode,
     pub spin: Duration,
     pub default_mtu: u32,
+    /// This host's X25519 static key.
+    pub keypair: Arc<StaticKeypair>,
+    /// How often each host pair rotates its keys.
+    pub rekey_interval: Duration,
+    /// Whether `sa --show-keys` may print keys.
+    pub allow_key_export: bool,
 }
+
+/// Bytes an encrypted network adds per packet on top of VXLAN: ESP header
+/// and IV (16), inner UDP header (8), trailer (2, no padding for MTUs that
+/// are multiples of 4) and ICV (16). 1450 - 42 = 1408.
+pub const ESP_OVERHEAD: u32 = 42;
 
 /// One attached endpoint.
 struct Endpoint {
@@ -47,6 +61,8 @@ struct State {
     next_id: u32,
     bridges: HashMap<Vni, Bridge>,
     next_worker: usize,
+    /// Hosts whose public keys we were told.
+    vteps: BTreeMap<IpAddr, PublicKey>,
 }
 
 pub struct Dataplane {
@@ -140,6 +156,14 @@ impl Dataplane {
                     .collect::<Vec<_>>(),
             )),
             Request::Show => Ok(Response::ok(self.show())),
+            Request::NetworkAdd { vni, encrypted } => self.network_add(vni, encrypted).map(|()| Response::ok(())),
+            Request::NetworkDel { vni } => self.network_del(vni).map(|()| Response::ok(())),
+            Request::Networks => Ok(Response::ok(self.networks())),
+            Request::VtepAdd { vtep, pubkey } => self.vtep_add(vtep, &pubkey).map(|()| Response::ok(())),
+            Request::VtepDel { vtep } => self.vtep_del(vtep).map(|()| Response::ok(())),
+            Request::Vteps => Ok(Response::ok(self.vteps())),
+            Request::Rekey { vtep } => self.rekey(vtep).map(Response::ok),
+            Request::Sa { show_keys } => self.sas(show_keys).map(Response::ok),
         };
         result.unwrap_or_else(Response::error)
     }
@@ -182,9 +206,9 @@ impl Dataplane {
     }
 
     fn attach(&self, req: AttachRequest) -> Result<EndpointInfo, String> {
-        let plan = attach::Plan::validate(&req, self.cfg.default_mtu)?;
-        let ips: Vec<IpAddr> = plan.ips.iter().map(|n| n.addr).collect();
         let mut st = self.lock();
+        let plan = attach::Plan::validate(&req, self.default_mtu(&st.fdb, req.vni))?;
+        let ips: Vec<IpAddr> = plan.ips.iter().map(|n| n.addr).collect();
         match &req.target {
             AttachTarget::Netns(ns) => {
                 let port = st.fdb.free_port();
@@ -479,7 +503,196 @@ impl Dataplane {
             gro: self.gro,
             endpoints,
             vnis,
-            public_key: None,
+            public_key: Some(self.cfg.keypair.public().to_string()),
+        }
+    }
+
+    fn default_mtu(&self, fdb: &Fdb, vni: Vni) -> u32 {
+        if fdb.is_encrypted(vni) {
+            self.cfg.default_mtu.saturating_sub(ESP_OVERHEAD)
+        } else {
+            self.cfg.default_mtu
+        }
+    }
+
+    fn network_add(&self, vni: Vni, encrypted: bool) -> Result<(), String> {
+        let now = Instant::now();
+        self.edit_fdb(|f| {
+            if let Some(t) = f.vni(vni) {
+                if t.encrypted != encrypted && !t.ports.is_empty() {
+                    return Err(format!(
+                        "VNI {vni} has local endpoints; detach them before making it {}",
+                        if encrypted { "encrypted" } else { "plain" }
+                    ));
+                }
+            }
+            f.set_encrypted(vni, encrypted);
+            for (_, s) in f.peers() {
+                let mut s = s.lock().unwrap_or_else(PoisonError::into_inner);
+                if encrypted {
+                    s.add_vni(vni.get(), now).map_err(|e| format!("cannot derive keys for VNI {vni}: {e}"))?;
+                } else {
+                    s.remove_vni(vni.get());
+                }
+            }
+            Ok(())
+        })?;
+        self.kick_timers();
+        Ok(())
+    }
+
+    fn network_del(&self, vni: Vni) -> Result<(), String> {
+        self.edit_fdb(|f| {
+            let Some(t) = f.vni(vni) else { return Err(format!("VNI {vni} is not a network here")) };
+            if !t.ports.is_empty() {
+                return Err(format!("VNI {vni} still has local endpoints; detach them first"));
+            }
+            if t.encrypted {
+                for (_, s) in f.peers() {
+                    s.lock().unwrap_or_else(PoisonError::into_inner).remove_vni(vni.get());
+                }
+            }
+            f.set_encrypted(vni, false);
+            Ok(())
+        })
+    }
+
+    fn networks(&self) -> Vec<NetworkInfo> {
+        let st = self.lock();
+        let mut out: Vec<NetworkInfo> = st
+            .fdb
+            .vnis()
+            .map(|(vni, t)| NetworkInfo {
+                vni,
+                encrypted: t.encrypted,
+                endpoints: t.macs.values().filter(|d| matches!(d, Dest::Local(_))).count(),
+                peers: t.macs.values().filter(|d| matches!(d, Dest::Remote(_))).count(),
+                mtu: self.default_mtu(&st.fdb, vni),
+            })
+            .collect();
+        out.sort_by_key(|n| n.vni);
+        out
+    }
+
+    fn vtep_add(&self, vtep: IpAddr, pubkey: &str) -> Result<(), String> {
+        self.check_vtep(vtep)?;
+        let peer: PublicKey = pubkey
+            .parse()
+            .map_err(|e| format!("'{pubkey}' is not an X25519 public key ({e}); copy it from `vxnet dp show` on that host"))?;
+        if peer == self.cfg.keypair.public() {
+            return Err("that is this host's own public key".into());
+        }
+        let mut st = self.lock();
+        if let Some(old) = st.vteps.get(&vtep) {
+            if *old == peer {
+                return Err(format!("VTEP {vtep} already has this key"));
+            }
+        }
+        let now = Instant::now();
+        let unix_ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        let vnis: Vec<u32> = st.fdb.vnis().filter(|(_, t)| t.encrypted).map(|(v, _)| v.get()).collect();
+        let config = SessionConfig { rekey_interval: self.cfg.rekey_interval, ..SessionConfig::default() };
+        let session = Session::new(config, &self.cfg.keypair, peer, &vnis, now, unix_ns, Box::new(OsRng))
+            .map_err(|e| format!("cannot set up keys with {vtep}: {e}"))?;
+        let mut next = st.fdb.clone();
+        next.set_peer(vtep, Arc::new(Mutex::new(session)));
+        self.cell.publish(next.clone());
+        st.fdb = next;
+        st.vteps.insert(vtep, peer);
+        drop(st);
+        self.kick_timers();
+        Ok(())
+    }
+
+    fn vtep_del(&self, vtep: IpAddr) -> Result<(), String> {
+        let mut st = self.lock();
+        if st.vteps.remove(&vtep).is_none() {
+            return Err(format!("VTEP {vtep} has no key here; see `vxnet dp vtep ls`"));
+        }
+        let mut next = st.fdb.clone();
+        next.remove_peer(vtep);
+        self.cell.publish(next.clone());
+        st.fdb = next;
+        Ok(())
+    }
+
+    fn vteps(&self) -> Vec<VtepInfo> {
+        let st = self.lock();
+        st.vteps
+            .iter()
+            .map(|(vtep, key)| {
+                let (established, generation, rotating) = match st.fdb.peer(*vtep) {
+                    Some(s) => {
+                        let s = s.lock().unwrap_or_else(PoisonError::into_inner);
+                        (s.is_established(), s.generation(), s.is_rotating())
+                    }
+                    None => (false, 0, false),
+                };
+                VtepInfo { vtep: *vtep, pubkey: key.to_string(), established, generation, rotating }
+            })
+            .collect()
+    }
+
+    fn rekey(&self, only: Option<IpAddr>) -> Result<Vec<IpAddr>, String> {
+        let st = self.lock();
+        let now = Instant::now();
+        let mut done = Vec::new();
+        for (vtep, s) in st.fdb.peers() {
+            if only.is_none_or(|o| o == vtep) {
+                s.lock().unwrap_or_else(PoisonError::into_inner).rekey(now);
+                done.push(vtep);
+            }
+        }
+        drop(st);
+        if done.is_empty() {
+            return Err(match only {
+                Some(v) => format!("VTEP {v} has no key here; add it with `vxnet dp vtep add`"),
+                None => "no VTEP has a key here; add one with `vxnet dp vtep add`".into(),
+            });
+        }
+        self.kick_timers();
+        done.sort();
+        Ok(done)
+    }
+
+    fn sas(&self, show_keys: bool) -> Result<Vec<SaEntry>, String> {
+        if show_keys && !self.cfg.allow_key_export {
+            return Err("refusing to print keys: start vxnet-dataplane with --allow-key-export to allow \
+                        `vxnet dp sa --show-keys` (for debugging with a dissector only)"
+                .into());
+        }
+        let st = self.lock();
+        let now = Instant::now();
+        let local = self.cfg.local_vtep;
+        let mut out = Vec::new();
+        for (vtep, s) in st.fdb.peers() {
+            let s = s.lock().unwrap_or_else(PoisonError::into_inner);
+            for i in s.sa_infos(now, show_keys) {
+                let inbound = i.direction == SaDirection::Inbound;
+                out.push(SaEntry {
+                    spi: format!("0x{:08x}", i.spi),
+                    direction: if inbound { "in" } else { "out" }.into(),
+                    peer: vtep,
+                    vni: i.vni,
+                    generation: i.generation,
+                    packets: i.packets,
+                    age_secs: i.age.as_secs_f64(),
+                    state: if i.standby { "standby" } else { "active" }.into(),
+                    src: if inbound { vtep } else { local },
+                    dst: if inbound { local } else { vtep },
+                    key: i.key.as_ref().map(|k| hex(k.key())),
+                    salt: i.key.as_ref().map(|k| hex(&k.salt())),
+                });
+            }
+        }
+        out.sort_by(|a, b| (a.peer, a.vni, a.generation, &a.direction).cmp(&(b.peer, b.vni, b.generation, &b.direction)));
+        Ok(out)
+    }
+
+    /// Makes worker 0 run the session timers now (handshakes start at once).
+    fn kick_timers(&self) {
+        if let Some(w) = self.workers.lock().unwrap_or_else(PoisonError::into_inner).first() {
+            w.send(Command::Kick);
         }
     }
 
@@ -499,6 +712,10 @@ impl Dataplane {
             w.stop();
         }
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn family(ip: IpAddr) -> &'static str {

@@ -6,6 +6,7 @@ pub mod api;
 pub mod attach;
 pub mod client;
 pub mod control;
+pub mod keyfile;
 pub mod metrics;
 pub mod server;
 pub mod sys;

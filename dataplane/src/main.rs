@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use vxnet_dataplane::api::DEFAULT_SOCKET;
 use vxnet_dataplane::control::{Config, Dataplane};
+use vxnet_dataplane::keyfile;
 use vxnet_dataplane::metrics::{self, MetricsView};
 use vxnet_dataplane::server;
 use vxnet_dataplane::sys::signal;
@@ -44,9 +45,40 @@ struct Args {
     /// Outer UDP source ports per worker, chosen by inner-flow hash (ECMP entropy).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     src_ports: u16,
-    /// Default MTU of endpoints (1500 underlay minus 50 bytes of VXLAN).
+    /// Default MTU of endpoints (1500 underlay minus 50 bytes of VXLAN;
+    /// encrypted networks get 42 bytes less).
     #[arg(long, default_value_t = 1450)]
     mtu: u32,
+    /// This host's X25519 key; created (mode 0600) if missing.
+    #[arg(long, value_name = "PATH", default_value = "/var/lib/vxnet/dataplane.key")]
+    key_file: PathBuf,
+    /// How often each host pair rotates its encryption keys (e.g. 12h, 30m, 10s).
+    #[arg(long, value_name = "DURATION", default_value = "12h", value_parser = parse_duration)]
+    rekey_interval: Duration,
+    /// Let `vxnet dp sa --show-keys` print keys and salts (for decoding
+    /// captures with a dissector; never in production).
+    #[arg(long)]
+    allow_key_export: bool,
+}
+
+/// Parses `12h`, `30m`, `10s`, `250ms` or a plain number of seconds; at
+/// least one second.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("'{s}' is not a duration like 12h, 30m or 10s"))?;
+    let d = match unit {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(format!("unit '{unit}' in '{s}' is not one of ms, s, m, h")),
+    };
+    if d < Duration::from_secs(1) {
+        return Err(format!("'{s}' is too short; the rekey interval is at least 1s"));
+    }
+    Ok(d)
 }
 
 fn main() -> ExitCode {
@@ -69,6 +101,12 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> Result<(), String> {
     signal::block_termination().map_err(|e| format!("cannot block signals: {e}"))?;
+    let (keypair, created) = keyfile::load_or_create(&args.key_file)
+        .map_err(|e| format!("cannot use key file {}: {e}", args.key_file.display()))?;
+    if created {
+        tracing::info!(path = %args.key_file.display(), "created a new host key");
+    }
+    tracing::info!(public_key = %keypair.public(), "host key");
     let cfg = Config {
         local_vtep: args.local_vtep,
         port: args.port,
@@ -77,6 +115,9 @@ fn run(args: Args) -> Result<(), String> {
         poll: args.poll,
         spin: Duration::from_micros(args.spin_us),
         default_mtu: args.mtu,
+        keypair: Arc::new(keypair),
+        rekey_interval: args.rekey_interval,
+        allow_key_export: args.allow_key_export,
     };
     let dp = Arc::new(Dataplane::start(cfg).map_err(|e| {
         format!(
@@ -120,4 +161,26 @@ fn run(args: Args) -> Result<(), String> {
     drop(api);
     dp.shutdown();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(43_200)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1_800)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1_500)));
+        for bad in ["", "h", "10x", "500ms", "-1s", "1.5h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn help_parses() {
+        use clap::CommandFactory;
+        Args::command().debug_assert();
+    }
 }

@@ -101,6 +101,8 @@ pub enum Command {
         port: PortId,
         done: Sender<()>,
     },
+    /// Run the session timers now (a rekey was asked for).
+    Kick,
     Stop,
 }
 
@@ -183,6 +185,7 @@ pub fn spawn(cfg: WorkerConfig, fdb: Arc<FdbCell>) -> io::Result<WorkerHandle> {
         out: Outputs::new(TxBatch::new(512 * 1024, 256)),
         tapbuf: vec![0u8; TAP_BUF].into_boxed_slice(),
         ready: Vec::with_capacity(64),
+        kicked: false,
     };
     let thread = std::thread::Builder::new()
         .name(format!("vxnet-worker-{}", worker.cfg.id))
@@ -214,12 +217,16 @@ struct Worker {
     out: Outputs,
     tapbuf: Box<[u8]>,
     ready: Vec<u64>,
+    kicked: bool,
 }
 
 impl Worker {
     fn run(&mut self) {
         tracing::debug!(worker = self.cfg.id, poll = %self.cfg.poll, "worker started");
         let mut last_work = Instant::now();
+        // Worker 0 drives the key-rotation timers of every peer session.
+        let drives_timers = self.cfg.id == 0;
+        let mut next_timer = Instant::now();
         loop {
             if !self.handle_commands() {
                 break;
@@ -228,11 +235,21 @@ impl Worker {
                 let (v, table) = self.fdb.load();
                 self.fdb_version = v;
                 self.engine.set_fdb(table);
+                next_timer = Instant::now();
+            }
+            let now = Instant::now();
+            self.engine.set_now(now);
+            if drives_timers && (now >= next_timer || self.kicked) {
+                self.kicked = false;
+                next_timer = self.engine.handle_timers(&mut self.out).unwrap_or(now + IDLE_WAKE);
             }
             let worked = self.poll_udp() | self.poll_taps();
+            if self.engine.take_timers_moved() {
+                next_timer = now;
+            }
             self.flush();
             if worked {
-                last_work = Instant::now();
+                last_work = now;
                 continue;
             }
             let sleep = match self.cfg.poll {
@@ -243,7 +260,11 @@ impl Worker {
             if sleep {
                 self.engine.stats().inc(Counter::PollSleeps);
                 self.ready.clear();
-                if let Err(e) = self.poller.wait(&mut self.ready, Some(IDLE_WAKE)) {
+                let mut timeout = IDLE_WAKE;
+                if drives_timers {
+                    timeout = timeout.min(next_timer.saturating_duration_since(Instant::now()));
+                }
+                if let Err(e) = self.poller.wait(&mut self.ready, Some(timeout)) {
                     if e.kind() != io::ErrorKind::Interrupted {
                         tracing::error!(worker = self.cfg.id, error = %e, "epoll wait failed");
                         std::thread::sleep(Duration::from_millis(10));
@@ -284,6 +305,7 @@ impl Worker {
                     self.forget_port(port);
                     let _ = done.send(());
                 }
+                Command::Kick => self.kicked = true,
                 Command::Stop => return false,
             }
         }
@@ -315,7 +337,7 @@ impl Worker {
                         if meta.segment != 0 && meta.len > usize::from(meta.segment) {
                             stats.inc(Counter::UdpRxGroBuffers);
                         }
-                        for d in self.rx.datagrams(i) {
+                        for d in self.rx.datagrams_mut(i) {
                             stats.inc(Counter::UdpRxDatagrams);
                             self.engine.from_wire(meta.src, d, &mut self.out);
                         }

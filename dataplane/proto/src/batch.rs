@@ -171,6 +171,20 @@ impl RxBatch {
         };
         data.chunks(step)
     }
+
+    /// The datagrams of received buffer `i`, split at the GRO segment size,
+    /// mutable so that ESP can be decrypted in place.
+    pub fn datagrams_mut(&mut self, i: usize) -> impl Iterator<Item = &mut [u8]> {
+        let meta = self.meta[i];
+        let buf = &mut self.bufs[i];
+        let len = meta.len.min(buf.len());
+        let step = if meta.segment == 0 {
+            len.max(1)
+        } else {
+            meta.segment as usize
+        };
+        buf[..len].chunks_mut(step)
+    }
 }
 
 #[cfg(test)]
