@@ -1,0 +1,27 @@
+//! vxnet-control: the control plane's state and rules, sans-IO.
+//!
+//! Layers, bottom up:
+//! - [`store`]: the one place of truth, a key/value [`store::Store`] with
+//!   all-or-nothing transactions ([`store::RedbStore`] on disk,
+//!   [`store::MemStore`] in tests). A Raft-replicated store can replace it.
+//! - [`model`]: the records kept there (nodes, networks, address
+//!   allocations, containers, the cluster singleton).
+//! - [`ipam`]: subnet and address choice, pure functions over what is taken.
+//! - [`cluster`], [`networks`], [`containers`]: the operations the daemon
+//!   calls for `vxnet swarm`/`node`, `network` and `container` commands,
+//!   each a function over the store that validates its input with Docker's
+//!   rules and writes its result in one transaction.
+//!
+//! Nothing here reads the clock or opens a socket: callers pass `now` and a
+//! random source, so every rule is tested deterministically.
+#![forbid(unsafe_code)]
+
+pub mod cluster;
+pub mod containers;
+pub mod error;
+pub mod ipam;
+pub mod model;
+pub mod networks;
+pub mod store;
+
+pub use error::{ControlError, Result};
