@@ -616,11 +616,15 @@ mod tests {
 
     /// Property: random run/connect/disconnect/rm sequences keep every
     /// address held by exactly one owner, and the store's allocation records
-    /// match the containers' attachments exactly.
-    #[test]
-    fn random_operations_keep_allocations_consistent() {
-        let s = MemStore::new();
-        let (_, manager) = init(&s);
+    /// match the containers' attachments exactly. `reopen` is called every
+    /// `reopen_every` steps to simulate a manager restart.
+    fn random_operations(
+        mut s: Box<dyn Store>,
+        mut reopen: impl FnMut(Box<dyn Store>) -> Box<dyn Store>,
+        steps: usize,
+        reopen_every: usize,
+    ) {
+        let (_, manager) = init(&*s);
         let mut rng = TestRng(2024);
         for (n, subnet) in [("p", "10.50.0.0/28"), ("q", "10.51.0.0/29")] {
             let r = CreateNetwork {
@@ -629,30 +633,42 @@ mod tests {
                 subnets: vec![subnet.parse().unwrap()],
                 ..CreateNetwork::default()
             };
-            create_network(&s, &r, 1, &mut rng).unwrap();
+            create_network(&*s, &r, 1, &mut rng).unwrap();
         }
         let nets = ["p", "q"];
-        for step in 0..400 {
-            let names: Vec<String> = list_containers(&s, None)
+        let (mut ok, mut exhausted) = (0, 0);
+        for step in 0..steps {
+            if step % reopen_every == reopen_every - 1 {
+                s = reopen(s);
+            }
+            let s = &*s;
+            let names: Vec<String> = list_containers(s, None)
                 .unwrap()
                 .into_iter()
                 .map(|c| c.name)
                 .collect();
             let pick = rng.next_u32() as usize;
             let netname = nets[pick % 2];
-            let _ = match rng.next_u32() % 4 {
-                0 => run(&s, &mut rng, &format!("c{step}"), &manager.id, &[netname]).map(|_| ()),
+            // Runs are more frequent than removals, so the networks fill up.
+            let r = match rng.next_u32() % 5 {
+                0 | 4 => run(s, &mut rng, &format!("c{step}"), &manager.id, &[netname]).map(|_| ()),
                 1 if !names.is_empty() => {
-                    connect(&s, &names[pick % names.len()], &on(netname)).map(|_| ())
+                    connect(s, &names[pick % names.len()], &on(netname)).map(|_| ())
                 }
                 2 if !names.is_empty() => {
-                    disconnect(&s, &names[pick % names.len()], netname).map(|_| ())
+                    disconnect(s, &names[pick % names.len()], netname).map(|_| ())
                 }
                 3 if !names.is_empty() => {
-                    remove_container(&s, &names[pick % names.len()]).map(|_| ())
+                    remove_container(s, &names[pick % names.len()]).map(|_| ())
                 }
                 _ => Ok(()),
             };
+            match r {
+                Ok(()) => ok += 1,
+                Err(ControlError::AddressesExhausted { .. }) => exhausted += 1,
+                Err(ControlError::AlreadyAttached { .. } | ControlError::NotAttached { .. }) => {}
+                Err(e) => panic!("step {step}: unexpected error {e}"),
+            }
             // Invariant: allocation records == gateways + attachments.
             let mut expected = BTreeSet::new();
             for c in s.list::<Container>().unwrap() {
@@ -672,5 +688,30 @@ mod tests {
             }
             assert_eq!(stored, expected, "step {step}");
         }
+        // The sequence did reach both full networks and normal operation.
+        assert!(ok > steps / 3, "{ok} successful ops of {steps}");
+        assert!(exhausted > 0, "never exhausted a network");
+    }
+
+    #[test]
+    fn random_operations_keep_allocations_consistent() {
+        random_operations(Box::new(MemStore::new()), |s| s, 400, 1000);
+    }
+
+    #[test]
+    fn random_operations_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let open =
+            |p: &std::path::Path| -> Box<dyn Store> { Box::new(RedbStore::open(p).unwrap()) };
+        random_operations(
+            open(&path),
+            |old| {
+                drop(old);
+                open(&path)
+            },
+            150,
+            25,
+        );
     }
 }

@@ -216,6 +216,30 @@ impl<S: Store + ?Sized> Store for &S {
     }
 }
 
+impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
+    fn read(&self, table: &'static str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        (**self).read(table, key)
+    }
+    fn scan(&self, table: &'static str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        (**self).scan(table)
+    }
+    fn apply(&self, txn: &Txn) -> Result<(), StoreError> {
+        (**self).apply(txn)
+    }
+}
+
+impl<S: Store + ?Sized> Store for Box<S> {
+    fn read(&self, table: &'static str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        (**self).read(table, key)
+    }
+    fn scan(&self, table: &'static str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        (**self).scan(table)
+    }
+    fn apply(&self, txn: &Txn) -> Result<(), StoreError> {
+        (**self).apply(txn)
+    }
+}
+
 fn table_def(name: &str) -> TableDefinition<'_, &'static str, &'static [u8]> {
     TableDefinition::new(name)
 }
