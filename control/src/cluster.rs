@@ -18,7 +18,7 @@ use crate::error::{ControlError, Result};
 use crate::ipam;
 use crate::model::{
     AddressAlloc, AddressPool, Availability, Cluster, Container, GossipKey, JoinTokens, Network,
-    Node, NodeStatus, Role, UnixTime, new_id,
+    Node, NodeStatus, Role, UnixTime, is_id, new_id,
 };
 use crate::networks::{default_ingress_request, plan_network, resolve};
 use crate::store::{Store, StoreExt, Txn};
@@ -80,7 +80,17 @@ fn check_public_key(k: &str) -> Result<()> {
     }
 }
 
-/// A fresh join token for a CA digest.
+/// Splits a join token into (CA digest, secret), so a joining host can
+/// check the manager's certificate before it sends anything. `None` when the
+/// token is not of the form `SWMTKN-1-<digest>-<25-char secret>`.
+pub fn parse_token(token: &str) -> Option<(&str, &str)> {
+    let rest = token.strip_prefix(TOKEN_PREFIX)?;
+    let (digest, secret) = rest.rsplit_once('-')?;
+    (!digest.is_empty() && is_id(secret)).then_some((digest, secret))
+}
+
+/// A fresh join token for a CA digest (which must not be empty; it may
+/// contain '-', the secret is split off at the last one).
 pub fn make_token(ca_digest: &str, rng: &mut dyn RngCore) -> String {
     format!("{TOKEN_PREFIX}{ca_digest}-{}", new_id(rng))
 }
@@ -467,6 +477,19 @@ pub(crate) mod tests {
         assert_eq!(token_role(&c, &c.tokens.worker), Some(Role::Worker));
         assert_eq!(token_role(&c, &c.tokens.manager), Some(Role::Manager));
         assert_eq!(token_role(&c, "SWMTKN-1-cadigest-nope"), None);
+        let (digest, secret) = parse_token(&c.tokens.worker).unwrap();
+        assert_eq!(digest, "cadigest");
+        assert!(is_id(secret));
+        assert_eq!(parse_token("SWMTKN-1-a-b-c"), None);
+        assert_eq!(
+            parse_token("SWMTKN-2-cadigest-aaaaaaaaaaaaaaaaaaaaaaaaa"),
+            None
+        );
+        assert_eq!(parse_token("SWMTKN-1--aaaaaaaaaaaaaaaaaaaaaaaaa"), None);
+        assert_eq!(
+            parse_token("SWMTKN-1-sha-256-aaaaaaaaaaaaaaaaaaaaaaaaa"),
+            Some(("sha-256", "aaaaaaaaaaaaaaaaaaaaaaaaa"))
+        );
         let t = rotate_join_token(&s, Role::Worker, "cadigest", 2000, &mut TestRng(9)).unwrap();
         let c2 = cluster(&s).unwrap();
         assert_eq!(token_role(&c2, &c.tokens.worker), None, "old token refused");

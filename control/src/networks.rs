@@ -511,7 +511,8 @@ pub fn remove_network<S: Store + ?Sized>(store: &S, query: &str) -> Result<Netwo
 /// The networks something on `node` uses: the daemon creates these on the
 /// node's dataplane and removes any other (a network appears on a worker
 /// when something there needs it and goes when nothing there uses it).
-/// Sorted by name.
+/// Sorted by name. Only container attachments count: whether every node
+/// keeps the ingress network for the routing mesh is the daemon's choice.
 pub fn networks_on_node<S: Store + ?Sized>(store: &S, node: &str) -> Result<Vec<Network>> {
     let ids: BTreeSet<String> = store
         .list::<Container>()?
