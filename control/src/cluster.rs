@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ControlError, Result};
 use crate::ipam;
 use crate::model::{
-    AddressAlloc, AddressPool, Availability, Cluster, Container, GossipKey, JoinTokens, Network,
-    Node, NodeStatus, Role, UnixTime, is_id, new_id,
+    AddressAlloc, AddressPool, Availability, Cluster, Container, JoinTokens, Network, Node,
+    NodeStatus, Role, StoredGossipKey, UnixTime, is_id, new_id,
 };
 use crate::networks::{default_ingress_request, plan_network, resolve};
 use crate::store::{Store, StoreExt, Txn};
@@ -95,12 +95,12 @@ pub fn make_token(ca_digest: &str, rng: &mut dyn RngCore) -> String {
     format!("{TOKEN_PREFIX}{ca_digest}-{}", new_id(rng))
 }
 
-fn new_gossip_key(generation: u64, now: UnixTime, rng: &mut dyn RngCore) -> GossipKey {
+fn new_gossip_key(id: u32, now: UnixTime, rng: &mut dyn RngCore) -> StoredGossipKey {
     let mut k = [0u8; 32];
     rng.fill_bytes(&mut k);
-    GossipKey {
+    StoredGossipKey {
         key: B64.encode(k),
-        generation,
+        id,
         created: now,
     }
 }
@@ -224,8 +224,13 @@ pub fn rotate_gossip_key<S: Store + ?Sized>(
     rng: &mut dyn RngCore,
 ) -> Result<Cluster> {
     let mut c = cluster(store)?;
-    let generation = c.primary_gossip_key().map_or(1, |k| k.generation + 1);
-    c.gossip_keys.push(new_gossip_key(generation, now, rng));
+    let id = c
+        .gossip_keys
+        .iter()
+        .map(|k| k.id)
+        .max()
+        .map_or(1, |m| m.wrapping_add(1).max(1));
+    c.gossip_keys.push(new_gossip_key(id, now, rng));
     let excess = c.gossip_keys.len().saturating_sub(GOSSIP_KEYRING_LEN);
     c.gossip_keys.drain(..excess);
     store.put(&c)?;
@@ -512,11 +517,22 @@ pub(crate) mod tests {
         for i in 0..4u64 {
             last = rotate_gossip_key(&s, 2000 + i, &mut rng).unwrap();
         }
-        let gens: Vec<u64> = last.gossip_keys.iter().map(|k| k.generation).collect();
+        let gens: Vec<u32> = last.gossip_keys.iter().map(|k| k.id).collect();
         assert_eq!(gens, [3, 4, 5]);
         let p = last.primary_gossip_key().unwrap();
-        assert_eq!((p.generation, p.created), (5, 2003));
+        assert_eq!((p.id, p.created), (5, 2003));
         assert_eq!(B64.decode(&p.key).unwrap().len(), 32);
+        // The stored keys load into the gossip keyring, primary last.
+        let mut ring = crate::gossip::Keyring::new();
+        for k in &last.gossip_keys {
+            ring.install_key(k.to_keyring().unwrap()).unwrap();
+        }
+        ring.set_primary(crate::gossip::KeyId(p.id)).unwrap();
+        assert_eq!(ring.key_ids().len(), 3);
+        assert!(!format!("{p:?}").contains(&p.key), "Debug leaks the secret");
+        let mut bad = p.clone();
+        bad.key = B64.encode([0u8; 16]);
+        assert!(bad.to_keyring().is_none());
         let distinct: std::collections::BTreeSet<&str> =
             last.gossip_keys.iter().map(|k| k.key.as_str()).collect();
         assert_eq!(distinct.len(), 3);

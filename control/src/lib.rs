@@ -1,4 +1,5 @@
-//! vxnet-control: the control plane's state and rules, sans-IO.
+//! vxnet-control: the per-host control plane's sans-IO building blocks.
+//! The daemon (`main.rs`) owns sockets and clocks and drives them.
 //!
 //! Layers, bottom up:
 //! - [`store`]: the one place of truth, a key/value [`store::Store`] with
@@ -11,6 +12,8 @@
 //!   calls for `vxnet swarm`/`node`, `network` and `container` commands,
 //!   each a function over the store that validates its input with Docker's
 //!   rules and writes its result in one transaction.
+//! - [`gossip`]: membership, failure detection and endpoint spreading
+//!   between hosts (SWIM on port 7946).
 //!
 //! Nothing here reads the clock or opens a socket: callers pass `now` and a
 //! random source, so every rule is tested deterministically.
@@ -19,6 +22,7 @@
 pub mod cluster;
 pub mod containers;
 pub mod error;
+pub mod gossip;
 pub mod ipam;
 pub mod model;
 pub mod networks;

@@ -228,14 +228,41 @@ impl Record for Container {
     }
 }
 
-/// One gossip encryption key.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GossipKey {
+/// One gossip encryption key as stored (the live form is
+/// [`crate::gossip::GossipKey`], see [`StoredGossipKey::to_keyring`]).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredGossipKey {
     /// 32 random bytes (AES-256-GCM), base64.
     pub key: String,
-    /// Increases by one per rotation; names the key in logs.
-    pub generation: u64,
+    /// Increases by one per rotation: the [`crate::gossip::KeyId`] carried
+    /// in every packet it seals.
+    pub id: u32,
     pub created: UnixTime,
+}
+
+impl StoredGossipKey {
+    /// The key for the gossip keyring; `None` if the stored secret is not
+    /// 32 bytes of base64.
+    pub fn to_keyring(&self) -> Option<crate::gossip::GossipKey> {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&self.key)
+            .ok()?;
+        Some(crate::gossip::GossipKey {
+            id: crate::gossip::KeyId(self.id),
+            secret: bytes.try_into().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Debug for StoredGossipKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret.
+        f.debug_struct("StoredGossipKey")
+            .field("id", &self.id)
+            .field("created", &self.created)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Join tokens: `SWMTKN-1-<CA digest>-<secret>`.
@@ -272,7 +299,7 @@ pub struct Cluster {
     pub created: UnixTime,
     /// Up to three keys, oldest first; the newest is the one to send with,
     /// all are accepted on receive.
-    pub gossip_keys: Vec<GossipKey>,
+    pub gossip_keys: Vec<StoredGossipKey>,
     pub tokens: JoinTokens,
     pub default_pool: AddressPool,
     /// VXLAN UDP port for the whole swarm.
@@ -283,7 +310,7 @@ impl Cluster {
     pub const KEY: &'static str = "cluster";
 
     /// The key to encrypt gossip with.
-    pub fn primary_gossip_key(&self) -> Option<&GossipKey> {
+    pub fn primary_gossip_key(&self) -> Option<&StoredGossipKey> {
         self.gossip_keys.last()
     }
 }

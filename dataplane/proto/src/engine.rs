@@ -9,14 +9,17 @@
 //! here does I/O, allocates per packet once warmed up, or takes a lock.
 
 use crate::batch::TxBatch;
-use crate::fdb::{Dest, Fdb, PortId, VniTable};
+use crate::crypto::CryptoError;
+use crate::crypto::esp::{self, Classified};
+use crate::fdb::{Dest, Fdb, PeerSession, PortId, VniTable};
 use crate::offload::coalesce::Coalescer;
 use crate::offload::segment::segment;
 use crate::stats::{Counter, Drop, Stats};
 use crate::wire::vnet::{self, VnetHdr};
 use crate::wire::{MacAddr, Vni, WireError, arp, nd, vxlan};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard, PoisonError};
+use std::time::Instant;
 
 const ETH_HLEN: usize = 14;
 const ETHERTYPE_IPV4: u16 = 0x0800;
@@ -94,18 +97,62 @@ struct Ctx {
     stats: Arc<Stats>,
     /// Room for one proxy reply.
     reply: [u8; 128],
+    /// The time of the current batch (sans-IO: set by the caller).
+    now: Instant,
+    /// A control message arrived: session timers may have moved.
+    timers_moved: bool,
+}
+
+/// ESP header, inner UDP header and VXLAN header in front of each frame.
+const ESP_PREFIX: usize = esp::HEADER_LEN + 8 + vxlan::HEADER_LEN;
+/// A GSO frame cut into segments smaller than this is refused: it would
+/// turn one 64 KB read into thousands of datagrams.
+const MIN_GSO_SIZE: u16 = 64;
+
+fn lock(s: &PeerSession) -> MutexGuard<'_, crate::crypto::session::Session> {
+    s.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Engine {
     pub fn new(cfg: EngineConfig, fdb: Arc<Fdb>, stats: Arc<Stats>) -> Engine {
-        Engine {
-            fdb,
-            ctx: Ctx {
-                cfg,
-                stats,
-                reply: [0; 128],
-            },
+        let ctx = Ctx {
+            cfg,
+            stats,
+            reply: [0; 128],
+            now: Instant::now(),
+            timers_moved: false,
+        };
+        Engine { fdb, ctx }
+    }
+
+    /// Sets the time the next calls run at (once per batch).
+    pub fn set_now(&mut self, now: Instant) {
+        self.ctx.now = now;
+    }
+
+    /// True once after a control message arrived (the caller should run
+    /// [`Engine::handle_timers`] soon).
+    pub fn take_timers_moved(&mut self) -> bool {
+        std::mem::take(&mut self.ctx.timers_moved)
+    }
+
+    /// Drives every peer session's timers (handshake retries, rekeys, grace
+    /// expiry), queues the control messages they want sent, and returns when
+    /// it wants to be called next.
+    pub fn handle_timers(&mut self, out: &mut Outputs) -> Option<Instant> {
+        let now = self.ctx.now;
+        let mut next: Option<Instant> = None;
+        for (vtep, s) in self.fdb.peers() {
+            let mut s = lock(s);
+            if s.poll_timeout().is_some_and(|t| t <= now) {
+                s.handle_timeout(now);
+            }
+            self.ctx.send_control(&mut s, vtep, out);
+            if let Some(t) = s.poll_timeout() {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
         }
+        next
     }
 
     /// Installs a new forwarding table (between batches).
@@ -154,29 +201,76 @@ impl Engine {
             if ctx.proxy(table, port, frame, out) {
                 return;
             }
-            return ctx.flood(vni, table, port, &hdr, frame, out);
+            return ctx.flood(fdb, vni, table, port, &hdr, frame, out);
         }
         match table.macs.get(&dst) {
             Some(Dest::Local(to)) => {
                 stats.inc(Counter::LocalSwitched);
                 out.tap(*to).push_as_is(&hdr, frame);
             }
+            Some(Dest::Remote(vtep)) if table.encrypted => {
+                ctx.encap_esp(fdb, vni, *vtep, &hdr, frame, out)
+            }
             Some(Dest::Remote(vtep)) => {
                 ctx.encap(vni, *vtep, &hdr, frame, out);
             }
-            None if !table.flood.is_empty() => ctx.flood(vni, table, port, &hdr, frame, out),
+            None if !table.flood.is_empty() => ctx.flood(fdb, vni, table, port, &hdr, frame, out),
             None => stats.dropped(Drop::TapNoDestination),
         }
     }
 
-    /// Handles one VXLAN datagram received from `src`.
-    pub fn from_wire(&mut self, _src: SocketAddr, datagram: &[u8], out: &mut Outputs) {
-        let stats = &*self.ctx.stats;
+    /// Handles one datagram received on the data port from `src`: plain
+    /// VXLAN, ESP, or a key-rotation control message. ESP is decrypted in
+    /// place, hence `&mut`.
+    pub fn from_wire(&mut self, src: SocketAddr, datagram: &mut [u8], out: &mut Outputs) {
+        let ctx = &mut self.ctx;
+        let fdb = &*self.fdb;
+        match esp::classify(datagram) {
+            None => ctx.stats.dropped(Drop::WireRunt),
+            Some(Classified::Vxlan) => ctx.decap(fdb, datagram, None, out),
+            Some(Classified::Control) => ctx.control(fdb, src, datagram, out),
+            Some(Classified::Reserved(_)) => ctx.stats.dropped(Drop::WireBadVxlan),
+            Some(Classified::Esp(_)) => {
+                let Some(session) = fdb.peer(src.ip()) else {
+                    return ctx.stats.dropped(Drop::WireUnknownSpi);
+                };
+                let opened = lock(session).open(datagram, ctx.now);
+                match opened {
+                    Ok(o) => {
+                        ctx.stats.inc(Counter::Decrypted);
+                        // Skip the inner UDP header (RFC 3948 style).
+                        let Some(inner) = datagram.get(o.range.start + 8..o.range.end) else {
+                            return ctx.stats.dropped(Drop::WireBadEsp);
+                        };
+                        ctx.decap(fdb, inner, Some(o.vni), out);
+                    }
+                    Err(e) => ctx.stats.dropped(match e {
+                        CryptoError::AuthFailed => Drop::WireAuthFailed,
+                        CryptoError::Replay => Drop::WireReplay,
+                        CryptoError::TooOld => Drop::WireTooOld,
+                        CryptoError::UnknownSpi | CryptoError::ReservedSpi => Drop::WireUnknownSpi,
+                        _ => Drop::WireBadEsp,
+                    }),
+                }
+            }
+        }
+    }
+}
+
+impl Ctx {
+    /// Delivers a VXLAN datagram to local endpoints. `sa_vni` is the VNI of
+    /// the SA it was decrypted with, `None` for plain VXLAN.
+    fn decap(&mut self, fdb: &Fdb, datagram: &[u8], sa_vni: Option<u32>, out: &mut Outputs) {
+        let stats = &*self.stats;
         let pkt = match vxlan::Packet::new_checked(datagram) {
             Ok(p) => p,
             Err(WireError::Truncated) => return stats.dropped(Drop::WireRunt),
             Err(_) => return stats.dropped(Drop::WireBadVxlan),
         };
+        let vni = pkt.vni();
+        if sa_vni.is_some_and(|v| v != vni.get()) {
+            return stats.dropped(Drop::WireVniMismatch);
+        }
         let inner = pkt.payload();
         let (Some(dst), Some(src)) = (MacAddr::dst_of(inner), MacAddr::src_of(inner)) else {
             return stats.dropped(Drop::WireRunt);
@@ -184,9 +278,12 @@ impl Engine {
         if inner.len() < ETH_HLEN {
             return stats.dropped(Drop::WireRunt);
         }
-        let Some(table) = self.fdb.vni(pkt.vni()) else {
+        let Some(table) = fdb.vni(vni) else {
             return stats.dropped(Drop::WireUnknownVni);
         };
+        if table.encrypted && sa_vni.is_none() {
+            return stats.dropped(Drop::WirePlainOnEncrypted);
+        }
         if let Some(Dest::Local(_)) = table.macs.get(&src) {
             return stats.dropped(Drop::WireFromSelf);
         }
@@ -205,9 +302,126 @@ impl Engine {
             _ => stats.dropped(Drop::WireNoEndpoint),
         }
     }
-}
 
-impl Ctx {
+    /// A key-rotation control message from the host at `src`.
+    fn control(&mut self, fdb: &Fdb, src: SocketAddr, msg: &[u8], out: &mut Outputs) {
+        let Some(session) = fdb.peer(src.ip()) else {
+            return self.stats.dropped(Drop::WireBadControl);
+        };
+        let mut s = lock(session);
+        match s.handle_message(self.now, msg) {
+            Ok(()) => self.stats.inc(Counter::ControlRx),
+            Err(CryptoError::StaleControlMessage) => self.stats.inc(Counter::ControlStale),
+            Err(_) => self.stats.dropped(Drop::WireBadControl),
+        }
+        self.send_control(&mut s, src.ip(), out);
+        self.timers_moved = true;
+    }
+
+    /// Queues the control messages a session wants sent.
+    fn send_control(
+        &mut self,
+        s: &mut crate::crypto::session::Session,
+        vtep: IpAddr,
+        out: &mut Outputs,
+    ) {
+        while let Some(msg) = s.poll_transmit() {
+            let start = out.udp.arena().len();
+            out.udp.arena().extend_from_slice(&msg);
+            out.udp
+                .commit(SocketAddr::new(vtep, self.cfg.port), start, 0, 0);
+            self.stats.inc(Counter::ControlTx);
+        }
+    }
+
+    /// Encapsulates `frame` for an encrypted VNI: each segment becomes
+    /// `ESP header ‖ UDP header ‖ VXLAN ‖ frame ‖ ESP trailer ‖ ICV`, sealed
+    /// in place and packed back to back so that every datagram but the last
+    /// has the same length (one UDP_SEGMENT message per GSO frame).
+    fn encap_esp(
+        &mut self,
+        fdb: &Fdb,
+        vni: Vni,
+        vtep: IpAddr,
+        hdr: &VnetHdr,
+        frame: &[u8],
+        out: &mut Outputs,
+    ) {
+        let stats = &*self.stats;
+        if hdr.gso_type != vnet::GsoType::None && hdr.gso_size < MIN_GSO_SIZE {
+            return stats.dropped(Drop::TapSegmentError);
+        }
+        let Some(session) = fdb.peer(vtep) else {
+            return stats.dropped(Drop::TapNoSa);
+        };
+        let entropy = flow_hash(frame);
+        let mut prefix = [0u8; ESP_PREFIX];
+        let udp = esp::HEADER_LEN;
+        // Inner UDP header: source port from the flow (as VXLAN does), the
+        // data port as destination, length per segment, checksum 0 (the ICV
+        // protects the datagram).
+        let sport = 49_152 + (entropy % 16_384) as u16;
+        prefix[udp..udp + 2].copy_from_slice(&sport.to_be_bytes());
+        prefix[udp + 2..udp + 4].copy_from_slice(&self.cfg.port.to_be_bytes());
+        vxlan::write_header(&mut prefix[udp + 8..], vni);
+        let start = out.udp.arena().len();
+        let seg = match segment(hdr, frame, &prefix, esp::MAX_TRAILER, out.udp.arena()) {
+            Ok(seg) => seg,
+            Err(_) => {
+                out.udp.rollback(start);
+                return stats.dropped(Drop::TapSegmentError);
+            }
+        };
+        let mut s = lock(session);
+        let Some(sa) = s.outbound(vni.get()) else {
+            out.udp.rollback(start);
+            return stats.dropped(Drop::TapNoSa);
+        };
+        let arena = out.udp.arena();
+        let (mut read, mut write, mut first) = (start, start, 0);
+        for i in 0..seg.count {
+            let len = if i + 1 < seg.count {
+                seg.stride
+            } else {
+                seg.total - seg.stride * (seg.count - 1)
+            };
+            let payload_len = len - esp::HEADER_LEN - esp::MAX_TRAILER;
+            let Ok(udp_len) = u16::try_from(payload_len) else {
+                arena.truncate(start);
+                return stats.dropped(Drop::TapTooBig);
+            };
+            arena[read + udp + 4..read + udp + 6].copy_from_slice(&udp_len.to_be_bytes());
+            let sealed = match esp::seal_in_place(sa, &mut arena[read..read + len], payload_len) {
+                Ok(n) => n,
+                Err(_) => {
+                    // The sequence space is used up; the rekey that should
+                    // have happened long before is overdue.
+                    arena.truncate(start);
+                    return stats.dropped(Drop::TapNoSa);
+                }
+            };
+            if write != read {
+                arena.copy_within(read..read + sealed, write);
+            }
+            if i == 0 {
+                first = sealed;
+            }
+            write += sealed;
+            read += len;
+        }
+        arena.truncate(write);
+        drop(s);
+        let gso = if seg.count > 1 {
+            u16::try_from(first).unwrap_or(0)
+        } else {
+            0
+        };
+        out.udp
+            .commit(SocketAddr::new(vtep, self.cfg.port), start, gso, entropy);
+        stats.add(Counter::Encapsulated, seg.count as u64);
+        stats.add(Counter::Encrypted, seg.count as u64);
+    }
+
     /// Answers ARP requests and neighbour solicitations for addresses the
     /// table knows, on the port they came from. Returns true if answered.
     fn proxy(&mut self, table: &VniTable, port: PortId, frame: &[u8], out: &mut Outputs) -> bool {
@@ -250,8 +464,10 @@ impl Ctx {
     /// Broadcast, multicast and unknown unicast: to the other local ports of
     /// the VNI and to its flood VTEPs (never to every host: peers are
     /// programmed, as in Docker's overlay).
+    #[allow(clippy::too_many_arguments)]
     fn flood(
         &mut self,
+        fdb: &Fdb,
         vni: Vni,
         table: &VniTable,
         from: PortId,
@@ -261,6 +477,14 @@ impl Ctx {
     ) {
         for &p in table.ports.iter().filter(|p| **p != from) {
             out.tap(p).push_as_is(hdr, frame);
+        }
+        if table.encrypted {
+            // Each flood VTEP has its own keys: no sharing of sealed bytes.
+            for vtep in &table.flood {
+                self.encap_esp(fdb, vni, *vtep, hdr, frame, out);
+            }
+            self.stats.add(Counter::Flooded, table.flood.len() as u64);
+            return;
         }
         let Some((first, rest)) = table.flood.split_first() else {
             return;
@@ -289,6 +513,10 @@ impl Ctx {
         frame: &[u8],
         out: &mut Outputs,
     ) -> Option<std::ops::Range<usize>> {
+        if hdr.gso_type != vnet::GsoType::None && hdr.gso_size < MIN_GSO_SIZE {
+            self.stats.dropped(Drop::TapSegmentError);
+            return None;
+        }
         let mut prefix = [0u8; vxlan::HEADER_LEN];
         vxlan::write_header(&mut prefix, vni);
         let start = out.udp.arena().len();

@@ -5,10 +5,17 @@
 //! pick up a new version between batches. Every mutation validates first and
 //! changes nothing when it fails.
 
+use crate::crypto::session::Session;
 use crate::wire::{MacAddr, Vni};
 use rustc_hash::FxHashMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+/// The key-rotation session with one peer host, shared by the workers: a
+/// worker locks it once per message it seals or opens (a whole GSO frame
+/// on send), never across a batch.
+pub type PeerSession = Arc<Mutex<Session>>;
 
 /// A dataplane port: one TAP device (one native endpoint, or the bridge that
 /// holds several sidecar endpoints of one VNI). Small dense integers.
@@ -32,11 +39,14 @@ pub struct VniTable {
     pub flood: Vec<IpAddr>,
     /// Local ports on this VNI (broadcast delivery).
     pub ports: Vec<PortId>,
+    /// Every frame of this VNI between hosts must be ESP: plain VXLAN for it
+    /// is dropped, and nothing is sent before an SA exists.
+    pub encrypted: bool,
 }
 
 impl VniTable {
     fn is_unused(&self) -> bool {
-        self.macs.is_empty() && self.flood.is_empty() && self.ports.is_empty()
+        self.macs.is_empty() && self.flood.is_empty() && self.ports.is_empty() && !self.encrypted
     }
 }
 
@@ -98,6 +108,8 @@ impl std::error::Error for FdbError {}
 pub struct Fdb {
     vnis: FxHashMap<Vni, VniTable>,
     ports: Vec<Option<Port>>,
+    /// Key-rotation sessions by peer VTEP address.
+    peers: FxHashMap<IpAddr, PeerSession>,
 }
 
 fn describe(dest: Dest) -> String {
@@ -120,6 +132,37 @@ impl Fdb {
 
     pub fn vnis(&self) -> impl Iterator<Item = (Vni, &VniTable)> {
         self.vnis.iter().map(|(v, t)| (*v, t))
+    }
+
+    /// The session with the host at `vtep`, if keys were set up with it.
+    #[inline]
+    pub fn peer(&self, vtep: IpAddr) -> Option<&PeerSession> {
+        self.peers.get(&vtep)
+    }
+
+    pub fn peers(&self) -> impl Iterator<Item = (IpAddr, &PeerSession)> {
+        self.peers.iter().map(|(a, s)| (*a, s))
+    }
+
+    pub fn set_peer(&mut self, vtep: IpAddr, session: PeerSession) {
+        self.peers.insert(vtep, session);
+    }
+
+    pub fn remove_peer(&mut self, vtep: IpAddr) -> Option<PeerSession> {
+        self.peers.remove(&vtep)
+    }
+
+    /// Marks `vni` encrypted or plain (declaring it if new).
+    pub fn set_encrypted(&mut self, vni: Vni, encrypted: bool) {
+        let t = self.vnis.entry(vni).or_default();
+        t.encrypted = encrypted;
+        if t.is_unused() {
+            self.vnis.remove(&vni);
+        }
+    }
+
+    pub fn is_encrypted(&self, vni: Vni) -> bool {
+        self.vnis.get(&vni).is_some_and(|t| t.encrypted)
     }
 
     /// A port id no port uses.

@@ -50,6 +50,11 @@ enumerate! {
         NdProxied => ("nd_proxied", "IPv6 neighbour solicitations answered locally"),
         GsoFallbacks => ("gso_fallbacks", "sends the kernel refused with UDP_SEGMENT, resent without it"),
         PollSleeps => ("poll_sleeps", "times a worker went to sleep in epoll"),
+        Encrypted => ("encrypted", "frames sealed in ESP"),
+        Decrypted => ("decrypted", "ESP packets authenticated and opened"),
+        ControlRx => ("control_rx", "key-rotation control messages received"),
+        ControlTx => ("control_tx", "key-rotation control messages sent"),
+        ControlStale => ("control_stale", "authentic but superseded control messages (retries, collisions)"),
     }
 }
 
@@ -63,11 +68,20 @@ enumerate! {
         TapSpoofedSource => ("tap", "spoofed_source", "source MAC is not an endpoint of this TAP"),
         TapNoDestination => ("tap", "no_destination", "unknown unicast MAC and no flood VTEP"),
         TapTooBig => ("tap", "too_big", "frame larger than the underlay allows after encapsulation"),
+        TapNoSa => ("tap", "no_sa", "encrypted VNI, but no established SA with the peer yet"),
         WireRunt => ("wire", "runt", "datagram shorter than a VXLAN header plus Ethernet header"),
         WireBadVxlan => ("wire", "bad_vxlan", "VXLAN flags or reserved fields invalid"),
         WireUnknownVni => ("wire", "unknown_vni", "VNI not configured on this host"),
         WireNoEndpoint => ("wire", "no_endpoint", "destination MAC is not a local endpoint"),
         WireFromSelf => ("wire", "from_self", "inner source MAC belongs to a local endpoint"),
+        WirePlainOnEncrypted => ("wire", "plain_on_encrypted", "plain VXLAN for a VNI that must be encrypted"),
+        WireUnknownSpi => ("wire", "unknown_spi", "ESP with an SPI no SA of the sending host has"),
+        WireAuthFailed => ("wire", "auth_failed", "ESP ICV did not verify (tampered or wrong key)"),
+        WireReplay => ("wire", "replay", "ESP sequence number already received"),
+        WireTooOld => ("wire", "too_old", "ESP sequence number left of the anti-replay window"),
+        WireBadEsp => ("wire", "bad_esp", "ESP packet truncated, or its trailer malformed"),
+        WireVniMismatch => ("wire", "vni_mismatch", "decrypted VXLAN VNI differs from the SA's VNI"),
+        WireBadControl => ("wire", "bad_control", "control message malformed, unauthenticated or from an unknown host"),
         IoUdpSend => ("io", "udp_send", "sendmmsg failed (datagrams lost)"),
         IoTapWrite => ("io", "tap_write", "TAP write failed (frames lost)"),
     }

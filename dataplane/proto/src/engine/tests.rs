@@ -186,31 +186,36 @@ fn from_wire_delivers_and_drops_by_reason() {
     let (mut e, mut out) = setup(|_| {});
     let src: SocketAddr = "192.0.2.2:40000".parse().unwrap();
     let inner = udp_frame(B, A, b"back")[vnet::LEN..].to_vec();
-    e.from_wire(src, &vxlan_datagram(4096, &inner), &mut out);
+    e.from_wire(src, &mut vxlan_datagram(4096, &inner), &mut out);
     let taps = drained(&mut out);
     assert_eq!(taps.len(), 1);
     assert_eq!(&taps[0].1[vnet::LEN..], &inner[..]);
 
-    e.from_wire(src, &vxlan_datagram(4097, &inner), &mut out);
-    e.from_wire(src, &[0x08, 0, 0], &mut out);
+    e.from_wire(src, &mut vxlan_datagram(4097, &inner), &mut out);
+    e.from_wire(src, &mut [0x08, 0, 0], &mut out);
+    // First word 1..=255: neither VXLAN (0x08000000) nor a valid SPI.
     let mut bad = vxlan_datagram(4096, &inner);
-    bad[0] = 0;
-    e.from_wire(src, &bad, &mut out);
+    bad[..4].copy_from_slice(&[0, 0, 0, 5]);
+    e.from_wire(src, &mut bad, &mut out);
+    // First word 0 is a control message; from a host with no keys set up.
+    let mut ctl = vec![0u8; 88];
+    e.from_wire(src, &mut ctl, &mut out);
     e.from_wire(
         src,
-        &vxlan_datagram(4096, &udp_frame(B, C, b"")[vnet::LEN..]),
+        &mut vxlan_datagram(4096, &udp_frame(B, C, b"")[vnet::LEN..]),
         &mut out,
     );
     e.from_wire(
         src,
-        &vxlan_datagram(4096, &udp_frame(A, A, b"")[vnet::LEN..]),
+        &mut vxlan_datagram(4096, &udp_frame(A, A, b"")[vnet::LEN..]),
         &mut out,
     );
-    e.from_wire(src, &vxlan_datagram(4096, &inner[..10]), &mut out);
+    e.from_wire(src, &mut vxlan_datagram(4096, &inner[..10]), &mut out);
     assert!(drained(&mut out).is_empty());
     let s = e.stats();
     assert_eq!(s.drops(Drop::WireUnknownVni), 1);
     assert_eq!(s.drops(Drop::WireBadVxlan), 1);
+    assert_eq!(s.drops(Drop::WireBadControl), 1);
     assert_eq!(s.drops(Drop::WireRunt), 2);
     assert_eq!(s.drops(Drop::WireNoEndpoint), 1);
     assert_eq!(s.drops(Drop::WireFromSelf), 1);
@@ -271,8 +276,8 @@ fn gso_frame_becomes_one_udp_gso_message_and_coalesces_back() {
         );
         (e, Outputs::new(TxBatch::new(1 << 20, 64)))
     };
-    let bytes = out.udp.bytes(m).to_vec();
-    for d in bytes.chunks(m.segment as usize) {
+    let mut bytes = out.udp.bytes(m).to_vec();
+    for d in bytes.chunks_mut(m.segment as usize) {
         rx.from_wire("192.0.2.1:1".parse().unwrap(), d, &mut rx_out);
     }
     let taps = drained(&mut rx_out);
@@ -306,4 +311,257 @@ fn flow_hash_separates_flows_and_keeps_one_flow_stable() {
         .unwrap();
     assert_ne!(flow_hash(&a[vnet::LEN..]), flow_hash(&other));
     assert_eq!(flow_hash(&[]), flow_hash(&[]));
+}
+
+mod encrypted {
+    use super::*;
+    use crate::crypto::keys::StaticKeypair;
+    use crate::crypto::session::{Session, SessionConfig};
+    use rand_chacha::ChaCha20Rng;
+    use rand_chacha::rand_core::SeedableRng;
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    const HOST_A: &str = "192.0.2.1";
+    const HOST_B: &str = "192.0.2.2";
+
+    struct Host {
+        engine: Engine,
+        out: Outputs,
+        addr: IpAddr,
+    }
+
+    /// Host A has endpoint A, host B endpoint B, on encrypted VNI 4096.
+    fn pair(now: Instant) -> (Host, Host) {
+        let mut rng = ChaCha20Rng::seed_from_u64(7);
+        let ka = StaticKeypair::generate(&mut rng);
+        let kb = StaticKeypair::generate(&mut rng);
+        let host = |me: &StaticKeypair,
+                    peer: &StaticKeypair,
+                    addr: &str,
+                    other: &str,
+                    mine: MacAddr,
+                    theirs: MacAddr| {
+            let session = Session::new(
+                SessionConfig::default(),
+                me,
+                peer.public(),
+                &[4096],
+                now,
+                1_700_000_000_000_000_000,
+                Box::new(ChaCha20Rng::seed_from_u64(u64::from(mine.0[5]))),
+            )
+            .unwrap();
+            let mut fdb = Fdb::default();
+            fdb.set_encrypted(vni(), true);
+            fdb.add_local(0, vni(), mine, &[]).unwrap();
+            fdb.add_remote(vni(), theirs, &[], ip(other)).unwrap();
+            fdb.set_peer(ip(other), Arc::new(Mutex::new(session)));
+            let mut engine = Engine::new(
+                EngineConfig::default(),
+                Arc::new(fdb),
+                Arc::new(Stats::default()),
+            );
+            engine.set_now(now);
+            Host {
+                engine,
+                out: Outputs::new(TxBatch::new(1 << 20, 256)),
+                addr: ip(addr),
+            }
+        };
+        (
+            host(&ka, &kb, HOST_A, HOST_B, A, B),
+            host(&kb, &ka, HOST_B, HOST_A, B, A),
+        )
+    }
+
+    /// Moves every queued UDP message of `from` to `to`, datagram by datagram.
+    fn deliver(from: &mut Host, to: &mut Host) -> usize {
+        let msgs = from.out.udp.msgs().to_vec();
+        let mut n = 0;
+        for m in &msgs {
+            let mut bytes = from.out.udp.bytes(m).to_vec();
+            let step = if m.segment == 0 {
+                bytes.len()
+            } else {
+                m.segment as usize
+            };
+            for d in bytes.chunks_mut(step) {
+                to.engine
+                    .from_wire(SocketAddr::new(from.addr, 4789), d, &mut to.out);
+                n += 1;
+            }
+        }
+        from.out.udp.clear();
+        n
+    }
+
+    fn handshake(a: &mut Host, b: &mut Host) {
+        for _ in 0..10 {
+            a.engine.handle_timers(&mut a.out);
+            b.engine.handle_timers(&mut b.out);
+            let moved = deliver(a, b) + deliver(b, a);
+            if moved == 0 {
+                break;
+            }
+        }
+        for h in [&*a, &*b] {
+            let peer = if h.addr == ip(HOST_A) {
+                ip(HOST_B)
+            } else {
+                ip(HOST_A)
+            };
+            let s = h.engine.fdb.peer(peer).unwrap().lock().unwrap();
+            assert!(
+                s.is_established(),
+                "{} did not finish the handshake",
+                h.addr
+            );
+        }
+    }
+
+    #[test]
+    fn nothing_leaves_before_keys_exist() {
+        let (mut a, _b) = pair(Instant::now());
+        a.engine.from_tap(0, &udp_frame(A, B, b"early"), &mut a.out);
+        assert!(a.out.udp.is_empty());
+        assert_eq!(a.engine.stats().drops(Drop::TapNoSa), 1);
+    }
+
+    #[test]
+    fn gso_frame_is_sealed_per_segment_and_opens_on_the_peer() {
+        let (mut a, mut b) = pair(Instant::now());
+        handshake(&mut a, &mut b);
+        a.engine
+            .from_tap(0, &tcp_gso_frame(60_000, 1398), &mut a.out);
+        let m = a.out.udp.msgs()[0].clone();
+        assert_eq!(a.out.udp.msgs().len(), 1);
+        let full = esp::sealed_len(8 + 8 + 14 + 20 + 20 + 1398);
+        assert_eq!(m.segment as usize, full, "uniform stride for UDP_SEGMENT");
+        let wire = a.out.udp.bytes(&m).to_vec();
+        let clear = tcp_gso_frame(60_000, 1398)[200..216].to_vec();
+        assert!(
+            !wire.windows(16).any(|w| w == clear.as_slice()),
+            "payload bytes must not appear in clear on the wire"
+        );
+        let datagrams = deliver(&mut a, &mut b);
+        assert_eq!(datagrams, 60_000usize.div_ceil(1398));
+        assert_eq!(
+            b.engine.stats().counter(Counter::Decrypted),
+            datagrams as u64
+        );
+        let taps = drained(&mut b.out);
+        let total: usize = taps.iter().map(|(_, w)| w.len() - vnet::LEN - 54).sum();
+        assert_eq!(total, 60_000);
+        assert!(taps.len() < 4, "decrypted segments coalesce too");
+    }
+
+    #[test]
+    fn injected_packets_are_dropped_by_reason() {
+        let (mut a, mut b) = pair(Instant::now());
+        handshake(&mut a, &mut b);
+        a.engine.from_tap(0, &udp_frame(A, B, b"real"), &mut a.out);
+        let m = a.out.udp.msgs()[0].clone();
+        let captured = a.out.udp.bytes(&m).to_vec();
+        let from = SocketAddr::new(a.addr, 40000);
+        let mut first = captured.clone();
+        b.engine.from_wire(from, &mut first, &mut b.out);
+        assert_eq!(drained(&mut b.out).len(), 1, "the real packet arrives");
+
+        let mut replayed = captured.clone();
+        b.engine.from_wire(from, &mut replayed, &mut b.out);
+        // A fresh packet (new sequence number) with one bit flipped: only
+        // the ICV can catch it.
+        a.engine.from_tap(0, &udp_frame(A, B, b"fresh"), &mut a.out);
+        let fresh = a.out.udp.msgs()[1].clone();
+        let mut flipped = a.out.udp.bytes(&fresh).to_vec();
+        a.out.udp.clear();
+        let last = flipped.len() - 20;
+        flipped[last] ^= 1;
+        b.engine.from_wire(from, &mut flipped, &mut b.out);
+        let mut random_spi = captured.clone();
+        random_spi[..4].copy_from_slice(&[0x5a, 0x5a, 0x5a, 0x5a]);
+        b.engine.from_wire(from, &mut random_spi, &mut b.out);
+        let inner = udp_frame(A, B, b"plain")[vnet::LEN..].to_vec();
+        b.engine
+            .from_wire(from, &mut vxlan_datagram(4096, &inner), &mut b.out);
+        let mut stranger = captured.clone();
+        b.engine.from_wire(
+            SocketAddr::new(ip("192.0.2.99"), 4789),
+            &mut stranger,
+            &mut b.out,
+        );
+
+        assert!(
+            drained(&mut b.out).is_empty(),
+            "no injected packet reaches the container"
+        );
+        let s = b.engine.stats();
+        assert_eq!(s.drops(Drop::WireReplay), 1);
+        assert_eq!(s.drops(Drop::WireAuthFailed), 1);
+        assert_eq!(s.drops(Drop::WireUnknownSpi), 2);
+        assert_eq!(s.drops(Drop::WirePlainOnEncrypted), 1);
+
+        // The real flow goes on.
+        a.engine.from_tap(0, &udp_frame(A, B, b"after"), &mut a.out);
+        deliver(&mut a, &mut b);
+        assert_eq!(drained(&mut b.out).len(), 1);
+    }
+
+    #[test]
+    fn forced_rotations_lose_nothing() {
+        let start = Instant::now();
+        let (mut a, mut b) = pair(start);
+        handshake(&mut a, &mut b);
+        let mut now = start;
+        let mut sent = 0;
+        for round in 0..20 {
+            let initiator = if round % 2 == 0 { &a } else { &b };
+            let peer = if initiator.addr == ip(HOST_A) {
+                ip(HOST_B)
+            } else {
+                ip(HOST_A)
+            };
+            initiator
+                .engine
+                .fdb
+                .peer(peer)
+                .unwrap()
+                .lock()
+                .unwrap()
+                .rekey(now);
+            // Traffic both ways while the control messages cross.
+            for _ in 0..5 {
+                now += Duration::from_millis(1);
+                a.engine.set_now(now);
+                b.engine.set_now(now);
+                a.engine.handle_timers(&mut a.out);
+                b.engine.handle_timers(&mut b.out);
+                a.engine.from_tap(0, &udp_frame(A, B, b"ab"), &mut a.out);
+                b.engine.from_tap(0, &udp_frame(B, A, b"ba"), &mut b.out);
+                sent += 2;
+                deliver(&mut a, &mut b);
+                deliver(&mut b, &mut a);
+            }
+        }
+        let received = drained(&mut a.out).len() + drained(&mut b.out).len();
+        assert_eq!(received, sent, "no packet lost to 20 rotations");
+        let generation = a
+            .engine
+            .fdb
+            .peer(ip(HOST_B))
+            .unwrap()
+            .lock()
+            .unwrap()
+            .generation();
+        assert!(
+            generation >= 20,
+            "20 rotations happened (generation {generation})"
+        );
+        for h in [&a, &b] {
+            assert_eq!(h.engine.stats().drops(Drop::WireUnknownSpi), 0);
+            assert_eq!(h.engine.stats().drops(Drop::WireAuthFailed), 0);
+            assert_eq!(h.engine.stats().drops(Drop::TapNoSa), 0);
+        }
+    }
 }
