@@ -1,0 +1,139 @@
+//! The control plane's error type. Every message says what is wrong and,
+//! where there is one, what the user can do about it: these strings reach
+//! the `vxnet` CLI unchanged.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+
+    // --- swarm, nodes ---
+    #[error("this node is not a swarm manager; run `vxnet swarm init` first")]
+    NotInitialized,
+    #[error("this node is already part of a swarm; run `vxnet swarm leave --force` first")]
+    AlreadyInitialized,
+    #[error("data path port {0} is out of range; choose a port in 1024..=49151")]
+    DataPathPort(u16),
+    #[error(
+        "address pool {base} with subnet size /{size} is invalid: the size must be between /{min} and /30"
+    )]
+    InvalidPool { base: IpNet, size: u8, min: u8 },
+    #[error("node '{0}' not found; list nodes with `vxnet node ls`")]
+    NodeNotFound(String),
+    #[error("node '{0}' is ambiguous: it matches {1}; give more of the id")]
+    AmbiguousNode(String, String),
+    #[error(
+        "node {0} is not down; stop it or make it leave first, or remove it anyway with --force"
+    )]
+    NodeNotDown(String),
+    #[error("public key '{0}' is not a base64-encoded 32-byte X25519 key")]
+    InvalidPublicKey(String),
+    #[error(
+        "invalid hostname '{0}': give 1 to 253 characters without spaces or control characters"
+    )]
+    InvalidHostname(String),
+    #[error("node {0} is the manager that holds the state; it cannot remove itself")]
+    RemoveSelf(String),
+
+    // --- networks ---
+    #[error(
+        "invalid network name '{0}': use letters, digits, '_', '.' or '-', starting with a letter or digit, at most 64 characters"
+    )]
+    InvalidNetworkName(String),
+    #[error("network driver '{0}' is not supported; vxnet networks use `-d overlay`")]
+    UnsupportedDriver(String),
+    #[error(
+        "network name '{name}' is already used by network {id}; choose another name or remove it first"
+    )]
+    NetworkNameInUse { name: String, id: String },
+    #[error("network '{0}' not found; list networks with `vxnet network ls`")]
+    NetworkNotFound(String),
+    #[error("network '{0}' is ambiguous: it matches {1}; give more of the id or the full name")]
+    AmbiguousNetwork(String, String),
+    #[error(
+        "an ingress network already exists ({name}, {id}); only one is allowed, remove it first"
+    )]
+    IngressExists { name: String, id: String },
+    #[error("an ingress network cannot be attachable; drop --attachable or --ingress")]
+    IngressAttachable,
+    #[error(
+        "unknown network option '{0}'; known options are encrypted and mtu (or com.docker.network.driver.mtu)"
+    )]
+    UnknownOption(String),
+    #[error("option {option}={value} is invalid: {reason}")]
+    InvalidOption {
+        option: String,
+        value: String,
+        reason: String,
+    },
+    #[error("no VXLAN network identifier is free (4096..=16777215 are all in use)")]
+    VniExhausted,
+    #[error("network {name} is in use by {users}; disconnect or remove them first")]
+    NetworkInUse { name: String, users: String },
+
+    // --- addressing ---
+    #[error("invalid addressing: {0}")]
+    InvalidAddressing(String),
+    #[error(
+        "subnet {subnet} overlaps subnet {other} of network {network}; choose a subnet that does not overlap"
+    )]
+    SubnetOverlap {
+        subnet: IpNet,
+        other: IpNet,
+        network: String,
+    },
+    #[error(
+        "the address pool {pool} has no free /{size} subnet left; remove unused networks, give --subnet, or init with a larger pool"
+    )]
+    PoolExhausted { pool: IpNet, size: u8 },
+    #[error(
+        "no free address left in {range} of network {network}; remove containers or use a larger --subnet/--ip-range"
+    )]
+    AddressesExhausted { network: String, range: IpNet },
+    #[error(
+        "address {ip} is already in use on network {network} by {owner}; choose another or let vxnet pick one"
+    )]
+    AddressInUse {
+        ip: IpAddr,
+        network: String,
+        owner: String,
+    },
+    #[error("address {ip} is not usable on network {network}: {reason}")]
+    AddressNotUsable {
+        ip: IpAddr,
+        network: String,
+        reason: String,
+    },
+
+    // --- containers ---
+    #[error(
+        "invalid container name '{0}': use letters, digits, '_', '.' or '-', starting with a letter or digit, at most 64 characters"
+    )]
+    InvalidContainerName(String),
+    #[error(
+        "container name '{name}' is already used by container {id}; choose another name or remove it first"
+    )]
+    ContainerNameInUse { name: String, id: String },
+    #[error("container '{0}' not found; list containers with `vxnet container ls`")]
+    ContainerNotFound(String),
+    #[error("container '{0}' is ambiguous: it matches {1}; give more of the id or the full name")]
+    AmbiguousContainer(String, String),
+    #[error("a container needs at least one network; give --network NET")]
+    NoNetwork,
+    #[error(
+        "network {0} is not attachable: standalone containers can only join networks created with --attachable"
+    )]
+    NotAttachable(String),
+    #[error("container {container} is already connected to network {network}")]
+    AlreadyAttached { container: String, network: String },
+    #[error("container {container} is not connected to network {network}")]
+    NotAttached { container: String, network: String },
+}
+
+pub type Result<T, E = ControlError> = std::result::Result<T, E>;
