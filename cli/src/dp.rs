@@ -10,8 +10,8 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use vxnet_dataplane::api::{
-    AttachRequest, AttachTarget, DEFAULT_SOCKET, DetachTarget, EndpointInfo, FdbEntry, IpNet, Peer,
-    Request, ShowReport, StatsReport,
+    AttachRequest, AttachTarget, DEFAULT_SOCKET, DetachTarget, EndpointInfo, FdbEntry, IpNet,
+    NetworkInfo, Peer, Request, SaEntry, ShowReport, StatsReport, VtepInfo,
 };
 use vxnet_dataplane::client::Client;
 use vxnet_proto::wire::{MacAddr, Vni};
@@ -109,8 +109,100 @@ Examples:
         format: FormatArg,
     },
 
-    /// Show the dataplane's configuration and state summary.
+    /// Show the dataplane's configuration and state summary, including
+    /// this host's public key (give it to the other hosts' `vtep add`).
     Show {
+        #[command(flatten)]
+        format: FormatArg,
+    },
+
+    /// Declare networks (VNIs) and whether their traffic is encrypted.
+    #[command(subcommand)]
+    Network(NetworkCommand),
+
+    /// Tell the dataplane other hosts' public keys, so that encrypted
+    /// networks can reach them (static mode, without a control plane).
+    #[command(subcommand)]
+    Vtep(VtepCommand),
+
+    /// Start a key rotation now, with one host or with every host.
+    #[command(after_help = "\
+Examples:
+  vxnet dp rekey
+  vxnet dp rekey --vtep 192.0.2.11")]
+    Rekey {
+        /// Only with this host (default: all).
+        #[arg(long, value_name = "IP")]
+        vtep: Option<IpAddr>,
+    },
+
+    /// List the security associations (SPI, direction, peer, generation,
+    /// packets, age).
+    ///
+    /// --show-keys also prints keys and salts, to decode captures with a
+    /// dissector; the dataplane refuses it unless started with
+    /// --allow-key-export.
+    #[command(after_help = "\
+Examples:
+  vxnet dp sa
+  vxnet dp sa --show-keys --format json")]
+    Sa {
+        /// Print AES-GCM keys and salts too.
+        #[arg(long)]
+        show_keys: bool,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NetworkCommand {
+    /// Declare a network; --encrypted makes every frame between hosts ESP.
+    #[command(after_help = "\
+Examples:
+  vxnet dp network add --vni 4096
+  vxnet dp network add --vni 4097 --encrypted")]
+    Add {
+        /// VXLAN network identifier, 1 to 16777215.
+        #[arg(long, value_parser = parse_vni)]
+        vni: Vni,
+        /// Encrypt and authenticate this network's traffic between hosts.
+        #[arg(long)]
+        encrypted: bool,
+    },
+    /// Forget a network declaration (refused while endpoints are attached).
+    Del {
+        #[arg(long, value_parser = parse_vni)]
+        vni: Vni,
+    },
+    /// List networks.
+    Ls {
+        #[command(flatten)]
+        format: FormatArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VtepCommand {
+    /// Add a host's public key (from `vxnet dp show` on that host).
+    #[command(after_help = "\
+Examples:
+  vxnet dp vtep add --vtep 192.0.2.11 --pubkey 3q2+7w...=")]
+    Add {
+        /// The host's underlay address.
+        #[arg(long, value_name = "IP")]
+        vtep: IpAddr,
+        /// Its X25519 public key, base64.
+        #[arg(long, value_name = "KEY")]
+        pubkey: String,
+    },
+    /// Forget a host's key.
+    Del {
+        #[arg(long, value_name = "IP")]
+        vtep: IpAddr,
+    },
+    /// List hosts with keys and whether a handshake completed.
+    Ls {
         #[command(flatten)]
         format: FormatArg,
     },
@@ -375,6 +467,10 @@ impl DpCommand {
             DpCommand::Fdb { .. } => "fdb",
             DpCommand::Endpoints { .. } => "endpoints",
             DpCommand::Show { .. } => "show",
+            DpCommand::Network(_) => "network",
+            DpCommand::Vtep(_) => "vtep",
+            DpCommand::Rekey { .. } => "rekey",
+            DpCommand::Sa { .. } => "sa",
         }
     }
 
@@ -410,6 +506,22 @@ impl DpCommand {
             DpCommand::Fdb { vni, .. } => Request::Fdb { vni: *vni },
             DpCommand::Endpoints { .. } => Request::Endpoints,
             DpCommand::Show { .. } => Request::Show,
+            DpCommand::Network(NetworkCommand::Add { vni, encrypted }) => Request::NetworkAdd {
+                vni: *vni,
+                encrypted: *encrypted,
+            },
+            DpCommand::Network(NetworkCommand::Del { vni }) => Request::NetworkDel { vni: *vni },
+            DpCommand::Network(NetworkCommand::Ls { .. }) => Request::Networks,
+            DpCommand::Vtep(VtepCommand::Add { vtep, pubkey }) => Request::VtepAdd {
+                vtep: *vtep,
+                pubkey: pubkey.clone(),
+            },
+            DpCommand::Vtep(VtepCommand::Del { vtep }) => Request::VtepDel { vtep: *vtep },
+            DpCommand::Vtep(VtepCommand::Ls { .. }) => Request::Vteps,
+            DpCommand::Rekey { vtep } => Request::Rekey { vtep: *vtep },
+            DpCommand::Sa { show_keys, .. } => Request::Sa {
+                show_keys: *show_keys,
+            },
         }
     }
 
@@ -417,7 +529,14 @@ impl DpCommand {
         match self {
             DpCommand::Attach(a) => a.format.format,
             DpCommand::Detach(d) => d.format.format,
-            DpCommand::Peer(_) | DpCommand::Flood(_) => Format::Table,
+            DpCommand::Peer(_)
+            | DpCommand::Flood(_)
+            | DpCommand::Rekey { .. }
+            | DpCommand::Network(NetworkCommand::Add { .. } | NetworkCommand::Del { .. })
+            | DpCommand::Vtep(VtepCommand::Add { .. } | VtepCommand::Del { .. }) => Format::Table,
+            DpCommand::Network(NetworkCommand::Ls { format })
+            | DpCommand::Vtep(VtepCommand::Ls { format })
+            | DpCommand::Sa { format, .. } => format.format,
             DpCommand::Stats { format, .. }
             | DpCommand::Fdb { format, .. }
             | DpCommand::Endpoints { format }
@@ -454,6 +573,19 @@ impl DpCommand {
             DpCommand::Fdb { .. } => output::fdb(&decode::<Vec<FdbEntry>>(result)?),
             DpCommand::Endpoints { .. } => output::endpoints(&decode::<Vec<EndpointInfo>>(result)?),
             DpCommand::Show { .. } => output::show(&decode::<ShowReport>(result)?),
+            DpCommand::Network(NetworkCommand::Ls { .. }) => {
+                output::networks(&decode::<Vec<NetworkInfo>>(result)?)
+            }
+            DpCommand::Vtep(VtepCommand::Ls { .. }) => {
+                output::vteps(&decode::<Vec<VtepInfo>>(result)?)
+            }
+            DpCommand::Sa { .. } => output::sas(&decode::<Vec<SaEntry>>(result)?),
+            DpCommand::Rekey { .. } => {
+                let hosts = decode::<Vec<IpAddr>>(result)?;
+                let list: Vec<String> = hosts.iter().map(ToString::to_string).collect();
+                format!("rotation started with {}\n", list.join(", "))
+            }
+            DpCommand::Network(_) | DpCommand::Vtep(_) => String::new(),
         })
     }
 }

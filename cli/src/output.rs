@@ -3,7 +3,9 @@
 
 use clap::ValueEnum;
 use std::fmt::Write as _;
-use vxnet_dataplane::api::{EndpointInfo, FdbEntry, ShowReport, StatsReport};
+use vxnet_dataplane::api::{
+    EndpointInfo, FdbEntry, NetworkInfo, SaEntry, ShowReport, StatsReport, VtepInfo,
+};
 use vxnet_proto::stats::{Counter, Drop as DropReason};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
@@ -106,6 +108,69 @@ pub fn fdb(list: &[FdbEntry]) -> String {
             e.kind.clone(),
             e.dest.clone(),
         ]);
+    }
+    t.render()
+}
+
+pub fn networks(list: &[NetworkInfo]) -> String {
+    let mut t = Table::new(&["VNI", "ENCRYPTED", "MTU", "ENDPOINTS", "PEERS"]);
+    for n in list {
+        t.row(vec![
+            n.vni.to_string(),
+            if n.encrypted { "yes" } else { "no" }.into(),
+            n.mtu.to_string(),
+            n.endpoints.to_string(),
+            n.peers.to_string(),
+        ]);
+    }
+    t.render()
+}
+
+pub fn vteps(list: &[VtepInfo]) -> String {
+    let mut t = Table::new(&[
+        "VTEP",
+        "PUBLIC KEY",
+        "ESTABLISHED",
+        "GENERATION",
+        "ROTATING",
+    ]);
+    for v in list {
+        t.row(vec![
+            v.vtep.to_string(),
+            v.pubkey.clone(),
+            if v.established { "yes" } else { "no" }.into(),
+            v.generation.to_string(),
+            if v.rotating { "yes" } else { "no" }.into(),
+        ]);
+    }
+    t.render()
+}
+
+pub fn sas(list: &[SaEntry]) -> String {
+    let with_keys = list.iter().any(|s| s.key.is_some());
+    let mut headers = vec![
+        "SPI", "DIR", "PEER", "VNI", "GEN", "PACKETS", "AGE", "STATE",
+    ];
+    if with_keys {
+        headers.extend(["KEY", "SALT"]);
+    }
+    let mut t = Table::new(&headers);
+    for s in list {
+        let mut row = vec![
+            s.spi.clone(),
+            s.direction.clone(),
+            s.peer.to_string(),
+            s.vni.to_string(),
+            s.generation.to_string(),
+            s.packets.to_string(),
+            format!("{:.0}s", s.age_secs),
+            s.state.clone(),
+        ];
+        if with_keys {
+            row.push(s.key.clone().unwrap_or_default());
+            row.push(s.salt.clone().unwrap_or_default());
+        }
+        t.row(row);
     }
     t.render()
 }

@@ -127,13 +127,26 @@ pub struct Peer {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     Attach(AttachRequest),
-    Detach { target: DetachTarget },
+    Detach {
+        target: DetachTarget,
+    },
     PeerAdd(Peer),
-    PeerDel { vni: Vni, mac: MacAddr },
-    FloodAdd { vni: Vni, vtep: IpAddr },
-    FloodDel { vni: Vni, vtep: IpAddr },
+    PeerDel {
+        vni: Vni,
+        mac: MacAddr,
+    },
+    FloodAdd {
+        vni: Vni,
+        vtep: IpAddr,
+    },
+    FloodDel {
+        vni: Vni,
+        vtep: IpAddr,
+    },
     Stats,
-    Fdb { vni: Option<Vni> },
+    Fdb {
+        vni: Option<Vni>,
+    },
     Endpoints,
     Show,
     /// Declares a network (VNI) and whether its traffic must be encrypted.
@@ -142,14 +155,23 @@ pub enum Request {
         #[serde(default)]
         encrypted: bool,
     },
-    NetworkDel { vni: Vni },
+    NetworkDel {
+        vni: Vni,
+    },
     Networks,
     /// Tells the dataplane another host's X25519 public key (static mode).
-    VtepAdd { vtep: IpAddr, pubkey: String },
-    VtepDel { vtep: IpAddr },
+    VtepAdd {
+        vtep: IpAddr,
+        pubkey: String,
+    },
+    VtepDel {
+        vtep: IpAddr,
+    },
     Vteps,
     /// Starts a key rotation with one host, or with all.
-    Rekey { vtep: Option<IpAddr> },
+    Rekey {
+        vtep: Option<IpAddr>,
+    },
     /// Lists SAs; keys only if the dataplane allows key export.
     Sa {
         #[serde(default)]

@@ -5,8 +5,8 @@
 //! leaves no TAP, bridge or table entry behind.
 
 use crate::api::{
-    AttachRequest, AttachTarget, DetachTarget, EndpointInfo, FdbEntry, IpNet, NetworkInfo, Peer, Request, Response,
-    SaEntry, ShowReport, StatsReport, VtepInfo,
+    AttachRequest, AttachTarget, DetachTarget, EndpointInfo, FdbEntry, IpNet, NetworkInfo, Peer,
+    Request, Response, SaEntry, ShowReport, StatsReport, VtepInfo,
 };
 use crate::attach::{self, Bridge};
 use crate::sys::tap::Tap;
@@ -156,10 +156,14 @@ impl Dataplane {
                     .collect::<Vec<_>>(),
             )),
             Request::Show => Ok(Response::ok(self.show())),
-            Request::NetworkAdd { vni, encrypted } => self.network_add(vni, encrypted).map(|()| Response::ok(())),
+            Request::NetworkAdd { vni, encrypted } => {
+                self.network_add(vni, encrypted).map(|()| Response::ok(()))
+            }
             Request::NetworkDel { vni } => self.network_del(vni).map(|()| Response::ok(())),
             Request::Networks => Ok(Response::ok(self.networks())),
-            Request::VtepAdd { vtep, pubkey } => self.vtep_add(vtep, &pubkey).map(|()| Response::ok(())),
+            Request::VtepAdd { vtep, pubkey } => {
+                self.vtep_add(vtep, &pubkey).map(|()| Response::ok(()))
+            }
             Request::VtepDel { vtep } => self.vtep_del(vtep).map(|()| Response::ok(())),
             Request::Vteps => Ok(Response::ok(self.vteps())),
             Request::Rekey { vtep } => self.rekey(vtep).map(Response::ok),
@@ -530,7 +534,8 @@ impl Dataplane {
             for (_, s) in f.peers() {
                 let mut s = s.lock().unwrap_or_else(PoisonError::into_inner);
                 if encrypted {
-                    s.add_vni(vni.get(), now).map_err(|e| format!("cannot derive keys for VNI {vni}: {e}"))?;
+                    s.add_vni(vni.get(), now)
+                        .map_err(|e| format!("cannot derive keys for VNI {vni}: {e}"))?;
                 } else {
                     s.remove_vni(vni.get());
                 }
@@ -543,13 +548,19 @@ impl Dataplane {
 
     fn network_del(&self, vni: Vni) -> Result<(), String> {
         self.edit_fdb(|f| {
-            let Some(t) = f.vni(vni) else { return Err(format!("VNI {vni} is not a network here")) };
+            let Some(t) = f.vni(vni) else {
+                return Err(format!("VNI {vni} is not a network here"));
+            };
             if !t.ports.is_empty() {
-                return Err(format!("VNI {vni} still has local endpoints; detach them first"));
+                return Err(format!(
+                    "VNI {vni} still has local endpoints; detach them first"
+                ));
             }
             if t.encrypted {
                 for (_, s) in f.peers() {
-                    s.lock().unwrap_or_else(PoisonError::into_inner).remove_vni(vni.get());
+                    s.lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove_vni(vni.get());
                 }
             }
             f.set_encrypted(vni, false);
@@ -565,8 +576,16 @@ impl Dataplane {
             .map(|(vni, t)| NetworkInfo {
                 vni,
                 encrypted: t.encrypted,
-                endpoints: t.macs.values().filter(|d| matches!(d, Dest::Local(_))).count(),
-                peers: t.macs.values().filter(|d| matches!(d, Dest::Remote(_))).count(),
+                endpoints: t
+                    .macs
+                    .values()
+                    .filter(|d| matches!(d, Dest::Local(_)))
+                    .count(),
+                peers: t
+                    .macs
+                    .values()
+                    .filter(|d| matches!(d, Dest::Remote(_)))
+                    .count(),
                 mtu: self.default_mtu(&st.fdb, vni),
             })
             .collect();
@@ -589,11 +608,29 @@ impl Dataplane {
             }
         }
         let now = Instant::now();
-        let unix_ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-        let vnis: Vec<u32> = st.fdb.vnis().filter(|(_, t)| t.encrypted).map(|(v, _)| v.get()).collect();
-        let config = SessionConfig { rekey_interval: self.cfg.rekey_interval, ..SessionConfig::default() };
-        let session = Session::new(config, &self.cfg.keypair, peer, &vnis, now, unix_ns, Box::new(OsRng))
-            .map_err(|e| format!("cannot set up keys with {vtep}: {e}"))?;
+        let unix_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let vnis: Vec<u32> = st
+            .fdb
+            .vnis()
+            .filter(|(_, t)| t.encrypted)
+            .map(|(v, _)| v.get())
+            .collect();
+        let config = SessionConfig {
+            rekey_interval: self.cfg.rekey_interval,
+            ..SessionConfig::default()
+        };
+        let session = Session::new(
+            config,
+            &self.cfg.keypair,
+            peer,
+            &vnis,
+            now,
+            unix_ns,
+            Box::new(OsRng),
+        )
+        .map_err(|e| format!("cannot set up keys with {vtep}: {e}"))?;
         let mut next = st.fdb.clone();
         next.set_peer(vtep, Arc::new(Mutex::new(session)));
         self.cell.publish(next.clone());
@@ -607,7 +644,9 @@ impl Dataplane {
     fn vtep_del(&self, vtep: IpAddr) -> Result<(), String> {
         let mut st = self.lock();
         if st.vteps.remove(&vtep).is_none() {
-            return Err(format!("VTEP {vtep} has no key here; see `vxnet dp vtep ls`"));
+            return Err(format!(
+                "VTEP {vtep} has no key here; see `vxnet dp vtep ls`"
+            ));
         }
         let mut next = st.fdb.clone();
         next.remove_peer(vtep);
@@ -628,7 +667,13 @@ impl Dataplane {
                     }
                     None => (false, 0, false),
                 };
-                VtepInfo { vtep: *vtep, pubkey: key.to_string(), established, generation, rotating }
+                VtepInfo {
+                    vtep: *vtep,
+                    pubkey: key.to_string(),
+                    established,
+                    generation,
+                    rotating,
+                }
             })
             .collect()
     }
@@ -657,9 +702,11 @@ impl Dataplane {
 
     fn sas(&self, show_keys: bool) -> Result<Vec<SaEntry>, String> {
         if show_keys && !self.cfg.allow_key_export {
-            return Err("refusing to print keys: start vxnet-dataplane with --allow-key-export to allow \
+            return Err(
+                "refusing to print keys: start vxnet-dataplane with --allow-key-export to allow \
                         `vxnet dp sa --show-keys` (for debugging with a dissector only)"
-                .into());
+                    .into(),
+            );
         }
         let st = self.lock();
         let now = Instant::now();
@@ -685,13 +732,25 @@ impl Dataplane {
                 });
             }
         }
-        out.sort_by(|a, b| (a.peer, a.vni, a.generation, &a.direction).cmp(&(b.peer, b.vni, b.generation, &b.direction)));
+        out.sort_by(|a, b| {
+            (a.peer, a.vni, a.generation, &a.direction).cmp(&(
+                b.peer,
+                b.vni,
+                b.generation,
+                &b.direction,
+            ))
+        });
         Ok(out)
     }
 
     /// Makes worker 0 run the session timers now (handshakes start at once).
     fn kick_timers(&self) {
-        if let Some(w) = self.workers.lock().unwrap_or_else(PoisonError::into_inner).first() {
+        if let Some(w) = self
+            .workers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .first()
+        {
             w.send(Command::Kick);
         }
     }

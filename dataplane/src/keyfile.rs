@@ -35,11 +35,18 @@ pub fn load_or_create(path: &Path) -> io::Result<(StaticKeypair, bool)> {
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)?;
             }
             let key = StaticKeypair::generate(&mut OsRng);
             let text = Zeroizing::new(format!("{}\n", STANDARD.encode(*key.to_bytes())));
-            let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)?;
             f.write_all(text.as_bytes())?;
             f.sync_all()?;
             Ok((key, true))
@@ -51,7 +58,10 @@ pub fn load_or_create(path: &Path) -> io::Result<(StaticKeypair, bool)> {
 fn bad_key(path: &Path) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
-        format!("key file {} does not hold a base64 X25519 key (44 characters)", path.display()),
+        format!(
+            "key file {} does not hold a base64 X25519 key (44 characters)",
+            path.display()
+        ),
     )
 }
 
@@ -65,7 +75,10 @@ mod tests {
         let path = dir.join("sub/dataplane.key");
         let (a, created) = load_or_create(&path).unwrap();
         assert!(created);
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let (b, created) = load_or_create(&path).unwrap();
         assert!(!created);
         assert_eq!(a.public(), b.public());

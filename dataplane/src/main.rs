@@ -50,7 +50,11 @@ struct Args {
     #[arg(long, default_value_t = 1450)]
     mtu: u32,
     /// This host's X25519 key; created (mode 0600) if missing.
-    #[arg(long, value_name = "PATH", default_value = "/var/lib/vxnet/dataplane.key")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/var/lib/vxnet/dataplane.key"
+    )]
     key_file: PathBuf,
     /// How often each host pair rotates its encryption keys (e.g. 12h, 30m, 10s).
     #[arg(long, value_name = "DURATION", default_value = "12h", value_parser = parse_duration)]
@@ -67,7 +71,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("'{s}' is not a duration like 12h, 30m or 10s"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration like 12h, 30m or 10s"))?;
     let d = match unit {
         "" | "s" => Duration::from_secs(n),
         "ms" => Duration::from_millis(n),
@@ -76,7 +82,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         _ => return Err(format!("unit '{unit}' in '{s}' is not one of ms, s, m, h")),
     };
     if d < Duration::from_secs(1) {
-        return Err(format!("'{s}' is too short; the rekey interval is at least 1s"));
+        return Err(format!(
+            "'{s}' is too short; the rekey interval is at least 1s"
+        ));
     }
     Ok(d)
 }

@@ -241,7 +241,10 @@ impl Worker {
             self.engine.set_now(now);
             if drives_timers && (now >= next_timer || self.kicked) {
                 self.kicked = false;
-                next_timer = self.engine.handle_timers(&mut self.out).unwrap_or(now + IDLE_WAKE);
+                next_timer = self
+                    .engine
+                    .handle_timers(&mut self.out)
+                    .unwrap_or(now + IDLE_WAKE);
             }
             let worked = self.poll_udp() | self.poll_taps();
             if self.engine.take_timers_moved() {
