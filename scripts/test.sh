@@ -10,3 +10,6 @@ cargo build --workspace --bins
 # Two test threads: end-to-end tests run real iperf3/ping between
 # namespaces and share this machine's cores.
 cargo test --workspace -- --test-threads=2
+# The fuzz targets' bodies over their seed corpora and bounded mutations
+# (libFuzzer itself needs nightly; see fuzz/README.md).
+(cd fuzz && cargo test)

@@ -125,6 +125,7 @@ fn batch(frames: &[&[u8]]) -> Vec<u8> {
 }
 
 fn main() {
+    esp_seeds();
     let vni = Vni::new(4096).expect("vni");
     let icmp_echo = {
         let b = PacketBuilder::ethernet2(A, B)
@@ -198,4 +199,33 @@ fn main() {
     }
     let _ = MacAddr::BROADCAST;
     println!("seeds written");
+}
+
+/// Real ESP and control datagrams from the testkit's two hosts (the same
+/// deterministic keys the `wire_rx` target's host B holds).
+fn esp_seeds() {
+    use vxnet_proto::engine::testkit;
+    let now = std::time::Instant::now();
+    let (mut a, mut b) = testkit::encrypted_pair(now);
+    testkit::handshake(&mut a, &mut b);
+    let mut frame = vec![0u8; LEN];
+    PacketBuilder::ethernet2(testkit::A.0, testkit::B.0)
+        .ipv4([10, 0, 0, 2], [10, 0, 0, 3], 64)
+        .icmpv4_echo_request(7, 1)
+        .write(&mut frame, &data(56))
+        .expect("icmp");
+    a.engine.from_tap(0, &frame, &mut a.out);
+    let m = a.out.udp.msgs()[0].clone();
+    write("wire_rx", "esp-icmp", a.out.udp.bytes(&m));
+    a.out.udp.clear();
+    let mut plain = vec![0u8; vxlan::HEADER_LEN];
+    vxlan::write_header(&mut plain, testkit::vni());
+    plain.extend_from_slice(&frame[LEN..]);
+    write("wire_rx", "plain-on-encrypted", &plain);
+    let peer = b.addr;
+    testkit::rekey(&a, peer, now);
+    a.engine.handle_timers(&mut a.out);
+    if let Some(m) = a.out.udp.msgs().first().cloned() {
+        write("wire_rx", "control-init", a.out.udp.bytes(&m));
+    }
 }

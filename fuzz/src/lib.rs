@@ -160,3 +160,51 @@ fn check_l4_checksum(f: &[u8]) {
         "L4"
     );
 }
+
+/// A request line from the dataplane's API socket: it either parses into a
+/// request that survives a round trip, or is refused; an attach request is
+/// validated the way the dataplane does before touching the system.
+pub fn api_request(data: &[u8]) {
+    use vxnet_dataplane::api::Request;
+    let Ok(req) = serde_json::from_slice::<Request>(data) else {
+        return;
+    };
+    let text = serde_json::to_string(&req).expect("a parsed request serializes");
+    let again: Request = serde_json::from_str(&text).expect("what we print parses");
+    assert_eq!(again, req);
+    if let Request::Attach(a) = &req {
+        if let Ok(plan) = vxnet_dataplane::attach::Plan::validate(a, 1450) {
+            assert!(!plan.ips.is_empty());
+            assert!(!plan.mac.is_multicast());
+            assert!((1280..=65_000).contains(&plan.mtu));
+        }
+    }
+}
+
+/// One datagram arriving on the data port of host B from host A (plain
+/// VXLAN, ESP for the encrypted VNI, or a key-rotation control message):
+/// the whole receive path, including SA lookup, the replay check and open
+/// (under `cfg(fuzzing)` the ICV check is skipped so the fuzzer gets past
+/// it). Whatever arrives, B keeps its keys and forwards the next real
+/// packet from A.
+pub fn wire_rx(data: &[u8]) {
+    use std::net::SocketAddr;
+    use std::sync::{Mutex, OnceLock};
+    use vxnet_proto::engine::testkit::{self, Host};
+    static WORLD: OnceLock<Mutex<(Host, Host)>> = OnceLock::new();
+    let world = WORLD.get_or_init(|| {
+        let (mut a, mut b) = testkit::encrypted_pair(std::time::Instant::now());
+        testkit::handshake(&mut a, &mut b);
+        Mutex::new((a, b))
+    });
+    let mut guard = world
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let (a, b) = &mut *guard;
+    let mut d = data.to_vec();
+    b.engine
+        .from_wire(SocketAddr::new(a.addr, 4789), &mut d, &mut b.out);
+    b.out
+        .drain_taps(|_, frame| assert!(frame.len() >= vnet::LEN));
+    b.out.udp.clear();
+}

@@ -51,3 +51,13 @@ fn coalesce() {
         assert_eq!(vxnet_fuzz::coalesce(&data), 1, "{seed}");
     }
 }
+
+#[test]
+fn api_request() {
+    run("api_request", vxnet_fuzz::api_request);
+}
+
+#[test]
+fn wire_rx() {
+    run("wire_rx", vxnet_fuzz::wire_rx);
+}

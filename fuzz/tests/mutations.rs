@@ -87,3 +87,13 @@ fn coalesce() {
         vxnet_fuzz::coalesce(d);
     });
 }
+
+#[test]
+fn api_request() {
+    run("api_request", 20_000, vxnet_fuzz::api_request);
+}
+
+#[test]
+fn wire_rx() {
+    run("wire_rx", 20_000, vxnet_fuzz::wire_rx);
+}

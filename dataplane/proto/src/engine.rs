@@ -598,5 +598,8 @@ pub fn flow_hash(frame: &[u8]) -> u32 {
     (h ^ (h >> 32)) as u32
 }
 
+#[cfg(any(test, feature = "testkit"))]
+#[doc(hidden)]
+pub mod testkit;
 #[cfg(test)]
 mod tests;
