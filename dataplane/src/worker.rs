@@ -189,7 +189,16 @@ pub fn spawn(cfg: WorkerConfig, fdb: Arc<FdbCell>) -> io::Result<WorkerHandle> {
     };
     let thread = std::thread::Builder::new()
         .name(format!("vxnet-worker-{}", worker.cfg.id))
-        .spawn(move || worker.run())?;
+        .spawn(move || {
+            // A worker that dies would leave a process that answers its API
+            // but forwards nothing: take the whole dataplane down instead,
+            // so that its supervisor restarts it and the failure is seen.
+            let id = worker.cfg.id;
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run())).is_err() {
+                tracing::error!(worker = id, "worker panicked; stopping the dataplane");
+                std::process::exit(70);
+            }
+        })?;
     Ok(WorkerHandle {
         stats,
         commands: tx,
