@@ -395,3 +395,174 @@ pub fn identity_of(cert_der: &[u8]) -> Result<(String, Role), CaError> {
     };
     Ok((id, role))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::new_id;
+    use crate::model::test_rng::TestRng;
+    use x509_parser::prelude::X509Certificate;
+
+    const NOW: UnixTime = 1_700_000_000;
+
+    fn parse(pem: &str) -> Vec<u8> {
+        CertificateDer::from_pem_slice(pem.as_bytes())
+            .unwrap()
+            .to_vec()
+    }
+
+    fn signed_by(leaf_der: &[u8], ca_der: &[u8]) -> bool {
+        let (_, leaf) = x509_parser::parse_x509_certificate(leaf_der).unwrap();
+        let (_, ca) = x509_parser::parse_x509_certificate(ca_der).unwrap();
+        leaf.verify_signature(Some(ca.public_key())).is_ok() && leaf.issuer() == ca.subject()
+    }
+
+    fn x509(der: &[u8]) -> X509Certificate<'_> {
+        x509_parser::parse_x509_certificate(der).unwrap().1
+    }
+
+    #[test]
+    fn ca_is_a_p256_ca_and_its_digest_is_sha256_of_der() {
+        let ca = SwarmCa::generate(NOW).unwrap();
+        let d = ca.digest();
+        assert_eq!(d.len(), 64);
+        assert!(
+            d.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+        assert_eq!(d, ca_digest(ca.cert_der()));
+        assert_eq!(parse(ca.cert_pem()), ca.cert_der().to_vec());
+        let c = x509(ca.cert_der());
+        assert!(c.is_ca());
+        assert!(signed_by(ca.cert_der(), ca.cert_der()), "self-signed");
+        assert_eq!(
+            c.validity().not_after.timestamp() - c.validity().not_before.timestamp(),
+            (CA_VALIDITY_SECS + CLOCK_SKEW_SECS) as i64
+        );
+        // Two CAs never share a digest.
+        assert_ne!(SwarmCa::generate(NOW).unwrap().digest(), d);
+    }
+
+    #[test]
+    fn ca_survives_pem_round_trip_and_keeps_signing() {
+        let ca = SwarmCa::generate(NOW).unwrap();
+        let pem = ca.to_pem();
+        assert!(pem.key_pem.contains("PRIVATE KEY"));
+        assert!(!format!("{pem:?}").contains("PRIVATE"));
+        let back = SwarmCa::from_pem(&pem).unwrap();
+        assert_eq!(back.digest(), ca.digest());
+        assert_eq!(back.to_pem(), pem);
+        // A certificate issued by the reloaded CA verifies under the original.
+        let id = new_id(&mut TestRng(5));
+        let ident = back.issue_identity(&id, Role::Worker, NOW).unwrap();
+        assert!(signed_by(&parse(&ident.cert_pem), ca.cert_der()));
+
+        // A key from another CA, or garbage, is refused.
+        let other = SwarmCa::generate(NOW).unwrap().to_pem();
+        let mixed = CaPem {
+            cert_pem: pem.cert_pem.clone(),
+            key_pem: other.key_pem,
+        };
+        assert!(
+            SwarmCa::from_pem(&mixed)
+                .unwrap_err()
+                .to_string()
+                .contains("does not match")
+        );
+        let junk = CaPem {
+            cert_pem: "junk".into(),
+            key_pem: pem.key_pem.clone(),
+        };
+        assert!(matches!(
+            SwarmCa::from_pem(&junk),
+            Err(CaError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn issued_identities_name_node_and_role_and_chain_to_the_ca() {
+        let ca = SwarmCa::generate(NOW).unwrap();
+        let other = SwarmCa::generate(NOW).unwrap();
+        for (seed, role) in [(1, Role::Manager), (2, Role::Worker)] {
+            let id = new_id(&mut TestRng(seed));
+            let ident = ca.issue_identity(&id, role, NOW).unwrap();
+            let der = parse(&ident.cert_pem);
+            assert_eq!(identity_of(&der).unwrap(), (id.clone(), role));
+            assert!(signed_by(&der, ca.cert_der()));
+            assert!(!signed_by(&der, other.cert_der()));
+            assert_eq!(ident.ca_digest().unwrap(), ca.digest());
+            let c = x509(&der);
+            assert!(!c.is_ca());
+            let san = c.subject_alternative_name().unwrap().unwrap();
+            assert_eq!(
+                format!("{:?}", san.value.general_names),
+                format!("[DNSName(\"{id}\")]")
+            );
+            assert_eq!(
+                c.validity().not_before.timestamp(),
+                (NOW - CLOCK_SKEW_SECS) as i64
+            );
+            assert_eq!(
+                c.validity().not_after.timestamp(),
+                (NOW + NODE_CERT_VALIDITY_SECS) as i64
+            );
+            assert!(!format!("{ident:?}").contains("PRIVATE"));
+        }
+        assert!(ca.issue_identity("not an id", Role::Worker, NOW).is_err());
+    }
+
+    #[test]
+    fn csr_is_signed_with_the_cas_names_not_the_requesters() {
+        let ca = SwarmCa::generate(NOW).unwrap();
+        let (key_pem, csr_pem) = new_key_and_csr().unwrap();
+        SwarmCa::check_csr(&csr_pem).unwrap();
+        let id = new_id(&mut TestRng(9));
+        let cert = ca.sign_csr(&csr_pem, &id, Role::Worker, NOW).unwrap();
+        let der = parse(&cert);
+        assert_eq!(identity_of(&der).unwrap(), (id, Role::Worker));
+        assert!(signed_by(&der, ca.cert_der()));
+        // The certificate carries the requester's key.
+        let key = KeyPair::from_pem(&key_pem).unwrap();
+        assert_eq!(
+            x509(&der).public_key().subject_public_key.data.as_ref(),
+            key.public_key_raw()
+        );
+    }
+
+    #[test]
+    fn bad_csrs_are_refused() {
+        let ca = SwarmCa::generate(NOW).unwrap();
+        let id = new_id(&mut TestRng(9));
+        let (_, csr_pem) = new_key_and_csr().unwrap();
+        // Flip a byte near the end of the DER: the signature no longer holds.
+        let mut der =
+            rustls::pki_types::CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
+                .unwrap()
+                .as_ref()
+                .to_vec();
+        let n = der.len();
+        der[n - 3] ^= 0x55;
+        let tampered = format!(
+            "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &der)
+        );
+        for bad in ["", "garbage", tampered.as_str(), ca.cert_pem()] {
+            assert!(
+                matches!(
+                    ca.sign_csr(bad, &id, Role::Worker, NOW),
+                    Err(CaError::BadCsr(_))
+                ),
+                "{bad}"
+            );
+            assert!(SwarmCa::check_csr(bad).is_err());
+        }
+    }
+
+    #[test]
+    fn identity_of_rejects_foreign_certificates() {
+        assert!(identity_of(b"not der").is_err());
+        // A certificate without our OU (the CA's own) names no node.
+        let ca = SwarmCa::generate(NOW).unwrap();
+        assert!(identity_of(ca.cert_der()).is_err());
+    }
+}

@@ -76,7 +76,7 @@ impl MgmtClient {
         Self::open(addr, pin_of(identity)?, Some(identity)).await
     }
 
-    async fn open(
+    pub(crate) async fn open(
         addr: SocketAddr,
         pin: CaPin,
         identity: Option<&NodeIdentity>,
