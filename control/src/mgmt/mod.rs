@@ -45,6 +45,9 @@ pub mod server;
 pub mod tls;
 pub mod token;
 
+#[cfg(test)]
+mod tests;
+
 use std::future::Future;
 use std::net::SocketAddr;
 

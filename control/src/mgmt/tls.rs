@@ -145,7 +145,18 @@ impl ServerCertVerifier for ManagerVerifier {
             self.provider.signature_verification_algorithms.all,
         )
         .map_err(|e| {
-            self.mismatch.store(true, Ordering::Relaxed);
+            // A chain that does not lead to the pinned CA is the wrong swarm
+            // (or an impostor); expiry and the like are reported as they are.
+            if matches!(
+                e,
+                TlsError::InvalidCertificate(
+                    CertificateError::UnknownIssuer
+                        | CertificateError::BadSignature
+                        | CertificateError::BadEncoding
+                )
+            ) {
+                self.mismatch.store(true, Ordering::Relaxed);
+            }
             e
         })?;
         // Only a manager serves the management port to other nodes.
