@@ -13,9 +13,9 @@
 //!   pins the manager to the swarm's CA.
 //! - [`server`]: [`MgmtServer`], which checks who the peer is and what it
 //!   may call, then hands the request to the daemon's [`Handler`].
-//! - [`client`]: [`join`] (token-pinned, before any certificate exists)
+//! - [`client`]: the function [`join`] (token-pinned, before any certificate exists)
 //!   and [`MgmtClient`] (mutual TLS afterwards).
-//! - [`admit`]: the manager's side of a join over the store, for the
+//! - [`mod@admit`]: the manager's side of a join over the store, for the
 //!   daemon's [`Handler::join`].
 //!
 //! The join handshake, and why it is safe to send the token: the joiner
@@ -77,7 +77,7 @@ pub struct Peer {
 /// checked access ([`Access`]) when a method runs.
 pub trait Handler: Send + Sync + 'static {
     /// A host asks to join; it has no certificate yet, `from` is where its
-    /// connection came from. Usually [`admit`] under the store's lock.
+    /// connection came from. Usually [`admit()`] under the store's lock.
     fn join(
         &self,
         req: JoinRequest,

@@ -6,7 +6,7 @@
 //! layer, because a joining host has none yet; the RPC layer then refuses
 //! every request but `Join` from a client without one.
 //!
-//! Client side: [`ManagerVerifier`] replaces hostname checks (managers are
+//! Client side: `ManagerVerifier` replaces hostname checks (managers are
 //! reached by IP, and their certificates name node ids) with what matters
 //! here: the chain ends at *this swarm's* CA and the leaf is a manager's.
 //! Before join the CA is found in the chain the server sent and pinned by
@@ -28,7 +28,7 @@ use rustls::{
 use super::ca::{CaError, NodeIdentity, ca_digest, identity_of};
 use crate::model::Role;
 
-/// ALPN protocol id: a peer speaking something else on 2377 fails the
+/// ALPN protocol id: a peer offering another protocol on 2377 fails the
 /// handshake instead of misreading frames.
 pub const ALPN: &[u8] = b"vxnet-mgmt/1";
 
