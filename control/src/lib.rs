@@ -24,6 +24,7 @@ pub mod containers;
 pub mod error;
 pub mod gossip;
 pub mod ipam;
+pub mod mgmt;
 pub mod model;
 pub mod networks;
 pub mod store;
