@@ -133,7 +133,10 @@ impl Testbed {
             process::log_tail(&log, 4000).contains("Capture started")
         });
         if let Some(st) = exited {
-            bail!("tshark exited ({st}) before capturing: {}", proc.log_tail(2000));
+            bail!(
+                "tshark exited ({st}) before capturing: {}",
+                proc.log_tail(2000)
+            );
         }
         if !started {
             bail!("tshark did not start capturing: {}", proc.log_tail(2000));
@@ -161,7 +164,16 @@ impl Testbed {
         let pcap_s = pcap.display().to_string();
         let out = process::run(
             None,
-            &["tshark", "-r", &pcap_s, "-n", "-T", "fields", "-e", "udp.payload"],
+            &[
+                "tshark",
+                "-r",
+                &pcap_s,
+                "-n",
+                "-T",
+                "fields",
+                "-e",
+                "udp.payload",
+            ],
             Duration::from_secs(60),
         )?
         .check()
@@ -198,7 +210,10 @@ mod tests {
         );
         let args = decode_args(Path::new("/x/vxnet.lua"), std::slice::from_ref(&sa));
         assert!(args.contains(&"lua_script:/x/vxnet.lua".to_string()));
-        assert_eq!(args.iter().filter(|a| a.starts_with("uat:esp_sa:")).count(), 1);
+        assert_eq!(
+            args.iter().filter(|a| a.starts_with("uat:esp_sa:")).count(),
+            1
+        );
         let no_keys = SaInfo {
             key: None,
             salt: None,

@@ -300,11 +300,7 @@ mod tests {
         for seq in 0..200 {
             let f = alter_captured(InjectKind::Flip, &esp, seq);
             assert_eq!(f.len(), esp.len());
-            let diff: u32 = f
-                .iter()
-                .zip(&esp)
-                .map(|(a, b)| (a ^ b).count_ones())
-                .sum();
+            let diff: u32 = f.iter().zip(&esp).map(|(a, b)| (a ^ b).count_ones()).sum();
             assert_eq!(diff, 2, "one sequence bit and one ciphertext bit");
             assert_eq!(&f[..4], &esp[..4], "SPI kept");
             assert_eq!(f[4], esp[4] ^ 1);

@@ -59,7 +59,12 @@ fn encrypted_ping_and_tcp() -> anyhow::Result<()> {
         assert!(counter(&s, "encrypted") > 1000, "host{}: {s:?}", dp.host);
         assert!(counter(&s, "decrypted") > 1000, "host{}: {s:?}", dp.host);
         for r in ["auth_failed", "replay", "unknown_spi", "plain_on_encrypted"] {
-            assert_eq!(s.drop_count("wire", r), Some(0), "host{} {r}: {s:?}", dp.host);
+            assert_eq!(
+                s.drop_count("wire", r),
+                Some(0),
+                "host{} {r}: {s:?}",
+                dp.host
+            );
         }
     }
     Ok(())
@@ -112,5 +117,277 @@ fn tshark_decodes_with_exported_sa() -> anyhow::Result<()> {
         .filter(|l| l.contains(&format!("{b4} → {a4}")) && l.contains("Echo (ping) reply"))
         .count();
     assert!(requests >= 1 && replies >= 1, "decoded:\n{text}");
+    Ok(())
+}
+
+/// Sum of the drops of `reason` at stage `wire` or `tap` (whichever has it).
+fn drops(s: &Stats, stage: &str, reason: &str) -> u64 {
+    s.drop_count(stage, reason).unwrap_or(0)
+}
+
+/// Runs `vxnet-testbed inject` in host1 against host2's data port.
+fn inject(
+    tb: &vxnet_testbed::Testbed,
+    kind: &str,
+    count: u64,
+    extra: &[&str],
+) -> anyhow::Result<()> {
+    let bin = env!("CARGO_BIN_EXE_vxnet-testbed");
+    let to = format!("{}:4789", tb.host(2).underlay_v4);
+    let count = count.to_string();
+    let mut argv = vec![
+        bin, "inject", "--to", &to, "--kind", kind, "--count", &count,
+    ];
+    argv.extend(extra);
+    tb.exec_ok(&tb.host(1).ns, &argv)?;
+    Ok(())
+}
+
+/// (c) Real ESP packets of the flow captured on host1's underlay and sent
+/// again, the same with flipped bits, random SPIs and plain VXLAN for the
+/// encrypted VNI: each dropped and counted by its reason on host2, while a
+/// ping runs across without loss and TCP works afterwards.
+#[test]
+fn forged_esp_is_dropped_and_counted() -> anyhow::Result<()> {
+    if !root_or_skip("forged_esp_is_dropped_and_counted") {
+        return Ok(());
+    }
+    let tb = testbed(2, 1500)?;
+    let p = tb.vxnet_encrypted_pair(ENCRYPTED_VNI, &enc_opts(), ("c1", "c2"))?;
+    let (a4, b4) = (
+        p.ep1.v4().unwrap_or_default(),
+        p.ep2.v4().unwrap_or_default(),
+    );
+    tb.ping_ok(&p.c1.ns, b4, 1, None)?;
+
+    // Capture real ESP from host1 to host2.
+    let n: u64 = 10;
+    let pcap = tb.state_dir().join("flow.pcap");
+    let filter = vxnet_testbed::capture::esp_filter(&tb.host(1).underlay_v4.to_string());
+    let mut cap = tb.capture(&tb.host(1).ns, "eth0", &filter, n as u32, &pcap)?;
+    for _ in 0..20 {
+        tb.ping_ok(&p.c1.ns, b4, 2, None)?;
+        if cap.finished() {
+            break;
+        }
+    }
+    cap.wait(Duration::from_secs(10))?;
+    let hex = tb.udp_payloads_hex(&pcap)?;
+    let captured = vxnet_testbed::inject::parse_hex_lines(&hex)?;
+    assert_eq!(captured.len() as u64, n, "captured:\n{hex}");
+    let hex_file = tb.state_dir().join("flow.hex");
+    std::fs::write(&hex_file, &hex)?;
+    let hex_path = hex_file.display().to_string();
+
+    // A ping runs across the whole injection.
+    let mut bg_ping = tb.spawn_proc(
+        &p.c1.ns,
+        "ping-during-injection",
+        &["ping", "-n", "-c", "200", "-i", "0.02", "-W", "2", b4],
+    )?;
+    let before = p.dp2.stats()?;
+    for r in [
+        "replay",
+        "auth_failed",
+        "unknown_spi",
+        "plain_on_encrypted",
+        "too_old",
+    ] {
+        assert!(
+            before.drop_count("wire", r).is_some(),
+            "stats lack wire/{r}: {before:?}"
+        );
+    }
+    let vni = ENCRYPTED_VNI.to_string();
+    inject(&tb, "replay", n, &["--from", &hex_path])?;
+    inject(&tb, "flip", n, &["--from", &hex_path])?;
+    inject(&tb, "random-spi", 2 * n, &[])?;
+    inject(&tb, "plain-vxlan", 2 * n, &["--vni", &vni])?;
+
+    let want = [
+        ("replay", n),
+        ("auth_failed", n),
+        ("unknown_spi", 2 * n),
+        ("plain_on_encrypted", 2 * n),
+    ];
+    let mut last = before.clone();
+    let counted = vxnet_testbed::process::wait_until(Duration::from_secs(10), || {
+        if let Ok(s) = p.dp2.stats() {
+            last = s;
+        }
+        want.iter()
+            .all(|(r, k)| drops(&last, "wire", r) >= drops(&before, "wire", r) + k)
+    });
+    assert!(
+        counted,
+        "forged packets not counted by reason: before {:?} after {:?}",
+        before.drops, last.drops
+    );
+    // Nothing forged was taken for real traffic.
+    assert_eq!(
+        drops(&last, "wire", "too_old"),
+        drops(&before, "wire", "too_old"),
+        "recent replays must count as replay: {:?}",
+        last.drops
+    );
+
+    let done =
+        vxnet_testbed::process::wait_until(Duration::from_secs(30), || bg_ping.exited().is_some());
+    assert!(done, "background ping did not finish");
+    let log = std::fs::read_to_string(tb.log_path("ping-during-injection"))?;
+    let r = vxnet_testbed::measure::parse_ping(&log)?;
+    assert_eq!(
+        (r.transmitted, r.received),
+        (200, 200),
+        "the real flow lost packets during injection:\n{log}"
+    );
+    let t = tb.iperf(&p.c1.ns, a4, &p.c2.ns, 2, false)?;
+    assert!(
+        t.received_bytes > MIN_IPERF_BYTES,
+        "TCP after injection {t:?}"
+    );
+    assert!(
+        vxnet_testbed::process::pid_alive(p.dp2.pid),
+        "dataplane on host2 died"
+    );
+    Ok(())
+}
+
+/// Drops that would mean a rotation broke traffic.
+const ROTATION_DROPS: [(&str, &str); 3] = [
+    ("wire", "unknown_spi"),
+    ("wire", "auth_failed"),
+    ("tap", "no_sa"),
+];
+
+/// Forces `rotations` rekeys, alternately from host1 and host2, each
+/// awaited on both sides through `vtep ls`; returns the final generation.
+fn rotate(
+    p: &vxnet_testbed::scenario::VxnetPair,
+    v1: &str,
+    v2: &str,
+    rotations: u32,
+) -> anyhow::Result<u32> {
+    let timeout = vxnet_testbed::scenario::HANDSHAKE_TIMEOUT;
+    let mut generation = p.dp1.wait_vtep(v2, 0, timeout)?.generation;
+    for i in 0..rotations {
+        if i % 2 == 0 {
+            p.dp1.rekey(Some(v2))?;
+        } else {
+            p.dp2.rekey(Some(v1))?;
+        }
+        generation = p.dp1.wait_vtep(v2, generation + 1, timeout)?.generation;
+        p.dp2.wait_vtep(v1, generation, timeout)?;
+    }
+    Ok(generation)
+}
+
+/// Polls until `dp`'s `encrypted` counter has grown by `n`: traffic flows.
+fn wait_traffic(dp: &vxnet_testbed::Dataplane, n: u64) -> anyhow::Result<()> {
+    let start = counter(&dp.stats()?, "encrypted");
+    let ok = vxnet_testbed::process::wait_until(Duration::from_secs(15), || {
+        dp.stats()
+            .is_ok_and(|s| counter(&s, "encrypted") >= start + n)
+    });
+    anyhow::ensure!(ok, "no traffic through host{}", dp.host);
+    Ok(())
+}
+
+/// (d) 20 forced rotations during a steady iperf3 UDP run lose no packet,
+/// and 20 more during a TCP stream never stall it (bytes in every 0.5 s
+/// interval).
+#[test]
+fn rotations_lose_nothing_and_never_stall() -> anyhow::Result<()> {
+    if !root_or_skip("rotations_lose_nothing_and_never_stall") {
+        return Ok(());
+    }
+    let tb = testbed(2, 1500)?;
+    let p = tb.vxnet_encrypted_pair(ENCRYPTED_VNI, &enc_opts(), ("c1", "c2"))?;
+    let (v1, v2) = (
+        tb.host(1).underlay_v4.to_string(),
+        tb.host(2).underlay_v4.to_string(),
+    );
+    let b4 = p.ep2.v4().unwrap_or_default();
+    tb.ping_ok(&p.c1.ns, b4, 1, None)?;
+    let rotations = 20;
+    let g0 = p
+        .dp1
+        .wait_vtep(&v2, 0, vxnet_testbed::scenario::HANDSHAKE_TIMEOUT)?
+        .generation;
+    let before = [p.dp1.stats()?, p.dp2.stats()?];
+
+    // UDP at a modest steady rate, long enough to cover the rotations.
+    let udp_secs = 20;
+    let server = tb.iperf_server(&p.c2.ns, b4)?;
+    let (udp, g_udp) = std::thread::scope(|s| {
+        let client =
+            s.spawn(|| tb.iperf_client(&p.c1.ns, b4, udp_secs, &["-u", "-b", "20M", "-l", "1200"]));
+        let rotated = wait_traffic(&p.dp1, 500).and_then(|()| rotate(&p, &v1, &v2, rotations));
+        let still_running = !client.is_finished();
+        let out = client
+            .join()
+            .map_err(|_| anyhow::anyhow!("iperf3 thread panicked"));
+        (out.and_then(|o| o).map(|o| (o, still_running)), rotated)
+    });
+    drop(server);
+    let (udp, still_running) = udp?;
+    let g_udp = g_udp?;
+    assert!(
+        still_running,
+        "rotations outlasted the UDP run; raise its duration"
+    );
+    assert!(g_udp >= g0 + rotations, "generation {g0} -> {g_udp}");
+    let j = vxnet_testbed::measure::iperf_json(&udp.stdout)?;
+    let (packets, lost) = vxnet_testbed::measure::iperf_udp_loss(&j)?;
+    assert!(packets > 10_000, "too few UDP packets: {packets}");
+    assert_eq!(
+        lost, 0,
+        "UDP lost {lost} of {packets} across {rotations} rotations"
+    );
+
+    // TCP across 20 more rotations: every 0.5 s interval moves bytes.
+    let tcp_secs = 20;
+    let server = tb.iperf_server(&p.c2.ns, b4)?;
+    let (tcp, g_tcp) = std::thread::scope(|s| {
+        let client =
+            s.spawn(|| tb.iperf_client(&p.c1.ns, b4, tcp_secs, &["-i", "0.5", "-b", "200M"]));
+        let rotated = wait_traffic(&p.dp1, 500).and_then(|()| rotate(&p, &v1, &v2, rotations));
+        let still_running = !client.is_finished();
+        let out = client
+            .join()
+            .map_err(|_| anyhow::anyhow!("iperf3 thread panicked"));
+        (out.and_then(|o| o).map(|o| (o, still_running)), rotated)
+    });
+    drop(server);
+    let (tcp, still_running) = tcp?;
+    let g_tcp = g_tcp?;
+    assert!(
+        still_running,
+        "rotations outlasted the TCP run; raise its duration"
+    );
+    assert!(g_tcp >= g_udp + rotations, "generation {g_udp} -> {g_tcp}");
+    let j = vxnet_testbed::measure::iperf_json(&tcp.stdout)?;
+    let intervals = vxnet_testbed::measure::iperf_interval_bytes(&j);
+    assert!(
+        intervals.len() >= 2 * tcp_secs as usize - 1,
+        "intervals: {intervals:?}"
+    );
+    assert!(
+        intervals.iter().all(|b| *b > 0),
+        "TCP stalled in an interval: {intervals:?}"
+    );
+
+    // No drop the dataplanes would count if a rotation broke traffic.
+    let after = [p.dp1.stats()?, p.dp2.stats()?];
+    for (b, a) in before.iter().zip(&after) {
+        for (stage, reason) in ROTATION_DROPS {
+            assert_eq!(
+                drops(a, stage, reason),
+                drops(b, stage, reason),
+                "{stage}/{reason} grew across rotations: {:?}",
+                a.drops
+            );
+        }
+    }
     Ok(())
 }
