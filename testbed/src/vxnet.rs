@@ -266,6 +266,15 @@ impl Testbed {
     }
 }
 
+impl Testbed {
+    /// Stops these dataplanes (started with [`Testbed::start_dataplane`]),
+    /// freeing the VXLAN port in their hosts.
+    pub fn stop_dataplanes(&self, dps: &[&Dataplane]) {
+        let pids: Vec<u32> = dps.iter().map(|d| d.pid).collect();
+        self.stop_pids(&pids);
+    }
+}
+
 /// Polls until `socket` accepts a connection, failing early if `p` exits.
 pub fn wait_for_socket(socket: &Path, p: &mut BackgroundProc) -> Result<()> {
     let mut exited = None;
