@@ -62,7 +62,7 @@ enum Cmd {
         #[command(flatten)]
         dp: DpArgs,
     },
-    /// Single-stream TCP and RTT for underlay, kernel VXLAN and vxnet, side by side.
+    /// Single-stream TCP and RTT for underlay, kernel VXLAN, vxnet plain and encrypted, side by side.
     Bench {
         /// iperf3 duration per path.
         #[arg(long, default_value_t = 10)]
@@ -108,6 +108,12 @@ struct DpArgs {
     /// --workers for the dataplanes.
     #[arg(long)]
     workers: Option<usize>,
+    /// Let the dataplanes export SA keys (`vxnet dp sa --show-keys`).
+    #[arg(long)]
+    allow_key_export: bool,
+    /// --rekey-interval for the dataplanes (e.g. 30s).
+    #[arg(long)]
+    rekey_interval: Option<String>,
 }
 
 impl DpArgs {
@@ -115,6 +121,8 @@ impl DpArgs {
         DataplaneOptions {
             poll: self.poll.clone(),
             workers: self.workers,
+            allow_key_export: self.allow_key_export,
+            rekey_interval: self.rekey_interval.clone(),
             ..Default::default()
         }
     }
