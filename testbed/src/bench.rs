@@ -264,13 +264,13 @@ pub fn table(r: &BenchReport) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<14} {:>9} {:>9} {:>12} {:>12} {:>12}",
+        "{:<16} {:>9} {:>9} {:>12} {:>12} {:>12}",
         "path", "Gbit/s", "retrans", "rtt avg ms", "rtt p99 ms", "rtt mdev ms"
     );
     for row in &r.rows {
         let _ = write!(
             s,
-            "{:<14} {:>9} {:>9} {:>12} {:>12} {:>12}",
+            "{:<16} {:>9} {:>9} {:>12} {:>12} {:>12}",
             row.path.label(),
             opt(row.tcp.as_ref().map(IperfResult::gbit_per_second), 2),
             row.tcp
