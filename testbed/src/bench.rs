@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::measure::{IperfResult, PingResult};
 use crate::process;
-use crate::scenario::{DEMO_VNI, VXLAN_PORT};
+use crate::scenario::{DEMO_VNI, ENCRYPTED_VNI, VXLAN_PORT};
 use crate::topology::{Testbed, TestbedConfig};
 use crate::vxnet::DataplaneOptions;
 
@@ -25,19 +25,24 @@ pub enum Path {
     KernelVxlan,
     /// vxnet dataplane, plain VXLAN.
     VxnetPlain,
-    // vxnet encrypted (issue 3) goes here: a `VxnetEncrypted` variant whose
-    // setup is `vxnet_pair` on a network added with `--encrypted`; `run_path`
-    // is the only other place to touch.
+    /// vxnet dataplane, encrypted network (ESP, AES-GCM-128).
+    VxnetEncrypted,
 }
 
 impl Path {
-    pub const ALL: [Path; 3] = [Path::Underlay, Path::KernelVxlan, Path::VxnetPlain];
+    pub const ALL: [Path; 4] = [
+        Path::Underlay,
+        Path::KernelVxlan,
+        Path::VxnetPlain,
+        Path::VxnetEncrypted,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
             Path::Underlay => "underlay",
             Path::KernelVxlan => "kernel-vxlan",
             Path::VxnetPlain => "vxnet-plain",
+            Path::VxnetEncrypted => "vxnet-encrypted",
         }
     }
 }
@@ -80,6 +85,8 @@ pub struct BenchReport {
     pub seconds: u32,
     pub underlay_mtu: u32,
     pub rows: Vec<BenchRow>,
+    /// vxnet-encrypted / vxnet-plain throughput, when both were measured.
+    pub encrypted_ratio: Option<f64>,
 }
 
 /// Reads nproc, kernel release and CPU model.
@@ -157,12 +164,15 @@ pub fn run(
         rows.push(row);
     }
     drop(tb);
-    Ok(BenchReport {
+    let mut report = BenchReport {
         machine: machine(),
         seconds: cfg.seconds,
         underlay_mtu: cfg.underlay_mtu,
         rows,
-    })
+        encrypted_ratio: None,
+    };
+    report.encrypted_ratio = encrypted_ratio(&report);
+    Ok(report)
 }
 
 fn measure(
@@ -202,10 +212,37 @@ fn run_path(tb: &Testbed, path: Path, cfg: &BenchConfig) -> Result<(IperfResult,
         Path::VxnetPlain => {
             let pair = tb.vxnet_pair(DEMO_VNI, &cfg.dataplane, ("c1", "c2"))?;
             let ip = pair.ep2.v4().unwrap_or_default().to_string();
-            measure(tb, &pair.c1.ns, &pair.c2.ns, &ip, cfg)
+            let r = measure(tb, &pair.c1.ns, &pair.c2.ns, &ip, cfg);
+            // Free UDP 4789 for the encrypted row's dataplanes.
+            tb.stop_dataplanes(&[&pair.dp1, &pair.dp2]);
+            r
+        }
+        Path::VxnetEncrypted => {
+            let pair = tb.vxnet_encrypted_pair(ENCRYPTED_VNI, &cfg.dataplane, ("e1", "e2"))?;
+            let ip = pair.ep2.v4().unwrap_or_default().to_string();
+            let r = measure(tb, &pair.c1.ns, &pair.c2.ns, &ip, cfg);
+            tb.stop_dataplanes(&[&pair.dp1, &pair.dp2]);
+            r
         }
     }
 }
+
+/// Throughput of vxnet encrypted over vxnet plain in the same run, if both
+/// rows were measured.
+pub fn encrypted_ratio(r: &BenchReport) -> Option<f64> {
+    let gbit = |p: Path| {
+        r.rows
+            .iter()
+            .find(|row| row.path == p)
+            .and_then(|row| row.tcp.as_ref())
+            .map(IperfResult::gbit_per_second)
+    };
+    let (plain, enc) = (gbit(Path::VxnetPlain)?, gbit(Path::VxnetEncrypted)?);
+    (plain > 0.0).then(|| enc / plain)
+}
+
+/// The issue-3 target for [`encrypted_ratio`].
+pub const ENCRYPTED_RATIO_TARGET: f64 = 0.75;
 
 fn opt(v: Option<f64>, prec: usize) -> String {
     v.map_or_else(|| "-".to_string(), |x| format!("{x:.prec$}"))
@@ -227,13 +264,13 @@ pub fn table(r: &BenchReport) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<14} {:>9} {:>9} {:>12} {:>12} {:>12}",
+        "{:<16} {:>9} {:>9} {:>12} {:>12} {:>12}",
         "path", "Gbit/s", "retrans", "rtt avg ms", "rtt p99 ms", "rtt mdev ms"
     );
     for row in &r.rows {
         let _ = write!(
             s,
-            "{:<14} {:>9} {:>9} {:>12} {:>12} {:>12}",
+            "{:<16} {:>9} {:>9} {:>12} {:>12} {:>12}",
             row.path.label(),
             opt(row.tcp.as_ref().map(IperfResult::gbit_per_second), 2),
             row.tcp
@@ -248,6 +285,17 @@ pub fn table(r: &BenchReport) -> String {
             let _ = write!(s, "  error: {first}");
         }
         s.push('\n');
+    }
+    if let Some(ratio) = encrypted_ratio(r) {
+        let verdict = if ratio >= ENCRYPTED_RATIO_TARGET {
+            "meets"
+        } else {
+            "below"
+        };
+        let _ = writeln!(
+            s,
+            "vxnet-encrypted / vxnet-plain = {ratio:.2} ({verdict} the {ENCRYPTED_RATIO_TARGET:.2} target)"
+        );
     }
     s
 }
@@ -274,6 +322,7 @@ mod tests {
             },
             seconds: 10,
             underlay_mtu: 1500,
+            encrypted_ratio: None,
             rows: vec![
                 BenchRow {
                     path: Path::Underlay,
@@ -309,8 +358,52 @@ mod tests {
             t.contains("vxnet-plain") && t.contains("error: no dataplane"),
             "{t}"
         );
+        assert!(!t.contains("vxnet-encrypted / vxnet-plain"), "{t}");
         let j = serde_json::to_value(&r).unwrap();
         assert_eq!(j["rows"][0]["path"], "underlay");
         assert_eq!(j["rows"][1]["path"], "vxnet-plain");
+    }
+
+    #[test]
+    fn encrypted_ratio_line() {
+        let row = |path, gbit: f64| BenchRow {
+            path,
+            tcp: Some(IperfResult {
+                bits_per_second: gbit * 1e9,
+                ..Default::default()
+            }),
+            ping: None,
+            rtt_avg_ms: None,
+            rtt_p99_ms: None,
+            rtt_mdev_ms: None,
+            error: None,
+        };
+        let mut r = BenchReport {
+            machine: Machine {
+                nproc: 2,
+                kernel: "6.1".into(),
+                cpu: "x".into(),
+            },
+            seconds: 5,
+            underlay_mtu: 1500,
+            encrypted_ratio: None,
+            rows: vec![row(Path::VxnetPlain, 2.0), row(Path::VxnetEncrypted, 1.6)],
+        };
+        let ratio = encrypted_ratio(&r).unwrap();
+        assert!((ratio - 0.8).abs() < 1e-9, "{ratio}");
+        let t = table(&r);
+        assert!(t.contains("vxnet-encrypted"), "{t}");
+        assert!(
+            t.contains("vxnet-encrypted / vxnet-plain = 0.80 (meets the 0.75 target)"),
+            "{t}"
+        );
+        r.rows[1] = row(Path::VxnetEncrypted, 1.0);
+        assert!(table(&r).contains("= 0.50 (below the 0.75 target)"));
+        r.rows.truncate(1);
+        assert_eq!(encrypted_ratio(&r), None);
+        assert_eq!(
+            serde_json::to_value(Path::VxnetEncrypted).unwrap(),
+            "vxnet-encrypted"
+        );
     }
 }

@@ -1,7 +1,22 @@
-//! Malformed VXLAN datagrams for robustness tests, sent with a plain UDP
-//! socket from inside a host namespace (`vxnet-testbed inject`, run with
-//! `ip netns exec`).
+//! Malformed VXLAN datagrams and forged ESP packets for robustness tests,
+//! sent with a plain UDP socket from inside a host namespace
+//! (`vxnet-testbed inject`, run with `ip netns exec`).
 //!
+//! The ESP kinds work on datagrams captured from a real flow (UDP payloads
+//! as hex, one per line, e.g. from `tshark -T fields -e udp.payload`):
+//! `replay` sends them again unchanged, `flip` alters one bit of the
+//! sequence number (so the packet passes the replay pre-check as new) and one
+//! bit of the ciphertext, so only the ICV can reject it. `random-spi` and
+//! `plain-vxlan` need no capture.
+//!
+//! ```text
+//!  ESP in UDP (RFC 3948 style, on the VXLAN port):
+//!  +---------------+---------------+-----------------+-------------+--------+
+//!  | SPI (4, != 0) | seq low (4)   | IV = seq64 (8)  | ciphertext  | ICV 16 |
+//!  +---------------+---------------+-----------------+-------------+--------+
+//! ```
+//!
+//! VXLAN:
 //! ```text
 //!  0                   1                   2                   3
 //!  0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
@@ -14,7 +29,7 @@
 
 use std::net::{SocketAddr, UdpSocket};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 
 /// What to send.
@@ -28,6 +43,16 @@ pub enum InjectKind {
     BadFlags,
     /// A valid VXLAN header followed by a 4-byte stub: no room for Ethernet.
     Runt,
+    /// A well-formed plain VXLAN datagram for the given VNI (sent to an
+    /// encrypted VNI it must be refused).
+    PlainVxlan,
+    /// ESP-shaped datagrams with pseudo-random SPIs no SA has.
+    RandomSpi,
+    /// Captured datagrams (`--from`), sent again unchanged.
+    Replay,
+    /// Captured datagrams (`--from`) with a sequence-number bit and a
+    /// ciphertext bit flipped.
+    Flip,
 }
 
 impl InjectKind {
@@ -38,8 +63,72 @@ impl InjectKind {
             InjectKind::UnknownVni => "unknown-vni",
             InjectKind::BadFlags => "bad-flags",
             InjectKind::Runt => "runt",
+            InjectKind::PlainVxlan => "plain-vxlan",
+            InjectKind::RandomSpi => "random-spi",
+            InjectKind::Replay => "replay",
+            InjectKind::Flip => "flip",
         }
     }
+
+    /// Whether the kind works on captured datagrams (`--from`).
+    pub fn needs_capture(self) -> bool {
+        matches!(self, InjectKind::Replay | InjectKind::Flip)
+    }
+}
+
+/// ESP header (SPI, sequence number) plus the explicit IV.
+const ESP_HEADER_AND_IV: usize = 16;
+/// The AES-GCM ICV.
+const ESP_ICV: usize = 16;
+
+/// Parses captured datagrams: one hex string per line (colons and blank
+/// lines ignored, as tshark may print either).
+pub fn parse_hex_lines(text: &str) -> Result<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let hex: String = line
+            .chars()
+            .filter(|c| !c.is_whitespace() && *c != ':')
+            .collect();
+        if hex.is_empty() {
+            continue;
+        }
+        if hex.len() % 2 != 0 {
+            bail!("line {}: odd number of hex digits", n + 1);
+        }
+        let bytes = (0..hex.len())
+            .step_by(2)
+            .map(|i| {
+                hex.get(i..i + 2)
+                    .and_then(|b| u8::from_str_radix(b, 16).ok())
+                    .with_context(|| format!("line {}: bad hex {:?}", n + 1, hex.get(i..i + 2)))
+            })
+            .collect::<Result<Vec<u8>>>()?;
+        out.push(bytes);
+    }
+    Ok(out)
+}
+
+/// One captured ESP datagram, altered as `kind` says (`Replay`: unchanged,
+/// `Flip`: bit 24 of the sequence number and one bit of the ciphertext,
+/// chosen by `seq`). Datagrams too short to be ESP are returned unchanged.
+pub fn alter_captured(kind: InjectKind, captured: &[u8], seq: u64) -> Vec<u8> {
+    let mut d = captured.to_vec();
+    if kind != InjectKind::Flip || d.len() <= ESP_HEADER_AND_IV + ESP_ICV {
+        return d;
+    }
+    // The sequence number is authenticated (in the AAD), so this flip alone
+    // already breaks the ICV; it also moves the packet 2^24 ahead so the
+    // receiver's replay pre-check lets it through to the ICV check.
+    if let Some(b) = d.get_mut(4) {
+        *b ^= 0x01;
+    }
+    let body = d.len() - ESP_HEADER_AND_IV - ESP_ICV;
+    let bit = (seq as usize) % (body * 8);
+    if let Some(b) = d.get_mut(ESP_HEADER_AND_IV + bit / 8) {
+        *b ^= 1 << (bit % 8);
+    }
+    d
 }
 
 const VXLAN_FLAG_I: u8 = 0x08;
@@ -78,7 +167,7 @@ pub fn craft(kind: InjectKind, vni: u32, seq: u64) -> Vec<u8> {
             let len = (next(&mut s) % 201) as usize;
             (0..len).map(|_| next(&mut s) as u8).collect()
         }
-        InjectKind::UnknownVni => {
+        InjectKind::UnknownVni | InjectKind::PlainVxlan => {
             let mut d = vxlan_header(VXLAN_FLAG_I, 0, vni).to_vec();
             d.extend(inner_frame());
             d
@@ -93,11 +182,48 @@ pub fn craft(kind: InjectKind, vni: u32, seq: u64) -> Vec<u8> {
             d.extend([0xff, 0xff, 0xff, 0xff]);
             d
         }
+        InjectKind::RandomSpi => {
+            let mut s = seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5eed;
+            let mut d = Vec::with_capacity(ESP_HEADER_AND_IV + 100 + ESP_ICV);
+            // Never 0 (a control message) and never a VXLAN flags word.
+            let spi = (next(&mut s) as u32 | 0x0100_0000) & 0xf7ff_ffff;
+            d.extend(spi.to_be_bytes());
+            let seq64 = seq + 1;
+            d.extend((seq64 as u32).to_be_bytes());
+            d.extend(seq64.to_be_bytes());
+            d.extend((0..100 + ESP_ICV).map(|_| next(&mut s) as u8));
+            d
+        }
+        // Without a capture there is nothing to replay: an ESP-shaped
+        // datagram with a random SPI is the closest stand-in.
+        InjectKind::Replay | InjectKind::Flip => craft(InjectKind::RandomSpi, vni, seq),
     }
 }
 
 /// Sends `count` datagrams of `kind` to `to`; returns how many were sent.
 pub fn send(to: SocketAddr, kind: InjectKind, vni: u32, count: u64) -> Result<u64> {
+    send_with(to, count, |seq| craft(kind, vni, seq))
+}
+
+/// Sends every captured datagram (altered as `kind` says) once, in order,
+/// up to `count`; returns how many were sent.
+pub fn send_captured(
+    to: SocketAddr,
+    kind: InjectKind,
+    captured: &[Vec<u8>],
+    count: u64,
+) -> Result<u64> {
+    let n = count.min(captured.len() as u64);
+    send_with(to, n, |seq| {
+        let d = usize::try_from(seq)
+            .ok()
+            .and_then(|i| captured.get(i))
+            .map_or(&[][..], Vec::as_slice);
+        alter_captured(kind, d, seq)
+    })
+}
+
+fn send_with(to: SocketAddr, count: u64, mut make: impl FnMut(u64) -> Vec<u8>) -> Result<u64> {
     let bind: SocketAddr = if to.is_ipv4() {
         "0.0.0.0:0".parse()?
     } else {
@@ -106,7 +232,7 @@ pub fn send(to: SocketAddr, kind: InjectKind, vni: u32, count: u64) -> Result<u6
     let sock = UdpSocket::bind(bind).context("binding the injection socket")?;
     let mut sent = 0;
     for seq in 0..count {
-        let d = craft(kind, vni, seq);
+        let d = make(seq);
         sock.send_to(&d, to)
             .with_context(|| format!("sending datagram {seq} to {to}"))?;
         sent += 1;
@@ -137,14 +263,63 @@ mod tests {
         assert!(g1.len() <= 200 && g2.len() <= 200);
         assert_ne!(g1, g2);
         assert_eq!(g1, craft(InjectKind::Garbage, 0, 1), "deterministic");
-        for k in [
-            InjectKind::Garbage,
-            InjectKind::UnknownVni,
-            InjectKind::BadFlags,
-            InjectKind::Runt,
-        ] {
+        for k in InjectKind::value_variants() {
             let v = k.to_possible_value().unwrap();
             assert_eq!(v.get_name(), k.as_arg());
+        }
+    }
+
+    #[test]
+    fn esp_kinds() {
+        let p = craft(InjectKind::PlainVxlan, 4097, 0);
+        assert_eq!(&p[..8], &[0x08, 0, 0, 0, 0x00, 0x10, 0x01, 0]);
+        let r1 = craft(InjectKind::RandomSpi, 0, 1);
+        let r2 = craft(InjectKind::RandomSpi, 0, 2);
+        assert_eq!(r1.len(), ESP_HEADER_AND_IV + 100 + ESP_ICV);
+        assert_ne!(&r1[..4], &r2[..4], "SPIs differ");
+        for r in [&r1, &r2] {
+            assert_ne!(&r[..4], &[0, 0, 0, 0], "SPI 0 is a control message");
+            assert_eq!(r[0] & VXLAN_FLAG_I, 0, "must not look like VXLAN");
+        }
+        // The IV carries the 64-bit sequence number, its low half on the wire.
+        assert_eq!(&r1[4..8], &2u32.to_be_bytes());
+        assert_eq!(&r1[8..16], &2u64.to_be_bytes());
+    }
+
+    #[test]
+    fn captured_alterations() {
+        let caps = parse_hex_lines("0a0b0c0d00000005\n\n0a:0b:0c:0d:00:00:00:06:00\n").unwrap();
+        assert_eq!(caps.len(), 2);
+        assert_eq!(caps[0], [0x0a, 0x0b, 0x0c, 0x0d, 0, 0, 0, 5]);
+        assert_eq!(caps[1].len(), 9);
+        assert!(parse_hex_lines("abc").is_err());
+        assert!(parse_hex_lines("zz").is_err());
+
+        let esp: Vec<u8> = (0..80u8).collect();
+        assert_eq!(alter_captured(InjectKind::Replay, &esp, 3), esp);
+        for seq in 0..200 {
+            let f = alter_captured(InjectKind::Flip, &esp, seq);
+            assert_eq!(f.len(), esp.len());
+            let diff: u32 = f.iter().zip(&esp).map(|(a, b)| (a ^ b).count_ones()).sum();
+            assert_eq!(diff, 2, "one sequence bit and one ciphertext bit");
+            assert_eq!(&f[..4], &esp[..4], "SPI kept");
+            assert_eq!(f[4], esp[4] ^ 1);
+            assert_eq!(&f[f.len() - ESP_ICV..], &esp[esp.len() - ESP_ICV..]);
+        }
+        // Too short to be ESP: left alone rather than indexed out of range.
+        assert_eq!(alter_captured(InjectKind::Flip, &[1, 2, 3], 0), [1, 2, 3]);
+    }
+
+    #[test]
+    fn send_captured_sends_each_once() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        let caps = vec![vec![1u8; 40], vec![2u8; 40]];
+        assert_eq!(send_captured(to, InjectKind::Replay, &caps, 10).unwrap(), 2);
+        let mut buf = [0u8; 64];
+        for c in &caps {
+            let (n, _) = rx.recv_from(&mut buf).unwrap();
+            assert_eq!(&buf[..n], c.as_slice());
         }
     }
 

@@ -12,7 +12,8 @@
 //! - [`vxnet`]: start `vxnet-dataplane` in a host, drive it with `vxnet dp`.
 //! - [`measure`]: ping and iperf3 with parsed results.
 //! - [`scenario`]: the two-host setups shared by demo, bench and tests.
-//! - [`inject`]: malformed VXLAN datagrams for robustness tests.
+//! - [`inject`]: malformed VXLAN datagrams and forged ESP for robustness tests.
+//! - [`capture`]: tshark captures on the underlay, decoded with exported SAs.
 //! - [`bench`]: the side-by-side throughput/RTT table.
 //!
 //! Every address used lives inside namespaces the testbed created
@@ -20,6 +21,7 @@
 //! created in the root namespace.
 
 pub mod bench;
+pub mod capture;
 pub mod inject;
 pub mod kernel_vxlan;
 pub mod measure;
@@ -32,4 +34,4 @@ pub mod vxnet;
 pub use kernel_vxlan::KernelVxlan;
 pub use measure::{IperfResult, PingResult};
 pub use topology::{Container, Host, Testbed, TestbedConfig};
-pub use vxnet::{Dataplane, DataplaneOptions, EndpointSpec, Stats};
+pub use vxnet::{Dataplane, DataplaneOptions, EndpointSpec, SaInfo, Stats, VtepState};

@@ -62,7 +62,7 @@ enum Cmd {
         #[command(flatten)]
         dp: DpArgs,
     },
-    /// Single-stream TCP and RTT for underlay, kernel VXLAN and vxnet, side by side.
+    /// Single-stream TCP and RTT for underlay, kernel VXLAN, vxnet plain and encrypted, side by side.
     Bench {
         /// iperf3 duration per path.
         #[arg(long, default_value_t = 10)]
@@ -80,7 +80,7 @@ enum Cmd {
         #[command(flatten)]
         dp: DpArgs,
     },
-    /// Send malformed VXLAN datagrams (for robustness tests; run inside a netns).
+    /// Send malformed VXLAN datagrams or forged ESP (for robustness tests; run inside a netns).
     #[command(hide = true)]
     Inject {
         /// Destination, e.g. 192.0.2.12:4789.
@@ -93,6 +93,9 @@ enum Cmd {
         /// VNI written into the header.
         #[arg(long, default_value_t = 4096)]
         vni: u32,
+        /// Captured UDP payloads, hex, one per line (for replay and flip).
+        #[arg(long, value_name = "PATH")]
+        from: Option<std::path::PathBuf>,
     },
 }
 
@@ -105,6 +108,12 @@ struct DpArgs {
     /// --workers for the dataplanes.
     #[arg(long)]
     workers: Option<usize>,
+    /// Let the dataplanes export SA keys (`vxnet dp sa --show-keys`).
+    #[arg(long)]
+    allow_key_export: bool,
+    /// --rekey-interval for the dataplanes (e.g. 30s).
+    #[arg(long)]
+    rekey_interval: Option<String>,
 }
 
 impl DpArgs {
@@ -112,6 +121,8 @@ impl DpArgs {
         DataplaneOptions {
             poll: self.poll.clone(),
             workers: self.workers,
+            allow_key_export: self.allow_key_export,
+            rekey_interval: self.rekey_interval.clone(),
             ..Default::default()
         }
     }
@@ -221,8 +232,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             kind,
             count,
             vni,
+            from,
         } => {
-            let n = inject::send(to, kind, vni, count)?;
+            let n = match (&from, kind.needs_capture()) {
+                (Some(path), _) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    let captured = inject::parse_hex_lines(&text)?;
+                    if captured.is_empty() {
+                        bail!("{} holds no datagram", path.display());
+                    }
+                    inject::send_captured(to, kind, &captured, count)?
+                }
+                (None, true) => bail!("--kind {} needs --from CAPTURE", kind.as_arg()),
+                (None, false) => inject::send(to, kind, vni, count)?,
+            };
             println!("sent {n} {kind:?} datagrams to {to}");
             Ok(ExitCode::SUCCESS)
         }

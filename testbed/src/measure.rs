@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use crate::process;
+use crate::process::{self, BackgroundProc, CmdOutput};
 use crate::topology::Testbed;
 
 /// The iperf3 port used by the testbed.
@@ -214,8 +214,17 @@ impl Testbed {
         seconds: u32,
         reverse: bool,
     ) -> Result<IperfResult> {
+        let _server = self.iperf_server(server_ns, server_ip)?;
+        let extra: &[&str] = if reverse { &["-R"] } else { &[] };
+        let out = self.iperf_client(client_ns, server_ip, seconds, extra)?;
+        parse_iperf(&out.stdout).with_context(|| format!("iperf3 client stderr: {}", out.stderr))
+    }
+
+    /// Starts an iperf3 server in `server_ns` bound to `server_ip` and waits
+    /// until it listens; dropping the returned process stops it.
+    pub fn iperf_server(&self, server_ns: &str, server_ip: &str) -> Result<BackgroundProc> {
         let port = IPERF_PORT.to_string();
-        let _server = self.spawn_proc(
+        let server = self.spawn_proc(
             server_ns,
             &format!("iperf3-server-{server_ns}"),
             &["iperf3", "-s", "-B", server_ip, "-p", &port],
@@ -231,6 +240,20 @@ impl Testbed {
         if !listening {
             bail!("iperf3 server in {server_ns} did not listen on {port}");
         }
+        Ok(server)
+    }
+
+    /// Runs `iperf3 -c server_ip -t seconds -J <extra>` in `client_ns`
+    /// against a server from [`Testbed::iperf_server`]; returns its output
+    /// (exit status not checked: the JSON says what went wrong).
+    pub fn iperf_client(
+        &self,
+        client_ns: &str,
+        server_ip: &str,
+        seconds: u32,
+        extra: &[&str],
+    ) -> Result<CmdOutput> {
+        let port = IPERF_PORT.to_string();
         let secs = seconds.to_string();
         let mut argv = vec![
             "iperf3",
@@ -244,16 +267,56 @@ impl Testbed {
             "--connect-timeout",
             "5000",
         ];
-        if reverse {
-            argv.push("-R");
-        }
-        let out = self.exec_timeout(
+        argv.extend(extra);
+        self.exec_timeout(
             client_ns,
             &argv,
             Duration::from_secs(u64::from(seconds) + 30),
-        )?;
-        parse_iperf(&out.stdout).with_context(|| format!("iperf3 client stderr: {}", out.stderr))
+        )
     }
+}
+
+/// Parses iperf3 `-J` output, failing on its `error` field.
+pub fn iperf_json(json: &str) -> Result<serde_json::Value> {
+    let v: serde_json::Value =
+        serde_json::from_str(json).with_context(|| format!("iperf3 JSON: {json}"))?;
+    if let Some(err) = v.get("error").and_then(|e| e.as_str()) {
+        bail!("iperf3: {err}");
+    }
+    Ok(v)
+}
+
+/// A UDP run's `(packets, lost_packets)` as the receiver counted them
+/// (`end.sum_received`, else `end.sum`).
+pub fn iperf_udp_loss(v: &serde_json::Value) -> Result<(u64, u64)> {
+    let end = v.get("end").context("iperf3 JSON has no `end`")?;
+    let sum = end
+        .get("sum_received")
+        .filter(|s| s.get("lost_packets").is_some())
+        .or_else(|| end.get("sum"))
+        .context("no end.sum_received or end.sum")?;
+    let num = |k: &str| sum.get(k).and_then(serde_json::Value::as_u64);
+    match (num("packets"), num("lost_packets")) {
+        (Some(p), Some(l)) => Ok((p, l)),
+        _ => bail!("no packets/lost_packets in {sum}"),
+    }
+}
+
+/// Bytes per reporting interval (`intervals[].sum.bytes`).
+pub fn iperf_interval_bytes(v: &serde_json::Value) -> Vec<u64> {
+    v.get("intervals")
+        .and_then(|i| i.as_array())
+        .map(|a| {
+            a.iter()
+                .map(|i| {
+                    i.get("sum")
+                        .and_then(|s| s.get("bytes"))
+                        .and_then(serde_json::Value::as_u64)
+                        .unwrap_or(0)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -311,5 +374,22 @@ rtt min/avg/max/mdev = 0.050/0.450/1.200/0.530 ms
                 .contains("unable to connect")
         );
         assert!(parse_iperf("not json").is_err());
+    }
+
+    #[test]
+    fn iperf_udp_and_intervals() {
+        let j = iperf_json(
+            r#"{"intervals":[{"sum":{"bytes":100}},{"sum":{"bytes":0}},{"sum":{"bytes":7}}],
+                "end":{"sum":{"packets":10,"lost_packets":0},
+                       "sum_received":{"packets":1000,"lost_packets":3}}}"#,
+        )
+        .unwrap();
+        assert_eq!(iperf_udp_loss(&j).unwrap(), (1000, 3));
+        assert_eq!(iperf_interval_bytes(&j), vec![100, 0, 7]);
+        let old = iperf_json(r#"{"end":{"sum":{"packets":10,"lost_packets":2}}}"#).unwrap();
+        assert_eq!(iperf_udp_loss(&old).unwrap(), (10, 2));
+        assert!(iperf_udp_loss(&iperf_json(r#"{"end":{}}"#).unwrap()).is_err());
+        assert!(iperf_json(r#"{"error":"busy"}"#).is_err());
+        assert!(iperf_interval_bytes(&iperf_json("{}").unwrap()).is_empty());
     }
 }

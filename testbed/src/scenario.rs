@@ -3,6 +3,7 @@
 //! dataplanes or through kernel VXLAN.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use anyhow::Result;
 
@@ -12,6 +13,18 @@ use crate::vxnet::{Dataplane, DataplaneOptions, EndpointSpec};
 
 /// The VNI of the demo and of most tests.
 pub const DEMO_VNI: u32 = 4096;
+
+/// The VNI of the encrypted-overlay tests.
+pub const ENCRYPTED_VNI: u32 = 4097;
+
+/// What ESP adds inside the outer UDP header, for a frame whose ESP payload
+/// needs no padding: ESP header 8, IV 8, inner UDP 8, pad length and next
+/// header 2, ICV 16.
+pub const ESP_OVERHEAD: u32 = 42;
+
+/// How long a first handshake or a rotation may take (it completes within
+/// milliseconds; this is the safety net for a loaded machine).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The standard VXLAN port.
 pub const VXLAN_PORT: u16 = 4789;
@@ -29,6 +42,12 @@ pub fn numbered_endpoint(net: u8, n: u8, mtu: u32) -> EndpointSpec {
 /// The container MTU that fits the testbed's underlay.
 pub fn overlay_mtu(tb: &Testbed) -> u32 {
     tb.underlay_mtu() - VXLAN_OVERHEAD_V4
+}
+
+/// The container MTU of an encrypted network on the testbed's underlay
+/// (1408 on a 1500 underlay, the dataplane's default).
+pub fn encrypted_overlay_mtu(tb: &Testbed) -> u32 {
+    overlay_mtu(tb) - ESP_OVERHEAD
 }
 
 /// Two vxnet containers, `c1` on host1 and `c2` on host2, each told about
@@ -97,6 +116,48 @@ impl Testbed {
         })
     }
 
+    /// [`Testbed::vxnet_pair`] on an encrypted network: both dataplanes get
+    /// `network add --vni N --encrypted` and each other's public key, the
+    /// handshake is awaited (`vtep ls` shows both sides established), then
+    /// containers are attached with [`encrypted_overlay_mtu`] and peers
+    /// programmed. `opts.allow_key_export` is needed for `sa --show-keys`.
+    pub fn vxnet_encrypted_pair(
+        &self,
+        vni: u32,
+        opts: &DataplaneOptions,
+        names: (&str, &str),
+    ) -> Result<VxnetPair> {
+        let (h1, h2) = (self.host(1).clone(), self.host(2).clone());
+        let (v1, v2) = (h1.underlay_v4.to_string(), h2.underlay_v4.to_string());
+        let mtu = encrypted_overlay_mtu(self);
+        let dp1 = self.start_dataplane(&h1, opts)?;
+        let dp2 = self.start_dataplane(&h2, opts)?;
+        dp1.network_add(vni, true)?;
+        dp2.network_add(vni, true)?;
+        let (k1, k2) = (dp1.public_key()?, dp2.public_key()?);
+        dp1.vtep_add(&v2, &k2)?;
+        dp2.vtep_add(&v1, &k1)?;
+        dp1.wait_vtep(&v2, 0, HANDSHAKE_TIMEOUT)?;
+        dp2.wait_vtep(&v1, 0, HANDSHAKE_TIMEOUT)?;
+        let c1 = self.add_container(&h1, names.0)?;
+        let c2 = self.add_container(&h2, names.1)?;
+        let ep1 = numbered_endpoint(46, 2, mtu);
+        let ep2 = numbered_endpoint(46, 3, mtu);
+        dp1.attach(&c1, vni, &ep1)?;
+        dp2.attach(&c2, vni, &ep2)?;
+        dp1.peer_add(vni, &ep2, &v2)?;
+        dp2.peer_add(vni, &ep1, &v1)?;
+        Ok(VxnetPair {
+            vni,
+            dp1,
+            dp2,
+            c1,
+            c2,
+            ep1,
+            ep2,
+        })
+    }
+
     /// Kernel VXLAN on host1 and host2 flooding to each other, containers
     /// `names.0` and `names.1` (endpoints 2 and 3 of overlay 45).
     pub fn kernel_pair(&self, vni: u32, port: u16, names: (&str, &str)) -> Result<KernelPair> {
@@ -132,5 +193,7 @@ mod tests {
         assert_eq!(e.mac, "02:44:00:00:00:03");
         assert_eq!(e.ips, vec!["10.44.0.3/24", "fd44::3/64"]);
         assert_eq!(e.mtu, 1450);
+        // 1500 - 50 (VXLAN over IPv4) - 42 (ESP) = the dataplane's default.
+        assert_eq!(1500 - VXLAN_OVERHEAD_V4 - ESP_OVERHEAD, 1408);
     }
 }

@@ -332,6 +332,22 @@ impl Testbed {
         self.procs.lock().unwrap_or_else(|e| e.into_inner()).push(p);
     }
 
+    /// Stops the processes with these pids that the testbed owns (e.g. one
+    /// pair's dataplanes, to free the UDP port for the next) and forgets
+    /// them. Unknown pids are ignored.
+    pub fn stop_pids(&self, pids: &[u32]) {
+        let stopping: Vec<BackgroundProc> = {
+            let mut procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
+            let (stop, keep) = std::mem::take(&mut *procs)
+                .into_iter()
+                .partition(|p| pids.contains(&p.pid()));
+            *procs = keep;
+            stop
+        };
+        // Dropping a BackgroundProc stops and reaps it.
+        drop(stopping);
+    }
+
     /// Log file path for a process name.
     pub fn log_path(&self, name: &str) -> PathBuf {
         self.state_dir.join(format!("{name}.log"))

@@ -65,6 +65,11 @@ pub struct DataplaneOptions {
     pub workers: Option<usize>,
     /// `--metrics ADDR`.
     pub metrics: Option<String>,
+    /// `--rekey-interval` ("30s", "12h"); the dataplane's default when unset.
+    pub rekey_interval: Option<String>,
+    /// `--allow-key-export`: lets `vxnet dp sa --show-keys` print keys (for
+    /// decoding captures with tshark).
+    pub allow_key_export: bool,
     /// Anything else, appended as is.
     pub extra: Vec<String>,
 }
@@ -83,6 +88,12 @@ impl DataplaneOptions {
         }
         if let Some(m) = &self.metrics {
             a.extend(["--metrics".to_string(), m.clone()]);
+        }
+        if let Some(r) = &self.rekey_interval {
+            a.extend(["--rekey-interval".to_string(), r.clone()]);
+        }
+        if self.allow_key_export {
+            a.push("--allow-key-export".to_string());
         }
         a.extend(self.extra.iter().cloned());
         a
@@ -127,6 +138,42 @@ impl EndpointSpec {
     pub fn v6(&self) -> Option<&str> {
         self.addrs().into_iter().find(|a| a.contains(':'))
     }
+}
+
+/// One entry of `vxnet dp vtep ls --format json`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct VtepState {
+    pub vtep: String,
+    /// A handshake completed: encrypted traffic can flow.
+    pub established: bool,
+    /// Key generation; each completed rotation increments it.
+    pub generation: u32,
+    /// A rotation is under way.
+    pub rotating: bool,
+}
+
+/// One entry of `vxnet dp sa --format json`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct SaInfo {
+    /// "0x1234abcd".
+    pub spi: String,
+    /// "in" or "out".
+    pub direction: String,
+    pub peer: String,
+    pub vni: u32,
+    pub generation: u32,
+    pub packets: u64,
+    pub age_secs: f64,
+    /// "active" or "standby".
+    pub state: String,
+    pub src: String,
+    pub dst: String,
+    /// AES-GCM key in hex (only with `--show-keys`).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// AES-GCM salt in hex (only with `--show-keys`).
+    #[serde(default)]
+    pub salt: Option<String>,
 }
 
 /// `vxnet dp stats --format json`.
@@ -186,12 +233,17 @@ impl Testbed {
         let cli = find_binary(CLI_BIN)?;
         let socket = self.state_dir().join(format!("{}.sock", host.name));
         let _ = std::fs::remove_file(&socket);
+        // Each dataplane gets its own host key in the run's state directory,
+        // which teardown removes: never the system default under /var/lib.
+        let key_file = self.state_dir().join(format!("{}.key", host.name));
         let mut argv: Vec<String> = vec![
             bin.display().to_string(),
             "--local-vtep".into(),
             host.underlay_v4.to_string(),
             "--socket".into(),
             socket.display().to_string(),
+            "--key-file".into(),
+            key_file.display().to_string(),
         ];
         argv.extend(opts.args());
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
@@ -211,6 +263,15 @@ impl Testbed {
             cli,
         };
         Ok((dp, p))
+    }
+}
+
+impl Testbed {
+    /// Stops these dataplanes (started with [`Testbed::start_dataplane`]),
+    /// freeing the VXLAN port in their hosts.
+    pub fn stop_dataplanes(&self, dps: &[&Dataplane]) {
+        let pids: Vec<u32> = dps.iter().map(|d| d.pid).collect();
+        self.stop_pids(&pids);
     }
 }
 
@@ -326,6 +387,89 @@ impl Dataplane {
     pub fn show(&self) -> Result<serde_json::Value> {
         self.json("show")
     }
+
+    /// The host's X25519 public key (base64), from `vxnet dp show`.
+    pub fn public_key(&self) -> Result<String> {
+        let show = self.show()?;
+        show.get("public_key")
+            .and_then(|k| k.as_str())
+            .map(str::to_string)
+            .with_context(|| format!("`vxnet dp show` has no public_key: {show}"))
+    }
+
+    /// `network add --vni N [--encrypted]`.
+    pub fn network_add(&self, vni: u32, encrypted: bool) -> Result<CmdOutput> {
+        let vni = vni.to_string();
+        let mut args = vec!["network", "add", "--vni", &vni];
+        if encrypted {
+            args.push("--encrypted");
+        }
+        self.cli_ok(&args)
+    }
+
+    /// `vtep add`: host `vtep` has public key `pubkey`.
+    pub fn vtep_add(&self, vtep: &str, pubkey: &str) -> Result<CmdOutput> {
+        self.cli_ok(&["vtep", "add", "--vtep", vtep, "--pubkey", pubkey])
+    }
+
+    /// `vtep ls --format json`.
+    pub fn vteps(&self) -> Result<Vec<VtepState>> {
+        let out = self.cli_ok(&["vtep", "ls", "--format", "json"])?;
+        serde_json::from_str(&out.stdout)
+            .with_context(|| format!("parsing `vxnet dp vtep ls` output: {}", out.stdout))
+    }
+
+    /// The state of VTEP `vtep`, if the dataplane knows it.
+    pub fn vtep(&self, vtep: &str) -> Result<Option<VtepState>> {
+        Ok(self.vteps()?.into_iter().find(|v| v.vtep == vtep))
+    }
+
+    /// Polls `vtep ls` until `vtep` is established at a generation of at
+    /// least `generation` and not rotating; returns its state.
+    pub fn wait_vtep(&self, vtep: &str, generation: u32, timeout: Duration) -> Result<VtepState> {
+        let mut last = None;
+        let mut err = None;
+        let ok = process::wait_until(timeout, || match self.vtep(vtep) {
+            Ok(v) => {
+                let done = v
+                    .as_ref()
+                    .is_some_and(|v| v.established && !v.rotating && v.generation >= generation);
+                last = v;
+                done
+            }
+            Err(e) => {
+                err = Some(format!("{e:#}"));
+                false
+            }
+        });
+        match (ok, last) {
+            (true, Some(v)) => Ok(v),
+            (_, last) => bail!(
+                "host{}: VTEP {vtep} not established at generation >= {generation} within \
+                 {timeout:?}: last {last:?}, error {err:?}",
+                self.host
+            ),
+        }
+    }
+
+    /// `rekey [--vtep IP]`: starts a rotation now.
+    pub fn rekey(&self, vtep: Option<&str>) -> Result<CmdOutput> {
+        match vtep {
+            Some(v) => self.cli_ok(&["rekey", "--vtep", v]),
+            None => self.cli_ok(&["rekey"]),
+        }
+    }
+
+    /// `sa [--show-keys] --format json`.
+    pub fn sas(&self, show_keys: bool) -> Result<Vec<SaInfo>> {
+        let mut args = vec!["sa", "--format", "json"];
+        if show_keys {
+            args.push("--show-keys");
+        }
+        let out = self.cli_ok(&args)?;
+        serde_json::from_str(&out.stdout)
+            .with_context(|| format!("parsing `vxnet dp sa` output: {}", out.stdout))
+    }
 }
 
 #[cfg(test)]
@@ -343,6 +487,29 @@ mod tests {
         assert_eq!(s.counter("nope"), None);
         assert_eq!(s.drop_count("wire", "unknown_vni"), Some(7));
         assert_eq!(s.drop_count("tap", "unknown_vni"), None);
+    }
+
+    #[test]
+    fn vtep_and_sa_json_shapes() {
+        let v: Vec<VtepState> = serde_json::from_str(
+            r#"[{"vtep":"192.0.2.12","pubkey":"abc=","established":true,"generation":3,"rotating":false}]"#,
+        )
+        .unwrap();
+        assert_eq!(v[0].vtep, "192.0.2.12");
+        assert!(v[0].established && !v[0].rotating);
+        assert_eq!(v[0].generation, 3);
+        let s: Vec<SaInfo> = serde_json::from_str(
+            r#"[{"spi":"0x1234abcd","direction":"out","peer":"192.0.2.12","vni":4097,"generation":1,
+                "packets":5,"age_secs":1.5,"state":"active","src":"192.0.2.11","dst":"192.0.2.12",
+                "key":"00112233445566778899aabbccddeeff","salt":"01020304"},
+               {"spi":"0x0000beef","direction":"in","peer":"192.0.2.12","vni":4097,"generation":1,
+                "packets":0,"age_secs":0.0,"state":"standby","src":"192.0.2.12","dst":"192.0.2.11"}]"#,
+        )
+        .unwrap();
+        assert_eq!(s[0].spi, "0x1234abcd");
+        assert_eq!(s[0].salt.as_deref(), Some("01020304"));
+        assert_eq!(s[1].key, None);
+        assert_eq!(s[1].direction, "in");
     }
 
     #[test]
@@ -364,11 +531,24 @@ mod tests {
             poll: Some("busy".into()),
             workers: Some(1),
             metrics: None,
+            rekey_interval: Some("30s".into()),
+            allow_key_export: true,
             extra: vec!["--x".into()],
         };
         assert_eq!(
             o.args(),
-            ["--port", "4790", "--poll", "busy", "--workers", "1", "--x"]
+            [
+                "--port",
+                "4790",
+                "--poll",
+                "busy",
+                "--workers",
+                "1",
+                "--rekey-interval",
+                "30s",
+                "--allow-key-export",
+                "--x"
+            ]
         );
     }
 }
