@@ -27,10 +27,15 @@
 //! - Padding is minimal so the ciphertext is a multiple of 4 (RFC 4303 §2.4),
 //!   with the default pattern 1, 2, 3, which the receiver verifies.
 //!
-//! To decode with Wireshark/tshark, given an exported SA: enable
-//! `esp.enable_encryption_dissection`, add an SA with encryption
-//! "AES-GCM with 16 octet ICV [RFC4106]", the key followed by the salt as one
-//! hex string, and ESN on; UDP port 4789 must be decoded as ESP-in-UDP.
+//! To decode with Wireshark/tshark, given an exported SA
+//! (`vxnet dp sa --show-keys`): load `testbed/tshark/vxnet.lua`, which
+//! hands UDP 4789 to the ESP or VXLAN dissector by the first word (decoding
+//! the port as `udpencap` does not work: the decrypted payload is UDP to
+//! 4789 again), enable `esp.enable_encryption_decode`, and add one SA per
+//! direction with encryption "AES-GCM with 16 octet ICV [RFC4106]" and the
+//! key followed by the salt as one hex string. Wireshark 4.0 has no ESN
+//! setting, so it shows the ICV as unchecked; decryption does not need it.
+//! The exact command is in the README.
 //!
 //! The first 32-bit word on the data port is classified by [`classify`]:
 //! 0 marks a control message (like RFC 3948's non-ESP marker), 0x08000000 a
