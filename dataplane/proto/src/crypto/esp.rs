@@ -38,8 +38,9 @@
 //! The exact command is in the README.
 //!
 //! The first 32-bit word on the data port is classified by [`classify`]:
-//! 0 marks a control message (like RFC 3948's non-ESP marker), 0x08000000 a
-//! plain VXLAN header, 1..=255 a reserved SPI, anything else an SPI.
+//! 0 marks a control message (like RFC 3948's non-ESP marker), any word with
+//! the VXLAN I flag (0x08000000) a plain VXLAN header whatever its reserved
+//! bits, 1..=255 a reserved SPI, anything else an SPI.
 
 use core::ops::Range;
 
@@ -60,6 +61,10 @@ pub const MIN_LEN: usize = HEADER_LEN + 2 + ICV_LEN;
 pub const NEXT_HEADER_UDP: u8 = 17;
 /// First word of a plain VXLAN header (I flag, reserved bits zero).
 pub const VXLAN_FIRST_WORD: u32 = 0x0800_0000;
+/// The VXLAN I flag. Any first word with it set is VXLAN (RFC 7348: the
+/// other flag and reserved bits are ignored on receipt); no SPI we use has
+/// it, so the two can never be confused.
+pub const VXLAN_I_FLAG: u32 = 0x0800_0000;
 
 /// What the first 32-bit word of a datagram on the data port says it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,7 +84,7 @@ pub fn classify(datagram: &[u8]) -> Option<Classified> {
     let word = u32::from_be_bytes(datagram.get(..4)?.try_into().ok()?);
     Some(match word {
         0 => Classified::Control,
-        VXLAN_FIRST_WORD => Classified::Vxlan,
+        w if w & VXLAN_I_FLAG != 0 => Classified::Vxlan,
         1..=255 => Classified::Reserved(word),
         spi => Classified::Esp(spi),
     })
@@ -93,9 +98,10 @@ pub fn peek_spi(datagram: &[u8]) -> Option<u32> {
     }
 }
 
-/// Whether `spi` may be used (not 0, not reserved, not the VXLAN word).
+/// Whether `spi` may be used: not 0, not reserved (1..=255), and without
+/// the VXLAN I flag bit, so that it never looks like a VXLAN header.
 pub fn is_valid_spi(spi: u32) -> bool {
-    spi > 255 && spi != VXLAN_FIRST_WORD
+    spi > 255 && spi & VXLAN_I_FLAG == 0
 }
 
 /// Read-only view of an ESP packet's fixed header (smoltcp style).
@@ -275,7 +281,7 @@ mod tests {
     use crate::crypto::sa::{SaId, SaKey};
     use std::time::Instant;
 
-    const SPI: u32 = 0x8a3c_0f11;
+    const SPI: u32 = 0x823c_0f11;
 
     fn pair(backend: Backend) -> (OutboundSa, InboundSa) {
         let id = SaId {
@@ -308,12 +314,19 @@ mod tests {
         );
         assert_eq!(classify(&[0, 0, 0, 7]), Some(Classified::Reserved(7)));
         assert_eq!(classify(&[0, 0, 1, 0]), Some(Classified::Esp(256)));
-        assert_eq!(classify(&[8, 0, 0, 1]), Some(Classified::Esp(0x0800_0001)));
+        // The I flag makes it VXLAN whatever the reserved bits (RFC 7348).
+        assert_eq!(classify(&[8, 0, 0, 1]), Some(Classified::Vxlan));
+        assert_eq!(classify(&[0x0c, 0, 0, 0]), Some(Classified::Vxlan));
+        assert_eq!(
+            classify(&[0x80, 0, 0, 1]),
+            Some(Classified::Esp(0x8000_0001))
+        );
         assert_eq!(classify(&[8, 0, 0]), None);
         assert_eq!(peek_spi(&SPI.to_be_bytes()), Some(SPI));
         assert_eq!(peek_spi(&[8, 0, 0, 0]), None);
         assert_eq!(peek_spi(&[0, 0, 0, 0]), None);
         assert!(!is_valid_spi(0) && !is_valid_spi(255) && !is_valid_spi(VXLAN_FIRST_WORD));
+        assert!(!is_valid_spi(0x0800_0001) && !is_valid_spi(0xffff_ffff));
         assert!(is_valid_spi(256));
     }
 

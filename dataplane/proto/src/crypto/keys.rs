@@ -19,9 +19,9 @@
 //! compute the PRK), `S_*` the static public keys, `i`/`r` the initiator and
 //! responder of that generation's handshake. The direction byte is 1 for
 //! initiator → responder and 2 for the reverse. The SPI is derived too, so
-//! both sides know it without another message; values that are not valid
-//! SPIs (0..=255, 0x08000000) get their top bit flipped, which lands them in
-//! the valid range.
+//! both sides know it without another message; the VXLAN I flag bit is
+//! cleared (so an SPI never looks like a VXLAN header) and values 0..=255
+//! get the top bit set, which lands every SPI in the valid range.
 //!
 //! Control messages are authenticated with a key from the static-static DH
 //! alone ([`control_key`]), since they are what establishes the ephemerals.
@@ -270,9 +270,13 @@ impl GenerationSecret {
             okm[key_len + 6],
             okm[key_len + 7],
         ]);
-        if !is_valid_spi(spi) {
-            spi ^= 0x8000_0000;
+        // Clear the bit that would make it look like VXLAN, and move the
+        // reserved range 0..=255 out of the way.
+        spi &= !super::esp::VXLAN_I_FLAG;
+        if spi <= 255 {
+            spi |= 0x8000_0000;
         }
+        debug_assert!(is_valid_spi(spi));
         Ok((SaKey::new(&okm[..key_len], salt)?, spi))
     }
 }

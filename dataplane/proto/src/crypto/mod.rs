@@ -27,7 +27,7 @@
 //!
 //! ```text
 //! first word 0x00000000  -> control message (see session.rs)
-//! first word 0x08000000  -> plain VXLAN (I flag set, reserved bits zero)
+//! first word & 0x08000000 -> plain VXLAN (I flag set; reserved bits ignored)
 //! first word 1..=255     -> reserved SPI, dropped
 //! anything else          -> ESP, the word is the SPI:
 //!   SPI(4) | Seq low(4) | IV = 64-bit seq(8) | AES-GCM( UDP hdr | VXLAN | frame

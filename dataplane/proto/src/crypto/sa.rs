@@ -69,7 +69,7 @@ impl core::fmt::Debug for SaKey {
 /// the engine's check that a decrypted VXLAN header carries the SA's VNI).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SaId {
-    /// Security Parameter Index (never 0, 1..=255 or 0x08000000).
+    /// Security Parameter Index (never 0, never 1..=255, never with the VXLAN I flag bit).
     pub spi: u32,
     /// VNI this SA protects.
     pub vni: u32,

@@ -378,7 +378,7 @@ mod encrypted {
         flipped[last] ^= 1;
         b.engine.from_wire(from, &mut flipped, &mut b.out);
         let mut random_spi = captured.clone();
-        random_spi[..4].copy_from_slice(&[0x5a, 0x5a, 0x5a, 0x5a]);
+        random_spi[..4].copy_from_slice(&[0x52, 0x5a, 0x5a, 0x5a]);
         b.engine.from_wire(from, &mut random_spi, &mut b.out);
         let inner = udp_frame(A, B, b"plain")[vnet::LEN..].to_vec();
         b.engine
