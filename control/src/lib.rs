@@ -21,6 +21,7 @@
 
 pub mod cluster;
 pub mod containers;
+pub mod daemon;
 pub mod error;
 pub mod gossip;
 pub mod ipam;
