@@ -49,10 +49,13 @@ Example:
         command: Vec<String>,
     },
     /// List this host's containers.
-    #[command(alias = "list", after_help = "\
+    #[command(
+        alias = "list",
+        after_help = "\
 Examples:
   vxnet container ls
-  vxnet container ls --format json")]
+  vxnet container ls --format json"
+    )]
     Ls {
         #[command(flatten)]
         format: FormatArg,
@@ -67,9 +70,12 @@ Example:
     },
     /// Remove containers: detach them, delete their namespaces, release
     /// their addresses.
-    #[command(alias = "remove", after_help = "\
+    #[command(
+        alias = "remove",
+        after_help = "\
 Example:
-  vxnet container rm -f c1 c2")]
+  vxnet container rm -f c1 c2"
+    )]
     Rm {
         /// Kill a running command first.
         #[arg(short, long)]

@@ -38,10 +38,13 @@ Examples:
   vxnet network create -d overlay --opt mtu=1400 --ip-range 10.9.0.128/25 --subnet 10.9.0.0/24 n2")]
     Create(CreateArgs),
     /// List networks.
-    #[command(alias = "list", after_help = "\
+    #[command(
+        alias = "list",
+        after_help = "\
 Examples:
   vxnet network ls
-  vxnet network ls --filter name=test --format json")]
+  vxnet network ls --filter name=test --format json"
+    )]
     Ls {
         /// name=SUBSTRING or id=PREFIX.
         #[arg(long, value_name = "KEY=VALUE")]
@@ -58,9 +61,12 @@ Example:
         networks: Vec<String>,
     },
     /// Remove networks (refused while containers use them).
-    #[command(alias = "remove", after_help = "\
+    #[command(
+        alias = "remove",
+        after_help = "\
 Example:
-  vxnet network rm test-net")]
+  vxnet network rm test-net"
+    )]
     Rm {
         #[arg(required = true)]
         networks: Vec<String>,
@@ -182,7 +188,10 @@ pub fn inspect_json(v: &NetworkInspectView) -> serde_json::Value {
         "com.docker.network.driver.overlay.vxlanid_list".into(),
         json!(n.vni.to_string()),
     );
-    options.insert("com.docker.network.driver.mtu".into(), json!(n.mtu.to_string()));
+    options.insert(
+        "com.docker.network.driver.mtu".into(),
+        json!(n.mtu.to_string()),
+    );
     if n.encrypted {
         options.insert("encrypted".into(), json!(""));
     }
@@ -244,9 +253,8 @@ pub fn run(args: &NetworkArgs, out: &mut dyn Write) -> Result<(), CliError> {
         NetworkCommand::Inspect { networks } => {
             let mut all = Vec::new();
             for n in networks {
-                let v: NetworkInspectView = s.call(&CtlRequest::NetworkInspect {
-                    network: n.clone(),
-                })?;
+                let v: NetworkInspectView =
+                    s.call(&CtlRequest::NetworkInspect { network: n.clone() })?;
                 all.push(inspect_json(&v));
             }
             json(out, &all)

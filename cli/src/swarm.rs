@@ -10,9 +10,7 @@ use serde::de::DeserializeOwned;
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use vxnet_control::daemon::api::{
-    CtlRequest, DEFAULT_SOCKET, InitView, JoinTokenView, NodeView,
-};
+use vxnet_control::daemon::api::{CtlRequest, DEFAULT_SOCKET, InitView, JoinTokenView, NodeView};
 use vxnet_control::daemon::client::CtlClient;
 use vxnet_control::model::Role;
 
@@ -116,10 +114,13 @@ Example:
         remote: String,
     },
     /// Print (or rotate) the command that joins a worker or a manager.
-    #[command(name = "join-token", after_help = "\
+    #[command(
+        name = "join-token",
+        after_help = "\
 Examples:
   vxnet swarm join-token worker
-  vxnet swarm join-token --rotate manager")]
+  vxnet swarm join-token --rotate manager"
+    )]
     JoinToken {
         #[arg(value_enum)]
         role: RoleArg,
@@ -154,10 +155,13 @@ pub struct NodeArgs {
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
     /// List the swarm's nodes.
-    #[command(alias = "list", after_help = "\
+    #[command(
+        alias = "list",
+        after_help = "\
 Examples:
   vxnet node ls
-  vxnet node ls --format json")]
+  vxnet node ls --format json"
+    )]
     Ls {
         #[command(flatten)]
         format: FormatArg,
@@ -261,13 +265,7 @@ pub fn run_node(args: &NodeArgs, out: &mut dyn Write) -> Result<(), CliError> {
             if format.format == Format::Json {
                 return json(out, &nodes);
             }
-            let mut t = Table::new(&[
-                "ID",
-                "HOSTNAME",
-                "STATUS",
-                "AVAILABILITY",
-                "MANAGER STATUS",
-            ]);
+            let mut t = Table::new(&["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS"]);
             for n in &nodes {
                 let v = serde_json::to_value(&n.node).unwrap_or_default();
                 let field = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_owned();
@@ -295,5 +293,173 @@ fn capitalize(s: &str) -> String {
     match c.next() {
         Some(f) => f.to_uppercase().chain(c).collect(),
         None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::container::ContainerCommand;
+    use crate::network::NetworkCommand;
+    use crate::{Cli, Command};
+    use clap::Parser;
+    use clap::error::ErrorKind;
+    use vxnet_control::daemon::api::CtlRequest;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("vxnet").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn swarm_requests() {
+        let Command::Swarm(s) = parse(&[
+            "swarm",
+            "init",
+            "--advertise-addr",
+            "192.0.2.1",
+            "--data-path-port",
+            "4790",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not swarm")
+        };
+        assert_eq!(
+            s.command.request(),
+            CtlRequest::SwarmInit {
+                advertise_addr: Some("192.0.2.1".parse().unwrap()),
+                data_path_addr: None,
+                data_path_port: Some(4790),
+            }
+        );
+        let Command::Swarm(s) = parse(&["swarm", "join-token", "--rotate", "manager"])
+            .unwrap()
+            .command
+        else {
+            panic!("not swarm")
+        };
+        assert_eq!(
+            s.command.request(),
+            CtlRequest::JoinToken {
+                role: vxnet_control::model::Role::Manager,
+                rotate: true
+            }
+        );
+        assert_eq!(
+            parse(&["swarm", "join-token", "admin"]).unwrap_err().kind(),
+            ErrorKind::InvalidValue
+        );
+        assert!(parse(&["swarm", "init", "--advertise-addr", "nope"]).is_err());
+    }
+
+    #[test]
+    fn network_create_options() {
+        let Command::Network(n) = parse(&[
+            "network",
+            "create",
+            "-d",
+            "overlay",
+            "--attachable",
+            "--opt",
+            "encrypted",
+            "--opt",
+            "mtu=1400",
+            "--subnet",
+            "10.9.0.0/24",
+            "--gateway",
+            "10.9.0.1",
+            "--ip-range",
+            "10.9.0.128/25",
+            "secure",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not network")
+        };
+        let NetworkCommand::Create(c) = n.command else {
+            panic!("not create")
+        };
+        let r = c.request();
+        assert_eq!(r.name, "secure");
+        assert!(r.attachable && !r.ingress);
+        assert_eq!(r.options.get("encrypted").map(String::as_str), Some(""));
+        assert_eq!(r.options.get("mtu").map(String::as_str), Some("1400"));
+        assert_eq!(r.subnets[0].to_string(), "10.9.0.0/24");
+        assert_eq!(r.ip_ranges[0].to_string(), "10.9.0.128/25");
+        assert!(parse(&["network", "create", "--subnet", "10.9.0.0", "x"]).is_err());
+        assert!(crate::network::parse_filter(&["color=red".into()]).is_err());
+        let f = crate::network::parse_filter(&["name=te".into()]).unwrap();
+        assert_eq!(f.name.as_deref(), Some("te"));
+    }
+
+    #[test]
+    fn container_run_takes_a_command_after_dashes() {
+        let Command::Container(c) = parse(&[
+            "container",
+            "run",
+            "-d",
+            "--name",
+            "c1",
+            "--network",
+            "a",
+            "--network",
+            "b",
+            "--ip",
+            "10.0.0.9",
+            "--",
+            "ping",
+            "-c",
+            "1",
+            "10.0.0.1",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not container")
+        };
+        let ContainerCommand::Run(r) = c.command else {
+            panic!("not run")
+        };
+        assert!(r.detach);
+        assert_eq!(r.command, ["ping", "-c", "1", "10.0.0.1"]);
+        let CtlRequest::ContainerCreate { name, networks } = r.request() else {
+            panic!("not create")
+        };
+        assert_eq!(name, "c1");
+        assert_eq!(networks.len(), 2);
+        assert_eq!(networks[0].ipv4, Some("10.0.0.9".parse().unwrap()));
+        assert_eq!(networks[1].ipv4, None);
+        // A command and a network are required.
+        assert!(parse(&["container", "run", "--name", "c1", "--network", "a"]).is_err());
+        assert!(parse(&["container", "run", "--name", "c1", "--", "true"]).is_err());
+    }
+
+    #[test]
+    fn help_everywhere() {
+        for args in [
+            &["swarm", "--help"][..],
+            &["swarm", "init", "--help"],
+            &["swarm", "join-token", "--help"],
+            &["swarm", "leave", "--help"],
+            &["node", "ls", "--help"],
+            &["network", "--help"],
+            &["network", "create", "--help"],
+            &["network", "ls", "--help"],
+            &["network", "inspect", "--help"],
+            &["network", "rm", "--help"],
+            &["network", "connect", "--help"],
+            &["network", "disconnect", "--help"],
+            &["container", "--help"],
+            &["container", "run", "--help"],
+            &["container", "exec", "--help"],
+            &["container", "ls", "--help"],
+            &["container", "inspect", "--help"],
+            &["container", "rm", "--help"],
+        ] {
+            let e = parse(args).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::DisplayHelp, "{args:?}");
+            assert!(e.to_string().contains("Example"), "{args:?}");
+        }
     }
 }

@@ -36,7 +36,10 @@ fn binary(name: &str) -> PathBuf {
         }
         dir = d.parent();
     }
-    panic!("cannot find {name} next to {}; run `cargo build -p vxnet-dataplane -p vxnet-cli` first", exe.display());
+    panic!(
+        "cannot find {name} next to {}; run `cargo build -p vxnet-dataplane -p vxnet-cli` first",
+        exe.display()
+    );
 }
 
 fn ip(args: &[&str]) -> Output {
@@ -117,7 +120,9 @@ impl Env {
             &["-n", h, "link", "set", "lo", "up"],
             // A veth pair inside the namespace gives the VTEP an address
             // (this kernel may lack the dummy driver).
-            &["-n", h, "link", "add", "d0", "type", "veth", "peer", "name", "d1"],
+            &[
+                "-n", h, "link", "add", "d0", "type", "veth", "peer", "name", "d1",
+            ],
             &["-n", h, "addr", "add", "192.0.2.1/24", "dev", "d0"],
             &["-n", h, "link", "set", "d0", "up"],
             &["-n", h, "link", "set", "d1", "up"],
@@ -142,7 +147,13 @@ impl Env {
 
     fn log_tail(&self, name: &str) -> String {
         let s = std::fs::read_to_string(self.path(name)).unwrap_or_default();
-        s.chars().rev().take(3000).collect::<Vec<_>>().into_iter().rev().collect()
+        s.chars()
+            .rev()
+            .take(3000)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect()
     }
 
     fn start_dataplane(&mut self) {
@@ -152,7 +163,13 @@ impl Env {
         let child = Command::new("ip")
             .args(["netns", "exec", &self.host_ns])
             .arg(binary("vxnet-dataplane"))
-            .args(["--local-vtep", "192.0.2.1", "--poll", "interrupt", "--socket"])
+            .args([
+                "--local-vtep",
+                "192.0.2.1",
+                "--poll",
+                "interrupt",
+                "--socket",
+            ])
             .arg(&sock)
             .arg("--key-file")
             .arg(self.path("host.key"))
@@ -162,7 +179,9 @@ impl Env {
             .expect("start dataplane");
         self.dataplane = Some(child);
         assert!(
-            wait_until(Duration::from_secs(15), || std::os::unix::net::UnixStream::connect(&sock).is_ok()),
+            wait_until(Duration::from_secs(15), || {
+                std::os::unix::net::UnixStream::connect(&sock).is_ok()
+            }),
             "dataplane did not come up: {}",
             self.log_tail("dataplane.log")
         );
@@ -185,7 +204,9 @@ impl Env {
             .expect("start control");
         self.control = Some(child);
         assert!(
-            wait_until(Duration::from_secs(15), || std::os::unix::net::UnixStream::connect(&sock).is_ok()),
+            wait_until(Duration::from_secs(15), || {
+                std::os::unix::net::UnixStream::connect(&sock).is_ok()
+            }),
             "control daemon did not come up: {}",
             self.log_tail("control.log")
         );
@@ -241,18 +262,57 @@ fn containers_talk_and_survive_restarts() {
     assert!(out.contains("192.0.2.1:2377"), "{out}");
     env.ok(&["network", "create", "-d", "overlay", "--attachable", "tnet"]);
     let nets = env.ok(&["network", "ls", "--format", "json"]);
-    assert!(nets.contains("\"tnet\"") && nets.contains("\"ingress\""), "{nets}");
+    assert!(
+        nets.contains("\"tnet\"") && nets.contains("\"ingress\""),
+        "{nets}"
+    );
 
     // Only attachable networks take standalone containers.
-    let o = env.vxnet(&["container", "run", "-d", "--name", &a, "--network", "ingress", "--", "sleep", "600"]);
+    let o = env.vxnet(&[
+        "container",
+        "run",
+        "-d",
+        "--name",
+        &a,
+        "--network",
+        "ingress",
+        "--",
+        "sleep",
+        "600",
+    ]);
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("not attachable"), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not attachable"),
+        "{o:?}"
+    );
 
     for c in [&a, &b] {
-        env.ok(&["container", "run", "-d", "--name", c, "--network", "tnet", "--", "sleep", "600"]);
+        env.ok(&[
+            "container",
+            "run",
+            "-d",
+            "--name",
+            c,
+            "--network",
+            "tnet",
+            "--",
+            "sleep",
+            "600",
+        ]);
     }
     let ip_b = env.container_ip(&b);
-    let ping = env.vxnet(&["container", "exec", &a, "--", "ping", "-c", "2", "-W", "2", &ip_b]);
+    let ping = env.vxnet(&[
+        "container",
+        "exec",
+        &a,
+        "--",
+        "ping",
+        "-c",
+        "2",
+        "-W",
+        "2",
+        &ip_b,
+    ]);
     assert!(
         ping.status.success(),
         "ping failed: {}\n{}",
@@ -263,6 +323,32 @@ fn containers_talk_and_survive_restarts() {
     let o = env.vxnet(&["container", "exec", &a, "--", "sh", "-c", "exit 3"]);
     assert_eq!(o.status.code(), Some(3));
 
+    // Docker's inspect shape: this host's containers, and the peers.
+    let v: serde_json::Value =
+        serde_json::from_str(&env.ok(&["network", "inspect", "tnet"])).expect("json");
+    let names: Vec<&str> = v[0]["Containers"]
+        .as_object()
+        .expect("Containers")
+        .values()
+        .filter_map(|c| c["Name"].as_str())
+        .collect();
+    assert_eq!(names.len(), 2, "{v}");
+    assert!(
+        names.contains(&a.as_str()) && names.contains(&b.as_str()),
+        "{v}"
+    );
+    assert_eq!(v[0]["Peers"][0]["IP"], "192.0.2.1", "{v}");
+    let nodes = env.ok(&["node", "ls"]);
+    assert!(
+        nodes.contains("testhost") && nodes.contains("Ready"),
+        "{nodes}"
+    );
+    let o = env.vxnet(&["swarm", "join", "--token", "SWMTKN-1-x-y", "192.0.2.9:2377"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not implemented yet"),
+        "{o:?}"
+    );
+
     let o = env.vxnet(&["network", "rm", "tnet"]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
@@ -270,7 +356,9 @@ fn containers_talk_and_survive_restarts() {
 
     // Restart the control daemon under a running ping: nothing is lost.
     let pinger = Command::new("ip")
-        .args(["netns", "exec", &a, "ping", "-c", "30", "-i", "0.1", "-W", "1", &ip_b])
+        .args([
+            "netns", "exec", &a, "ping", "-c", "30", "-i", "0.1", "-W", "1", &ip_b,
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .expect("ping");
@@ -281,13 +369,22 @@ fn containers_talk_and_survive_restarts() {
     env.start_control();
     let out = pinger.wait_with_output().expect("ping output");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(loss_free(&text), "ping lost packets across a daemon restart:\n{text}");
+    assert!(
+        loss_free(&text),
+        "ping lost packets across a daemon restart:\n{text}"
+    );
 
     // The state survived the restart.
     let list = env.ok(&["container", "ls", "--format", "json"]);
     let v: serde_json::Value = serde_json::from_str(&list).expect("json");
     assert_eq!(v.as_array().map(Vec::len), Some(2), "{list}");
-    assert!(v.as_array().into_iter().flatten().all(|c| c["status"] == "running"), "{list}");
+    assert!(
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .all(|c| c["status"] == "running"),
+        "{list}"
+    );
 
     // Restart the dataplane: the daemon programs the new one.
     if let Some(d) = env.dataplane.as_mut() {
@@ -295,11 +392,26 @@ fn containers_talk_and_survive_restarts() {
     }
     env.start_dataplane();
     let back = wait_until(Duration::from_secs(20), || {
-        env.vxnet(&["container", "exec", &a, "--", "ping", "-c", "1", "-W", "1", &ip_b])
-            .status
-            .success()
+        env.vxnet(&[
+            "container",
+            "exec",
+            &a,
+            "--",
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            &ip_b,
+        ])
+        .status
+        .success()
     });
-    assert!(back, "not re-programmed after a dataplane restart: {}", env.log_tail("control.log"));
+    assert!(
+        back,
+        "not re-programmed after a dataplane restart: {}",
+        env.log_tail("control.log")
+    );
 
     // Tear down through the CLI; then the network can go.
     env.ok(&["container", "rm", "-f", &a, &b]);

@@ -178,7 +178,10 @@ pub struct ReconcileReport {
 
 impl ReconcileReport {
     pub fn changed(&self) -> bool {
-        self.networks_added + self.networks_removed + self.attached + self.detached
+        self.networks_added
+            + self.networks_removed
+            + self.attached
+            + self.detached
             + self.netns_created
             > 0
     }

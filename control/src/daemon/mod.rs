@@ -32,9 +32,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use vxnet_dataplane::api::{
-    AttachRequest, AttachTarget, DetachTarget, IpNet, Request, Response,
-};
+use vxnet_dataplane::api::{AttachRequest, AttachTarget, DetachTarget, IpNet, Request, Response};
 use vxnet_proto::wire::Vni;
 
 use self::api::{
@@ -162,9 +160,10 @@ where
             CtlRequest::JoinToken { role, rotate } => value(self.join_token(role, rotate)?),
             CtlRequest::SwarmLeave { force } => value(self.swarm_leave(force)?),
             CtlRequest::NodeLs => value(self.node_ls()?),
-            CtlRequest::NetworkCreate(c) => {
-                value(networks::create_network(&self.store, &c, now(), &mut rand_core::OsRng).map_err(s)?)
-            }
+            CtlRequest::NetworkCreate(c) => value(
+                networks::create_network(&self.store, &c, now(), &mut rand_core::OsRng)
+                    .map_err(s)?,
+            ),
             CtlRequest::NetworkLs { filter } => {
                 value(networks::list_networks(&self.store, &filter).map_err(s)?)
             }
@@ -224,7 +223,12 @@ where
         data_path_addr: Option<IpAddr>,
         data_path_port: Option<u16>,
     ) -> R<InitView> {
-        if self.store.get::<Cluster>(Cluster::KEY).map_err(s)?.is_some() {
+        if self
+            .store
+            .get::<Cluster>(Cluster::KEY)
+            .map_err(s)?
+            .is_some()
+        {
             return Err(s(crate::ControlError::AlreadyInitialized));
         }
         let show = self.dp.show()?;
@@ -291,10 +295,12 @@ where
     fn swarm_leave(&mut self, force: bool) -> R<String> {
         cluster::cluster(&self.store).map_err(s)?;
         if !force {
-            return Err("this node is the swarm's only manager: leaving removes the swarm, \
+            return Err(
+                "this node is the swarm's only manager: leaving removes the swarm, \
                  its networks and this host's containers; use `vxnet swarm leave --force` \
                  to do it anyway"
-                .into());
+                    .into(),
+            );
         }
         // Containers first (processes, namespaces, endpoints), then every
         // record in one transaction.
@@ -473,8 +479,8 @@ where
             netns: Some(name.to_owned()),
             networks: nets,
         };
-        let c =
-            containers::create_container(&self.store, &req, now(), &mut rand_core::OsRng).map_err(s)?;
+        let c = containers::create_container(&self.store, &req, now(), &mut rand_core::OsRng)
+            .map_err(s)?;
         match self.make_container(&c) {
             Ok(v) => Ok(v),
             Err(e) => {

@@ -106,12 +106,11 @@ where
                 };
                 wanted_ifs.insert(ifname.clone());
                 let Ok(v) = vni(net) else { continue };
-                let here = endpoints.iter().find(|e| {
-                    e.kind == "native" && e.location == rt.netns && e.ifname == ifname
-                });
-                let right = here.is_some_and(|e| {
-                    e.vni == v && e.mac.to_string().eq_ignore_ascii_case(&a.mac)
-                });
+                let here = endpoints
+                    .iter()
+                    .find(|e| e.kind == "native" && e.location == rt.netns && e.ifname == ifname);
+                let right = here
+                    .is_some_and(|e| e.vni == v && e.mac.to_string().eq_ignore_ascii_case(&a.mac));
                 if right {
                     continue;
                 }
