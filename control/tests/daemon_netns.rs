@@ -57,16 +57,22 @@ fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
-fn stop(child: &mut Child) {
+/// SIGTERM, then SIGKILL after a grace period; whether it exited cleanly
+/// (status 0) on SIGTERM.
+fn stop(child: &mut Child) -> bool {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .output();
-    if !wait_until(Duration::from_secs(5), || {
-        matches!(child.try_wait(), Ok(Some(_)))
-    }) {
+    let mut status = None;
+    wait_until(Duration::from_secs(5), || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    if status.is_none() {
         let _ = child.kill();
         let _ = child.wait();
     }
+    status.is_some_and(|s| s.success())
 }
 
 struct Env {
@@ -94,7 +100,7 @@ impl Drop for Env {
             .into_iter()
             .flatten()
         {
-            stop(p);
+            let _ = stop(p);
         }
         for c in &self.containers {
             let _ = ip(&["netns", "del", c]);
@@ -363,9 +369,8 @@ fn containers_talk_and_survive_restarts() {
         .spawn()
         .expect("ping");
     std::thread::sleep(Duration::from_millis(500));
-    if let Some(c) = env.control.as_mut() {
-        stop(c);
-    }
+    let clean = env.control.as_mut().is_some_and(stop);
+    assert!(clean, "control daemon did not shut down cleanly on SIGTERM");
     env.start_control();
     let out = pinger.wait_with_output().expect("ping output");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -388,7 +393,7 @@ fn containers_talk_and_survive_restarts() {
 
     // Restart the dataplane: the daemon programs the new one.
     if let Some(d) = env.dataplane.as_mut() {
-        stop(d);
+        let _ = stop(d);
     }
     env.start_dataplane();
     let back = wait_until(Duration::from_secs(20), || {

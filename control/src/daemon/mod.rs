@@ -206,8 +206,7 @@ where
             .ok_or_else(|| "this daemon has no node record; run `vxnet swarm init`".to_owned())
     }
 
-    fn manager_addr(&self, c: &Cluster) -> R<SocketAddr> {
-        let _ = c;
+    fn manager_addr(&self) -> R<SocketAddr> {
         let id = self.local_node()?;
         let n = self
             .store
@@ -236,6 +235,16 @@ where
             "the dataplane reports no public key; upgrade vxnet-dataplane".to_owned()
         })?;
         let dp_vtep = dataplane_vtep(&show);
+        // The swarm's data port is the one the dataplane listens on.
+        if data_path_port.is_some_and(|p| p != show.port) {
+            return Err(format!(
+                "the dataplane listens on UDP port {}; restart it with --port {} or give --data-path-port {}",
+                show.port,
+                data_path_port.unwrap_or_default(),
+                show.port
+            ));
+        }
+        let data_path_port = Some(show.port);
         let data_path_addr = data_path_addr.or(self.cfg.data_path_addr).or(dp_vtep);
         let advertise_addr = advertise_addr
             .or(self.cfg.advertise_addr)
@@ -288,7 +297,7 @@ where
         Ok(JoinTokenView {
             role,
             token,
-            manager_addr: self.manager_addr(&c)?,
+            manager_addr: self.manager_addr()?,
         })
     }
 
@@ -484,13 +493,17 @@ where
         match self.make_container(&c) {
             Ok(v) => Ok(v),
             Err(e) => {
+                // Forget it first, so its networks count as unused here.
+                let nets = self.nets_of(&c)?;
                 let _ = containers::remove_container(&self.store, &c.id);
+                let _ = self.drop_unused_networks(&nets);
                 Err(e)
             }
         }
     }
 
-    /// The host side of a new container; undoes itself on failure.
+    /// The host side of a new container. On failure its host and dataplane
+    /// changes are undone; the caller forgets the record.
     fn make_container(&mut self, c: &Container) -> R<ContainerView> {
         let ns = c.netns.clone().unwrap_or_else(|| c.name.clone());
         if self.host.netns_exists(&ns) {
@@ -526,10 +539,6 @@ where
             let _ = self.host.netns_del(&ns);
             self.host.remove_resolv_conf(&ns);
             let _ = self.store.delete::<Runtime>(&c.id);
-            let nets = self.nets_of(c)?;
-            // The container record goes in the caller; count it gone now.
-            let _ = containers::remove_container(&self.store, &c.id);
-            let _ = self.drop_unused_networks(&nets);
             return Err(e);
         }
         tracing::info!(container = %c.name, netns = %ns, "container created");

@@ -249,6 +249,13 @@ impl Fixture {
 #[test]
 fn init_uses_the_dataplane_and_prints_tokens() {
     let f = fixture();
+    // The data port must be the one the dataplane listens on.
+    let e = f.err(CtlRequest::SwarmInit {
+        advertise_addr: None,
+        data_path_addr: None,
+        data_path_port: Some(4790),
+    });
+    assert!(e.contains("listens on UDP port 4789"), "{e}");
     let v = f.init();
     assert_eq!(v.manager_addr.to_string(), "192.0.2.1:2377");
     assert!(v.worker_token.starts_with("SWMTKN-1-cadigest-"));
