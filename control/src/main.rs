@@ -4,6 +4,12 @@
 //! its API socket and reconciles it (at start and every
 //! --reconcile-interval, which also covers a dataplane restart).
 //!
+//! Run it in the host's own mount namespace (not under `ip netns exec`,
+//! which gives a private one): the container namespaces it creates under
+//! /run/netns must be visible to the dataplane and the CLI. It reaches the
+//! dataplane through its socket, so it need not share its network
+//! namespace.
+//!
 //! Threads: the API server's (one per connection), one reconciler, and the
 //! main thread waiting for SIGINT/SIGTERM. All requests and reconciliation
 //! go through one lock in [`Daemon`].
