@@ -23,10 +23,13 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
 
 use clap::Parser;
+use std::net::UdpSocket;
 use vxnet_control::daemon::api::{DEFAULT_SOCKET, DEFAULT_STATE_DIR};
 use vxnet_control::daemon::dataplane::SocketDataplane;
+use vxnet_control::daemon::gossip::{self, GossipHandle, VniOf};
 use vxnet_control::daemon::host::SystemHost;
 use vxnet_control::daemon::{Config, Daemon};
+use vxnet_control::gossip::{GossipConfig, Membership};
 use vxnet_control::store::RedbStore;
 use vxnet_dataplane::server;
 use vxnet_dataplane::sys::signal;
@@ -122,14 +125,28 @@ fn run(args: Args) -> Result<(), String> {
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let interval = Duration::from_secs(args.reconcile_interval);
     let rec_daemon = Arc::clone(&daemon);
+    let gossip_cfg = GossipStarter {
+        dataplane_socket: args.dataplane_socket.clone(),
+        generation: generation(),
+    };
     let reconciler = std::thread::Builder::new()
         .name("vxnet-reconcile".into())
         .spawn(move || {
             let mut last_errors = Vec::new();
+            let mut gossip = None;
+            let mut gossip_error = String::new();
             loop {
+                // Gossip runs while the swarm exists (it may be created or
+                // left while the daemon runs).
+                gossip_cfg.tend(&rec_daemon, &mut gossip, &mut gossip_error);
                 match stop_rx.recv_timeout(interval) {
                     Err(RecvTimeoutError::Timeout) => {}
-                    Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+                    Ok(()) | Err(RecvTimeoutError::Disconnected) => {
+                        rec_daemon.set_announcer(None);
+                        // A restart is not a departure: no leave message.
+                        drop(gossip);
+                        return;
+                    }
                 }
                 let r = rec_daemon.reconcile();
                 if r.changed() {
@@ -158,6 +175,83 @@ fn run(args: Args) -> Result<(), String> {
     drop(stop_tx);
     let _ = reconciler.join();
     Ok(())
+}
+
+/// The gossip generation: the start time in seconds, so a restarted
+/// daemon's identity and records win over its previous life's.
+fn generation() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| (d.as_secs() & u64::from(u32::MAX)) as u32)
+}
+
+struct GossipStarter {
+    dataplane_socket: PathBuf,
+    generation: u32,
+}
+
+type ControlDaemon = Daemon<RedbStore, SocketDataplane, SystemHost>;
+
+impl GossipStarter {
+    /// Starts the gossip driver when the swarm exists and it is not
+    /// running, stops it when the swarm is gone. A failure to start (say,
+    /// the advertise address is not on this host) is logged once and
+    /// retried on the next tick.
+    fn tend(
+        &self,
+        d: &Arc<ControlDaemon>,
+        running: &mut Option<GossipHandle>,
+        last_error: &mut String,
+    ) {
+        let setup = d.gossip_setup(self.generation);
+        match (setup, running.is_some()) {
+            (Some((identity, keyring)), false) => {
+                let addr = identity.gossip_addr;
+                let started = UdpSocket::bind(addr)
+                    .map_err(|e| format!("cannot bind gossip to {addr}: {e}"))
+                    .and_then(|sock| {
+                        let mut seed = [0u8; 32];
+                        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
+                        let m = Membership::new(identity, GossipConfig::default(), keyring, seed);
+                        let vni_daemon = Arc::clone(d);
+                        let vni_of: VniOf = Arc::new(move |id: &str| vni_daemon.network_vni(id));
+                        gossip::spawn(
+                            sock,
+                            m,
+                            SocketDataplane::new(&self.dataplane_socket),
+                            vni_of,
+                        )
+                        .map_err(|e| format!("cannot start gossip: {e}"))
+                    });
+                match started {
+                    Ok(h) => {
+                        for cmd in d.local_endpoints() {
+                            h.send(cmd);
+                        }
+                        let tx = h.sender();
+                        d.set_announcer(Some(Box::new(tx)));
+                        tracing::info!(addr = %addr, "gossip running");
+                        last_error.clear();
+                        *running = Some(h);
+                    }
+                    Err(e) => {
+                        if *last_error != e {
+                            tracing::warn!(error = %e, "gossip not running");
+                            *last_error = e;
+                        }
+                    }
+                }
+            }
+            (None, true) => {
+                d.set_announcer(None);
+                if let Some(h) = running.take() {
+                    h.stop(true);
+                }
+                tracing::info!("gossip stopped: no swarm");
+            }
+            _ => {}
+        }
+    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@
 pub mod api;
 pub mod client;
 pub mod dataplane;
+pub mod gossip;
 pub mod host;
 pub mod reconcile;
 pub mod runtime;
@@ -31,6 +32,7 @@ use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use base64::Engine;
 use serde::Serialize;
 use vxnet_dataplane::api::{AttachRequest, AttachTarget, DetachTarget, IpNet, Request, Response};
 use vxnet_proto::wire::Vni;
@@ -40,10 +42,12 @@ use self::api::{
     NodeView, ReconcileReport, container_view,
 };
 use self::dataplane::{DataplaneApi, DataplaneExt, dataplane_vtep};
+use self::gossip::GossipCmd;
 use self::host::Host;
 use self::runtime::{LocalNode, Runtime};
 use crate::cluster::{self, InitRequest};
 use crate::containers::{self, CreateContainer, NetworkRequest};
+use crate::gossip::{KeyId, Keyring, NodeIdentity};
 use crate::model::{AddressAlloc, Cluster, Container, Network, Node, Role};
 use crate::networks;
 use crate::store::{Record, Store, StoreExt, Txn};
@@ -72,7 +76,12 @@ pub(crate) struct Inner<S, D, H> {
     pub(crate) dp: D,
     pub(crate) host: H,
     pub(crate) cfg: Config,
+    /// Tells the gossip driver about local endpoints, while one runs.
+    pub(crate) announce: Option<Announcer>,
 }
+
+/// Where the daemon sends its local endpoints' comings and goings.
+pub type Announcer = Box<dyn Fn(GossipCmd) + Send + Sync>;
 
 type R<T> = Result<T, String>;
 
@@ -107,8 +116,69 @@ where
                 dp,
                 host,
                 cfg,
+                announce: None,
             }),
         }
+    }
+
+    /// Starts (`Some`) or stops (`None`) telling a gossip driver about
+    /// local endpoints.
+    pub fn set_announcer(&self, a: Option<Announcer>) {
+        self.lock().announce = a;
+    }
+
+    /// Announcements of every local endpoint, for a gossip driver that
+    /// just started.
+    pub fn local_endpoints(&self) -> Vec<GossipCmd> {
+        let g = self.lock();
+        let Ok(me) = g.local_node() else {
+            return Vec::new();
+        };
+        containers::list_containers(&g.store, Some(&me))
+            .unwrap_or_default()
+            .iter()
+            .flat_map(announcements)
+            .collect()
+    }
+
+    /// The VNI of a network id, if the store knows the network.
+    pub fn network_vni(&self, network_id: &str) -> Option<Vni> {
+        let g = self.lock();
+        g.store
+            .get::<Network>(network_id)
+            .ok()
+            .flatten()
+            .and_then(|n| vni(&n).ok())
+    }
+
+    /// This node's gossip identity and the cluster's keyring, once the
+    /// swarm exists; `generation` should grow with every daemon start.
+    pub fn gossip_setup(&self, generation: u32) -> Option<(NodeIdentity, Keyring)> {
+        let g = self.lock();
+        let me = g.local_node().ok()?;
+        let node = g.store.get::<Node>(&me).ok().flatten()?;
+        let c = cluster::cluster(&g.store).ok()?;
+        let public_key: [u8; 32] = base64::engine::general_purpose::STANDARD
+            .decode(&node.public_key)
+            .ok()?
+            .try_into()
+            .ok()?;
+        let mut ring = Keyring::new();
+        for k in &c.gossip_keys {
+            ring.install_key(k.to_keyring()?).ok()?;
+        }
+        ring.set_primary(KeyId(c.primary_gossip_key()?.id)).ok()?;
+        Some((
+            NodeIdentity {
+                node_id: node.id,
+                gossip_addr: SocketAddr::new(node.advertise_addr, self::gossip::GOSSIP_PORT),
+                data_addr: node.data_path_addr,
+                data_port: node.data_path_port,
+                public_key,
+                generation,
+            },
+            ring,
+        ))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner<S, D, H>> {
@@ -193,6 +263,14 @@ where
                 value(self.container_rm(&container, force)?)
             }
             CtlRequest::Reconcile => value(self.reconcile()),
+        }
+    }
+
+    fn tell(&self, cmds: Vec<GossipCmd>) {
+        if let Some(a) = &self.announce {
+            for c in cmds {
+                a(c);
+            }
         }
     }
 
@@ -542,6 +620,7 @@ where
             return Err(e);
         }
         tracing::info!(container = %c.name, netns = %ns, "container created");
+        self.tell(announcements(c));
         self.view(c)
     }
 
@@ -596,6 +675,7 @@ where
         self.store.apply(&txn).map_err(s)?;
         containers::remove_container(&self.store, &c.id).map_err(s)?;
         self.drop_unused_networks(&nets)?;
+        self.tell(withdrawals(&c.attachments));
         tracing::info!(container = %c.name, "container removed");
         Ok(view)
     }
@@ -614,11 +694,22 @@ where
         }
         rt.ifnames.insert(net.id.clone(), ifname);
         self.store.put(&rt).map_err(s)?;
+        let mut only = c.clone();
+        only.attachments.retain(|a| a.network == net.id);
+        self.tell(announcements(&only));
         self.view(&c)
     }
 
     fn network_disconnect(&mut self, query: &str, network: &str) -> R<ContainerView> {
         let c = containers::resolve_container(&self.store, query).map_err(s)?;
+        let leaving: Vec<_> = c
+            .attachments
+            .iter()
+            .filter(|a| {
+                networks::resolve_network(&self.store, network).is_ok_and(|n| n.id == a.network)
+            })
+            .cloned()
+            .collect();
         let net = networks::resolve_network(&self.store, network).map_err(s)?;
         let mut rt = self.runtime(&c)?;
         let c = containers::disconnect(&self.store, &c.id, &net.id).map_err(s)?;
@@ -629,8 +720,43 @@ where
         }
         self.store.put(&rt).map_err(s)?;
         self.drop_unused_networks(std::slice::from_ref(&net))?;
+        self.tell(withdrawals(&leaving));
         self.view(&c)
     }
+}
+
+/// Gossip announcements of a container's endpoints (one per address).
+fn announcements(c: &Container) -> Vec<GossipCmd> {
+    let mut v = Vec::new();
+    for a in &c.attachments {
+        let Ok(mac) = a.mac.parse::<vxnet_proto::wire::MacAddr>() else {
+            continue;
+        };
+        let ips = std::iter::once(IpAddr::V4(a.ipv4)).chain(a.ipv6.map(IpAddr::V6));
+        for ip in ips {
+            v.push(GossipCmd::Announce {
+                network_id: a.network.clone(),
+                ip,
+                mac: mac.0,
+            });
+        }
+    }
+    v
+}
+
+/// Withdrawals of the endpoints of `attachments`.
+fn withdrawals(attachments: &[crate::model::Attachment]) -> Vec<GossipCmd> {
+    let mut v = Vec::new();
+    for a in attachments {
+        let ips = std::iter::once(IpAddr::V4(a.ipv4)).chain(a.ipv6.map(IpAddr::V6));
+        for ip in ips {
+            v.push(GossipCmd::Withdraw {
+                network_id: a.network.clone(),
+                ip,
+            });
+        }
+    }
+    v
 }
 
 /// The runtime record of a container made before this daemon kept one (or

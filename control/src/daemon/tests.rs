@@ -10,6 +10,7 @@ use vxnet_dataplane::api::{
 
 use super::api::{ContainerView, CtlRequest, InitView, ReconcileReport};
 use super::dataplane::DataplaneApi;
+use super::gossip::GossipCmd;
 use super::host::Host;
 use super::*;
 use crate::containers::NetworkRequest;
@@ -585,4 +586,49 @@ fn leave_removes_everything() {
     assert!(e.contains("swarm init"), "{e}");
     // A new swarm can be made at once.
     f.init();
+}
+
+#[test]
+fn local_endpoints_are_announced_and_withdrawn() {
+    let f = fixture();
+    assert!(f.d.gossip_setup(5).is_none(), "no swarm, no gossip");
+    let init = f.init();
+    let (id, ring) = f.d.gossip_setup(5).unwrap();
+    assert_eq!(id.node_id, init.node_id);
+    assert_eq!(id.gossip_addr.to_string(), "192.0.2.1:7946");
+    assert_eq!(id.public_key, [7; 32]);
+    assert_eq!(id.generation, 5);
+    assert!(ring.primary().is_some());
+
+    let said: Arc<Mutex<Vec<GossipCmd>>> = Arc::default();
+    let sink = said.clone();
+    f.d.set_announcer(Some(Box::new(move |c| sink.lock().unwrap().push(c))));
+    let n = f.net("n", true);
+    let c = f.run("c1", &["n"]);
+    assert_eq!(f.d.network_vni(&n.id).map(Vni::get), Some(n.vni));
+    let ip = IpAddr::V4(c.networks[0].ipv4);
+    assert_eq!(
+        said.lock().unwrap().as_slice(),
+        [GossipCmd::Announce {
+            network_id: n.id.clone(),
+            ip,
+            mac: c.networks[0]
+                .mac
+                .parse::<vxnet_proto::wire::MacAddr>()
+                .unwrap()
+                .0,
+        }]
+    );
+    assert_eq!(f.d.local_endpoints(), said.lock().unwrap().clone());
+    f.ok::<ContainerView>(CtlRequest::ContainerRm {
+        container: "c1".into(),
+        force: false,
+    });
+    assert_eq!(
+        said.lock().unwrap().last(),
+        Some(&GossipCmd::Withdraw {
+            network_id: n.id,
+            ip
+        })
+    );
 }
