@@ -1,14 +1,17 @@
 //! `vxnet`: the command-line interface.
 //!
 //! One module per area of commands: [`dp`] talks to the local dataplane;
-//! `swarm`, `node`, `network` and `container` (the control plane) will sit
-//! beside it. [`output`] renders results as tables or JSON.
+//! [`swarm`] (with `node`), [`network`] and [`container`] talk to the
+//! control daemon. [`output`] renders results as tables or JSON.
 //!
 //! Exit codes: 0 success, 1 the request failed (refused by the dataplane or
 //! the dataplane unreachable), 2 usage error (nothing was sent).
 
+mod container;
 mod dp;
+mod network;
 mod output;
+mod swarm;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
@@ -32,26 +35,42 @@ pub struct Cli {
 pub enum Command {
     /// Configure and inspect the local dataplane (endpoints, peers, stats).
     Dp(dp::DpArgs),
-    // Later: Swarm, Node, Network, Container (control plane).
+    /// Create, join and leave a swarm; join tokens.
+    Swarm(swarm::SwarmArgs),
+    /// List the swarm's nodes.
+    Node(swarm::NodeArgs),
+    /// Overlay networks: create, ls, inspect, rm, connect, disconnect.
+    Network(network::NetworkArgs),
+    /// Containers on overlay networks: run, exec, ls, inspect, rm.
+    Container(container::ContainerArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut stdout = std::io::stdout().lock();
     let result = match &cli.command {
-        Command::Dp(args) => dp::run(args, &mut stdout),
+        Command::Dp(args) => dp::run(args, &mut stdout).map(|()| 0),
+        Command::Swarm(args) => swarm::run_swarm(args, &mut stdout).map(|()| 0),
+        Command::Node(args) => swarm::run_node(args, &mut stdout).map(|()| 0),
+        Command::Network(args) => network::run(args, &mut stdout).map(|()| 0),
+        Command::Container(args) => container::run(args, &mut stdout),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(dp::CliError::Usage(msg)) => {
             // Formatted and exited (code 2) like clap's own usage errors,
             // with the usage line of the subcommand that was run.
-            let Command::Dp(args) = &cli.command;
             let mut cmd = Cli::command();
             cmd.build();
-            let sub = cmd
-                .find_subcommand_mut("dp")
-                .and_then(|dp| dp.find_subcommand_mut(args.command.name()));
+            let sub = match &cli.command {
+                Command::Dp(args) => cmd
+                    .find_subcommand_mut("dp")
+                    .and_then(|dp| dp.find_subcommand_mut(args.command.name())),
+                Command::Swarm(_) => cmd.find_subcommand_mut("swarm"),
+                Command::Node(_) => cmd.find_subcommand_mut("node"),
+                Command::Network(_) => cmd.find_subcommand_mut("network"),
+                Command::Container(_) => cmd.find_subcommand_mut("container"),
+            };
             match sub {
                 Some(sub) => sub
                     .error(clap::error::ErrorKind::ArgumentConflict, msg)
@@ -86,6 +105,7 @@ mod tests {
             .command
         {
             Command::Dp(d) => d,
+            other => panic!("not dp: {other:?}"),
         }
     }
 

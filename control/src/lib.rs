@@ -14,13 +14,16 @@
 //!   rules and writes its result in one transaction.
 //! - [`gossip`]: membership, failure detection and endpoint spreading
 //!   between hosts (SWIM on port 7946).
+//! - [`daemon`]: the process's request handling and dataplane
+//!   reconciliation over these, behind narrow dataplane and host traits.
 //!
-//! Nothing here reads the clock or opens a socket: callers pass `now` and a
+//! Nothing here but [`daemon`] reads the clock or opens a socket: callers pass `now` and a
 //! random source, so every rule is tested deterministically.
 #![forbid(unsafe_code)]
 
 pub mod cluster;
 pub mod containers;
+pub mod daemon;
 pub mod error;
 pub mod gossip;
 pub mod ipam;

@@ -1,15 +1,270 @@
-//! vxnet-control: the per-host control plane process (swarm membership,
-//! networks, IPAM, containers). Not built yet: the dataplane is programmed
-//! statically with `vxnet dp ...` until it is.
-use clap::Parser;
+//! vxnet-control: the per-host control plane process. Serves the `vxnet
+//! swarm|node|network|container` commands on a Unix socket, keeps the state
+//! in a redb store under --state-dir, programs the local dataplane through
+//! its API socket and reconciles it (at start and every
+//! --reconcile-interval, which also covers a dataplane restart).
+//!
+//! Run it in the host's own mount namespace (not under `ip netns exec`,
+//! which gives a private one): the container namespaces it creates under
+//! /run/netns must be visible to the dataplane and the CLI. It reaches the
+//! dataplane through its socket, so it need not share its network
+//! namespace.
+//!
+//! Threads: the API server's (one per connection), one reconciler, and the
+//! main thread waiting for SIGINT/SIGTERM. All requests and reconciliation
+//! go through one lock in [`Daemon`].
+use std::fs::DirBuilder;
+use std::net::IpAddr;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::Duration;
 
-/// vxnet control plane (not implemented yet; see issue 4).
+use clap::Parser;
+use std::net::UdpSocket;
+use vxnet_control::daemon::api::{DEFAULT_SOCKET, DEFAULT_STATE_DIR};
+use vxnet_control::daemon::dataplane::SocketDataplane;
+use vxnet_control::daemon::gossip::{self, GossipHandle, VniOf};
+use vxnet_control::daemon::host::SystemHost;
+use vxnet_control::daemon::{Config, Daemon};
+use vxnet_control::gossip::{GossipConfig, Membership};
+use vxnet_control::store::RedbStore;
+use vxnet_dataplane::server;
+use vxnet_dataplane::sys::signal;
+
+/// Stands in for the management CA's digest in join tokens until the TLS
+/// management plane (control/src/mgmt) provides the real one.
+const PENDING_CA_DIGEST: &str = "nomgmt";
+
+/// vxnet control plane: swarm, overlay networks and containers for this host.
 #[derive(Parser)]
 #[command(version, about)]
-struct Args {}
+struct Args {
+    /// Unix socket the `vxnet` CLI talks to.
+    #[arg(long, default_value = DEFAULT_SOCKET, value_name = "PATH")]
+    socket: PathBuf,
+    /// Directory of the state store (created mode 0700).
+    #[arg(long, default_value = DEFAULT_STATE_DIR, value_name = "DIR")]
+    state_dir: PathBuf,
+    /// The local dataplane's API socket.
+    #[arg(long, default_value = vxnet_dataplane::api::DEFAULT_SOCKET, value_name = "PATH")]
+    dataplane_socket: PathBuf,
+    /// Address for management and gossip (default: the data path address).
+    #[arg(long, value_name = "IP")]
+    advertise_addr: Option<IpAddr>,
+    /// Address for VXLAN traffic (default: the dataplane's local VTEP).
+    #[arg(long, value_name = "IP")]
+    data_path_addr: Option<IpAddr>,
+    /// This node's name (default: the kernel's hostname).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Seconds between reconciliations of the dataplane with the store.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    reconcile_interval: u64,
+}
 
-fn main() -> std::process::ExitCode {
-    let _ = Args::parse();
-    eprintln!("vxnet-control is not implemented yet; program the dataplane with `vxnet dp ...`");
-    std::process::ExitCode::from(2)
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vxnet-control: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+fn run(args: Args) -> Result<(), String> {
+    signal::block_termination().map_err(|e| format!("cannot block signals: {e}"))?;
+    let logs = args.state_dir.join("logs");
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&logs)
+        .map_err(|e| format!("cannot create {}: {e}", logs.display()))?;
+    let db = args.state_dir.join("state.redb");
+    let store = RedbStore::open(&db).map_err(|e| format!("cannot open {}: {e}", db.display()))?;
+    let cfg = Config {
+        hostname: args.hostname.unwrap_or_else(hostname),
+        advertise_addr: args.advertise_addr,
+        data_path_addr: args.data_path_addr,
+        ca_digest: PENDING_CA_DIGEST.to_owned(),
+        log_dir: logs,
+    };
+    let daemon = Arc::new(Daemon::new(
+        store,
+        SocketDataplane::new(&args.dataplane_socket),
+        SystemHost::default(),
+        cfg,
+    ));
+
+    let first = daemon.reconcile();
+    tracing::info!(report = ?first, "initial reconciliation");
+
+    let handler = Arc::clone(&daemon);
+    let api = server::serve_json(&args.socket, Arc::new(move |req| handler.handle(req)))
+        .map_err(|e| format!("cannot serve on {}: {e}", args.socket.display()))?;
+
+    // The reconciler waits on a channel so that shutdown wakes it at once.
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let interval = Duration::from_secs(args.reconcile_interval);
+    let rec_daemon = Arc::clone(&daemon);
+    let gossip_cfg = GossipStarter {
+        dataplane_socket: args.dataplane_socket.clone(),
+        generation: generation(),
+    };
+    let reconciler = std::thread::Builder::new()
+        .name("vxnet-reconcile".into())
+        .spawn(move || {
+            let mut last_errors = Vec::new();
+            let mut gossip = None;
+            let mut gossip_error = String::new();
+            loop {
+                // Gossip runs while the swarm exists (it may be created or
+                // left while the daemon runs).
+                gossip_cfg.tend(&rec_daemon, &mut gossip, &mut gossip_error);
+                match stop_rx.recv_timeout(interval) {
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Ok(()) | Err(RecvTimeoutError::Disconnected) => {
+                        rec_daemon.set_announcer(None);
+                        // A restart is not a departure: no leave message.
+                        drop(gossip);
+                        return;
+                    }
+                }
+                let r = rec_daemon.reconcile();
+                if r.changed() {
+                    tracing::info!(report = ?r, "reconciled the dataplane");
+                }
+                // Log a persistent problem once, not every interval.
+                if r.errors != last_errors {
+                    for e in &r.errors {
+                        tracing::warn!(error = %e, "reconciliation");
+                    }
+                    last_errors = r.errors;
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start the reconciler: {e}"))?;
+
+    tracing::info!(
+        socket = %args.socket.display(),
+        state_dir = %args.state_dir.display(),
+        dataplane = %args.dataplane_socket.display(),
+        "control daemon running"
+    );
+    let sig = signal::wait_termination().map_err(|e| format!("waiting for signals failed: {e}"))?;
+    tracing::info!(signal = sig, "shutting down");
+    drop(api);
+    drop(stop_tx);
+    let _ = reconciler.join();
+    Ok(())
+}
+
+/// The gossip generation: the start time in seconds, so a restarted
+/// daemon's identity and records win over its previous life's.
+fn generation() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| (d.as_secs() & u64::from(u32::MAX)) as u32)
+}
+
+struct GossipStarter {
+    dataplane_socket: PathBuf,
+    generation: u32,
+}
+
+type ControlDaemon = Daemon<RedbStore, SocketDataplane, SystemHost>;
+
+impl GossipStarter {
+    /// Starts the gossip driver when the swarm exists and it is not
+    /// running, stops it when the swarm is gone. A failure to start (say,
+    /// the advertise address is not on this host) is logged once and
+    /// retried on the next tick.
+    fn tend(
+        &self,
+        d: &Arc<ControlDaemon>,
+        running: &mut Option<GossipHandle>,
+        last_error: &mut String,
+    ) {
+        let setup = d.gossip_setup(self.generation);
+        match (setup, running.is_some()) {
+            (Some((identity, keyring)), false) => {
+                let addr = identity.gossip_addr;
+                let started = UdpSocket::bind(addr)
+                    .map_err(|e| format!("cannot bind gossip to {addr}: {e}"))
+                    .and_then(|sock| {
+                        let mut seed = [0u8; 32];
+                        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
+                        let m = Membership::new(identity, GossipConfig::default(), keyring, seed);
+                        let vni_daemon = Arc::clone(d);
+                        let vni_of: VniOf = Arc::new(move |id: &str| vni_daemon.network_vni(id));
+                        gossip::spawn(
+                            sock,
+                            m,
+                            SocketDataplane::new(&self.dataplane_socket),
+                            vni_of,
+                        )
+                        .map_err(|e| format!("cannot start gossip: {e}"))
+                    });
+                match started {
+                    Ok(h) => {
+                        for cmd in d.local_endpoints() {
+                            h.send(cmd);
+                        }
+                        let tx = h.sender();
+                        d.set_announcer(Some(Box::new(tx)));
+                        tracing::info!(addr = %addr, "gossip running");
+                        last_error.clear();
+                        *running = Some(h);
+                    }
+                    Err(e) => {
+                        if *last_error != e {
+                            tracing::warn!(error = %e, "gossip not running");
+                            *last_error = e;
+                        }
+                    }
+                }
+            }
+            (None, true) => {
+                d.set_announcer(None);
+                if let Some(h) = running.take() {
+                    h.stop(true);
+                }
+                tracing::info!("gossip stopped: no swarm");
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_parse() {
+        use clap::CommandFactory;
+        Args::command().debug_assert();
+        let a = Args::try_parse_from(["vxnet-control", "--socket", "/tmp/c.sock"]).unwrap();
+        assert_eq!(a.socket, PathBuf::from("/tmp/c.sock"));
+        assert_eq!(a.reconcile_interval, 2);
+        assert!(Args::try_parse_from(["vxnet-control", "--reconcile-interval", "0"]).is_err());
+    }
 }

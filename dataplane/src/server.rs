@@ -23,6 +23,10 @@ use std::time::Duration;
 /// What the server calls for every decoded request.
 pub type Handler = Arc<dyn Fn(Request) -> Response + Send + Sync>;
 
+/// A handler for another request type on the same framing (the control
+/// daemon serves its own requests this way).
+pub type HandlerOf<R> = Arc<dyn Fn(R) -> Response + Send + Sync>;
+
 /// A connection that sends nothing for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A client that does not read its answer for this long is dropped.
@@ -76,6 +80,14 @@ impl Drop for ServerHandle {
 /// stealing or deleting it. The socket is made mode 0660 so that access can
 /// be granted through its group.
 pub fn serve(path: &Path, handler: Handler) -> io::Result<ServerHandle> {
+    serve_json(path, handler)
+}
+
+/// [`serve`] for any request type that decodes from one JSON line.
+pub fn serve_json<R>(path: &Path, handler: HandlerOf<R>) -> io::Result<ServerHandle>
+where
+    R: serde::de::DeserializeOwned + 'static,
+{
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         DirBuilder::new()
             .recursive(true)
@@ -130,7 +142,7 @@ fn remove_stale_socket(path: &Path) -> io::Result<()> {
         Ok(_) => Err(io::Error::new(
             io::ErrorKind::AddrInUse,
             format!(
-                "another dataplane is already serving on {}; stop it first",
+                "another process is already serving on {}; stop it first",
                 path.display()
             ),
         )),
@@ -146,7 +158,11 @@ fn remove_stale_socket(path: &Path) -> io::Result<()> {
     }
 }
 
-fn accept_loop(listener: UnixListener, handler: Handler, stop: Arc<AtomicBool>) {
+fn accept_loop<R: serde::de::DeserializeOwned + 'static>(
+    listener: UnixListener,
+    handler: HandlerOf<R>,
+    stop: Arc<AtomicBool>,
+) {
     let active = Arc::new(AtomicUsize::new(0));
     loop {
         let accepted = listener.accept();
@@ -212,7 +228,10 @@ fn write_response(w: &mut impl Write, resp: &Response) -> io::Result<()> {
 }
 
 /// Reads request lines until the client closes, idles out or misbehaves.
-fn serve_connection(stream: UnixStream, handler: &dyn Fn(Request) -> Response) -> io::Result<()> {
+fn serve_connection<R: serde::de::DeserializeOwned>(
+    stream: UnixStream,
+    handler: &dyn Fn(R) -> Response,
+) -> io::Result<()> {
     stream.set_read_timeout(Some(IDLE_TIMEOUT))?;
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let mut writer = stream.try_clone()?;
@@ -248,7 +267,7 @@ fn serve_connection(stream: UnixStream, handler: &dyn Fn(Request) -> Response) -
             }
             return Ok(());
         }
-        let resp = match serde_json::from_str::<Request>(text) {
+        let resp = match serde_json::from_str::<R>(text) {
             Ok(req) => call_handler(handler, req),
             Err(e) => Response::error(format!("bad request: {e}")),
         };
@@ -262,12 +281,12 @@ fn serve_connection(stream: UnixStream, handler: &dyn Fn(Request) -> Response) -
 
 /// A panicking handler answers an error instead of silently killing the
 /// connection, so the client learns something went wrong.
-fn call_handler(handler: &dyn Fn(Request) -> Response, req: Request) -> Response {
+fn call_handler<R>(handler: &dyn Fn(R) -> Response, req: R) -> Response {
     match catch_unwind(AssertUnwindSafe(|| handler(req))) {
         Ok(resp) => resp,
         Err(_) => {
             tracing::error!("API request handler panicked");
-            Response::error("internal error in the dataplane while handling the request")
+            Response::error("internal error while handling the request")
         }
     }
 }

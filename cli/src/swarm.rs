@@ -1,0 +1,465 @@
+//! `vxnet swarm ...` and `vxnet node ...`: the swarm as the control daemon
+//! keeps it. Also the pieces the other control-plane commands share: the
+//! daemon's socket option and the call helper.
+
+use crate::dp::CliError;
+use crate::output::{Format, Table};
+use clap::{Args, Subcommand, ValueEnum};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use vxnet_control::daemon::api::{CtlRequest, DEFAULT_SOCKET, InitView, JoinTokenView, NodeView};
+use vxnet_control::daemon::client::CtlClient;
+use vxnet_control::model::Role;
+
+/// The control daemon's socket, accepted by every control-plane command.
+#[derive(Debug, Args, Clone)]
+pub struct ControlSocket {
+    /// Path of the control daemon's socket.
+    #[arg(long = "control-socket", global = true, env = "VXNET_CONTROL_SOCKET", default_value = DEFAULT_SOCKET, value_name = "PATH")]
+    pub path: PathBuf,
+}
+
+impl ControlSocket {
+    /// Sends one request; a refusal becomes [`CliError::Failed`] with the
+    /// daemon's words.
+    pub fn call<T: DeserializeOwned>(&self, req: &CtlRequest) -> Result<T, CliError> {
+        let mut c = CtlClient::connect(&self.path).map_err(|e| CliError::Failed(e.to_string()))?;
+        c.request(req).map_err(CliError::Failed)
+    }
+}
+
+#[derive(Debug, Args, Clone, Copy)]
+pub struct FormatArg {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+pub fn write(out: &mut dyn Write, s: &str) -> Result<(), CliError> {
+    out.write_all(s.as_bytes())
+        .map_err(|e| CliError::Failed(format!("cannot write the output: {e}")))
+}
+
+pub fn json(out: &mut dyn Write, v: &impl Serialize) -> Result<(), CliError> {
+    let s = serde_json::to_string_pretty(v)
+        .map_err(|e| CliError::Failed(format!("cannot print the answer: {e}")))?;
+    write(out, &format!("{s}\n"))
+}
+
+/// The first 12 characters of an id, as `docker ... ls` shows them.
+pub fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    Worker,
+    Manager,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Role {
+        match r {
+            RoleArg::Worker => Role::Worker,
+            RoleArg::Manager => Role::Manager,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  vxnet swarm init --advertise-addr 192.0.2.1
+  vxnet swarm join-token worker
+  vxnet swarm leave --force")]
+pub struct SwarmArgs {
+    #[command(flatten)]
+    pub socket: ControlSocket,
+    #[command(subcommand)]
+    pub command: SwarmCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SwarmCommand {
+    /// Make this host a swarm manager and print the join commands.
+    #[command(after_help = "\
+Example:
+  vxnet swarm init --advertise-addr 192.0.2.1 --data-path-addr 198.51.100.1")]
+    Init {
+        /// Address for management and gossip traffic.
+        #[arg(long, value_name = "IP")]
+        advertise_addr: Option<IpAddr>,
+        /// Address for VXLAN data traffic.
+        #[arg(long, value_name = "IP")]
+        data_path_addr: Option<IpAddr>,
+        /// UDP port for VXLAN data traffic (1024-49151).
+        #[arg(long, value_name = "PORT")]
+        data_path_port: Option<u16>,
+    },
+    /// Join a swarm as a worker or manager (not implemented yet).
+    #[command(after_help = "\
+Example:
+  vxnet swarm join --token SWMTKN-1-... 192.0.2.1:2377")]
+    Join {
+        #[arg(long)]
+        token: String,
+        #[arg(long, value_name = "IP")]
+        advertise_addr: Option<IpAddr>,
+        #[arg(long, value_name = "IP")]
+        data_path_addr: Option<IpAddr>,
+        /// The manager, HOST:PORT.
+        remote: String,
+    },
+    /// Print (or rotate) the command that joins a worker or a manager.
+    #[command(
+        name = "join-token",
+        after_help = "\
+Examples:
+  vxnet swarm join-token worker
+  vxnet swarm join-token --rotate manager"
+    )]
+    JoinToken {
+        #[arg(value_enum)]
+        role: RoleArg,
+        /// Replace the token; the old one stops working.
+        #[arg(long)]
+        rotate: bool,
+        /// Print the token only.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Leave the swarm (on the only manager this removes the swarm).
+    #[command(after_help = "\
+Example:
+  vxnet swarm leave --force")]
+    Leave {
+        #[arg(short, long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Example:
+  vxnet node ls")]
+pub struct NodeArgs {
+    #[command(flatten)]
+    pub socket: ControlSocket,
+    #[command(subcommand)]
+    pub command: NodeCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// List the swarm's nodes.
+    #[command(
+        alias = "list",
+        after_help = "\
+Examples:
+  vxnet node ls
+  vxnet node ls --format json"
+    )]
+    Ls {
+        #[command(flatten)]
+        format: FormatArg,
+    },
+}
+
+impl SwarmCommand {
+    pub fn request(&self) -> CtlRequest {
+        match self {
+            SwarmCommand::Init {
+                advertise_addr,
+                data_path_addr,
+                data_path_port,
+            } => CtlRequest::SwarmInit {
+                advertise_addr: *advertise_addr,
+                data_path_addr: *data_path_addr,
+                data_path_port: *data_path_port,
+            },
+            SwarmCommand::Join {
+                token,
+                advertise_addr,
+                data_path_addr,
+                remote,
+            } => CtlRequest::SwarmJoin {
+                token: token.clone(),
+                remote: remote.clone(),
+                advertise_addr: *advertise_addr,
+                data_path_addr: *data_path_addr,
+            },
+            SwarmCommand::JoinToken { role, rotate, .. } => CtlRequest::JoinToken {
+                role: (*role).into(),
+                rotate: *rotate,
+            },
+            SwarmCommand::Leave { force } => CtlRequest::SwarmLeave { force: *force },
+        }
+    }
+}
+
+pub fn join_command(t: &JoinTokenView) -> String {
+    format!("vxnet swarm join --token {} {}", t.token, t.manager_addr)
+}
+
+pub fn run_swarm(args: &SwarmArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let req = args.command.request();
+    match &args.command {
+        SwarmCommand::Init { .. } => {
+            let v: InitView = args.socket.call(&req)?;
+            let worker = JoinTokenView {
+                role: Role::Worker,
+                token: v.worker_token.clone(),
+                manager_addr: v.manager_addr,
+            };
+            write(
+                out,
+                &format!(
+                    "Swarm initialized: current node ({}) is now a manager.\n\n\
+                     To add a worker to this swarm, run the following command:\n\n    {}\n\n\
+                     To add a manager to this swarm, run 'vxnet swarm join-token manager' and follow the instructions.\n",
+                    v.node_id,
+                    join_command(&worker)
+                ),
+            )
+        }
+        SwarmCommand::Join { .. } => {
+            let _: serde_json::Value = args.socket.call(&req)?;
+            write(out, "This node joined a swarm.\n")
+        }
+        SwarmCommand::JoinToken { quiet, rotate, .. } => {
+            let t: JoinTokenView = args.socket.call(&req)?;
+            if *quiet {
+                return write(out, &format!("{}\n", t.token));
+            }
+            let role = match t.role {
+                Role::Worker => "worker",
+                Role::Manager => "manager",
+            };
+            let rotated = if *rotate {
+                format!("Successfully rotated {role} join token.\n\n")
+            } else {
+                String::new()
+            };
+            write(
+                out,
+                &format!(
+                    "{rotated}To add a {role} to this swarm, run the following command:\n\n    {}\n",
+                    join_command(&t)
+                ),
+            )
+        }
+        SwarmCommand::Leave { .. } => {
+            let msg: String = args.socket.call(&req)?;
+            write(out, &format!("{msg}\n"))
+        }
+    }
+}
+
+pub fn run_node(args: &NodeArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    match &args.command {
+        NodeCommand::Ls { format } => {
+            let nodes: Vec<NodeView> = args.socket.call(&CtlRequest::NodeLs)?;
+            if format.format == Format::Json {
+                return json(out, &nodes);
+            }
+            let mut t = Table::new(&["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS"]);
+            for n in &nodes {
+                let v = serde_json::to_value(&n.node).unwrap_or_default();
+                let field = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_owned();
+                let status = field("status");
+                let manager = if n.node.role == Role::Manager {
+                    "Leader"
+                } else {
+                    ""
+                };
+                t.row(vec![
+                    format!("{}{}", n.node.id, if n.is_self { " *" } else { "" }),
+                    n.node.hostname.clone(),
+                    capitalize(&status),
+                    capitalize(&field("availability")),
+                    manager.into(),
+                ]);
+            }
+            write(out, &t.render())
+        }
+    }
+}
+
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::container::ContainerCommand;
+    use crate::network::NetworkCommand;
+    use crate::{Cli, Command};
+    use clap::Parser;
+    use clap::error::ErrorKind;
+    use vxnet_control::daemon::api::CtlRequest;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("vxnet").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn swarm_requests() {
+        let Command::Swarm(s) = parse(&[
+            "swarm",
+            "init",
+            "--advertise-addr",
+            "192.0.2.1",
+            "--data-path-port",
+            "4790",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not swarm")
+        };
+        assert_eq!(
+            s.command.request(),
+            CtlRequest::SwarmInit {
+                advertise_addr: Some("192.0.2.1".parse().unwrap()),
+                data_path_addr: None,
+                data_path_port: Some(4790),
+            }
+        );
+        let Command::Swarm(s) = parse(&["swarm", "join-token", "--rotate", "manager"])
+            .unwrap()
+            .command
+        else {
+            panic!("not swarm")
+        };
+        assert_eq!(
+            s.command.request(),
+            CtlRequest::JoinToken {
+                role: vxnet_control::model::Role::Manager,
+                rotate: true
+            }
+        );
+        assert_eq!(
+            parse(&["swarm", "join-token", "admin"]).unwrap_err().kind(),
+            ErrorKind::InvalidValue
+        );
+        assert!(parse(&["swarm", "init", "--advertise-addr", "nope"]).is_err());
+    }
+
+    #[test]
+    fn network_create_options() {
+        let Command::Network(n) = parse(&[
+            "network",
+            "create",
+            "-d",
+            "overlay",
+            "--attachable",
+            "--opt",
+            "encrypted",
+            "--opt",
+            "mtu=1400",
+            "--subnet",
+            "10.9.0.0/24",
+            "--gateway",
+            "10.9.0.1",
+            "--ip-range",
+            "10.9.0.128/25",
+            "secure",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not network")
+        };
+        let NetworkCommand::Create(c) = n.command else {
+            panic!("not create")
+        };
+        let r = c.request();
+        assert_eq!(r.name, "secure");
+        assert!(r.attachable && !r.ingress);
+        assert_eq!(r.options.get("encrypted").map(String::as_str), Some(""));
+        assert_eq!(r.options.get("mtu").map(String::as_str), Some("1400"));
+        assert_eq!(r.subnets[0].to_string(), "10.9.0.0/24");
+        assert_eq!(r.ip_ranges[0].to_string(), "10.9.0.128/25");
+        assert!(parse(&["network", "create", "--subnet", "10.9.0.0", "x"]).is_err());
+        assert!(crate::network::parse_filter(&["color=red".into()]).is_err());
+        let f = crate::network::parse_filter(&["name=te".into()]).unwrap();
+        assert_eq!(f.name.as_deref(), Some("te"));
+    }
+
+    #[test]
+    fn container_run_takes_a_command_after_dashes() {
+        let Command::Container(c) = parse(&[
+            "container",
+            "run",
+            "-d",
+            "--name",
+            "c1",
+            "--network",
+            "a",
+            "--network",
+            "b",
+            "--ip",
+            "10.0.0.9",
+            "--",
+            "ping",
+            "-c",
+            "1",
+            "10.0.0.1",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not container")
+        };
+        let ContainerCommand::Run(r) = c.command else {
+            panic!("not run")
+        };
+        assert!(r.detach);
+        assert_eq!(r.command, ["ping", "-c", "1", "10.0.0.1"]);
+        let CtlRequest::ContainerCreate { name, networks } = r.request() else {
+            panic!("not create")
+        };
+        assert_eq!(name, "c1");
+        assert_eq!(networks.len(), 2);
+        assert_eq!(networks[0].ipv4, Some("10.0.0.9".parse().unwrap()));
+        assert_eq!(networks[1].ipv4, None);
+        // A command and a network are required.
+        assert!(parse(&["container", "run", "--name", "c1", "--network", "a"]).is_err());
+        assert!(parse(&["container", "run", "--name", "c1", "--", "true"]).is_err());
+    }
+
+    #[test]
+    fn help_everywhere() {
+        for args in [
+            &["swarm", "--help"][..],
+            &["swarm", "init", "--help"],
+            &["swarm", "join-token", "--help"],
+            &["swarm", "leave", "--help"],
+            &["node", "ls", "--help"],
+            &["network", "--help"],
+            &["network", "create", "--help"],
+            &["network", "ls", "--help"],
+            &["network", "inspect", "--help"],
+            &["network", "rm", "--help"],
+            &["network", "connect", "--help"],
+            &["network", "disconnect", "--help"],
+            &["container", "--help"],
+            &["container", "run", "--help"],
+            &["container", "exec", "--help"],
+            &["container", "ls", "--help"],
+            &["container", "inspect", "--help"],
+            &["container", "rm", "--help"],
+        ] {
+            let e = parse(args).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::DisplayHelp, "{args:?}");
+            assert!(e.to_string().contains("Example"), "{args:?}");
+        }
+    }
+}

@@ -1,0 +1,495 @@
+//! The gossip driver: one thread that owns the UDP socket on port 7946 and
+//! the sans-IO [`Membership`], moves its packets and timers, and turns what
+//! it learns into dataplane programming:
+//!
+//! - a remote endpoint record appears → `peer_add` (MAC and IP behind the
+//!   record's VTEP, on the VNI of the record's network);
+//! - a record is removed, or its host goes Down → `peer_del`;
+//! - a member comes Up (or changes its key) → `vtep_add` with its public
+//!   key, so encrypted networks can reach it.
+//!
+//! The daemon announces and withdraws its own endpoints through
+//! [`GossipHandle::send`]. Which swarm to join (the seed) and the cluster
+//! key come from the management plane's join; until it exists, the driver
+//! runs on a manager alone.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use vxnet_dataplane::api::{Peer, Request};
+use vxnet_proto::wire::{MacAddr, Vni};
+
+use super::dataplane::{DataplaneApi, DataplaneExt};
+use crate::gossip::{EndpointEvent, EndpointRecord, MemberEvent, Membership, NodeIdentity};
+
+/// The gossip port, as Docker's.
+pub const GOSSIP_PORT: u16 = 7946;
+/// Longest the driver sleeps in `recv` before looking at its commands.
+const POLL: Duration = Duration::from_millis(50);
+/// Largest datagram read.
+const MAX_DATAGRAM: usize = 65_536;
+
+/// The VNI of a network id (from the store), if the network is known.
+pub type VniOf = Arc<dyn Fn(&str) -> Option<Vni> + Send + Sync>;
+
+/// What the daemon tells the driver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GossipCmd {
+    /// A local endpoint exists (container attached).
+    Announce {
+        network_id: String,
+        ip: IpAddr,
+        mac: [u8; 6],
+    },
+    /// A local endpoint is gone.
+    Withdraw { network_id: String, ip: IpAddr },
+    /// Contact a member to join its swarm's gossip.
+    Join(SocketAddr),
+}
+
+enum Msg {
+    Cmd(GossipCmd),
+    Stop { leave: bool },
+}
+
+/// A running driver. Dropping it stops the thread without leaving.
+pub struct GossipHandle {
+    tx: Sender<Msg>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl GossipHandle {
+    /// Queues a command; false if the driver has stopped.
+    pub fn send(&self, cmd: GossipCmd) -> bool {
+        self.tx.send(Msg::Cmd(cmd)).is_ok()
+    }
+
+    /// A sender for the daemon's [`super::Announcer`].
+    pub fn sender(&self) -> impl Fn(GossipCmd) + Send + Sync + 'static {
+        let tx = self.tx.clone();
+        move |c| {
+            let _ = tx.send(Msg::Cmd(c));
+        }
+    }
+
+    /// Stops the driver; with `leave`, tells members we are gone first.
+    pub fn stop(mut self, leave: bool) {
+        self.shutdown(leave);
+    }
+
+    fn shutdown(&mut self, leave: bool) {
+        let _ = self.tx.send(Msg::Stop { leave });
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for GossipHandle {
+    fn drop(&mut self) {
+        self.shutdown(false);
+    }
+}
+
+/// Starts the driver on `socket` (bound by the caller to the advertise
+/// address and [`GOSSIP_PORT`]).
+pub fn spawn<D: DataplaneApi + 'static>(
+    socket: UdpSocket,
+    membership: Membership,
+    dp: D,
+    vni_of: VniOf,
+) -> io::Result<GossipHandle> {
+    socket.set_read_timeout(Some(POLL))?;
+    let (tx, rx) = mpsc::channel();
+    let mut driver = Driver {
+        programmer: Programmer::new(dp, vni_of, membership.identity().data_addr),
+        m: membership,
+        sock: socket,
+        timers: Vec::new(),
+    };
+    let thread = std::thread::Builder::new()
+        .name("vxnet-gossip".into())
+        .spawn(move || driver.run(&rx))?;
+    Ok(GossipHandle {
+        tx,
+        thread: Some(thread),
+    })
+}
+
+struct Driver<D> {
+    m: Membership,
+    sock: UdpSocket,
+    timers: Vec<(Instant, crate::gossip::TimerEvent)>,
+    programmer: Programmer<D>,
+}
+
+impl<D: DataplaneApi> Driver<D> {
+    fn run(&mut self, rx: &Receiver<Msg>) {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            loop {
+                match rx.try_recv() {
+                    Ok(Msg::Cmd(c)) => self.command(c),
+                    Ok(Msg::Stop { leave }) => {
+                        if leave && self.m.leave().is_ok() {
+                            self.flush();
+                        }
+                        return;
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return,
+                }
+            }
+            let now = Instant::now();
+            let due: Vec<_> = {
+                let (due, later) = std::mem::take(&mut self.timers)
+                    .into_iter()
+                    .partition(|(at, _)| *at <= now);
+                self.timers = later;
+                due
+            };
+            for (_, ev) in due {
+                self.m.handle_timer(ev, now);
+            }
+            self.flush();
+            let wait = self
+                .timers
+                .iter()
+                .map(|(at, _)| at.saturating_duration_since(now))
+                .min()
+                .unwrap_or(POLL)
+                .clamp(Duration::from_millis(1), POLL);
+            let _ = self.sock.set_read_timeout(Some(wait));
+            match self.sock.recv_from(&mut buf) {
+                Ok((n, _from)) => {
+                    if let Some(pkt) = buf.get(..n) {
+                        if let Err(e) = self.m.handle_data(pkt, Instant::now()) {
+                            tracing::debug!(error = %e, "gossip packet dropped");
+                        }
+                    }
+                    self.flush();
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => tracing::warn!(error = %e, "gossip receive failed"),
+            }
+        }
+    }
+
+    fn command(&mut self, c: GossipCmd) {
+        let vtep = self.m.identity().data_addr;
+        let r = match c {
+            GossipCmd::Announce {
+                network_id,
+                ip,
+                mac,
+            } => self
+                .m
+                .announce_endpoint(&network_id, ip, mac, vtep)
+                .map(|_| ()),
+            GossipCmd::Withdraw { network_id, ip } => {
+                self.m.withdraw_endpoint(&network_id, ip).map(|_| ())
+            }
+            GossipCmd::Join(seed) => self.m.join(seed),
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "gossip command failed");
+        }
+        self.flush();
+    }
+
+    /// Sends what the membership wants sent, arms its timers and hands its
+    /// events to the programmer.
+    fn flush(&mut self) {
+        while let Some((to, bytes)) = self.m.poll_transmit() {
+            if let Err(e) = self.sock.send_to(&bytes, to) {
+                tracing::debug!(to = %to, error = %e, "gossip send failed");
+            }
+        }
+        let now = Instant::now();
+        while let Some((after, ev)) = self.m.poll_timer() {
+            self.timers.push((now + after, ev));
+        }
+        while let Some(ev) = self.m.poll_event() {
+            let gone = match &ev {
+                MemberEvent::Down(id) => self.m.endpoints_at(id.data_addr),
+                _ => Vec::new(),
+            };
+            self.programmer.on_member(&ev, &gone);
+        }
+        while let Some(ev) = self.m.poll_endpoint_event() {
+            self.programmer.on_endpoint(&ev);
+        }
+    }
+}
+
+/// Turns gossip events into dataplane requests. Remembers what it
+/// programmed, so a Down host's endpoints can be withdrawn even when the
+/// membership no longer lists them.
+pub struct Programmer<D> {
+    dp: D,
+    vni_of: VniOf,
+    own_vtep: IpAddr,
+    /// (network id, IP) -> (VNI, MAC, VTEP) as programmed.
+    programmed: BTreeMap<(String, IpAddr), (Vni, [u8; 6], IpAddr)>,
+}
+
+impl<D: DataplaneApi> Programmer<D> {
+    pub fn new(dp: D, vni_of: VniOf, own_vtep: IpAddr) -> Self {
+        Self {
+            dp,
+            vni_of,
+            own_vtep,
+            programmed: BTreeMap::new(),
+        }
+    }
+
+    pub fn on_endpoint(&mut self, ev: &EndpointEvent) {
+        match ev {
+            EndpointEvent::Added(r) => self.add(r),
+            EndpointEvent::Removed(r) => self.remove(&r.network_id, r.ip),
+        }
+    }
+
+    /// `gone`: the live records of a member that went Down.
+    pub fn on_member(&mut self, ev: &MemberEvent, gone: &[EndpointRecord]) {
+        match ev {
+            MemberEvent::Up(id) => self.vtep(id, None),
+            MemberEvent::Updated { old, new } => self.vtep(new, Some(old)),
+            MemberEvent::Down(id) => {
+                let mut keys: Vec<(String, IpAddr)> =
+                    gone.iter().map(|r| (r.network_id.clone(), r.ip)).collect();
+                keys.extend(
+                    self.programmed
+                        .iter()
+                        .filter(|(_, (_, _, vtep))| *vtep == id.data_addr)
+                        .map(|(k, _)| k.clone()),
+                );
+                for (net, ip) in keys {
+                    self.remove(&net, ip);
+                }
+            }
+            MemberEvent::Rejoined(_) | MemberEvent::Defunct => {}
+        }
+    }
+
+    fn add(&mut self, r: &EndpointRecord) {
+        if r.vtep == self.own_vtep || r.removed {
+            return;
+        }
+        let Some(vni) = (self.vni_of)(&r.network_id) else {
+            tracing::debug!(network = %r.network_id, "endpoint of an unknown network");
+            return;
+        };
+        let key = (r.network_id.clone(), r.ip);
+        if let Some((old_vni, old_mac, _)) = self.programmed.get(&key).copied() {
+            if old_mac != r.mac {
+                let _ = self.dp.command(&Request::PeerDel {
+                    vni: old_vni,
+                    mac: MacAddr(old_mac),
+                });
+            }
+        }
+        let req = Request::PeerAdd(Peer {
+            vni,
+            mac: MacAddr(r.mac),
+            ips: vec![r.ip],
+            vtep: r.vtep,
+        });
+        match self.dp.command(&req) {
+            Ok(()) => {
+                self.programmed.insert(key, (vni, r.mac, r.vtep));
+            }
+            Err(e) => tracing::warn!(ip = %r.ip, vtep = %r.vtep, error = %e, "peer_add"),
+        }
+    }
+
+    fn remove(&mut self, network_id: &str, ip: IpAddr) {
+        if let Some((vni, mac, _)) = self.programmed.remove(&(network_id.to_owned(), ip)) {
+            if let Err(e) = self.dp.command(&Request::PeerDel {
+                vni,
+                mac: MacAddr(mac),
+            }) {
+                tracing::debug!(ip = %ip, error = %e, "peer_del");
+            }
+        }
+    }
+
+    fn vtep(&mut self, id: &NodeIdentity, old: Option<&NodeIdentity>) {
+        if id.data_addr == self.own_vtep {
+            return;
+        }
+        if let Some(old) =
+            old.filter(|o| o.data_addr != id.data_addr || o.public_key != id.public_key)
+        {
+            let _ = self.dp.command(&Request::VtepDel {
+                vtep: old.data_addr,
+            });
+        }
+        let pubkey = base64::engine::general_purpose::STANDARD.encode(id.public_key);
+        let req = Request::VtepAdd {
+            vtep: id.data_addr,
+            pubkey,
+        };
+        match self.dp.command(&req) {
+            Ok(()) => {}
+            Err(e) if e.contains("already has this key") => {}
+            Err(e) => tracing::warn!(vtep = %id.data_addr, error = %e, "vtep_add"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gossip::{GossipConfig, GossipKey, KeyId, Keyring};
+    use std::sync::Mutex;
+    use vxnet_dataplane::api::Response;
+
+    /// Records every request and accepts it.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<Request>>>);
+
+    impl DataplaneApi for Recorder {
+        fn call(&mut self, req: &Request) -> Result<Response, String> {
+            self.0.lock().unwrap().push(req.clone());
+            Ok(Response::ok(()))
+        }
+    }
+
+    impl Recorder {
+        fn has(&self, f: impl Fn(&Request) -> bool) -> bool {
+            self.0.lock().unwrap().iter().any(f)
+        }
+    }
+
+    fn vni_of() -> VniOf {
+        Arc::new(|id: &str| (id == "net1").then(|| Vni::new(4097)).flatten())
+    }
+
+    fn ident(i: u8, port: u16) -> NodeIdentity {
+        NodeIdentity {
+            node_id: format!("node{i}"),
+            gossip_addr: SocketAddr::new(IpAddr::from([127, 0, 0, 1]), port),
+            data_addr: IpAddr::from([192, 0, 2, i]),
+            data_port: 4789,
+            public_key: [i; 32],
+            generation: 1,
+        }
+    }
+
+    fn record(ip: [u8; 4], vtep: [u8; 4], network: &str) -> EndpointRecord {
+        EndpointRecord {
+            network_id: network.into(),
+            ip: IpAddr::from(ip),
+            mac: [2, 0x42, ip[0], ip[1], ip[2], ip[3]],
+            vtep: IpAddr::from(vtep),
+            version: 1,
+            removed: false,
+        }
+    }
+
+    #[test]
+    fn events_become_dataplane_requests() {
+        let rec = Recorder::default();
+        let mut p = Programmer::new(rec.clone(), vni_of(), IpAddr::from([192, 0, 2, 1]));
+        // Ours and unknown networks are not programmed.
+        p.on_endpoint(&EndpointEvent::Added(record(
+            [10, 0, 1, 2],
+            [192, 0, 2, 1],
+            "net1",
+        )));
+        p.on_endpoint(&EndpointEvent::Added(record(
+            [10, 0, 1, 3],
+            [192, 0, 2, 2],
+            "other",
+        )));
+        assert!(rec.0.lock().unwrap().is_empty());
+        let r = record([10, 0, 1, 4], [192, 0, 2, 2], "net1");
+        p.on_endpoint(&EndpointEvent::Added(r.clone()));
+        assert!(rec.has(|q| matches!(q, Request::PeerAdd(peer)
+            if peer.vni.get() == 4097 && peer.vtep == r.vtep && peer.ips == vec![r.ip])));
+        let peer = ident(2, 1);
+        p.on_member(&MemberEvent::Up(peer.clone()), &[]);
+        let key = base64::engine::general_purpose::STANDARD.encode([2u8; 32]);
+        assert!(rec.has(|q| matches!(q, Request::VtepAdd { vtep, pubkey }
+            if *vtep == peer.data_addr && *pubkey == key)));
+        // Its host goes Down: the endpoint is withdrawn.
+        p.on_member(&MemberEvent::Down(peer), &[]);
+        assert!(rec.has(|q| matches!(q, Request::PeerDel { vni, mac }
+            if vni.get() == 4097 && mac.0 == r.mac)));
+        assert!(p.programmed.is_empty());
+    }
+
+    fn start(i: u8) -> (GossipHandle, Recorder, SocketAddr) {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = sock.local_addr().unwrap();
+        let key = GossipKey {
+            id: KeyId(1),
+            secret: [9; 32],
+        };
+        let m = Membership::new(
+            ident(i, addr.port()),
+            GossipConfig::default(),
+            Keyring::with_primary(key),
+            [i; 32],
+        );
+        let rec = Recorder::default();
+        (spawn(sock, m, rec.clone(), vni_of()).unwrap(), rec, addr)
+    }
+
+    fn wait_for(limit: Duration, f: impl Fn() -> bool) -> bool {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if f() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        f()
+    }
+
+    #[test]
+    fn two_drivers_over_loopback_spread_endpoints_and_detect_down() {
+        let (a, rec_a, addr_a) = start(1);
+        let (b, rec_b, _) = start(2);
+        assert!(b.send(GossipCmd::Join(addr_a)));
+        assert!(a.send(GossipCmd::Announce {
+            network_id: "net1".into(),
+            ip: IpAddr::from([10, 0, 1, 2]),
+            mac: [2, 0x42, 10, 0, 1, 2],
+        }));
+        let a_vtep = IpAddr::from([192, 0, 2, 1]);
+        assert!(
+            wait_for(Duration::from_secs(10), || rec_b
+                .has(|q| matches!(q, Request::PeerAdd(p) if p.vtep == a_vtep))),
+            "b never learned a's endpoint: {:?}",
+            rec_b.0.lock().unwrap()
+        );
+        assert!(wait_for(Duration::from_secs(5), || rec_a.has(
+            |q| matches!(q, Request::VtepAdd { vtep, .. } if *vtep == IpAddr::from([192, 0, 2, 2]))
+        )));
+        // A dies without a word: b withdraws its endpoint within 5 s (plus
+        // slack for a loaded test machine).
+        drop(a);
+        assert!(
+            wait_for(Duration::from_secs(12), || rec_b.has(
+                |q| matches!(q, Request::PeerDel { mac, .. } if mac.0 == [2, 0x42, 10, 0, 1, 2])
+            )),
+            "b did not withdraw a's endpoint: {:?}",
+            rec_b.0.lock().unwrap()
+        );
+        b.stop(true);
+    }
+}

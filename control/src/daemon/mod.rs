@@ -1,0 +1,780 @@
+//! The control daemon's request handling: it owns the store, the
+//! connection to the local dataplane and the host (namespaces, processes),
+//! and turns each [`CtlRequest`] into store operations (the rules live in
+//! [`crate::networks`], [`crate::containers`], [`crate::cluster`]) followed
+//! by the dataplane calls that make them real.
+//!
+//! Order of effects: the store is written first (it validates and
+//! allocates), then the host and the dataplane are changed; if those fail,
+//! the store change is undone, so a refused request changes nothing. What
+//! the dataplane lost anyway (a dataplane restart) is put back by
+//! [`reconcile`], which compares the store with the dataplane and fixes
+//! only the difference.
+//!
+//! Everything runs under one lock: the store's read-modify-write
+//! sequences need it, and requests are rare next to packets.
+//!
+//! The management plane (join over mutual TLS on 2377) is another
+//! module's; this one only asks it for the CA digest that join tokens
+//! carry ([`Config::ca_digest`]) and answers `swarm join` with "not
+//! implemented yet".
+
+pub mod api;
+pub mod client;
+pub mod dataplane;
+pub mod gossip;
+pub mod host;
+pub mod reconcile;
+pub mod runtime;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use serde::Serialize;
+use vxnet_dataplane::api::{AttachRequest, AttachTarget, DetachTarget, IpNet, Request, Response};
+use vxnet_proto::wire::Vni;
+
+use self::api::{
+    ContainerView, CtlRequest, InitView, JoinTokenView, MANAGEMENT_PORT, NetworkInspectView,
+    NodeView, ReconcileReport, container_view,
+};
+use self::dataplane::{DataplaneApi, DataplaneExt, dataplane_vtep};
+use self::gossip::GossipCmd;
+use self::host::Host;
+use self::runtime::{LocalNode, Runtime};
+use crate::cluster::{self, InitRequest};
+use crate::containers::{self, CreateContainer, NetworkRequest};
+use crate::gossip::{KeyId, Keyring, NodeIdentity};
+use crate::model::{AddressAlloc, Cluster, Container, Network, Node, Role};
+use crate::networks;
+use crate::store::{Record, Store, StoreExt, Txn};
+
+/// What the daemon knows about its host from the command line.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub hostname: String,
+    /// `--advertise-addr` of the daemon (a request's own wins).
+    pub advertise_addr: Option<IpAddr>,
+    /// `--data-path-addr` of the daemon (a request's own wins).
+    pub data_path_addr: Option<IpAddr>,
+    /// Digest of the management CA's certificate, embedded in join tokens.
+    pub ca_digest: String,
+    /// Where detached containers' output goes (one file per container).
+    pub log_dir: PathBuf,
+}
+
+/// The daemon: one lock around everything it owns.
+pub struct Daemon<S, D, H> {
+    inner: Mutex<Inner<S, D, H>>,
+}
+
+pub(crate) struct Inner<S, D, H> {
+    pub(crate) store: S,
+    pub(crate) dp: D,
+    pub(crate) host: H,
+    pub(crate) cfg: Config,
+    /// Tells the gossip driver about local endpoints, while one runs.
+    pub(crate) announce: Option<Announcer>,
+}
+
+/// Where the daemon sends its local endpoints' comings and goings.
+pub type Announcer = Box<dyn Fn(GossipCmd) + Send + Sync>;
+
+type R<T> = Result<T, String>;
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn value(v: impl Serialize) -> R<serde_json::Value> {
+    serde_json::to_value(v).map_err(|e| format!("internal error encoding the result: {e}"))
+}
+
+fn s(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+fn vni(n: &Network) -> R<Vni> {
+    Vni::new(n.vni).ok_or_else(|| format!("network {} has an invalid VNI {}", n.name, n.vni))
+}
+
+impl<S, D, H> Daemon<S, D, H>
+where
+    S: Store + Send,
+    D: DataplaneApi,
+    H: Host,
+{
+    pub fn new(store: S, dp: D, host: H, cfg: Config) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                store,
+                dp,
+                host,
+                cfg,
+                announce: None,
+            }),
+        }
+    }
+
+    /// Starts (`Some`) or stops (`None`) telling a gossip driver about
+    /// local endpoints.
+    pub fn set_announcer(&self, a: Option<Announcer>) {
+        self.lock().announce = a;
+    }
+
+    /// Announcements of every local endpoint, for a gossip driver that
+    /// just started.
+    pub fn local_endpoints(&self) -> Vec<GossipCmd> {
+        let g = self.lock();
+        let Ok(me) = g.local_node() else {
+            return Vec::new();
+        };
+        containers::list_containers(&g.store, Some(&me))
+            .unwrap_or_default()
+            .iter()
+            .flat_map(announcements)
+            .collect()
+    }
+
+    /// The VNI of a network id, if the store knows the network.
+    pub fn network_vni(&self, network_id: &str) -> Option<Vni> {
+        let g = self.lock();
+        g.store
+            .get::<Network>(network_id)
+            .ok()
+            .flatten()
+            .and_then(|n| vni(&n).ok())
+    }
+
+    /// This node's gossip identity and the cluster's keyring, once the
+    /// swarm exists; `generation` should grow with every daemon start.
+    pub fn gossip_setup(&self, generation: u32) -> Option<(NodeIdentity, Keyring)> {
+        let g = self.lock();
+        let me = g.local_node().ok()?;
+        let node = g.store.get::<Node>(&me).ok().flatten()?;
+        let c = cluster::cluster(&g.store).ok()?;
+        let public_key: [u8; 32] = base64::engine::general_purpose::STANDARD
+            .decode(&node.public_key)
+            .ok()?
+            .try_into()
+            .ok()?;
+        let mut ring = Keyring::new();
+        for k in &c.gossip_keys {
+            ring.install_key(k.to_keyring()?).ok()?;
+        }
+        ring.set_primary(KeyId(c.primary_gossip_key()?.id)).ok()?;
+        Some((
+            NodeIdentity {
+                node_id: node.id,
+                gossip_addr: SocketAddr::new(node.advertise_addr, self::gossip::GOSSIP_PORT),
+                data_addr: node.data_path_addr,
+                data_port: node.data_path_port,
+                public_key,
+                generation,
+            },
+            ring,
+        ))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<S, D, H>> {
+        // A panicking handler leaves the store consistent (transactions are
+        // atomic), so the lock stays usable.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Answers one request.
+    pub fn handle(&self, req: CtlRequest) -> Response {
+        let op = format!("{req:?}");
+        match self.lock().handle(req) {
+            Ok(v) => Response {
+                ok: true,
+                result: Some(v),
+                error: None,
+            },
+            Err(e) => {
+                tracing::info!(request = %op, error = %e, "request refused");
+                Response::error(e)
+            }
+        }
+    }
+
+    /// Compares the dataplane with the store and fixes the difference.
+    pub fn reconcile(&self) -> ReconcileReport {
+        self.lock().reconcile()
+    }
+}
+
+impl<S, D, H> Inner<S, D, H>
+where
+    S: Store,
+    D: DataplaneApi,
+    H: Host,
+{
+    fn handle(&mut self, req: CtlRequest) -> R<serde_json::Value> {
+        match req {
+            CtlRequest::SwarmInit {
+                advertise_addr,
+                data_path_addr,
+                data_path_port,
+            } => value(self.swarm_init(advertise_addr, data_path_addr, data_path_port)?),
+            CtlRequest::SwarmJoin { .. } => Err(
+                "swarm join is not implemented yet: joining over the TLS management plane \
+                 (port 2377) is still being built; use one host with `vxnet swarm init` for now"
+                    .into(),
+            ),
+            CtlRequest::JoinToken { role, rotate } => value(self.join_token(role, rotate)?),
+            CtlRequest::SwarmLeave { force } => value(self.swarm_leave(force)?),
+            CtlRequest::NodeLs => value(self.node_ls()?),
+            CtlRequest::NetworkCreate(c) => value(
+                networks::create_network(&self.store, &c, now(), &mut rand_core::OsRng)
+                    .map_err(s)?,
+            ),
+            CtlRequest::NetworkLs { filter } => {
+                value(networks::list_networks(&self.store, &filter).map_err(s)?)
+            }
+            CtlRequest::NetworkInspect { network } => value(NetworkInspectView {
+                details: networks::inspect_network(&self.store, &network).map_err(s)?,
+                self_node: self.local_node().ok(),
+            }),
+            CtlRequest::NetworkRm { network } => value(self.network_rm(&network)?),
+            CtlRequest::NetworkConnect { container, network } => {
+                value(self.network_connect(&container, &network)?)
+            }
+            CtlRequest::NetworkDisconnect { container, network } => {
+                value(self.network_disconnect(&container, &network)?)
+            }
+            CtlRequest::ContainerCreate { name, networks } => {
+                value(self.container_create(&name, networks)?)
+            }
+            CtlRequest::ContainerStarted { container, pid } => {
+                value(self.container_started(&container, pid)?)
+            }
+            CtlRequest::ContainerLs => value(self.container_ls()?),
+            CtlRequest::ContainerInspect { container } => {
+                let c = containers::resolve_container(&self.store, &container).map_err(s)?;
+                value(self.view(&c)?)
+            }
+            CtlRequest::ContainerRm { container, force } => {
+                value(self.container_rm(&container, force)?)
+            }
+            CtlRequest::Reconcile => value(self.reconcile()),
+        }
+    }
+
+    fn tell(&self, cmds: Vec<GossipCmd>) {
+        if let Some(a) = &self.announce {
+            for c in cmds {
+                a(c);
+            }
+        }
+    }
+
+    /// The node this daemon runs as; an error before `swarm init`.
+    pub(crate) fn local_node(&self) -> R<String> {
+        cluster::cluster(&self.store).map_err(s)?;
+        self.store
+            .get::<LocalNode>(LocalNode::KEY)
+            .map_err(s)?
+            .map(|l| l.node_id)
+            .ok_or_else(|| "this daemon has no node record; run `vxnet swarm init`".to_owned())
+    }
+
+    fn manager_addr(&self) -> R<SocketAddr> {
+        let id = self.local_node()?;
+        let n = self
+            .store
+            .get::<Node>(&id)
+            .map_err(s)?
+            .ok_or_else(|| format!("node {id} is missing from the store"))?;
+        Ok(SocketAddr::new(n.advertise_addr, MANAGEMENT_PORT))
+    }
+
+    fn swarm_init(
+        &mut self,
+        advertise_addr: Option<IpAddr>,
+        data_path_addr: Option<IpAddr>,
+        data_path_port: Option<u16>,
+    ) -> R<InitView> {
+        if self
+            .store
+            .get::<Cluster>(Cluster::KEY)
+            .map_err(s)?
+            .is_some()
+        {
+            return Err(s(crate::ControlError::AlreadyInitialized));
+        }
+        let show = self.dp.show()?;
+        let public_key = show.public_key.clone().ok_or_else(|| {
+            "the dataplane reports no public key; upgrade vxnet-dataplane".to_owned()
+        })?;
+        let dp_vtep = dataplane_vtep(&show);
+        // The swarm's data port is the one the dataplane listens on.
+        if data_path_port.is_some_and(|p| p != show.port) {
+            return Err(format!(
+                "the dataplane listens on UDP port {}; restart it with --port {} or give --data-path-port {}",
+                show.port,
+                data_path_port.unwrap_or_default(),
+                show.port
+            ));
+        }
+        let data_path_port = Some(show.port);
+        let data_path_addr = data_path_addr.or(self.cfg.data_path_addr).or(dp_vtep);
+        let advertise_addr = advertise_addr
+            .or(self.cfg.advertise_addr)
+            .or(data_path_addr)
+            .ok_or_else(|| {
+                "cannot tell which address to advertise: give --advertise-addr".to_owned()
+            })?;
+        let req = InitRequest {
+            hostname: self.cfg.hostname.clone(),
+            advertise_addr,
+            data_path_addr,
+            data_path_port,
+            public_key,
+            default_pool: None,
+            ca_digest: self.cfg.ca_digest.clone(),
+        };
+        let r = cluster::swarm_init(&self.store, &req, now(), &mut rand_core::OsRng).map_err(s)?;
+        self.store
+            .put(&LocalNode {
+                node_id: r.node.id.clone(),
+            })
+            .map_err(s)?;
+        Ok(InitView {
+            node_id: r.node.id.clone(),
+            cluster_id: r.cluster.id.clone(),
+            manager_addr: SocketAddr::new(r.node.advertise_addr, MANAGEMENT_PORT),
+            worker_token: r.cluster.tokens.worker.clone(),
+            manager_token: r.cluster.tokens.manager.clone(),
+            ingress_network: r.ingress.name,
+        })
+    }
+
+    fn join_token(&mut self, role: Role, rotate: bool) -> R<JoinTokenView> {
+        let c = cluster::cluster(&self.store).map_err(s)?;
+        let token = if rotate {
+            cluster::rotate_join_token(
+                &self.store,
+                role,
+                &self.cfg.ca_digest,
+                now(),
+                &mut rand_core::OsRng,
+            )
+            .map_err(s)?
+        } else {
+            match role {
+                Role::Worker => c.tokens.worker.clone(),
+                Role::Manager => c.tokens.manager.clone(),
+            }
+        };
+        Ok(JoinTokenView {
+            role,
+            token,
+            manager_addr: self.manager_addr()?,
+        })
+    }
+
+    fn swarm_leave(&mut self, force: bool) -> R<String> {
+        cluster::cluster(&self.store).map_err(s)?;
+        if !force {
+            return Err(
+                "this node is the swarm's only manager: leaving removes the swarm, \
+                 its networks and this host's containers; use `vxnet swarm leave --force` \
+                 to do it anyway"
+                    .into(),
+            );
+        }
+        // Containers first (processes, namespaces, endpoints), then every
+        // record in one transaction.
+        for c in self.store.list::<Container>().map_err(s)? {
+            self.container_rm(&c.id, true)?;
+        }
+        let nets = self.store.list::<Network>().map_err(s)?;
+        for n in &nets {
+            if let Ok(v) = vni(n) {
+                let _ = self.dp.command(&Request::NetworkDel { vni: v });
+            }
+        }
+        let mut txn = Txn::new();
+        self.delete_all::<Cluster>(&mut txn)?;
+        self.delete_all::<Node>(&mut txn)?;
+        self.delete_all::<Network>(&mut txn)?;
+        self.delete_all::<AddressAlloc>(&mut txn)?;
+        self.delete_all::<Container>(&mut txn)?;
+        self.delete_all::<Runtime>(&mut txn)?;
+        self.delete_all::<LocalNode>(&mut txn)?;
+        self.store.apply(&txn).map_err(s)?;
+        Ok("Node left the swarm.".into())
+    }
+
+    fn delete_all<T: Record>(&self, txn: &mut Txn) -> R<()> {
+        for (k, _) in self.store.scan(T::TABLE).map_err(s)? {
+            txn.delete::<T>(&k);
+        }
+        Ok(())
+    }
+
+    fn node_ls(&self) -> R<Vec<NodeView>> {
+        let me = self.local_node()?;
+        Ok(cluster::list_nodes(&self.store, None)
+            .map_err(s)?
+            .into_iter()
+            .map(|n| NodeView {
+                is_self: n.id == me,
+                node: n,
+            })
+            .collect())
+    }
+
+    fn network_rm(&mut self, query: &str) -> R<Network> {
+        let n = networks::remove_network(&self.store, query).map_err(s)?;
+        // Declared only while something here used it; usually gone already.
+        if let Ok(v) = vni(&n) {
+            let _ = self.dp.command(&Request::NetworkDel { vni: v });
+        }
+        Ok(n)
+    }
+
+    fn runtime(&self, c: &Container) -> R<Runtime> {
+        Ok(self
+            .store
+            .get::<Runtime>(&c.id)
+            .map_err(s)?
+            .unwrap_or_else(|| default_runtime(c)))
+    }
+
+    fn status(&self, rt: &Runtime) -> &'static str {
+        match rt.pid {
+            None => "created",
+            Some(p) if self.host.process_alive(p) => "running",
+            Some(_) => "exited",
+        }
+    }
+
+    fn view(&self, c: &Container) -> R<ContainerView> {
+        let nets = self.store.list::<Network>().map_err(s)?;
+        let rt = self.runtime(c)?;
+        Ok(container_view(c, &nets, &rt, self.status(&rt)))
+    }
+
+    fn container_ls(&self) -> R<Vec<ContainerView>> {
+        let me = self.local_node()?;
+        containers::list_containers(&self.store, Some(&me))
+            .map_err(s)?
+            .iter()
+            .map(|c| self.view(c))
+            .collect()
+    }
+
+    /// Declares the network and attaches the container's interface for it.
+    pub(crate) fn attach(
+        &mut self,
+        netns: &str,
+        ifname: &str,
+        net: &Network,
+        c: &Container,
+        primary: bool,
+    ) -> R<()> {
+        self.dp.command(&Request::NetworkAdd {
+            vni: vni(net)?,
+            encrypted: net.encrypted,
+        })?;
+        self.attach_endpoint(netns, ifname, net, c, primary)
+    }
+
+    /// Attaches the container's interface for `net` (declared already).
+    pub(crate) fn attach_endpoint(
+        &mut self,
+        netns: &str,
+        ifname: &str,
+        net: &Network,
+        c: &Container,
+        primary: bool,
+    ) -> R<()> {
+        let a = c
+            .attachment(&net.id)
+            .ok_or_else(|| format!("container {} is not on network {}", c.name, net.name))?;
+        let v = vni(net)?;
+        let mut ips = vec![IpNet {
+            addr: IpAddr::V4(a.ipv4),
+            prefix: net.ipv4.subnet.prefix_len(),
+        }];
+        let mut gateways = vec![];
+        if primary {
+            gateways.push(IpAddr::V4(net.ipv4.gateway));
+        }
+        if let (Some(v6), Some(cfg)) = (a.ipv6, &net.ipv6) {
+            ips.push(IpNet {
+                addr: IpAddr::V6(v6),
+                prefix: cfg.subnet.prefix_len(),
+            });
+            if primary {
+                gateways.push(IpAddr::V6(cfg.gateway));
+            }
+        }
+        let mac = a
+            .mac
+            .parse()
+            .map_err(|_| format!("stored MAC {} of {} is invalid", a.mac, c.name))?;
+        self.dp.command(&Request::Attach(AttachRequest {
+            target: AttachTarget::Netns(netns.to_owned()),
+            vni: v,
+            ips,
+            mac: Some(mac),
+            mtu: Some(u32::from(net.mtu)),
+            gateways,
+            ifname: Some(ifname.to_owned()),
+        }))
+    }
+
+    fn detach(&mut self, netns: &str, ifname: Option<&str>) -> R<()> {
+        self.dp.command(&Request::Detach {
+            target: DetachTarget::Netns {
+                netns: netns.to_owned(),
+                ifname: ifname.map(str::to_owned),
+            },
+        })
+    }
+
+    /// Withdraws from the dataplane the networks nothing here uses any more
+    /// (a network goes from a host with its last container there).
+    fn drop_unused_networks(&mut self, candidates: &[Network]) -> R<()> {
+        let me = self.local_node()?;
+        let used = networks::networks_on_node(&self.store, &me).map_err(s)?;
+        for n in candidates {
+            if !used.iter().any(|u| u.id == n.id) {
+                if let Ok(v) = vni(n) {
+                    if let Err(e) = self.dp.command(&Request::NetworkDel { vni: v }) {
+                        tracing::debug!(network = %n.name, error = %e, "network_del");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn container_create(&mut self, name: &str, nets: Vec<NetworkRequest>) -> R<ContainerView> {
+        let me = self.local_node()?;
+        let req = CreateContainer {
+            name: name.to_owned(),
+            node: me,
+            netns: Some(name.to_owned()),
+            networks: nets,
+        };
+        let c = containers::create_container(&self.store, &req, now(), &mut rand_core::OsRng)
+            .map_err(s)?;
+        match self.make_container(&c) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                // Forget it first, so its networks count as unused here.
+                let nets = self.nets_of(&c)?;
+                let _ = containers::remove_container(&self.store, &c.id);
+                let _ = self.drop_unused_networks(&nets);
+                Err(e)
+            }
+        }
+    }
+
+    /// The host side of a new container. On failure its host and dataplane
+    /// changes are undone; the caller forgets the record.
+    fn make_container(&mut self, c: &Container) -> R<ContainerView> {
+        let ns = c.netns.clone().unwrap_or_else(|| c.name.clone());
+        if self.host.netns_exists(&ns) {
+            return Err(format!(
+                "a network namespace named {ns} already exists; remove it or choose another container name"
+            ));
+        }
+        let mut rt = default_runtime(c);
+        rt.ifnames.clear();
+        rt.log_path = self
+            .cfg
+            .log_dir
+            .join(format!("{}.log", c.name))
+            .display()
+            .to_string();
+        self.host.netns_add(&ns)?;
+        let done = (|| -> R<()> {
+            self.host.write_resolv_conf(&ns)?;
+            let nets = self.store.list::<Network>().map_err(s)?;
+            for (i, a) in c.attachments.iter().enumerate() {
+                let net = nets
+                    .iter()
+                    .find(|n| n.id == a.network)
+                    .ok_or_else(|| format!("network {} vanished", a.network))?;
+                let ifname = rt.next_ifname();
+                self.attach(&ns, &ifname, net, c, i == 0)?;
+                rt.ifnames.insert(net.id.clone(), ifname);
+            }
+            self.store.put(&rt).map_err(s)
+        })();
+        if let Err(e) = done {
+            let _ = self.detach(&ns, None);
+            let _ = self.host.netns_del(&ns);
+            self.host.remove_resolv_conf(&ns);
+            let _ = self.store.delete::<Runtime>(&c.id);
+            return Err(e);
+        }
+        tracing::info!(container = %c.name, netns = %ns, "container created");
+        self.tell(announcements(c));
+        self.view(c)
+    }
+
+    fn nets_of(&self, c: &Container) -> R<Vec<Network>> {
+        Ok(self
+            .store
+            .list::<Network>()
+            .map_err(s)?
+            .into_iter()
+            .filter(|n| c.attachment(&n.id).is_some())
+            .collect())
+    }
+
+    fn container_started(&mut self, query: &str, pid: u32) -> R<ContainerView> {
+        let c = containers::resolve_container(&self.store, query).map_err(s)?;
+        let mut rt = self.runtime(&c)?;
+        if let Some(old) = rt.pid.filter(|p| *p != pid && self.host.process_alive(*p)) {
+            return Err(format!(
+                "container {} already runs a command (pid {old}); use `vxnet container exec`",
+                c.name
+            ));
+        }
+        rt.pid = Some(pid);
+        self.store.put(&rt).map_err(s)?;
+        self.view(&c)
+    }
+
+    fn container_rm(&mut self, query: &str, force: bool) -> R<ContainerView> {
+        let c = containers::resolve_container(&self.store, query).map_err(s)?;
+        let rt = self.runtime(&c)?;
+        let view = self.view(&c)?;
+        if let Some(pid) = rt.pid.filter(|p| self.host.process_alive(*p)) {
+            if !force {
+                return Err(format!(
+                    "container {} is running (pid {pid}); stop its command first or use `vxnet container rm -f`",
+                    c.name
+                ));
+            }
+            self.host.kill_group(pid);
+        }
+        if let Err(e) = self.detach(&rt.netns, None) {
+            // Nothing attached is fine (the dataplane may have restarted).
+            tracing::debug!(container = %c.name, error = %e, "detach");
+        }
+        if self.host.netns_exists(&rt.netns) {
+            self.host.netns_del(&rt.netns)?;
+        }
+        self.host.remove_resolv_conf(&rt.netns);
+        let nets = self.nets_of(&c)?;
+        let mut txn = Txn::new();
+        txn.delete::<Runtime>(&c.id);
+        self.store.apply(&txn).map_err(s)?;
+        containers::remove_container(&self.store, &c.id).map_err(s)?;
+        self.drop_unused_networks(&nets)?;
+        self.tell(withdrawals(&c.attachments));
+        tracing::info!(container = %c.name, "container removed");
+        Ok(view)
+    }
+
+    fn network_connect(&mut self, query: &str, req: &NetworkRequest) -> R<ContainerView> {
+        let before = containers::resolve_container(&self.store, query).map_err(s)?;
+        let c = containers::connect(&self.store, query, req).map_err(s)?;
+        let net = networks::resolve_network(&self.store, &req.network).map_err(s)?;
+        let mut rt = self.runtime(&c)?;
+        let ifname = rt.next_ifname();
+        let primary = before.attachments.is_empty();
+        if let Err(e) = self.attach(&rt.netns.clone(), &ifname, &net, &c, primary) {
+            let _ = containers::disconnect(&self.store, &c.id, &net.id);
+            let _ = self.drop_unused_networks(std::slice::from_ref(&net));
+            return Err(e);
+        }
+        rt.ifnames.insert(net.id.clone(), ifname);
+        self.store.put(&rt).map_err(s)?;
+        let mut only = c.clone();
+        only.attachments.retain(|a| a.network == net.id);
+        self.tell(announcements(&only));
+        self.view(&c)
+    }
+
+    fn network_disconnect(&mut self, query: &str, network: &str) -> R<ContainerView> {
+        let c = containers::resolve_container(&self.store, query).map_err(s)?;
+        let leaving: Vec<_> = c
+            .attachments
+            .iter()
+            .filter(|a| {
+                networks::resolve_network(&self.store, network).is_ok_and(|n| n.id == a.network)
+            })
+            .cloned()
+            .collect();
+        let net = networks::resolve_network(&self.store, network).map_err(s)?;
+        let mut rt = self.runtime(&c)?;
+        let c = containers::disconnect(&self.store, &c.id, &net.id).map_err(s)?;
+        if let Some(ifname) = rt.ifnames.remove(&net.id) {
+            if let Err(e) = self.detach(&rt.netns.clone(), Some(&ifname)) {
+                tracing::debug!(container = %c.name, error = %e, "detach");
+            }
+        }
+        self.store.put(&rt).map_err(s)?;
+        self.drop_unused_networks(std::slice::from_ref(&net))?;
+        self.tell(withdrawals(&leaving));
+        self.view(&c)
+    }
+}
+
+/// Gossip announcements of a container's endpoints (one per address).
+fn announcements(c: &Container) -> Vec<GossipCmd> {
+    let mut v = Vec::new();
+    for a in &c.attachments {
+        let Ok(mac) = a.mac.parse::<vxnet_proto::wire::MacAddr>() else {
+            continue;
+        };
+        let ips = std::iter::once(IpAddr::V4(a.ipv4)).chain(a.ipv6.map(IpAddr::V6));
+        for ip in ips {
+            v.push(GossipCmd::Announce {
+                network_id: a.network.clone(),
+                ip,
+                mac: mac.0,
+            });
+        }
+    }
+    v
+}
+
+/// Withdrawals of the endpoints of `attachments`.
+fn withdrawals(attachments: &[crate::model::Attachment]) -> Vec<GossipCmd> {
+    let mut v = Vec::new();
+    for a in attachments {
+        let ips = std::iter::once(IpAddr::V4(a.ipv4)).chain(a.ipv6.map(IpAddr::V6));
+        for ip in ips {
+            v.push(GossipCmd::Withdraw {
+                network_id: a.network.clone(),
+                ip,
+            });
+        }
+    }
+    v
+}
+
+/// The runtime record of a container made before this daemon kept one (or
+/// whose record was lost): interfaces by attachment order.
+pub(crate) fn default_runtime(c: &Container) -> Runtime {
+    Runtime {
+        container_id: c.id.clone(),
+        netns: c.netns.clone().unwrap_or_else(|| c.name.clone()),
+        ifnames: c
+            .attachments
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.network.clone(), format!("eth{i}")))
+            .collect(),
+        pid: None,
+        log_path: String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

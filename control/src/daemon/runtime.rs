@@ -1,0 +1,83 @@
+//! What only this host's daemon needs to remember, kept in the same store
+//! as the swarm's records (so it is written atomically and survives
+//! restarts): which node this daemon is, and per container its namespace,
+//! the interface name of each network inside it, the pid of its command and
+//! its log file.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::Record;
+
+/// The node this daemon runs as (written by `swarm init`, later `join`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalNode {
+    pub node_id: String,
+}
+
+impl LocalNode {
+    pub const KEY: &'static str = "self";
+}
+
+impl Record for LocalNode {
+    const TABLE: &'static str = "daemon_local";
+    fn key(&self) -> String {
+        Self::KEY.to_owned()
+    }
+}
+
+/// The host side of one container.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Runtime {
+    pub container_id: String,
+    /// Network namespace name (under /run/netns).
+    pub netns: String,
+    /// Network id -> interface name inside the namespace. Kept rather than
+    /// derived from the attachment order, so a disconnect does not rename
+    /// the interfaces of the remaining networks.
+    #[serde(default)]
+    pub ifnames: BTreeMap<String, String>,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    #[serde(default)]
+    pub log_path: String,
+}
+
+impl Runtime {
+    pub fn ifname(&self, network_id: &str) -> Option<&str> {
+        self.ifnames.get(network_id).map(String::as_str)
+    }
+
+    /// The first `ethN` not used yet.
+    pub fn next_ifname(&self) -> String {
+        (0..)
+            .map(|i| format!("eth{i}"))
+            .find(|n| !self.ifnames.values().any(|v| v == n))
+            .unwrap_or_else(|| "eth0".to_owned())
+    }
+}
+
+impl Record for Runtime {
+    const TABLE: &'static str = "daemon_runtime";
+    fn key(&self) -> String {
+        self.container_id.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ifnames_fill_gaps() {
+        let mut r = Runtime::default();
+        assert_eq!(r.next_ifname(), "eth0");
+        r.ifnames.insert("a".into(), "eth0".into());
+        r.ifnames.insert("b".into(), "eth1".into());
+        assert_eq!(r.next_ifname(), "eth2");
+        r.ifnames.remove("a");
+        assert_eq!(r.next_ifname(), "eth0");
+        assert_eq!(r.ifname("b"), Some("eth1"));
+    }
+}

@@ -1,0 +1,634 @@
+//! Request handling against an in-memory store, a fake dataplane (which
+//! keeps networks and endpoints the way the real one does) and a fake host.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use vxnet_dataplane::api::{
+    AttachTarget, DetachTarget, EndpointInfo, NetworkInfo, Request, Response, ShowReport,
+};
+
+use super::api::{ContainerView, CtlRequest, InitView, ReconcileReport};
+use super::dataplane::DataplaneApi;
+use super::gossip::GossipCmd;
+use super::host::Host;
+use super::*;
+use crate::containers::NetworkRequest;
+use crate::networks::CreateNetwork;
+use crate::store::MemStore;
+
+#[derive(Default)]
+struct FakeDp {
+    up: bool,
+    networks: BTreeMap<u32, bool>,
+    endpoints: Vec<EndpointInfo>,
+    next_id: u32,
+    /// Every mutating request, to check that reconciliation leaves what is
+    /// right alone.
+    writes: Vec<String>,
+}
+
+#[derive(Clone, Default)]
+struct SharedDp(Arc<Mutex<FakeDp>>);
+
+impl SharedDp {
+    fn with<T>(&self, f: impl FnOnce(&mut FakeDp) -> T) -> T {
+        f(&mut self.0.lock().unwrap())
+    }
+}
+
+impl DataplaneApi for SharedDp {
+    fn call(&mut self, req: &Request) -> Result<Response, String> {
+        let mut d = self.0.lock().unwrap();
+        if !d.up {
+            return Err("cannot reach the dataplane".into());
+        }
+        let r = match req {
+            Request::Show => Response::ok(ShowReport {
+                version: "t".into(),
+                local_vtep: "192.0.2.1".parse().unwrap(),
+                port: 4789,
+                workers: 1,
+                poll: "busy".into(),
+                gso: false,
+                gro: false,
+                endpoints: d.endpoints.len(),
+                vnis: d.networks.len(),
+                public_key: Some(crate::cluster::tests::key(7)),
+            }),
+            Request::Networks => {
+                let v: Vec<NetworkInfo> = d
+                    .networks
+                    .iter()
+                    .map(|(vni, enc)| NetworkInfo {
+                        vni: Vni::new(*vni).unwrap(),
+                        encrypted: *enc,
+                        endpoints: d.endpoints.iter().filter(|e| e.vni.get() == *vni).count(),
+                        peers: 0,
+                        mtu: 1450,
+                    })
+                    .collect();
+                Response::ok(v)
+            }
+            Request::Endpoints => Response::ok(d.endpoints.clone()),
+            Request::NetworkAdd { vni, encrypted } => {
+                d.writes.push(format!("network_add {vni}"));
+                d.networks.insert(vni.get(), *encrypted);
+                Response::ok(())
+            }
+            Request::NetworkDel { vni } => {
+                d.writes.push(format!("network_del {vni}"));
+                if d.endpoints.iter().any(|e| e.vni == *vni) {
+                    Response::error("still has endpoints")
+                } else if d.networks.remove(&vni.get()).is_none() {
+                    Response::error("not a network")
+                } else {
+                    Response::ok(())
+                }
+            }
+            Request::Attach(a) => {
+                let AttachTarget::Netns(ns) = &a.target else {
+                    return Ok(Response::error("veth"));
+                };
+                let ifname = a.ifname.clone().unwrap_or_else(|| "eth0".into());
+                d.writes.push(format!("attach {ns} {ifname}"));
+                if !d.networks.contains_key(&a.vni.get()) {
+                    Response::error("undeclared VNI")
+                } else if d
+                    .endpoints
+                    .iter()
+                    .any(|e| e.location == *ns && e.ifname == ifname)
+                {
+                    Response::error("interface exists")
+                } else {
+                    d.next_id += 1;
+                    let e = EndpointInfo {
+                        id: d.next_id,
+                        vni: a.vni,
+                        mac: a.mac.unwrap(),
+                        ips: a.ips.clone(),
+                        mtu: a.mtu.unwrap_or(1450),
+                        ifname,
+                        location: ns.clone(),
+                        kind: "native".into(),
+                        tap: format!("vx{}", d.next_id),
+                    };
+                    d.endpoints.push(e.clone());
+                    Response::ok(vec![e])
+                }
+            }
+            Request::Detach {
+                target: DetachTarget::Netns { netns, ifname },
+            } => {
+                d.writes.push(format!("detach {netns} {ifname:?}"));
+                let before = d.endpoints.len();
+                d.endpoints.retain(|e| {
+                    !(e.location == *netns && ifname.as_ref().is_none_or(|i| *i == e.ifname))
+                });
+                if d.endpoints.len() == before {
+                    Response::error("nothing attached")
+                } else {
+                    Response::ok(())
+                }
+            }
+            other => Response::error(format!("unsupported {other:?}")),
+        };
+        Ok(r)
+    }
+}
+
+#[derive(Default)]
+struct FakeHostState {
+    netns: BTreeSet<String>,
+    resolv: BTreeSet<String>,
+    alive: BTreeSet<u32>,
+    killed: Vec<u32>,
+}
+
+#[derive(Clone, Default)]
+struct SharedHost(Arc<Mutex<FakeHostState>>);
+
+impl Host for SharedHost {
+    fn netns_exists(&self, name: &str) -> bool {
+        self.0.lock().unwrap().netns.contains(name)
+    }
+    fn netns_add(&self, name: &str) -> Result<(), String> {
+        self.0.lock().unwrap().netns.insert(name.into());
+        Ok(())
+    }
+    fn netns_del(&self, name: &str) -> Result<(), String> {
+        self.0.lock().unwrap().netns.remove(name);
+        Ok(())
+    }
+    fn write_resolv_conf(&self, name: &str) -> Result<(), String> {
+        self.0.lock().unwrap().resolv.insert(name.into());
+        Ok(())
+    }
+    fn remove_resolv_conf(&self, name: &str) {
+        self.0.lock().unwrap().resolv.remove(name);
+    }
+    fn process_alive(&self, pid: u32) -> bool {
+        self.0.lock().unwrap().alive.contains(&pid)
+    }
+    fn kill_group(&self, pid: u32) {
+        let mut h = self.0.lock().unwrap();
+        h.alive.remove(&pid);
+        h.killed.push(pid);
+    }
+}
+
+struct Fixture {
+    d: Daemon<Arc<MemStore>, SharedDp, SharedHost>,
+    dp: SharedDp,
+    host: SharedHost,
+}
+
+fn fixture_with(store: Arc<MemStore>, dp: SharedDp, host: SharedHost) -> Fixture {
+    let cfg = Config {
+        hostname: "host1".into(),
+        advertise_addr: None,
+        data_path_addr: None,
+        ca_digest: "cadigest".into(),
+        log_dir: "/tmp/vxnet-test-logs".into(),
+    };
+    Fixture {
+        d: Daemon::new(store, dp.clone(), host.clone(), cfg),
+        dp,
+        host,
+    }
+}
+
+fn fixture() -> Fixture {
+    let dp = SharedDp::default();
+    dp.with(|d| d.up = true);
+    fixture_with(Arc::new(MemStore::new()), dp, SharedHost::default())
+}
+
+impl Fixture {
+    fn ok<T: serde::de::DeserializeOwned>(&self, req: CtlRequest) -> T {
+        let r = self.d.handle(req.clone());
+        assert!(r.ok, "{req:?}: {:?}", r.error);
+        serde_json::from_value(r.result.unwrap()).unwrap()
+    }
+
+    fn err(&self, req: CtlRequest) -> String {
+        let r = self.d.handle(req.clone());
+        assert!(!r.ok, "{req:?} should fail");
+        r.error.unwrap()
+    }
+
+    fn init(&self) -> InitView {
+        self.ok(CtlRequest::SwarmInit {
+            advertise_addr: None,
+            data_path_addr: None,
+            data_path_port: None,
+        })
+    }
+
+    fn net(&self, name: &str, attachable: bool) -> Network {
+        self.ok(CtlRequest::NetworkCreate(CreateNetwork {
+            name: name.into(),
+            attachable,
+            ..Default::default()
+        }))
+    }
+
+    fn run(&self, name: &str, nets: &[&str]) -> ContainerView {
+        self.ok(CtlRequest::ContainerCreate {
+            name: name.into(),
+            networks: nets
+                .iter()
+                .map(|n| NetworkRequest {
+                    network: (*n).into(),
+                    ..Default::default()
+                })
+                .collect(),
+        })
+    }
+}
+
+#[test]
+fn init_uses_the_dataplane_and_prints_tokens() {
+    let f = fixture();
+    // The data port must be the one the dataplane listens on.
+    let e = f.err(CtlRequest::SwarmInit {
+        advertise_addr: None,
+        data_path_addr: None,
+        data_path_port: Some(4790),
+    });
+    assert!(e.contains("listens on UDP port 4789"), "{e}");
+    let v = f.init();
+    assert_eq!(v.manager_addr.to_string(), "192.0.2.1:2377");
+    assert!(v.worker_token.starts_with("SWMTKN-1-cadigest-"));
+    assert_eq!(v.ingress_network, "ingress");
+    let e = f.err(CtlRequest::SwarmInit {
+        advertise_addr: None,
+        data_path_addr: None,
+        data_path_port: None,
+    });
+    assert!(e.contains("already part of a swarm"), "{e}");
+    let t: api::JoinTokenView = f.ok(CtlRequest::JoinToken {
+        role: Role::Worker,
+        rotate: false,
+    });
+    assert_eq!(t.token, v.worker_token);
+    let t: api::JoinTokenView = f.ok(CtlRequest::JoinToken {
+        role: Role::Worker,
+        rotate: true,
+    });
+    assert_ne!(t.token, v.worker_token);
+    let nodes: Vec<api::NodeView> = f.ok(CtlRequest::NodeLs);
+    assert_eq!(nodes.len(), 1);
+    assert!(nodes[0].is_self);
+    assert_eq!(nodes[0].node.public_key, crate::cluster::tests::key(7));
+    let e = f.err(CtlRequest::SwarmJoin {
+        token: v.worker_token,
+        remote: "192.0.2.9:2377".into(),
+        advertise_addr: None,
+        data_path_addr: None,
+    });
+    assert!(e.contains("not implemented yet"), "{e}");
+}
+
+#[test]
+fn before_init_requests_say_so() {
+    let f = fixture();
+    let e = f.err(CtlRequest::NetworkCreate(CreateNetwork {
+        name: "n".into(),
+        ..Default::default()
+    }));
+    assert!(e.contains("swarm init"), "{e}");
+    let e = f.err(CtlRequest::ContainerLs);
+    assert!(e.contains("swarm init"), "{e}");
+    assert_eq!(f.d.reconcile(), ReconcileReport::default());
+}
+
+#[test]
+fn container_lifecycle_programs_the_dataplane() {
+    let f = fixture();
+    f.init();
+    let n = f.net("test-net", true);
+    let c1 = f.run("c1", &["test-net"]);
+    assert_eq!(c1.netns, "c1");
+    assert_eq!(c1.status, "created");
+    assert_eq!(c1.networks[0].ifname, "eth0");
+    assert_eq!(c1.networks[0].mtu, 1450);
+    assert!(f.host.netns_exists("c1"));
+    assert!(f.host.0.lock().unwrap().resolv.contains("c1"));
+    f.dp.with(|d| {
+        assert_eq!(d.networks.get(&n.vni), Some(&false));
+        assert_eq!(d.endpoints.len(), 1);
+        assert_eq!(d.endpoints[0].location, "c1");
+        assert_eq!(d.endpoints[0].mac.to_string(), c1.networks[0].mac);
+        assert_eq!(d.endpoints[0].ips[0].addr, IpAddr::V4(c1.networks[0].ipv4));
+    });
+
+    // A running command blocks rm without -f.
+    f.host.0.lock().unwrap().alive.insert(4242);
+    let v: ContainerView = f.ok(CtlRequest::ContainerStarted {
+        container: "c1".into(),
+        pid: 4242,
+    });
+    assert_eq!(v.status, "running");
+    let e = f.err(CtlRequest::NetworkRm {
+        network: "test-net".into(),
+    });
+    assert!(e.contains("in use by container c1"), "{e}");
+    let e = f.err(CtlRequest::ContainerRm {
+        container: "c1".into(),
+        force: false,
+    });
+    assert!(e.contains("rm -f"), "{e}");
+    assert!(f.host.netns_exists("c1"));
+    f.ok::<ContainerView>(CtlRequest::ContainerRm {
+        container: "c1".into(),
+        force: true,
+    });
+    assert_eq!(f.host.0.lock().unwrap().killed, vec![4242]);
+    assert!(!f.host.netns_exists("c1"));
+    f.dp.with(|d| {
+        assert!(d.endpoints.is_empty());
+        // The network went with its last container here.
+        assert!(d.networks.is_empty());
+    });
+    f.ok::<Network>(CtlRequest::NetworkRm {
+        network: "test-net".into(),
+    });
+}
+
+#[test]
+fn refusals_reach_the_caller_and_change_nothing() {
+    let f = fixture();
+    f.init();
+    f.net("closed", false);
+    let e = f.err(CtlRequest::ContainerCreate {
+        name: "c1".into(),
+        networks: vec![NetworkRequest {
+            network: "closed".into(),
+            ..Default::default()
+        }],
+    });
+    assert!(e.contains("not attachable"), "{e}");
+    let e = f.err(CtlRequest::ContainerCreate {
+        name: "c1".into(),
+        networks: vec![NetworkRequest {
+            network: "ingress".into(),
+            ..Default::default()
+        }],
+    });
+    assert!(e.contains("not attachable"), "{e}");
+    assert!(!f.host.netns_exists("c1"));
+
+    // A dataplane failure undoes the container and its addresses.
+    f.net("open", true);
+    f.dp.with(|d| d.up = false);
+    let e = f.err(CtlRequest::ContainerCreate {
+        name: "c1".into(),
+        networks: vec![NetworkRequest {
+            network: "open".into(),
+            ipv4: Some("10.0.2.5".parse().unwrap()),
+            ..Default::default()
+        }],
+    });
+    assert!(e.contains("cannot reach"), "{e}");
+    assert!(!f.host.netns_exists("c1"));
+    f.dp.with(|d| d.up = true);
+    let list: Vec<ContainerView> = f.ok(CtlRequest::ContainerLs);
+    assert!(list.is_empty());
+    // The same address is free again.
+    let c: ContainerView = f.ok(CtlRequest::ContainerCreate {
+        name: "c1".into(),
+        networks: vec![NetworkRequest {
+            network: "open".into(),
+            ipv4: Some("10.0.2.5".parse().unwrap()),
+            ..Default::default()
+        }],
+    });
+    assert_eq!(c.networks[0].ipv4.to_string(), "10.0.2.5");
+
+    // An existing namespace of the same name is not taken over.
+    f.host.netns_add("taken").unwrap();
+    let e = f.err(CtlRequest::ContainerCreate {
+        name: "taken".into(),
+        networks: vec![NetworkRequest {
+            network: "open".into(),
+            ..Default::default()
+        }],
+    });
+    assert!(e.contains("already exists"), "{e}");
+    let list: Vec<ContainerView> = f.ok(CtlRequest::ContainerLs);
+    assert_eq!(list.len(), 1);
+}
+
+#[test]
+fn connect_and_disconnect_use_new_interfaces() {
+    let f = fixture();
+    f.init();
+    let a = f.net("a", true);
+    let b = f.net("b", true);
+    f.run("c1", &["a"]);
+    let v: ContainerView = f.ok(CtlRequest::NetworkConnect {
+        container: "c1".into(),
+        network: NetworkRequest {
+            network: "b".into(),
+            ..Default::default()
+        },
+    });
+    assert_eq!(v.networks.len(), 2);
+    assert_eq!(v.networks[1].ifname, "eth1");
+    f.dp.with(|d| {
+        assert_eq!(d.endpoints.len(), 2);
+        assert!(d.networks.contains_key(&b.vni));
+    });
+    let v: ContainerView = f.ok(CtlRequest::NetworkDisconnect {
+        container: "c1".into(),
+        network: "a".into(),
+    });
+    assert_eq!(v.networks.len(), 1);
+    assert_eq!(v.networks[0].ifname, "eth1");
+    f.dp.with(|d| {
+        assert_eq!(d.endpoints.len(), 1);
+        assert_eq!(d.endpoints[0].ifname, "eth1");
+        assert!(!d.networks.contains_key(&a.vni));
+    });
+    let e = f.err(CtlRequest::NetworkDisconnect {
+        container: "c1".into(),
+        network: "a".into(),
+    });
+    assert!(e.contains("not connected"), "{e}");
+    // Reconnecting takes the free eth0 again.
+    let v: ContainerView = f.ok(CtlRequest::NetworkConnect {
+        container: "c1".into(),
+        network: NetworkRequest {
+            network: "a".into(),
+            ..Default::default()
+        },
+    });
+    assert_eq!(v.networks[1].ifname, "eth0");
+}
+
+#[test]
+fn reconcile_reprograms_a_restarted_dataplane_and_leaves_the_rest() {
+    let store = Arc::new(MemStore::new());
+    let dp = SharedDp::default();
+    dp.with(|d| d.up = true);
+    let host = SharedHost::default();
+    let f = fixture_with(store.clone(), dp.clone(), host.clone());
+    f.init();
+    f.net("n", true);
+    f.net("m", true);
+    f.run("c1", &["n", "m"]);
+    f.run("c2", &["n"]);
+
+    // Nothing to do when everything is right: no writes at all.
+    dp.with(|d| d.writes.clear());
+    let r = f.d.reconcile();
+    assert!(!r.changed(), "{r:?}");
+    assert!(dp.with(|d| d.writes.is_empty()));
+
+    // A daemon restart (new daemon, same store, same dataplane) changes nothing.
+    drop(f);
+    let f = fixture_with(store.clone(), dp.clone(), host.clone());
+    let r = f.d.reconcile();
+    assert!(!r.changed(), "{r:?}");
+
+    // The dataplane restarted: empty. Everything comes back.
+    dp.with(|d| {
+        d.networks.clear();
+        d.endpoints.clear();
+    });
+    let r = f.d.reconcile();
+    assert_eq!(r.networks_added, 2, "{r:?}");
+    assert_eq!(r.attached, 3, "{r:?}");
+    assert!(r.errors.is_empty(), "{r:?}");
+    dp.with(|d| {
+        let mut eps: Vec<_> = d
+            .endpoints
+            .iter()
+            .map(|e| format!("{}/{}", e.location, e.ifname))
+            .collect();
+        eps.sort();
+        assert_eq!(eps, ["c1/eth0", "c1/eth1", "c2/eth0"]);
+    });
+
+    // Half lost: only the missing endpoint is attached again.
+    dp.with(|d| {
+        d.endpoints.retain(|e| e.location != "c2");
+        d.writes.clear();
+    });
+    let r = f.d.reconcile();
+    assert_eq!((r.attached, r.detached, r.networks_added), (1, 0, 0));
+    assert_eq!(dp.with(|d| d.writes.clone()), ["attach c2 eth0"]);
+
+    // A stale endpoint in a container's namespace and a stale network of
+    // ours are removed; an endpoint in a foreign namespace stays.
+    let stray_vni = Vni::new(4242).unwrap();
+    dp.with(|d| {
+        d.networks.insert(4242, false);
+        let mut e = d.endpoints[0].clone();
+        e.ifname = "eth7".into();
+        e.id = 99;
+        d.endpoints.push(e.clone());
+        e.location = "manual".into();
+        e.id = 100;
+        e.vni = stray_vni;
+        d.endpoints.push(e);
+    });
+    let r = f.d.reconcile();
+    assert_eq!(r.detached, 1, "{r:?}");
+    dp.with(|d| {
+        assert!(d.endpoints.iter().any(|e| e.location == "manual"));
+        assert!(
+            !d.endpoints
+                .iter()
+                .any(|e| e.ifname == "eth7" && e.location != "manual")
+        );
+        assert!(d.networks.contains_key(&4242));
+    });
+
+    // A network of ours that nothing here uses is withdrawn.
+    let unused = f.net("unused", true);
+    dp.with(|d| d.networks.insert(unused.vni, false));
+    let r = f.d.reconcile();
+    assert_eq!(r.networks_removed, 1, "{r:?}");
+    assert!(!dp.with(|d| d.networks.contains_key(&unused.vni)));
+
+    // A deleted namespace is recreated and re-attached.
+    host.netns_del("c2").unwrap();
+    dp.with(|d| d.endpoints.retain(|e| e.location != "c2"));
+    let r = f.d.reconcile();
+    assert_eq!((r.netns_created, r.attached), (1, 1), "{r:?}");
+    assert!(host.netns_exists("c2"));
+
+    // A dataplane that is down is an error in the report, not a panic.
+    dp.with(|d| d.up = false);
+    let r = f.d.reconcile();
+    assert_eq!(r.errors.len(), 1, "{r:?}");
+}
+
+#[test]
+fn leave_removes_everything() {
+    let f = fixture();
+    f.init();
+    f.net("n", true);
+    f.run("c1", &["n"]);
+    let e = f.err(CtlRequest::SwarmLeave { force: false });
+    assert!(e.contains("--force"), "{e}");
+    assert!(f.host.netns_exists("c1"));
+    let _: String = f.ok(CtlRequest::SwarmLeave { force: true });
+    assert!(!f.host.netns_exists("c1"));
+    assert!(f.dp.with(|d| d.endpoints.is_empty() && d.networks.is_empty()));
+    let nets: Vec<Network> = f.ok(CtlRequest::NetworkLs {
+        filter: Default::default(),
+    });
+    assert!(nets.is_empty());
+    let e = f.err(CtlRequest::ContainerLs);
+    assert!(e.contains("swarm init"), "{e}");
+    // A new swarm can be made at once.
+    f.init();
+}
+
+#[test]
+fn local_endpoints_are_announced_and_withdrawn() {
+    let f = fixture();
+    assert!(f.d.gossip_setup(5).is_none(), "no swarm, no gossip");
+    let init = f.init();
+    let (id, ring) = f.d.gossip_setup(5).unwrap();
+    assert_eq!(id.node_id, init.node_id);
+    assert_eq!(id.gossip_addr.to_string(), "192.0.2.1:7946");
+    assert_eq!(id.public_key, [7; 32]);
+    assert_eq!(id.generation, 5);
+    assert!(ring.primary().is_some());
+
+    let said: Arc<Mutex<Vec<GossipCmd>>> = Arc::default();
+    let sink = said.clone();
+    f.d.set_announcer(Some(Box::new(move |c| sink.lock().unwrap().push(c))));
+    let n = f.net("n", true);
+    let c = f.run("c1", &["n"]);
+    assert_eq!(f.d.network_vni(&n.id).map(Vni::get), Some(n.vni));
+    let ip = IpAddr::V4(c.networks[0].ipv4);
+    assert_eq!(
+        said.lock().unwrap().as_slice(),
+        [GossipCmd::Announce {
+            network_id: n.id.clone(),
+            ip,
+            mac: c.networks[0]
+                .mac
+                .parse::<vxnet_proto::wire::MacAddr>()
+                .unwrap()
+                .0,
+        }]
+    );
+    assert_eq!(f.d.local_endpoints(), said.lock().unwrap().clone());
+    f.ok::<ContainerView>(CtlRequest::ContainerRm {
+        container: "c1".into(),
+        force: false,
+    });
+    assert_eq!(
+        said.lock().unwrap().last(),
+        Some(&GossipCmd::Withdraw {
+            network_id: n.id,
+            ip
+        })
+    );
+}
