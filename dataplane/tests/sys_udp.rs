@@ -174,6 +174,36 @@ fn udp_gso_over_64_segments_is_split() {
 }
 
 #[test]
+fn udp_consecutive_gso_messages_are_packed() {
+    if !root_or_skip("udp_consecutive_gso_messages_are_packed") {
+        return;
+    }
+    let ns = TestNetns::new().unwrap();
+    let (mut receiver, mut sender) = pair(&ns, "127.0.0.1", 1);
+    // Three messages of 47 segments of 1400 bytes; a send takes at most
+    // 46 (65 507 bytes). Unpacked that is 46+1 three times; packed, the
+    // sends are 46, 46, 46 and 3 segments, one iovec per message slice.
+    let msgs: Vec<Vec<u8>> = (0..3).map(|i| pattern(10 + i, 47 * 1400)).collect();
+    let mut tx = TxBatch::new(1 << 20, 64);
+    for m in &msgs {
+        push(&mut tx, receiver.local_addr(), m, 1400, 0);
+    }
+    let stats = Stats::default();
+    sender.send_batch(&tx, &stats);
+    assert_eq!(stats.counter(Counter::UdpTxDatagrams), 141);
+    assert_eq!(stats.counter(Counter::UdpTxGsoMessages), 4);
+    assert_eq!(stats.counter(Counter::UdpTxCalls), 1);
+    assert_eq!(stats.drops(Drop::IoUdpSend), 0);
+    let got = recv_datagrams(&mut receiver, 141);
+    let all: Vec<u8> = got.iter().flat_map(|g| g.bytes.clone()).collect();
+    assert_eq!(all, msgs.concat(), "same bytes, same order");
+    assert!(
+        got.iter()
+            .all(|g| g.datagram_lens.iter().all(|&l| l == 1400))
+    );
+}
+
+#[test]
 fn udp_gso_disabled_sends_the_same_bytes_as_datagrams() {
     if !root_or_skip("udp_gso_disabled_sends_the_same_bytes_as_datagrams") {
         return;

@@ -12,7 +12,11 @@
 //! segment size in a control message. Send is one `sendmmsg` per source
 //! socket and per up to [`TX_SLOTS`] messages, with a UDP_SEGMENT control
 //! message on every message that holds several datagrams, so that one
-//! syscall and one pass down the stack carry up to 64 KB.
+//! syscall and one pass down the stack carry up to 64 KB. Consecutive GSO
+//! messages to the same VTEP with the same segment size are packed into
+//! full-sized sends with an iovec per piece: a 64 KB TAP frame is 46
+//! segments of which a send takes 44, and without packing every frame would
+//! cost a second trip down the stack for its last 2 segments.
 //!
 //! The scratch arrays the syscalls need (`mmsghdr`, `iovec`, addresses,
 //! control buffers) are allocated once and reused: the hot path allocates
@@ -52,20 +56,36 @@ const SEND_WAIT_MS: libc::c_int = 1;
 /// Control buffer per message: room for a UDP_GRO or UDP_SEGMENT cmsg and
 /// something unexpected beside it.
 const CMSG_CAP: usize = 64;
+/// Batch messages one GSO send may gather (one iovec each).
+const MAX_PIECES: usize = 8;
 
 /// A control-message buffer aligned for `cmsghdr`.
 #[repr(C, align(8))]
 #[derive(Clone, Copy)]
 struct CmsgBuf([u8; CMSG_CAP]);
 
-/// One `sendmmsg` entry: a slice of message `msg` of the batch that goes out
-/// as `datagrams` datagrams (several only when `segment != 0`).
-#[derive(Debug, Clone)]
-struct Entry {
+/// A slice of message `msg` of the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Piece {
     msg: usize,
     off: usize,
     len: usize,
+}
+
+/// One `sendmmsg` entry: `pieces` (indices into `UdpIo::pieces`, slices of
+/// consecutive batch messages to `dst`) that go out as `datagrams`
+/// datagrams (several only when `segment != 0`). Every piece but the last
+/// holds whole segments of `gso_size`, so the datagrams are the same
+/// wherever the pieces are cut.
+#[derive(Debug, Clone)]
+struct Entry {
+    dst: SocketAddr,
+    pieces: std::ops::Range<usize>,
+    len: usize,
+    /// UDP_SEGMENT size to send with; 0 for a single datagram.
     segment: u16,
+    /// Segment size of the messages the pieces come from.
+    gso_size: u16,
     datagrams: usize,
 }
 
@@ -79,6 +99,11 @@ struct Scratch {
 
 impl Scratch {
     fn new(n: usize) -> Scratch {
+        Scratch::with_iovs(n, n)
+    }
+
+    /// `n` messages with `iovs` iovecs between them.
+    fn with_iovs(n: usize, iovs: usize) -> Scratch {
         // SAFETY: these are plain C structs of integers and pointers for
         // which all-zero bytes are a valid (empty) value.
         let (hdr, iov, name) = unsafe {
@@ -90,7 +115,7 @@ impl Scratch {
         };
         Scratch {
             hdrs: vec![hdr; n],
-            iovs: vec![iov; n],
+            iovs: vec![iov; iovs],
             names: vec![name; n],
             cmsgs: vec![CmsgBuf([0; CMSG_CAP]); n],
         }
@@ -112,6 +137,7 @@ pub struct UdpIo {
     rx_scratch: Scratch,
     tx_scratch: Scratch,
     entries: Vec<Entry>,
+    pieces: Vec<Piece>,
     used: Vec<bool>,
 }
 
@@ -172,8 +198,9 @@ impl UdpIo {
             gso,
             gro,
             rx_scratch: Scratch::new(64),
-            tx_scratch: Scratch::new(TX_SLOTS),
+            tx_scratch: Scratch::with_iovs(TX_SLOTS, TX_SLOTS * MAX_PIECES),
             entries: Vec::with_capacity(TX_SLOTS),
+            pieces: Vec::with_capacity(TX_SLOTS * MAX_PIECES),
             used: vec![false; src_ports.max(1)],
         })
     }
@@ -322,11 +349,13 @@ impl UdpIo {
                     stats.drop_n(Drop::IoUdpSend, m.datagrams() as u64);
                     continue;
                 }
-                self.push_entries(idx, m.range.len(), m.segment);
+                self.push_entries(idx, m.range.len(), m.segment, m.dst);
             }
             self.flush(sock, tx, stats, &mut waits_left);
+            self.pieces.clear();
         }
         self.entries.clear();
+        self.pieces.clear();
     }
 
     pub fn gso_enabled(&self) -> bool {
@@ -353,20 +382,16 @@ impl UdpIo {
         self.tx.get(sock).unwrap_or(&self.rx).as_raw_fd()
     }
 
-    /// Cuts message `msg` (`len` bytes of `segment`-sized datagrams) into
-    /// entries the kernel accepts: GSO sends of at most
+    /// Cuts message `msg` (`len` bytes of `segment`-sized datagrams, to
+    /// `dst`) into entries the kernel accepts: GSO sends of at most
     /// [`MAX_GSO_SEGMENTS`] segments and [`MAX_GSO_BYTES`] bytes, or single
-    /// datagrams when GSO is off.
-    fn push_entries(&mut self, msg: usize, len: usize, segment: u16) {
+    /// datagrams when GSO is off. With GSO, the message's first segments
+    /// join the previous entry when that one goes to the same `dst` with the
+    /// same segment size, ends on a whole segment and has room left.
+    fn push_entries(&mut self, msg: usize, len: usize, segment: u16, dst: SocketAddr) {
         let seg = segment as usize;
         if seg == 0 || len <= seg {
-            self.entries.push(Entry {
-                msg,
-                off: 0,
-                len,
-                segment: 0,
-                datagrams: 1,
-            });
+            self.push_entry(dst, Piece { msg, off: 0, len }, 0);
             return;
         }
         let per_entry = if self.gso {
@@ -374,20 +399,62 @@ impl UdpIo {
         } else {
             1
         };
-        let step = per_entry * seg;
+        let cap = per_entry * seg;
         let mut off = 0;
         while off < len {
-            let chunk = step.min(len - off);
-            let datagrams = chunk.div_ceil(seg);
-            self.entries.push(Entry {
+            let pieces_end = self.pieces.len();
+            let room = match self.entries.last() {
+                Some(e)
+                    if self.gso
+                        && e.gso_size == segment
+                        && e.dst == dst
+                        && e.len % seg == 0
+                        && e.len < cap
+                        && e.pieces.len() < MAX_PIECES
+                        && e.pieces.end == pieces_end =>
+                {
+                    cap - e.len
+                }
+                _ => 0,
+            };
+            let chunk = if room > 0 { room } else { cap }.min(len - off);
+            let piece = Piece {
                 msg,
                 off,
                 len: chunk,
-                segment: if datagrams > 1 { segment } else { 0 },
-                datagrams,
-            });
+            };
             off += chunk;
+            match self.entries.last_mut() {
+                Some(e) if room > 0 => {
+                    self.pieces.push(piece);
+                    e.pieces.end += 1;
+                    e.len += chunk;
+                    e.datagrams = e.len.div_ceil(seg);
+                    e.segment = if e.datagrams > 1 { segment } else { 0 };
+                }
+                _ => self.push_entry(dst, piece, segment),
+            }
         }
+    }
+
+    /// Starts a new entry with one piece of `gso_size`-sized datagrams.
+    fn push_entry(&mut self, dst: SocketAddr, piece: Piece, gso_size: u16) {
+        let seg = gso_size as usize;
+        let datagrams = if seg == 0 {
+            1
+        } else {
+            piece.len.div_ceil(seg).max(1)
+        };
+        let first = self.pieces.len();
+        self.pieces.push(piece);
+        self.entries.push(Entry {
+            dst,
+            pieces: first..first + 1,
+            len: piece.len,
+            segment: if datagrams > 1 { gso_size } else { 0 },
+            gso_size,
+            datagrams,
+        });
     }
 
     /// Sends `self.entries` from socket `sock`, in `sendmmsg` calls of up to
@@ -400,21 +467,25 @@ impl UdpIo {
         while start < self.entries.len() {
             let n = (self.entries.len() - start).min(self.tx_scratch.len());
             let s = &mut self.tx_scratch;
+            let mut iov = 0;
             for (j, e) in self.entries[start..start + n].iter().enumerate() {
-                let m = &msgs[e.msg];
-                let bytes = &tx.bytes(m)[e.off..e.off + e.len];
-                s.iovs[j] = libc::iovec {
-                    // The kernel only reads from a send buffer.
-                    iov_base: bytes.as_ptr().cast_mut().cast(),
-                    iov_len: bytes.len(),
-                };
-                let namelen = write_sockaddr(&m.dst, &mut s.names[j]);
+                let first_iov = iov;
+                for p in &self.pieces[e.pieces.clone()] {
+                    let bytes = &tx.bytes(&msgs[p.msg])[p.off..p.off + p.len];
+                    s.iovs[iov] = libc::iovec {
+                        // The kernel only reads from a send buffer.
+                        iov_base: bytes.as_ptr().cast_mut().cast(),
+                        iov_len: bytes.len(),
+                    };
+                    iov += 1;
+                }
+                let namelen = write_sockaddr(&e.dst, &mut s.names[j]);
                 let h = &mut s.hdrs[j];
                 h.msg_len = 0;
                 h.msg_hdr.msg_name = (&mut s.names[j] as *mut libc::sockaddr_storage).cast();
                 h.msg_hdr.msg_namelen = namelen;
-                h.msg_hdr.msg_iov = &mut s.iovs[j];
-                h.msg_hdr.msg_iovlen = 1;
+                h.msg_hdr.msg_iov = &mut s.iovs[first_iov];
+                h.msg_hdr.msg_iovlen = iov - first_iov;
                 h.msg_hdr.msg_flags = 0;
                 if e.segment != 0 {
                     write_segment_cmsg(&mut h.msg_hdr, &mut s.cmsgs[j], e.segment);
@@ -483,7 +554,7 @@ impl UdpIo {
                     // the others may still go.
                     let e = &self.entries[start];
                     stats.drop_n(Drop::IoUdpSend, e.datagrams as u64);
-                    tracing::debug!(local = %self.local, dst = %msgs[e.msg].dst, error = %err, "UDP send failed, message dropped");
+                    tracing::debug!(local = %self.local, dst = %e.dst, error = %err, "UDP send failed, message dropped");
                     start += 1;
                 }
             }
@@ -496,25 +567,29 @@ impl UdpIo {
     fn split_pending(&mut self, start: usize, msgs: &[vxnet_proto::batch::TxMsg]) {
         let rest: Vec<Entry> = self.entries.drain(start..).collect();
         for e in rest {
-            if e.segment == 0 {
-                self.entries.push(e);
-                continue;
-            }
-            let seg = e.segment as usize;
-            let mut off = 0;
-            while off < e.len {
-                let len = seg.min(e.len - off);
-                self.entries.push(Entry {
-                    msg: e.msg,
-                    off: e.off + off,
-                    len,
-                    segment: 0,
-                    datagrams: 1,
-                });
-                off += len;
+            let seg = e.gso_size as usize;
+            for i in e.pieces.clone() {
+                let p = self.pieces[i];
+                if e.segment == 0 || seg == 0 {
+                    self.push_entry(e.dst, p, 0);
+                    continue;
+                }
+                // Every piece but the last holds whole segments, so cutting
+                // each piece gives exactly the datagrams GSO would have sent.
+                let mut off = 0;
+                while off < p.len {
+                    let len = seg.min(p.len - off);
+                    let piece = Piece {
+                        msg: p.msg,
+                        off: p.off + off,
+                        len,
+                    };
+                    self.push_entry(e.dst, piece, 0);
+                    off += len;
+                }
             }
         }
-        debug_assert!(self.entries.iter().all(|e| e.msg < msgs.len()));
+        debug_assert!(self.pieces.iter().all(|p| p.msg < msgs.len()));
     }
 }
 
@@ -753,32 +828,39 @@ mod tests {
         UdpIo::bind("127.0.0.1:0".parse().unwrap(), 0).unwrap()
     }
 
+    fn dst() -> SocketAddr {
+        "192.0.2.12:4789".parse().unwrap()
+    }
+
+    /// (offset of the first piece, len, segment, datagrams) per entry.
+    fn shape(io: &UdpIo) -> Vec<(usize, usize, u16, usize)> {
+        io.entries
+            .iter()
+            .map(|e| (io.pieces[e.pieces.start].off, e.len, e.segment, e.datagrams))
+            .collect()
+    }
+
     #[test]
     fn gso_messages_are_split_at_kernel_limits() {
         let mut io = io_for_split();
         io.gso = true;
         // 100 segments of 100 bytes: more than 64 segments.
-        io.push_entries(0, 10_000, 100);
-        let shape: Vec<(usize, usize, u16, usize)> = io
-            .entries
-            .iter()
-            .map(|e| (e.off, e.len, e.segment, e.datagrams))
-            .collect();
-        assert_eq!(shape, vec![(0, 6400, 100, 64), (6400, 3600, 100, 36)]);
+        io.push_entries(0, 10_000, 100, dst());
+        assert_eq!(shape(&io), vec![(0, 6400, 100, 64), (6400, 3600, 100, 36)]);
         // Large segments: bounded by 65 507 bytes (45 x 1450).
         io.entries.clear();
-        io.push_entries(0, 50 * 1450 + 10, 1450);
+        io.push_entries(0, 50 * 1450 + 10, 1450, dst());
         let lens: Vec<(usize, usize)> = io.entries.iter().map(|e| (e.len, e.datagrams)).collect();
         assert_eq!(lens, vec![(45 * 1450, 45), (5 * 1450 + 10, 6)]);
         // A trailing chunk of one datagram carries no UDP_SEGMENT.
         io.entries.clear();
-        io.push_entries(0, 6400 + 50, 100);
+        io.push_entries(0, 6400 + 50, 100, dst());
         assert_eq!(io.entries[1].segment, 0);
         assert_eq!(io.entries[1].datagrams, 1);
         // One datagram, or no segment size: one plain entry.
         io.entries.clear();
-        io.push_entries(0, 80, 100);
-        io.push_entries(1, 3000, 0);
+        io.push_entries(0, 80, 100, dst());
+        io.push_entries(1, 3000, 0, dst());
         assert!(
             io.entries
                 .iter()
@@ -786,9 +868,126 @@ mod tests {
         );
         // GSO off: one entry per datagram covering the same bytes.
         io.entries.clear();
+        io.pieces.clear();
         io.gso = false;
-        io.push_entries(0, 250, 100);
-        let parts: Vec<(usize, usize)> = io.entries.iter().map(|e| (e.off, e.len)).collect();
+        io.push_entries(0, 250, 100, dst());
+        let parts: Vec<(usize, usize)> = io
+            .entries
+            .iter()
+            .map(|e| (io.pieces[e.pieces.start].off, e.len))
+            .collect();
         assert_eq!(parts, vec![(0, 100), (100, 100), (200, 50)]);
+    }
+
+    #[test]
+    fn consecutive_gso_messages_are_packed_into_full_sends() {
+        let mut io = io_for_split();
+        io.gso = true;
+        // Three 64 KB TAP frames' worth: 46 segments of 1472 each (44 fit
+        // one send). Unpacked: 44+2, 44+2, 44+2 = 6 sends; packed: 44, 44,
+        // 44, 6 = 4 sends.
+        for m in 0..3 {
+            io.push_entries(m, 46 * 1472, 1472, dst());
+        }
+        let segs: Vec<usize> = io.entries.iter().map(|e| e.datagrams).collect();
+        assert_eq!(segs, vec![44, 44, 44, 6]);
+        assert!(io.entries.iter().all(|e| e.segment == 1472));
+        let pieces = |e: &Entry| -> Vec<Piece> { io.pieces[e.pieces.clone()].to_vec() };
+        assert_eq!(
+            pieces(&io.entries[1]),
+            vec![
+                Piece {
+                    msg: 0,
+                    off: 44 * 1472,
+                    len: 2 * 1472
+                },
+                Piece {
+                    msg: 1,
+                    off: 0,
+                    len: 42 * 1472
+                },
+            ]
+        );
+        assert_eq!(
+            pieces(&io.entries[3]),
+            vec![Piece {
+                msg: 2,
+                off: 40 * 1472,
+                len: 6 * 1472
+            }]
+        );
+        // Every byte of every message is sent once, in order.
+        let flat: Vec<Piece> = io.pieces.clone();
+        let mut next = [0usize; 3];
+        for p in flat {
+            assert_eq!(p.off, next[p.msg], "{p:?}");
+            next[p.msg] += p.len;
+            assert!(next[..p.msg].iter().all(|&n| n == 46 * 1472), "order");
+        }
+        assert_eq!(next, [46 * 1472; 3]);
+    }
+
+    #[test]
+    fn packing_stops_at_short_segments_other_sizes_and_destinations() {
+        let mut io = io_for_split();
+        io.gso = true;
+        let other: SocketAddr = "192.0.2.13:4789".parse().unwrap();
+        // Ends on a short segment: nothing may follow in the same send.
+        io.push_entries(0, 3 * 1000 + 10, 1000, dst());
+        io.push_entries(1, 3000, 1000, dst());
+        // Another segment size, then another destination.
+        io.push_entries(2, 3000, 900, dst());
+        io.push_entries(3, 3000, 1000, other);
+        // A single datagram in between.
+        io.push_entries(4, 500, 0, other);
+        io.push_entries(5, 3000, 1000, other);
+        // Same size and destination: packed.
+        io.push_entries(6, 2000, 1000, other);
+        let shape: Vec<(usize, usize)> = io
+            .entries
+            .iter()
+            .map(|e| (e.pieces.len(), e.datagrams))
+            .collect();
+        assert_eq!(shape, vec![(1, 4), (1, 3), (1, 4), (1, 3), (1, 1), (2, 5)]);
+    }
+
+    #[test]
+    fn packing_respects_the_iovec_limit_and_split_keeps_datagrams() {
+        let mut io = io_for_split();
+        io.gso = true;
+        // 2-segment messages: 8 of them fill MAX_PIECES, the rest start a
+        // new send.
+        for m in 0..10 {
+            io.push_entries(m, 200, 100, dst());
+        }
+        let shape: Vec<(usize, usize)> = io
+            .entries
+            .iter()
+            .map(|e| (e.pieces.len(), e.datagrams))
+            .collect();
+        assert_eq!(shape, vec![(MAX_PIECES, 16), (2, 4)]);
+        // GSO refused: the same datagrams, one per entry, in order.
+        io.gso = false;
+        let msgs: Vec<vxnet_proto::batch::TxMsg> = (0..10)
+            .map(|m| vxnet_proto::batch::TxMsg {
+                dst: dst(),
+                range: m * 200..(m + 1) * 200,
+                segment: 100,
+                entropy: 0,
+            })
+            .collect();
+        io.split_pending(0, &msgs);
+        let singles: Vec<(usize, usize, usize)> = io
+            .entries
+            .iter()
+            .map(|e| {
+                let p = io.pieces[e.pieces.start];
+                assert_eq!((e.pieces.len(), e.segment, e.datagrams), (1, 0, 1));
+                (p.msg, p.off, p.len)
+            })
+            .collect();
+        let want: Vec<(usize, usize, usize)> =
+            (0..10).flat_map(|m| [(m, 0, 100), (m, 100, 100)]).collect();
+        assert_eq!(singles, want);
     }
 }

@@ -69,8 +69,11 @@ struct Segment {
     payload: usize,
     seq: u32,
     flags: u8,
-    /// Checksum verified, flags and headers simple enough to merge.
+    /// Flags and headers simple enough to merge; the checksum is verified
+    /// while the bytes are copied (see [`Coalescer::push`]).
     mergeable: bool,
+    /// Pseudo-header sum of the segment (valid when `mergeable`).
+    pseudo: u64,
 }
 
 fn read_segment(frame: &[u8]) -> Option<Segment> {
@@ -86,9 +89,10 @@ fn read_segment(frame: &[u8]) -> Option<Segment> {
         && flags & !TCP_PSH == TCP_ACK
         && payload > 0
         && ip.l4 - ETH_LEN + t.len() <= MAX_IP_LEN;
-    let mergeable = simple && {
-        let pseudo = ip.pseudo(frame, PROTO_TCP, t.len());
-        checksum::finish(checksum::sum(t, pseudo)) == 0
+    let pseudo = if simple {
+        ip.pseudo(frame, PROTO_TCP, t.len())
+    } else {
+        0
     };
     Some(Segment {
         ip,
@@ -96,7 +100,8 @@ fn read_segment(frame: &[u8]) -> Option<Segment> {
         payload,
         seq: u32::from_be_bytes([t[4], t[5], t[6], t[7]]),
         flags,
-        mergeable,
+        mergeable: simple,
+        pseudo,
     })
 }
 
@@ -171,8 +176,19 @@ impl Coalescer {
             }
             if seg.mergeable && can_merge(t, head, frame, &seg) {
                 let l4 = seg.ip.l4;
-                it.buf
-                    .extend_from_slice(&frame[l4 + seg.tcp_hl..seg.ip.end]);
+                // Verify while appending: one pass over the payload instead
+                // of a checksum pass and then a copy. A bad segment is taken
+                // back out and passed through below, never merged.
+                let before = it.buf.len();
+                let hsum = checksum::sum(&frame[l4..l4 + seg.tcp_hl], seg.pseudo);
+                let total =
+                    checksum::copy_and_sum(&mut it.buf, &frame[l4 + seg.tcp_hl..seg.ip.end], hsum);
+                if checksum::finish(total) != 0 {
+                    it.buf.truncate(before);
+                    t.open = false;
+                    self.push_as_is(&VnetHdr::NONE, frame);
+                    return;
+                }
                 // The newest window is the one the receiver should see.
                 let w = vnet::LEN + t.ip.l4 + 14;
                 it.buf[w..w + 2].copy_from_slice(&frame[l4 + 14..l4 + 16]);
@@ -197,8 +213,16 @@ impl Coalescer {
         }
         let it = self.slot();
         it.buf.resize(vnet::LEN, 0);
-        // Ethernet padding, if any, is dropped: lengths come from IP.
+        // Ethernet padding, if any, is dropped: lengths come from IP. The
+        // checksum is summed from the copy, which is still in L1.
+        let l4 = vnet::LEN + seg.ip.l4;
         it.buf.extend_from_slice(&frame[..seg.ip.end]);
+        if checksum::finish(checksum::sum(&it.buf[l4..], seg.pseudo)) != 0 {
+            // A bad checksum is the receiving kernel's to count and drop.
+            self.len -= 1;
+            self.push_as_is(&VnetHdr::NONE, frame);
+            return;
+        }
         it.tcp = Some(TcpItem {
             ip: seg.ip,
             tcp_hl: seg.tcp_hl,
@@ -403,6 +427,29 @@ mod tests {
         let mut merged = items[2].1.clone();
         complete_checksum(&items[2].0, &mut merged).unwrap();
         assert_eq!(assert_valid(&merged).len(), 1600);
+    }
+
+    #[test]
+    fn bad_checksum_on_first_and_last_segment() {
+        // The first segment fails while starting an item, the last while
+        // being appended: neither is merged, the good ones in between are.
+        let mut segs = flow(false, &[700, 700, 700, 700]);
+        for i in [0, 3] {
+            let at = segs[i].len() - 10;
+            segs[i][at] ^= 0x5a;
+        }
+        let mut c = Coalescer::new();
+        segs.iter().for_each(|s| c.push(s));
+        let items = drain(&mut c);
+        assert_eq!(items.len(), 3);
+        assert_eq!(items[0], (VnetHdr::NONE, segs[0].clone()));
+        assert_eq!(items[1].0.gso_type, GsoType::TcpV4);
+        let mut merged = items[1].1.clone();
+        complete_checksum(&items[1].0, &mut merged).unwrap();
+        let mut want = payload(700);
+        want.extend_from_slice(&payload(700));
+        assert_eq!(assert_valid(&merged), want);
+        assert_eq!(items[2], (VnetHdr::NONE, segs[3].clone()));
     }
 
     #[test]

@@ -2,14 +2,20 @@
 //!
 //! This module owns the one's-complement arithmetic used by IPv4, TCP, UDP
 //! and ICMPv6. It runs over every byte the dataplane sends or receives (GSO
-//! segmentation and GRO verification), so [`sum`] works on 64-bit words and
-//! leaves folding to [`finish`]/[`fold`].
+//! segmentation and GRO verification), so [`sum`] is written to be
+//! vectorised by the compiler and leaves folding to [`finish`]/[`fold`].
 //!
-//! Why 64-bit words are correct: the checksum is a sum modulo 2^16 - 1 of
-//! big-endian 16-bit words. Since 2^16 ≡ 1 (mod 2^16 - 1), a big-endian
-//! 64-bit word is congruent to the sum of its four 16-bit words, and an
-//! end-around carry keeps a 64-bit accumulator congruent too (2^64 ≡ 1).
-//! Folding at the end gives the same 16-bit result as the naive loop.
+//! Why the fast path is correct: the checksum is a sum modulo 2^16 - 1 of
+//! big-endian 16-bit words. Since 2^16 ≡ 1 (mod 2^16 - 1), a 32-bit word is
+//! congruent to the sum of its two 16-bit halves, so summing 32-bit words
+//! into 64-bit lanes (no carry to propagate: 2^32 words would be needed to
+//! overflow a lane) and folding at the end gives the same residue. The
+//! words are read in native byte order, which avoids a byte swap per word:
+//! the one's-complement sum is byte-order independent (RFC 1071 section
+//! 2(B)), so the folded native-order sum, swapped once, is the big-endian
+//! sum. Plain additions without carries are what lets the compiler use SIMD
+//! (SSE2 `paddq` on baseline x86-64): about twice the speed of the previous
+//! add-with-carry loop over 64-bit words.
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// Adds `w` to `acc` with end-around carry (one's-complement addition in
@@ -20,6 +26,46 @@ fn add(acc: u64, w: u64) -> u64 {
     s + carry as u64
 }
 
+/// Bytes per block of the vectorised loop (16 lanes of 32-bit words).
+const BLOCK: usize = 64;
+const LANES: usize = BLOCK / 4;
+
+/// Sum of `data` as native-endian 32-bit words (then a 16-bit word and an
+/// odd byte placed as the first byte of a 16-bit word), not folded.
+/// Cannot overflow for any slice shorter than 16 GiB.
+#[inline(always)]
+fn sum_native(data: &[u8]) -> u64 {
+    let mut acc = [0u64; LANES];
+    let mut blocks = data.chunks_exact(BLOCK);
+    for b in &mut blocks {
+        for (lane, acc) in acc.iter_mut().enumerate() {
+            let o = lane * 4;
+            *acc += u64::from(u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]));
+        }
+    }
+    let mut total: u64 = acc.iter().sum();
+    let mut words = blocks.remainder().chunks_exact(4);
+    for w in &mut words {
+        total += u64::from(u32::from_ne_bytes([w[0], w[1], w[2], w[3]]));
+    }
+    let mut tail = words.remainder();
+    if tail.len() >= 2 {
+        total += u64::from(u16::from_ne_bytes([tail[0], tail[1]]));
+        tail = &tail[2..];
+    }
+    if let Some(&b) = tail.first() {
+        // RFC 1071: an odd last byte is the high byte of a zero-padded word.
+        total += u64::from(u16::from_ne_bytes([b, 0]));
+    }
+    total
+}
+
+/// A native-endian sum folded to 16 bits, as a big-endian word value.
+#[inline(always)]
+fn native_to_be(native: u64) -> u64 {
+    u64::from(u16::from_be(fold(native)))
+}
+
 /// One's-complement sum of `data` added to `initial`, not folded.
 ///
 /// `data` is read as big-endian 16-bit words starting at an even offset; an
@@ -27,49 +73,22 @@ fn add(acc: u64, w: u64) -> u64 {
 /// calls, every slice but the last must have an even length.
 #[inline]
 pub fn sum(data: &[u8], initial: u64) -> u64 {
-    // Four independent accumulators over 32-byte blocks let the CPU overlap
-    // the add-with-carry chains.
-    let mut acc = [initial, 0, 0, 0];
-    let mut blocks = data.chunks_exact(32);
-    for b in &mut blocks {
-        for (lane, acc) in acc.iter_mut().enumerate() {
-            let o = lane * 8;
-            let w = u64::from_be_bytes([
-                b[o],
-                b[o + 1],
-                b[o + 2],
-                b[o + 3],
-                b[o + 4],
-                b[o + 5],
-                b[o + 6],
-                b[o + 7],
-            ]);
-            *acc = add(*acc, w);
-        }
-    }
-    let mut total = add(add(acc[0], acc[1]), add(acc[2], acc[3]));
-    let rest = blocks.remainder();
-    let mut words = rest.chunks_exact(8);
-    for c in &mut words {
-        let w = u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        total = add(total, w);
-    }
-    let mut tail = words.remainder();
-    if tail.len() >= 4 {
-        total = add(
-            total,
-            u32::from_be_bytes([tail[0], tail[1], tail[2], tail[3]]) as u64,
-        );
-        tail = &tail[4..];
-    }
-    if tail.len() >= 2 {
-        total = add(total, u16::from_be_bytes([tail[0], tail[1]]) as u64);
-        tail = &tail[2..];
-    }
-    if let Some(&b) = tail.first() {
-        total = add(total, (b as u64) << 8);
-    }
-    total
+    add(initial, native_to_be(sum_native(data)))
+}
+
+/// Copies `src` to the end of `dst` and returns the one's-complement sum of
+/// `src` added to `initial`, reading `src` only once: the sum runs over the
+/// copy while it is still in L1. Callers that verify received bytes they
+/// also keep (GRO) save a trip through the cache per packet. Same word
+/// rules as [`sum`].
+#[inline]
+pub fn copy_and_sum(dst: &mut Vec<u8>, src: &[u8], initial: u64) -> u64 {
+    let start = dst.len();
+    // A plain memcpy, then the vectorised sum over the L1-resident copy:
+    // the cache misses are paid once, by the copy (bench
+    // `checksum/copy_and_sum_1448` against `checksum/sum_1448`).
+    dst.extend_from_slice(src);
+    sum(&dst[start..], initial)
 }
 
 /// Folds a sum to 16 bits without complementing it: the value a
@@ -188,6 +207,18 @@ mod tests {
         // Carries out of bit 63 wrap around: 2^64 - 6 ≡ -5 (mod 0xffff) and
         // the data sums to 0xffff ≡ 0, so the complement is 5.
         assert_eq!(finish(sum(&d, u64::MAX - 5)), 5);
+    }
+
+    #[test]
+    fn copy_and_sum_copies_and_matches_sum() {
+        for len in [0, 1, 63, 64, 65, 1448, 1449] {
+            let d = bytes(len as u64 + 1, len);
+            let mut dst = vec![7u8; 3];
+            let s = copy_and_sum(&mut dst, &d, 0x1234);
+            assert_eq!(&dst[..3], &[7; 3]);
+            assert_eq!(&dst[3..], &d[..]);
+            assert_eq!(fold(s), fold(sum(&d, 0x1234)), "len {len}");
+        }
     }
 
     #[test]
