@@ -45,10 +45,11 @@ struct Args {
     /// Outer UDP source ports per worker, chosen by inner-flow hash (ECMP entropy).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     src_ports: u16,
-    /// Default MTU of endpoints (1500 underlay minus 50 bytes of VXLAN;
-    /// encrypted networks get 42 bytes less).
-    #[arg(long, default_value_t = 1450)]
-    mtu: u32,
+    /// Default MTU of endpoints: a 1500-byte underlay minus VXLAN overhead,
+    /// 1450 over IPv4 and 1430 over IPv6 (40-byte outer header); encrypted
+    /// networks get 42 bytes less.
+    #[arg(long)]
+    mtu: Option<u32>,
     /// This host's X25519 key; created (mode 0600) if missing.
     #[arg(
         long,
@@ -122,7 +123,11 @@ fn run(args: Args) -> Result<(), String> {
         src_ports: usize::from(args.src_ports),
         poll: args.poll,
         spin: Duration::from_micros(args.spin_us),
-        default_mtu: args.mtu,
+        default_mtu: args.mtu.unwrap_or(if args.local_vtep.is_ipv4() {
+            1450
+        } else {
+            1430
+        }),
         keypair: Arc::new(keypair),
         rekey_interval: args.rekey_interval,
         allow_key_export: args.allow_key_export,

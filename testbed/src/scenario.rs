@@ -94,7 +94,18 @@ impl Testbed {
         names: (&str, &str),
     ) -> Result<VxnetPair> {
         let (h1, h2) = (self.host(1).clone(), self.host(2).clone());
-        let mtu = overlay_mtu(self);
+        let mtu = if opts.underlay_v6 {
+            overlay_mtu(self) - (40 - 20)
+        } else {
+            overlay_mtu(self)
+        };
+        let vtep = |h: &crate::Host| {
+            if opts.underlay_v6 {
+                h.underlay_v6.to_string()
+            } else {
+                h.underlay_v4.to_string()
+            }
+        };
         let dp1 = self.start_dataplane(&h1, opts)?;
         let dp2 = self.start_dataplane(&h2, opts)?;
         let c1 = self.add_container(&h1, names.0)?;
@@ -103,8 +114,8 @@ impl Testbed {
         let ep2 = numbered_endpoint(44, 3, mtu);
         dp1.attach(&c1, vni, &ep1)?;
         dp2.attach(&c2, vni, &ep2)?;
-        dp1.peer_add(vni, &ep2, &h2.underlay_v4.to_string())?;
-        dp2.peer_add(vni, &ep1, &h1.underlay_v4.to_string())?;
+        dp1.peer_add(vni, &ep2, &vtep(&h2))?;
+        dp2.peer_add(vni, &ep1, &vtep(&h1))?;
         Ok(VxnetPair {
             vni,
             dp1,

@@ -70,6 +70,8 @@ pub struct DataplaneOptions {
     /// `--allow-key-export`: lets `vxnet dp sa --show-keys` print keys (for
     /// decoding captures with tshark).
     pub allow_key_export: bool,
+    /// Use the host's IPv6 underlay address as the VTEP (IPv6 outer headers).
+    pub underlay_v6: bool,
     /// Anything else, appended as is.
     pub extra: Vec<String>,
 }
@@ -239,7 +241,11 @@ impl Testbed {
         let mut argv: Vec<String> = vec![
             bin.display().to_string(),
             "--local-vtep".into(),
-            host.underlay_v4.to_string(),
+            if opts.underlay_v6 {
+                host.underlay_v6.to_string()
+            } else {
+                host.underlay_v4.to_string()
+            },
             "--socket".into(),
             socket.display().to_string(),
             "--key-file".into(),
