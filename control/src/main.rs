@@ -67,6 +67,8 @@ struct Args {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
+        // Colours only on a terminal: logs usually go to a file or journal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
