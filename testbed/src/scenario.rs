@@ -93,29 +93,47 @@ impl Testbed {
         opts: &DataplaneOptions,
         names: (&str, &str),
     ) -> Result<VxnetPair> {
-        let (h1, h2) = (self.host(1).clone(), self.host(2).clone());
         let mtu = if opts.underlay_v6 {
             overlay_mtu(self) - (40 - 20)
         } else {
             overlay_mtu(self)
         };
-        let vtep = |h: &crate::Host| {
-            if opts.underlay_v6 {
-                h.underlay_v6.to_string()
-            } else {
-                h.underlay_v4.to_string()
-            }
-        };
-        let dp1 = self.start_dataplane(&h1, opts)?;
-        let dp2 = self.start_dataplane(&h2, opts)?;
+        let dp1 = self.start_dataplane(self.host(1), opts)?;
+        let dp2 = self.start_dataplane(self.host(2), opts)?;
+        self.attach_pair(dp1, dp2, vni, 44, mtu, opts, names)
+    }
+
+    /// The VTEP address of `host` the dataplanes use with `opts`.
+    fn vtep_of(host: &crate::Host, opts: &DataplaneOptions) -> String {
+        if opts.underlay_v6 {
+            host.underlay_v6.to_string()
+        } else {
+            host.underlay_v4.to_string()
+        }
+    }
+
+    /// Containers `names` on host1 and host2, endpoints 2 and 3 of overlay
+    /// `net`, attached to the running dataplanes and made peers.
+    #[allow(clippy::too_many_arguments)]
+    fn attach_pair(
+        &self,
+        dp1: Dataplane,
+        dp2: Dataplane,
+        vni: u32,
+        net: u8,
+        mtu: u32,
+        opts: &DataplaneOptions,
+        names: (&str, &str),
+    ) -> Result<VxnetPair> {
+        let (h1, h2) = (self.host(1).clone(), self.host(2).clone());
         let c1 = self.add_container(&h1, names.0)?;
         let c2 = self.add_container(&h2, names.1)?;
-        let ep1 = numbered_endpoint(44, 2, mtu);
-        let ep2 = numbered_endpoint(44, 3, mtu);
+        let ep1 = numbered_endpoint(net, 2, mtu);
+        let ep2 = numbered_endpoint(net, 3, mtu);
         dp1.attach(&c1, vni, &ep1)?;
         dp2.attach(&c2, vni, &ep2)?;
-        dp1.peer_add(vni, &ep2, &vtep(&h2))?;
-        dp2.peer_add(vni, &ep1, &vtep(&h1))?;
+        dp1.peer_add(vni, &ep2, &Self::vtep_of(&h2, opts))?;
+        dp2.peer_add(vni, &ep1, &Self::vtep_of(&h1, opts))?;
         Ok(VxnetPair {
             vni,
             dp1,
@@ -139,8 +157,11 @@ impl Testbed {
         names: (&str, &str),
     ) -> Result<VxnetPair> {
         let (h1, h2) = (self.host(1).clone(), self.host(2).clone());
-        let (v1, v2) = (h1.underlay_v4.to_string(), h2.underlay_v4.to_string());
-        let mtu = encrypted_overlay_mtu(self);
+        let (v1, v2) = (Self::vtep_of(&h1, opts), Self::vtep_of(&h2, opts));
+        let mut mtu = encrypted_overlay_mtu(self);
+        if opts.underlay_v6 {
+            mtu -= 40 - 20;
+        }
         let dp1 = self.start_dataplane(&h1, opts)?;
         let dp2 = self.start_dataplane(&h2, opts)?;
         dp1.network_add(vni, true)?;
@@ -150,23 +171,7 @@ impl Testbed {
         dp2.vtep_add(&v1, &k1)?;
         dp1.wait_vtep(&v2, 0, HANDSHAKE_TIMEOUT)?;
         dp2.wait_vtep(&v1, 0, HANDSHAKE_TIMEOUT)?;
-        let c1 = self.add_container(&h1, names.0)?;
-        let c2 = self.add_container(&h2, names.1)?;
-        let ep1 = numbered_endpoint(46, 2, mtu);
-        let ep2 = numbered_endpoint(46, 3, mtu);
-        dp1.attach(&c1, vni, &ep1)?;
-        dp2.attach(&c2, vni, &ep2)?;
-        dp1.peer_add(vni, &ep2, &v2)?;
-        dp2.peer_add(vni, &ep1, &v1)?;
-        Ok(VxnetPair {
-            vni,
-            dp1,
-            dp2,
-            c1,
-            c2,
-            ep1,
-            ep2,
-        })
+        self.attach_pair(dp1, dp2, vni, 46, mtu, opts, names)
     }
 
     /// Kernel VXLAN on host1 and host2 flooding to each other, containers

@@ -539,6 +539,7 @@ mod tests {
             metrics: None,
             rekey_interval: Some("30s".into()),
             allow_key_export: true,
+            underlay_v6: false,
             extra: vec!["--x".into()],
         };
         assert_eq!(
