@@ -358,10 +358,10 @@ impl Worker {
                             stats.inc(Counter::UdpRxDatagrams);
                             self.engine.from_wire(meta.src, d, &mut self.out);
                         }
-                        if self.out.udp.is_full() {
-                            self.flush();
-                        }
                     }
+                    // Hand the batch to the TAPs now, while the coalesced
+                    // frames are still in cache (a batch is up to 2 MB).
+                    self.flush();
                     if n < self.rx.bufs.len() {
                         break;
                     }
