@@ -259,7 +259,12 @@ fn init_uses_the_dataplane_and_prints_tokens() {
     assert!(e.contains("listens on UDP port 4789"), "{e}");
     let v = f.init();
     assert_eq!(v.manager_addr.to_string(), "192.0.2.1:2377");
-    assert!(v.worker_token.starts_with("SWMTKN-1-cadigest-"));
+    // Tokens carry the digest of the CA that init made, not the
+    // configured placeholder.
+    let w = crate::mgmt::JoinToken::parse(&v.worker_token).unwrap();
+    let m = crate::mgmt::JoinToken::parse(&v.manager_token).unwrap();
+    assert_eq!(w.digest(), m.digest());
+    assert_ne!(w.digest(), "cadigest");
     assert_eq!(v.ingress_network, "ingress");
     let e = f.err(CtlRequest::SwarmInit {
         advertise_addr: None,
@@ -287,7 +292,12 @@ fn init_uses_the_dataplane_and_prints_tokens() {
         advertise_addr: None,
         data_path_addr: None,
     });
-    assert!(e.contains("not implemented yet"), "{e}");
+    assert!(e.contains("already part of a swarm"), "{e}");
+    // The rotated token carries the same CA digest.
+    assert_eq!(
+        crate::mgmt::JoinToken::parse(&t.token).unwrap().digest(),
+        w.digest()
+    );
 }
 
 #[test]
