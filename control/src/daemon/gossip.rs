@@ -566,4 +566,46 @@ mod tests {
         );
         b.stop(true);
     }
+
+    #[test]
+    fn records_of_networks_unknown_here_wait_and_go_with_the_network() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let known = Arc::new(AtomicBool::new(false));
+        let k = Arc::clone(&known);
+        let vni_of: VniOf = Arc::new(move |id: &str| {
+            (id == "net1" && k.load(Ordering::SeqCst))
+                .then(|| Vni::new(4097))
+                .flatten()
+        });
+        let dp = Recorder::default();
+        let mut p = Programmer::new(dp.clone(), vni_of, IpAddr::from([192, 0, 2, 1]));
+        let r = record([10, 0, 0, 5], [192, 0, 2, 2], "net1");
+        p.on_endpoint(&EndpointEvent::Added(r.clone()));
+        let is_add = |q: &Request| matches!(q, Request::PeerAdd(x) if x.ips == vec![r.ip]);
+        let is_del = |q: &Request| matches!(q, Request::PeerDel { .. });
+        assert!(
+            !dp.has(is_add),
+            "not programmed while the network is unknown"
+        );
+        known.store(true, Ordering::SeqCst);
+        p.refresh();
+        assert!(dp.has(is_add), "programmed once the network is known");
+        assert!(!dp.has(is_del));
+        known.store(false, Ordering::SeqCst);
+        p.refresh();
+        assert!(dp.has(is_del), "withdrawn when the network goes from here");
+        // Back again: programmed again from the kept record.
+        dp.0.lock().unwrap().clear();
+        known.store(true, Ordering::SeqCst);
+        p.refresh();
+        assert!(dp.has(is_add));
+        // Its host going Down drops it for good.
+        p.on_member(&MemberEvent::Down(ident(2, 1)), &[]);
+        dp.0.lock().unwrap().clear();
+        known.store(false, Ordering::SeqCst);
+        p.refresh();
+        known.store(true, Ordering::SeqCst);
+        p.refresh();
+        assert!(!dp.has(is_add));
+    }
 }
