@@ -66,6 +66,10 @@ struct Args {
     /// This node's name (default: the kernel's hostname).
     #[arg(long)]
     hostname: Option<String>,
+    /// Prefix of the network namespaces made for containers (their name
+    /// follows), for several hosts' daemons on one machine.
+    #[arg(long, default_value = "", value_name = "PREFIX")]
+    netns_prefix: String,
     /// Seconds between reconciliations of the dataplane with the store.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
     reconcile_interval: u64,
@@ -111,6 +115,7 @@ fn run(args: Args) -> Result<(), String> {
         advertise_addr: args.advertise_addr,
         data_path_addr: args.data_path_addr,
         ca_digest: NO_CA_DIGEST.to_owned(),
+        netns_prefix: args.netns_prefix,
         log_dir: logs,
     };
     let daemon = Arc::new(Daemon::new(

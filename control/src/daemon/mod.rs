@@ -71,6 +71,10 @@ pub struct Config {
     pub ca_digest: String,
     /// Where detached containers' output goes (one file per container).
     pub log_dir: PathBuf,
+    /// Prepended to a container's name to name its network namespace
+    /// (namespaces are host-wide; the testbed runs several hosts on one
+    /// machine). Empty by default.
+    pub netns_prefix: String,
 }
 
 /// The daemon: one lock around everything it owns.
@@ -819,7 +823,7 @@ where
         let req = CreateContainer {
             name: name.to_owned(),
             node: me,
-            netns: Some(name.to_owned()),
+            netns: Some(format!("{}{name}", self.cfg.netns_prefix)),
             networks: nets,
         };
         let c = if self.is_manager() {

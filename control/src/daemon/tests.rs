@@ -189,6 +189,7 @@ fn fixture_with(store: Arc<MemStore>, dp: SharedDp, host: SharedHost) -> Fixture
         advertise_addr: None,
         data_path_addr: None,
         ca_digest: "cadigest".into(),
+        netns_prefix: String::new(),
         log_dir: "/tmp/vxnet-test-logs".into(),
     };
     Fixture {
