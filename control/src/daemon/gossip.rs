@@ -9,9 +9,13 @@
 //!   key, so encrypted networks can reach it.
 //!
 //! The daemon announces and withdraws its own endpoints through
-//! [`GossipHandle::send`]. Which swarm to join (the seed) and the cluster
-//! key come from the management plane's join; until it exists, the driver
-//! runs on a manager alone.
+//! [`GossipHandle::send`]. Which swarm to join (the seed: the manager a
+//! worker joined through) and the cluster key come from the management
+//! plane's join. A remote record of a network this host does not know
+//! waits (a worker learns a network when its first container there needs
+//! it) and is withdrawn again when the network goes from here
+//! ([`Programmer::refresh`]). Member events also go to a hook, through
+//! which a manager records node status Ready/Down.
 
 use std::collections::BTreeMap;
 use std::io;
