@@ -99,7 +99,7 @@ Example:
         #[arg(long, value_name = "PORT")]
         data_path_port: Option<u16>,
     },
-    /// Join a swarm as a worker or manager (not implemented yet).
+    /// Join a swarm as a worker or manager, through a manager's TCP 2377.
     #[command(after_help = "\
 Example:
   vxnet swarm join --token SWMTKN-1-... 192.0.2.1:2377")]
@@ -226,8 +226,8 @@ pub fn run_swarm(args: &SwarmArgs, out: &mut dyn Write) -> Result<(), CliError> 
             )
         }
         SwarmCommand::Join { .. } => {
-            let _: serde_json::Value = args.socket.call(&req)?;
-            write(out, "This node joined a swarm.\n")
+            let msg: String = args.socket.call(&req)?;
+            write(out, &format!("{msg}\n"))
         }
         SwarmCommand::JoinToken { quiet, rotate, .. } => {
             let t: JoinTokenView = args.socket.call(&req)?;

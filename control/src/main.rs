@@ -10,11 +10,14 @@
 //! dataplane through its socket, so it need not share its network
 //! namespace.
 //!
-//! Threads: the API server's (one per connection), one reconciler, and the
+//! Threads: the API server's (one per connection), one reconciler (which
+//! also starts and stops gossip and the management server as the swarm
+//! comes and goes), a small tokio runtime for the management plane (TCP
+//! 2377, mutual TLS: served on a manager, called by a worker), and the
 //! main thread waiting for SIGINT/SIGTERM. All requests and reconciliation
 //! go through one lock in [`Daemon`].
 use std::fs::DirBuilder;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,19 +27,22 @@ use std::time::Duration;
 
 use clap::Parser;
 use std::net::UdpSocket;
+use vxnet_control::daemon::api::CtlRequest;
 use vxnet_control::daemon::api::{DEFAULT_SOCKET, DEFAULT_STATE_DIR};
 use vxnet_control::daemon::dataplane::SocketDataplane;
-use vxnet_control::daemon::gossip::{self, GossipHandle, VniOf};
+use vxnet_control::daemon::gossip::{self, GossipCmd, GossipHandle, MemberHook, VniOf};
 use vxnet_control::daemon::host::SystemHost;
+use vxnet_control::daemon::swarm::{DaemonHandler, TokioLink};
 use vxnet_control::daemon::{Config, Daemon};
-use vxnet_control::gossip::{GossipConfig, Membership};
+use vxnet_control::gossip::{GossipConfig, MemberEvent, Membership};
+use vxnet_control::mgmt::{MGMT_PORT, MgmtServer};
+use vxnet_control::model::Role;
 use vxnet_control::store::RedbStore;
 use vxnet_dataplane::server;
 use vxnet_dataplane::sys::signal;
 
-/// Stands in for the management CA's digest in join tokens until the TLS
-/// management plane (control/src/mgmt) provides the real one.
-const PENDING_CA_DIGEST: &str = "nomgmt";
+/// Until `swarm init` makes the CA (whose digest then goes into tokens).
+const NO_CA_DIGEST: &str = "noca";
 
 /// vxnet control plane: swarm, overlay networks and containers for this host.
 #[derive(Parser)]
@@ -60,6 +66,10 @@ struct Args {
     /// This node's name (default: the kernel's hostname).
     #[arg(long)]
     hostname: Option<String>,
+    /// Prefix of the network namespaces made for containers (their name
+    /// follows), for several hosts' daemons on one machine.
+    #[arg(long, default_value = "", value_name = "PREFIX")]
+    netns_prefix: String,
     /// Seconds between reconciliations of the dataplane with the store.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
     reconcile_interval: u64,
@@ -106,7 +116,8 @@ fn run(args: Args) -> Result<(), String> {
         hostname: args.hostname.unwrap_or_else(hostname),
         advertise_addr: args.advertise_addr,
         data_path_addr: args.data_path_addr,
-        ca_digest: PENDING_CA_DIGEST.to_owned(),
+        ca_digest: NO_CA_DIGEST.to_owned(),
+        netns_prefix: args.netns_prefix,
         log_dir: logs,
     };
     let daemon = Arc::new(Daemon::new(
@@ -116,35 +127,67 @@ fn run(args: Args) -> Result<(), String> {
         cfg,
     ));
 
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("vxnet-mgmt")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the management runtime: {e}"))?;
+    daemon.set_manager_link(Arc::new(TokioLink::new(rt.handle().clone())));
+
     let first = daemon.reconcile();
     tracing::info!(report = ?first, "initial reconciliation");
 
+    // The reconciler waits on a channel so that shutdown wakes it at once,
+    // and a swarm init/join starts gossip and the management server at once.
+    let (stop_tx, stop_rx) = mpsc::channel::<Tick>();
+    let wake = stop_tx.clone();
     let handler = Arc::clone(&daemon);
-    let api = server::serve_json(&args.socket, Arc::new(move |req| handler.handle(req)))
-        .map_err(|e| format!("cannot serve on {}: {e}", args.socket.display()))?;
-
-    // The reconciler waits on a channel so that shutdown wakes it at once.
-    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let api = server::serve_json(
+        &args.socket,
+        Arc::new(move |req: CtlRequest| {
+            let swarm_change = matches!(
+                req,
+                CtlRequest::SwarmInit { .. }
+                    | CtlRequest::SwarmJoin { .. }
+                    | CtlRequest::SwarmLeave { .. }
+            );
+            let r = handler.handle(req);
+            if swarm_change {
+                let _ = wake.send(Tick::Wake);
+            }
+            r
+        }),
+    )
+    .map_err(|e| format!("cannot serve on {}: {e}", args.socket.display()))?;
     let interval = Duration::from_secs(args.reconcile_interval);
     let rec_daemon = Arc::clone(&daemon);
     let gossip_cfg = GossipStarter {
         dataplane_socket: args.dataplane_socket.clone(),
         generation: generation(),
     };
+    let rt_handle = rt.handle().clone();
     let reconciler = std::thread::Builder::new()
         .name("vxnet-reconcile".into())
         .spawn(move || {
             let mut last_errors = Vec::new();
             let mut gossip = None;
             let mut gossip_error = String::new();
+            let mut mgmt = None;
+            let mut mgmt_error = String::new();
             loop {
-                // Gossip runs while the swarm exists (it may be created or
-                // left while the daemon runs).
+                // Gossip and the management server run while the swarm
+                // exists (it may be created or left while the daemon runs).
                 gossip_cfg.tend(&rec_daemon, &mut gossip, &mut gossip_error);
+                tend_mgmt(&rec_daemon, &rt_handle, &mut mgmt, &mut mgmt_error);
                 match stop_rx.recv_timeout(interval) {
                     Err(RecvTimeoutError::Timeout) => {}
-                    Ok(()) | Err(RecvTimeoutError::Disconnected) => {
+                    Ok(Tick::Wake) => continue,
+                    Ok(Tick::Stop) | Err(RecvTimeoutError::Disconnected) => {
                         rec_daemon.set_announcer(None);
+                        if let Some(m) = mgmt.take() {
+                            m.abort();
+                        }
                         // A restart is not a departure: no leave message.
                         drop(gossip);
                         return;
@@ -174,9 +217,60 @@ fn run(args: Args) -> Result<(), String> {
     let sig = signal::wait_termination().map_err(|e| format!("waiting for signals failed: {e}"))?;
     tracing::info!(signal = sig, "shutting down");
     drop(api);
+    let _ = stop_tx.send(Tick::Stop);
     drop(stop_tx);
     let _ = reconciler.join();
+    rt.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// What wakes the reconciler before its interval.
+enum Tick {
+    /// The swarm changed: start or stop gossip and the management server.
+    Wake,
+    Stop,
+}
+
+/// Serves the management port while this node is a manager; stops it when
+/// the swarm is left. A failure to bind is logged once and retried.
+fn tend_mgmt(
+    d: &Arc<ControlDaemon>,
+    rt: &tokio::runtime::Handle,
+    running: &mut Option<tokio::task::JoinHandle<()>>,
+    last_error: &mut String,
+) {
+    let manager = d
+        .mgmt_state()
+        .filter(|s| s.identity.role == Role::Manager && s.manager.is_none());
+    let addr = d
+        .gossip_setup(0)
+        .map(|(id, _)| SocketAddr::new(id.gossip_addr.ip(), MGMT_PORT));
+    match (manager.zip(addr), running.is_some()) {
+        (Some((st, addr)), false) => {
+            let handler = Arc::new(DaemonHandler(Arc::clone(d)));
+            match rt.block_on(MgmtServer::bind(addr, &st.identity, handler)) {
+                Ok(server) => {
+                    tracing::info!(addr = %addr, "management server running");
+                    last_error.clear();
+                    *running = Some(rt.spawn(server.serve()));
+                }
+                Err(e) => {
+                    let e = e.to_string();
+                    if *last_error != e {
+                        tracing::warn!(error = %e, "management server not running");
+                        *last_error = e;
+                    }
+                }
+            }
+        }
+        (None, true) => {
+            if let Some(h) = running.take() {
+                h.abort();
+            }
+            tracing::info!("management server stopped: not a manager");
+        }
+        _ => {}
+    }
 }
 
 /// The gossip generation: the start time in seconds, so a restarted
@@ -217,11 +311,23 @@ impl GossipStarter {
                         let m = Membership::new(identity, GossipConfig::default(), keyring, seed);
                         let vni_daemon = Arc::clone(d);
                         let vni_of: VniOf = Arc::new(move |id: &str| vni_daemon.network_vni(id));
-                        gossip::spawn(
+                        let hook_daemon = Arc::clone(d);
+                        let hook: MemberHook = Arc::new(move |ev: &MemberEvent| match ev {
+                            MemberEvent::Up(id) => hook_daemon.set_member_status(&id.node_id, true),
+                            MemberEvent::Updated { new, .. } => {
+                                hook_daemon.set_member_status(&new.node_id, true);
+                            }
+                            MemberEvent::Down(id) => {
+                                hook_daemon.set_member_status(&id.node_id, false);
+                            }
+                            _ => {}
+                        });
+                        gossip::spawn_with_hook(
                             sock,
                             m,
                             SocketDataplane::new(&self.dataplane_socket),
                             vni_of,
+                            hook,
                         )
                         .map_err(|e| format!("cannot start gossip: {e}"))
                     });
@@ -229,6 +335,9 @@ impl GossipStarter {
                     Ok(h) => {
                         for cmd in d.local_endpoints() {
                             h.send(cmd);
+                        }
+                        if let Some(seed) = d.gossip_seed() {
+                            h.send(GossipCmd::Join(seed));
                         }
                         let tx = h.sender();
                         d.set_announcer(Some(Box::new(tx)));

@@ -15,6 +15,7 @@
 //! - [`inject`]: malformed VXLAN datagrams and forged ESP for robustness tests.
 //! - [`capture`]: tshark captures on the underlay, decoded with exported SAs.
 //! - [`bench`]: the side-by-side throughput/RTT table.
+//! - [`swarm`]: `vxnet-control` per host and a swarm formed with the CLI.
 //!
 //! Every address used lives inside namespaces the testbed created
 //! (192.0.2.0/24 and 2001:db8::/64 underlay, 10.x/fdxx overlays); nothing is
@@ -28,6 +29,7 @@ pub mod measure;
 pub mod process;
 pub mod scenario;
 pub mod state;
+pub mod swarm;
 pub mod topology;
 pub mod vxnet;
 

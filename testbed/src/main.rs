@@ -37,6 +37,10 @@ enum Cmd {
         /// Only build the topology; start no dataplane.
         #[arg(long)]
         no_dataplane: bool,
+        /// Also run vxnet-control on every host and form a swarm (host1
+        /// manager, the others workers).
+        #[arg(long, conflicts_with = "no_dataplane")]
+        swarm: bool,
         #[command(flatten)]
         dp: DpArgs,
     },
@@ -177,8 +181,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             hosts,
             underlay_mtu,
             no_dataplane,
+            swarm,
             dp,
-        } => up(hosts, underlay_mtu, no_dataplane, &dp.options()),
+        } => up(hosts, underlay_mtu, no_dataplane, swarm, &dp.options()),
         Cmd::Exec { host, cmd } => exec(&host, &cmd),
         Cmd::Down { all } => {
             let r = topology::down(all, None)?;
@@ -257,6 +262,7 @@ fn up(
     hosts: usize,
     underlay_mtu: u32,
     no_dataplane: bool,
+    swarm: bool,
     opts: &DataplaneOptions,
 ) -> Result<ExitCode> {
     if let Some(st) = UpState::load()? {
@@ -283,11 +289,30 @@ fn up(
             let dp = tb.start_dataplane_detached(h, opts)?;
             (Some(dp.socket), Some(dp.pid))
         };
+        let control = match (&socket, swarm) {
+            (Some(s), true) => Some(tb.start_control_detached(h, s)?),
+            _ => None,
+        };
         up_hosts.push(UpHost {
             host: h.clone(),
             socket,
             dataplane_pid: pid,
+            control_socket: control.as_ref().map(|c| c.socket.clone()),
+            control_pid: control.map(|c| c.pid),
         });
+    }
+    if swarm {
+        let controls: Vec<_> = up_hosts
+            .iter()
+            .filter_map(|h| {
+                Some(vxnet_testbed::swarm::Control {
+                    host: h.host.index,
+                    socket: h.control_socket.clone()?,
+                    pid: h.control_pid?,
+                })
+            })
+            .collect();
+        tb.form_swarm(&controls)?;
     }
     let st = UpState {
         prefix: tb.prefix().to_string(),
@@ -304,6 +329,9 @@ fn up(
             "{}: netns {}  eth0 {} {}",
             h.host.name, h.host.ns, h.host.underlay_v4, h.host.underlay_v6
         );
+        if let (Some(s), Some(p)) = (&h.control_socket, h.control_pid) {
+            print!("  control pid {p} socket {}", s.display());
+        }
         if let (Some(s), Some(p)) = (&h.socket, h.dataplane_pid) {
             print!("  dataplane pid {p} socket {}", s.display());
         }
@@ -325,6 +353,9 @@ fn exec(host: &str, cmd: &[String]) -> Result<ExitCode> {
     c.args(["netns", "exec", &h.host.ns]).args(cmd);
     if let Some(s) = &h.socket {
         c.env("VXNET_SOCKET", s);
+    }
+    if let Some(s) = &h.control_socket {
+        c.env("VXNET_CONTROL_SOCKET", s);
     }
     // Let `vxnet` and `vxnet-dataplane` from our target dir be found by name.
     if let Ok(cli) = vxnet::find_binary(vxnet::CLI_BIN)

@@ -24,6 +24,11 @@ pub struct UpHost {
     /// The dataplane's API socket, if one was started.
     pub socket: Option<PathBuf>,
     pub dataplane_pid: Option<u32>,
+    /// The control daemon's socket, with `--swarm`.
+    #[serde(default)]
+    pub control_socket: Option<PathBuf>,
+    #[serde(default)]
+    pub control_pid: Option<u32>,
 }
 
 impl UpState {

@@ -389,6 +389,9 @@ impl Testbed {
                 eprintln!("vxnet-testbed: teardown of {ns}: {e:#}");
             }
         }
+        // Namespaces others made under our prefix (control daemons'
+        // containers are named `<host ns>-<name>`).
+        destroy_prefix(&self.prefix);
         let _ = std::fs::remove_dir_all(&self.state_dir);
     }
 }
@@ -414,6 +417,8 @@ pub fn destroy_netns(ns: &str) -> Result<()> {
         }
         process::wait_until(Duration::from_secs(3), || netns_pids(ns).is_empty());
     }
+    // A control daemon's container keeps its resolv.conf here.
+    let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(ns));
     let out = process::run(None, &["ip", "netns", "del", ns], CONFIG_TIMEOUT)?;
     if !out.success() && list_netns()?.iter().any(|n| n == ns) {
         bail!("ip netns del {ns}: {}", out.stderr.trim());

@@ -36,7 +36,8 @@ pub enum CtlRequest {
         #[serde(default)]
         data_path_port: Option<u16>,
     },
-    /// Answered "not implemented yet" until the TLS management plane exists.
+    /// Join through a manager (`remote` is `IP[:PORT]`, port 2377 by
+    /// default) over mutual TLS.
     SwarmJoin {
         token: String,
         remote: String,

@@ -9,9 +9,13 @@
 //!   key, so encrypted networks can reach it.
 //!
 //! The daemon announces and withdraws its own endpoints through
-//! [`GossipHandle::send`]. Which swarm to join (the seed) and the cluster
-//! key come from the management plane's join; until it exists, the driver
-//! runs on a manager alone.
+//! [`GossipHandle::send`]. Which swarm to join (the seed: the manager a
+//! worker joined through) and the cluster key come from the management
+//! plane's join. A remote record of a network this host does not know
+//! waits (a worker learns a network when its first container there needs
+//! it) and is withdrawn again when the network goes from here
+//! ([`Programmer::refresh`]). Member events also go to a hook, through
+//! which a manager records node status Ready/Down.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -37,6 +41,11 @@ const MAX_DATAGRAM: usize = 65_536;
 
 /// The VNI of a network id (from the store), if the network is known.
 pub type VniOf = Arc<dyn Fn(&str) -> Option<Vni> + Send + Sync>;
+/// Told of every member event (a manager records node status Ready/Down).
+pub type MemberHook = Arc<dyn Fn(&MemberEvent) + Send + Sync>;
+/// How often records of networks unknown here are looked at again (a
+/// worker learns a network when a container of its own first uses it).
+const REFRESH: Duration = Duration::from_millis(500);
 
 /// What the daemon tells the driver.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,6 +114,23 @@ pub fn spawn<D: DataplaneApi + 'static>(
     dp: D,
     vni_of: VniOf,
 ) -> io::Result<GossipHandle> {
+    spawn_with_hook(
+        socket,
+        membership,
+        dp,
+        vni_of,
+        Arc::new(|_: &MemberEvent| {}),
+    )
+}
+
+/// [`spawn`], telling `on_member` of every member event.
+pub fn spawn_with_hook<D: DataplaneApi + 'static>(
+    socket: UdpSocket,
+    membership: Membership,
+    dp: D,
+    vni_of: VniOf,
+    on_member: MemberHook,
+) -> io::Result<GossipHandle> {
     socket.set_read_timeout(Some(POLL))?;
     let (tx, rx) = mpsc::channel();
     let mut driver = Driver {
@@ -112,6 +138,7 @@ pub fn spawn<D: DataplaneApi + 'static>(
         m: membership,
         sock: socket,
         timers: Vec::new(),
+        on_member,
     };
     let thread = std::thread::Builder::new()
         .name("vxnet-gossip".into())
@@ -127,12 +154,18 @@ struct Driver<D> {
     sock: UdpSocket,
     timers: Vec<(Instant, crate::gossip::TimerEvent)>,
     programmer: Programmer<D>,
+    on_member: MemberHook,
 }
 
 impl<D: DataplaneApi> Driver<D> {
     fn run(&mut self, rx: &Receiver<Msg>) {
         let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut refreshed = Instant::now();
         loop {
+            if refreshed.elapsed() >= REFRESH {
+                self.programmer.refresh();
+                refreshed = Instant::now();
+            }
             loop {
                 match rx.try_recv() {
                     Ok(Msg::Cmd(c)) => self.command(c),
@@ -227,6 +260,7 @@ impl<D: DataplaneApi> Driver<D> {
                 _ => Vec::new(),
             };
             self.programmer.on_member(&ev, &gone);
+            (self.on_member)(&ev);
         }
         while let Some(ev) = self.m.poll_endpoint_event() {
             self.programmer.on_endpoint(&ev);
@@ -243,6 +277,8 @@ pub struct Programmer<D> {
     own_vtep: IpAddr,
     /// (network id, IP) -> (VNI, MAC, VTEP) as programmed.
     programmed: BTreeMap<(String, IpAddr), (Vni, [u8; 6], IpAddr)>,
+    /// Live remote records of networks not known here (yet, or any more).
+    pending: BTreeMap<(String, IpAddr), EndpointRecord>,
 }
 
 impl<D: DataplaneApi> Programmer<D> {
@@ -252,6 +288,45 @@ impl<D: DataplaneApi> Programmer<D> {
             vni_of,
             own_vtep,
             programmed: BTreeMap::new(),
+            pending: BTreeMap::new(),
+        }
+    }
+
+    /// Programs pending records whose network became known, and withdraws
+    /// programmed ones whose network is no longer known here (a worker's
+    /// last container on it left), keeping them pending.
+    pub fn refresh(&mut self) {
+        let stale: Vec<(String, IpAddr)> = self
+            .programmed
+            .keys()
+            .filter(|(net, _)| (self.vni_of)(net).is_none())
+            .cloned()
+            .collect();
+        for (net, ip) in stale {
+            if let Some((_, mac, vtep)) = self.programmed.get(&(net.clone(), ip)).copied() {
+                self.remove(&net, ip);
+                self.pending.insert(
+                    (net.clone(), ip),
+                    EndpointRecord {
+                        network_id: net,
+                        ip,
+                        mac,
+                        vtep,
+                        version: 0,
+                        removed: false,
+                    },
+                );
+            }
+        }
+        let ready: Vec<EndpointRecord> = self
+            .pending
+            .values()
+            .filter(|r| (self.vni_of)(&r.network_id).is_some())
+            .cloned()
+            .collect();
+        for r in ready {
+            self.pending.remove(&(r.network_id.clone(), r.ip));
+            self.add(&r);
         }
     }
 
@@ -279,6 +354,7 @@ impl<D: DataplaneApi> Programmer<D> {
                 for (net, ip) in keys {
                     self.remove(&net, ip);
                 }
+                self.pending.retain(|_, r| r.vtep != id.data_addr);
             }
             MemberEvent::Rejoined(_) | MemberEvent::Defunct => {}
         }
@@ -289,7 +365,8 @@ impl<D: DataplaneApi> Programmer<D> {
             return;
         }
         let Some(vni) = (self.vni_of)(&r.network_id) else {
-            tracing::debug!(network = %r.network_id, "endpoint of an unknown network");
+            tracing::debug!(network = %r.network_id, "endpoint of a network unknown here: pending");
+            self.pending.insert((r.network_id.clone(), r.ip), r.clone());
             return;
         };
         let key = (r.network_id.clone(), r.ip);
@@ -316,6 +393,7 @@ impl<D: DataplaneApi> Programmer<D> {
     }
 
     fn remove(&mut self, network_id: &str, ip: IpAddr) {
+        self.pending.remove(&(network_id.to_owned(), ip));
         if let Some((vni, mac, _)) = self.programmed.remove(&(network_id.to_owned(), ip)) {
             if let Err(e) = self.dp.command(&Request::PeerDel {
                 vni,
@@ -491,5 +569,47 @@ mod tests {
             rec_b.0.lock().unwrap()
         );
         b.stop(true);
+    }
+
+    #[test]
+    fn records_of_networks_unknown_here_wait_and_go_with_the_network() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let known = Arc::new(AtomicBool::new(false));
+        let k = Arc::clone(&known);
+        let vni_of: VniOf = Arc::new(move |id: &str| {
+            (id == "net1" && k.load(Ordering::SeqCst))
+                .then(|| Vni::new(4097))
+                .flatten()
+        });
+        let dp = Recorder::default();
+        let mut p = Programmer::new(dp.clone(), vni_of, IpAddr::from([192, 0, 2, 1]));
+        let r = record([10, 0, 0, 5], [192, 0, 2, 2], "net1");
+        p.on_endpoint(&EndpointEvent::Added(r.clone()));
+        let is_add = |q: &Request| matches!(q, Request::PeerAdd(x) if x.ips == vec![r.ip]);
+        let is_del = |q: &Request| matches!(q, Request::PeerDel { .. });
+        assert!(
+            !dp.has(is_add),
+            "not programmed while the network is unknown"
+        );
+        known.store(true, Ordering::SeqCst);
+        p.refresh();
+        assert!(dp.has(is_add), "programmed once the network is known");
+        assert!(!dp.has(is_del));
+        known.store(false, Ordering::SeqCst);
+        p.refresh();
+        assert!(dp.has(is_del), "withdrawn when the network goes from here");
+        // Back again: programmed again from the kept record.
+        dp.0.lock().unwrap().clear();
+        known.store(true, Ordering::SeqCst);
+        p.refresh();
+        assert!(dp.has(is_add));
+        // Its host going Down drops it for good.
+        p.on_member(&MemberEvent::Down(ident(2, 1)), &[]);
+        dp.0.lock().unwrap().clear();
+        known.store(false, Ordering::SeqCst);
+        p.refresh();
+        known.store(true, Ordering::SeqCst);
+        p.refresh();
+        assert!(!dp.has(is_add));
     }
 }

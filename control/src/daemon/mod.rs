@@ -14,10 +14,10 @@
 //! Everything runs under one lock: the store's read-modify-write
 //! sequences need it, and requests are rare next to packets.
 //!
-//! The management plane (join over mutual TLS on 2377) is another
-//! module's; this one only asks it for the CA digest that join tokens
-//! carry ([`Config::ca_digest`]) and answers `swarm join` with "not
-//! implemented yet".
+//! The management plane (join over mutual TLS on 2377) is wired in by
+//! [`swarm`]: `swarm init` makes the swarm CA, `swarm join` calls a
+//! manager through a [`swarm::ManagerLink`], and a worker's containers get
+//! their addresses from the manager (see [`swarm`] for who writes what).
 
 pub mod api;
 pub mod client;
@@ -26,10 +26,11 @@ pub mod gossip;
 pub mod host;
 pub mod reconcile;
 pub mod runtime;
+pub mod swarm;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -45,10 +46,15 @@ use self::dataplane::{DataplaneApi, DataplaneExt, dataplane_vtep};
 use self::gossip::GossipCmd;
 use self::host::Host;
 use self::runtime::{LocalNode, Runtime};
+use self::swarm::{
+    METHOD_CONTAINER_CREATE, METHOD_CONTAINER_REMOVE, ManagerLink, MgmtState, RemoteContainer,
+    RemoveParams,
+};
 use crate::cluster::{self, InitRequest};
 use crate::containers::{self, CreateContainer, NetworkRequest};
 use crate::gossip::{KeyId, Keyring, NodeIdentity};
-use crate::model::{AddressAlloc, Cluster, Container, Network, Node, Role};
+use crate::mgmt::{CaPem, JoinParams, JoinRequest, JoinResponse, RpcError, SwarmCa};
+use crate::model::{AddressAlloc, Cluster, Container, JoinTokens, Network, Node, NodeStatus, Role};
 use crate::networks;
 use crate::store::{Record, Store, StoreExt, Txn};
 
@@ -60,10 +66,15 @@ pub struct Config {
     pub advertise_addr: Option<IpAddr>,
     /// `--data-path-addr` of the daemon (a request's own wins).
     pub data_path_addr: Option<IpAddr>,
-    /// Digest of the management CA's certificate, embedded in join tokens.
+    /// Digest of the management CA's certificate, embedded in join tokens;
+    /// replaced by the digest of the CA `swarm init` makes.
     pub ca_digest: String,
     /// Where detached containers' output goes (one file per container).
     pub log_dir: PathBuf,
+    /// Prepended to a container's name to name its network namespace
+    /// (namespaces are host-wide; the testbed runs several hosts on one
+    /// machine). Empty by default.
+    pub netns_prefix: String,
 }
 
 /// The daemon: one lock around everything it owns.
@@ -78,6 +89,9 @@ pub(crate) struct Inner<S, D, H> {
     pub(crate) cfg: Config,
     /// Tells the gossip driver about local endpoints, while one runs.
     pub(crate) announce: Option<Announcer>,
+    /// How this daemon reaches managers (`swarm join`, a worker's
+    /// containers); `None`: single-host only.
+    pub(crate) link: Option<Arc<dyn ManagerLink>>,
 }
 
 /// Where the daemon sends its local endpoints' comings and goings.
@@ -117,6 +131,7 @@ where
                 host,
                 cfg,
                 announce: None,
+                link: None,
             }),
         }
     }
@@ -125,6 +140,86 @@ where
     /// local endpoints.
     pub fn set_announcer(&self, a: Option<Announcer>) {
         self.lock().announce = a;
+    }
+
+    /// Sets how the daemon reaches managers over the management plane.
+    pub fn set_manager_link(&self, link: Arc<dyn ManagerLink>) {
+        self.lock().link = Some(link);
+    }
+
+    /// This node's management identity, and its manager's address on a
+    /// worker; `None` before `swarm init`/`join`.
+    pub fn mgmt_state(&self) -> Option<MgmtState> {
+        let g = self.lock();
+        g.local_node().ok()?;
+        g.store.get::<MgmtState>(MgmtState::KEY).ok().flatten()
+    }
+
+    /// The manager's side of a join (the mgmt server's handler).
+    pub fn admit(&self, req: &JoinRequest, from: SocketAddr) -> Result<JoinResponse, RpcError> {
+        let g = self.lock();
+        let fail = |e: String| RpcError::new(crate::mgmt::ErrorCode::Failed, e);
+        let pem = g
+            .store
+            .get::<CaPem>(CaPem::KEY)
+            .map_err(|e| fail(e.to_string()))?
+            .ok_or_else(|| fail("this node is not a swarm manager".into()))?;
+        let ca = SwarmCa::from_pem(&pem).map_err(|e| fail(e.to_string()))?;
+        let r = crate::mgmt::admit(&g.store, &ca, req, from, now(), &mut rand_core::OsRng);
+        if let Ok(j) = &r {
+            tracing::info!(node = %j.node.id, hostname = %j.node.hostname, role = ?j.node.role, "node joined");
+        }
+        r
+    }
+
+    /// The swarm's nodes (a manager's store).
+    pub fn nodes(&self) -> Result<Vec<Node>, String> {
+        cluster::list_nodes(&self.lock().store, None).map_err(s)
+    }
+
+    /// Records a container for a remote node and allocates its addresses
+    /// (a worker's `container run`, on the manager).
+    pub fn create_for_node(&self, req: &containers::CreateContainer) -> R<RemoteContainer> {
+        let g = self.lock();
+        let c =
+            containers::create_container(&g.store, req, now(), &mut rand_core::OsRng).map_err(s)?;
+        let networks = g.nets_of(&c)?;
+        Ok(RemoteContainer {
+            container: c,
+            networks,
+        })
+    }
+
+    /// Forgets a remote node's container, releasing its addresses.
+    pub fn remove_for_node(&self, node: &str, container_id: &str) -> R<()> {
+        let g = self.lock();
+        let Some(c) = g.store.get::<Container>(container_id).map_err(s)? else {
+            // Already gone: removal is idempotent.
+            return Ok(());
+        };
+        if c.node != node {
+            return Err(format!("container {} does not run on node {node}", c.name));
+        }
+        containers::remove_container(&g.store, &c.id).map_err(s)?;
+        Ok(())
+    }
+
+    /// Records what gossip says of a member (managers keep node status).
+    pub fn set_member_status(&self, node_id: &str, up: bool) {
+        let g = self.lock();
+        let Ok(me) = g.local_node() else { return };
+        if node_id == me || !g.is_manager() {
+            return;
+        }
+        let status = if up {
+            NodeStatus::Ready
+        } else {
+            NodeStatus::Down
+        };
+        match cluster::set_node_status(&g.store, node_id, status) {
+            Ok(_) => tracing::info!(node = %node_id, status = ?status, "node status"),
+            Err(e) => tracing::debug!(node = %node_id, error = %e, "node status"),
+        }
     }
 
     /// Announcements of every local endpoint, for a gossip driver that
@@ -149,6 +244,12 @@ where
             .ok()
             .flatten()
             .and_then(|n| vni(&n).ok())
+    }
+
+    /// Where a joining node's gossip starts: its manager's gossip port.
+    pub fn gossip_seed(&self) -> Option<SocketAddr> {
+        let m = self.mgmt_state()?.manager?;
+        Some(SocketAddr::new(m.ip(), self::gossip::GOSSIP_PORT))
     }
 
     /// This node's gossip identity and the cluster's keyring, once the
@@ -222,18 +323,28 @@ where
                 data_path_addr,
                 data_path_port,
             } => value(self.swarm_init(advertise_addr, data_path_addr, data_path_port)?),
-            CtlRequest::SwarmJoin { .. } => Err(
-                "swarm join is not implemented yet: joining over the TLS management plane \
-                 (port 2377) is still being built; use one host with `vxnet swarm init` for now"
-                    .into(),
-            ),
-            CtlRequest::JoinToken { role, rotate } => value(self.join_token(role, rotate)?),
+            CtlRequest::SwarmJoin {
+                token,
+                remote,
+                advertise_addr,
+                data_path_addr,
+            } => value(self.swarm_join(&token, &remote, advertise_addr, data_path_addr)?),
+            CtlRequest::JoinToken { role, rotate } => {
+                self.manager_only()?;
+                value(self.join_token(role, rotate)?)
+            }
             CtlRequest::SwarmLeave { force } => value(self.swarm_leave(force)?),
-            CtlRequest::NodeLs => value(self.node_ls()?),
-            CtlRequest::NetworkCreate(c) => value(
-                networks::create_network(&self.store, &c, now(), &mut rand_core::OsRng)
-                    .map_err(s)?,
-            ),
+            CtlRequest::NodeLs => {
+                self.manager_only()?;
+                value(self.node_ls()?)
+            }
+            CtlRequest::NetworkCreate(c) => {
+                self.manager_only()?;
+                value(
+                    networks::create_network(&self.store, &c, now(), &mut rand_core::OsRng)
+                        .map_err(s)?,
+                )
+            }
             CtlRequest::NetworkLs { filter } => {
                 value(networks::list_networks(&self.store, &filter).map_err(s)?)
             }
@@ -241,11 +352,16 @@ where
                 details: networks::inspect_network(&self.store, &network).map_err(s)?,
                 self_node: self.local_node().ok(),
             }),
-            CtlRequest::NetworkRm { network } => value(self.network_rm(&network)?),
+            CtlRequest::NetworkRm { network } => {
+                self.manager_only()?;
+                value(self.network_rm(&network)?)
+            }
             CtlRequest::NetworkConnect { container, network } => {
+                self.manager_only()?;
                 value(self.network_connect(&container, &network)?)
             }
             CtlRequest::NetworkDisconnect { container, network } => {
+                self.manager_only()?;
                 value(self.network_disconnect(&container, &network)?)
             }
             CtlRequest::ContainerCreate { name, networks } => {
@@ -272,6 +388,44 @@ where
                 a(c);
             }
         }
+    }
+
+    /// Whether this node is a manager (true before any swarm: the
+    /// single-host daemon keeps its own state).
+    pub(crate) fn is_manager(&self) -> bool {
+        let Ok(me) = self.local_node() else {
+            return true;
+        };
+        !matches!(self.store.get::<Node>(&me), Ok(Some(n)) if n.role == Role::Worker)
+    }
+
+    fn manager_only(&self) -> R<()> {
+        if self.is_manager() {
+            Ok(())
+        } else {
+            Err(
+                "this node is not a swarm manager; run this command on a manager \
+                 (worker nodes cannot be used to view or modify cluster state)"
+                    .into(),
+            )
+        }
+    }
+
+    /// A call to this worker's manager over the management plane.
+    fn manager_call(&self, method: &str, params: serde_json::Value) -> R<serde_json::Value> {
+        let st = self
+            .store
+            .get::<MgmtState>(MgmtState::KEY)
+            .map_err(s)?
+            .ok_or_else(|| "this node has no management identity; rejoin the swarm".to_owned())?;
+        let manager = st
+            .manager
+            .ok_or_else(|| "this node does not know its manager".to_owned())?;
+        let link = self
+            .link
+            .as_ref()
+            .ok_or_else(|| "this daemon cannot reach managers".to_owned())?;
+        link.call(manager, &st.identity, method, params)
     }
 
     /// The node this daemon runs as; an error before `swarm init`.
@@ -330,6 +484,7 @@ where
             .ok_or_else(|| {
                 "cannot tell which address to advertise: give --advertise-addr".to_owned()
             })?;
+        let ca = SwarmCa::generate(now()).map_err(s)?;
         let req = InitRequest {
             hostname: self.cfg.hostname.clone(),
             advertise_addr,
@@ -337,14 +492,25 @@ where
             data_path_port,
             public_key,
             default_pool: None,
-            ca_digest: self.cfg.ca_digest.clone(),
+            ca_digest: ca.digest().to_owned(),
         };
         let r = cluster::swarm_init(&self.store, &req, now(), &mut rand_core::OsRng).map_err(s)?;
-        self.store
-            .put(&LocalNode {
-                node_id: r.node.id.clone(),
-            })
+        let identity = ca
+            .issue_identity(&r.node.id, Role::Manager, now())
             .map_err(s)?;
+        let mut txn = Txn::new();
+        txn.put(&LocalNode {
+            node_id: r.node.id.clone(),
+        })
+        .map_err(s)?;
+        txn.put(&ca.to_pem()).map_err(s)?;
+        txn.put(&MgmtState {
+            identity,
+            manager: None,
+        })
+        .map_err(s)?;
+        self.store.apply(&txn).map_err(s)?;
+        self.cfg.ca_digest = ca.digest().to_owned();
         Ok(InitView {
             node_id: r.node.id.clone(),
             cluster_id: r.cluster.id.clone(),
@@ -357,6 +523,9 @@ where
 
     fn join_token(&mut self, role: Role, rotate: bool) -> R<JoinTokenView> {
         let c = cluster::cluster(&self.store).map_err(s)?;
+        if let Some(pem) = self.store.get::<CaPem>(CaPem::KEY).map_err(s)? {
+            self.cfg.ca_digest = SwarmCa::from_pem(&pem).map_err(s)?.digest().to_owned();
+        }
         let token = if rotate {
             cluster::rotate_join_token(
                 &self.store,
@@ -379,9 +548,93 @@ where
         })
     }
 
+    /// `vxnet swarm join`: joins through a manager over mutual TLS and keeps
+    /// what it returns; gossip then starts with the manager as seed.
+    fn swarm_join(
+        &mut self,
+        token: &str,
+        remote: &str,
+        advertise_addr: Option<IpAddr>,
+        data_path_addr: Option<IpAddr>,
+    ) -> R<String> {
+        if self
+            .store
+            .get::<Cluster>(Cluster::KEY)
+            .map_err(s)?
+            .is_some()
+        {
+            return Err(
+                "this node is already part of a swarm; use `vxnet swarm leave` first".into(),
+            );
+        }
+        let manager = parse_manager(remote)?;
+        let show = self.dp.show()?;
+        let public_key = show.public_key.clone().ok_or_else(|| {
+            "the dataplane reports no public key; upgrade vxnet-dataplane".to_owned()
+        })?;
+        let data_path_addr = data_path_addr
+            .or(self.cfg.data_path_addr)
+            .or(dataplane_vtep(&show));
+        let advertise_addr = advertise_addr
+            .or(self.cfg.advertise_addr)
+            .or(data_path_addr);
+        let link = self
+            .link
+            .clone()
+            .ok_or_else(|| "this daemon cannot reach managers".to_owned())?;
+        let params = JoinParams {
+            hostname: self.cfg.hostname.clone(),
+            advertise_addr,
+            data_path_addr,
+            public_key,
+        };
+        let j = link.join(manager, token, &params)?;
+        if j.settings.data_path_port != show.port {
+            tracing::warn!(
+                swarm = j.settings.data_path_port,
+                dataplane = show.port,
+                "the swarm's data path port differs from the dataplane's"
+            );
+        }
+        let cluster = Cluster {
+            id: j.settings.cluster_id.clone(),
+            created: now(),
+            gossip_keys: j.gossip_keys.clone(),
+            // Tokens are the managers' secret; a worker keeps none.
+            tokens: JoinTokens {
+                worker: String::new(),
+                worker_rotated: 0,
+                manager: String::new(),
+                manager_rotated: 0,
+            },
+            default_pool: j.settings.default_pool,
+            data_path_port: j.settings.data_path_port,
+        };
+        let role = j.node.role;
+        let node_id = j.node.id.clone();
+        let mut txn = Txn::new();
+        txn.put(&cluster).map_err(s)?;
+        txn.put(&j.node).map_err(s)?;
+        txn.put(&LocalNode {
+            node_id: node_id.clone(),
+        })
+        .map_err(s)?;
+        txn.put(&MgmtState {
+            identity: j.identity,
+            manager: Some(manager),
+        })
+        .map_err(s)?;
+        self.store.apply(&txn).map_err(s)?;
+        tracing::info!(node = %node_id, manager = %manager, role = ?role, "joined the swarm");
+        Ok(match role {
+            Role::Worker => "This node joined a swarm as a worker.".into(),
+            Role::Manager => "This node joined a swarm as a manager.".into(),
+        })
+    }
+
     fn swarm_leave(&mut self, force: bool) -> R<String> {
         cluster::cluster(&self.store).map_err(s)?;
-        if !force {
+        if !force && self.is_manager() {
             return Err(
                 "this node is the swarm's only manager: leaving removes the swarm, \
                  its networks and this host's containers; use `vxnet swarm leave --force` \
@@ -408,6 +661,8 @@ where
         self.delete_all::<Container>(&mut txn)?;
         self.delete_all::<Runtime>(&mut txn)?;
         self.delete_all::<LocalNode>(&mut txn)?;
+        self.delete_all::<MgmtState>(&mut txn)?;
+        self.delete_all::<CaPem>(&mut txn)?;
         self.store.apply(&txn).map_err(s)?;
         Ok("Node left the swarm.".into())
     }
@@ -546,8 +801,13 @@ where
     fn drop_unused_networks(&mut self, candidates: &[Network]) -> R<()> {
         let me = self.local_node()?;
         let used = networks::networks_on_node(&self.store, &me).map_err(s)?;
+        let worker = !self.is_manager();
         for n in candidates {
             if !used.iter().any(|u| u.id == n.id) {
+                if worker {
+                    // A worker's copy of a network lives as long as its use.
+                    let _ = self.store.delete::<Network>(&n.id);
+                }
                 if let Ok(v) = vni(n) {
                     if let Err(e) = self.dp.command(&Request::NetworkDel { vni: v }) {
                         tracing::debug!(network = %n.name, error = %e, "network_del");
@@ -563,11 +823,15 @@ where
         let req = CreateContainer {
             name: name.to_owned(),
             node: me,
-            netns: Some(name.to_owned()),
+            netns: Some(format!("{}{name}", self.cfg.netns_prefix)),
             networks: nets,
         };
-        let c = containers::create_container(&self.store, &req, now(), &mut rand_core::OsRng)
-            .map_err(s)?;
+        let c = if self.is_manager() {
+            containers::create_container(&self.store, &req, now(), &mut rand_core::OsRng)
+                .map_err(s)?
+        } else {
+            self.create_via_manager(&req)?
+        };
         match self.make_container(&c) {
             Ok(v) => Ok(v),
             Err(e) => {
@@ -575,9 +839,38 @@ where
                 let nets = self.nets_of(&c)?;
                 let _ = containers::remove_container(&self.store, &c.id);
                 let _ = self.drop_unused_networks(&nets);
+                if !self.is_manager() {
+                    let _ = self.release_via_manager(&c.id);
+                }
                 Err(e)
             }
         }
+    }
+
+    /// A worker's container: the manager allocates, this node keeps a copy
+    /// of the container and its networks.
+    fn create_via_manager(&mut self, req: &CreateContainer) -> R<Container> {
+        let v = self.manager_call(METHOD_CONTAINER_CREATE, value(req)?)?;
+        let r: RemoteContainer = serde_json::from_value(v)
+            .map_err(|e| format!("the manager's answer is not understood: {e}"))?;
+        let mut txn = Txn::new();
+        for n in &r.networks {
+            txn.put(n).map_err(s)?;
+        }
+        txn.put(&r.container).map_err(s)?;
+        if let Err(e) = self.store.apply(&txn) {
+            let _ = self.release_via_manager(&r.container.id);
+            return Err(s(e));
+        }
+        Ok(r.container)
+    }
+
+    fn release_via_manager(&self, container_id: &str) -> R<()> {
+        let p = RemoveParams {
+            container_id: container_id.to_owned(),
+        };
+        self.manager_call(METHOD_CONTAINER_REMOVE, value(p)?)
+            .map(|_| ())
     }
 
     /// The host side of a new container. On failure its host and dataplane
@@ -652,6 +945,19 @@ where
         let c = containers::resolve_container(&self.store, query).map_err(s)?;
         let rt = self.runtime(&c)?;
         let view = self.view(&c)?;
+        if !self.is_manager() {
+            // The manager releases the addresses first: a manager out of
+            // reach must not leak them, unless the user forces it.
+            if let Err(e) = self.release_via_manager(&c.id) {
+                if !force {
+                    return Err(format!(
+                        "cannot release {}'s addresses on the manager: {e}; use -f to remove it here anyway",
+                        c.name
+                    ));
+                }
+                tracing::warn!(container = %c.name, error = %e, "removed without the manager");
+            }
+        }
         if let Some(pid) = rt.pid.filter(|p| self.host.process_alive(*p)) {
             if !force {
                 return Err(format!(
@@ -723,6 +1029,19 @@ where
         self.tell(withdrawals(&leaving));
         self.view(&c)
     }
+}
+
+/// `MANAGER[:PORT]` of `swarm join` (port 2377 unless given).
+fn parse_manager(remote: &str) -> R<SocketAddr> {
+    if let Ok(a) = remote.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    remote
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, MANAGEMENT_PORT))
+        .map_err(|_| format!("invalid manager address {remote}: give IP:PORT, e.g. 192.0.2.1:2377"))
 }
 
 /// Gossip announcements of a container's endpoints (one per address).

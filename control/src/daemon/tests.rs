@@ -178,7 +178,7 @@ impl Host for SharedHost {
 }
 
 struct Fixture {
-    d: Daemon<Arc<MemStore>, SharedDp, SharedHost>,
+    d: Arc<Daemon<Arc<MemStore>, SharedDp, SharedHost>>,
     dp: SharedDp,
     host: SharedHost,
 }
@@ -189,10 +189,11 @@ fn fixture_with(store: Arc<MemStore>, dp: SharedDp, host: SharedHost) -> Fixture
         advertise_addr: None,
         data_path_addr: None,
         ca_digest: "cadigest".into(),
+        netns_prefix: String::new(),
         log_dir: "/tmp/vxnet-test-logs".into(),
     };
     Fixture {
-        d: Daemon::new(store, dp.clone(), host.clone(), cfg),
+        d: Arc::new(Daemon::new(store, dp.clone(), host.clone(), cfg)),
         dp,
         host,
     }
@@ -259,7 +260,12 @@ fn init_uses_the_dataplane_and_prints_tokens() {
     assert!(e.contains("listens on UDP port 4789"), "{e}");
     let v = f.init();
     assert_eq!(v.manager_addr.to_string(), "192.0.2.1:2377");
-    assert!(v.worker_token.starts_with("SWMTKN-1-cadigest-"));
+    // Tokens carry the digest of the CA that init made, not the
+    // configured placeholder.
+    let w = crate::mgmt::JoinToken::parse(&v.worker_token).unwrap();
+    let m = crate::mgmt::JoinToken::parse(&v.manager_token).unwrap();
+    assert_eq!(w.digest(), m.digest());
+    assert_ne!(w.digest(), "cadigest");
     assert_eq!(v.ingress_network, "ingress");
     let e = f.err(CtlRequest::SwarmInit {
         advertise_addr: None,
@@ -287,7 +293,12 @@ fn init_uses_the_dataplane_and_prints_tokens() {
         advertise_addr: None,
         data_path_addr: None,
     });
-    assert!(e.contains("not implemented yet"), "{e}");
+    assert!(e.contains("already part of a swarm"), "{e}");
+    // The rotated token carries the same CA digest.
+    assert_eq!(
+        crate::mgmt::JoinToken::parse(&t.token).unwrap().digest(),
+        w.digest()
+    );
 }
 
 #[test]
@@ -631,4 +642,91 @@ fn local_endpoints_are_announced_and_withdrawn() {
             ip
         })
     );
+}
+
+/// A manager and a worker daemon over real mutual TLS on loopback: join,
+/// a worker's container allocated by the manager, its network copied to
+/// the worker and forgotten with its last container there, a bad token
+/// refused with nothing changed.
+#[test]
+fn worker_joins_and_gets_addresses_from_the_manager() {
+    use super::swarm::{DaemonHandler, TokioLink};
+    use crate::mgmt::MgmtServer;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let m = fixture();
+    m.init();
+    let net = m.net("over", true);
+    let tokens: api::JoinTokenView = m.ok(CtlRequest::JoinToken {
+        role: Role::Worker,
+        rotate: false,
+    });
+    let st = m.d.mgmt_state().unwrap();
+    let server = rt
+        .block_on(MgmtServer::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            &st.identity,
+            Arc::new(DaemonHandler(Arc::clone(&m.d))),
+        ))
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    let serving = rt.spawn(server.serve());
+
+    let w = fixture();
+    w.d.set_manager_link(Arc::new(TokioLink::new(rt.handle().clone())));
+    let join = |token: &str| CtlRequest::SwarmJoin {
+        token: token.into(),
+        remote: addr.to_string(),
+        advertise_addr: Some("192.0.2.2".parse().unwrap()),
+        data_path_addr: Some("192.0.2.2".parse().unwrap()),
+    };
+    // A token of another swarm (wrong CA digest) is refused before any
+    // request, and a well-formed token with a wrong secret by the manager.
+    let digest = crate::mgmt::JoinToken::parse(&tokens.token)
+        .unwrap()
+        .digest()
+        .to_owned();
+    let e = w.err(join(&format!(
+        "SWMTKN-1-{digest}-0123456789abcdefghijklmno"
+    )));
+    assert!(e.contains("token"), "{e}");
+    assert!(w.d.mgmt_state().is_none());
+    assert_eq!(m.d.nodes().unwrap().len(), 1);
+
+    let msg: String = w.ok(join(&tokens.token));
+    assert!(msg.contains("joined a swarm as a worker"), "{msg}");
+    assert_eq!(m.d.nodes().unwrap().len(), 2);
+    assert!(w.d.gossip_seed().is_some_and(|s| s.port() == 7946));
+    // A worker does not manage the swarm.
+    let e = w.err(CtlRequest::NodeLs);
+    assert!(e.contains("not a swarm manager"), "{e}");
+    let e = w.err(CtlRequest::NetworkCreate(CreateNetwork {
+        name: "x".into(),
+        ..Default::default()
+    }));
+    assert!(e.contains("not a swarm manager"), "{e}");
+
+    // The worker's container gets its address from the manager; the
+    // manager's own container on the same network gets another.
+    let cw = w.run("cw", &["over"]);
+    let cm = m.run("cm", &["over"]);
+    assert_ne!(cw.networks[0].ipv4, cm.networks[0].ipv4);
+    assert!(w.d.network_vni(&net.id).is_some());
+    assert!(w.dp.with(|d| d.networks.contains_key(&net.vni)));
+    let on_manager = m.d.lock().store.get::<Container>(&cw.id).unwrap().is_some();
+    assert!(on_manager, "the manager records the worker's container");
+
+    let _: ContainerView = w.ok(CtlRequest::ContainerRm {
+        container: "cw".into(),
+        force: false,
+    });
+    assert!(w.d.network_vni(&net.id).is_none(), "network copy forgotten");
+    assert!(!w.dp.with(|d| d.networks.contains_key(&net.vni)));
+    let on_manager = m.d.lock().store.get::<Container>(&cw.id).unwrap().is_some();
+    assert!(!on_manager, "the manager released the worker's container");
+    serving.abort();
 }

@@ -1,0 +1,319 @@
+//! A swarm on the testbed: `vxnet-control` beside each host's dataplane,
+//! formed and driven with the `vxnet` CLI. Needs root (skipped otherwise)
+//! and the workspace's binaries (`cargo build -p vxnet-dataplane -p
+//! vxnet-cli -p vxnet-control`). The testbed removes everything on drop,
+//! also on failure (daemons, hosts, the containers' namespaces).
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use common::{dp_opts, root_or_skip, testbed};
+use vxnet_testbed::Testbed;
+use vxnet_testbed::process;
+use vxnet_testbed::swarm::{Control, vxnet_ctl};
+
+/// Dataplane and control daemon on every host.
+fn daemons(tb: &Testbed) -> Result<Vec<(Control, u32)>> {
+    let mut v = Vec::new();
+    for h in tb.hosts() {
+        let dp = tb.start_dataplane(h, &dp_opts())?;
+        let c = tb.start_control(h, &dp.socket)?;
+        v.push((c, dp.pid));
+    }
+    Ok(v)
+}
+
+fn ok(c: &Control, args: &[&str]) -> Result<String> {
+    Ok(vxnet_ctl(&c.socket, args)?.check()?.stdout)
+}
+
+/// The container's namespace and IPv4 address, from `container inspect`.
+fn container(c: &Control, name: &str) -> Result<(String, String)> {
+    let v: serde_json::Value = serde_json::from_str(&ok(c, &["container", "inspect", name])?)?;
+    let ns = v[0]["netns"].as_str().context("netns")?.to_owned();
+    let ip = v[0]["networks"][0]["ipv4"]
+        .as_str()
+        .context("ipv4")?
+        .to_owned();
+    Ok((ns, ip))
+}
+
+/// `vxnet dp <args>` against a host's dataplane socket.
+fn dp(tb: &Testbed, host: usize, args: &[&str]) -> Result<String> {
+    let socket = tb.state_dir().join(format!("{}.sock", tb.host(host).name));
+    let cli = vxnet_testbed::vxnet::find_binary("vxnet")?;
+    let mut argv = vec![cli.display().to_string(), "dp".into()];
+    argv.extend(args.iter().map(|s| (*s).to_string()));
+    argv.extend(["--socket".into(), socket.display().to_string()]);
+    Ok(process::run(None, &argv, Duration::from_secs(10))?
+        .check()?
+        .stdout)
+}
+
+fn vni_declared(tb: &Testbed, host: usize, vni: u64) -> Result<bool> {
+    let v: serde_json::Value =
+        serde_json::from_str(&dp(tb, host, &["network", "ls", "--format", "json"])?)?;
+    Ok(v.as_array()
+        .is_some_and(|a| a.iter().any(|n| n["vni"].as_u64() == Some(vni))))
+}
+
+fn network_vni(c: &Control, name: &str) -> Result<u64> {
+    let v: serde_json::Value = serde_json::from_str(&ok(c, &["network", "inspect", name])?)?;
+    let n = if v.is_array() { &v[0] } else { &v };
+    n["Options"]["com.docker.network.driver.overlay.vxlanid_list"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no vni in {n}"))
+}
+
+fn log_of(tb: &Testbed, name: &str) -> String {
+    process::log_tail(&tb.log_path(name), 3000)
+}
+
+/// Docker's overlay tutorial: init on host1, a bad token refused on host2
+/// with nothing changed, join host2, an attachable network created on
+/// host1 used by a container on each host, the containers ping each other,
+/// and the network leaves host2's dataplane with its last container there.
+#[test]
+fn two_host_walkthrough() -> Result<()> {
+    if !root_or_skip("two_host_walkthrough") {
+        return Ok(());
+    }
+    let tb = testbed(2, 1500)?;
+    let d = daemons(&tb)?;
+    let (c1, c2) = (&d[0].0, &d[1].0);
+    let ip1 = tb.host(1).underlay_v4.to_string();
+    ok(c1, &["swarm", "init", "--advertise-addr", &ip1])?;
+    let token = ok(c1, &["swarm", "join-token", "-q", "worker"])?
+        .trim()
+        .to_owned();
+    let remote = format!("{ip1}:2377");
+
+    // A token with the right CA digest but a wrong secret: refused by the
+    // manager, clearly, and nothing changes on either side.
+    let (digest_part, _) = token.rsplit_once('-').context("token shape")?;
+    let bad = format!("{digest_part}-0123456789abcdefghijklmno");
+    let o = vxnet_ctl(&c2.socket, &["swarm", "join", "--token", &bad, &remote])?;
+    assert!(!o.success(), "a bad token must be refused");
+    assert!(o.stderr.contains("token"), "unclear refusal: {}", o.stderr);
+    let o = vxnet_ctl(&c2.socket, &["container", "ls"])?;
+    assert!(!o.success(), "host2 must still be outside any swarm");
+    let nodes = ok(c1, &["node", "ls"])?;
+    assert!(!nodes.contains("host2"), "{nodes}");
+
+    let out = ok(c2, &["swarm", "join", "--token", &token, &remote])?;
+    assert!(out.contains("joined a swarm as a worker"), "{out}");
+    let nodes = ok(c1, &["node", "ls"])?;
+    assert!(
+        nodes.contains("host2") && nodes.contains("Ready"),
+        "{nodes}"
+    );
+
+    ok(
+        c1,
+        &["network", "create", "-d", "overlay", "--attachable", "tnet"],
+    )?;
+    let vni = network_vni(c1, "tnet")?;
+    ok(
+        c1,
+        &[
+            "container",
+            "run",
+            "-d",
+            "--name",
+            "ca",
+            "--network",
+            "tnet",
+            "--",
+            "sleep",
+            "600",
+        ],
+    )?;
+    // The network is not on host2 until a container there needs it.
+    assert!(!vni_declared(&tb, 2, vni)?);
+    ok(
+        c2,
+        &[
+            "container",
+            "run",
+            "-d",
+            "--name",
+            "cb",
+            "--network",
+            "tnet",
+            "--",
+            "sleep",
+            "600",
+        ],
+    )?;
+    assert!(vni_declared(&tb, 2, vni)?);
+    let (ns_a, ip_a) = container(c1, "ca")?;
+    let (ns_b, ip_b) = container(c2, "cb")?;
+    assert_ne!(ip_a, ip_b, "the manager allocates addresses swarm-wide");
+
+    tb.wait_reachable(&ns_b, &ip_a, Duration::from_secs(10))
+        .with_context(|| log_of(&tb, "control-host2"))?;
+    let r = tb.ping_ok(&ns_a, &ip_b, 3, None)?;
+    assert_eq!(r.received, 3, "host1 -> host2");
+    let r = tb.ping_ok(&ns_b, &ip_a, 3, None)?;
+    assert_eq!(r.received, 3, "host2 -> host1");
+
+    ok(c2, &["container", "rm", "-f", "cb"])?;
+    assert!(
+        process::wait_until(Duration::from_secs(5), || !vni_declared(&tb, 2, vni)
+            .unwrap_or(true)),
+        "the network stayed on host2's dataplane: {}",
+        dp(&tb, 2, &["network", "ls"]).unwrap_or_default()
+    );
+    assert!(!Path::new("/run/netns").join(&ns_b).exists());
+    // Still on host1, which runs a container on it.
+    assert!(vni_declared(&tb, 1, vni)?);
+    Ok(())
+}
+
+/// A host killed (control and dataplane) is marked Down on the manager and
+/// its endpoints leave the manager's dataplane within 5 s.
+#[test]
+fn dead_host_marked_down_and_withdrawn() -> Result<()> {
+    if !root_or_skip("dead_host_marked_down_and_withdrawn") {
+        return Ok(());
+    }
+    let tb = testbed(2, 1500)?;
+    let d = daemons(&tb)?;
+    let (c1, c2) = (&d[0].0, &d[1].0);
+    let controls = [c1.clone(), c2.clone()];
+    tb.form_swarm(&controls)?;
+    ok(
+        c1,
+        &["network", "create", "-d", "overlay", "--attachable", "dnet"],
+    )?;
+    ok(
+        c1,
+        &[
+            "container",
+            "run",
+            "-d",
+            "--name",
+            "da",
+            "--network",
+            "dnet",
+            "--",
+            "sleep",
+            "600",
+        ],
+    )?;
+    ok(
+        c2,
+        &[
+            "container",
+            "run",
+            "-d",
+            "--name",
+            "db",
+            "--network",
+            "dnet",
+            "--",
+            "sleep",
+            "600",
+        ],
+    )?;
+    let (_, ip_b) = container(c2, "db")?;
+    let fdb1 = || dp(&tb, 1, &["fdb", "--format", "json"]).unwrap_or_default();
+    assert!(
+        process::wait_until(Duration::from_secs(10), || fdb1().contains(&ip_b)),
+        "host2's endpoint never reached host1: {}",
+        fdb1()
+    );
+
+    let killed = Instant::now();
+    for pid in [c2.pid, d[1].1] {
+        process::kill_pid(pid, libc::SIGKILL);
+    }
+    let down = || {
+        ok(c1, &["node", "ls"])
+            .is_ok_and(|s| s.lines().any(|l| l.contains("host2") && l.contains("Down")))
+    };
+    assert!(
+        process::wait_until(Duration::from_secs(5), || down() && !fdb1().contains(&ip_b)),
+        "after {:?}: node ls {:?}, fdb {}",
+        killed.elapsed(),
+        ok(c1, &["node", "ls"]),
+        fdb1()
+    );
+    assert!(killed.elapsed() <= Duration::from_secs(5));
+    eprintln!("host2 Down and withdrawn after {:?}", killed.elapsed());
+    Ok(())
+}
+
+/// An encrypted attachable network across three hosts: every pair of
+/// containers talks, and what crosses the underlay is ESP (the hosts'
+/// keys came from gossip, not from `vxnet dp vtep add`).
+#[test]
+fn encrypted_network_across_three_hosts() -> Result<()> {
+    if !root_or_skip("encrypted_network_across_three_hosts") {
+        return Ok(());
+    }
+    let tb = testbed(3, 1500)?;
+    let d = daemons(&tb)?;
+    let controls: Vec<Control> = d.iter().map(|(c, _)| c.clone()).collect();
+    tb.form_swarm(&controls)?;
+    ok(
+        &controls[0],
+        &[
+            "network",
+            "create",
+            "-d",
+            "overlay",
+            "--attachable",
+            "--opt",
+            "encrypted",
+            "enet",
+        ],
+    )?;
+    let mut eps = Vec::new();
+    for (i, c) in controls.iter().enumerate() {
+        let name = format!("e{}", i + 1);
+        ok(
+            c,
+            &[
+                "container",
+                "run",
+                "-d",
+                "--name",
+                &name,
+                "--network",
+                "enet",
+                "--",
+                "sleep",
+                "600",
+            ],
+        )?;
+        eps.push(container(c, &name)?);
+    }
+    for (i, (ns, _)) in eps.iter().enumerate() {
+        for (j, (_, ip)) in eps.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            tb.wait_reachable(ns, ip, Duration::from_secs(15))
+                .with_context(|| {
+                    format!("e{} -> e{}: {}", i + 1, j + 1, log_of(&tb, "control-host1"))
+                })?;
+        }
+    }
+    // The traffic was encrypted: each host has security associations.
+    for h in 1..=3 {
+        let sa = dp(&tb, h, &["sa"])?;
+        assert!(
+            tb.hosts()
+                .iter()
+                .filter(|o| o.index != h)
+                .all(|o| sa.contains(&o.underlay_v4.to_string())),
+            "host{h} lacks SAs with the others: {sa}"
+        );
+    }
+    Ok(())
+}
