@@ -15,7 +15,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::containers::NetworkRequest;
-use crate::model::{Container, Network, Node, Role};
+use crate::model::{Availability, Container, Network, Node, Role};
 use crate::networks::{CreateNetwork, NetworkDetails, NetworkFilter};
 
 /// Default path of the daemon's socket.
@@ -56,6 +56,22 @@ pub enum CtlRequest {
         force: bool,
     },
     NodeLs,
+    /// `node inspect`: one node (id, hostname or unique id prefix).
+    NodeInspect {
+        node: String,
+    },
+    /// `node rm`: refused for this node and, without `force`, for a node
+    /// that is not Down.
+    NodeRm {
+        node: String,
+        #[serde(default)]
+        force: bool,
+    },
+    /// `node update --availability`.
+    NodeUpdate {
+        node: String,
+        availability: Availability,
+    },
     NetworkCreate(CreateNetwork),
     NetworkLs {
         #[serde(default)]

@@ -338,6 +338,22 @@ where
                 self.manager_only()?;
                 value(self.node_ls()?)
             }
+            CtlRequest::NodeInspect { node } => {
+                self.manager_only()?;
+                let n = cluster::resolve_node(&self.store, &node).map_err(s)?;
+                value(NodeView {
+                    is_self: n.id == self.local_node()?,
+                    node: n,
+                })
+            }
+            CtlRequest::NodeRm { node, force } => {
+                self.manager_only()?;
+                value(self.node_rm(&node, force)?)
+            }
+            CtlRequest::NodeUpdate { node, availability } => {
+                self.manager_only()?;
+                value(cluster::set_node_availability(&self.store, &node, availability).map_err(s)?)
+            }
             CtlRequest::NetworkCreate(c) => {
                 self.manager_only()?;
                 value(
@@ -684,6 +700,16 @@ where
                 node: n,
             })
             .collect())
+    }
+
+    /// `node rm`: the store forgets the node and its containers (releasing
+    /// their addresses); their endpoints leave the other dataplanes with
+    /// the node's gossip membership.
+    fn node_rm(&mut self, query: &str, force: bool) -> R<Node> {
+        let me = self.local_node()?;
+        let n = cluster::remove_node(&self.store, query, force, &me).map_err(s)?;
+        tracing::info!(node = %n.id, hostname = %n.hostname, force, "node removed");
+        Ok(n)
     }
 
     fn network_rm(&mut self, query: &str) -> R<Network> {

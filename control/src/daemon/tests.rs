@@ -730,3 +730,81 @@ fn worker_joins_and_gets_addresses_from_the_manager() {
     assert!(!on_manager, "the manager released the worker's container");
     serving.abort();
 }
+
+/// Adds a worker node to the manager's store as a join would.
+fn add_worker_node(f: &Fixture, hostname: &str) -> Node {
+    let g = f.d.lock();
+    crate::cluster::add_node(
+        &g.store,
+        &crate::cluster::JoinRequest {
+            hostname: hostname.into(),
+            role: Role::Worker,
+            advertise_addr: "192.0.2.9".parse().unwrap(),
+            data_path_addr: None,
+            public_key: crate::cluster::tests::key(9),
+        },
+        now(),
+        &mut rand_core::OsRng,
+    )
+    .unwrap()
+}
+
+#[test]
+fn node_inspect_update_and_rm() {
+    let f = fixture();
+    let init = f.init();
+    let w = add_worker_node(&f, "host2");
+    let me: NodeView = f.ok(CtlRequest::NodeInspect {
+        node: "host1".into(),
+    });
+    assert!(me.is_self);
+    assert_eq!(me.node.id, init.node_id);
+    assert_eq!(me.node.role, Role::Manager);
+    let v: NodeView = f.ok(CtlRequest::NodeInspect {
+        node: w.id[..6].into(),
+    });
+    assert!(!v.is_self);
+    assert_eq!(v.node.hostname, "host2");
+    let e = f.err(CtlRequest::NodeInspect {
+        node: "nosuch".into(),
+    });
+    assert!(e.contains("nosuch"), "{e}");
+
+    let n: Node = f.ok(CtlRequest::NodeUpdate {
+        node: "host2".into(),
+        availability: crate::model::Availability::Drain,
+    });
+    assert_eq!(n.availability, crate::model::Availability::Drain);
+    let v: NodeView = f.ok(CtlRequest::NodeInspect {
+        node: "host2".into(),
+    });
+    assert_eq!(v.node.availability, crate::model::Availability::Drain);
+
+    // Self is never removed; a Ready node only with force.
+    let e = f.err(CtlRequest::NodeRm {
+        node: "host1".into(),
+        force: true,
+    });
+    assert!(e.contains("cannot remove itself"), "{e}");
+    let e = f.err(CtlRequest::NodeRm {
+        node: "host2".into(),
+        force: false,
+    });
+    assert!(e.contains("not down"), "{e}");
+    assert_eq!(f.d.nodes().unwrap().len(), 2);
+    // Down: removed without force.
+    f.d.set_member_status(&w.id, false);
+    let gone: Node = f.ok(CtlRequest::NodeRm {
+        node: "host2".into(),
+        force: false,
+    });
+    assert_eq!(gone.id, w.id);
+    assert_eq!(f.d.nodes().unwrap().len(), 1);
+    // A Ready node goes with --force.
+    add_worker_node(&f, "host3");
+    let _: Node = f.ok(CtlRequest::NodeRm {
+        node: "host3".into(),
+        force: true,
+    });
+    assert_eq!(f.d.nodes().unwrap().len(), 1);
+}
