@@ -780,6 +780,36 @@ fn worker_joins_and_gets_addresses_from_the_manager() {
     assert!(!w.dp.with(|d| d.networks.contains_key(&net.vni)));
     let on_manager = m.d.lock().store.get::<Container>(&cw.id).unwrap().is_some();
     assert!(!on_manager, "the manager released the worker's container");
+
+    // `network connect|disconnect` on a worker go through the manager.
+    let other = m.net("other", true);
+    let cw = w.run("cw", &["over"]);
+    let e = m.err(connect_req("cw", "other", None, None));
+    assert!(e.contains("runs on node"), "{e}");
+    let v: ContainerView = w.ok(connect_req("cw", "other", None, None));
+    assert_eq!(v.networks.len(), 2);
+    assert!(w.dp.with(|d| d.networks.contains_key(&other.vni)));
+    let on_manager = |id: &str| m.d.lock().store.get::<Container>(id).unwrap();
+    assert_eq!(on_manager(&cw.id).unwrap().attachments.len(), 2);
+    let _: ContainerView = w.ok(CtlRequest::NetworkDisconnect {
+        container: "cw".into(),
+        network: "other".into(),
+    });
+    assert_eq!(on_manager(&cw.id).unwrap().attachments.len(), 1);
+    assert!(
+        w.d.network_vni(&other.id).is_none(),
+        "network copy forgotten"
+    );
+    assert!(!w.dp.with(|d| d.networks.contains_key(&other.vni)));
+    // Another runtime's container on the worker is recorded by the manager
+    // and released with its last network.
+    let ext: ContainerView = w.ok(connect_req("ext", "other", Some("/proc/7/ns/net"), None));
+    assert!(on_manager(&ext.id).is_some());
+    let _: ContainerView = w.ok(CtlRequest::NetworkDisconnect {
+        container: "ext".into(),
+        network: "other".into(),
+    });
+    assert!(on_manager(&ext.id).is_none());
     serving.abort();
 }
 
