@@ -603,6 +603,74 @@ mod tests {
     }
 
     #[test]
+    fn network_connect_of_another_runtime() {
+        let connect = |args: &[&str]| -> Result<CtlRequest, String> {
+            let Command::Network(n) = parse(args).map_err(|e| e.to_string())?.command else {
+                panic!("not network")
+            };
+            crate::network::connect_request(&n.command).map_err(|e| format!("{e:?}"))
+        };
+        let r = connect(&[
+            "network",
+            "connect",
+            "--netns",
+            "/proc/9/ns/net",
+            "n",
+            "web",
+        ])
+        .unwrap();
+        let CtlRequest::NetworkConnect {
+            container,
+            network,
+            netns,
+            veth,
+        } = r
+        else {
+            panic!("not connect")
+        };
+        assert_eq!(container, "web");
+        assert_eq!(network.network, "n");
+        assert_eq!(netns.as_deref(), Some("/proc/9/ns/net"));
+        assert_eq!(veth, None);
+        let r = connect(&[
+            "network",
+            "connect",
+            "--veth",
+            "veth1",
+            "--mac",
+            "02:00:00:00:00:09",
+            "--ip",
+            "10.0.0.9",
+            "n",
+            "db",
+        ])
+        .unwrap();
+        let CtlRequest::NetworkConnect { network, veth, .. } = r else {
+            panic!("not connect")
+        };
+        assert_eq!(veth.as_deref(), Some("veth1"));
+        assert_eq!(network.mac.as_deref(), Some("02:00:00:00:00:09"));
+        assert_eq!(network.ipv4, Some("10.0.0.9".parse().unwrap()));
+        // --veth needs --mac; --netns and --veth exclude each other.
+        assert!(connect(&["network", "connect", "--veth", "v", "n", "db"]).is_err());
+        assert!(
+            connect(&[
+                "network",
+                "connect",
+                "--veth",
+                "v",
+                "--mac",
+                "02:00:00:00:00:09",
+                "--netns",
+                "x",
+                "n",
+                "db"
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
     fn help_everywhere() {
         for args in [
             &["swarm", "--help"][..],
