@@ -245,6 +245,19 @@ fn dead_host_marked_down_and_withdrawn() -> Result<()> {
     );
     assert!(killed.elapsed() <= Duration::from_secs(5));
     eprintln!("host2 Down and withdrawn after {:?}", killed.elapsed());
+
+    // The manager shows the dead node and removes it (not itself).
+    let v: serde_json::Value = serde_json::from_str(&ok(c1, &["node", "inspect", "host2"])?)?;
+    assert_eq!(v[0]["Status"]["State"], "down", "{v}");
+    assert_eq!(v[0]["Description"]["Hostname"], "host2", "{v}");
+    let e = vxnet_ctl(&c1.socket, &["node", "rm", "host1"])?;
+    assert!(
+        !e.status.success() && e.stderr.contains("cannot remove itself"),
+        "{e:?}"
+    );
+    ok(c1, &["node", "rm", "host2"])?;
+    let nodes = ok(c1, &["node", "ls"])?;
+    assert!(!nodes.contains("host2"), "{nodes}");
     Ok(())
 }
 
