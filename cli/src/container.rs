@@ -114,6 +114,7 @@ impl RunArgs {
                     network: n.clone(),
                     ipv4: if i == 0 { self.ip } else { None },
                     ipv6: None,
+                    mac: None,
                 })
                 .collect(),
         }

@@ -71,14 +71,29 @@ Example:
         #[arg(required = true)]
         networks: Vec<String>,
     },
-    /// Attach a running container to another network.
+    /// Attach a running container to another network, or another
+    /// runtime's container (by its namespace or its veth) under NAME.
     #[command(after_help = "\
-Example:
-  vxnet network connect --ip 10.0.1.9 test-net c1")]
+Examples:
+  vxnet network connect --ip 10.0.1.9 test-net c1
+  vxnet network connect --netns /proc/4242/ns/net test-net web
+  vxnet network connect --veth veth1a2b3c --mac 02:42:ac:11:00:02 test-net db")]
     Connect {
         /// Address on that network (default: the next free one).
         #[arg(long)]
         ip: Option<Ipv4Addr>,
+        /// Another runtime's container: its network namespace (a name
+        /// under /run/netns or a path such as /proc/PID/ns/net).
+        #[arg(long, value_name = "PATH", conflicts_with = "veth")]
+        netns: Option<String>,
+        /// Another runtime's container: the host side of its veth, bridged
+        /// to the network (needs --mac).
+        #[arg(long, value_name = "IF", requires = "mac")]
+        veth: Option<String>,
+        /// The endpoint's MAC (default: derived from its address; for
+        /// --veth the MAC of the container's end).
+        #[arg(long, value_name = "MAC")]
+        mac: Option<String>,
         network: String,
         container: String,
     },
@@ -213,6 +228,32 @@ pub fn inspect_json(v: &NetworkInspectView) -> serde_json::Value {
     })
 }
 
+/// The daemon request of `network connect`.
+pub fn connect_request(cmd: &NetworkCommand) -> Result<CtlRequest, CliError> {
+    let NetworkCommand::Connect {
+        ip,
+        netns,
+        veth,
+        mac,
+        network,
+        container,
+    } = cmd
+    else {
+        return Err(CliError::Usage("not a connect command".into()));
+    };
+    Ok(CtlRequest::NetworkConnect {
+        container: container.clone(),
+        network: NetworkRequest {
+            network: network.clone(),
+            ipv4: *ip,
+            ipv6: None,
+            mac: mac.clone(),
+        },
+        netns: netns.clone(),
+        veth: veth.clone(),
+    })
+}
+
 pub fn run(args: &NetworkArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let s = &args.socket;
     match &args.command {
@@ -266,19 +307,8 @@ pub fn run(args: &NetworkArgs, out: &mut dyn Write) -> Result<(), CliError> {
             }
             Ok(())
         }
-        NetworkCommand::Connect {
-            ip,
-            network,
-            container,
-        } => {
-            let _: ContainerView = s.call(&CtlRequest::NetworkConnect {
-                container: container.clone(),
-                network: NetworkRequest {
-                    network: network.clone(),
-                    ipv4: *ip,
-                    ipv6: None,
-                },
-            })?;
+        NetworkCommand::Connect { .. } => {
+            let _: ContainerView = s.call(&connect_request(&args.command)?)?;
             Ok(())
         }
         NetworkCommand::Disconnect { network, container } => {

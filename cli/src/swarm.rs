@@ -10,9 +10,11 @@ use serde::de::DeserializeOwned;
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use vxnet_control::daemon::api::{CtlRequest, DEFAULT_SOCKET, InitView, JoinTokenView, NodeView};
+use vxnet_control::daemon::api::{
+    CtlRequest, DEFAULT_SOCKET, InitView, JoinTokenView, MANAGEMENT_PORT, NodeView,
+};
 use vxnet_control::daemon::client::CtlClient;
-use vxnet_control::model::Role;
+use vxnet_control::model::{Availability, Node, Role};
 
 /// The control daemon's socket, accepted by every control-plane command.
 #[derive(Debug, Args, Clone)]
@@ -166,6 +168,93 @@ Examples:
         #[command(flatten)]
         format: FormatArg,
     },
+    /// Show nodes in detail (JSON, as `docker node inspect`).
+    #[command(after_help = "\
+Example:
+  vxnet node inspect host2")]
+    Inspect {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Remove nodes from the swarm (a Ready node only with --force).
+    #[command(
+        alias = "remove",
+        after_help = "\
+Examples:
+  vxnet node rm host2
+  vxnet node rm --force host2"
+    )]
+    Rm {
+        /// Remove a node that is not Down.
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Change a node's availability.
+    #[command(after_help = "\
+Example:
+  vxnet node update --availability drain host2")]
+    Update {
+        #[arg(long, value_enum)]
+        availability: AvailabilityArg,
+        node: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AvailabilityArg {
+    Active,
+    Pause,
+    Drain,
+}
+
+impl From<AvailabilityArg> for Availability {
+    fn from(a: AvailabilityArg) -> Self {
+        match a {
+            AvailabilityArg::Active => Availability::Active,
+            AvailabilityArg::Pause => Availability::Pause,
+            AvailabilityArg::Drain => Availability::Drain,
+        }
+    }
+}
+
+/// Docker-shaped `node inspect` output.
+pub fn node_json(v: &NodeView) -> serde_json::Value {
+    let n = &v.node;
+    let mut out = serde_json::json!({
+        "ID": n.id,
+        "CreatedAt": n.created,
+        "Self": v.is_self,
+        "Spec": {
+            "Role": word(n.role),
+            "Availability": word(n.availability),
+        },
+        "Description": { "Hostname": n.hostname },
+        "Status": {
+            "State": word(n.status),
+            "Addr": n.advertise_addr.to_string(),
+        },
+        "DataPathAddr": n.data_path_addr.to_string(),
+        "DataPathPort": n.data_path_port,
+        "PublicKey": n.public_key,
+    });
+    if n.role == Role::Manager {
+        out["ManagerStatus"] = serde_json::json!({
+            "Leader": true,
+            "Reachability": "reachable",
+            "Addr": format!("{}:{}", n.advertise_addr, MANAGEMENT_PORT),
+        });
+    }
+    out
+}
+
+/// The lowercase word the model serializes an enum as ("ready", "drain").
+fn word(v: impl Serialize) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 impl SwarmCommand {
@@ -285,6 +374,33 @@ pub fn run_node(args: &NodeArgs, out: &mut dyn Write) -> Result<(), CliError> {
             }
             write(out, &t.render())
         }
+        NodeCommand::Inspect { nodes } => {
+            let mut all = Vec::new();
+            for n in nodes {
+                let v: NodeView = args
+                    .socket
+                    .call(&CtlRequest::NodeInspect { node: n.clone() })?;
+                all.push(node_json(&v));
+            }
+            json(out, &all)
+        }
+        NodeCommand::Rm { force, nodes } => {
+            for n in nodes {
+                let _: Node = args.socket.call(&CtlRequest::NodeRm {
+                    node: n.clone(),
+                    force: *force,
+                })?;
+                write(out, &format!("{n}\n"))?;
+            }
+            Ok(())
+        }
+        NodeCommand::Update { availability, node } => {
+            let _: Node = args.socket.call(&CtlRequest::NodeUpdate {
+                node: node.clone(),
+                availability: (*availability).into(),
+            })?;
+            write(out, &format!("{node}\n"))
+        }
     }
 }
 
@@ -298,6 +414,7 @@ fn capitalize(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use crate::container::ContainerCommand;
     use crate::network::NetworkCommand;
     use crate::{Cli, Command};
@@ -436,6 +553,124 @@ mod tests {
     }
 
     #[test]
+    fn node_commands_and_inspect_shape() {
+        let Command::Node(n) = parse(&["node", "rm", "-f", "h2", "h3"]).unwrap().command else {
+            panic!("not node")
+        };
+        let NodeCommand::Rm { force, nodes } = n.command else {
+            panic!("not rm")
+        };
+        assert!(force);
+        assert_eq!(nodes, ["h2", "h3"]);
+        let Command::Node(n) = parse(&["node", "update", "--availability", "drain", "h2"])
+            .unwrap()
+            .command
+        else {
+            panic!("not node")
+        };
+        let NodeCommand::Update { availability, node } = n.command else {
+            panic!("not update")
+        };
+        assert_eq!(Availability::from(availability), Availability::Drain);
+        assert_eq!(node, "h2");
+        assert!(parse(&["node", "update", "--availability", "gone", "h2"]).is_err());
+        assert!(parse(&["node", "rm"]).is_err());
+
+        let v = NodeView {
+            node: Node {
+                id: "abc".into(),
+                hostname: "h1".into(),
+                role: Role::Manager,
+                availability: Availability::Active,
+                status: vxnet_control::model::NodeStatus::Ready,
+                advertise_addr: "192.0.2.1".parse().unwrap(),
+                data_path_addr: "198.51.100.1".parse().unwrap(),
+                data_path_port: 4789,
+                public_key: "pk".into(),
+                created: 1,
+            },
+            is_self: true,
+        };
+        let j = node_json(&v);
+        assert_eq!(j["ID"], "abc");
+        assert_eq!(j["Description"]["Hostname"], "h1");
+        assert_eq!(j["Status"]["State"], "ready");
+        assert_eq!(j["Spec"]["Availability"], "active");
+        assert_eq!(j["Spec"]["Role"], "manager");
+        assert_eq!(j["ManagerStatus"]["Addr"], "192.0.2.1:2377");
+        assert_eq!(j["DataPathAddr"], "198.51.100.1");
+        assert_eq!(j["PublicKey"], "pk");
+    }
+
+    #[test]
+    fn network_connect_of_another_runtime() {
+        let connect = |args: &[&str]| -> Result<CtlRequest, String> {
+            let Command::Network(n) = parse(args).map_err(|e| e.to_string())?.command else {
+                panic!("not network")
+            };
+            crate::network::connect_request(&n.command).map_err(|e| format!("{e:?}"))
+        };
+        let r = connect(&[
+            "network",
+            "connect",
+            "--netns",
+            "/proc/9/ns/net",
+            "n",
+            "web",
+        ])
+        .unwrap();
+        let CtlRequest::NetworkConnect {
+            container,
+            network,
+            netns,
+            veth,
+        } = r
+        else {
+            panic!("not connect")
+        };
+        assert_eq!(container, "web");
+        assert_eq!(network.network, "n");
+        assert_eq!(netns.as_deref(), Some("/proc/9/ns/net"));
+        assert_eq!(veth, None);
+        let r = connect(&[
+            "network",
+            "connect",
+            "--veth",
+            "veth1",
+            "--mac",
+            "02:00:00:00:00:09",
+            "--ip",
+            "10.0.0.9",
+            "n",
+            "db",
+        ])
+        .unwrap();
+        let CtlRequest::NetworkConnect { network, veth, .. } = r else {
+            panic!("not connect")
+        };
+        assert_eq!(veth.as_deref(), Some("veth1"));
+        assert_eq!(network.mac.as_deref(), Some("02:00:00:00:00:09"));
+        assert_eq!(network.ipv4, Some("10.0.0.9".parse().unwrap()));
+        // --veth needs --mac; --netns and --veth exclude each other.
+        assert!(connect(&["network", "connect", "--veth", "v", "n", "db"]).is_err());
+        assert!(
+            connect(&[
+                "network",
+                "connect",
+                "--veth",
+                "v",
+                "--mac",
+                "02:00:00:00:00:09",
+                "--netns",
+                "x",
+                "n",
+                "db"
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
     fn help_everywhere() {
         for args in [
             &["swarm", "--help"][..],
@@ -443,6 +678,9 @@ mod tests {
             &["swarm", "join-token", "--help"],
             &["swarm", "leave", "--help"],
             &["node", "ls", "--help"],
+            &["node", "inspect", "--help"],
+            &["node", "rm", "--help"],
+            &["node", "update", "--help"],
             &["network", "--help"],
             &["network", "create", "--help"],
             &["network", "ls", "--help"],

@@ -31,6 +31,11 @@ pub struct NetworkRequest {
     pub ipv4: Option<Ipv4Addr>,
     #[serde(default)]
     pub ipv6: Option<Ipv6Addr>,
+    /// The endpoint's MAC (`network connect --mac`; needed for a sidecar
+    /// veth, whose container side has its own); derived from the IPv4
+    /// address when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 /// `vxnet container run` (or `network connect --netns` for another
@@ -91,6 +96,10 @@ fn attach<S: Store + ?Sized>(
     if !net.attachable {
         return Err(ControlError::NotAttachable(net.name.clone()));
     }
+    let mac = match &req.mac {
+        Some(m) => Some(unicast_mac(m)?),
+        None => None,
+    };
     let allocs = allocations(store, &net.id)?;
     let containers = store.list::<Container>()?;
     let owner = |ip| owner_name(&allocs, &containers, ip);
@@ -150,8 +159,19 @@ fn attach<S: Store + ?Sized>(
         network: net.id.clone(),
         ipv4,
         ipv6,
-        mac: mac_for(ipv4),
+        mac: mac.unwrap_or_else(|| mac_for(ipv4)),
     })
+}
+
+/// A user-given endpoint MAC, normalized; multicast and all-zero MACs
+/// cannot name one endpoint.
+fn unicast_mac(m: &str) -> Result<String> {
+    let bad = || ControlError::InvalidMac(m.to_owned());
+    let mac: vxnet_proto::wire::MacAddr = m.parse().map_err(|_| bad())?;
+    if mac.0[0] & 1 == 1 || mac.0 == [0; 6] {
+        return Err(bad());
+    }
+    Ok(mac.to_string())
 }
 
 fn release(txn: &mut Txn, a: &Attachment) {
@@ -486,6 +506,7 @@ mod tests {
                         network: "n".into(),
                         ipv4: v4.map(|x| x.parse().unwrap()),
                         ipv6: v6.map(|x| x.parse().unwrap()),
+                        mac: None,
                     }],
                 },
                 1,
@@ -521,6 +542,7 @@ mod tests {
                 network: "v4only".into(),
                 ipv4: None,
                 ipv6: Some("fd00::9".parse().unwrap()),
+                mac: None,
             },
         )
         .unwrap_err();

@@ -80,6 +80,8 @@ pub enum ControlError {
     // --- addressing ---
     #[error("invalid addressing: {0}")]
     InvalidAddressing(String),
+    #[error("'{0}' is not a unicast MAC address; give six hex pairs like 02:42:0a:00:00:09")]
+    InvalidMac(String),
     #[error(
         "subnet {subnet} overlaps subnet {other} of network {network}; choose a subnet that does not overlap"
     )]

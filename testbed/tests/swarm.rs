@@ -161,6 +161,31 @@ fn two_host_walkthrough() -> Result<()> {
     let r = tb.ping_ok(&ns_b, &ip_a, 3, None)?;
     assert_eq!(r.received, 3, "host2 -> host1");
 
+    // Another runtime's container on the worker (a namespace made here,
+    // named under the host's prefix so teardown removes it on failure)
+    // joins by `network connect --netns`, gets its address from the
+    // manager and reaches host1; with its last network it is forgotten
+    // and its namespace is left to its owner.
+    let ext = format!("{}-ext", tb.host(2).ns);
+    process::run(None, &["ip", "netns", "add", &ext], Duration::from_secs(5))?.check()?;
+    process::run(
+        None,
+        &["ip", "-n", &ext, "link", "set", "lo", "up"],
+        Duration::from_secs(5),
+    )?
+    .check()?;
+    ok(c2, &["network", "connect", "--netns", &ext, "tnet", "ext"])?;
+    let (_, ip_ext) = container(c2, "ext")?;
+    assert!(ip_ext != ip_a && ip_ext != ip_b, "{ip_ext}");
+    tb.wait_reachable(&ext, &ip_a, Duration::from_secs(10))
+        .with_context(|| log_of(&tb, "control-host2"))?;
+    let r = tb.ping_ok(&ns_a, &ip_ext, 3, None)?;
+    assert_eq!(r.received, 3, "host1 -> external container on host2");
+    ok(c2, &["network", "disconnect", "tnet", "ext"])?;
+    assert!(!vxnet_ctl(&c2.socket, &["container", "inspect", "ext"])?.success());
+    assert!(Path::new("/run/netns").join(&ext).exists());
+    process::run(None, &["ip", "netns", "del", &ext], Duration::from_secs(5))?.check()?;
+
     ok(c2, &["container", "rm", "-f", "cb"])?;
     assert!(
         process::wait_until(Duration::from_secs(5), || !vni_declared(&tb, 2, vni)
@@ -245,6 +270,19 @@ fn dead_host_marked_down_and_withdrawn() -> Result<()> {
     );
     assert!(killed.elapsed() <= Duration::from_secs(5));
     eprintln!("host2 Down and withdrawn after {:?}", killed.elapsed());
+
+    // The manager shows the dead node and removes it (not itself).
+    let v: serde_json::Value = serde_json::from_str(&ok(c1, &["node", "inspect", "host2"])?)?;
+    assert_eq!(v[0]["Status"]["State"], "down", "{v}");
+    assert_eq!(v[0]["Description"]["Hostname"], "host2", "{v}");
+    let e = vxnet_ctl(&c1.socket, &["node", "rm", "host1"])?;
+    assert!(
+        !e.success() && e.stderr.contains("cannot remove itself"),
+        "{e:?}"
+    );
+    ok(c1, &["node", "rm", "host2"])?;
+    let nodes = ok(c1, &["node", "ls"])?;
+    assert!(!nodes.contains("host2"), "{nodes}");
     Ok(())
 }
 

@@ -15,7 +15,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::containers::NetworkRequest;
-use crate::model::{Container, Network, Node, Role};
+use crate::model::{Availability, Container, Network, Node, Role};
 use crate::networks::{CreateNetwork, NetworkDetails, NetworkFilter};
 
 /// Default path of the daemon's socket.
@@ -56,6 +56,22 @@ pub enum CtlRequest {
         force: bool,
     },
     NodeLs,
+    /// `node inspect`: one node (id, hostname or unique id prefix).
+    NodeInspect {
+        node: String,
+    },
+    /// `node rm`: refused for this node and, without `force`, for a node
+    /// that is not Down.
+    NodeRm {
+        node: String,
+        #[serde(default)]
+        force: bool,
+    },
+    /// `node update --availability`.
+    NodeUpdate {
+        node: String,
+        availability: Availability,
+    },
     NetworkCreate(CreateNetwork),
     NetworkLs {
         #[serde(default)]
@@ -67,10 +83,21 @@ pub enum CtlRequest {
     NetworkRm {
         network: String,
     },
+    /// Attach a container to one more network; with `netns` or `veth`,
+    /// `container` names a container of another runtime, recorded here
+    /// (Docker's `network connect` of an external container).
     NetworkConnect {
         container: String,
         #[serde(flatten)]
         network: NetworkRequest,
+        /// The external container's network namespace: a name under
+        /// /run/netns or a path such as /proc/PID/ns/net (native attach).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        netns: Option<String>,
+        /// The host side of the external container's veth (sidecar
+        /// attach; needs the container side's MAC).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        veth: Option<String>,
     },
     NetworkDisconnect {
         container: String,
@@ -148,8 +175,12 @@ pub struct ContainerView {
     /// Network namespace name (under /run/netns).
     pub netns: String,
     pub pid: Option<u32>,
-    /// "created" (no command yet), "running" or "exited".
+    /// "created" (no command yet), "running", "exited", or "external"
+    /// (another runtime's container).
     pub status: String,
+    /// The host side of an external container's veth (sidecar attach).
+    #[serde(default)]
+    pub veth: Option<String>,
     /// Where a detached command's output goes.
     pub log_path: String,
     pub created: u64,
@@ -220,6 +251,7 @@ pub(crate) fn container_view(
         netns: rt.netns.clone(),
         pid: rt.pid,
         status: status.to_owned(),
+        veth: rt.veth.clone(),
         log_path: rt.log_path.clone(),
         created: c.created,
         networks,
@@ -236,9 +268,16 @@ mod tests {
             r#"{"op":"network_connect","container":"c1","network":"n1","ipv4":"10.0.0.9"}"#,
         )
         .unwrap();
-        let CtlRequest::NetworkConnect { container, network } = r else {
+        let CtlRequest::NetworkConnect {
+            container,
+            network,
+            netns,
+            veth,
+        } = r
+        else {
             panic!("wrong op");
         };
+        assert_eq!((netns, veth), (None, None));
         assert_eq!(container, "c1");
         assert_eq!(network.network, "n1");
         assert_eq!(network.ipv4, Some(Ipv4Addr::new(10, 0, 0, 9)));

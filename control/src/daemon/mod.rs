@@ -47,7 +47,8 @@ use self::gossip::GossipCmd;
 use self::host::Host;
 use self::runtime::{LocalNode, Runtime};
 use self::swarm::{
-    METHOD_CONTAINER_CREATE, METHOD_CONTAINER_REMOVE, ManagerLink, MgmtState, RemoteContainer,
+    ConnectParams, DisconnectParams, METHOD_CONTAINER_CREATE, METHOD_CONTAINER_REMOVE,
+    METHOD_NETWORK_CONNECT, METHOD_NETWORK_DISCONNECT, ManagerLink, MgmtState, RemoteContainer,
     RemoveParams,
 };
 use crate::cluster::{self, InitRequest};
@@ -204,6 +205,27 @@ where
         Ok(())
     }
 
+    /// Attaches a remote node's container to one more network (a worker's
+    /// `network connect`, on the manager).
+    pub fn connect_for_node(&self, node: &str, p: &ConnectParams) -> R<RemoteContainer> {
+        let g = self.lock();
+        let c = g.node_container(node, &p.container_id)?;
+        let c = containers::connect(&g.store, &c.id, &p.network).map_err(s)?;
+        let networks = g.nets_of(&c)?;
+        Ok(RemoteContainer {
+            container: c,
+            networks,
+        })
+    }
+
+    /// Detaches a remote node's container from a network, releasing its
+    /// addresses there (a worker's `network disconnect`, on the manager).
+    pub fn disconnect_for_node(&self, node: &str, p: &DisconnectParams) -> R<Container> {
+        let g = self.lock();
+        let c = g.node_container(node, &p.container_id)?;
+        containers::disconnect(&g.store, &c.id, &p.network_id).map_err(s)
+    }
+
     /// Records what gossip says of a member (managers keep node status).
     pub fn set_member_status(&self, node_id: &str, up: bool) {
         let g = self.lock();
@@ -338,6 +360,22 @@ where
                 self.manager_only()?;
                 value(self.node_ls()?)
             }
+            CtlRequest::NodeInspect { node } => {
+                self.manager_only()?;
+                let n = cluster::resolve_node(&self.store, &node).map_err(s)?;
+                value(NodeView {
+                    is_self: n.id == self.local_node()?,
+                    node: n,
+                })
+            }
+            CtlRequest::NodeRm { node, force } => {
+                self.manager_only()?;
+                value(self.node_rm(&node, force)?)
+            }
+            CtlRequest::NodeUpdate { node, availability } => {
+                self.manager_only()?;
+                value(cluster::set_node_availability(&self.store, &node, availability).map_err(s)?)
+            }
             CtlRequest::NetworkCreate(c) => {
                 self.manager_only()?;
                 value(
@@ -356,12 +394,19 @@ where
                 self.manager_only()?;
                 value(self.network_rm(&network)?)
             }
-            CtlRequest::NetworkConnect { container, network } => {
-                self.manager_only()?;
-                value(self.network_connect(&container, &network)?)
+            CtlRequest::NetworkConnect {
+                container,
+                network,
+                netns,
+                veth,
+            } => {
+                let v = match external_target(netns, veth)? {
+                    Some(ext) => self.connect_external(&container, &network, ext)?,
+                    None => self.network_connect(&container, &network)?,
+                };
+                value(v)
             }
             CtlRequest::NetworkDisconnect { container, network } => {
-                self.manager_only()?;
                 value(self.network_disconnect(&container, &network)?)
             }
             CtlRequest::ContainerCreate { name, networks } => {
@@ -686,6 +731,16 @@ where
             .collect())
     }
 
+    /// `node rm`: the store forgets the node and its containers (releasing
+    /// their addresses); their endpoints leave the other dataplanes with
+    /// the node's gossip membership.
+    fn node_rm(&mut self, query: &str, force: bool) -> R<Node> {
+        let me = self.local_node()?;
+        let n = cluster::remove_node(&self.store, query, force, &me).map_err(s)?;
+        tracing::info!(node = %n.id, hostname = %n.hostname, force, "node removed");
+        Ok(n)
+    }
+
     fn network_rm(&mut self, query: &str) -> R<Network> {
         let n = networks::remove_network(&self.store, query).map_err(s)?;
         // Declared only while something here used it; usually gone already.
@@ -704,6 +759,9 @@ where
     }
 
     fn status(&self, rt: &Runtime) -> &'static str {
+        if rt.external {
+            return "external";
+        }
         match rt.pid {
             None => "created",
             Some(p) if self.host.process_alive(p) => "running",
@@ -751,6 +809,20 @@ where
         c: &Container,
         primary: bool,
     ) -> R<()> {
+        let target = AttachTarget::Netns(netns.to_owned());
+        self.attach_to(target, Some(ifname.to_owned()), net, c, primary)
+    }
+
+    /// Attaches the container's endpoint on `net` at `target`; `primary`
+    /// installs the default routes.
+    pub(crate) fn attach_to(
+        &mut self,
+        target: AttachTarget,
+        ifname: Option<String>,
+        net: &Network,
+        c: &Container,
+        primary: bool,
+    ) -> R<()> {
         let a = c
             .attachment(&net.id)
             .ok_or_else(|| format!("container {} is not on network {}", c.name, net.name))?;
@@ -777,13 +849,13 @@ where
             .parse()
             .map_err(|_| format!("stored MAC {} of {} is invalid", a.mac, c.name))?;
         self.dp.command(&Request::Attach(AttachRequest {
-            target: AttachTarget::Netns(netns.to_owned()),
+            target,
             vni: v,
             ips,
             mac: Some(mac),
             mtu: Some(u32::from(net.mtu)),
             gateways,
-            ifname: Some(ifname.to_owned()),
+            ifname,
         }))
     }
 
@@ -945,6 +1017,13 @@ where
         let c = containers::resolve_container(&self.store, query).map_err(s)?;
         let rt = self.runtime(&c)?;
         let view = self.view(&c)?;
+        let running = rt.pid.filter(|p| self.host.process_alive(*p));
+        if let Some(pid) = running.filter(|_| !force) {
+            return Err(format!(
+                "container {} is running (pid {pid}); stop its command first or use `vxnet container rm -f`",
+                c.name
+            ));
+        }
         if !self.is_manager() {
             // The manager releases the addresses first: a manager out of
             // reach must not leak them, unless the user forces it.
@@ -958,23 +1037,20 @@ where
                 tracing::warn!(container = %c.name, error = %e, "removed without the manager");
             }
         }
-        if let Some(pid) = rt.pid.filter(|p| self.host.process_alive(*p)) {
-            if !force {
-                return Err(format!(
-                    "container {} is running (pid {pid}); stop its command first or use `vxnet container rm -f`",
-                    c.name
-                ));
-            }
+        if let Some(pid) = running {
             self.host.kill_group(pid);
         }
-        if let Err(e) = self.detach(&rt.netns, None) {
+        if let Err(e) = self.detach_runtime(&rt, None) {
             // Nothing attached is fine (the dataplane may have restarted).
             tracing::debug!(container = %c.name, error = %e, "detach");
         }
-        if self.host.netns_exists(&rt.netns) {
-            self.host.netns_del(&rt.netns)?;
+        // Another runtime's namespace is that runtime's to remove.
+        if !rt.external {
+            if self.host.netns_exists(&rt.netns) {
+                self.host.netns_del(&rt.netns)?;
+            }
+            self.host.remove_resolv_conf(&rt.netns);
         }
-        self.host.remove_resolv_conf(&rt.netns);
         let nets = self.nets_of(&c)?;
         let mut txn = Txn::new();
         txn.delete::<Runtime>(&c.id);
@@ -986,15 +1062,117 @@ where
         Ok(view)
     }
 
+    /// A container of this node by id (the manager's view of a worker's
+    /// request: a node changes its own containers only).
+    fn node_container(&self, node: &str, id: &str) -> R<Container> {
+        let c = self
+            .store
+            .get::<Container>(id)
+            .map_err(s)?
+            .ok_or_else(|| s(crate::ControlError::ContainerNotFound(id.to_owned())))?;
+        if c.node != node {
+            return Err(format!("container {} does not run on node {node}", c.name));
+        }
+        Ok(c)
+    }
+
+    /// A container of this host, for `network connect|disconnect`: a
+    /// manager refuses to program another node's container here.
+    fn local_container(&self, query: &str) -> R<Container> {
+        let c = containers::resolve_container(&self.store, query).map_err(s)?;
+        let me = self.local_node()?;
+        if c.node != me {
+            let host = self
+                .store
+                .get::<Node>(&c.node)
+                .ok()
+                .flatten()
+                .map_or_else(|| c.node.clone(), |n| n.hostname);
+            return Err(format!(
+                "container {} runs on node {host}; run the command there",
+                c.name
+            ));
+        }
+        Ok(c)
+    }
+
+    /// Records a container's new network: on a manager in its own store,
+    /// on a worker through the manager (which allocates), keeping a copy
+    /// of the container and its networks.
+    fn record_connect(&mut self, c: &Container, req: &NetworkRequest) -> R<Container> {
+        if self.is_manager() {
+            return containers::connect(&self.store, &c.id, req).map_err(s);
+        }
+        let p = ConnectParams {
+            container_id: c.id.clone(),
+            network: req.clone(),
+        };
+        let v = self.manager_call(METHOD_NETWORK_CONNECT, value(p)?)?;
+        let r: RemoteContainer = serde_json::from_value(v)
+            .map_err(|e| format!("the manager's answer is not understood: {e}"))?;
+        let mut txn = Txn::new();
+        for n in &r.networks {
+            txn.put(n).map_err(s)?;
+        }
+        txn.put(&r.container).map_err(s)?;
+        if let Err(e) = self.store.apply(&txn) {
+            if let Some(a) = r.container.attachments.last() {
+                let _ = self.disconnect_via_manager(&c.id, &a.network);
+            }
+            return Err(s(e));
+        }
+        Ok(r.container)
+    }
+
+    /// Undoes [`Self::record_connect`] (or records a disconnect): the
+    /// manager releases first, then this node's copy follows.
+    fn record_disconnect(&mut self, c: &Container, network_id: &str) -> R<Container> {
+        if self.is_manager() {
+            return containers::disconnect(&self.store, &c.id, network_id).map_err(s);
+        }
+        self.disconnect_via_manager(&c.id, network_id)?;
+        let mut copy = c.clone();
+        copy.attachments.retain(|a| a.network != network_id);
+        self.store.put(&copy).map_err(s)?;
+        Ok(copy)
+    }
+
+    fn disconnect_via_manager(&self, container_id: &str, network_id: &str) -> R<()> {
+        let p = DisconnectParams {
+            container_id: container_id.to_owned(),
+            network_id: network_id.to_owned(),
+        };
+        self.manager_call(METHOD_NETWORK_DISCONNECT, value(p)?)
+            .map(|_| ())
+    }
+
     fn network_connect(&mut self, query: &str, req: &NetworkRequest) -> R<ContainerView> {
-        let before = containers::resolve_container(&self.store, query).map_err(s)?;
-        let c = containers::connect(&self.store, query, req).map_err(s)?;
-        let net = networks::resolve_network(&self.store, &req.network).map_err(s)?;
-        let mut rt = self.runtime(&c)?;
+        let before = self.local_container(query)?;
+        let mut rt = self.runtime(&before)?;
+        if let Some(veth) = &rt.veth {
+            return Err(format!(
+                "container {} is attached by its veth {veth}, which carries one network; \
+                 connect another veth under another name",
+                before.name
+            ));
+        }
+        let c = self.record_connect(&before, req)?;
+        let net_id = c
+            .attachments
+            .iter()
+            .find(|a| before.attachment(&a.network).is_none())
+            .map(|a| a.network.clone())
+            .ok_or_else(|| "internal error: the new attachment is missing".to_owned())?;
+        let net = self
+            .store
+            .get::<Network>(&net_id)
+            .map_err(s)?
+            .ok_or_else(|| format!("network {net_id} is missing from the store"))?;
         let ifname = rt.next_ifname();
-        let primary = before.attachments.is_empty();
+        // Another runtime's container keeps its own default route.
+        let primary = before.attachments.is_empty() && !rt.external;
         if let Err(e) = self.attach(&rt.netns.clone(), &ifname, &net, &c, primary) {
-            let _ = containers::disconnect(&self.store, &c.id, &net.id);
+            let _ = self.record_disconnect(&c, &net.id);
             let _ = self.drop_unused_networks(std::slice::from_ref(&net));
             return Err(e);
         }
@@ -1006,21 +1184,134 @@ where
         self.view(&c)
     }
 
+    /// `network connect --netns|--veth NET NAME`: records another runtime's
+    /// container NAME with an address on NET and attaches it (into its
+    /// namespace, or by bridging its veth). A NAME recorded already with
+    /// the same namespace just joins one more network.
+    fn connect_external(
+        &mut self,
+        name: &str,
+        req: &NetworkRequest,
+        ext: External,
+    ) -> R<ContainerView> {
+        if let Ok(c) = containers::resolve_container(&self.store, name) {
+            let rt = self.runtime(&c)?;
+            return match &ext {
+                External::Netns(ns) if rt.external && rt.veth.is_none() && rt.netns == *ns => {
+                    self.network_connect(&c.id, req)
+                }
+                _ => Err(format!(
+                    "a container named {} exists already; connect it by name alone, \
+                     or give the other runtime's container another name",
+                    c.name
+                )),
+            };
+        }
+        if matches!(ext, External::Veth(_)) && req.mac.is_none() {
+            return Err(
+                "--veth needs --mac: the MAC of the container's end of the veth".to_owned(),
+            );
+        }
+        let me = self.local_node()?;
+        let netns = match &ext {
+            External::Netns(ns) => Some(ns.clone()),
+            External::Veth(_) => None,
+        };
+        let creq = CreateContainer {
+            name: name.to_owned(),
+            node: me,
+            netns: netns.clone(),
+            networks: vec![req.clone()],
+        };
+        let c = if self.is_manager() {
+            containers::create_container(&self.store, &creq, now(), &mut rand_core::OsRng)
+                .map_err(s)?
+        } else {
+            self.create_via_manager(&creq)?
+        };
+        let mut rt = Runtime {
+            container_id: c.id.clone(),
+            netns: netns.unwrap_or_default(),
+            external: true,
+            veth: match &ext {
+                External::Veth(v) => Some(v.clone()),
+                External::Netns(_) => None,
+            },
+            ..Runtime::default()
+        };
+        let done = (|| -> R<()> {
+            let net = self
+                .nets_of(&c)?
+                .into_iter()
+                .next()
+                .ok_or_else(|| "internal error: the new attachment is missing".to_owned())?;
+            match &ext {
+                External::Netns(ns) => {
+                    let ifname = rt.next_ifname();
+                    self.attach(ns, &ifname, &net, &c, false)?;
+                    rt.ifnames.insert(net.id.clone(), ifname);
+                }
+                External::Veth(veth) => {
+                    self.dp.command(&Request::NetworkAdd {
+                        vni: vni(&net)?,
+                        encrypted: net.encrypted,
+                    })?;
+                    self.attach_to(AttachTarget::Veth(veth.clone()), None, &net, &c, false)?;
+                    rt.ifnames.insert(net.id.clone(), veth.clone());
+                }
+            }
+            self.store.put(&rt).map_err(s)
+        })();
+        if let Err(e) = done {
+            let _ = self.detach_runtime(&rt, None);
+            let nets = self.nets_of(&c)?;
+            let _ = containers::remove_container(&self.store, &c.id);
+            let _ = self.drop_unused_networks(&nets);
+            if !self.is_manager() {
+                let _ = self.release_via_manager(&c.id);
+            }
+            return Err(e);
+        }
+        tracing::info!(container = %c.name, "external container connected");
+        self.tell(announcements(&c));
+        self.view(&c)
+    }
+
+    /// Detaches a container's interface for one network (`ifname`), or all
+    /// of them: in its namespace, or its veth for a sidecar.
+    fn detach_runtime(&mut self, rt: &Runtime, ifname: Option<&str>) -> R<()> {
+        match &rt.veth {
+            Some(v) => self.dp.command(&Request::Detach {
+                target: DetachTarget::Veth(v.clone()),
+            }),
+            None => self.detach(&rt.netns, ifname),
+        }
+    }
+
     fn network_disconnect(&mut self, query: &str, network: &str) -> R<ContainerView> {
-        let c = containers::resolve_container(&self.store, query).map_err(s)?;
+        let c = self.local_container(query)?;
+        let net = networks::resolve_network(&self.store, network).map_err(s)?;
         let leaving: Vec<_> = c
             .attachments
             .iter()
-            .filter(|a| {
-                networks::resolve_network(&self.store, network).is_ok_and(|n| n.id == a.network)
-            })
+            .filter(|a| a.network == net.id)
             .cloned()
             .collect();
-        let net = networks::resolve_network(&self.store, network).map_err(s)?;
+        if leaving.is_empty() {
+            return Err(s(crate::ControlError::NotAttached {
+                container: c.name,
+                network: net.name,
+            }));
+        }
         let mut rt = self.runtime(&c)?;
-        let c = containers::disconnect(&self.store, &c.id, &net.id).map_err(s)?;
+        if rt.external && c.attachments.len() == 1 {
+            // Another runtime's container is recorded for its networks
+            // only: with the last one it is forgotten.
+            return self.container_rm(&c.id, false);
+        }
+        let c = self.record_disconnect(&c, &net.id)?;
         if let Some(ifname) = rt.ifnames.remove(&net.id) {
-            if let Err(e) = self.detach(&rt.netns.clone(), Some(&ifname)) {
+            if let Err(e) = self.detach_runtime(&rt, Some(&ifname)) {
                 tracing::debug!(container = %c.name, error = %e, "detach");
             }
         }
@@ -1028,6 +1319,25 @@ where
         self.drop_unused_networks(std::slice::from_ref(&net))?;
         self.tell(withdrawals(&leaving));
         self.view(&c)
+    }
+}
+
+/// Another runtime's container, as `network connect` names it.
+enum External {
+    Netns(String),
+    Veth(String),
+}
+
+fn external_target(netns: Option<String>, veth: Option<String>) -> R<Option<External>> {
+    match (netns, veth) {
+        (Some(_), Some(_)) => Err("give --netns or --veth, not both".to_owned()),
+        (Some(n), None) if n.is_empty() => Err("--netns needs a name or path".to_owned()),
+        (None, Some(v)) if v.is_empty() || v.len() > 15 || v.contains(['/', ' ']) => {
+            Err(format!("invalid interface name '{v}'"))
+        }
+        (Some(n), None) => Ok(Some(External::Netns(n))),
+        (None, Some(v)) => Ok(Some(External::Veth(v))),
+        (None, None) => Ok(None),
     }
 }
 
@@ -1092,6 +1402,8 @@ pub(crate) fn default_runtime(c: &Container) -> Runtime {
             .collect(),
         pid: None,
         log_path: String::new(),
+        external: false,
+        veth: None,
     }
 }
 

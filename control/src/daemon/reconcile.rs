@@ -9,11 +9,14 @@
 //! container's namespace, on the expected interface, with the expected VNI
 //! and MAC. Only namespaces of containers the store knows and VNIs of
 //! networks the store knows are cleaned up; anything else on the dataplane
-//! (say, attached by hand with `vxnet dp attach`) is left alone.
+//! (say, attached by hand with `vxnet dp attach`) is left alone. Another
+//! runtime's container (`network connect --netns|--veth`) is re-attached
+//! the same way, but its namespace is never created here, and its veth
+//! matches when a sidecar endpoint holds it.
 
 use std::collections::BTreeSet;
 
-use vxnet_dataplane::api::Request;
+use vxnet_dataplane::api::{AttachTarget, EndpointInfo, Request};
 
 use super::api::ReconcileReport;
 use super::dataplane::{DataplaneApi, DataplaneExt};
@@ -21,7 +24,7 @@ use super::host::Host;
 use super::runtime::Runtime;
 use super::{Inner, default_runtime, vni};
 use crate::containers;
-use crate::model::Network;
+use crate::model::{Container, Network};
 use crate::networks;
 use crate::store::{Store, StoreExt};
 
@@ -77,6 +80,18 @@ where
                     continue;
                 }
             };
+            if let Some(veth) = rt.veth.clone() {
+                self.reconcile_sidecar(c, &veth, &all_nets, &endpoints, rep);
+                continue;
+            }
+            if rt.external && !self.host.netns_exists(&rt.netns) {
+                // Another runtime's namespace is that runtime's to make.
+                rep.errors.push(format!(
+                    "container {}: its namespace {} is gone; `vxnet network disconnect` it",
+                    c.name, rt.netns
+                ));
+                continue;
+            }
             if !self.host.netns_exists(&rt.netns) {
                 // The host rebooted or someone deleted it: a new, empty one.
                 if let Err(e) = self
@@ -155,5 +170,43 @@ where
             }
         }
         Ok(())
+    }
+
+    /// A sidecar container: its one network bridged to its veth.
+    fn reconcile_sidecar(
+        &mut self,
+        c: &Container,
+        veth: &str,
+        all_nets: &[Network],
+        endpoints: &[EndpointInfo],
+        rep: &mut ReconcileReport,
+    ) {
+        let Some(a) = c.attachments.first() else {
+            return;
+        };
+        let Some(net) = all_nets.iter().find(|n| n.id == a.network) else {
+            return;
+        };
+        let Ok(v) = vni(net) else { return };
+        let here = endpoints
+            .iter()
+            .find(|e| e.kind == "sidecar" && e.ifname == veth);
+        if here.is_some_and(|e| e.vni == v && e.mac.to_string().eq_ignore_ascii_case(&a.mac)) {
+            return;
+        }
+        if here.is_some() {
+            match self.dp.command(&Request::Detach {
+                target: vxnet_dataplane::api::DetachTarget::Veth(veth.to_owned()),
+            }) {
+                Ok(()) => rep.detached += 1,
+                Err(e) => rep.errors.push(format!("container {}: {e}", c.name)),
+            }
+        }
+        match self.attach_to(AttachTarget::Veth(veth.to_owned()), None, net, c, false) {
+            Ok(()) => rep.attached += 1,
+            Err(e) => rep
+                .errors
+                .push(format!("container {} on {}: {e}", c.name, net.name)),
+        }
     }
 }

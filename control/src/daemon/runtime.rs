@@ -42,6 +42,14 @@ pub struct Runtime {
     pub pid: Option<u32>,
     #[serde(default)]
     pub log_path: String,
+    /// Another runtime made the container (`network connect --netns|--veth`):
+    /// its namespace and processes are not ours to create or remove.
+    #[serde(default)]
+    pub external: bool,
+    /// The host side of the container's veth, for a sidecar attach
+    /// (`network connect --veth`); its one network is bridged to it.
+    #[serde(default)]
+    pub veth: Option<String>,
 }
 
 impl Runtime {
@@ -49,10 +57,12 @@ impl Runtime {
         self.ifnames.get(network_id).map(String::as_str)
     }
 
-    /// The first `ethN` not used yet.
+    /// The first `ethN` not used yet; `vxN` in another runtime's
+    /// namespace, whose `ethN` are likely that runtime's own.
     pub fn next_ifname(&self) -> String {
+        let prefix = if self.external { "vx" } else { "eth" };
         (0..)
-            .map(|i| format!("eth{i}"))
+            .map(|i| format!("{prefix}{i}"))
             .find(|n| !self.ifnames.values().any(|v| v == n))
             .unwrap_or_else(|| "eth0".to_owned())
     }
@@ -79,5 +89,7 @@ mod tests {
         r.ifnames.remove("a");
         assert_eq!(r.next_ifname(), "eth0");
         assert_eq!(r.ifname("b"), Some("eth1"));
+        r.external = true;
+        assert_eq!(r.next_ifname(), "vx0");
     }
 }

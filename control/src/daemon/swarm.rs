@@ -11,7 +11,9 @@
 //! [`METHOD_CONTAINER_CREATE`]) to allocate the container's addresses; the
 //! manager answers with the container and its networks, which the worker
 //! copies and programs. `container rm` releases them on the manager
-//! ([`METHOD_CONTAINER_REMOVE`]). So a network appears on a worker when a
+//! ([`METHOD_CONTAINER_REMOVE`]); a worker's `network connect|disconnect`
+//! go the same way ([`METHOD_NETWORK_CONNECT`],
+//! [`METHOD_NETWORK_DISCONNECT`]). So a network appears on a worker when a
 //! container there first needs it, and goes (record and dataplane VNI)
 //! with its last container there. Endpoints and liveness travel by gossip
 //! ([`super::gossip`]), never through the manager.
@@ -24,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use super::Daemon;
 use super::dataplane::DataplaneApi;
 use super::host::Host;
-use crate::containers::CreateContainer;
+use crate::containers::{CreateContainer, NetworkRequest};
 use crate::mgmt::{
     self, Access, ErrorCode, Handler, JoinParams, JoinRequest, JoinResponse, Joined, MgmtClient,
     NodeIdentity, Peer, Request, Response, RpcError,
@@ -37,6 +39,13 @@ pub const METHOD_CONTAINER_CREATE: &str = "container_create";
 /// Manager call: forget a container of the calling node, releasing its
 /// addresses.
 pub const METHOD_CONTAINER_REMOVE: &str = "container_remove";
+
+/// Manager call: attach a container of the calling node to one more
+/// network, allocating its addresses there.
+pub const METHOD_NETWORK_CONNECT: &str = "network_connect";
+/// Manager call: detach a container of the calling node from a network,
+/// releasing its addresses there.
+pub const METHOD_NETWORK_DISCONNECT: &str = "network_disconnect";
 
 /// This node's management-plane state: its mTLS identity and, on a
 /// worker, where its manager is.
@@ -80,6 +89,22 @@ pub struct RemoteContainer {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoveParams {
     pub container_id: String,
+}
+
+/// Parameters of [`METHOD_NETWORK_CONNECT`]; the answer is a
+/// [`RemoteContainer`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectParams {
+    pub container_id: String,
+    pub network: NetworkRequest,
+}
+
+/// Parameters of [`METHOD_NETWORK_DISCONNECT`]; the answer is the
+/// [`Container`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DisconnectParams {
+    pub container_id: String,
+    pub network_id: String,
 }
 
 /// How the synchronous daemon reaches a manager. The real one runs the
@@ -176,6 +201,16 @@ where
                         .map_err(bad)?;
                     Ok(Response::Value(serde_json::Value::Null))
                 }
+                METHOD_NETWORK_CONNECT => {
+                    let p: ConnectParams = serde_json::from_value(params).map_err(bad)?;
+                    let r = d.connect_for_node(&peer.node_id, &p).map_err(bad)?;
+                    serde_json::to_value(r).map(Response::Value).map_err(bad)
+                }
+                METHOD_NETWORK_DISCONNECT => {
+                    let p: DisconnectParams = serde_json::from_value(params).map_err(bad)?;
+                    let c = d.disconnect_for_node(&peer.node_id, &p).map_err(bad)?;
+                    serde_json::to_value(c).map(Response::Value).map_err(bad)
+                }
                 other => Err(RpcError::new(
                     ErrorCode::Unsupported,
                     format!("unknown management call {other}"),
@@ -192,7 +227,10 @@ where
 
     fn call_access(&self, method: &str) -> Access {
         match method {
-            METHOD_CONTAINER_CREATE | METHOD_CONTAINER_REMOVE => Access::Node,
+            METHOD_CONTAINER_CREATE
+            | METHOD_CONTAINER_REMOVE
+            | METHOD_NETWORK_CONNECT
+            | METHOD_NETWORK_DISCONNECT => Access::Node,
             _ => Access::Manager,
         }
     }

@@ -26,6 +26,8 @@ struct FakeDp {
     /// Every mutating request, to check that reconciliation leaves what is
     /// right alone.
     writes: Vec<String>,
+    /// Default routes asked for by the last native attach, per namespace.
+    gateways: BTreeMap<String, usize>,
 }
 
 #[derive(Clone, Default)]
@@ -86,10 +88,43 @@ impl DataplaneApi for SharedDp {
                     Response::ok(())
                 }
             }
+            Request::Attach(a) if matches!(a.target, AttachTarget::Veth(_)) => {
+                let AttachTarget::Veth(veth) = &a.target else {
+                    unreachable!()
+                };
+                d.writes.push(format!("attach veth {veth}"));
+                if !d.networks.contains_key(&a.vni.get()) {
+                    Response::error("undeclared VNI")
+                } else if a.mac.is_none() || !a.gateways.is_empty() {
+                    Response::error("sidecar needs a MAC and no gateway")
+                } else if d
+                    .endpoints
+                    .iter()
+                    .any(|e| e.kind == "sidecar" && e.ifname == *veth)
+                {
+                    Response::error("veth already attached")
+                } else {
+                    d.next_id += 1;
+                    let e = EndpointInfo {
+                        id: d.next_id,
+                        vni: a.vni,
+                        mac: a.mac.unwrap(),
+                        ips: a.ips.clone(),
+                        mtu: a.mtu.unwrap_or(1450),
+                        ifname: veth.clone(),
+                        location: format!("vxbr{}", a.vni),
+                        kind: "sidecar".into(),
+                        tap: format!("vx{}", d.next_id),
+                    };
+                    d.endpoints.push(e.clone());
+                    Response::ok(vec![e])
+                }
+            }
             Request::Attach(a) => {
                 let AttachTarget::Netns(ns) = &a.target else {
                     return Ok(Response::error("veth"));
                 };
+                d.gateways.insert(ns.clone(), a.gateways.len());
                 let ifname = a.ifname.clone().unwrap_or_else(|| "eth0".into());
                 d.writes.push(format!("attach {ns} {ifname}"));
                 if !d.networks.contains_key(&a.vni.get()) {
@@ -125,6 +160,19 @@ impl DataplaneApi for SharedDp {
                 d.endpoints.retain(|e| {
                     !(e.location == *netns && ifname.as_ref().is_none_or(|i| *i == e.ifname))
                 });
+                if d.endpoints.len() == before {
+                    Response::error("nothing attached")
+                } else {
+                    Response::ok(())
+                }
+            }
+            Request::Detach {
+                target: DetachTarget::Veth(v),
+            } => {
+                d.writes.push(format!("detach veth {v}"));
+                let before = d.endpoints.len();
+                d.endpoints
+                    .retain(|e| !(e.kind == "sidecar" && e.ifname == *v));
                 if d.endpoints.len() == before {
                     Response::error("nothing attached")
                 } else {
@@ -444,6 +492,8 @@ fn connect_and_disconnect_use_new_interfaces() {
             network: "b".into(),
             ..Default::default()
         },
+        netns: None,
+        veth: None,
     });
     assert_eq!(v.networks.len(), 2);
     assert_eq!(v.networks[1].ifname, "eth1");
@@ -474,6 +524,8 @@ fn connect_and_disconnect_use_new_interfaces() {
             network: "a".into(),
             ..Default::default()
         },
+        netns: None,
+        veth: None,
     });
     assert_eq!(v.networks[1].ifname, "eth0");
 }
@@ -728,5 +780,259 @@ fn worker_joins_and_gets_addresses_from_the_manager() {
     assert!(!w.dp.with(|d| d.networks.contains_key(&net.vni)));
     let on_manager = m.d.lock().store.get::<Container>(&cw.id).unwrap().is_some();
     assert!(!on_manager, "the manager released the worker's container");
+
+    // `network connect|disconnect` on a worker go through the manager.
+    let other = m.net("other", true);
+    let cw = w.run("cw", &["over"]);
+    let e = m.err(connect_req("cw", "other", None, None));
+    assert!(e.contains("runs on node"), "{e}");
+    let v: ContainerView = w.ok(connect_req("cw", "other", None, None));
+    assert_eq!(v.networks.len(), 2);
+    assert!(w.dp.with(|d| d.networks.contains_key(&other.vni)));
+    let on_manager = |id: &str| m.d.lock().store.get::<Container>(id).unwrap();
+    assert_eq!(on_manager(&cw.id).unwrap().attachments.len(), 2);
+    let _: ContainerView = w.ok(CtlRequest::NetworkDisconnect {
+        container: "cw".into(),
+        network: "other".into(),
+    });
+    assert_eq!(on_manager(&cw.id).unwrap().attachments.len(), 1);
+    assert!(
+        w.d.network_vni(&other.id).is_none(),
+        "network copy forgotten"
+    );
+    assert!(!w.dp.with(|d| d.networks.contains_key(&other.vni)));
+    // Another runtime's container on the worker is recorded by the manager
+    // and released with its last network.
+    let ext: ContainerView = w.ok(connect_req("ext", "other", Some("/proc/7/ns/net"), None));
+    assert!(on_manager(&ext.id).is_some());
+    let _: ContainerView = w.ok(CtlRequest::NetworkDisconnect {
+        container: "ext".into(),
+        network: "other".into(),
+    });
+    assert!(on_manager(&ext.id).is_none());
     serving.abort();
+}
+
+/// Adds a worker node to the manager's store as a join would.
+fn add_worker_node(f: &Fixture, hostname: &str) -> Node {
+    let g = f.d.lock();
+    crate::cluster::add_node(
+        &g.store,
+        &crate::cluster::JoinRequest {
+            hostname: hostname.into(),
+            role: Role::Worker,
+            advertise_addr: "192.0.2.9".parse().unwrap(),
+            data_path_addr: None,
+            public_key: crate::cluster::tests::key(9),
+        },
+        now(),
+        &mut rand_core::OsRng,
+    )
+    .unwrap()
+}
+
+#[test]
+fn node_inspect_update_and_rm() {
+    let f = fixture();
+    let init = f.init();
+    let w = add_worker_node(&f, "host2");
+    let me: NodeView = f.ok(CtlRequest::NodeInspect {
+        node: "host1".into(),
+    });
+    assert!(me.is_self);
+    assert_eq!(me.node.id, init.node_id);
+    assert_eq!(me.node.role, Role::Manager);
+    let v: NodeView = f.ok(CtlRequest::NodeInspect {
+        node: w.id[..6].into(),
+    });
+    assert!(!v.is_self);
+    assert_eq!(v.node.hostname, "host2");
+    let e = f.err(CtlRequest::NodeInspect {
+        node: "nosuch".into(),
+    });
+    assert!(e.contains("nosuch"), "{e}");
+
+    let n: Node = f.ok(CtlRequest::NodeUpdate {
+        node: "host2".into(),
+        availability: crate::model::Availability::Drain,
+    });
+    assert_eq!(n.availability, crate::model::Availability::Drain);
+    let v: NodeView = f.ok(CtlRequest::NodeInspect {
+        node: "host2".into(),
+    });
+    assert_eq!(v.node.availability, crate::model::Availability::Drain);
+
+    // Self is never removed; a Ready node only with force.
+    let e = f.err(CtlRequest::NodeRm {
+        node: "host1".into(),
+        force: true,
+    });
+    assert!(e.contains("cannot remove itself"), "{e}");
+    let e = f.err(CtlRequest::NodeRm {
+        node: "host2".into(),
+        force: false,
+    });
+    assert!(e.contains("not down"), "{e}");
+    assert_eq!(f.d.nodes().unwrap().len(), 2);
+    // Down: removed without force.
+    f.d.set_member_status(&w.id, false);
+    let gone: Node = f.ok(CtlRequest::NodeRm {
+        node: "host2".into(),
+        force: false,
+    });
+    assert_eq!(gone.id, w.id);
+    assert_eq!(f.d.nodes().unwrap().len(), 1);
+    // A Ready node goes with --force.
+    add_worker_node(&f, "host3");
+    let _: Node = f.ok(CtlRequest::NodeRm {
+        node: "host3".into(),
+        force: true,
+    });
+    assert_eq!(f.d.nodes().unwrap().len(), 1);
+}
+
+fn connect_req(
+    container: &str,
+    network: &str,
+    netns: Option<&str>,
+    veth: Option<&str>,
+) -> CtlRequest {
+    CtlRequest::NetworkConnect {
+        container: container.into(),
+        network: NetworkRequest {
+            network: network.into(),
+            ..Default::default()
+        },
+        netns: netns.map(Into::into),
+        veth: veth.map(Into::into),
+    }
+}
+
+/// Another runtime's container joins by its namespace: recorded with an
+/// address, attached as `vxN` without default routes, its namespace left
+/// alone; it is forgotten with its last network.
+#[test]
+fn external_netns_container_connects_and_leaves() {
+    let f = fixture();
+    f.init();
+    let a = f.net("a", true);
+    let b = f.net("b", true);
+    let ns = "/proc/4242/ns/net";
+    // The ingress network is not attachable; nothing is recorded.
+    let e = f.err(connect_req("web", "ingress", Some(ns), None));
+    assert!(e.contains("not attachable"), "{e}");
+    let e = f.err(connect_req("web", "a", Some(ns), Some("veth0")));
+    assert!(e.contains("not both"), "{e}");
+    assert!(f.d.lock().store.list::<Container>().unwrap().is_empty());
+
+    let v: ContainerView = f.ok(connect_req("web", "a", Some(ns), None));
+    assert_eq!(v.status, "external");
+    assert_eq!(v.netns, ns);
+    assert_eq!(v.networks[0].ifname, "vx0");
+    f.dp.with(|d| {
+        assert_eq!(d.endpoints.len(), 1);
+        assert_eq!(d.endpoints[0].location, ns);
+        assert_eq!(d.gateways.get(ns), Some(&0), "no default route");
+        assert!(d.networks.contains_key(&a.vni));
+    });
+    // The same namespace joins one more network; another one under the
+    // same name is refused.
+    let v: ContainerView = f.ok(connect_req("web", "b", Some(ns), None));
+    assert_eq!(v.networks.len(), 2);
+    assert_eq!(v.networks[1].ifname, "vx1");
+    let e = f.err(connect_req("web", "b", Some("/proc/1/ns/net"), None));
+    assert!(e.contains("exists already"), "{e}");
+    // A name taken by a vxnet container is refused too.
+    f.run("c1", &["a"]);
+    let e = f.err(connect_req("c1", "b", Some(ns), None));
+    assert!(e.contains("exists already"), "{e}");
+
+    let _: ContainerView = f.ok(CtlRequest::NetworkDisconnect {
+        container: "web".into(),
+        network: "a".into(),
+    });
+    let _: ContainerView = f.ok(CtlRequest::NetworkDisconnect {
+        container: "web".into(),
+        network: "b".into(),
+    });
+    // Forgotten, its addresses released, its namespace not ours.
+    let g = f.d.lock();
+    let left: Vec<String> = g
+        .store
+        .list::<Container>()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(left, ["c1"]);
+    let allocs = g.store.list::<AddressAlloc>().unwrap();
+    assert!(
+        !allocs
+            .iter()
+            .any(|x| x.network == b.id && !x.ip.to_string().ends_with(".1")),
+        "{allocs:?}"
+    );
+    drop(g);
+    f.dp.with(|d| {
+        assert_eq!(d.endpoints.len(), 1, "only c1 is left");
+        assert!(!d.networks.contains_key(&b.vni));
+        assert!(
+            d.writes
+                .iter()
+                .any(|w| w.starts_with(&format!("detach {ns}")))
+        );
+    });
+    assert!(f.host.0.lock().unwrap().killed.is_empty());
+}
+
+/// Another runtime's container joins by its veth: a sidecar endpoint with
+/// the container side's MAC; one network per veth; reconciled after a
+/// dataplane restart; removed with `container rm`.
+#[test]
+fn external_veth_container_is_a_sidecar() {
+    let f = fixture();
+    f.init();
+    let a = f.net("a", true);
+    f.net("b", true);
+    let e = f.err(connect_req("db", "a", None, Some("veth1234")));
+    assert!(e.contains("--mac"), "{e}");
+    let mut req = connect_req("db", "a", None, Some("veth1234"));
+    if let CtlRequest::NetworkConnect { network, .. } = &mut req {
+        network.mac = Some("01:00:5e:00:00:01".into());
+    }
+    let e = f.err(req.clone());
+    assert!(e.contains("unicast MAC"), "{e}");
+    if let CtlRequest::NetworkConnect { network, .. } = &mut req {
+        network.mac = Some("02:AA:bb:cc:dd:ee".into());
+    }
+    let v: ContainerView = f.ok(req);
+    assert_eq!(v.veth.as_deref(), Some("veth1234"));
+    assert_eq!(v.networks[0].mac, "02:aa:bb:cc:dd:ee");
+    f.dp.with(|d| {
+        assert_eq!(d.endpoints.len(), 1);
+        assert_eq!(d.endpoints[0].kind, "sidecar");
+        assert_eq!(d.endpoints[0].mac.to_string(), "02:aa:bb:cc:dd:ee");
+    });
+    let e = f.err(connect_req("db", "b", None, None));
+    assert!(e.contains("one network"), "{e}");
+
+    // A restarted dataplane gets the sidecar back; a second pass is idle.
+    f.dp.with(|d| {
+        d.endpoints.clear();
+        d.networks.clear();
+    });
+    let r = f.d.reconcile();
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.attached, 1);
+    assert!(!f.d.reconcile().changed());
+
+    let _: ContainerView = f.ok(CtlRequest::ContainerRm {
+        container: "db".into(),
+        force: false,
+    });
+    f.dp.with(|d| {
+        assert!(d.endpoints.is_empty());
+        assert!(!d.networks.contains_key(&a.vni));
+        assert!(d.writes.iter().any(|w| w == "detach veth veth1234"));
+    });
 }
