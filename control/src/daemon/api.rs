@@ -56,6 +56,9 @@ pub enum CtlRequest {
         force: bool,
     },
     NodeLs,
+    /// This node's gossip driver: keyring and packet counters
+    /// ([`super::gossip::GossipStatus`]).
+    GossipStatus,
     NetworkCreate(CreateNetwork),
     NetworkLs {
         #[serde(default)]
