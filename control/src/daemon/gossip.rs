@@ -76,7 +76,7 @@ pub struct GossipStatus {
     pub key_ids: Vec<u32>,
     /// The key sent with.
     pub primary: Option<u32>,
-    /// Members known, this node included.
+    /// Other members active (this node excluded).
     pub members: usize,
     pub rx_packets: u64,
     pub tx_packets: u64,
