@@ -10,6 +10,10 @@
 //! dataplane through its socket, so it need not share its network
 //! namespace.
 //!
+//! A manager rotates the gossip key every --gossip-key-rotation (12h),
+//! workers poll it for their keys over mutual TLS
+//! ([`vxnet_control::daemon::keys`]).
+//!
 //! Threads: the API server's (one per connection), one reconciler (which
 //! also starts and stops gossip and the management server as the swarm
 //! comes and goes), a small tokio runtime for the management plane (TCP
