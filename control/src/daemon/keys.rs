@@ -156,6 +156,14 @@ where
     pub fn gossip_keys_for(&self, node: &str, report: KeyringReport) -> R<KeysReply> {
         let mut g = self.lock();
         let c = cluster::cluster(&g.store).map_err(s)?;
+        // A removed node's certificate may still be valid: it gets no
+        // more keys.
+        if crate::store::StoreExt::get::<Node>(&g.store, node)
+            .map_err(s)?
+            .is_none()
+        {
+            return Err(format!("node {node} is not part of this swarm"));
+        }
         g.key_acks.insert(node.to_owned(), report);
         Ok(KeysReply {
             poll_after_secs: poll_after(&c, now(), g.key_rotation),
