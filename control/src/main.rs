@@ -277,8 +277,13 @@ struct KeySync {
 
 impl KeySync {
     fn tend(&mut self, d: &Arc<ControlDaemon>, g: &GossipHandle) {
-        let keys = if let Some(keys) = d.tend_gossip_keys() {
-            keys
+        // A manager has no manager of its own to poll.
+        let manager = d.mgmt_state().is_some_and(|st| st.manager.is_none());
+        let keys = if manager {
+            match d.tend_gossip_keys() {
+                Some(keys) => keys,
+                None => return,
+            }
         } else {
             let now = std::time::Instant::now();
             if self.next_poll.is_some_and(|t| now < t) {
