@@ -210,9 +210,78 @@ pub fn token_role(cluster: &Cluster, token: &str) -> Option<Role> {
 
 /// Whether the newest gossip key is [`GOSSIP_KEY_ROTATION_SECS`] old.
 pub fn gossip_rotation_due(cluster: &Cluster, now: UnixTime) -> bool {
+    gossip_rotation_due_after(cluster, now, GOSSIP_KEY_ROTATION_SECS)
+}
+
+/// Whether the primary gossip key is `interval` seconds old.
+pub fn gossip_rotation_due_after(cluster: &Cluster, now: UnixTime, interval: u64) -> bool {
     cluster
         .primary_gossip_key()
-        .is_none_or(|k| now.saturating_sub(k.created) >= GOSSIP_KEY_ROTATION_SECS)
+        .is_none_or(|k| now.saturating_sub(k.created) >= interval)
+}
+
+/// The key being spread but not yet sent with (step one of a rotation):
+/// one newer than the primary. It sits just before the primary in
+/// [`Cluster::gossip_keys`], whose last entry is always the primary.
+pub fn pending_gossip_key(cluster: &Cluster) -> Option<&StoredGossipKey> {
+    let primary = cluster.primary_gossip_key()?.id;
+    cluster.gossip_keys.iter().find(|k| k.id > primary)
+}
+
+/// Rotation step one: a new key that every node installs for receiving
+/// while all keep sending with the primary. `None` (nothing done) while a
+/// rotation is under way or the keyring is full (retire the oldest first).
+pub fn begin_gossip_rotation<S: Store + ?Sized>(
+    store: &S,
+    now: UnixTime,
+    rng: &mut dyn RngCore,
+) -> Result<Option<Cluster>> {
+    let mut c = cluster(store)?;
+    if pending_gossip_key(&c).is_some() || c.gossip_keys.len() >= GOSSIP_KEYRING_LEN {
+        return Ok(None);
+    }
+    let id = c
+        .gossip_keys
+        .iter()
+        .map(|k| k.id)
+        .max()
+        .map_or(1, |m| m.saturating_add(1));
+    let at = c.gossip_keys.len().saturating_sub(1);
+    c.gossip_keys.insert(at, new_gossip_key(id, now, rng));
+    store.put(&c)?;
+    Ok(Some(c))
+}
+
+/// Rotation step two: the pending key becomes the primary (moved last).
+/// `None` when no key is pending.
+pub fn promote_gossip_key<S: Store + ?Sized>(store: &S) -> Result<Option<Cluster>> {
+    let mut c = cluster(store)?;
+    let Some(pos) = pending_gossip_key(&c)
+        .map(|p| p.id)
+        .and_then(|id| c.gossip_keys.iter().position(|k| k.id == id))
+    else {
+        return Ok(None);
+    };
+    let k = c.gossip_keys.remove(pos);
+    c.gossip_keys.push(k);
+    store.put(&c)?;
+    Ok(Some(c))
+}
+
+/// Rotation step three: drops the oldest keys so that one spare (the
+/// previous primary) is kept beside the primary, leaving room for the
+/// next rotation. `None` when there is nothing to drop or a key is still
+/// pending.
+pub fn retire_gossip_keys<S: Store + ?Sized>(store: &S) -> Result<Option<Cluster>> {
+    let mut c = cluster(store)?;
+    let keep = GOSSIP_KEYRING_LEN - 1;
+    if pending_gossip_key(&c).is_some() || c.gossip_keys.len() <= keep {
+        return Ok(None);
+    }
+    let excess = c.gossip_keys.len() - keep;
+    c.gossip_keys.drain(..excess);
+    store.put(&c)?;
+    Ok(Some(c))
 }
 
 /// Adds a new primary gossip key and drops the oldest beyond
@@ -537,6 +606,42 @@ pub(crate) mod tests {
             last.gossip_keys.iter().map(|k| k.key.as_str()).collect();
         assert_eq!(distinct.len(), 3);
         assert_eq!(cluster(&s).unwrap(), last);
+    }
+
+    #[test]
+    fn gossip_rotation_in_three_steps() {
+        let s = MemStore::new();
+        let (c, _) = init(&s);
+        assert!(gossip_rotation_due_after(&c, 1010, 10));
+        assert!(!gossip_rotation_due_after(&c, 1009, 10));
+        let ids = |c: &Cluster| c.gossip_keys.iter().map(|k| k.id).collect::<Vec<_>>();
+        let mut rng = TestRng(5);
+        // Nothing to promote or retire before a rotation starts.
+        assert_eq!(promote_gossip_key(&s).unwrap(), None);
+        assert_eq!(retire_gossip_keys(&s).unwrap(), None);
+        for round in 0..3u32 {
+            let before = cluster(&s).unwrap();
+            let primary = before.primary_gossip_key().unwrap().clone();
+            // 1: installed, the primary unchanged.
+            let c = begin_gossip_rotation(&s, 2000, &mut rng).unwrap().unwrap();
+            assert_eq!(c.primary_gossip_key(), Some(&primary));
+            let new = pending_gossip_key(&c).unwrap().clone();
+            assert_eq!(new.id, primary.id + 1);
+            assert!(c.gossip_keys.len() <= GOSSIP_KEYRING_LEN);
+            // A second start, or a retirement, waits for the promotion.
+            assert_eq!(begin_gossip_rotation(&s, 2000, &mut rng).unwrap(), None);
+            assert_eq!(retire_gossip_keys(&s).unwrap(), None);
+            // 2: the new key sends, the old ones still open.
+            let c = promote_gossip_key(&s).unwrap().unwrap();
+            assert_eq!(c.primary_gossip_key(), Some(&new));
+            assert!(pending_gossip_key(&c).is_none());
+            assert!(c.gossip_keys.contains(&primary));
+            // 3: the oldest goes once the keyring is full; one spare stays.
+            let retired = retire_gossip_keys(&s).unwrap();
+            assert_eq!(retired.is_some(), round > 0, "round {round}");
+            let c = cluster(&s).unwrap();
+            assert_eq!(ids(&c), [primary.id, new.id]);
+        }
     }
 
     #[test]

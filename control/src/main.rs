@@ -10,6 +10,10 @@
 //! dataplane through its socket, so it need not share its network
 //! namespace.
 //!
+//! A manager rotates the gossip key every --gossip-key-rotation (12h),
+//! workers poll it for their keys over mutual TLS
+//! ([`vxnet_control::daemon::keys`]).
+//!
 //! Threads: the API server's (one per connection), one reconciler (which
 //! also starts and stops gossip and the management server as the swarm
 //! comes and goes), a small tokio runtime for the management plane (TCP
@@ -73,6 +77,34 @@ struct Args {
     /// Seconds between reconciliations of the dataplane with the store.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
     reconcile_interval: u64,
+    /// How often a manager rotates the gossip encryption key: a number of
+    /// seconds, or a number with a unit s, m, h or d (`12h`).
+    #[arg(long, default_value = "12h", value_parser = parse_duration, value_name = "DURATION")]
+    gossip_key_rotation: Duration,
+}
+
+/// `90`, `90s`, `15m`, `12h`, `1d`: at least one second, at most a year.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 30s, 15m or 12h"))?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?}: use s, m, h or d")),
+    };
+    let secs = n.saturating_mul(scale);
+    if !(1..=365 * 86_400).contains(&secs) {
+        return Err(format!("{s:?} is out of range (1s to 365d)"));
+    }
+    Ok(Duration::from_secs(secs))
 }
 
 fn main() -> ExitCode {
@@ -134,6 +166,7 @@ fn run(args: Args) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the management runtime: {e}"))?;
     daemon.set_manager_link(Arc::new(TokioLink::new(rt.handle().clone())));
+    daemon.set_gossip_key_rotation(args.gossip_key_rotation);
 
     let first = daemon.reconcile();
     tracing::info!(report = ?first, "initial reconciliation");
@@ -175,11 +208,17 @@ fn run(args: Args) -> Result<(), String> {
             let mut gossip_error = String::new();
             let mut mgmt = None;
             let mut mgmt_error = String::new();
+            let mut keys = KeySync::default();
             loop {
                 // Gossip and the management server run while the swarm
                 // exists (it may be created or left while the daemon runs).
                 gossip_cfg.tend(&rec_daemon, &mut gossip, &mut gossip_error);
                 tend_mgmt(&rec_daemon, &rt_handle, &mut mgmt, &mut mgmt_error);
+                if let Some(g) = &gossip {
+                    keys.tend(&rec_daemon, g);
+                } else {
+                    keys = KeySync::default();
+                }
                 match stop_rx.recv_timeout(interval) {
                     Err(RecvTimeoutError::Timeout) => {}
                     Ok(Tick::Wake) => continue,
@@ -222,6 +261,56 @@ fn run(args: Args) -> Result<(), String> {
     let _ = reconciler.join();
     rt.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// Gossip key rotation on the reconciler's ticks: a manager takes the next
+/// rotation step, a worker polls its manager when told to; both hand the
+/// wanted keyring to their gossip driver.
+#[derive(Default)]
+struct KeySync {
+    /// When a worker polls next (`None`: at once).
+    next_poll: Option<std::time::Instant>,
+    /// What the driver was last given, so it is told only of changes.
+    sent: Vec<vxnet_control::model::StoredGossipKey>,
+    last_error: String,
+}
+
+impl KeySync {
+    fn tend(&mut self, d: &Arc<ControlDaemon>, g: &GossipHandle) {
+        // A manager has no manager of its own to poll.
+        let manager = d.mgmt_state().is_some_and(|st| st.manager.is_none());
+        let keys = if manager {
+            match d.tend_gossip_keys() {
+                Some(keys) => keys,
+                None => return,
+            }
+        } else {
+            let now = std::time::Instant::now();
+            if self.next_poll.is_some_and(|t| now < t) {
+                return;
+            }
+            match d.sync_gossip_keys() {
+                Ok((keys, after)) => {
+                    self.next_poll = Some(now + after);
+                    self.last_error.clear();
+                    keys
+                }
+                Err(e) => {
+                    // Retry soon; log a persistent problem once.
+                    self.next_poll = Some(now + Duration::from_secs(5));
+                    if self.last_error != e {
+                        tracing::warn!(error = %e, "gossip keys not synced with the manager");
+                        self.last_error = e;
+                    }
+                    return;
+                }
+            }
+        };
+        if keys != self.sent {
+            g.send(GossipCmd::Keys(keys.clone()));
+            self.sent = keys;
+        }
+    }
 }
 
 /// What wakes the reconciler before its interval.
@@ -341,6 +430,7 @@ impl GossipStarter {
                         }
                         let tx = h.sender();
                         d.set_announcer(Some(Box::new(tx)));
+                        d.set_gossip_status(Some(h.status_cell()));
                         tracing::info!(addr = %addr, "gossip running");
                         last_error.clear();
                         *running = Some(h);
@@ -355,6 +445,7 @@ impl GossipStarter {
             }
             (None, true) => {
                 d.set_announcer(None);
+                d.set_gossip_status(None);
                 if let Some(h) = running.take() {
                     h.stop(true);
                 }
@@ -377,5 +468,17 @@ mod tests {
         assert_eq!(a.socket, PathBuf::from("/tmp/c.sock"));
         assert_eq!(a.reconcile_interval, 2);
         assert!(Args::try_parse_from(["vxnet-control", "--reconcile-interval", "0"]).is_err());
+        assert_eq!(a.gossip_key_rotation, Duration::from_secs(12 * 3600));
+        let r = |v: &str| {
+            Args::try_parse_from(["vxnet-control", "--gossip-key-rotation", v])
+                .map(|a| a.gossip_key_rotation.as_secs())
+        };
+        assert_eq!(r("5").unwrap(), 5);
+        assert_eq!(r("5s").unwrap(), 5);
+        assert_eq!(r("15m").unwrap(), 900);
+        assert_eq!(r("1d").unwrap(), 86_400);
+        for bad in ["0", "", "h", "5x", "-1", "400d"] {
+            assert!(r(bad).is_err(), "{bad}");
+        }
     }
 }

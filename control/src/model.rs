@@ -297,8 +297,9 @@ impl Default for AddressPool {
 pub struct Cluster {
     pub id: String,
     pub created: UnixTime,
-    /// Up to three keys, oldest first; the newest is the one to send with,
-    /// all are accepted on receive.
+    /// Up to three keys, oldest first, except that a key being spread by a
+    /// rotation sits just before the last; the last is the one to send
+    /// with, all are accepted on receive (see [`crate::daemon::keys`]).
     pub gossip_keys: Vec<StoredGossipKey>,
     pub tokens: JoinTokens,
     pub default_pool: AddressPool,

@@ -27,14 +27,19 @@ pub enum Path {
     VxnetPlain,
     /// vxnet dataplane, encrypted network (ESP, AES-GCM-128).
     VxnetEncrypted,
+    /// vxnet dataplane, plain VXLAN, with the control plane in charge: a
+    /// swarm of the two hosts, an attachable overlay network and a
+    /// container on each host made with `vxnet container run -d`.
+    VxnetSwarm,
 }
 
 impl Path {
-    pub const ALL: [Path; 4] = [
+    pub const ALL: [Path; 5] = [
         Path::Underlay,
         Path::KernelVxlan,
         Path::VxnetPlain,
         Path::VxnetEncrypted,
+        Path::VxnetSwarm,
     ];
 
     pub fn label(self) -> &'static str {
@@ -43,6 +48,7 @@ impl Path {
             Path::KernelVxlan => "kernel-vxlan",
             Path::VxnetPlain => "vxnet-plain",
             Path::VxnetEncrypted => "vxnet-encrypted",
+            Path::VxnetSwarm => "vxnet-swarm",
         }
     }
 }
@@ -224,7 +230,82 @@ fn run_path(tb: &Testbed, path: Path, cfg: &BenchConfig) -> Result<(IperfResult,
             tb.stop_dataplanes(&[&pair.dp1, &pair.dp2]);
             r
         }
+        Path::VxnetSwarm => swarm_path(tb, cfg),
     }
+}
+
+/// The [`Path::VxnetSwarm`] row: nothing is programmed by hand; the
+/// control daemons place the containers and program both dataplanes.
+fn swarm_path(tb: &Testbed, cfg: &BenchConfig) -> Result<(IperfResult, PingResult)> {
+    use crate::swarm::vxnet_ctl;
+    let mut dps = Vec::new();
+    let mut controls = Vec::new();
+    let r = (|| {
+        for h in tb.hosts() {
+            let dp = tb.start_dataplane(h, &cfg.dataplane)?;
+            controls.push(tb.start_control(h, &dp.socket)?);
+            dps.push(dp);
+        }
+        tb.form_swarm(&controls)?;
+        let (c1, c2) = match controls.as_slice() {
+            [a, b, ..] => (a, b),
+            _ => anyhow::bail!("the swarm row needs two hosts"),
+        };
+        vxnet_ctl(
+            &c1.socket,
+            &[
+                "network",
+                "create",
+                "-d",
+                "overlay",
+                "--attachable",
+                "bench",
+            ],
+        )?
+        .check()?;
+        let mut ends = Vec::new();
+        for (c, name) in [(c1, "s1"), (c2, "s2")] {
+            vxnet_ctl(
+                &c.socket,
+                &[
+                    "container",
+                    "run",
+                    "-d",
+                    "--name",
+                    name,
+                    "--network",
+                    "bench",
+                    "--",
+                    "sleep",
+                    "3600",
+                ],
+            )?
+            .check()?;
+            let out = vxnet_ctl(&c.socket, &["container", "inspect", name])?.check()?;
+            let v: serde_json::Value = serde_json::from_str(&out.stdout)?;
+            let ns = v[0]["netns"].as_str().unwrap_or_default().to_owned();
+            let ip = v[0]["networks"][0]["ipv4"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            anyhow::ensure!(
+                !ns.is_empty() && !ip.is_empty(),
+                "container {name}: no namespace or address in {v}"
+            );
+            ends.push((ns, ip));
+        }
+        let (Some((ns1, _)), Some((ns2, ip2))) = (ends.first(), ends.get(1)) else {
+            anyhow::bail!("containers missing");
+        };
+        measure(tb, ns1, ns2, ip2, cfg)
+    })();
+    // Stop the control daemons first (they would re-create what the
+    // dataplanes' stop removes), then free UDP 4789 for later rows. The
+    // containers' namespaces go with the testbed.
+    let pids: Vec<u32> = controls.iter().map(|c| c.pid).collect();
+    tb.stop_pids(&pids);
+    tb.stop_dataplanes(&dps.iter().collect::<Vec<_>>());
+    r
 }
 
 /// Throughput of vxnet encrypted over vxnet plain in the same run, if both

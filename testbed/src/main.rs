@@ -37,9 +37,13 @@ enum Cmd {
         /// Only build the topology; start no dataplane.
         #[arg(long)]
         no_dataplane: bool,
-        /// Also run vxnet-control on every host and form a swarm (host1
-        /// manager, the others workers).
-        #[arg(long, conflicts_with = "no_dataplane")]
+        /// Run no vxnet-control: dataplanes only, programmed by hand with
+        /// `vxnet dp`. By default every host runs vxnet-control and they
+        /// form a swarm (host1 manager, the others workers).
+        #[arg(long)]
+        no_swarm: bool,
+        /// The default; kept so that older scripts still work.
+        #[arg(long, hide = true, conflicts_with_all = ["no_dataplane", "no_swarm"])]
         swarm: bool,
         #[command(flatten)]
         dp: DpArgs,
@@ -181,9 +185,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             hosts,
             underlay_mtu,
             no_dataplane,
-            swarm,
+            no_swarm,
+            swarm: _,
             dp,
-        } => up(hosts, underlay_mtu, no_dataplane, swarm, &dp.options()),
+        } => up(
+            hosts,
+            underlay_mtu,
+            no_dataplane,
+            // Without a dataplane there is nothing for a control plane to drive.
+            !no_swarm && !no_dataplane,
+            &dp.options(),
+        ),
         Cmd::Exec { host, cmd } => exec(&host, &cmd),
         Cmd::Down { all } => {
             let r = topology::down(all, None)?;

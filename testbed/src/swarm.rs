@@ -51,14 +51,25 @@ impl Testbed {
     /// Starts `vxnet-control` for `host` beside its dataplane at
     /// `dataplane_socket`; the testbed stops it at teardown.
     pub fn start_control(&self, host: &Host, dataplane_socket: &Path) -> Result<Control> {
-        let (c, p) = self.launch_control(host, dataplane_socket, false)?;
+        self.start_control_with(host, dataplane_socket, &[])
+    }
+
+    /// [`Testbed::start_control`] with more `vxnet-control` options (say
+    /// `--gossip-key-rotation 3s`).
+    pub fn start_control_with(
+        &self,
+        host: &Host,
+        dataplane_socket: &Path,
+        extra: &[&str],
+    ) -> Result<Control> {
+        let (c, p) = self.launch_control(host, dataplane_socket, false, extra)?;
         self.adopt(p);
         Ok(c)
     }
 
     /// [`Testbed::start_control`] for a process that outlives us (`up`).
     pub fn start_control_detached(&self, host: &Host, dataplane_socket: &Path) -> Result<Control> {
-        let (c, p) = self.launch_control(host, dataplane_socket, true)?;
+        let (c, p) = self.launch_control(host, dataplane_socket, true, &[])?;
         std::mem::forget(p);
         Ok(c)
     }
@@ -68,12 +79,13 @@ impl Testbed {
         host: &Host,
         dataplane_socket: &Path,
         detached: bool,
+        extra: &[&str],
     ) -> Result<(Control, BackgroundProc)> {
         let bin = find_binary(CONTROL_BIN)?;
         let socket = self.state_dir().join(format!("{}-control.sock", host.name));
         let _ = std::fs::remove_file(&socket);
         let state = self.state_dir().join(format!("{}-control", host.name));
-        let argv: Vec<String> = vec![
+        let mut argv: Vec<String> = vec![
             "nsenter".into(),
             format!("--net=/run/netns/{}", host.ns),
             "--".into(),
@@ -93,6 +105,7 @@ impl Testbed {
             "--reconcile-interval".into(),
             "1".into(),
         ];
+        argv.extend(extra.iter().map(|a| (*a).to_owned()));
         let name = format!("control-{}", host.name);
         let log = self.log_path(&name);
         let mut p = if detached {

@@ -108,3 +108,76 @@ fn sigterm_during_bench_tears_down() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `up --hosts 3` forms a swarm by default: `exec host1 -- vxnet node ls`
+/// lists three Ready nodes; `down` removes it all.
+#[test]
+fn up_forms_a_swarm_by_default() -> anyhow::Result<()> {
+    if !root_or_skip("up_forms_a_swarm_by_default") {
+        return Ok(());
+    }
+    // `up` leaves its hosts behind on purpose: remove them however the
+    // test ends.
+    struct Down;
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = process::run(None, &[BIN, "down"], Duration::from_secs(60));
+        }
+    }
+    let t = Duration::from_secs(120);
+    let _down = Down;
+    let up = process::run(None, &[BIN, "up", "--hosts", "3"], t)?;
+    if up.stderr.contains("already up") {
+        eprintln!("skipping up_forms_a_swarm_by_default: another testbed is up");
+        return Ok(());
+    }
+    up.check()?;
+    let ls = process::run(
+        None,
+        &[BIN, "exec", "host1", "--", "vxnet", "node", "ls"],
+        t,
+    )?
+    .check()?;
+    assert_eq!(ls.stdout.matches("Ready").count(), 3, "{}", ls.stdout);
+    assert!(ls.stdout.contains("Leader"), "{}", ls.stdout);
+    process::run(None, &[BIN, "down"], t)?.check()?;
+    let left = process::run(None, &[BIN, "exec", "host1", "--", "true"], t)?;
+    assert!(!left.success(), "host1 still there after down");
+    Ok(())
+}
+
+/// The vxnet-swarm row: the control plane places a container on each host
+/// and programs both dataplanes; traffic flows between them.
+#[test]
+fn bench_swarm_row_is_measured() -> anyhow::Result<()> {
+    if !root_or_skip("bench_swarm_row_is_measured") {
+        return Ok(());
+    }
+    let out = process::run(
+        None,
+        &[
+            BIN,
+            "bench",
+            "--seconds",
+            "1",
+            "--pings",
+            "5",
+            "--paths",
+            "vxnet-swarm",
+            "--format",
+            "json",
+        ],
+        Duration::from_secs(240),
+    )?
+    .check()?;
+    let v: serde_json::Value = serde_json::from_str(&out.stdout)?;
+    let row = &v["rows"][0];
+    assert_eq!(row["path"], "vxnet-swarm", "{v}");
+    assert!(row["error"].is_null(), "{row}");
+    assert!(
+        row["tcp"]["received_bytes"].as_u64().unwrap_or(0) > 0,
+        "{row}"
+    );
+    assert_eq!(row["ping"]["received"], 5, "{row}");
+    Ok(())
+}

@@ -72,6 +72,9 @@ pub enum CtlRequest {
         node: String,
         availability: Availability,
     },
+    /// This node's gossip driver: keyring and packet counters
+    /// ([`super::gossip::GossipStatus`]).
+    GossipStatus,
     NetworkCreate(CreateNetwork),
     NetworkLs {
         #[serde(default)]

@@ -20,8 +20,8 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,9 @@ use vxnet_dataplane::api::{Peer, Request};
 use vxnet_proto::wire::{MacAddr, Vni};
 
 use super::dataplane::{DataplaneApi, DataplaneExt};
-use crate::gossip::{EndpointEvent, EndpointRecord, MemberEvent, Membership, NodeIdentity};
+use crate::gossip::{
+    EndpointEvent, EndpointRecord, GossipKey, KeyId, MemberEvent, Membership, NodeIdentity,
+};
 
 /// The gossip port, as Docker's.
 pub const GOSSIP_PORT: u16 = 7946;
@@ -60,6 +62,70 @@ pub enum GossipCmd {
     Withdraw { network_id: String, ip: IpAddr },
     /// Contact a member to join its swarm's gossip.
     Join(SocketAddr),
+    /// The keyring the swarm wants now, the primary last (see
+    /// [`apply_keys`]).
+    Keys(Vec<crate::model::StoredGossipKey>),
+}
+
+/// What the driver reports of itself: its keyring (which a worker tells
+/// its manager, so the manager knows when a rotation step has reached
+/// everyone) and its packet counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GossipStatus {
+    /// Installed key ids, in installation order.
+    pub key_ids: Vec<u32>,
+    /// The key sent with.
+    pub primary: Option<u32>,
+    /// Other members active (this node excluded).
+    pub members: usize,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    /// Received packets dropped for any reason.
+    pub rx_dropped: u64,
+    /// Received packets sealed under a key this node does not hold.
+    pub rx_unknown_key: u64,
+}
+
+/// Shared between the driver (writer) and the daemon (reader).
+pub type StatusCell = Arc<Mutex<GossipStatus>>;
+
+/// Brings `m`'s keyring to `want` (primary last) make-before-break: keys
+/// that are wanted are installed before the primary changes, and keys no
+/// longer wanted are removed only after it has. A keyring too full to take
+/// a new key first drops keys that are neither wanted nor the primary.
+pub fn apply_keys(m: &mut Membership, want: &[GossipKey]) -> Result<(), String> {
+    let Some(primary) = want.last().map(|k| k.id) else {
+        return Err("an empty gossip keyring".into());
+    };
+    let unwanted = |id: &KeyId| !want.iter().any(|k| k.id == *id);
+    let current = m.keyring().primary();
+    for id in m.keyring().key_ids() {
+        if unwanted(&id) && Some(id) != current {
+            m.remove_key(id).map_err(|e| e.to_string())?;
+        }
+    }
+    for k in want {
+        let ring = m.keyring().key_ids();
+        if !ring.contains(&k.id) && ring.len() >= crate::gossip::keyring::MAX_KEYS {
+            // Only an unwanted primary can hold the slot (a node that
+            // missed a step catches up): send with a wanted key instead.
+            let old = m.keyring().primary();
+            if let Some(id) = ring.iter().copied().find(|id| !unwanted(id)) {
+                m.set_primary(id).map_err(|e| e.to_string())?;
+            }
+            if let Some(old) = old.filter(|o| unwanted(o)) {
+                m.remove_key(old).map_err(|e| e.to_string())?;
+            }
+        }
+        m.install_key(k.clone()).map_err(|e| e.to_string())?;
+    }
+    m.set_primary(primary).map_err(|e| e.to_string())?;
+    for id in m.keyring().key_ids() {
+        if unwanted(&id) {
+            m.remove_key(id).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
 }
 
 enum Msg {
@@ -71,9 +137,23 @@ enum Msg {
 pub struct GossipHandle {
     tx: Sender<Msg>,
     thread: Option<JoinHandle<()>>,
+    status: StatusCell,
 }
 
 impl GossipHandle {
+    /// The driver's keyring and counters, as of its last loop.
+    pub fn status(&self) -> GossipStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The shared status, for readers that outlive a borrow of the handle.
+    pub fn status_cell(&self) -> StatusCell {
+        Arc::clone(&self.status)
+    }
+
     /// Queues a command; false if the driver has stopped.
     pub fn send(&self, cmd: GossipCmd) -> bool {
         self.tx.send(Msg::Cmd(cmd)).is_ok()
@@ -133,7 +213,9 @@ pub fn spawn_with_hook<D: DataplaneApi + 'static>(
 ) -> io::Result<GossipHandle> {
     socket.set_read_timeout(Some(POLL))?;
     let (tx, rx) = mpsc::channel();
+    let status = StatusCell::default();
     let mut driver = Driver {
+        status: Arc::clone(&status),
         programmer: Programmer::new(dp, vni_of, membership.identity().data_addr),
         m: membership,
         sock: socket,
@@ -143,10 +225,12 @@ pub fn spawn_with_hook<D: DataplaneApi + 'static>(
     let thread = std::thread::Builder::new()
         .name("vxnet-gossip".into())
         .spawn(move || driver.run(&rx))?;
-    Ok(GossipHandle {
+    let handle = GossipHandle {
         tx,
         thread: Some(thread),
-    })
+        status,
+    };
+    Ok(handle)
 }
 
 struct Driver<D> {
@@ -155,6 +239,7 @@ struct Driver<D> {
     timers: Vec<(Instant, crate::gossip::TimerEvent)>,
     programmer: Programmer<D>,
     on_member: MemberHook,
+    status: StatusCell,
 }
 
 impl<D: DataplaneApi> Driver<D> {
@@ -235,6 +320,16 @@ impl<D: DataplaneApi> Driver<D> {
                 self.m.withdraw_endpoint(&network_id, ip).map(|_| ())
             }
             GossipCmd::Join(seed) => self.m.join(seed),
+            GossipCmd::Keys(keys) => {
+                let keys: Option<Vec<GossipKey>> = keys.iter().map(|k| k.to_keyring()).collect();
+                let r = keys.ok_or_else(|| "a malformed gossip key".to_owned());
+                if let Err(e) = r.and_then(|k| apply_keys(&mut self.m, &k)) {
+                    tracing::warn!(error = %e, "gossip keyring not updated");
+                } else {
+                    tracing::debug!(keys = ?self.m.keyring().key_ids(), "gossip keyring");
+                }
+                Ok(())
+            }
         };
         if let Err(e) = r {
             tracing::warn!(error = %e, "gossip command failed");
@@ -265,6 +360,22 @@ impl<D: DataplaneApi> Driver<D> {
         while let Some(ev) = self.m.poll_endpoint_event() {
             self.programmer.on_endpoint(&ev);
         }
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let st = self.m.stats();
+        let ring = self.m.keyring();
+        let now = GossipStatus {
+            key_ids: ring.key_ids().iter().map(|k| k.0).collect(),
+            primary: ring.primary().map(|k| k.0),
+            members: self.m.members().len(),
+            rx_packets: st.rx_packets,
+            tx_packets: st.tx_packets,
+            rx_dropped: st.rx_dropped(),
+            rx_unknown_key: st.rx_unknown_key,
+        };
+        *self.status.lock().unwrap_or_else(PoisonError::into_inner) = now;
     }
 }
 
@@ -431,7 +542,7 @@ impl<D: DataplaneApi> Programmer<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gossip::{GossipConfig, GossipKey, KeyId, Keyring};
+    use crate::gossip::{GossipConfig, Keyring};
     use std::sync::Mutex;
     use vxnet_dataplane::api::Response;
 
@@ -508,6 +619,58 @@ mod tests {
         assert!(rec.has(|q| matches!(q, Request::PeerDel { vni, mac }
             if vni.get() == 4097 && mac.0 == r.mac)));
         assert!(p.programmed.is_empty());
+    }
+
+    fn gkey(id: u32) -> GossipKey {
+        GossipKey {
+            id: KeyId(id),
+            secret: [id as u8; 32],
+        }
+    }
+
+    #[test]
+    fn keyring_follows_the_wanted_keys_make_before_break() {
+        let mut m = Membership::new(
+            ident(1, 1),
+            GossipConfig::default(),
+            Keyring::with_primary(gkey(1)),
+            [1; 32],
+        );
+        let ids = |m: &Membership| {
+            m.keyring()
+                .key_ids()
+                .iter()
+                .map(|k| k.0)
+                .collect::<Vec<_>>()
+        };
+        // Step one: installed, the primary kept.
+        apply_keys(&mut m, &[gkey(2), gkey(1)]).unwrap();
+        assert_eq!(ids(&m), [1, 2]);
+        assert_eq!(m.keyring().primary(), Some(KeyId(1)));
+        // Step two: the new one sends.
+        apply_keys(&mut m, &[gkey(1), gkey(2)]).unwrap();
+        assert_eq!(m.keyring().primary(), Some(KeyId(2)));
+        apply_keys(&mut m, &[gkey(1), gkey(3), gkey(2)]).unwrap();
+        assert_eq!(ids(&m), [1, 2, 3]);
+        apply_keys(&mut m, &[gkey(1), gkey(2), gkey(3)]).unwrap();
+        // Step three: the oldest goes.
+        apply_keys(&mut m, &[gkey(2), gkey(3)]).unwrap();
+        assert_eq!(ids(&m), [2, 3]);
+        assert_eq!(m.keyring().primary(), Some(KeyId(3)));
+        // A node that missed everything catches up in one go, although its
+        // keyring is full, and keeps no key the swarm dropped.
+        let mut late = Membership::new(
+            ident(2, 2),
+            GossipConfig::default(),
+            Keyring::with_primary(gkey(1)),
+            [2; 32],
+        );
+        late.install_key(gkey(7)).unwrap();
+        late.install_key(gkey(8)).unwrap();
+        apply_keys(&mut late, &[gkey(4), gkey(5), gkey(6)]).unwrap();
+        assert_eq!(ids(&late), [4, 5, 6]);
+        assert_eq!(late.keyring().primary(), Some(KeyId(6)));
+        assert!(apply_keys(&mut late, &[]).is_err());
     }
 
     fn start(i: u8) -> (GossipHandle, Recorder, SocketAddr) {

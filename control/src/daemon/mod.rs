@@ -24,6 +24,7 @@ pub mod client;
 pub mod dataplane;
 pub mod gossip;
 pub mod host;
+pub mod keys;
 pub mod reconcile;
 pub mod runtime;
 pub mod swarm;
@@ -93,6 +94,12 @@ pub(crate) struct Inner<S, D, H> {
     /// How this daemon reaches managers (`swarm join`, a worker's
     /// containers); `None`: single-host only.
     pub(crate) link: Option<Arc<dyn ManagerLink>>,
+    /// The running gossip driver's status (keyring, counters).
+    pub(crate) gossip_status: Option<self::gossip::StatusCell>,
+    /// Seconds between gossip key rotations (a manager's).
+    pub(crate) key_rotation: u64,
+    /// What each node last reported of its gossip keyring (a manager's).
+    pub(crate) key_acks: self::keys::KeyAcks,
 }
 
 /// Where the daemon sends its local endpoints' comings and goings.
@@ -133,6 +140,9 @@ where
                 cfg,
                 announce: None,
                 link: None,
+                gossip_status: None,
+                key_rotation: cluster::GOSSIP_KEY_ROTATION_SECS,
+                key_acks: Default::default(),
             }),
         }
     }
@@ -356,6 +366,10 @@ where
                 value(self.join_token(role, rotate)?)
             }
             CtlRequest::SwarmLeave { force } => value(self.swarm_leave(force)?),
+            CtlRequest::GossipStatus => value(
+                self.gossip_status_now()
+                    .ok_or_else(|| "gossip is not running on this node".to_owned())?,
+            ),
             CtlRequest::NodeLs => {
                 self.manager_only()?;
                 value(self.node_ls()?)

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use super::Daemon;
 use super::dataplane::DataplaneApi;
 use super::host::Host;
+use super::keys::{KeyringReport, METHOD_GOSSIP_KEYS};
 use crate::containers::{CreateContainer, NetworkRequest};
 use crate::mgmt::{
     self, Access, ErrorCode, Handler, JoinParams, JoinRequest, JoinResponse, Joined, MgmtClient,
@@ -195,6 +196,13 @@ where
                     let r = d.create_for_node(&c).map_err(bad)?;
                     serde_json::to_value(r).map(Response::Value).map_err(bad)
                 }
+                METHOD_GOSSIP_KEYS => {
+                    let r: KeyringReport = serde_json::from_value(params).map_err(bad)?;
+                    let reply = d.gossip_keys_for(&peer.node_id, r).map_err(bad)?;
+                    serde_json::to_value(reply)
+                        .map(Response::Value)
+                        .map_err(bad)
+                }
                 METHOD_CONTAINER_REMOVE => {
                     let p: RemoveParams = serde_json::from_value(params).map_err(bad)?;
                     d.remove_for_node(&peer.node_id, &p.container_id)
@@ -230,7 +238,8 @@ where
             METHOD_CONTAINER_CREATE
             | METHOD_CONTAINER_REMOVE
             | METHOD_NETWORK_CONNECT
-            | METHOD_NETWORK_DISCONNECT => Access::Node,
+            | METHOD_NETWORK_DISCONNECT
+            | METHOD_GOSSIP_KEYS => Access::Node,
             _ => Access::Manager,
         }
     }

@@ -1036,3 +1036,58 @@ fn external_veth_container_is_a_sidecar() {
         assert!(d.writes.iter().any(|w| w == "detach veth veth1234"));
     });
 }
+
+#[test]
+fn manager_rotates_gossip_keys_step_by_step_with_node_reports() {
+    use super::gossip::{GossipStatus, StatusCell};
+    use super::keys::KeyringReport;
+    let store = Arc::new(MemStore::new());
+    let dp = SharedDp::default();
+    dp.with(|d| d.up = true);
+    let f = fixture_with(Arc::clone(&store), dp, SharedHost::default());
+    f.init();
+    let worker = crate::cluster::tests::add_worker(&*store, "host2");
+    // No driver yet: nothing to tend.
+    assert_eq!(f.d.tend_gossip_keys(), None);
+    let own = StatusCell::default();
+    let set_own = |ids: &[u32], primary: u32| {
+        *own.lock().unwrap() = GossipStatus {
+            key_ids: ids.to_vec(),
+            primary: Some(primary),
+            ..Default::default()
+        };
+    };
+    set_own(&[1], 1);
+    f.d.set_gossip_status(Some(Arc::clone(&own)));
+    f.d.set_gossip_key_rotation(std::time::Duration::from_secs(1));
+    let ids = |k: Vec<crate::model::StoredGossipKey>| k.iter().map(|k| k.id).collect::<Vec<_>>();
+    // Step 1 once key 1 is a second old (bounded poll on the clock).
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut keys = ids(f.d.tend_gossip_keys().unwrap());
+    while keys == [1] && std::time::Instant::now() < end {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        keys = ids(f.d.tend_gossip_keys().unwrap());
+    }
+    assert_eq!(keys, [2, 1], "key 2 installed, key 1 still the primary");
+    // The worker has not reported key 2: no promotion, however often asked.
+    set_own(&[1, 2], 1);
+    let report = |ids: &[u32], primary: u32| KeyringReport {
+        key_ids: ids.to_vec(),
+        primary: Some(primary),
+    };
+    let reply = f.d.gossip_keys_for(&worker.id, report(&[1], 1)).unwrap();
+    assert_eq!(ids(reply.keys), [2, 1]);
+    assert_eq!(reply.poll_after_secs, 1, "poll soon while rotating");
+    assert_eq!(ids(f.d.tend_gossip_keys().unwrap()), [2, 1]);
+    // Everyone holds key 2: it becomes the primary.
+    f.d.gossip_keys_for(&worker.id, report(&[1, 2], 1)).unwrap();
+    assert_eq!(ids(f.d.tend_gossip_keys().unwrap()), [1, 2]);
+    // A node that is not (or no longer) in the swarm gets no keys.
+    let e =
+        f.d.gossip_keys_for("nosuchnode", report(&[1], 1))
+            .unwrap_err();
+    assert!(e.contains("not part of this swarm"), "{e}");
+    // The local API shows the driver's status.
+    let st: GossipStatus = f.ok(CtlRequest::GossipStatus);
+    assert_eq!(st.key_ids, [1, 2]);
+}
