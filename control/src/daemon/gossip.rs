@@ -16,10 +16,20 @@
 //! it) and is withdrawn again when the network goes from here
 //! ([`Programmer::refresh`]). Member events also go to a hook, through
 //! which a manager records node status Ready/Down.
+//!
+//! Bulk state (issue 4) moves over TCP on the same address: the driver
+//! answers every connection with one length-prefixed sealed
+//! [`Membership::state_snapshot`], and when it joins (or sees itself
+//! `Rejoined`) it pulls its seed's snapshot and merges it. SWIM only
+//! piggybacks recent updates, so without this a host that comes back would
+//! never hear of endpoints announced while it was away. The pull runs on a
+//! short-lived thread and the snapshot is handed back to the loop through
+//! its channel, so the UDP loop never waits on a peer.
 
 use std::collections::BTreeMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -40,6 +50,13 @@ pub const GOSSIP_PORT: u16 = 7946;
 const POLL: Duration = Duration::from_millis(50);
 /// Largest datagram read.
 const MAX_DATAGRAM: usize = 65_536;
+/// Largest state snapshot sent or accepted over TCP.
+pub const MAX_SNAPSHOT: usize = 16 << 20;
+/// Connect, read and write timeout of one snapshot exchange.
+const SYNC_IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pull attempts per sync, and the first backoff (doubled each time).
+const SYNC_ATTEMPTS: u32 = 5;
+const SYNC_BACKOFF: Duration = Duration::from_millis(200);
 
 /// The VNI of a network id (from the store), if the network is known.
 pub type VniOf = Arc<dyn Fn(&str) -> Option<Vni> + Send + Sync>;
@@ -130,7 +147,81 @@ pub fn apply_keys(m: &mut Membership, want: &[GossipKey]) -> Result<(), String> 
 
 enum Msg {
     Cmd(GossipCmd),
-    Stop { leave: bool },
+    Stop {
+        leave: bool,
+    },
+    /// A sealed snapshot pulled from the seed, to merge.
+    Snapshot(Vec<u8>),
+}
+
+/// Writes `snapshot` as one frame: a big-endian u32 length, then the bytes.
+pub fn write_snapshot(w: &mut impl Write, snapshot: &[u8]) -> io::Result<()> {
+    if snapshot.len() > MAX_SNAPSHOT {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "state snapshot too large",
+        ));
+    }
+    let len = u32::try_from(snapshot.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "state snapshot too large"))?;
+    w.write_all(&len.to_be_bytes())?;
+    w.write_all(snapshot)?;
+    w.flush()
+}
+
+/// Reads one frame written by [`write_snapshot`], refusing lengths above
+/// [`MAX_SNAPSHOT`] before allocating.
+pub fn read_snapshot(r: &mut impl Read) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)?;
+    let len = usize::try_from(u32::from_be_bytes(len)).unwrap_or(usize::MAX);
+    if len > MAX_SNAPSHOT {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "state snapshot too large",
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    r.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+/// Pulls one snapshot from the member whose gossip address is `seed` (its
+/// TCP listener is on the same address).
+pub fn fetch_snapshot(seed: SocketAddr) -> io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect_timeout(&seed, SYNC_IO_TIMEOUT)?;
+    s.set_read_timeout(Some(SYNC_IO_TIMEOUT))?;
+    s.set_write_timeout(Some(SYNC_IO_TIMEOUT))?;
+    read_snapshot(&mut s)
+}
+
+/// Pulls `seed`'s snapshot on its own thread, with bounded retries and
+/// backoff, and hands it to the driver loop.
+fn spawn_sync(seed: SocketAddr, tx: Sender<Msg>) {
+    let r = std::thread::Builder::new()
+        .name("vxnet-gossip-sync".into())
+        .spawn(move || {
+            let mut backoff = SYNC_BACKOFF;
+            for attempt in 1..=SYNC_ATTEMPTS {
+                match fetch_snapshot(seed) {
+                    Ok(snap) => {
+                        let _ = tx.send(Msg::Snapshot(snap));
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(seed = %seed, attempt, error = %e, "state sync failed");
+                    }
+                }
+                if attempt < SYNC_ATTEMPTS {
+                    std::thread::sleep(backoff);
+                    backoff = backoff.saturating_mul(2);
+                }
+            }
+            tracing::warn!(seed = %seed, "state sync gave up");
+        });
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "cannot start state sync");
+    }
 }
 
 /// A running driver. Dropping it stops the thread without leaving.
@@ -212,6 +303,19 @@ pub fn spawn_with_hook<D: DataplaneApi + 'static>(
     on_member: MemberHook,
 ) -> io::Result<GossipHandle> {
     socket.set_read_timeout(Some(POLL))?;
+    // Bulk state on TCP, same address. Without it the node still gossips,
+    // it only cannot serve resyncs.
+    let listener = socket
+        .local_addr()
+        .and_then(TcpListener::bind)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l));
+    let listener = match listener {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!(error = %e, "gossip state sync not served");
+            None
+        }
+    };
     let (tx, rx) = mpsc::channel();
     let status = StatusCell::default();
     let mut driver = Driver {
@@ -221,6 +325,9 @@ pub fn spawn_with_hook<D: DataplaneApi + 'static>(
         sock: socket,
         timers: Vec::new(),
         on_member,
+        listener,
+        tx: tx.clone(),
+        seed: None,
     };
     let thread = std::thread::Builder::new()
         .name("vxnet-gossip".into())
@@ -240,6 +347,12 @@ struct Driver<D> {
     programmer: Programmer<D>,
     on_member: MemberHook,
     status: StatusCell,
+    /// Serves state snapshots (non-blocking, polled by the loop).
+    listener: Option<TcpListener>,
+    /// Our own channel, for the sync thread to hand snapshots back.
+    tx: Sender<Msg>,
+    /// Who we joined through: where we resync from.
+    seed: Option<SocketAddr>,
 }
 
 impl<D: DataplaneApi> Driver<D> {
@@ -260,6 +373,13 @@ impl<D: DataplaneApi> Driver<D> {
                         }
                         return;
                     }
+                    Ok(Msg::Snapshot(snap)) => {
+                        match self.m.merge_snapshot(&snap, Instant::now()) {
+                            Ok(()) => tracing::info!(bytes = snap.len(), "gossip state resynced"),
+                            Err(e) => tracing::warn!(error = %e, "gossip state not merged"),
+                        }
+                        self.flush();
+                    }
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => return,
                 }
@@ -276,6 +396,7 @@ impl<D: DataplaneApi> Driver<D> {
                 self.m.handle_timer(ev, now);
             }
             self.flush();
+            self.serve();
             let wait = self
                 .timers
                 .iter()
@@ -319,7 +440,11 @@ impl<D: DataplaneApi> Driver<D> {
             GossipCmd::Withdraw { network_id, ip } => {
                 self.m.withdraw_endpoint(&network_id, ip).map(|_| ())
             }
-            GossipCmd::Join(seed) => self.m.join(seed),
+            GossipCmd::Join(seed) => {
+                self.seed = Some(seed);
+                spawn_sync(seed, self.tx.clone());
+                self.m.join(seed)
+            }
             GossipCmd::Keys(keys) => {
                 let keys: Option<Vec<GossipKey>> = keys.iter().map(|k| k.to_keyring()).collect();
                 let r = keys.ok_or_else(|| "a malformed gossip key".to_owned());
@@ -337,6 +462,41 @@ impl<D: DataplaneApi> Driver<D> {
         self.flush();
     }
 
+    /// Answers pending TCP connections, each with one snapshot. The write
+    /// (bounded by a timeout) runs on its own thread so a slow reader
+    /// cannot stall gossip; at most a few connections per loop.
+    fn serve(&mut self) {
+        let Some(l) = &self.listener else { return };
+        for _ in 0..8 {
+            let (mut s, from) = match l.accept() {
+                Ok(c) => c,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "gossip sync accept");
+                    return;
+                }
+            };
+            let snap = match self.m.state_snapshot() {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no state snapshot to serve");
+                    return;
+                }
+            };
+            let _ = std::thread::Builder::new()
+                .name("vxnet-gossip-serve".into())
+                .spawn(move || {
+                    let r = s
+                        .set_nonblocking(false)
+                        .and_then(|()| s.set_write_timeout(Some(SYNC_IO_TIMEOUT)))
+                        .and_then(|()| write_snapshot(&mut s, &snap));
+                    if let Err(e) = r {
+                        tracing::debug!(peer = %from, error = %e, "state snapshot not sent");
+                    }
+                });
+        }
+    }
+
     /// Sends what the membership wants sent, arms its timers and hands its
     /// events to the programmer.
     fn flush(&mut self) {
@@ -350,6 +510,11 @@ impl<D: DataplaneApi> Driver<D> {
             self.timers.push((now + after, ev));
         }
         while let Some(ev) = self.m.poll_event() {
+            if let (MemberEvent::Rejoined(_), Some(seed)) = (&ev, self.seed) {
+                // We were declared down and came back under a new
+                // identity: what we missed meanwhile is pulled again.
+                spawn_sync(seed, self.tx.clone());
+            }
             let gone = match &ev {
                 MemberEvent::Down(id) => self.m.endpoints_at(id.data_addr),
                 _ => Vec::new(),
@@ -690,7 +855,7 @@ mod tests {
         (spawn(sock, m, rec.clone(), vni_of()).unwrap(), rec, addr)
     }
 
-    fn wait_for(limit: Duration, f: impl Fn() -> bool) -> bool {
+    fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
         let end = Instant::now() + limit;
         while Instant::now() < end {
             if f() {
@@ -732,6 +897,104 @@ mod tests {
             rec_b.0.lock().unwrap()
         );
         b.stop(true);
+    }
+
+    #[test]
+    fn state_snapshot_served_over_tcp_on_the_gossip_address() {
+        let (a, _rec_a, addr_a) = start(1);
+        assert!(a.send(GossipCmd::Announce {
+            network_id: "net1".into(),
+            ip: IpAddr::from([10, 0, 1, 7]),
+            mac: [2, 0x42, 10, 0, 1, 7],
+        }));
+        // A fresh member under the same key merges what the driver serves.
+        let mut fresh = Membership::new(
+            ident(3, 1),
+            GossipConfig::default(),
+            Keyring::with_primary(GossipKey {
+                id: KeyId(1),
+                secret: [9; 32],
+            }),
+            [3; 32],
+        );
+        let learned = wait_for(Duration::from_secs(10), || {
+            let Ok(snap) = fetch_snapshot(addr_a) else {
+                return false;
+            };
+            assert!(fresh.merge_snapshot(&snap, Instant::now()).is_ok());
+            fresh.endpoints().iter().any(|r| {
+                r.ip == IpAddr::from([10, 0, 1, 7]) && r.vtep == IpAddr::from([192, 0, 2, 1])
+            })
+        });
+        assert!(
+            learned,
+            "endpoint not in the served snapshot: {:?}",
+            fresh.endpoints()
+        );
+        assert!(fresh.members().iter().any(|m| m.node_id == "node1"));
+        a.stop(false);
+    }
+
+    #[test]
+    fn a_joining_driver_pulls_state_from_its_seed() {
+        let (a, _rec_a, addr_a) = start(1);
+        assert!(a.send(GossipCmd::Announce {
+            network_id: "net1".into(),
+            ip: IpAddr::from([10, 0, 1, 8]),
+            mac: [2, 0x42, 10, 0, 1, 8],
+        }));
+        // Give the announce time to land before b exists (polled through a
+        // snapshot rather than slept on).
+        let mut probe = Membership::new(
+            ident(3, 1),
+            GossipConfig::default(),
+            Keyring::with_primary(GossipKey {
+                id: KeyId(1),
+                secret: [9; 32],
+            }),
+            [3; 32],
+        );
+        assert!(wait_for(Duration::from_secs(5), || {
+            fetch_snapshot(addr_a).is_ok_and(|s| probe.merge_snapshot(&s, Instant::now()).is_ok())
+                && !probe.endpoints().is_empty()
+        }));
+        // The seed b joins serves a's state over TCP only (nothing answers
+        // its UDP), so b can learn the endpoint through the resync alone.
+        let snap = fetch_snapshot(addr_a).unwrap();
+        let seed = TcpListener::bind("127.0.0.1:0").unwrap();
+        let seed_addr = seed.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = seed.accept().unwrap();
+            write_snapshot(&mut s, &snap).unwrap();
+        });
+        let (b, rec_b, _) = start(2);
+        assert!(b.send(GossipCmd::Join(seed_addr)));
+        assert!(
+            wait_for(Duration::from_secs(10), || rec_b.has(
+                |q| matches!(q, Request::PeerAdd(p) if p.ips == vec![IpAddr::from([10, 0, 1, 8])])
+            )),
+            "b never learned a's endpoint: {:?}",
+            rec_b.0.lock().unwrap()
+        );
+        server.join().unwrap();
+        b.stop(false);
+        a.stop(false);
+    }
+
+    #[test]
+    fn snapshot_frames_are_bounded() {
+        let mut out = Vec::new();
+        write_snapshot(&mut out, b"sealed").unwrap();
+        assert_eq!(out.get(..4), Some(&[0u8, 0, 0, 6][..]));
+        assert_eq!(read_snapshot(&mut out.as_slice()).unwrap(), b"sealed");
+        // A length above the bound is refused before anything is read.
+        let huge = u32::MAX.to_be_bytes();
+        let e = read_snapshot(&mut &huge[..]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        // A truncated frame is an error, not a short snapshot.
+        let short = [0u8, 0, 0, 9, 1, 2];
+        assert!(read_snapshot(&mut &short[..]).is_err());
+        assert!(write_snapshot(&mut Vec::new(), &vec![0; MAX_SNAPSHOT + 1]).is_err());
     }
 
     #[test]
