@@ -286,6 +286,82 @@ fn dead_host_marked_down_and_withdrawn() -> Result<()> {
     Ok(())
 }
 
+/// A host killed (control and dataplane) and restarted on the same state
+/// resyncs: the endpoint host1 announced long before is pulled over TCP
+/// 7946 from the seed (SWIM alone would not repeat it), reaches host2's
+/// new dataplane, and the containers talk again.
+#[test]
+fn restarted_host_resyncs_endpoints() -> Result<()> {
+    if !root_or_skip("restarted_host_resyncs_endpoints") {
+        return Ok(());
+    }
+    let tb = testbed(2, 1500)?;
+    let d = daemons(&tb)?;
+    let (c1, c2) = (&d[0].0, &d[1].0);
+    tb.form_swarm(&[c1.clone(), c2.clone()])?;
+    ok(
+        c1,
+        &["network", "create", "-d", "overlay", "--attachable", "rnet"],
+    )?;
+    for (c, name) in [(c1, "ra"), (c2, "rb")] {
+        ok(
+            c,
+            &[
+                "container",
+                "run",
+                "-d",
+                "--name",
+                name,
+                "--network",
+                "rnet",
+                "--",
+                "sleep",
+                "600",
+            ],
+        )?;
+    }
+    let (_, ip_a) = container(c1, "ra")?;
+    let (ns_b, _) = container(c2, "rb")?;
+    let fdb2 = || dp(&tb, 2, &["fdb", "--format", "json"]).unwrap_or_default();
+    assert!(
+        process::wait_until(Duration::from_secs(10), || fdb2().contains(&ip_a)),
+        "host1's endpoint never reached host2: {}",
+        fdb2()
+    );
+
+    for pid in [c2.pid, d[1].1] {
+        process::kill_pid(pid, libc::SIGKILL);
+    }
+    let down = || {
+        ok(c1, &["node", "ls"])
+            .is_ok_and(|s| s.lines().any(|l| l.contains("host2") && l.contains("Down")))
+    };
+    assert!(
+        process::wait_until(Duration::from_secs(10), down),
+        "host2 never marked Down: {:?}",
+        ok(c1, &["node", "ls"])
+    );
+
+    // Same host, same state dir: the helpers start them as before.
+    let h2 = tb.host(2);
+    let dp2 = tb.start_dataplane(h2, &dp_opts())?;
+    let _c2 = tb.start_control(h2, &dp2.socket)?;
+    let restarted = Instant::now();
+    assert!(
+        process::wait_until(Duration::from_secs(20), || fdb2().contains(&ip_a)),
+        "host1's endpoint not resynced to host2: fdb {}\n{}",
+        fdb2(),
+        log_of(&tb, "control-host2")
+    );
+    eprintln!("host2 resynced after {:?}", restarted.elapsed());
+    let fdb1 = || dp(&tb, 1, &["fdb", "--format", "json"]).unwrap_or_default();
+    tb.wait_reachable(&ns_b, &ip_a, Duration::from_secs(15))
+        .with_context(|| format!("fdb1 {}\n{}", fdb1(), log_of(&tb, "control-host1")))?;
+    let r = tb.ping_ok(&ns_b, &ip_a, 3, None)?;
+    assert_eq!(r.received, 3, "host2 -> host1 after the restart");
+    Ok(())
+}
+
 /// An encrypted attachable network across three hosts: every pair of
 /// containers talks, and what crosses the underlay is ESP (the hosts'
 /// keys came from gossip, not from `vxnet dp vtep add`).

@@ -520,6 +520,15 @@ impl<D: DataplaneApi> Driver<D> {
                 _ => Vec::new(),
             };
             self.programmer.on_member(&ev, &gone);
+            if let MemberEvent::Up(id) | MemberEvent::Updated { new: id, .. } = &ev {
+                // A host back from Down: its records may never have left
+                // our table (same versions, so no new endpoint event), but
+                // its Down withdrew them from the dataplane. Program them
+                // again.
+                for r in self.m.endpoints_at(id.data_addr) {
+                    self.programmer.on_endpoint(&EndpointEvent::Added(r));
+                }
+            }
             (self.on_member)(&ev);
         }
         while let Some(ev) = self.m.poll_endpoint_event() {
