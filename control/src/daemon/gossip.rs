@@ -30,6 +30,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -57,6 +58,11 @@ const SYNC_IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pull attempts per sync, and the first backoff (doubled each time).
 const SYNC_ATTEMPTS: u32 = 5;
 const SYNC_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest one whole pull may take (a peer dribbling bytes cannot hold the
+/// sync thread for longer).
+const SYNC_DEADLINE: Duration = Duration::from_secs(10);
+/// Snapshot writes in flight at once; connections beyond are closed.
+const MAX_SERVING: usize = 16;
 
 /// The VNI of a network id (from the store), if the network is known.
 pub type VniOf = Arc<dyn Fn(&str) -> Option<Vni> + Send + Sync>;
@@ -189,10 +195,31 @@ pub fn read_snapshot(r: &mut impl Read) -> io::Result<Vec<u8>> {
 /// Pulls one snapshot from the member whose gossip address is `seed` (its
 /// TCP listener is on the same address).
 pub fn fetch_snapshot(seed: SocketAddr) -> io::Result<Vec<u8>> {
-    let mut s = TcpStream::connect_timeout(&seed, SYNC_IO_TIMEOUT)?;
+    let s = TcpStream::connect_timeout(&seed, SYNC_IO_TIMEOUT)?;
     s.set_read_timeout(Some(SYNC_IO_TIMEOUT))?;
     s.set_write_timeout(Some(SYNC_IO_TIMEOUT))?;
-    read_snapshot(&mut s)
+    read_snapshot(&mut Deadline {
+        inner: s,
+        until: Instant::now() + SYNC_DEADLINE,
+    })
+}
+
+/// A reader that fails once its deadline has passed.
+struct Deadline<R> {
+    inner: R,
+    until: Instant,
+}
+
+impl<R: Read> Read for Deadline<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if Instant::now() >= self.until {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "state snapshot too slow",
+            ));
+        }
+        self.inner.read(buf)
+    }
 }
 
 /// Pulls `seed`'s snapshot on its own thread, with bounded retries and
@@ -328,6 +355,7 @@ pub fn spawn_with_hook<D: DataplaneApi + 'static>(
         listener,
         tx: tx.clone(),
         seed: None,
+        serving: Arc::default(),
     };
     let thread = std::thread::Builder::new()
         .name("vxnet-gossip".into())
@@ -353,6 +381,8 @@ struct Driver<D> {
     tx: Sender<Msg>,
     /// Who we joined through: where we resync from.
     seed: Option<SocketAddr>,
+    /// Snapshot writes in flight.
+    serving: Arc<AtomicUsize>,
 }
 
 impl<D: DataplaneApi> Driver<D> {
@@ -476,6 +506,10 @@ impl<D: DataplaneApi> Driver<D> {
                     return;
                 }
             };
+            if self.serving.load(Ordering::Acquire) >= MAX_SERVING {
+                tracing::debug!(peer = %from, "too many state syncs in flight: closed");
+                continue;
+            }
             let snap = match self.m.state_snapshot() {
                 Ok(s) => s,
                 Err(e) => {
@@ -483,7 +517,9 @@ impl<D: DataplaneApi> Driver<D> {
                     return;
                 }
             };
-            let _ = std::thread::Builder::new()
+            let serving = Arc::clone(&self.serving);
+            serving.fetch_add(1, Ordering::AcqRel);
+            let spawned = std::thread::Builder::new()
                 .name("vxnet-gossip-serve".into())
                 .spawn(move || {
                     let r = s
@@ -493,7 +529,11 @@ impl<D: DataplaneApi> Driver<D> {
                     if let Err(e) = r {
                         tracing::debug!(peer = %from, error = %e, "state snapshot not sent");
                     }
+                    serving.fetch_sub(1, Ordering::AcqRel);
                 });
+            if spawned.is_err() {
+                self.serving.fetch_sub(1, Ordering::AcqRel);
+            }
         }
     }
 
@@ -1004,6 +1044,13 @@ mod tests {
         let short = [0u8, 0, 0, 9, 1, 2];
         assert!(read_snapshot(&mut &short[..]).is_err());
         assert!(write_snapshot(&mut Vec::new(), &vec![0; MAX_SNAPSHOT + 1]).is_err());
+        // A pull past its deadline stops even when bytes keep coming.
+        let mut late = Deadline {
+            inner: &out[..],
+            until: Instant::now(),
+        };
+        let e = read_snapshot(&mut late).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
     }
 
     #[test]
