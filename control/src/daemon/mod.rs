@@ -280,8 +280,19 @@ where
 
     /// Where a joining node's gossip starts: its manager's gossip port.
     pub fn gossip_seed(&self) -> Option<SocketAddr> {
-        let m = self.mgmt_state()?.manager?;
-        Some(SocketAddr::new(m.ip(), self::gossip::GOSSIP_PORT))
+        let state = self.mgmt_state()?;
+        if let Some(m) = state.manager {
+            return Some(SocketAddr::new(m.ip(), self::gossip::GOSSIP_PORT));
+        }
+        // The manager itself: any other node it knows, so that a manager
+        // that comes back pulls the swarm's state (and rejoins) too.
+        let g = self.lock();
+        let me = g.local_node().ok()?;
+        cluster::list_nodes(&g.store, None)
+            .ok()?
+            .into_iter()
+            .find(|n| n.id != me)
+            .map(|n| SocketAddr::new(n.advertise_addr, self::gossip::GOSSIP_PORT))
     }
 
     /// This node's gossip identity and the cluster's keyring, once the

@@ -753,6 +753,18 @@ fn worker_joins_and_gets_addresses_from_the_manager() {
     assert!(msg.contains("joined a swarm as a worker"), "{msg}");
     assert_eq!(m.d.nodes().unwrap().len(), 2);
     assert!(w.d.gossip_seed().is_some_and(|s| s.port() == 7946));
+    // The manager seeds from the worker it now knows (for when it returns).
+    let me = m.d.mgmt_state().unwrap().identity.node_id;
+    let worker =
+        m.d.nodes()
+            .unwrap()
+            .into_iter()
+            .find(|n| n.id != me)
+            .unwrap();
+    assert_eq!(
+        m.d.gossip_seed(),
+        Some(SocketAddr::new(worker.advertise_addr, 7946))
+    );
     // A worker does not manage the swarm.
     let e = w.err(CtlRequest::NodeLs);
     assert!(e.contains("not a swarm manager"), "{e}");
