@@ -887,19 +887,24 @@ mod tests {
         assert!(apply_keys(&mut late, &[]).is_err());
     }
 
-    fn start(i: u8) -> (GossipHandle, Recorder, SocketAddr) {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let addr = sock.local_addr().unwrap();
+    /// Member `i` on `port` under the drivers' shared test key.
+    fn member(i: u8, port: u16) -> Membership {
         let key = GossipKey {
             id: KeyId(1),
             secret: [9; 32],
         };
-        let m = Membership::new(
-            ident(i, addr.port()),
+        Membership::new(
+            ident(i, port),
             GossipConfig::default(),
             Keyring::with_primary(key),
             [i; 32],
-        );
+        )
+    }
+
+    fn start(i: u8) -> (GossipHandle, Recorder, SocketAddr) {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = sock.local_addr().unwrap();
+        let m = member(i, addr.port());
         let rec = Recorder::default();
         (spawn(sock, m, rec.clone(), vni_of()).unwrap(), rec, addr)
     }
@@ -957,15 +962,7 @@ mod tests {
             mac: [2, 0x42, 10, 0, 1, 7],
         }));
         // A fresh member under the same key merges what the driver serves.
-        let mut fresh = Membership::new(
-            ident(3, 1),
-            GossipConfig::default(),
-            Keyring::with_primary(GossipKey {
-                id: KeyId(1),
-                secret: [9; 32],
-            }),
-            [3; 32],
-        );
+        let mut fresh = member(3, 1);
         let learned = wait_for(Duration::from_secs(10), || {
             let Ok(snap) = fetch_snapshot(addr_a) else {
                 return false;
@@ -994,15 +991,7 @@ mod tests {
         }));
         // Give the announce time to land before b exists (polled through a
         // snapshot rather than slept on).
-        let mut probe = Membership::new(
-            ident(3, 1),
-            GossipConfig::default(),
-            Keyring::with_primary(GossipKey {
-                id: KeyId(1),
-                secret: [9; 32],
-            }),
-            [3; 32],
-        );
+        let mut probe = member(3, 1);
         assert!(wait_for(Duration::from_secs(5), || {
             fetch_snapshot(addr_a).is_ok_and(|s| probe.merge_snapshot(&s, Instant::now()).is_ok())
                 && !probe.endpoints().is_empty()
