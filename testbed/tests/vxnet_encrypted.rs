@@ -320,6 +320,33 @@ fn kernel_drops(tb: &vxnet_testbed::Testbed, namespaces: &[&str]) -> u64 {
     total
 }
 
+/// Runs iperf3 from c1 to c2 with `args` for `secs` while `rotations`
+/// rotations are forced; returns its output, whether it was still running
+/// when the last rotation completed, and the generation reached.
+fn iperf_during_rotations(
+    tb: &vxnet_testbed::Testbed,
+    p: &vxnet_testbed::scenario::VxnetPair,
+    (v1, v2): (&str, &str),
+    rotations: u32,
+    secs: u32,
+    args: &[&str],
+) -> anyhow::Result<(vxnet_testbed::process::CmdOutput, bool, u32)> {
+    let b4 = p.ep2.v4().unwrap_or_default();
+    let server = tb.iperf_server(&p.c2.ns, b4)?;
+    let (out, generation) = std::thread::scope(|s| {
+        let client = s.spawn(|| tb.iperf_client(&p.c1.ns, b4, secs, args));
+        let rotated = wait_traffic(&p.dp1, 500).and_then(|()| rotate(p, v1, v2, rotations));
+        let still_running = !client.is_finished();
+        let out = client
+            .join()
+            .map_err(|_| anyhow::anyhow!("iperf3 thread panicked"));
+        (out.and_then(|o| o).map(|o| (o, still_running)), rotated)
+    });
+    drop(server);
+    let (out, still_running) = out?;
+    Ok((out, still_running, generation?))
+}
+
 /// Polls until `dp`'s `encrypted` counter has grown by `n`: traffic flows.
 fn wait_traffic(dp: &vxnet_testbed::Dataplane, n: u64) -> anyhow::Result<()> {
     let start = counter(&dp.stats()?, "encrypted");
@@ -363,20 +390,14 @@ fn rotations_lose_nothing_and_never_stall() -> anyhow::Result<()> {
 
     // UDP at a modest steady rate, long enough to cover the rotations.
     let udp_secs = 20;
-    let server = tb.iperf_server(&p.c2.ns, b4)?;
-    let (udp, g_udp) = std::thread::scope(|s| {
-        let client =
-            s.spawn(|| tb.iperf_client(&p.c1.ns, b4, udp_secs, &["-u", "-b", "20M", "-l", "1200"]));
-        let rotated = wait_traffic(&p.dp1, 500).and_then(|()| rotate(&p, &v1, &v2, rotations));
-        let still_running = !client.is_finished();
-        let out = client
-            .join()
-            .map_err(|_| anyhow::anyhow!("iperf3 thread panicked"));
-        (out.and_then(|o| o).map(|o| (o, still_running)), rotated)
-    });
-    drop(server);
-    let (udp, still_running) = udp?;
-    let g_udp = g_udp?;
+    let (udp, still_running, g_udp) = iperf_during_rotations(
+        &tb,
+        &p,
+        (&v1, &v2),
+        rotations,
+        udp_secs,
+        &["-u", "-b", "20M", "-l", "1200"],
+    )?;
     assert!(
         still_running,
         "rotations outlasted the UDP run; raise its duration"
@@ -414,20 +435,14 @@ fn rotations_lose_nothing_and_never_stall() -> anyhow::Result<()> {
 
     // TCP across 20 more rotations: every 0.5 s interval moves bytes.
     let tcp_secs = 20;
-    let server = tb.iperf_server(&p.c2.ns, b4)?;
-    let (tcp, g_tcp) = std::thread::scope(|s| {
-        let client =
-            s.spawn(|| tb.iperf_client(&p.c1.ns, b4, tcp_secs, &["-i", "0.5", "-b", "200M"]));
-        let rotated = wait_traffic(&p.dp1, 500).and_then(|()| rotate(&p, &v1, &v2, rotations));
-        let still_running = !client.is_finished();
-        let out = client
-            .join()
-            .map_err(|_| anyhow::anyhow!("iperf3 thread panicked"));
-        (out.and_then(|o| o).map(|o| (o, still_running)), rotated)
-    });
-    drop(server);
-    let (tcp, still_running) = tcp?;
-    let g_tcp = g_tcp?;
+    let (tcp, still_running, g_tcp) = iperf_during_rotations(
+        &tb,
+        &p,
+        (&v1, &v2),
+        rotations,
+        tcp_secs,
+        &["-i", "0.5", "-b", "200M"],
+    )?;
     assert!(
         still_running,
         "rotations outlasted the TCP run; raise its duration"
