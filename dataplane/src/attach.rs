@@ -11,6 +11,7 @@
 use crate::api::{AttachRequest, AttachTarget, IpNet};
 use crate::sys::netns;
 use crate::sys::tap::Tap;
+use crate::sys::udp;
 use std::net::IpAddr;
 use std::sync::Arc;
 use vxnet_proto::fdb::PortId;
@@ -31,11 +32,22 @@ pub struct Plan {
     pub mtu: u32,
     pub gateways: Vec<IpAddr>,
     pub ifname: String,
+    /// TCP segments per TSO frame the container's kernel may hand over: as
+    /// many as one UDP GSO send carries, so a frame read from the TAP leaves
+    /// in one send and arrives as one GRO buffer instead of a full send and
+    /// a runt of two or three segments.
+    pub gso_max_segs: usize,
 }
 
 impl Plan {
     /// Checks everything that can be checked without touching the system.
-    pub fn validate(req: &AttachRequest, default_mtu: u32) -> Result<Plan, String> {
+    /// `wire_overhead` is what the network adds to each inner packet of MTU
+    /// size on the wire (Ethernet, VXLAN and, when encrypted, ESP).
+    pub fn validate(
+        req: &AttachRequest,
+        default_mtu: u32,
+        wire_overhead: u32,
+    ) -> Result<Plan, String> {
         let Some(first) = req.ips.first() else {
             return Err("an endpoint needs at least one address (--ip ADDR/PLEN)".into());
         };
@@ -108,6 +120,7 @@ impl Plan {
             mtu,
             gateways: req.gateways.clone(),
             ifname,
+            gso_max_segs: udp::segments_per_send((mtu + wire_overhead) as usize),
         })
     }
 }
@@ -165,6 +178,12 @@ fn configure(plan: &Plan) -> Result<(), String> {
         } else {
             netns::ip(&["addr", "add", &addr, "dev", dev])?;
         }
+    }
+    // Only an optimisation, and older iproute2 lacks the keyword: the
+    // endpoint works without it.
+    let segs = plan.gso_max_segs.to_string();
+    if let Err(e) = netns::ip(&["link", "set", "dev", dev, "gso_max_segs", &segs]) {
+        tracing::warn!(dev, error = %e, "cannot limit TSO frames to one UDP GSO send");
     }
     netns::ip(&["link", "set", "dev", dev, "up"])?;
     for gw in &plan.gateways {
@@ -275,10 +294,23 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let p = Plan::validate(&req(&["10.0.0.2/24"]), 1450).unwrap();
+        let p = Plan::validate(&req(&["10.0.0.2/24"]), 1450, 22).unwrap();
         assert_eq!(p.mtu, 1450);
         assert_eq!(p.ifname, "eth0");
         assert_eq!(p.mac.to_string(), "02:42:0a:00:00:02");
+        // 1472-byte datagrams: 44 fill a send (64,768 bytes), 45 do not.
+        assert_eq!(p.gso_max_segs, 44);
+    }
+
+    #[test]
+    fn tso_frames_fit_one_send() {
+        let jumbo = AttachRequest {
+            mtu: Some(8950),
+            ..req(&["10.0.0.2/24"])
+        };
+        assert_eq!(Plan::validate(&jumbo, 1450, 22).unwrap().gso_max_segs, 7);
+        let encrypted = Plan::validate(&req(&["10.0.0.2/24"]), 1408, 64).unwrap();
+        assert_eq!(encrypted.gso_max_segs, 44);
     }
 
     #[test]
@@ -330,14 +362,14 @@ mod tests {
             ),
         ];
         for (r, word) in cases {
-            let e = Plan::validate(&r, 1450).unwrap_err();
+            let e = Plan::validate(&r, 1450, 22).unwrap_err();
             assert!(e.contains(word), "'{e}' should mention '{word}'");
         }
         let ok = AttachRequest {
             gateways: vec!["10.0.0.1".parse().unwrap(), "fd00::1".parse().unwrap()],
             ..req(&["10.0.0.2/24", "fd00::2/64"])
         };
-        assert!(Plan::validate(&ok, 1450).is_ok());
+        assert!(Plan::validate(&ok, 1450, 22).is_ok());
     }
 
     #[test]

@@ -46,6 +46,17 @@ pub struct Config {
 /// are multiples of 4) and ICV (16). 1450 - 42 = 1408.
 pub const ESP_OVERHEAD: u32 = 42;
 
+/// Bytes each inner packet gains on the wire as UDP payload: its Ethernet
+/// header, the VXLAN header and, on an encrypted network, ESP.
+fn wire_overhead(encrypted: bool) -> u32 {
+    let plain = 14 + vxnet_proto::wire::vxlan::HEADER_LEN as u32;
+    if encrypted {
+        plain + ESP_OVERHEAD
+    } else {
+        plain
+    }
+}
+
 /// One attached endpoint.
 struct Endpoint {
     info: EndpointInfo,
@@ -211,7 +222,11 @@ impl Dataplane {
 
     fn attach(&self, req: AttachRequest) -> Result<EndpointInfo, String> {
         let mut st = self.lock();
-        let plan = attach::Plan::validate(&req, self.default_mtu(&st.fdb, req.vni))?;
+        let plan = attach::Plan::validate(
+            &req,
+            self.default_mtu(&st.fdb, req.vni),
+            wire_overhead(st.fdb.is_encrypted(req.vni)),
+        )?;
         let ips: Vec<IpAddr> = plan.ips.iter().map(|n| n.addr).collect();
         match &req.target {
             AttachTarget::Netns(ns) => {

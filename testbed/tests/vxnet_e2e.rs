@@ -33,9 +33,11 @@ fn two_hosts_ping_tcp_mtu() -> anyhow::Result<()> {
     tb.ping_ok(a, b6, 3, None)?;
     tb.ping_ok(b, a6, 3, None)?;
     // The dataplane made eth0 with the requested MTU and MAC.
-    let link = tb.exec_ok(a, &["ip", "-o", "link", "show", "eth0"])?;
+    let link = tb.exec_ok(a, &["ip", "-d", "-o", "link", "show", "eth0"])?;
     assert!(link.stdout.contains("mtu 1450"), "{}", link.stdout);
     assert!(link.stdout.contains(&p.ep1.mac), "{}", link.stdout);
+    // TSO frames sized to leave in one UDP GSO send (44 x 1472 bytes).
+    assert!(link.stdout.contains("gso_max_segs 44 "), "{}", link.stdout);
     // 1422 + 8 (ICMP) + 20 (IPv4) = 1450 = the container MTU, DF set.
     tb.ping_ok(a, b4, 3, Some(1422))?;
     tb.ping_ok(b, a4, 3, Some(1422))?;
@@ -44,10 +46,15 @@ fn two_hosts_ping_tcp_mtu() -> anyhow::Result<()> {
     assert!(t.received_bytes > MIN_IPERF_BYTES, "c1->c2 {t:?}");
     let t = tb.iperf(a, a4, b, 3, false)?;
     assert!(t.received_bytes > MIN_IPERF_BYTES, "c2->c1 {t:?}");
-    // The traffic went through the dataplanes, not around them.
-    let s = p.dp1.stats()?;
-    let total: u64 = s.counters.iter().map(|(_, v)| v).sum();
-    assert!(total > 0, "dataplane counted nothing: {s:?}");
+    // The traffic went through the dataplanes, not around them, and every
+    // TSO frame read from a TAP left in at most one GSO send.
+    for dp in [&p.dp1, &p.dp2] {
+        let s = dp.stats()?;
+        let frames = s.counter("tap_rx_gso_frames").unwrap_or(0);
+        let sends = s.counter("udp_tx_gso_messages").unwrap_or(0);
+        assert!(frames > 100, "few TSO frames from the TAP: {s:?}");
+        assert!(sends <= frames, "a TSO frame took several sends: {s:?}");
+    }
     Ok(())
 }
 

@@ -44,6 +44,11 @@ pub const MAX_GSO_SEGMENTS: usize = 64;
 /// Largest UDP payload of one IPv4 datagram; a GSO send is one datagram for
 /// the stack until it is segmented, so its total payload is bounded too.
 pub const MAX_GSO_BYTES: usize = 65_507;
+/// How many `datagram`-byte datagrams one GSO send can carry.
+pub fn segments_per_send(datagram: usize) -> usize {
+    (MAX_GSO_BYTES / datagram.max(1)).clamp(1, MAX_GSO_SEGMENTS)
+}
+
 /// Messages per `sendmmsg` call at most (the kernel caps it at 1024).
 pub const TX_SLOTS: usize = 256;
 /// Socket buffer size we ask for (8 MiB): a burst of 64 KB GRO buffers
@@ -394,11 +399,7 @@ impl UdpIo {
             self.push_entry(dst, Piece { msg, off: 0, len }, 0);
             return;
         }
-        let per_entry = if self.gso {
-            (MAX_GSO_BYTES / seg).clamp(1, MAX_GSO_SEGMENTS)
-        } else {
-            1
-        };
+        let per_entry = if self.gso { segments_per_send(seg) } else { 1 };
         let cap = per_entry * seg;
         let mut off = 0;
         while off < len {
