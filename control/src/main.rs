@@ -34,11 +34,11 @@ use std::net::UdpSocket;
 use vxnet_control::daemon::api::CtlRequest;
 use vxnet_control::daemon::api::{DEFAULT_SOCKET, DEFAULT_STATE_DIR};
 use vxnet_control::daemon::dataplane::SocketDataplane;
-use vxnet_control::daemon::gossip::{self, GossipCmd, GossipHandle, MemberHook, VniOf};
+use vxnet_control::daemon::gossip::{self, GossipCmd, GossipHandle};
 use vxnet_control::daemon::host::SystemHost;
 use vxnet_control::daemon::swarm::{DaemonHandler, TokioLink};
 use vxnet_control::daemon::{Config, Daemon};
-use vxnet_control::gossip::{GossipConfig, MemberEvent, Membership};
+use vxnet_control::gossip::{GossipConfig, Membership};
 use vxnet_control::mgmt::{MGMT_PORT, MgmtServer};
 use vxnet_control::model::Role;
 use vxnet_control::store::RedbStore;
@@ -144,6 +144,8 @@ fn run(args: Args) -> Result<(), String> {
         .map_err(|e| format!("cannot create {}: {e}", logs.display()))?;
     let db = args.state_dir.join("state.redb");
     let store = RedbStore::open(&db).map_err(|e| format!("cannot open {}: {e}", db.display()))?;
+    // Shared: the gossip driver reads it without the daemon's lock.
+    let store = Arc::new(store);
     let cfg = Config {
         hostname: args.hostname.unwrap_or_else(hostname),
         advertise_addr: args.advertise_addr,
@@ -375,7 +377,7 @@ struct GossipStarter {
     generation: u32,
 }
 
-type ControlDaemon = Daemon<RedbStore, SocketDataplane, SystemHost>;
+type ControlDaemon = Daemon<Arc<RedbStore>, SocketDataplane, SystemHost>;
 
 impl GossipStarter {
     /// Starts the gossip driver when the swarm exists and it is not
@@ -398,19 +400,7 @@ impl GossipStarter {
                         let mut seed = [0u8; 32];
                         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
                         let m = Membership::new(identity, GossipConfig::default(), keyring, seed);
-                        let vni_daemon = Arc::clone(d);
-                        let vni_of: VniOf = Arc::new(move |id: &str| vni_daemon.network_vni(id));
-                        let hook_daemon = Arc::clone(d);
-                        let hook: MemberHook = Arc::new(move |ev: &MemberEvent| match ev {
-                            MemberEvent::Up(id) => hook_daemon.set_member_status(&id.node_id, true),
-                            MemberEvent::Updated { new, .. } => {
-                                hook_daemon.set_member_status(&new.node_id, true);
-                            }
-                            MemberEvent::Down(id) => {
-                                hook_daemon.set_member_status(&id.node_id, false);
-                            }
-                            _ => {}
-                        });
+                        let (vni_of, hook) = d.gossip_hooks();
                         gossip::spawn_with_hook(
                             sock,
                             m,

@@ -218,18 +218,24 @@ where
     /// keeps the wanted keyring in its own cluster record (so a restart
     /// starts with it) and returns it with the time to the next poll.
     pub fn sync_gossip_keys(&self) -> R<(Vec<StoredGossipKey>, Duration)> {
-        let g = self.lock();
-        if g.is_manager() {
-            return Err("a manager rotates its own keys".into());
-        }
-        let report = g
-            .gossip_status_now()
-            .map(|st| KeyringReport::from(&st))
-            .ok_or_else(|| "gossip is not running".to_owned())?;
-        let v = g.manager_call(METHOD_GOSSIP_KEYS, value(&report)?)?;
+        let (report, target) = {
+            let g = self.lock();
+            if g.is_manager() {
+                return Err("a manager rotates its own keys".into());
+            }
+            let report = g
+                .gossip_status_now()
+                .map(|st| KeyringReport::from(&st))
+                .ok_or_else(|| "gossip is not running".to_owned())?;
+            (report, g.manager_target()?)
+        };
+        // Without the lock: a manager that does not answer must not hold
+        // up the API or the gossip driver for the call's timeout.
+        let v = target.call(METHOD_GOSSIP_KEYS, value(&report)?)?;
         let reply: KeysReply = serde_json::from_value(v)
             .map_err(|e| format!("the manager's answer is not understood: {e}"))?;
         check_keys(&reply.keys)?;
+        let g = self.lock();
         let mut c = cluster::cluster(&g.store).map_err(s)?;
         if c.gossip_keys != reply.keys {
             c.gossip_keys = reply.keys.clone();

@@ -102,6 +102,20 @@ pub(crate) struct Inner<S, D, H> {
     pub(crate) key_acks: self::keys::KeyAcks,
 }
 
+/// This worker's manager and how to reach it (see
+/// [`Inner::manager_target`]).
+pub(crate) struct ManagerTarget {
+    link: Arc<dyn ManagerLink>,
+    manager: SocketAddr,
+    identity: crate::mgmt::NodeIdentity,
+}
+
+impl ManagerTarget {
+    pub(crate) fn call(&self, method: &str, params: serde_json::Value) -> R<serde_json::Value> {
+        self.link.call(self.manager, &self.identity, method, params)
+    }
+}
+
 /// Where the daemon sends its local endpoints' comings and goings.
 pub type Announcer = Box<dyn Fn(GossipCmd) + Send + Sync>;
 
@@ -353,6 +367,58 @@ where
     }
 }
 
+impl<S, D, H> Daemon<S, D, H>
+where
+    S: Store + Clone + Send + Sync + 'static,
+    D: DataplaneApi + Send + 'static,
+    H: Host + Send + 'static,
+{
+    /// What a gossip driver asks of the daemon: the VNI of a network and
+    /// where member events go. Neither waits for the daemon's lock, which
+    /// a worker holds for as long as a call to its manager takes (up to the
+    /// call's timeout when the manager is down): a driver that waited would
+    /// stop answering probes and get this node declared dead exactly when
+    /// failure detection matters. VNIs are read from the store directly
+    /// (reads do not block behind writes); member events are queued to a
+    /// thread of their own, applied in order, which ends with the driver.
+    pub fn gossip_hooks(self: &Arc<Self>) -> (self::gossip::VniOf, self::gossip::MemberHook) {
+        let reader = self.lock().store.clone();
+        let vni_of: self::gossip::VniOf = Arc::new(move |network_id: &str| {
+            reader
+                .get::<Network>(network_id)
+                .ok()
+                .flatten()
+                .and_then(|n| vni(&n).ok())
+        });
+        let (tx, rx) = std::sync::mpsc::channel::<(String, bool)>();
+        let daemon = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("vxnet-members".into())
+            .spawn(move || {
+                for (node, up) in rx {
+                    daemon.set_member_status(&node, up);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the member-status thread; node status will not follow gossip");
+        }
+        let hook: self::gossip::MemberHook = Arc::new(move |ev: &crate::gossip::MemberEvent| {
+            use crate::gossip::MemberEvent;
+            let update = match ev {
+                MemberEvent::Up(id) => Some((id.node_id.clone(), true)),
+                MemberEvent::Updated { new, .. } => Some((new.node_id.clone(), true)),
+                MemberEvent::Down(id) => Some((id.node_id.clone(), false)),
+                _ => None,
+            };
+            if let Some(u) = update {
+                // Only fails once the thread is gone; then nobody listens.
+                let _ = tx.send(u);
+            }
+        });
+        (vni_of, hook)
+    }
+}
+
 impl<S, D, H> Inner<S, D, H>
 where
     S: Store,
@@ -483,6 +549,12 @@ where
 
     /// A call to this worker's manager over the management plane.
     fn manager_call(&self, method: &str, params: serde_json::Value) -> R<serde_json::Value> {
+        self.manager_target()?.call(method, params)
+    }
+
+    /// Everything a call to the manager needs, so that a caller can make
+    /// it after letting go of the daemon's lock.
+    pub(crate) fn manager_target(&self) -> R<ManagerTarget> {
         let st = self
             .store
             .get::<MgmtState>(MgmtState::KEY)
@@ -495,7 +567,11 @@ where
             .link
             .as_ref()
             .ok_or_else(|| "this daemon cannot reach managers".to_owned())?;
-        link.call(manager, &st.identity, method, params)
+        Ok(ManagerTarget {
+            link: Arc::clone(link),
+            manager,
+            identity: st.identity,
+        })
     }
 
     /// The node this daemon runs as; an error before `swarm init`.

@@ -1103,3 +1103,140 @@ fn manager_rotates_gossip_keys_step_by_step_with_node_reports() {
     let st: GossipStatus = f.ok(CtlRequest::GossipStatus);
     assert_eq!(st.key_ids, [1, 2]);
 }
+
+/// A manager that never answers until told to: the call blocks, as a real
+/// one does for its timeout when the manager host is down.
+struct StalledLink {
+    entered: Mutex<std::sync::mpsc::Sender<()>>,
+    release: Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl ManagerLink for StalledLink {
+    fn join(&self, _: SocketAddr, _: &str, _: &JoinParams) -> Result<crate::mgmt::Joined, String> {
+        Err("manager unreachable".into())
+    }
+    fn call(
+        &self,
+        _: SocketAddr,
+        _: &crate::mgmt::NodeIdentity,
+        _: &str,
+        _: serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
+        let _ = self.entered.lock().unwrap().send(());
+        let _ = self.release.lock().unwrap().recv();
+        Err("manager unreachable".into())
+    }
+}
+
+/// Runs `f` on another thread and returns its result if it finishes
+/// within 10 s (a thread stuck behind the daemon's lock never does).
+fn within_10s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(10)).ok()
+}
+
+/// While a worker waits on a manager that does not answer (holding the
+/// daemon's lock for a container request), its gossip driver still gets
+/// network VNIs and can hand over member events; a manager applies the
+/// events it is handed to node status, in order.
+#[test]
+fn gossip_hooks_do_not_wait_for_a_stalled_manager_call() {
+    use crate::gossip::{MemberEvent, NodeIdentity as GossipIdentity};
+
+    let m = fixture();
+    m.init();
+    let net = m.net("over", true);
+    // A worker: its own node record says so, and it knows its manager.
+    let w = fixture();
+    w.init();
+    {
+        let g = w.d.lock();
+        let me = g.local_node().unwrap();
+        let mut node = g.store.get::<Node>(&me).unwrap().unwrap();
+        node.role = Role::Worker;
+        g.store.put(&node).unwrap();
+        let mut st = g.store.get::<MgmtState>(MgmtState::KEY).unwrap().unwrap();
+        st.manager = Some("192.0.2.1:2377".parse().unwrap());
+        g.store.put(&st).unwrap();
+        // Its copy of the network, as an earlier container there left.
+        g.store.put(&net).unwrap();
+    }
+    let (entered_tx, entered) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    w.d.set_manager_link(Arc::new(StalledLink {
+        entered: Mutex::new(entered_tx),
+        release: Mutex::new(release_rx),
+    }));
+    let (vni_of, hook) = w.d.gossip_hooks();
+
+    // `container run` on the worker: the daemon calls the manager with its
+    // lock held.
+    let d = Arc::clone(&w.d);
+    let stalled = std::thread::spawn(move || {
+        d.handle(CtlRequest::ContainerCreate {
+            name: "cw".into(),
+            networks: vec![NetworkRequest {
+                network: "over".into(),
+                ..Default::default()
+            }],
+        })
+    });
+    entered
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the manager call started");
+    let id = net.id.clone();
+    let got = within_10s(move || vni_of(&id));
+    assert_eq!(
+        got,
+        Some(Vni::new(net.vni)),
+        "VNI lookup waited for the lock"
+    );
+    let ident = GossipIdentity {
+        node_id: "other".into(),
+        gossip_addr: "192.0.2.9:7946".parse().unwrap(),
+        data_addr: "192.0.2.9".parse().unwrap(),
+        data_port: 4789,
+        public_key: [0; 32],
+        generation: 1,
+    };
+    let h = hook.clone();
+    let ev = MemberEvent::Down(ident.clone());
+    assert!(
+        within_10s(move || h(&ev)).is_some(),
+        "the member hook waited for the lock"
+    );
+    release.send(()).unwrap();
+    let r = stalled.join().unwrap();
+    assert!(
+        r.error
+            .as_deref()
+            .is_some_and(|e| e.contains("unreachable")),
+        "{r:?}"
+    );
+
+    // On a manager, queued events reach node status in order.
+    let node = add_worker_node(&m, "host2");
+    let (_, hook) = m.d.gossip_hooks();
+    let status = |id: &str| {
+        m.d.nodes()
+            .unwrap()
+            .into_iter()
+            .find(|n| n.id == id)
+            .map(|n| n.status)
+    };
+    let ident = GossipIdentity {
+        node_id: node.id.clone(),
+        ..ident
+    };
+    hook(&MemberEvent::Down(ident.clone()));
+    hook(&MemberEvent::Up(ident.clone()));
+    hook(&MemberEvent::Down(ident));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while status(&node.id) != Some(NodeStatus::Down) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(status(&node.id), Some(NodeStatus::Down));
+}
