@@ -70,12 +70,16 @@ enum Cmd {
         #[command(flatten)]
         dp: DpArgs,
     },
-    /// Single-stream TCP and RTT for underlay, kernel VXLAN, vxnet plain and encrypted, side by side.
+    /// Single-stream TCP and RTT for underlay, kernel VXLAN, vxnet plain, encrypted and swarm, side by side, in interleaved rounds.
     Bench {
-        /// iperf3 duration per path.
-        #[arg(long, default_value_t = 10)]
+        /// Rounds: each measures every path once, in order; rows report
+        /// the median round and the min-max spread.
+        #[arg(long, default_value_t = 3, value_parser = parse_rounds)]
+        rounds: u32,
+        /// iperf3 duration per path and round.
+        #[arg(long, default_value_t = 5)]
         seconds: u32,
-        /// Pings per path (10 ms apart).
+        /// Pings per path and round (10 ms apart).
         #[arg(long, default_value_t = 50)]
         pings: u32,
         #[arg(long, default_value_t = 1500)]
@@ -133,6 +137,15 @@ impl DpArgs {
             rekey_interval: self.rekey_interval.clone(),
             ..Default::default()
         }
+    }
+}
+
+/// `--rounds`: a count of at least 1.
+fn parse_rounds(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(0) => Err("must be at least 1 (each round measures every path once)".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("not a round count: {e}")),
     }
 }
 
@@ -209,6 +222,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Demo { seconds, dp } => demo(seconds, &dp.options()),
         Cmd::Bench {
+            rounds,
             seconds,
             pings,
             underlay_mtu,
@@ -219,6 +233,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             bench::preflight()?;
             install_signal_handler()?;
             let cfg = BenchConfig {
+                rounds,
                 seconds,
                 ping_count: pings,
                 underlay_mtu,
@@ -453,4 +468,41 @@ fn demo(seconds: u32, opts: &DataplaneOptions) -> Result<ExitCode> {
     set_active(None);
     progress("done");
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bench(args: &[&str]) -> Result<Cmd, clap::Error> {
+        let argv = ["vxnet-testbed", "bench"].iter().chain(args);
+        Cli::try_parse_from(argv).map(|c| c.cmd)
+    }
+
+    #[test]
+    fn bench_defaults_to_three_rounds_of_five_seconds() {
+        let Ok(Cmd::Bench {
+            rounds, seconds, ..
+        }) = bench(&[])
+        else {
+            panic!("bench did not parse");
+        };
+        assert_eq!((rounds, seconds), (3, 5));
+        let Ok(Cmd::Bench {
+            rounds, seconds, ..
+        }) = bench(&["--rounds", "1", "--seconds", "2"])
+        else {
+            panic!("bench did not parse");
+        };
+        assert_eq!((rounds, seconds), (1, 2));
+    }
+
+    #[test]
+    fn bench_refuses_zero_rounds() {
+        let e = bench(&["--rounds", "0"]).err().map(|e| e.to_string());
+        let e = e.unwrap_or_default();
+        assert!(e.contains("--rounds") && e.contains("at least 1"), "{e}");
+        let e = bench(&["--rounds", "x"]).err().map(|e| e.to_string());
+        assert!(e.unwrap_or_default().contains("not a round count"));
+    }
 }

@@ -1,5 +1,6 @@
-//! The `vxnet-testbed` binary: the benchmark produces rows for the paths that
-//! need no dataplane, and SIGTERM in the middle of a run tears it all down.
+//! The `vxnet-testbed` binary: the benchmark produces rows (with a Gbit/s
+//! per round) for the paths that need no dataplane, and SIGTERM in the
+//! middle of a run tears it all down.
 
 mod common;
 
@@ -22,6 +23,8 @@ fn bench_json_has_measured_rows() -> anyhow::Result<()> {
         &[
             BIN,
             "bench",
+            "--rounds",
+            "2",
             "--seconds",
             "1",
             "--pings",
@@ -36,6 +39,7 @@ fn bench_json_has_measured_rows() -> anyhow::Result<()> {
     .check()?;
     let v: serde_json::Value = serde_json::from_str(&out.stdout)?;
     assert!(v["machine"]["nproc"].as_u64().unwrap_or(0) >= 1, "{v}");
+    assert_eq!(v["rounds"], 2, "{v}");
     let rows = v["rows"].as_array().cloned().unwrap_or_default();
     assert_eq!(rows.len(), 2, "{v}");
     for (row, path) in rows.iter().zip(["underlay", "kernel-vxlan"]) {
@@ -43,6 +47,12 @@ fn bench_json_has_measured_rows() -> anyhow::Result<()> {
         assert!(row["error"].is_null(), "{row}");
         assert!(
             row["tcp"]["received_bytes"].as_u64().unwrap_or(0) > 0,
+            "{row}"
+        );
+        let rounds = row["rounds_gbit"].as_array().cloned().unwrap_or_default();
+        assert_eq!(rounds.len(), 2, "{row}");
+        assert!(
+            rounds.iter().all(|g| g.as_f64().unwrap_or(0.0) > 0.0),
             "{row}"
         );
         assert!(row["rtt_avg_ms"].as_f64().unwrap_or(0.0) > 0.0, "{row}");
@@ -158,6 +168,8 @@ fn bench_swarm_row_is_measured() -> anyhow::Result<()> {
         &[
             BIN,
             "bench",
+            "--rounds",
+            "1",
             "--seconds",
             "1",
             "--pings",
