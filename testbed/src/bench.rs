@@ -9,11 +9,12 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::ValueEnum;
 use serde::Serialize;
 
-use crate::measure::{IperfResult, PingResult};
+use crate::cpu::{CpuSample, CpuUse};
+use crate::measure::{IperfResult, PingResult, parse_iperf};
 use crate::process;
 use crate::scenario::{DEMO_VNI, ENCRYPTED_VNI, VXLAN_PORT};
 use crate::topology::{Testbed, TestbedConfig};
@@ -82,6 +83,8 @@ pub struct Machine {
 pub struct Sample {
     pub tcp: IperfResult,
     pub ping: PingResult,
+    /// Machine-wide CPU use while iperf3 ran.
+    pub cpu: CpuUse,
 }
 
 /// A round in which a path could not be measured.
@@ -106,6 +109,12 @@ pub struct BenchRow {
     pub rtt_avg_ms: Option<f64>,
     pub rtt_p99_ms: Option<f64>,
     pub rtt_mdev_ms: Option<f64>,
+    /// The median round's machine-wide CPU use while iperf3 ran: what the
+    /// path costs, all of it (TCP stacks, iperf3, dataplanes or kernel
+    /// VXLAN, softirqs) on this one machine.
+    pub cpu: Option<CpuUse>,
+    /// The median round's CPU-seconds per gigabyte received.
+    pub cpu_s_per_gb: Option<f64>,
     /// Receiver Gbit/s of every round, in round order; `None` (JSON `null`)
     /// where the round failed, so index `i` is round `i + 1`.
     pub rounds_gbit: Vec<Option<f64>>,
@@ -132,6 +141,8 @@ impl BenchRow {
             rtt_avg_ms: None,
             rtt_p99_ms: None,
             rtt_mdev_ms: None,
+            cpu: None,
+            cpu_s_per_gb: None,
             rounds_gbit,
             round_errors: Vec::new(),
             error: None,
@@ -143,6 +154,8 @@ impl BenchRow {
                     row.rtt_avg_ms = s.ping.avg_ms();
                     row.rtt_p99_ms = s.ping.p99_ms();
                     row.rtt_mdev_ms = s.ping.mdev_ms();
+                    row.cpu_s_per_gb = s.cpu.seconds_per_gb(s.tcp.received_bytes);
+                    row.cpu = Some(s.cpu);
                     row.tcp = Some(s.tcp);
                     row.ping = Some(s.ping);
                 }
@@ -401,9 +414,7 @@ pub fn run(
                         "round {round}/{n}: measuring {label} ({} s TCP, {} pings)",
                         cfg.seconds, cfg.ping_count
                     ));
-                    run_path(tb, *path, cfg)
-                        .map(|(tcp, ping)| Sample { tcp, ping })
-                        .map_err(|e| format!("{e:#}"))
+                    run_path(tb, *path, cfg).map_err(|e| format!("{e:#}"))
                 }
                 Err(e) => Err(e.clone()),
             };
@@ -444,7 +455,7 @@ fn measure(
     server_ns: &str,
     server_ip: &str,
     cfg: &BenchConfig,
-) -> Result<(IperfResult, PingResult)> {
+) -> Result<Sample> {
     tb.wait_reachable(client_ns, server_ip, Duration::from_secs(10))?;
     let ping = tb.ping(
         client_ns,
@@ -454,11 +465,16 @@ fn measure(
         None,
         false,
     )?;
-    let tcp = tb.iperf(server_ns, server_ip, client_ns, cfg.seconds, false)?;
-    Ok((tcp, ping))
+    let _server = tb.iperf_server(server_ns, server_ip)?;
+    let before = CpuSample::now()?;
+    let out = tb.iperf_client(client_ns, server_ip, cfg.seconds, &[])?;
+    let cpu = before.until(&CpuSample::now()?);
+    let tcp = parse_iperf(&out.stdout)
+        .with_context(|| format!("iperf3 client stderr: {}", out.stderr))?;
+    Ok(Sample { tcp, ping, cpu })
 }
 
-fn run_path(tb: &Testbed, path: Path, cfg: &BenchConfig) -> Result<(IperfResult, PingResult)> {
+fn run_path(tb: &Testbed, path: Path, cfg: &BenchConfig) -> Result<Sample> {
     match path {
         Path::Underlay => {
             let (h1, h2) = (tb.host(1), tb.host(2));
@@ -493,7 +509,7 @@ fn run_path(tb: &Testbed, path: Path, cfg: &BenchConfig) -> Result<(IperfResult,
 
 /// The [`Path::VxnetSwarm`] row: nothing is programmed by hand; the
 /// control daemons place the containers and program both dataplanes.
-fn swarm_path(tb: &Testbed, cfg: &BenchConfig) -> Result<(IperfResult, PingResult)> {
+fn swarm_path(tb: &Testbed, cfg: &BenchConfig) -> Result<Sample> {
     use crate::swarm::vxnet_ctl;
     let mut dps = Vec::new();
     let mut controls = Vec::new();
@@ -624,17 +640,30 @@ pub fn table(r: &BenchReport) -> String {
     );
     let _ = writeln!(
         s,
-        "Gbit/s, retrans, rtt: each path's median round (even count: the lower middle); min-max: Gbit/s over its rounds"
+        "Gbit/s, retrans, rtt, cpu: each path's median round (even count: the lower middle); min-max: Gbit/s over its rounds"
     );
     let _ = writeln!(
         s,
-        "{:<16} {:>9} {:>11} {:>9} {:>12} {:>12} {:>12}",
-        "path", "Gbit/s", "min-max", "retrans", "rtt avg ms", "rtt p99 ms", "rtt mdev ms"
+        "cpu %: busy share of all {} CPUs while iperf3 ran; cpu s/GB: CPU-seconds (every process and softirq) per GB received",
+        m.nproc
+    );
+    let _ = writeln!(
+        s,
+        "{:<16} {:>9} {:>11} {:>9} {:>12} {:>12} {:>12} {:>6} {:>9}",
+        "path",
+        "Gbit/s",
+        "min-max",
+        "retrans",
+        "rtt avg ms",
+        "rtt p99 ms",
+        "rtt mdev ms",
+        "cpu %",
+        "cpu s/GB"
     );
     for row in &r.rows {
         let _ = write!(
             s,
-            "{:<16} {:>9} {:>11} {:>9} {:>12} {:>12} {:>12}",
+            "{:<16} {:>9} {:>11} {:>9} {:>12} {:>12} {:>12} {:>6} {:>9}",
             row.path.label(),
             opt(row.gbit(), 2),
             row.spread()
@@ -645,6 +674,8 @@ pub fn table(r: &BenchReport) -> String {
             opt(row.rtt_avg_ms, 3),
             opt(row.rtt_p99_ms, 3),
             opt(row.rtt_mdev_ms, 3),
+            opt(row.cpu.map(|c| c.busy_percent()), 0),
+            opt(row.cpu_s_per_gb, 2),
         );
         if let Some(e) = &row.error {
             let first = e.lines().next().unwrap_or_default();
@@ -694,12 +725,20 @@ mod tests {
 
     /// A round that measured `gbit` with `retrans` retransmits and one RTT
     /// of `rtt_ms`.
+    /// A one-second round; its CPU use (retrans / 10 CPU-seconds of 10)
+    /// differs per round so the median round's can be told apart.
     fn ok(gbit: f64, retrans: u64, rtt_ms: f64) -> Result<Sample, String> {
         Ok(Sample {
             tcp: IperfResult {
                 bits_per_second: gbit * 1e9,
+                received_bytes: (gbit * 1e9 / 8.0) as u64,
                 retransmits: retrans,
                 ..Default::default()
+            },
+            cpu: CpuUse {
+                busy_s: retrans as f64 / 10.0,
+                total_s: 10.0,
+                steal_s: 0.0,
             },
             ping: PingResult {
                 transmitted: 1,
@@ -762,6 +801,9 @@ mod tests {
         assert!(close(r.gbit(), 4.0), "{r:?}");
         assert_eq!(r.tcp.as_ref().map(|t| t.retransmits), Some(40));
         assert!(close(r.rtt_avg_ms, 0.4), "{r:?}");
+        // 4 CPU-seconds for 0.5 GB.
+        assert!(close(r.cpu_s_per_gb, 8.0), "{r:?}");
+        assert!(close(r.cpu.map(|c| c.busy_percent()), 40.0), "{r:?}");
         assert_eq!(r.ping.as_ref().map(|p| p.rtts_ms.clone()), Some(vec![0.4]));
         assert_eq!(r.rounds_gbit, vec![Some(5.0), Some(3.0), Some(4.0)]);
         assert_eq!(r.spread(), Some((3.0, 5.0)));
@@ -840,6 +882,8 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("0.021"), "{t}");
+        // 0.3 CPU-seconds for 3.19 GB; 3% of the CPUs.
+        assert!(t.contains("cpu s/GB") && t.contains(" 0.09"), "{t}");
         assert!(
             t.contains("vxnet-plain") && t.contains("error: no dataplane"),
             "{t}"
@@ -851,6 +895,9 @@ mod tests {
         assert_eq!(j["rows"][0]["path"], "underlay");
         assert_eq!(j["rows"][1]["path"], "vxnet-plain");
         assert_eq!(j["rows"][1]["error"], "no dataplane\nmore");
+        assert!(j["rows"][0]["cpu_s_per_gb"].as_f64().is_some(), "{j}");
+        assert!(j["rows"][0]["cpu"]["busy_s"].as_f64().is_some(), "{j}");
+        assert!(j["rows"][1]["cpu_s_per_gb"].is_null(), "{j}");
     }
 
     #[test]

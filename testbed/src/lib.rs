@@ -23,6 +23,7 @@
 
 pub mod bench;
 pub mod capture;
+pub mod cpu;
 pub mod inject;
 pub mod kernel_vxlan;
 pub mod measure;

@@ -126,6 +126,10 @@ struct DpArgs {
     /// --rekey-interval for the dataplanes (e.g. 30s).
     #[arg(long)]
     rekey_interval: Option<String>,
+    /// Any other `vxnet-dataplane` option, passed as is; repeat for more
+    /// (e.g. `--dataplane-arg=--spin-us=200`).
+    #[arg(long = "dataplane-arg", value_name = "ARG", allow_hyphen_values = true)]
+    dataplane_args: Vec<String>,
 }
 
 impl DpArgs {
@@ -135,6 +139,7 @@ impl DpArgs {
             workers: self.workers,
             allow_key_export: self.allow_key_export,
             rekey_interval: self.rekey_interval.clone(),
+            extra: self.dataplane_args.clone(),
             ..Default::default()
         }
     }

@@ -57,6 +57,13 @@ fn bench_json_has_measured_rows() -> anyhow::Result<()> {
         );
         assert!(row["rtt_avg_ms"].as_f64().unwrap_or(0.0) > 0.0, "{row}");
         assert_eq!(row["ping"]["received"], 5, "{row}");
+        // Moving bytes costs CPU, and no more than all of it.
+        assert!(row["cpu_s_per_gb"].as_f64().unwrap_or(0.0) > 0.0, "{row}");
+        let (busy, total) = (
+            row["cpu"]["busy_s"].as_f64().unwrap_or(0.0),
+            row["cpu"]["total_s"].as_f64().unwrap_or(0.0),
+        );
+        assert!(busy > 0.0 && busy <= total, "{row}");
     }
     Ok(())
 }
