@@ -87,7 +87,7 @@ fn offload_benches(c: &mut Criterion) {
                 co.push(black_box(seg));
             }
             let mut n = 0;
-            co.drain(|item| n += item.len());
+            co.drain(|w| n += w.size());
             black_box(n)
         })
     });

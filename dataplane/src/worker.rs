@@ -11,7 +11,7 @@ use crate::sys::poll::{Poller, Waker};
 use crate::sys::tap::Tap;
 use crate::sys::udp::UdpIo;
 use crossbeam_channel::{Receiver, Sender};
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use vxnet_proto::batch::{RxBatch, TxBatch};
 use vxnet_proto::engine::{Engine, EngineConfig, Outputs};
 use vxnet_proto::fdb::{Fdb, PortId};
+use vxnet_proto::offload::coalesce::{MAX_PIECES, TapWrite};
 use vxnet_proto::stats::{Counter, Drop, Stats};
 use vxnet_proto::wire::vnet;
 
@@ -423,18 +424,22 @@ impl Worker {
         }
         if self.out.has_tap_output() {
             let ports = &self.ports;
-            self.out.drain_taps(|port, bytes| {
+            let rx = &self.rx;
+            self.out.drain_taps(|port, w| {
                 let Some(Some(tap)) = ports.get(port as usize) else {
                     return stats.dropped(Drop::IoTapWrite);
                 };
-                match tap.write(bytes) {
+                let Some(written) = write_tap(tap, &w, rx) else {
+                    return stats.dropped(Drop::IoBadRef);
+                };
+                match written {
                     Ok(_) => {
                         stats.inc(Counter::TapTxFrames);
                         stats.add(
                             Counter::TapTxBytes,
-                            bytes.len().saturating_sub(vnet::LEN) as u64,
+                            w.size().saturating_sub(vnet::LEN) as u64,
                         );
-                        if bytes.get(1).is_some_and(|t| *t != 0) {
+                        if w.is_gso() {
                             stats.inc(Counter::TapTxGsoFrames);
                         }
                     }
@@ -442,5 +447,28 @@ impl Worker {
                 }
             });
         }
+    }
+}
+
+/// Writes one coalescer write to `tap`: copied frames (TAP-to-TAP, proxy
+/// replies, small ones) with `write`, others with one `writev` of own bytes
+/// and references into `rx`, resolved with bounds checks. `None` when a
+/// reference does not resolve (nothing written).
+fn write_tap(tap: &Tap, w: &TapWrite<'_>, rx: &RxBatch) -> Option<io::Result<usize>> {
+    /// Most writes by reference are one frame left where it was received:
+    /// its vnet header and the frame. Merged TCP items have more pieces.
+    const FEW: usize = 4;
+    if let Some(bytes) = w.as_bytes() {
+        return Some(tap.write(bytes));
+    }
+    let resolve = |r| rx.resolve(r);
+    if w.piece_count() <= FEW {
+        let mut iov = [IoSlice::new(&[]); FEW];
+        let n = w.iovecs(resolve, &mut iov)?;
+        Some(tap.writev(&iov[..n]))
+    } else {
+        let mut iov = [IoSlice::new(&[]); MAX_PIECES];
+        let n = w.iovecs(resolve, &mut iov)?;
+        Some(tap.writev(&iov[..n]))
     }
 }

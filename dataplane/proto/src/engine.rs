@@ -12,7 +12,7 @@ use crate::batch::TxBatch;
 use crate::crypto::CryptoError;
 use crate::crypto::esp::{self, Classified};
 use crate::fdb::{Dest, Fdb, PeerSession, PortId, VniTable};
-use crate::offload::coalesce::Coalescer;
+use crate::offload::coalesce::{Coalescer, TapWrite};
 use crate::offload::segment::segment;
 use crate::stats::{Counter, Drop, Stats};
 use crate::wire::vnet::{self, VnetHdr};
@@ -72,12 +72,12 @@ impl Outputs {
         !self.dirty.is_empty()
     }
 
-    /// Hands every pending TAP write (`vnet header ‖ frame`) to `write`,
-    /// port by port, and empties the queues.
-    pub fn drain_taps(&mut self, mut write: impl FnMut(PortId, &[u8])) {
+    /// Hands every pending TAP write (`vnet header ‖ frame`, in pieces) to
+    /// `write`, port by port, and empties the queues.
+    pub fn drain_taps(&mut self, mut write: impl FnMut(PortId, TapWrite<'_>)) {
         for port in self.dirty.drain(..) {
             if let Some(c) = self.taps.get_mut(port as usize) {
-                c.drain(|bytes| write(port, bytes));
+                c.drain(|w| write(port, w));
             }
         }
     }

@@ -39,9 +39,10 @@ fn udp_frame(src: MacAddr, dst: MacAddr, payload: &[u8]) -> Vec<u8> {
     v
 }
 
+/// TAP writes of the copying path (`from_wire`, `from_tap`): one piece each.
 fn drained(out: &mut Outputs) -> Vec<(PortId, Vec<u8>)> {
     let mut v = Vec::new();
-    out.drain_taps(|p, b| v.push((p, b.to_vec())));
+    out.drain_taps(|p, w| v.push((p, w.as_bytes().expect("copied: one piece").to_vec())));
     v
 }
 
