@@ -2,6 +2,13 @@
 //! engine over whole batches and flushes the results with one `sendmmsg`
 //! and one TAP write per (coalesced) frame.
 //!
+//! Received frames are written to the TAPs straight from the receive
+//! buffers (`writev` of the coalescer's pieces, see `Engine::from_wire_at`).
+//! Invariant: every TAP write of a receive batch is flushed before the next
+//! `recv_batch` refills `rx`; `poll_udp` flushes after each batch and checks
+//! again before receiving. A reference that still fails to resolve is
+//! dropped and counted (`io`/`bad_ref`), never followed.
+//!
 //! Work is handed to a worker only through its command channel (ports added
 //! or removed), never per packet. The forwarding table is published as a
 //! new `Arc<Fdb>` and picked up between batches by comparing a version
@@ -343,6 +350,12 @@ impl Worker {
     fn poll_udp(&mut self) -> bool {
         let mut worked = false;
         for _ in 0..UDP_BUDGET {
+            // TAP writes may refer to `rx`: none may be pending when it is
+            // received into (flushed after each batch below; this is the
+            // guard should another path ever queue some).
+            if self.out.has_tap_output() {
+                self.flush();
+            }
             match self.udp.recv_batch(&mut self.rx) {
                 Ok(0) => break,
                 Ok(n) => {
@@ -355,13 +368,15 @@ impl Worker {
                         if meta.segment != 0 && meta.len > usize::from(meta.segment) {
                             stats.inc(Counter::UdpRxGroBuffers);
                         }
-                        for d in self.rx.datagrams_mut(i) {
+                        for (at, d) in self.rx.datagrams_at_mut(i) {
                             stats.inc(Counter::UdpRxDatagrams);
-                            self.engine.from_wire(meta.src, d, &mut self.out);
+                            self.engine.from_wire_at(meta.src, d, at, &mut self.out);
                         }
                     }
-                    // Hand the batch to the TAPs now, while the coalesced
-                    // frames are still in cache (a batch is up to 2 MB).
+                    // Hand the batch to the TAPs now, while the received
+                    // frames are still in cache (a batch is up to 2 MB), and
+                    // before `rx` is received into again: the writes refer
+                    // to it.
                     self.flush();
                     if n < self.rx.bufs.len() {
                         break;

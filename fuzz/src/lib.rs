@@ -221,25 +221,38 @@ pub fn api_request(data: &[u8]) {
 /// VXLAN, ESP for the encrypted VNI, or a key-rotation control message):
 /// the whole receive path, including SA lookup, the replay check and open
 /// (under `cfg(fuzzing)` the ICV check is skipped so the fuzzer gets past
-/// it). Whatever arrives, B keeps its keys and forwards the next real
-/// packet from A.
+/// it), from a receive buffer as the worker does it, so TAP writes refer to
+/// that buffer and every reference must resolve. Whatever arrives, B keeps
+/// its keys and forwards the next real packet from A.
 pub fn wire_rx(data: &[u8]) {
     use std::net::SocketAddr;
     use std::sync::{Mutex, OnceLock};
+    use vxnet_proto::batch::RxBatch;
     use vxnet_proto::engine::testkit::{self, Host};
-    static WORLD: OnceLock<Mutex<(Host, Host)>> = OnceLock::new();
+    static WORLD: OnceLock<Mutex<(Host, Host, RxBatch)>> = OnceLock::new();
     let world = WORLD.get_or_init(|| {
         let (mut a, mut b) = testkit::encrypted_pair(std::time::Instant::now());
         testkit::handshake(&mut a, &mut b);
-        Mutex::new((a, b))
+        Mutex::new((a, b, RxBatch::new(1, 65_536)))
     });
     let mut guard = world
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let (a, b) = &mut *guard;
-    let mut d = data.to_vec();
-    b.engine
-        .from_wire(SocketAddr::new(a.addr, 4789), &mut d, &mut b.out);
-    b.out.drain_taps(|_, w| assert!(w.size() >= vnet::LEN));
+    let (a, b, rx) = &mut *guard;
+    if data.len() > rx.bufs[0].len() {
+        return;
+    }
+    rx.bufs[0][..data.len()].copy_from_slice(data);
+    rx.meta[0].len = data.len();
+    rx.meta[0].segment = 0;
+    rx.filled = 1;
+    for (at, d) in rx.datagrams_at_mut(0) {
+        b.engine
+            .from_wire_at(SocketAddr::new(a.addr, 4789), d, at, &mut b.out);
+    }
+    b.out.drain_taps(|_, w| {
+        let frame = w.to_vec(|r| rx.resolve(r)).expect("references resolve");
+        assert!(frame.len() >= vnet::LEN);
+    });
     b.out.udp.clear();
 }
