@@ -61,6 +61,17 @@ pub struct Coalescer {
 
 #[derive(Default)]
 struct Item {
+    /// What the item writes.
+    w: Pieces,
+    /// Header for items pushed as they are.
+    hdr: Option<VnetHdr>,
+    /// Merge state for TCP items.
+    tcp: Option<TcpItem>,
+}
+
+/// The bytes of one TAP write: own bytes and references, in order.
+#[derive(Default)]
+struct Pieces {
     /// The bytes the item owns: `vnet header ‖ head frame` (written by
     /// `drain`), where a referenced head keeps only its headers, then any
     /// payload that had to be copied.
@@ -70,10 +81,6 @@ struct Item {
     chunks: Vec<Chunk>,
     /// References among `chunks`.
     refs: usize,
-    /// Header for items pushed as they are.
-    hdr: Option<VnetHdr>,
-    /// Merge state for TCP items.
-    tcp: Option<TcpItem>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -82,8 +89,15 @@ enum Chunk {
     Ref(BufRef),
 }
 
-impl Item {
+impl Pieces {
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.chunks.clear();
+        self.refs = 0;
+    }
+
     /// Appends `buf[start..]` (just written) to the write.
+    #[inline]
     fn own_from(&mut self, start: usize) {
         let end = self.buf.len();
         if let Some(Chunk::Own { end: e, .. }) = self.chunks.last_mut() {
@@ -95,6 +109,7 @@ impl Item {
         self.chunks.push(Chunk::Own { start, end });
     }
 
+    #[inline]
     fn reference(&mut self, r: BufRef) {
         self.chunks.push(Chunk::Ref(r));
         self.refs += 1;
@@ -216,9 +231,7 @@ impl Coalescer {
         }
         let it = &mut self.items[self.len];
         self.len += 1;
-        it.buf.clear();
-        it.chunks.clear();
-        it.refs = 0;
+        it.w.clear();
         it.hdr = None;
         it.tcp = None;
         it
@@ -246,24 +259,29 @@ impl Coalescer {
         // The newest open item of this flow, if any.
         let lo = self.len.saturating_sub(MAX_SCAN);
         for it in self.items[lo..self.len].iter_mut().rev() {
-            let Some(mut t) = it.tcp else { continue };
-            let head = it.buf.get(vnet::LEN..vnet::LEN + t.headers());
+            let Item {
+                w, tcp: Some(t), ..
+            } = it
+            else {
+                continue;
+            };
+            let head = w.buf.get(vnet::LEN..vnet::LEN + t.headers());
             let head = head.unwrap_or(&[]);
             if !t.open || !same_flow(head, &t.ip, frame, &seg.ip) {
                 continue;
             }
-            if seg.mergeable && can_merge(&t, head, frame, &seg) {
+            if seg.mergeable && can_merge(t, head, frame, &seg) {
                 let l4 = seg.ip.l4;
                 let body = l4 + seg.tcp_hl;
                 let payload = &frame[body..seg.ip.end];
                 let hsum = checksum::sum(&frame[l4..body], seg.pseudo);
                 // A bad segment is never merged: it is passed through below.
                 let good = match at {
-                    Some(at) if it.refs < MAX_REFS => {
+                    Some(at) if w.refs < MAX_REFS => {
                         // Verified where it lies; only the location is kept.
                         let good = checksum::finish(checksum::sum(payload, hsum)) == 0;
                         if good {
-                            it.reference(at.span(body, payload.len()));
+                            w.reference(at.span(body, payload.len()));
                         }
                         good
                     }
@@ -271,25 +289,24 @@ impl Coalescer {
                         // Verify while appending: one pass over the payload
                         // instead of a checksum pass and then a copy; a bad
                         // segment is taken back out.
-                        let before = it.buf.len();
-                        let total = checksum::copy_and_sum(&mut it.buf, payload, hsum);
+                        let before = w.buf.len();
+                        let total = checksum::copy_and_sum(&mut w.buf, payload, hsum);
                         let good = checksum::finish(total) == 0;
                         if good {
-                            it.own_from(before);
+                            w.own_from(before);
                         } else {
-                            it.buf.truncate(before);
+                            w.buf.truncate(before);
                         }
                         good
                     }
                 };
                 if !good {
                     t.open = false;
-                    it.tcp = Some(t);
                     return self.pass(&VnetHdr::NONE, frame, at);
                 }
                 // The newest window is the one the receiver should see.
-                let w = vnet::LEN + t.ip.l4 + 14;
-                it.buf[w..w + 2].copy_from_slice(&frame[l4 + 14..l4 + 16]);
+                let win = vnet::LEN + t.ip.l4 + 14;
+                w.buf[win..win + 2].copy_from_slice(&frame[l4 + 14..l4 + 16]);
                 t.count += 1;
                 t.payload += seg.payload;
                 t.next_seq = t.next_seq.wrapping_add(seg.payload as u32);
@@ -300,12 +317,10 @@ impl Coalescer {
                 if seg.payload < t.seg_size {
                     t.open = false;
                 }
-                it.tcp = Some(t);
                 return;
             }
             // Keep the flow's order: nothing may join the older item now.
             t.open = false;
-            it.tcp = Some(t);
             break;
         }
         if !seg.mergeable {
@@ -320,25 +335,25 @@ impl Coalescer {
                 } else {
                     // The headers are copied (drain rewrites them), the
                     // payload stays where it is.
-                    let it = self.slot();
-                    it.buf.resize(vnet::LEN, 0);
-                    it.buf.extend_from_slice(&frame[..body]);
-                    it.own_from(0);
-                    it.reference(at.span(body, seg.ip.end - body));
+                    let w = &mut self.slot().w;
+                    w.buf.resize(vnet::LEN, 0);
+                    w.buf.extend_from_slice(&frame[..body]);
+                    w.own_from(0);
+                    w.reference(at.span(body, seg.ip.end - body));
                     true
                 }
             }
             None => {
                 // Ethernet padding, if any, is dropped: lengths come from
                 // IP. The checksum is summed from the copy, still in L1.
-                let it = self.slot();
-                it.buf.resize(vnet::LEN, 0);
-                it.buf.extend_from_slice(&frame[..seg.ip.end]);
-                if checksum::finish(checksum::sum(&it.buf[vnet::LEN + l4..], seg.pseudo)) != 0 {
+                let w = &mut self.slot().w;
+                w.buf.resize(vnet::LEN, 0);
+                w.buf.extend_from_slice(&frame[..seg.ip.end]);
+                if checksum::finish(checksum::sum(&w.buf[vnet::LEN + l4..], seg.pseudo)) != 0 {
                     self.len -= 1;
                     false
                 } else {
-                    it.own_from(0);
+                    w.own_from(0);
                     true
                 }
             }
@@ -368,15 +383,16 @@ impl Coalescer {
     /// A frame written as it is: by reference when `at` is known.
     fn pass(&mut self, hdr: &VnetHdr, frame: &[u8], at: Option<FrameRef>) {
         let it = self.slot();
-        it.buf.resize(vnet::LEN, 0);
+        let w = &mut it.w;
+        w.buf.resize(vnet::LEN, 0);
         match at {
             Some(at) => {
-                it.own_from(0);
-                it.reference(at.span(0, frame.len()));
+                w.own_from(0);
+                w.reference(at.span(0, frame.len()));
             }
             None => {
-                it.buf.extend_from_slice(frame);
-                it.own_from(0);
+                w.buf.extend_from_slice(frame);
+                w.own_from(0);
             }
         }
         it.hdr = Some(*hdr);
@@ -399,15 +415,15 @@ impl Coalescer {
         for it in &mut self.items[..self.len] {
             let hdr = match it.tcp {
                 Some(t) if t.count > 1 => {
-                    finalize(&t, &mut it.buf[vnet::LEN..vnet::LEN + t.headers()])
+                    finalize(&t, &mut it.w.buf[vnet::LEN..vnet::LEN + t.headers()])
                 }
                 Some(_) => VnetHdr::NONE,
                 None => it.hdr.unwrap_or(VnetHdr::NONE),
             };
-            hdr.emit(&mut it.buf[..vnet::LEN]);
+            hdr.emit(&mut it.w.buf[..vnet::LEN]);
             f(TapWrite {
-                buf: &it.buf,
-                chunks: &it.chunks,
+                buf: &it.w.buf,
+                chunks: &it.w.chunks,
             });
         }
         self.len = 0;
@@ -813,10 +829,10 @@ mod tests {
                 .iter()
                 .map(|i| {
                     (
-                        i.buf.as_ptr(),
-                        i.buf.capacity(),
-                        i.chunks.as_ptr(),
-                        i.chunks.capacity(),
+                        i.w.buf.as_ptr(),
+                        i.w.buf.capacity(),
+                        i.w.chunks.as_ptr(),
+                        i.w.chunks.capacity(),
                     )
                 })
                 .collect()
