@@ -1,16 +1,18 @@
 //! The engine's whole per-packet decision, with throughput in bytes: FDB
 //! lookup among many endpoints, `from_tap` of an MTU-sized frame and of a
 //! 64 KB GSO frame (plain and encrypted), `from_wire` of a plain and of an
-//! ESP datagram.
+//! ESP datagram, and of a GRO buffer of 46 datagrams coalesced into one TAP
+//! write (by reference and by copy).
 use criterion::{BenchmarkId, Criterion, Throughput, black_box, criterion_group, criterion_main};
 use etherparse::PacketBuilder;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
-use vxnet_proto::batch::TxBatch;
+use vxnet_proto::batch::{RxBatch, TxBatch};
 use vxnet_proto::engine::testkit::{self, A, B};
 use vxnet_proto::engine::{Engine, EngineConfig, Outputs};
 use vxnet_proto::fdb::Fdb;
+use vxnet_proto::offload::coalesce::Piece;
 use vxnet_proto::stats::Stats;
 use vxnet_proto::wire::vnet::{self, F_NEEDS_CSUM, GsoType, VnetHdr};
 use vxnet_proto::wire::{MacAddr, checksum};
@@ -132,16 +134,50 @@ fn from_wire(c: &mut Criterion) {
     sender.from_tap(0, &udp_frame(1450), &mut sout);
     let dgram = sout.udp.bytes(&sout.udp.msgs()[0]).to_vec();
     let src = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 4789);
-    let mut buf = dgram.clone();
+    // As the worker does it: the datagram in a receive buffer (copied there
+    // each time, as recvmmsg would), the TAP write referring to it.
+    let mut rx = RxBatch::new(1, dgram.len());
+    rx.meta[0].len = dgram.len();
+    rx.filled = 1;
     g.bench_function("plain_1450B", |b| {
         b.iter(|| {
-            buf.copy_from_slice(&dgram);
-            e.from_wire(src, black_box(&mut buf), &mut out);
-            out.drain_taps(|_, w| {
-                black_box(w);
-            });
+            rx.bufs[0].copy_from_slice(&dgram);
+            for (at, d) in rx.datagrams_at_mut(0) {
+                e.from_wire_at(src, black_box(d), at, &mut out);
+            }
+            drain_resolved(&mut out, &rx)
         })
     });
+    // A GRO buffer of the 46 datagrams of one 64 KB TSO frame: decapsulated
+    // and coalesced into one TAP write, by reference (the worker's path)
+    // and by copy. Draining resolves the references as the worker does.
+    sender.from_tap(0, &gso_frame(), &mut sout);
+    let m = sout.udp.msgs()[1].clone();
+    let mut rx = RxBatch::new(1, m.range.len());
+    rx.bufs[0].copy_from_slice(sout.udp.bytes(&m));
+    rx.meta[0].len = m.range.len();
+    rx.meta[0].segment = m.segment;
+    rx.filled = 1;
+    g.throughput(Throughput::Bytes(64_000));
+    g.bench_function("plain_gro_64KB", |b| {
+        b.iter(|| {
+            for (at, d) in rx.datagrams_at_mut(0) {
+                e.from_wire_at(src, black_box(d), at, &mut out);
+            }
+            drain_resolved(&mut out, &rx)
+        })
+    });
+    g.bench_function("plain_gro_64KB_copy", |b| {
+        b.iter(|| {
+            for d in rx.datagrams_mut(0) {
+                e.from_wire(src, black_box(d), &mut out);
+            }
+            let mut n = 0;
+            out.drain_taps(|_, w| n += w.size());
+            black_box(n)
+        })
+    });
+    g.throughput(Throughput::Bytes(1450));
     // ESP: every iteration opens a fresh packet (new sequence number).
     let (mut a, mut bh) = testkit::encrypted_pair(Instant::now());
     testkit::handshake(&mut a, &mut bh);
@@ -164,6 +200,20 @@ fn from_wire(c: &mut Criterion) {
         })
     });
     g.finish();
+}
+
+/// Drains the TAP writes, resolving each piece as the worker's writev does.
+fn drain_resolved(out: &mut Outputs, rx: &RxBatch) -> usize {
+    let mut n = 0;
+    out.drain_taps(|_, w| {
+        for p in w.pieces() {
+            n += match p {
+                Piece::Bytes(b) => b.len(),
+                Piece::Ref(r) => rx.resolve(r).map_or(0, <[u8]>::len),
+            };
+        }
+    });
+    black_box(n)
 }
 
 criterion_group!(benches, from_tap, from_wire);

@@ -2,6 +2,13 @@
 //! engine over whole batches and flushes the results with one `sendmmsg`
 //! and one TAP write per (coalesced) frame.
 //!
+//! Received frames are written to the TAPs straight from the receive
+//! buffers (`writev` of the coalescer's pieces, see `Engine::from_wire_at`).
+//! Invariant: every TAP write of a receive batch is flushed before the next
+//! `recv_batch` refills `rx`; `poll_udp` flushes after each batch and checks
+//! again before receiving. A reference that still fails to resolve is
+//! dropped and counted (`io`/`bad_ref`), never followed.
+//!
 //! Work is handed to a worker only through its command channel (ports added
 //! or removed), never per packet. The forwarding table is published as a
 //! new `Arc<Fdb>` and picked up between batches by comparing a version
@@ -11,7 +18,7 @@ use crate::sys::poll::{Poller, Waker};
 use crate::sys::tap::Tap;
 use crate::sys::udp::UdpIo;
 use crossbeam_channel::{Receiver, Sender};
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +28,7 @@ use std::time::{Duration, Instant};
 use vxnet_proto::batch::{RxBatch, TxBatch};
 use vxnet_proto::engine::{Engine, EngineConfig, Outputs};
 use vxnet_proto::fdb::{Fdb, PortId};
+use vxnet_proto::offload::coalesce::{MAX_PIECES, TapWrite};
 use vxnet_proto::stats::{Counter, Drop, Stats};
 use vxnet_proto::wire::vnet;
 
@@ -342,6 +350,12 @@ impl Worker {
     fn poll_udp(&mut self) -> bool {
         let mut worked = false;
         for _ in 0..UDP_BUDGET {
+            // TAP writes may refer to `rx`: none may be pending when it is
+            // received into (flushed after each batch below; this is the
+            // guard should another path ever queue some).
+            if self.out.has_tap_output() {
+                self.flush();
+            }
             match self.udp.recv_batch(&mut self.rx) {
                 Ok(0) => break,
                 Ok(n) => {
@@ -354,13 +368,15 @@ impl Worker {
                         if meta.segment != 0 && meta.len > usize::from(meta.segment) {
                             stats.inc(Counter::UdpRxGroBuffers);
                         }
-                        for d in self.rx.datagrams_mut(i) {
+                        for (at, d) in self.rx.datagrams_at_mut(i) {
                             stats.inc(Counter::UdpRxDatagrams);
-                            self.engine.from_wire(meta.src, d, &mut self.out);
+                            self.engine.from_wire_at(meta.src, d, at, &mut self.out);
                         }
                     }
-                    // Hand the batch to the TAPs now, while the coalesced
-                    // frames are still in cache (a batch is up to 2 MB).
+                    // Hand the batch to the TAPs now, while the received
+                    // frames are still in cache (a batch is up to 2 MB), and
+                    // before `rx` is received into again: the writes refer
+                    // to it.
                     self.flush();
                     if n < self.rx.bufs.len() {
                         break;
@@ -423,18 +439,22 @@ impl Worker {
         }
         if self.out.has_tap_output() {
             let ports = &self.ports;
-            self.out.drain_taps(|port, bytes| {
+            let rx = &self.rx;
+            self.out.drain_taps(|port, w| {
                 let Some(Some(tap)) = ports.get(port as usize) else {
                     return stats.dropped(Drop::IoTapWrite);
                 };
-                match tap.write(bytes) {
+                let Some(written) = write_tap(tap, &w, rx) else {
+                    return stats.dropped(Drop::IoBadRef);
+                };
+                match written {
                     Ok(_) => {
                         stats.inc(Counter::TapTxFrames);
                         stats.add(
                             Counter::TapTxBytes,
-                            bytes.len().saturating_sub(vnet::LEN) as u64,
+                            w.size().saturating_sub(vnet::LEN) as u64,
                         );
-                        if bytes.get(1).is_some_and(|t| *t != 0) {
+                        if w.is_gso() {
                             stats.inc(Counter::TapTxGsoFrames);
                         }
                     }
@@ -442,5 +462,28 @@ impl Worker {
                 }
             });
         }
+    }
+}
+
+/// Writes one coalescer write to `tap`: copied frames (TAP-to-TAP, proxy
+/// replies, small ones) with `write`, others with one `writev` of own bytes
+/// and references into `rx`, resolved with bounds checks. `None` when a
+/// reference does not resolve (nothing written).
+fn write_tap(tap: &Tap, w: &TapWrite<'_>, rx: &RxBatch) -> Option<io::Result<usize>> {
+    /// Most writes by reference are one frame left where it was received:
+    /// its vnet header and the frame. Merged TCP items have more pieces.
+    const FEW: usize = 4;
+    if let Some(bytes) = w.as_bytes() {
+        return Some(tap.write(bytes));
+    }
+    let resolve = |r| rx.resolve(r);
+    if w.piece_count() <= FEW {
+        let mut iov = [IoSlice::new(&[]); FEW];
+        let n = w.iovecs(resolve, &mut iov)?;
+        Some(tap.writev(&iov[..n]))
+    } else {
+        let mut iov = [IoSlice::new(&[]); MAX_PIECES];
+        let n = w.iovecs(resolve, &mut iov)?;
+        Some(tap.writev(&iov[..n]))
     }
 }

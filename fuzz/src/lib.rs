@@ -4,7 +4,8 @@
 //!
 //! Each body feeds untrusted bytes to a parser and then checks invariants
 //! that must hold for any input, panicking when one breaks.
-use vxnet_proto::offload::coalesce::Coalescer;
+use vxnet_proto::batch::FrameRef;
+use vxnet_proto::offload::coalesce::{Coalescer, MAX_PIECES};
 use vxnet_proto::offload::segment::{complete_checksum, segment};
 use vxnet_proto::wire::vnet::{self, GsoType, VnetHdr};
 use vxnet_proto::wire::{arp, checksum, nd, vxlan};
@@ -75,28 +76,47 @@ pub fn arp_nd(data: &[u8]) {
 }
 
 /// Several inner frames from one receive batch: `[len: u16 LE][frame]...`;
-/// a length with the top bit set means `push_as_is` with a GSO header.
-/// Returns how many merged (GSO) items came out.
+/// a length with the top bit set means `push_as_is` with no GSO header.
+/// Every other frame goes to two coalescers: one copies it (`push`), the
+/// other refers to it where it lies in `data` (`push_ref`), unless bit 14
+/// of its length is set (then it copies too, so copies and references mix
+/// in one item). Both must hand out the same TAP writes. Returns how many
+/// merged (GSO) items came out.
 pub fn coalesce(data: &[u8]) -> usize {
-    let mut c = Coalescer::new();
+    let mut copied = Coalescer::new();
+    let mut referenced = Coalescer::new();
     let mut frames: Vec<&[u8]> = Vec::new();
     let mut rest = data;
+    let mut off = 0;
     while let [a, b, tail @ ..] = rest {
         let raw = u16::from_le_bytes([*a, *b]);
-        let n = ((raw & 0x7fff) as usize).min(tail.len());
+        let n = ((raw & 0x3fff) as usize).min(tail.len());
         let (frame, next) = tail.split_at(n);
+        off += 2;
         if raw & 0x8000 != 0 {
-            c.push_as_is(&VnetHdr::NONE, frame);
+            copied.push_as_is(&VnetHdr::NONE, frame);
+            referenced.push_as_is(&VnetHdr::NONE, frame);
         } else {
-            c.push(frame);
+            copied.push(frame);
+            if raw & 0x4000 != 0 {
+                referenced.push(frame);
+            } else {
+                let at = FrameRef {
+                    buf: 0,
+                    off: u32::try_from(off).expect("fuzz inputs are small"),
+                };
+                referenced.push_ref(frame, at);
+            }
         }
         frames.push(frame);
+        off += n;
         rest = next;
     }
-    let mut items = 0;
+    let mut writes = Vec::new();
     let mut merged = 0;
-    c.drain(|item| {
-        items += 1;
+    copied.drain(|w| {
+        let item = w.as_bytes().expect("copied items are one piece");
+        writes.push(item.to_vec());
         let hdr = VnetHdr::parse(item).expect("drain writes a vnet header");
         let frame = &item[vnet::LEN..];
         match hdr.gso_type {
@@ -124,8 +144,24 @@ pub fn coalesce(data: &[u8]) -> usize {
             other => panic!("coalescer produced {other:?}"),
         }
     });
-    assert!(items <= frames.len());
-    assert!(c.is_empty());
+    assert!(writes.len() <= frames.len());
+    assert!(copied.is_empty());
+    // The same writes, with references resolved into `data`.
+    let mut k = 0;
+    referenced.drain(|w| {
+        assert!(w.piece_count() <= MAX_PIECES);
+        let item = w
+            .to_vec(|r| {
+                assert_eq!(r.buf, 0);
+                let start = r.off as usize;
+                data.get(start..start + r.len as usize)
+            })
+            .expect("references resolve");
+        assert_eq!(item.len(), w.size());
+        assert_eq!(Some(&item), writes.get(k), "write {k}: references = copies");
+        k += 1;
+    });
+    assert_eq!(k, writes.len());
     merged
 }
 
@@ -173,7 +209,7 @@ pub fn api_request(data: &[u8]) {
     let again: Request = serde_json::from_str(&text).expect("what we print parses");
     assert_eq!(again, req);
     if let Request::Attach(a) = &req {
-        if let Ok(plan) = vxnet_dataplane::attach::Plan::validate(a, 1450) {
+        if let Ok(plan) = vxnet_dataplane::attach::Plan::validate(a, 1450, 22) {
             assert!(!plan.ips.is_empty());
             assert!(!plan.mac.is_multicast());
             assert!((1280..=65_000).contains(&plan.mtu));
@@ -185,26 +221,38 @@ pub fn api_request(data: &[u8]) {
 /// VXLAN, ESP for the encrypted VNI, or a key-rotation control message):
 /// the whole receive path, including SA lookup, the replay check and open
 /// (under `cfg(fuzzing)` the ICV check is skipped so the fuzzer gets past
-/// it). Whatever arrives, B keeps its keys and forwards the next real
-/// packet from A.
+/// it), from a receive buffer as the worker does it, so TAP writes refer to
+/// that buffer and every reference must resolve. Whatever arrives, B keeps
+/// its keys and forwards the next real packet from A.
 pub fn wire_rx(data: &[u8]) {
     use std::net::SocketAddr;
     use std::sync::{Mutex, OnceLock};
+    use vxnet_proto::batch::RxBatch;
     use vxnet_proto::engine::testkit::{self, Host};
-    static WORLD: OnceLock<Mutex<(Host, Host)>> = OnceLock::new();
+    static WORLD: OnceLock<Mutex<(Host, Host, RxBatch)>> = OnceLock::new();
     let world = WORLD.get_or_init(|| {
         let (mut a, mut b) = testkit::encrypted_pair(std::time::Instant::now());
         testkit::handshake(&mut a, &mut b);
-        Mutex::new((a, b))
+        Mutex::new((a, b, RxBatch::new(1, 65_536)))
     });
     let mut guard = world
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let (a, b) = &mut *guard;
-    let mut d = data.to_vec();
-    b.engine
-        .from_wire(SocketAddr::new(a.addr, 4789), &mut d, &mut b.out);
-    b.out
-        .drain_taps(|_, frame| assert!(frame.len() >= vnet::LEN));
+    let (a, b, rx) = &mut *guard;
+    if data.len() > rx.bufs[0].len() {
+        return;
+    }
+    rx.bufs[0][..data.len()].copy_from_slice(data);
+    rx.meta[0].len = data.len();
+    rx.meta[0].segment = 0;
+    rx.filled = 1;
+    for (at, d) in rx.datagrams_at_mut(0) {
+        b.engine
+            .from_wire_at(SocketAddr::new(a.addr, 4789), d, at, &mut b.out);
+    }
+    b.out.drain_taps(|_, w| {
+        let frame = w.to_vec(|r| rx.resolve(r)).expect("references resolve");
+        assert!(frame.len() >= vnet::LEN);
+    });
     b.out.udp.clear();
 }

@@ -6,7 +6,7 @@ mod common;
 use std::net::IpAddr;
 use vxnet_testbed::DataplaneOptions;
 
-use common::{MIN_IPERF_BYTES, dp_opts, root_or_skip, testbed};
+use common::{MIN_IPERF_BYTES, dp_opts, root_or_skip, tcp_transfer_intact, testbed};
 use vxnet_testbed::kernel_vxlan::configure_eth0;
 use vxnet_testbed::scenario::{DEMO_VNI, VXLAN_PORT, numbered_endpoint, overlay_mtu};
 use vxnet_testbed::topology::sh_in;
@@ -54,6 +54,33 @@ fn two_hosts_ping_tcp_mtu() -> anyhow::Result<()> {
         let sends = s.counter("udp_tx_gso_messages").unwrap_or(0);
         assert!(frames > 100, "few TSO frames from the TAP: {s:?}");
         assert!(sends <= frames, "a TSO frame took several sends: {s:?}");
+    }
+    Ok(())
+}
+
+/// The bytes a container receives over TCP are the bytes sent (IPv4 and
+/// IPv6): received frames are written to the TAP straight from the receive
+/// buffers, coalesced, and a wrong reference would go unnoticed by TCP.
+#[test]
+fn tcp_payload_arrives_intact() -> anyhow::Result<()> {
+    if !root_or_skip("tcp_payload_arrives_intact") {
+        return Ok(());
+    }
+    let tb = testbed(2, 1500)?;
+    let p = tb.vxnet_pair(DEMO_VNI, &dp_opts(), ("c1", "c2"))?;
+    let (a, b) = (&p.c1.ns, &p.c2.ns);
+    let b4 = p.ep2.v4().unwrap_or_default();
+    let a6 = p.ep1.v6().unwrap_or_default();
+    tb.ping_ok(a, b4, 1, None)?;
+    tcp_transfer_intact(b, b4, a)?;
+    tcp_transfer_intact(a, a6, b)?;
+    for dp in [&p.dp1, &p.dp2] {
+        let s = dp.stats()?;
+        assert!(
+            s.counter("tap_tx_gso_frames").unwrap_or(0) > 100,
+            "coalesced writes: {s:?}"
+        );
+        assert_eq!(s.drop_count("io", "bad_ref"), Some(0), "{s:?}");
     }
     Ok(())
 }

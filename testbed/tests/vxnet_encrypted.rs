@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{MIN_IPERF_BYTES, dp_opts, root_or_skip, testbed};
+use common::{MIN_IPERF_BYTES, dp_opts, root_or_skip, tcp_transfer_intact, testbed};
 use vxnet_testbed::scenario::ENCRYPTED_VNI;
 use vxnet_testbed::{DataplaneOptions, Stats};
 
@@ -72,6 +72,32 @@ fn encrypted_ping_and_tcp() -> anyhow::Result<()> {
 
 /// (b) tshark on host2's underlay during a ping, decoded with the SAs that
 /// host1 exports: the inner ICMP echo between the containers shows.
+/// Over ESP too, the bytes a container receives over TCP are the bytes
+/// sent: frames are opened in place and written from the receive buffer.
+#[test]
+fn encrypted_tcp_payload_arrives_intact() -> anyhow::Result<()> {
+    if !root_or_skip("encrypted_tcp_payload_arrives_intact") {
+        return Ok(());
+    }
+    let tb = testbed(2, 1500)?;
+    let p = tb.vxnet_encrypted_pair(ENCRYPTED_VNI, &enc_opts(), ("c1", "c2"))?;
+    let (a, b) = (&p.c1.ns, &p.c2.ns);
+    let (a4, b4) = (
+        p.ep1.v4().unwrap_or_default(),
+        p.ep2.v4().unwrap_or_default(),
+    );
+    tb.ping_ok(a, b4, 1, None)?;
+    tcp_transfer_intact(b, b4, a)?;
+    tcp_transfer_intact(a, a4, b)?;
+    for dp in [&p.dp1, &p.dp2] {
+        let s = dp.stats()?;
+        assert!(counter(&s, "decrypted") > 1000, "{s:?}");
+        assert!(counter(&s, "tap_tx_gso_frames") > 100, "{s:?}");
+        assert_eq!(drops(&s, "io", "bad_ref"), 0, "{s:?}");
+    }
+    Ok(())
+}
+
 #[test]
 fn tshark_decodes_with_exported_sa() -> anyhow::Result<()> {
     if !root_or_skip("tshark_decodes_with_exported_sa") {

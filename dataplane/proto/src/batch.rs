@@ -4,6 +4,13 @@
 //! with as few `sendmmsg` calls as the source-port spread allows. Both own
 //! their memory for the lifetime of a worker, so the hot path allocates
 //! nothing once warmed up.
+//!
+//! Received frames are not copied on their way to the TAPs: the engine
+//! learns where each datagram lies ([`FrameRef`]), the coalescer keeps
+//! references ([`BufRef`]) to the payload bytes, and the I/O layer resolves
+//! them with [`RxBatch::resolve`] into the iovecs of one `writev`. That only
+//! holds while the buffers are unchanged: the worker hands every TAP write
+//! of a batch to the kernel before the next `recvmmsg` refills them.
 
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -123,6 +130,47 @@ impl TxBatch {
     }
 }
 
+/// Where a received frame (or datagram) starts: byte `off` of receive
+/// buffer `buf`. Carried through the engine to the coalescer, which turns
+/// it into [`BufRef`]s; opaque to both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameRef {
+    pub buf: u32,
+    pub off: u32,
+}
+
+impl FrameRef {
+    /// The location `n` bytes further in the same buffer. Saturates: a
+    /// location past any buffer fails to resolve instead of wrapping.
+    pub fn advance(self, n: usize) -> FrameRef {
+        FrameRef {
+            buf: self.buf,
+            off: self
+                .off
+                .saturating_add(u32::try_from(n).unwrap_or(u32::MAX)),
+        }
+    }
+
+    /// The `len` bytes that start `at` bytes after this location.
+    pub fn span(self, at: usize, len: usize) -> BufRef {
+        let start = self.advance(at);
+        BufRef {
+            buf: start.buf,
+            off: start.off,
+            len: u32::try_from(len).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+/// `len` bytes at `off` in receive buffer `buf`: a piece of a TAP write
+/// that was left where `recvmmsg` put it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufRef {
+    pub buf: u32,
+    pub off: u32,
+    pub len: u32,
+}
+
 /// Metadata of one received UDP buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RxMeta {
@@ -185,6 +233,41 @@ impl RxBatch {
         };
         buf[..len].chunks_mut(step)
     }
+
+    /// Like [`datagrams_mut`](RxBatch::datagrams_mut), with where each
+    /// datagram starts, for [`Engine::from_wire_at`].
+    ///
+    /// [`Engine::from_wire_at`]: crate::engine::Engine::from_wire_at
+    pub fn datagrams_at_mut(&mut self, i: usize) -> impl Iterator<Item = (FrameRef, &mut [u8])> {
+        let start = FrameRef {
+            buf: u32::try_from(i).unwrap_or(u32::MAX),
+            off: 0,
+        };
+        let step = match self.meta[i].segment {
+            0 => usize::MAX,
+            s => usize::from(s),
+        };
+        self.datagrams_mut(i)
+            .enumerate()
+            .map(move |(k, d)| (start.advance(k.saturating_mul(step)), d))
+    }
+
+    /// The received bytes `r` refers to, if they are within what the last
+    /// receive filled (`None` for a reference that outlived its batch into
+    /// a shorter one, or that is simply wrong: the caller drops the write).
+    pub fn resolve(&self, r: BufRef) -> Option<&[u8]> {
+        let i = usize::try_from(r.buf).ok()?;
+        if i >= self.filled {
+            return None;
+        }
+        let filled = self.meta.get(i)?.len;
+        let start = usize::try_from(r.off).ok()?;
+        let end = start.checked_add(usize::try_from(r.len).ok()?)?;
+        if end > filled {
+            return None;
+        }
+        self.bufs.get(i)?.get(start..end)
+    }
 }
 
 #[cfg(test)]
@@ -233,5 +316,52 @@ mod tests {
         assert_eq!(lens, vec![10, 10, 5]);
         rx.meta[0].segment = 0;
         assert_eq!(rx.datagrams(0).count(), 1);
+    }
+
+    #[test]
+    fn rx_locations_and_resolution() {
+        let mut rx = RxBatch::new(2, 64);
+        rx.bufs[1][..25].copy_from_slice(&[7; 25]);
+        rx.meta[1].len = 25;
+        rx.meta[1].segment = 10;
+        rx.filled = 2;
+        let at: Vec<(FrameRef, usize)> = rx
+            .datagrams_at_mut(1)
+            .map(|(at, d)| (at, d.len()))
+            .collect();
+        let r = |off, len| FrameRef { buf: 1, off }.span(0, len);
+        assert_eq!(
+            at,
+            vec![
+                (FrameRef { buf: 1, off: 0 }, 10),
+                (FrameRef { buf: 1, off: 10 }, 10),
+                (FrameRef { buf: 1, off: 20 }, 5)
+            ]
+        );
+        assert_eq!(rx.resolve(r(20, 5)), Some(&[7u8; 5][..]));
+        assert_eq!(rx.resolve(r(0, 0)), Some(&[][..]));
+        // Past what was received, past the buffer, an overflowing offset,
+        // a buffer the last receive did not fill, a buffer that is not there.
+        assert_eq!(rx.resolve(r(20, 6)), None);
+        assert_eq!(rx.resolve(r(60, 10)), None);
+        assert_eq!(rx.resolve(r(u32::MAX, 2)), None);
+        assert_eq!(
+            rx.resolve(
+                FrameRef {
+                    buf: 1,
+                    off: u32::MAX
+                }
+                .advance(9)
+                .span(0, 1)
+            ),
+            None
+        );
+        rx.filled = 1;
+        assert_eq!(rx.resolve(r(0, 1)), None);
+        rx.filled = 2;
+        assert_eq!(rx.resolve(FrameRef { buf: 5, off: 0 }.span(0, 1)), None);
+        // One datagram per buffer without GRO.
+        rx.meta[1].segment = 0;
+        assert_eq!(rx.datagrams_at_mut(1).count(), 1);
     }
 }

@@ -7,12 +7,17 @@
 //! TAP-bound frames into one [`Coalescer`] per port (one write per
 //! coalesced GSO frame). The caller flushes both after each batch. Nothing
 //! here does I/O, allocates per packet once warmed up, or takes a lock.
+//!
+//! Received frames reach the TAP writes without a copy when the caller says
+//! where the datagram lies in its receive buffers ([`Engine::from_wire_at`]):
+//! the writes then refer to those bytes, and the caller must drain the TAP
+//! output ([`Outputs::drain_taps`]) before it receives into them again.
 
-use crate::batch::TxBatch;
+use crate::batch::{FrameRef, TxBatch};
 use crate::crypto::CryptoError;
 use crate::crypto::esp::{self, Classified};
 use crate::fdb::{Dest, Fdb, PeerSession, PortId, VniTable};
-use crate::offload::coalesce::Coalescer;
+use crate::offload::coalesce::{Coalescer, TapWrite};
 use crate::offload::segment::segment;
 use crate::stats::{Counter, Drop, Stats};
 use crate::wire::vnet::{self, VnetHdr};
@@ -72,12 +77,14 @@ impl Outputs {
         !self.dirty.is_empty()
     }
 
-    /// Hands every pending TAP write (`vnet header ‖ frame`) to `write`,
-    /// port by port, and empties the queues.
-    pub fn drain_taps(&mut self, mut write: impl FnMut(PortId, &[u8])) {
+    /// Hands every pending TAP write (`vnet header ‖ frame`, in pieces) to
+    /// `write`, port by port, and empties the queues. Pieces may refer to
+    /// the receive buffers given to [`Engine::from_wire_at`]: call this
+    /// before those buffers are received into again.
+    pub fn drain_taps(&mut self, mut write: impl FnMut(PortId, TapWrite<'_>)) {
         for port in self.dirty.drain(..) {
             if let Some(c) = self.taps.get_mut(port as usize) {
-                c.drain(|bytes| write(port, bytes));
+                c.drain(|w| write(port, w));
             }
         }
     }
@@ -221,13 +228,38 @@ impl Engine {
 
     /// Handles one datagram received on the data port from `src`: plain
     /// VXLAN, ESP, or a key-rotation control message. ESP is decrypted in
-    /// place, hence `&mut`.
+    /// place, hence `&mut`. Frames for the TAPs are copied out of
+    /// `datagram`; the data path uses [`Engine::from_wire_at`].
     pub fn from_wire(&mut self, src: SocketAddr, datagram: &mut [u8], out: &mut Outputs) {
+        self.wire(src, datagram, None, out);
+    }
+
+    /// [`Engine::from_wire`] for a datagram that lies at `at` in the
+    /// caller's receive buffers: TAP writes refer to its frames there
+    /// instead of copying them. The caller keeps the bytes in place and
+    /// unchanged until it has drained the TAP output.
+    pub fn from_wire_at(
+        &mut self,
+        src: SocketAddr,
+        datagram: &mut [u8],
+        at: FrameRef,
+        out: &mut Outputs,
+    ) {
+        self.wire(src, datagram, Some(at), out);
+    }
+
+    fn wire(
+        &mut self,
+        src: SocketAddr,
+        datagram: &mut [u8],
+        at: Option<FrameRef>,
+        out: &mut Outputs,
+    ) {
         let ctx = &mut self.ctx;
         let fdb = &*self.fdb;
         match esp::classify(datagram) {
             None => ctx.stats.dropped(Drop::WireRunt),
-            Some(Classified::Vxlan) => ctx.decap(fdb, datagram, None, out),
+            Some(Classified::Vxlan) => ctx.decap(fdb, datagram, at, None, out),
             Some(Classified::Control) => ctx.control(fdb, src, datagram, out),
             Some(Classified::Reserved(_)) => ctx.stats.dropped(Drop::WireBadVxlan),
             Some(Classified::Esp(_)) => {
@@ -239,10 +271,13 @@ impl Engine {
                     Ok(o) => {
                         ctx.stats.inc(Counter::Decrypted);
                         // Skip the inner UDP header (RFC 3948 style).
-                        let Some(inner) = datagram.get(o.range.start + 8..o.range.end) else {
+                        let start = o.range.start + 8;
+                        let Some(inner) = datagram.get(start..o.range.end) else {
                             return ctx.stats.dropped(Drop::WireBadEsp);
                         };
-                        ctx.decap(fdb, inner, Some(o.vni), out);
+                        // Opened in place: the plaintext is where it was.
+                        let at = at.map(|a| a.advance(start));
+                        ctx.decap(fdb, inner, at, Some(o.vni), out);
                     }
                     Err(e) => ctx.stats.dropped(match e {
                         CryptoError::AuthFailed => Drop::WireAuthFailed,
@@ -258,9 +293,17 @@ impl Engine {
 }
 
 impl Ctx {
-    /// Delivers a VXLAN datagram to local endpoints. `sa_vni` is the VNI of
-    /// the SA it was decrypted with, `None` for plain VXLAN.
-    fn decap(&mut self, fdb: &Fdb, datagram: &[u8], sa_vni: Option<u32>, out: &mut Outputs) {
+    /// Delivers a VXLAN datagram (at `at` in the receive buffers, if
+    /// known) to local endpoints. `sa_vni` is the VNI of the SA it was
+    /// decrypted with, `None` for plain VXLAN.
+    fn decap(
+        &mut self,
+        fdb: &Fdb,
+        datagram: &[u8],
+        at: Option<FrameRef>,
+        sa_vni: Option<u32>,
+        out: &mut Outputs,
+    ) {
         let stats = &*self.stats;
         let pkt = match vxlan::Packet::new_checked(datagram) {
             Ok(p) => p,
@@ -297,7 +340,11 @@ impl Ctx {
         match table.macs.get(&dst) {
             Some(Dest::Local(p)) => {
                 stats.inc(Counter::Decapsulated);
-                out.tap(*p).push(inner);
+                // The payload follows the VXLAN header.
+                match at {
+                    Some(at) => out.tap(*p).push_ref(inner, at.advance(vxlan::HEADER_LEN)),
+                    None => out.tap(*p).push(inner),
+                }
             }
             _ => stats.dropped(Drop::WireNoEndpoint),
         }

@@ -84,6 +84,7 @@ enumerate! {
         WireBadControl => ("wire", "bad_control", "control message malformed, unauthenticated or from an unknown host"),
         IoUdpSend => ("io", "udp_send", "sendmmsg failed (datagrams lost)"),
         IoTapWrite => ("io", "tap_write", "TAP write failed (frames lost)"),
+        IoBadRef => ("io", "bad_ref", "TAP write referred to receive-buffer bytes that are not there (a bug; frame lost)"),
     }
 }
 

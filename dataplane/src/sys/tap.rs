@@ -7,7 +7,7 @@
 //! checksum left to us, instead of one MTU-sized frame per syscall.
 use std::ffi::CStr;
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
@@ -146,6 +146,27 @@ impl Tap {
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {
                 return Err(e);
+            }
+        }
+    }
+
+    /// Writes one `vnet header ‖ frame` gathered from `bufs` (the kernel
+    /// copies from the whole iovec array into one packet), so that frames
+    /// can be written from where they were received. At most `UIO_MAXIOV`
+    /// pieces: more would be cut into several writes, hence several bogus
+    /// packets, and are refused.
+    pub fn writev(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        if bufs.len() > libc::UIO_MAXIOV as usize {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "more iovecs than one writev takes",
+            ));
+        }
+        loop {
+            // `File::write_vectored` is writev(2) on Linux.
+            match (&self.file).write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r,
             }
         }
     }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::batch::RxBatch;
 use crate::fdb::Fdb;
 use etherparse::PacketBuilder;
 
@@ -39,10 +40,36 @@ fn udp_frame(src: MacAddr, dst: MacAddr, payload: &[u8]) -> Vec<u8> {
     v
 }
 
+/// TAP writes of the copying path (`from_wire`, `from_tap`): one piece each.
 fn drained(out: &mut Outputs) -> Vec<(PortId, Vec<u8>)> {
     let mut v = Vec::new();
-    out.drain_taps(|p, b| v.push((p, b.to_vec())));
+    out.drain_taps(|p, w| v.push((p, w.as_bytes().expect("copied: one piece").to_vec())));
     v
+}
+
+/// TAP writes with references resolved against `rx`, and how many pieces
+/// each had.
+fn drained_from(out: &mut Outputs, rx: &RxBatch) -> Vec<(PortId, Vec<u8>, usize)> {
+    let mut v = Vec::new();
+    out.drain_taps(|p, w| {
+        let bytes = w.to_vec(|r| rx.resolve(r)).expect("references resolve");
+        v.push((p, bytes, w.piece_count()));
+    });
+    v
+}
+
+/// Puts UDP message `m` of `tx` into receive buffer `i` of a fresh batch
+/// as one GRO buffer, after buffer 0 got an unrelated datagram.
+fn gro_batch(tx: &TxBatch, m: &crate::batch::TxMsg, i: usize) -> RxBatch {
+    let mut rx = RxBatch::new(i + 1, 65_536);
+    let bytes = tx.bytes(m);
+    rx.bufs[0][..4].copy_from_slice(&[1, 2, 3, 4]);
+    rx.meta[0].len = 4;
+    rx.bufs[i][..bytes.len()].copy_from_slice(bytes);
+    rx.meta[i].len = bytes.len();
+    rx.meta[i].segment = m.segment;
+    rx.filled = i + 1;
+    rx
 }
 
 #[test]
@@ -298,6 +325,67 @@ fn gso_frame_becomes_one_udp_gso_message_and_coalesces_back() {
     assert_eq!(total, 60_000);
 }
 
+/// Host B's engine: endpoint B local, A behind 192.0.2.1.
+fn receiver() -> (Engine, Outputs) {
+    let mut fdb = Fdb::default();
+    fdb.add_local(0, vni(), B, &[ip("10.0.0.3")]).unwrap();
+    fdb.add_remote(vni(), A, &[ip("10.0.0.2")], ip("192.0.2.1"))
+        .unwrap();
+    let e = Engine::new(
+        EngineConfig::default(),
+        Arc::new(fdb),
+        Arc::new(Stats::default()),
+    );
+    (e, Outputs::new(TxBatch::new(1 << 20, 64)))
+}
+
+#[test]
+fn from_wire_at_writes_what_from_wire_writes_without_copying() {
+    let (mut e, mut out) = setup(|_| {});
+    e.from_tap(0, &tcp_gso_frame(60_000, 1398), &mut out);
+    // A small frame too: copied, whatever its location.
+    e.from_tap(0, &udp_frame(A, B, b"small"), &mut out);
+    let msgs = out.udp.msgs().to_vec();
+    let src: SocketAddr = "192.0.2.1:1".parse().unwrap();
+
+    let (mut copying, mut copied) = receiver();
+    for m in &msgs {
+        let mut bytes = out.udp.bytes(m).to_vec();
+        let step = if m.segment == 0 {
+            bytes.len()
+        } else {
+            m.segment as usize
+        };
+        for d in bytes.chunks_mut(step) {
+            copying.from_wire(src, d, &mut copied);
+        }
+    }
+    let want = drained(&mut copied);
+
+    let (mut rx_engine, mut rx_out) = receiver();
+    let mut got = Vec::new();
+    for m in &msgs {
+        let mut rx = gro_batch(&out.udp, m, 2);
+        for (at, d) in rx.datagrams_at_mut(2) {
+            rx_engine.from_wire_at(src, d, at, &mut rx_out);
+        }
+        got.extend(drained_from(&mut rx_out, &rx));
+    }
+    let bytes: Vec<_> = got.iter().map(|(p, b, _)| (*p, b.clone())).collect();
+    assert_eq!(bytes, want);
+    assert_eq!(got.len(), 2);
+    assert_eq!(
+        got[0].2,
+        1 + 60_000usize.div_ceil(1398),
+        "headers + one reference per segment"
+    );
+    assert_eq!(got[1].2, 1, "the small frame is one piece");
+    assert_eq!(
+        rx_engine.stats().counter(Counter::Decapsulated),
+        copying.stats().counter(Counter::Decapsulated)
+    );
+}
+
 #[test]
 fn flow_hash_separates_flows_and_keeps_one_flow_stable() {
     let a = udp_frame(A, B, b"1");
@@ -352,6 +440,55 @@ mod encrypted {
         let total: usize = taps.iter().map(|(_, w)| w.len() - vnet::LEN - 54).sum();
         assert_eq!(total, 60_000);
         assert!(taps.len() < 4, "decrypted segments coalesce too");
+    }
+
+    #[test]
+    fn opened_in_place_and_written_by_reference() {
+        // Two host pairs, one receiving by copy, one by reference, each
+        // sent the same frames: the TAP writes must be the same bytes.
+        let mut writes = Vec::new();
+        for by_ref in [false, true] {
+            let (mut a, mut b) = pair(Instant::now());
+            handshake(&mut a, &mut b);
+            a.engine
+                .from_tap(0, &tcp_gso_frame(60_000, 1398), &mut a.out);
+            a.engine
+                .from_tap(0, &udp_frame(A, B, &[5; 900]), &mut a.out);
+            let msgs = a.out.udp.msgs().to_vec();
+            assert_eq!(msgs.len(), 2);
+            let from = SocketAddr::new(a.addr, 4789);
+            let mut got = Vec::new();
+            for m in &msgs {
+                if by_ref {
+                    let mut rx = gro_batch(&a.out.udp, m, 1);
+                    for (at, d) in rx.datagrams_at_mut(1) {
+                        b.engine.from_wire_at(from, d, at, &mut b.out);
+                    }
+                    for (_, w, pieces) in drained_from(&mut b.out, &rx) {
+                        assert!(pieces > 1, "referenced, not copied");
+                        got.push(w);
+                    }
+                } else {
+                    let mut bytes = a.out.udp.bytes(m).to_vec();
+                    let step = if m.segment == 0 {
+                        bytes.len()
+                    } else {
+                        m.segment as usize
+                    };
+                    for d in bytes.chunks_mut(step) {
+                        b.engine.from_wire(from, d, &mut b.out);
+                    }
+                    got.extend(drained(&mut b.out).into_iter().map(|(_, w)| w));
+                }
+            }
+            assert_eq!(
+                b.engine.stats().counter(Counter::Decrypted),
+                60_000usize.div_ceil(1398) as u64 + 1
+            );
+            writes.push(got);
+        }
+        assert_eq!(writes[0], writes[1]);
+        assert_eq!(writes[0].len(), 2);
     }
 
     #[test]
