@@ -208,12 +208,13 @@ pub fn api_request(data: &[u8]) {
     let text = serde_json::to_string(&req).expect("a parsed request serializes");
     let again: Request = serde_json::from_str(&text).expect("what we print parses");
     assert_eq!(again, req);
-    if let Request::Attach(a) = &req {
-        if let Ok(plan) = vxnet_dataplane::attach::Plan::validate(a, 1450, 22) {
-            assert!(!plan.ips.is_empty());
-            assert!(!plan.mac.is_multicast());
-            assert!((1280..=65_000).contains(&plan.mtu));
-        }
+    if let Request::Attach(a) = &req
+        && let Ok(plan) = vxnet_dataplane::attach::Plan::validate(a, 1450, 22)
+    {
+        assert!(!plan.ips.is_empty());
+        assert!(!plan.mac.is_multicast());
+        assert!((1280..=65_000).contains(&plan.mtu));
+        assert!((1..=64).contains(&plan.gso_max_segs));
     }
 }
 
