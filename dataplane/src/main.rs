@@ -36,8 +36,11 @@ struct Args {
     /// (spin briefly after traffic, then sleep) or interrupt (always sleep).
     #[arg(long, value_name = "MODE", default_value = "adaptive")]
     poll: PollMode,
-    /// Adaptive mode: microseconds to keep spinning after the last packet.
-    #[arg(long, value_name = "US", default_value_t = 50)]
+    /// Adaptive mode: microseconds to keep spinning after the last packet
+    /// (yielding to runnable threads) before sleeping. Long enough to
+    /// bridge the gaps between a TCP flow's bursts, so the worker is not
+    /// woken (an IPI, a VM exit on a VM) for each of them.
+    #[arg(long, value_name = "US", default_value_t = 250)]
     spin_us: u64,
     /// Worker threads (each with its own UDP socket on the port).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
