@@ -596,9 +596,12 @@ pub fn verdict(ratio: f64, target: f64) -> &'static str {
 pub fn ratio_line(spec: RatioSpec, r: &Ratio) -> Option<String> {
     let value = r.headline()?;
     let mut s = format!(
-        "{} / {} = {value:.2} ({} the {:.2} target)",
+        "{} / {} = {:.2} ({} the {:.2} target)",
         spec.numerator.label(),
         spec.denominator.label(),
+        // Truncated, not rounded: 0.7495 must not print as a "0.75" that
+        // is below the 0.75 target.
+        (value * 100.0).floor() / 100.0,
         verdict(value, spec.target),
         spec.target
     );
@@ -919,6 +922,9 @@ mod tests {
         );
         r.rows[1] = row(Path::VxnetEncrypted, &[Some(1.0)]);
         assert!(table(&r).contains("= 0.50 (below the 0.75 target)"));
+        // Just under the target shows as under it, not as "0.75 (below".
+        r.rows[1] = BenchRow::from_rounds(Path::VxnetEncrypted, vec![ok(1.499, 0, 0.1)]);
+        assert!(table(&r).contains("= 0.74 (below"), "{}", table(&r));
         r.rows.truncate(1);
         assert_eq!(ratio(&r.rows, ENCRYPTED_RATIO), Ratio::default());
         assert!(!table(&r).contains(" / "));
