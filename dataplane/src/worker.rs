@@ -476,14 +476,22 @@ fn write_tap(tap: &Tap, w: &TapWrite<'_>, rx: &RxBatch) -> Option<io::Result<usi
     if let Some(bytes) = w.as_bytes() {
         return Some(tap.write(bytes));
     }
-    let resolve = |r| rx.resolve(r);
+    // The iovec array lives on the stack; a short one for the common case
+    // spares initialising MAX_PIECES slots per write.
     if w.piece_count() <= FEW {
-        let mut iov = [IoSlice::new(&[]); FEW];
-        let n = w.iovecs(resolve, &mut iov)?;
-        Some(tap.writev(&iov[..n]))
+        writev_pieces::<FEW>(tap, w, rx)
     } else {
-        let mut iov = [IoSlice::new(&[]); MAX_PIECES];
-        let n = w.iovecs(resolve, &mut iov)?;
-        Some(tap.writev(&iov[..n]))
+        writev_pieces::<MAX_PIECES>(tap, w, rx)
     }
+}
+
+/// One `writev` of `w`'s pieces through an iovec array of `N` slots.
+fn writev_pieces<const N: usize>(
+    tap: &Tap,
+    w: &TapWrite<'_>,
+    rx: &RxBatch,
+) -> Option<io::Result<usize>> {
+    let mut iov = [IoSlice::new(&[]); N];
+    let n = w.iovecs(|r| rx.resolve(r), &mut iov)?;
+    Some(tap.writev(&iov[..n]))
 }

@@ -208,30 +208,30 @@ impl RxBatch {
         }
     }
 
-    /// The datagrams of received buffer `i`, split at the GRO segment size.
-    pub fn datagrams(&self, i: usize) -> impl Iterator<Item = &[u8]> {
+    /// The received length of buffer `i` and the size its datagrams are
+    /// split at (the GRO segment size; the whole buffer without GRO).
+    fn split(&self, i: usize) -> (usize, usize) {
         let meta = self.meta[i];
-        let data = &self.bufs[i][..meta.len.min(self.bufs[i].len())];
-        let step = if meta.segment == 0 {
-            data.len().max(1)
-        } else {
-            meta.segment as usize
-        };
-        data.chunks(step)
-    }
-
-    /// The datagrams of received buffer `i`, split at the GRO segment size,
-    /// mutable so that ESP can be decrypted in place.
-    pub fn datagrams_mut(&mut self, i: usize) -> impl Iterator<Item = &mut [u8]> {
-        let meta = self.meta[i];
-        let buf = &mut self.bufs[i];
-        let len = meta.len.min(buf.len());
+        let len = meta.len.min(self.bufs[i].len());
         let step = if meta.segment == 0 {
             len.max(1)
         } else {
             meta.segment as usize
         };
-        buf[..len].chunks_mut(step)
+        (len, step)
+    }
+
+    /// The datagrams of received buffer `i`, split at the GRO segment size.
+    pub fn datagrams(&self, i: usize) -> impl Iterator<Item = &[u8]> {
+        let (len, step) = self.split(i);
+        self.bufs[i][..len].chunks(step)
+    }
+
+    /// The datagrams of received buffer `i`, split at the GRO segment size,
+    /// mutable so that ESP can be decrypted in place.
+    pub fn datagrams_mut(&mut self, i: usize) -> impl Iterator<Item = &mut [u8]> {
+        let (len, step) = self.split(i);
+        self.bufs[i][..len].chunks_mut(step)
     }
 
     /// Like [`datagrams_mut`](RxBatch::datagrams_mut), with where each
@@ -243,10 +243,7 @@ impl RxBatch {
             buf: u32::try_from(i).unwrap_or(u32::MAX),
             off: 0,
         };
-        let step = match self.meta[i].segment {
-            0 => usize::MAX,
-            s => usize::from(s),
-        };
+        let (_, step) = self.split(i);
         self.datagrams_mut(i)
             .enumerate()
             .map(move |(k, d)| (start.advance(k.saturating_mul(step)), d))
