@@ -139,6 +139,15 @@ fn vni(n: &Network) -> R<Vni> {
     Vni::new(n.vni).ok_or_else(|| format!("network {} has an invalid VNI {}", n.name, n.vni))
 }
 
+/// The VNI of network `network_id` in `store`, if it is known and valid.
+fn network_vni_in(store: &impl Store, network_id: &str) -> Option<Vni> {
+    store
+        .get::<Network>(network_id)
+        .ok()
+        .flatten()
+        .and_then(|n| vni(&n).ok())
+}
+
 impl<S, D, H> Daemon<S, D, H>
 where
     S: Store + Send,
@@ -284,12 +293,7 @@ where
 
     /// The VNI of a network id, if the store knows the network.
     pub fn network_vni(&self, network_id: &str) -> Option<Vni> {
-        let g = self.lock();
-        g.store
-            .get::<Network>(network_id)
-            .ok()
-            .flatten()
-            .and_then(|n| vni(&n).ok())
+        network_vni_in(&self.lock().store, network_id)
     }
 
     /// Where a joining node's gossip starts: its manager's gossip port.
@@ -383,13 +387,8 @@ where
     /// thread of their own, applied in order, which ends with the driver.
     pub fn gossip_hooks(self: &Arc<Self>) -> (self::gossip::VniOf, self::gossip::MemberHook) {
         let reader = self.lock().store.clone();
-        let vni_of: self::gossip::VniOf = Arc::new(move |network_id: &str| {
-            reader
-                .get::<Network>(network_id)
-                .ok()
-                .flatten()
-                .and_then(|n| vni(&n).ok())
-        });
+        let vni_of: self::gossip::VniOf =
+            Arc::new(move |network_id: &str| network_vni_in(&reader, network_id));
         let (tx, rx) = std::sync::mpsc::channel::<(String, bool)>();
         let daemon = Arc::clone(self);
         let spawned = std::thread::Builder::new()
