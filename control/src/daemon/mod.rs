@@ -1023,7 +1023,20 @@ where
     /// of the container and its networks.
     fn create_via_manager(&mut self, req: &CreateContainer) -> R<Container> {
         let v = self.manager_call(METHOD_CONTAINER_CREATE, value(req)?)?;
-        let r: RemoteContainer = serde_json::from_value(v)
+        self.keep_remote_copy(v, |d, c| {
+            let _ = d.release_via_manager(&c.id);
+        })
+    }
+
+    /// Stores the manager's answer (a [`RemoteContainer`]): the container
+    /// and its networks, in one transaction. If that fails, `undo` takes
+    /// back on the manager what the answer granted.
+    fn keep_remote_copy(
+        &self,
+        answer: serde_json::Value,
+        undo: impl FnOnce(&Self, &Container),
+    ) -> R<Container> {
+        let r: RemoteContainer = serde_json::from_value(answer)
             .map_err(|e| format!("the manager's answer is not understood: {e}"))?;
         let mut txn = Txn::new();
         for n in &r.networks {
@@ -1031,7 +1044,7 @@ where
         }
         txn.put(&r.container).map_err(s)?;
         if let Err(e) = self.store.apply(&txn) {
-            let _ = self.release_via_manager(&r.container.id);
+            undo(self, &r.container);
             return Err(s(e));
         }
         Ok(r.container)
@@ -1208,20 +1221,11 @@ where
             network: req.clone(),
         };
         let v = self.manager_call(METHOD_NETWORK_CONNECT, value(p)?)?;
-        let r: RemoteContainer = serde_json::from_value(v)
-            .map_err(|e| format!("the manager's answer is not understood: {e}"))?;
-        let mut txn = Txn::new();
-        for n in &r.networks {
-            txn.put(n).map_err(s)?;
-        }
-        txn.put(&r.container).map_err(s)?;
-        if let Err(e) = self.store.apply(&txn) {
-            if let Some(a) = r.container.attachments.last() {
-                let _ = self.disconnect_via_manager(&c.id, &a.network);
+        self.keep_remote_copy(v, |d, remote| {
+            if let Some(a) = remote.attachments.last() {
+                let _ = d.disconnect_via_manager(&c.id, &a.network);
             }
-            return Err(s(e));
-        }
-        Ok(r.container)
+        })
     }
 
     /// Undoes [`Self::record_connect`] (or records a disconnect): the
