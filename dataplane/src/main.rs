@@ -5,11 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
-use vxnet_dataplane::api::DEFAULT_SOCKET;
+use vxnet_api::dp::DEFAULT_SOCKET;
+use vxnet_api::server;
 use vxnet_dataplane::control::{Config, Dataplane};
 use vxnet_dataplane::keyfile;
 use vxnet_dataplane::metrics::{self, MetricsView};
-use vxnet_dataplane::server;
 use vxnet_dataplane::sys::signal;
 use vxnet_dataplane::worker::PollMode;
 

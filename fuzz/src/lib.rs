@@ -197,24 +197,39 @@ fn check_l4_checksum(f: &[u8]) {
     );
 }
 
-/// A request line from the dataplane's API socket: it either parses into a
-/// request that survives a round trip, or is refused; an attach request is
-/// validated the way the dataplane does before touching the system.
+/// A request line from either local API socket (the dataplane's or the
+/// control daemon's) or an answer: it either parses into a message that
+/// survives a round trip, or is refused; an attach request is validated the
+/// way the dataplane does before touching the system.
 pub fn api_request(data: &[u8]) {
-    use vxnet_dataplane::api::Request;
-    let Ok(req) = serde_json::from_slice::<Request>(data) else {
-        return;
-    };
-    let text = serde_json::to_string(&req).expect("a parsed request serializes");
-    let again: Request = serde_json::from_str(&text).expect("what we print parses");
-    assert_eq!(again, req);
-    if let Request::Attach(a) = &req
-        && let Ok(plan) = vxnet_dataplane::attach::Plan::validate(a, 1450, 22)
+    use vxnet_api::Response;
+    use vxnet_api::ctl::CtlRequest;
+    use vxnet_api::dp::Request;
+    fn round_trip<T>(v: &T)
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
     {
-        assert!(!plan.ips.is_empty());
-        assert!(!plan.mac.is_multicast());
-        assert!((1280..=65_000).contains(&plan.mtu));
-        assert!((1..=64).contains(&plan.gso_max_segs));
+        let text = serde_json::to_string(v).expect("a parsed message serializes");
+        let again: T = serde_json::from_str(&text).expect("what we print parses");
+        assert_eq!(&again, v);
+    }
+    if let Ok(req) = serde_json::from_slice::<Request>(data) {
+        round_trip(&req);
+        if let Request::Attach(a) = &req
+            && let Ok(plan) = vxnet_dataplane::attach::Plan::validate(a, 1450, 22)
+        {
+            assert!(!plan.ips.is_empty());
+            assert!(!plan.mac.is_multicast());
+            assert!((68..=65_000).contains(&plan.mtu));
+            assert!((1..=64).contains(&plan.gso_max_segs));
+        }
+    }
+    if let Ok(req) = serde_json::from_slice::<CtlRequest>(data) {
+        round_trip(&req);
+    }
+    if let Ok(resp) = serde_json::from_slice::<Response>(data) {
+        let text = serde_json::to_string(&resp).expect("a parsed answer serializes");
+        let _: Response = serde_json::from_str(&text).expect("what we print parses");
     }
 }
 
