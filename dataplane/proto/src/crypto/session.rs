@@ -76,7 +76,9 @@
 //! timestamp and ephemeral; only the nonce differs), so a peer that did
 //! receive the original drops it as stale; and the peer's INIT is recorded
 //! as seen, so a replay of it makes us send nothing. The pair has SAs
-//! within a few round trips of the second `vtep add`.
+//! within a few round trips of the second `vtep add`, and, thanks to the
+//! short first retry interval ([`SessionConfig::handshake_timeout`]),
+//! within one retry interval more when one message is lost.
 //!
 //! Limits, stated rather than handled: SPIs are 31-bit random values per
 //! (generation, VNI, direction); if two live SAs of one peer collided
@@ -121,7 +123,10 @@ pub struct SessionConfig {
     /// Start a new generation when an outbound SA has sent this many packets
     /// (far below [`super::sa::SEQ_HARD_LIMIT`]).
     pub rekey_after_packets: u64,
-    /// First retry interval for INIT and RESP; doubles per retry.
+    /// First retry interval for INIT and RESP; doubles per retry. Short, so
+    /// that one lost message costs well under a second on a fresh pair (the
+    /// path must be up within 1 s of both hosts being configured); on a path
+    /// whose round trip is longer, the doubling soon exceeds it.
     pub handshake_timeout: Duration,
     /// Cap of the retry backoff.
     pub max_retry_interval: Duration,
@@ -140,7 +145,7 @@ impl Default for SessionConfig {
         SessionConfig {
             rekey_interval: Duration::from_secs(12 * 3600),
             rekey_after_packets: 1 << 40,
-            handshake_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_millis(250),
             max_retry_interval: Duration::from_secs(60),
             max_resp_retries: 6,
             grace: Duration::from_secs(10),

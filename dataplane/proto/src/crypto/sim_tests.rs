@@ -915,6 +915,28 @@ fn hosts_configured_nearly_together_sa_within_1s() {
 }
 
 #[test]
+fn one_lost_control_message_still_sa_within_1s() {
+    // Each of the first four control messages after the second vtep add
+    // lost in turn, for every order of configuration and key size.
+    let mut times = Vec::new();
+    for larger in [0, 1] {
+        for first in [0, 1] {
+            for gap in [
+                Duration::ZERO,
+                Duration::from_millis(10),
+                Duration::from_secs(2),
+            ] {
+                for lose in 0..4 {
+                    let seed = 40 + lose as u64;
+                    times.push(late_configuration(seed, larger, first, gap, Some(lose)));
+                }
+            }
+        }
+    }
+    report("one message lost", &times);
+}
+
+#[test]
 fn larger_key_sends_its_init_again_once_per_fresh_peer_init() {
     let mut sim = Sim::with_larger_key(60, SessionConfig::default(), 0);
     let now = sim.now;
