@@ -419,6 +419,11 @@ impl Dataplane {
         self.cli_ok(&["vtep", "add", "--vtep", vtep, "--pubkey", pubkey])
     }
 
+    /// `vtep del`: forget host `vtep`'s key (its SAs go with it).
+    pub fn vtep_del(&self, vtep: &str) -> Result<CmdOutput> {
+        self.cli_ok(&["vtep", "del", "--vtep", vtep])
+    }
+
     /// `vtep ls --format json`.
     pub fn vteps(&self) -> Result<Vec<VtepState>> {
         let out = self.cli_ok(&["vtep", "ls", "--format", "json"])?;
