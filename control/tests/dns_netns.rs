@@ -456,3 +456,27 @@ fn stop_and_serve_again() {
     assert_eq!(s.dns.served(), ["c1"]);
     drop(s.rt);
 }
+
+#[test]
+fn a_namespace_made_anew_under_the_same_name_is_served_again() {
+    if !root_or_skip("a_namespace_made_anew_under_the_same_name_is_served_again") {
+        return;
+    }
+    let s = Setup::new(Vec::new());
+    assert_eq!(short(&s.ns, &["web"]), set(&["10.0.1.100"]));
+    // The container's namespace is deleted and made again (a restart);
+    // the old sockets live on in the old namespace, the new one is empty.
+    let name = s.ns.name();
+    for args in [
+        &["netns", "del", name][..],
+        &["netns", "add", name],
+        &["-n", name, "link", "set", "lo", "up"],
+    ] {
+        vxnet_dataplane::sys::netns::ip(args).expect("recreate the namespace");
+    }
+    assert_eq!(status(&dig(&s.ns, &["web"])), None, "nothing answers yet");
+    s.dns
+        .serve_netns("c1", name, vec!["n1".into()])
+        .expect("serve the new namespace");
+    assert_eq!(short(&s.ns, &["web"]), set(&["10.0.1.100"]));
+}

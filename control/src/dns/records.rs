@@ -72,7 +72,6 @@ type NetIdx = u32;
 
 #[derive(Debug)]
 struct NetworkInfo {
-    id: String,
     /// Lower-cased network name, if the control plane gave one.
     name: Option<String>,
 }
@@ -207,10 +206,7 @@ impl DnsRecords {
             return i;
         }
         let i = NetIdx::try_from(self.networks.len()).unwrap_or(NetIdx::MAX);
-        self.networks.push(NetworkInfo {
-            id: id.to_owned(),
-            name: None,
-        });
+        self.networks.push(NetworkInfo { name: None });
         self.net_by_id.insert(id.to_owned(), i);
         i
     }
@@ -332,10 +328,5 @@ impl DnsRecords {
                 None => name.clone(),
             })
         })
-    }
-
-    /// The network IDs this table knows (for logs and tests).
-    pub fn network_ids(&self) -> impl Iterator<Item = &str> {
-        self.networks.iter().map(|n| n.id.as_str())
     }
 }

@@ -1,7 +1,7 @@
 //! The I/O half of the embedded DNS server: sockets inside each
 //! container's network namespace, served by tasks on the daemon's tokio
 //! runtime, answering with [`answer`] and forwarding with
-//! [`upstream::forward`].
+//! [`upstream`].
 //!
 //! Per namespace: one UDP socket and one TCP listener on
 //! 127.0.0.11:53, bound by a short-lived thread that entered the
@@ -13,7 +13,8 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
@@ -100,7 +101,7 @@ fn limit_upstreams(mut upstreams: Vec<SocketAddr>) -> Arc<Vec<SocketAddr>> {
 
 /// One namespace being served.
 struct Namespace {
-    path: PathBuf,
+    id: NetnsId,
     ctx: Arc<NsContext>,
     tasks: [JoinHandle<()>; 2],
 }
@@ -125,7 +126,8 @@ pub struct DnsServer {
 
 impl DnsServer {
     /// Creates the server with an empty name table; nothing listens until
-    /// [`DnsServer::serve_netns`]. Tasks run on `runtime`.
+    /// [`DnsServer::serve_netns`]. Tasks run on `runtime`, which needs its
+    /// I/O and time drivers (`enable_all`).
     pub fn start(runtime: Handle, config: DnsConfig) -> DnsServer {
         DnsServer {
             shared: Arc::new(Shared {
@@ -165,8 +167,9 @@ impl DnsServer {
     /// Idempotent: called again with the same key and namespace it only
     /// replaces the asker's networks (a container connected to or
     /// disconnected from a network), without rebinding. With the same key
-    /// and another namespace (the container was recreated), the old one
-    /// is stopped first.
+    /// and another namespace (the container was recreated, even under the
+    /// same name: namespaces are compared by inode), the old one is
+    /// stopped first.
     ///
     /// Blocks for the bind: a thread is spawned, enters the namespace,
     /// binds, and exits (about a millisecond; up to a second if the
@@ -188,9 +191,10 @@ impl DnsServer {
             source,
         };
         let path = netns::resolve(netns).map_err(ns_err)?;
+        let id = NetnsId::of(&path).map_err(ns_err)?;
         let mut namespaces = self.lock();
         if let Some(ns) = namespaces.get(key) {
-            if ns.path == path {
+            if ns.id == id {
                 write(&ns.ctx.networks, Arc::new(asker_networks));
                 return Ok(());
             }
@@ -230,7 +234,7 @@ impl DnsServer {
                 .spawn(serve_tcp(tcp, Arc::clone(&ctx), new_rng())),
         ];
         tracing::info!(key, netns, "dns: serving 127.0.0.11 in the namespace");
-        namespaces.insert(key.to_owned(), Namespace { path, ctx, tasks });
+        namespaces.insert(key.to_owned(), Namespace { id, ctx, tasks });
         Ok(())
     }
 
@@ -278,6 +282,26 @@ impl Namespace {
     }
 }
 
+/// A network namespace's identity: the device and inode of its nsfs
+/// file, the same through every path to it (/run/netns/NAME,
+/// /proc/PID/ns/net), different for a namespace made anew under the same
+/// name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct NetnsId {
+    dev: u64,
+    ino: u64,
+}
+
+impl NetnsId {
+    fn of(path: &Path) -> io::Result<NetnsId> {
+        let m = std::fs::metadata(path)?;
+        Ok(NetnsId {
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+}
+
 fn new_rng() -> ChaCha12Rng {
     let mut seed = [0u8; 32];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
@@ -297,7 +321,7 @@ const REBIND_STEP: Duration = Duration::from_millis(10);
 
 /// Binds UDP and TCP `addr` inside the namespace at `path`, non-blocking.
 fn bind_in(
-    path: &std::path::Path,
+    path: &Path,
     addr: SocketAddr,
 ) -> Result<(std::net::UdpSocket, std::net::TcpListener), BindError> {
     let started = std::time::Instant::now();
