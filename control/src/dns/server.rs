@@ -536,3 +536,45 @@ async fn send_tcp(wr: &tokio::sync::Mutex<OwnedWriteHalf>, bytes: &[u8]) -> io::
     framed.extend_from_slice(bytes);
     wr.lock().await.write_all(&framed).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwards_in_flight_are_capped_per_namespace() {
+        let shared = Arc::new(Shared {
+            records: RwLock::new(Arc::new(DnsRecords::default())),
+            upstreams: RwLock::new(Arc::new(Vec::new())),
+            forward_timeout: FORWARD_TIMEOUT,
+            stats: DnsStats::default(),
+        });
+        let ns = || {
+            Arc::new(NsContext {
+                shared: Arc::clone(&shared),
+                networks: RwLock::new(Arc::new(Vec::new())),
+                forwards_in_flight: AtomicUsize::new(0),
+            })
+        };
+        let (a, b) = (ns(), ns());
+        let mut held: Vec<InFlight> = (0..MAX_FORWARDS_IN_FLIGHT)
+            .map(|_| InFlight::acquire(&a).expect("below the cap"))
+            .collect();
+        assert!(InFlight::acquire(&a).is_none(), "one more is refused");
+        assert_eq!(
+            a.forwards_in_flight.load(Ordering::Relaxed),
+            MAX_FORWARDS_IN_FLIGHT
+        );
+        assert!(
+            InFlight::acquire(&b).is_some(),
+            "another namespace has its own"
+        );
+        held.pop();
+        assert!(
+            InFlight::acquire(&a).is_some(),
+            "a finished forward frees its slot"
+        );
+        drop(held);
+        assert_eq!(a.forwards_in_flight.load(Ordering::Relaxed), 0);
+    }
+}
