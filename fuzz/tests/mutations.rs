@@ -97,3 +97,10 @@ fn api_request() {
 fn wire_rx() {
     run("wire_rx", 20_000, vxnet_fuzz::wire_rx);
 }
+
+#[test]
+fn dns_query() {
+    run("dns_query", 20_000, |d| {
+        vxnet_fuzz::dns_query(d);
+    });
+}
