@@ -1,16 +1,16 @@
 //! The daemon's seam to the host: network namespaces, the resolv.conf that
-//! `ip netns exec` bind-mounts into them, and the processes containers run.
-//! [`SystemHost`] does it with `ip` and `/proc`; tests use a fake.
+//! is bind-mounted into them when a program starts there (by the CLI, as
+//! `ip netns exec` does), and the processes containers run. [`SystemHost`]
+//! does it with the dataplane's netns and netlink modules and `/proc`;
+//! tests use a fake.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use vxnet_dataplane::sys::netlink::Netlink;
+use vxnet_dataplane::sys::netns;
 
-/// Where `ip netns add NAME` puts its bind mounts.
-pub const NETNS_DIR: &str = "/run/netns";
-/// `ip netns exec NS` bind-mounts the files under `/etc/netns/NS/` over
-/// their `/etc` counterparts.
-pub const ETC_NETNS_DIR: &str = "/etc/netns";
+pub use vxnet_dataplane::sys::netns::{ETC_NETNS_DIR, NETNS_RUN_DIR as NETNS_DIR};
 
 pub trait Host: Send {
     fn netns_exists(&self, name: &str) -> bool;
@@ -45,22 +45,6 @@ impl Default for SystemHost {
     }
 }
 
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "`ip {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
 /// The host's resolv.conf without loopback nameservers, which would point
 /// into the container's own (empty) loopback.
 pub fn container_resolv_conf(host: &str) -> String {
@@ -83,16 +67,18 @@ impl Host for SystemHost {
     }
 
     fn netns_add(&self, name: &str) -> Result<(), String> {
-        ip(&["netns", "add", name])?;
-        if let Err(e) = ip(&["-n", name, "link", "set", "lo", "up"]) {
-            let _ = ip(&["netns", "del", name]);
-            return Err(e);
+        let path = netns::add(name).map_err(|e| e.to_string())?;
+        if let Err(e) = Netlink::open_in(&path).and_then(|mut nl| nl.set_up("lo")) {
+            let _ = netns::delete(name);
+            return Err(format!(
+                "cannot bring up lo in network namespace '{name}': {e}"
+            ));
         }
         Ok(())
     }
 
     fn netns_del(&self, name: &str) -> Result<(), String> {
-        ip(&["netns", "del", name])
+        netns::delete(name).map_err(|e| e.to_string())
     }
 
     fn write_resolv_conf(&self, name: &str) -> Result<(), String> {
@@ -143,6 +129,27 @@ mod tests {
             container_resolv_conf(host),
             "search example.org\nnameserver 192.0.2.53\noptions edns0\n"
         );
+    }
+
+    #[test]
+    fn namespaces_come_with_lo_up_and_go() {
+        if !vxnet_dataplane::sys::netns::testutil::root_or_skip("namespaces_come_with_lo_up_and_go")
+        {
+            return;
+        }
+        let h = SystemHost::default();
+        let name = format!("vxt-{}-host", std::process::id());
+        h.netns_add(&name).unwrap();
+        let lo =
+            Netlink::open_in(&Path::new(NETNS_DIR).join(&name)).and_then(|mut nl| nl.link("lo"));
+        let exists = h.netns_exists(&name);
+        let twice = h.netns_add(&name);
+        h.netns_del(&name).unwrap();
+        assert!(lo.unwrap().up);
+        assert!(exists);
+        assert!(twice.unwrap_err().contains("already exists"));
+        assert!(!h.netns_exists(&name));
+        assert!(h.netns_del(&name).is_err());
     }
 
     #[test]
