@@ -1,7 +1,8 @@
 //! `vxnet container ...`: a network namespace as the container, made and
 //! attached by the control daemon; the command itself is started here,
-//! with `ip netns exec` (which also bind-mounts the container's
-//! resolv.conf), so its output and exit code reach the caller. A detached
+//! inside the namespace as `ip netns exec` would start it (with the
+//! container's resolv.conf bind-mounted), so its output, exit code and a
+//! failure to start reach the caller. A detached
 //! command leads its own process group and writes to the container's log.
 
 use crate::dp::CliError;
@@ -121,11 +122,20 @@ impl RunArgs {
     }
 }
 
-/// `ip netns exec NS CMD...`.
-fn in_netns(netns: &str, cmd: &[String]) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", netns]).args(cmd);
-    c
+/// `CMD...` set up to start inside the container's network namespace, with
+/// its `/etc/netns/NS/resolv.conf` and `/sys`, as `ip netns exec NS` would.
+/// Done in the child rather than by running `ip netns exec`, so that a
+/// command that cannot start fails `spawn()` with its own error (and is
+/// reported here) instead of starting `ip` and dying in the log.
+fn in_netns(netns: &str, cmd: &[String]) -> Result<Command, CliError> {
+    let Some((program, args)) = cmd.split_first() else {
+        return Err(CliError::Failed("no command given".into()));
+    };
+    let mut c = Command::new(program);
+    c.args(args);
+    vxnet_dataplane::sys::netns::exec_in(&mut c, netns)
+        .map_err(|e| CliError::Failed(format!("cannot enter the container's namespace: {e}")))?;
+    Ok(c)
 }
 
 /// The shell's convention: the exit code, or 128 + the signal.
@@ -141,9 +151,23 @@ fn failed(what: &str) -> impl FnOnce(std::io::Error) -> CliError + '_ {
     move |e| CliError::Failed(format!("{what}: {e}"))
 }
 
+/// Leaves nothing behind for a container whose command never started.
+fn forget(s: &ControlSocket, v: &ContainerView) {
+    let _: Result<ContainerView, _> = s.call(&CtlRequest::ContainerRm {
+        container: v.id.clone(),
+        force: true,
+    });
+}
+
 fn run_container(s: &ControlSocket, r: &RunArgs, out: &mut dyn Write) -> Result<u8, CliError> {
     let v: ContainerView = s.call(&r.request())?;
-    let mut cmd = in_netns(&v.netns, &r.command);
+    let mut cmd = match in_netns(&v.netns, &r.command) {
+        Ok(c) => c,
+        Err(e) => {
+            forget(s, &v);
+            return Err(e);
+        }
+    };
     if r.detach {
         let log = OpenOptions::new()
             .create(true)
@@ -159,12 +183,11 @@ fn run_container(s: &ControlSocket, r: &RunArgs, out: &mut dyn Write) -> Result<
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            // Leave nothing behind for a command that never started.
-            let _: Result<ContainerView, _> = s.call(&CtlRequest::ContainerRm {
-                container: v.id.clone(),
-                force: true,
-            });
-            return Err(CliError::Failed(format!("cannot start the command: {e}")));
+            forget(s, &v);
+            return Err(CliError::Failed(format!(
+                "cannot start {}: {e}",
+                r.command.first().map_or("the command", String::as_str)
+            )));
         }
     };
     let _: ContainerView = s.call(&CtlRequest::ContainerStarted {
@@ -187,9 +210,12 @@ pub fn run(args: &ContainerArgs, out: &mut dyn Write) -> Result<u8, CliError> {
             let v: ContainerView = s.call(&CtlRequest::ContainerInspect {
                 container: container.clone(),
             })?;
-            let st = in_netns(&v.netns, command)
+            let st = in_netns(&v.netns, command)?
                 .status()
-                .map_err(failed("cannot run ip netns exec"))?;
+                .map_err(failed(&format!(
+                    "cannot start {}",
+                    command.first().map_or("the command", String::as_str)
+                )))?;
             Ok(exit_code(st))
         }
         ContainerCommand::Ls { format } => {
