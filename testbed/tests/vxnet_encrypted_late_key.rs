@@ -7,6 +7,7 @@
 mod common;
 
 use std::time::{Duration, Instant};
+use vxnet_testbed::vxnet::StatsExt;
 
 use common::{dp_opts, root_or_skip, testbed};
 use vxnet_testbed::scenario::ENCRYPTED_VNI;
