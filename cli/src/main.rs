@@ -14,6 +14,7 @@ mod container;
 mod dp;
 mod network;
 mod output;
+mod service;
 mod swarm;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -44,8 +45,10 @@ pub enum Command {
     Node(swarm::NodeArgs),
     /// Overlay networks: create, ls, inspect, rm, connect, disconnect.
     Network(network::NetworkArgs),
-    /// Containers on overlay networks: run, exec, ls, inspect, rm.
+    /// Containers on overlay networks: run, exec, ls, inspect, rm, stop, start, logs.
     Container(container::ContainerArgs),
+    /// Services: replicated or global tasks behind a VIP or DNS round robin.
+    Service(service::ServiceArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
         Command::Node(args) => swarm::run_node(args, &mut stdout).map(|()| 0),
         Command::Network(args) => network::run(args, &mut stdout).map(|()| 0),
         Command::Container(args) => container::run(args, &mut stdout),
+        Command::Service(args) => service::run(args, &mut stdout).map(|()| 0),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -73,6 +77,7 @@ fn main() -> ExitCode {
                 Command::Node(_) => cmd.find_subcommand_mut("node"),
                 Command::Network(_) => cmd.find_subcommand_mut("network"),
                 Command::Container(_) => cmd.find_subcommand_mut("container"),
+                Command::Service(_) => cmd.find_subcommand_mut("service"),
             };
             match sub {
                 Some(sub) => sub

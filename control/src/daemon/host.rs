@@ -123,22 +123,6 @@ fn signal_group(sig: &str, pid: u32) {
         .status();
 }
 
-/// The host's resolv.conf without loopback nameservers, which would point
-/// into the container's own (empty) loopback.
-pub fn container_resolv_conf(host: &str) -> String {
-    let mut out = String::new();
-    for line in host.lines() {
-        let t = line.trim();
-        let ns = t.strip_prefix("nameserver").map(str::trim);
-        if ns.is_some_and(|a| a.starts_with("127.") || a == "::1") {
-            continue;
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    out
-}
-
 impl Host for SystemHost {
     fn netns_exists(&self, name: &str) -> bool {
         Path::new(NETNS_DIR).join(name).exists()
@@ -164,7 +148,9 @@ impl Host for SystemHost {
         fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let host = fs::read_to_string(&self.resolv_conf).unwrap_or_default();
         let path = dir.join("resolv.conf");
-        fs::write(&path, container_resolv_conf(&host))
+        // The embedded DNS server at 127.0.0.11, with the host's search
+        // and options lines (Docker's).
+        fs::write(&path, crate::dns::resolv_conf(&host))
             .map_err(|e| format!("cannot write {}: {e}", path.display()))
     }
 
@@ -257,15 +243,6 @@ impl Host for SystemHost {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn resolv_conf_drops_loopback_servers() {
-        let host = "search example.org\nnameserver 127.0.0.53\nnameserver 192.0.2.53\nnameserver ::1\noptions edns0\n";
-        assert_eq!(
-            container_resolv_conf(host),
-            "search example.org\nnameserver 192.0.2.53\noptions edns0\n"
-        );
-    }
 
     #[test]
     fn programs_are_found_like_execvp_does() {

@@ -76,6 +76,14 @@ pub struct Runtime {
     /// start`, or a stopped container running again).
     #[serde(default)]
     pub restart: bool,
+    /// When the command was seen to have ended (Unix ms), for the delay
+    /// before a task's restart.
+    #[serde(default)]
+    pub ended_ms: Option<u64>,
+    /// The container's state as this node sees it; a worker reports it to
+    /// its manager when the manager's copy differs.
+    #[serde(default)]
+    pub status: Option<crate::model::TaskStatus>,
     /// When SIGTERM went to the command (Unix ms), so SIGKILL follows
     /// after `grace_secs` (`container stop -t`).
     #[serde(default)]

@@ -14,6 +14,7 @@
 //! never removes what it does not own: dataplane entries made by hand, and
 //! namespaces of containers it never knew.
 
+pub mod names;
 pub mod plan;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -26,6 +27,7 @@ use vxnet_api::ctl::ReconcileReport;
 use vxnet_api::dp;
 use vxnet_api::{ApiResult, ErrorCode, MacAddr};
 
+use self::names::Live;
 use self::plan::{Announcement, Desired, DpState, EndpointKey, LocalContainer, Observed, Op};
 use super::changes::Outcome;
 use super::dataplane::{DataplaneApi, DataplaneExt};
@@ -34,7 +36,10 @@ use super::host::{Exit, Host, Spawn};
 use super::runtime::{LocalNode, Runtime};
 use super::{Daemon, lock};
 use crate::containers;
-use crate::model::{Container, DesiredState, External, Network};
+use crate::dns::{DnsEntry, DnsRecords, DnsServer};
+use crate::model::{
+    Container, DesiredState, External, Network, RestartCondition, Service, TaskState, TaskStatus,
+};
 use crate::store::{Store, StoreExt, Txn};
 
 /// Grace between SIGTERM and SIGKILL when none was asked for (Docker's).
@@ -47,6 +52,12 @@ pub struct Reconciler<S, D, H> {
     host: H,
     /// The dataplane's `instance` at the last pass.
     instance: Option<u64>,
+    /// The embedded DNS server, when this daemon runs one.
+    dns: Option<DnsServer>,
+    /// The table it was last given.
+    dns_table: Vec<DnsEntry>,
+    /// Container id -> (namespace, networks) it answers in.
+    dns_served: BTreeMap<String, (String, Vec<String>)>,
 }
 
 fn unix_ms() -> u64 {
@@ -86,7 +97,16 @@ where
             dp,
             host,
             instance: None,
+            dns: None,
+            dns_table: Vec::new(),
+            dns_served: BTreeMap::new(),
         }
+    }
+
+    /// Answers DNS at 127.0.0.11 in every container namespace.
+    pub fn with_dns(mut self, dns: DnsServer) -> Self {
+        self.dns = Some(dns);
+        self
     }
 
     /// Runs passes until `stop` is set: at once on any change, else every
@@ -124,7 +144,8 @@ where
     }
 
     fn pass_into(&mut self, p: &mut Pass) -> ApiResult<()> {
-        let store = &self.d.store;
+        let d = Arc::clone(&self.d);
+        let store = &d.store;
         let me = store
             .get::<LocalNode>(LocalNode::KEY)
             .map_err(super::internal)?
@@ -252,6 +273,8 @@ where
             }
         }
 
+        self.statuses(&containers, &mut runtimes)?;
+
         // Containers that are gone: their endpoints left with the diff;
         // now their namespaces, then their records.
         for c in containers
@@ -278,14 +301,130 @@ where
             p.outcomes.insert(c.id.clone(), Outcome::Done);
         }
 
-        // Gossip: announce exactly the endpoints that exist.
+        // Gossip: announce exactly the endpoints that exist; a task's only
+        // while its command runs, so other hosts stop sending it new
+        // connections as soon as it is dead (Docker keeps dead backends:
+        // moby#33790).
         let mut announce: BTreeSet<Announcement> = BTreeSet::new();
         for (key, list) in &want.announce {
-            if !failed_endpoints.contains(key) {
+            let live = want
+                .owners
+                .get(key)
+                .and_then(|id| containers.iter().find(|c| &c.id == id))
+                .is_some_and(|c| c.task.is_none() || runs(runtimes.get(&c.id)));
+            if live && !failed_endpoints.contains(key) {
                 announce.extend(list.iter().cloned());
             }
         }
         self.announce(&gossip, show.local_vtep, &announce);
+
+        // Names, from the same view.
+        let local_running: Vec<&Container> = containers
+            .iter()
+            .filter(|c| ready.contains(&c.id) && runs(runtimes.get(&c.id)))
+            .collect();
+        let live = Live::new(&gossip, show.local_vtep, &local_running);
+        let here: Vec<&Network> = networks
+            .iter()
+            .filter(|n| want.state.networks.contains_key(&n.vni))
+            .collect();
+        let everyone: Vec<Container> = store.list::<Container>().map_err(super::internal)?;
+        let services: Vec<Service> = store.list::<Service>().map_err(super::internal)?;
+        let serve: Vec<(&Container, &Runtime)> = containers
+            .iter()
+            .filter(|c| ready.contains(&c.id))
+            .filter_map(|c| runtimes.get(&c.id).map(|rt| (c, rt)))
+            .filter(|(_, rt)| !rt.external && rt.veth.is_none())
+            .collect();
+        self.tend_dns(&here, &everyone, &services, &live, &serve);
+        Ok(())
+    }
+
+    /// Gives the DNS server the table of this host's networks, and makes
+    /// it answer in exactly the namespaces of this host's running
+    /// containers (not another runtime's: their resolv.conf is theirs).
+    fn tend_dns(
+        &mut self,
+        networks: &[&Network],
+        everyone: &[Container],
+        services: &[Service],
+        live: &Live,
+        serve: &[(&Container, &Runtime)],
+    ) {
+        let Some(dns) = &self.dns else { return };
+        let (entries, names) = names::dns_entries(networks, everyone, services, live);
+        if entries != self.dns_table {
+            dns.set_records(Arc::new(DnsRecords::new(entries.clone(), names)));
+            self.dns_table = entries;
+        }
+        let mut want: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
+        for (c, rt) in serve {
+            let nets = c.attachments.iter().map(|a| a.network.clone()).collect();
+            want.insert(c.id.clone(), (rt.netns.clone(), nets));
+        }
+        for (id, (netns, nets)) in &want {
+            if self.dns_served.get(id) == Some(&(netns.clone(), nets.clone())) {
+                continue;
+            }
+            match dns.serve_netns(id, netns, nets.clone()) {
+                Ok(()) => {
+                    self.dns_served
+                        .insert(id.clone(), (netns.clone(), nets.clone()));
+                }
+                Err(e) => tracing::warn!(container = %id, error = %e, "no DNS in the container"),
+            }
+        }
+        let gone: Vec<String> = self
+            .dns_served
+            .keys()
+            .filter(|id| !want.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            dns.stop_netns(&id);
+            self.dns_served.remove(&id);
+        }
+    }
+
+    /// Records each local container's state as this node sees it; a
+    /// manager keeps it in the container's record at once (a worker's
+    /// agent reports it).
+    fn statuses(
+        &self,
+        containers: &[Container],
+        runtimes: &mut BTreeMap<String, Runtime>,
+    ) -> ApiResult<()> {
+        let now = super::now();
+        let manager = self.d.is_manager();
+        let mut txn = Txn::new();
+        for c in containers {
+            let Some(rt) = runtimes.get_mut(&c.id) else {
+                continue;
+            };
+            if rt.removed {
+                continue;
+            }
+            let st = status_of(c, rt, c.desired, now);
+            if rt.status.as_ref() != Some(&st) {
+                rt.status = Some(st.clone());
+                txn.put(rt).map_err(super::internal)?;
+            }
+            if manager && c.status.as_ref() != Some(&st) {
+                let _w = self.d.write();
+                if let Some(mut cur) = self
+                    .d
+                    .store
+                    .get::<Container>(&c.id)
+                    .map_err(super::internal)?
+                {
+                    cur.status = Some(st);
+                    self.d.store.put(&cur).map_err(super::internal)?;
+                }
+            }
+        }
+        if !txn.is_empty() {
+            self.d.store.apply(&txn).map_err(super::internal)?;
+        }
         Ok(())
     }
 
@@ -396,11 +535,13 @@ where
                 }
                 Exit::Unknown => rt.ended = true,
             }
+            rt.ended_ms = Some(unix_ms());
+            tracing::info!(container = %c.name, code = ?rt.exit_code, "command ended");
         }
         if c.command.is_empty() || rt.external {
             return Ok(false);
         }
-        let due = rt.starts == 0 || (rt.ended && rt.restart);
+        let due = rt.starts == 0 || (rt.ended && rt.restart) || restart_due(c, rt, unix_ms());
         if !due {
             return Ok(false);
         }
@@ -419,6 +560,7 @@ where
         rt.exit_code = None;
         rt.restart = false;
         rt.term_sent_ms = None;
+        rt.ended_ms = None;
         Ok(true)
     }
 
@@ -523,6 +665,61 @@ where
 }
 
 use vxnet_api::ApiError;
+
+/// Whether a container's command runs (as of the last look).
+fn runs(rt: Option<&Runtime>) -> bool {
+    rt.is_some_and(|rt| rt.pid.is_some() && !rt.ended)
+}
+
+/// Whether a task's ended command starts again now: by its restart
+/// condition, after a delay that doubles with every restart (0.5 s to
+/// 16 s), so a command that keeps failing does not spin.
+fn restart_due(c: &Container, rt: &Runtime, now_ms: u64) -> bool {
+    let Some(task) = &c.task else { return false };
+    if !rt.ended {
+        return false;
+    }
+    let wanted = match task.restart {
+        RestartCondition::Any => true,
+        RestartCondition::OnFailure => rt.exit_code != Some(0),
+        RestartCondition::None => false,
+    };
+    let restarts = rt.starts.saturating_sub(1).min(5);
+    let delay = 500u64 << restarts;
+    wanted && rt.ended_ms.is_none_or(|t| now_ms >= t + delay)
+}
+
+/// The state of a container as this node sees it, keeping `since` while
+/// the state stays.
+fn status_of(c: &Container, rt: &Runtime, desired: DesiredState, now: u64) -> TaskStatus {
+    let (state, error) = if desired != DesiredState::Running {
+        (TaskState::Shutdown, None)
+    } else if rt.external {
+        (TaskState::Running, None)
+    } else if let Some(e) = rt.error.clone().filter(|_| rt.pid.is_none() || rt.ended) {
+        (TaskState::Failed, Some(e))
+    } else if rt.pid.is_none() {
+        (TaskState::Pending, None)
+    } else if !rt.ended {
+        (TaskState::Running, None)
+    } else if rt.exit_code == Some(0) {
+        (TaskState::Complete, None)
+    } else {
+        (TaskState::Failed, None)
+    };
+    let _ = c;
+    let since = match &rt.status {
+        Some(old) if old.state == state => old.since,
+        _ => now,
+    };
+    TaskStatus {
+        state,
+        since,
+        exit_code: rt.exit_code.filter(|_| rt.ended),
+        error,
+        restarts: rt.starts.saturating_sub(1),
+    }
+}
 
 /// Names what an op was about, for errors.
 fn describe(op: &Op) -> String {

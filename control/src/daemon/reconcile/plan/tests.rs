@@ -76,6 +76,8 @@ fn container(id: &str, attachments: Vec<Attachment>) -> (Container, Runtime) {
         command: Vec::new(),
         env: Vec::new(),
         external: None,
+        task: None,
+        status: None,
     };
     (c, rt)
 }
