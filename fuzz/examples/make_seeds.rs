@@ -214,7 +214,7 @@ fn esp_seeds() {
         .icmpv4_echo_request(7, 1)
         .write(&mut frame, &data(56))
         .expect("icmp");
-    a.engine.from_tap(0, &frame, &mut a.out);
+    a.engine.from_tap(0, &mut frame, &mut a.out);
     let m = a.out.udp.msgs()[0].clone();
     write("wire_rx", "esp-icmp", a.out.udp.bytes(&m));
     a.out.udp.clear();
