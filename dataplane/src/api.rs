@@ -177,6 +177,99 @@ pub enum Request {
         #[serde(default)]
         show_keys: bool,
     },
+    /// Creates the service with VIP `vip` on `vni`, or replaces its whole
+    /// backend set at once (an empty set refuses new connections).
+    ServiceSet(ServiceSpec),
+    /// Removes a service; its flows end.
+    ServiceDel {
+        vni: Vni,
+        vip: IpAddr,
+    },
+    /// Lists services with their backends and flows per backend.
+    Services {
+        #[serde(default)]
+        vni: Option<Vni>,
+    },
+    /// Lists tracked flows to VIPs (at most `limit`, default 1000).
+    Conntrack {
+        #[serde(default)]
+        vni: Option<Vni>,
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+}
+
+/// One backend of a service: a task's overlay address, and its MAC. Without
+/// a MAC, the MAC the forwarding table knows for the address is used (the
+/// endpoint or peer must be programmed first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendSpec {
+    pub ip: IpAddr,
+    #[serde(default)]
+    pub mac: Option<MacAddr>,
+}
+
+/// A service as `service_set` takes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    pub vni: Vni,
+    pub vip: IpAddr,
+    #[serde(default)]
+    pub backends: Vec<BackendSpec>,
+}
+
+/// A service as `vxnet dp services` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceInfo {
+    pub vni: Vni,
+    pub vip: IpAddr,
+    /// The MAC the dataplane answers ARP/ND for the VIP with.
+    pub mac: MacAddr,
+    /// Entries of its Maglev table.
+    pub table_size: u32,
+    /// Backends, sorted by address (the order every host builds its table in).
+    pub backends: Vec<BackendInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendInfo {
+    pub ip: IpAddr,
+    pub mac: MacAddr,
+    /// Tracked flows to this backend through the VIP.
+    pub flows: usize,
+}
+
+/// `vxnet dp conntrack`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConntrackReport {
+    /// Flows tracked (matching the filter), of which `entries` lists the
+    /// first `limit`.
+    pub total: usize,
+    pub entries: Vec<ConntrackEntry>,
+}
+
+/// One tracked flow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConntrackEntry {
+    pub vni: Vni,
+    /// "tcp" or "udp".
+    pub proto: String,
+    pub client: IpAddr,
+    pub client_port: u16,
+    pub vip: IpAddr,
+    /// The destination port (the same on the backend: VIP mode keeps it).
+    pub port: u16,
+    pub backend: IpAddr,
+    /// syn_sent, established, closing, closed (TCP); unreplied, replied,
+    /// assured (UDP).
+    pub state: String,
+    pub age_secs: f64,
+    pub idle_secs: f64,
+    /// Seconds until it expires unless a packet comes.
+    pub expires_secs: f64,
+    /// Packets client → backend, and back.
+    pub packets_out: u64,
+    pub packets_in: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -334,6 +427,39 @@ mod tests {
             r#"{"op":"peer_add","vni":5,"mac":"02:42:0a:00:00","vtep":"192.0.2.2"}"#,
             r#"{"op":"peer_add","vni":5,"mac":"02:42:0a:00:00:03","vtep":"192.0.2.300"}"#,
             r#"{"op":"nope"}"#,
+        ] {
+            assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn service_requests() {
+        let r: Request = serde_json::from_str(
+            r#"{"op":"service_set","vni":4096,"vip":"10.0.0.100","backends":[{"ip":"10.0.0.2","mac":"02:42:0a:00:00:02"},{"ip":"10.0.0.3"}]}"#,
+        )
+        .unwrap();
+        let Request::ServiceSet(s) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(s.backends.len(), 2);
+        assert_eq!(s.backends[1].mac, None);
+        let r: Request =
+            serde_json::from_str(r#"{"op":"service_set","vni":4096,"vip":"fd00::100"}"#).unwrap();
+        assert!(
+            matches!(r, Request::ServiceSet(ServiceSpec { ref backends, .. }) if backends.is_empty())
+        );
+        assert!(matches!(
+            serde_json::from_str::<Request>(r#"{"op":"conntrack"}"#).unwrap(),
+            Request::Conntrack {
+                vni: None,
+                limit: None
+            }
+        ));
+        for bad in [
+            r#"{"op":"service_set","vni":4096,"vip":"10.0.0.300"}"#,
+            r#"{"op":"service_set","vni":0,"vip":"10.0.0.1"}"#,
+            r#"{"op":"service_set","vni":1,"vip":"10.0.0.1","backends":[{"ip":"10.0.0.2","mac":"zz"}]}"#,
+            r#"{"op":"service_del","vni":1}"#,
         ] {
             assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
         }

@@ -15,11 +15,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+mod services;
 use vxnet_proto::crypto::OsRng;
 use vxnet_proto::crypto::keys::{PublicKey, StaticKeypair};
 use vxnet_proto::crypto::session::{SaDirection, Session, SessionConfig};
 use vxnet_proto::engine::EngineConfig;
 use vxnet_proto::fdb::{Dest, Fdb, PortId};
+use vxnet_proto::lb::conntrack::ConntrackConfig;
 use vxnet_proto::stats::{Counter, Drop, Snapshot};
 use vxnet_proto::wire::{MacAddr, Vni};
 
@@ -39,6 +42,10 @@ pub struct Config {
     pub rekey_interval: Duration,
     /// Whether `sa --show-keys` may print keys.
     pub allow_key_export: bool,
+    /// Each worker's conntrack table for flows to service VIPs.
+    pub conntrack: ConntrackConfig,
+    /// Entries of each service's Maglev table (a prime).
+    pub maglev_size: u32,
 }
 
 /// Bytes an encrypted network adds per packet on top of VXLAN: ESP header
@@ -98,7 +105,10 @@ impl Dataplane {
                 src_ports: cfg.src_ports,
                 poll: cfg.poll,
                 spin: cfg.spin,
-                engine: EngineConfig { port: cfg.port },
+                engine: EngineConfig {
+                    port: cfg.port,
+                    conntrack: cfg.conntrack,
+                },
             };
             workers.push(worker::spawn(wc, Arc::clone(&cell))?);
         }
@@ -179,6 +189,12 @@ impl Dataplane {
             Request::Vteps => Ok(Response::ok(self.vteps())),
             Request::Rekey { vtep } => self.rekey(vtep).map(Response::ok),
             Request::Sa { show_keys } => self.sas(show_keys).map(Response::ok),
+            Request::ServiceSet(spec) => self.service_set(spec).map(|()| Response::ok(())),
+            Request::ServiceDel { vni, vip } => {
+                self.service_del(vni, vip).map(|()| Response::ok(()))
+            }
+            Request::Services { vni } => self.services(vni).map(Response::ok),
+            Request::Conntrack { vni, limit } => self.conntrack(vni, limit).map(Response::ok),
         };
         result.unwrap_or_else(Response::error)
     }
