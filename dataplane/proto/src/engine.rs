@@ -346,7 +346,7 @@ impl Ctx {
     ) {
         match dest {
             Some(Dest::Local(to)) => {
-                if !table.services.is_empty() {
+                if table.backends.may_contain_src(frame) {
                     self.reverse(vni, hdr.needs_csum(), frame);
                 }
                 self.stats.inc(Counter::LocalSwitched);
@@ -412,7 +412,7 @@ impl Ctx {
             Some(Dest::Local(p)) => {
                 stats.inc(Counter::Decapsulated);
                 let p = *p;
-                if !table.services.is_empty() {
+                if table.backends.may_contain_src(inner) {
                     // Rewritten in place: references still see the bytes.
                     self.reverse(vni, false, inner);
                 }

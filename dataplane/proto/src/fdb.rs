@@ -6,7 +6,7 @@
 //! changes nothing when it fails.
 
 use crate::crypto::session::Session;
-use crate::lb::service::Service;
+use crate::lb::service::{BackendFilter, Service};
 use crate::wire::{MacAddr, Vni};
 use rustc_hash::FxHashMap;
 use std::fmt;
@@ -47,6 +47,9 @@ pub struct VniTable {
     /// backends (`crate::lb`). Shared, immutable builds: cloning the table
     /// does not copy their Maglev tables.
     pub services: FxHashMap<IpAddr, Arc<Service>>,
+    /// Every backend of those services, for the cheap test of whether a
+    /// frame may be the reply of a balanced flow.
+    pub backends: BackendFilter,
 }
 
 impl VniTable {
@@ -440,11 +443,9 @@ impl Fdb {
                 }
             }
         }
-        self.vnis
-            .entry(vni)
-            .or_default()
-            .services
-            .insert(vip, service);
+        let t = self.vnis.entry(vni).or_default();
+        t.services.insert(vip, service);
+        t.backends = BackendFilter::of(t.services.values().map(|s| &**s));
         Ok(())
     }
 
@@ -453,6 +454,7 @@ impl Fdb {
         let err = FdbError::NoSuchService { vni, vip };
         let t = self.vnis.get_mut(&vni).ok_or(err.clone())?;
         let s = t.services.remove(&vip).ok_or(err)?;
+        t.backends = BackendFilter::of(t.services.values().map(|s| &**s));
         if t.is_unused() {
             self.vnis.remove(&vni);
         }

@@ -232,7 +232,11 @@ mod tests {
                 .collect(),
         };
         let r = dp.handle(Request::ServiceSet(spec));
-        if r.ok { Ok(()) } else { Err(r.error.unwrap_or_default()) }
+        if r.ok {
+            Ok(())
+        } else {
+            Err(r.error.unwrap_or_default())
+        }
     }
 
     #[test]
@@ -259,7 +263,11 @@ mod tests {
                 vec![("10.0.0.3", None), ("10.0.0.3", None)],
                 "listed twice",
             ),
-            ("10.0.0.100", vec![("fd00::3", Some("02:42:0a:00:00:03"))], "address families"),
+            (
+                "10.0.0.100",
+                vec![("fd00::3", Some("02:42:0a:00:00:03"))],
+                "address families",
+            ),
             ("255.255.255.255", vec![], "not a unicast address"),
         ] {
             let e = set(&dp, vip, &backends).unwrap_err();
@@ -267,8 +275,12 @@ mod tests {
         }
         assert!(dp.services(None).unwrap().is_empty());
         // The MAC comes from the FDB when not given.
-        set(&dp, "10.0.0.100", &[("10.0.0.3", None), ("10.0.0.4", Some("02:42:0a:00:00:04"))])
-            .unwrap();
+        set(
+            &dp,
+            "10.0.0.100",
+            &[("10.0.0.3", None), ("10.0.0.4", Some("02:42:0a:00:00:04"))],
+        )
+        .unwrap();
         let list = dp.services(None).unwrap();
         assert_eq!(list.len(), 1);
         let s = &list[0];
@@ -299,7 +311,11 @@ mod tests {
             vni: vni(),
             vip: "10.0.0.100".parse().unwrap(),
         });
-        assert!(r.error.unwrap_or_default().contains("no service has VIP 10.0.0.100"));
+        assert!(
+            r.error
+                .unwrap_or_default()
+                .contains("no service has VIP 10.0.0.100")
+        );
         dp.shutdown();
     }
 

@@ -4,7 +4,7 @@
 //! flow. This module owns the worker's conntrack table.
 use super::{Ctx, Outputs};
 use crate::fdb::{PortId, VniTable};
-use crate::lb::conntrack::{Conntrack, ConntrackConfig, Dir, FlowInfo, FlowKey};
+use crate::lb::conntrack::{Conntrack, ConntrackConfig, Dir, FlowId, FlowInfo, FlowKey};
 use crate::lb::maglev::flow_hash;
 use crate::lb::nat::{self, NatError, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Side};
 use crate::lb::reply;
@@ -28,6 +28,44 @@ pub(super) struct Lb {
     /// that a dataplane without services spends no memory on it.
     conntrack: Option<Conntrack>,
     next_sweep: Option<Instant>,
+    /// The last lookup and its answer. A GRO burst delivers dozens of
+    /// segments of one flow in a row, and a GSO frame's segments follow
+    /// each other too: all but the first skip the table.
+    recent: Option<Recent>,
+}
+
+/// A remembered lookup: still true while the table has not changed and,
+/// for a hit (which may expire), within the same batch.
+#[derive(Clone, Copy)]
+struct Recent {
+    key: FlowKey,
+    found: Option<(FlowId, Dir)>,
+    changes: u64,
+    now: Instant,
+}
+
+/// [`Conntrack::lookup`], answered from `recent` when it still holds.
+#[inline]
+fn lookup(
+    ct: &mut Conntrack,
+    recent: &mut Option<Recent>,
+    key: &FlowKey,
+    now: Instant,
+    stats: &crate::stats::Stats,
+) -> Option<(FlowId, Dir)> {
+    if let Some(r) = recent {
+        if r.key == *key && r.changes == ct.changes() && (r.found.is_none() || r.now == now) {
+            return r.found;
+        }
+    }
+    let found = ct.lookup(key, now, stats);
+    *recent = Some(Recent {
+        key: *key,
+        found,
+        changes: ct.changes(),
+        now,
+    });
+    found
 }
 
 /// What became of a frame offered to the VIP path.
@@ -46,6 +84,7 @@ impl Lb {
             cfg,
             conntrack: None,
             next_sweep: None,
+            recent: None,
         }
     }
 
@@ -187,7 +226,7 @@ impl Ctx {
             Some(ct) => ct,
             None => lb.conntrack.insert(Conntrack::new(lb.cfg, now)),
         };
-        if let Some((id, dir)) = ct.lookup(key, now, stats) {
+        if let Some((id, dir)) = lookup(ct, &mut lb.recent, key, now, stats) {
             let f = ct.flow(id);
             let new_syn = key.proto == PROTO_TCP && flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
             if dir == Dir::Forward && !(f.is_closed() && new_syn) {
@@ -238,7 +277,8 @@ impl Ctx {
     pub(super) fn reverse(&mut self, vni: Vni, partial: bool, frame: &mut [u8]) {
         let now = self.now;
         let stats = &*self.stats;
-        let Some(ct) = self.lb.conntrack.as_mut() else {
+        let lb = &mut self.lb;
+        let Some(ct) = lb.conntrack.as_mut() else {
             return;
         };
         let Ok(p) = nat::parse(frame) else {
@@ -248,7 +288,7 @@ impl Ctx {
             return;
         }
         let key = flow_key(vni, &p);
-        let Some((id, Dir::Reply)) = ct.lookup(&key, now, stats) else {
+        let Some((id, Dir::Reply)) = lookup(ct, &mut lb.recent, &key, now, stats) else {
             return;
         };
         ct.update(id, Dir::Reply, p.tcp_flags, now);

@@ -666,3 +666,54 @@ fn encrypted_network_carries_balanced_flows() {
     assert_eq!(nat::parse(&got[0]).unwrap().dst, ip("10.0.0.3"));
     assert_valid(&got[0]);
 }
+
+#[test]
+fn a_new_flow_is_found_after_its_reply_key_missed() {
+    // One backend, so the flow's reply key is known in advance.
+    let mut h = Host::with(&[("10.0.0.100", &["10.0.0.11"])]);
+    // The backend talks to the client from port 80 to port 6000 on its
+    // own: not a balanced flow (the miss is remembered).
+    reply_from(&mut h, "10.0.0.11", 6000, Tcp::Ack);
+    reply_from(&mut h, "10.0.0.11", 6000, Tcp::Ack);
+    assert!(
+        h.written()
+            .iter()
+            .all(|(_, _, f)| nat::parse(f).unwrap().src == ip("10.0.0.11"))
+    );
+    assert_eq!(
+        h.stat(Counter::ConntrackMisses),
+        1,
+        "the second missed without a lookup"
+    );
+    // Then the client opens port 6000 to the VIP: the same reply key now
+    // belongs to a flow, and replies are translated.
+    assert_eq!(
+        h.send(0, &to_vip("10.0.0.100", 6000, Tcp::Syn)),
+        Some(ip("10.0.0.11"))
+    );
+    reply_from(&mut h, "10.0.0.11", 6000, Tcp::SynAck);
+    let w = h.written();
+    assert_eq!(nat::parse(&w[0].2).unwrap().src, ip("10.0.0.100"));
+}
+
+#[test]
+fn traffic_from_non_backends_skips_conntrack() {
+    let mut h = Host::with(&[("10.0.0.100", &remote(2, false))]);
+    // 10.0.0.14 is on the network but backs no service.
+    assert!(
+        !h.e.fdb
+            .vni(vni())
+            .unwrap()
+            .backends
+            .may_contain(ip("10.0.0.14"))
+    );
+    for _ in 0..3 {
+        reply_from(&mut h, "10.0.0.14", 7000, Tcp::Ack);
+    }
+    assert_eq!(h.written().len(), 3);
+    let s = h.e.stats();
+    assert_eq!(
+        s.counter(Counter::ConntrackHits) + s.counter(Counter::ConntrackMisses),
+        0
+    );
+}

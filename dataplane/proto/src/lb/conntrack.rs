@@ -7,13 +7,16 @@
 //!
 //! # Layout
 //! A fixed pool of [`Flow`]s (the capacity, `--conntrack-size`) and an
-//! index of buckets, each one 64-byte cache line of 8 ways holding a
-//! 32-bit tag of a key's hash and the flow it belongs to. Every flow is
+//! index of buckets of 16 ways: one 64-byte cache line of 32-bit tags (of
+//! the keys' hashes), one of the flows they belong to. Every flow is
 //! indexed twice: by its forward key (client → VIP, as the client sent
 //! it) and by its reply key (backend → client, as the backend answers).
-//! A lookup hashes the key once, reads one bucket and compares the full
-//! key only on a tag match, so a miss costs one cache line. The index has
-//! four times the ways the flows need (load at most 25%).
+//! A lookup hashes the key once, reads the bucket's tags and compares the
+//! full key only on a tag match, so a miss costs one cache line. The index
+//! has four times the ways the flows need (load at most 25%), so that a
+//! bucket fills up (and refuses a flow though the pool has room) almost
+//! never: at half the capacity in use, for about one key in 10^9 (Poisson
+//! tail); with 8-way buckets it was one in 10^5, seen in the benches.
 //!
 //! # Expiry
 //! Lazy on lookup (an expired flow is removed and the lookup misses), plus
@@ -52,8 +55,8 @@ use crate::stats::{Counter, Drop, Stats};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-/// Ways per bucket (one 64-byte cache line of tags and flow ids).
-pub const WAYS: usize = 8;
+/// Ways per bucket (a 64-byte cache line of tags, one of flow ids).
+pub const WAYS: usize = 16;
 /// Flows examined per [`Conntrack::handle_timeout`] call.
 pub const SWEEP_FLOWS: usize = 1024;
 /// Default flows per worker.
@@ -141,7 +144,20 @@ pub enum State {
     UdpAssured,
 }
 
+/// How many states there are.
+const STATES: usize = 7;
+
 impl State {
+    const ALL: [State; STATES] = [
+        State::SynSent,
+        State::Established,
+        State::Closing,
+        State::Closed,
+        State::UdpUnreplied,
+        State::UdpReplied,
+        State::UdpAssured,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             State::SynSent => "syn_sent",
@@ -331,7 +347,7 @@ pub struct FlowInfo {
     pub packets: [u64; 2],
 }
 
-#[repr(C, align(64))]
+#[repr(C, align(128))]
 #[derive(Clone, Copy)]
 struct Bucket {
     /// 0: free way.
@@ -359,10 +375,17 @@ pub struct Conntrack {
     buckets: Box<[Bucket]>,
     mask: usize,
     seed: u64,
-    timeouts: Timeouts,
+    /// Timeout of each [`State`] in milliseconds.
+    timeout_ms: [u64; STATES],
     epoch: Instant,
+    /// The last `now` converted to milliseconds (the engine passes the same
+    /// `now` for a whole batch).
+    now: (Instant, u64),
     /// Next flow the sweep examines.
     sweep_at: usize,
+    /// Counts inserts and removals: a lookup's answer stays true while
+    /// this is unchanged (and, for a hit, `now` too: it may expire).
+    changes: u64,
 }
 
 #[inline]
@@ -375,9 +398,8 @@ impl Conntrack {
     /// range); `now` is the table's time origin.
     pub fn new(cfg: ConntrackConfig, now: Instant) -> Conntrack {
         let cap = cfg.capacity.clamp(MIN_CAPACITY, MAX_CAPACITY) as usize;
-        // Two index entries per flow over a quarter of the ways at most:
-        // with 8 ways, a bucket is then full for about one key in a
-        // thousand even when every flow is in use (Poisson, mean 2).
+        // Two index entries per flow over a quarter of the ways at most
+        // (see the module documentation).
         let buckets = (cap * 2 * 4).div_ceil(WAYS).next_power_of_two();
         Conntrack {
             flows: vec![Flow::DEAD; cap].into_boxed_slice(),
@@ -385,9 +407,11 @@ impl Conntrack {
             buckets: vec![Bucket::EMPTY; buckets].into_boxed_slice(),
             mask: buckets - 1,
             seed: cfg.seed,
-            timeouts: cfg.timeouts,
+            timeout_ms: State::ALL.map(|s| cfg.timeouts.of(s).as_millis() as u64),
             epoch: now,
+            now: (now, 0),
             sweep_at: 0,
+            changes: 0,
         }
     }
 
@@ -404,14 +428,27 @@ impl Conntrack {
         self.len() == 0
     }
 
+    /// Changes with every insert and removal (see [`Conntrack::lookup`]'s
+    /// callers that remember an answer).
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
     #[inline]
-    fn ms(&self, now: Instant) -> u64 {
+    fn ms(&mut self, now: Instant) -> u64 {
+        if now != self.now.0 {
+            self.now = (now, self.ms_of(now));
+        }
+        self.now.1
+    }
+
+    fn ms_of(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
     #[inline]
     fn deadline(&self, f: &Flow) -> u64 {
-        f.last + self.timeouts.of(f.state).as_millis() as u64
+        f.last + self.timeout_ms[f.state as usize]
     }
 
     #[inline]
@@ -508,6 +545,7 @@ impl Conntrack {
         self.link(bf, tag_of(hf), id << 1);
         self.link(br, tag_of(hr), (id << 1) | 1);
         stats.inc(Counter::ConntrackInserted);
+        self.changes += 1;
         Some(id)
     }
 
@@ -603,6 +641,7 @@ impl Conntrack {
             }
         }
         self.free.push(flow);
+        self.changes += 1;
     }
 
     #[inline]
@@ -651,7 +690,7 @@ impl Conntrack {
 
     /// The live, unexpired flows as of `now`.
     pub fn iter(&self, now: Instant) -> impl Iterator<Item = FlowInfo> + '_ {
-        let now_ms = self.ms(now);
+        let now_ms = self.ms_of(now);
         self.flows
             .iter()
             .filter(move |f| f.live && now_ms < self.deadline(f))
@@ -878,8 +917,29 @@ mod tests {
     }
 
     #[test]
-    fn bucket_is_one_cache_line() {
-        assert_eq!(std::mem::size_of::<Bucket>(), 64);
-        assert_eq!(std::mem::align_of::<Bucket>(), 64);
+    fn bucket_tags_fill_one_cache_line() {
+        assert_eq!(std::mem::size_of::<Bucket>(), 128);
+        assert_eq!(std::mem::align_of::<Bucket>(), 128);
+        assert_eq!(std::mem::offset_of!(Bucket, ids), 64);
+    }
+
+    /// Half the capacity in use, flows coming and going: an insert never
+    /// finds its bucket full (the 8-way layout failed this).
+    #[test]
+    fn buckets_do_not_fill_before_the_pool() {
+        let cap = 1u32 << 16;
+        let (mut ct, st, now) = small(cap);
+        let mut ids = std::collections::VecDeque::new();
+        for n in 0..1_000_000u32 {
+            let k = FlowKey {
+                src: IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + (n >> 16))),
+                ..key(n as u16)
+            };
+            let id = ct.insert(k, backend(), 1, 0, ACK, now, &st);
+            ids.push_back(id.unwrap_or_else(|| panic!("refused at {n} with {} flows", ct.len())));
+            if ids.len() as u32 > cap / 2 {
+                ct.remove(ids.pop_front().unwrap());
+            }
+        }
     }
 }

@@ -62,6 +62,7 @@ pub struct L4 {
 /// Reads an Ethernet frame's IP and TCP/UDP/ICMP headers. Lengths are
 /// checked: the L4 header must lie within the IP packet. IPv4 fragments
 /// are an error (only the first carries ports).
+#[inline]
 pub fn parse(frame: &[u8]) -> Result<L4, NatError> {
     let ip = IpInfo::parse(frame).map_err(|_| NatError::Malformed)?;
     if ip.fragment {
@@ -136,6 +137,7 @@ fn l4_checksum_at(p: &L4) -> Option<usize> {
 }
 
 /// Moves the 16-bit checksum at `at` for `old` → `new` bytes.
+#[inline]
 fn adjust(frame: &mut [u8], at: usize, old: &[u8], new: &[u8], partial: bool, udp: bool) {
     let c = u16::from_be_bytes([frame[at], frame[at + 1]]);
     let c = if partial {
@@ -156,6 +158,7 @@ fn adjust(frame: &mut [u8], at: usize, old: &[u8], new: &[u8], partial: bool, ud
 /// checksum that covers them. `partial`: the frame's L4 checksum field
 /// holds a partial sum (NEEDS_CSUM). `p` describes the frame as it was;
 /// call [`parse`] again for the new values.
+#[inline]
 pub fn rewrite(
     frame: &mut [u8],
     p: &L4,

@@ -103,6 +103,68 @@ fn is_unicast(ip: IpAddr) -> bool {
     }
 }
 
+/// A 1024-bit filter of backend addresses, keyed by their last four bytes:
+/// "maybe" for every backend of a network's services, "no" for most other
+/// addresses. Only a frame from a backend can be the reply of a balanced
+/// flow, so frames from anyone else (most traffic on a network that has
+/// services) skip the conntrack lookup after one bit test.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackendFilter([u64; 16]);
+
+impl BackendFilter {
+    #[inline]
+    fn bit(tail: [u8; 4]) -> usize {
+        (u32::from_be_bytes(tail).wrapping_mul(0x9e37_79b1) >> 22) as usize
+    }
+
+    fn tail(ip: IpAddr) -> [u8; 4] {
+        match ip {
+            IpAddr::V4(v4) => v4.octets(),
+            IpAddr::V6(v6) => {
+                let o = v6.octets();
+                [o[12], o[13], o[14], o[15]]
+            }
+        }
+    }
+
+    /// The filter of every backend of `services`.
+    pub fn of<'a>(services: impl IntoIterator<Item = &'a Service>) -> BackendFilter {
+        let mut f = BackendFilter::default();
+        for s in services {
+            for b in s.backends() {
+                let i = Self::bit(Self::tail(b.ip));
+                f.0[i / 64] |= 1 << (i % 64);
+            }
+        }
+        f
+    }
+
+    pub fn may_contain(&self, ip: IpAddr) -> bool {
+        self.test(Self::tail(ip))
+    }
+
+    #[inline]
+    fn test(&self, tail: [u8; 4]) -> bool {
+        let i = Self::bit(tail);
+        self.0[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    /// Whether the source address of an Ethernet frame (IPv4 or IPv6) may
+    /// be a backend; false for anything else.
+    #[inline]
+    pub fn may_contain_src(&self, frame: &[u8]) -> bool {
+        let at = match frame.get(12..14) {
+            Some([0x08, 0x00]) => 14 + 12,
+            Some([0x86, 0xdd]) => 14 + 20,
+            _ => return false,
+        };
+        match frame.get(at..at + 4) {
+            Some(t) => self.test([t[0], t[1], t[2], t[3]]),
+            None => false,
+        }
+    }
+}
+
 /// Source of [`Service::generation`]: unique per build in this process.
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 
@@ -226,6 +288,37 @@ mod tests {
         }
         assert_ne!(s.generation(), t.generation());
         assert_eq!(s.mac(), MacAddr([0x06, 0x56, 10, 0, 0, 100]));
+    }
+
+    #[test]
+    fn backend_filter_knows_every_backend_and_few_others() {
+        let vip: IpAddr = "10.0.0.100".parse().unwrap();
+        let bs: Vec<Backend> = (2..50).map(|i| b(&format!("10.0.0.{i}"))).collect();
+        let v6 = Service::new("fd00::100".parse().unwrap(), vec![b("fd00::7")], 251).unwrap();
+        let s = Service::new(vip, bs.clone(), 251).unwrap();
+        let f = BackendFilter::of([&s, &v6]);
+        assert!(bs.iter().all(|b| f.may_contain(b.ip)));
+        assert!(f.may_contain("fd00::7".parse().unwrap()));
+        let others = (0..10_000u32)
+            .map(|i| IpAddr::V4((0x0a01_0000 + i).into()))
+            .filter(|ip| f.may_contain(*ip))
+            .count();
+        // 49 bits of 1024 set: about 5% false positives.
+        assert!(others < 1000, "{others} of 10000 other addresses pass");
+        // Read from frames: IPv4 and IPv6 source addresses.
+        let mut v4 = vec![0u8; 34];
+        v4[12..14].copy_from_slice(&[0x08, 0x00]);
+        v4[26..30].copy_from_slice(&[10, 0, 0, 7]);
+        assert!(f.may_contain_src(&v4));
+        let mut v6f = vec![0u8; 54];
+        v6f[12..14].copy_from_slice(&[0x86, 0xdd]);
+        v6f[22..38].copy_from_slice(&"fd00::7".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        assert!(f.may_contain_src(&v6f));
+        assert!(
+            !f.may_contain_src(&v6f[..30]),
+            "short frames are not read past"
+        );
+        assert!(!BackendFilter::default().may_contain_src(&v4));
     }
 
     #[test]
