@@ -61,3 +61,8 @@ fn api_request() {
 fn wire_rx() {
     run("wire_rx", vxnet_fuzz::wire_rx);
 }
+
+#[test]
+fn lb_nat() {
+    run("lb_nat", vxnet_fuzz::lb_nat);
+}

@@ -97,3 +97,8 @@ fn api_request() {
 fn wire_rx() {
     run("wire_rx", 20_000, vxnet_fuzz::wire_rx);
 }
+
+#[test]
+fn lb_nat() {
+    run("lb_nat", 5_000, vxnet_fuzz::lb_nat);
+}
