@@ -193,9 +193,10 @@ impl Engine {
     }
 
     /// Expires a bounded slice of the conntrack table (at most every 50 ms
-    /// of the time given to [`Engine::set_now`]); call once per loop.
+    /// of the time given to [`Engine::set_now`]), and drops flows of
+    /// services that were removed; call once per loop.
     pub fn sweep_conntrack(&mut self) {
-        self.ctx.sweep_conntrack();
+        self.ctx.sweep_conntrack(&self.fdb);
     }
 
     /// This worker's balanced flows (conntrack entries), as of the time of

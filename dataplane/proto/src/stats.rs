@@ -63,7 +63,7 @@ enumerate! {
         ConntrackInserted => ("conntrack_inserted", "flows added to conntrack"),
         ConntrackEvicted => ("conntrack_evicted", "flows evicted from a full conntrack table (closed, half-open or unanswered ones)"),
         ConntrackExpired => ("conntrack_expired", "flows removed from conntrack after their timeout"),
-        ConntrackRemoved => ("conntrack_removed", "flows removed from conntrack because their backend left the service"),
+        ConntrackRemoved => ("conntrack_removed", "flows removed from conntrack because their backend left the service or the service went"),
         ConntrackHits => ("conntrack_hits", "conntrack lookups that found a flow"),
         ConntrackMisses => ("conntrack_misses", "conntrack lookups that found none"),
     }

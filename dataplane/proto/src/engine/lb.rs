@@ -3,7 +3,7 @@
 //! about to be written to a local port that may be a reply of a balanced
 //! flow. This module owns the worker's conntrack table.
 use super::{Ctx, Outputs};
-use crate::fdb::{PortId, VniTable};
+use crate::fdb::{Fdb, PortId, VniTable};
 use crate::lb::conntrack::{Conntrack, ConntrackConfig, Dir, FlowId, FlowInfo, FlowKey};
 use crate::lb::maglev::flow_hash;
 use crate::lb::nat::{self, NatError, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Side};
@@ -130,8 +130,10 @@ fn frame_dst_is_vip(table: &VniTable, frame: &[u8]) -> bool {
 }
 
 impl Ctx {
-    /// Expires the next slice of the conntrack table, at most every 50 ms.
-    pub(super) fn sweep_conntrack(&mut self) {
+    /// Expires the next slice of the conntrack table, at most every 50 ms,
+    /// and drops flows to VIPs that are no longer services in `fdb`
+    /// (nothing would look them up again before they time out).
+    pub(super) fn sweep_conntrack(&mut self, fdb: &Fdb) {
         let now = self.now;
         let lb = &mut self.lb;
         let Some(ct) = lb.conntrack.as_mut() else {
@@ -141,7 +143,11 @@ impl Ctx {
             return;
         }
         lb.next_sweep = Some(now + SWEEP_EVERY);
-        ct.handle_timeout(now, &self.stats);
+        ct.handle_timeout(now, &self.stats, |f| {
+            Vni::new(f.key.vni)
+                .and_then(|v| fdb.vni(v))
+                .is_some_and(|t| t.services.contains_key(&f.key.dst))
+        });
     }
 
     /// The balanced flows of this worker, as of the current batch's time.

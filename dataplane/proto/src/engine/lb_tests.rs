@@ -717,3 +717,19 @@ fn traffic_from_non_backends_skips_conntrack() {
         0
     );
 }
+
+#[test]
+fn flows_of_a_removed_service_are_swept() {
+    let mut h = Host::with(&[
+        ("10.0.0.100", &remote(2, false)),
+        ("10.0.0.101", &remote(2, false)),
+    ]);
+    h.send(0, &to_vip("10.0.0.100", 1, Tcp::Ack));
+    h.send(0, &to_vip("10.0.0.101", 2, Tcp::Ack));
+    assert_eq!(h.e.flows().count(), 2);
+    h.e.set_fdb(Arc::new(table(&[("10.0.0.101", &remote(2, false))])));
+    h.e.sweep_conntrack();
+    let left: Vec<IpAddr> = h.e.flows().map(|f| f.key.dst).collect();
+    assert_eq!(left, [ip("10.0.0.101")]);
+    assert_eq!(h.stat(Counter::ConntrackRemoved), 1);
+}

@@ -22,7 +22,8 @@
 //! Lazy on lookup (an expired flow is removed and the lookup misses), plus
 //! [`Conntrack::handle_timeout`], which examines a bounded number of flows
 //! per call ([`SWEEP_FLOWS`]) so that flows nobody looks up again free their
-//! entry too. Timeouts follow the connection's state ([`Timeouts`]):
+//! entry too; it also drops the flows its caller no longer wants (the
+//! engine: flows to a VIP whose service was removed). Timeouts follow the connection's state ([`Timeouts`]):
 //!
 //! | state | default | why |
 //! | --- | --- | --- |
@@ -669,9 +670,16 @@ impl Conntrack {
         f.index = index;
     }
 
-    /// Removes expired flows among the next [`SWEEP_FLOWS`] of the pool
-    /// (round robin over calls); returns how many it removed.
-    pub fn handle_timeout(&mut self, now: Instant, stats: &Stats) -> usize {
+    /// Removes, among the next [`SWEEP_FLOWS`] of the pool (round robin
+    /// over calls), the flows that expired (counted as expiries) and those
+    /// `keep` no longer wants, such as flows to a VIP whose service is gone
+    /// (counted as removals). Returns how many it removed.
+    pub fn handle_timeout(
+        &mut self,
+        now: Instant,
+        stats: &Stats,
+        keep: impl Fn(&Flow) -> bool,
+    ) -> usize {
         let now_ms = self.ms(now);
         let n = self.flows.len();
         let mut removed = 0;
@@ -679,11 +687,19 @@ impl Conntrack {
             let i = self.sweep_at;
             self.sweep_at = (i + 1) % n;
             let f = &self.flows[i];
-            if f.live && now_ms >= self.deadline(f) {
-                self.remove(i as FlowId);
-                stats.inc(Counter::ConntrackExpired);
-                removed += 1;
+            if !f.live {
+                continue;
             }
+            let counter = if now_ms >= self.deadline(f) {
+                Counter::ConntrackExpired
+            } else if !keep(f) {
+                Counter::ConntrackRemoved
+            } else {
+                continue;
+            };
+            self.remove(i as FlowId);
+            stats.inc(counter);
+            removed += 1;
         }
         removed
     }
@@ -852,7 +868,7 @@ mod tests {
         let later = t0 + Duration::from_secs(61);
         let mut removed = 0;
         for _ in 0..ct.capacity().div_ceil(SWEEP_FLOWS) {
-            let r = ct.handle_timeout(later, &st);
+            let r = ct.handle_timeout(later, &st, |_| true);
             assert!(r <= SWEEP_FLOWS, "bounded work per call");
             removed += r;
         }
@@ -860,6 +876,15 @@ mod tests {
         assert!(ct.is_empty());
         assert_eq!(st.counter(Counter::ConntrackExpired), 3000);
         assert_eq!(ct.iter(later).count(), 0);
+        // Flows the owner no longer wants go too, before their time.
+        for p in 0..10 {
+            ct.insert(key(p), backend(), 1, 0, ACK, later, &st).unwrap();
+        }
+        for _ in 0..ct.capacity().div_ceil(SWEEP_FLOWS) {
+            ct.handle_timeout(later, &st, |f| f.key.sport % 2 == 0);
+        }
+        assert_eq!(ct.len(), 5);
+        assert_eq!(st.counter(Counter::ConntrackRemoved), 5);
     }
 
     #[test]
