@@ -1,20 +1,22 @@
 //! `vxnet container ...`: a network namespace as the container, made and
-//! attached by the control daemon; the command itself is started here,
-//! with `ip netns exec` (which also bind-mounts the container's
-//! resolv.conf), so its output and exit code reach the caller. A detached
-//! command leads its own process group and writes to the container's log.
+//! attached by the control daemon.
+//!
+//! A detached command (`run -d`) is started by the daemon, which answers
+//! only once it runs (a command that cannot start is refused, and nothing
+//! is left behind) and keeps its output in the container's log. A
+//! foreground command is started here with `ip netns exec` (which also
+//! bind-mounts the container's resolv.conf), so its output and exit code
+//! reach the caller; `--rm` removes the container when it ends.
 
 use crate::dp::CliError;
 use crate::output::{Format, Table};
 use crate::swarm::{ControlSocket, FormatArg, json, short, write};
 use clap::{Args, Subcommand};
-use std::fs::OpenOptions;
 use std::io::Write;
-use std::net::Ipv4Addr;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Command, Stdio};
-use vxnet_control::containers::NetworkRequest;
-use vxnet_control::daemon::api::{ContainerView, CtlRequest};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::os::unix::process::ExitStatusExt;
+use std::process::Command;
+use vxnet_api::ctl::{self, ContainerState, ContainerView, EndpointRequest};
 
 #[derive(Debug, Args)]
 #[command(after_help = "\
@@ -36,7 +38,7 @@ pub enum ContainerCommand {
     /// a command in it.
     #[command(after_help = "\
 Examples:
-  vxnet container run --name c1 --network test-net -- ping -c 3 10.0.1.3
+  vxnet container run --rm --name c1 --network test-net -- ping -c 3 10.0.1.3
   vxnet container run -d --name c2 --network test-net --network other --ip 10.0.1.9 -- sleep infinity")]
     Run(RunArgs),
     /// Run a command in a container.
@@ -48,15 +50,22 @@ Example:
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
-    /// List this host's containers.
+    /// List this host's containers (running ones; -a for all).
     #[command(
         alias = "list",
+        alias = "ps",
         after_help = "\
 Examples:
   vxnet container ls
-  vxnet container ls --format json"
+  vxnet container ls -a --format json"
     )]
     Ls {
+        /// Stopped and exited containers too.
+        #[arg(short, long)]
+        all: bool,
+        /// Only the container ids.
+        #[arg(short, long)]
+        quiet: bool,
         #[command(flatten)]
         format: FormatArg,
     },
@@ -69,7 +78,8 @@ Example:
         containers: Vec<String>,
     },
     /// Remove containers: detach them, delete their namespaces, release
-    /// their addresses.
+    /// their addresses. On a manager, a container of another node is
+    /// removed by that node.
     #[command(
         alias = "remove",
         after_help = "\
@@ -83,13 +93,46 @@ Example:
         #[arg(required = true)]
         containers: Vec<String>,
     },
+    /// Stop containers: SIGTERM, then SIGKILL after the grace period; their
+    /// endpoints leave the network, their addresses are kept.
+    #[command(after_help = "\
+Example:
+  vxnet container stop -t 2 c1")]
+    Stop {
+        /// Seconds to wait before SIGKILL.
+        #[arg(short = 't', long = "time", value_name = "SECONDS")]
+        time: Option<u64>,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Start stopped containers again.
+    #[command(after_help = "\
+Example:
+  vxnet container start c1")]
+    Start {
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Print a detached container's output.
+    #[command(after_help = "\
+Example:
+  vxnet container logs --tail 20 c1")]
+    Logs {
+        /// Only the last N lines.
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+        container: String,
+    },
 }
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Run in the background and print the container id.
-    #[arg(short, long)]
+    #[arg(short, long, conflicts_with = "rm")]
     pub detach: bool,
+    /// Remove the container when its (foreground) command ends.
+    #[arg(long)]
+    pub rm: bool,
     #[arg(long)]
     pub name: String,
     /// Networks to join; the first is the primary (default route).
@@ -98,25 +141,53 @@ pub struct RunArgs {
     /// Address on the first network (default: the next free one).
     #[arg(long)]
     pub ip: Option<Ipv4Addr>,
+    /// IPv6 address on the first network.
+    #[arg(long)]
+    pub ip6: Option<Ipv6Addr>,
+    /// Other names for the container on its first network.
+    #[arg(long = "network-alias", value_name = "NAME")]
+    pub aliases: Vec<String>,
+    /// Environment variable for the command, K=V (repeat for more).
+    #[arg(short, long = "env", value_name = "K=V", value_parser = parse_env)]
+    pub env: Vec<String>,
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }
 
+fn parse_env(s: &str) -> Result<String, String> {
+    match s.split_once('=') {
+        Some((k, _)) if !k.is_empty() && !k.contains(char::is_whitespace) => Ok(s.to_owned()),
+        _ => Err(format!("'{s}' is not K=V")),
+    }
+}
+
 impl RunArgs {
-    pub fn request(&self) -> CtlRequest {
-        CtlRequest::ContainerCreate {
+    /// The daemon request: with -d the daemon runs the command.
+    pub fn request(&self) -> ctl::ContainerCreate {
+        ctl::ContainerCreate {
             name: self.name.clone(),
             networks: self
                 .networks
                 .iter()
                 .enumerate()
-                .map(|(i, n)| NetworkRequest {
+                .map(|(i, n)| EndpointRequest {
                     network: n.clone(),
                     ipv4: if i == 0 { self.ip } else { None },
-                    ipv6: None,
+                    ipv6: if i == 0 { self.ip6 } else { None },
                     mac: None,
+                    aliases: if i == 0 {
+                        self.aliases.clone()
+                    } else {
+                        Vec::new()
+                    },
                 })
                 .collect(),
+            command: if self.detach {
+                self.command.clone()
+            } else {
+                Vec::new()
+            },
+            env: self.env.clone(),
         }
     }
 }
@@ -142,41 +213,41 @@ fn failed(what: &str) -> impl FnOnce(std::io::Error) -> CliError + '_ {
 }
 
 fn run_container(s: &ControlSocket, r: &RunArgs, out: &mut dyn Write) -> Result<u8, CliError> {
-    let v: ContainerView = s.call(&r.request())?;
-    let mut cmd = in_netns(&v.netns, &r.command);
-    if r.detach {
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&v.log_path)
-            .map_err(failed(&format!("cannot open the log {}", v.log_path)))?;
-        let log2 = log.try_clone().map_err(failed("cannot open the log"))?;
-        cmd.stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .process_group(0);
-    }
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            // Leave nothing behind for a command that never started.
-            let _: Result<ContainerView, _> = s.call(&CtlRequest::ContainerRm {
-                container: v.id.clone(),
-                force: true,
-            });
-            return Err(CliError::Failed(format!("cannot start the command: {e}")));
-        }
-    };
-    let _: ContainerView = s.call(&CtlRequest::ContainerStarted {
-        container: v.id.clone(),
-        pid: child.id(),
-    })?;
+    let v = s.call(r.request())?;
     if r.detach {
         write(out, &format!("{}\n", v.id))?;
         return Ok(0);
     }
+    let remove = |s: &ControlSocket| {
+        s.call(ctl::ContainerRm {
+            container: v.id.clone(),
+            force: true,
+        })
+    };
+    let mut child = match in_netns(&v.netns, &r.command).spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            // Leave nothing behind for a command that never started.
+            let _ = remove(s);
+            return Err(CliError::Failed(format!("cannot start the command: {e}")));
+        }
+    };
+    s.call(ctl::ContainerStarted {
+        container: v.id.clone(),
+        pid: child.id(),
+    })?;
     let st = child.wait().map_err(failed("waiting for the command"))?;
+    if r.rm {
+        remove(s)?;
+    }
     Ok(exit_code(st))
+}
+
+fn state_text(c: &ContainerView) -> String {
+    match (c.state, c.exit_code) {
+        (ContainerState::Exited, Some(code)) => format!("exited ({code})"),
+        (state, _) => state.to_string(),
+    }
 }
 
 pub fn run(args: &ContainerArgs, out: &mut dyn Write) -> Result<u8, CliError> {
@@ -184,7 +255,7 @@ pub fn run(args: &ContainerArgs, out: &mut dyn Write) -> Result<u8, CliError> {
     match &args.command {
         ContainerCommand::Run(r) => run_container(s, r, out),
         ContainerCommand::Exec { container, command } => {
-            let v: ContainerView = s.call(&CtlRequest::ContainerInspect {
+            let v = s.call(ctl::ContainerInspect {
                 container: container.clone(),
             })?;
             let st = in_netns(&v.netns, command)
@@ -192,8 +263,14 @@ pub fn run(args: &ContainerArgs, out: &mut dyn Write) -> Result<u8, CliError> {
                 .map_err(failed("cannot run ip netns exec"))?;
             Ok(exit_code(st))
         }
-        ContainerCommand::Ls { format } => {
-            let list: Vec<ContainerView> = s.call(&CtlRequest::ContainerLs)?;
+        ContainerCommand::Ls { all, quiet, format } => {
+            let list = s.call(ctl::ContainerLs { all: *all })?;
+            if *quiet {
+                for c in &list {
+                    write(out, &format!("{}\n", short(&c.id)))?;
+                }
+                return Ok(0);
+            }
             if format.format == Format::Json {
                 json(out, &list)?;
                 return Ok(0);
@@ -203,7 +280,7 @@ pub fn run(args: &ContainerArgs, out: &mut dyn Write) -> Result<u8, CliError> {
                 t.row(vec![
                     short(&c.id).to_owned(),
                     c.name.clone(),
-                    c.status.clone(),
+                    state_text(c),
                     c.pid.map_or("-".into(), |p| p.to_string()),
                     c.networks
                         .iter()
@@ -218,22 +295,48 @@ pub fn run(args: &ContainerArgs, out: &mut dyn Write) -> Result<u8, CliError> {
         ContainerCommand::Inspect { containers } => {
             let mut all = Vec::new();
             for c in containers {
-                let v: ContainerView = s.call(&CtlRequest::ContainerInspect {
+                all.push(s.call(ctl::ContainerInspect {
                     container: c.clone(),
-                })?;
-                all.push(v);
+                })?);
             }
             json(out, &all)?;
             Ok(0)
         }
         ContainerCommand::Rm { force, containers } => {
             for c in containers {
-                let _: ContainerView = s.call(&CtlRequest::ContainerRm {
+                s.call(ctl::ContainerRm {
                     container: c.clone(),
                     force: *force,
                 })?;
                 write(out, &format!("{c}\n"))?;
             }
+            Ok(0)
+        }
+        ContainerCommand::Stop { time, containers } => {
+            for c in containers {
+                s.call(ctl::ContainerStop {
+                    container: c.clone(),
+                    timeout_secs: *time,
+                })?;
+                write(out, &format!("{c}\n"))?;
+            }
+            Ok(0)
+        }
+        ContainerCommand::Start { containers } => {
+            for c in containers {
+                s.call(ctl::ContainerStart {
+                    container: c.clone(),
+                })?;
+                write(out, &format!("{c}\n"))?;
+            }
+            Ok(0)
+        }
+        ContainerCommand::Logs { tail, container } => {
+            let l = s.call(ctl::ContainerLogs {
+                container: container.clone(),
+                tail: *tail,
+            })?;
+            write(out, &l.text)?;
             Ok(0)
         }
     }

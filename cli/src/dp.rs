@@ -9,13 +9,12 @@ use serde::de::DeserializeOwned;
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use vxnet_dataplane::api::{
-    AttachRequest, AttachTarget, BackendSpec, ConntrackReport, DEFAULT_SOCKET, DetachTarget,
-    EndpointInfo, FdbEntry, IpNet, NetworkInfo, Peer, Request, SaEntry, ServiceInfo, ServiceSpec,
-    ShowReport, StatsReport, VtepInfo,
+use vxnet_api::client::{Client, Server, transport_error};
+use vxnet_api::dp::{
+    self, AttachTarget, BackendSpec, ConntrackReport, DEFAULT_SOCKET, DetachTarget, EndpointInfo,
+    FdbEntry, NetworkInfo, Owner, Request, SaEntry, ServiceInfo, ShowReport, StatsReport, VtepInfo,
 };
-use vxnet_dataplane::client::Client;
-use vxnet_proto::wire::{MacAddr, Vni};
+use vxnet_api::{ApiError, Call, IpNet, MacAddr, PublicKey, Vni};
 
 #[derive(Debug, Args)]
 #[command(after_help = "\
@@ -266,9 +265,9 @@ Examples:
         /// The host's underlay address.
         #[arg(long, value_name = "IP")]
         vtep: IpAddr,
-        /// Its X25519 public key, base64.
-        #[arg(long, value_name = "KEY")]
-        pubkey: String,
+        /// Its X25519 public key, base64 (44 characters).
+        #[arg(long, value_name = "KEY", value_parser = parse_pubkey)]
+        pubkey: PublicKey,
     },
     /// Forget a host's key.
     Del {
@@ -296,7 +295,7 @@ pub struct AttachArgs {
     #[arg(long, value_parser = parse_vni)]
     pub vni: Vni,
     /// Address with prefix length, e.g. 10.0.0.2/24 (repeat for more).
-    #[arg(long = "ip", value_name = "ADDR/PLEN", required = true)]
+    #[arg(long = "ip", value_name = "ADDR/PLEN", required = true, value_parser = parse_ipnet)]
     pub ips: Vec<IpNet>,
     /// MAC address (default: derived from the first address, 02:42:...).
     #[arg(long, value_parser = parse_unicast_mac)]
@@ -353,10 +352,11 @@ Example:
         #[arg(long, value_parser = parse_vtep)]
         vtep: IpAddr,
     },
-    /// Forget a remote endpoint.
+    /// Forget a remote endpoint, or only some of its addresses.
     #[command(after_help = "\
-Example:
-  vxnet dp peer del --vni 4096 --mac 02:42:0a:00:00:03")]
+Examples:
+  vxnet dp peer del --vni 4096 --mac 02:42:0a:00:00:03
+  vxnet dp peer del --vni 4096 --mac 02:42:0a:00:00:03 --ip fd00::3")]
     Del {
         /// VXLAN network identifier, 1 to 16777215.
         #[arg(long, value_parser = parse_vni)]
@@ -364,6 +364,9 @@ Example:
         /// The remote endpoint's MAC address.
         #[arg(long, value_parser = parse_unicast_mac)]
         mac: MacAddr,
+        /// Only this address (repeat for more); the whole entry without.
+        #[arg(long = "ip", value_name = "ADDR")]
+        ips: Vec<IpAddr>,
     },
 }
 
@@ -385,6 +388,33 @@ pub struct FloodArgs {
     /// Underlay address of the remote host.
     #[arg(long, value_parser = parse_vtep)]
     pub vtep: IpAddr,
+}
+
+/// `ADDR/PLEN`: an interface address with its prefix length.
+pub fn parse_ipnet(s: &str) -> Result<IpNet, String> {
+    let Some((a, p)) = s.split_once('/') else {
+        return Err(format!(
+            "'{s}' needs a prefix length, like 10.0.0.2/24 or fd00::2/64"
+        ));
+    };
+    let addr: IpAddr = a
+        .parse()
+        .map_err(|_| format!("'{a}' is not an IPv4 or IPv6 address"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix: u8 = p
+        .parse()
+        .ok()
+        .filter(|p| *p <= max)
+        .ok_or_else(|| format!("prefix length '{p}' must be a number from 0 to {max}"))?;
+    IpNet::new(addr, prefix).map_err(|e| e.to_string())
+}
+
+pub fn parse_pubkey(s: &str) -> Result<PublicKey, String> {
+    s.parse().map_err(|e| {
+        format!(
+            "'{s}' is not an X25519 public key ({e}); copy it from `vxnet dp show` on that host"
+        )
+    })
 }
 
 pub fn parse_vni(s: &str) -> Result<Vni, String> {
@@ -429,7 +459,9 @@ pub fn parse_backend(s: &str) -> Result<BackendSpec, String> {
         None => (s, None),
     };
     let ip: IpAddr = ip.trim().parse().map_err(|_| {
-        format!("'{ip}' is not an IPv4 or IPv6 address; expected IP or IP,MAC like 10.0.0.3,02:42:0a:00:00:03")
+        format!(
+            "'{ip}' is not an IPv4 or IPv6 address; expected IP or IP,MAC like 10.0.0.3,02:42:0a:00:00:03"
+        )
     })?;
     Ok(BackendSpec { ip, mac })
 }
@@ -463,9 +495,17 @@ fn parse_nonempty(s: &str) -> Result<String, String> {
 pub enum CliError {
     /// The arguments make no sense together (exit 2, before any request).
     Usage(String),
-    /// The dataplane refused, could not be reached or answered nonsense
-    /// (exit 1).
+    /// Something here failed: output, a local process (exit 1).
     Failed(String),
+    /// A daemon refused or could not be reached; the exit code comes from
+    /// the error's code ([`vxnet_api::ErrorCode::exit_status`]).
+    Api(ApiError),
+}
+
+impl From<ApiError> for CliError {
+    fn from(e: ApiError) -> Self {
+        CliError::Api(e)
+    }
 }
 
 impl AttachArgs {
@@ -478,7 +518,7 @@ impl AttachArgs {
             } else {
                 v6 += 1
             }
-            if !self.ips.iter().any(|n| n.addr.is_ipv4() == gw.is_ipv4()) {
+            if !self.ips.iter().any(|n| n.addr().is_ipv4() == gw.is_ipv4()) {
                 return Err(format!(
                     "gateway {gw} has no --ip of the same address family to be reached through"
                 ));
@@ -488,8 +528,8 @@ impl AttachArgs {
             return Err("give at most one IPv4 and one IPv6 --gateway".into());
         }
         for (i, a) in self.ips.iter().enumerate() {
-            if self.ips.iter().skip(i + 1).any(|b| b.addr == a.addr) {
-                return Err(format!("address {} is given twice", a.addr));
+            if self.ips.iter().skip(i + 1).any(|b| b.addr() == a.addr()) {
+                return Err(format!("address {} is given twice", a.addr()));
             }
         }
         Ok(())
@@ -502,7 +542,7 @@ impl AttachArgs {
             // clap's required group guarantees one of them.
             (None, None) => AttachTarget::Netns(String::new()),
         };
-        Request::Attach(AttachRequest {
+        dp::Attach {
             target,
             vni: self.vni,
             ips: self.ips.clone(),
@@ -510,7 +550,9 @@ impl AttachArgs {
             mtu: self.mtu,
             gateways: self.gateways.clone(),
             ifname: self.ifname.clone(),
-        })
+            owner: Owner::User,
+        }
+        .into_request()
     }
 }
 
@@ -526,7 +568,7 @@ impl DetachArgs {
             // clap's required group guarantees one of them.
             (None, None, None) => DetachTarget::Veth(String::new()),
         };
-        Request::Detach { target }
+        dp::Detach { target }.into_request()
     }
 }
 
@@ -587,60 +629,77 @@ impl DpCommand {
                 mac,
                 ips,
                 vtep,
-            }) => Request::PeerAdd(Peer {
+            }) => dp::PeerAdd {
                 vni: *vni,
                 mac: *mac,
                 ips: ips.clone(),
                 vtep: *vtep,
-            }),
-            DpCommand::Peer(PeerCommand::Del { vni, mac }) => Request::PeerDel {
+                owner: Owner::User,
+            }
+            .into_request(),
+            DpCommand::Peer(PeerCommand::Del { vni, mac, ips }) => dp::PeerDel {
                 vni: *vni,
                 mac: *mac,
-            },
-            DpCommand::Flood(FloodCommand::Add(f)) => Request::FloodAdd {
+                ips: ips.clone(),
+            }
+            .into_request(),
+            DpCommand::Flood(FloodCommand::Add(f)) => dp::FloodAdd {
                 vni: f.vni,
                 vtep: f.vtep,
-            },
-            DpCommand::Flood(FloodCommand::Del(f)) => Request::FloodDel {
+            }
+            .into_request(),
+            DpCommand::Flood(FloodCommand::Del(f)) => dp::FloodDel {
                 vni: f.vni,
                 vtep: f.vtep,
-            },
-            DpCommand::Stats { .. } => Request::Stats,
-            DpCommand::Fdb { vni, .. } => Request::Fdb { vni: *vni },
-            DpCommand::Endpoints { .. } => Request::Endpoints,
-            DpCommand::Show { .. } => Request::Show,
-            DpCommand::Network(NetworkCommand::Add { vni, encrypted }) => Request::NetworkAdd {
+            }
+            .into_request(),
+            DpCommand::Stats { .. } => dp::Stats {}.into_request(),
+            DpCommand::Fdb { vni, .. } => dp::Fdb { vni: *vni }.into_request(),
+            DpCommand::Endpoints { .. } => dp::Endpoints {}.into_request(),
+            DpCommand::Show { .. } => dp::Show {}.into_request(),
+            DpCommand::Network(NetworkCommand::Add { vni, encrypted }) => dp::NetworkAdd {
                 vni: *vni,
                 encrypted: *encrypted,
-            },
-            DpCommand::Network(NetworkCommand::Del { vni }) => Request::NetworkDel { vni: *vni },
-            DpCommand::Network(NetworkCommand::Ls { .. }) => Request::Networks,
-            DpCommand::Vtep(VtepCommand::Add { vtep, pubkey }) => Request::VtepAdd {
-                vtep: *vtep,
-                pubkey: pubkey.clone(),
-            },
-            DpCommand::Vtep(VtepCommand::Del { vtep }) => Request::VtepDel { vtep: *vtep },
-            DpCommand::Vtep(VtepCommand::Ls { .. }) => Request::Vteps,
-            DpCommand::Rekey { vtep } => Request::Rekey { vtep: *vtep },
-            DpCommand::Sa { show_keys, .. } => Request::Sa {
-                show_keys: *show_keys,
-            },
-            DpCommand::Service(ServiceCommand::Set { vni, vip, backends }) => {
-                Request::ServiceSet(ServiceSpec {
-                    vni: *vni,
-                    vip: *vip,
-                    backends: backends.clone(),
-                })
+                owner: Owner::User,
             }
-            DpCommand::Service(ServiceCommand::Del { vni, vip }) => Request::ServiceDel {
+            .into_request(),
+            DpCommand::Network(NetworkCommand::Del { vni }) => {
+                dp::NetworkDel { vni: *vni }.into_request()
+            }
+            DpCommand::Network(NetworkCommand::Ls { .. }) => dp::Networks {}.into_request(),
+            DpCommand::Vtep(VtepCommand::Add { vtep, pubkey }) => dp::VtepAdd {
+                vtep: *vtep,
+                pubkey: *pubkey,
+                owner: Owner::User,
+            }
+            .into_request(),
+            DpCommand::Vtep(VtepCommand::Del { vtep }) => {
+                dp::VtepDel { vtep: *vtep }.into_request()
+            }
+            DpCommand::Vtep(VtepCommand::Ls { .. }) => dp::Vteps {}.into_request(),
+            DpCommand::Rekey { vtep } => dp::Rekey { vtep: *vtep }.into_request(),
+            DpCommand::Sa { show_keys, .. } => dp::Sa {
+                show_keys: *show_keys,
+            }
+            .into_request(),
+            DpCommand::Service(ServiceCommand::Set { vni, vip, backends }) => dp::ServiceSet {
                 vni: *vni,
                 vip: *vip,
-            },
-            DpCommand::Services { vni, .. } => Request::Services { vni: *vni },
-            DpCommand::Conntrack { vni, limit, .. } => Request::Conntrack {
+                backends: backends.clone(),
+                owner: Owner::User,
+            }
+            .into_request(),
+            DpCommand::Service(ServiceCommand::Del { vni, vip }) => dp::ServiceDel {
+                vni: *vni,
+                vip: *vip,
+            }
+            .into_request(),
+            DpCommand::Services { vni, .. } => dp::Services { vni: *vni }.into_request(),
+            DpCommand::Conntrack { vni, limit, .. } => dp::Conntrack {
                 vni: *vni,
                 limit: Some(*limit),
-            },
+            }
+            .into_request(),
         }
     }
 
@@ -726,18 +785,12 @@ fn decode<T: DeserializeOwned>(v: serde_json::Value) -> Result<T, CliError> {
 pub fn run(args: &DpArgs, out: &mut dyn Write) -> Result<(), CliError> {
     args.command.validate().map_err(CliError::Usage)?;
     let req = args.command.request();
-    let mut client = Client::connect(&args.socket).map_err(|e| CliError::Failed(e.to_string()))?;
-    let resp = client
-        .call(&req)
-        .map_err(|e| CliError::Failed(e.to_string()))?;
-    if !resp.ok {
-        return Err(CliError::Failed(resp.error.unwrap_or_else(|| {
-            "the dataplane refused the request without saying why".into()
-        })));
-    }
-    let text = args
-        .command
-        .render(resp.result.unwrap_or(serde_json::Value::Null))?;
+    let mut client = Client::connect(Server::Dataplane, &args.socket).map_err(transport_error)?;
+    let result = client
+        .send(&req)
+        .map_err(transport_error)?
+        .decode_as::<serde_json::Value>()?;
+    let text = args.command.render(result)?;
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())
         .map_err(|e| CliError::Failed(format!("cannot write output: {e}")))

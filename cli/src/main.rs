@@ -4,8 +4,11 @@
 //! [`swarm`] (with `node`), [`network`] and [`container`] talk to the
 //! control daemon. [`output`] renders results as tables or JSON.
 //!
-//! Exit codes: 0 success, 1 the request failed (refused by the dataplane or
-//! the dataplane unreachable), 2 usage error (nothing was sent).
+//! Exit codes (from the API's error codes, [`vxnet_api::ErrorCode`]):
+//! 0 success; 1 an internal failure; 2 a usage error or an invalid
+//! argument (nothing was changed); 3 not found; 4 already exists or not
+//! possible in the current state; 5 permission denied (say, a worker asked
+//! a manager-only question); 6 a daemon is unreachable or timed out.
 
 mod container;
 mod dp;
@@ -84,6 +87,10 @@ fn main() -> ExitCode {
             eprintln!("error: {msg}");
             ExitCode::from(1)
         }
+        Err(dp::CliError::Api(e)) => {
+            eprintln!("error: {}", e.message);
+            ExitCode::from(e.code.exit_status())
+        }
     }
 }
 
@@ -93,7 +100,7 @@ mod tests {
     use crate::dp::{DpCommand, FloodCommand, PeerCommand};
     use crate::output::Format;
     use clap::error::ErrorKind;
-    use vxnet_dataplane::api::{AttachTarget, DetachTarget, Request};
+    use vxnet_api::dp::{self as api, AttachTarget, DetachTarget, Request};
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("vxnet").chain(args.iter().copied()))
@@ -322,28 +329,28 @@ mod tests {
         let r = dp(&["dp", "detach", "--id", "3"]).command.request();
         assert_eq!(
             r,
-            Request::Detach {
+            Request::Detach(api::Detach {
                 target: DetachTarget::Id(3)
-            }
+            })
         );
         let r = dp(&["dp", "detach", "--netns", "web1", "--ifname", "eth1"])
             .command
             .request();
         assert_eq!(
             r,
-            Request::Detach {
+            Request::Detach(api::Detach {
                 target: DetachTarget::Netns {
                     netns: "web1".into(),
                     ifname: Some("eth1".into())
                 }
-            }
+            })
         );
         let r = dp(&["dp", "detach", "--veth", "v1"]).command.request();
         assert_eq!(
             r,
-            Request::Detach {
+            Request::Detach(api::Detach {
                 target: DetachTarget::Veth("v1".into())
-            }
+            })
         );
         assert_eq!(
             err(&["dp", "detach"]).kind(),
@@ -395,7 +402,7 @@ mod tests {
         ])
         .command
         .request();
-        assert!(matches!(r, Request::PeerDel { vni, .. } if vni.get() == 1));
+        assert!(matches!(r, Request::PeerDel(api::PeerDel { vni, .. }) if vni.get() == 1));
         let e = err(&[
             "dp",
             "peer",
@@ -423,11 +430,13 @@ mod tests {
         );
         let d = dp(&["dp", "flood", "add", "--vni", "7", "--vtep", "2001:db8::1"]);
         assert!(matches!(d.command, DpCommand::Flood(FloodCommand::Add(_))));
-        assert!(matches!(d.command.request(), Request::FloodAdd { vni, .. } if vni.get() == 7));
+        assert!(
+            matches!(d.command.request(), Request::FloodAdd(api::FloodAdd { vni, .. }) if vni.get() == 7)
+        );
         let r = dp(&["dp", "flood", "del", "--vni", "7", "--vtep", "192.0.2.9"])
             .command
             .request();
-        assert!(matches!(r, Request::FloodDel { .. }));
+        assert!(matches!(r, Request::FloodDel(_)));
         assert!(
             err(&["dp", "flood", "add", "--vni", "7", "--vtep", "224.0.0.1"])
                 .to_string()
@@ -441,14 +450,19 @@ mod tests {
         assert!(
             matches!(d.command, DpCommand::Stats { all: true, format } if format.format == Format::Json)
         );
-        assert_eq!(d.command.request(), Request::Stats);
+        assert_eq!(d.command.request(), Request::Stats(api::Stats {}));
         let d = dp(&["dp", "--socket", "/tmp/x.sock", "fdb", "--vni", "9"]);
         assert_eq!(d.socket, std::path::PathBuf::from("/tmp/x.sock"));
-        assert!(matches!(d.command.request(), Request::Fdb { vni: Some(v) } if v.get() == 9));
+        assert!(
+            matches!(d.command.request(), Request::Fdb(api::Fdb { vni: Some(v) }) if v.get() == 9)
+        );
         // --socket is global: it may follow the subcommand too.
         let d = dp(&["dp", "endpoints", "--socket", "/tmp/y.sock"]);
         assert_eq!(d.socket, std::path::PathBuf::from("/tmp/y.sock"));
-        assert_eq!(dp(&["dp", "show"]).command.request(), Request::Show);
+        assert_eq!(
+            dp(&["dp", "show"]).command.request(),
+            Request::Show(api::Show {})
+        );
         assert_eq!(
             err(&["dp", "stats", "--format", "xml"]).kind(),
             ErrorKind::InvalidValue
@@ -501,6 +515,7 @@ mod tests {
             panic!("not a service_set")
         };
         assert_eq!(s.vip.to_string(), "fd00::100");
+        assert_eq!(s.owner, api::Owner::User);
         assert_eq!(s.backends[0].mac, None);
         assert_eq!(
             s.backends[1].mac.map(|m| m.to_string()).as_deref(),
@@ -539,23 +554,23 @@ mod tests {
             dp(&["dp", "service", "del", "--vni", "1", "--vip", "10.0.0.9"])
                 .command
                 .request(),
-            Request::ServiceDel {
-                vni: vxnet_proto::wire::Vni::new(1).unwrap(),
+            Request::ServiceDel(api::ServiceDel {
+                vni: vxnet_api::Vni::new(1).unwrap(),
                 vip: "10.0.0.9".parse().unwrap()
-            }
+            })
         );
         assert_eq!(
             dp(&["dp", "conntrack", "--vni", "7", "--limit", "5"])
                 .command
                 .request(),
-            Request::Conntrack {
-                vni: vxnet_proto::wire::Vni::new(7),
+            Request::Conntrack(api::Conntrack {
+                vni: vxnet_api::Vni::new(7),
                 limit: Some(5)
-            }
+            })
         );
         assert_eq!(
             dp(&["dp", "services"]).command.request(),
-            Request::Services { vni: None }
+            Request::Services(api::Services { vni: None })
         );
     }
 }

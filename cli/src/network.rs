@@ -8,11 +8,12 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr};
-use vxnet_control::containers::NetworkRequest;
-use vxnet_control::daemon::api::{ContainerView, CtlRequest, NetworkInspectView};
-use vxnet_control::model::Network;
-use vxnet_control::networks::{CreateNetwork, NetworkFilter};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use vxnet_api::MacAddr;
+use vxnet_api::ctl::{
+    self, EndpointRequest, External, NetworkCreate, NetworkFilter, NetworkInspectView,
+};
+use vxnet_api::model::Driver;
 
 #[derive(Debug, Args)]
 #[command(after_help = "\
@@ -46,9 +47,12 @@ Examples:
   vxnet network ls --filter name=test --format json"
     )]
     Ls {
-        /// name=SUBSTRING or id=PREFIX.
-        #[arg(long, value_name = "KEY=VALUE")]
+        /// name=SUBSTRING, id=PREFIX or driver=overlay.
+        #[arg(short = 'f', long, value_name = "KEY=VALUE")]
         filter: Vec<String>,
+        /// Only the network ids.
+        #[arg(short, long)]
+        quiet: bool,
         #[command(flatten)]
         format: FormatArg,
     },
@@ -82,6 +86,13 @@ Examples:
         /// Address on that network (default: the next free one).
         #[arg(long)]
         ip: Option<Ipv4Addr>,
+        /// IPv6 address on that network (if it has an IPv6 subnet).
+        #[arg(long)]
+        ip6: Option<Ipv6Addr>,
+        /// Another name for the container on this network (repeat for
+        /// more).
+        #[arg(long = "alias", value_name = "NAME")]
+        aliases: Vec<String>,
         /// Another runtime's container: its network namespace (a name
         /// under /run/netns or a path such as /proc/PID/ns/net).
         #[arg(long, value_name = "PATH", conflicts_with = "veth")]
@@ -92,8 +103,8 @@ Examples:
         veth: Option<String>,
         /// The endpoint's MAC (default: derived from its address; for
         /// --veth the MAC of the container's end).
-        #[arg(long, value_name = "MAC")]
-        mac: Option<String>,
+        #[arg(long, value_name = "MAC", value_parser = crate::dp::parse_unicast_mac)]
+        mac: Option<MacAddr>,
         network: String,
         container: String,
     },
@@ -107,14 +118,17 @@ Example:
 #[derive(Debug, Args)]
 pub struct CreateArgs {
     /// Network driver (only overlay).
-    #[arg(short = 'd', long, default_value = "overlay")]
-    pub driver: String,
+    #[arg(short = 'd', long, default_value = "overlay", value_parser = parse_driver)]
+    pub driver: Driver,
     /// Standalone containers may join.
     #[arg(long)]
     pub attachable: bool,
     /// Make this the swarm's ingress network.
     #[arg(long)]
     pub ingress: bool,
+    /// No access to the outside (no egress, no published ports).
+    #[arg(long)]
+    pub internal: bool,
     /// Driver options: encrypted, mtu=N.
     #[arg(short = 'o', long = "opt", value_name = "KEY[=VALUE]")]
     pub opts: Vec<String>,
@@ -128,7 +142,7 @@ pub struct CreateArgs {
 }
 
 impl CreateArgs {
-    pub fn request(&self) -> CreateNetwork {
+    pub fn request(&self) -> NetworkCreate {
         let options: BTreeMap<String, String> = self
             .opts
             .iter()
@@ -137,16 +151,26 @@ impl CreateArgs {
                 None => (o.clone(), String::new()),
             })
             .collect();
-        CreateNetwork {
+        NetworkCreate {
             name: self.name.clone(),
-            driver: Some(self.driver.clone()),
+            driver: self.driver,
             attachable: self.attachable,
             ingress: self.ingress,
+            internal: self.internal,
             options,
             subnets: self.subnet.clone(),
             gateways: self.gateway.clone(),
             ip_ranges: self.ip_range.clone(),
         }
+    }
+}
+
+fn parse_driver(s: &str) -> Result<Driver, String> {
+    match s {
+        "overlay" => Ok(Driver::Overlay),
+        other => Err(format!(
+            "network driver '{other}' is not supported; vxnet networks use `-d overlay`"
+        )),
     }
 }
 
@@ -156,9 +180,10 @@ pub fn parse_filter(filters: &[String]) -> Result<NetworkFilter, CliError> {
         match x.split_once('=') {
             Some(("name", v)) => f.name = Some(v.to_owned()),
             Some(("id", v)) => f.id = Some(v.to_owned()),
+            Some(("driver", v)) => f.driver = Some(parse_driver(v).map_err(CliError::Usage)?),
             _ => {
                 return Err(CliError::Usage(format!(
-                    "unknown filter '{x}'; use name=SUBSTRING or id=PREFIX"
+                    "unknown filter '{x}'; use name=SUBSTRING, id=PREFIX or driver=overlay"
                 )));
             }
         }
@@ -168,9 +193,8 @@ pub fn parse_filter(filters: &[String]) -> Result<NetworkFilter, CliError> {
 
 /// Docker-shaped inspect output: `Containers` are this host's endpoints.
 pub fn inspect_json(v: &NetworkInspectView) -> serde_json::Value {
-    let n = &v.details.network;
+    let n = &v.network;
     let containers: serde_json::Map<String, serde_json::Value> = v
-        .details
         .containers
         .iter()
         .filter(|c| v.self_node.as_ref().is_none_or(|me| *me == c.node))
@@ -179,7 +203,7 @@ pub fn inspect_json(v: &NetworkInspectView) -> serde_json::Value {
                 c.container_id.clone(),
                 json!({
                     "Name": c.name,
-                    "MacAddress": c.mac,
+                    "MacAddress": c.mac.to_string(),
                     "IPv4Address": format!("{}/{}", c.ipv4, n.ipv4.subnet.prefix_len()),
                     "IPv6Address": c.ipv6.map(|a| a.to_string()).unwrap_or_default(),
                 }),
@@ -219,9 +243,10 @@ pub fn inspect_json(v: &NetworkInspectView) -> serde_json::Value {
         "IPAM": { "Driver": "default", "Config": config },
         "Attachable": n.attachable,
         "Ingress": n.ingress,
+        "Internal": n.internal,
         "Containers": containers,
         "Options": options,
-        "Peers": v.details.peers.iter().map(|p| json!({
+        "Peers": v.peers.iter().map(|p| json!({
             "Name": p.hostname,
             "IP": p.data_path_addr.to_string(),
         })).collect::<Vec<_>>(),
@@ -229,9 +254,11 @@ pub fn inspect_json(v: &NetworkInspectView) -> serde_json::Value {
 }
 
 /// The daemon request of `network connect`.
-pub fn connect_request(cmd: &NetworkCommand) -> Result<CtlRequest, CliError> {
+pub fn connect_request(cmd: &NetworkCommand) -> Result<ctl::NetworkConnect, CliError> {
     let NetworkCommand::Connect {
         ip,
+        ip6,
+        aliases,
         netns,
         veth,
         mac,
@@ -241,16 +268,24 @@ pub fn connect_request(cmd: &NetworkCommand) -> Result<CtlRequest, CliError> {
     else {
         return Err(CliError::Usage("not a connect command".into()));
     };
-    Ok(CtlRequest::NetworkConnect {
+    let external = match (netns, veth) {
+        (Some(n), None) => Some(External::Netns(n.clone())),
+        (None, Some(v)) => Some(External::Veth(v.clone())),
+        (None, None) => None,
+        (Some(_), Some(_)) => {
+            return Err(CliError::Usage("give --netns or --veth, not both".into()));
+        }
+    };
+    Ok(ctl::NetworkConnect {
         container: container.clone(),
-        network: NetworkRequest {
+        endpoint: EndpointRequest {
             network: network.clone(),
             ipv4: *ip,
-            ipv6: None,
-            mac: mac.clone(),
+            ipv6: *ip6,
+            mac: *mac,
+            aliases: aliases.clone(),
         },
-        netns: netns.clone(),
-        veth: veth.clone(),
+        external,
     })
 }
 
@@ -258,12 +293,22 @@ pub fn run(args: &NetworkArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let s = &args.socket;
     match &args.command {
         NetworkCommand::Create(c) => {
-            let n: Network = s.call(&CtlRequest::NetworkCreate(c.request()))?;
+            let n = s.call(c.request())?;
             write(out, &format!("{}\n", n.id))
         }
-        NetworkCommand::Ls { filter, format } => {
+        NetworkCommand::Ls {
+            filter,
+            quiet,
+            format,
+        } => {
             let filter = parse_filter(filter)?;
-            let nets: Vec<Network> = s.call(&CtlRequest::NetworkLs { filter })?;
+            let nets = s.call(ctl::NetworkLs { filter })?;
+            if *quiet {
+                for n in &nets {
+                    write(out, &format!("{}\n", n.id))?;
+                }
+                return Ok(());
+            }
             if format.format == Format::Json {
                 return json(out, &nets);
             }
@@ -281,7 +326,7 @@ pub fn run(args: &NetworkArgs, out: &mut dyn Write) -> Result<(), CliError> {
                 t.row(vec![
                     short(&n.id).to_owned(),
                     n.name.clone(),
-                    n.driver.clone(),
+                    n.driver.to_string(),
                     "swarm".into(),
                     n.vni.to_string(),
                     n.ipv4.subnet.to_string(),
@@ -294,25 +339,24 @@ pub fn run(args: &NetworkArgs, out: &mut dyn Write) -> Result<(), CliError> {
         NetworkCommand::Inspect { networks } => {
             let mut all = Vec::new();
             for n in networks {
-                let v: NetworkInspectView =
-                    s.call(&CtlRequest::NetworkInspect { network: n.clone() })?;
+                let v = s.call(ctl::NetworkInspect { network: n.clone() })?;
                 all.push(inspect_json(&v));
             }
             json(out, &all)
         }
         NetworkCommand::Rm { networks } => {
             for n in networks {
-                let _: Network = s.call(&CtlRequest::NetworkRm { network: n.clone() })?;
+                s.call(ctl::NetworkRm { network: n.clone() })?;
                 write(out, &format!("{n}\n"))?;
             }
             Ok(())
         }
         NetworkCommand::Connect { .. } => {
-            let _: ContainerView = s.call(&connect_request(&args.command)?)?;
+            s.call(connect_request(&args.command)?)?;
             Ok(())
         }
         NetworkCommand::Disconnect { network, container } => {
-            let _: ContainerView = s.call(&CtlRequest::NetworkDisconnect {
+            s.call(ctl::NetworkDisconnect {
                 container: container.clone(),
                 network: network.clone(),
             })?;

@@ -3,11 +3,10 @@
 
 use clap::ValueEnum;
 use std::fmt::Write as _;
-use vxnet_dataplane::api::{
+use vxnet_api::dp::{
     ConntrackReport, EndpointInfo, FdbEntry, NetworkInfo, SaEntry, ServiceInfo, ShowReport,
     StatsReport, VtepInfo,
 };
-use vxnet_proto::stats::{Counter, Drop as DropReason};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum Format {
@@ -90,7 +89,7 @@ pub fn endpoints(list: &[EndpointInfo]) -> String {
             e.mac.to_string(),
             join(&e.ips),
             e.mtu.to_string(),
-            e.kind.clone(),
+            e.kind.to_string(),
             e.location.clone(),
             e.ifname.clone(),
             e.tap.clone(),
@@ -104,10 +103,14 @@ pub fn fdb(list: &[FdbEntry]) -> String {
     for e in list {
         t.row(vec![
             e.vni.to_string(),
-            e.mac.clone(),
+            e.mac.map_or_else(|| "flood".into(), |m| m.to_string()),
             join(&e.ips),
-            e.kind.clone(),
-            e.dest.clone(),
+            e.kind.to_string(),
+            match (e.endpoint, e.vtep) {
+                (Some(id), _) => format!("endpoint {id}"),
+                (None, Some(v)) => v.to_string(),
+                (None, None) => "-".into(),
+            },
         ]);
     }
     t.render()
@@ -138,7 +141,7 @@ pub fn vteps(list: &[VtepInfo]) -> String {
     for v in list {
         t.row(vec![
             v.vtep.to_string(),
-            v.pubkey.clone(),
+            v.pubkey.to_string(),
             if v.established { "yes" } else { "no" }.into(),
             v.generation.to_string(),
             if v.rotating { "yes" } else { "no" }.into(),
@@ -159,13 +162,19 @@ pub fn sas(list: &[SaEntry]) -> String {
     for s in list {
         let mut row = vec![
             s.spi.clone(),
-            s.direction.clone(),
+            match s.direction {
+                vxnet_api::dp::SaDirection::In => "in".into(),
+                vxnet_api::dp::SaDirection::Out => "out".into(),
+            },
             s.peer.to_string(),
             s.vni.to_string(),
             s.generation.to_string(),
             s.packets.to_string(),
             format!("{:.0}s", s.age_secs),
-            s.state.clone(),
+            match s.state {
+                vxnet_api::dp::SaState::Active => "active".into(),
+                vxnet_api::dp::SaState::Standby => "standby".into(),
+            },
         ];
         if with_keys {
             row.push(s.key.clone().unwrap_or_default());
@@ -216,11 +225,11 @@ pub fn conntrack(r: &ConntrackReport) -> String {
     for e in &r.entries {
         t.row(vec![
             e.vni.to_string(),
-            e.proto.clone(),
+            e.proto.to_string(),
             addr(e.client, e.client_port),
             addr(e.vip, e.port),
             addr(e.backend, e.port),
-            e.state.clone(),
+            e.state.to_string(),
             ago(e.age_secs),
             ago(e.idle_secs),
             ago(e.expires_secs),
@@ -245,15 +254,12 @@ pub fn show(r: &ShowReport) -> String {
         ("Local VTEP", r.local_vtep.to_string()),
         ("VXLAN port", r.port.to_string()),
         ("Workers", r.workers.to_string()),
-        ("Poll mode", r.poll.clone()),
+        ("Poll mode", r.poll.to_string()),
         ("UDP GSO", yes_no(r.gso)),
         ("UDP GRO", yes_no(r.gro)),
         ("Endpoints", r.endpoints.to_string()),
         ("VNIs", r.vnis.to_string()),
-        (
-            "Public key",
-            r.public_key.clone().unwrap_or_else(|| "-".into()),
-        ),
+        ("Public key", r.public_key.to_string()),
     ];
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     let mut out = String::new();
@@ -263,28 +269,12 @@ pub fn show(r: &ShowReport) -> String {
     out
 }
 
-fn counter_help(name: &str) -> &'static str {
-    Counter::ALL
-        .iter()
-        .find(|c| c.name() == name)
-        .map(|c| c.help())
-        .unwrap_or("")
-}
-
-fn drop_help(stage: &str, reason: &str) -> &'static str {
-    DropReason::ALL
-        .iter()
-        .find(|d| d.stage() == stage && d.reason() == reason)
-        .map(|d| d.help())
-        .unwrap_or("")
-}
-
 /// Counters then drops grouped by stage; zeros hidden unless `all`.
 pub fn stats(r: &StatsReport, all: bool) -> String {
     let mut out = format!("Workers: {}\n\n", r.workers);
     let mut t = Table::new(&["COUNTER", "VALUE", "DESCRIPTION"]);
-    for (name, v) in r.counters.iter().filter(|(_, v)| all || *v != 0) {
-        t.row(vec![name.clone(), v.to_string(), counter_help(name).into()]);
+    for c in r.counters.iter().filter(|c| all || c.value != 0) {
+        t.row(vec![c.name.clone(), c.value.to_string(), c.help.clone()]);
     }
     if t.is_empty() {
         out.push_str("All counters are zero (--all lists them).\n");
@@ -296,20 +286,20 @@ pub fn stats(r: &StatsReport, all: bool) -> String {
     // Group by stage in the order stages first appear, keeping the
     // dataplane's order of reasons within a stage.
     let mut stages: Vec<&str> = Vec::new();
-    for (stage, _, _) in &r.drops {
-        if !stages.contains(&stage.as_str()) {
-            stages.push(stage);
+    for d in &r.drops {
+        if !stages.contains(&d.stage.as_str()) {
+            stages.push(&d.stage);
         }
     }
     let mut t = Table::new(&["STAGE", "REASON", "DROPPED", "DESCRIPTION"]);
     for stage in stages {
-        for (s, reason, n) in &r.drops {
-            if s == stage && (all || *n != 0) {
+        for d in &r.drops {
+            if d.stage == stage && (all || d.count != 0) {
                 t.row(vec![
-                    s.clone(),
-                    reason.clone(),
-                    n.to_string(),
-                    drop_help(s, reason).into(),
+                    d.stage.clone(),
+                    d.reason.clone(),
+                    d.count.to_string(),
+                    d.help.clone(),
                 ]);
             }
         }
@@ -325,8 +315,7 @@ pub fn stats(r: &StatsReport, all: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vxnet_dataplane::api::IpNet;
-    use vxnet_proto::wire::{MacAddr, Vni};
+    use vxnet_api::{IpNet, MacAddr, Vni};
 
     #[test]
     fn table_aligns_columns_docker_style() {
@@ -351,7 +340,8 @@ mod tests {
                 vip: "10.0.0.100".parse().unwrap(),
                 mac: mac("06:56:0a:00:00:64"),
                 table_size: 16381,
-                backends: vec![vxnet_dataplane::api::BackendInfo {
+                owner: vxnet_api::dp::Owner::User,
+                backends: vec![vxnet_api::dp::BackendInfo {
                     ip: "10.0.0.2".parse().unwrap(),
                     mac: mac("02:42:0a:00:00:02"),
                     flows: 3,
@@ -362,6 +352,7 @@ mod tests {
                 vip: "10.0.0.101".parse().unwrap(),
                 mac: mac("06:56:0a:00:00:65"),
                 table_size: 16381,
+                owner: vxnet_api::dp::Owner::Control,
                 backends: vec![],
             },
         ];
@@ -387,15 +378,15 @@ mod tests {
         );
         let r = ConntrackReport {
             total: 2,
-            entries: vec![vxnet_dataplane::api::ConntrackEntry {
+            entries: vec![vxnet_api::dp::ConntrackEntry {
                 vni,
-                proto: "tcp".into(),
+                proto: vxnet_api::dp::FlowProto::Tcp,
                 client: "fd00::2".parse().unwrap(),
                 client_port: 40000,
                 vip: "fd00::100".parse().unwrap(),
                 port: 80,
                 backend: "fd00::3".parse().unwrap(),
-                state: "established".into(),
+                state: vxnet_api::dp::FlowState::Established,
                 age_secs: 7300.0,
                 idle_secs: 3.5,
                 expires_secs: 86_000.0,
@@ -442,8 +433,10 @@ mod tests {
             mtu: 1450,
             ifname: "eth0".into(),
             location: "ns1".into(),
-            kind: "native".into(),
+            kind: vxnet_api::dp::EndpointKind::Native,
             tap: "vx7".into(),
+            gateways: vec![],
+            owner: vxnet_api::dp::Owner::User,
         };
         let s = endpoints(&[e]);
         let lines: Vec<&str> = s.lines().collect();
@@ -458,15 +451,35 @@ mod tests {
         assert_eq!(&lines[1][col..col + 11], "10.0.0.2/24");
     }
 
+    fn counter(name: &str, value: u64, help: &str) -> vxnet_api::dp::CounterValue {
+        vxnet_api::dp::CounterValue {
+            name: name.into(),
+            value,
+            help: help.into(),
+        }
+    }
+
+    fn drop(stage: &str, reason: &str, count: u64) -> vxnet_api::dp::DropCount {
+        vxnet_api::dp::DropCount {
+            stage: stage.into(),
+            reason: reason.into(),
+            count,
+            help: String::new(),
+        }
+    }
+
     fn report() -> StatsReport {
         StatsReport {
             workers: 2,
-            counters: vec![("tap_rx_frames".into(), 42), ("tap_rx_bytes".into(), 0)],
+            counters: vec![
+                counter("tap_rx_frames", 42, "frames read from TAPs"),
+                counter("tap_rx_bytes", 0, ""),
+            ],
             drops: vec![
-                ("tap".into(), "runt".into(), 0),
-                ("tap".into(), "too_big".into(), 3),
-                ("wire".into(), "unknown_vni".into(), 7),
-                ("wire".into(), "runt".into(), 0),
+                drop("tap", "runt", 0),
+                drop("tap", "too_big", 3),
+                drop("wire", "unknown_vni", 7),
+                drop("wire", "runt", 0),
             ],
         }
     }
@@ -496,8 +509,8 @@ mod tests {
     fn stats_all_zero() {
         let r = StatsReport {
             workers: 1,
-            counters: vec![("tap_rx_frames".into(), 0)],
-            drops: vec![("tap".into(), "runt".into(), 0)],
+            counters: vec![counter("tap_rx_frames", 0, "")],
+            drops: vec![drop("tap", "runt", 0)],
         };
         let s = stats(&r, false);
         assert!(s.contains("All counters are zero"));
@@ -508,19 +521,23 @@ mod tests {
     fn show_is_key_value() {
         let r = ShowReport {
             version: "0.1.0".into(),
+            instance: 1,
             local_vtep: "192.0.2.1".parse().unwrap(),
             port: 4789,
             workers: 2,
-            poll: "busy".into(),
+            poll: vxnet_api::dp::PollMode::Busy,
             gso: true,
             gro: false,
             endpoints: 3,
             vnis: 1,
-            public_key: None,
+            public_key: vxnet_api::PublicKey::from_bytes([0; 32]),
         };
         let s = show(&r);
         assert!(s.contains("Local VTEP:   192.0.2.1\n"), "{s}");
         assert!(s.contains("UDP GSO:      yes\n"), "{s}");
-        assert!(s.contains("Public key:   -\n"), "{s}");
+        assert!(
+            s.contains("Public key:   AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n"),
+            "{s}"
+        );
     }
 }

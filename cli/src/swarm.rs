@@ -6,15 +6,13 @@ use crate::dp::CliError;
 use crate::output::{Format, Table};
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use vxnet_control::daemon::api::{
-    CtlRequest, DEFAULT_SOCKET, InitView, JoinTokenView, MANAGEMENT_PORT, NodeView,
-};
-use vxnet_control::daemon::client::CtlClient;
-use vxnet_control::model::{Availability, Node, Role};
+use vxnet_api::Call;
+use vxnet_api::client::{Client, Server, transport_error};
+use vxnet_api::ctl::{self, CtlRequest, DEFAULT_SOCKET, JoinTokenView, MANAGEMENT_PORT, NodeView};
+use vxnet_api::model::{Availability, Role};
 
 /// The control daemon's socket, accepted by every control-plane command.
 #[derive(Debug, Args, Clone)]
@@ -24,12 +22,19 @@ pub struct ControlSocket {
     pub path: PathBuf,
 }
 
+/// How long the CLI waits for the control daemon: creating a container or
+/// leaving a swarm waits for the host to be set up.
+const CONTROL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 impl ControlSocket {
-    /// Sends one request; a refusal becomes [`CliError::Failed`] with the
-    /// daemon's words.
-    pub fn call<T: DeserializeOwned>(&self, req: &CtlRequest) -> Result<T, CliError> {
-        let mut c = CtlClient::connect(&self.path).map_err(|e| CliError::Failed(e.to_string()))?;
-        c.request(req).map_err(CliError::Failed)
+    /// Sends one request and decodes its reply; a refusal becomes
+    /// [`CliError::Api`] with the daemon's words and code.
+    pub fn call<C: Call<Request = CtlRequest>>(&self, c: C) -> Result<C::Reply, CliError> {
+        let mut client = Client::connect(Server::Control, &self.path).map_err(transport_error)?;
+        client
+            .set_timeout(CONTROL_TIMEOUT)
+            .map_err(transport_error)?;
+        Ok(client.call(c)?)
     }
 }
 
@@ -165,6 +170,12 @@ Examples:
   vxnet node ls --format json"
     )]
     Ls {
+        /// role=manager or role=worker.
+        #[arg(short = 'f', long, value_name = "KEY=VALUE")]
+        filter: Vec<String>,
+        /// Only the node ids.
+        #[arg(short, long)]
+        quiet: bool,
         #[command(flatten)]
         format: FormatArg,
     },
@@ -237,8 +248,11 @@ pub fn node_json(v: &NodeView) -> serde_json::Value {
         },
         "DataPathAddr": n.data_path_addr.to_string(),
         "DataPathPort": n.data_path_port,
-        "PublicKey": n.public_key,
+        "PublicKey": n.public_key.to_string(),
     });
+    if let Some(r) = &n.down_reason {
+        out["Status"]["Message"] = serde_json::json!(r);
+    }
     if n.role == Role::Manager {
         out["ManagerStatus"] = serde_json::json!({
             "Leader": true,
@@ -257,47 +271,40 @@ fn word(v: impl Serialize) -> String {
         .unwrap_or_default()
 }
 
-impl SwarmCommand {
-    pub fn request(&self) -> CtlRequest {
-        match self {
-            SwarmCommand::Init {
-                advertise_addr,
-                data_path_addr,
-                data_path_port,
-            } => CtlRequest::SwarmInit {
-                advertise_addr: *advertise_addr,
-                data_path_addr: *data_path_addr,
-                data_path_port: *data_path_port,
-            },
-            SwarmCommand::Join {
-                token,
-                advertise_addr,
-                data_path_addr,
-                remote,
-            } => CtlRequest::SwarmJoin {
-                token: token.clone(),
-                remote: remote.clone(),
-                advertise_addr: *advertise_addr,
-                data_path_addr: *data_path_addr,
-            },
-            SwarmCommand::JoinToken { role, rotate, .. } => CtlRequest::JoinToken {
-                role: (*role).into(),
-                rotate: *rotate,
-            },
-            SwarmCommand::Leave { force } => CtlRequest::SwarmLeave { force: *force },
-        }
-    }
-}
-
 pub fn join_command(t: &JoinTokenView) -> String {
     format!("vxnet swarm join --token {} {}", t.token, t.manager_addr)
 }
 
+/// `node ls --filter`: role=manager|worker.
+pub fn parse_node_filter(filters: &[String]) -> Result<Option<Role>, CliError> {
+    let mut role = None;
+    for f in filters {
+        role = Some(match f.split_once('=') {
+            Some(("role", "manager")) => Role::Manager,
+            Some(("role", "worker")) => Role::Worker,
+            _ => {
+                return Err(CliError::Usage(format!(
+                    "unknown filter '{f}'; use role=manager or role=worker"
+                )));
+            }
+        });
+    }
+    Ok(role)
+}
+
 pub fn run_swarm(args: &SwarmArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    let req = args.command.request();
+    let s = &args.socket;
     match &args.command {
-        SwarmCommand::Init { .. } => {
-            let v: InitView = args.socket.call(&req)?;
+        SwarmCommand::Init {
+            advertise_addr,
+            data_path_addr,
+            data_path_port,
+        } => {
+            let v = s.call(ctl::SwarmInit {
+                advertise_addr: *advertise_addr,
+                data_path_addr: *data_path_addr,
+                data_path_port: *data_path_port,
+            })?;
             let worker = JoinTokenView {
                 role: Role::Worker,
                 token: v.worker_token.clone(),
@@ -314,19 +321,33 @@ pub fn run_swarm(args: &SwarmArgs, out: &mut dyn Write) -> Result<(), CliError> 
                 ),
             )
         }
-        SwarmCommand::Join { .. } => {
-            let msg: String = args.socket.call(&req)?;
-            write(out, &format!("{msg}\n"))
+        SwarmCommand::Join {
+            token,
+            advertise_addr,
+            data_path_addr,
+            remote,
+        } => {
+            let v = s.call(ctl::SwarmJoin {
+                token: token.clone(),
+                remote: remote.clone(),
+                advertise_addr: *advertise_addr,
+                data_path_addr: *data_path_addr,
+            })?;
+            write(out, &format!("This node joined a swarm as a {}.\n", v.role))
         }
-        SwarmCommand::JoinToken { quiet, rotate, .. } => {
-            let t: JoinTokenView = args.socket.call(&req)?;
+        SwarmCommand::JoinToken {
+            quiet,
+            rotate,
+            role,
+        } => {
+            let t = s.call(ctl::JoinToken {
+                role: (*role).into(),
+                rotate: *rotate,
+            })?;
             if *quiet {
                 return write(out, &format!("{}\n", t.token));
             }
-            let role = match t.role {
-                Role::Worker => "worker",
-                Role::Manager => "manager",
-            };
+            let role = t.role;
             let rotated = if *rotate {
                 format!("Successfully rotated {role} join token.\n\n")
             } else {
@@ -340,25 +361,40 @@ pub fn run_swarm(args: &SwarmArgs, out: &mut dyn Write) -> Result<(), CliError> 
                 ),
             )
         }
-        SwarmCommand::Leave { .. } => {
-            let msg: String = args.socket.call(&req)?;
-            write(out, &format!("{msg}\n"))
+        SwarmCommand::Leave { force } => {
+            let v = s.call(ctl::SwarmLeave { force: *force })?;
+            if !v.removed_containers.is_empty() {
+                write(
+                    out,
+                    &format!("Removed containers: {}\n", v.removed_containers.join(", ")),
+                )?;
+            }
+            write(out, "Node left the swarm.\n")
         }
     }
 }
 
 pub fn run_node(args: &NodeArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let s = &args.socket;
     match &args.command {
-        NodeCommand::Ls { format } => {
-            let nodes: Vec<NodeView> = args.socket.call(&CtlRequest::NodeLs)?;
+        NodeCommand::Ls {
+            filter,
+            quiet,
+            format,
+        } => {
+            let role = parse_node_filter(filter)?;
+            let nodes = s.call(ctl::NodeLs { role })?;
+            if *quiet {
+                for n in &nodes {
+                    write(out, &format!("{}\n", n.node.id))?;
+                }
+                return Ok(());
+            }
             if format.format == Format::Json {
                 return json(out, &nodes);
             }
             let mut t = Table::new(&["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS"]);
             for n in &nodes {
-                let v = serde_json::to_value(&n.node).unwrap_or_default();
-                let field = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_owned();
-                let status = field("status");
                 let manager = if n.node.role == Role::Manager {
                     "Leader"
                 } else {
@@ -367,8 +403,8 @@ pub fn run_node(args: &NodeArgs, out: &mut dyn Write) -> Result<(), CliError> {
                 t.row(vec![
                     format!("{}{}", n.node.id, if n.is_self { " *" } else { "" }),
                     n.node.hostname.clone(),
-                    capitalize(&status),
-                    capitalize(&field("availability")),
+                    capitalize(&word(n.node.status)),
+                    capitalize(&word(n.node.availability)),
                     manager.into(),
                 ]);
             }
@@ -377,16 +413,14 @@ pub fn run_node(args: &NodeArgs, out: &mut dyn Write) -> Result<(), CliError> {
         NodeCommand::Inspect { nodes } => {
             let mut all = Vec::new();
             for n in nodes {
-                let v: NodeView = args
-                    .socket
-                    .call(&CtlRequest::NodeInspect { node: n.clone() })?;
+                let v = s.call(ctl::NodeInspect { node: n.clone() })?;
                 all.push(node_json(&v));
             }
             json(out, &all)
         }
         NodeCommand::Rm { force, nodes } => {
             for n in nodes {
-                let _: Node = args.socket.call(&CtlRequest::NodeRm {
+                s.call(ctl::NodeRm {
                     node: n.clone(),
                     force: *force,
                 })?;
@@ -395,7 +429,7 @@ pub fn run_node(args: &NodeArgs, out: &mut dyn Write) -> Result<(), CliError> {
             Ok(())
         }
         NodeCommand::Update { availability, node } => {
-            let _: Node = args.socket.call(&CtlRequest::NodeUpdate {
+            s.call(ctl::NodeUpdate {
                 node: node.clone(),
                 availability: (*availability).into(),
             })?;
@@ -413,291 +447,4 @@ fn capitalize(s: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::container::ContainerCommand;
-    use crate::network::NetworkCommand;
-    use crate::{Cli, Command};
-    use clap::Parser;
-    use clap::error::ErrorKind;
-    use vxnet_control::daemon::api::CtlRequest;
-
-    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("vxnet").chain(args.iter().copied()))
-    }
-
-    #[test]
-    fn swarm_requests() {
-        let Command::Swarm(s) = parse(&[
-            "swarm",
-            "init",
-            "--advertise-addr",
-            "192.0.2.1",
-            "--data-path-port",
-            "4790",
-        ])
-        .unwrap()
-        .command
-        else {
-            panic!("not swarm")
-        };
-        assert_eq!(
-            s.command.request(),
-            CtlRequest::SwarmInit {
-                advertise_addr: Some("192.0.2.1".parse().unwrap()),
-                data_path_addr: None,
-                data_path_port: Some(4790),
-            }
-        );
-        let Command::Swarm(s) = parse(&["swarm", "join-token", "--rotate", "manager"])
-            .unwrap()
-            .command
-        else {
-            panic!("not swarm")
-        };
-        assert_eq!(
-            s.command.request(),
-            CtlRequest::JoinToken {
-                role: vxnet_control::model::Role::Manager,
-                rotate: true
-            }
-        );
-        assert_eq!(
-            parse(&["swarm", "join-token", "admin"]).unwrap_err().kind(),
-            ErrorKind::InvalidValue
-        );
-        assert!(parse(&["swarm", "init", "--advertise-addr", "nope"]).is_err());
-    }
-
-    #[test]
-    fn network_create_options() {
-        let Command::Network(n) = parse(&[
-            "network",
-            "create",
-            "-d",
-            "overlay",
-            "--attachable",
-            "--opt",
-            "encrypted",
-            "--opt",
-            "mtu=1400",
-            "--subnet",
-            "10.9.0.0/24",
-            "--gateway",
-            "10.9.0.1",
-            "--ip-range",
-            "10.9.0.128/25",
-            "secure",
-        ])
-        .unwrap()
-        .command
-        else {
-            panic!("not network")
-        };
-        let NetworkCommand::Create(c) = n.command else {
-            panic!("not create")
-        };
-        let r = c.request();
-        assert_eq!(r.name, "secure");
-        assert!(r.attachable && !r.ingress);
-        assert_eq!(r.options.get("encrypted").map(String::as_str), Some(""));
-        assert_eq!(r.options.get("mtu").map(String::as_str), Some("1400"));
-        assert_eq!(r.subnets[0].to_string(), "10.9.0.0/24");
-        assert_eq!(r.ip_ranges[0].to_string(), "10.9.0.128/25");
-        assert!(parse(&["network", "create", "--subnet", "10.9.0.0", "x"]).is_err());
-        assert!(crate::network::parse_filter(&["color=red".into()]).is_err());
-        let f = crate::network::parse_filter(&["name=te".into()]).unwrap();
-        assert_eq!(f.name.as_deref(), Some("te"));
-    }
-
-    #[test]
-    fn container_run_takes_a_command_after_dashes() {
-        let Command::Container(c) = parse(&[
-            "container",
-            "run",
-            "-d",
-            "--name",
-            "c1",
-            "--network",
-            "a",
-            "--network",
-            "b",
-            "--ip",
-            "10.0.0.9",
-            "--",
-            "ping",
-            "-c",
-            "1",
-            "10.0.0.1",
-        ])
-        .unwrap()
-        .command
-        else {
-            panic!("not container")
-        };
-        let ContainerCommand::Run(r) = c.command else {
-            panic!("not run")
-        };
-        assert!(r.detach);
-        assert_eq!(r.command, ["ping", "-c", "1", "10.0.0.1"]);
-        let CtlRequest::ContainerCreate { name, networks } = r.request() else {
-            panic!("not create")
-        };
-        assert_eq!(name, "c1");
-        assert_eq!(networks.len(), 2);
-        assert_eq!(networks[0].ipv4, Some("10.0.0.9".parse().unwrap()));
-        assert_eq!(networks[1].ipv4, None);
-        // A command and a network are required.
-        assert!(parse(&["container", "run", "--name", "c1", "--network", "a"]).is_err());
-        assert!(parse(&["container", "run", "--name", "c1", "--", "true"]).is_err());
-    }
-
-    #[test]
-    fn node_commands_and_inspect_shape() {
-        let Command::Node(n) = parse(&["node", "rm", "-f", "h2", "h3"]).unwrap().command else {
-            panic!("not node")
-        };
-        let NodeCommand::Rm { force, nodes } = n.command else {
-            panic!("not rm")
-        };
-        assert!(force);
-        assert_eq!(nodes, ["h2", "h3"]);
-        let Command::Node(n) = parse(&["node", "update", "--availability", "drain", "h2"])
-            .unwrap()
-            .command
-        else {
-            panic!("not node")
-        };
-        let NodeCommand::Update { availability, node } = n.command else {
-            panic!("not update")
-        };
-        assert_eq!(Availability::from(availability), Availability::Drain);
-        assert_eq!(node, "h2");
-        assert!(parse(&["node", "update", "--availability", "gone", "h2"]).is_err());
-        assert!(parse(&["node", "rm"]).is_err());
-
-        let v = NodeView {
-            node: Node {
-                id: "abc".into(),
-                hostname: "h1".into(),
-                role: Role::Manager,
-                availability: Availability::Active,
-                status: vxnet_control::model::NodeStatus::Ready,
-                advertise_addr: "192.0.2.1".parse().unwrap(),
-                data_path_addr: "198.51.100.1".parse().unwrap(),
-                data_path_port: 4789,
-                public_key: "pk".into(),
-                created: 1,
-            },
-            is_self: true,
-        };
-        let j = node_json(&v);
-        assert_eq!(j["ID"], "abc");
-        assert_eq!(j["Description"]["Hostname"], "h1");
-        assert_eq!(j["Status"]["State"], "ready");
-        assert_eq!(j["Spec"]["Availability"], "active");
-        assert_eq!(j["Spec"]["Role"], "manager");
-        assert_eq!(j["ManagerStatus"]["Addr"], "192.0.2.1:2377");
-        assert_eq!(j["DataPathAddr"], "198.51.100.1");
-        assert_eq!(j["PublicKey"], "pk");
-    }
-
-    #[test]
-    fn network_connect_of_another_runtime() {
-        let connect = |args: &[&str]| -> Result<CtlRequest, String> {
-            let Command::Network(n) = parse(args).map_err(|e| e.to_string())?.command else {
-                panic!("not network")
-            };
-            crate::network::connect_request(&n.command).map_err(|e| format!("{e:?}"))
-        };
-        let r = connect(&[
-            "network",
-            "connect",
-            "--netns",
-            "/proc/9/ns/net",
-            "n",
-            "web",
-        ])
-        .unwrap();
-        let CtlRequest::NetworkConnect {
-            container,
-            network,
-            netns,
-            veth,
-        } = r
-        else {
-            panic!("not connect")
-        };
-        assert_eq!(container, "web");
-        assert_eq!(network.network, "n");
-        assert_eq!(netns.as_deref(), Some("/proc/9/ns/net"));
-        assert_eq!(veth, None);
-        let r = connect(&[
-            "network",
-            "connect",
-            "--veth",
-            "veth1",
-            "--mac",
-            "02:00:00:00:00:09",
-            "--ip",
-            "10.0.0.9",
-            "n",
-            "db",
-        ])
-        .unwrap();
-        let CtlRequest::NetworkConnect { network, veth, .. } = r else {
-            panic!("not connect")
-        };
-        assert_eq!(veth.as_deref(), Some("veth1"));
-        assert_eq!(network.mac.as_deref(), Some("02:00:00:00:00:09"));
-        assert_eq!(network.ipv4, Some("10.0.0.9".parse().unwrap()));
-        // --veth needs --mac; --netns and --veth exclude each other.
-        assert!(connect(&["network", "connect", "--veth", "v", "n", "db"]).is_err());
-        assert!(
-            connect(&[
-                "network",
-                "connect",
-                "--veth",
-                "v",
-                "--mac",
-                "02:00:00:00:00:09",
-                "--netns",
-                "x",
-                "n",
-                "db"
-            ])
-            .is_err()
-        );
-    }
-
-    #[test]
-    fn help_everywhere() {
-        for args in [
-            &["swarm", "--help"][..],
-            &["swarm", "init", "--help"],
-            &["swarm", "join-token", "--help"],
-            &["swarm", "leave", "--help"],
-            &["node", "ls", "--help"],
-            &["node", "inspect", "--help"],
-            &["node", "rm", "--help"],
-            &["node", "update", "--help"],
-            &["network", "--help"],
-            &["network", "create", "--help"],
-            &["network", "ls", "--help"],
-            &["network", "inspect", "--help"],
-            &["network", "rm", "--help"],
-            &["network", "connect", "--help"],
-            &["network", "disconnect", "--help"],
-            &["container", "--help"],
-            &["container", "run", "--help"],
-            &["container", "exec", "--help"],
-            &["container", "ls", "--help"],
-            &["container", "inspect", "--help"],
-            &["container", "rm", "--help"],
-        ] {
-            let e = parse(args).unwrap_err();
-            assert_eq!(e.kind(), ErrorKind::DisplayHelp, "{args:?}");
-            assert!(e.to_string().contains("Example"), "{args:?}");
-        }
-    }
-}
+mod tests;

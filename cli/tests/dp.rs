@@ -5,8 +5,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use vxnet_dataplane::api::{EndpointInfo, Peer, Request, Response, StatsReport};
-use vxnet_dataplane::server::{ServerHandle, serve};
+use vxnet_api::dp::{
+    CounterValue, DropCount, EndpointInfo, EndpointKind, Owner, PeerAdd, Request, StatsReport,
+};
+use vxnet_api::server::{ServerHandle, serve};
+use vxnet_api::{ErrorCode, MacAddr, Response};
 
 /// A fresh directory removed on drop, also when the test fails.
 struct TempDir(PathBuf);
@@ -86,10 +89,31 @@ fn stderr(o: &Output) -> String {
 fn report() -> StatsReport {
     StatsReport {
         workers: 2,
-        counters: vec![("tap_rx_frames".into(), 42), ("tap_rx_bytes".into(), 0)],
+        counters: vec![
+            CounterValue {
+                name: "tap_rx_frames".into(),
+                value: 42,
+                help: "frames read from TAPs".into(),
+            },
+            CounterValue {
+                name: "tap_rx_bytes".into(),
+                value: 0,
+                help: String::new(),
+            },
+        ],
         drops: vec![
-            ("tap".into(), "runt".into(), 0),
-            ("wire".into(), "unknown_vni".into(), 7),
+            DropCount {
+                stage: "tap".into(),
+                reason: "runt".into(),
+                count: 0,
+                help: String::new(),
+            },
+            DropCount {
+                stage: "wire".into(),
+                reason: "unknown_vni".into(),
+                count: 7,
+                help: String::new(),
+            },
         ],
     }
 }
@@ -101,7 +125,7 @@ fn stats_json_is_the_report_as_sent() {
     assert!(out.status.success(), "{}", stderr(&out));
     let got: StatsReport = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(got, report());
-    assert_eq!(fake.seen(), vec![Request::Stats]);
+    assert_eq!(fake.seen(), vec![Request::Stats(vxnet_api::dp::Stats {})]);
 }
 
 #[test]
@@ -136,25 +160,33 @@ fn peer_add_sends_the_request() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         fake.seen(),
-        vec![Request::PeerAdd(Peer {
+        vec![Request::PeerAdd(PeerAdd {
             vni: 4096u32.try_into().unwrap(),
             mac: "02:42:0a:00:00:03".parse().unwrap(),
             ips: vec!["10.0.0.3".parse().unwrap()],
             vtep: "192.0.2.2".parse().unwrap(),
+            owner: Owner::User,
         })]
     );
 }
 
 #[test]
-fn refusal_is_printed_with_exit_code_1() {
-    let fake = Fake::new(|_| Response::error("VNI 4096 has no local endpoint"));
-    let out = vxnet(
-        &fake.socket,
-        &["flood", "add", "--vni", "4096", "--vtep", "192.0.2.2"],
-    );
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(stderr(&out), "error: VNI 4096 has no local endpoint\n");
-    assert_eq!(stdout(&out), "");
+fn refusal_is_printed_with_the_exit_code_of_its_code() {
+    for (code, status) in [
+        (ErrorCode::NotFound, 3),
+        (ErrorCode::AlreadyExists, 4),
+        (ErrorCode::InvalidArgument, 2),
+        (ErrorCode::Internal, 1),
+    ] {
+        let fake = Fake::new(move |_| Response::error(code, "VNI 4096 has no local endpoint"));
+        let out = vxnet(
+            &fake.socket,
+            &["flood", "add", "--vni", "4096", "--vtep", "192.0.2.2"],
+        );
+        assert_eq!(out.status.code(), Some(status), "{code:?}");
+        assert_eq!(stderr(&out), "error: VNI 4096 has no local endpoint\n");
+        assert_eq!(stdout(&out), "");
+    }
 }
 
 #[test]
@@ -198,7 +230,7 @@ fn unreachable_socket_gives_the_helpful_message() {
     let dir = TempDir::new("nosock");
     let socket = dir.0.join("dataplane.sock");
     let out = vxnet(&socket, &["show"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(6), "unavailable");
     assert_eq!(
         stderr(&out),
         format!(
@@ -214,17 +246,17 @@ fn attach_prints_the_endpoint_and_socket_comes_from_env() {
         Request::Attach(a) => Response::ok(EndpointInfo {
             id: 1,
             vni: a.vni,
-            mac: a
-                .mac
-                .unwrap_or(vxnet_proto::wire::MacAddr::from_ip(a.ips[0].addr)),
+            mac: a.mac.unwrap_or(MacAddr::from_ip(a.ips[0].addr())),
             ips: a.ips.clone(),
             mtu: a.mtu.unwrap_or(1450),
             ifname: "eth0".into(),
             location: "web1".into(),
-            kind: "native".into(),
+            kind: EndpointKind::Native,
             tap: "vx1".into(),
+            gateways: vec![],
+            owner: Owner::User,
         }),
-        _ => Response::error("unexpected"),
+        _ => Response::error(ErrorCode::Internal, "unexpected"),
     });
     let out = Command::new(env!("CARGO_BIN_EXE_vxnet"))
         .args([

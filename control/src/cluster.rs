@@ -44,7 +44,7 @@ pub struct InitRequest {
     #[serde(default)]
     pub data_path_port: Option<u16>,
     /// This node's X25519 public key, base64.
-    pub public_key: String,
+    pub public_key: vxnet_api::PublicKey,
     #[serde(default)]
     pub default_pool: Option<AddressPool>,
     /// Digest of the CA certificate, embedded in the join tokens.
@@ -71,13 +71,6 @@ fn check_hostname(h: &str) -> Result<()> {
         return Err(ControlError::InvalidHostname(h.to_owned()));
     }
     Ok(())
-}
-
-fn check_public_key(k: &str) -> Result<()> {
-    match B64.decode(k) {
-        Ok(b) if b.len() == 32 => Ok(()),
-        _ => Err(ControlError::InvalidPublicKey(k.to_owned())),
-    }
 }
 
 /// Splits a join token into (CA digest, secret), so a joining host can
@@ -117,7 +110,6 @@ pub fn swarm_init<S: Store + ?Sized>(
         return Err(ControlError::AlreadyInitialized);
     }
     check_hostname(&req.hostname)?;
-    check_public_key(&req.public_key)?;
     let port = req.data_path_port.unwrap_or(DEFAULT_DATA_PATH_PORT);
     if !DATA_PATH_PORTS.contains(&port) {
         return Err(ControlError::DataPathPort(port));
@@ -147,8 +139,9 @@ pub fn swarm_init<S: Store + ?Sized>(
         advertise_addr: req.advertise_addr,
         data_path_addr: req.data_path_addr.unwrap_or(req.advertise_addr),
         data_path_port: port,
-        public_key: req.public_key.clone(),
+        public_key: req.public_key,
         created: now,
+        down_reason: None,
     };
     let (ingress, mut txn) = plan_network(store, &pool, &default_ingress_request(), now, rng)?;
     txn.require_absent::<Cluster>(Cluster::KEY);
@@ -315,7 +308,7 @@ pub struct JoinRequest {
     pub advertise_addr: IpAddr,
     #[serde(default)]
     pub data_path_addr: Option<IpAddr>,
-    pub public_key: String,
+    pub public_key: vxnet_api::PublicKey,
 }
 
 /// Records a joining node (Ready, Active) with the swarm's data path port.
@@ -327,7 +320,6 @@ pub fn add_node<S: Store + ?Sized>(
 ) -> Result<Node> {
     let c = cluster(store)?;
     check_hostname(&req.hostname)?;
-    check_public_key(&req.public_key)?;
     let node = Node {
         id: new_id(rng),
         hostname: req.hostname.clone(),
@@ -337,19 +329,72 @@ pub fn add_node<S: Store + ?Sized>(
         advertise_addr: req.advertise_addr,
         data_path_addr: req.data_path_addr.unwrap_or(req.advertise_addr),
         data_path_port: c.data_path_port,
-        public_key: req.public_key.clone(),
+        public_key: req.public_key,
         created: now,
+        down_reason: None,
     };
     let mut txn = Txn::new();
+    // The same host joining again (its dataplane key is its identity):
+    // its old record and containers go, so `node ls` shows it once.
+    for old in store.list::<Node>()? {
+        if old.public_key == node.public_key {
+            forget_node(store, &mut txn, &old)?;
+        }
+    }
     txn.require_absent::<Node>(&node.id);
     txn.put(&node)?;
     store.apply(&txn)?;
     Ok(node)
 }
 
-/// The node named by `query` (id, hostname or unique id prefix).
+/// Adds to `txn` the removal of node `n` and of its containers, releasing
+/// their addresses.
+fn forget_node<S: Store + ?Sized>(store: &S, txn: &mut Txn, n: &Node) -> Result<()> {
+    for c in store.list::<Container>()? {
+        if c.node == n.id {
+            for a in &c.attachments {
+                txn.delete::<AddressAlloc>(&AddressAlloc::key_of(&a.network, a.ipv4.into()));
+                if let Some(v6) = a.ipv6 {
+                    txn.delete::<AddressAlloc>(&AddressAlloc::key_of(&a.network, v6.into()));
+                }
+            }
+            txn.delete::<Container>(&c.id);
+        }
+    }
+    txn.delete::<Node>(&n.id);
+    Ok(())
+}
+
+/// A node left the swarm (`swarm leave`): Down, with the reason, and its
+/// containers forgotten (it removed them).
+pub fn node_left<S: Store + ?Sized>(store: &S, id: &str) -> Result<Node> {
+    let mut n = store
+        .get::<Node>(id)?
+        .ok_or_else(|| ControlError::NodeNotFound(id.to_owned()))?;
+    let mut txn = Txn::new();
+    forget_node(store, &mut txn, &n)?;
+    n.status = NodeStatus::Down;
+    n.down_reason = Some("left the swarm".into());
+    txn.put(&n)?;
+    store.apply(&txn)?;
+    Ok(n)
+}
+
+/// The node named by `query` (id, hostname or unique id prefix). A
+/// hostname several nodes share is ambiguous: the error lists their ids.
 pub fn resolve_node<S: Store + ?Sized>(store: &S, query: &str) -> Result<Node> {
     let all = store.list::<Node>()?;
+    let same_name: Vec<&Node> = all.iter().filter(|n| n.hostname == query).collect();
+    if same_name.len() > 1 && !all.iter().any(|n| n.id == query) {
+        return Err(ControlError::AmbiguousNode(
+            query.to_owned(),
+            same_name
+                .iter()
+                .map(|n| format!("{} ({:?})", n.id, n.status).to_lowercase())
+                .collect::<Vec<_>>()
+                .join(", "),
+        ));
+    }
     match resolve(&all, query, |n| &n.id, |n| &n.hostname) {
         Ok(Some(n)) => Ok(n.clone()),
         Ok(None) => Err(ControlError::NodeNotFound(query.to_owned())),
@@ -412,18 +457,7 @@ pub fn remove_node<S: Store + ?Sized>(
         return Err(ControlError::NodeNotDown(n.hostname));
     }
     let mut txn = Txn::new();
-    for c in store.list::<Container>()? {
-        if c.node == n.id {
-            for a in &c.attachments {
-                txn.delete::<AddressAlloc>(&AddressAlloc::key_of(&a.network, a.ipv4.into()));
-                if let Some(v6) = a.ipv6 {
-                    txn.delete::<AddressAlloc>(&AddressAlloc::key_of(&a.network, v6.into()));
-                }
-            }
-            txn.delete::<Container>(&c.id);
-        }
-    }
-    txn.delete::<Node>(&n.id);
+    forget_node(store, &mut txn, &n)?;
     store.apply(&txn)?;
     Ok(n)
 }
@@ -436,8 +470,8 @@ pub(crate) mod tests {
     use crate::store::{MemStore, RedbStore};
     use ipnet::Ipv4Net;
 
-    pub(crate) fn key(b: u8) -> String {
-        B64.encode([b; 32])
+    pub(crate) fn key(b: u8) -> vxnet_api::PublicKey {
+        vxnet_api::PublicKey::from_bytes([b; 32])
     }
 
     pub(crate) fn init_req() -> InitRequest {
@@ -506,12 +540,6 @@ pub(crate) mod tests {
                 .to_string()
                 .contains("1024..=49151")
         );
-        let mut r = init_req();
-        r.public_key = "short".into();
-        assert!(matches!(
-            swarm_init(&s, &r, 0, &mut TestRng(1)),
-            Err(ControlError::InvalidPublicKey(_))
-        ));
         let mut r = init_req();
         r.hostname = "a b".into();
         assert!(matches!(
@@ -682,6 +710,7 @@ pub(crate) mod tests {
                     network: "n".into(),
                     ..Default::default()
                 }],
+                ..Default::default()
             },
             1,
             &mut TestRng(4),
@@ -725,7 +754,8 @@ pub(crate) mod tests {
         assert_eq!(
             crate::networks::resolve_network(&s, INGRESS_NAME)
                 .unwrap()
-                .vni,
+                .vni
+                .get(),
             crate::networks::VNI_FIRST
         );
     }

@@ -8,35 +8,23 @@
 //! leak or duplicate an address. Standalone containers may only join
 //! attachable networks (the ingress network never is).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
+
+use vxnet_api::MacAddr;
 
 use ipnet::IpNet;
 use rand_core::RngCore;
 use serde::{Deserialize, Serialize};
+pub use vxnet_api::ctl::EndpointRequest as NetworkRequest;
 
 use crate::error::{ControlError, Result};
 use crate::ipam::AddressSpace;
 use crate::model::{
-    AddressAlloc, AddressOwner, Attachment, Container, Network, Node, UnixTime, mac_for, new_id,
+    AddressAlloc, AddressOwner, Attachment, Container, DesiredState, Network, Node, UnixTime,
+    new_id,
 };
 use crate::networks::{resolve, resolve_network, valid_name};
 use crate::store::{Store, StoreExt, Txn};
-
-/// One `--network NET [--ip IP] [--ip6 IP]`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NetworkRequest {
-    /// Network name, id or unique id prefix.
-    pub network: String,
-    #[serde(default)]
-    pub ipv4: Option<Ipv4Addr>,
-    #[serde(default)]
-    pub ipv6: Option<Ipv6Addr>,
-    /// The endpoint's MAC (`network connect --mac`; needed for a sidecar
-    /// veth, whose container side has its own); derived from the IPv4
-    /// address when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mac: Option<String>,
-}
 
 /// `vxnet container run` (or `network connect --netns` for another
 /// runtime's container) as the daemon receives it.
@@ -49,6 +37,14 @@ pub struct CreateContainer {
     pub netns: Option<String>,
     /// At least one; the first is the primary network.
     pub networks: Vec<NetworkRequest>,
+    /// What the node's daemon runs in it (detached), if anything.
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Another runtime's container (`network connect --netns|--veth`).
+    #[serde(default)]
+    pub external: Option<crate::model::External>,
 }
 
 /// The container named by `query` (id, name or unique id prefix).
@@ -96,10 +92,17 @@ fn attach<S: Store + ?Sized>(
     if !net.attachable {
         return Err(ControlError::NotAttachable(net.name.clone()));
     }
-    let mac = match &req.mac {
-        Some(m) => Some(unicast_mac(m)?),
-        None => None,
+    let mac = match req.mac {
+        Some(m) if m.is_multicast() || m.is_zero() => {
+            return Err(ControlError::InvalidMac(m.to_string()));
+        }
+        m => m,
     };
+    for a in &req.aliases {
+        if !crate::networks::valid_name(a) {
+            return Err(ControlError::InvalidName(a.clone()));
+        }
+    }
     let allocs = allocations(store, &net.id)?;
     let containers = store.list::<Container>()?;
     let owner = |ip| owner_name(&allocs, &containers, ip);
@@ -159,19 +162,9 @@ fn attach<S: Store + ?Sized>(
         network: net.id.clone(),
         ipv4,
         ipv6,
-        mac: mac.unwrap_or_else(|| mac_for(ipv4)),
+        mac: mac.unwrap_or_else(|| MacAddr::from_ip(IpAddr::V4(ipv4))),
+        aliases: req.aliases.clone(),
     })
-}
-
-/// A user-given endpoint MAC, normalized; multicast and all-zero MACs
-/// cannot name one endpoint.
-fn unicast_mac(m: &str) -> Result<String> {
-    let bad = || ControlError::InvalidMac(m.to_owned());
-    let mac: vxnet_proto::wire::MacAddr = m.parse().map_err(|_| bad())?;
-    if mac.0[0] & 1 == 1 || mac.0 == [0; 6] {
-        return Err(bad());
-    }
-    Ok(mac.to_string())
 }
 
 fn release(txn: &mut Txn, a: &Attachment) {
@@ -228,6 +221,10 @@ pub fn create_container<S: Store + ?Sized>(
         netns: req.netns.clone(),
         attachments,
         created: now,
+        desired: DesiredState::Running,
+        command: req.command.clone(),
+        env: req.env.clone(),
+        external: req.external.clone(),
     };
     txn.require_absent::<Container>(&c.id);
     txn.put(&c)?;
@@ -353,6 +350,7 @@ mod tests {
                 node: node.into(),
                 netns: None,
                 networks: nets.iter().map(|n| on(n)).collect(),
+                ..Default::default()
             },
             5,
             rng,
@@ -368,16 +366,16 @@ mod tests {
         let b = net(&s, "b", true);
         let c = run(&s, &mut rng, "web", &manager.id, &["a"]).unwrap();
         assert_eq!(c.attachments.len(), 1);
-        assert_eq!(c.attachments[0].ipv4, Ipv4Addr::new(10, 0, 1, 2));
-        assert_eq!(c.attachments[0].mac, "02:42:0a:00:01:02");
+        assert_eq!(c.attachments[0].ipv4, std::net::Ipv4Addr::new(10, 0, 1, 2));
+        assert_eq!(c.attachments[0].mac.to_string(), "02:42:0a:00:01:02");
         assert_eq!(c.node, manager.id);
 
         let c2 = run(&s, &mut rng, "db", &manager.id, &["a"]).unwrap();
-        assert_eq!(c2.attachments[0].ipv4, Ipv4Addr::new(10, 0, 1, 3));
+        assert_eq!(c2.attachments[0].ipv4, std::net::Ipv4Addr::new(10, 0, 1, 3));
 
         let c = connect(&s, "web", &on("b")).unwrap();
         assert_eq!(c.attachments[1].network, b.id);
-        assert_eq!(c.attachments[1].ipv4, Ipv4Addr::new(10, 0, 2, 2));
+        assert_eq!(c.attachments[1].ipv4, std::net::Ipv4Addr::new(10, 0, 2, 2));
         assert!(matches!(
             connect(&s, "web", &on("b")),
             Err(ControlError::AlreadyAttached { .. })
@@ -506,8 +504,9 @@ mod tests {
                         network: "n".into(),
                         ipv4: v4.map(|x| x.parse().unwrap()),
                         ipv6: v6.map(|x| x.parse().unwrap()),
-                        mac: None,
+                        ..Default::default()
                     }],
+                    ..Default::default()
                 },
                 1,
                 rng,
@@ -542,7 +541,7 @@ mod tests {
                 network: "v4only".into(),
                 ipv4: None,
                 ipv6: Some("fd00::9".parse().unwrap()),
-                mac: None,
+                ..Default::default()
             },
         )
         .unwrap_err();

@@ -126,6 +126,10 @@ pub enum ControlError {
     ContainerNotFound(String),
     #[error("container '{0}' is ambiguous: it matches {1}; give more of the id or the full name")]
     AmbiguousContainer(String, String),
+    #[error(
+        "invalid alias '{0}': use letters, digits, '_', '.' or '-', starting with a letter or digit, at most 64 characters"
+    )]
+    InvalidName(String),
     #[error("a container needs at least one network; give --network NET")]
     NoNetwork,
     #[error(
@@ -136,6 +140,57 @@ pub enum ControlError {
     AlreadyAttached { container: String, network: String },
     #[error("container {container} is not connected to network {network}")]
     NotAttached { container: String, network: String },
+}
+
+impl ControlError {
+    /// The API error code of this error.
+    pub fn code(&self) -> vxnet_api::ErrorCode {
+        use ControlError as E;
+        use vxnet_api::ErrorCode as C;
+        match self {
+            E::Store(_) => C::Internal,
+            E::NotInitialized | E::AlreadyInitialized | E::NodeNotDown(_) | E::RemoveSelf(_) => {
+                C::FailedPrecondition
+            }
+            E::NetworkInUse { .. } | E::NotAttachable(_) | E::NotAttached { .. } => {
+                C::FailedPrecondition
+            }
+            E::VniExhausted | E::PoolExhausted { .. } | E::AddressesExhausted { .. } => {
+                C::FailedPrecondition
+            }
+            E::NodeNotFound(_) | E::NetworkNotFound(_) | E::ContainerNotFound(_) => C::NotFound,
+            E::NetworkNameInUse { .. }
+            | E::IngressExists { .. }
+            | E::ContainerNameInUse { .. }
+            | E::AddressInUse { .. }
+            | E::AlreadyAttached { .. }
+            | E::SubnetOverlap { .. } => C::AlreadyExists,
+            E::DataPathPort(_)
+            | E::InvalidPool { .. }
+            | E::AmbiguousNode(..)
+            | E::InvalidPublicKey(_)
+            | E::InvalidHostname(_)
+            | E::InvalidNetworkName(_)
+            | E::UnsupportedDriver(_)
+            | E::AmbiguousNetwork(..)
+            | E::IngressAttachable
+            | E::UnknownOption(_)
+            | E::InvalidOption { .. }
+            | E::InvalidAddressing(_)
+            | E::InvalidMac(_)
+            | E::AddressNotUsable { .. }
+            | E::InvalidContainerName(_)
+            | E::AmbiguousContainer(..)
+            | E::InvalidName(_)
+            | E::NoNetwork => C::InvalidArgument,
+        }
+    }
+}
+
+impl From<ControlError> for vxnet_api::ApiError {
+    fn from(e: ControlError) -> Self {
+        vxnet_api::ApiError::new(e.code(), e.to_string())
+    }
 }
 
 pub type Result<T, E = ControlError> = std::result::Result<T, E>;

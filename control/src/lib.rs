@@ -24,6 +24,7 @@
 pub mod cluster;
 pub mod containers;
 pub mod daemon;
+pub mod dns;
 pub mod error;
 pub mod gossip;
 pub mod ipam;

@@ -1,22 +1,21 @@
-//! The desired state of a swarm as plain serde records: nodes, overlay
-//! networks, address allocations, containers and the cluster singleton
-//! (keys, tokens, address pool).
+//! The desired state of a swarm as records of the store: the records the
+//! API shows ([`vxnet_api::model`]: nodes, networks, containers) keyed
+//! here for the store, and those only the control plane keeps (address
+//! allocations, the cluster singleton with its keys and tokens).
 //!
 //! These types own no behaviour beyond small helpers; the rules live in
 //! [`crate::networks`], [`crate::containers`], [`crate::cluster`] and
 //! [`crate::ipam`]. Each record knows its table and key ([`Record`]), and
 //! new fields must carry `#[serde(default)]` so an older store still loads.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rand_core::RngCore;
 use serde::{Deserialize, Serialize};
 
 use crate::store::Record;
 
-/// Length of object ids, as Docker's swarm ids.
-pub const ID_LEN: usize = 25;
+pub use vxnet_api::model::*;
 
 const ID_ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 
@@ -41,51 +40,6 @@ pub fn is_id(s: &str) -> bool {
     s.len() == ID_LEN && s.bytes().all(|b| ID_ALPHABET.contains(&b))
 }
 
-/// Seconds since the Unix epoch; the caller reads the clock.
-pub type UnixTime = u64;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Manager,
-    Worker,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Availability {
-    Active,
-    Pause,
-    Drain,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NodeStatus {
-    Ready,
-    Down,
-}
-
-/// A host in the swarm.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Node {
-    pub id: String,
-    pub hostname: String,
-    pub role: Role,
-    pub availability: Availability,
-    pub status: NodeStatus,
-    /// Address for management (2377) and gossip (7946).
-    pub advertise_addr: IpAddr,
-    /// Address the node's VXLAN traffic uses (`--data-path-addr`; equals
-    /// `advertise_addr` unless given).
-    pub data_path_addr: IpAddr,
-    /// UDP port of the data path (cluster-wide, 4789 by default).
-    pub data_path_port: u16,
-    /// The node's X25519 public key for ESP key agreement, base64.
-    pub public_key: String,
-    pub created: UnixTime,
-}
-
 impl Record for Node {
     const TABLE: &'static str = "nodes";
     fn key(&self) -> String {
@@ -93,64 +47,15 @@ impl Record for Node {
     }
 }
 
-/// The only network driver vxnet has.
-pub const DRIVER_OVERLAY: &str = "overlay";
-
-/// IPv4 addressing of a network.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Ipv4Config {
-    pub subnet: Ipv4Net,
-    pub gateway: Ipv4Addr,
-    /// Container addresses come from here (`--ip-range`); the whole subnet
-    /// when absent.
-    #[serde(default)]
-    pub ip_range: Option<Ipv4Net>,
-}
-
-/// IPv6 addressing of a network (only when the user gives a subnet).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Ipv6Config {
-    pub subnet: Ipv6Net,
-    pub gateway: std::net::Ipv6Addr,
-    #[serde(default)]
-    pub ip_range: Option<Ipv6Net>,
-}
-
-/// An overlay network.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Network {
-    pub id: String,
-    pub name: String,
-    /// Always [`DRIVER_OVERLAY`].
-    pub driver: String,
-    pub vni: u32,
-    pub ipv4: Ipv4Config,
-    #[serde(default)]
-    pub ipv6: Option<Ipv6Config>,
-    /// Standalone containers may join.
-    pub attachable: bool,
-    /// The swarm's routing-mesh network (at most one).
-    pub ingress: bool,
-    /// Data traffic is ESP-encrypted.
-    pub encrypted: bool,
-    /// MTU inside the containers.
-    pub mtu: u16,
-    pub created: UnixTime,
-}
-
-impl Network {
-    /// The network's subnets, IPv4 first.
-    pub fn subnets(&self) -> Vec<IpNet> {
-        let mut v = vec![IpNet::V4(self.ipv4.subnet)];
-        if let Some(c) = &self.ipv6 {
-            v.push(IpNet::V6(c.subnet));
-        }
-        v
+impl Record for Network {
+    const TABLE: &'static str = "networks";
+    fn key(&self) -> String {
+        self.id.clone()
     }
 }
 
-impl Record for Network {
-    const TABLE: &'static str = "networks";
+impl Record for Container {
+    const TABLE: &'static str = "containers";
     fn key(&self) -> String {
         self.id.clone()
     }
@@ -184,47 +89,6 @@ impl Record for AddressAlloc {
     const TABLE: &'static str = "addresses";
     fn key(&self) -> String {
         Self::key_of(&self.network, self.ip)
-    }
-}
-
-/// A container's membership in one network.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Attachment {
-    pub network: String,
-    pub ipv4: Ipv4Addr,
-    #[serde(default)]
-    pub ipv6: Option<std::net::Ipv6Addr>,
-    /// `02:42:` followed by the IPv4 address, as Docker does: unique within
-    /// the network because the address is.
-    pub mac: String,
-}
-
-/// A container (a network namespace plus what runs in it) or an endpoint of
-/// another runtime's container.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Container {
-    pub id: String,
-    pub name: String,
-    /// The node it runs on.
-    pub node: String,
-    /// Path of its network namespace, once known.
-    #[serde(default)]
-    pub netns: Option<String>,
-    /// In the order joined; the first is the primary network.
-    pub attachments: Vec<Attachment>,
-    pub created: UnixTime,
-}
-
-impl Container {
-    pub fn attachment(&self, network_id: &str) -> Option<&Attachment> {
-        self.attachments.iter().find(|a| a.network == network_id)
-    }
-}
-
-impl Record for Container {
-    const TABLE: &'static str = "containers";
-    fn key(&self) -> String {
-        self.id.clone()
     }
 }
 
@@ -274,24 +138,6 @@ pub struct JoinTokens {
     pub manager_rotated: UnixTime,
 }
 
-/// Where network subnets come from when the user gives none.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AddressPool {
-    pub base: Ipv4Net,
-    /// Prefix length of each network's subnet.
-    pub size: u8,
-}
-
-impl Default for AddressPool {
-    /// Docker's default: 10.0.0.0/8 in /24s.
-    fn default() -> Self {
-        Self {
-            base: Ipv4Net::new(Ipv4Addr::new(10, 0, 0, 0), 8).unwrap_or_default(),
-            size: 24,
-        }
-    }
-}
-
 /// The cluster singleton, written by `swarm init`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cluster {
@@ -321,12 +167,6 @@ impl Record for Cluster {
     fn key(&self) -> String {
         Self::KEY.to_owned()
     }
-}
-
-/// Docker's MAC for a container address: `02:42:` then the four bytes.
-pub fn mac_for(ip: Ipv4Addr) -> String {
-    let [a, b, c, d] = ip.octets();
-    format!("02:42:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
 }
 
 #[cfg(test)]
@@ -389,37 +229,7 @@ mod tests {
     }
 
     #[test]
-    fn mac_follows_docker() {
-        assert_eq!(mac_for(Ipv4Addr::new(10, 0, 1, 2)), "02:42:0a:00:01:02");
-    }
-
-    #[test]
-    fn records_round_trip_json() {
-        let n = Network {
-            id: "n".repeat(ID_LEN),
-            name: "test-net".into(),
-            driver: DRIVER_OVERLAY.into(),
-            vni: 4096,
-            ipv4: Ipv4Config {
-                subnet: "10.0.1.0/24".parse().unwrap(),
-                gateway: "10.0.1.1".parse().unwrap(),
-                ip_range: Some("10.0.1.128/25".parse().unwrap()),
-            },
-            ipv6: Some(Ipv6Config {
-                subnet: "fd00::/64".parse().unwrap(),
-                gateway: "fd00::1".parse().unwrap(),
-                ip_range: None,
-            }),
-            attachable: true,
-            ingress: false,
-            encrypted: true,
-            mtu: 1408,
-            created: 1,
-        };
-        let s = serde_json::to_string(&n).unwrap();
-        assert!(s.contains("\"subnet\":\"10.0.1.0/24\""), "{s}");
-        assert_eq!(serde_json::from_str::<Network>(&s).unwrap(), n);
-
+    fn address_records_round_trip_json() {
         let a = AddressAlloc {
             network: "x".into(),
             ip: "10.0.0.1".parse().unwrap(),

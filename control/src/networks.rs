@@ -13,14 +13,16 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use rand_core::RngCore;
 use serde::{Deserialize, Serialize};
+pub use vxnet_api::ctl::{EndpointView, NetworkCreate as CreateNetwork, NetworkFilter, PeerView};
 
 use crate::error::{ControlError, Result};
 use crate::ipam::{self, AddressSpace};
 use crate::model::{
-    AddressAlloc, AddressOwner, AddressPool, Cluster, Container, DRIVER_OVERLAY, Ipv4Config,
-    Ipv6Config, Network, Node, UnixTime, new_id,
+    AddressAlloc, AddressOwner, AddressPool, Cluster, Container, Driver, Ipv4Config, Ipv6Config,
+    Network, Node, UnixTime, new_id,
 };
 use crate::store::{Store, StoreExt, Txn};
+use vxnet_api::Vni;
 
 /// First VNI handed out, as Docker.
 pub const VNI_FIRST: u32 = 4096;
@@ -32,39 +34,18 @@ pub const MTU_DEFAULT: u16 = 1450;
 /// overhead (header 8, IV 8, trailer 2 + padding up to 3, ICV 16), rounded
 /// down to a multiple of 8.
 pub const MTU_ENCRYPTED: u16 = 1408;
-/// Range accepted for `--opt mtu=N` (IPv6 minimum to jumbo frames).
-pub const MTU_RANGE: std::ops::RangeInclusive<u16> = 1280..=9000;
+/// Range accepted for `--opt mtu=N`: Linux's IPv4 minimum (68) to the
+/// largest inner MTU a 9216-byte jumbo underlay carries. Docker's own
+/// tutorial uses 1200.
+pub const MTU_RANGE: std::ops::RangeInclusive<u16> = 68..=9166;
+/// Smallest MTU of a network with an IPv6 subnet (RFC 8200 §5).
+pub const MTU_MIN_IPV6: u16 = 1280;
 /// Name of the network `swarm init` creates.
 pub const INGRESS_NAME: &str = "ingress";
 
 const OPT_ENCRYPTED: &str = "encrypted";
 const OPT_MTU: &str = "mtu";
 const OPT_DOCKER_MTU: &str = "com.docker.network.driver.mtu";
-
-/// `vxnet network create` as the daemon receives it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CreateNetwork {
-    pub name: String,
-    /// `-d`; `None` means overlay.
-    #[serde(default)]
-    pub driver: Option<String>,
-    #[serde(default)]
-    pub attachable: bool,
-    #[serde(default)]
-    pub ingress: bool,
-    /// `--opt k=v` (`--opt encrypted` arrives with an empty value).
-    #[serde(default)]
-    pub options: BTreeMap<String, String>,
-    /// `--subnet`: at most one IPv4 and one IPv6.
-    #[serde(default)]
-    pub subnets: Vec<IpNet>,
-    /// `--gateway`: each inside one of `subnets`.
-    #[serde(default)]
-    pub gateways: Vec<IpAddr>,
-    /// `--ip-range`: each inside one of `subnets`.
-    #[serde(default)]
-    pub ip_ranges: Vec<IpNet>,
-}
 
 /// A valid network or container name (Docker's `[a-zA-Z0-9][a-zA-Z0-9_.-]*`).
 pub(crate) fn valid_name(s: &str) -> bool {
@@ -166,20 +147,17 @@ fn parse_options(opts: &BTreeMap<String, String>) -> Result<(bool, Option<u16>)>
                     value: v.clone(),
                     reason: reason.to_owned(),
                 };
-                let n: u16 = v.parse().map_err(|_| {
+                let range = || format!("{}..={}", MTU_RANGE.start(), MTU_RANGE.end());
+                let n: u64 = v.trim().parse().map_err(|_| {
                     bad(&format!(
-                        "not a number; give an MTU in {}..={}",
-                        MTU_RANGE.start(),
-                        MTU_RANGE.end()
+                        "not a number; give an MTU in bytes, in {}",
+                        range()
                     ))
                 })?;
-                if !MTU_RANGE.contains(&n) {
-                    return Err(bad(&format!(
-                        "give an MTU in {}..={}",
-                        MTU_RANGE.start(),
-                        MTU_RANGE.end()
-                    )));
-                }
+                let n = u16::try_from(n)
+                    .ok()
+                    .filter(|n| MTU_RANGE.contains(n))
+                    .ok_or_else(|| bad(&format!("out of range; give an MTU in {}", range())))?;
                 if mtu.is_some_and(|m| m != n) {
                     return Err(bad("the MTU is given twice with different values"));
                 }
@@ -263,16 +241,22 @@ pub(crate) fn plan_network<S: Store + ?Sized>(
     if !valid_name(&req.name) {
         return Err(ControlError::InvalidNetworkName(req.name.clone()));
     }
-    if let Some(d) = &req.driver {
-        if d != DRIVER_OVERLAY {
-            return Err(ControlError::UnsupportedDriver(d.clone()));
-        }
-    }
     if req.ingress && req.attachable {
         return Err(ControlError::IngressAttachable);
     }
     let (encrypted, mtu) = parse_options(&req.options)?;
     let (v4, v6) = split_addressing(req)?;
+    if let (Some(m), Some(_)) = (mtu, v6.subnet) {
+        if m < MTU_MIN_IPV6 {
+            return Err(ControlError::InvalidOption {
+                option: OPT_MTU.to_owned(),
+                value: m.to_string(),
+                reason: format!(
+                    "a network with an IPv6 subnet needs an MTU of at least {MTU_MIN_IPV6} (RFC 8200)"
+                ),
+            });
+        }
+    }
 
     let existing = store.list::<Network>()?;
     if let Some(n) = existing.iter().find(|n| n.name == req.name) {
@@ -310,9 +294,10 @@ pub(crate) fn plan_network<S: Store + ?Sized>(
         }
     };
 
-    let vnis: BTreeSet<u32> = existing.iter().map(|n| n.vni).collect();
+    let vnis: BTreeSet<u32> = existing.iter().map(|n| n.vni.get()).collect();
     let vni = (VNI_FIRST..=VNI_LAST)
         .find(|v| !vnis.contains(v))
+        .and_then(Vni::new)
         .ok_or(ControlError::VniExhausted)?;
 
     let id = new_id(rng);
@@ -366,12 +351,13 @@ pub(crate) fn plan_network<S: Store + ?Sized>(
     let net = Network {
         id,
         name: req.name.clone(),
-        driver: DRIVER_OVERLAY.to_owned(),
+        driver: Driver::Overlay,
         vni,
         ipv4,
         ipv6,
         attachable: req.attachable,
         ingress: req.ingress,
+        internal: req.internal,
         encrypted,
         mtu: mtu.unwrap_or(if encrypted {
             MTU_ENCRYPTED
@@ -383,16 +369,6 @@ pub(crate) fn plan_network<S: Store + ?Sized>(
     txn.require_absent::<Network>(&net.id);
     txn.put(&net)?;
     Ok((net, txn))
-}
-
-/// `vxnet network ls --filter`: `name` matches a substring of the name (as
-/// Docker's filter does), `id` a prefix of the id.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NetworkFilter {
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub id: Option<String>,
 }
 
 /// `vxnet network ls`, sorted by name.
@@ -417,25 +393,6 @@ pub fn list_networks<S: Store + ?Sized>(store: &S, filter: &NetworkFilter) -> Re
     Ok(v)
 }
 
-/// One container endpoint in `network inspect`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EndpointView {
-    pub container_id: String,
-    pub name: String,
-    pub node: String,
-    pub ipv4: std::net::Ipv4Addr,
-    pub ipv6: Option<std::net::Ipv6Addr>,
-    pub mac: String,
-}
-
-/// One host that has endpoints on the network (Docker's `Peers`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerView {
-    pub node: String,
-    pub hostname: String,
-    pub data_path_addr: IpAddr,
-}
-
 /// `vxnet network inspect`: the network with every endpoint and the hosts
 /// they are on; the CLI shows the endpoints of its own host as `Containers`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -458,7 +415,7 @@ pub fn inspect_network<S: Store + ?Sized>(store: &S, query: &str) -> Result<Netw
                 node: c.node.clone(),
                 ipv4: a.ipv4,
                 ipv6: a.ipv6,
-                mac: a.mac.clone(),
+                mac: a.mac,
             });
         }
     }
@@ -561,12 +518,12 @@ mod tests {
         init(&s);
         let ingress = resolve_network(&s, INGRESS_NAME).unwrap();
         assert!(ingress.ingress && !ingress.attachable);
-        assert_eq!(ingress.vni, VNI_FIRST);
+        assert_eq!(ingress.vni.get(), VNI_FIRST);
         assert_eq!(ingress.ipv4.subnet.to_string(), "10.0.0.0/24");
 
         let n = create(&s, &req("test-net")).unwrap();
-        assert_eq!(n.driver, "overlay");
-        assert_eq!(n.vni, 4097);
+        assert_eq!(n.driver, Driver::Overlay);
+        assert_eq!(n.vni.get(), 4097);
         assert_eq!(n.ipv4.subnet.to_string(), "10.0.1.0/24");
         assert_eq!(n.ipv4.gateway.to_string(), "10.0.1.1");
         assert_eq!(n.mtu, MTU_DEFAULT);
@@ -603,15 +560,6 @@ mod tests {
             create(&s, &req("")),
             Err(ControlError::InvalidNetworkName(_))
         ));
-        let mut r = req("b");
-        r.driver = Some("bridge".into());
-        assert!(
-            create(&s, &r)
-                .unwrap_err()
-                .to_string()
-                .contains("-d overlay")
-        );
-
         let mut r = req("enc");
         r.options.insert("encrypted".into(), String::new());
         r.attachable = true;
@@ -623,7 +571,19 @@ mod tests {
         r.options
             .insert("com.docker.network.driver.mtu".into(), "9000".into());
         assert_eq!(create(&s, &r).unwrap().mtu, 9000);
-        for bad in ["1279", "9001", "x", ""] {
+        // Docker's tutorial value is fine on an IPv4 network.
+        let mut r = req("m1200");
+        r.options
+            .insert("com.docker.network.driver.mtu".into(), "1200".into());
+        assert_eq!(create(&s, &r).unwrap().mtu, 1200);
+        for (bad, why) in [
+            ("67", "out of range"),
+            ("9167", "out of range"),
+            ("99999", "out of range"),
+            ("99999999999999999999", "not a number"),
+            ("x", "not a number"),
+            ("", "not a number"),
+        ] {
             let mut r = req("m2");
             r.options.insert("mtu".into(), bad.into());
             let e = create(&s, &r).unwrap_err();
@@ -631,8 +591,15 @@ mod tests {
                 matches!(e, ControlError::InvalidOption { .. }),
                 "{bad}: {e}"
             );
-            assert!(e.to_string().contains("1280..=9000"), "{e}");
+            assert!(e.to_string().contains(why), "{bad}: {e}");
+            assert!(e.to_string().contains("68..=9166"), "{e}");
         }
+        // IPv6 needs 1280 (RFC 8200).
+        let mut r = req("m6");
+        r.options.insert("mtu".into(), "1200".into());
+        r.subnets = vec!["fd77::/64".parse().unwrap()];
+        let e = create(&s, &r).unwrap_err();
+        assert!(e.to_string().contains("at least 1280"), "{e}");
         let mut r = req("m3");
         r.options.insert("mtu".into(), "1400".into());
         r.options
@@ -653,7 +620,7 @@ mod tests {
             .into_iter()
             .map(|n| n.name)
             .collect();
-        assert_eq!(names, ["a", "enc", "ingress", "m"]);
+        assert_eq!(names, ["a", "enc", "ingress", "m", "m1200"]);
     }
 
     #[test]
@@ -675,7 +642,7 @@ mod tests {
         let n = create(&s, &r).unwrap();
         assert!(n.ingress);
         // The freed VNI 4096 and subnet 10.0.0.0/24 are reused.
-        assert_eq!(n.vni, VNI_FIRST);
+        assert_eq!(n.vni.get(), VNI_FIRST);
         assert_eq!(n.ipv4.subnet.to_string(), "10.0.0.0/24");
     }
 
@@ -768,13 +735,18 @@ mod tests {
         let a = create(&s, &req("a")).unwrap();
         let b = create(&s, &req("b")).unwrap();
         let c = create(&s, &req("c")).unwrap();
-        assert_eq!([a.vni, b.vni, c.vni], [4097, 4098, 4099]);
+        assert_eq!([a.vni.get(), b.vni.get(), c.vni.get()], [4097, 4098, 4099]);
         remove_network(&s, "b").unwrap();
         let d = create(&s, &req("d")).unwrap();
-        assert_eq!(d.vni, 4098);
+        assert_eq!(d.vni.get(), 4098);
         let e = create(&s, &req("e")).unwrap();
-        assert_eq!(e.vni, 4100);
-        let all: BTreeSet<u32> = s.list::<Network>().unwrap().iter().map(|n| n.vni).collect();
+        assert_eq!(e.vni.get(), 4100);
+        let all: BTreeSet<u32> = s
+            .list::<Network>()
+            .unwrap()
+            .iter()
+            .map(|n| n.vni.get())
+            .collect();
         assert_eq!(all.len(), s.list::<Network>().unwrap().len());
     }
 
@@ -809,14 +781,14 @@ mod tests {
         assert_eq!(
             names(NetworkFilter {
                 name: Some("ack".into()),
-                id: None
+                ..Default::default()
             }),
             ["back"]
         );
         assert_eq!(
             names(NetworkFilter {
-                name: None,
-                id: Some(a.id[..12].to_owned())
+                id: Some(a.id[..12].to_owned()),
+                ..Default::default()
             }),
             ["front"]
         );

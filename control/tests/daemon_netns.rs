@@ -4,10 +4,10 @@
 //! (`cargo build -p vxnet-dataplane -p vxnet-cli`; `cargo test --workspace`
 //! builds them). Everything it makes is removed on drop, also on failure.
 //!
-//! The control daemon runs in the root network namespace: it only talks to
-//! the dataplane over a Unix socket, and namespaces it creates there must
-//! be visible to the dataplane (`ip netns exec` gives a process a private
-//! mount namespace, so namespaces created inside one would not be).
+//! The control daemon runs in the host's network namespace (entered with
+//! `nsenter --net`, keeping the root mount namespace: namespaces it creates
+//! must be visible to the dataplane, and `ip netns exec` would give it a
+//! private mount namespace).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -196,7 +196,13 @@ impl Env {
     fn start_control(&mut self) {
         let sock = self.path("ctl.sock");
         let log = self.log("control.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_vxnet-control"))
+        // In the host's network namespace (its addresses are the ones
+        // `swarm init` may advertise), but the root mount namespace (the
+        // container namespaces it makes must be visible to the dataplane).
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.host_ns))
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_vxnet-control"))
             .arg("--socket")
             .arg(&sock)
             .arg("--state-dir")
@@ -387,7 +393,7 @@ fn containers_talk_and_survive_restarts() {
         v.as_array()
             .into_iter()
             .flatten()
-            .all(|c| c["status"] == "running"),
+            .all(|c| c["state"] == "running"),
         "{list}"
     );
 

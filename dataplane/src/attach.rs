@@ -8,17 +8,20 @@
 //!   host side is enslaved to a per-VNI Linux bridge `vxbr<VNI>` that also
 //!   holds the dataplane's TAP `vxtap<VNI>` for that network.
 
-use crate::api::{AttachRequest, AttachTarget, IpNet};
 use crate::sys::netns;
 use crate::sys::tap::Tap;
 use crate::sys::udp;
 use std::net::IpAddr;
 use std::sync::Arc;
+use vxnet_api::IpNet;
+use vxnet_api::dp::{Attach, AttachTarget};
 use vxnet_proto::fdb::PortId;
 use vxnet_proto::wire::{MacAddr, Vni};
 
-/// Smallest MTU Linux accepts for IPv6 (and a sane floor for IPv4).
-const MIN_MTU: u32 = 1280;
+/// Smallest MTU Linux accepts for an IPv4-only interface.
+const MIN_MTU: u32 = 68;
+/// Smallest MTU of an interface with an IPv6 address (RFC 8200 §5).
+const MIN_MTU_IPV6: u32 = 1280;
 /// Largest inner MTU: a 9000-byte underlay minus 50 bytes of VXLAN, with
 /// room for bigger underlays.
 const MAX_MTU: u32 = 65_000;
@@ -43,31 +46,39 @@ impl Plan {
     /// Checks everything that can be checked without touching the system.
     /// `wire_overhead` is what the network adds to each inner packet of MTU
     /// size on the wire (Ethernet, VXLAN and, when encrypted, ESP).
-    pub fn validate(
-        req: &AttachRequest,
-        default_mtu: u32,
-        wire_overhead: u32,
-    ) -> Result<Plan, String> {
+    pub fn validate(req: &Attach, default_mtu: u32, wire_overhead: u32) -> Result<Plan, String> {
         let Some(first) = req.ips.first() else {
             return Err("an endpoint needs at least one address (--ip ADDR/PLEN)".into());
         };
         for (i, a) in req.ips.iter().enumerate() {
-            if req.ips[..i].iter().any(|b| b.addr == a.addr) {
-                return Err(format!("address {} is given twice", a.addr));
+            if req.ips[..i].iter().any(|b| b.addr() == a.addr()) {
+                return Err(format!("address {} is given twice", a.addr()));
             }
-            if a.addr.is_unspecified() || a.addr.is_multicast() || a.addr.is_loopback() {
+            if a.addr().is_unspecified() || a.addr().is_multicast() || a.addr().is_loopback() {
                 return Err(format!("{a} is not a usable unicast address"));
             }
         }
-        let mac = req.mac.unwrap_or_else(|| MacAddr::from_ip(first.addr));
+        let mac = req.mac.unwrap_or_else(|| MacAddr::from_ip(first.addr()));
         if mac.is_multicast() || mac.is_zero() {
             return Err(format!(
                 "MAC {mac} is multicast or zero; an endpoint needs a unicast MAC"
             ));
         }
         let mtu = req.mtu.unwrap_or(default_mtu);
-        if !(MIN_MTU..=MAX_MTU).contains(&mtu) {
-            return Err(format!("MTU {mtu} is outside {MIN_MTU}..={MAX_MTU}"));
+        let min = if req.ips.iter().any(|n| n.addr().is_ipv6()) {
+            MIN_MTU_IPV6
+        } else {
+            MIN_MTU
+        };
+        if !(min..=MAX_MTU).contains(&mtu) {
+            return Err(format!(
+                "MTU {mtu} is outside {min}..={MAX_MTU}{}",
+                if min == MIN_MTU_IPV6 {
+                    " (an IPv6 address needs at least 1280, RFC 8200)"
+                } else {
+                    ""
+                }
+            ));
         }
         let ifname = req.ifname.clone().unwrap_or_else(|| "eth0".into());
         if ifname.is_empty()
@@ -95,7 +106,7 @@ impl Plan {
             if !req
                 .ips
                 .iter()
-                .any(|n| n.addr.is_ipv4() == gw.is_ipv4() && in_subnet(n, *gw))
+                .any(|n| n.addr().is_ipv4() == gw.is_ipv4() && in_subnet(n, *gw))
             {
                 return Err(format!(
                     "gateway {gw} is not inside any of the endpoint's subnets ({})",
@@ -127,15 +138,15 @@ impl Plan {
 
 /// True when `ip` is in the subnet of `net` (and is not `net`'s own address).
 fn in_subnet(net: &IpNet, ip: IpAddr) -> bool {
-    if ip == net.addr {
+    if ip == net.addr() {
         return false;
     }
-    let (a, b, bits) = match (net.addr, ip) {
+    let (a, b, bits) = match (net.addr(), ip) {
         (IpAddr::V4(a), IpAddr::V4(b)) => (u128::from(u32::from(a)), u128::from(u32::from(b)), 32),
         (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b), 128),
         _ => return false,
     };
-    let host_bits = bits - u32::from(net.prefix);
+    let host_bits = bits - u32::from(net.prefix_len());
     if host_bits >= 128 {
         return true;
     }
@@ -173,7 +184,7 @@ fn configure(plan: &Plan) -> Result<(), String> {
     netns::ip(&["link", "set", "dev", dev, "address", &mac, "mtu", &mtu])?;
     for n in &plan.ips {
         let addr = n.to_string();
-        if n.addr.is_ipv6() {
+        if n.addr().is_ipv6() {
             netns::ip(&["-6", "addr", "add", &addr, "dev", dev, "nodad"])?;
         } else {
             netns::ip(&["addr", "add", &addr, "dev", dev])?;
@@ -280,8 +291,8 @@ impl Bridge {
 mod tests {
     use super::*;
 
-    fn req(ips: &[&str]) -> AttachRequest {
-        AttachRequest {
+    fn req(ips: &[&str]) -> Attach {
+        Attach {
             target: AttachTarget::Netns("c1".into()),
             vni: Vni::new(4096).unwrap(),
             ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
@@ -289,6 +300,7 @@ mod tests {
             mtu: None,
             gateways: vec![],
             ifname: None,
+            owner: Default::default(),
         }
     }
 
@@ -304,7 +316,7 @@ mod tests {
 
     #[test]
     fn tso_frames_fit_one_send() {
-        let jumbo = AttachRequest {
+        let jumbo = Attach {
             mtu: Some(8950),
             ..req(&["10.0.0.2/24"])
         };
@@ -315,46 +327,54 @@ mod tests {
 
     #[test]
     fn refusals_say_what_to_fix() {
-        let cases: Vec<(AttachRequest, &str)> = vec![
+        let cases: Vec<(Attach, &str)> = vec![
             (req(&[]), "at least one address"),
             (req(&["10.0.0.2/24", "10.0.0.2/24"]), "twice"),
             (
-                AttachRequest {
-                    mtu: Some(100),
+                Attach {
+                    mtu: Some(67),
                     ..req(&["10.0.0.2/24"])
                 },
-                "MTU",
+                "MTU 67 is outside 68..",
             ),
             (
-                AttachRequest {
+                Attach {
+                    mtu: Some(1200),
+                    ..req(&["10.0.0.2/24", "fd00::2/64"])
+                },
+                "RFC 8200",
+            ),
+            (
+                Attach {
                     ifname: Some("a/b".into()),
                     ..req(&["10.0.0.2/24"])
                 },
                 "interface name",
             ),
             (
-                AttachRequest {
+                Attach {
                     ifname: Some("x".repeat(16)),
+                    owner: Default::default(),
                     ..req(&["10.0.0.2/24"])
                 },
                 "interface name",
             ),
             (
-                AttachRequest {
+                Attach {
                     gateways: vec!["10.0.1.1".parse().unwrap()],
                     ..req(&["10.0.0.2/24"])
                 },
                 "not inside",
             ),
             (
-                AttachRequest {
+                Attach {
                     mac: Some(MacAddr::BROADCAST),
                     ..req(&["10.0.0.2/24"])
                 },
                 "unicast",
             ),
             (
-                AttachRequest {
+                Attach {
                     target: AttachTarget::Veth("v1".into()),
                     ..req(&["10.0.0.2/24"])
                 },
@@ -365,7 +385,7 @@ mod tests {
             let e = Plan::validate(&r, 1450, 22).unwrap_err();
             assert!(e.contains(word), "'{e}' should mention '{word}'");
         }
-        let ok = AttachRequest {
+        let ok = Attach {
             gateways: vec!["10.0.0.1".parse().unwrap(), "fd00::1".parse().unwrap()],
             ..req(&["10.0.0.2/24", "fd00::2/64"])
         };

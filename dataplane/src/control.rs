@@ -4,10 +4,6 @@
 //! a step that fails half-way undoes what it did, so a refused request
 //! leaves no TAP, bridge or table entry behind.
 
-use crate::api::{
-    AttachRequest, AttachTarget, DetachTarget, EndpointInfo, FdbEntry, IpNet, NetworkInfo, Peer,
-    Request, Response, SaEntry, ShowReport, StatsReport, VtepInfo,
-};
 use crate::attach::{self, Bridge};
 use crate::sys::tap::Tap;
 use crate::worker::{self, Command, FdbCell, PollMode, WorkerConfig, WorkerHandle};
@@ -15,8 +11,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-mod services;
 use vxnet_proto::crypto::OsRng;
 use vxnet_proto::crypto::keys::{PublicKey, StaticKeypair};
 use vxnet_proto::crypto::session::{SaDirection, Session, SessionConfig};
@@ -25,6 +19,16 @@ use vxnet_proto::fdb::{Dest, Fdb, PortId};
 use vxnet_proto::lb::conntrack::ConntrackConfig;
 use vxnet_proto::stats::{Counter, Drop, Snapshot};
 use vxnet_proto::wire::{MacAddr, Vni};
+
+use vxnet_api::dp::{
+    self, Attach, AttachTarget, DetachTarget, EndpointInfo, EndpointKind, FdbEntry, FdbKind,
+    NetworkInfo, Owner, PeerAdd, Request, SaEntry, SaState, ShowReport, StatsReport, VtepInfo,
+};
+use vxnet_api::{ApiError, IpNet, Response};
+
+type R<T> = Result<T, ApiError>;
+
+mod services;
 
 /// Start-up settings of a dataplane.
 #[derive(Debug, Clone)]
@@ -79,12 +83,20 @@ struct State {
     next_id: u32,
     bridges: HashMap<Vni, Bridge>,
     next_worker: usize,
-    /// Hosts whose public keys we were told.
-    vteps: BTreeMap<IpAddr, PublicKey>,
+    /// Hosts whose public keys we were told, and by whom.
+    vteps: BTreeMap<IpAddr, (PublicKey, Owner)>,
+    /// Networks declared with `network_add`, and by whom.
+    networks: BTreeMap<Vni, Owner>,
+    /// Who added each remote FDB entry.
+    peer_owners: HashMap<(Vni, MacAddr), Owner>,
+    /// Who set each service.
+    service_owners: HashMap<(Vni, IpAddr), Owner>,
 }
 
 pub struct Dataplane {
     cfg: Config,
+    /// Random per start, reported by `show` so clients notice a restart.
+    instance: u64,
     cell: Arc<FdbCell>,
     state: Mutex<State>,
     workers: Mutex<Vec<WorkerHandle>>,
@@ -116,6 +128,7 @@ impl Dataplane {
         let gso = workers.iter().all(|w| w.gso);
         let gro = workers.iter().all(|w| w.gro);
         Ok(Dataplane {
+            instance: rand_instance(),
             cfg,
             cell,
             state: Mutex::new(State {
@@ -153,115 +166,119 @@ impl Dataplane {
 
     /// Answers one API request.
     pub fn handle(&self, req: Request) -> Response {
-        let result = match req {
-            Request::Attach(a) => self.attach(a).map(Response::ok),
-            Request::Detach { target } => self.detach(target).map(Response::ok),
-            Request::PeerAdd(p) => self.peer_add(p).map(|()| Response::ok(())),
-            Request::PeerDel { vni, mac } => self
-                .edit_fdb(|f| f.remove_remote(vni, mac))
-                .map(|()| Response::ok(())),
-            Request::FloodAdd { vni, vtep } => self
-                .check_vtep(vtep)
-                .and_then(|()| self.edit_fdb(|f| f.add_flood(vni, vtep)))
-                .map(|()| Response::ok(())),
-            Request::FloodDel { vni, vtep } => self
-                .edit_fdb(|f| f.remove_flood(vni, vtep))
-                .map(|()| Response::ok(())),
-            Request::Stats => Ok(Response::ok(self.stats_report())),
-            Request::Fdb { vni } => Ok(Response::ok(self.fdb_entries(vni))),
-            Request::Endpoints => Ok(Response::ok(
-                self.lock()
-                    .endpoints
-                    .values()
-                    .map(|e| e.info.clone())
-                    .collect::<Vec<_>>(),
-            )),
-            Request::Show => Ok(Response::ok(self.show())),
-            Request::NetworkAdd { vni, encrypted } => {
-                self.network_add(vni, encrypted).map(|()| Response::ok(()))
+        use Response as Re;
+        match req {
+            Request::Attach(a) => Re::of::<Attach>(self.attach(a)),
+            Request::Detach(d) => Re::of::<dp::Detach>(self.detach(d.target)),
+            Request::PeerAdd(p) => Re::of::<PeerAdd>(self.peer_add(p)),
+            Request::PeerDel(p) => Re::of::<dp::PeerDel>(self.peer_del(p)),
+            Request::FloodAdd(f) => Re::of::<dp::FloodAdd>(
+                self.check_vtep(f.vtep)
+                    .and_then(|()| self.edit_fdb(|x| x.add_flood(f.vni, f.vtep))),
+            ),
+            Request::FloodDel(f) => {
+                Re::of::<dp::FloodDel>(self.edit_fdb(|x| x.remove_flood(f.vni, f.vtep)))
             }
-            Request::NetworkDel { vni } => self.network_del(vni).map(|()| Response::ok(())),
-            Request::Networks => Ok(Response::ok(self.networks())),
-            Request::VtepAdd { vtep, pubkey } => {
-                self.vtep_add(vtep, &pubkey).map(|()| Response::ok(()))
+            Request::Stats(_) => Re::of::<dp::Stats>(Ok(self.stats_report())),
+            Request::Fdb(f) => Re::of::<dp::Fdb>(Ok(self.fdb_entries(f.vni))),
+            Request::Endpoints(_) => Re::of::<dp::Endpoints>(Ok(self
+                .lock()
+                .endpoints
+                .values()
+                .map(|e| e.info.clone())
+                .collect())),
+            Request::Show(_) => Re::of::<dp::Show>(Ok(self.show())),
+            Request::NetworkAdd(n) => {
+                Re::of::<dp::NetworkAdd>(self.network_add(n.vni, n.encrypted, n.owner))
             }
-            Request::VtepDel { vtep } => self.vtep_del(vtep).map(|()| Response::ok(())),
-            Request::Vteps => Ok(Response::ok(self.vteps())),
-            Request::Rekey { vtep } => self.rekey(vtep).map(Response::ok),
-            Request::Sa { show_keys } => self.sas(show_keys).map(Response::ok),
-            Request::ServiceSet(spec) => self.service_set(spec).map(|()| Response::ok(())),
-            Request::ServiceDel { vni, vip } => {
-                self.service_del(vni, vip).map(|()| Response::ok(()))
-            }
-            Request::Services { vni } => self.services(vni).map(Response::ok),
-            Request::Conntrack { vni, limit } => self.conntrack(vni, limit).map(Response::ok),
-        };
-        result.unwrap_or_else(Response::error)
+            Request::NetworkDel(n) => Re::of::<dp::NetworkDel>(self.network_del(n.vni)),
+            Request::Networks(_) => Re::of::<dp::Networks>(Ok(self.networks())),
+            Request::VtepAdd(v) => Re::of::<dp::VtepAdd>(self.vtep_add(v.vtep, v.pubkey, v.owner)),
+            Request::VtepDel(v) => Re::of::<dp::VtepDel>(self.vtep_del(v.vtep)),
+            Request::Vteps(_) => Re::of::<dp::Vteps>(Ok(self.vteps())),
+            Request::Rekey(r) => Re::of::<dp::Rekey>(self.rekey(r.vtep)),
+            Request::Sa(r) => Re::of::<dp::Sa>(self.sas(r.show_keys)),
+            Request::ServiceSet(s) => Re::of::<dp::ServiceSet>(self.service_set(s)),
+            Request::ServiceDel(s) => Re::of::<dp::ServiceDel>(self.service_del(s.vni, s.vip)),
+            Request::Services(s) => Re::of::<dp::Services>(self.services(s.vni)),
+            Request::Conntrack(c) => Re::of::<dp::Conntrack>(self.conntrack(c.vni, c.limit)),
+        }
     }
 
-    fn edit_fdb<E: std::fmt::Display>(
-        &self,
-        f: impl FnOnce(&mut Fdb) -> Result<(), E>,
-    ) -> Result<(), String> {
+    fn edit_fdb<E: Into<FdbRefusal>>(&self, f: impl FnOnce(&mut Fdb) -> Result<(), E>) -> R<()> {
         let mut st = self.lock();
         let mut next = st.fdb.clone();
-        f(&mut next).map_err(|e| e.to_string())?;
+        f(&mut next).map_err(|e| e.into().0)?;
         self.cell.publish(next.clone());
         st.fdb = next;
         Ok(())
     }
 
-    fn check_vtep(&self, vtep: IpAddr) -> Result<(), String> {
+    fn check_vtep(&self, vtep: IpAddr) -> R<()> {
         let local = self.cfg.local_vtep;
         if vtep.is_ipv4() != local.is_ipv4() {
-            return Err(format!(
+            return Err(ApiError::invalid(format!(
                 "VTEP {vtep} is {} but this dataplane's local VTEP {local} is {}; use an address of the same family",
                 family(vtep),
                 family(local)
-            ));
+            )));
         }
         if vtep == local {
-            return Err(format!(
+            return Err(ApiError::invalid(format!(
                 "VTEP {vtep} is this dataplane's own address; a peer lives behind another host"
-            ));
+            )));
         }
         if vtep.is_unspecified() || vtep.is_multicast() {
-            return Err(format!("VTEP {vtep} is not a unicast host address"));
+            return Err(ApiError::invalid(format!(
+                "VTEP {vtep} is not a unicast host address"
+            )));
         }
         Ok(())
     }
 
-    fn peer_add(&self, p: Peer) -> Result<(), String> {
+    fn peer_add(&self, p: PeerAdd) -> R<()> {
         self.check_vtep(p.vtep)?;
-        self.edit_fdb(|f| f.add_remote(p.vni, p.mac, &p.ips, p.vtep))
+        self.edit_fdb(|f| f.add_remote(p.vni, p.mac, &p.ips, p.vtep))?;
+        self.lock().peer_owners.insert((p.vni, p.mac), p.owner);
+        Ok(())
     }
 
-    fn attach(&self, req: AttachRequest) -> Result<EndpointInfo, String> {
+    fn peer_del(&self, p: dp::PeerDel) -> R<()> {
+        self.edit_fdb(|f| f.remove_remote(p.vni, p.mac, &p.ips))?;
+        if p.ips.is_empty() {
+            self.lock().peer_owners.remove(&(p.vni, p.mac));
+        }
+        Ok(())
+    }
+
+    fn attach(&self, req: Attach) -> R<EndpointInfo> {
         let mut st = self.lock();
         let plan = attach::Plan::validate(
             &req,
             self.default_mtu(&st.fdb, req.vni),
             wire_overhead(st.fdb.is_encrypted(req.vni)),
-        )?;
-        let ips: Vec<IpAddr> = plan.ips.iter().map(|n| n.addr).collect();
+        )
+        .map_err(ApiError::invalid)?;
+        let ips: Vec<IpAddr> = plan.ips.iter().map(|n| n.addr()).collect();
+        let owner = req.owner;
         match &req.target {
             AttachTarget::Netns(ns) => {
                 let port = st.fdb.free_port();
                 st.fdb
                     .check_local(port, plan.vni, plan.mac, &ips)
-                    .map_err(|e| e.to_string())?;
-                let (tap, location) = attach::native(ns, &plan)?;
+                    .map_err(|e| FdbRefusal::from(e).0)?;
+                let (tap, location) = attach::native(ns, &plan).map_err(ApiError::precondition)?;
                 let tap = Arc::new(tap);
                 let mut next = st.fdb.clone();
                 next.add_local(port, plan.vni, plan.mac, &ips)
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| FdbRefusal::from(e).0)?;
                 let info = self.endpoint_info(
                     &mut st,
                     &plan,
-                    plan.ifname.clone(),
-                    location,
-                    "native",
+                    (plan.ifname.clone(), location),
+                    EndpointKind::Native,
                     tap.name(),
+                    owner,
                 );
                 self.add_port(&mut st, port, &tap);
                 st.endpoints.insert(
@@ -281,32 +298,34 @@ impl Dataplane {
                 let port = existing.unwrap_or_else(|| st.fdb.free_port());
                 st.fdb
                     .check_local(port, plan.vni, plan.mac, &ips)
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| FdbRefusal::from(e).0)?;
                 if st
                     .endpoints
                     .values()
-                    .any(|e| e.info.kind == "sidecar" && e.info.ifname == *veth)
+                    .any(|e| e.info.kind == EndpointKind::Sidecar && e.info.ifname == *veth)
                 {
-                    return Err(format!("veth {veth} is already attached"));
+                    return Err(ApiError::exists(format!("veth {veth} is already attached")));
                 }
                 let new_bridge = match existing {
                     Some(_) => None,
-                    None => Some(Bridge::create(plan.vni, port, plan.mtu)?),
+                    None => {
+                        Some(Bridge::create(plan.vni, port, plan.mtu).map_err(ApiError::internal)?)
+                    }
                 };
                 let bridge = new_bridge.as_ref().or_else(|| st.bridges.get(&plan.vni));
                 let Some(bridge) = bridge else {
-                    return Err("internal error: bridge vanished".into());
+                    return Err(ApiError::internal("internal error: bridge vanished"));
                 };
                 if let Err(e) = bridge.enslave(veth, plan.mtu) {
                     if let Some(b) = new_bridge {
                         b.destroy();
                     }
-                    return Err(e);
+                    return Err(ApiError::precondition(e));
                 }
                 let (bridge_name, tap_name) = (bridge.name.clone(), bridge.tap.name().to_string());
                 let mut next = st.fdb.clone();
                 next.add_local(port, plan.vni, plan.mac, &ips)
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| FdbRefusal::from(e).0)?;
                 if let Some(b) = new_bridge {
                     self.add_port(&mut st, port, &b.tap);
                     st.bridges.insert(plan.vni, b);
@@ -317,10 +336,10 @@ impl Dataplane {
                 let info = self.endpoint_info(
                     &mut st,
                     &plan,
-                    veth.clone(),
-                    bridge_name,
-                    "sidecar",
+                    (veth.clone(), bridge_name),
+                    EndpointKind::Sidecar,
                     &tap_name,
+                    owner,
                 );
                 st.endpoints.insert(
                     info.id,
@@ -341,10 +360,10 @@ impl Dataplane {
         &self,
         st: &mut State,
         plan: &attach::Plan,
-        ifname: String,
-        location: String,
-        kind: &str,
+        (ifname, location): (String, String),
+        kind: EndpointKind,
         tap: &str,
+        owner: Owner,
     ) -> EndpointInfo {
         let id = st.next_id;
         st.next_id += 1;
@@ -356,8 +375,10 @@ impl Dataplane {
             mtu: plan.mtu,
             ifname,
             location,
-            kind: kind.to_string(),
+            kind,
             tap: tap.to_string(),
+            gateways: plan.gateways.clone(),
+            owner,
         }
     }
 
@@ -393,7 +414,7 @@ impl Dataplane {
         }
     }
 
-    fn detach(&self, target: DetachTarget) -> Result<Vec<EndpointInfo>, String> {
+    fn detach(&self, target: DetachTarget) -> R<Vec<EndpointInfo>> {
         let mut st = self.lock();
         let ids: Vec<u32> = st
             .endpoints
@@ -401,16 +422,18 @@ impl Dataplane {
             .filter(|e| match &target {
                 DetachTarget::Id(id) => e.info.id == *id,
                 DetachTarget::Netns { netns, ifname } => {
-                    e.info.kind == "native"
+                    e.info.kind == EndpointKind::Native
                         && e.info.location == *netns
                         && ifname.as_ref().is_none_or(|i| *i == e.info.ifname)
                 }
-                DetachTarget::Veth(v) => e.info.kind == "sidecar" && e.info.ifname == *v,
+                DetachTarget::Veth(v) => {
+                    e.info.kind == EndpointKind::Sidecar && e.info.ifname == *v
+                }
             })
             .map(|e| e.info.id)
             .collect();
         if ids.is_empty() {
-            return Err(match target {
+            return Err(ApiError::not_found(match target {
                 DetachTarget::Id(id) => {
                     format!("no endpoint with id {id}; see `vxnet dp endpoints`")
                 }
@@ -418,7 +441,7 @@ impl Dataplane {
                     format!("no endpoint is attached in network namespace '{netns}'")
                 }
                 DetachTarget::Veth(v) => format!("veth {v} is not attached"),
-            });
+            }));
         }
         let mut removed = Vec::new();
         for id in ids {
@@ -454,16 +477,19 @@ impl Dataplane {
             workers: self.stats.len(),
             counters: Counter::ALL
                 .iter()
-                .map(|c| (c.name().to_string(), s.counter(*c)))
+                .map(|c| dp::CounterValue {
+                    name: c.name().to_string(),
+                    value: s.counter(*c),
+                    help: c.help().to_string(),
+                })
                 .collect(),
             drops: Drop::ALL
                 .iter()
-                .map(|d| {
-                    (
-                        d.stage().to_string(),
-                        d.reason().to_string(),
-                        s.drop_count(*d),
-                    )
+                .map(|d| dp::DropCount {
+                    stage: d.stage().to_string(),
+                    reason: d.reason().to_string(),
+                    count: s.drop_count(*d),
+                    help: d.help().to_string(),
                 })
                 .collect(),
         }
@@ -489,37 +515,43 @@ impl Dataplane {
                     .map(|(ip, _)| *ip)
                     .collect();
                 ips.sort();
-                let (kind, dest) = match dest {
+                let (kind, endpoint, vtep) = match dest {
                     Dest::Local(p) => {
                         let ep = st
                             .endpoints
                             .values()
                             .find(|e| e.port == *p && e.info.mac == *mac);
-                        (
-                            "local",
-                            ep.map_or_else(
-                                || format!("port {p}"),
-                                |e| format!("endpoint {}", e.info.id),
-                            ),
-                        )
+                        (FdbKind::Local, ep.map(|e| e.info.id), None)
                     }
-                    Dest::Remote(v) => ("remote", v.to_string()),
+                    Dest::Remote(v) => (FdbKind::Remote, None, Some(*v)),
+                };
+                let owner = match dest {
+                    Dest::Local(_) => Owner::default(),
+                    Dest::Remote(_) => st
+                        .peer_owners
+                        .get(&(vni, *mac))
+                        .copied()
+                        .unwrap_or_default(),
                 };
                 out.push(FdbEntry {
                     vni,
-                    mac: mac.to_string(),
+                    mac: Some(*mac),
                     ips,
-                    kind: kind.into(),
-                    dest,
+                    kind,
+                    endpoint,
+                    vtep,
+                    owner,
                 });
             }
             for v in &t.flood {
                 out.push(FdbEntry {
                     vni,
-                    mac: "flood".into(),
+                    mac: None,
                     ips: Vec::new(),
-                    kind: "flood".into(),
-                    dest: v.to_string(),
+                    kind: FdbKind::Flood,
+                    endpoint: None,
+                    vtep: Some(*v),
+                    owner: Owner::User,
                 });
             }
         }
@@ -530,15 +562,16 @@ impl Dataplane {
         let (endpoints, vnis) = self.sizes();
         ShowReport {
             version: env!("CARGO_PKG_VERSION").to_string(),
+            instance: self.instance,
             local_vtep: self.cfg.local_vtep,
             port: self.cfg.port,
             workers: self.stats.len(),
-            poll: self.cfg.poll.to_string(),
+            poll: self.cfg.poll.api(),
             gso: self.gso,
             gro: self.gro,
             endpoints,
             vnis,
-            public_key: Some(self.cfg.keypair.public().to_string()),
+            public_key: self.cfg.keypair.public(),
         }
     }
 
@@ -550,42 +583,55 @@ impl Dataplane {
         }
     }
 
-    fn network_add(&self, vni: Vni, encrypted: bool) -> Result<(), String> {
+    fn network_add(&self, vni: Vni, encrypted: bool, owner: Owner) -> R<()> {
         let now = Instant::now();
         self.edit_fdb(|f| {
             if let Some(t) = f.vni(vni) {
                 if t.encrypted != encrypted && !t.ports.is_empty() {
-                    return Err(format!(
+                    return Err(ApiError::precondition(format!(
                         "VNI {vni} has local endpoints; detach them before making it {}",
                         if encrypted { "encrypted" } else { "plain" }
-                    ));
+                    )));
+                }
+                if t.encrypted == encrypted {
+                    return Ok(());
                 }
             }
             f.set_encrypted(vni, encrypted);
             for (_, s) in f.peers() {
                 let mut s = s.lock().unwrap_or_else(PoisonError::into_inner);
                 if encrypted {
-                    s.add_vni(vni.get(), now)
-                        .map_err(|e| format!("cannot derive keys for VNI {vni}: {e}"))?;
+                    s.add_vni(vni.get(), now).map_err(|e| {
+                        ApiError::internal(format!("cannot derive keys for VNI {vni}: {e}"))
+                    })?;
                 } else {
                     s.remove_vni(vni.get());
                 }
             }
             Ok(())
         })?;
+        self.lock().networks.insert(vni, owner);
         self.kick_timers();
         Ok(())
     }
 
-    fn network_del(&self, vni: Vni) -> Result<(), String> {
+    /// Forgets a network: its remote and flood entries and its keys go
+    /// with it; refused while local endpoints use it.
+    fn network_del(&self, vni: Vni) -> R<()> {
+        let declared = self.lock().networks.contains_key(&vni);
         self.edit_fdb(|f| {
             let Some(t) = f.vni(vni) else {
-                return Err(format!("VNI {vni} is not a network here"));
+                if declared {
+                    return Ok(());
+                }
+                return Err(ApiError::not_found(format!(
+                    "VNI {vni} is not a network here; see `vxnet dp network ls`"
+                )));
             };
             if !t.ports.is_empty() {
-                return Err(format!(
+                return Err(ApiError::precondition(format!(
                     "VNI {vni} still has local endpoints; detach them first"
-                ));
+                )));
             }
             if t.encrypted {
                 for (_, s) in f.peers() {
@@ -594,48 +640,56 @@ impl Dataplane {
                         .remove_vni(vni.get());
                 }
             }
-            f.set_encrypted(vni, false);
+            f.remove_vni(vni);
             Ok(())
-        })
+        })?;
+        let mut st = self.lock();
+        st.networks.remove(&vni);
+        st.peer_owners.retain(|(v, _), _| *v != vni);
+        Ok(())
     }
 
     fn networks(&self) -> Vec<NetworkInfo> {
         let st = self.lock();
-        let mut out: Vec<NetworkInfo> = st
-            .fdb
-            .vnis()
-            .map(|(vni, t)| NetworkInfo {
-                vni,
-                encrypted: t.encrypted,
-                endpoints: t
-                    .macs
-                    .values()
-                    .filter(|d| matches!(d, Dest::Local(_)))
-                    .count(),
-                peers: t
-                    .macs
-                    .values()
-                    .filter(|d| matches!(d, Dest::Remote(_)))
-                    .count(),
-                mtu: self.default_mtu(&st.fdb, vni),
+        let mut vnis: Vec<Vni> = st.fdb.vnis().map(|(v, _)| v).collect();
+        vnis.extend(st.networks.keys().copied());
+        vnis.sort();
+        vnis.dedup();
+        vnis.into_iter()
+            .map(|vni| {
+                let t = st.fdb.vni(vni);
+                let count = |local: bool| {
+                    t.map_or(0, |t| {
+                        t.macs
+                            .values()
+                            .filter(|d| matches!(d, Dest::Local(_)) == local)
+                            .count()
+                    })
+                };
+                NetworkInfo {
+                    vni,
+                    encrypted: t.is_some_and(|t| t.encrypted),
+                    endpoints: count(true),
+                    peers: count(false),
+                    mtu: self.default_mtu(&st.fdb, vni),
+                    owner: st.networks.get(&vni).copied().unwrap_or_default(),
+                }
             })
-            .collect();
-        out.sort_by_key(|n| n.vni);
-        out
+            .collect()
     }
 
-    fn vtep_add(&self, vtep: IpAddr, pubkey: &str) -> Result<(), String> {
+    /// Tells the dataplane `vtep`'s key; the same key again only updates
+    /// its owner (so the control plane can re-assert what it wants).
+    fn vtep_add(&self, vtep: IpAddr, peer: PublicKey, owner: Owner) -> R<()> {
         self.check_vtep(vtep)?;
-        let peer: PublicKey = pubkey
-            .parse()
-            .map_err(|e| format!("'{pubkey}' is not an X25519 public key ({e}); copy it from `vxnet dp show` on that host"))?;
         if peer == self.cfg.keypair.public() {
-            return Err("that is this host's own public key".into());
+            return Err(ApiError::invalid("that is this host's own public key"));
         }
         let mut st = self.lock();
-        if let Some(old) = st.vteps.get(&vtep) {
+        if let Some((old, o)) = st.vteps.get_mut(&vtep) {
             if *old == peer {
-                return Err(format!("VTEP {vtep} already has this key"));
+                *o = owner;
+                return Ok(());
             }
         }
         let now = Instant::now();
@@ -661,23 +715,23 @@ impl Dataplane {
             unix_ns,
             Box::new(OsRng),
         )
-        .map_err(|e| format!("cannot set up keys with {vtep}: {e}"))?;
+        .map_err(|e| ApiError::internal(format!("cannot set up keys with {vtep}: {e}")))?;
         let mut next = st.fdb.clone();
         next.set_peer(vtep, Arc::new(Mutex::new(session)));
         self.cell.publish(next.clone());
         st.fdb = next;
-        st.vteps.insert(vtep, peer);
+        st.vteps.insert(vtep, (peer, owner));
         drop(st);
         self.kick_timers();
         Ok(())
     }
 
-    fn vtep_del(&self, vtep: IpAddr) -> Result<(), String> {
+    fn vtep_del(&self, vtep: IpAddr) -> R<()> {
         let mut st = self.lock();
         if st.vteps.remove(&vtep).is_none() {
-            return Err(format!(
+            return Err(ApiError::not_found(format!(
                 "VTEP {vtep} has no key here; see `vxnet dp vtep ls`"
-            ));
+            )));
         }
         let mut next = st.fdb.clone();
         next.remove_peer(vtep);
@@ -690,7 +744,7 @@ impl Dataplane {
         let st = self.lock();
         st.vteps
             .iter()
-            .map(|(vtep, key)| {
+            .map(|(vtep, (key, owner))| {
                 let (established, generation, rotating) = match st.fdb.peer(*vtep) {
                     Some(s) => {
                         let s = s.lock().unwrap_or_else(PoisonError::into_inner);
@@ -700,16 +754,17 @@ impl Dataplane {
                 };
                 VtepInfo {
                     vtep: *vtep,
-                    pubkey: key.to_string(),
+                    pubkey: *key,
                     established,
                     generation,
                     rotating,
+                    owner: *owner,
                 }
             })
             .collect()
     }
 
-    fn rekey(&self, only: Option<IpAddr>) -> Result<Vec<IpAddr>, String> {
+    fn rekey(&self, only: Option<IpAddr>) -> R<Vec<IpAddr>> {
         let st = self.lock();
         let now = Instant::now();
         let mut done = Vec::new();
@@ -721,23 +776,22 @@ impl Dataplane {
         }
         drop(st);
         if done.is_empty() {
-            return Err(match only {
+            return Err(ApiError::not_found(match only {
                 Some(v) => format!("VTEP {v} has no key here; add it with `vxnet dp vtep add`"),
                 None => "no VTEP has a key here; add one with `vxnet dp vtep add`".into(),
-            });
+            }));
         }
         self.kick_timers();
         done.sort();
         Ok(done)
     }
 
-    fn sas(&self, show_keys: bool) -> Result<Vec<SaEntry>, String> {
+    fn sas(&self, show_keys: bool) -> R<Vec<SaEntry>> {
         if show_keys && !self.cfg.allow_key_export {
-            return Err(
+            return Err(ApiError::denied(
                 "refusing to print keys: start vxnet-dataplane with --allow-key-export to allow \
-                        `vxnet dp sa --show-keys` (for debugging with a dissector only)"
-                    .into(),
-            );
+                        `vxnet dp sa --show-keys` (for debugging with a dissector only)",
+            ));
         }
         let st = self.lock();
         let now = Instant::now();
@@ -749,13 +803,21 @@ impl Dataplane {
                 let inbound = i.direction == SaDirection::Inbound;
                 out.push(SaEntry {
                     spi: format!("0x{:08x}", i.spi),
-                    direction: if inbound { "in" } else { "out" }.into(),
+                    direction: if inbound {
+                        dp::SaDirection::In
+                    } else {
+                        dp::SaDirection::Out
+                    },
                     peer: vtep,
                     vni: i.vni,
                     generation: i.generation,
                     packets: i.packets,
                     age_secs: i.age.as_secs_f64(),
-                    state: if i.standby { "standby" } else { "active" }.into(),
+                    state: if i.standby {
+                        SaState::Standby
+                    } else {
+                        SaState::Active
+                    },
                     src: if inbound { vtep } else { local },
                     dst: if inbound { local } else { vtep },
                     key: i.key.as_ref().map(|k| hex(k.key())),
@@ -810,6 +872,46 @@ fn hex(bytes: &[u8]) -> String {
 
 fn family(ip: IpAddr) -> &'static str {
     if ip.is_ipv4() { "IPv4" } else { "IPv6" }
+}
+
+/// An FDB refusal as an API error: a taken MAC or address is
+/// `already_exists`, a missing entry `not_found`, the rest invalid.
+pub(crate) struct FdbRefusal(ApiError);
+
+impl From<vxnet_proto::fdb::FdbError> for FdbRefusal {
+    fn from(e: vxnet_proto::fdb::FdbError) -> Self {
+        use vxnet_proto::fdb::FdbError as F;
+        let code = match e {
+            F::MacInUse { .. } | F::IpInUse { .. } | F::FloodExists { .. } => {
+                vxnet_api::ErrorCode::AlreadyExists
+            }
+            F::NoSuchPeer { .. } | F::NoSuchFlood { .. } | F::NoSuchService { .. } => {
+                vxnet_api::ErrorCode::NotFound
+            }
+            F::NotMulticastSafe(_)
+            | F::PortOnOtherVni { .. }
+            | F::BackendIsVip { .. }
+            | F::BackendMac { .. } => vxnet_api::ErrorCode::InvalidArgument,
+        };
+        FdbRefusal(ApiError::new(code, e.to_string()))
+    }
+}
+
+impl From<ApiError> for FdbRefusal {
+    fn from(e: ApiError) -> Self {
+        FdbRefusal(e)
+    }
+}
+
+fn rand_instance() -> u64 {
+    let mut b = [0u8; 8];
+    if rand_core::RngCore::try_fill_bytes(&mut OsRng, &mut b).is_err() {
+        // Time is a fine stand-in: it only has to differ between starts.
+        return SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+    }
+    u64::from_ne_bytes(b)
 }
 
 /// Used by `attach` to describe addresses in errors.

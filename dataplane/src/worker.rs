@@ -43,6 +43,17 @@ pub enum PollMode {
     Interrupt,
 }
 
+impl PollMode {
+    /// The same mode as the API names it.
+    pub fn api(self) -> vxnet_api::dp::PollMode {
+        match self {
+            PollMode::Busy => vxnet_api::dp::PollMode::Busy,
+            PollMode::Adaptive => vxnet_api::dp::PollMode::Adaptive,
+            PollMode::Interrupt => vxnet_api::dp::PollMode::Interrupt,
+        }
+    }
+}
+
 impl FromStr for PollMode {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

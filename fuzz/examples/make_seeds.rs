@@ -126,6 +126,7 @@ fn batch(frames: &[&[u8]]) -> Vec<u8> {
 
 fn main() {
     esp_seeds();
+    dns_seeds();
     let vni = Vni::new(4096).expect("vni");
     let icmp_echo = {
         let b = PacketBuilder::ethernet2(A, B)
@@ -270,4 +271,43 @@ fn esp_seeds() {
     if let Some(m) = a.out.udp.msgs().first().cloned() {
         write("wire_rx", "control-init", a.out.udp.bytes(&m));
     }
+}
+
+/// The `dns_query` seeds that are not queries `dig` sent (those,
+/// `seed-a-*`, `seed-aaaa-*`, `seed-mx-*`, `seed-ptr-*`, were captured
+/// from dig 9.18): upstream replies to a forwarded `example.com` query,
+/// a NOTIFY and a query with two questions.
+fn dns_seeds() {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{Name, RData, Record, RecordType};
+    let question = |name: &str| Query::query(Name::from_ascii(name).expect("name"), RecordType::A);
+    let reply = |id: u16, rcode: ResponseCode| {
+        let mut m = Message::new();
+        m.set_id(id)
+            .set_message_type(MessageType::Response)
+            .set_recursion_desired(true)
+            .set_recursion_available(true)
+            .set_response_code(rcode);
+        m.add_query(question("example.com."));
+        m
+    };
+    let mut answer = reply(1, ResponseCode::NoError);
+    answer.add_answer(Record::from_rdata(
+        Name::from_ascii("example.com.").expect("name"),
+        60,
+        RData::A(A::new(192, 0, 2, 1)),
+    ));
+    let encode = |m: &Message| m.to_vec().expect("seed encodes");
+    write("dns_query", "upstream-reply-example-com", &encode(&answer));
+    let nx = reply(2, ResponseCode::NXDomain);
+    write("dns_query", "upstream-nxdomain-example-com", &encode(&nx));
+    let mut notify = Message::new();
+    notify.set_id(3).set_op_code(OpCode::Notify);
+    notify.add_query(question("web."));
+    write("dns_query", "notify", &encode(&notify));
+    let mut two = Message::new();
+    two.set_id(4).set_recursion_desired(true);
+    two.add_query(question("web.")).add_query(question("db."));
+    write("dns_query", "qdcount2", &encode(&two));
 }

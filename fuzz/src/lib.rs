@@ -310,24 +310,39 @@ fn check_l4_checksum(f: &[u8]) {
     );
 }
 
-/// A request line from the dataplane's API socket: it either parses into a
-/// request that survives a round trip, or is refused; an attach request is
-/// validated the way the dataplane does before touching the system.
+/// A request line from either local API socket (the dataplane's or the
+/// control daemon's) or an answer: it either parses into a message that
+/// survives a round trip, or is refused; an attach request is validated the
+/// way the dataplane does before touching the system.
 pub fn api_request(data: &[u8]) {
-    use vxnet_dataplane::api::Request;
-    let Ok(req) = serde_json::from_slice::<Request>(data) else {
-        return;
-    };
-    let text = serde_json::to_string(&req).expect("a parsed request serializes");
-    let again: Request = serde_json::from_str(&text).expect("what we print parses");
-    assert_eq!(again, req);
-    if let Request::Attach(a) = &req
-        && let Ok(plan) = vxnet_dataplane::attach::Plan::validate(a, 1450, 22)
+    use vxnet_api::Response;
+    use vxnet_api::ctl::CtlRequest;
+    use vxnet_api::dp::Request;
+    fn round_trip<T>(v: &T)
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
     {
-        assert!(!plan.ips.is_empty());
-        assert!(!plan.mac.is_multicast());
-        assert!((1280..=65_000).contains(&plan.mtu));
-        assert!((1..=64).contains(&plan.gso_max_segs));
+        let text = serde_json::to_string(v).expect("a parsed message serializes");
+        let again: T = serde_json::from_str(&text).expect("what we print parses");
+        assert_eq!(&again, v);
+    }
+    if let Ok(req) = serde_json::from_slice::<Request>(data) {
+        round_trip(&req);
+        if let Request::Attach(a) = &req
+            && let Ok(plan) = vxnet_dataplane::attach::Plan::validate(a, 1450, 22)
+        {
+            assert!(!plan.ips.is_empty());
+            assert!(!plan.mac.is_multicast());
+            assert!((68..=65_000).contains(&plan.mtu));
+            assert!((1..=64).contains(&plan.gso_max_segs));
+        }
+    }
+    if let Ok(req) = serde_json::from_slice::<CtlRequest>(data) {
+        round_trip(&req);
+    }
+    if let Ok(resp) = serde_json::from_slice::<Response>(data) {
+        let text = serde_json::to_string(&resp).expect("a parsed answer serializes");
+        let _: Response = serde_json::from_str(&text).expect("what we print parses");
     }
 }
 
@@ -369,4 +384,139 @@ pub fn wire_rx(data: &[u8]) {
         assert!(frame.len() >= vnet::LEN);
     });
     b.out.udp.clear();
+}
+
+/// A message arriving at the embedded DNS server in a container's
+/// namespace, over UDP and over TCP, and the same bytes as an upstream's
+/// reply to a query being forwarded. Our replies always parse, echo the
+/// ID, stay within the asker's UDP size and carry our TTL; only
+/// well-formed single-question queries are forwarded; only a reply with
+/// the forwarded query's ID and question is passed on, untouched but for
+/// the asker's ID. Returns which paths the input reached.
+pub fn dns_query(data: &[u8]) -> DnsReached {
+    use hickory_proto::op::{Message, MessageType, ResponseCode};
+    use rand_chacha::ChaCha12Rng;
+    use rand_chacha::rand_core::SeedableRng;
+    use std::sync::OnceLock;
+    use vxnet_control::dns::{self, Decision, DnsRecords, Forward, Transport};
+
+    /// The ID of the forwarded query whose replies `data` may be.
+    const ASKER_ID: u16 = 0x0001;
+    static WORLD: OnceLock<(DnsRecords, Forward)> = OnceLock::new();
+    let (records, forward) = WORLD.get_or_init(|| {
+        let records = dns_records();
+        let q = dns_seed_query("example.com.", ASKER_ID);
+        let nets = ["n1".to_string()];
+        let mut rng = ChaCha12Rng::seed_from_u64(1);
+        match dns::answer(&records, &nets, Transport::Udp, &q, &mut rng) {
+            Decision::Forward(f) => (records, f),
+            other => panic!("example.com is forwarded, got {other:?}"),
+        }
+    });
+    let nets = ["n2".to_string(), "n1".to_string()];
+    let mut rng = ChaCha12Rng::seed_from_u64(data.len() as u64);
+    let mut reached = DnsReached::default();
+    for transport in [Transport::Udp, Transport::Tcp] {
+        match dns::answer(records, &nets, transport, data, &mut rng) {
+            Decision::Reply(r) => {
+                reached.answered |= r.rcode == ResponseCode::NoError && !r.bytes.is_empty();
+                reached.refused |= r.rcode != ResponseCode::NoError;
+                let m = Message::from_vec(&r.bytes).expect("our replies parse");
+                assert_eq!(m.message_type(), MessageType::Response);
+                assert_eq!(r.bytes[..2], data[..2], "the asker's ID");
+                assert_eq!(u16::from(m.response_code()), u16::from(r.rcode));
+                if r.rcode == ResponseCode::NoError {
+                    let q = Message::from_vec(data).expect("answered queries parse");
+                    if transport == Transport::Udp {
+                        assert!(r.bytes.len() <= usize::from(q.max_payload()));
+                    }
+                    for rec in m.answers() {
+                        assert_eq!(rec.ttl(), dns::TTL);
+                        assert_eq!(rec.name(), q.queries()[0].name());
+                    }
+                }
+            }
+            Decision::Forward(f) => {
+                reached.forwarded = true;
+                let q = Message::from_vec(data).expect("forwarded queries parse");
+                assert_eq!(q.queries().len(), 1);
+                assert_eq!(f.transport(), transport);
+                let up = f.upstream_query(0x5a5a);
+                assert_eq!(up[..2], [0x5a, 0x5a]);
+                assert_eq!(up[2..], data[2..]);
+                for rcode in [ResponseCode::ServFail, ResponseCode::Refused] {
+                    let e = Message::from_vec(&f.error_reply(rcode)).expect("errors parse");
+                    assert_eq!(e.response_code(), rcode);
+                    assert_eq!(e.id(), q.id());
+                }
+            }
+            Decision::Drop(_) => {
+                reached.dropped = true;
+                assert!(
+                    data.len() < 12 || data[2] & 0x80 != 0 || data.len() > dns::MAX_QUERY_LEN,
+                    "only headerless, oversized and responses are dropped"
+                );
+            }
+        }
+    }
+    if let [a, b, ..] = *data {
+        let id = u16::from_be_bytes([a, b]);
+        if let Some(r) = forward.accept_reply(id, data) {
+            assert_eq!(r.bytes[..2], ASKER_ID.to_be_bytes());
+            assert_eq!(r.bytes[2..], data[2..]);
+            assert_eq!(r.rcode.low(), data[3] & 0x0f);
+            reached.accepted_upstream = true;
+        }
+    }
+    reached
+}
+
+/// Which paths one `dns_query` input took (for the seed test).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DnsReached {
+    /// Answered by us, NOERROR (with data or NODATA).
+    pub answered: bool,
+    /// Answered by us with an error RCODE (FORMERR, NOTIMP, BADVERS).
+    pub refused: bool,
+    pub forwarded: bool,
+    pub dropped: bool,
+    /// Accepted as an upstream's reply to the forwarded query.
+    pub accepted_upstream: bool,
+}
+
+/// The name table the `dns_query` target answers from: the names the
+/// seed queries ask for, on two networks.
+pub fn dns_records() -> vxnet_control::dns::DnsRecords {
+    use vxnet_control::dns::{DnsRecords, EntryKind::*};
+    let mut b = DnsRecords::builder();
+    b.network_name("n1", "front").network_name("n2", "back");
+    for (net, name, ip, kind) in [
+        ("n1", "alpine1", "10.0.1.2", Container),
+        ("n1", "alpine1", "fd00:1::2", Container),
+        ("n1", "db", "10.0.1.2", Alias),
+        ("n1", "web", "10.0.1.100", ServiceVip),
+        ("n1", "web", "10.0.1.3", ServiceTask),
+        ("n1", "web", "10.0.1.4", ServiceTask),
+        ("n1", "web.1.k3j5", "10.0.1.3", Container),
+        ("n1", "rr", "10.0.1.7", ServiceTask),
+        ("n1", "rr", "10.0.1.8", ServiceTask),
+        ("n2", "web", "10.0.2.100", ServiceVip),
+        ("n2", "alpine2", "10.0.2.5", Container),
+    ] {
+        b.entry(net, name, ip.parse().expect("seed address"), kind);
+    }
+    b.build()
+}
+
+/// A recursive A query for `name` with `id`, no EDNS.
+pub fn dns_seed_query(name: &str, id: u16) -> Vec<u8> {
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::{Name, RecordType};
+    let mut m = Message::new();
+    m.set_id(id).set_recursion_desired(true);
+    m.add_query(Query::query(
+        Name::from_ascii(name).expect("seed name"),
+        RecordType::A,
+    ));
+    m.to_vec().expect("seed query encodes")
 }

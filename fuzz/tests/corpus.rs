@@ -66,3 +66,32 @@ fn wire_rx() {
 fn lb_nat() {
     run("lb_nat", vxnet_fuzz::lb_nat);
 }
+
+#[test]
+fn dns_query() {
+    run("dns_query", |d| {
+        vxnet_fuzz::dns_query(d);
+    });
+    // The seeds reach every path: answered, refused, forwarded, dropped,
+    // and an upstream reply accepted.
+    let seed = |name: &str| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("corpus/dns_query")
+            .join(name);
+        vxnet_fuzz::dns_query(&fs::read(path).expect("seed"))
+    };
+    for name in ["seed-a-web-edns-cookie", "seed-ptr-v6", "seed-mx-db"] {
+        assert!(seed(name).answered, "{name}");
+    }
+    for name in ["seed-notify", "seed-qdcount2", "seed-a-web-edns-version1"] {
+        assert!(seed(name).refused, "{name}");
+    }
+    assert!(seed("seed-a-example-com-noedns").forwarded);
+    assert!(seed("seed-upstream-reply-example-com").dropped);
+    for name in [
+        "seed-upstream-reply-example-com",
+        "seed-upstream-nxdomain-example-com",
+    ] {
+        assert!(seed(name).accepted_upstream, "{name}");
+    }
+}

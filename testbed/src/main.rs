@@ -456,13 +456,13 @@ fn demo(seconds: u32, opts: &DataplaneOptions) -> Result<ExitCode> {
         let nonzero: Vec<String> = s
             .counters
             .iter()
-            .filter(|(_, v)| *v > 0)
-            .map(|(n, v)| format!("{n}={v}"))
+            .filter(|c| c.value > 0)
+            .map(|c| format!("{}={}", c.name, c.value))
             .chain(
                 s.drops
                     .iter()
-                    .filter(|(_, _, v)| *v > 0)
-                    .map(|(st, r, v)| format!("drop:{st}/{r}={v}")),
+                    .filter(|d| d.count > 0)
+                    .map(|d| format!("drop:{}/{}={}", d.stage, d.reason, d.count)),
             )
             .collect();
         progress(&format!("host{} stats: {}", dp.host, nonzero.join(" ")));

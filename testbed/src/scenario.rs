@@ -146,18 +146,40 @@ impl Testbed {
     }
 
     /// [`Testbed::vxnet_pair`] on an encrypted network: both dataplanes get
-    /// `network add --vni N --encrypted` and each other's public key, the
-    /// handshake is awaited (`vtep ls` shows both sides established), then
-    /// containers are attached with [`encrypted_overlay_mtu`] and peers
-    /// programmed. `opts.allow_key_export` is needed for `sa --show-keys`.
+    /// `network add --vni N --encrypted`, containers are attached with
+    /// [`encrypted_overlay_mtu`] and peers programmed, then each dataplane
+    /// gets the other's public key and the handshake is awaited (`vtep ls`
+    /// shows both sides established). `opts.allow_key_export` is needed for
+    /// `sa --show-keys`.
     pub fn vxnet_encrypted_pair(
         &self,
         vni: u32,
         opts: &DataplaneOptions,
         names: (&str, &str),
     ) -> Result<VxnetPair> {
+        let p = self.vxnet_encrypted_pair_without_keys(vni, opts, names)?;
+        let (v1, v2) = (
+            Self::vtep_of(self.host(1), opts),
+            Self::vtep_of(self.host(2), opts),
+        );
+        let (k1, k2) = (p.dp1.public_key()?, p.dp2.public_key()?);
+        p.dp1.vtep_add(&v2, &k2)?;
+        p.dp2.vtep_add(&v1, &k1)?;
+        p.dp1.wait_vtep(&v2, 0, HANDSHAKE_TIMEOUT)?;
+        p.dp2.wait_vtep(&v1, 0, HANDSHAKE_TIMEOUT)?;
+        Ok(p)
+    }
+
+    /// [`Testbed::vxnet_encrypted_pair`] before `vtep add`: neither
+    /// dataplane knows the other's key, so no SA exists and nothing crosses
+    /// until the test adds the keys.
+    pub fn vxnet_encrypted_pair_without_keys(
+        &self,
+        vni: u32,
+        opts: &DataplaneOptions,
+        names: (&str, &str),
+    ) -> Result<VxnetPair> {
         let (h1, h2) = (self.host(1).clone(), self.host(2).clone());
-        let (v1, v2) = (Self::vtep_of(&h1, opts), Self::vtep_of(&h2, opts));
         let mut mtu = encrypted_overlay_mtu(self);
         if opts.underlay_v6 {
             mtu -= 40 - 20;
@@ -166,11 +188,6 @@ impl Testbed {
         let dp2 = self.start_dataplane(&h2, opts)?;
         dp1.network_add(vni, true)?;
         dp2.network_add(vni, true)?;
-        let (k1, k2) = (dp1.public_key()?, dp2.public_key()?);
-        dp1.vtep_add(&v2, &k2)?;
-        dp2.vtep_add(&v1, &k1)?;
-        dp1.wait_vtep(&v2, 0, HANDSHAKE_TIMEOUT)?;
-        dp2.wait_vtep(&v1, 0, HANDSHAKE_TIMEOUT)?;
         self.attach_pair(dp1, dp2, vni, 46, mtu, opts, names)
     }
 

@@ -179,26 +179,27 @@ pub struct SaInfo {
 }
 
 /// `vxnet dp stats --format json`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Stats {
-    pub workers: usize,
-    pub counters: Vec<(String, u64)>,
-    pub drops: Vec<(String, String, u64)>,
+pub type Stats = vxnet_api::dp::StatsReport;
+
+/// Counter and drop lookups by name.
+pub trait StatsExt {
+    fn counter(&self, name: &str) -> Option<u64>;
+    fn drop_count(&self, stage: &str, reason: &str) -> Option<u64>;
 }
 
-impl Stats {
-    pub fn counter(&self, name: &str) -> Option<u64> {
+impl StatsExt for Stats {
+    fn counter(&self, name: &str) -> Option<u64> {
         self.counters
             .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| *v)
+            .find(|c| c.name == name)
+            .map(|c| c.value)
     }
 
-    pub fn drop_count(&self, stage: &str, reason: &str) -> Option<u64> {
+    fn drop_count(&self, stage: &str, reason: &str) -> Option<u64> {
         self.drops
             .iter()
-            .find(|(s, r, _)| s == stage && r == reason)
-            .map(|(_, _, v)| *v)
+            .find(|d| d.stage == stage && d.reason == reason)
+            .map(|d| d.count)
     }
 }
 
@@ -418,6 +419,11 @@ impl Dataplane {
         self.cli_ok(&["vtep", "add", "--vtep", vtep, "--pubkey", pubkey])
     }
 
+    /// `vtep del`: forget host `vtep`'s key (its SAs go with it).
+    pub fn vtep_del(&self, vtep: &str) -> Result<CmdOutput> {
+        self.cli_ok(&["vtep", "del", "--vtep", vtep])
+    }
+
     /// `vtep ls --format json`.
     pub fn vteps(&self) -> Result<Vec<VtepState>> {
         let out = self.cli_ok(&["vtep", "ls", "--format", "json"])?;
@@ -485,7 +491,7 @@ mod tests {
     #[test]
     fn stats_json_shape() {
         let s: Stats = serde_json::from_str(
-            r#"{"workers":2,"counters":[["tap_rx_frames",123],["wire_rx",5]],"drops":[["wire","unknown_vni",7],["wire","runt",0]]}"#,
+            r#"{"workers":2,"counters":[{"name":"tap_rx_frames","value":123,"help":""},{"name":"wire_rx","value":5,"help":""}],"drops":[{"stage":"wire","reason":"unknown_vni","count":7,"help":""},{"stage":"wire","reason":"runt","count":0,"help":""}]}"#,
         )
         .unwrap();
         assert_eq!(s.workers, 2);

@@ -506,10 +506,26 @@ fn gossip_key_rotation_keeps_membership() -> Result<()> {
         log_of(&tb, "control-host1")
     );
     // Gossip still carries news under the newest key: an endpoint made now
-    // reaches the manager's dataplane.
+    // reaches the manager's dataplane (which has a container on the
+    // network, so the network is declared there).
     ok(
         &controls[0],
         &["network", "create", "-d", "overlay", "--attachable", "knet"],
+    )?;
+    ok(
+        &controls[0],
+        &[
+            "container",
+            "run",
+            "-d",
+            "--name",
+            "k1",
+            "--network",
+            "knet",
+            "--",
+            "sleep",
+            "600",
+        ],
     )?;
     ok(
         &controls[2],

@@ -5,6 +5,7 @@ mod common;
 
 use std::net::IpAddr;
 use vxnet_testbed::DataplaneOptions;
+use vxnet_testbed::vxnet::StatsExt;
 
 use common::{MIN_IPERF_BYTES, dp_opts, root_or_skip, tcp_transfer_intact, testbed};
 use vxnet_testbed::kernel_vxlan::configure_eth0;

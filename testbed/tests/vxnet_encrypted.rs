@@ -6,6 +6,7 @@
 mod common;
 
 use std::time::Duration;
+use vxnet_testbed::vxnet::StatsExt;
 
 use common::{MIN_IPERF_BYTES, dp_opts, root_or_skip, tcp_transfer_intact, testbed};
 use vxnet_testbed::scenario::ENCRYPTED_VNI;

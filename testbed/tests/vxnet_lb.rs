@@ -20,7 +20,7 @@ use std::time::Duration;
 use vxnet_dataplane::sys::netns;
 use vxnet_testbed::process::wait_until;
 use vxnet_testbed::scenario::{DEMO_VNI, numbered_endpoint, overlay_mtu};
-use vxnet_testbed::vxnet::Dataplane;
+use vxnet_testbed::vxnet::{Dataplane, StatsExt};
 
 const VIP: &str = "10.44.0.100";
 const VIP6: &str = "fd44::100";

@@ -5,6 +5,7 @@
 mod common;
 
 use std::time::Duration;
+use vxnet_testbed::vxnet::StatsExt;
 
 use common::{dp_opts, root_or_skip, testbed};
 use vxnet_testbed::inject::InjectKind;

@@ -1,23 +1,24 @@
 //! The daemon's seam to the local dataplane: a narrow trait over "send one
 //! API request, get one answer", the real implementation over the
 //! dataplane's Unix socket (reconnecting when the dataplane restarts), and
-//! typed helpers for the calls the daemon makes.
+//! a typed [`DataplaneExt::call`] on top.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::de::DeserializeOwned;
-use vxnet_dataplane::api::{EndpointInfo, NetworkInfo, Request, Response, ShowReport};
-use vxnet_dataplane::client::Client;
+use vxnet_api::client::{Client, Server, transport_error};
+use vxnet_api::dp::{Request, ShowReport};
+use vxnet_api::{ApiResult, Call, Response};
 
 /// How long one dataplane call may take before the daemon gives up on it.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Something that answers dataplane API requests.
 pub trait DataplaneApi: Send {
-    /// One request, one answer; `Err` when the dataplane cannot be reached.
-    fn call(&mut self, req: &Request) -> Result<Response, String>;
+    /// One request, one answer; an [`vxnet_api::ErrorCode::Unavailable`]
+    /// error when the dataplane cannot be reached.
+    fn send(&mut self, req: &Request) -> ApiResult<Response>;
 }
 
 /// The dataplane at a socket path. Connects lazily and reconnects once per
@@ -35,27 +36,27 @@ impl SocketDataplane {
         }
     }
 
-    fn connect(&mut self) -> Result<&mut Client, String> {
+    fn connect(&mut self) -> ApiResult<&mut Client> {
         if self.conn.is_none() {
-            let mut c = Client::connect(&self.path).map_err(|e| e.to_string())?;
-            c.set_timeout(CALL_TIMEOUT).map_err(|e| e.to_string())?;
+            let mut c = Client::connect(Server::Dataplane, &self.path).map_err(transport_error)?;
+            c.set_timeout(CALL_TIMEOUT).map_err(transport_error)?;
             self.conn = Some(c);
         }
         self.conn
             .as_mut()
-            .ok_or_else(|| "no dataplane connection".to_owned())
+            .ok_or_else(|| vxnet_api::ApiError::unavailable("no dataplane connection"))
     }
 }
 
 impl DataplaneApi for SocketDataplane {
-    fn call(&mut self, req: &Request) -> Result<Response, String> {
-        if let Ok(r) = self.connect()?.call(req) {
+    fn send(&mut self, req: &Request) -> ApiResult<Response> {
+        if let Ok(r) = self.connect()?.send(req) {
             return Ok(r);
         }
         // A connection from before a dataplane restart fails on first use;
         // one fresh connection tells that apart from a dataplane that is down.
         self.conn = None;
-        let r = self.connect()?.call(req).map_err(|e| e.to_string());
+        let r = self.connect()?.send(req).map_err(transport_error);
         if r.is_err() {
             self.conn = None;
         }
@@ -65,34 +66,15 @@ impl DataplaneApi for SocketDataplane {
 
 /// Typed calls on any [`DataplaneApi`].
 pub trait DataplaneExt: DataplaneApi {
-    /// The call's result decoded as `T`, or the dataplane's refusal.
-    fn request<T: DeserializeOwned>(&mut self, req: &Request) -> Result<T, String> {
-        let r = self.call(req)?;
-        if !r.ok {
-            return Err(format!(
-                "the dataplane refused: {}",
-                r.error.unwrap_or_else(|| "no reason given".into())
-            ));
-        }
-        serde_json::from_value(r.result.unwrap_or(serde_json::Value::Null))
-            .map_err(|e| format!("the dataplane's answer is not understood: {e}"))
+    /// The call's reply, or the dataplane's refusal.
+    fn call<C: Call<Request = Request>>(&mut self, c: C) -> ApiResult<C::Reply> {
+        self.send(&c.into_request())?
+            .decode::<C>()
+            .map_err(|e| e.context("the dataplane refused"))
     }
 
-    /// The call succeeded; its result is ignored.
-    fn command(&mut self, req: &Request) -> Result<(), String> {
-        self.request::<serde_json::Value>(req).map(|_| ())
-    }
-
-    fn show(&mut self) -> Result<ShowReport, String> {
-        self.request(&Request::Show)
-    }
-
-    fn endpoints(&mut self) -> Result<Vec<EndpointInfo>, String> {
-        self.request(&Request::Endpoints)
-    }
-
-    fn networks(&mut self) -> Result<Vec<NetworkInfo>, String> {
-        self.request(&Request::Networks)
+    fn show(&mut self) -> ApiResult<ShowReport> {
+        self.call(vxnet_api::dp::Show {})
     }
 }
 

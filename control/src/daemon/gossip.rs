@@ -1,24 +1,19 @@
 //! The gossip driver: one thread that owns the UDP socket on port 7946 and
-//! the sans-IO [`Membership`], moves its packets and timers, and turns what
-//! it learns into dataplane programming:
+//! the sans-IO [`Membership`], moves its packets and timers, and publishes
+//! what it knows as a [`GossipView`]: the live members (with their data
+//! addresses and public keys) and every live endpoint record. It never
+//! programs the dataplane: the reconciler reads the view, together with the
+//! store, and makes the dataplane match (remote peers, hosts' keys).
+//! Whenever the view changes, the driver calls its `on_change` hook so the
+//! reconciler runs at once.
 //!
-//! - a remote endpoint record appears → `peer_add` (MAC and IP behind the
-//!   record's VTEP, on the VNI of the record's network);
-//! - a record is removed, or its host goes Down → `peer_del`;
-//! - a member comes Up (or changes its key) → `vtep_add` with its public
-//!   key, so encrypted networks can reach it.
-//!
-//! The daemon announces and withdraws its own endpoints through
+//! The reconciler announces and withdraws this host's endpoints through
 //! [`GossipHandle::send`]. Which swarm to join (the seed: the manager a
 //! worker joined through) and the cluster key come from the management
-//! plane's join. A remote record of a network this host does not know
-//! waits (a worker learns a network when its first container there needs
-//! it) and is withdrawn again when the network goes from here
-//! ([`Programmer::refresh`]). Member events also go to a hook, through
-//! which a manager records node status Ready/Down.
+//! plane.
 //!
-//! Bulk state (issue 4) moves over TCP on the same address: the driver
-//! answers every connection with one length-prefixed sealed
+//! Bulk state moves over TCP on the same address: the driver answers every
+//! connection with one length-prefixed sealed
 //! [`Membership::state_snapshot`], and when it joins (or sees itself
 //! `Rejoined`) it pulls its seed's snapshot and merges it. SWIM only
 //! piggybacks recent updates, so without this a host that comes back would
@@ -26,7 +21,6 @@
 //! short-lived thread and the snapshot is handed back to the loop through
 //! its channel, so the UDP loop never waits on a peer.
 
-use std::collections::BTreeMap;
 use std::io;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -36,14 +30,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use vxnet_dataplane::api::{Peer, Request};
-use vxnet_proto::wire::{MacAddr, Vni};
+pub use vxnet_api::ctl::GossipStatus;
 
-use super::dataplane::{DataplaneApi, DataplaneExt};
-use crate::gossip::{
-    EndpointEvent, EndpointRecord, GossipKey, KeyId, MemberEvent, Membership, NodeIdentity,
-};
+use crate::gossip::{EndpointRecord, GossipKey, KeyId, MemberEvent, Membership, NodeIdentity};
 
 /// The gossip port, as Docker's.
 pub const GOSSIP_PORT: u16 = 7946;
@@ -64,13 +53,28 @@ const SYNC_DEADLINE: Duration = Duration::from_secs(10);
 /// Snapshot writes in flight at once; connections beyond are closed.
 const MAX_SERVING: usize = 16;
 
-/// The VNI of a network id (from the store), if the network is known.
-pub type VniOf = Arc<dyn Fn(&str) -> Option<Vni> + Send + Sync>;
-/// Told of every member event (a manager records node status Ready/Down).
-pub type MemberHook = Arc<dyn Fn(&MemberEvent) + Send + Sync>;
-/// How often records of networks unknown here are looked at again (a
-/// worker learns a network when a container of its own first uses it).
-const REFRESH: Duration = Duration::from_millis(500);
+/// Called whenever the view changed (the reconciler's wake-up).
+pub type OnChange = Arc<dyn Fn() + Send + Sync>;
+
+/// What the driver knows, as of its last change: a snapshot the
+/// reconciler and the manager read without touching the driver.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GossipView {
+    /// This node.
+    pub own: Option<NodeIdentity>,
+    /// The other members gossip holds Up (Suspect included: a suspect
+    /// host still gets its traffic until it is declared Down).
+    pub members: Vec<NodeIdentity>,
+    /// Every live endpoint record, this node's own included.
+    pub records: Vec<EndpointRecord>,
+}
+
+impl GossipView {
+    /// The member whose data-path address is `vtep`.
+    pub fn member_at(&self, vtep: IpAddr) -> Option<&NodeIdentity> {
+        self.members.iter().find(|m| m.data_addr == vtep)
+    }
+}
 
 /// What the daemon tells the driver.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,25 +92,6 @@ pub enum GossipCmd {
     /// The keyring the swarm wants now, the primary last (see
     /// [`apply_keys`]).
     Keys(Vec<crate::model::StoredGossipKey>),
-}
-
-/// What the driver reports of itself: its keyring (which a worker tells
-/// its manager, so the manager knows when a rotation step has reached
-/// everyone) and its packet counters.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct GossipStatus {
-    /// Installed key ids, in installation order.
-    pub key_ids: Vec<u32>,
-    /// The key sent with.
-    pub primary: Option<u32>,
-    /// Other members active (this node excluded).
-    pub members: usize,
-    pub rx_packets: u64,
-    pub tx_packets: u64,
-    /// Received packets dropped for any reason.
-    pub rx_dropped: u64,
-    /// Received packets sealed under a key this node does not hold.
-    pub rx_unknown_key: u64,
 }
 
 /// Shared between the driver (writer) and the daemon (reader).
@@ -256,7 +241,11 @@ pub struct GossipHandle {
     tx: Sender<Msg>,
     thread: Option<JoinHandle<()>>,
     status: StatusCell,
+    view: ViewCell,
 }
+
+/// The latest [`GossipView`], shared between the driver and its readers.
+pub type ViewCell = Arc<Mutex<Arc<GossipView>>>;
 
 impl GossipHandle {
     /// The driver's keyring and counters, as of its last loop.
@@ -272,17 +261,14 @@ impl GossipHandle {
         Arc::clone(&self.status)
     }
 
+    /// What the driver knows now.
+    pub fn view(&self) -> Arc<GossipView> {
+        Arc::clone(&self.view.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
     /// Queues a command; false if the driver has stopped.
     pub fn send(&self, cmd: GossipCmd) -> bool {
         self.tx.send(Msg::Cmd(cmd)).is_ok()
-    }
-
-    /// A sender for the daemon's [`super::Announcer`].
-    pub fn sender(&self) -> impl Fn(GossipCmd) + Send + Sync + 'static {
-        let tx = self.tx.clone();
-        move |c| {
-            let _ = tx.send(Msg::Cmd(c));
-        }
     }
 
     /// Stops the driver; with `leave`, tells members we are gone first.
@@ -305,29 +291,12 @@ impl Drop for GossipHandle {
 }
 
 /// Starts the driver on `socket` (bound by the caller to the advertise
-/// address and [`GOSSIP_PORT`]).
-pub fn spawn<D: DataplaneApi + 'static>(
+/// address and [`GOSSIP_PORT`]); `on_change` is called after every change
+/// of the view.
+pub fn spawn(
     socket: UdpSocket,
     membership: Membership,
-    dp: D,
-    vni_of: VniOf,
-) -> io::Result<GossipHandle> {
-    spawn_with_hook(
-        socket,
-        membership,
-        dp,
-        vni_of,
-        Arc::new(|_: &MemberEvent| {}),
-    )
-}
-
-/// [`spawn`], telling `on_member` of every member event.
-pub fn spawn_with_hook<D: DataplaneApi + 'static>(
-    socket: UdpSocket,
-    membership: Membership,
-    dp: D,
-    vni_of: VniOf,
-    on_member: MemberHook,
+    on_change: OnChange,
 ) -> io::Result<GossipHandle> {
     socket.set_read_timeout(Some(POLL))?;
     // Bulk state on TCP, same address. Without it the node still gossips,
@@ -345,36 +314,38 @@ pub fn spawn_with_hook<D: DataplaneApi + 'static>(
     };
     let (tx, rx) = mpsc::channel();
     let status = StatusCell::default();
+    let view = ViewCell::default();
     let mut driver = Driver {
         status: Arc::clone(&status),
-        programmer: Programmer::new(dp, vni_of, membership.identity().data_addr),
+        view: Arc::clone(&view),
+        on_change,
         m: membership,
         sock: socket,
         timers: Vec::new(),
-        on_member,
         listener,
         tx: tx.clone(),
         seed: None,
         serving: Arc::default(),
     };
+    driver.publish_view();
     let thread = std::thread::Builder::new()
         .name("vxnet-gossip".into())
         .spawn(move || driver.run(&rx))?;
-    let handle = GossipHandle {
+    Ok(GossipHandle {
         tx,
         thread: Some(thread),
         status,
-    };
-    Ok(handle)
+        view,
+    })
 }
 
-struct Driver<D> {
+struct Driver {
     m: Membership,
     sock: UdpSocket,
     timers: Vec<(Instant, crate::gossip::TimerEvent)>,
-    programmer: Programmer<D>,
-    on_member: MemberHook,
+    on_change: OnChange,
     status: StatusCell,
+    view: ViewCell,
     /// Serves state snapshots (non-blocking, polled by the loop).
     listener: Option<TcpListener>,
     /// Our own channel, for the sync thread to hand snapshots back.
@@ -385,15 +356,10 @@ struct Driver<D> {
     serving: Arc<AtomicUsize>,
 }
 
-impl<D: DataplaneApi> Driver<D> {
+impl Driver {
     fn run(&mut self, rx: &Receiver<Msg>) {
         let mut buf = vec![0u8; MAX_DATAGRAM];
-        let mut refreshed = Instant::now();
         loop {
-            if refreshed.elapsed() >= REFRESH {
-                self.programmer.refresh();
-                refreshed = Instant::now();
-            }
             loop {
                 match rx.try_recv() {
                     Ok(Msg::Cmd(c)) => self.command(c),
@@ -537,8 +503,8 @@ impl<D: DataplaneApi> Driver<D> {
         }
     }
 
-    /// Sends what the membership wants sent, arms its timers and hands its
-    /// events to the programmer.
+    /// Sends what the membership wants sent, arms its timers and, when
+    /// members or records changed, publishes a new view.
     fn flush(&mut self) {
         while let Some((to, bytes)) = self.m.poll_transmit() {
             if let Err(e) = self.sock.send_to(&bytes, to) {
@@ -549,32 +515,47 @@ impl<D: DataplaneApi> Driver<D> {
         while let Some((after, ev)) = self.m.poll_timer() {
             self.timers.push((now + after, ev));
         }
+        let mut changed = false;
         while let Some(ev) = self.m.poll_event() {
             if let (MemberEvent::Rejoined(_), Some(seed)) = (&ev, self.seed) {
                 // We were declared down and came back under a new
                 // identity: what we missed meanwhile is pulled again.
                 spawn_sync(seed, self.tx.clone());
             }
-            let gone = match &ev {
-                MemberEvent::Down(id) => self.m.endpoints_at(id.data_addr),
-                _ => Vec::new(),
-            };
-            self.programmer.on_member(&ev, &gone);
-            if let MemberEvent::Up(id) | MemberEvent::Updated { new: id, .. } = &ev {
-                // A host back from Down: its records may never have left
-                // our table (same versions, so no new endpoint event), but
-                // its Down withdrew them from the dataplane. Program them
-                // again.
-                for r in self.m.endpoints_at(id.data_addr) {
-                    self.programmer.on_endpoint(&EndpointEvent::Added(r));
+            match &ev {
+                MemberEvent::Up(id) => {
+                    tracing::info!(node = %id.node_id, vtep = %id.data_addr, "member up")
                 }
+                MemberEvent::Down(id) => {
+                    tracing::info!(node = %id.node_id, vtep = %id.data_addr, "member down")
+                }
+                _ => {}
             }
-            (self.on_member)(&ev);
+            changed = true;
         }
-        while let Some(ev) = self.m.poll_endpoint_event() {
-            self.programmer.on_endpoint(&ev);
+        while self.m.poll_endpoint_event().is_some() {
+            changed = true;
+        }
+        if changed {
+            self.publish_view();
+            (self.on_change)();
         }
         self.publish();
+    }
+
+    fn publish_view(&self) {
+        let own = self.m.identity().clone();
+        let view = GossipView {
+            members: self
+                .m
+                .members()
+                .into_iter()
+                .filter(|m| m.node_id != own.node_id)
+                .collect(),
+            records: self.m.endpoints(),
+            own: Some(own),
+        };
+        *self.view.lock().unwrap_or_else(PoisonError::into_inner) = Arc::new(view);
     }
 
     fn publish(&self) {
@@ -593,193 +574,10 @@ impl<D: DataplaneApi> Driver<D> {
     }
 }
 
-/// Turns gossip events into dataplane requests. Remembers what it
-/// programmed, so a Down host's endpoints can be withdrawn even when the
-/// membership no longer lists them.
-pub struct Programmer<D> {
-    dp: D,
-    vni_of: VniOf,
-    own_vtep: IpAddr,
-    /// (network id, IP) -> (VNI, MAC, VTEP) as programmed.
-    programmed: BTreeMap<(String, IpAddr), (Vni, [u8; 6], IpAddr)>,
-    /// Live remote records of networks not known here (yet, or any more).
-    pending: BTreeMap<(String, IpAddr), EndpointRecord>,
-}
-
-impl<D: DataplaneApi> Programmer<D> {
-    pub fn new(dp: D, vni_of: VniOf, own_vtep: IpAddr) -> Self {
-        Self {
-            dp,
-            vni_of,
-            own_vtep,
-            programmed: BTreeMap::new(),
-            pending: BTreeMap::new(),
-        }
-    }
-
-    /// Programs pending records whose network became known, and withdraws
-    /// programmed ones whose network is no longer known here (a worker's
-    /// last container on it left), keeping them pending.
-    pub fn refresh(&mut self) {
-        let stale: Vec<(String, IpAddr)> = self
-            .programmed
-            .keys()
-            .filter(|(net, _)| (self.vni_of)(net).is_none())
-            .cloned()
-            .collect();
-        for (net, ip) in stale {
-            if let Some((_, mac, vtep)) = self.programmed.get(&(net.clone(), ip)).copied() {
-                self.remove(&net, ip);
-                self.pending.insert(
-                    (net.clone(), ip),
-                    EndpointRecord {
-                        network_id: net,
-                        ip,
-                        mac,
-                        vtep,
-                        version: 0,
-                        removed: false,
-                    },
-                );
-            }
-        }
-        let ready: Vec<EndpointRecord> = self
-            .pending
-            .values()
-            .filter(|r| (self.vni_of)(&r.network_id).is_some())
-            .cloned()
-            .collect();
-        for r in ready {
-            self.pending.remove(&(r.network_id.clone(), r.ip));
-            self.add(&r);
-        }
-    }
-
-    pub fn on_endpoint(&mut self, ev: &EndpointEvent) {
-        match ev {
-            EndpointEvent::Added(r) => self.add(r),
-            EndpointEvent::Removed(r) => self.remove(&r.network_id, r.ip),
-        }
-    }
-
-    /// `gone`: the live records of a member that went Down.
-    pub fn on_member(&mut self, ev: &MemberEvent, gone: &[EndpointRecord]) {
-        match ev {
-            MemberEvent::Up(id) => self.vtep(id, None),
-            MemberEvent::Updated { old, new } => self.vtep(new, Some(old)),
-            MemberEvent::Down(id) => {
-                let mut keys: Vec<(String, IpAddr)> =
-                    gone.iter().map(|r| (r.network_id.clone(), r.ip)).collect();
-                keys.extend(
-                    self.programmed
-                        .iter()
-                        .filter(|(_, (_, _, vtep))| *vtep == id.data_addr)
-                        .map(|(k, _)| k.clone()),
-                );
-                for (net, ip) in keys {
-                    self.remove(&net, ip);
-                }
-                self.pending.retain(|_, r| r.vtep != id.data_addr);
-            }
-            MemberEvent::Rejoined(_) | MemberEvent::Defunct => {}
-        }
-    }
-
-    fn add(&mut self, r: &EndpointRecord) {
-        if r.vtep == self.own_vtep || r.removed {
-            return;
-        }
-        let Some(vni) = (self.vni_of)(&r.network_id) else {
-            tracing::debug!(network = %r.network_id, "endpoint of a network unknown here: pending");
-            self.pending.insert((r.network_id.clone(), r.ip), r.clone());
-            return;
-        };
-        let key = (r.network_id.clone(), r.ip);
-        if let Some((old_vni, old_mac, _)) = self.programmed.get(&key).copied() {
-            if old_mac != r.mac {
-                let _ = self.dp.command(&Request::PeerDel {
-                    vni: old_vni,
-                    mac: MacAddr(old_mac),
-                });
-            }
-        }
-        let req = Request::PeerAdd(Peer {
-            vni,
-            mac: MacAddr(r.mac),
-            ips: vec![r.ip],
-            vtep: r.vtep,
-        });
-        match self.dp.command(&req) {
-            Ok(()) => {
-                self.programmed.insert(key, (vni, r.mac, r.vtep));
-            }
-            Err(e) => tracing::warn!(ip = %r.ip, vtep = %r.vtep, error = %e, "peer_add"),
-        }
-    }
-
-    fn remove(&mut self, network_id: &str, ip: IpAddr) {
-        self.pending.remove(&(network_id.to_owned(), ip));
-        if let Some((vni, mac, _)) = self.programmed.remove(&(network_id.to_owned(), ip)) {
-            if let Err(e) = self.dp.command(&Request::PeerDel {
-                vni,
-                mac: MacAddr(mac),
-            }) {
-                tracing::debug!(ip = %ip, error = %e, "peer_del");
-            }
-        }
-    }
-
-    fn vtep(&mut self, id: &NodeIdentity, old: Option<&NodeIdentity>) {
-        if id.data_addr == self.own_vtep {
-            return;
-        }
-        if let Some(old) =
-            old.filter(|o| o.data_addr != id.data_addr || o.public_key != id.public_key)
-        {
-            let _ = self.dp.command(&Request::VtepDel {
-                vtep: old.data_addr,
-            });
-        }
-        let pubkey = base64::engine::general_purpose::STANDARD.encode(id.public_key);
-        let req = Request::VtepAdd {
-            vtep: id.data_addr,
-            pubkey,
-        };
-        match self.dp.command(&req) {
-            Ok(()) => {}
-            Err(e) if e.contains("already has this key") => {}
-            Err(e) => tracing::warn!(vtep = %id.data_addr, error = %e, "vtep_add"),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gossip::{GossipConfig, Keyring};
-    use std::sync::Mutex;
-    use vxnet_dataplane::api::Response;
-
-    /// Records every request and accepts it.
-    #[derive(Clone, Default)]
-    struct Recorder(Arc<Mutex<Vec<Request>>>);
-
-    impl DataplaneApi for Recorder {
-        fn call(&mut self, req: &Request) -> Result<Response, String> {
-            self.0.lock().unwrap().push(req.clone());
-            Ok(Response::ok(()))
-        }
-    }
-
-    impl Recorder {
-        fn has(&self, f: impl Fn(&Request) -> bool) -> bool {
-            self.0.lock().unwrap().iter().any(f)
-        }
-    }
-
-    fn vni_of() -> VniOf {
-        Arc::new(|id: &str| (id == "net1").then(|| Vni::new(4097)).flatten())
-    }
+    use crate::gossip::{GossipConfig, KeyId, Keyring};
 
     fn ident(i: u8, port: u16) -> NodeIdentity {
         NodeIdentity {
@@ -790,49 +588,6 @@ mod tests {
             public_key: [i; 32],
             generation: 1,
         }
-    }
-
-    fn record(ip: [u8; 4], vtep: [u8; 4], network: &str) -> EndpointRecord {
-        EndpointRecord {
-            network_id: network.into(),
-            ip: IpAddr::from(ip),
-            mac: [2, 0x42, ip[0], ip[1], ip[2], ip[3]],
-            vtep: IpAddr::from(vtep),
-            version: 1,
-            removed: false,
-        }
-    }
-
-    #[test]
-    fn events_become_dataplane_requests() {
-        let rec = Recorder::default();
-        let mut p = Programmer::new(rec.clone(), vni_of(), IpAddr::from([192, 0, 2, 1]));
-        // Ours and unknown networks are not programmed.
-        p.on_endpoint(&EndpointEvent::Added(record(
-            [10, 0, 1, 2],
-            [192, 0, 2, 1],
-            "net1",
-        )));
-        p.on_endpoint(&EndpointEvent::Added(record(
-            [10, 0, 1, 3],
-            [192, 0, 2, 2],
-            "other",
-        )));
-        assert!(rec.0.lock().unwrap().is_empty());
-        let r = record([10, 0, 1, 4], [192, 0, 2, 2], "net1");
-        p.on_endpoint(&EndpointEvent::Added(r.clone()));
-        assert!(rec.has(|q| matches!(q, Request::PeerAdd(peer)
-            if peer.vni.get() == 4097 && peer.vtep == r.vtep && peer.ips == vec![r.ip])));
-        let peer = ident(2, 1);
-        p.on_member(&MemberEvent::Up(peer.clone()), &[]);
-        let key = base64::engine::general_purpose::STANDARD.encode([2u8; 32]);
-        assert!(rec.has(|q| matches!(q, Request::VtepAdd { vtep, pubkey }
-            if *vtep == peer.data_addr && *pubkey == key)));
-        // Its host goes Down: the endpoint is withdrawn.
-        p.on_member(&MemberEvent::Down(peer), &[]);
-        assert!(rec.has(|q| matches!(q, Request::PeerDel { vni, mac }
-            if vni.get() == 4097 && mac.0 == r.mac)));
-        assert!(p.programmed.is_empty());
     }
 
     fn gkey(id: u32) -> GossipKey {
@@ -901,12 +656,24 @@ mod tests {
         )
     }
 
-    fn start(i: u8) -> (GossipHandle, Recorder, SocketAddr) {
+    /// A driver on loopback, and how many times it said its view changed.
+    fn start(i: u8) -> (GossipHandle, Arc<AtomicUsize>, SocketAddr) {
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = sock.local_addr().unwrap();
         let m = member(i, addr.port());
-        let rec = Recorder::default();
-        (spawn(sock, m, rec.clone(), vni_of()).unwrap(), rec, addr)
+        let changes = Arc::new(AtomicUsize::new(0));
+        let c = Arc::clone(&changes);
+        let on_change: OnChange = Arc::new(move || {
+            c.fetch_add(1, Ordering::SeqCst);
+        });
+        (spawn(sock, m, on_change).unwrap(), changes, addr)
+    }
+
+    fn has_record(g: &GossipHandle, ip: [u8; 4], vtep: [u8; 4]) -> bool {
+        g.view()
+            .records
+            .iter()
+            .any(|r| r.ip == IpAddr::from(ip) && r.vtep == IpAddr::from(vtep))
     }
 
     fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
@@ -922,40 +689,45 @@ mod tests {
 
     #[test]
     fn two_drivers_over_loopback_spread_endpoints_and_detect_down() {
-        let (a, rec_a, addr_a) = start(1);
-        let (b, rec_b, _) = start(2);
+        let (a, _changes_a, addr_a) = start(1);
+        let (b, changes_b, _) = start(2);
         assert!(b.send(GossipCmd::Join(addr_a)));
         assert!(a.send(GossipCmd::Announce {
             network_id: "net1".into(),
             ip: IpAddr::from([10, 0, 1, 2]),
             mac: [2, 0x42, 10, 0, 1, 2],
         }));
-        let a_vtep = IpAddr::from([192, 0, 2, 1]);
         assert!(
-            wait_for(Duration::from_secs(10), || rec_b
-                .has(|q| matches!(q, Request::PeerAdd(p) if p.vtep == a_vtep))),
+            wait_for(Duration::from_secs(10), || has_record(
+                &b,
+                [10, 0, 1, 2],
+                [192, 0, 2, 1]
+            )),
             "b never learned a's endpoint: {:?}",
-            rec_b.0.lock().unwrap()
+            b.view()
         );
-        assert!(wait_for(Duration::from_secs(5), || rec_a.has(
-            |q| matches!(q, Request::VtepAdd { vtep, .. } if *vtep == IpAddr::from([192, 0, 2, 2]))
-        )));
-        // A dies without a word: b withdraws its endpoint within 5 s (plus
-        // slack for a loaded test machine).
+        assert!(changes_b.load(Ordering::SeqCst) > 0, "b never said so");
+        assert!(wait_for(Duration::from_secs(5), || a
+            .view()
+            .member_at(IpAddr::from([192, 0, 2, 2]))
+            .is_some_and(|m| m.public_key == [2; 32])));
+        // A dies without a word: b drops it from its members within 5 s
+        // (plus slack for a loaded test machine).
         drop(a);
         assert!(
-            wait_for(Duration::from_secs(12), || rec_b.has(
-                |q| matches!(q, Request::PeerDel { mac, .. } if mac.0 == [2, 0x42, 10, 0, 1, 2])
-            )),
-            "b did not withdraw a's endpoint: {:?}",
-            rec_b.0.lock().unwrap()
+            wait_for(Duration::from_secs(12), || b
+                .view()
+                .member_at(IpAddr::from([192, 0, 2, 1]))
+                .is_none()),
+            "b still holds a as a member: {:?}",
+            b.view()
         );
         b.stop(true);
     }
 
     #[test]
     fn state_snapshot_served_over_tcp_on_the_gossip_address() {
-        let (a, _rec_a, addr_a) = start(1);
+        let (a, _, addr_a) = start(1);
         assert!(a.send(GossipCmd::Announce {
             network_id: "net1".into(),
             ip: IpAddr::from([10, 0, 1, 7]),
@@ -983,7 +755,7 @@ mod tests {
 
     #[test]
     fn a_joining_driver_pulls_state_from_its_seed() {
-        let (a, _rec_a, addr_a) = start(1);
+        let (a, _, addr_a) = start(1);
         assert!(a.send(GossipCmd::Announce {
             network_id: "net1".into(),
             ip: IpAddr::from([10, 0, 1, 8]),
@@ -1005,14 +777,16 @@ mod tests {
             let (mut s, _) = seed.accept().unwrap();
             write_snapshot(&mut s, &snap).unwrap();
         });
-        let (b, rec_b, _) = start(2);
+        let (b, _, _) = start(2);
         assert!(b.send(GossipCmd::Join(seed_addr)));
         assert!(
-            wait_for(Duration::from_secs(10), || rec_b.has(
-                |q| matches!(q, Request::PeerAdd(p) if p.ips == vec![IpAddr::from([10, 0, 1, 8])])
+            wait_for(Duration::from_secs(10), || has_record(
+                &b,
+                [10, 0, 1, 8],
+                [192, 0, 2, 1]
             )),
             "b never learned a's endpoint: {:?}",
-            rec_b.0.lock().unwrap()
+            b.view()
         );
         server.join().unwrap();
         b.stop(false);
@@ -1040,47 +814,5 @@ mod tests {
         };
         let e = read_snapshot(&mut late).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
-    }
-
-    #[test]
-    fn records_of_networks_unknown_here_wait_and_go_with_the_network() {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        let known = Arc::new(AtomicBool::new(false));
-        let k = Arc::clone(&known);
-        let vni_of: VniOf = Arc::new(move |id: &str| {
-            (id == "net1" && k.load(Ordering::SeqCst))
-                .then(|| Vni::new(4097))
-                .flatten()
-        });
-        let dp = Recorder::default();
-        let mut p = Programmer::new(dp.clone(), vni_of, IpAddr::from([192, 0, 2, 1]));
-        let r = record([10, 0, 0, 5], [192, 0, 2, 2], "net1");
-        p.on_endpoint(&EndpointEvent::Added(r.clone()));
-        let is_add = |q: &Request| matches!(q, Request::PeerAdd(x) if x.ips == vec![r.ip]);
-        let is_del = |q: &Request| matches!(q, Request::PeerDel { .. });
-        assert!(
-            !dp.has(is_add),
-            "not programmed while the network is unknown"
-        );
-        known.store(true, Ordering::SeqCst);
-        p.refresh();
-        assert!(dp.has(is_add), "programmed once the network is known");
-        assert!(!dp.has(is_del));
-        known.store(false, Ordering::SeqCst);
-        p.refresh();
-        assert!(dp.has(is_del), "withdrawn when the network goes from here");
-        // Back again: programmed again from the kept record.
-        dp.0.lock().unwrap().clear();
-        known.store(true, Ordering::SeqCst);
-        p.refresh();
-        assert!(dp.has(is_add));
-        // Its host going Down drops it for good.
-        p.on_member(&MemberEvent::Down(ident(2, 1)), &[]);
-        dp.0.lock().unwrap().clear();
-        known.store(false, Ordering::SeqCst);
-        p.refresh();
-        known.store(true, Ordering::SeqCst);
-        p.refresh();
-        assert!(!dp.has(is_add));
     }
 }

@@ -1,16 +1,42 @@
 //! The daemon's seam to the host: network namespaces, the resolv.conf that
 //! `ip netns exec` bind-mounts into them, and the processes containers run.
-//! [`SystemHost`] does it with `ip` and `/proc`; tests use a fake.
+//! [`SystemHost`] does it with `ip` and `/proc`; tests use a fake. Only the
+//! reconciler calls it.
 
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, PoisonError};
 
 /// Where `ip netns add NAME` puts its bind mounts.
 pub const NETNS_DIR: &str = "/run/netns";
 /// `ip netns exec NS` bind-mounts the files under `/etc/netns/NS/` over
 /// their `/etc` counterparts.
 pub const ETC_NETNS_DIR: &str = "/etc/netns";
+
+/// A container's command, as the daemon starts it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Spawn {
+    /// Program and arguments; the program is looked up in `PATH`.
+    pub command: Vec<String>,
+    /// `K=V` added to the daemon's environment.
+    pub env: Vec<String>,
+    /// Its stdout and stderr go here (appended).
+    pub log_path: PathBuf,
+}
+
+/// How a process ended, as far as this daemon can tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Still running.
+    Running,
+    /// Ended with this status (or 128 + signal).
+    Code(i32),
+    /// Gone, but not our child (it ended while the daemon was down): the
+    /// status is unknown.
+    Unknown,
+}
 
 pub trait Host: Send {
     fn netns_exists(&self, name: &str) -> bool;
@@ -26,6 +52,42 @@ pub trait Host: Send {
     /// SIGKILLs the process group led by `pid` (containers run as leaders
     /// of their own group, so their children go too).
     fn kill_group(&self, pid: u32);
+    /// SIGTERMs the process group led by `pid`.
+    fn terminate_group(&self, pid: u32);
+    /// Starts `spawn` in namespace `netns` as the leader of its own process
+    /// group; the error says why it could not start (no such program, not
+    /// executable, no namespace).
+    fn spawn(&self, netns: &str, spawn: &Spawn) -> Result<u32, String>;
+    /// Whether the process `pid` has ended, and how.
+    fn exit(&self, pid: u32) -> Exit;
+}
+
+/// Where `program` is, looked up like `execvp` does: a name with a slash
+/// as it is, else the first executable match in `PATH`. The error is
+/// Docker's (`executable file not found in $PATH`).
+pub fn find_program(program: &str, path: &str) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.is_empty() {
+        return Err("no command given".into());
+    }
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return if executable(&p) {
+            Ok(p)
+        } else if p.exists() {
+            Err(format!("exec: \"{program}\": permission denied"))
+        } else {
+            Err(format!("exec: \"{program}\": no such file or directory"))
+        };
+    }
+    path.split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(program))
+        .find(|p| executable(p))
+        .ok_or_else(|| format!("exec: \"{program}\": executable file not found in $PATH"))
 }
 
 /// The real host.
@@ -34,6 +96,8 @@ pub struct SystemHost {
     pub etc_netns: PathBuf,
     /// The host resolv.conf copied into containers.
     pub resolv_conf: PathBuf,
+    /// Processes this daemon started, to collect their exit status.
+    children: Mutex<HashMap<u32, Child>>,
 }
 
 impl Default for SystemHost {
@@ -41,8 +105,22 @@ impl Default for SystemHost {
         Self {
             etc_netns: PathBuf::from(ETC_NETNS_DIR),
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            children: Mutex::default(),
         }
     }
+}
+
+fn signal_group(sig: &str, pid: u32) {
+    if pid <= 1 {
+        return;
+    }
+    // The group when the command leads one (detached runs), else the
+    // process itself (foreground runs share the CLI's group).
+    let _ = Command::new("kill")
+        .args([sig, "--", &format!("-{pid}"), &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 fn ip(args: &[&str]) -> Result<(), String> {
@@ -121,14 +199,75 @@ impl Host for SystemHost {
     }
 
     fn kill_group(&self, pid: u32) {
-        if pid <= 1 {
-            return;
+        signal_group("-KILL", pid);
+    }
+
+    fn terminate_group(&self, pid: u32) {
+        signal_group("-TERM", pid);
+    }
+
+    fn spawn(&self, netns: &str, spec: &Spawn) -> Result<u32, String> {
+        use std::os::unix::process::CommandExt;
+        let Some((program, args)) = spec.command.split_first() else {
+            return Err("no command given".into());
+        };
+        // `ip netns exec` would report a missing program only in the log,
+        // after the start already looked fine: check first.
+        let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+        find_program(program, &path)?;
+        if !self.netns_exists(netns) && !netns.starts_with('/') {
+            return Err(format!("network namespace {netns} does not exist"));
         }
-        // The group when the command leads one (detached runs), else the
-        // process itself (foreground runs share the CLI's group).
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{pid}"), &pid.to_string()])
-            .output();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&spec.log_path)
+            .map_err(|e| format!("cannot open the log {}: {e}", spec.log_path.display()))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| format!("cannot open the log: {e}"))?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns])
+            .args(std::iter::once(program).chain(args))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .process_group(0);
+        for kv in &spec.env {
+            if let Some((k, v)) = kv.split_once('=') {
+                cmd.env(k, v);
+            }
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {program}: {e}"))?;
+        let pid = child.id();
+        self.children
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(pid, child);
+        Ok(pid)
+    }
+
+    fn exit(&self, pid: u32) -> Exit {
+        let mut children = self.children.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(child) = children.get_mut(&pid) {
+            return match child.try_wait() {
+                Ok(None) => Exit::Running,
+                Ok(Some(st)) => {
+                    children.remove(&pid);
+                    use std::os::unix::process::ExitStatusExt;
+                    Exit::Code(st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0)))
+                }
+                Err(_) => Exit::Unknown,
+            };
+        }
+        drop(children);
+        if self.process_alive(pid) {
+            Exit::Running
+        } else {
+            Exit::Unknown
+        }
     }
 }
 
@@ -143,6 +282,24 @@ mod tests {
             container_resolv_conf(host),
             "search example.org\nnameserver 192.0.2.53\noptions edns0\n"
         );
+    }
+
+    #[test]
+    fn programs_are_found_like_execvp_does() {
+        assert!(find_program("sh", "/nonexistent:/bin:/usr/bin").is_ok());
+        let e = find_program("no-such-program-vxnet", "/bin:/usr/bin").unwrap_err();
+        assert_eq!(
+            e,
+            "exec: \"no-such-program-vxnet\": executable file not found in $PATH"
+        );
+        let e = find_program("/nonexistent/binary", "/bin").unwrap_err();
+        assert!(e.contains("no such file or directory"), "{e}");
+        // Not executable.
+        let f = std::env::temp_dir().join(format!("vxnet-noexec-{}", std::process::id()));
+        fs::write(&f, b"#!/bin/sh\n").unwrap();
+        let e = find_program(&f.display().to_string(), "/bin").unwrap_err();
+        let _ = fs::remove_file(&f);
+        assert!(e.contains("permission denied"), "{e}");
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //!    time, two between rotations.
 //!
 //! Distribution: over the management plane's mutual TLS, not over gossip.
-//! Each node polls its manager ([`METHOD_GOSSIP_KEYS`], allowed to any node
+//! Each node polls its manager ([`KeyringReport`], allowed to any node
 //! holding a certificate of this swarm), reporting the keyring its gossip
 //! driver holds and receiving the keyring it should hold. This reuses the
 //! channel that already carries the first key at join, it lets a node that
@@ -27,27 +27,19 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use vxnet_api::{ApiError, ApiResult};
 
 use super::dataplane::DataplaneApi;
-use super::gossip::{GossipStatus, StatusCell};
-use super::host::Host;
-use super::{Daemon, R, now, s, value};
+use super::gossip::GossipStatus;
+use super::{Daemon, internal, lock, now};
 use crate::cluster::{self, GOSSIP_KEYRING_LEN};
 use crate::model::{Cluster, Node, NodeStatus, StoredGossipKey, UnixTime};
-use crate::store::Store;
+use crate::store::{Store, StoreExt};
 
-/// Manager call: report this node's gossip keyring, get the wanted one.
-pub const METHOD_GOSSIP_KEYS: &str = "gossip_keys";
+pub use crate::mgmt::calls::{KeyringReport, KeysReply};
+
 /// Longest a node waits between two polls while no rotation is due.
 const MAX_POLL: u64 = 60;
-
-/// What a node reports of its gossip keyring ([`METHOD_GOSSIP_KEYS`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeyringReport {
-    pub key_ids: Vec<u32>,
-    pub primary: Option<u32>,
-}
 
 impl From<&GossipStatus> for KeyringReport {
     fn from(s: &GossipStatus) -> Self {
@@ -56,14 +48,6 @@ impl From<&GossipStatus> for KeyringReport {
             primary: s.primary,
         }
     }
-}
-
-/// The manager's answer: the keyring to hold (primary last), and when to
-/// ask again.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeysReply {
-    pub keys: Vec<StoredGossipKey>,
-    pub poll_after_secs: u64,
 }
 
 /// What the manager does next.
@@ -116,7 +100,7 @@ pub fn poll_after(c: &Cluster, now: UnixTime, interval: u64) -> u64 {
 }
 
 /// Checks a keyring received from the manager before it is used.
-fn check_keys(keys: &[StoredGossipKey]) -> R<()> {
+fn check_keys(keys: &[StoredGossipKey]) -> Result<(), String> {
     if keys.is_empty() || keys.len() > GOSSIP_KEYRING_LEN {
         return Err(format!("the manager sent {} gossip keys", keys.len()));
     }
@@ -129,44 +113,29 @@ fn check_keys(keys: &[StoredGossipKey]) -> R<()> {
 /// The manager's record of what each node reported last.
 pub(crate) type KeyAcks = BTreeMap<String, KeyringReport>;
 
-impl<S, D, H> Daemon<S, D, H>
+impl<S, D> Daemon<S, D>
 where
-    S: Store + Send,
+    S: Store + Send + Sync,
     D: DataplaneApi,
-    H: Host,
 {
-    /// Where the running gossip driver publishes its status (`None`: no
-    /// driver).
-    pub fn set_gossip_status(&self, cell: Option<StatusCell>) {
-        self.lock().gossip_status = cell;
-    }
-
-    /// The gossip driver's keyring and counters, if one runs.
-    pub fn gossip_status(&self) -> Option<GossipStatus> {
-        self.lock().gossip_status_now()
-    }
-
-    /// How often the manager rotates the gossip key.
-    pub fn set_gossip_key_rotation(&self, every: Duration) {
-        self.lock().key_rotation = every.as_secs().max(1);
-    }
-
-    /// The manager's side of [`METHOD_GOSSIP_KEYS`]: records what `node`
-    /// holds and answers what it should hold.
-    pub fn gossip_keys_for(&self, node: &str, report: KeyringReport) -> R<KeysReply> {
-        let mut g = self.lock();
-        let c = cluster::cluster(&g.store).map_err(s)?;
+    /// The manager's side of [`KeyringReport`]: records what `node` holds
+    /// and answers what it should hold.
+    pub(crate) fn gossip_keys_for(
+        &self,
+        node: &str,
+        report: KeyringReport,
+    ) -> ApiResult<KeysReply> {
+        let c = cluster::cluster(&self.store)?;
         // A removed node's certificate may still be valid: it gets no
         // more keys.
-        if crate::store::StoreExt::get::<Node>(&g.store, node)
-            .map_err(s)?
-            .is_none()
-        {
-            return Err(format!("node {node} is not part of this swarm"));
+        if self.store.get::<Node>(node).map_err(internal)?.is_none() {
+            return Err(ApiError::denied(format!(
+                "node {node} is not part of this swarm"
+            )));
         }
-        g.key_acks.insert(node.to_owned(), report);
+        lock(&self.key_acks).insert(node.to_owned(), report);
         Ok(KeysReply {
-            poll_after_secs: poll_after(&c, now(), g.key_rotation),
+            poll_after_secs: poll_after(&c, now(), self.cfg.key_rotation),
             keys: c.gossip_keys,
         })
     }
@@ -174,31 +143,36 @@ where
     /// One rotation tick on a manager: takes the next step if every Ready
     /// node has taken the previous one. Returns the keyring the local
     /// gossip driver should hold; `None` on a worker, or with no driver.
-    pub fn tend_gossip_keys(&self) -> Option<Vec<StoredGossipKey>> {
-        let mut g = self.lock();
-        let me = g.local_node().ok()?;
-        if !g.is_manager() {
+    pub(crate) fn tend_gossip_keys(&self) -> Option<Vec<StoredGossipKey>> {
+        let me = self.local_node().ok()?;
+        if !self.is_manager() {
             return None;
         }
-        let own = KeyringReport::from(&g.gossip_status_now()?);
-        let nodes = cluster::list_nodes(&g.store, None).ok()?;
-        // Reports of nodes no longer in the swarm are dropped.
-        g.key_acks
-            .retain(|id, _| nodes.iter().any(|n: &Node| n.id == *id));
-        let mut reports = vec![own];
-        reports.extend(
-            nodes
-                .iter()
-                .filter(|n| n.id != me && n.status == NodeStatus::Ready)
-                .map(|n| g.key_acks.get(&n.id).cloned().unwrap_or_default()),
-        );
-        let c = cluster::cluster(&g.store).ok()?;
-        let step = plan(&c, now(), g.key_rotation, &reports);
+        let own = KeyringReport::from(&self.gossip_status().ok()?);
+        let _w = self.write();
+        let nodes = cluster::list_nodes(&self.store, None).ok()?;
+        let reports = {
+            let mut acks = lock(&self.key_acks);
+            // Reports of nodes no longer in the swarm are dropped.
+            acks.retain(|id, _| nodes.iter().any(|n: &Node| n.id == *id));
+            let mut reports = vec![own];
+            reports.extend(
+                nodes
+                    .iter()
+                    .filter(|n| n.id != me && n.status == NodeStatus::Ready)
+                    .map(|n| acks.get(&n.id).cloned().unwrap_or_default()),
+            );
+            reports
+        };
+        let c = cluster::cluster(&self.store).ok()?;
+        let step = plan(&c, now(), self.cfg.key_rotation, &reports);
         let r = match step {
             Step::Wait => Ok(None),
-            Step::Begin => cluster::begin_gossip_rotation(&g.store, now(), &mut rand_core::OsRng),
-            Step::Promote => cluster::promote_gossip_key(&g.store),
-            Step::Retire => cluster::retire_gossip_keys(&g.store),
+            Step::Begin => {
+                cluster::begin_gossip_rotation(&self.store, now(), &mut rand_core::OsRng)
+            }
+            Step::Promote => cluster::promote_gossip_key(&self.store),
+            Step::Retire => cluster::retire_gossip_keys(&self.store),
         };
         match r {
             Ok(Some(c)) => {
@@ -217,44 +191,25 @@ where
     /// A worker's poll of its manager: reports what its gossip holds,
     /// keeps the wanted keyring in its own cluster record (so a restart
     /// starts with it) and returns it with the time to the next poll.
-    pub fn sync_gossip_keys(&self) -> R<(Vec<StoredGossipKey>, Duration)> {
-        let (report, target) = {
-            let g = self.lock();
-            if g.is_manager() {
-                return Err("a manager rotates its own keys".into());
-            }
-            let report = g
-                .gossip_status_now()
-                .map(|st| KeyringReport::from(&st))
-                .ok_or_else(|| "gossip is not running".to_owned())?;
-            (report, g.manager_target()?)
-        };
-        // Without the lock: a manager that does not answer must not hold
-        // up the API or the gossip driver for the call's timeout.
-        let v = target.call(METHOD_GOSSIP_KEYS, value(&report)?)?;
-        let reply: KeysReply = serde_json::from_value(v)
-            .map_err(|e| format!("the manager's answer is not understood: {e}"))?;
-        check_keys(&reply.keys)?;
-        let g = self.lock();
-        let mut c = cluster::cluster(&g.store).map_err(s)?;
+    pub(crate) fn sync_gossip_keys(&self) -> ApiResult<(Vec<StoredGossipKey>, Duration)> {
+        if self.is_manager() {
+            return Err(ApiError::precondition("a manager rotates its own keys"));
+        }
+        let report = KeyringReport::from(&self.gossip_status()?);
+        // No lock held: a manager that does not answer must not hold up
+        // the API or the gossip driver for the call's timeout.
+        let reply = self.manager_call(report)?;
+        check_keys(&reply.keys).map_err(ApiError::internal)?;
+        let _w = self.write();
+        let mut c: Cluster = cluster::cluster(&self.store)?;
         if c.gossip_keys != reply.keys {
             c.gossip_keys = reply.keys.clone();
-            crate::store::StoreExt::put(&g.store, &c).map_err(s)?;
+            self.store.put(&c).map_err(internal)?;
         }
         Ok((
             reply.keys,
             Duration::from_secs(reply.poll_after_secs.clamp(1, MAX_POLL)),
         ))
-    }
-}
-
-impl<S: Store, D, H> super::Inner<S, D, H> {
-    pub(crate) fn gossip_status_now(&self) -> Option<GossipStatus> {
-        self.gossip_status.as_ref().map(|c| {
-            c.lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone()
-        })
     }
 }
 

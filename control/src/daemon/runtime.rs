@@ -50,6 +50,38 @@ pub struct Runtime {
     /// (`network connect --veth`); its one network is bridged to it.
     #[serde(default)]
     pub veth: Option<String>,
+    /// How many times this daemon started the container's command.
+    #[serde(default)]
+    pub starts: u32,
+    /// The command's exit status, once this daemon saw it end (`None` while
+    /// it runs, or when it ended while the daemon was down).
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// The last reason the container could not be made as desired.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// A worker's decision made without its manager (`container rm -f` or
+    /// `swarm leave --force` while the manager is out of reach): wins over
+    /// the manager's copy until the manager has been told.
+    #[serde(default)]
+    pub desired_override: Option<crate::model::DesiredState>,
+    /// Everything of the container is gone from this host; only the
+    /// manager has to be told (a worker's removal in flight).
+    #[serde(default)]
+    pub removed: bool,
+    /// The command ended (its status in `exit_code` when known).
+    #[serde(default)]
+    pub ended: bool,
+    /// Start the command again even though it ran before (`container
+    /// start`, or a stopped container running again).
+    #[serde(default)]
+    pub restart: bool,
+    /// When SIGTERM went to the command (Unix ms), so SIGKILL follows
+    /// after `grace_secs` (`container stop -t`).
+    #[serde(default)]
+    pub term_sent_ms: Option<u64>,
+    #[serde(default)]
+    pub grace_secs: Option<u64>,
 }
 
 impl Runtime {

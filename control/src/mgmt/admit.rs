@@ -48,7 +48,7 @@ pub fn admit<S: Store + ?Sized>(
             role,
             advertise_addr: advertise_or_source(req, from),
             data_path_addr: req.data_path_addr,
-            public_key: req.public_key.clone(),
+            public_key: req.public_key,
         },
         now,
         rng,

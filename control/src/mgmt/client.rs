@@ -39,8 +39,8 @@ pub struct JoinParams {
     pub advertise_addr: Option<IpAddr>,
     /// `--data-path-addr`; the advertise address when absent.
     pub data_path_addr: Option<IpAddr>,
-    /// The host's X25519 dataplane public key, base64.
-    pub public_key: String,
+    /// The host's X25519 dataplane public key.
+    pub public_key: vxnet_api::PublicKey,
 }
 
 /// A completed join.
@@ -147,18 +147,18 @@ impl MgmtClient {
         }
     }
 
-    /// `Request::Call` and its value.
-    pub async fn call(
-        &mut self,
-        method: &str,
-        params: serde_json::Value,
-    ) -> Result<serde_json::Value, MgmtError> {
-        let req = Request::Call {
-            method: method.to_owned(),
-            params,
-        };
-        match self.request(&req).await? {
-            Response::Value(v) => Ok(v),
+    /// A node's call to its manager, decoded as the call's reply.
+    pub async fn call<C>(&mut self, call: C) -> Result<C::Reply, MgmtError>
+    where
+        C: vxnet_api::Call<Request = super::calls::ManagerCall>,
+    {
+        match self.request(&Request::Node(call.into_request())).await? {
+            Response::Value(v) => serde_json::from_value(v).map_err(|e| MgmtError::Unexpected {
+                addr: self.addr,
+                what: format!(
+                    "an answer this node does not understand ({e}); are both on the same version?"
+                ),
+            }),
             other => Err(self.unexpected(&other)),
         }
     }
@@ -191,11 +191,11 @@ pub async fn join(
         hostname: params.hostname.clone(),
         advertise_addr: params.advertise_addr,
         data_path_addr: params.data_path_addr,
-        public_key: params.public_key.clone(),
+        public_key: params.public_key,
         csr_pem,
     });
     let j = match c.request(&req).await {
-        Ok(Response::Joined(j)) => j,
+        Ok(Response::Joined(j)) => *j,
         Ok(other) => return Err(c.unexpected(&other)),
         Err(e) => return Err(e),
     };

@@ -39,6 +39,7 @@
 
 pub mod admit;
 pub mod ca;
+pub mod calls;
 pub mod client;
 pub mod rpc;
 pub mod server;
@@ -84,19 +85,13 @@ pub trait Handler: Send + Sync + 'static {
         from: SocketAddr,
     ) -> impl Future<Output = Result<JoinResponse, RpcError>> + Send;
 
-    /// Every other request ([`Request::NodeList`], [`Request::Call`]) from
+    /// Every other request ([`Request::NodeList`], [`Request::Node`]) from
     /// a verified peer.
     fn handle(
         &self,
         peer: &Peer,
         req: Request,
     ) -> impl Future<Output = Result<Response, RpcError>> + Send;
-
-    /// Who may send `Call { method }`. Managers only unless the handler
-    /// says otherwise, so a forgotten entry fails closed.
-    fn call_access(&self, _method: &str) -> Access {
-        Access::Manager
-    }
 }
 
 /// Errors of the management plane; the messages reach the user.
@@ -152,5 +147,22 @@ impl MgmtError {
             MgmtError::Refused(e) => Some(e.code),
             _ => None,
         }
+    }
+}
+
+impl From<MgmtError> for vxnet_api::ApiError {
+    fn from(e: MgmtError) -> Self {
+        use vxnet_api::ErrorCode as A;
+        let code = match &e {
+            MgmtError::Refused(r) => r.code.into(),
+            MgmtError::Token(_) => A::InvalidArgument,
+            MgmtError::CaMismatch { .. } | MgmtError::NotOurManager { .. } => A::FailedPrecondition,
+            MgmtError::Timeout { .. } => A::Timeout,
+            MgmtError::Connect { .. } | MgmtError::Tls { .. } | MgmtError::Frame { .. } => {
+                A::Unavailable
+            }
+            MgmtError::Ca(_) | MgmtError::Unexpected { .. } | MgmtError::Bind { .. } => A::Internal,
+        };
+        vxnet_api::ApiError::new(code, e.to_string())
     }
 }

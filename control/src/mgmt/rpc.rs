@@ -35,8 +35,8 @@ pub struct JoinRequest {
     /// Address for VXLAN traffic; `advertise_addr` when absent.
     #[serde(default)]
     pub data_path_addr: Option<IpAddr>,
-    /// The host's X25519 dataplane public key, base64.
-    pub public_key: String,
+    /// The host's X25519 dataplane public key.
+    pub public_key: vxnet_api::PublicKey,
     /// PKCS#10 request for the host's management certificate, PEM.
     pub csr_pem: String,
 }
@@ -75,8 +75,7 @@ pub struct JoinResponse {
     pub settings: ClusterSettings,
 }
 
-/// A request on the management port. The daemon adds typed variants as it
-/// grows; until then [`Request::Call`] carries anything else.
+/// A request on the management port.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", content = "args", rename_all = "snake_case")]
 pub enum Request {
@@ -84,13 +83,9 @@ pub enum Request {
     Join(JoinRequest),
     /// The swarm's nodes (`vxnet node ls` asked of a manager).
     NodeList,
-    /// Any other operation, by name; its access is the handler's
-    /// [`super::Handler::call_access`].
-    Call {
-        method: String,
-        #[serde(default)]
-        params: serde_json::Value,
-    },
+    /// A node's call about itself ([`super::calls`]); any node of this
+    /// swarm may make it.
+    Node(super::calls::ManagerCall),
 }
 
 /// Who may send a request.
@@ -120,9 +115,10 @@ impl Access {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "body", rename_all = "snake_case")]
 pub enum Response {
-    Joined(JoinResponse),
+    Joined(Box<JoinResponse>),
     Nodes(Vec<Node>),
-    /// The answer to a [`Request::Call`].
+    /// The answer to a [`Request::Node`] call, decoded by the caller as
+    /// the call's reply type.
     Value(serde_json::Value),
 }
 
@@ -142,6 +138,52 @@ pub enum ErrorCode {
     Unsupported,
     /// The operation failed on the manager.
     Failed,
+    /// What the call names does not exist.
+    NotFound,
+    /// A name, address or MAC is taken.
+    AlreadyExists,
+    /// The swarm's state does not allow it (a network in use...).
+    FailedPrecondition,
+    /// Something the manager needs is out of reach.
+    Unavailable,
+}
+
+impl From<vxnet_api::ErrorCode> for ErrorCode {
+    fn from(c: vxnet_api::ErrorCode) -> Self {
+        use vxnet_api::ErrorCode as A;
+        match c {
+            A::InvalidArgument => ErrorCode::BadRequest,
+            A::NotFound => ErrorCode::NotFound,
+            A::AlreadyExists => ErrorCode::AlreadyExists,
+            A::FailedPrecondition => ErrorCode::FailedPrecondition,
+            A::PermissionDenied => ErrorCode::Forbidden,
+            A::Unavailable | A::Timeout => ErrorCode::Unavailable,
+            A::Internal => ErrorCode::Failed,
+        }
+    }
+}
+
+impl From<ErrorCode> for vxnet_api::ErrorCode {
+    fn from(c: ErrorCode) -> Self {
+        use vxnet_api::ErrorCode as A;
+        match c {
+            ErrorCode::InvalidToken | ErrorCode::Unauthenticated | ErrorCode::Forbidden => {
+                A::PermissionDenied
+            }
+            ErrorCode::BadRequest => A::InvalidArgument,
+            ErrorCode::Unsupported | ErrorCode::Failed => A::Internal,
+            ErrorCode::NotFound => A::NotFound,
+            ErrorCode::AlreadyExists => A::AlreadyExists,
+            ErrorCode::FailedPrecondition => A::FailedPrecondition,
+            ErrorCode::Unavailable => A::Unavailable,
+        }
+    }
+}
+
+impl From<vxnet_api::ApiError> for RpcError {
+    fn from(e: vxnet_api::ApiError) -> Self {
+        RpcError::new(e.code.into(), e.message)
+    }
 }
 
 /// A refusal, as sent on the wire.
@@ -233,10 +275,9 @@ mod tests {
 
     #[tokio::test]
     async fn frames_round_trip_and_limits_hold() {
-        let req = Request::Call {
-            method: "network_create".into(),
-            params: serde_json::json!({"name": "n"}),
-        };
+        let req = Request::Node(super::super::calls::ManagerCall::NodeLeave(
+            super::super::calls::NodeLeave {},
+        ));
         let mut buf = Vec::new();
         write_frame(&mut buf, &req).await.unwrap();
         assert_eq!(
@@ -286,7 +327,7 @@ mod tests {
             hostname: "h".into(),
             advertise_addr: None,
             data_path_addr: None,
-            public_key: String::new(),
+            public_key: vxnet_api::PublicKey::from_bytes([0; 32]),
             csr_pem: String::new(),
         };
         assert!(!format!("{r:?}").contains("secret"));

@@ -128,7 +128,7 @@ fn op_name(req: &Request) -> String {
     match req {
         Request::Join(_) => "join".into(),
         Request::NodeList => "node_list".into(),
-        Request::Call { method, .. } => method.clone(),
+        Request::Node(c) => c.name().into(),
     }
 }
 
@@ -193,7 +193,7 @@ async fn dispatch<H: Handler>(
     let access = match &req {
         Request::Join(_) => Access::Anyone,
         Request::NodeList => Access::Manager,
-        Request::Call { method, .. } => handler.call_access(method),
+        Request::Node(_) => Access::Node,
     };
     if !access.allows(peer.map(|p| p.role)) {
         ServerStats::bump(&stats.denied);
@@ -219,7 +219,10 @@ async fn dispatch<H: Handler>(
         };
     }
     match (req, peer) {
-        (Request::Join(j), _) => handler.join(j, from).await.map(Response::Joined),
+        (Request::Join(j), _) => handler
+            .join(j, from)
+            .await
+            .map(|r| Response::Joined(Box::new(r))),
         (other, Some(p)) => handler.handle(p, other).await,
         // Unreachable: only Join is allowed without a peer.
         (_, None) => denied(ErrorCode::Unauthenticated, "no certificate".into()),

@@ -2,12 +2,12 @@
 //! manager with a MemStore-backed handler, joiners with good, wrong,
 //! rotated and foreign tokens, and clients with and without certificates.
 
+use super::calls::{KeyringReport, ManagerCall, NodeLeave};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use serde_json::json;
 use tokio::task::JoinHandle;
 
@@ -54,31 +54,32 @@ impl Handler for TestHandler {
             Request::NodeList => cluster::list_nodes(&self.store, None)
                 .map(Response::Nodes)
                 .map_err(|e| RpcError::new(ErrorCode::Failed, e.to_string())),
-            Request::Call { method, params } => {
+            Request::Node(call) => {
                 if let Ok(mut c) = self.calls.lock() {
-                    c.push((method.clone(), peer.clone()));
+                    c.push((call.name().to_owned(), peer.clone()));
                 }
-                match method.as_str() {
-                    "whoami" => Ok(Response::Value(json!({
-                        "node_id": peer.node_id,
-                        "role": peer.role,
+                match call {
+                    ManagerCall::NodeLeave(_) => Ok(Response::Value(json!(null))),
+                    // Echoes the report's key count back as the poll time.
+                    ManagerCall::GossipKeys(r) => Ok(Response::Value(json!({
+                        "keys": [],
+                        "poll_after_secs": r.key_ids.len(),
                     }))),
-                    "echo" | "network_create" => Ok(Response::Value(params)),
-                    m => Err(RpcError::new(
+                    other => Err(RpcError::new(
                         ErrorCode::Unsupported,
-                        format!("unknown {m}"),
+                        format!("unknown {}", other.name()),
                     )),
                 }
             }
             Request::Join(_) => Err(RpcError::new(ErrorCode::BadRequest, "join")),
         }
     }
+}
 
-    fn call_access(&self, method: &str) -> Access {
-        match method {
-            "whoami" | "echo" => Access::Node,
-            _ => Access::Manager,
-        }
+fn report(n: u32) -> KeyringReport {
+    KeyringReport {
+        key_ids: (0..n).collect(),
+        primary: None,
     }
 }
 
@@ -151,8 +152,8 @@ async fn start_manager_issued_at(issued: UnixTime) -> Manager {
     }
 }
 
-fn x25519_pub(b: u8) -> String {
-    base64::engine::general_purpose::STANDARD.encode([b; 32])
+fn x25519_pub(b: u8) -> vxnet_api::PublicKey {
+    vxnet_api::PublicKey::from_bytes([b; 32])
 }
 
 fn params(host: &str) -> JoinParams {
@@ -203,20 +204,17 @@ async fn join_then_mutual_tls_calls_with_role_checks() {
 
     // Mutual TLS with the issued identity: the handler sees who called.
     let mut w = MgmtClient::connect(m.addr, &j.identity).await.unwrap();
-    let me = w.call("whoami", json!(null)).await.unwrap();
-    assert_eq!(me, json!({"node_id": j.node.id, "role": "worker"}));
-    assert_eq!(w.call("echo", json!([1, 2])).await.unwrap(), json!([1, 2]));
+    w.call(NodeLeave {}).await.unwrap();
+    let last = m.handler.calls.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(last.1.node_id, j.node.id);
+    assert_eq!(last.1.role, crate::model::Role::Worker);
+    assert_eq!(w.call(report(2)).await.unwrap().poll_after_secs, 2);
 
-    // A worker cannot call manager-only operations, typed or not; the
-    // handler never sees them, and the connection stays usable.
+    // A worker cannot call manager-only operations; the handler never
+    // sees them, and the connection stays usable.
     let e = w.node_list().await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::Forbidden), "{e}");
     assert!(e.to_string().contains("manager-only"), "{e}");
-    let e = w
-        .call("network_create", json!({"name": "n"}))
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Some(ErrorCode::Forbidden), "{e}");
     let seen: Vec<String> = m
         .handler
         .calls
@@ -225,19 +223,15 @@ async fn join_then_mutual_tls_calls_with_role_checks() {
         .iter()
         .map(|c| c.0.clone())
         .collect();
-    assert_eq!(seen, ["whoami", "echo"]);
-    assert_eq!(w.call("echo", json!(3)).await.unwrap(), json!(3));
+    assert_eq!(seen, ["node_leave", "gossip_keys"]);
+    assert_eq!(w.call(report(3)).await.unwrap().poll_after_secs, 3);
 
     // The manager's own identity may.
     let mut mc = MgmtClient::connect(m.addr, &m.identity).await.unwrap();
     let nodes = mc.node_list().await.unwrap();
     let names: Vec<&str> = nodes.iter().map(|n| n.hostname.as_str()).collect();
     assert_eq!(names, ["host1", "host2"]);
-    let v = mc
-        .call("network_create", json!({"name": "n"}))
-        .await
-        .unwrap();
-    assert_eq!(v, json!({"name": "n"}));
+    assert_eq!(mc.call(report(1)).await.unwrap().poll_after_secs, 1);
     let last = m.handler.calls.lock().unwrap().last().cloned().unwrap();
     assert_eq!(last.1.node_id, m.identity.node_id);
     assert_eq!(last.1.role, crate::model::Role::Manager);
@@ -337,10 +331,7 @@ async fn calls_without_a_certificate_are_refused() {
     let mut anon = MgmtClient::open(m.addr, pin, None).await.unwrap();
     for req in [
         Request::NodeList,
-        Request::Call {
-            method: "echo".into(),
-            params: json!(1),
-        },
+        Request::Node(ManagerCall::NodeLeave(NodeLeave {})),
     ] {
         let e = anon.request(&req).await.unwrap_err();
         assert_eq!(e.code(), Some(ErrorCode::Unauthenticated), "{e}");

@@ -233,6 +233,21 @@ impl Fdb {
         }
     }
 
+    /// Removes everything of `vni` but local endpoints (which keep it).
+    pub fn remove_vni(&mut self, vni: Vni) {
+        let Some(t) = self.vnis.get_mut(&vni) else {
+            return;
+        };
+        t.macs.retain(|_, d| matches!(d, Dest::Local(_)));
+        let macs = &t.macs;
+        t.ips.retain(|_, m| macs.contains_key(m));
+        t.flood.clear();
+        t.encrypted = false;
+        if t.is_unused() {
+            self.vnis.remove(&vni);
+        }
+    }
+
     pub fn is_encrypted(&self, vni: Vni) -> bool {
         self.vnis.get(&vni).is_some_and(|t| t.encrypted)
     }
@@ -245,12 +260,18 @@ impl Fdb {
             .unwrap_or(self.ports.len()) as PortId
     }
 
+    /// Whether `mac` with `ips` may be added to `vni`. A local endpoint
+    /// (`local`) may take over what remote entries hold: the endpoint here
+    /// is the truth, a remote record about the same MAC or address is old
+    /// news (the container moved here). A remote entry may take over
+    /// addresses of other remote MACs (an address moved to a new MAC), but
+    /// never what a local endpoint holds.
     fn check_new(
         &self,
         vni: Vni,
         mac: MacAddr,
         ips: &[IpAddr],
-        replacing: Option<MacAddr>,
+        local: bool,
     ) -> Result<(), FdbError> {
         if mac.is_multicast() || mac.is_zero() {
             return Err(FdbError::NotMulticastSafe(mac));
@@ -272,8 +293,12 @@ impl Fdb {
                 by: "a service (it is a VIP)".into(),
             });
         }
-        if replacing != Some(mac) {
-            if let Some(d) = t.macs.get(&mac) {
+        let blocks = |d: &Dest| match d {
+            Dest::Local(_) => true,
+            Dest::Remote(_) => false,
+        };
+        if let Some(d) = t.macs.get(&mac) {
+            if blocks(d) {
                 return Err(FdbError::MacInUse {
                     vni,
                     mac,
@@ -282,18 +307,39 @@ impl Fdb {
             }
         }
         for ip in ips {
-            match t.ips.get(ip) {
-                Some(owner) if Some(*owner) != replacing => {
-                    let by = t.macs.get(owner).map_or_else(
-                        || owner.to_string(),
-                        |d| format!("{owner} ({})", describe(*d)),
-                    );
-                    return Err(FdbError::IpInUse { vni, ip: *ip, by });
-                }
-                _ => {}
+            let Some(owner) = t.ips.get(ip) else { continue };
+            if *owner == mac {
+                continue;
+            }
+            let dest = t.macs.get(owner);
+            if dest.is_some_and(blocks) || (dest.is_none() && !local) {
+                let by = dest.map_or_else(
+                    || owner.to_string(),
+                    |d| format!("{owner} ({})", describe(*d)),
+                );
+                return Err(FdbError::IpInUse { vni, ip: *ip, by });
             }
         }
         Ok(())
+    }
+
+    /// Drops what remote entries of `vni` hold of `mac` and `ips`, for a
+    /// local endpoint taking them over.
+    fn evict_remote(&mut self, vni: Vni, mac: MacAddr, ips: &[IpAddr]) {
+        let Some(t) = self.vnis.get_mut(&vni) else {
+            return;
+        };
+        if matches!(t.macs.get(&mac), Some(Dest::Remote(_))) {
+            t.macs.remove(&mac);
+            t.ips.retain(|_, m| *m != mac);
+        }
+        for ip in ips {
+            if let Some(owner) = t.ips.get(ip).copied() {
+                if matches!(t.macs.get(&owner), Some(Dest::Remote(_))) {
+                    t.ips.remove(ip);
+                }
+            }
+        }
     }
 
     /// Checks that a local endpoint could be added, without adding it.
@@ -309,10 +355,11 @@ impl Fdb {
                 return Err(FdbError::PortOnOtherVni { port, vni: p.vni });
             }
         }
-        self.check_new(vni, mac, ips, None)
+        self.check_new(vni, mac, ips, true)
     }
 
-    /// Adds an endpoint behind local `port`.
+    /// Adds an endpoint behind local `port`. Remote entries with the same
+    /// MAC or addresses are dropped: the local endpoint wins.
     pub fn add_local(
         &mut self,
         port: PortId,
@@ -321,6 +368,7 @@ impl Fdb {
         ips: &[IpAddr],
     ) -> Result<(), FdbError> {
         self.check_local(port, vni, mac, ips)?;
+        self.evict_remote(vni, mac, ips);
         let idx = port as usize;
         if self.ports.len() <= idx {
             self.ports.resize(idx + 1, None);
@@ -366,7 +414,10 @@ impl Fdb {
         }
     }
 
-    /// Adds or replaces a remote endpoint.
+    /// Adds a remote endpoint, or adds `ips` to the one `mac` has (an
+    /// endpoint's addresses may arrive one at a time) and moves it to
+    /// `vtep`. Addresses other remote MACs held move to `mac`; what a local
+    /// endpoint holds is refused.
     pub fn add_remote(
         &mut self,
         vni: Vni,
@@ -374,13 +425,8 @@ impl Fdb {
         ips: &[IpAddr],
         vtep: IpAddr,
     ) -> Result<(), FdbError> {
-        let replacing = match self.vnis.get(&vni).and_then(|t| t.macs.get(&mac)) {
-            Some(Dest::Remote(_)) => Some(mac),
-            _ => None,
-        };
-        self.check_new(vni, mac, ips, replacing)?;
+        self.check_new(vni, mac, ips, false)?;
         let t = self.vnis.entry(vni).or_default();
-        t.ips.retain(|_, m| *m != mac);
         t.macs.insert(mac, Dest::Remote(vtep));
         for ip in ips {
             t.ips.insert(*ip, mac);
@@ -388,22 +434,31 @@ impl Fdb {
         Ok(())
     }
 
-    pub fn remove_remote(&mut self, vni: Vni, mac: MacAddr) -> Result<(), FdbError> {
+    /// Removes a remote endpoint (`ips` empty), or only some of its
+    /// addresses.
+    pub fn remove_remote(
+        &mut self,
+        vni: Vni,
+        mac: MacAddr,
+        ips: &[IpAddr],
+    ) -> Result<(), FdbError> {
         let t = self
             .vnis
             .get_mut(&vni)
             .ok_or(FdbError::NoSuchPeer { vni, mac })?;
-        match t.macs.get(&mac) {
-            Some(Dest::Remote(_)) => {
-                t.macs.remove(&mac);
-                t.ips.retain(|_, m| *m != mac);
-                if t.is_unused() {
-                    self.vnis.remove(&vni);
-                }
-                Ok(())
-            }
-            _ => Err(FdbError::NoSuchPeer { vni, mac }),
+        if !matches!(t.macs.get(&mac), Some(Dest::Remote(_))) {
+            return Err(FdbError::NoSuchPeer { vni, mac });
         }
+        if ips.is_empty() {
+            t.macs.remove(&mac);
+            t.ips.retain(|_, m| *m != mac);
+        } else {
+            t.ips.retain(|ip, m| *m != mac || !ips.contains(ip));
+        }
+        if t.is_unused() {
+            self.vnis.remove(&vni);
+        }
+        Ok(())
     }
 
     /// Adds a service, or replaces the one with the same VIP (its whole
@@ -529,6 +584,65 @@ mod tests {
     }
 
     #[test]
+    fn remote_addresses_accumulate_and_leave_one_by_one() {
+        let mut f = Fdb::default();
+        let vtep = ip("192.0.2.2");
+        f.add_remote(vni(7), mac(3), &[ip("10.0.0.3")], vtep)
+            .unwrap();
+        // The IPv6 address arrives later: the IPv4 one stays.
+        f.add_remote(vni(7), mac(3), &[ip("fd00::3")], vtep)
+            .unwrap();
+        let t = f.vni(vni(7)).unwrap();
+        assert_eq!(t.ips[&ip("10.0.0.3")], mac(3));
+        assert_eq!(t.ips[&ip("fd00::3")], mac(3));
+        f.remove_remote(vni(7), mac(3), &[ip("fd00::3")]).unwrap();
+        let t = f.vni(vni(7)).unwrap();
+        assert!(t.ips.contains_key(&ip("10.0.0.3")));
+        assert!(!t.ips.contains_key(&ip("fd00::3")));
+        assert!(t.macs.contains_key(&mac(3)));
+        f.remove_remote(vni(7), mac(3), &[]).unwrap();
+        assert!(f.vni(vni(7)).is_none());
+    }
+
+    #[test]
+    fn an_address_moves_to_a_new_mac() {
+        let mut f = Fdb::default();
+        f.add_remote(vni(7), mac(3), &[ip("10.0.0.3")], ip("192.0.2.2"))
+            .unwrap();
+        f.add_remote(vni(7), mac(9), &[ip("10.0.0.3")], ip("192.0.2.4"))
+            .unwrap();
+        let t = f.vni(vni(7)).unwrap();
+        assert_eq!(t.ips[&ip("10.0.0.3")], mac(9));
+    }
+
+    #[test]
+    fn a_local_endpoint_wins_over_remote_entries() {
+        let mut f = Fdb::default();
+        // The container left host2 and came back here with the same
+        // address and MAC before host2's withdrawal arrived.
+        f.add_remote(vni(7), mac(3), &[ip("10.0.0.3")], ip("192.0.2.2"))
+            .unwrap();
+        f.add_remote(vni(7), mac(4), &[ip("10.0.0.4")], ip("192.0.2.2"))
+            .unwrap();
+        f.add_local(0, vni(7), mac(3), &[ip("10.0.0.3")]).unwrap();
+        // Another MAC's address taken over too.
+        f.add_local(1, vni(7), mac(5), &[ip("10.0.0.4")]).unwrap();
+        let t = f.vni(vni(7)).unwrap();
+        assert_eq!(t.macs[&mac(3)], Dest::Local(0));
+        assert_eq!(t.ips[&ip("10.0.0.3")], mac(3));
+        assert_eq!(t.ips[&ip("10.0.0.4")], mac(5));
+        // And a late remote record cannot take them back.
+        assert!(matches!(
+            f.add_remote(vni(7), mac(3), &[], ip("192.0.2.2")),
+            Err(FdbError::MacInUse { .. })
+        ));
+        assert!(matches!(
+            f.add_remote(vni(7), mac(8), &[ip("10.0.0.4")], ip("192.0.2.2")),
+            Err(FdbError::IpInUse { .. })
+        ));
+    }
+
+    #[test]
     fn conflicts_change_nothing() {
         let mut f = Fdb::default();
         f.add_local(0, vni(7), mac(2), &[ip("10.0.0.2")]).unwrap();
@@ -547,7 +661,7 @@ mod tests {
         ));
         assert!(f.add_local(1, vni(7), MacAddr::BROADCAST, &[]).is_err());
         assert!(
-            f.remove_remote(vni(7), mac(2)).is_err(),
+            f.remove_remote(vni(7), mac(2), &[]).is_err(),
             "a local endpoint is not a peer"
         );
         assert_eq!(before, format!("{f:?}"));

@@ -3,15 +3,18 @@
 //! packet path, and published in the forwarding table like any FDB change;
 //! flow listings are read from the workers' conntrack tables between their
 //! batches.
-use super::Dataplane;
-use crate::api::{BackendInfo, ConntrackEntry, ConntrackReport, ServiceInfo, ServiceSpec};
+use super::{Dataplane, R};
 use crate::worker::Command;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
+use vxnet_api::dp::{
+    BackendInfo, ConntrackEntry, ConntrackReport, FlowProto, FlowState, ServiceInfo, ServiceSet,
+};
+use vxnet_api::{ApiError, ErrorCode};
 use vxnet_proto::engine::Engine;
-use vxnet_proto::lb::conntrack::FlowInfo;
+use vxnet_proto::lb::conntrack::{FlowInfo, State};
 use vxnet_proto::lb::service::{Backend, MAX_BACKENDS, Service};
 use vxnet_proto::wire::Vni;
 
@@ -21,19 +24,19 @@ const DEFAULT_LIMIT: usize = 1000;
 const WORKER_ANSWER: Duration = Duration::from_secs(2);
 
 impl Dataplane {
-    pub(super) fn service_set(&self, spec: ServiceSpec) -> Result<(), String> {
+    pub(super) fn service_set(&self, spec: ServiceSet) -> R<()> {
         let workers = self.stats.len();
         if workers > 1 {
-            return Err(format!(
+            return Err(ApiError::precondition(format!(
                 "services need a dataplane with one worker (--workers 1); this one runs {workers}: \
                  conntrack is kept per worker, and a reply could reach another worker than its flow's"
-            ));
+            )));
         }
         if spec.backends.len() > MAX_BACKENDS {
-            return Err(format!(
+            return Err(ApiError::invalid(format!(
                 "{} backends; a service has at most {MAX_BACKENDS}",
                 spec.backends.len()
-            ));
+            )));
         }
         let backends = {
             let st = self.lock();
@@ -43,27 +46,33 @@ impl Dataplane {
                 .map(|b| {
                     let known = table.and_then(|t| t.ips.get(&b.ip)).copied();
                     let mac = b.mac.or(known).ok_or_else(|| {
-                        format!(
+                        ApiError::invalid(format!(
                             "backend {} has no known MAC on VNI {}: give it as IP,MAC, or attach or peer-add that endpoint first",
                             b.ip, spec.vni
-                        )
+                        ))
                     })?;
                     Ok(Backend { ip: b.ip, mac })
                 })
-                .collect::<Result<Vec<_>, String>>()?
+                .collect::<R<Vec<_>>>()?
         };
         // The Maglev table is built outside the state lock.
-        let service =
-            Service::new(spec.vip, backends, self.cfg.maglev_size).map_err(|e| e.to_string())?;
-        self.edit_fdb(|f| f.set_service(spec.vni, Arc::new(service)))
+        let service = Service::new(spec.vip, backends, self.cfg.maglev_size)
+            .map_err(|e| ApiError::invalid(e.to_string()))?;
+        self.edit_fdb(|f| f.set_service(spec.vni, Arc::new(service)))?;
+        self.lock()
+            .service_owners
+            .insert((spec.vni, spec.vip), spec.owner);
+        Ok(())
     }
 
-    pub(super) fn service_del(&self, vni: Vni, vip: IpAddr) -> Result<(), String> {
-        self.edit_fdb(|f| f.remove_service(vni, vip).map(|_| ()))
+    pub(super) fn service_del(&self, vni: Vni, vip: IpAddr) -> R<()> {
+        self.edit_fdb(|f| f.remove_service(vni, vip).map(|_| ()))?;
+        self.lock().service_owners.remove(&(vni, vip));
+        Ok(())
     }
 
     /// Services (of `only`, or all), with flows per backend.
-    pub(super) fn services(&self, only: Option<Vni>) -> Result<Vec<ServiceInfo>, String> {
+    pub(super) fn services(&self, only: Option<Vni>) -> R<Vec<ServiceInfo>> {
         let counts: Vec<HashMap<(u32, IpAddr, IpAddr), usize>> = self.ask_workers(|e| {
             let mut m = HashMap::new();
             for f in e.flows() {
@@ -95,6 +104,11 @@ impl Dataplane {
                             flows: flows(vni, s.vip(), b.ip),
                         })
                         .collect(),
+                    owner: st
+                        .service_owners
+                        .get(&(vni, s.vip()))
+                        .copied()
+                        .unwrap_or_default(),
                 });
             }
         }
@@ -103,11 +117,7 @@ impl Dataplane {
     }
 
     /// Tracked flows (of `only`, or all), the first `limit` in order.
-    pub(super) fn conntrack(
-        &self,
-        only: Option<Vni>,
-        limit: Option<usize>,
-    ) -> Result<ConntrackReport, String> {
+    pub(super) fn conntrack(&self, only: Option<Vni>, limit: Option<usize>) -> R<ConntrackReport> {
         let mut all: Vec<FlowInfo> = self
             .ask_workers(move |e| {
                 e.flows()
@@ -141,7 +151,7 @@ impl Dataplane {
     fn ask_workers<T: Send + 'static>(
         &self,
         f: impl Fn(&Engine) -> T + Send + Sync + 'static,
-    ) -> Result<Vec<T>, String> {
+    ) -> R<Vec<T>> {
         let f = Arc::new(f);
         let workers = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
         let (tx, rx) = crossbeam_channel::bounded(workers.len());
@@ -153,8 +163,12 @@ impl Dataplane {
         }
         (0..workers.len())
             .map(|_| {
-                rx.recv_timeout(WORKER_ANSWER)
-                    .map_err(|_| "a worker did not answer in time; try again".to_string())
+                rx.recv_timeout(WORKER_ANSWER).map_err(|_| {
+                    ApiError::new(
+                        ErrorCode::Timeout,
+                        "a worker did not answer in time; try again",
+                    )
+                })
             })
             .collect()
     }
@@ -164,16 +178,24 @@ fn entry(f: FlowInfo) -> Option<ConntrackEntry> {
     Some(ConntrackEntry {
         vni: Vni::new(f.key.vni)?,
         proto: match f.key.proto {
-            6 => "tcp".into(),
-            17 => "udp".into(),
-            p => p.to_string(),
+            6 => FlowProto::Tcp,
+            17 => FlowProto::Udp,
+            _ => return None,
         },
         client: f.key.src,
         client_port: f.key.sport,
         vip: f.key.dst,
         port: f.key.dport,
         backend: f.backend,
-        state: f.state.name().into(),
+        state: match f.state {
+            State::SynSent => FlowState::SynSent,
+            State::Established => FlowState::Established,
+            State::Closing => FlowState::Closing,
+            State::Closed => FlowState::Closed,
+            State::UdpUnreplied => FlowState::Unreplied,
+            State::UdpReplied => FlowState::Replied,
+            State::UdpAssured => FlowState::Assured,
+        },
         age_secs: f.age.as_secs_f64(),
         idle_secs: f.idle.as_secs_f64(),
         expires_secs: f.expires_in.as_secs_f64(),
@@ -185,9 +207,10 @@ fn entry(f: FlowInfo) -> Option<ConntrackEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{BackendSpec, Peer, Request};
     use crate::control::Config;
     use crate::worker::PollMode;
+    use vxnet_api::dp::{BackendSpec, Owner, PeerAdd, Request, ServiceDel};
+    use vxnet_api::{Response, dp};
     use vxnet_proto::crypto::OsRng;
     use vxnet_proto::crypto::keys::StaticKeypair;
     use vxnet_proto::lb::conntrack::ConntrackConfig;
@@ -219,8 +242,20 @@ mod tests {
         Vni::new(4096).unwrap()
     }
 
-    fn set(dp: &Dataplane, vip: &str, backends: &[(&str, Option<&str>)]) -> Result<(), String> {
-        let spec = ServiceSpec {
+    /// The refusal's code and message, or `Ok`.
+    fn outcome(r: Response) -> Result<(), (ErrorCode, String)> {
+        match r.error {
+            None => Ok(()),
+            Some(e) => Err((e.code, e.message)),
+        }
+    }
+
+    fn set(
+        dp: &Dataplane,
+        vip: &str,
+        backends: &[(&str, Option<&str>)],
+    ) -> Result<(), (ErrorCode, String)> {
+        let spec = ServiceSet {
             vni: vni(),
             vip: vip.parse().unwrap(),
             backends: backends
@@ -230,48 +265,74 @@ mod tests {
                     mac: mac.map(|m| m.parse::<MacAddr>().unwrap()),
                 })
                 .collect(),
+            owner: Owner::Control,
         };
-        let r = dp.handle(Request::ServiceSet(spec));
-        if r.ok {
-            Ok(())
-        } else {
-            Err(r.error.unwrap_or_default())
-        }
+        outcome(dp.handle(Request::ServiceSet(spec)))
+    }
+
+    fn peer(mac: &str, ip: &str) -> Request {
+        Request::PeerAdd(PeerAdd {
+            vni: vni(),
+            mac: mac.parse().unwrap(),
+            ips: vec![ip.parse().unwrap()],
+            vtep: "127.0.0.2".parse().unwrap(),
+            owner: Owner::User,
+        })
+    }
+
+    fn del(vip: &str) -> Request {
+        Request::ServiceDel(ServiceDel {
+            vni: vni(),
+            vip: vip.parse().unwrap(),
+        })
     }
 
     #[test]
     fn services_are_validated_listed_and_removed() {
         let dp = dataplane(1);
-        let peer = Peer {
-            vni: vni(),
-            mac: "02:42:0a:00:00:03".parse().unwrap(),
-            ips: vec!["10.0.0.3".parse().unwrap()],
-            vtep: "127.0.0.2".parse().unwrap(),
-        };
-        assert!(dp.handle(Request::PeerAdd(peer)).ok);
-        // Refusals say what to fix, and change nothing.
-        for (vip, backends, want) in [
-            ("10.0.0.3", vec![], "already used on VNI 4096"),
-            ("10.0.0.100", vec![("10.0.0.9", None)], "no known MAC"),
+        outcome(dp.handle(peer("02:42:0a:00:00:03", "10.0.0.3"))).unwrap();
+        // Refusals say what to fix, carry a code, and change nothing.
+        for (vip, backends, code, want) in [
+            (
+                "10.0.0.3",
+                vec![],
+                ErrorCode::AlreadyExists,
+                "already used on VNI 4096",
+            ),
+            (
+                "10.0.0.100",
+                vec![("10.0.0.9", None)],
+                ErrorCode::InvalidArgument,
+                "no known MAC",
+            ),
             (
                 "10.0.0.100",
                 vec![("10.0.0.3", Some("02:42:0a:00:00:09"))],
+                ErrorCode::InvalidArgument,
                 "knows 10.0.0.3 at 02:42:0a:00:00:03",
             ),
             (
                 "10.0.0.100",
                 vec![("10.0.0.3", None), ("10.0.0.3", None)],
+                ErrorCode::InvalidArgument,
                 "listed twice",
             ),
             (
                 "10.0.0.100",
                 vec![("fd00::3", Some("02:42:0a:00:00:03"))],
+                ErrorCode::InvalidArgument,
                 "address families",
             ),
-            ("255.255.255.255", vec![], "not a unicast address"),
+            (
+                "255.255.255.255",
+                vec![],
+                ErrorCode::InvalidArgument,
+                "not a unicast address",
+            ),
         ] {
-            let e = set(&dp, vip, &backends).unwrap_err();
+            let (c, e) = set(&dp, vip, &backends).unwrap_err();
             assert!(e.contains(want), "{vip} {backends:?}: {e}");
+            assert_eq!(c, code, "{e}");
         }
         assert!(dp.services(None).unwrap().is_empty());
         // The MAC comes from the FDB when not given.
@@ -281,49 +342,34 @@ mod tests {
             &[("10.0.0.3", None), ("10.0.0.4", Some("02:42:0a:00:00:04"))],
         )
         .unwrap();
-        let list = dp.services(None).unwrap();
+        let list = Response::of::<dp::Services>(dp.services(None))
+            .decode::<dp::Services>()
+            .unwrap();
         assert_eq!(list.len(), 1);
         let s = &list[0];
         assert_eq!(s.mac.to_string(), "06:56:0a:00:00:64");
-        assert_eq!(s.table_size, 251);
+        assert_eq!((s.table_size, s.owner), (251, Owner::Control));
         let macs: Vec<String> = s.backends.iter().map(|b| b.mac.to_string()).collect();
         assert_eq!(macs, ["02:42:0a:00:00:03", "02:42:0a:00:00:04"]);
         assert!(s.backends.iter().all(|b| b.flows == 0));
         // An endpoint may not take the VIP now.
-        let clash = Peer {
-            vni: vni(),
-            mac: "02:42:0a:00:00:05".parse().unwrap(),
-            ips: vec!["10.0.0.100".parse().unwrap()],
-            vtep: "127.0.0.2".parse().unwrap(),
-        };
-        let r = dp.handle(Request::PeerAdd(clash));
-        assert!(!r.ok && r.error.unwrap_or_default().contains("VIP"));
+        let (c, e) = outcome(dp.handle(peer("02:42:0a:00:00:05", "10.0.0.100"))).unwrap_err();
+        assert!(e.contains("VIP") && c == ErrorCode::AlreadyExists, "{e}");
         let ct = dp.conntrack(None, None).unwrap();
         assert_eq!((ct.total, ct.entries.len()), (0, 0));
-        assert!(
-            dp.handle(Request::ServiceDel {
-                vni: vni(),
-                vip: "10.0.0.100".parse().unwrap()
-            })
-            .ok
-        );
-        let r = dp.handle(Request::ServiceDel {
-            vni: vni(),
-            vip: "10.0.0.100".parse().unwrap(),
-        });
-        assert!(
-            r.error
-                .unwrap_or_default()
-                .contains("no service has VIP 10.0.0.100")
-        );
+        outcome(dp.handle(del("10.0.0.100"))).unwrap();
+        let (c, e) = outcome(dp.handle(del("10.0.0.100"))).unwrap_err();
+        assert_eq!(c, ErrorCode::NotFound);
+        assert!(e.contains("no service has VIP 10.0.0.100"), "{e}");
         dp.shutdown();
     }
 
     #[test]
     fn more_than_one_worker_is_refused() {
         let dp = dataplane(2);
-        let e = set(&dp, "10.0.0.100", &[]).unwrap_err();
+        let (c, e) = set(&dp, "10.0.0.100", &[]).unwrap_err();
         assert!(e.contains("--workers 1"), "{e}");
+        assert_eq!(c, ErrorCode::FailedPrecondition);
         assert!(dp.services(None).unwrap().is_empty());
         dp.shutdown();
     }

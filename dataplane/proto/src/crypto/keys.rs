@@ -45,8 +45,24 @@ use super::sa::SaKey;
 pub const PROTOCOL_LABEL: &[u8] = b"vxnet-esp-v1";
 
 /// An X25519 public key (32 bytes), shown as standard base64 (44 chars).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
 pub struct PublicKey([u8; 32]);
+
+impl TryFrom<String> for PublicKey {
+    type Error = KeyParseError;
+    fn try_from(s: String) -> Result<Self, KeyParseError> {
+        s.parse()
+    }
+}
+
+impl From<PublicKey> for String {
+    fn from(k: PublicKey) -> String {
+        k.to_string()
+    }
+}
 
 impl PublicKey {
     /// From raw bytes.

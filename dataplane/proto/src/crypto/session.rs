@@ -56,9 +56,29 @@
 //! exponential backoff until a RESP arrives; RESP is retransmitted until the
 //! switch (a duplicate RESP for a completed handshake is answered with
 //! CONFIRM again). When both sides send INIT at once, the side with the
-//! larger static public key stays initiator and ignores the other's INIT; the
-//! other abandons its own and answers. Ephemeral secrets are dropped (wiped)
-//! as soon as the generation's PRK is derived.
+//! larger static public key stays initiator and answers the other's INIT only
+//! by sending its own INIT again (see below); the other abandons its own and
+//! answers. Ephemeral secrets are dropped (wiped) as soon as the
+//! generation's PRK is derived.
+//!
+//! # Hosts configured at different times
+//!
+//! Each host starts its first handshake when it is told the peer's key
+//! (`vxnet dp vtep add`). An INIT that reaches a host before that is dropped
+//! by the engine (control messages from a host without a session count as
+//! `bad_control`): a host whose key we do not know can never make us install
+//! an SA. When the second host is configured, it sends its own INIT. If the
+//! first host has the smaller key, it yields and answers as in a collision.
+//! If it has the larger key, it would ignore that INIT and wait for its own
+//! next retry, which backoff may have pushed tens of seconds away; instead
+//! it sends its pending INIT again at once, since an authenticated fresh INIT
+//! proves the peer now knows us. The copy is the same handshake (generation,
+//! timestamp and ephemeral; only the nonce differs), so a peer that did
+//! receive the original drops it as stale; and the peer's INIT is recorded
+//! as seen, so a replay of it makes us send nothing. The pair has SAs
+//! within a few round trips of the second `vtep add`, and, thanks to the
+//! short first retry interval ([`SessionConfig::handshake_timeout`]),
+//! within one retry interval more when one message is lost.
 //!
 //! Limits, stated rather than handled: SPIs are 31-bit random values per
 //! (generation, VNI, direction); if two live SAs of one peer collided
@@ -103,7 +123,10 @@ pub struct SessionConfig {
     /// Start a new generation when an outbound SA has sent this many packets
     /// (far below [`super::sa::SEQ_HARD_LIMIT`]).
     pub rekey_after_packets: u64,
-    /// First retry interval for INIT and RESP; doubles per retry.
+    /// First retry interval for INIT and RESP; doubles per retry. Short, so
+    /// that one lost message costs well under a second on a fresh pair (the
+    /// path must be up within 1 s of both hosts being configured); on a path
+    /// whose round trip is longer, the doubling soon exceeds it.
     pub handshake_timeout: Duration,
     /// Cap of the retry backoff.
     pub max_retry_interval: Duration,
@@ -122,7 +145,7 @@ impl Default for SessionConfig {
         SessionConfig {
             rekey_interval: Duration::from_secs(12 * 3600),
             rekey_after_packets: 1 << 40,
-            handshake_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_millis(250),
             max_retry_interval: Duration::from_secs(60),
             max_resp_retries: 6,
             grace: Duration::from_secs(10),
@@ -632,7 +655,17 @@ impl Session {
         }
         if self.initiating.is_some() {
             if self.preferred {
-                // Simultaneous INIT: we stay initiator; the peer will answer ours.
+                // Simultaneous INIT: we stay initiator; the peer will answer
+                // ours. It may never have seen ours, though: an INIT that
+                // reached it before it had our key was dropped there, and
+                // our next retry may be far off. This authenticated INIT
+                // proves it knows us now, so send ours again at once (the
+                // same generation, timestamp and ephemeral: a peer that did
+                // get it drops the copy as stale). Taking the peer's INIT as
+                // seen makes a replayed copy stale, so it cannot make us
+                // send again.
+                self.last_peer_init_ts = ts;
+                self.queue_init();
                 return Ok(());
             }
             // We yield: drop our pending INIT (wiping its ephemeral). Should

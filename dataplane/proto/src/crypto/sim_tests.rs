@@ -1,7 +1,9 @@
 //! Deterministic simulation of two hosts rotating keys while traffic flows
 //! (quinn `tests/util.rs` style): an in-memory network with per-message
 //! delays drawn from a seeded RNG (so packets reorder), a virtual clock, and
-//! hooks to drop or tamper with control messages.
+//! hooks to drop or tamper with control messages. A host can also be left
+//! unconfigured (no `vtep add` for its peer yet): it then drops whatever
+//! the peer sends, as the engine drops control messages from an unknown host.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -49,6 +51,10 @@ struct Sim {
     data_errors: Vec<(usize, CryptoError, Duration)>,
     control_errors: Vec<(usize, CryptoError)>,
     control_log: Vec<(usize, Vec<u8>)>,
+    /// Whether the node has its session (`vtep add` done).
+    configured: [bool; 2],
+    /// Messages a node dropped because it had no session for the sender.
+    unknown_host_drops: [u64; 2],
 }
 
 fn session(
@@ -78,6 +84,33 @@ impl Sim {
             StaticKeypair::generate(&mut rng),
             StaticKeypair::generate(&mut rng),
         ];
+        Sim::with_keys(seed, config, rng, keys)
+    }
+
+    /// [`Sim::new`] with the larger static key (the side that wins
+    /// simultaneous INITs) on node `larger`.
+    fn with_larger_key(seed: u64, config: SessionConfig, larger: usize) -> Sim {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let [a, b] = [
+            StaticKeypair::generate(&mut rng),
+            StaticKeypair::generate(&mut rng),
+        ];
+        let keys = if (a.public() > b.public()) == (larger == 0) {
+            [a, b]
+        } else {
+            [b, a]
+        };
+        let sim = Sim::with_keys(seed, config, rng, keys);
+        assert_eq!(sim.larger(), larger);
+        sim
+    }
+
+    fn with_keys(
+        seed: u64,
+        config: SessionConfig,
+        rng: ChaCha20Rng,
+        keys: [StaticKeypair; 2],
+    ) -> Sim {
         let base = Instant::now();
         let nodes = [
             session(&config, &keys[0], &keys[1], base, WALL_BASE_NS, seed + 1),
@@ -100,7 +133,27 @@ impl Sim {
             data_errors: Vec::new(),
             control_errors: Vec::new(),
             control_log: Vec::new(),
+            configured: [true; 2],
+            unknown_host_drops: [0; 2],
         }
+    }
+
+    /// The node with the larger static key.
+    fn larger(&self) -> usize {
+        usize::from(self.keys[1].public() > self.keys[0].public())
+    }
+
+    /// Takes `node`'s session away, as before `vtep add` for its peer: it
+    /// sends nothing and drops everything it receives.
+    fn unconfigure(&mut self, node: usize) {
+        self.configured[node] = false;
+    }
+
+    /// `vtep add` on `node`: a new session created now, which handles what
+    /// arrives from now on.
+    fn configure(&mut self, node: usize, seed: u64) {
+        self.new_session(node, seed);
+        self.configured[node] = true;
     }
 
     fn send(&mut self, to: usize, msg: Msg) {
@@ -111,7 +164,8 @@ impl Sim {
     }
 
     fn flush_transmits(&mut self) {
-        for from in 0..2 {
+        let configured = self.configured;
+        for from in (0..2).filter(|&n| configured[n]) {
             while let Some(m) = self.nodes[from].poll_transmit() {
                 let dropped = self.drop_control.as_mut().is_some_and(|f| f(from, &m));
                 self.control_log.push((from, m.clone()));
@@ -128,6 +182,10 @@ impl Sim {
                 break;
             }
             let (to, msg) = self.in_flight.remove(&(at, id)).unwrap();
+            if !self.configured[to] {
+                self.unknown_host_drops[to] += 1;
+                continue;
+            }
             match msg {
                 Msg::Control(m) => {
                     if let Err(e) = self.nodes[to].handle_message(self.now, &m) {
@@ -157,7 +215,8 @@ impl Sim {
     /// (alternating), timers run, messages whose time has come arrive.
     fn step(&mut self) {
         self.now += Duration::from_millis(1);
-        for from in 0..2 {
+        let configured = self.configured;
+        for from in (0..2).filter(|&n| configured[n]) {
             if let Some(t) = self.nodes[from].poll_timeout() {
                 if t <= self.now {
                     self.nodes[from].handle_timeout(self.now);
@@ -166,7 +225,7 @@ impl Sim {
         }
         self.flush_transmits();
         if self.traffic {
-            for from in 0..2 {
+            for from in (0..2).filter(|&n| configured[n]) {
                 let counter = self.counters[from];
                 let vni = VNIS[(counter % 2) as usize];
                 let mut buf = vec![0u8; HEADER_LEN + PAYLOAD + MAX_TRAILER];
@@ -211,6 +270,14 @@ impl Sim {
         cond(self)
     }
 
+    /// Every control message dropped was stale (left over from a collision
+    /// or a retry); none failed authentication.
+    fn only_stale_control_errors(&self) -> bool {
+        self.control_errors
+            .iter()
+            .all(|(_, e)| *e == CryptoError::StaleControlMessage)
+    }
+
     fn both_on_same_generation(&self) -> bool {
         let g = self.nodes[0].generation();
         g != 0
@@ -219,7 +286,13 @@ impl Sim {
             && !self.nodes[1].is_rotating()
     }
 
+    /// A new session on `node`; what was in flight to the old one is lost.
     fn restart(&mut self, node: usize, seed: u64) {
+        self.new_session(node, seed);
+        self.in_flight.retain(|_, (to, _)| *to != node);
+    }
+
+    fn new_session(&mut self, node: usize, seed: u64) {
         let wall = WALL_BASE_NS + (self.now - self.base).as_nanos() as u64;
         self.nodes[node] = session(
             &self.config,
@@ -229,12 +302,26 @@ impl Sim {
             wall,
             seed,
         );
-        self.in_flight.retain(|_, (to, _)| *to != node);
     }
 }
 
 fn msg_type(m: &[u8]) -> u8 {
     m[5]
+}
+
+/// An INIT to the host with key `to` from a third host (another static key).
+fn forged_init(to: &StaticKeypair, now: Instant, seed: u64) -> Vec<u8> {
+    let mallory = StaticKeypair::generate(&mut ChaCha20Rng::seed_from_u64(seed));
+    let mut m = session(
+        &SessionConfig::default(),
+        &mallory,
+        to,
+        now,
+        WALL_BASE_NS * 2,
+        seed + 1,
+    );
+    m.handle_timeout(now);
+    m.poll_transmit().expect("a new session sends INIT at once")
 }
 
 #[test]
@@ -272,13 +359,17 @@ fn simultaneous_first_init_resolved_by_larger_key() {
     let mut sim = Sim::new(2, SessionConfig::default());
     sim.max_delay_us = 500;
     assert!(sim.run_until(Duration::from_millis(50), Sim::both_on_same_generation));
-    let inits: Vec<usize> = sim
+    // The larger key may send its INIT once more on the peer's INIT (the
+    // same timestamp, dropped as stale by the peer): two distinct INITs.
+    let mut inits: Vec<(usize, &[u8])> = sim
         .control_log
         .iter()
         .filter(|(_, m)| msg_type(m) == 1)
-        .map(|(f, _)| *f)
+        .map(|(f, m)| (*f, &m[12..20]))
         .collect();
-    assert_eq!(inits.len(), 2, "both sent INIT");
+    inits.sort_unstable();
+    inits.dedup();
+    assert_eq!(inits.len(), 2, "both sent INIT: {inits:?}");
     let resps: Vec<usize> = sim
         .control_log
         .iter()
@@ -344,9 +435,7 @@ fn twenty_rotations_under_traffic_lose_nothing() {
         );
         // Collisions may leave stale messages; nothing may fail authentication.
         assert!(
-            sim.control_errors
-                .iter()
-                .all(|(_, e)| *e == CryptoError::StaleControlMessage),
+            sim.only_stale_control_errors(),
             "seed {seed}: {:?}",
             sim.control_errors
         );
@@ -546,18 +635,7 @@ fn tampered_reflected_and_replayed_control_messages_rejected() {
     assert!(!sim.nodes[1].is_rotating());
     assert_eq!(sim.nodes[1].generation(), g_after);
     // Control messages from a third host (other static key) are rejected.
-    let mut rng = ChaCha20Rng::seed_from_u64(99);
-    let mallory = StaticKeypair::generate(&mut rng);
-    let mut m = session(
-        &SessionConfig::default(),
-        &mallory,
-        &sim.keys[1],
-        now,
-        WALL_BASE_NS * 2,
-        9,
-    );
-    m.handle_timeout(now);
-    let forged = m.poll_transmit().unwrap();
+    let forged = forged_init(&sim.keys[1], now, 99);
     assert_eq!(
         sim.nodes[1].handle_message(now, &forged),
         Err(CryptoError::BadControlMessage)
@@ -709,4 +787,195 @@ fn old_generation_accepted_during_grace_only() {
         Err(CryptoError::UnknownSpi)
     );
     assert!(sim.data_errors.is_empty(), "{:?}", sim.data_errors);
+}
+
+// ---- hosts configured at different times (issue 8, item 8) --------------
+
+/// The encrypted path must be up this soon after the second host's `vtep add`.
+const UP_WITHIN: Duration = Duration::from_secs(1);
+
+/// Node `first` gets its session (`vtep add`) at t = 0 and sends its INIT
+/// to a host that does not know it yet; the other node is configured `gap`
+/// later. With `lose = Some(k)`, the k-th control message sent by either side
+/// from then on is lost. Asserts that within [`UP_WITHIN`] of the second
+/// `vtep add` each side opened a packet the other sealed, that the pair then
+/// settles on one generation, and that nothing failed to open or
+/// authenticate; returns how long that took.
+fn late_configuration(
+    seed: u64,
+    larger: usize,
+    first: usize,
+    gap: Duration,
+    lose: Option<usize>,
+) -> Duration {
+    let mut sim = Sim::with_larger_key(seed, SessionConfig::default(), larger);
+    let second = 1 - first;
+    let case = format!(
+        "seed {seed}: node {first} configured {gap:?} before node {second}, \
+         larger key on node {larger}, control message {lose:?} lost"
+    );
+    sim.unconfigure(second);
+    sim.run(gap);
+    if gap >= Duration::from_micros(sim.max_delay_us) + Duration::from_millis(2) {
+        assert!(
+            sim.unknown_host_drops[second] > 0,
+            "{case}: the first INIT should have reached the unconfigured host"
+        );
+    }
+    if let Some(k) = lose {
+        let mut sent = 0;
+        sim.drop_control = Some(Box::new(move |_, _| {
+            sent += 1;
+            sent == k + 1
+        }));
+    }
+    sim.configure(second, seed + 100);
+    let start = sim.now;
+    let up = sim.run_until(UP_WITHIN, |s| s.opened[0] > 0 && s.opened[1] > 0);
+    let took = sim.now - start;
+    assert!(
+        up,
+        "{case}: no SA both ways {took:?} after the second vtep add: {:?} {:?}, \
+         opened {:?}, control errors {:?}",
+        sim.nodes[0], sim.nodes[1], sim.opened, sim.control_errors
+    );
+    assert!(
+        sim.run_until(Duration::from_secs(1), Sim::both_on_same_generation),
+        "{case}: {:?} {:?}",
+        sim.nodes[0],
+        sim.nodes[1]
+    );
+    sim.run(Duration::from_millis(100));
+    assert!(sim.data_errors.is_empty(), "{case}: {:?}", sim.data_errors);
+    assert!(
+        sim.only_stale_control_errors(),
+        "{case}: {:?}",
+        sim.control_errors
+    );
+    took
+}
+
+fn report(test: &str, times: &[Duration]) {
+    let max = times.iter().max().copied().unwrap_or_default();
+    let mean = times.iter().sum::<Duration>() / u32::try_from(times.len()).unwrap_or(1).max(1);
+    eprintln!(
+        "{test}: SA both ways after the second vtep add in {} runs: mean {mean:?}, max {max:?}",
+        times.len()
+    );
+}
+
+/// Gaps after which the first host's INIT has long been dropped by the
+/// other (12 s: it is waiting for a backed-off retry).
+const LATE_GAPS: [Duration; 3] = [
+    Duration::from_millis(10),
+    Duration::from_secs(2),
+    Duration::from_secs(12),
+];
+
+/// Node `first` configured each of [`LATE_GAPS`] before the other, with
+/// either node holding the larger key.
+fn configured_in_turn(first: usize, seed: u64) -> Vec<Duration> {
+    let mut times = Vec::new();
+    for larger in [0, 1] {
+        for gap in LATE_GAPS {
+            times.push(late_configuration(
+                seed + larger as u64,
+                larger,
+                first,
+                gap,
+                None,
+            ));
+        }
+    }
+    times
+}
+
+#[test]
+fn host_a_then_host_b_sa_within_1s() {
+    report("host A then host B", &configured_in_turn(0, 20));
+}
+
+#[test]
+fn host_b_then_host_a_sa_within_1s() {
+    report("host B then host A", &configured_in_turn(1, 22));
+}
+
+#[test]
+fn hosts_configured_nearly_together_sa_within_1s() {
+    // Up to 3 ms network delay: the first INIT may or may not arrive after
+    // the other host has its session.
+    let mut times = Vec::new();
+    for larger in [0, 1] {
+        for gap_ms in [0, 1, 2, 3, 5] {
+            let gap = Duration::from_millis(gap_ms);
+            times.push(late_configuration(24 + gap_ms, larger, 0, gap, None));
+        }
+    }
+    report("nearly together", &times);
+}
+
+#[test]
+fn one_lost_control_message_still_sa_within_1s() {
+    // Each of the first four control messages after the second vtep add
+    // lost in turn, for every order of configuration and key size.
+    let mut times = Vec::new();
+    for larger in [0, 1] {
+        for first in [0, 1] {
+            for gap in [
+                Duration::ZERO,
+                Duration::from_millis(10),
+                Duration::from_secs(2),
+            ] {
+                for lose in 0..4 {
+                    let seed = 40 + lose as u64;
+                    times.push(late_configuration(seed, larger, first, gap, Some(lose)));
+                }
+            }
+        }
+    }
+    report("one message lost", &times);
+}
+
+#[test]
+fn larger_key_sends_its_init_again_once_per_fresh_peer_init() {
+    let mut sim = Sim::with_larger_key(60, SessionConfig::default(), 0);
+    let now = sim.now;
+    // Node 0's first INIT is lost (node 1 did not know it yet).
+    sim.nodes[0].handle_timeout(now);
+    let first = sim.nodes[0].poll_transmit().unwrap();
+    assert_eq!(msg_type(&first), 1);
+    sim.nodes[1].handle_timeout(now);
+    let peer_init = sim.nodes[1].poll_transmit().unwrap();
+    // The peer's INIT: node 0 stays initiator and repeats its own INIT.
+    sim.nodes[0].handle_message(now, &peer_init).unwrap();
+    let again = sim.nodes[0].poll_transmit().unwrap();
+    assert_eq!(msg_type(&again), 1);
+    assert_eq!(again[8..60], first[8..60], "same generation, ts, ephemeral");
+    assert!(sim.nodes[0].poll_transmit().is_none());
+    // A replay of the peer's INIT makes it send nothing.
+    assert_eq!(
+        sim.nodes[0].handle_message(now, &peer_init),
+        Err(CryptoError::StaleControlMessage)
+    );
+    assert!(sim.nodes[0].poll_transmit().is_none());
+    // Nor does an INIT from a host with another key.
+    let forged = forged_init(&sim.keys[0], now, 61);
+    assert_eq!(
+        sim.nodes[0].handle_message(now, &forged),
+        Err(CryptoError::BadControlMessage)
+    );
+    assert!(sim.nodes[0].poll_transmit().is_none());
+    // The copy completes the handshake; the original arriving late is stale.
+    sim.nodes[1].handle_message(now, &again).unwrap();
+    let resp = sim.nodes[1].poll_transmit().unwrap();
+    assert_eq!(msg_type(&resp), 2);
+    assert_eq!(
+        sim.nodes[1].handle_message(now, &first),
+        Err(CryptoError::StaleControlMessage)
+    );
+    sim.nodes[0].handle_message(now, &resp).unwrap();
+    assert!(sim.nodes[0].is_established());
+    let confirm = sim.nodes[0].poll_transmit().unwrap();
+    sim.nodes[1].handle_message(now, &confirm).unwrap();
+    assert!(sim.both_on_same_generation());
 }

@@ -1,14 +1,17 @@
-//! The local API server: newline-delimited JSON over a Unix socket.
+//! The local API server: newline-delimited JSON over a Unix socket, for
+//! the dataplane's API and the control daemon's alike.
 //!
 //! This module owns the socket file and the connection threads, nothing
-//! else. It reads request lines, decodes them into [`Request`]s and hands
-//! them to a handler supplied by the caller (the dataplane core); it never
-//! interprets a request itself. Everything a client sends is untrusted: a
+//! else. It reads request lines, decodes them into the API's request type
+//! (refusing unknown fields: every request type denies them) and hands
+//! them to a handler supplied by the caller; it never interprets a request
+//! itself. Everything a client sends is untrusted: a
 //! line is bounded by [`MAX_REQUEST_BYTES`], a connection idle for
 //! [`IDLE_TIMEOUT`] is closed, and at most [`MAX_CONNECTIONS`] are served at
 //! once, so a stuck or hostile client cannot pin memory or threads.
 
-use crate::api::{MAX_REQUEST_BYTES, Request, Response};
+use crate::call::Response;
+use crate::error::ErrorCode;
 use std::fs::{self, DirBuilder};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
@@ -20,12 +23,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// What the server calls for every decoded request.
-pub type Handler = Arc<dyn Fn(Request) -> Response + Send + Sync>;
+/// What the server calls for every decoded request of type `R`.
+pub type Handler<R> = Arc<dyn Fn(R) -> Response + Send + Sync>;
 
-/// A handler for another request type on the same framing (the control
-/// daemon serves its own requests this way).
-pub type HandlerOf<R> = Arc<dyn Fn(R) -> Response + Send + Sync>;
+/// Longest request line the server reads; longer ones are refused.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// A connection that sends nothing for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -79,12 +81,7 @@ impl Drop for ServerHandle {
 /// or the path is not a socket, this refuses with `AddrInUse` rather than
 /// stealing or deleting it. The socket is made mode 0660 so that access can
 /// be granted through its group.
-pub fn serve(path: &Path, handler: Handler) -> io::Result<ServerHandle> {
-    serve_json(path, handler)
-}
-
-/// [`serve`] for any request type that decodes from one JSON line.
-pub fn serve_json<R>(path: &Path, handler: HandlerOf<R>) -> io::Result<ServerHandle>
+pub fn serve<R>(path: &Path, handler: Handler<R>) -> io::Result<ServerHandle>
 where
     R: serde::de::DeserializeOwned + 'static,
 {
@@ -160,7 +157,7 @@ fn remove_stale_socket(path: &Path) -> io::Result<()> {
 
 fn accept_loop<R: serde::de::DeserializeOwned + 'static>(
     listener: UnixListener,
-    handler: HandlerOf<R>,
+    handler: Handler<R>,
     stop: Arc<AtomicBool>,
 ) {
     let active = Arc::new(AtomicUsize::new(0));
@@ -214,9 +211,12 @@ impl Drop for ConnectionSlot {
 
 fn refuse_busy(mut stream: UnixStream) {
     let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-    let resp = Response::error(format!(
-        "the dataplane is serving {MAX_CONNECTIONS} API connections already; try again later"
-    ));
+    let resp = Response::error(
+        ErrorCode::Unavailable,
+        format!(
+            "this server is serving {MAX_CONNECTIONS} API connections already; try again later"
+        ),
+    );
     let _ = write_response(&mut stream, &resp);
 }
 
@@ -249,15 +249,19 @@ fn serve_connection<R: serde::de::DeserializeOwned>(
         }
         let complete = line.last() == Some(&b'\n');
         if !complete && line.len() > MAX_REQUEST_BYTES {
-            let resp = Response::error(format!(
-                "request longer than {MAX_REQUEST_BYTES} bytes; closing the connection"
-            ));
+            let resp = Response::error(
+                ErrorCode::InvalidArgument,
+                format!("request longer than {MAX_REQUEST_BYTES} bytes; closing the connection"),
+            );
             return write_response(&mut writer, &resp);
         }
         let text = match std::str::from_utf8(&line) {
             Ok(t) => t.trim(),
             Err(_) => {
-                write_response(&mut writer, &Response::error("bad request: not UTF-8"))?;
+                write_response(
+                    &mut writer,
+                    &Response::error(ErrorCode::InvalidArgument, "bad request: not UTF-8"),
+                )?;
                 continue;
             }
         };
@@ -269,7 +273,7 @@ fn serve_connection<R: serde::de::DeserializeOwned>(
         }
         let resp = match serde_json::from_str::<R>(text) {
             Ok(req) => call_handler(handler, req),
-            Err(e) => Response::error(format!("bad request: {e}")),
+            Err(e) => Response::error(ErrorCode::InvalidArgument, format!("bad request: {e}")),
         };
         write_response(&mut writer, &resp)?;
         if !complete {
@@ -286,7 +290,10 @@ fn call_handler<R>(handler: &dyn Fn(R) -> Response, req: R) -> Response {
         Ok(resp) => resp,
         Err(_) => {
             tracing::error!("API request handler panicked");
-            Response::error("internal error while handling the request")
+            Response::error(
+                ErrorCode::Internal,
+                "internal error while handling the request",
+            )
         }
     }
 }
@@ -294,17 +301,22 @@ fn call_handler<R>(handler: &dyn Fn(R) -> Response, req: R) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::Client;
+    use crate::client::{Client, Server};
+    use crate::dp::{Endpoints, Fdb, Request, Stats};
     use crate::testutil::TempDir;
     use std::io::Read;
     use std::sync::Mutex;
 
-    fn echo_handler() -> Handler {
+    fn echo_handler() -> Handler<Request> {
         Arc::new(|req: Request| match req {
-            Request::Stats => Response::ok("stats!"),
-            Request::Fdb { vni } => Response::ok(vni.map(|v| v.get())),
-            other => Response::error(format!("unsupported: {other:?}")),
+            Request::Stats(_) => Response::ok("stats!"),
+            Request::Fdb(Fdb { vni }) => Response::ok(vni.map(|v| v.get())),
+            other => Response::error(ErrorCode::Internal, format!("unsupported: {other:?}")),
         })
+    }
+
+    fn connect(path: &Path) -> Client {
+        Client::connect(Server::Dataplane, path).unwrap()
     }
 
     fn roundtrip_raw(stream: &mut UnixStream, line: &[u8]) -> Response {
@@ -321,7 +333,7 @@ mod tests {
         let path = dir.path().join("sub/dp.sock");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let seen2 = seen.clone();
-        let handler: Handler = Arc::new(move |req: Request| {
+        let handler: Handler<Request> = Arc::new(move |req: Request| {
             seen2.lock().unwrap().push(req.clone());
             Response::ok(format!("{req:?}"))
         });
@@ -337,15 +349,15 @@ mod tests {
             0o755
         );
 
-        let mut c = Client::connect(&path).unwrap();
-        let r1 = c.call(&Request::Stats).unwrap();
-        let r2 = c.call(&Request::Endpoints).unwrap();
+        let mut c = connect(&path);
+        let r1 = c.send(&Request::Stats(Stats {})).unwrap();
+        let r2 = c.send(&Request::Endpoints(Endpoints {})).unwrap();
         assert!(r1.ok && r2.ok);
-        assert_eq!(r1.result.unwrap(), "Stats");
-        assert_eq!(r2.result.unwrap(), "Endpoints");
+        assert_eq!(r1.result.unwrap(), "Stats(Stats)");
+        assert_eq!(r2.result.unwrap(), "Endpoints(Endpoints)");
         assert_eq!(
             *seen.lock().unwrap(),
-            vec![Request::Stats, Request::Endpoints]
+            vec![Request::Stats(Stats {}), Request::Endpoints(Endpoints {})]
         );
         drop(srv);
         assert!(!path.exists(), "socket file removed on drop");
@@ -359,11 +371,16 @@ mod tests {
         let mut s = UnixStream::connect(&path).unwrap();
         let r = roundtrip_raw(&mut s, b"{\"op\":\"fdb\",\"vni\":0}\n");
         assert!(!r.ok);
-        let msg = r.error.unwrap();
-        assert!(msg.starts_with("bad request: "), "{msg}");
-        assert!(msg.contains("VNI 0"), "{msg}");
+        let e = r.error.unwrap();
+        assert_eq!(e.code, ErrorCode::InvalidArgument);
+        assert!(e.message.starts_with("bad request: "), "{e}");
+        assert!(e.message.contains("VNI 0"), "{e}");
         let r = roundtrip_raw(&mut s, b"not json\n");
-        assert!(r.error.unwrap().starts_with("bad request: "));
+        assert!(r.error.unwrap().message.starts_with("bad request: "));
+        // A field the request does not have is refused, not dropped.
+        let r = roundtrip_raw(&mut s, b"{\"op\":\"fdb\",\"vni\":7,\"vin\":8}\n");
+        let e = r.error.unwrap();
+        assert!(e.message.contains("unknown field"), "{e}");
         // Blank lines are skipped; the connection still works.
         let r = roundtrip_raw(&mut s, b"\n{\"op\":\"fdb\",\"vni\":7}\n");
         assert_eq!(r.result.unwrap(), 7);
@@ -383,7 +400,7 @@ mod tests {
         let _ = BufReader::new(&s).read_to_string(&mut out);
         let first = out.lines().next().unwrap();
         let r: Response = serde_json::from_str(first).unwrap();
-        assert!(r.error.unwrap().contains("longer than"));
+        assert!(r.error.unwrap().message.contains("longer than"));
         // And the connection is closed: a read after the answer gives EOF.
         let mut rest = Vec::new();
         assert_eq!(s.read_to_end(&mut rest).unwrap_or(0), 0);
@@ -410,8 +427,8 @@ mod tests {
         drop(UnixListener::bind(&path).unwrap());
         assert!(path.exists());
         let _srv = serve(&path, echo_handler()).unwrap();
-        let mut c = Client::connect(&path).unwrap();
-        assert!(c.call(&Request::Stats).unwrap().ok);
+        let mut c = connect(&path);
+        assert!(c.send(&Request::Stats(Stats {})).unwrap().ok);
     }
 
     #[test]
@@ -423,8 +440,8 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
         assert!(err.to_string().contains("already serving"), "{err}");
         // The first server still answers.
-        let mut c = Client::connect(&path).unwrap();
-        assert!(c.call(&Request::Stats).unwrap().ok);
+        let mut c = connect(&path);
+        assert!(c.send(&Request::Stats(Stats {})).unwrap().ok);
         drop(first);
     }
 
@@ -447,9 +464,9 @@ mod tests {
             Arc::new(|_req: Request| -> Response { panic!("boom") }),
         )
         .unwrap();
-        let mut c = Client::connect(&path).unwrap();
-        let r = c.call(&Request::Stats).unwrap();
-        assert!(r.error.unwrap().contains("internal error"));
+        let mut c = connect(&path);
+        let r = c.send(&Request::Stats(Stats {})).unwrap();
+        assert!(r.error.unwrap().message.contains("internal error"));
     }
 
     #[test]
@@ -459,8 +476,8 @@ mod tests {
         let _srv = serve(&path, echo_handler()).unwrap();
         // An idle first connection must not block a second one.
         let _idle = UnixStream::connect(&path).unwrap();
-        let mut c = Client::connect(&path).unwrap();
-        assert!(c.call(&Request::Stats).unwrap().ok);
+        let mut c = connect(&path);
+        assert!(c.send(&Request::Stats(Stats {})).unwrap().ok);
     }
 
     #[test]
@@ -471,19 +488,19 @@ mod tests {
         // Fill every slot, making sure each is being served before going on.
         let mut held = Vec::new();
         for _ in 0..MAX_CONNECTIONS {
-            let mut c = Client::connect(&path).unwrap();
-            assert!(c.call(&Request::Stats).unwrap().ok);
+            let mut c = connect(&path);
+            assert!(c.send(&Request::Stats(Stats {})).unwrap().ok);
             held.push(c);
         }
-        let mut extra = Client::connect(&path).unwrap();
-        let r = extra.call(&Request::Stats).unwrap();
-        assert!(r.error.unwrap().contains("try again later"));
+        let mut extra = connect(&path);
+        let r = extra.send(&Request::Stats(Stats {})).unwrap();
+        assert!(r.error.unwrap().message.contains("try again later"));
         // A freed slot is usable again.
         held.pop();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let mut c = Client::connect(&path).unwrap();
-            if c.call(&Request::Stats).is_ok_and(|r| r.ok) {
+            let mut c = connect(&path);
+            if c.send(&Request::Stats(Stats {})).is_ok_and(|r| r.ok) {
                 break;
             }
             assert!(std::time::Instant::now() < deadline, "slot never freed");

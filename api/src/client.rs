@@ -1,23 +1,54 @@
-//! The client side of the local API: one Unix-socket connection that sends
-//! [`Request`]s and reads [`Response`]s, one line each.
+//! The client side of a local API (the dataplane's or the control
+//! daemon's): one Unix-socket connection that sends requests and reads
+//! [`Response`]s, one line each.
 //!
 //! Errors are worded for the person at the terminal: a failed connect says
-//! where it looked and what to check, a silent dataplane is reported as a
-//! timeout rather than a hang.
+//! where it looked and what to check, a silent server is reported as a
+//! timeout rather than a hang. Transport failures come back as
+//! [`ErrorCode::Unavailable`] or [`ErrorCode::Timeout`], so callers tell
+//! them from refusals by code.
 
-use crate::api::{Request, Response};
+use crate::call::{Call, Response};
+use crate::error::{ApiError, ApiResult, ErrorCode};
+use serde::Serialize;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// How long [`Client::call`] waits for the dataplane by default.
+/// How long [`Client::call`] waits for an answer by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Which server a [`Client`] talks to, for its error messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Server {
+    /// `vxnet-dataplane`'s API socket.
+    Dataplane,
+    /// `vxnet-control`'s API socket.
+    Control,
+}
+
+impl Server {
+    fn name(self) -> &'static str {
+        match self {
+            Server::Dataplane => "the dataplane",
+            Server::Control => "the control daemon",
+        }
+    }
+
+    fn binary(self) -> &'static str {
+        match self {
+            Server::Dataplane => "vxnet-dataplane",
+            Server::Control => "vxnet-control",
+        }
+    }
+}
 /// Longest response line accepted (FDB listings of large networks are big,
 /// but a runaway peer must not make the client eat all memory).
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
 pub struct Client {
+    server: Server,
     path: PathBuf,
     reader: BufReader<UnixStream>,
     writer: UnixStream,
@@ -25,8 +56,8 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to the dataplane's API socket.
-    pub fn connect(path: impl AsRef<Path>) -> io::Result<Client> {
+    /// Connects to `server`'s API socket at `path`.
+    pub fn connect(server: Server, path: impl AsRef<Path>) -> io::Result<Client> {
         let path = path.as_ref();
         let stream = UnixStream::connect(path).map_err(|e| {
             let hint = match e.kind() {
@@ -38,14 +69,17 @@ impl Client {
             io::Error::new(
                 e.kind(),
                 format!(
-                    "cannot reach the dataplane at {}: is vxnet-dataplane running? ({}){hint}",
+                    "cannot reach {} at {}: is {} running? ({}){hint}",
+                    server.name(),
                     path.display(),
+                    server.binary(),
                     os_message(&e)
                 ),
             )
         })?;
         let writer = stream.try_clone()?;
         let mut c = Client {
+            server,
             path: path.to_path_buf(),
             reader: BufReader::new(stream),
             writer,
@@ -67,9 +101,17 @@ impl Client {
         &self.path
     }
 
-    /// Sends one request and waits for its response. An `Ok` may still be a
-    /// refusal: check [`Response::ok`].
-    pub fn call(&mut self, req: &Request) -> io::Result<Response> {
+    /// Sends `call` and decodes its reply; transport failures are
+    /// [`ErrorCode::Unavailable`] (or [`ErrorCode::Timeout`]).
+    pub fn call<C: Call>(&mut self, call: C) -> ApiResult<C::Reply> {
+        self.send(&call.into_request())
+            .map_err(transport_error)?
+            .decode::<C>()
+    }
+
+    /// Sends one request of any API and waits for its response. An `Ok`
+    /// may still be a refusal: check [`Response::ok`].
+    pub fn send(&mut self, req: &impl Serialize) -> io::Result<Response> {
         let mut line = serde_json::to_vec(req).map_err(io::Error::other)?;
         line.push(b'\n');
         let sent = self
@@ -97,7 +139,8 @@ impl Client {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 format!(
-                    "the dataplane at {} closed the connection without answering",
+                    "{} at {} closed the connection without answering",
+                    self.server.name(),
                     self.path.display()
                 ),
             ));
@@ -105,13 +148,16 @@ impl Client {
         if buf.last() != Some(&b'\n') && buf.len() > MAX_RESPONSE_BYTES {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("the dataplane's answer is longer than {MAX_RESPONSE_BYTES} bytes"),
+                format!(
+                    "the answer of {} is longer than {MAX_RESPONSE_BYTES} bytes",
+                    self.server.name()
+                ),
             ));
         }
         serde_json::from_slice(&buf).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("the dataplane's answer is not valid: {e}"),
+                format!("the answer of {} is not valid: {e}", self.server.name()),
             )
         })
     }
@@ -121,7 +167,8 @@ impl Client {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!(
-                    "the dataplane at {} did not respond within {}s while {doing}",
+                    "{} at {} did not respond within {}s while {doing}",
+                    self.server.name(),
                     self.path.display(),
                     self.timeout.as_secs_f32()
                 ),
@@ -129,13 +176,23 @@ impl Client {
             _ => io::Error::new(
                 e.kind(),
                 format!(
-                    "lost the connection to the dataplane at {} while {doing}: {}",
+                    "lost the connection to {} at {} while {doing}: {}",
+                    self.server.name(),
                     self.path.display(),
                     os_message(&e)
                 ),
             ),
         }
     }
+}
+
+/// An I/O failure as the API error a caller sees.
+pub fn transport_error(e: io::Error) -> ApiError {
+    let code = match e.kind() {
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => ErrorCode::Timeout,
+        _ => ErrorCode::Unavailable,
+    };
+    ApiError::new(code, e.to_string())
 }
 
 /// The OS's description of an error without Rust's " (os error N)" suffix.
@@ -150,6 +207,7 @@ fn os_message(e: &io::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dp::Stats;
     use crate::testutil::TempDir;
     use std::os::unix::net::UnixListener;
 
@@ -157,7 +215,7 @@ mod tests {
     fn connect_error_says_what_to_do() {
         let dir = TempDir::new("cli-nosock");
         let path = dir.path().join("dataplane.sock");
-        let err = Client::connect(&path).err().unwrap();
+        let err = Client::connect(Server::Dataplane, &path).err().unwrap();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
         assert_eq!(
             err.to_string(),
@@ -174,11 +232,11 @@ mod tests {
         let path = dir.path().join("dp.sock");
         // Accepted by the kernel backlog, never answered.
         let _l = UnixListener::bind(&path).unwrap();
-        let mut c = Client::connect(&path).unwrap();
+        let mut c = Client::connect(Server::Dataplane, &path).unwrap();
         c.set_timeout(Duration::from_millis(100)).unwrap();
-        let err = c.call(&Request::Stats).err().unwrap();
-        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-        assert!(err.to_string().contains("did not respond"), "{err}");
+        let err = c.call(Stats {}).err().unwrap();
+        assert_eq!(err.code, ErrorCode::Timeout);
+        assert!(err.message.contains("did not respond"), "{err}");
     }
 
     #[test]
@@ -192,8 +250,8 @@ mod tests {
             BufReader::new(&mut s).read_line(&mut line).unwrap();
             line
         });
-        let mut c = Client::connect(&path).unwrap();
-        let err = c.call(&Request::Stats).err().unwrap();
+        let mut c = Client::connect(Server::Dataplane, &path).unwrap();
+        let err = c.send(&crate::dp::Request::Stats(Stats {})).err().unwrap();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
         assert_eq!(t.join().unwrap(), "{\"op\":\"stats\"}\n");
     }

@@ -1,0 +1,290 @@
+//! The swarm's desired state as plain serde records: nodes, overlay
+//! networks and containers. The control daemon keeps them in its store
+//! (`vxnet-control`'s `model` adds how each is keyed there); the CLI shows
+//! them.
+//!
+//! New fields must carry `#[serde(default)]` so that a store written by an
+//! older version still loads. Records are not `deny_unknown_fields`, for
+//! the same reason in the other direction (a downgrade).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde::{Deserialize, Serialize};
+use vxnet_proto::crypto::keys::PublicKey;
+use vxnet_proto::wire::{MacAddr, Vni};
+
+/// Seconds since the Unix epoch; the caller reads the clock.
+pub type UnixTime = u64;
+
+/// Length of object ids, as Docker's swarm ids.
+pub const ID_LEN: usize = 25;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Manager,
+    Worker,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Manager => "manager",
+            Role::Worker => "worker",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Availability {
+    Active,
+    Pause,
+    Drain,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeStatus {
+    Ready,
+    Down,
+}
+
+/// A host in the swarm.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub id: String,
+    pub hostname: String,
+    pub role: Role,
+    pub availability: Availability,
+    pub status: NodeStatus,
+    /// Address for management (2377) and gossip (7946).
+    pub advertise_addr: IpAddr,
+    /// Address the node's VXLAN traffic uses (`--data-path-addr`; equals
+    /// `advertise_addr` unless given).
+    pub data_path_addr: IpAddr,
+    /// UDP port of the data path (cluster-wide, 4789 by default).
+    pub data_path_port: u16,
+    /// The node's X25519 public key for ESP key agreement.
+    pub public_key: PublicKey,
+    pub created: UnixTime,
+    /// Why the node is Down, when it is: it left (`swarm leave`), or
+    /// gossip stopped hearing from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub down_reason: Option<String>,
+}
+
+/// The only network driver vxnet has.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    #[default]
+    Overlay,
+}
+
+impl std::fmt::Display for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("overlay")
+    }
+}
+
+/// IPv4 addressing of a network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ipv4Config {
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    /// Container addresses come from here (`--ip-range`); the whole subnet
+    /// when absent.
+    #[serde(default)]
+    pub ip_range: Option<Ipv4Net>,
+}
+
+/// IPv6 addressing of a network (only when the user gives a subnet).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ipv6Config {
+    pub subnet: Ipv6Net,
+    pub gateway: Ipv6Addr,
+    #[serde(default)]
+    pub ip_range: Option<Ipv6Net>,
+}
+
+/// An overlay network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    pub id: String,
+    pub name: String,
+    pub driver: Driver,
+    pub vni: Vni,
+    pub ipv4: Ipv4Config,
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Config>,
+    /// Standalone containers may join.
+    pub attachable: bool,
+    /// The swarm's routing-mesh network (at most one).
+    pub ingress: bool,
+    /// Data traffic is ESP-encrypted.
+    pub encrypted: bool,
+    /// MTU inside the containers, bytes.
+    pub mtu: u16,
+    /// No egress to the outside (`--internal`).
+    #[serde(default)]
+    pub internal: bool,
+    pub created: UnixTime,
+}
+
+impl Network {
+    /// The network's subnets, IPv4 first.
+    pub fn subnets(&self) -> Vec<ipnet::IpNet> {
+        let mut v = vec![ipnet::IpNet::V4(self.ipv4.subnet)];
+        if let Some(c) = &self.ipv6 {
+            v.push(ipnet::IpNet::V6(c.subnet));
+        }
+        v
+    }
+}
+
+/// A container's membership in one network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub network: String,
+    pub ipv4: Ipv4Addr,
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Addr>,
+    /// `02:42:` followed by the IPv4 address, as Docker does (unique within
+    /// the network because the address is), unless given.
+    pub mac: MacAddr,
+    /// Other names the container answers to on this network
+    /// (`--network-alias`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+}
+
+impl Attachment {
+    /// The endpoint's addresses, IPv4 first.
+    pub fn ips(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        std::iter::once(IpAddr::V4(self.ipv4)).chain(self.ipv6.map(IpAddr::V6))
+    }
+}
+
+/// What a container should be doing (the desired state the owning node's
+/// daemon makes real).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DesiredState {
+    /// Its namespace exists and is attached; its command runs if it has
+    /// one.
+    #[default]
+    Running,
+    /// Its command is stopped and its endpoints are detached; it keeps its
+    /// addresses (`container stop`).
+    Stopped,
+    /// To be removed: the node's daemon removes it, then tells the manager,
+    /// which forgets it and releases its addresses.
+    Removed,
+}
+
+/// Another runtime's container, as `network connect --netns|--veth` names
+/// it: vxnet attaches it but never creates or removes its namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum External {
+    /// Its network namespace: a name under /run/netns or a path such as
+    /// /proc/PID/ns/net (native attach).
+    Netns(String),
+    /// The host side of its veth (sidecar attach; needs the container
+    /// side's MAC).
+    Veth(String),
+}
+
+/// A container (a network namespace plus what runs in it) or an endpoint of
+/// another runtime's container.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Container {
+    pub id: String,
+    pub name: String,
+    /// The node it runs on.
+    pub node: String,
+    /// Path or name of its network namespace, once known.
+    #[serde(default)]
+    pub netns: Option<String>,
+    /// In the order joined; the first is the primary network.
+    pub attachments: Vec<Attachment>,
+    pub created: UnixTime,
+    #[serde(default)]
+    pub desired: DesiredState,
+    /// The command its node's daemon runs in it (`container run -d`);
+    /// empty when the CLI runs it (foreground) or another runtime does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// `K=V` for the command.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    /// Set for another runtime's container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<External>,
+}
+
+impl Container {
+    pub fn attachment(&self, network_id: &str) -> Option<&Attachment> {
+        self.attachments.iter().find(|a| a.network == network_id)
+    }
+}
+
+/// Where network subnets come from when the user gives none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressPool {
+    pub base: Ipv4Net,
+    /// Prefix length of each network's subnet.
+    pub size: u8,
+}
+
+impl Default for AddressPool {
+    /// Docker's default: 10.0.0.0/8 in /24s.
+    fn default() -> Self {
+        Self {
+            base: Ipv4Net::new(Ipv4Addr::new(10, 0, 0, 0), 8).unwrap_or_default(),
+            size: 24,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_json() {
+        let n = Network {
+            id: "n".repeat(ID_LEN),
+            name: "test-net".into(),
+            driver: Driver::Overlay,
+            vni: Vni::new(4096).unwrap(),
+            ipv4: Ipv4Config {
+                subnet: "10.0.1.0/24".parse().unwrap(),
+                gateway: "10.0.1.1".parse().unwrap(),
+                ip_range: Some("10.0.1.128/25".parse().unwrap()),
+            },
+            ipv6: Some(Ipv6Config {
+                subnet: "fd00::/64".parse().unwrap(),
+                gateway: "fd00::1".parse().unwrap(),
+                ip_range: None,
+            }),
+            attachable: true,
+            ingress: false,
+            encrypted: true,
+            mtu: 1408,
+            internal: false,
+            created: 1,
+        };
+        let s = serde_json::to_string(&n).unwrap();
+        assert!(s.contains("\"subnet\":\"10.0.1.0/24\""), "{s}");
+        assert!(s.contains("\"driver\":\"overlay\""), "{s}");
+        assert!(s.contains("\"vni\":4096"), "{s}");
+        assert_eq!(serde_json::from_str::<Network>(&s).unwrap(), n);
+        // A record written before `internal` existed still loads.
+        let old = s.replace(",\"internal\":false", "");
+        assert_eq!(serde_json::from_str::<Network>(&old).unwrap(), n);
+        assert_eq!(AddressPool::default().base.to_string(), "10.0.0.0/8");
+    }
+}

@@ -1,0 +1,491 @@
+//! What the local dataplane must hold, as a pure function of the desired
+//! state, and the steps that take it from what it holds to that.
+//!
+//! [`plan`] turns the store's view of this host (its containers, the
+//! networks they use) and gossip's view of the swarm (live members, their
+//! keys and their endpoint records) into a [`DpState`]: networks, local
+//! endpoints, remote peers and hosts' keys. [`observe`] reads the same
+//! shape out of the dataplane's listings, keeping only what the control
+//! plane owns ([`Owner::Control`]), so entries made by hand are never
+//! touched. [`diff`] lists the [`Op`]s that turn one into the other, in an
+//! order the dataplane accepts (keys and networks before what uses them,
+//! removals before additions that could collide).
+//!
+//! Nothing here remembers what it did: libnetwork's peerdb is replayed
+//! into a new sandbox the same way (`peerDbUpdateSandbox`). After a
+//! dataplane restart the observed state is empty and the diff puts
+//! everything back; after `swarm leave` the desired state is empty and the
+//! diff removes everything the swarm programmed.
+//!
+//! Rules:
+//! - A network is declared on this host while a running container here
+//!   uses it (Docker: an overlay appears on a node when a task or container
+//!   there needs it, and leaves with the last one).
+//! - A remote record is a peer only if its network is declared here, its
+//!   VTEP is a live member's and not ours, and it collides with no local
+//!   endpoint (a local endpoint always wins: the record is old news about a
+//!   container that moved here).
+//! - Records of one MAC are merged into one peer with all its addresses
+//!   (IPv4 and IPv6); if they disagree on the VTEP, the newest record's
+//!   VTEP wins.
+//! - Every live member but this host gets its key (`vtep_add`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use vxnet_api::dp::{
+    self, AttachTarget, DetachTarget, EndpointInfo, EndpointKind, FdbEntry, FdbKind, NetworkInfo,
+    Owner, VtepInfo,
+};
+use vxnet_api::{IpNet, MacAddr, PublicKey, Vni};
+
+use crate::daemon::gossip::GossipView;
+use crate::daemon::runtime::Runtime;
+use crate::model::{Container, Network};
+
+/// One container of this host the plan gives endpoints to, with the
+/// host-side facts only this host knows.
+#[derive(Clone, Copy, Debug)]
+pub struct LocalContainer<'a> {
+    pub container: &'a Container,
+    pub runtime: &'a Runtime,
+}
+
+/// Everything the plan reads.
+#[derive(Clone, Copy, Debug)]
+pub struct Desired<'a> {
+    /// This host's VTEP (the dataplane's local address).
+    pub own_vtep: IpAddr,
+    /// Every network the store knows.
+    pub networks: &'a [Network],
+    /// The containers whose endpoints must exist (running, with their
+    /// namespace in place).
+    pub containers: &'a [LocalContainer<'a>],
+    pub gossip: &'a GossipView,
+}
+
+/// Where a local endpoint is plugged in.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EndpointKey {
+    /// A TAP named `ifname` inside namespace `netns`.
+    Netns { netns: String, ifname: String },
+    /// Another runtime's veth, bridged.
+    Veth(String),
+}
+
+/// A local endpoint's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointSpec {
+    pub vni: Vni,
+    pub mac: MacAddr,
+    /// Sorted.
+    pub ips: Vec<IpNet>,
+    /// Bytes.
+    pub mtu: u32,
+    /// Sorted; default routes (the container's first network only).
+    pub gateways: Vec<IpAddr>,
+}
+
+/// A remote endpoint: its addresses behind one VTEP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerSpec {
+    pub ips: BTreeSet<IpAddr>,
+    pub vtep: IpAddr,
+}
+
+/// The part of a dataplane's state the control plane manages.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DpState {
+    /// VNI -> encrypted.
+    pub networks: BTreeMap<Vni, bool>,
+    pub endpoints: BTreeMap<EndpointKey, EndpointSpec>,
+    pub peers: BTreeMap<(Vni, MacAddr), PeerSpec>,
+    pub vteps: BTreeMap<IpAddr, PublicKey>,
+}
+
+/// An endpoint to announce by gossip: (network id, address, MAC).
+pub type Announcement = (String, IpAddr, MacAddr);
+
+/// The plan: the dataplane state, and which container each endpoint is
+/// for (so a failed attach is blamed on the right container) and what to
+/// announce for it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub state: DpState,
+    /// Endpoint -> container id.
+    pub owners: BTreeMap<EndpointKey, String>,
+    /// Endpoint -> what gossip announces for it.
+    pub announce: BTreeMap<EndpointKey, Vec<Announcement>>,
+}
+
+fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
+    v.sort();
+    v
+}
+
+/// What the dataplane must hold.
+pub fn plan(d: &Desired<'_>) -> Plan {
+    let mut p = Plan::default();
+    let net_of = |id: &str| d.networks.iter().find(|n| n.id == id);
+    // Local endpoints, and the networks they need.
+    for lc in d.containers {
+        let c = lc.container;
+        for (i, a) in c.attachments.iter().enumerate() {
+            let Some(net) = net_of(&a.network) else {
+                continue;
+            };
+            let Some(key) = endpoint_key(lc.runtime, &net.id) else {
+                continue;
+            };
+            let mut ips = vec![IpNet::new_assert(
+                IpAddr::V4(a.ipv4),
+                net.ipv4.subnet.prefix_len(),
+            )];
+            let sidecar = lc.runtime.veth.is_some();
+            // Another runtime's container keeps its own default route.
+            let primary = i == 0 && !lc.runtime.external;
+            let mut gateways = Vec::new();
+            if primary {
+                gateways.push(IpAddr::V4(net.ipv4.gateway));
+            }
+            if let (Some(v6), Some(cfg)) = (a.ipv6, &net.ipv6) {
+                ips.push(IpNet::new_assert(IpAddr::V6(v6), cfg.subnet.prefix_len()));
+                if primary {
+                    gateways.push(IpAddr::V6(cfg.gateway));
+                }
+            }
+            if sidecar {
+                gateways.clear();
+            }
+            p.state.networks.insert(net.vni, net.encrypted);
+            p.state.endpoints.insert(
+                key.clone(),
+                EndpointSpec {
+                    vni: net.vni,
+                    mac: a.mac,
+                    ips: sorted(ips),
+                    mtu: u32::from(net.mtu),
+                    gateways: sorted(gateways),
+                },
+            );
+            p.owners.insert(key.clone(), c.id.clone());
+            p.announce
+                .insert(key, a.ips().map(|ip| (net.id.clone(), ip, a.mac)).collect());
+        }
+    }
+
+    // Remote peers: live records of declared networks, merged per MAC.
+    let local_macs: BTreeSet<(Vni, MacAddr)> =
+        p.state.endpoints.values().map(|e| (e.vni, e.mac)).collect();
+    let local_ips: BTreeSet<(Vni, IpAddr)> = p
+        .state
+        .endpoints
+        .values()
+        .flat_map(|e| e.ips.iter().map(move |n| (e.vni, n.addr())))
+        .collect();
+    let live: BTreeSet<IpAddr> = d.gossip.members.iter().map(|m| m.data_addr).collect();
+    // (vni, mac) -> [(version, vtep, ip)]
+    type Seen = Vec<(u64, IpAddr, IpAddr)>;
+    let mut by_mac: BTreeMap<(Vni, MacAddr), Seen> = BTreeMap::new();
+    for r in &d.gossip.records {
+        if r.removed || r.vtep == d.own_vtep || !live.contains(&r.vtep) {
+            continue;
+        }
+        let Some(net) = net_of(&r.network_id) else {
+            continue;
+        };
+        if !p.state.networks.contains_key(&net.vni) {
+            continue;
+        }
+        let mac = MacAddr(r.mac);
+        if local_macs.contains(&(net.vni, mac)) || local_ips.contains(&(net.vni, r.ip)) {
+            continue;
+        }
+        by_mac
+            .entry((net.vni, mac))
+            .or_default()
+            .push((r.version, r.vtep, r.ip));
+    }
+    for (key, recs) in by_mac {
+        let Some(&(_, vtep, _)) = recs.iter().max() else {
+            continue;
+        };
+        let ips = recs
+            .iter()
+            .filter(|(_, v, _)| *v == vtep)
+            .map(|(_, _, ip)| *ip)
+            .collect();
+        p.state.peers.insert(key, PeerSpec { ips, vtep });
+    }
+
+    // Every live member's key.
+    for m in &d.gossip.members {
+        if m.data_addr != d.own_vtep {
+            p.state
+                .vteps
+                .insert(m.data_addr, PublicKey::from_bytes(m.public_key));
+        }
+    }
+    p
+}
+
+/// Where the endpoint of `network_id` of a container lives.
+pub fn endpoint_key(rt: &Runtime, network_id: &str) -> Option<EndpointKey> {
+    match &rt.veth {
+        Some(v) => Some(EndpointKey::Veth(v.clone())),
+        None => rt.ifname(network_id).map(|i| EndpointKey::Netns {
+            netns: rt.netns.clone(),
+            ifname: i.to_owned(),
+        }),
+    }
+}
+
+/// The dataplane's listings.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    pub networks: Vec<NetworkInfo>,
+    pub endpoints: Vec<EndpointInfo>,
+    pub fdb: Vec<FdbEntry>,
+    pub vteps: Vec<VtepInfo>,
+}
+
+/// What of the dataplane's state the control plane owns.
+pub fn observe(o: &Observed) -> DpState {
+    let mine = |owner: &Owner| *owner == Owner::Control;
+    let mut s = DpState::default();
+    for n in o.networks.iter().filter(|n| mine(&n.owner)) {
+        s.networks.insert(n.vni, n.encrypted);
+    }
+    for e in o.endpoints.iter().filter(|e| mine(&e.owner)) {
+        let key = match e.kind {
+            EndpointKind::Native => EndpointKey::Netns {
+                netns: e.location.clone(),
+                ifname: e.ifname.clone(),
+            },
+            EndpointKind::Sidecar => EndpointKey::Veth(e.ifname.clone()),
+        };
+        s.endpoints.insert(
+            key,
+            EndpointSpec {
+                vni: e.vni,
+                mac: e.mac,
+                ips: sorted(e.ips.clone()),
+                mtu: e.mtu,
+                gateways: sorted(e.gateways.clone()),
+            },
+        );
+    }
+    for f in o.fdb.iter().filter(|f| mine(&f.owner)) {
+        if let (FdbKind::Remote, Some(mac), Some(vtep)) = (f.kind, f.mac, f.vtep) {
+            s.peers.insert(
+                (f.vni, mac),
+                PeerSpec {
+                    ips: f.ips.iter().copied().collect(),
+                    vtep,
+                },
+            );
+        }
+    }
+    for v in o.vteps.iter().filter(|v| mine(&v.owner)) {
+        s.vteps.insert(v.vtep, v.pubkey);
+    }
+    s
+}
+
+/// One change to the dataplane.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    VtepAdd(IpAddr, PublicKey),
+    NetworkAdd(Vni, bool),
+    Detach(EndpointKey),
+    PeerDel {
+        vni: Vni,
+        mac: MacAddr,
+        /// Only these addresses; the whole entry when empty.
+        ips: Vec<IpAddr>,
+    },
+    Attach(EndpointKey, EndpointSpec),
+    PeerAdd {
+        vni: Vni,
+        mac: MacAddr,
+        ips: Vec<IpAddr>,
+        vtep: IpAddr,
+    },
+    NetworkDel(Vni),
+    VtepDel(IpAddr),
+}
+
+impl Op {
+    /// The API request this step sends, tagged as the control plane's.
+    pub fn request(&self) -> dp::Request {
+        use vxnet_api::Call;
+        match self {
+            Op::VtepAdd(vtep, key) => dp::VtepAdd {
+                vtep: *vtep,
+                pubkey: *key,
+                owner: Owner::Control,
+            }
+            .into_request(),
+            Op::NetworkAdd(vni, encrypted) => dp::NetworkAdd {
+                vni: *vni,
+                encrypted: *encrypted,
+                owner: Owner::Control,
+            }
+            .into_request(),
+            Op::Detach(key) => dp::Detach {
+                target: match key {
+                    EndpointKey::Netns { netns, ifname } => DetachTarget::Netns {
+                        netns: netns.clone(),
+                        ifname: Some(ifname.clone()),
+                    },
+                    EndpointKey::Veth(v) => DetachTarget::Veth(v.clone()),
+                },
+            }
+            .into_request(),
+            Op::PeerDel { vni, mac, ips } => dp::PeerDel {
+                vni: *vni,
+                mac: *mac,
+                ips: ips.clone(),
+            }
+            .into_request(),
+            Op::Attach(key, spec) => {
+                let (target, ifname, mac) = match key {
+                    EndpointKey::Netns { netns, ifname } => (
+                        AttachTarget::Netns(netns.clone()),
+                        Some(ifname.clone()),
+                        spec.mac,
+                    ),
+                    EndpointKey::Veth(v) => (AttachTarget::Veth(v.clone()), None, spec.mac),
+                };
+                dp::Attach {
+                    target,
+                    vni: spec.vni,
+                    ips: spec.ips.clone(),
+                    mac: Some(mac),
+                    mtu: Some(spec.mtu),
+                    gateways: spec.gateways.clone(),
+                    ifname,
+                    owner: Owner::Control,
+                }
+                .into_request()
+            }
+            Op::PeerAdd {
+                vni,
+                mac,
+                ips,
+                vtep,
+            } => dp::PeerAdd {
+                vni: *vni,
+                mac: *mac,
+                ips: ips.clone(),
+                vtep: *vtep,
+                owner: Owner::Control,
+            }
+            .into_request(),
+            Op::NetworkDel(vni) => dp::NetworkDel { vni: *vni }.into_request(),
+            Op::VtepDel(vtep) => dp::VtepDel { vtep: *vtep }.into_request(),
+        }
+    }
+}
+
+/// The steps from `actual` to `desired`, in the order to apply them.
+pub fn diff(actual: &DpState, desired: &DpState) -> Vec<Op> {
+    let mut vtep_add = Vec::new();
+    let mut vtep_del = Vec::new();
+    for (vtep, key) in &desired.vteps {
+        if actual.vteps.get(vtep) != Some(key) {
+            vtep_add.push(Op::VtepAdd(*vtep, *key));
+        }
+    }
+    for vtep in actual.vteps.keys() {
+        if !desired.vteps.contains_key(vtep) {
+            vtep_del.push(Op::VtepDel(*vtep));
+        }
+    }
+
+    let mut net_add = Vec::new();
+    let mut net_del = Vec::new();
+    for (vni, enc) in &desired.networks {
+        if actual.networks.get(vni) != Some(enc) {
+            net_add.push(Op::NetworkAdd(*vni, *enc));
+        }
+    }
+    for vni in actual.networks.keys() {
+        if !desired.networks.contains_key(vni) {
+            net_del.push(Op::NetworkDel(*vni));
+        }
+    }
+
+    let mut detach = Vec::new();
+    let mut attach = Vec::new();
+    for (key, spec) in &desired.endpoints {
+        match actual.endpoints.get(key) {
+            Some(have) if have == spec => {}
+            Some(_) => {
+                detach.push(Op::Detach(key.clone()));
+                attach.push(Op::Attach(key.clone(), spec.clone()));
+            }
+            None => attach.push(Op::Attach(key.clone(), spec.clone())),
+        }
+    }
+    for key in actual.endpoints.keys() {
+        if !desired.endpoints.contains_key(key) {
+            detach.push(Op::Detach(key.clone()));
+        }
+    }
+
+    let mut peer_del = Vec::new();
+    let mut peer_add = Vec::new();
+    for ((vni, mac), want) in &desired.peers {
+        let add = |peer_add: &mut Vec<Op>| {
+            peer_add.push(Op::PeerAdd {
+                vni: *vni,
+                mac: *mac,
+                ips: want.ips.iter().copied().collect(),
+                vtep: want.vtep,
+            });
+        };
+        match actual.peers.get(&(*vni, *mac)) {
+            Some(have) if have == want => {}
+            Some(have) => {
+                let stale: Vec<IpAddr> = have.ips.difference(&want.ips).copied().collect();
+                if !stale.is_empty() {
+                    peer_del.push(Op::PeerDel {
+                        vni: *vni,
+                        mac: *mac,
+                        ips: stale,
+                    });
+                }
+                add(&mut peer_add);
+            }
+            None => add(&mut peer_add),
+        }
+    }
+    for (vni, mac) in actual.peers.keys() {
+        if !desired.peers.contains_key(&(*vni, *mac)) {
+            peer_del.push(Op::PeerDel {
+                vni: *vni,
+                mac: *mac,
+                ips: Vec::new(),
+            });
+        }
+    }
+
+    // Keys first (an encrypted peer is reachable as soon as it exists),
+    // then networks, then what leaves before what arrives (a peer taking
+    // over a departed endpoint's address), then the networks and keys
+    // nothing uses any more.
+    let mut ops = Vec::new();
+    ops.extend(vtep_add);
+    ops.extend(net_add);
+    ops.extend(detach);
+    ops.extend(peer_del);
+    ops.extend(attach);
+    ops.extend(peer_add);
+    ops.extend(net_del);
+    ops.extend(vtep_del);
+    ops
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,431 @@
+//! Tables of desired against actual: what the plan wants, and the steps
+//! the diff takes from what a dataplane holds.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use super::*;
+use crate::gossip::{EndpointRecord, NodeIdentity};
+use crate::model::{Attachment, DesiredState, Driver, Ipv4Config, Ipv6Config};
+
+const OWN: [u8; 4] = [192, 0, 2, 1];
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn vni(n: u32) -> Vni {
+    Vni::new(n).unwrap()
+}
+
+fn net(id: &str, v: u32, encrypted: bool, v6: bool) -> Network {
+    Network {
+        id: id.into(),
+        name: format!("{id}-name"),
+        driver: Driver::Overlay,
+        vni: vni(v),
+        ipv4: Ipv4Config {
+            subnet: format!("10.0.{}.0/24", v - 4096).parse().unwrap(),
+            gateway: format!("10.0.{}.1", v - 4096).parse().unwrap(),
+            ip_range: None,
+        },
+        ipv6: v6.then(|| Ipv6Config {
+            subnet: "fd00::/64".parse().unwrap(),
+            gateway: "fd00::1".parse().unwrap(),
+            ip_range: None,
+        }),
+        attachable: true,
+        ingress: false,
+        encrypted,
+        mtu: if encrypted { 1408 } else { 1450 },
+        internal: false,
+        created: 0,
+    }
+}
+
+fn attachment(network: &str, v4: &str, v6: Option<&str>) -> Attachment {
+    let ipv4: std::net::Ipv4Addr = v4.parse().unwrap();
+    Attachment {
+        network: network.into(),
+        ipv4,
+        ipv6: v6.map(|s| s.parse().unwrap()),
+        mac: MacAddr::from_ip(IpAddr::V4(ipv4)),
+        aliases: Vec::new(),
+    }
+}
+
+fn container(id: &str, attachments: Vec<Attachment>) -> (Container, Runtime) {
+    let rt = Runtime {
+        container_id: id.into(),
+        netns: format!("ns-{id}"),
+        ifnames: attachments
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.network.clone(), format!("eth{i}")))
+            .collect(),
+        ..Runtime::default()
+    };
+    let c = Container {
+        id: id.into(),
+        name: id.into(),
+        node: "me".into(),
+        netns: None,
+        attachments,
+        created: 0,
+        desired: DesiredState::Running,
+        command: Vec::new(),
+        env: Vec::new(),
+        external: None,
+    };
+    (c, rt)
+}
+
+fn member(last: u8) -> NodeIdentity {
+    NodeIdentity {
+        node_id: format!("node{last}"),
+        gossip_addr: SocketAddr::new(IpAddr::from([192, 0, 2, last]), 7946),
+        data_addr: IpAddr::from([192, 0, 2, last]),
+        data_port: 4789,
+        public_key: [last; 32],
+        generation: 1,
+    }
+}
+
+/// A record of `ip` on `network`, with the MAC of the endpoint whose IPv4
+/// address is `v4` (an endpoint's IPv6 record carries the same MAC).
+fn record_of(network: &str, ip: &str, v4: &str, vtep_last: u8, version: u64) -> EndpointRecord {
+    EndpointRecord {
+        network_id: network.into(),
+        ip: ip.parse().unwrap(),
+        mac: MacAddr::from_ip(v4.parse().unwrap()).0,
+        vtep: IpAddr::from([192, 0, 2, vtep_last]),
+        version,
+        removed: false,
+    }
+}
+
+fn record(network: &str, v4: &str, vtep_last: u8, version: u64) -> EndpointRecord {
+    record_of(network, v4, v4, vtep_last, version)
+}
+
+struct World {
+    networks: Vec<Network>,
+    containers: Vec<(Container, Runtime)>,
+    gossip: GossipView,
+}
+
+impl World {
+    fn plan(&self) -> Plan {
+        let locals: Vec<LocalContainer<'_>> = self
+            .containers
+            .iter()
+            .map(|(c, r)| LocalContainer {
+                container: c,
+                runtime: r,
+            })
+            .collect();
+        plan(&Desired {
+            own_vtep: IpAddr::from(OWN),
+            networks: &self.networks,
+            containers: &locals,
+            gossip: &self.gossip,
+        })
+    }
+}
+
+/// Host 1 with one container on `n1`; host 2 (live) has one, host 3 (not
+/// a member any more) has one.
+fn world() -> World {
+    World {
+        networks: vec![net("n1", 4097, true, true), net("n2", 4098, false, false)],
+        containers: vec![container(
+            "c1",
+            vec![attachment("n1", "10.0.1.2", Some("fd00::2"))],
+        )],
+        gossip: GossipView {
+            own: Some(member(1)),
+            members: vec![member(2)],
+            records: vec![
+                record("n1", "10.0.1.2", 1, 1),
+                record("n1", "10.0.1.3", 2, 1),
+                record_of("n1", "fd00::3", "10.0.1.3", 2, 1),
+                record("n1", "10.0.1.4", 3, 1),
+                record("n2", "10.0.2.3", 2, 1),
+            ],
+        },
+    }
+}
+
+#[test]
+fn plan_of_a_host_with_one_container() {
+    let p = world().plan();
+    let s = &p.state;
+    // Only the network a container here uses is declared.
+    assert_eq!(s.networks, BTreeMap::from([(vni(4097), true)]));
+    let key = EndpointKey::Netns {
+        netns: "ns-c1".into(),
+        ifname: "eth0".into(),
+    };
+    let e = &s.endpoints[&key];
+    assert_eq!(e.vni, vni(4097));
+    assert_eq!(e.mtu, 1408);
+    assert_eq!(
+        e.ips.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        ["10.0.1.2/24", "fd00::2/64"]
+    );
+    assert_eq!(e.gateways, vec![ip("10.0.1.1"), ip("fd00::1")]);
+    assert_eq!(p.owners[&key], "c1");
+    assert_eq!(p.announce[&key].len(), 2);
+    // The live peer with both its addresses in one entry; not our own
+    // record, not host3's (not a member), not n2's (not declared here).
+    let mac3 = MacAddr::from_ip(ip("10.0.1.3"));
+    assert_eq!(s.peers.len(), 1, "{:?}", s.peers);
+    let peer = &s.peers[&(vni(4097), mac3)];
+    assert_eq!(peer.vtep, IpAddr::from([192, 0, 2, 2]));
+    assert_eq!(
+        peer.ips.iter().copied().collect::<Vec<_>>(),
+        [ip("10.0.1.3"), ip("fd00::3")]
+    );
+    assert_eq!(
+        s.vteps,
+        BTreeMap::from([(IpAddr::from([192, 0, 2, 2]), PublicKey::from_bytes([2; 32]))])
+    );
+}
+
+#[test]
+fn empty_dataplane_gets_everything_keys_and_networks_first() {
+    let p = world().plan();
+    let ops = diff(&DpState::default(), &p.state);
+    let kinds: Vec<&str> = ops
+        .iter()
+        .map(|o| match o {
+            Op::VtepAdd(..) => "vtep_add",
+            Op::NetworkAdd(..) => "network_add",
+            Op::Attach(..) => "attach",
+            Op::PeerAdd { .. } => "peer_add",
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(kinds, ["vtep_add", "network_add", "attach", "peer_add"]);
+    // Applied, nothing is left to do.
+    assert!(diff(&p.state, &p.state).is_empty());
+}
+
+#[test]
+fn dataplane_ahead_of_desired_loses_stale_state() {
+    let p = world().plan();
+    let mut actual = p.state.clone();
+    // A peer whose host went away, an endpoint of a removed container, a
+    // network nothing uses, a key of a host that left.
+    let stale_mac = MacAddr::from_ip(ip("10.0.1.9"));
+    actual.peers.insert(
+        (vni(4097), stale_mac),
+        PeerSpec {
+            ips: [ip("10.0.1.9")].into(),
+            vtep: IpAddr::from([192, 0, 2, 9]),
+        },
+    );
+    let gone = EndpointKey::Netns {
+        netns: "ns-old".into(),
+        ifname: "eth0".into(),
+    };
+    actual.endpoints.insert(
+        gone.clone(),
+        EndpointSpec {
+            vni: vni(4098),
+            mac: MacAddr::from_ip(ip("10.0.2.9")),
+            ips: vec![],
+            mtu: 1450,
+            gateways: vec![],
+        },
+    );
+    actual.networks.insert(vni(4098), false);
+    actual
+        .vteps
+        .insert(IpAddr::from([192, 0, 2, 9]), PublicKey::from_bytes([9; 32]));
+    let ops = diff(&actual, &p.state);
+    assert_eq!(
+        ops,
+        vec![
+            Op::Detach(gone),
+            Op::PeerDel {
+                vni: vni(4097),
+                mac: stale_mac,
+                ips: vec![]
+            },
+            Op::NetworkDel(vni(4098)),
+            Op::VtepDel(IpAddr::from([192, 0, 2, 9])),
+        ]
+    );
+}
+
+#[test]
+fn missing_keys_are_added_and_changed_keys_replaced() {
+    let p = world().plan();
+    let mut actual = p.state.clone();
+    actual.vteps.clear();
+    assert_eq!(
+        diff(&actual, &p.state),
+        vec![Op::VtepAdd(
+            IpAddr::from([192, 0, 2, 2]),
+            PublicKey::from_bytes([2; 32])
+        )]
+    );
+    // The host came back with a new dataplane key.
+    actual
+        .vteps
+        .insert(IpAddr::from([192, 0, 2, 2]), PublicKey::from_bytes([7; 32]));
+    assert_eq!(
+        diff(&actual, &p.state),
+        vec![Op::VtepAdd(
+            IpAddr::from([192, 0, 2, 2]),
+            PublicKey::from_bytes([2; 32])
+        )]
+    );
+}
+
+#[test]
+fn a_network_only_seen_through_remote_peers_is_not_programmed() {
+    let mut w = world();
+    // No container here: records of n1 and n2 exist, but nothing is wanted.
+    w.containers.clear();
+    let p = w.plan();
+    assert!(p.state.networks.is_empty());
+    assert!(p.state.peers.is_empty());
+    assert!(p.state.endpoints.is_empty());
+    // Keys are per host, not per network: still there.
+    assert_eq!(p.state.vteps.len(), 1);
+}
+
+#[test]
+fn a_local_endpoint_wins_over_a_record_about_it() {
+    let mut w = world();
+    // Host 2 still announces 10.0.1.3, which now runs here.
+    w.containers.push(container(
+        "c3",
+        vec![attachment("n1", "10.0.1.3", Some("fd00::3"))],
+    ));
+    let p = w.plan();
+    assert!(p.state.peers.is_empty(), "{:?}", p.state.peers);
+}
+
+#[test]
+fn a_moved_endpoint_follows_the_newest_record() {
+    let mut w = world();
+    w.gossip.members.push(member(4));
+    // 10.0.1.3 moved to host 4 (newer version); the old host still has
+    // its IPv6 record.
+    w.gossip.records.retain(|r| r.ip != ip("10.0.1.3"));
+    w.gossip.records.push(record("n1", "10.0.1.3", 4, 5));
+    let p = w.plan();
+    let peer = &p.state.peers[&(vni(4097), MacAddr::from_ip(ip("10.0.1.3")))];
+    assert_eq!(peer.vtep, IpAddr::from([192, 0, 2, 4]));
+    assert_eq!(
+        peer.ips.iter().copied().collect::<Vec<_>>(),
+        [ip("10.0.1.3")]
+    );
+    // From what the dataplane holds (both addresses at host 2): the stale
+    // address goes, then the entry moves.
+    let before = world().plan().state;
+    let ops = diff(&before, &p.state);
+    assert_eq!(
+        ops,
+        vec![
+            Op::VtepAdd(IpAddr::from([192, 0, 2, 4]), PublicKey::from_bytes([4; 32])),
+            Op::PeerDel {
+                vni: vni(4097),
+                mac: MacAddr::from_ip(ip("10.0.1.3")),
+                ips: vec![ip("fd00::3")]
+            },
+            Op::PeerAdd {
+                vni: vni(4097),
+                mac: MacAddr::from_ip(ip("10.0.1.3")),
+                ips: vec![ip("10.0.1.3")],
+                vtep: IpAddr::from([192, 0, 2, 4]),
+            },
+        ]
+    );
+}
+
+#[test]
+fn a_changed_endpoint_is_detached_then_attached() {
+    let w = world();
+    let p = w.plan();
+    let mut actual = p.state.clone();
+    let key = p.state.endpoints.keys().next().unwrap().clone();
+    actual.endpoints.get_mut(&key).unwrap().mtu = 1500;
+    assert_eq!(
+        diff(&actual, &p.state),
+        vec![
+            Op::Detach(key.clone()),
+            Op::Attach(key.clone(), p.state.endpoints[&key].clone())
+        ]
+    );
+}
+
+#[test]
+fn after_leaving_everything_owned_goes() {
+    let p = world().plan();
+    let empty = World {
+        networks: vec![],
+        containers: vec![],
+        gossip: GossipView::default(),
+    }
+    .plan();
+    let ops = diff(&p.state, &empty.state);
+    assert_eq!(ops.len(), 4, "{ops:?}");
+    assert!(matches!(ops[0], Op::Detach(_)));
+    assert!(matches!(ops[1], Op::PeerDel { .. }));
+    assert!(matches!(ops[2], Op::NetworkDel(_)));
+    assert!(matches!(ops[3], Op::VtepDel(_)));
+}
+
+#[test]
+fn only_control_owned_entries_are_observed() {
+    use vxnet_api::dp::{FdbKind, Owner};
+    let o = Observed {
+        networks: vec![
+            NetworkInfo {
+                vni: vni(4097),
+                encrypted: false,
+                endpoints: 0,
+                peers: 1,
+                mtu: 1450,
+                owner: Owner::Control,
+            },
+            NetworkInfo {
+                vni: vni(5),
+                encrypted: false,
+                endpoints: 0,
+                peers: 0,
+                mtu: 1450,
+                owner: Owner::User,
+            },
+        ],
+        endpoints: vec![],
+        fdb: vec![
+            FdbEntry {
+                vni: vni(4097),
+                mac: Some(MacAddr::from_ip(ip("10.0.1.3"))),
+                ips: vec![ip("10.0.1.3")],
+                kind: FdbKind::Remote,
+                endpoint: None,
+                vtep: Some(IpAddr::from([192, 0, 2, 2])),
+                owner: Owner::Control,
+            },
+            FdbEntry {
+                vni: vni(4097),
+                mac: Some(MacAddr::from_ip(ip("10.0.1.7"))),
+                ips: vec![],
+                kind: FdbKind::Remote,
+                endpoint: None,
+                vtep: Some(IpAddr::from([192, 0, 2, 7])),
+                owner: Owner::User,
+            },
+        ],
+        vteps: vec![],
+    };
+    let s = observe(&o);
+    assert_eq!(s.networks.len(), 1);
+    assert_eq!(s.peers.len(), 1);
+}
