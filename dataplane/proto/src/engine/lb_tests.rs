@@ -424,6 +424,11 @@ fn scaling_keeps_flows_on_surviving_backends() {
     assert!(lost > 30, "{lost} flows were on the removed backend");
     assert_eq!(h.drops(Drop::LbBackendGone), lost);
     assert_eq!(h.stat(Counter::ConntrackRemoved), lost);
+    // The packet after that is balanced afresh to a backend that stays
+    // (whose TCP stack will reset the unknown connection).
+    let (port, _) = flows.iter().find(|(_, b)| *b == gone).copied().unwrap();
+    let to = h.send(0, &to_vip("10.0.0.100", port, Tcp::Ack)).unwrap();
+    assert!(to != gone && all[..2].iter().any(|b| ip(b) == to));
     // New flows now avoid it.
     for p in 0..100 {
         let to = h

@@ -31,7 +31,11 @@
 //! Changing a service's backends never disturbs a flow to a backend that
 //! stays: its conntrack entry keeps it there (and Maglev moves few flows
 //! that have none). A flow to a backend that left is dropped on its next
-//! packet and its entry removed (`lb`/`backend_gone`).
+//! packet and its entry removed (`lb`/`backend_gone`). The packet after
+//! that is balanced afresh; a TCP segment then reaches a backend that
+//! does not know the connection and answers with a reset, so the client
+//! learns at once that the connection is gone (Docker's IPVS keeps sending
+//! to a dead backend, moby#33790).
 //!
 //! # One worker
 //! Conntrack is per worker and lock-free. A flow's forward packets always
