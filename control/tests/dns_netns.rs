@@ -472,7 +472,7 @@ fn a_namespace_made_anew_under_the_same_name_is_served_again() {
         &["netns", "add", name],
         &["-n", name, "link", "set", "lo", "up"],
     ] {
-        vxnet_dataplane::sys::netns::ip(args).expect("recreate the namespace");
+        vxnet_dataplane::sys::netns::testutil::ip(args).expect("recreate the namespace");
     }
     assert_eq!(status(&dig(&s.ns, &["web"])), None, "nothing answers yet");
     s.dns

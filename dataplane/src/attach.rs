@@ -8,6 +8,7 @@
 //!   host side is enslaved to a per-VNI Linux bridge `vxbr<VNI>` that also
 //!   holds the dataplane's TAP `vxtap<VNI>` for that network.
 
+use crate::sys::netlink::Netlink;
 use crate::sys::netns;
 use crate::sys::tap::Tap;
 use crate::sys::udp;
@@ -154,136 +155,132 @@ fn in_subnet(net: &IpNet, ip: IpAddr) -> bool {
 }
 
 /// Creates and configures the TAP inside namespace `ns`; returns it and the
-/// namespace as given.
+/// namespace as given. On failure nothing is left: the TAP goes with its
+/// descriptor.
 pub fn native(ns: &str, plan: &Plan) -> Result<(Tap, String), String> {
     let path = netns::resolve(ns).map_err(|e| e.to_string())?;
-    let plan = plan.clone();
-    let ns_name = ns.to_string();
-    let tap = netns::run_in(&path, move || -> Result<Tap, String> {
-        if netns::ip(&["link", "show", "dev", &plan.ifname]).is_ok() {
-            return Err(format!(
-                "interface {} already exists in network namespace '{ns_name}'",
-                plan.ifname
-            ));
-        }
-        let tap = Tap::create(&plan.ifname)
-            .map_err(|e| format!("cannot create TAP {}: {e}", plan.ifname))?;
-        configure(&plan)
-            .map_err(|e| format!("configuring {} in '{ns_name}' failed: {e}", plan.ifname))?;
-        Ok(tap)
-    })
-    .map_err(|e| format!("cannot enter network namespace '{ns}': {e}"))??;
+    let mut nl = Netlink::open_in(&path)
+        .map_err(|e| format!("cannot enter network namespace '{ns}': {e}"))?;
+    let ifname = plan.ifname.clone();
+    if nl.link_exists(&ifname).map_err(|e| e.to_string())? {
+        return Err(format!(
+            "interface {ifname} already exists in network namespace '{ns}'"
+        ));
+    }
+    let tap = netns::run_in(&path, move || Tap::create(&ifname))
+        .map_err(|e| format!("cannot enter network namespace '{ns}': {e}"))?
+        .map_err(|e| format!("cannot create TAP {}: {e}", plan.ifname))?;
+    configure(&mut nl, plan)
+        .map_err(|e| format!("configuring {} in '{ns}' failed: {e}", plan.ifname))?;
     Ok((tap, ns.to_string()))
 }
 
-/// Runs in the container's namespace: MAC, MTU, addresses, routes, up.
-fn configure(plan: &Plan) -> Result<(), String> {
+/// The container's side: MAC, MTU, addresses, TSO size, up, routes.
+fn configure(nl: &mut Netlink, plan: &Plan) -> std::io::Result<()> {
     let dev = plan.ifname.as_str();
-    let mac = plan.mac.to_string();
-    let mtu = plan.mtu.to_string();
-    netns::ip(&["link", "set", "dev", dev, "address", &mac, "mtu", &mtu])?;
+    nl.set_mac(dev, plan.mac)?;
+    nl.set_mtu(dev, plan.mtu)?;
     for n in &plan.ips {
-        let addr = n.to_string();
-        if n.addr().is_ipv6() {
-            netns::ip(&["-6", "addr", "add", &addr, "dev", dev, "nodad"])?;
-        } else {
-            netns::ip(&["addr", "add", &addr, "dev", dev])?;
-        }
+        nl.add_address(dev, n.addr(), n.prefix_len())?;
     }
-    // Only an optimisation, and older iproute2 lacks the keyword: the
-    // endpoint works without it.
-    let segs = plan.gso_max_segs.to_string();
-    if let Err(e) = netns::ip(&["link", "set", "dev", dev, "gso_max_segs", &segs]) {
+    // Only an optimisation, and kernels before 5.19 refuse it: the endpoint
+    // works without it.
+    let segs = u32::try_from(plan.gso_max_segs).unwrap_or(u32::MAX);
+    if let Err(e) = nl.set_gso_max_segs(dev, segs) {
         tracing::warn!(dev, error = %e, "cannot limit TSO frames to one UDP GSO send");
     }
-    netns::ip(&["link", "set", "dev", dev, "up"])?;
+    nl.set_up(dev)?;
     for gw in &plan.gateways {
-        let gw = gw.to_string();
-        netns::ip(&["route", "replace", "default", "via", &gw, "dev", dev])?;
+        nl.replace_default_route(dev, *gw)?;
     }
     Ok(())
 }
 
 /// The per-VNI bridge of sidecar endpoints and the TAP that joins it.
 pub struct Bridge {
+    pub vni: Vni,
     pub name: String,
     pub tap: Arc<Tap>,
     pub port: PortId,
     pub members: usize,
 }
 
+/// `vxbr<VNI>`: the bridge of the sidecar endpoints of `vni`.
+pub fn bridge_name(vni: Vni) -> String {
+    format!("vxbr{vni}")
+}
+
 impl Bridge {
-    /// Creates `vxbr<VNI>` with the TAP `vxtap<VNI>` in the dataplane's own
-    /// namespace. Neither gets IPv6 link-local addresses: they are plumbing,
-    /// not hosts, and must not send frames of their own into the overlay.
+    /// Creates `vxbr<VNI>` with the TAP `vxtap<VNI>` in the calling thread's
+    /// namespace (the dataplane's). Neither gets IPv6 link-local addresses:
+    /// they are plumbing, not hosts, and must not send frames of their own
+    /// into the overlay. On failure nothing is left.
     pub fn create(vni: Vni, port: PortId, mtu: u32) -> Result<Bridge, String> {
-        let name = format!("vxbr{vni}");
+        let name = bridge_name(vni);
         let tap_name = format!("vxtap{vni}");
-        let mtu = mtu.to_string();
-        netns::ip(&["link", "add", "name", &name, "type", "bridge"])
+        let mut nl = Netlink::open().map_err(|e| e.to_string())?;
+        nl.add_bridge(&name)
             .map_err(|e| format!("cannot create bridge {name}: {e}"))?;
-        let undo = |e: String| {
-            let _ = netns::ip(&["link", "del", "dev", &name]);
-            e
-        };
-        netns::ip(&[
-            "link",
-            "set",
-            "dev",
-            &name,
-            "addrgenmode",
-            "none",
-            "mtu",
-            &mtu,
-            "up",
-        ])
-        .map_err(undo)?;
-        let tap = Tap::create(&tap_name)
-            .map_err(|e| undo(format!("cannot create TAP {tap_name}: {e}")))?;
-        netns::ip(&[
-            "link",
-            "set",
-            "dev",
-            &tap_name,
-            "addrgenmode",
-            "none",
-            "mtu",
-            &mtu,
-            "master",
-            &name,
-            "up",
-        ])
-        .map_err(undo)?;
-        Ok(Bridge {
-            name,
-            tap: Arc::new(tap),
-            port,
-            members: 0,
-        })
-    }
-
-    /// Puts the host side of a container's veth on the bridge.
-    pub fn enslave(&self, veth: &str, mtu: u32) -> Result<(), String> {
-        if netns::ip(&["link", "show", "dev", veth]).is_err() {
-            return Err(format!(
-                "veth {veth} does not exist in the dataplane's network namespace"
-            ));
+        let made = (|| {
+            nl.set_addr_gen_mode_none(&name)?;
+            nl.set_mtu(&name, mtu)?;
+            nl.set_up(&name)?;
+            let tap = Tap::create(&tap_name).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot create TAP {tap_name}: {e}"))
+            })?;
+            nl.set_addr_gen_mode_none(&tap_name)?;
+            nl.set_mtu(&tap_name, mtu)?;
+            nl.set_controller(&tap_name, &name)?;
+            nl.set_up(&tap_name)?;
+            Ok::<_, std::io::Error>(tap)
+        })();
+        match made {
+            Ok(tap) => Ok(Bridge {
+                vni,
+                name,
+                tap: Arc::new(tap),
+                port,
+                members: 0,
+            }),
+            Err(e) => {
+                // The TAP (if made) is gone with its descriptor already.
+                let _ = nl.del_link(&name);
+                Err(format!("cannot set up bridge {name}: {e}"))
+            }
         }
-        let mtu = mtu.to_string();
-        netns::ip(&[
-            "link", "set", "dev", veth, "mtu", &mtu, "master", &self.name, "up",
-        ])
-        .map_err(|e| format!("cannot put {veth} on bridge {}: {e}", self.name))
-    }
-
-    /// Takes a veth off the bridge (it may already be gone with its container).
-    pub fn release(&self, veth: &str) {
-        let _ = netns::ip(&["link", "set", "dev", veth, "nomaster"]);
     }
 
     pub fn destroy(self) {
         drop(self.tap);
-        let _ = netns::ip(&["link", "del", "dev", &self.name]);
+        if let Err(e) = Netlink::open().and_then(|mut nl| nl.del_link(&self.name)) {
+            tracing::warn!(bridge = %self.name, error = %e, "cannot delete bridge");
+        }
+    }
+}
+
+/// Puts the host side of a container's veth on the bridge `bridge`, with
+/// the network's MTU, and brings it up.
+pub fn enslave(bridge: &str, veth: &str, mtu: u32) -> Result<(), String> {
+    let mut nl = Netlink::open().map_err(|e| e.to_string())?;
+    match nl.link_exists(veth) {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(format!(
+                "veth {veth} does not exist in the dataplane's network namespace"
+            ));
+        }
+        Err(e) => return Err(e.to_string()),
+    }
+    nl.set_mtu(veth, mtu)
+        .and_then(|()| nl.set_controller(veth, bridge))
+        .and_then(|()| nl.set_up(veth))
+        .map_err(|e| format!("cannot put {veth} on bridge {bridge}: {e}"))
+}
+
+/// Takes a veth off its bridge (it may already be gone with its container).
+pub fn release(veth: &str) {
+    if let Ok(mut nl) = Netlink::open() {
+        let _ = nl.release(veth);
     }
 }
 

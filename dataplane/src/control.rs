@@ -3,13 +3,19 @@
 //! each request. A request is validated completely before anything changes;
 //! a step that fails half-way undoes what it did, so a refused request
 //! leaves no TAP, bridge or table entry behind.
+//!
+//! The state's lock is never held while the kernel is configured (TAPs,
+//! bridges, addresses through netlink) or while workers let go of a port:
+//! an attach claims what it needs under the lock, configures without it and
+//! commits under it again (see `Dataplane::attach`); a detach forgets the
+//! endpoint under the lock and removes its devices after.
 
 use crate::attach::{self, Bridge};
 use crate::sys::tap::Tap;
 use crate::worker::{self, Command, FdbCell, PollMode, WorkerConfig, WorkerHandle};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use vxnet_proto::crypto::OsRng;
 use vxnet_proto::crypto::keys::{PublicKey, StaticKeypair};
@@ -52,6 +58,31 @@ pub struct Config {
     pub maglev_size: u32,
 }
 
+impl Config {
+    /// A dataplane on 127.0.0.1 (any port) with one interrupt-driven worker
+    /// and a fresh key: for tests of the request handling.
+    #[doc(hidden)]
+    pub fn loopback_for_tests() -> Config {
+        Config {
+            local_vtep: IpAddr::from([127, 0, 0, 1]),
+            port: 0,
+            workers: 1,
+            src_ports: 1,
+            poll: PollMode::Interrupt,
+            spin: Duration::ZERO,
+            default_mtu: 1450,
+            keypair: Arc::new(StaticKeypair::generate(&mut OsRng)),
+            rekey_interval: Duration::from_secs(3600),
+            allow_key_export: false,
+            conntrack: ConntrackConfig {
+                capacity: 1024,
+                ..ConntrackConfig::default()
+            },
+            maglev_size: 251,
+        }
+    }
+}
+
 /// Bytes an encrypted network adds per packet on top of VXLAN: ESP header
 /// and IV (16), inner UDP header (8), trailer (2, no padding for MTUs that
 /// are multiples of 4) and ICV (16). 1450 - 42 = 1408.
@@ -68,6 +99,38 @@ fn wire_overhead(encrypted: bool) -> u32 {
     }
 }
 
+/// An attach between its check and its commit: what it holds so that no
+/// other request takes the same endpoint id, port, MAC, addresses or device
+/// while the kernel is being configured without the lock.
+#[derive(Clone)]
+struct Claim {
+    id: u32,
+    plan: attach::Plan,
+    target: AttachTarget,
+    port: PortId,
+    /// This attach makes the VNI's bridge (its slot is `Busy` meanwhile).
+    new_bridge: bool,
+    /// Whether the VNI was encrypted when the plan (MTU) was made.
+    encrypted: bool,
+    /// Who asked for it.
+    owner: Owner,
+}
+
+/// What the kernel side of an attach made.
+enum Made {
+    /// The TAP and the namespace it lives in.
+    Native(Arc<Tap>, String),
+    /// The bridge, if this attach made it.
+    Sidecar(Option<Bridge>),
+}
+
+/// A VNI's sidecar bridge, or a request making or removing it outside the
+/// lock (attaches that need it wait on `Dataplane::bridge_done`).
+enum BridgeSlot {
+    Ready(Bridge),
+    Busy,
+}
+
 /// One attached endpoint.
 struct Endpoint {
     info: EndpointInfo,
@@ -81,7 +144,11 @@ struct State {
     fdb: Fdb,
     endpoints: BTreeMap<u32, Endpoint>,
     next_id: u32,
-    bridges: HashMap<Vni, Bridge>,
+    bridges: HashMap<Vni, BridgeSlot>,
+    /// Attaches in progress.
+    claims: Vec<Claim>,
+    /// Ports being taken from the workers after a detach; not reused yet.
+    draining: Vec<PortId>,
     next_worker: usize,
     /// Hosts whose public keys we were told, and by whom.
     vteps: BTreeMap<IpAddr, (PublicKey, Owner)>,
@@ -99,10 +166,20 @@ pub struct Dataplane {
     instance: u64,
     cell: Arc<FdbCell>,
     state: Mutex<State>,
+    /// Signalled when a bridge slot stops being `Busy`.
+    bridge_done: Condvar,
     workers: Mutex<Vec<WorkerHandle>>,
     stats: Vec<Arc<vxnet_proto::stats::Stats>>,
     gso: bool,
     gro: bool,
+    /// Test hook: (reached, go) for [`Dataplane::stall_before_configure`].
+    #[cfg(test)]
+    stall: Mutex<
+        Option<(
+            crossbeam_channel::Sender<()>,
+            crossbeam_channel::Receiver<()>,
+        )>,
+    >,
 }
 
 impl Dataplane {
@@ -135,10 +212,13 @@ impl Dataplane {
                 next_id: 1,
                 ..State::default()
             }),
+            bridge_done: Condvar::new(),
             workers: Mutex::new(workers),
             stats,
             gso,
             gro,
+            #[cfg(test)]
+            stall: Mutex::new(None),
         })
     }
 
@@ -251,134 +331,264 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Attaches an endpoint in three steps so that no lock is held while
+    /// the kernel is configured: [`Self::reserve`] checks the request and
+    /// claims its id, port, MAC, addresses and device under the lock;
+    /// [`Self::configure`] makes the TAP (or bridge port) without it; and
+    /// [`Self::commit`] takes the lock again to publish the endpoint, or to
+    /// drop the claim and undo the kernel side. Other requests (stats, FDB,
+    /// other attaches) run meanwhile; only a sidecar attach that needs a
+    /// bridge still being made or removed waits for it.
     fn attach(&self, req: Attach) -> R<EndpointInfo> {
+        let claim = self.reserve(&req)?;
+        #[cfg(test)]
+        self.stall_before_configure();
+        let made = self.configure(&claim);
+        self.commit(claim, made)
+    }
+
+    /// Checks `req` against the table and the other claims and records its
+    /// claim. Refused requests change nothing.
+    fn reserve(&self, req: &Attach) -> R<Claim> {
         let mut st = self.lock();
+        let encrypted = st.fdb.is_encrypted(req.vni);
         let plan = attach::Plan::validate(
-            &req,
+            req,
             self.default_mtu(&st.fdb, req.vni),
-            wire_overhead(st.fdb.is_encrypted(req.vni)),
+            wire_overhead(encrypted),
         )
         .map_err(ApiError::invalid)?;
         let ips: Vec<IpAddr> = plan.ips.iter().map(|n| n.addr()).collect();
-        let owner = req.owner;
-        match &req.target {
+        let (port, new_bridge) = match &req.target {
             AttachTarget::Netns(ns) => {
-                let port = st.fdb.free_port();
-                st.fdb
-                    .check_local(port, plan.vni, plan.mac, &ips)
-                    .map_err(|e| FdbRefusal::from(e).0)?;
-                let (tap, location) = attach::native(ns, &plan).map_err(ApiError::precondition)?;
-                let tap = Arc::new(tap);
-                let mut next = st.fdb.clone();
-                next.add_local(port, plan.vni, plan.mac, &ips)
-                    .map_err(|e| FdbRefusal::from(e).0)?;
-                let info = self.endpoint_info(
-                    &mut st,
-                    &plan,
-                    (plan.ifname.clone(), location),
-                    EndpointKind::Native,
-                    tap.name(),
-                    owner,
-                );
-                self.add_port(&mut st, port, &tap);
-                st.endpoints.insert(
-                    info.id,
-                    Endpoint {
-                        info: info.clone(),
-                        port,
-                        tap: Some(tap),
-                    },
-                );
-                self.cell.publish(next.clone());
-                st.fdb = next;
-                Ok(info)
+                if let Some(c) = st.claims.iter().find(|c| {
+                    matches!(&c.target, AttachTarget::Netns(n) if n == ns)
+                        && c.plan.ifname == plan.ifname
+                }) {
+                    return Err(ApiError::exists(format!(
+                        "interface {} in network namespace '{ns}' is being attached (endpoint {})",
+                        plan.ifname, c.id
+                    )));
+                }
+                (free_port(&st), false)
             }
             AttachTarget::Veth(veth) => {
-                let existing = st.bridges.get(&plan.vni).map(|b| b.port);
-                let port = existing.unwrap_or_else(|| st.fdb.free_port());
-                st.fdb
-                    .check_local(port, plan.vni, plan.mac, &ips)
-                    .map_err(|e| FdbRefusal::from(e).0)?;
-                if st
+                // A bridge being made or removed by another request: wait
+                // for it (that request holds no lock either).
+                while matches!(st.bridges.get(&plan.vni), Some(BridgeSlot::Busy)) {
+                    st = self
+                        .bridge_done
+                        .wait(st)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+                let attached = st
                     .endpoints
                     .values()
-                    .any(|e| e.info.kind == EndpointKind::Sidecar && e.info.ifname == *veth)
-                {
+                    .any(|e| e.info.kind == EndpointKind::Sidecar && e.info.ifname == *veth);
+                let claimed = st
+                    .claims
+                    .iter()
+                    .any(|c| matches!(&c.target, AttachTarget::Veth(v) if v == veth));
+                if attached || claimed {
                     return Err(ApiError::exists(format!("veth {veth} is already attached")));
                 }
-                let new_bridge = match existing {
-                    Some(_) => None,
-                    None => {
-                        Some(Bridge::create(plan.vni, port, plan.mtu).map_err(ApiError::internal)?)
-                    }
+                match st.bridges.get(&plan.vni) {
+                    Some(BridgeSlot::Ready(b)) => (b.port, false),
+                    _ => (free_port(&st), true),
+                }
+            }
+        };
+        st.fdb
+            .check_local(port, plan.vni, plan.mac, &ips)
+            .map_err(|e| FdbRefusal::from(e).0)?;
+        for c in st.claims.iter().filter(|c| c.plan.vni == plan.vni) {
+            if c.plan.mac == plan.mac {
+                return Err(ApiError::exists(format!(
+                    "MAC {} is already used on VNI {} by endpoint {}, being attached",
+                    plan.mac, plan.vni, c.id
+                )));
+            }
+            if let Some(ip) = c.plan.ips.iter().find(|n| ips.contains(&n.addr())) {
+                return Err(ApiError::exists(format!(
+                    "IP {} is already used on VNI {} by endpoint {}, being attached",
+                    ip.addr(),
+                    plan.vni,
+                    c.id
+                )));
+            }
+        }
+        if new_bridge {
+            st.bridges.insert(plan.vni, BridgeSlot::Busy);
+        }
+        let id = st.next_id;
+        st.next_id += 1;
+        let claim = Claim {
+            id,
+            plan,
+            target: req.target.clone(),
+            port,
+            new_bridge,
+            encrypted,
+            owner: req.owner,
+        };
+        st.claims.push(claim.clone());
+        Ok(claim)
+    }
+
+    /// The kernel side of an attach; runs without the lock.
+    fn configure(&self, claim: &Claim) -> Result<Made, String> {
+        let plan = &claim.plan;
+        match &claim.target {
+            AttachTarget::Netns(ns) => {
+                let (tap, location) = attach::native(ns, plan)?;
+                Ok(Made::Native(Arc::new(tap), location))
+            }
+            AttachTarget::Veth(veth) => {
+                let bridge = if claim.new_bridge {
+                    Some(Bridge::create(plan.vni, claim.port, plan.mtu)?)
+                } else {
+                    None
                 };
-                let bridge = new_bridge.as_ref().or_else(|| st.bridges.get(&plan.vni));
-                let Some(bridge) = bridge else {
-                    return Err(ApiError::internal("internal error: bridge vanished"));
-                };
-                if let Err(e) = bridge.enslave(veth, plan.mtu) {
-                    if let Some(b) = new_bridge {
+                if let Err(e) = attach::enslave(&attach::bridge_name(plan.vni), veth, plan.mtu) {
+                    if let Some(b) = bridge {
                         b.destroy();
                     }
-                    return Err(ApiError::precondition(e));
+                    return Err(e);
                 }
-                let (bridge_name, tap_name) = (bridge.name.clone(), bridge.tap.name().to_string());
-                let mut next = st.fdb.clone();
-                next.add_local(port, plan.vni, plan.mac, &ips)
-                    .map_err(|e| FdbRefusal::from(e).0)?;
-                if let Some(b) = new_bridge {
-                    self.add_port(&mut st, port, &b.tap);
-                    st.bridges.insert(plan.vni, b);
-                }
-                if let Some(b) = st.bridges.get_mut(&plan.vni) {
-                    b.members += 1;
-                }
-                let info = self.endpoint_info(
-                    &mut st,
-                    &plan,
-                    (veth.clone(), bridge_name),
-                    EndpointKind::Sidecar,
-                    &tap_name,
-                    owner,
-                );
-                st.endpoints.insert(
-                    info.id,
-                    Endpoint {
-                        info: info.clone(),
-                        port,
-                        tap: None,
-                    },
-                );
-                self.cell.publish(next.clone());
-                st.fdb = next;
-                Ok(info)
+                Ok(Made::Sidecar(bridge))
             }
         }
     }
 
-    fn endpoint_info(
-        &self,
-        st: &mut State,
-        plan: &attach::Plan,
-        (ifname, location): (String, String),
-        kind: EndpointKind,
-        tap: &str,
-        owner: Owner,
-    ) -> EndpointInfo {
-        let id = st.next_id;
-        st.next_id += 1;
-        EndpointInfo {
-            id,
-            vni: plan.vni,
-            mac: plan.mac,
-            ips: plan.ips.clone(),
-            mtu: plan.mtu,
-            ifname,
-            location,
-            kind,
-            tap: tap.to_string(),
-            gateways: plan.gateways.clone(),
-            owner,
+    /// Publishes a configured endpoint, or drops its claim when `made`
+    /// failed or the table changed meanwhile so that it no longer fits (a
+    /// remote peer took the MAC, the network's encryption changed); the
+    /// kernel side is then undone, outside the lock.
+    fn commit(&self, claim: Claim, made: Result<Made, String>) -> R<EndpointInfo> {
+        let mut st = self.lock();
+        st.claims.retain(|c| c.id != claim.id);
+        let plan = &claim.plan;
+        let ips: Vec<IpAddr> = plan.ips.iter().map(|n| n.addr()).collect();
+        let made = match made {
+            Ok(m) => m,
+            Err(e) => {
+                drop(st);
+                self.free_bridge_slot(&claim, None);
+                // The kernel refused (no such namespace, a name taken).
+                return Err(ApiError::precondition(e));
+            }
+        };
+        let mut next = st.fdb.clone();
+        let fits = if st.fdb.is_encrypted(plan.vni) != claim.encrypted {
+            Err(ApiError::precondition(format!(
+                "VNI {} changed between plain and encrypted during the attach; attach again",
+                plan.vni
+            )))
+        } else {
+            next.add_local(claim.port, plan.vni, plan.mac, &ips)
+                .map_err(|e| FdbRefusal::from(e).0)
+        };
+        if let Err(e) = fits {
+            drop(st);
+            match made {
+                // Closing the last descriptor deletes the TAP.
+                Made::Native(tap, _) => drop(tap),
+                Made::Sidecar(bridge) => {
+                    if let AttachTarget::Veth(veth) = &claim.target {
+                        attach::release(veth);
+                    }
+                    self.free_bridge_slot(&claim, bridge);
+                }
+            }
+            return Err(e);
+        }
+        let info = match made {
+            Made::Native(tap, location) => {
+                self.add_port(&mut st, claim.port, &tap);
+                let info = endpoint_info(
+                    &claim,
+                    (plan.ifname.clone(), location),
+                    EndpointKind::Native,
+                    tap.name(),
+                );
+                st.endpoints.insert(
+                    info.id,
+                    Endpoint {
+                        info: info.clone(),
+                        port: claim.port,
+                        tap: Some(tap),
+                    },
+                );
+                info
+            }
+            Made::Sidecar(new_bridge) => {
+                if let Some(b) = new_bridge {
+                    self.add_port(&mut st, claim.port, &b.tap);
+                    st.bridges.insert(plan.vni, BridgeSlot::Ready(b));
+                    self.bridge_done.notify_all();
+                }
+                let Some(BridgeSlot::Ready(b)) = st.bridges.get_mut(&plan.vni) else {
+                    // reserve() saw it Ready, and a bridge with a claim on
+                    // it is never removed (see detach).
+                    return Err(ApiError::internal(format!(
+                        "internal error: bridge of VNI {} vanished",
+                        plan.vni
+                    )));
+                };
+                b.members += 1;
+                let (bridge, tap) = (b.name.clone(), b.tap.name().to_string());
+                let veth = match &claim.target {
+                    AttachTarget::Veth(v) => v.clone(),
+                    AttachTarget::Netns(_) => String::new(),
+                };
+                let info = endpoint_info(&claim, (veth, bridge), EndpointKind::Sidecar, &tap);
+                st.endpoints.insert(
+                    info.id,
+                    Endpoint {
+                        info: info.clone(),
+                        port: claim.port,
+                        tap: None,
+                    },
+                );
+                info
+            }
+        };
+        self.cell.publish(next.clone());
+        st.fdb = next;
+        Ok(info)
+    }
+
+    /// After a failed sidecar attach: deletes the bridge it made (if any)
+    /// and lets waiting attaches go on; or, when it meant to join an
+    /// existing bridge that meanwhile lost its last member, removes that.
+    fn free_bridge_slot(&self, claim: &Claim, bridge: Option<Bridge>) {
+        if !claim.new_bridge {
+            let idle = take_idle_bridge(&mut self.lock(), claim.plan.vni);
+            if let Some(b) = idle {
+                self.drop_bridge(b);
+            }
+            return;
+        }
+        if let Some(b) = bridge {
+            b.destroy();
+        }
+        let mut st = self.lock();
+        st.bridges.remove(&claim.plan.vni);
+        self.bridge_done.notify_all();
+    }
+
+    /// Test hook: an attach reports that it has reserved and waits for the
+    /// go-ahead before configuring.
+    #[cfg(test)]
+    fn stall_before_configure(&self) {
+        let hook = self
+            .stall
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some((reached, go)) = hook {
+            let _ = reached.send(());
+            let _ = go.recv();
         }
     }
 
@@ -443,32 +653,62 @@ impl Dataplane {
                 DetachTarget::Veth(v) => format!("veth {v} is not attached"),
             }));
         }
+        // The table forgets the endpoints at once; the workers and the
+        // kernel are told after the lock is released. Their ports stay
+        // reserved (`draining`) until then, so no attach reuses one early.
         let mut removed = Vec::new();
+        let mut taps = Vec::new();
+        let mut veths = Vec::new();
+        let mut bridges = Vec::new();
+        let mut next = st.fdb.clone();
         for id in ids {
             let Some(ep) = st.endpoints.remove(&id) else {
                 continue;
             };
-            let mut next = st.fdb.clone();
             next.remove_local(ep.port, ep.info.mac);
-            self.cell.publish(next.clone());
-            st.fdb = next;
-            if ep.tap.is_some() {
-                self.remove_port(ep.port);
-            } else if let Some(b) = st.bridges.get_mut(&ep.info.vni) {
-                b.release(&ep.info.ifname);
-                b.members = b.members.saturating_sub(1);
-                if b.members == 0 {
-                    let port = b.port;
-                    self.remove_port(port);
-                    if let Some(b) = st.bridges.remove(&ep.info.vni) {
-                        b.destroy();
-                    }
+            if let Some(tap) = ep.tap {
+                st.draining.push(ep.port);
+                taps.push((ep.port, tap));
+            } else {
+                veths.push(ep.info.ifname.clone());
+                if let Some(BridgeSlot::Ready(b)) = st.bridges.get_mut(&ep.info.vni) {
+                    b.members = b.members.saturating_sub(1);
                 }
+                bridges.extend(take_idle_bridge(&mut st, ep.info.vni));
             }
-            drop(ep.tap);
             removed.push(ep.info);
         }
+        self.cell.publish(next.clone());
+        st.fdb = next;
+        drop(st);
+        let mut drained = Vec::new();
+        for (port, tap) in taps {
+            self.remove_port(port);
+            // Closing the last descriptor deletes the TAP.
+            drop(tap);
+            drained.push(port);
+        }
+        for veth in &veths {
+            attach::release(veth);
+        }
+        for b in bridges {
+            self.drop_bridge(b);
+        }
+        let mut st = self.lock();
+        st.draining.retain(|p| !drained.contains(p));
         Ok(removed)
+    }
+
+    /// Takes a bridge returned by [`take_idle_bridge`] from the workers and
+    /// the kernel, then frees its slot and port.
+    fn drop_bridge(&self, b: Bridge) {
+        let (vni, port) = (b.vni, b.port);
+        self.remove_port(port);
+        b.destroy();
+        let mut st = self.lock();
+        st.draining.retain(|p| *p != port);
+        st.bridges.remove(&vni);
+        self.bridge_done.notify_all();
     }
 
     fn stats_report(&self) -> StatsReport {
@@ -866,6 +1106,62 @@ impl Dataplane {
     }
 }
 
+/// The lowest port id that no endpoint, claim, bridge or draining port
+/// holds.
+fn free_port(st: &State) -> PortId {
+    let taken = |p: PortId| {
+        st.fdb.port(p).is_some()
+            || st.claims.iter().any(|c| c.port == p)
+            || st.draining.contains(&p)
+            || st
+                .bridges
+                .values()
+                .any(|s| matches!(s, BridgeSlot::Ready(b) if b.port == p))
+    };
+    (0..PortId::MAX).find(|p| !taken(*p)).unwrap_or(PortId::MAX)
+}
+
+/// Takes the bridge of `vni` out of service if it has no member and no
+/// attach means to join it: its slot turns `Busy` and its port draining
+/// until [`Dataplane::drop_bridge`] has removed it outside the lock.
+fn take_idle_bridge(st: &mut State, vni: Vni) -> Option<Bridge> {
+    let idle = matches!(st.bridges.get(&vni), Some(BridgeSlot::Ready(b)) if b.members == 0);
+    let joining = st
+        .claims
+        .iter()
+        .any(|c| c.plan.vni == vni && matches!(c.target, AttachTarget::Veth(_)));
+    if !idle || joining {
+        return None;
+    }
+    // `idle` saw it Ready, so this takes the bridge and leaves it Busy.
+    let Some(BridgeSlot::Ready(b)) = st.bridges.insert(vni, BridgeSlot::Busy) else {
+        return None;
+    };
+    st.draining.push(b.port);
+    Some(b)
+}
+
+fn endpoint_info(
+    claim: &Claim,
+    (ifname, location): (String, String),
+    kind: EndpointKind,
+    tap: &str,
+) -> EndpointInfo {
+    EndpointInfo {
+        id: claim.id,
+        vni: claim.plan.vni,
+        mac: claim.plan.mac,
+        ips: claim.plan.ips.clone(),
+        mtu: claim.plan.mtu,
+        ifname,
+        location,
+        kind,
+        tap: tap.to_string(),
+        gateways: claim.plan.gateways.clone(),
+        owner: claim.owner,
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -921,3 +1217,7 @@ pub(crate) fn describe_ips(ips: &[IpNet]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+#[cfg(test)]
+#[path = "control_tests.rs"]
+mod tests;

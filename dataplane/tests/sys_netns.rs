@@ -1,7 +1,7 @@
 //! Network namespace helpers against the real kernel (root only).
 use std::os::unix::fs::MetadataExt;
-use vxnet_dataplane::sys::netns::testutil::{TestNetns, root_or_skip};
-use vxnet_dataplane::sys::netns::{ip, resolve, run_in};
+use vxnet_dataplane::sys::netns::testutil::{TestNetns, ip, root_or_skip};
+use vxnet_dataplane::sys::netns::{resolve, run_in};
 
 fn netns_inode() -> u64 {
     std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino()

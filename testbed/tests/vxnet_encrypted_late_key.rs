@@ -7,10 +7,10 @@
 mod common;
 
 use std::time::{Duration, Instant};
+use vxnet_testbed::vxnet::StatsExt;
 
 use common::{dp_opts, root_or_skip, testbed};
 use vxnet_testbed::scenario::ENCRYPTED_VNI;
-use vxnet_testbed::vxnet::StatsExt;
 use vxnet_testbed::{Container, Dataplane, EndpointSpec, Testbed};
 
 /// The encrypted path must be up this soon after the second `vtep add`.

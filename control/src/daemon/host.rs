@@ -1,6 +1,8 @@
 //! The daemon's seam to the host: network namespaces, the resolv.conf that
-//! `ip netns exec` bind-mounts into them, and the processes containers run.
-//! [`SystemHost`] does it with `ip` and `/proc`; tests use a fake. Only the
+//! The daemon's seam to the host: network namespaces, the resolv.conf that
+//! is bind-mounted into them when a program starts there, and the
+//! processes containers run. [`SystemHost`] does it with the dataplane's
+//! netns and netlink modules and `/proc`; tests use a fake. Only the
 //! reconciler calls it.
 
 use std::collections::HashMap;
@@ -8,12 +10,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, PoisonError};
+use vxnet_dataplane::sys::netlink::Netlink;
+use vxnet_dataplane::sys::netns;
 
-/// Where `ip netns add NAME` puts its bind mounts.
-pub const NETNS_DIR: &str = "/run/netns";
-/// `ip netns exec NS` bind-mounts the files under `/etc/netns/NS/` over
-/// their `/etc` counterparts.
-pub const ETC_NETNS_DIR: &str = "/etc/netns";
+pub use vxnet_dataplane::sys::netns::{ETC_NETNS_DIR, NETNS_RUN_DIR as NETNS_DIR};
 
 /// A container's command, as the daemon starts it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -123,22 +123,6 @@ fn signal_group(sig: &str, pid: u32) {
         .status();
 }
 
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "`ip {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
 /// The host's resolv.conf without loopback nameservers, which would point
 /// into the container's own (empty) loopback.
 pub fn container_resolv_conf(host: &str) -> String {
@@ -161,16 +145,18 @@ impl Host for SystemHost {
     }
 
     fn netns_add(&self, name: &str) -> Result<(), String> {
-        ip(&["netns", "add", name])?;
-        if let Err(e) = ip(&["-n", name, "link", "set", "lo", "up"]) {
-            let _ = ip(&["netns", "del", name]);
-            return Err(e);
+        let path = netns::add(name).map_err(|e| e.to_string())?;
+        if let Err(e) = Netlink::open_in(&path).and_then(|mut nl| nl.set_up("lo")) {
+            let _ = netns::delete(name);
+            return Err(format!(
+                "cannot bring up lo in network namespace '{name}': {e}"
+            ));
         }
         Ok(())
     }
 
     fn netns_del(&self, name: &str) -> Result<(), String> {
-        ip(&["netns", "del", name])
+        netns::delete(name).map_err(|e| e.to_string())
     }
 
     fn write_resolv_conf(&self, name: &str) -> Result<(), String> {
@@ -211,13 +197,10 @@ impl Host for SystemHost {
         let Some((program, args)) = spec.command.split_first() else {
             return Err("no command given".into());
         };
-        // `ip netns exec` would report a missing program only in the log,
-        // after the start already looked fine: check first.
+        // A clear message for the common mistakes before anything starts;
+        // exec itself reports the rest (`exec_in` makes spawn fail with it).
         let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
         find_program(program, &path)?;
-        if !self.netns_exists(netns) && !netns.starts_with('/') {
-            return Err(format!("network namespace {netns} does not exist"));
-        }
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -226,9 +209,8 @@ impl Host for SystemHost {
         let log2 = log
             .try_clone()
             .map_err(|e| format!("cannot open the log: {e}"))?;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", netns])
-            .args(std::iter::once(program).chain(args))
+        let mut cmd = Command::new(program);
+        cmd.args(args)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -238,6 +220,7 @@ impl Host for SystemHost {
                 cmd.env(k, v);
             }
         }
+        netns::exec_in(&mut cmd, netns).map_err(|e| e.to_string())?;
         let child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {program}: {e}"))?;
@@ -300,6 +283,27 @@ mod tests {
         let e = find_program(&f.display().to_string(), "/bin").unwrap_err();
         let _ = fs::remove_file(&f);
         assert!(e.contains("permission denied"), "{e}");
+    }
+
+    #[test]
+    fn namespaces_come_with_lo_up_and_go() {
+        if !vxnet_dataplane::sys::netns::testutil::root_or_skip("namespaces_come_with_lo_up_and_go")
+        {
+            return;
+        }
+        let h = SystemHost::default();
+        let name = format!("vxt-{}-host", std::process::id());
+        h.netns_add(&name).unwrap();
+        let lo =
+            Netlink::open_in(&Path::new(NETNS_DIR).join(&name)).and_then(|mut nl| nl.link("lo"));
+        let exists = h.netns_exists(&name);
+        let twice = h.netns_add(&name);
+        h.netns_del(&name).unwrap();
+        assert!(lo.unwrap().up);
+        assert!(exists);
+        assert!(twice.unwrap_err().contains("already exists"));
+        assert!(!h.netns_exists(&name));
+        assert!(h.netns_del(&name).is_err());
     }
 
     #[test]

@@ -208,32 +208,15 @@ fn entry(f: FlowInfo) -> Option<ConntrackEntry> {
 mod tests {
     use super::*;
     use crate::control::Config;
-    use crate::worker::PollMode;
     use vxnet_api::dp::{BackendSpec, Owner, PeerAdd, Request, ServiceDel};
     use vxnet_api::{Response, dp};
-    use vxnet_proto::crypto::OsRng;
-    use vxnet_proto::crypto::keys::StaticKeypair;
-    use vxnet_proto::lb::conntrack::ConntrackConfig;
     use vxnet_proto::wire::MacAddr;
 
     /// A dataplane on loopback (an ephemeral port), no TAP, no root.
     fn dataplane(workers: usize) -> Dataplane {
         Dataplane::start(Config {
-            local_vtep: "127.0.0.1".parse().unwrap(),
-            port: 0,
             workers,
-            src_ports: 1,
-            poll: PollMode::Interrupt,
-            spin: Duration::ZERO,
-            default_mtu: 1450,
-            keypair: Arc::new(StaticKeypair::generate(&mut OsRng)),
-            rekey_interval: Duration::from_secs(3600),
-            allow_key_export: false,
-            conntrack: ConntrackConfig {
-                capacity: 1024,
-                ..ConntrackConfig::default()
-            },
-            maglev_size: 251,
+            ..Config::loopback_for_tests()
         })
         .unwrap()
     }
