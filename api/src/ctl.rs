@@ -728,6 +728,11 @@ pub struct ReconcileReport {
     pub peers_removed: usize,
     pub vteps_added: usize,
     pub vteps_removed: usize,
+    /// Service VIPs created or given new backends.
+    #[serde(default)]
+    pub services_set: usize,
+    #[serde(default)]
+    pub services_removed: usize,
     pub netns_created: usize,
     pub processes_started: usize,
     pub containers_removed: usize,
@@ -745,6 +750,8 @@ impl ReconcileReport {
             + self.peers_removed
             + self.vteps_added
             + self.vteps_removed
+            + self.services_set
+            + self.services_removed
             + self.netns_created
             + self.processes_started
             + self.containers_removed

@@ -886,6 +886,8 @@ impl Dataplane {
         let mut st = self.lock();
         st.networks.remove(&vni);
         st.peer_owners.retain(|(v, _), _| *v != vni);
+        // The VNI's services left with its table.
+        st.service_owners.retain(|(v, _), _| *v != vni);
         Ok(())
     }
 

@@ -223,11 +223,23 @@ where
                 })
             })
             .collect();
+        // Tasks alive now are the VIPs' backends; one started below counts
+        // from the next pass (its runtime record changes, so that is soon).
+        let everyone: Vec<Container> = store.list::<Container>().map_err(super::internal)?;
+        let services: Vec<Service> = store.list::<Service>().map_err(super::internal)?;
+        let running_before: Vec<&Container> = containers
+            .iter()
+            .filter(|c| ready.contains(&c.id) && runs(runtimes.get(&c.id)))
+            .collect();
+        let live = Live::new(&gossip, show.local_vtep, &running_before);
         let want = plan::plan(&Desired {
             own_vtep: show.local_vtep,
             networks: &networks,
             containers: &locals,
             gossip: &gossip,
+            services: &services,
+            tasks: &everyone,
+            live: &live,
         });
         let have = self.observe()?;
         let mut failed_endpoints: BTreeSet<EndpointKey> = BTreeSet::new();
@@ -328,8 +340,6 @@ where
             .iter()
             .filter(|n| want.state.networks.contains_key(&n.vni))
             .collect();
-        let everyone: Vec<Container> = store.list::<Container>().map_err(super::internal)?;
-        let services: Vec<Service> = store.list::<Service>().map_err(super::internal)?;
         let serve: Vec<(&Container, &Runtime)> = containers
             .iter()
             .filter(|c| ready.contains(&c.id))
@@ -605,6 +615,7 @@ where
             endpoints: self.dp.call(dp::Endpoints {})?,
             fdb: self.dp.call(dp::Fdb { vni: None })?,
             vteps: self.dp.call(dp::Vteps {})?,
+            services: self.dp.call(dp::Services { vni: None })?,
         };
         Ok(plan::observe(&o))
     }
@@ -619,7 +630,11 @@ where
             let gone = e.code == ErrorCode::NotFound
                 && matches!(
                     op,
-                    Op::Detach(_) | Op::PeerDel { .. } | Op::NetworkDel(_) | Op::VtepDel(_)
+                    Op::Detach(_)
+                        | Op::PeerDel { .. }
+                        | Op::NetworkDel(_)
+                        | Op::VtepDel(_)
+                        | Op::ServiceDel { .. }
                 );
             if !gone {
                 return Err(e.context(describe(op)));
@@ -634,6 +649,8 @@ where
             Op::Detach(_) => r.detached += 1,
             Op::PeerAdd { .. } => r.peers_added += 1,
             Op::PeerDel { .. } => r.peers_removed += 1,
+            Op::ServiceSet { .. } => r.services_set += 1,
+            Op::ServiceDel { .. } => r.services_removed += 1,
         }
         Ok(())
     }
@@ -732,6 +749,13 @@ fn describe(op: &Op) -> String {
         Op::Detach(k) => format!("detaching {}", key_name(k)),
         Op::PeerAdd { vni, mac, vtep, .. } => format!("peer {mac} behind {vtep} on VNI {vni}"),
         Op::PeerDel { vni, mac, .. } => format!("removing peer {mac} on VNI {vni}"),
+        Op::ServiceSet { vni, vip, backends } => {
+            format!(
+                "service VIP {vip} with {} backends on VNI {vni}",
+                backends.len()
+            )
+        }
+        Op::ServiceDel { vni, vip } => format!("removing service VIP {vip} on VNI {vni}"),
     }
 }
 
