@@ -287,6 +287,8 @@ struct FakeHostState {
     procs: BTreeMap<u32, bool>,
     next_pid: u32,
     killed: Vec<u32>,
+    /// The environment of every process started.
+    envs: Vec<Vec<String>>,
 }
 
 #[derive(Clone, Default)]
@@ -335,6 +337,7 @@ impl Host for SharedHost {
             return Err(format!("exec: \"{program}\": no such file or directory"));
         }
         Ok(self.with(|h| {
+            h.envs.push(spawn.env.clone());
             h.next_pid += 1;
             let pid = 1000 + h.next_pid;
             h.procs.insert(pid, true);
@@ -1000,6 +1003,17 @@ fn a_service_vip_follows_its_running_tasks_and_leaves_with_it() {
     });
     let vip = IpAddr::V4(s.service.vips[0].ipv4);
     eventually(&n, "two backends", |d| backends_of(d, vip) == Some(2));
+    // Each task knows what it is.
+    let envs = n.host.with(|h| h.envs.clone());
+    assert_eq!(envs.len(), 2);
+    for e in &envs {
+        assert!(e.contains(&"VXNET_SERVICE_NAME=web".to_string()), "{e:?}");
+    }
+    let slots: BTreeSet<&String> = envs
+        .iter()
+        .flat_map(|e| e.iter().filter(|v| v.starts_with("VXNET_TASK_SLOT=")))
+        .collect();
+    assert_eq!(slots.len(), 2, "{envs:?}");
     n.dp.with(|d| {
         let (_, owner) = d.services.values().next().unwrap();
         assert_eq!(*owner, Owner::Control);

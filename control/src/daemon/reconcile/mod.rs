@@ -533,6 +533,31 @@ where
         }
     }
 
+    /// What a command learns about itself from its environment (the
+    /// user's `--env` comes after, so it may override these). Docker
+    /// offers the same facts through `--hostname` templates
+    /// (`{{.Task.Name}}`, `{{.Service.Name}}`).
+    fn identity_env(&self, c: &Container) -> Vec<String> {
+        let mut env = vec![
+            format!("VXNET_CONTAINER_ID={}", c.id),
+            format!("VXNET_CONTAINER_NAME={}", c.name),
+            format!("VXNET_NODE_ID={}", c.node),
+        ];
+        if let Some(t) = &c.task {
+            let name = self
+                .d
+                .store
+                .get::<Service>(&t.service)
+                .ok()
+                .flatten()
+                .map(|s| s.name);
+            env.push(format!("VXNET_SERVICE_ID={}", t.service));
+            env.push(format!("VXNET_SERVICE_NAME={}", name.unwrap_or_default()));
+            env.push(format!("VXNET_TASK_SLOT={}", t.slot));
+        }
+        env
+    }
+
     /// Starts the command of a running container when it has not run yet
     /// or a start was asked for; notes when it ended. True when started.
     fn run_process(&self, c: &Container, rt: &mut Runtime) -> Result<bool, String> {
@@ -559,7 +584,11 @@ where
             &rt.netns,
             &Spawn {
                 command: c.command.clone(),
-                env: c.env.clone(),
+                env: self
+                    .identity_env(c)
+                    .into_iter()
+                    .chain(c.env.iter().cloned())
+                    .collect(),
                 log_path: rt.log_path.clone().into(),
             },
         )?;
