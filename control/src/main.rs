@@ -155,7 +155,10 @@ fn run(args: Args) -> Result<(), String> {
     let mut reconciler = Reconciler::new(
         Arc::clone(&daemon),
         SocketDataplane::new(&args.dataplane_socket),
-        SystemHost::default(),
+        SystemHost::default().with_exit_notify({
+            let d = Arc::clone(&daemon);
+            move || d.poke()
+        }),
     )
     .with_dns(dns);
     let interval = Duration::from_secs(args.reconcile_interval);

@@ -33,7 +33,7 @@ use super::changes::Outcome;
 use super::dataplane::{DataplaneApi, DataplaneExt};
 use super::gossip::{GossipCmd, GossipView};
 use super::host::{Exit, Host, Spawn};
-use super::runtime::{LocalNode, Runtime};
+use super::runtime::{LocalNode, QUICK_EXIT_MS, Runtime};
 use super::{Daemon, lock};
 use crate::containers;
 use crate::dns::{DnsEntry, DnsRecords, DnsServer};
@@ -58,6 +58,9 @@ pub struct Reconciler<S, D, H> {
     dns_table: Vec<DnsEntry>,
     /// Container id -> (namespace, networks) it answers in.
     dns_served: BTreeMap<String, (String, Vec<String>)>,
+    /// The earliest time (Unix ms) a pass has something to do that no
+    /// change announces: a task's delayed restart.
+    wake_ms: Option<u64>,
 }
 
 fn unix_ms() -> u64 {
@@ -100,6 +103,7 @@ where
             dns: None,
             dns_table: Vec::new(),
             dns_served: BTreeMap::new(),
+            wake_ms: None,
         }
     }
 
@@ -126,7 +130,11 @@ where
                 }
                 last_errors = r.errors;
             }
-            seq = self.d.changes.wait_change(seq, interval);
+            let wait = self.wake_ms.map_or(interval, |at| {
+                // Not below 50 ms: a restart that keeps failing must not spin.
+                interval.min(Duration::from_millis(at.saturating_sub(unix_ms()).max(50)))
+            });
+            seq = self.d.changes.wait_change(seq, wait);
         }
     }
 
@@ -285,6 +293,11 @@ where
             }
         }
 
+        self.wake_ms = containers
+            .iter()
+            .filter(|c| ready.contains(&c.id))
+            .filter_map(|c| restart_at(c, runtimes.get(&c.id)?))
+            .min();
         self.statuses(&containers, &mut runtimes)?;
 
         // Containers that are gone: their endpoints left with the diff;
@@ -570,13 +583,21 @@ where
                 }
                 Exit::Unknown => rt.ended = true,
             }
-            rt.ended_ms = Some(unix_ms());
+            let now = unix_ms();
+            rt.ended_ms = Some(now);
+            let quick = rt
+                .started_ms
+                .is_none_or(|t| now.saturating_sub(t) < QUICK_EXIT_MS);
+            rt.quick_exits = if quick { rt.quick_exits + 1 } else { 0 };
             tracing::info!(container = %c.name, code = ?rt.exit_code, "command ended");
         }
         if c.command.is_empty() || rt.external {
             return Ok(false);
         }
-        let due = rt.starts == 0 || (rt.ended && rt.restart) || restart_due(c, rt, unix_ms());
+        let now = unix_ms();
+        let due = rt.starts == 0
+            || (rt.ended && rt.restart)
+            || restart_at(c, rt).is_some_and(|at| now >= at);
         if !due {
             return Ok(false);
         }
@@ -595,6 +616,7 @@ where
         tracing::info!(container = %c.name, pid, "command started");
         rt.pid = Some(pid);
         rt.starts += 1;
+        rt.started_ms = Some(now);
         rt.ended = false;
         rt.exit_code = None;
         rt.restart = false;
@@ -717,22 +739,22 @@ fn runs(rt: Option<&Runtime>) -> bool {
     rt.is_some_and(|rt| rt.pid.is_some() && !rt.ended)
 }
 
-/// Whether a task's ended command starts again now: by its restart
-/// condition, after a delay that doubles with every restart (0.5 s to
-/// 16 s), so a command that keeps failing does not spin.
-fn restart_due(c: &Container, rt: &Runtime, now_ms: u64) -> bool {
-    let Some(task) = &c.task else { return false };
+/// When (Unix ms) a task's ended command starts again, if its restart
+/// condition wants it: after a delay that doubles with every exit in a row
+/// soon after a start (0.5 s to 16 s), so a command that keeps failing
+/// does not spin, while one that ran for a while comes back at once.
+fn restart_at(c: &Container, rt: &Runtime) -> Option<u64> {
+    let task = c.task.as_ref()?;
     if !rt.ended {
-        return false;
+        return None;
     }
     let wanted = match task.restart {
         RestartCondition::Any => true,
         RestartCondition::OnFailure => rt.exit_code != Some(0),
         RestartCondition::None => false,
     };
-    let restarts = rt.starts.saturating_sub(1).min(5);
-    let delay = 500u64 << restarts;
-    wanted && rt.ended_ms.is_none_or(|t| now_ms >= t + delay)
+    let delay = 500u64 << rt.quick_exits.saturating_sub(1).min(5);
+    wanted.then(|| rt.ended_ms.map_or(0, |t| t + delay))
 }
 
 /// The state of a container as this node sees it, keeping `since` while
@@ -808,5 +830,71 @@ fn sync_ifnames(c: &Container, rt: &mut Runtime) {
             let name = rt.next_ifname();
             rt.ifnames.insert(a.network.clone(), name);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::TaskInfo;
+
+    fn task(restart: RestartCondition) -> Container {
+        Container {
+            id: "t".into(),
+            name: "web.1.t".into(),
+            node: "n".into(),
+            netns: None,
+            attachments: Vec::new(),
+            created: 0,
+            desired: DesiredState::Running,
+            command: vec!["true".into()],
+            env: Vec::new(),
+            external: None,
+            task: Some(TaskInfo {
+                service: "s".into(),
+                slot: 1,
+                version: 1,
+                restart,
+            }),
+            status: None,
+        }
+    }
+
+    fn ended(code: i32, quick_exits: u32) -> Runtime {
+        Runtime {
+            ended: true,
+            exit_code: Some(code),
+            ended_ms: Some(1_000),
+            quick_exits,
+            ..Runtime::default()
+        }
+    }
+
+    #[test]
+    fn restarts_back_off_only_while_the_command_keeps_failing_fast() {
+        let any = task(RestartCondition::Any);
+        // After a long run (no quick exit in a row): the shortest delay.
+        assert_eq!(restart_at(&any, &ended(1, 0)), Some(1_500));
+        assert_eq!(restart_at(&any, &ended(1, 1)), Some(1_500));
+        assert_eq!(restart_at(&any, &ended(1, 3)), Some(3_000));
+        assert_eq!(restart_at(&any, &ended(1, 40)), Some(17_000));
+        // Still running: nothing to restart.
+        let running = Runtime {
+            ended: false,
+            ..ended(1, 0)
+        };
+        assert_eq!(restart_at(&any, &running), None);
+        // The conditions.
+        let on_failure = task(RestartCondition::OnFailure);
+        assert_eq!(restart_at(&on_failure, &ended(0, 0)), None);
+        assert_eq!(restart_at(&on_failure, &ended(2, 0)), Some(1_500));
+        assert_eq!(
+            restart_at(&task(RestartCondition::None), &ended(2, 0)),
+            None
+        );
+        // A standalone container is not restarted.
+        let mut plain = task(RestartCondition::Any);
+        plain.task = None;
+        assert_eq!(restart_at(&plain, &ended(2, 0)), None);
     }
 }
