@@ -432,10 +432,11 @@ impl Driver {
             } => self
                 .m
                 .announce_endpoint(&network_id, ip, mac, vtep)
-                .map(|_| ()),
-            GossipCmd::Withdraw { network_id, ip } => {
-                self.m.withdraw_endpoint(&network_id, ip).map(|_| ())
-            }
+                .map(|_| self.own_records_changed()),
+            GossipCmd::Withdraw { network_id, ip } => self
+                .m
+                .withdraw_endpoint(&network_id, ip)
+                .map(|_| self.own_records_changed()),
             GossipCmd::Join(seed) => {
                 self.seed = Some(seed);
                 spawn_sync(seed, self.tx.clone());
@@ -541,6 +542,15 @@ impl Driver {
             (self.on_change)();
         }
         self.publish();
+    }
+
+    /// Our own records raise no endpoint event: the view (which the
+    /// reconciler compares its wishes with) is published here, and the
+    /// reconciler told, so a withdrawal followed by a new announcement is
+    /// never mistaken for nothing to do.
+    fn own_records_changed(&self) {
+        self.publish_view();
+        (self.on_change)();
     }
 
     fn publish_view(&self) {
@@ -723,6 +733,43 @@ mod tests {
             b.view()
         );
         b.stop(true);
+    }
+
+    #[test]
+    fn own_records_show_in_the_view_at_once_and_wake_the_reconciler() {
+        let (a, changes, _) = start(1);
+        let ip = IpAddr::from([10, 0, 1, 9]);
+        let cmd = |announce: bool| {
+            if announce {
+                GossipCmd::Announce {
+                    network_id: "net1".into(),
+                    ip,
+                    mac: [2, 0x42, 10, 0, 1, 9],
+                }
+            } else {
+                GossipCmd::Withdraw {
+                    network_id: "net1".into(),
+                    ip,
+                }
+            }
+        };
+        // Withdrawn and announced again: the view follows each step (a
+        // stale view would make the reconciler skip the announcement).
+        for announce in [true, false, true] {
+            let before = changes.load(Ordering::SeqCst);
+            assert!(a.send(cmd(announce)));
+            assert!(
+                wait_for(Duration::from_secs(5), || has_record(
+                    &a,
+                    [10, 0, 1, 9],
+                    [192, 0, 2, 1]
+                ) == announce
+                    && changes.load(Ordering::SeqCst) > before),
+                "announce={announce}: {:?}",
+                a.view()
+            );
+        }
+        a.stop(false);
     }
 
     #[test]
