@@ -78,8 +78,12 @@ pub fn dns_entries(
             };
             for ip in a.ips() {
                 push(&net.id, &c.name, ip, EntryKind::Container);
-                for alias in &a.aliases {
-                    push(&net.id, alias, ip, EntryKind::Alias);
+                // A task's aliases are its service's: they answer like the
+                // service name (the VIP), below (Docker's svcAliases).
+                if c.task.is_none() {
+                    for alias in &a.aliases {
+                        push(&net.id, alias, ip, EntryKind::Alias);
+                    }
                 }
                 // Docker also answers a container's short id.
                 if let Some(short) = c.id.get(..12) {
@@ -272,6 +276,13 @@ mod tests {
         assert_eq!(find(&e, "web", EntryKind::ServiceVip), ["vip"]);
         assert_eq!(find(&e, "www", EntryKind::ServiceVip), ["vip"]);
         assert_eq!(find(&e, "web", EntryKind::ServiceTask), ["task"]);
+        // A standalone container's alias is its own; a task's aliases are
+        // the service's, answered by the VIP only.
+        assert_eq!(find(&e, "db", EntryKind::Alias), ["task"]);
+        assert!(
+            e.iter()
+                .all(|x| x.kind != EntryKind::Alias || x.ip.to_string() != "10.0.1.3")
+        );
         // DNSRR: no VIP entries.
         let (e, _) = dns_entries(&[&n], &containers, &[service(EndpointMode::Dnsrr)], &live);
         assert!(find(&e, "web", EntryKind::ServiceVip).is_empty());
