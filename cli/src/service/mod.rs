@@ -1,6 +1,8 @@
 //! `vxnet service ...`: services and their tasks, in the shape of
 //! `docker service` (managers only).
 
+mod converge;
+
 use crate::dp::CliError;
 use crate::output::{Format, Table};
 use crate::swarm::{ControlSocket, FormatArg, json, short, write};
@@ -103,6 +105,8 @@ Example:
         /// SERVICE=REPLICAS
         #[arg(required = true, value_parser = parse_scale)]
         targets: Vec<(String, u64)>,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Change a service. Replicas and networks change without touching the
     /// running tasks; a new command, environment or restart condition
@@ -136,6 +140,29 @@ Example:
     },
 }
 
+/// Whether a command waits for the service to converge.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct WaitArgs {
+    /// Return at once instead of waiting for the tasks to run (or stop).
+    #[arg(short, long)]
+    pub detach: bool,
+}
+
+impl WaitArgs {
+    /// Waits (unless detached) with progress on stderr.
+    fn wait(&self, socket: &ControlSocket, service: &str) -> Result<(), CliError> {
+        if self.detach {
+            return Ok(());
+        }
+        converge::wait(
+            socket,
+            service,
+            converge::DEFAULT_TIMEOUT,
+            &mut std::io::stderr(),
+        )
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct CreateArgs {
     #[arg(long)]
@@ -161,6 +188,8 @@ pub struct CreateArgs {
     /// When a task's command is started again after it ends.
     #[arg(long, value_enum, default_value_t = RestartArg::Any)]
     pub restart_condition: RestartArg,
+    #[command(flatten)]
+    pub wait: WaitArgs,
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }
@@ -212,6 +241,8 @@ pub struct UpdateArgs {
     pub env_rm: Vec<String>,
     #[arg(long, value_enum)]
     pub restart_condition: Option<RestartArg>,
+    #[command(flatten)]
+    pub wait: WaitArgs,
     pub service: String,
 }
 
@@ -334,7 +365,8 @@ pub fn run(args: &ServiceArgs, out: &mut dyn Write) -> Result<(), CliError> {
     match &args.command {
         ServiceCommand::Create(c) => {
             let v = s.call(c.request())?;
-            write(out, &format!("{}\n", v.service.id))
+            write(out, &format!("{}\n", v.service.id))?;
+            c.wait.wait(s, &v.service.id)
         }
         ServiceCommand::Ls { quiet, format } => {
             let list = s.call(ctl::ServiceLs {})?;
@@ -382,7 +414,7 @@ pub fn run(args: &ServiceArgs, out: &mut dyn Write) -> Result<(), CliError> {
             }
             json(out, &all)
         }
-        ServiceCommand::Scale { targets } => {
+        ServiceCommand::Scale { targets, wait } => {
             for (name, n) in targets {
                 s.call(ctl::ServiceScale {
                     service: name.clone(),
@@ -390,11 +422,15 @@ pub fn run(args: &ServiceArgs, out: &mut dyn Write) -> Result<(), CliError> {
                 })?;
                 write(out, &format!("{name} scaled to {n}\n"))?;
             }
+            for (name, _) in targets {
+                wait.wait(s, name)?;
+            }
             Ok(())
         }
         ServiceCommand::Update(u) => {
             s.call(u.request())?;
-            write(out, &format!("{}\n", u.service))
+            write(out, &format!("{}\n", u.service))?;
+            u.wait.wait(s, &u.service)
         }
         ServiceCommand::Rm { services } => {
             for name in services {
@@ -518,11 +554,18 @@ mod tests {
 
     #[test]
     fn scale_and_update() {
-        let ServiceCommand::Scale { targets } = service(&["service", "scale", "web=5", "api=0"])
+        let ServiceCommand::Scale { targets, wait } =
+            service(&["service", "scale", "web=5", "api=0"])
         else {
             panic!("not scale")
         };
         assert_eq!(targets, [("web".to_owned(), 5), ("api".to_owned(), 0)]);
+        assert!(!wait.detach, "waits for convergence by default");
+        let ServiceCommand::Scale { wait, .. } = service(&["service", "scale", "-d", "web=1"])
+        else {
+            panic!("not scale")
+        };
+        assert!(wait.detach);
         assert!(parse(&["service", "scale", "web"]).is_err());
         assert!(parse(&["service", "scale", "web=x"]).is_err());
         let ServiceCommand::Update(u) = service(&[
