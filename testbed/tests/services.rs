@@ -589,7 +589,8 @@ fn replicated_service_balances_resolves_scales_and_heals() -> Result<()> {
 }
 
 /// A global service gets a task on a host that joins later; a DNSRR
-/// service has no VIP, and its name answers the tasks' addresses.
+/// service has no VIP, and its name answers the tasks' addresses; a
+/// drained node's tasks go elsewhere (or, global, away).
 #[test]
 fn global_and_dnsrr_services() -> Result<()> {
     if !root_or_skip("global_and_dnsrr_services") {
@@ -660,5 +661,31 @@ fn global_and_dnsrr_services() -> Result<()> {
     let (counts, errors) = sw.connect(&client, "rr", 20)?;
     assert!(errors.is_empty(), "{errors}");
     assert!(!counts.is_empty());
+
+    // Draining host2 takes every task off it: the global one goes, the
+    // replicated ones run elsewhere; DNS follows.
+    m.ok(&["node", "update", "--availability", "drain", "host2"])?;
+    let off_host2 = |service: &str, n: usize| {
+        sw.running(service)
+            .is_ok_and(|r| r.len() == n && r.iter().all(|t| t.1 != "host2"))
+            && sw.tasks(service).is_ok_and(|t| {
+                t.iter()
+                    .all(|t| t["node"] != "host2" || t["state"] != "running")
+            })
+    };
+    time_until(
+        "nothing runs on the drained host2",
+        Duration::from_secs(30),
+        || off_host2("agent", 2) && off_host2("rr", 2),
+    )
+    .with_context(|| format!("{:#?} {:#?}", sw.tasks("agent"), sw.tasks("rr")))?;
+    let want = addresses(&sw.running("rr")?);
+    time_until(
+        "rr answers its moved tasks",
+        Duration::from_secs(10),
+        || sw.dig(&client, "rr", "A").is_ok_and(|(a, _)| a == want),
+    )?;
+    m.ok(&["node", "update", "--availability", "active", "host2"])?;
+    sw.wait_running("agent", 3, Duration::from_secs(30))?;
     Ok(())
 }
