@@ -75,10 +75,13 @@ where
     /// a goodbye: a restart is not a departure).
     pub fn run(&mut self, stop: &AtomicBool) {
         let mut seq = self.d.changes.sequence();
+        self.d.roles_running.store(true, Ordering::SeqCst);
         while !stop.load(Ordering::SeqCst) {
             self.tend();
             seq = self.d.changes.wait_change(seq, TICK);
         }
+        self.d.roles_running.store(false, Ordering::SeqCst);
+        self.d.mgmt_serving.store(false, Ordering::SeqCst);
         if let Some(a) = self.agent.take() {
             a.stop();
         }
@@ -197,6 +200,7 @@ where
         if self.server.as_ref().map(|s| &s.cert) != cert.as_ref() {
             if let Some(s) = self.server.take() {
                 s.task.abort();
+                self.d.mgmt_serving.store(false, Ordering::SeqCst);
                 tracing::info!("management server stopped");
             }
         }
@@ -211,6 +215,7 @@ where
             .block_on(MgmtServer::bind(addr, &st.identity, handler))
             .map(|server| {
                 tracing::info!(addr = %addr, "management server running");
+                self.d.mgmt_serving.store(true, Ordering::SeqCst);
                 self.server = Some(Server {
                     task: self.rt.spawn(server.serve()),
                     cert: cert_digest(&st.identity.cert_pem),

@@ -155,7 +155,9 @@ where
         })
         .map_err(internal)?;
         self.store.apply(&txn).map_err(internal)?;
+        drop(_w);
         tracing::info!(node = %res.node.id, advertise = %advertise_addr, "swarm initialized");
+        self.wait_for_mgmt_server();
         Ok(InitView {
             node_id: res.node.id.clone(),
             cluster_id: res.cluster.id.clone(),
@@ -164,6 +166,20 @@ where
             manager_token: res.cluster.tokens.manager.clone(),
             ingress_network: res.ingress.name,
         })
+    }
+
+    /// Waits (up to 5 s) for the roles loop to have the management server
+    /// listening, so workers can join as soon as `swarm init` returns. A
+    /// daemon without a roles loop (unit tests) does not wait.
+    fn wait_for_mgmt_server(&self) {
+        use std::sync::atomic::Ordering;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while self.roles_running.load(Ordering::SeqCst)
+            && !self.mgmt_serving.load(Ordering::SeqCst)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     pub(crate) fn join_token(&self, r: vxnet_api::ctl::JoinToken) -> ApiResult<JoinTokenView> {
