@@ -26,6 +26,7 @@ use vxnet_proto::crypto::keys::PublicKey;
 use vxnet_proto::wire::{MacAddr, Vni};
 
 use crate::calls;
+pub use crate::trace::{Trace, TraceReport, TraceWire};
 
 /// Default path of the dataplane's API socket.
 pub const DEFAULT_SOCKET: &str = "/run/vxnet/dataplane.sock";
@@ -323,6 +324,8 @@ pub enum Request {
     ServiceDel(ServiceDel),
     Services(Services),
     Conntrack(Conntrack),
+    Trace(Trace),
+    TraceWire(TraceWire),
 }
 
 calls!(Request;
@@ -348,6 +351,8 @@ calls!(Request;
     ServiceDel(ServiceDel) -> (),
     Services(Services) -> Vec<ServiceInfo>,
     Conntrack(Conntrack) -> ConntrackReport,
+    Trace(Trace) -> TraceReport,
+    TraceWire(TraceWire) -> TraceReport,
 );
 
 /// How an endpoint is plugged in.

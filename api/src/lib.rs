@@ -27,6 +27,7 @@ pub mod model;
 pub mod server;
 #[cfg(test)]
 mod testutil;
+pub mod trace;
 
 pub use call::{Call, Response};
 pub use error::{ApiError, ApiResult, ErrorCode};

@@ -16,6 +16,7 @@ mod network;
 mod output;
 mod service;
 mod swarm;
+mod trace;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
@@ -49,6 +50,9 @@ pub enum Command {
     Container(container::ContainerArgs),
     /// Services: replicated or global tasks behind a VIP or DNS round robin.
     Service(service::ServiceArgs),
+    /// Where did my packet go: trace one packet from a container through
+    /// both hosts' dataplanes, stage by stage, sending nothing.
+    Trace(trace::TraceArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
         Command::Network(args) => network::run(args, &mut stdout).map(|()| 0),
         Command::Container(args) => container::run(args, &mut stdout),
         Command::Service(args) => service::run(args, &mut stdout).map(|()| 0),
+        Command::Trace(args) => trace::run(args, &mut stdout),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -78,6 +83,7 @@ fn main() -> ExitCode {
                 Command::Network(_) => cmd.find_subcommand_mut("network"),
                 Command::Container(_) => cmd.find_subcommand_mut("container"),
                 Command::Service(_) => cmd.find_subcommand_mut("service"),
+                Command::Trace(_) => cmd.find_subcommand_mut("trace"),
             };
             match sub {
                 Some(sub) => sub

@@ -35,6 +35,7 @@ use vxnet_api::{ApiError, IpNet, Response};
 type R<T> = Result<T, ApiError>;
 
 mod services;
+mod trace;
 
 /// Start-up settings of a dataplane.
 #[derive(Debug, Clone)]
@@ -282,6 +283,8 @@ impl Dataplane {
             Request::ServiceDel(s) => Re::of::<dp::ServiceDel>(self.service_del(s.vni, s.vip)),
             Request::Services(s) => Re::of::<dp::Services>(self.services(s.vni)),
             Request::Conntrack(c) => Re::of::<dp::Conntrack>(self.conntrack(c.vni, c.limit)),
+            Request::Trace(t) => Re::of::<dp::Trace>(self.trace(t)),
+            Request::TraceWire(t) => Re::of::<dp::TraceWire>(self.trace_wire(t)),
         }
     }
 

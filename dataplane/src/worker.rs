@@ -126,6 +126,9 @@ pub enum Command {
     /// own state, such as its conntrack table); it answers through a
     /// channel it carries.
     Inspect(Box<dyn FnOnce(&Engine) + Send>),
+    /// Run this on the engine between batches, mutably (`vxnet trace`'s
+    /// dry runs); it answers through a channel it carries.
+    Run(Box<dyn FnOnce(&mut Engine) + Send>),
     Stop,
 }
 
@@ -263,10 +266,7 @@ impl Worker {
             if !self.handle_commands() {
                 break;
             }
-            if self.fdb.version() != self.fdb_version {
-                let (v, table) = self.fdb.load();
-                self.fdb_version = v;
-                self.engine.set_fdb(table);
+            if self.refresh_fdb() {
                 next_timer = Instant::now();
             }
             let now = Instant::now();
@@ -351,9 +351,26 @@ impl Worker {
                     self.engine.set_now(Instant::now());
                     f(&self.engine);
                 }
+                Command::Run(f) => {
+                    // A trace sees the table the next packet would see.
+                    self.refresh_fdb();
+                    self.engine.set_now(Instant::now());
+                    f(&mut self.engine);
+                }
                 Command::Stop => return false,
             }
         }
+        true
+    }
+
+    /// Picks up a newly published forwarding table; true if there was one.
+    fn refresh_fdb(&mut self) -> bool {
+        if self.fdb.version() == self.fdb_version {
+            return false;
+        }
+        let (v, table) = self.fdb.load();
+        self.fdb_version = v;
+        self.engine.set_fdb(table);
         true
     }
 

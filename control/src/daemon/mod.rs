@@ -36,6 +36,7 @@ pub mod reconcile;
 mod requests;
 pub mod roles;
 pub mod runtime;
+pub mod trace;
 pub mod worker;
 
 #[cfg(test)]
@@ -149,6 +150,11 @@ pub struct Daemon<S, D> {
     pub(crate) local_addrs: LocalAddrs,
     /// Log requests to other nodes and their answers (a manager's).
     pub(crate) logs: Mutex<manager::LogQueue>,
+    /// Trace halves asked of other nodes and their answers (a manager's).
+    pub(crate) traces: Mutex<trace::TraceQueue>,
+    /// The names the embedded DNS server answers from, as the reconciler
+    /// last built them (`vxnet trace` resolves names with them).
+    pub(crate) dns_records: Mutex<Option<Arc<crate::dns::DnsRecords>>>,
     /// Nodes gossip has held Up since this daemon started (a manager's).
     pub(crate) seen_members: Mutex<std::collections::BTreeSet<String>>,
     /// What unit tests make gossip say, without a driver.
@@ -222,6 +228,8 @@ where
             local_addrs: Box::new(system_addresses),
             seen_members: Mutex::default(),
             logs: Mutex::default(),
+            traces: Mutex::default(),
+            dns_records: Mutex::default(),
             #[cfg(test)]
             view_override: Mutex::default(),
         }
