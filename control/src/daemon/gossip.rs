@@ -424,6 +424,7 @@ impl Driver {
 
     fn command(&mut self, c: GossipCmd) {
         let vtep = self.m.identity().data_addr;
+        let own_record = matches!(c, GossipCmd::Announce { .. } | GossipCmd::Withdraw { .. });
         let r = match c {
             GossipCmd::Announce {
                 network_id,
@@ -452,8 +453,19 @@ impl Driver {
                 Ok(())
             }
         };
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "gossip command failed");
+        match r {
+            Err(e) => tracing::warn!(error = %e, "gossip command failed"),
+            // Our own records raise no event (they are not news to us), but
+            // the view must show them at once: the reconciler announces
+            // what it wants and the view's own records lack, and withdraws
+            // what they hold beyond that. A stale view hid a withdrawal, so
+            // an endpoint made again at the same address was never
+            // announced.
+            Ok(()) if own_record => {
+                self.publish_view();
+                (self.on_change)();
+            }
+            Ok(()) => {}
         }
         self.flush();
     }
@@ -723,6 +735,43 @@ mod tests {
             b.view()
         );
         b.stop(true);
+    }
+
+    #[test]
+    fn own_announce_and_withdraw_show_in_the_view_at_once() {
+        let (a, changes, _) = start(1);
+        let before = changes.load(Ordering::SeqCst);
+        let net = || "net1".to_owned();
+        let ip = IpAddr::from([10, 0, 1, 9]);
+        assert!(a.send(GossipCmd::Announce {
+            network_id: net(),
+            ip,
+            mac: [2, 0x42, 10, 0, 1, 9],
+        }));
+        assert!(
+            wait_for(Duration::from_secs(5), || has_record(
+                &a,
+                [10, 0, 1, 9],
+                [192, 0, 2, 1]
+            )),
+            "own announcement not in the view: {:?}",
+            a.view()
+        );
+        assert!(changes.load(Ordering::SeqCst) > before, "no wake-up");
+        assert!(a.send(GossipCmd::Withdraw {
+            network_id: net(),
+            ip
+        }));
+        assert!(
+            wait_for(Duration::from_secs(5), || !has_record(
+                &a,
+                [10, 0, 1, 9],
+                [192, 0, 2, 1]
+            )),
+            "own withdrawal not in the view: {:?}",
+            a.view()
+        );
+        a.stop(false);
     }
 
     #[test]
