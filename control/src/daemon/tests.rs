@@ -907,6 +907,20 @@ fn a_worker_that_leaves_is_down_and_forgotten_and_a_rejoin_replaces_it() {
 }
 
 #[test]
+fn a_command_that_cannot_start_on_a_worker_leaves_no_record_anywhere() {
+    let (m, w, _) = pair();
+    let e = w.err(run_req("bad", &["tnet"], &["/nonexistent/binary"]));
+    assert!(e.message.contains("/nonexistent/binary"), "{e}");
+    for n in [&w, &m] {
+        let e = n.err(ctl::ContainerInspect {
+            container: "bad".into(),
+        });
+        assert_eq!(e.code, ErrorCode::NotFound, "{e}");
+    }
+    assert!(w.host.with(|h| h.netns.is_empty()));
+}
+
+#[test]
 fn a_node_that_left_stays_down_while_gossip_still_holds_it() {
     let (m, w, worker) = pair();
     w.ok(ctl::SwarmLeave { force: true });
