@@ -22,6 +22,7 @@ use vxnet_proto::crypto::keys::{PublicKey, StaticKeypair};
 use vxnet_proto::crypto::session::{SaDirection, Session, SessionConfig};
 use vxnet_proto::engine::EngineConfig;
 use vxnet_proto::fdb::{Dest, Fdb, PortId};
+use vxnet_proto::lb::conntrack::ConntrackConfig;
 use vxnet_proto::stats::{Counter, Drop, Snapshot};
 use vxnet_proto::wire::{MacAddr, Vni};
 
@@ -32,6 +33,8 @@ use vxnet_api::dp::{
 use vxnet_api::{ApiError, IpNet, Response};
 
 type R<T> = Result<T, ApiError>;
+
+mod services;
 
 /// Start-up settings of a dataplane.
 #[derive(Debug, Clone)]
@@ -49,6 +52,10 @@ pub struct Config {
     pub rekey_interval: Duration,
     /// Whether `sa --show-keys` may print keys.
     pub allow_key_export: bool,
+    /// Each worker's conntrack table for flows to service VIPs.
+    pub conntrack: ConntrackConfig,
+    /// Entries of each service's Maglev table (a prime).
+    pub maglev_size: u32,
 }
 
 impl Config {
@@ -67,6 +74,11 @@ impl Config {
             keypair: Arc::new(StaticKeypair::generate(&mut OsRng)),
             rekey_interval: Duration::from_secs(3600),
             allow_key_export: false,
+            conntrack: ConntrackConfig {
+                capacity: 1024,
+                ..ConntrackConfig::default()
+            },
+            maglev_size: 251,
         }
     }
 }
@@ -144,6 +156,8 @@ struct State {
     networks: BTreeMap<Vni, Owner>,
     /// Who added each remote FDB entry.
     peer_owners: HashMap<(Vni, MacAddr), Owner>,
+    /// Who set each service.
+    service_owners: HashMap<(Vni, IpAddr), Owner>,
 }
 
 pub struct Dataplane {
@@ -180,7 +194,10 @@ impl Dataplane {
                 src_ports: cfg.src_ports,
                 poll: cfg.poll,
                 spin: cfg.spin,
-                engine: EngineConfig { port: cfg.port },
+                engine: EngineConfig {
+                    port: cfg.port,
+                    conntrack: cfg.conntrack,
+                },
             };
             workers.push(worker::spawn(wc, Arc::clone(&cell))?);
         }
@@ -261,6 +278,10 @@ impl Dataplane {
             Request::Vteps(_) => Re::of::<dp::Vteps>(Ok(self.vteps())),
             Request::Rekey(r) => Re::of::<dp::Rekey>(self.rekey(r.vtep)),
             Request::Sa(r) => Re::of::<dp::Sa>(self.sas(r.show_keys)),
+            Request::ServiceSet(s) => Re::of::<dp::ServiceSet>(self.service_set(s)),
+            Request::ServiceDel(s) => Re::of::<dp::ServiceDel>(self.service_del(s.vni, s.vip)),
+            Request::Services(s) => Re::of::<dp::Services>(self.services(s.vni)),
+            Request::Conntrack(c) => Re::of::<dp::Conntrack>(self.conntrack(c.vni, c.limit)),
         }
     }
 
@@ -865,6 +886,8 @@ impl Dataplane {
         let mut st = self.lock();
         st.networks.remove(&vni);
         st.peer_owners.retain(|(v, _), _| *v != vni);
+        // The VNI's services left with its table.
+        st.service_owners.retain(|(v, _), _| *v != vni);
         Ok(())
     }
 
@@ -1160,10 +1183,13 @@ impl From<vxnet_proto::fdb::FdbError> for FdbRefusal {
             F::MacInUse { .. } | F::IpInUse { .. } | F::FloodExists { .. } => {
                 vxnet_api::ErrorCode::AlreadyExists
             }
-            F::NoSuchPeer { .. } | F::NoSuchFlood { .. } => vxnet_api::ErrorCode::NotFound,
-            F::NotMulticastSafe(_) | F::PortOnOtherVni { .. } => {
-                vxnet_api::ErrorCode::InvalidArgument
+            F::NoSuchPeer { .. } | F::NoSuchFlood { .. } | F::NoSuchService { .. } => {
+                vxnet_api::ErrorCode::NotFound
             }
+            F::NotMulticastSafe(_)
+            | F::PortOnOtherVni { .. }
+            | F::BackendIsVip { .. }
+            | F::BackendMac { .. } => vxnet_api::ErrorCode::InvalidArgument,
         };
         FdbRefusal(ApiError::new(code, e.to_string()))
     }

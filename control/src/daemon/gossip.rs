@@ -424,7 +424,6 @@ impl Driver {
 
     fn command(&mut self, c: GossipCmd) {
         let vtep = self.m.identity().data_addr;
-        let own_record = matches!(c, GossipCmd::Announce { .. } | GossipCmd::Withdraw { .. });
         let r = match c {
             GossipCmd::Announce {
                 network_id,
@@ -433,10 +432,11 @@ impl Driver {
             } => self
                 .m
                 .announce_endpoint(&network_id, ip, mac, vtep)
-                .map(|_| ()),
-            GossipCmd::Withdraw { network_id, ip } => {
-                self.m.withdraw_endpoint(&network_id, ip).map(|_| ())
-            }
+                .map(|_| self.own_records_changed()),
+            GossipCmd::Withdraw { network_id, ip } => self
+                .m
+                .withdraw_endpoint(&network_id, ip)
+                .map(|_| self.own_records_changed()),
             GossipCmd::Join(seed) => {
                 self.seed = Some(seed);
                 spawn_sync(seed, self.tx.clone());
@@ -453,19 +453,8 @@ impl Driver {
                 Ok(())
             }
         };
-        match r {
-            Err(e) => tracing::warn!(error = %e, "gossip command failed"),
-            // Our own records raise no event (they are not news to us), but
-            // the view must show them at once: the reconciler announces
-            // what it wants and the view's own records lack, and withdraws
-            // what they hold beyond that. A stale view hid a withdrawal, so
-            // an endpoint made again at the same address was never
-            // announced.
-            Ok(()) if own_record => {
-                self.publish_view();
-                (self.on_change)();
-            }
-            Ok(()) => {}
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "gossip command failed");
         }
         self.flush();
     }
@@ -553,6 +542,15 @@ impl Driver {
             (self.on_change)();
         }
         self.publish();
+    }
+
+    /// Our own records raise no endpoint event: the view (which the
+    /// reconciler compares its wishes with) is published here, and the
+    /// reconciler told, so a withdrawal followed by a new announcement is
+    /// never mistaken for nothing to do.
+    fn own_records_changed(&self) {
+        self.publish_view();
+        (self.on_change)();
     }
 
     fn publish_view(&self) {
@@ -738,39 +736,39 @@ mod tests {
     }
 
     #[test]
-    fn own_announce_and_withdraw_show_in_the_view_at_once() {
+    fn own_records_show_in_the_view_at_once_and_wake_the_reconciler() {
         let (a, changes, _) = start(1);
-        let before = changes.load(Ordering::SeqCst);
-        let net = || "net1".to_owned();
         let ip = IpAddr::from([10, 0, 1, 9]);
-        assert!(a.send(GossipCmd::Announce {
-            network_id: net(),
-            ip,
-            mac: [2, 0x42, 10, 0, 1, 9],
-        }));
-        assert!(
-            wait_for(Duration::from_secs(5), || has_record(
-                &a,
-                [10, 0, 1, 9],
-                [192, 0, 2, 1]
-            )),
-            "own announcement not in the view: {:?}",
-            a.view()
-        );
-        assert!(changes.load(Ordering::SeqCst) > before, "no wake-up");
-        assert!(a.send(GossipCmd::Withdraw {
-            network_id: net(),
-            ip
-        }));
-        assert!(
-            wait_for(Duration::from_secs(5), || !has_record(
-                &a,
-                [10, 0, 1, 9],
-                [192, 0, 2, 1]
-            )),
-            "own withdrawal not in the view: {:?}",
-            a.view()
-        );
+        let cmd = |announce: bool| {
+            if announce {
+                GossipCmd::Announce {
+                    network_id: "net1".into(),
+                    ip,
+                    mac: [2, 0x42, 10, 0, 1, 9],
+                }
+            } else {
+                GossipCmd::Withdraw {
+                    network_id: "net1".into(),
+                    ip,
+                }
+            }
+        };
+        // Withdrawn and announced again: the view follows each step (a
+        // stale view would make the reconciler skip the announcement).
+        for announce in [true, false, true] {
+            let before = changes.load(Ordering::SeqCst);
+            assert!(a.send(cmd(announce)));
+            assert!(
+                wait_for(Duration::from_secs(5), || has_record(
+                    &a,
+                    [10, 0, 1, 9],
+                    [192, 0, 2, 1]
+                ) == announce
+                    && changes.load(Ordering::SeqCst) > before),
+                "announce={announce}: {:?}",
+                a.view()
+            );
+        }
         a.stop(false);
     }
 

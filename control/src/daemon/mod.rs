@@ -142,6 +142,8 @@ pub struct Daemon<S, D> {
     /// The addresses of this host's interfaces (`--advertise-addr` must be
     /// one of them).
     pub(crate) local_addrs: LocalAddrs,
+    /// Log requests to other nodes and their answers (a manager's).
+    pub(crate) logs: Mutex<manager::LogQueue>,
     /// Nodes gossip has held Up since this daemon started (a manager's).
     pub(crate) seen_members: Mutex<std::collections::BTreeSet<String>>,
     /// What unit tests make gossip say, without a driver.
@@ -212,6 +214,7 @@ where
             leaving: AtomicBool::new(false),
             local_addrs: Box::new(system_addresses),
             seen_members: Mutex::default(),
+            logs: Mutex::default(),
             #[cfg(test)]
             view_override: Mutex::default(),
         }

@@ -14,6 +14,7 @@
 //!   (one `sendmmsg`/`recvmmsg` per batch).
 //! - [`fdb`]: per-VNI forwarding tables (MAC -> local endpoint or remote VTEP,
 //!   IP -> MAC for the ARP/ND proxy, flood VTEPs).
+//! - [`lb`]: service VIP load balancing (Maglev, conntrack, NAT).
 //! - [`engine`]: the forwarding decisions, `from_tap` and `from_wire`.
 //! - [`stats`]: per-thread counters and drop reasons.
 #![forbid(unsafe_code)]
@@ -22,6 +23,7 @@ pub mod batch;
 pub mod crypto;
 pub mod engine;
 pub mod fdb;
+pub mod lb;
 pub mod offload;
 pub mod stats;
 pub mod wire;

@@ -102,7 +102,7 @@ where
         })
     }
 
-    fn hostname_of(&self, node: &str) -> String {
+    pub(crate) fn hostname_of(&self, node: &str) -> String {
         self.store
             .get::<Node>(node)
             .ok()
@@ -229,6 +229,8 @@ where
             command: r.command,
             env: r.env,
             external: None,
+            task: None,
+            id: None,
         })?;
         self.made_real(&c, generation, true)?;
         tracing::info!(container = %c.name, "container created");
