@@ -418,6 +418,10 @@ where
         };
         let mut seen = super::lock(&self.seen_members);
         for mut n in nodes {
+            if n.down_reason.as_deref() == Some(cluster::LEFT_REASON) {
+                // It left: gossip may hold it a moment longer.
+                continue;
+            }
             let live = n.id == me || view.members.iter().any(|m| m.node_id == n.id);
             if live {
                 seen.insert(n.id.clone());
