@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use vxnet_testbed::process;
-use vxnet_testbed::swarm::{Control, vxnet_ctl};
+use vxnet_testbed::swarm::Control;
 use vxnet_testbed::{Dataplane, Testbed};
 
 use super::dp_opts;
@@ -24,13 +24,12 @@ pub fn daemons(tb: &Testbed) -> Result<Vec<(Control, Dataplane)>> {
 /// `vxnet ARGS` against a control daemon; its stdout, or an error with
 /// what it printed when it failed.
 pub fn ok(c: &Control, args: &[&str]) -> Result<String> {
-    Ok(vxnet_ctl(&c.socket, args)?.check()?.stdout)
+    c.ok(args)
 }
 
 /// [`ok`] of a command that prints JSON.
 pub fn ok_json(c: &Control, args: &[&str]) -> Result<serde_json::Value> {
-    let out = ok(c, args)?;
-    serde_json::from_str(&out).with_context(|| format!("`vxnet {}`: {out}", args.join(" ")))
+    c.json(args)
 }
 
 /// `container run -d --name NAME --network NET... -- sleep 600`.
