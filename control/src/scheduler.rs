@@ -38,6 +38,16 @@ pub enum Action {
     Remove { task: String, why: &'static str },
     /// Forgotten at once: its node is Down.
     Forget { task: String },
+    /// The task joins a network its service joined (`service update
+    /// --network-add`), keeping its process: its node plugs the new
+    /// interface in (Docker replaces the task instead).
+    Connect {
+        task: String,
+        network: String,
+        aliases: Vec<String>,
+    },
+    /// The task leaves a network its service left.
+    Disconnect { task: String, network: String },
 }
 
 fn eligible(n: &Node) -> bool {
@@ -135,6 +145,35 @@ pub fn schedule(services: &[Service], tasks: &[Container], nodes: &[Node]) -> Ve
             });
             if let Some(l) = load.get_mut(&t.node) {
                 *l = l.saturating_sub(1);
+            }
+        }
+    }
+    // Tasks that stay follow their service's networks.
+    for t in &kept {
+        let Some(s) = t
+            .task
+            .as_ref()
+            .and_then(|i| services.iter().find(|s| s.id == i.service))
+        else {
+            continue;
+        };
+        for n in s
+            .networks
+            .iter()
+            .filter(|n| t.attachment(&n.network).is_none())
+        {
+            actions.push(Action::Connect {
+                task: t.id.clone(),
+                network: n.network.clone(),
+                aliases: n.aliases.clone(),
+            });
+        }
+        for a in &t.attachments {
+            if !s.networks.iter().any(|n| n.network == a.network) {
+                actions.push(Action::Disconnect {
+                    task: t.id.clone(),
+                    network: a.network.clone(),
+                });
             }
         }
     }

@@ -88,27 +88,7 @@ impl Swarm {
 
     /// `vxnet dp services` of host `n` (1-based): VIP -> backend addresses.
     fn backends(&self, n: usize) -> Result<BTreeMap<String, BTreeSet<String>>> {
-        let socket = self
-            .tb
-            .state_dir()
-            .join(format!("{}.sock", self.tb.host(n).name));
-        let cli = vxnet_testbed::vxnet::find_binary("vxnet")?;
-        let out = process::run(
-            None,
-            &[
-                cli.display().to_string(),
-                "dp".into(),
-                "services".into(),
-                "--format".into(),
-                "json".into(),
-                "--socket".into(),
-                socket.display().to_string(),
-            ],
-            Duration::from_secs(10),
-        )?
-        .check()?
-        .stdout;
-        let v: serde_json::Value = serde_json::from_str(&out)?;
+        let v = common::swarm::dp_json(&self.tb, n, &["services"])?;
         let mut m = BTreeMap::new();
         for s in v.as_array().context("services")? {
             let vip = s["vip"].as_str().context("vip")?.to_owned();
@@ -589,8 +569,9 @@ fn replicated_service_balances_resolves_scales_and_heals() -> Result<()> {
 }
 
 /// A global service gets a task on a host that joins later; a DNSRR
-/// service has no VIP, and its name answers the tasks' addresses; a
-/// drained node's tasks go elsewhere (or, global, away).
+/// service has no VIP, and its name answers the tasks' addresses; running
+/// tasks join and leave networks with their service; a drained node's
+/// tasks go elsewhere (or, global, away).
 #[test]
 fn global_and_dnsrr_services() -> Result<()> {
     if !root_or_skip("global_and_dnsrr_services") {
@@ -662,6 +643,25 @@ fn global_and_dnsrr_services() -> Result<()> {
     assert!(errors.is_empty(), "{errors}");
     assert!(!counts.is_empty());
 
+    // Joining another network: its containers resolve and reach the tasks.
+    m.ok(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "--attachable",
+        "gnet2",
+    ])?;
+    m.ok(&["service", "update", "--network-add", "gnet2", "rr"])?;
+    let probe2 = sw.container(m, "probe2", "gnet2", &[])?;
+    time_until("rr answers on gnet2", Duration::from_secs(10), || {
+        sw.dig(&probe2, "rr", "A")
+            .is_ok_and(|(a, _)| a.len() == 2 && a.is_disjoint(&want))
+    })
+    .with_context(|| format!("{:?}", sw.dig(&probe2, "rr", "A")))?;
+    let (_, errors) = sw.connect(&probe2, "rr", 10)?;
+    assert!(errors.is_empty(), "{errors}");
+
     // Draining host2 takes every task off it: the global one goes, the
     // replicated ones run elsewhere; DNS follows.
     m.ok(&["node", "update", "--availability", "drain", "host2"])?;
@@ -687,5 +687,13 @@ fn global_and_dnsrr_services() -> Result<()> {
     )?;
     m.ok(&["node", "update", "--availability", "active", "host2"])?;
     sw.wait_running("agent", 3, Duration::from_secs(30))?;
+
+    // Leaving a network: the name goes there, and stays on the other.
+    m.ok(&["service", "update", "--network-rm", "gnet", "rr"])?;
+    time_until("rr gone from gnet", Duration::from_secs(10), || {
+        sw.dig(&client, "rr", "A").is_ok_and(|(a, _)| a.is_empty())
+    })?;
+    let (_, errors) = sw.connect(&probe2, "rr", 10)?;
+    assert!(errors.is_empty(), "{errors}");
     Ok(())
 }

@@ -93,9 +93,13 @@ where
 
     /// One look at every role.
     pub fn tend(&mut self) {
-        let in_swarm = self.d.local_node().is_ok() && !self.d.leaving.load(Ordering::SeqCst);
+        let leaving = self.d.leaving.load(Ordering::SeqCst);
+        let in_swarm = self.d.local_node().is_ok() && !leaving;
         let manager = in_swarm && self.d.is_manager();
-        self.tend_gossip(in_swarm);
+        // While `swarm leave` runs, gossip stays up: the reconciler
+        // withdraws this host's endpoints through it, and the leave ends it
+        // with a goodbye. It is only not started again.
+        self.tend_gossip(in_swarm, leaving);
         self.tend_server(manager);
         self.tend_agent(in_swarm && !manager);
         if manager {
@@ -117,12 +121,12 @@ where
         }
     }
 
-    fn tend_gossip(&mut self, in_swarm: bool) {
+    fn tend_gossip(&mut self, in_swarm: bool, leaving: bool) {
         let running = lock(&self.d.gossip).is_some();
         if in_swarm && !running {
             let r = self.start_gossip();
             self.note(0, "gossip not running", r);
-        } else if !in_swarm && running {
+        } else if !in_swarm && !leaving && running {
             drop(lock(&self.d.gossip).take());
             tracing::info!("gossip stopped: not in a swarm");
         }

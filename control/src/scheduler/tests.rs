@@ -198,3 +198,53 @@ fn tasks_on_their_way_out_do_not_hold_slots() {
     assert!(removes(&a).is_empty(), "already removed");
     assert_eq!(creates(&a), [(1, "a".to_owned())]);
 }
+
+#[test]
+fn staying_tasks_follow_their_service_networks() {
+    use crate::model::{Attachment, ServiceNetwork};
+    let nodes = [ready("a")];
+    let mut s = replicated("web", 1);
+    s.networks = vec![
+        ServiceNetwork {
+            network: "n1".into(),
+            aliases: vec![],
+        },
+        ServiceNetwork {
+            network: "n2".into(),
+            aliases: vec!["www".into()],
+        },
+    ];
+    let mut t = task("t1", "web", 1, "a");
+    let ipv4 = "10.0.0.2".parse().unwrap();
+    for net in ["n1", "n0"] {
+        t.attachments.push(Attachment {
+            network: net.into(),
+            ipv4,
+            ipv6: None,
+            mac: vxnet_api::MacAddr::from_ip(std::net::IpAddr::V4(ipv4)),
+            aliases: vec![],
+        });
+    }
+    let a = schedule(&[s.clone()], std::slice::from_ref(&t), &nodes);
+    assert_eq!(
+        a,
+        [
+            Action::Connect {
+                task: "t1".into(),
+                network: "n2".into(),
+                aliases: vec!["www".into()],
+            },
+            Action::Disconnect {
+                task: "t1".into(),
+                network: "n0".into(),
+            },
+        ]
+    );
+    // A task on its way out is left alone.
+    t.desired = DesiredState::Removed;
+    assert!(
+        schedule(&[s], &[t], &nodes)
+            .iter()
+            .all(|a| matches!(a, Action::Create { .. }))
+    );
+}

@@ -19,7 +19,7 @@ use crate::daemon::runtime::{LocalNode, Runtime};
 use crate::daemon::swarm_state::MgmtState;
 use crate::daemon::worker::AgentState;
 use crate::daemon::{Daemon, internal, now};
-use crate::mgmt::calls::NodeLeave;
+use crate::mgmt::calls::{Assignments, NodeLeave};
 use crate::mgmt::{CaPem, JoinParams, SwarmCa};
 use crate::model::{
     AddressAlloc, Cluster, Container, DesiredState, JoinTokens, Network, Node, Role,
@@ -249,22 +249,36 @@ where
         };
         let role = j.node.role;
         let node_id = j.node.id.clone();
-        let _w = self.write();
-        self.no_swarm_yet()?;
-        let mut txn = Txn::new();
-        txn.put(&cluster).map_err(internal)?;
-        txn.put(&j.node).map_err(internal)?;
-        txn.put(&LocalNode {
-            node_id: node_id.clone(),
-        })
-        .map_err(internal)?;
-        txn.put(&MgmtState {
-            identity: j.identity,
-            manager: Some(manager),
-        })
-        .map_err(internal)?;
-        self.store.apply(&txn).map_err(internal)?;
+        {
+            let _w = self.write();
+            self.no_swarm_yet()?;
+            let mut txn = Txn::new();
+            txn.put(&cluster).map_err(internal)?;
+            txn.put(&j.node).map_err(internal)?;
+            txn.put(&LocalNode {
+                node_id: node_id.clone(),
+            })
+            .map_err(internal)?;
+            txn.put(&MgmtState {
+                identity: j.identity,
+                manager: Some(manager),
+            })
+            .map_err(internal)?;
+            self.store.apply(&txn).map_err(internal)?;
+        }
         tracing::info!(node = %node_id, manager = %manager, role = ?role, "joined the swarm");
+        // The first assignments now rather than from the agent's first
+        // round, so `network ls` shows ingress as soon as the join
+        // returns (as Docker's does); the agent keeps them up to date.
+        let first = self
+            .manager_call(Assignments {
+                since: 0,
+                wait_ms: 0,
+            })
+            .and_then(|set| self.apply_assignments(&set));
+        if let Err(e) = first {
+            tracing::warn!(error = %e, "no assignments from the manager yet");
+        }
         Ok(JoinView { node_id, role })
     }
 
