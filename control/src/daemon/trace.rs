@@ -96,16 +96,28 @@ where
             .collect();
         let mut steps = Vec::new();
         let host = self.hostname_of(&me);
-        let (dst, dns) = self.trace_destination(&src, &r.to, &host)?;
+        let chosen = match &r.network {
+            Some(q) => Some(
+                my_nets
+                    .iter()
+                    .find(|n| n.id == *q || n.name == *q || n.id.starts_with(q.as_str()))
+                    .copied()
+                    .ok_or_else(|| {
+                        ApiError::not_found(format!("container {} is not on network {q}", src.name))
+                    })?,
+            ),
+            None => None,
+        };
+        // A name resolves on the chosen network only, else as the
+        // container's DNS server answers (its first network that has it).
+        let scope: Vec<String> = match chosen {
+            Some(n) => vec![n.id.clone()],
+            None => src.attachments.iter().map(|a| a.network.clone()).collect(),
+        };
+        let (dst, dns) = self.trace_destination(&src, &scope, &r.to, &host)?;
         steps.extend(dns);
-        let net = match &r.network {
-            Some(q) => my_nets
-                .iter()
-                .find(|n| n.id == *q || n.name == *q || n.id.starts_with(q.as_str()))
-                .copied()
-                .ok_or_else(|| {
-                    ApiError::not_found(format!("container {} is not on network {q}", src.name))
-                })?,
+        let net = match chosen {
+            Some(n) => n,
             None => my_nets
                 .iter()
                 .find(|n| on_network(n, dst))
@@ -183,6 +195,25 @@ where
         let mut verdict = local.verdict;
         if let (TraceVerdict::Sent, Some(outer)) = (verdict, &local.outer) {
             match nodes.iter().find(|n| n.data_path_addr == outer.dst) {
+                Some(node) if node.status == crate::model::NodeStatus::Down => {
+                    verdict = TraceVerdict::Dropped;
+                    steps.push(TraceStep {
+                        host: node.hostname.clone(),
+                        stage: TraceStage::WireRx,
+                        verdict: StepVerdict::Drop,
+                        detail: format!(
+                            "sent to {} ({}), which is Down: {}",
+                            node.hostname,
+                            outer.dst,
+                            node.down_reason.as_deref().unwrap_or("gossip does not hear it")
+                        ),
+                        reason: Some("node/down".into()),
+                        fix: Some(
+                            "bring the host back, or wait: a Down host's endpoints leave the other dataplanes within 5 s"
+                                .into(),
+                        ),
+                    });
+                }
                 Some(node) => {
                     let mut remote = self.trace_on_node(
                         &node.id,
@@ -303,6 +334,7 @@ where
     fn trace_destination(
         &self,
         src: &Container,
+        nets: &[String],
         to: &str,
         host: &str,
     ) -> ApiResult<(IpAddr, Option<TraceStep>)> {
@@ -310,10 +342,9 @@ where
             return Ok((ip, None));
         }
         let records = lock(&self.dns_records).clone();
-        let nets: Vec<String> = src.attachments.iter().map(|a| a.network.clone()).collect();
         let name = crate::dns::records::normalize(to);
         let found = records.as_ref().and_then(|r| {
-            let on = r.asker_networks(&nets);
+            let on = r.asker_networks(nets);
             r.resolve(&name, &on, IpAddr::is_ipv4)
                 .filter(|v| !v.is_empty())
                 .or_else(|| r.resolve(&name, &on, IpAddr::is_ipv6))
