@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what vxnet needs on a Debian/Ubuntu host (run as root):
 # iproute2 (ip, bridge), iperf3, ping, tshark, dig, ethtool, python3 (the
-# services tests' task server), curl, and a Rust toolchain if there is none.
+# services tests' task server), curl, promtool (from Debian's prometheus
+# package: the metrics tests check both daemons' /metrics with it), and a
+# Rust toolchain if there is none.
 set -euo pipefail
 
 need_pkgs=()
@@ -16,6 +18,7 @@ have ethtool || need_pkgs+=(ethtool)
 have cc || need_pkgs+=(gcc libc6-dev)
 have curl || need_pkgs+=(curl ca-certificates)
 have python3 || need_pkgs+=(python3)
+have promtool || need_pkgs+=(prometheus)
 
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then

@@ -32,6 +32,7 @@ pub mod gossip;
 pub mod host;
 pub mod keys;
 pub mod manager;
+pub mod metrics;
 pub mod reconcile;
 mod requests;
 pub mod roles;
@@ -150,6 +151,8 @@ pub struct Daemon<S, D> {
     pub(crate) local_addrs: LocalAddrs,
     /// Log requests to other nodes and their answers (a manager's).
     pub(crate) logs: Mutex<manager::LogQueue>,
+    /// Events the metrics count (`--metrics`).
+    pub(crate) counters: metrics::ControlCounters,
     /// Trace halves asked of other nodes and their answers (a manager's).
     pub(crate) traces: Mutex<trace::TraceQueue>,
     /// The names the embedded DNS server answers from, as the reconciler
@@ -229,6 +232,7 @@ where
             seen_members: Mutex::default(),
             logs: Mutex::default(),
             traces: Mutex::default(),
+            counters: metrics::ControlCounters::default(),
             dns_records: Mutex::default(),
             #[cfg(test)]
             view_override: Mutex::default(),

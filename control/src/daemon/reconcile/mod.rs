@@ -145,6 +145,11 @@ where
         if let Err(e) = self.pass_into(&mut p) {
             p.report.errors.push(e.message);
         }
+        use super::metrics::ControlCounters;
+        ControlCounters::inc(&self.d.counters.reconcile_runs);
+        if !p.report.errors.is_empty() {
+            ControlCounters::inc(&self.d.counters.reconcile_errors);
+        }
         self.d
             .realized
             .publish(generation, p.outcomes, p.report.clone());
