@@ -26,6 +26,7 @@ use vxnet_proto::crypto::keys::PublicKey;
 use vxnet_proto::wire::{MacAddr, Vni};
 
 use crate::calls;
+pub use crate::observe::{Capture, CaptureMsg, LiveMsg, LiveTrace};
 pub use crate::trace::{Trace, TraceReport, TraceWire};
 
 /// Default path of the dataplane's API socket.
@@ -326,6 +327,8 @@ pub enum Request {
     Conntrack(Conntrack),
     Trace(Trace),
     TraceWire(TraceWire),
+    Capture(Capture),
+    LiveTrace(LiveTrace),
 }
 
 calls!(Request;
@@ -353,6 +356,8 @@ calls!(Request;
     Conntrack(Conntrack) -> ConntrackReport,
     Trace(Trace) -> TraceReport,
     TraceWire(TraceWire) -> TraceReport,
+    Capture(Capture) -> CaptureMsg,
+    LiveTrace(LiveTrace) -> LiveMsg,
 );
 
 /// How an endpoint is plugged in.

@@ -24,6 +24,7 @@ pub mod ctl;
 pub mod dp;
 pub mod error;
 pub mod model;
+pub mod observe;
 pub mod server;
 #[cfg(test)]
 mod testutil;

@@ -10,6 +10,7 @@
 //! possible in the current state; 5 permission denied (say, a worker asked
 //! a manager-only question); 6 a daemon is unreachable or timed out.
 
+mod capture;
 mod container;
 mod dp;
 mod network;
@@ -53,6 +54,8 @@ pub enum Command {
     /// Where did my packet go: trace one packet from a container through
     /// both hosts' dataplanes, stage by stage, sending nothing.
     Trace(trace::TraceArgs),
+    /// Capture a network's inner frames and/or outer datagrams to pcapng.
+    Capture(capture::CaptureArgs),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
         Command::Container(args) => container::run(args, &mut stdout),
         Command::Service(args) => service::run(args, &mut stdout).map(|()| 0),
         Command::Trace(args) => trace::run(args, &mut stdout),
+        Command::Capture(args) => capture::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
                 Command::Container(_) => cmd.find_subcommand_mut("container"),
                 Command::Service(_) => cmd.find_subcommand_mut("service"),
                 Command::Trace(_) => cmd.find_subcommand_mut("trace"),
+                Command::Capture(_) => cmd.find_subcommand_mut("capture"),
             };
             match sub {
                 Some(sub) => sub

@@ -34,6 +34,7 @@ use vxnet_api::{ApiError, IpNet, Response};
 
 type R<T> = Result<T, ApiError>;
 
+mod observe;
 mod services;
 mod trace;
 
@@ -171,6 +172,9 @@ pub struct Dataplane {
     bridge_done: Condvar,
     workers: Mutex<Vec<WorkerHandle>>,
     stats: Vec<Arc<vxnet_proto::stats::Stats>>,
+    /// A capture, or a live trace, is running (one of each at a time).
+    capturing: Arc<std::sync::atomic::AtomicBool>,
+    live_tracing: Arc<std::sync::atomic::AtomicBool>,
     gso: bool,
     gro: bool,
     /// Test hook: (reached, go) for [`Dataplane::stall_before_configure`].
@@ -216,6 +220,8 @@ impl Dataplane {
             bridge_done: Condvar::new(),
             workers: Mutex::new(workers),
             stats,
+            capturing: Arc::default(),
+            live_tracing: Arc::default(),
             gso,
             gro,
             #[cfg(test)]
@@ -285,6 +291,9 @@ impl Dataplane {
             Request::Conntrack(c) => Re::of::<dp::Conntrack>(self.conntrack(c.vni, c.limit)),
             Request::Trace(t) => Re::of::<dp::Trace>(self.trace(t)),
             Request::TraceWire(t) => Re::of::<dp::TraceWire>(self.trace_wire(t)),
+            Request::Capture(_) | Request::LiveTrace(_) => Re::err(ApiError::invalid(
+                "capture and live_trace answer with a stream; the API server hands them to handle_reply",
+            )),
         }
     }
 

@@ -180,8 +180,11 @@ fn run(args: Args) -> Result<(), String> {
         )
     })?);
     let handler_dp = Arc::clone(&dp);
-    let api = server::serve(&args.socket, Arc::new(move |req| handler_dp.handle(req)))
-        .map_err(|e| format!("cannot serve the API on {}: {e}", args.socket.display()))?;
+    let api = server::serve_streaming(
+        &args.socket,
+        Arc::new(move |req| handler_dp.handle_reply(req)),
+    )
+    .map_err(|e| format!("cannot serve the API on {}: {e}", args.socket.display()))?;
     let _metrics = match args.metrics {
         Some(addr) => {
             let view_dp = Arc::clone(&dp);

@@ -38,6 +38,7 @@ const ETHERTYPE_ARP: u16 = 0x0806;
 const ETHERTYPE_IPV6: u16 = 0x86dd;
 
 mod lb;
+pub mod live;
 pub mod trace;
 use lb::{Lb, Vip};
 use trace::{Answer, Note, Recorder, TraceRun};
@@ -224,6 +225,11 @@ impl Engine {
 
     pub fn stats(&self) -> &Arc<Stats> {
         &self.ctx.stats
+    }
+
+    /// The forwarding table in use.
+    pub fn fdb(&self) -> &Fdb {
+        &self.fdb
     }
 
     /// Runs `pkt` (`vnet header ‖ frame`, as the TAP of `port` would hand

@@ -21,7 +21,6 @@ use vxnet_api::{ApiError, ErrorCode};
 use vxnet_proto::engine::Engine;
 use vxnet_proto::engine::trace::{Answer, FlowMatch, Note, TraceRun};
 use vxnet_proto::fdb::PortId;
-use vxnet_proto::stats::Drop;
 use vxnet_proto::wire::{MacAddr, Vni, vnet};
 
 /// How long a trace waits for the worker.
@@ -584,11 +583,11 @@ fn report(host: &str, run: &TraceRun, names: &[(PortId, String)]) -> TraceReport
     let verdict = if let Some(d) = run.drops.first() {
         steps.push(TraceStep {
             host: host.to_string(),
-            stage: drop_stage(*d),
+            stage: crate::trace_stage::of_drop(*d),
             verdict: StepVerdict::Drop,
             detail: d.help().to_string(),
             reason: Some(format!("{}/{}", d.stage(), d.reason())),
-            fix: Some(fix(*d).to_string()),
+            fix: Some(crate::trace_stage::fix(*d).to_string()),
         });
         TraceVerdict::Dropped
     } else if steps.iter().any(|s| s.verdict == Delivered) {
@@ -604,77 +603,5 @@ fn report(host: &str, run: &TraceRun, names: &[(PortId, String)]) -> TraceReport
         steps,
         verdict,
         outer: None,
-    }
-}
-
-/// The stage a drop happens at.
-fn drop_stage(d: Drop) -> TraceStage {
-    use TraceStage as S;
-    match (d.stage(), d.reason()) {
-        ("tap", "spoofed_source") => S::AntiSpoof,
-        ("tap", "no_destination") => S::Fdb,
-        ("tap", "no_sa") => S::Sa,
-        ("tap", "too_big" | "segment_error") => S::Outer,
-        ("tap", _) => S::TapRx,
-        ("lb", "backend_gone" | "conntrack_full") => S::Conntrack,
-        ("lb", _) => S::Vip,
-        ("wire", "unknown_vni" | "vni_mismatch") => S::Vni,
-        (
-            "wire",
-            "plain_on_encrypted" | "unknown_spi" | "auth_failed" | "replay" | "too_old" | "bad_esp",
-        ) => S::Decrypt,
-        ("wire", "no_endpoint") => S::Endpoint,
-        ("wire", _) => S::WireRx,
-        ("io", "tap_write" | "bad_ref") => S::TapTx,
-        _ => S::Outer,
-    }
-}
-
-/// One line on how to fix what made a packet drop.
-fn fix(d: Drop) -> &'static str {
-    match (d.stage(), d.reason()) {
-        ("tap", "spoofed_source") => {
-            "the container sends from a MAC that is not its endpoint's: use the MAC `vxnet dp endpoints` shows"
-        }
-        ("tap", "no_destination") => {
-            "no endpoint or peer has this MAC on the VNI: add the peer (`vxnet dp peer add`), or check that the destination's container runs and its host is Ready (`vxnet node ls`)"
-        }
-        ("tap", "no_sa") => {
-            "no established SA with the destination's host: both hosts need each other's key (`vxnet dp vtep ls` on both; `vxnet node ls` shows both Ready)"
-        }
-        ("tap", "too_big") => {
-            "the packet does not fit the underlay after encapsulation: send smaller packets (path MTU discovery follows the ICMP answer), or raise the underlay's MTU"
-        }
-        ("tap", _) => "the frame is malformed or from an unknown port; see `vxnet dp endpoints`",
-        ("lb", "no_backend") => {
-            "the service has no running task: `vxnet service ps SERVICE` says why"
-        }
-        ("lb", "backend_gone") => {
-            "the flow's task left the service; the client's next connection gets a live task"
-        }
-        ("lb", "conntrack_full") => {
-            "the conntrack table is full of live connections: raise --conntrack-size"
-        }
-        ("lb", _) => "only TCP, UDP and ping to a VIP are balanced, unfragmented",
-        ("wire", "unknown_vni") => {
-            "the receiving host has no network with this VNI: the network must reach that host (a container there on it), or `vxnet dp network add` it there"
-        }
-        ("wire", "no_endpoint") => {
-            "the destination MAC is no endpoint on the receiving host: its container moved or stopped, and the sender's FDB is stale"
-        }
-        ("wire", "unknown_spi") => {
-            "the receiving host has no SA for this sender: it does not know the sender's key (`vxnet dp vtep add` there; under vxnet-control, check both hosts are Ready)"
-        }
-        ("wire", "plain_on_encrypted") => {
-            "the network is encrypted on the receiver but not on the sender: declare it encrypted on both"
-        }
-        ("wire", "vni_mismatch" | "auth_failed" | "replay" | "too_old" | "bad_esp") => {
-            "the datagram failed ESP checks: a forged, replayed or corrupted packet, or keys out of step (`vxnet dp rekey`)"
-        }
-        ("wire", "from_self") => {
-            "the inner source MAC is a local endpoint here: a MAC is used on two hosts"
-        }
-        ("wire", _) => "the datagram is not valid VXLAN",
-        _ => "the kernel refused the send or write; see the dataplane's log",
     }
 }
