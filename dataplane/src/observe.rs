@@ -301,8 +301,9 @@ fn ending(notes: &[Note], entry: TraceStage) -> (TraceStage, TraceVerdict, Optio
     (entry, TraceVerdict::Sent, None)
 }
 
-/// The inner IPv4/IPv6 flow of an Ethernet frame.
-fn flow_of(frame: &[u8]) -> Option<Flow> {
+/// The inner IPv4/IPv6 flow of an Ethernet frame (untrusted bytes: a
+/// frame from a container or the wire; fuzzed by `trace_dry_run`).
+pub fn flow_of(frame: &[u8]) -> Option<Flow> {
     use etherparse::{NetSlice, SlicedPacket, TransportSlice};
     let p = SlicedPacket::from_ethernet(frame).ok()?;
     let (src, dst, proto): (IpAddr, IpAddr, u8) = match p.net? {

@@ -95,3 +95,8 @@ fn dns_query() {
         assert!(seed(name).accepted_upstream, "{name}");
     }
 }
+
+#[test]
+fn trace_dry_run() {
+    run("trace_dry_run", vxnet_fuzz::trace_dry_run);
+}
