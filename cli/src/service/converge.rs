@@ -18,6 +18,9 @@ use crate::swarm::ControlSocket;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Between two looks.
 const POLL: Duration = Duration::from_millis(200);
+/// How long every wanted task may stay failed before the wait gives up
+/// (a task that can start again does so within this).
+const ALL_FAILED_GRACE: Duration = Duration::from_secs(5);
 
 /// Where a service stands.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -65,6 +68,11 @@ impl Progress {
         self.running == self.desired && self.leaving == 0
     }
 
+    /// Every task the service wants has failed: nothing is on its way.
+    pub fn all_failed(&self) -> bool {
+        self.desired > 0 && self.failures.len() as u64 >= self.desired
+    }
+
     /// The progress line (Docker's wording).
     pub fn line(&self) -> String {
         let mut s = format!(
@@ -90,6 +98,7 @@ pub fn wait(
     let start = Instant::now();
     let mut last_line = String::new();
     let mut told: Vec<String> = Vec::new();
+    let mut all_failed_since: Option<Instant> = None;
     loop {
         let view = socket.call(ctl::ServiceInspect {
             service: service.to_owned(),
@@ -99,6 +108,8 @@ pub fn wait(
         })?;
         let p = Progress::of(&tasks, view.desired);
         let (converged, line) = (p.converged(), p.line());
+        let all_failed = p.all_failed();
+        let first_failure = p.failures.first().cloned().unwrap_or_default();
         if line != last_line {
             let _ = writeln!(err, "{service}: {line}");
             last_line = line;
@@ -112,6 +123,21 @@ pub fn wait(
         if converged {
             let _ = writeln!(err, "{service}: verify: service converged");
             return Ok(());
+        }
+        all_failed_since = if all_failed {
+            all_failed_since.or(Some(Instant::now()))
+        } else {
+            None
+        };
+        if all_failed_since.is_some_and(|t| t.elapsed() >= ALL_FAILED_GRACE) {
+            return Err(CliError::Api(ApiError::new(
+                ErrorCode::FailedPrecondition,
+                format!(
+                    "no task of {service} could run ({first_failure}); the service exists and \
+                     keeps trying: fix it with `vxnet service update` or remove it with \
+                     `vxnet service rm {service}`"
+                ),
+            )));
         }
         if start.elapsed() >= timeout {
             return Err(CliError::Api(ApiError::new(
@@ -184,5 +210,11 @@ mod tests {
             ]
         );
         assert!(!p.converged());
+        assert!(p.all_failed());
+        let one = Progress::of(
+            &[task("web.1", DesiredState::Running, TaskState::Running)],
+            2,
+        );
+        assert!(!one.all_failed());
     }
 }

@@ -366,7 +366,7 @@ pub fn run(args: &ServiceArgs, out: &mut dyn Write) -> Result<(), CliError> {
         ServiceCommand::Create(c) => {
             let v = s.call(c.request())?;
             write(out, &format!("{}\n", v.service.id))?;
-            c.wait.wait(s, &v.service.id)
+            c.wait.wait(s, &v.service.name)
         }
         ServiceCommand::Ls { quiet, format } => {
             let list = s.call(ctl::ServiceLs {})?;
