@@ -133,9 +133,17 @@ fn swarm_trace_paths_and_failures() -> Result<()> {
             "{want:?} {r:#}"
         );
     }
+    // The table people read says the same.
+    let table = m.ok(&["trace", "--from", "c1", "--to", "c2", "--network", "plain"])?;
+    eprintln!("{table}");
+    assert!(table.contains("delivered on host2"), "{table}");
     // Encrypted, from the worker (the remote half through its manager).
     let r = trace(w, &["--from", "c2", "--to", "c1", "--network", "secure"])?;
     assert!(delivered_on(&r, "host1"), "{r:#}");
+    eprintln!(
+        "{}",
+        w.ok(&["trace", "--from", "c2", "--to", "c1", "--network", "secure"])?
+    );
     let p = path(&r);
     assert!(p.contains(&("host2".into(), "sa".into())), "{r:#}");
     assert!(p.contains(&("host1".into(), "decrypt".into())), "{r:#}");
@@ -202,6 +210,12 @@ fn swarm_trace_paths_and_failures() -> Result<()> {
         Some(("host1".into(), "vip".into(), "lb/no_backend".into())),
         "{r:#}"
     );
+    let out = m.cli(&[
+        "trace", "--from", "c1", "--to", "dead", "--proto", "tcp", "--dport", "80",
+    ])?;
+    eprintln!("{}", out.stdout);
+    assert_eq!(out.status.code(), Some(1), "a dropped trace exits 1");
+    assert!(out.stdout.contains("fix: "), "{}", out.stdout);
 
     // An address that belongs to no endpoint: ARP unanswered, host1.
     let r = trace(m, &["--from", "c1", "--to", "10.61.0.250"])?;
