@@ -218,6 +218,8 @@ impl Engine {
             return ctx.flood(fdb, vni, table, port, &hdr, frame, out);
         }
         match table.macs.get(&dst) {
+            // Back where it came from: a bridge does not hairpin either.
+            Some(Dest::Local(to)) if *to == port => stats.dropped(Drop::TapSamePort),
             Some(Dest::Local(to)) => {
                 stats.inc(Counter::LocalSwitched);
                 out.tap(*to).push_as_is(&hdr, frame);

@@ -72,6 +72,7 @@ enumerate! {
         TapUnknownPort => ("tap", "unknown_port", "frame from a TAP with no endpoint"),
         TapSpoofedSource => ("tap", "spoofed_source", "source MAC is not an endpoint of this TAP"),
         TapNoDestination => ("tap", "no_destination", "the port's VNI has no forwarding table"),
+        TapSamePort => ("tap", "same_port", "destination MAC is behind the port the frame came from"),
         TapNoReceivers => ("tap", "no_receivers", "broadcast, multicast or unknown unicast with no other endpoint or VTEP on the VNI"),
         TapFloodOff => ("tap", "flood_off", "broadcast, multicast or unknown unicast on a network with flooding off and no other local endpoint"),
         TapFloodRateLimited => ("tap", "flood_rate", "broadcast, multicast or unknown unicast over the VNI's flood rate"),

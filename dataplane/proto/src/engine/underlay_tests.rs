@@ -555,6 +555,11 @@ fn every_kind_of_frame_is_forwarded_answered_or_counted() {
         ),
         ("runt", vec![0; vnet::LEN + 10], Dropped(Drop::TapRunt)),
         (
+            "to its own MAC",
+            with_vnet(&udp4(A, [10, 0, 0, 2], 20, false)),
+            Dropped(Drop::TapSamePort),
+        ),
+        (
             "spoofed source",
             with_vnet(&{
                 let mut f = udp4(B, [10, 0, 0, 3], 20, false);
