@@ -234,6 +234,18 @@ impl Dataplane {
         (st.endpoints.len(), st.fdb.vnis().count())
     }
 
+    /// Head-end replication counters of every VNI.
+    pub fn flood_counts(&self) -> Vec<(Vni, vxnet_proto::replication::FloodCounts)> {
+        let st = self.lock();
+        let mut v: Vec<_> = st
+            .fdb
+            .vnis()
+            .map(|(vni, t)| (vni, t.replication.counts()))
+            .collect();
+        v.sort_by_key(|(vni, _)| *vni);
+        v
+    }
+
     pub fn worker_count(&self) -> usize {
         self.stats.len()
     }

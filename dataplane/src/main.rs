@@ -164,6 +164,7 @@ fn run(args: Args) -> Result<(), String> {
                     endpoints,
                     vnis,
                     workers: view_dp.worker_count(),
+                    flooding: view_dp.flood_counts(),
                 }
             });
             Some(
