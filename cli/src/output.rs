@@ -427,10 +427,10 @@ mod tests {
         };
         let s = show(&r);
         assert!(s.contains("Underlay MTU:   1400\n"), "{s}");
-        assert!(s.contains("Local VTEP:   192.0.2.1\n"), "{s}");
-        assert!(s.contains("UDP GSO:      yes\n"), "{s}");
+        assert!(s.contains("Local VTEP:     192.0.2.1\n"), "{s}");
+        assert!(s.contains("UDP GSO:        yes\n"), "{s}");
         assert!(
-            s.contains("Public key:   AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n"),
+            s.contains("Public key:     AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n"),
             "{s}"
         );
     }
