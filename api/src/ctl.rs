@@ -21,7 +21,10 @@ use serde::{Deserialize, Serialize};
 use vxnet_proto::wire::MacAddr;
 
 use crate::calls;
-use crate::model::{Availability, Driver, Network, Node, NodeStatus, Role};
+use crate::model::{
+    Availability, DesiredState, Driver, EndpointMode, Network, Node, NodeStatus, RestartCondition,
+    Role, Service, ServiceMode, TaskState,
+};
 
 /// Default path of the daemon's socket.
 pub const DEFAULT_SOCKET: &str = "/run/vxnet/control.sock";
@@ -307,6 +310,103 @@ pub struct ContainerLogs {
     pub tail: Option<usize>,
 }
 
+/// One `--network NET [--network-alias A]...` of a service.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceNetworkRequest {
+    /// Network name, id or unique id prefix.
+    pub network: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+}
+
+/// `service create` (managers only).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceCreate {
+    pub name: String,
+    pub mode: ServiceMode,
+    #[serde(default)]
+    pub endpoint_mode: EndpointMode,
+    /// Swarm-scoped overlay networks (not the ingress network).
+    #[serde(default)]
+    pub networks: Vec<ServiceNetworkRequest>,
+    /// What every task runs.
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub restart: RestartCondition,
+}
+
+/// `service ls`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceLs {}
+
+/// `service inspect SERVICE`: id, name or unique id prefix.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceInspect {
+    pub service: String,
+}
+
+/// `service ps SERVICE`: its tasks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServicePs {
+    pub service: String,
+}
+
+/// `service scale SERVICE=N` (replicated services only).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceScale {
+    pub service: String,
+    pub replicas: u64,
+}
+
+/// `service update`: only what is given changes. A change of the task
+/// template (command, env, restart condition) replaces the tasks; a
+/// change of replicas or networks keeps the running ones.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceUpdate {
+    pub service: String,
+    #[serde(default)]
+    pub replicas: Option<u64>,
+    #[serde(default)]
+    pub network_add: Vec<ServiceNetworkRequest>,
+    #[serde(default)]
+    pub network_rm: Vec<String>,
+    #[serde(default)]
+    pub env_add: Vec<String>,
+    /// Variable names to remove.
+    #[serde(default)]
+    pub env_rm: Vec<String>,
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    #[serde(default)]
+    pub restart: Option<RestartCondition>,
+}
+
+/// `service rm`: its tasks are removed, then its VIPs released.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceRm {
+    pub service: String,
+}
+
+/// `service logs`: the output of the service's tasks, from whichever node
+/// runs them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceLogs {
+    pub service: String,
+    #[serde(default)]
+    pub tail: Option<usize>,
+}
+
 /// Compare the dataplane and the host with the desired state now and fix
 /// the difference.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -339,6 +439,14 @@ pub enum CtlRequest {
     ContainerStop(ContainerStop),
     ContainerStart(ContainerStart),
     ContainerLogs(ContainerLogs),
+    ServiceCreate(ServiceCreate),
+    ServiceLs(ServiceLs),
+    ServiceInspect(ServiceInspect),
+    ServicePs(ServicePs),
+    ServiceScale(ServiceScale),
+    ServiceUpdate(ServiceUpdate),
+    ServiceRm(ServiceRm),
+    ServiceLogs(ServiceLogs),
     Reconcile(Reconcile),
 }
 
@@ -366,8 +474,77 @@ calls!(CtlRequest;
     ContainerStop(ContainerStop) -> ContainerView,
     ContainerStart(ContainerStart) -> ContainerView,
     ContainerLogs(ContainerLogs) -> LogsView,
+    ServiceCreate(ServiceCreate) -> ServiceView,
+    ServiceLs(ServiceLs) -> Vec<ServiceView>,
+    ServiceInspect(ServiceInspect) -> ServiceView,
+    ServicePs(ServicePs) -> Vec<TaskView>,
+    ServiceScale(ServiceScale) -> ServiceView,
+    ServiceUpdate(ServiceUpdate) -> ServiceView,
+    ServiceRm(ServiceRm) -> ServiceView,
+    ServiceLogs(ServiceLogs) -> Vec<TaskLogs>,
     Reconcile(Reconcile) -> ReconcileReport,
 );
+
+/// A service's VIP on one network, with the network's name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualIpView {
+    pub network_id: String,
+    pub network: String,
+    /// `ADDR/PLEN`, as Docker's `Endpoint.VirtualIPs` shows it.
+    pub addr: String,
+    #[serde(default)]
+    pub addr6: Option<String>,
+}
+
+/// `service ls|inspect`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceView {
+    pub service: Service,
+    pub virtual_ips: Vec<VirtualIpView>,
+    /// Network names, in the service's order.
+    pub network_names: Vec<String>,
+    /// Tasks whose node reports them running.
+    pub running: u64,
+    /// Tasks the service wants.
+    pub desired: u64,
+}
+
+/// One task in `service ps`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskView {
+    pub id: String,
+    /// `SERVICE.SLOT` (replicated) or `SERVICE.NODE` (global), as Docker
+    /// shows it.
+    pub name: String,
+    /// The task's container name (`SERVICE.SLOT.ID`).
+    pub container: String,
+    pub node: String,
+    pub desired: DesiredState,
+    pub state: TaskState,
+    pub since: u64,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub error: Option<String>,
+    pub restarts: u32,
+    /// The task's IPv4 address on each of its networks.
+    pub addresses: Vec<(String, Ipv4Addr)>,
+}
+
+/// One task's output in `service logs`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskLogs {
+    pub task: String,
+    pub node: String,
+    pub text: String,
+    /// Why the log could not be read (its node did not answer).
+    #[serde(default)]
+    pub error: Option<String>,
+}
 
 /// What `swarm init` prints.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -551,6 +728,11 @@ pub struct ReconcileReport {
     pub peers_removed: usize,
     pub vteps_added: usize,
     pub vteps_removed: usize,
+    /// Service VIPs created or given new backends.
+    #[serde(default)]
+    pub services_set: usize,
+    #[serde(default)]
+    pub services_removed: usize,
     pub netns_created: usize,
     pub processes_started: usize,
     pub containers_removed: usize,
@@ -568,6 +750,8 @@ impl ReconcileReport {
             + self.peers_removed
             + self.vteps_added
             + self.vteps_removed
+            + self.services_set
+            + self.services_removed
             + self.netns_created
             + self.processes_started
             + self.containers_removed

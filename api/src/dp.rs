@@ -259,6 +259,62 @@ pub struct Sa {
     pub show_keys: bool,
 }
 
+/// One backend of a service: a task's overlay address and its MAC.
+/// Without a MAC, the dataplane takes the one its FDB knows for the
+/// address (the endpoint or peer must be programmed first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSpec {
+    pub ip: IpAddr,
+    #[serde(default)]
+    pub mac: Option<MacAddr>,
+}
+
+/// `service_set`: creates the service with VIP `vip` on `vni`, or
+/// replaces its whole backend set at once. Connections to the VIP (any
+/// port, TCP and UDP) are spread over the backends by Maglev hashing and
+/// each stays on its backend (conntrack); flows to backends that stay are
+/// never moved. An empty set refuses new connections. At most 1024
+/// backends; refused when the dataplane runs more than one worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSet {
+    pub vni: Vni,
+    pub vip: IpAddr,
+    #[serde(default)]
+    pub backends: Vec<BackendSpec>,
+    #[serde(default)]
+    pub owner: Owner,
+}
+
+/// `service_del`: removes a service; its flows end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceDel {
+    pub vni: Vni,
+    pub vip: IpAddr,
+}
+
+/// `services`: services (of one VNI, or all) with their backends and the
+/// flows tracked to each.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Services {
+    #[serde(default)]
+    pub vni: Option<Vni>,
+}
+
+/// `conntrack`: tracked flows to VIPs (of one VNI, or all), the first
+/// `limit` (default 1000) in order of VNI, VIP, port, client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Conntrack {
+    #[serde(default)]
+    pub vni: Option<Vni>,
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
 /// Every request, tagged by `op`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -281,6 +337,10 @@ pub enum Request {
     Vteps(Vteps),
     Rekey(Rekey),
     Sa(Sa),
+    ServiceSet(ServiceSet),
+    ServiceDel(ServiceDel),
+    Services(Services),
+    Conntrack(Conntrack),
 }
 
 calls!(Request;
@@ -302,6 +362,10 @@ calls!(Request;
     Vteps(Vteps) -> Vec<VtepInfo>,
     Rekey(Rekey) -> Vec<IpAddr>,
     Sa(Sa) -> Vec<SaEntry>,
+    ServiceSet(ServiceSet) -> (),
+    ServiceDel(ServiceDel) -> (),
+    Services(Services) -> Vec<ServiceInfo>,
+    Conntrack(Conntrack) -> ConntrackReport,
 );
 
 /// How an endpoint is plugged in.
@@ -522,6 +586,116 @@ pub struct SaEntry {
     pub salt: Option<String>,
 }
 
+/// A service as `vxnet dp services` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceInfo {
+    pub vni: Vni,
+    pub vip: IpAddr,
+    /// The MAC the dataplane answers ARP/ND for the VIP with
+    /// (`06:56:` and the address's last four bytes).
+    pub mac: MacAddr,
+    /// Entries of its Maglev table.
+    pub table_size: u32,
+    /// Sorted by address: the order every host builds its table in.
+    pub backends: Vec<BackendInfo>,
+    #[serde(default)]
+    pub owner: Owner,
+}
+
+/// A backend of a listed service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendInfo {
+    pub ip: IpAddr,
+    pub mac: MacAddr,
+    /// Flows tracked to it through the VIP.
+    pub flows: usize,
+}
+
+/// `vxnet dp conntrack`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConntrackReport {
+    /// Flows tracked (matching the filter); `entries` lists the first
+    /// `limit` of them.
+    pub total: usize,
+    pub entries: Vec<ConntrackEntry>,
+}
+
+/// The transport protocol of a tracked flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowProto {
+    Tcp,
+    Udp,
+}
+
+impl std::fmt::Display for FlowProto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FlowProto::Tcp => "tcp",
+            FlowProto::Udp => "udp",
+        })
+    }
+}
+
+/// Where a tracked flow is in its life (it decides the flow's timeout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowState {
+    /// TCP: SYN seen, no answer yet (60 s).
+    SynSent,
+    /// TCP: answered (24 h idle).
+    Established,
+    /// TCP: FIN seen one way (120 s).
+    Closing,
+    /// TCP: FIN both ways, or RST (10 s).
+    Closed,
+    /// UDP: no answer yet (30 s).
+    Unreplied,
+    /// UDP: answered (30 s).
+    Replied,
+    /// UDP: traffic after an answer, a stream (120 s).
+    Assured,
+}
+
+impl std::fmt::Display for FlowState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FlowState::SynSent => "syn_sent",
+            FlowState::Established => "established",
+            FlowState::Closing => "closing",
+            FlowState::Closed => "closed",
+            FlowState::Unreplied => "unreplied",
+            FlowState::Replied => "replied",
+            FlowState::Assured => "assured",
+        })
+    }
+}
+
+/// One tracked flow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConntrackEntry {
+    pub vni: Vni,
+    pub proto: FlowProto,
+    pub client: IpAddr,
+    pub client_port: u16,
+    pub vip: IpAddr,
+    /// The destination port, the same on the backend (VIP mode keeps it).
+    pub port: u16,
+    pub backend: IpAddr,
+    pub state: FlowState,
+    pub age_secs: f64,
+    pub idle_secs: f64,
+    /// Seconds until it expires unless a packet comes.
+    pub expires_secs: f64,
+    /// Packets client → backend, and back.
+    pub packets_out: u64,
+    pub packets_in: u64,
+}
+
 /// How the dataplane's workers wait for packets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -608,6 +782,25 @@ mod tests {
             })
         ));
         assert_eq!(a.ips[0].addr().to_string(), "10.0.0.2");
+        let r: Request = serde_json::from_str(
+            r#"{"op":"service_set","vni":4096,"vip":"10.0.0.100","backends":[{"ip":"10.0.0.2","mac":"02:42:0a:00:00:02"},{"ip":"10.0.0.3"}]}"#,
+        )
+        .unwrap();
+        let Request::ServiceSet(s) = r else {
+            panic!("not service_set")
+        };
+        assert_eq!((s.backends.len(), s.backends[1].mac), (2, None));
+        assert_eq!(
+            serde_json::to_string(
+                &Conntrack {
+                    vni: None,
+                    limit: None
+                }
+                .into_request()
+            )
+            .unwrap(),
+            r#"{"op":"conntrack","vni":null,"limit":null}"#
+        );
         for bad in [
             r#"{"op":"peer_add","vni":0,"mac":"02:42:0a:00:00:03","vtep":"192.0.2.2"}"#,
             r#"{"op":"peer_add","vni":16777216,"mac":"02:42:0a:00:00:03","vtep":"192.0.2.2"}"#,
@@ -620,6 +813,12 @@ mod tests {
             r#"{"op":"vtep_add","vtep":"192.0.2.2","pubkey":"not base64"}"#,
             r#"{"op":"network_add","vni":5,"owner":"someone"}"#,
             r#"{"op":"network_add","vni":5,"flood":"no"}"#,
+            r#"{"op":"service_set","vni":4096,"vip":"10.0.0.300"}"#,
+            r#"{"op":"service_set","vni":0,"vip":"10.0.0.1"}"#,
+            r#"{"op":"service_set","vni":1,"vip":"10.0.0.1","backends":[{"ip":"10.0.0.2","mac":"zz"}]}"#,
+            r#"{"op":"service_set","vni":1,"vip":"10.0.0.1","backends":[{"addr":"10.0.0.2"}]}"#,
+            r#"{"op":"service_del","vni":1}"#,
+            r#"{"op":"conntrack","vni":1,"max":5}"#,
             r#"{"op":"nope"}"#,
         ] {
             assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");

@@ -232,6 +232,145 @@ pub enum DesiredState {
     Removed,
 }
 
+/// How many tasks a service runs (Docker's `--mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceMode {
+    /// `--replicas N` tasks, spread over the Active nodes.
+    Replicated { replicas: u64 },
+    /// One task on every Active node, nodes that join later included.
+    Global,
+}
+
+/// How clients find a service's tasks (Docker's `--endpoint-mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointMode {
+    /// A virtual IP per network, balanced over the tasks by the dataplane.
+    #[default]
+    Vip,
+    /// No VIP: the service name resolves to the tasks' addresses.
+    Dnsrr,
+}
+
+/// When a task's exited command is started again (Docker's
+/// `--restart-condition`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartCondition {
+    /// Whatever its exit status.
+    #[default]
+    Any,
+    /// Only when it failed (a status other than 0).
+    OnFailure,
+    /// Never.
+    None,
+}
+
+/// A network a service is on, with the extra names its tasks answer to
+/// there (`--network-alias`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceNetwork {
+    /// The network's id.
+    pub network: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+}
+
+/// A service's virtual IP on one network (VIP mode).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VirtualIp {
+    pub network: String,
+    pub ipv4: Ipv4Addr,
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Addr>,
+}
+
+/// A service: a task template, how many tasks run it, and how clients
+/// reach them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    pub id: String,
+    pub name: String,
+    pub mode: ServiceMode,
+    pub endpoint_mode: EndpointMode,
+    pub networks: Vec<ServiceNetwork>,
+    /// What every task runs.
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub restart: RestartCondition,
+    /// One per network in VIP mode; none in DNSRR mode.
+    #[serde(default)]
+    pub vips: Vec<VirtualIp>,
+    pub created: UnixTime,
+    pub updated: UnixTime,
+    /// Bumped when the task template (command, env, restart) changes:
+    /// tasks of an older version are replaced.
+    pub version: u64,
+}
+
+impl Service {
+    pub fn vip(&self, network: &str) -> Option<&VirtualIp> {
+        self.vips.iter().find(|v| v.network == network)
+    }
+}
+
+/// What makes a container a service's task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskInfo {
+    /// The service's id.
+    pub service: String,
+    /// Replicated: 1 to the replica count (Docker's slot); global: 0.
+    pub slot: u64,
+    /// The service version the task was made from.
+    pub version: u64,
+    pub restart: RestartCondition,
+}
+
+/// Where a container is in its life, as its node last reported it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    /// Recorded; its node has not started it yet.
+    Pending,
+    Running,
+    /// Its command ended with status 0 and is not restarted.
+    Complete,
+    /// Its command ended otherwise, or could not start.
+    Failed,
+    /// Stopped or removed.
+    Shutdown,
+}
+
+impl std::fmt::Display for TaskState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TaskState::Pending => "Pending",
+            TaskState::Running => "Running",
+            TaskState::Complete => "Complete",
+            TaskState::Failed => "Failed",
+            TaskState::Shutdown => "Shutdown",
+        })
+    }
+}
+
+/// A container's state as its node reports it to the manager.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskStatus {
+    pub state: TaskState,
+    /// When it entered this state.
+    pub since: UnixTime,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub error: Option<String>,
+    /// How many times its command was started again.
+    #[serde(default)]
+    pub restarts: u32,
+}
+
 /// Another runtime's container, as `network connect --netns|--veth` names
 /// it: vxnet attaches it but never creates or removes its namespace.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -271,6 +410,12 @@ pub struct Container {
     /// Set for another runtime's container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external: Option<External>,
+    /// Set for a service's task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskInfo>,
+    /// What its node last reported (kept by the manager).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<TaskStatus>,
 }
 
 impl Container {

@@ -11,8 +11,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use vxnet_api::client::{Client, Server, transport_error};
 use vxnet_api::dp::{
-    self, AttachTarget, DEFAULT_SOCKET, DetachTarget, EndpointInfo, FdbEntry, NetworkInfo, Owner,
-    Request, SaEntry, ShowReport, StatsReport, VtepInfo,
+    self, AttachTarget, BackendSpec, ConntrackReport, DEFAULT_SOCKET, DetachTarget, EndpointInfo,
+    FdbEntry, NetworkInfo, Owner, Request, SaEntry, ServiceInfo, ShowReport, StatsReport, VtepInfo,
 };
 use vxnet_api::{ApiError, Call, IpNet, MacAddr, PublicKey, Vni};
 
@@ -152,6 +152,79 @@ Examples:
         show_keys: bool,
         #[command(flatten)]
         format: FormatArg,
+    },
+
+    /// Program service VIPs: connections from the network to a VIP (any
+    /// port, TCP and UDP) are spread over its backends by Maglev hashing,
+    /// and each stays on its backend (conntrack). Ping to a VIP is answered.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+
+    /// List services: each VIP, its MAC, its backends and the flows
+    /// tracked to each.
+    #[command(after_help = "\
+Examples:
+  vxnet dp services
+  vxnet dp services --vni 4096 --format json")]
+    Services {
+        /// Only services of this VNI.
+        #[arg(long, value_parser = parse_vni)]
+        vni: Option<Vni>,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+
+    /// List the flows to service VIPs that the dataplane tracks
+    /// (conntrack): client, VIP and port, backend, state and timeout.
+    #[command(after_help = "\
+Examples:
+  vxnet dp conntrack
+  vxnet dp conntrack --vni 4096 --limit 50 --format json")]
+    Conntrack {
+        /// Only flows of this VNI.
+        #[arg(long, value_parser = parse_vni)]
+        vni: Option<Vni>,
+        /// List at most this many flows (the total is always given).
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Create a service, or replace its whole backend set at once.
+    ///
+    /// Without --backend the set is empty: new connections to the VIP are
+    /// refused (TCP gets a reset) and counted as lb/no_backend. Flows to
+    /// backends that stay are never moved; flows to a removed backend end.
+    #[command(after_help = "\
+Examples:
+  vxnet dp service set --vni 4096 --vip 10.0.0.100 --backend 10.0.0.2 --backend 10.0.0.3
+  vxnet dp service set --vni 4096 --vip fd00::100 --backend fd00::3,02:42:0a:00:00:03
+  vxnet dp service set --vni 4096 --vip 10.0.0.100")]
+    Set {
+        /// VXLAN network identifier, 1 to 16777215.
+        #[arg(long, value_parser = parse_vni)]
+        vni: Vni,
+        /// The virtual IP: an unused address of the network.
+        #[arg(long, value_name = "IP")]
+        vip: IpAddr,
+        /// A backend's address, and optionally its MAC after a comma
+        /// (default: the MAC the dataplane knows for the address). Repeat.
+        #[arg(long = "backend", value_name = "IP[,MAC]", value_parser = parse_backend)]
+        backends: Vec<BackendSpec>,
+    },
+    /// Remove a service; its tracked flows end.
+    #[command(after_help = "Example:\n  vxnet dp service del --vni 4096 --vip 10.0.0.100")]
+    Del {
+        /// VXLAN network identifier, 1 to 16777215.
+        #[arg(long, value_parser = parse_vni)]
+        vni: Vni,
+        /// The service's virtual IP.
+        #[arg(long, value_name = "IP")]
+        vip: IpAddr,
     },
 }
 
@@ -393,6 +466,20 @@ pub fn parse_vtep(s: &str) -> Result<IpAddr, String> {
     Ok(ip)
 }
 
+/// `IP` or `IP,MAC` (a comma, since both IPv6 addresses and MACs hold ':').
+pub fn parse_backend(s: &str) -> Result<BackendSpec, String> {
+    let (ip, mac) = match s.split_once(',') {
+        Some((ip, mac)) => (ip, Some(parse_unicast_mac(mac.trim())?)),
+        None => (s, None),
+    };
+    let ip: IpAddr = ip.trim().parse().map_err(|_| {
+        format!(
+            "'{ip}' is not an IPv4 or IPv6 address; expected IP or IP,MAC like 10.0.0.3,02:42:0a:00:00:03"
+        )
+    })?;
+    Ok(BackendSpec { ip, mac })
+}
+
 /// Linux interface names: 1 to 15 bytes, no '/', ':' or whitespace.
 pub fn parse_ifname(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
@@ -507,6 +594,20 @@ impl DpCommand {
             DpCommand::Detach(d) if d.ifname.is_some() && d.netns.is_none() => {
                 Err("--ifname selects an interface of --netns; use it with --netns".into())
             }
+            DpCommand::Service(ServiceCommand::Set { vip, backends, .. }) => {
+                for (i, b) in backends.iter().enumerate() {
+                    if backends[i + 1..].iter().any(|o| o.ip == b.ip) {
+                        return Err(format!("backend {} is given twice", b.ip));
+                    }
+                    if b.ip.is_ipv4() != vip.is_ipv4() {
+                        return Err(format!(
+                            "backend {} and VIP {vip} are of different address families",
+                            b.ip
+                        ));
+                    }
+                }
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
@@ -526,6 +627,9 @@ impl DpCommand {
             DpCommand::Vtep(_) => "vtep",
             DpCommand::Rekey { .. } => "rekey",
             DpCommand::Sa { .. } => "sa",
+            DpCommand::Service(_) => "service",
+            DpCommand::Services { .. } => "services",
+            DpCommand::Conntrack { .. } => "conntrack",
         }
     }
 
@@ -599,6 +703,24 @@ impl DpCommand {
                 show_keys: *show_keys,
             }
             .into_request(),
+            DpCommand::Service(ServiceCommand::Set { vni, vip, backends }) => dp::ServiceSet {
+                vni: *vni,
+                vip: *vip,
+                backends: backends.clone(),
+                owner: Owner::User,
+            }
+            .into_request(),
+            DpCommand::Service(ServiceCommand::Del { vni, vip }) => dp::ServiceDel {
+                vni: *vni,
+                vip: *vip,
+            }
+            .into_request(),
+            DpCommand::Services { vni, .. } => dp::Services { vni: *vni }.into_request(),
+            DpCommand::Conntrack { vni, limit, .. } => dp::Conntrack {
+                vni: *vni,
+                limit: Some(*limit),
+            }
+            .into_request(),
         }
     }
 
@@ -609,11 +731,14 @@ impl DpCommand {
             DpCommand::Peer(_)
             | DpCommand::Flood(_)
             | DpCommand::Rekey { .. }
+            | DpCommand::Service(_)
             | DpCommand::Network(NetworkCommand::Add { .. } | NetworkCommand::Del { .. })
             | DpCommand::Vtep(VtepCommand::Add { .. } | VtepCommand::Del { .. }) => Format::Table,
             DpCommand::Network(NetworkCommand::Ls { format })
             | DpCommand::Vtep(VtepCommand::Ls { format })
-            | DpCommand::Sa { format, .. } => format.format,
+            | DpCommand::Sa { format, .. }
+            | DpCommand::Services { format, .. }
+            | DpCommand::Conntrack { format, .. } => format.format,
             DpCommand::Stats { format, .. }
             | DpCommand::Fdb { format, .. }
             | DpCommand::Endpoints { format }
@@ -662,7 +787,9 @@ impl DpCommand {
                 let list: Vec<String> = hosts.iter().map(ToString::to_string).collect();
                 format!("rotation started with {}\n", list.join(", "))
             }
-            DpCommand::Network(_) | DpCommand::Vtep(_) => String::new(),
+            DpCommand::Services { .. } => output::services(&decode::<Vec<ServiceInfo>>(result)?),
+            DpCommand::Conntrack { .. } => output::conntrack(&decode::<ConntrackReport>(result)?),
+            DpCommand::Network(_) | DpCommand::Vtep(_) | DpCommand::Service(_) => String::new(),
         })
     }
 }

@@ -14,6 +14,7 @@ mod container;
 mod dp;
 mod network;
 mod output;
+mod service;
 mod swarm;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -44,8 +45,10 @@ pub enum Command {
     Node(swarm::NodeArgs),
     /// Overlay networks: create, ls, inspect, rm, connect, disconnect.
     Network(network::NetworkArgs),
-    /// Containers on overlay networks: run, exec, ls, inspect, rm.
+    /// Containers on overlay networks: run, exec, ls, inspect, rm, stop, start, logs.
     Container(container::ContainerArgs),
+    /// Services: replicated or global tasks behind a VIP or DNS round robin.
+    Service(service::ServiceArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
         Command::Node(args) => swarm::run_node(args, &mut stdout).map(|()| 0),
         Command::Network(args) => network::run(args, &mut stdout).map(|()| 0),
         Command::Container(args) => container::run(args, &mut stdout),
+        Command::Service(args) => service::run(args, &mut stdout).map(|()| 0),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -73,6 +77,7 @@ fn main() -> ExitCode {
                 Command::Node(_) => cmd.find_subcommand_mut("node"),
                 Command::Network(_) => cmd.find_subcommand_mut("network"),
                 Command::Container(_) => cmd.find_subcommand_mut("container"),
+                Command::Service(_) => cmd.find_subcommand_mut("service"),
             };
             match sub {
                 Some(sub) => sub
@@ -480,6 +485,10 @@ mod tests {
             &["dp", "peer", "add", "--help"],
             &["dp", "flood", "del", "--help"],
             &["dp", "stats", "--help"],
+            &["dp", "service", "set", "--help"],
+            &["dp", "service", "del", "--help"],
+            &["dp", "services", "--help"],
+            &["dp", "conntrack", "--help"],
         ] {
             let e = err(args);
             assert_eq!(e.kind(), ErrorKind::DisplayHelp, "{args:?}");
@@ -489,5 +498,84 @@ mod tests {
                 assert!(text.contains("Example"), "{args:?}: {text}");
             }
         }
+    }
+
+    #[test]
+    fn service_commands() {
+        let d = dp(&[
+            "dp",
+            "service",
+            "set",
+            "--vni",
+            "4096",
+            "--vip",
+            "fd00::100",
+            "--backend",
+            "fd00::2",
+            "--backend",
+            "fd00::3,02:42:0a:00:00:03",
+        ]);
+        assert!(d.command.validate().is_ok());
+        let Request::ServiceSet(s) = d.command.request() else {
+            panic!("not a service_set")
+        };
+        assert_eq!(s.vip.to_string(), "fd00::100");
+        assert_eq!(s.owner, api::Owner::User);
+        assert_eq!(s.backends[0].mac, None);
+        assert_eq!(
+            s.backends[1].mac.map(|m| m.to_string()).as_deref(),
+            Some("02:42:0a:00:00:03")
+        );
+        // An empty set is a valid request (new connections are refused).
+        let d = dp(&["dp", "service", "set", "--vni", "1", "--vip", "10.0.0.9"]);
+        assert!(matches!(d.command.request(), Request::ServiceSet(ref s) if s.backends.is_empty()));
+        for (bad, want) in [
+            (
+                vec!["--backend", "10.0.0.2", "--backend", "10.0.0.2"],
+                "given twice",
+            ),
+            (vec!["--backend", "fd00::2"], "different address families"),
+        ] {
+            let mut args = vec!["dp", "service", "set", "--vni", "1", "--vip", "10.0.0.9"];
+            args.extend(bad);
+            let e = dp(&args).command.validate().unwrap_err();
+            assert!(e.contains(want), "{e}");
+        }
+        for bad in ["10.0.0.300", "10.0.0.2,ff:ff:ff:ff:ff:ff", "10.0.0.2,02:42"] {
+            let e = err(&[
+                "dp",
+                "service",
+                "set",
+                "--vni",
+                "1",
+                "--vip",
+                "10.0.0.9",
+                "--backend",
+                bad,
+            ]);
+            assert_eq!(e.kind(), ErrorKind::ValueValidation, "{bad}");
+        }
+        assert_eq!(
+            dp(&["dp", "service", "del", "--vni", "1", "--vip", "10.0.0.9"])
+                .command
+                .request(),
+            Request::ServiceDel(api::ServiceDel {
+                vni: vxnet_api::Vni::new(1).unwrap(),
+                vip: "10.0.0.9".parse().unwrap()
+            })
+        );
+        assert_eq!(
+            dp(&["dp", "conntrack", "--vni", "7", "--limit", "5"])
+                .command
+                .request(),
+            Request::Conntrack(api::Conntrack {
+                vni: vxnet_api::Vni::new(7),
+                limit: Some(5)
+            })
+        );
+        assert_eq!(
+            dp(&["dp", "services"]).command.request(),
+            Request::Services(api::Services { vni: None })
+        );
     }
 }

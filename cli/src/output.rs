@@ -4,7 +4,8 @@
 use clap::ValueEnum;
 use std::fmt::Write as _;
 use vxnet_api::dp::{
-    EndpointInfo, FdbEntry, NetworkInfo, SaEntry, ShowReport, StatsReport, VtepInfo,
+    ConntrackReport, EndpointInfo, FdbEntry, NetworkInfo, SaEntry, ServiceInfo, ShowReport,
+    StatsReport, VtepInfo,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
@@ -212,6 +213,68 @@ pub fn sas(list: &[SaEntry]) -> String {
     t.render()
 }
 
+/// One row per backend (a service without backends gets one row of `-`).
+pub fn services(list: &[ServiceInfo]) -> String {
+    let mut t = Table::new(&["VNI", "VIP", "VIP MAC", "BACKEND", "BACKEND MAC", "FLOWS"]);
+    for s in list {
+        let head = [s.vni.to_string(), s.vip.to_string(), s.mac.to_string()];
+        if s.backends.is_empty() {
+            t.row(
+                head.iter()
+                    .cloned()
+                    .chain(["-".into(), "-".into(), "0".into()])
+                    .collect(),
+            );
+        }
+        for b in &s.backends {
+            let cells = [b.ip.to_string(), b.mac.to_string(), b.flows.to_string()];
+            t.row(head.iter().cloned().chain(cells).collect());
+        }
+    }
+    t.render()
+}
+
+/// Durations as people read them: 42s, 7m, 3h, 2d.
+fn ago(secs: f64) -> String {
+    let s = secs.max(0.0) as u64;
+    match s {
+        0..120 => format!("{s}s"),
+        120..7_200 => format!("{}m", s / 60),
+        7_200..172_800 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+pub fn conntrack(r: &ConntrackReport) -> String {
+    let mut t = Table::new(&[
+        "VNI", "PROTO", "CLIENT", "VIP", "BACKEND", "STATE", "AGE", "IDLE", "EXPIRES", "PACKETS",
+    ]);
+    let addr = |ip: std::net::IpAddr, port: u16| std::net::SocketAddr::new(ip, port).to_string();
+    for e in &r.entries {
+        t.row(vec![
+            e.vni.to_string(),
+            e.proto.to_string(),
+            addr(e.client, e.client_port),
+            addr(e.vip, e.port),
+            addr(e.backend, e.port),
+            e.state.to_string(),
+            ago(e.age_secs),
+            ago(e.idle_secs),
+            ago(e.expires_secs),
+            format!("{}/{}", e.packets_out, e.packets_in),
+        ]);
+    }
+    let mut out = t.render();
+    if r.entries.len() < r.total {
+        out.push_str(&format!(
+            "({} of {} flows shown; --limit shows more)\n",
+            r.entries.len(),
+            r.total
+        ));
+    }
+    out
+}
+
 pub fn show(r: &ShowReport) -> String {
     let yes_no = |b: bool| if b { "yes" } else { "no" }.to_string();
     let rows = [
@@ -297,6 +360,91 @@ mod tests {
             "ID    NAME                DRIVER\n\
              1     overlay-long-name   vxlan\n\
              123   x\n"
+        );
+    }
+
+    #[test]
+    fn service_and_conntrack_tables() {
+        let vni = Vni::new(4096).unwrap();
+        let mac = |s: &str| s.parse::<MacAddr>().unwrap();
+        let list = [
+            ServiceInfo {
+                vni,
+                vip: "10.0.0.100".parse().unwrap(),
+                mac: mac("06:56:0a:00:00:64"),
+                table_size: 16381,
+                owner: vxnet_api::dp::Owner::User,
+                backends: vec![vxnet_api::dp::BackendInfo {
+                    ip: "10.0.0.2".parse().unwrap(),
+                    mac: mac("02:42:0a:00:00:02"),
+                    flows: 3,
+                }],
+            },
+            ServiceInfo {
+                vni,
+                vip: "10.0.0.101".parse().unwrap(),
+                mac: mac("06:56:0a:00:00:65"),
+                table_size: 16381,
+                owner: vxnet_api::dp::Owner::Control,
+                backends: vec![],
+            },
+        ];
+        let s = services(&list);
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(lines.len(), 3, "{s}");
+        let cells = |l: &str| l.split_whitespace().map(String::from).collect::<Vec<_>>();
+        let want = |c: [&str; 6]| c.map(String::from).to_vec();
+        assert_eq!(
+            cells(lines[1]),
+            want([
+                "4096",
+                "10.0.0.100",
+                "06:56:0a:00:00:64",
+                "10.0.0.2",
+                "02:42:0a:00:00:02",
+                "3"
+            ])
+        );
+        assert_eq!(
+            cells(lines[2]),
+            want(["4096", "10.0.0.101", "06:56:0a:00:00:65", "-", "-", "0"])
+        );
+        let r = ConntrackReport {
+            total: 2,
+            entries: vec![vxnet_api::dp::ConntrackEntry {
+                vni,
+                proto: vxnet_api::dp::FlowProto::Tcp,
+                client: "fd00::2".parse().unwrap(),
+                client_port: 40000,
+                vip: "fd00::100".parse().unwrap(),
+                port: 80,
+                backend: "fd00::3".parse().unwrap(),
+                state: vxnet_api::dp::FlowState::Established,
+                age_secs: 7300.0,
+                idle_secs: 3.5,
+                expires_secs: 86_000.0,
+                packets_out: 5,
+                packets_in: 4,
+            }],
+        };
+        let c = conntrack(&r);
+        let row = c.lines().nth(1).map(cells).unwrap_or_default();
+        assert_eq!(
+            row[2..],
+            [
+                "[fd00::2]:40000",
+                "[fd00::100]:80",
+                "[fd00::3]:80",
+                "established",
+                "2h",
+                "3s",
+                "23h",
+                "5/4"
+            ]
+        );
+        assert!(
+            c.ends_with("(1 of 2 flows shown; --limit shows more)\n"),
+            "{c}"
         );
     }
 

@@ -20,11 +20,36 @@ pub use vxnet_api::ctl::EndpointRequest as NetworkRequest;
 use crate::error::{ControlError, Result};
 use crate::ipam::AddressSpace;
 use crate::model::{
-    AddressAlloc, AddressOwner, Attachment, Container, DesiredState, Network, Node, UnixTime,
-    new_id,
+    AddressAlloc, AddressOwner, Attachment, Container, DesiredState, Network, Node, Service,
+    UnixTime, new_id,
 };
 use crate::networks::{resolve, resolve_network, valid_name};
 use crate::store::{Store, StoreExt, Txn};
+
+/// Refuses a name a container or a service already answers to in DNS.
+pub(crate) fn check_name_free<S: Store + ?Sized>(store: &S, name: &str) -> Result<()> {
+    if let Some(c) = store
+        .list::<Container>()?
+        .into_iter()
+        .find(|c| c.name == name)
+    {
+        return Err(ControlError::ContainerNameInUse {
+            name: name.to_string(),
+            id: c.id,
+        });
+    }
+    if let Some(s) = store
+        .list::<Service>()?
+        .into_iter()
+        .find(|s| s.name == name)
+    {
+        return Err(ControlError::ServiceNameInUse {
+            name: name.to_string(),
+            id: s.id,
+        });
+    }
+    Ok(())
+}
 
 /// `vxnet container run` (or `network connect --netns` for another
 /// runtime's container) as the daemon receives it.
@@ -45,6 +70,12 @@ pub struct CreateContainer {
     /// Another runtime's container (`network connect --netns|--veth`).
     #[serde(default)]
     pub external: Option<crate::model::External>,
+    /// A service's task (the scheduler's).
+    #[serde(default)]
+    pub task: Option<crate::model::TaskInfo>,
+    /// The id to give it (a task's name contains it); a new one if absent.
+    #[serde(default)]
+    pub id: Option<String>,
 }
 
 /// The container named by `query` (id, name or unique id prefix).
@@ -76,22 +107,42 @@ fn owner_name(allocs: &[AddressAlloc], containers: &[Container], ip: IpAddr) -> 
             Some(c) => format!("container {}", c.name),
             None => format!("container {id}"),
         },
+        Some(AddressOwner::Service(id)) => format!("the virtual IP of service {id}"),
         None => "another endpoint".to_owned(),
     }
 }
 
-/// Allocates the addresses of `container_id` on `net` and adds their records
-/// to `txn`.
+/// [`allocate`] for a container; standalone containers join attachable
+/// networks only (Docker's rule), a service's tasks any swarm network.
 fn attach<S: Store + ?Sized>(
     store: &S,
     txn: &mut Txn,
     net: &Network,
-    container_id: &str,
+    c: (&str, bool),
     req: &NetworkRequest,
 ) -> Result<Attachment> {
-    if !net.attachable {
+    let (container_id, task) = c;
+    if !net.attachable && !task {
         return Err(ControlError::NotAttachable(net.name.clone()));
     }
+    allocate(
+        store,
+        txn,
+        net,
+        &AddressOwner::Container(container_id.to_owned()),
+        req,
+    )
+}
+
+/// Allocates the addresses of `owner` on `net` (the ones `req` asks for,
+/// else the next free ones) and adds their records to `txn`.
+pub(crate) fn allocate<S: Store + ?Sized>(
+    store: &S,
+    txn: &mut Txn,
+    net: &Network,
+    owner: &AddressOwner,
+    req: &NetworkRequest,
+) -> Result<Attachment> {
     let mac = match req.mac {
         Some(m) if m.is_multicast() || m.is_zero() => {
             return Err(ControlError::InvalidMac(m.to_string()));
@@ -105,21 +156,21 @@ fn attach<S: Store + ?Sized>(
     }
     let allocs = allocations(store, &net.id)?;
     let containers = store.list::<Container>()?;
-    let owner = |ip| owner_name(&allocs, &containers, ip);
+    let taken_by = |ip| owner_name(&allocs, &containers, ip);
     let mut take = |subnet: IpNet, range: Option<IpNet>, want: Option<IpAddr>| -> Result<IpAddr> {
         let mut space = AddressSpace::new(&net.name, subnet, range)?;
         for a in &allocs {
             space.mark_taken(a.ip);
         }
         let ip = match want {
-            Some(ip) => space.take(ip, owner)?,
+            Some(ip) => space.take(ip, taken_by)?,
             None => space.allocate()?,
         };
         txn.require_absent::<AddressAlloc>(&AddressAlloc::key_of(&net.id, ip));
         txn.put(&AddressAlloc {
             network: net.id.clone(),
             ip,
-            owner: AddressOwner::Container(container_id.to_owned()),
+            owner: owner.clone(),
         })?;
         Ok(ip)
     };
@@ -185,23 +236,14 @@ pub fn create_container<S: Store + ?Sized>(
     if !valid_name(&req.name) {
         return Err(ControlError::InvalidContainerName(req.name.clone()));
     }
-    if let Some(c) = store
-        .list::<Container>()?
-        .into_iter()
-        .find(|c| c.name == req.name)
-    {
-        return Err(ControlError::ContainerNameInUse {
-            name: req.name.clone(),
-            id: c.id,
-        });
-    }
+    check_name_free(store, &req.name)?;
     if store.get::<Node>(&req.node)?.is_none() {
         return Err(ControlError::NodeNotFound(req.node.clone()));
     }
     if req.networks.is_empty() {
         return Err(ControlError::NoNetwork);
     }
-    let id = new_id(rng);
+    let id = req.id.clone().unwrap_or_else(|| new_id(rng));
     let mut txn = Txn::new();
     let mut attachments: Vec<Attachment> = Vec::new();
     for nr in &req.networks {
@@ -212,7 +254,13 @@ pub fn create_container<S: Store + ?Sized>(
                 network: net.name,
             });
         }
-        attachments.push(attach(store, &mut txn, &net, &id, nr)?);
+        attachments.push(attach(
+            store,
+            &mut txn,
+            &net,
+            (&id, req.task.is_some()),
+            nr,
+        )?);
     }
     let c = Container {
         id,
@@ -225,6 +273,8 @@ pub fn create_container<S: Store + ?Sized>(
         command: req.command.clone(),
         env: req.env.clone(),
         external: req.external.clone(),
+        task: req.task.clone(),
+        status: None,
     };
     txn.require_absent::<Container>(&c.id);
     txn.put(&c)?;
@@ -247,7 +297,7 @@ pub fn connect<S: Store + ?Sized>(
         });
     }
     let mut txn = Txn::new();
-    let a = attach(store, &mut txn, &net, &c.id, req)?;
+    let a = attach(store, &mut txn, &net, (&c.id, c.task.is_some()), req)?;
     c.attachments.push(a);
     txn.put(&c)?;
     store.apply(&txn)?;

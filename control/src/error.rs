@@ -140,6 +140,36 @@ pub enum ControlError {
     AlreadyAttached { container: String, network: String },
     #[error("container {container} is not connected to network {network}")]
     NotAttached { container: String, network: String },
+
+    // --- services ---
+    #[error(
+        "invalid service name '{0}': use letters, digits, '_', '.' or '-', starting with a letter or digit, at most 64 characters"
+    )]
+    InvalidServiceName(String),
+    #[error(
+        "service name '{name}' is already used by service {id}; choose another name or remove it first"
+    )]
+    ServiceNameInUse { name: String, id: String },
+    #[error("service '{0}' not found; list services with `vxnet service ls`")]
+    ServiceNotFound(String),
+    #[error("service '{0}' is ambiguous: it matches {1}; give more of the id or the full name")]
+    AmbiguousService(String, String),
+    #[error("a service needs a command to run; give it after `--`")]
+    NoCommand,
+    #[error("'{0}' is not K=V")]
+    InvalidEnv(String),
+    #[error("{0} replicas is more than {max}; ask for fewer", max = crate::services::MAX_REPLICAS)]
+    TooManyReplicas(u64),
+    #[error(
+        "network {0} is the ingress network, which carries published ports; services join other overlay networks"
+    )]
+    IngressForServices(String),
+    #[error("network {0} is given twice")]
+    NetworkGivenTwice(String),
+    #[error("service {0} runs in global mode: one task per node, it cannot be scaled")]
+    ScaleGlobal(String),
+    #[error("service {service} is not on network {network}")]
+    ServiceNotOnNetwork { service: String, network: String },
 }
 
 impl ControlError {
@@ -152,18 +182,24 @@ impl ControlError {
             E::NotInitialized | E::AlreadyInitialized | E::NodeNotDown(_) | E::RemoveSelf(_) => {
                 C::FailedPrecondition
             }
-            E::NetworkInUse { .. } | E::NotAttachable(_) | E::NotAttached { .. } => {
-                C::FailedPrecondition
-            }
+            E::NetworkInUse { .. }
+            | E::NotAttachable(_)
+            | E::NotAttached { .. }
+            | E::ScaleGlobal(_)
+            | E::ServiceNotOnNetwork { .. } => C::FailedPrecondition,
             E::VniExhausted | E::PoolExhausted { .. } | E::AddressesExhausted { .. } => {
                 C::FailedPrecondition
             }
-            E::NodeNotFound(_) | E::NetworkNotFound(_) | E::ContainerNotFound(_) => C::NotFound,
+            E::NodeNotFound(_)
+            | E::NetworkNotFound(_)
+            | E::ContainerNotFound(_)
+            | E::ServiceNotFound(_) => C::NotFound,
             E::NetworkNameInUse { .. }
             | E::IngressExists { .. }
             | E::ContainerNameInUse { .. }
             | E::AddressInUse { .. }
             | E::AlreadyAttached { .. }
+            | E::ServiceNameInUse { .. }
             | E::SubnetOverlap { .. } => C::AlreadyExists,
             E::DataPathPort(_)
             | E::InvalidPool { .. }
@@ -182,6 +218,13 @@ impl ControlError {
             | E::InvalidContainerName(_)
             | E::AmbiguousContainer(..)
             | E::InvalidName(_)
+            | E::InvalidServiceName(_)
+            | E::AmbiguousService(..)
+            | E::NoCommand
+            | E::InvalidEnv(_)
+            | E::TooManyReplicas(_)
+            | E::IngressForServices(_)
+            | E::NetworkGivenTwice(_)
             | E::NoNetwork => C::InvalidArgument,
         }
     }

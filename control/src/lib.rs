@@ -31,6 +31,8 @@ pub mod ipam;
 pub mod mgmt;
 pub mod model;
 pub mod networks;
+pub mod scheduler;
+pub mod services;
 pub mod store;
 
 pub use error::{ControlError, Result};

@@ -35,6 +35,7 @@ use vxnet_control::daemon::reconcile::Reconciler;
 use vxnet_control::daemon::roles::Roles;
 use vxnet_control::daemon::worker::TokioLink;
 use vxnet_control::daemon::{Config, Daemon};
+use vxnet_control::dns::{DnsConfig, DnsServer, upstreams_from_resolv_conf};
 use vxnet_control::store::RedbStore;
 use vxnet_dataplane::sys::signal;
 
@@ -91,7 +92,8 @@ fn main() -> ExitCode {
         // Colours only on a terminal: logs usually go to a file or journal.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
+            // The dataplane's variable, so one setting covers both daemons.
+            tracing_subscriber::EnvFilter::try_from_env("VXNET_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
@@ -144,11 +146,22 @@ fn run(args: Args) -> Result<(), String> {
     ));
     let stop = Arc::new(AtomicBool::new(false));
 
+    // The embedded DNS server answers in every container's namespace and
+    // forwards the rest to this host's resolvers.
+    let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let dns = DnsServer::start(
+        rt.handle().clone(),
+        DnsConfig::new(upstreams_from_resolv_conf(&host_resolv)),
+    );
     let mut reconciler = Reconciler::new(
         Arc::clone(&daemon),
         SocketDataplane::new(&args.dataplane_socket),
-        SystemHost::default(),
-    );
+        SystemHost::default().with_exit_notify({
+            let d = Arc::clone(&daemon);
+            move || d.poke()
+        }),
+    )
+    .with_dns(dns);
     let interval = Duration::from_secs(args.reconcile_interval);
     let stop_r = Arc::clone(&stop);
     let reconcile = std::thread::Builder::new()

@@ -54,6 +54,13 @@ impl Record for Network {
     }
 }
 
+impl Record for Service {
+    const TABLE: &'static str = "services";
+    fn key(&self) -> String {
+        self.id.clone()
+    }
+}
+
 impl Record for Container {
     const TABLE: &'static str = "containers";
     fn key(&self) -> String {
@@ -67,6 +74,8 @@ impl Record for Container {
 pub enum AddressOwner {
     Gateway,
     Container(String),
+    /// A service's virtual IP.
+    Service(String),
 }
 
 /// One allocated address of one network. Kept as its own record, written in

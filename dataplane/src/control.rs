@@ -26,6 +26,7 @@ use vxnet_proto::crypto::keys::{PublicKey, StaticKeypair};
 use vxnet_proto::crypto::session::{SaDirection, Session, SessionConfig};
 use vxnet_proto::engine::EngineConfig;
 use vxnet_proto::fdb::{Dest, Fdb, PortId};
+use vxnet_proto::lb::conntrack::ConntrackConfig;
 use vxnet_proto::mtu::ESP_OVERHEAD;
 use vxnet_proto::replication::FloodPolicy;
 use vxnet_proto::stats::{Counter, Drop, Snapshot};
@@ -38,6 +39,8 @@ use vxnet_api::dp::{
 use vxnet_api::{ApiError, IpNet, Response};
 
 type R<T> = Result<T, ApiError>;
+
+mod services;
 
 /// Start-up settings of a dataplane.
 #[derive(Debug, Clone)]
@@ -59,6 +62,10 @@ pub struct Config {
     pub rekey_interval: Duration,
     /// Whether `sa --show-keys` may print keys.
     pub allow_key_export: bool,
+    /// Each worker's conntrack table for flows to service VIPs.
+    pub conntrack: ConntrackConfig,
+    /// Entries of each service's Maglev table (a prime).
+    pub maglev_size: u32,
 }
 
 impl Config {
@@ -78,6 +85,11 @@ impl Config {
             keypair: Arc::new(StaticKeypair::generate(&mut OsRng)),
             rekey_interval: Duration::from_secs(3600),
             allow_key_export: false,
+            conntrack: ConntrackConfig {
+                capacity: 1024,
+                ..ConntrackConfig::default()
+            },
+            maglev_size: 251,
         }
     }
 }
@@ -152,6 +164,8 @@ struct State {
     networks: BTreeMap<Vni, Owner>,
     /// Who added each remote FDB entry.
     peer_owners: HashMap<(Vni, MacAddr), Owner>,
+    /// Who set each service.
+    service_owners: HashMap<(Vni, IpAddr), Owner>,
 }
 
 pub struct Dataplane {
@@ -193,7 +207,10 @@ impl Dataplane {
                 src_ports: cfg.src_ports,
                 poll: cfg.poll,
                 spin: cfg.spin,
-                engine: EngineConfig { port: cfg.port },
+                engine: EngineConfig {
+                    port: cfg.port,
+                    conntrack: cfg.conntrack,
+                },
             };
             workers.push(worker::spawn(wc, Arc::clone(&cell))?);
         }
@@ -281,6 +298,10 @@ impl Dataplane {
             Request::Vteps(_) => Re::of::<dp::Vteps>(Ok(self.vteps())),
             Request::Rekey(r) => Re::of::<dp::Rekey>(self.rekey(r.vtep)),
             Request::Sa(r) => Re::of::<dp::Sa>(self.sas(r.show_keys)),
+            Request::ServiceSet(s) => Re::of::<dp::ServiceSet>(self.service_set(s)),
+            Request::ServiceDel(s) => Re::of::<dp::ServiceDel>(self.service_del(s.vni, s.vip)),
+            Request::Services(s) => Re::of::<dp::Services>(self.services(s.vni)),
+            Request::Conntrack(c) => Re::of::<dp::Conntrack>(self.conntrack(c.vni, c.limit)),
         }
     }
 
@@ -772,18 +793,20 @@ impl Dataplane {
                     .map(|(ip, _)| *ip)
                     .collect();
                 ips.sort();
-                let (kind, endpoint, vtep) = match dest {
+                let (kind, endpoint, vtep, local_owner) = match dest {
                     Dest::Local(p) => {
                         let ep = st
                             .endpoints
                             .values()
                             .find(|e| e.port == *p && e.info.mac == *mac);
-                        (FdbKind::Local, ep.map(|e| e.info.id), None)
+                        let owner = ep.map(|e| e.info.owner).unwrap_or_default();
+                        (FdbKind::Local, ep.map(|e| e.info.id), None, owner)
                     }
-                    Dest::Remote(v) => (FdbKind::Remote, None, Some(*v)),
+                    Dest::Remote(v) => (FdbKind::Remote, None, Some(*v), Owner::default()),
                 };
+                // A local entry is its endpoint's.
                 let owner = match dest {
-                    Dest::Local(_) => Owner::default(),
+                    Dest::Local(_) => local_owner,
                     Dest::Remote(_) => st
                         .peer_owners
                         .get(&(vni, *mac))
@@ -933,6 +956,8 @@ impl Dataplane {
         let mut st = self.lock();
         st.networks.remove(&vni);
         st.peer_owners.retain(|(v, _), _| *v != vni);
+        // The VNI's services left with its table.
+        st.service_owners.retain(|(v, _), _| *v != vni);
         Ok(())
     }
 
@@ -1241,10 +1266,13 @@ impl From<vxnet_proto::fdb::FdbError> for FdbRefusal {
             F::MacInUse { .. } | F::IpInUse { .. } | F::FloodExists { .. } => {
                 vxnet_api::ErrorCode::AlreadyExists
             }
-            F::NoSuchPeer { .. } | F::NoSuchFlood { .. } => vxnet_api::ErrorCode::NotFound,
-            F::NotMulticastSafe(_) | F::PortOnOtherVni { .. } => {
-                vxnet_api::ErrorCode::InvalidArgument
+            F::NoSuchPeer { .. } | F::NoSuchFlood { .. } | F::NoSuchService { .. } => {
+                vxnet_api::ErrorCode::NotFound
             }
+            F::NotMulticastSafe(_)
+            | F::PortOnOtherVni { .. }
+            | F::BackendIsVip { .. }
+            | F::BackendMac { .. } => vxnet_api::ErrorCode::InvalidArgument,
         };
         FdbRefusal(ApiError::new(code, e.to_string()))
     }

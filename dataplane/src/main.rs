@@ -12,6 +12,7 @@ use vxnet_dataplane::keyfile;
 use vxnet_dataplane::metrics::{self, MetricsView};
 use vxnet_dataplane::sys::signal;
 use vxnet_dataplane::worker::PollMode;
+use vxnet_proto::lb::{conntrack, maglev};
 
 /// Userspace VXLAN dataplane: reads containers' frames from TAP devices,
 /// encapsulates them in VXLAN over UDP and delivers them to the right host.
@@ -75,6 +76,34 @@ struct Args {
     /// captures with a dissector; never in production).
     #[arg(long)]
     allow_key_export: bool,
+    /// Flows to service VIPs each worker tracks (conntrack). Allocated
+    /// when the first service is programmed, about 200 bytes per flow.
+    #[arg(long, value_name = "FLOWS", default_value_t = conntrack::DEFAULT_CAPACITY,
+          value_parser = clap::value_parser!(u32).range(i64::from(conntrack::MIN_CAPACITY)..=i64::from(conntrack::MAX_CAPACITY)))]
+    conntrack_size: u32,
+    /// Entries of each service's Maglev table: a prime from 251 to
+    /// 1048573. Flows spread evenly when it is about 100 times the largest
+    /// backend set or more (16381, or 65537 for hundreds of backends).
+    #[arg(long, value_name = "PRIME", default_value_t = maglev::DEFAULT_TABLE_SIZE, value_parser = parse_maglev_size)]
+    maglev_size: u32,
+}
+
+fn parse_maglev_size(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number; give a prime such as 16381 or 65537"))?;
+    maglev::Maglev::check_size(n).map_err(|e| e.to_string())?;
+    Ok(n)
+}
+
+/// A seed for the conntrack index hash that differs per process (std's
+/// hasher keys come from the OS's randomness).
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
 }
 
 /// Parses `12h`, `30m`, `10s`, `250ms` or a plain number of seconds; at
@@ -141,6 +170,12 @@ fn run(args: Args) -> Result<(), String> {
         keypair: Arc::new(keypair),
         rekey_interval: args.rekey_interval,
         allow_key_export: args.allow_key_export,
+        conntrack: conntrack::ConntrackConfig {
+            capacity: args.conntrack_size,
+            seed: random_seed(),
+            ..conntrack::ConntrackConfig::default()
+        },
+        maglev_size: args.maglev_size,
     };
     let dp = Arc::new(Dataplane::start(cfg).map_err(|e| {
         format!(
@@ -201,6 +236,14 @@ mod tests {
         assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1_500)));
         for bad in ["", "h", "10x", "500ms", "-1s", "1.5h"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn maglev_sizes() {
+        assert_eq!(parse_maglev_size("65537"), Ok(65_537));
+        for bad in ["16380", "x", "2", "2000003"] {
+            assert!(parse_maglev_size(bad).is_err(), "{bad}");
         }
     }
 

@@ -132,6 +132,10 @@ pub enum Command {
             vxnet_proto::wire::MacAddr,
         )>,
     ),
+    /// Run this on the engine between batches (listings of the worker's
+    /// own state, such as its conntrack table); it answers through a
+    /// channel it carries.
+    Inspect(Box<dyn FnOnce(&Engine) + Send>),
     Stop,
 }
 
@@ -274,6 +278,7 @@ impl Worker {
             }
             let now = Instant::now();
             self.engine.set_now(now);
+            self.engine.sweep_conntrack();
             if drives_timers && (now >= next_timer || self.kicked) {
                 self.kicked = false;
                 next_timer = self
@@ -355,6 +360,10 @@ impl Worker {
                     for (vni, ip, mac) in news {
                         self.engine.announce(vni, ip, mac, &mut self.out);
                     }
+                }
+                Command::Inspect(f) => {
+                    self.engine.set_now(Instant::now());
+                    f(&self.engine);
                 }
                 Command::Stop => return false,
             }
@@ -441,7 +450,8 @@ impl Worker {
                 match tap.read(&mut self.tapbuf) {
                     Ok(n) => {
                         worked = true;
-                        self.engine.from_tap(port, &self.tapbuf[..n], &mut self.out);
+                        self.engine
+                            .from_tap(port, &mut self.tapbuf[..n], &mut self.out);
                         if self.out.udp.is_full() {
                             self.udp.send_batch(&self.out.udp, self.engine.stats());
                             self.out.udp.clear();

@@ -198,6 +198,48 @@ fn main() {
         segs.insert(2, &arp);
         write("coalesce", name, &batch(&segs));
     }
+    // lb_nat: a client's first packets to a VIP (10.0.0.100, fd00::100),
+    // a ping to it, and a backend's reply.
+    let vip_mac = [6, 0x56, 10, 0, 0, 100];
+    let vip6 = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x64];
+    let to_vip = |v6: bool,
+                  build: &dyn Fn(
+        etherparse::PacketBuilderStep<etherparse::IpHeaders>,
+        &mut Vec<u8>,
+    )| {
+        let b = PacketBuilder::ethernet2(A, vip_mac);
+        let b = if v6 {
+            b.ipv6(A6, vip6, 64)
+        } else {
+            b.ipv4([10, 0, 0, 2], [10, 0, 0, 100], 64)
+        };
+        let mut f = Vec::new();
+        build(b, &mut f);
+        f
+    };
+    for (name, v6) in [("syn4", false), ("syn6", true)] {
+        let f = to_vip(v6, &|b, f| {
+            b.tcp(40000, 80, 1, 64240).syn().write(f, &[]).expect("syn")
+        });
+        write("lb_nat", name, &f);
+    }
+    let f = to_vip(false, &|b, f| {
+        b.udp(5353, 53).write(f, &data(40)).expect("udp")
+    });
+    write("lb_nat", "udp4", &f);
+    let f = to_vip(false, &|b, f| {
+        b.icmpv4_echo_request(1, 1)
+            .write(f, &data(56))
+            .expect("ping")
+    });
+    write("lb_nat", "ping4", &f);
+    let f = to_vip(true, &|b, f| {
+        b.icmpv6_echo_request(1, 1)
+            .write(f, &data(56))
+            .expect("ping")
+    });
+    write("lb_nat", "ping6", &f);
+    write("lb_nat", "reply4", &tcp(false, 7, &data(100)));
     underlay_seeds(&tso4, &icmp_echo);
     let _ = MacAddr::BROADCAST;
     println!("seeds written");
@@ -267,7 +309,7 @@ fn esp_seeds() {
         .icmpv4_echo_request(7, 1)
         .write(&mut frame, &data(56))
         .expect("icmp");
-    a.engine.from_tap(0, &frame, &mut a.out);
+    a.engine.from_tap(0, &mut frame, &mut a.out);
     let m = a.out.udp.msgs()[0].clone();
     write("wire_rx", "esp-icmp", a.out.udp.bytes(&m));
     a.out.udp.clear();

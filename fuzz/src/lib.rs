@@ -4,10 +4,19 @@
 //!
 //! Each body feeds untrusted bytes to a parser and then checks invariants
 //! that must hold for any input, panicking when one breaks.
-use vxnet_proto::batch::FrameRef;
+use std::sync::Arc;
+use vxnet_proto::batch::{FrameRef, TxBatch};
+use vxnet_proto::engine::{Engine, EngineConfig, Outputs};
+use vxnet_proto::fdb::Fdb;
+use vxnet_proto::lb::conntrack::ConntrackConfig;
+use vxnet_proto::lb::nat::{self, Side};
+use vxnet_proto::lb::reply;
+use vxnet_proto::lb::service::{Backend, Service};
 use vxnet_proto::offload::coalesce::{Coalescer, MAX_PIECES};
 use vxnet_proto::offload::segment::{complete_checksum, segment};
+use vxnet_proto::stats::Stats;
 use vxnet_proto::wire::vnet::{self, GsoType, VnetHdr};
+use vxnet_proto::wire::{MacAddr, Vni};
 use vxnet_proto::wire::{arp, checksum, icmp, nd, vxlan};
 
 /// A VXLAN datagram (UDP payload) from the wire.
@@ -163,6 +172,110 @@ pub fn coalesce(data: &[u8]) -> usize {
     });
     assert_eq!(k, writes.len());
     merged
+}
+
+/// An Ethernet frame a client sends to a VIP or a backend sends back:
+/// the load balancer's parser, NAT and own answers (echo reply, reset),
+/// then the whole engine with a service. For a frame whose checksums
+/// verified, every translation keeps them valid; nothing panics.
+pub fn lb_nat(data: &[u8]) {
+    let Ok(p) = nat::parse(data) else {
+        return;
+    };
+    assert!(p.l4 <= p.end && p.end <= data.len());
+    let valid = l4_checksum_ok(data, &p);
+    let (other, vip) = if p.v6 {
+        (
+            "fd00::7".parse().expect("addr"),
+            "fd00::100".parse().expect("addr"),
+        )
+    } else {
+        (
+            "10.0.0.7".parse().expect("addr"),
+            "10.0.0.100".parse().expect("addr"),
+        )
+    };
+    for side in [Side::Dst, Side::Src] {
+        for port in [None, Some(8080)] {
+            let mut f = data.to_vec();
+            nat::rewrite(&mut f, &p, side, other, port, false).expect("same family");
+            let q = nat::parse(&f).expect("still parses");
+            assert_eq!(if side == Side::Dst { q.dst } else { q.src }, other);
+            if valid {
+                assert!(l4_checksum_ok(&f, &q), "NAT broke a valid checksum");
+            }
+        }
+    }
+    let mac = MacAddr([6, 0x56, 10, 0, 0, 100]);
+    let mut f = data.to_vec();
+    if let Some(n) = reply::echo_reply(&mut f, &p, mac) {
+        let q = nat::parse(&f[..n]).expect("reply parses");
+        assert!(l4_checksum_ok(&f[..n], &q), "echo reply checksums");
+    }
+    let mut out = [0u8; reply::RESET_LEN];
+    if let Some(n) = reply::tcp_reset(data, &p, mac, &mut out) {
+        check_l4_checksum(&out[..n]);
+    }
+    // The whole engine: the client's port 0, one local backend on port 1.
+    let vni = Vni::new(4096).expect("vni");
+    let mut fdb = Fdb::default();
+    let client = MacAddr::src_of(data).unwrap_or(MacAddr([2, 0x42, 10, 0, 0, 2]));
+    if fdb.add_local(0, vni, client, &[]).is_err() {
+        return;
+    }
+    let bmac = MacAddr([2, 0x42, 10, 0, 0, 7]);
+    if fdb.add_local(1, vni, bmac, &[other]).is_err() {
+        return;
+    }
+    let backends = vec![Backend {
+        ip: other,
+        mac: bmac,
+    }];
+    let service = Service::new(vip, backends, 251).expect("service");
+    fdb.set_service(vni, Arc::new(service)).expect("service");
+    let cfg = EngineConfig {
+        conntrack: ConntrackConfig {
+            capacity: 64,
+            ..ConntrackConfig::default()
+        },
+        ..EngineConfig::default()
+    };
+    let mut e = Engine::new(cfg, Arc::new(fdb), Arc::new(Stats::default()));
+    let mut outs = Outputs::new(TxBatch::new(1 << 17, 16));
+    let mut pkt = vec![0u8; vnet::LEN];
+    pkt.extend_from_slice(data);
+    e.from_tap(0, &mut pkt, &mut outs);
+    e.from_tap(1, &mut pkt, &mut outs);
+    outs.drain_taps(|_, w| assert!(w.as_bytes().is_some()));
+}
+
+/// True if the IPv4 header and the TCP/UDP/ICMPv6 checksum of `f` verify
+/// (a UDP checksum of 0 counts as valid over IPv4).
+fn l4_checksum_ok(f: &[u8], p: &nat::L4) -> bool {
+    if !p.v6 && checksum::finish(checksum::sum(&f[14..p.l4], 0)) != 0 {
+        return false;
+    }
+    let l4 = &f[p.l4..p.end];
+    let pseudo = match (p.v6, p.proto) {
+        (_, 6 | 17) | (true, 58) => {
+            if !p.v6 && p.proto == 17 && l4.get(6..8) == Some(&[0, 0]) {
+                return true;
+            }
+            let info = |o: usize, n: usize| &f[14 + o..14 + o + n];
+            if p.v6 {
+                let a: [u8; 16] = info(8, 16).try_into().expect("16");
+                let b: [u8; 16] = info(24, 16).try_into().expect("16");
+                checksum::pseudo_v6(a.into(), b.into(), p.proto, l4.len() as u32)
+            } else {
+                let a: [u8; 4] = info(12, 4).try_into().expect("4");
+                let b: [u8; 4] = info(16, 4).try_into().expect("4");
+                checksum::pseudo_v4(a.into(), b.into(), p.proto, l4.len() as u16)
+            }
+        }
+        (false, 1) => 0,
+        _ => return true,
+    };
+    checksum::finish(checksum::sum(l4, pseudo)) == 0
 }
 
 /// Asserts that an Ethernet/IP/TCP|UDP frame's IPv4 header and L4
@@ -521,7 +634,7 @@ pub fn tap_frame_accounted(data: &[u8]) {
     let mut out = Outputs::new(TxBatch::new(1 << 20, 256));
     // Twice: the second meets an empty flood budget with bit 3.
     for round in 1..=2u64 {
-        e.from_tap(0, &pkt, &mut out);
+        e.from_tap(0, &mut pkt.clone(), &mut out);
         let drops: u64 = Drop::ALL.iter().map(|d| stats.drops(*d)).sum();
         let answered = stats.counter(Counter::ArpProxied) + stats.counter(Counter::NdProxied);
         let mut forwarded = !out.udp.is_empty();

@@ -73,6 +73,11 @@ fn wire_rx() {
 }
 
 #[test]
+fn lb_nat() {
+    run("lb_nat", vxnet_fuzz::lb_nat);
+}
+
+#[test]
 fn dns_query() {
     run("dns_query", |d| {
         vxnet_fuzz::dns_query(d);

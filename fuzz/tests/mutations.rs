@@ -113,6 +113,11 @@ fn wire_rx() {
 }
 
 #[test]
+fn lb_nat() {
+    run("lb_nat", 5_000, vxnet_fuzz::lb_nat);
+}
+
+#[test]
 fn dns_query() {
     run("dns_query", 20_000, |d| {
         vxnet_fuzz::dns_query(d);

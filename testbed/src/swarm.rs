@@ -33,6 +33,35 @@ pub struct Control {
     pub pid: u32,
 }
 
+/// A service task for tests and demos (`python3 whoami.py`): HTTP on port
+/// 80 answers the task's name; TCP and UDP port 7000 greet with it and
+/// echo.
+pub const WHOAMI_PY: &str = include_str!("assets/whoami.py");
+
+impl Control {
+    /// `vxnet ARGS` against this daemon.
+    pub fn cli(&self, args: &[&str]) -> Result<CmdOutput> {
+        vxnet_ctl(&self.socket, args)
+    }
+
+    /// The output of `vxnet ARGS`, which must succeed.
+    pub fn ok(&self, args: &[&str]) -> Result<String> {
+        Ok(self
+            .cli(args)?
+            .check()
+            .with_context(|| format!("vxnet {}", args.join(" ")))?
+            .stdout)
+    }
+
+    /// The JSON output of `vxnet ARGS` (an `inspect`, or a listing with
+    /// `--format json`).
+    pub fn json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let out = self.ok(args)?;
+        serde_json::from_str(&out)
+            .with_context(|| format!("vxnet {}: not JSON: {out}", args.join(" ")))
+    }
+}
+
 /// Runs the `vxnet` CLI against a control daemon's socket (from the root
 /// namespaces, as `container run` needs `ip netns exec`).
 pub fn vxnet_ctl(socket: &Path, args: &[&str]) -> Result<CmdOutput> {
@@ -48,6 +77,14 @@ pub fn vxnet_ctl(socket: &Path, args: &[&str]) -> Result<CmdOutput> {
 }
 
 impl Testbed {
+    /// Writes [`WHOAMI_PY`] into the run's state directory; returns its
+    /// path (removed with the testbed).
+    pub fn install_whoami(&self) -> Result<PathBuf> {
+        let path = self.state_dir().join("whoami.py");
+        std::fs::write(&path, WHOAMI_PY).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+
     /// Starts `vxnet-control` for `host` beside its dataplane at
     /// `dataplane_socket`; the testbed stops it at teardown.
     pub fn start_control(&self, host: &Host, dataplane_socket: &Path) -> Result<Control> {
@@ -55,7 +92,8 @@ impl Testbed {
     }
 
     /// [`Testbed::start_control`] with more `vxnet-control` options (say
-    /// `--gossip-key-rotation 3s`).
+    /// `--gossip-key-rotation 3s`, or `--hostname NAME` instead of the
+    /// host's own).
     pub fn start_control_with(
         &self,
         host: &Host,
@@ -96,8 +134,6 @@ impl Testbed {
             state.display().to_string(),
             "--dataplane-socket".into(),
             dataplane_socket.display().to_string(),
-            "--hostname".into(),
-            host.name.clone(),
             "--advertise-addr".into(),
             host.underlay_v4.to_string(),
             "--netns-prefix".into(),
@@ -105,6 +141,11 @@ impl Testbed {
             "--reconcile-interval".into(),
             "1".into(),
         ];
+        // The host's name unless the caller gives its own (two hosts
+        // sharing one is what some tests need).
+        if !extra.contains(&"--hostname") {
+            argv.extend(["--hostname".into(), host.name.clone()]);
+        }
         argv.extend(extra.iter().map(|a| (*a).to_owned()));
         let name = format!("control-{}", host.name);
         let log = self.log_path(&name);

@@ -430,6 +430,18 @@ impl Drop for Testbed {
 /// Kills every process inside `ns`, then deletes it. Deleting a namespace
 /// also removes the veths in it (and their peers elsewhere).
 pub fn destroy_netns(ns: &str) -> Result<()> {
+    kill_netns_processes(ns);
+    // A control daemon's container keeps its resolv.conf here.
+    let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(ns));
+    let out = process::run(None, &["ip", "netns", "del", ns], CONFIG_TIMEOUT)?;
+    if !out.success() && list_netns()?.iter().any(|n| n == ns) {
+        bail!("ip netns del {ns}: {}", out.stderr.trim());
+    }
+    Ok(())
+}
+
+/// SIGTERM, then SIGKILL, to every process inside `ns`.
+fn kill_netns_processes(ns: &str) {
     for sig in [libc::SIGTERM, libc::SIGKILL] {
         let pids = netns_pids(ns);
         if pids.is_empty() {
@@ -440,13 +452,6 @@ pub fn destroy_netns(ns: &str) -> Result<()> {
         }
         process::wait_until(Duration::from_secs(3), || netns_pids(ns).is_empty());
     }
-    // A control daemon's container keeps its resolv.conf here.
-    let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(ns));
-    let out = process::run(None, &["ip", "netns", "del", ns], CONFIG_TIMEOUT)?;
-    if !out.success() && list_netns()?.iter().any(|n| n == ns) {
-        bail!("ip netns del {ns}: {}", out.stderr.trim());
-    }
-    Ok(())
 }
 
 fn netns_pids(ns: &str) -> Vec<u32> {
@@ -512,11 +517,14 @@ pub fn down(all: bool, keep: Option<&str>) -> Result<DownReport> {
         }
         !all && owner_pid(name).is_some_and(process::pid_alive)
     };
-    for n in names {
-        if live(&n) {
-            report.skipped_live.push(n);
-            continue;
-        }
+    let (skipped, doomed): (Vec<String>, Vec<String>) = names.into_iter().partition(|n| live(n));
+    report.skipped_live = skipped;
+    // Hosts' processes first: a control daemon still running would make
+    // its containers' namespaces again (restart policy) as they go.
+    for n in doomed.iter().rev() {
+        kill_netns_processes(n);
+    }
+    for n in doomed {
         destroy_netns(&n)?;
         report.namespaces.push(n);
     }
@@ -545,6 +553,9 @@ pub fn destroy_prefix(prefix: &str) {
         .filter(|n| prefix_of(n) == Some(prefix))
         .collect();
     names.sort_by_key(|n| std::cmp::Reverse(n.len()));
+    for n in names.iter().rev() {
+        kill_netns_processes(n);
+    }
     for n in names {
         if let Err(e) = destroy_netns(&n) {
             eprintln!("vxnet-testbed: {e:#}");

@@ -11,98 +11,34 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use common::swarm::{create_network, network_vni, ok_json, run_sleeper, swarm, swarm_with};
 use common::udp::{self, Listener};
 use common::{dp_opts, root_or_skip, tcp_transfer_intact, testbed};
 use vxnet_testbed::Testbed;
-use vxnet_testbed::swarm::{Control, vxnet_ctl};
-use vxnet_testbed::vxnet::{Dataplane, DataplaneOptions};
+use vxnet_testbed::swarm::Control;
+use vxnet_testbed::vxnet::DataplaneOptions;
 
-/// A swarm on every host of a testbed (host1 the manager).
-struct Swarm {
-    dps: Vec<Dataplane>,
-    controls: Vec<Control>,
+/// A container named `name` on `network` on `c`'s host: its namespace,
+/// IPv4 address and MTU from `container inspect`.
+fn run(c: &Control, name: &str, network: &str) -> Result<(String, String, u64)> {
+    run_sleeper(c, name, &[network])?;
+    let v = ok_json(c, &["container", "inspect", name])?;
+    let net = &v[0]["networks"][0];
+    Ok((
+        v[0]["netns"].as_str().context("netns")?.to_owned(),
+        net["ipv4"].as_str().context("ipv4")?.to_owned(),
+        net["mtu"].as_u64().context("mtu")?,
+    ))
 }
 
-impl Swarm {
-    fn form(tb: &Testbed, opts: &DataplaneOptions) -> Result<Swarm> {
-        let mut s = Swarm {
-            dps: Vec::new(),
-            controls: Vec::new(),
-        };
-        for h in tb.hosts() {
-            let dp = tb.start_dataplane(h, opts)?;
-            s.controls.push(tb.start_control(h, &dp.socket)?);
-            s.dps.push(dp);
-        }
-        tb.form_swarm_with(&s.controls, opts.underlay_v6)?;
-        Ok(s)
-    }
-
-    /// `vxnet <args>` on host `n`'s daemon; its output.
-    fn ok(&self, n: usize, args: &[&str]) -> Result<String> {
-        Ok(vxnet_ctl(&self.controls[n - 1].socket, args)?
-            .check()?
-            .stdout)
-    }
-
-    /// `network create -d overlay --attachable [--opt OPT] NAME` on host1.
-    fn create(&self, name: &str, opt: Option<&str>) -> Result<()> {
-        let mut args = vec!["network", "create", "-d", "overlay", "--attachable"];
-        if let Some(o) = opt {
-            args.extend(["--opt", o]);
-        }
-        args.push(name);
-        self.ok(1, &args).map(drop)
-    }
-
-    /// Runs a container named `name` on `network` on host `n`; its
-    /// namespace, IPv4 address and MTU from `container inspect`.
-    fn run(&self, n: usize, name: &str, network: &str) -> Result<(String, String, u64)> {
-        self.ok(
-            n,
-            &[
-                "container",
-                "run",
-                "-d",
-                "--name",
-                name,
-                "--network",
-                network,
-                "--",
-                "sleep",
-                "600",
-            ],
-        )?;
-        let v: serde_json::Value =
-            serde_json::from_str(&self.ok(n, &["container", "inspect", name])?)?;
-        let net = &v[0]["networks"][0];
-        Ok((
-            v[0]["netns"].as_str().context("netns")?.to_owned(),
-            net["ipv4"].as_str().context("ipv4")?.to_owned(),
-            net["mtu"].as_u64().context("mtu")?,
-        ))
-    }
-
-    /// The MTU `network inspect` shows on host `n`.
-    fn network_mtu(&self, n: usize, network: &str) -> Result<String> {
-        let v: serde_json::Value =
-            serde_json::from_str(&self.ok(n, &["network", "inspect", network])?)?;
-        let v = if v.is_array() { &v[0] } else { &v };
-        v["Options"]["com.docker.network.driver.mtu"]
-            .as_str()
-            .map(str::to_owned)
-            .with_context(|| format!("no MTU in {v}"))
-    }
-
-    fn vni(&self, network: &str) -> Result<u32> {
-        let v: serde_json::Value =
-            serde_json::from_str(&self.ok(1, &["network", "inspect", network])?)?;
-        let v = if v.is_array() { &v[0] } else { &v };
-        v["Options"]["com.docker.network.driver.overlay.vxlanid_list"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .with_context(|| format!("no VNI in {v}"))
-    }
+/// The MTU `network inspect` shows on `c`'s host.
+fn network_mtu(c: &Control, network: &str) -> Result<String> {
+    let v = ok_json(c, &["network", "inspect", network])?;
+    let v = if v.is_array() { &v[0] } else { &v };
+    v["Options"]["com.docker.network.driver.mtu"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("no MTU in {v}"))
 }
 
 fn link_mtu(tb: &Testbed, ns: &str) -> Result<String> {
@@ -128,17 +64,17 @@ fn swarm_on_a_1400_byte_underlay() -> Result<()> {
         return Ok(());
     }
     let tb = testbed(2, 1400)?;
-    let s = Swarm::form(&tb, &dp_opts())?;
-    s.create("tnet", None)?;
-    let (a1, _, mtu1) = s.run(1, "a1", "tnet")?;
-    let (a2, ip2, mtu2) = s.run(2, "a2", "tnet")?;
+    let s = swarm(&tb)?;
+    create_network(&s.controls[0], "tnet", &[])?;
+    let (a1, _, mtu1) = run(&s.controls[0], "a1", "tnet")?;
+    let (a2, ip2, mtu2) = run(&s.controls[1], "a2", "tnet")?;
     assert_eq!((mtu1, mtu2), (1350, 1350));
     assert_eq!(link_mtu(&tb, &a1)?, "1350");
     assert_eq!(link_mtu(&tb, &a2)?, "1350");
-    assert_eq!(s.network_mtu(1, "tnet")?, "1350");
+    assert_eq!(network_mtu(&s.controls[0], "tnet")?, "1350");
     tb.ping_ok(&a1, &ip2, 3, Some(1350 - 28))?;
     tcp_transfer_intact(&a2, &ip2, &a1)?;
-    let stats = s.dps[0].stats()?;
+    let stats = s.dataplanes[0].stats()?;
     let lost: u64 = stats
         .drops
         .iter()
@@ -147,21 +83,21 @@ fn swarm_on_a_1400_byte_underlay() -> Result<()> {
         .sum();
     assert_eq!(lost, 0, "{stats:?}");
 
-    s.create("small", Some("mtu=1300"))?;
-    let (s1, _, mtu) = s.run(1, "s1", "small")?;
+    create_network(&s.controls[0], "small", &["--opt", "mtu=1300"])?;
+    let (s1, _, mtu) = run(&s.controls[0], "s1", "small")?;
     assert_eq!(mtu, 1300);
     assert_eq!(link_mtu(&tb, &s1)?, "1300");
-    assert_eq!(s.network_mtu(1, "small")?, "1300");
+    assert_eq!(network_mtu(&s.controls[0], "small")?, "1300");
 
-    s.create("quiet", Some("flood=false"))?;
-    s.run(1, "q1", "quiet")?;
-    let vni = s.vni("quiet")?;
+    create_network(&s.controls[0], "quiet", &["--opt", "flood=false"])?;
+    run(&s.controls[0], "q1", "quiet")?;
+    let vni = network_vni(&s.controls[0], "quiet")? as u32;
     let programmed = vxnet_testbed::process::wait_until(Duration::from_secs(10), || {
-        s.dps[0]
+        s.dataplanes[0]
             .networks()
             .is_ok_and(|n| n.iter().any(|n| n.vni.get() == vni && !n.flood))
     });
-    assert!(programmed, "{:?}", s.dps[0].networks()?);
+    assert!(programmed, "{:?}", s.dataplanes[0].networks()?);
     Ok(())
 }
 
@@ -177,18 +113,19 @@ fn swarm_over_an_ipv6_underlay() -> Result<()> {
         underlay_v6: true,
         ..dp_opts()
     };
-    let s = Swarm::form(&tb, &opts)?;
+    let s = swarm_with(&tb, &opts)?;
     for (net, extra, want) in [("plain6", None, 1430), ("secret6", Some("encrypted"), 1388)] {
-        s.create(net, extra)?;
-        let (n1, _, mtu1) = s.run(1, &format!("{net}a"), net)?;
-        let (n2, ip2, mtu2) = s.run(2, &format!("{net}b"), net)?;
+        let opts: Vec<&str> = extra.iter().flat_map(|o| ["--opt", o]).collect();
+        create_network(&s.controls[0], net, &opts)?;
+        let (n1, _, mtu1) = run(&s.controls[0], &format!("{net}a"), net)?;
+        let (n2, ip2, mtu2) = run(&s.controls[1], &format!("{net}b"), net)?;
         assert_eq!((mtu1, mtu2), (want, want), "{net}");
         assert_eq!(link_mtu(&tb, &n1)?, want.to_string(), "{net}");
-        assert_eq!(s.network_mtu(2, net)?, want.to_string(), "{net}");
+        assert_eq!(network_mtu(&s.controls[1], net)?, want.to_string(), "{net}");
         tb.ping_ok(&n1, &ip2, 3, Some(want as u32 - 28))?;
         tcp_transfer_intact(&n2, &ip2, &n1).with_context(|| net.to_owned())?;
     }
-    assert_eq!(s.dps[0].show()?["local_vtep"], "2001:db8::11");
+    assert_eq!(s.dataplanes[0].show()?["local_vtep"], "2001:db8::11");
     Ok(())
 }
 
@@ -203,13 +140,13 @@ fn swarm_broadcast_reaches_three_hosts_unless_flooding_is_off() -> Result<()> {
         return Ok(());
     }
     let tb = testbed(3, 1500)?;
-    let s = Swarm::form(&tb, &dp_opts())?;
-    s.create("bnet", None)?;
-    s.create("quiet", Some("flood=false"))?;
+    let s = swarm(&tb)?;
+    create_network(&s.controls[0], "bnet", &[])?;
+    create_network(&s.controls[0], "quiet", &["--opt", "flood=false"])?;
     for (net, prefix) in [("bnet", "b"), ("quiet", "q")] {
         let mut cs = Vec::new();
         for n in 1..=3 {
-            cs.push(s.run(n, &format!("{prefix}{n}"), net)?);
+            cs.push(run(&s.controls[n - 1], &format!("{prefix}{n}"), net)?);
         }
         // Unicast works either way (and every host's peers are programmed).
         for (_, ip, _) in &cs[1..] {
@@ -224,8 +161,8 @@ fn swarm_broadcast_reaches_three_hosts_unless_flooding_is_off() -> Result<()> {
             let o = ip.octets();
             SocketAddr::from(([o[0], o[1], o[2], 255], 7000))
         };
-        let vni = s.vni(net)?;
-        let off_before = s.dps[0].stats()?;
+        let vni = network_vni(&s.controls[0], net)? as u32;
+        let off_before = s.dataplanes[0].stats()?;
         for to in [subnet_broadcast, "255.255.255.255:7000".parse()?] {
             let mark = format!("{net} {to}");
             udp::send(&cs[0].0, "eth0", to, mark.as_bytes(), 5)?;
@@ -236,7 +173,7 @@ fn swarm_broadcast_reaches_three_hosts_unless_flooding_is_off() -> Result<()> {
             let want = if net == "bnet" { [5, 5] } else { [0, 0] };
             assert_eq!(got, want, "{net}: broadcast to {to}");
         }
-        let info = s.dps[0]
+        let info = s.dataplanes[0]
             .networks()?
             .into_iter()
             .find(|n| n.vni.get() == vni)
@@ -250,7 +187,7 @@ fn swarm_broadcast_reaches_three_hosts_unless_flooding_is_off() -> Result<()> {
                     .find(|d| d.reason == "flood_off")
                     .map_or(0, |d| d.count)
             };
-            let counted = off(&s.dps[0].stats()?) - off(&off_before);
+            let counted = off(&s.dataplanes[0].stats()?) - off(&off_before);
             assert!(counted >= 10, "{counted} counted as flood_off");
         } else {
             assert!(

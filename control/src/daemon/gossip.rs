@@ -239,6 +239,10 @@ fn spawn_sync(seed: SocketAddr, tx: Sender<Msg>) {
 /// A running driver. Dropping it stops the thread without leaving.
 pub struct GossipHandle {
     tx: Sender<Msg>,
+    /// Wakes the driver out of its receive: an empty datagram to its
+    /// socket, so a command is handled at once rather than after the
+    /// receive timeout.
+    waker: Option<(UdpSocket, SocketAddr)>,
     thread: Option<JoinHandle<()>>,
     status: StatusCell,
     view: ViewCell,
@@ -268,7 +272,16 @@ impl GossipHandle {
 
     /// Queues a command; false if the driver has stopped.
     pub fn send(&self, cmd: GossipCmd) -> bool {
-        self.tx.send(Msg::Cmd(cmd)).is_ok()
+        let sent = self.tx.send(Msg::Cmd(cmd)).is_ok();
+        self.wake();
+        sent
+    }
+
+    fn wake(&self) {
+        if let Some((sock, to)) = &self.waker {
+            // Best effort: the receive timeout still bounds the delay.
+            let _ = sock.send_to(&[], to);
+        }
     }
 
     /// Stops the driver; with `leave`, tells members we are gone first.
@@ -278,6 +291,7 @@ impl GossipHandle {
 
     fn shutdown(&mut self, leave: bool) {
         let _ = self.tx.send(Msg::Stop { leave });
+        self.wake();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -312,6 +326,23 @@ pub fn spawn(
             None
         }
     };
+    let waker = socket.local_addr().ok().and_then(|addr| {
+        let to = if addr.ip().is_unspecified() {
+            match addr {
+                SocketAddr::V4(_) => SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, addr.port())),
+                SocketAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port())),
+            }
+        } else {
+            addr
+        };
+        let any: SocketAddr = match to {
+            SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+            SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let sock = UdpSocket::bind(any).ok()?;
+        sock.set_nonblocking(true).ok()?;
+        Some((sock, to))
+    });
     let (tx, rx) = mpsc::channel();
     let status = StatusCell::default();
     let view = ViewCell::default();
@@ -333,6 +364,7 @@ pub fn spawn(
         .spawn(move || driver.run(&rx))?;
     Ok(GossipHandle {
         tx,
+        waker,
         thread: Some(thread),
         status,
         view,
@@ -402,6 +434,9 @@ impl Driver {
                 .clamp(Duration::from_millis(1), POLL);
             let _ = self.sock.set_read_timeout(Some(wait));
             match self.sock.recv_from(&mut buf) {
+                // An empty datagram is a wake-up (ours, or anyone's:
+                // harmless either way), not gossip.
+                Ok((0, _)) => {}
                 Ok((n, _from)) => {
                     if let Some(pkt) = buf.get(..n) {
                         if let Err(e) = self.m.handle_data(pkt, Instant::now()) {
@@ -432,10 +467,11 @@ impl Driver {
             } => self
                 .m
                 .announce_endpoint(&network_id, ip, mac, vtep)
-                .map(|_| ()),
-            GossipCmd::Withdraw { network_id, ip } => {
-                self.m.withdraw_endpoint(&network_id, ip).map(|_| ())
-            }
+                .map(|_| self.own_records_changed()),
+            GossipCmd::Withdraw { network_id, ip } => self
+                .m
+                .withdraw_endpoint(&network_id, ip)
+                .map(|_| self.own_records_changed()),
             GossipCmd::Join(seed) => {
                 self.seed = Some(seed);
                 spawn_sync(seed, self.tx.clone());
@@ -541,6 +577,15 @@ impl Driver {
             (self.on_change)();
         }
         self.publish();
+    }
+
+    /// Our own records raise no endpoint event: the view (which the
+    /// reconciler compares its wishes with) is published here, and the
+    /// reconciler told, so a withdrawal followed by a new announcement is
+    /// never mistaken for nothing to do.
+    fn own_records_changed(&self) {
+        self.publish_view();
+        (self.on_change)();
     }
 
     fn publish_view(&self) {
@@ -723,6 +768,43 @@ mod tests {
             b.view()
         );
         b.stop(true);
+    }
+
+    #[test]
+    fn own_records_show_in_the_view_at_once_and_wake_the_reconciler() {
+        let (a, changes, _) = start(1);
+        let ip = IpAddr::from([10, 0, 1, 9]);
+        let cmd = |announce: bool| {
+            if announce {
+                GossipCmd::Announce {
+                    network_id: "net1".into(),
+                    ip,
+                    mac: [2, 0x42, 10, 0, 1, 9],
+                }
+            } else {
+                GossipCmd::Withdraw {
+                    network_id: "net1".into(),
+                    ip,
+                }
+            }
+        };
+        // Withdrawn and announced again: the view follows each step (a
+        // stale view would make the reconciler skip the announcement).
+        for announce in [true, false, true] {
+            let before = changes.load(Ordering::SeqCst);
+            assert!(a.send(cmd(announce)));
+            assert!(
+                wait_for(Duration::from_secs(5), || has_record(
+                    &a,
+                    [10, 0, 1, 9],
+                    [192, 0, 2, 1]
+                ) == announce
+                    && changes.load(Ordering::SeqCst) > before),
+                "announce={announce}: {:?}",
+                a.view()
+            );
+        }
+        a.stop(false);
     }
 
     #[test]

@@ -1,5 +1,4 @@
 //! The daemon's seam to the host: network namespaces, the resolv.conf that
-//! The daemon's seam to the host: network namespaces, the resolv.conf that
 //! is bind-mounted into them when a program starts there, and the
 //! processes containers run. [`SystemHost`] does it with the dataplane's
 //! netns and netlink modules and `/proc`; tests use a fake. Only the
@@ -9,7 +8,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use vxnet_dataplane::sys::netlink::Netlink;
 use vxnet_dataplane::sys::netns;
 
@@ -98,6 +97,37 @@ pub struct SystemHost {
     pub resolv_conf: PathBuf,
     /// Processes this daemon started, to collect their exit status.
     children: Mutex<HashMap<u32, Child>>,
+    /// Called when one of them ends, so the reconciler sees it at once
+    /// rather than at its next periodic pass.
+    on_exit: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl SystemHost {
+    /// Calls `f` (from a waiter thread) whenever a started command ends.
+    pub fn with_exit_notify(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
+        self.on_exit = Some(Arc::new(f));
+        self
+    }
+}
+
+/// Blocks until `pid` (our child) has ended, leaving it to be reaped by
+/// `try_wait` (`WNOWAIT`), then calls `notify`.
+fn watch_exit(pid: u32, notify: Arc<dyn Fn() + Send + Sync>) {
+    use nix::sys::wait::{Id, WaitPidFlag, waitid};
+    let spawned = std::thread::Builder::new()
+        .name(format!("vxnet-wait-{pid}"))
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT;
+            let child = nix::unistd::Pid::from_raw(pid as i32);
+            // Ended, or already reaped: either way, look now.
+            while let Err(nix::errno::Errno::EINTR) = waitid(Id::Pid(child), flags) {}
+            notify();
+        });
+    if let Err(e) = spawned {
+        // The periodic pass still notices the exit.
+        tracing::warn!(pid, error = %e, "cannot watch a command for its exit");
+    }
 }
 
 impl Default for SystemHost {
@@ -106,6 +136,7 @@ impl Default for SystemHost {
             etc_netns: PathBuf::from(ETC_NETNS_DIR),
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
             children: Mutex::default(),
+            on_exit: None,
         }
     }
 }
@@ -121,22 +152,6 @@ fn signal_group(sig: &str, pid: u32) {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
-}
-
-/// The host's resolv.conf without loopback nameservers, which would point
-/// into the container's own (empty) loopback.
-pub fn container_resolv_conf(host: &str) -> String {
-    let mut out = String::new();
-    for line in host.lines() {
-        let t = line.trim();
-        let ns = t.strip_prefix("nameserver").map(str::trim);
-        if ns.is_some_and(|a| a.starts_with("127.") || a == "::1") {
-            continue;
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    out
 }
 
 impl Host for SystemHost {
@@ -164,7 +179,9 @@ impl Host for SystemHost {
         fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let host = fs::read_to_string(&self.resolv_conf).unwrap_or_default();
         let path = dir.join("resolv.conf");
-        fs::write(&path, container_resolv_conf(&host))
+        // The embedded DNS server at 127.0.0.11, with the host's search
+        // and options lines (Docker's).
+        fs::write(&path, crate::dns::resolv_conf(&host))
             .map_err(|e| format!("cannot write {}: {e}", path.display()))
     }
 
@@ -229,6 +246,9 @@ impl Host for SystemHost {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(pid, child);
+        if let Some(f) = &self.on_exit {
+            watch_exit(pid, Arc::clone(f));
+        }
         Ok(pid)
     }
 
@@ -257,15 +277,6 @@ impl Host for SystemHost {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn resolv_conf_drops_loopback_servers() {
-        let host = "search example.org\nnameserver 127.0.0.53\nnameserver 192.0.2.53\nnameserver ::1\noptions edns0\n";
-        assert_eq!(
-            container_resolv_conf(host),
-            "search example.org\nnameserver 192.0.2.53\noptions edns0\n"
-        );
-    }
 
     #[test]
     fn programs_are_found_like_execvp_does() {
@@ -304,6 +315,38 @@ mod tests {
         assert!(twice.unwrap_err().contains("already exists"));
         assert!(!h.netns_exists(&name));
         assert!(h.netns_del(&name).is_err());
+    }
+
+    #[test]
+    fn an_ended_command_is_announced_and_its_status_kept() {
+        if !vxnet_dataplane::sys::netns::testutil::root_or_skip(
+            "an_ended_command_is_announced_and_its_status_kept",
+        ) {
+            return;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx = Mutex::new(tx);
+        let h = SystemHost::default().with_exit_notify(move || {
+            let _ = tx.lock().unwrap().send(());
+        });
+        let name = format!("vxt-{}-exit", std::process::id());
+        h.netns_add(&name).unwrap();
+        let log = std::env::temp_dir().join(format!("{name}.log"));
+        let started = h.spawn(
+            &name,
+            &Spawn {
+                command: vec!["sh".into(), "-c".into(), "sleep 0.2; exit 3".into()],
+                env: vec![],
+                log_path: log.clone(),
+            },
+        );
+        let told = rx.recv_timeout(std::time::Duration::from_secs(10));
+        let exit = started.as_ref().map(|pid| h.exit(*pid));
+        h.netns_del(&name).unwrap();
+        let _ = fs::remove_file(&log);
+        assert!(told.is_ok(), "no exit notice");
+        // The waiter left the status to be collected.
+        assert_eq!(exit.unwrap(), Exit::Code(3));
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! A manager's duties beyond the local API: answering nodes on the
 //! management port ([`ManagerHandler`]: joins and the typed
 //! [`ManagerCall`]s, the assignment watch among them), and tending the
-//! swarm ([`Daemon::tend_swarm`]): node status from gossip, and the
-//! gossip key rotation.
+//! swarm: node status from gossip, the scheduler
+//! ([`Daemon::tend_services`]), and `service logs` of tasks on other nodes
+//! (asked through their assignment watch).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,13 +15,66 @@ use super::dataplane::DataplaneApi;
 use super::{Daemon, internal, now};
 use crate::cluster;
 use crate::containers;
-use crate::mgmt::calls::{AssignmentSet, ContainerGrant, MAX_ASSIGNMENT_WAIT_MS, ManagerCall};
+use crate::containers::CreateContainer;
+use crate::mgmt::calls::{
+    AssignmentSet, ContainerGrant, LogRequest, LogsReply, MAX_ASSIGNMENT_WAIT_MS, ManagerCall,
+};
 use crate::mgmt::{
     self, CaPem, ErrorCode, Handler, JoinRequest, JoinResponse, Peer, Request, Response, RpcError,
     SwarmCa,
 };
-use crate::model::{Container, Network, Node, NodeStatus};
+use crate::model::{Container, Network, Node, NodeStatus, Service, TaskInfo};
+use crate::scheduler::Action;
 use crate::store::{Store, StoreExt};
+use std::collections::BTreeMap;
+
+/// How long `service logs` waits for another node's log.
+const LOG_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Log requests for other nodes and their answers (a manager's).
+#[derive(Default)]
+pub struct LogQueue {
+    next: u64,
+    pending: BTreeMap<String, Vec<LogRequest>>,
+    replies: BTreeMap<u64, LogsReply>,
+}
+
+impl LogQueue {
+    fn ask(&mut self, node: &str, container: &str, tail: Option<usize>) -> u64 {
+        self.next += 1;
+        self.pending
+            .entry(node.to_owned())
+            .or_default()
+            .push(LogRequest {
+                id: self.next,
+                container_id: container.to_owned(),
+                tail,
+            });
+        self.next
+    }
+
+    fn take_for(&mut self, node: &str) -> Vec<LogRequest> {
+        self.pending.remove(node).unwrap_or_default()
+    }
+
+    fn answer(&mut self, r: LogsReply) {
+        // Only answers to questions asked (a node cannot fill memory).
+        if r.id <= self.next && self.replies.len() < 1024 {
+            self.replies.insert(r.id, r);
+        }
+    }
+
+    fn reply(&mut self, id: u64) -> Option<LogsReply> {
+        self.replies.remove(&id)
+    }
+
+    fn forget(&mut self, id: u64) {
+        self.replies.remove(&id);
+        for v in self.pending.values_mut() {
+            v.retain(|r| r.id != id);
+        }
+    }
+}
 
 /// A node that joined less than this long ago and gossip has not seen yet
 /// is still Ready (gossip needs a moment to hear of it); one gossip saw is
@@ -86,7 +140,7 @@ where
         Ok(c)
     }
 
-    /// What `node` must run.
+    /// What `node` must run, and what it must know of its networks.
     fn assignments(&self, node: &str) -> ApiResult<AssignmentSet> {
         let generation = self.changes.generation();
         let me = self
@@ -94,13 +148,27 @@ where
             .get::<Node>(node)
             .map_err(internal)?
             .ok_or_else(|| ApiError::denied(format!("node {node} is not part of this swarm")))?;
-        let containers = containers::list_containers(&self.store, Some(node))?;
-        let networks = self
+        let all = self.store.list::<Container>().map_err(internal)?;
+        let (containers, others): (Vec<Container>, Vec<Container>) =
+            all.into_iter().partition(|c| c.node == node);
+        let used = |id: &str| containers.iter().any(|c| c.attachment(id).is_some());
+        let networks: Vec<Network> = self
             .store
             .list::<Network>()
             .map_err(internal)?
             .into_iter()
-            .filter(|n| n.ingress || containers.iter().any(|c| c.attachment(&n.id).is_some()))
+            .filter(|n| n.ingress || used(&n.id))
+            .collect();
+        let peers = others
+            .into_iter()
+            .filter(|c| c.attachments.iter().any(|a| used(&a.network)))
+            .collect();
+        let services = self
+            .store
+            .list::<Service>()
+            .map_err(internal)?
+            .into_iter()
+            .filter(|s| s.networks.iter().any(|n| used(&n.network)))
             .collect();
         Ok(AssignmentSet {
             generation,
@@ -108,6 +176,9 @@ where
             containers,
             networks,
             nodes: self.store.list::<Node>().map_err(internal)?,
+            peers,
+            services,
+            log_requests: super::lock(&self.logs).take_for(node),
         })
     }
 
@@ -180,6 +251,173 @@ where
                 value(())
             }
             ManagerCall::GossipKeys(r) => value(self.gossip_keys_for(node, r)?),
+            ManagerCall::StatusReport(r) => {
+                let _w = self.write();
+                let mut txn = crate::store::Txn::new();
+                for (id, st) in r.statuses {
+                    if let Some(mut c) = self.store.get::<Container>(&id).map_err(internal)? {
+                        if c.node == node && c.status.as_ref() != Some(&st) {
+                            c.status = Some(st);
+                            txn.put(&c).map_err(internal)?;
+                        }
+                    }
+                }
+                if !txn.is_empty() {
+                    self.store.apply(&txn).map_err(internal)?;
+                }
+                value(())
+            }
+            ManagerCall::LogsReply(r) => {
+                super::lock(&self.logs).answer(r);
+                self.changes.poke();
+                value(())
+            }
+        }
+    }
+
+    /// One round of the scheduler: what the services want, made into task
+    /// records (created for their nodes, or marked for removal).
+    pub(crate) fn tend_services(&self) {
+        if self.local_node().is_err() || !self.is_manager() {
+            return;
+        }
+        let _w = self.write();
+        let r = (|| -> ApiResult<usize> {
+            let services = self.store.list::<Service>().map_err(internal)?;
+            let tasks: Vec<Container> = self
+                .store
+                .list::<Container>()
+                .map_err(internal)?
+                .into_iter()
+                .filter(|c| c.task.is_some())
+                .collect();
+            let nodes = self.store.list::<Node>().map_err(internal)?;
+            let actions = crate::scheduler::schedule(&services, &tasks, &nodes);
+            for a in &actions {
+                self.apply_action(a, &services)?;
+            }
+            Ok(actions.len())
+        })();
+        match r {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(actions = n, "scheduled"),
+            Err(e) => tracing::warn!(error = %e, "scheduling failed"),
+        }
+    }
+
+    fn apply_action(&self, a: &Action, services: &[Service]) -> ApiResult<()> {
+        match a {
+            Action::Create {
+                service,
+                slot,
+                node,
+            } => {
+                let Some(s) = services.iter().find(|s| &s.id == service) else {
+                    return Ok(());
+                };
+                let id = crate::model::new_id(&mut rand_core::OsRng);
+                let r = containers::create_container(
+                    &self.store,
+                    &CreateContainer {
+                        name: format!("{}.{}.{id}", s.name, slot),
+                        node: node.clone(),
+                        netns: None,
+                        networks: s
+                            .networks
+                            .iter()
+                            .map(|n| crate::containers::NetworkRequest {
+                                network: n.network.clone(),
+                                aliases: n.aliases.clone(),
+                                ..Default::default()
+                            })
+                            .collect(),
+                        command: s.command.clone(),
+                        env: s.env.clone(),
+                        external: None,
+                        task: Some(TaskInfo {
+                            service: s.id.clone(),
+                            slot: *slot,
+                            version: s.version,
+                            restart: s.restart,
+                        }),
+                        id: Some(id),
+                    },
+                    now(),
+                    &mut rand_core::OsRng,
+                );
+                match r {
+                    Ok(c) => tracing::info!(task = %c.name, node = %node, "task created"),
+                    // A full network: the slot stays empty and the next
+                    // round tries again; `service ps` shows fewer tasks.
+                    Err(e) => tracing::warn!(service = %s.name, error = %e, "task not created"),
+                }
+            }
+            Action::Remove { task, why } => {
+                if let Some(mut c) = self.store.get::<Container>(task).map_err(internal)? {
+                    c.desired = crate::model::DesiredState::Removed;
+                    self.store.put(&c).map_err(internal)?;
+                    tracing::info!(task = %c.name, why, "task to be removed");
+                }
+            }
+            Action::Forget { task } => {
+                if let Ok(c) = containers::remove_container(&self.store, task) {
+                    tracing::info!(task = %c.name, "task forgotten: its node is down");
+                }
+            }
+            Action::Connect {
+                task,
+                network,
+                aliases,
+            } => {
+                let req = crate::containers::NetworkRequest {
+                    network: network.clone(),
+                    aliases: aliases.clone(),
+                    ..Default::default()
+                };
+                match containers::connect(&self.store, task, &req) {
+                    Ok(c) => tracing::info!(task = %c.name, network, "task joined a network"),
+                    // A full network: tried again next round.
+                    Err(e) => tracing::warn!(task, network, error = %e, "task not connected"),
+                }
+            }
+            Action::Disconnect { task, network } => {
+                match containers::disconnect(&self.store, task, network) {
+                    Ok(c) => tracing::info!(task = %c.name, network, "task left a network"),
+                    Err(e) => tracing::warn!(task, network, error = %e, "task not disconnected"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A remote container's log, asked of its node through its assignment
+    /// watch (the node answers with a [`ManagerCall::LogsReply`]).
+    pub(crate) fn remote_logs(&self, c: &Container, tail: Option<usize>) -> ApiResult<String> {
+        let id = super::lock(&self.logs).ask(&c.node, &c.id, tail);
+        // Wakes the node's watch.
+        self.changes.bump();
+        let deadline = std::time::Instant::now() + LOG_TIMEOUT;
+        let mut seq = self.changes.sequence();
+        loop {
+            if let Some(r) = super::lock(&self.logs).reply(id) {
+                return match r.error {
+                    Some(e) => Err(ApiError::unavailable(e)),
+                    None => Ok(r.text),
+                };
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                super::lock(&self.logs).forget(id);
+                return Err(ApiError::new(
+                    vxnet_api::ErrorCode::Timeout,
+                    format!(
+                        "node {} did not send the log within {} s",
+                        self.hostname_of(&c.node),
+                        LOG_TIMEOUT.as_secs()
+                    ),
+                ));
+            }
+            seq = self.changes.wait_change(seq, left);
         }
     }
 
@@ -202,6 +440,10 @@ where
         };
         let mut seen = super::lock(&self.seen_members);
         for mut n in nodes {
+            if n.down_reason.as_deref() == Some(cluster::LEFT_REASON) {
+                // It left: gossip may hold it a moment longer.
+                continue;
+            }
             let live = n.id == me || view.members.iter().any(|m| m.node_id == n.id);
             if live {
                 seen.insert(n.id.clone());

@@ -76,6 +76,22 @@ pub struct Runtime {
     /// start`, or a stopped container running again).
     #[serde(default)]
     pub restart: bool,
+    /// When the command was seen to have ended (Unix ms), for the delay
+    /// before a task's restart.
+    #[serde(default)]
+    pub ended_ms: Option<u64>,
+    /// When the command was last started (Unix ms).
+    #[serde(default)]
+    pub started_ms: Option<u64>,
+    /// Exits in a row that came soon after the start
+    /// ([`QUICK_EXIT_MS`]): what the restart delay doubles with. A command
+    /// that ran longer starts again after the shortest delay.
+    #[serde(default)]
+    pub quick_exits: u32,
+    /// The container's state as this node sees it; a worker reports it to
+    /// its manager when the manager's copy differs.
+    #[serde(default)]
+    pub status: Option<crate::model::TaskStatus>,
     /// When SIGTERM went to the command (Unix ms), so SIGKILL follows
     /// after `grace_secs` (`container stop -t`).
     #[serde(default)]
@@ -83,6 +99,10 @@ pub struct Runtime {
     #[serde(default)]
     pub grace_secs: Option<u64>,
 }
+
+/// A command that ends sooner than this after its start counts as
+/// failing in a loop.
+pub const QUICK_EXIT_MS: u64 = 10_000;
 
 impl Runtime {
     pub fn ifname(&self, network_id: &str) -> Option<&str> {

@@ -37,6 +37,8 @@ struct FakeDp {
     endpoints: Vec<EndpointInfo>,
     peers: BTreeMap<(Vni, MacAddr), (BTreeSet<IpAddr>, IpAddr, Owner)>,
     vteps: BTreeMap<IpAddr, (PublicKey, Owner)>,
+    /// (VNI, VIP) -> backends, owner.
+    services: BTreeMap<(Vni, IpAddr), (Vec<dp::BackendSpec>, Owner)>,
     next_id: u32,
     /// Every mutating request, to check that a pass leaves what is right
     /// alone.
@@ -212,6 +214,39 @@ impl FakeDp {
                 self.vteps.remove(&d.vtep);
                 v(())
             }
+            Request::Services(_) => v(self
+                .services
+                .iter()
+                .map(|((vni, vip), (backends, owner))| dp::ServiceInfo {
+                    vni: *vni,
+                    vip: *vip,
+                    mac: MacAddr::from_ip(*vip),
+                    table_size: 251,
+                    backends: backends
+                        .iter()
+                        .map(|b| dp::BackendInfo {
+                            ip: b.ip,
+                            mac: b.mac.unwrap(),
+                            flows: 0,
+                        })
+                        .collect(),
+                    owner: *owner,
+                })
+                .collect::<Vec<_>>()),
+            Request::ServiceSet(x) => {
+                self.writes
+                    .push(format!("service_set {} {}", x.vip, x.backends.len()));
+                self.services
+                    .insert((x.vni, x.vip), (x.backends.clone(), x.owner));
+                v(())
+            }
+            Request::ServiceDel(x) => {
+                self.writes.push(format!("service_del {}", x.vip));
+                match self.services.remove(&(x.vni, x.vip)) {
+                    Some(_) => v(()),
+                    None => Err(ApiError::not_found("no such service")),
+                }
+            }
             other => Err(ApiError::internal(format!("fake: {other:?}"))),
         }
     }
@@ -259,6 +294,8 @@ struct FakeHostState {
     procs: BTreeMap<u32, bool>,
     next_pid: u32,
     killed: Vec<u32>,
+    /// The environment of every process started.
+    envs: Vec<Vec<String>>,
 }
 
 #[derive(Clone, Default)]
@@ -307,6 +344,7 @@ impl Host for SharedHost {
             return Err(format!("exec: \"{program}\": no such file or directory"));
         }
         Ok(self.with(|h| {
+            h.envs.push(spawn.env.clone());
             h.next_pid += 1;
             let pid = 1000 + h.next_pid;
             h.procs.insert(pid, true);
@@ -917,6 +955,41 @@ fn a_worker_that_leaves_is_down_and_forgotten_and_a_rejoin_replaces_it() {
 }
 
 #[test]
+fn a_command_that_cannot_start_on_a_worker_leaves_no_record_anywhere() {
+    let (m, w, _) = pair();
+    let e = w.err(run_req("bad", &["tnet"], &["/nonexistent/binary"]));
+    assert!(e.message.contains("/nonexistent/binary"), "{e}");
+    for n in [&w, &m] {
+        let e = n.err(ctl::ContainerInspect {
+            container: "bad".into(),
+        });
+        assert_eq!(e.code, ErrorCode::NotFound, "{e}");
+    }
+    assert!(w.host.with(|h| h.netns.is_empty()));
+}
+
+#[test]
+fn a_node_that_left_stays_down_while_gossip_still_holds_it() {
+    let (m, w, worker) = pair();
+    w.ok(ctl::SwarmLeave { force: true });
+    // The manager's gossip has not heard the goodbye yet.
+    let mut held = member(2);
+    held.node_id = worker.clone();
+    m.set_view(GossipView {
+        own: Some(member(1)),
+        members: vec![held],
+        records: vec![],
+    });
+    m.d.tend_node_status();
+    let n = m.ok(ctl::NodeInspect { node: worker });
+    assert_eq!(n.node.status, crate::model::NodeStatus::Down);
+    assert_eq!(
+        n.node.down_reason.as_deref(),
+        Some(crate::cluster::LEFT_REASON)
+    );
+}
+
+#[test]
 fn an_ambiguous_hostname_names_the_candidates() {
     let m = node();
     m.init();
@@ -928,4 +1001,98 @@ fn an_ambiguous_hostname_names_the_candidates() {
     });
     assert_eq!(e.code, ErrorCode::InvalidArgument);
     assert!(e.message.contains("ambiguous"), "{e}");
+}
+
+/// Polls `f` (tending the manager's services and waiting for a pass each
+/// time) until it holds, for at most 10 s.
+fn eventually(n: &Node, what: &str, f: impl Fn(&FakeDp) -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        n.d.tend_services();
+        n.settle();
+        if n.dp.with(|d| f(d)) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: {:?}",
+            n.dp.with(|d| d.services.clone())
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn backends_of(d: &FakeDp, vip: IpAddr) -> Option<usize> {
+    d.services
+        .iter()
+        .find(|((_, v), _)| *v == vip)
+        .map(|(_, (b, _))| b.len())
+}
+
+#[test]
+fn a_service_vip_follows_its_running_tasks_and_leaves_with_it() {
+    let n = node();
+    n.init();
+    n.net("tnet");
+    let s = n.ok(ctl::ServiceCreate {
+        name: "web".into(),
+        mode: crate::model::ServiceMode::Replicated { replicas: 2 },
+        endpoint_mode: crate::model::EndpointMode::Vip,
+        networks: vec![ctl::ServiceNetworkRequest {
+            network: "tnet".into(),
+            aliases: vec![],
+        }],
+        command: vec!["sleep".into(), "600".into()],
+        env: vec![],
+        restart: crate::model::RestartCondition::Any,
+    });
+    let vip = IpAddr::V4(s.service.vips[0].ipv4);
+    eventually(&n, "two backends", |d| backends_of(d, vip) == Some(2));
+    // Each task knows what it is.
+    let envs = n.host.with(|h| h.envs.clone());
+    assert_eq!(envs.len(), 2);
+    for e in &envs {
+        assert!(e.contains(&"VXNET_SERVICE_NAME=web".to_string()), "{e:?}");
+    }
+    let slots: BTreeSet<&String> = envs
+        .iter()
+        .flat_map(|e| e.iter().filter(|v| v.starts_with("VXNET_TASK_SLOT=")))
+        .collect();
+    assert_eq!(slots.len(), 2, "{envs:?}");
+    n.dp.with(|d| {
+        let (_, owner) = d.services.values().next().unwrap();
+        assert_eq!(*owner, Owner::Control);
+    });
+
+    // A task whose command died is no backend until it runs again.
+    let pid = n.host.with(|h| *h.procs.keys().next().unwrap());
+    n.host.with(|h| h.procs.insert(pid, false));
+    eventually(&n, "the dead task left", |d| backends_of(d, vip) == Some(1));
+
+    // The dataplane restarts: the VIP comes back with its backends.
+    n.dp.with(FakeDp::restart);
+    eventually(&n, "the VIP is back", |d| backends_of(d, vip).is_some());
+
+    n.ok(ctl::ServiceScale {
+        service: "web".into(),
+        replicas: 1,
+    });
+    eventually(&n, "scaled to one", |d| backends_of(d, vip) == Some(1));
+
+    // Removed: the VIP goes, and the network with it.
+    let rm = {
+        let d = Arc::clone(&n.d);
+        std::thread::spawn(move || {
+            d.handle(
+                ctl::ServiceRm {
+                    service: "web".into(),
+                }
+                .into_request(),
+            )
+        })
+    };
+    eventually(&n, "the VIP left", |d| {
+        d.services.is_empty() && d.networks.is_empty()
+    });
+    assert!(rm.join().unwrap().ok);
 }

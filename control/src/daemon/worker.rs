@@ -31,7 +31,7 @@ use super::swarm_state::MgmtState;
 use super::{Daemon, internal};
 use crate::mgmt::calls::{self, AssignmentSet, ContainerGrant, ManagerCall};
 use crate::mgmt::{self, JoinParams, Joined, MgmtClient, NodeIdentity};
-use crate::model::{Container, Network, Node};
+use crate::model::{Container, Network, Node, Service};
 use crate::store::{Record, Store, StoreExt, Txn};
 
 /// How the (synchronous) daemon reaches a manager. The real one runs the
@@ -184,7 +184,12 @@ where
             )));
         }
         let mut txn = Txn::new();
-        let held: Vec<Container> = self.store.list::<Container>().map_err(internal)?;
+        let (held, peers): (Vec<Container>, Vec<Container>) = self
+            .store
+            .list::<Container>()
+            .map_err(internal)?
+            .into_iter()
+            .partition(|c| c.node == me);
         let runtimes: Vec<Runtime> = self.store.list::<Runtime>().map_err(internal)?;
         let overridden = |id: &str| {
             runtimes
@@ -209,6 +214,29 @@ where
             }
             if held.iter().find(|h| h.id == c.id) != Some(c) {
                 txn.put(c).map_err(internal)?;
+            }
+        }
+        // Other nodes' containers on our networks, and the services there:
+        // a copy for names (DNS) and backends (VIPs), replaced wholesale.
+        for c in &set.peers {
+            if c.node != me && peers.iter().find(|h| h.id == c.id) != Some(c) {
+                txn.put(c).map_err(internal)?;
+            }
+        }
+        for c in &peers {
+            if !set.peers.iter().any(|x| x.id == c.id) {
+                txn.delete::<Container>(&c.id);
+            }
+        }
+        let services: Vec<Service> = self.store.list::<Service>().map_err(internal)?;
+        for s in &set.services {
+            if services.iter().find(|h| h.id == s.id) != Some(s) {
+                txn.put(s).map_err(internal)?;
+            }
+        }
+        for s in &services {
+            if !set.services.iter().any(|x| x.id == s.id) {
+                txn.delete::<Service>(&s.id);
             }
         }
         let nets: Vec<Network> = self.store.list::<Network>().map_err(internal)?;
@@ -248,6 +276,49 @@ where
             self.store.apply(&txn).map_err(internal)?;
         }
         Ok(changed)
+    }
+
+    /// Answers the manager's log requests (from its assignment set).
+    pub(crate) fn answer_log_requests(&self, reqs: &[calls::LogRequest]) {
+        for r in reqs {
+            let reply = match self.container_logs(vxnet_api::ctl::ContainerLogs {
+                container: r.container_id.clone(),
+                tail: r.tail,
+            }) {
+                Ok(l) => calls::LogsReply {
+                    id: r.id,
+                    text: l.text,
+                    error: None,
+                },
+                Err(e) => calls::LogsReply {
+                    id: r.id,
+                    text: String::new(),
+                    error: Some(e.message),
+                },
+            };
+            if let Err(e) = self.manager_call(reply) {
+                tracing::warn!(error = %e, "log not sent to the manager");
+            }
+        }
+    }
+
+    /// Tells the manager how this node's containers are, where its copy
+    /// differs.
+    pub(crate) fn report_statuses(&self) -> ApiResult<()> {
+        let me = self.local_node()?;
+        let mine: Vec<Container> = crate::containers::list_containers(&self.store, Some(&me))?;
+        let statuses: Vec<(String, crate::model::TaskStatus)> = mine
+            .iter()
+            .filter_map(|c| {
+                let rt = self.store.get::<Runtime>(&c.id).ok().flatten()?;
+                let st = rt.status?;
+                (c.status.as_ref() != Some(&st)).then(|| (c.id.clone(), st))
+            })
+            .collect();
+        if statuses.is_empty() {
+            return Ok(());
+        }
+        self.manager_call(calls::StatusReport { statuses })
     }
 
     /// Tells the manager about containers this node removed, and forgets
@@ -356,7 +427,11 @@ where
                 since,
                 wait_ms: WATCH_WAIT.as_millis() as u64,
             })
-            .and_then(|set| d.apply_assignments(&set));
+            .and_then(|set| {
+                d.apply_assignments(&set)?;
+                d.answer_log_requests(&set.log_requests);
+                Ok(())
+            });
         match r {
             Ok(_) => {
                 if !last_error.is_empty() {
@@ -384,7 +459,7 @@ where
     let mut last_error = String::new();
     while !stop.load(Ordering::SeqCst) {
         if d.is_worker() {
-            match d.report_removed() {
+            match d.report_removed().and_then(|()| d.report_statuses()) {
                 Ok(()) => last_error.clear(),
                 Err(e) => {
                     if e.message != last_error {

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use vxnet_api::calls;
 
 use crate::containers::CreateContainer;
-use crate::model::{Container, DesiredState, Network, Node, StoredGossipKey};
+use crate::model::{Container, DesiredState, Network, Node, Service, StoredGossipKey, TaskStatus};
 
 pub use vxnet_api::ctl::EndpointRequest;
 
@@ -105,6 +105,36 @@ pub struct ContainerGrant {
     pub generation: u64,
 }
 
+/// The manager asks a node for a container's log (`service logs` of a
+/// task on that node); the node answers with [`LogsReply`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogRequest {
+    pub id: u64,
+    pub container_id: String,
+    #[serde(default)]
+    pub tail: Option<usize>,
+}
+
+/// A node's answer to a [`LogRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsReply {
+    pub id: u64,
+    pub text: String,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// A node reports how its containers are doing (their states as the
+/// node sees them); the manager keeps them for `service ps` and
+/// `container inspect`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusReport {
+    pub statuses: Vec<(String, TaskStatus)>,
+}
+
 /// Everything a node must run, as of `generation` of the manager's store.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -119,6 +149,16 @@ pub struct AssignmentSet {
     /// Every node of the swarm, for names in `network inspect` and later
     /// for services.
     pub nodes: Vec<Node>,
+    /// The other containers on those networks (their names and addresses
+    /// for DNS, tasks for service backends).
+    #[serde(default)]
+    pub peers: Vec<Container>,
+    /// The services on those networks (VIPs, names, endpoint modes).
+    #[serde(default)]
+    pub services: Vec<Service>,
+    /// Logs the manager wants from this node.
+    #[serde(default)]
+    pub log_requests: Vec<LogRequest>,
 }
 
 /// Every call a node makes to its manager.
@@ -133,6 +173,8 @@ pub enum ManagerCall {
     Assignments(Assignments),
     NodeLeave(NodeLeave),
     GossipKeys(KeyringReport),
+    StatusReport(StatusReport),
+    LogsReply(LogsReply),
 }
 
 calls!(ManagerCall;
@@ -144,6 +186,8 @@ calls!(ManagerCall;
     Assignments(Assignments) -> AssignmentSet,
     NodeLeave(NodeLeave) -> (),
     GossipKeys(KeyringReport) -> KeysReply,
+    StatusReport(StatusReport) -> (),
+    LogsReply(LogsReply) -> (),
 );
 
 impl ManagerCall {
@@ -158,6 +202,8 @@ impl ManagerCall {
             ManagerCall::Assignments(_) => "assignments",
             ManagerCall::NodeLeave(_) => "node_leave",
             ManagerCall::GossipKeys(_) => "gossip_keys",
+            ManagerCall::StatusReport(_) => "status_report",
+            ManagerCall::LogsReply(_) => "logs_reply",
         }
     }
 }

@@ -12,11 +12,17 @@
 //! where the datagram lies in its receive buffers ([`Engine::from_wire_at`]):
 //! the writes then refer to those bytes, and the caller must drain the TAP
 //! output ([`Outputs::drain_taps`]) before it receives into them again.
+//!
+//! Frames are passed mutably because service VIP load balancing
+//! (`engine/lb.rs`, [`crate::lb`]) rewrites addresses in place: DNAT of a
+//! frame to a VIP before it is forwarded, and the reverse translation of a
+//! reply just before it is written to a local port.
 
 use crate::batch::{FrameRef, TxBatch};
 use crate::crypto::CryptoError;
 use crate::crypto::esp::{self, Classified};
 use crate::fdb::{Dest, Fdb, PeerSession, PortId, VniTable};
+use crate::lb::conntrack::{ConntrackConfig, FlowInfo};
 use crate::offload::coalesce::{Coalescer, TapWrite};
 use crate::offload::segment::segment_within;
 use crate::stats::{Counter, Drop, Stats};
@@ -33,18 +39,25 @@ const ETHERTYPE_IPV6: u16 = 0x86dd;
 
 mod announce;
 mod flood;
+mod lb;
 mod too_big;
+use lb::{Lb, Vip};
 
 /// Static settings of one dataplane.
 #[derive(Debug, Clone, Copy)]
 pub struct EngineConfig {
     /// UDP destination port of VXLAN datagrams (4789).
     pub port: u16,
+    /// Each worker's conntrack table for balanced flows.
+    pub conntrack: ConntrackConfig,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { port: 4789 }
+        EngineConfig {
+            port: 4789,
+            conntrack: ConntrackConfig::default(),
+        }
     }
 }
 
@@ -114,6 +127,8 @@ struct Ctx {
     now: Instant,
     /// A control message arrived: session timers may have moved.
     timers_moved: bool,
+    /// Service load balancing: this worker's conntrack table.
+    lb: Lb,
 }
 
 /// ESP header, inner UDP header and VXLAN header in front of each frame.
@@ -128,14 +143,19 @@ fn lock(s: &PeerSession) -> MutexGuard<'_, crate::crypto::session::Session> {
 
 impl Engine {
     pub fn new(cfg: EngineConfig, fdb: Arc<Fdb>, stats: Arc<Stats>) -> Engine {
-        let ctx = Ctx {
+        let now = Instant::now();
+        let mut ctx = Ctx {
             cfg,
             stats,
             reply: [0; 128],
             icmp: Box::new([0; icmp::MAX_LEN]),
-            now: Instant::now(),
+            now,
             timers_moved: false,
+            lb: Lb::new(cfg.conntrack),
         };
+        if fdb.has_services() {
+            ctx.lb.prepare(now);
+        }
         Engine { fdb, ctx }
     }
 
@@ -169,17 +189,35 @@ impl Engine {
         next
     }
 
-    /// Installs a new forwarding table (between batches).
+    /// Installs a new forwarding table (between batches). The conntrack
+    /// table is allocated here when the first service appears.
     pub fn set_fdb(&mut self, fdb: Arc<Fdb>) {
+        if fdb.has_services() {
+            self.ctx.lb.prepare(self.ctx.now);
+        }
         self.fdb = fdb;
+    }
+
+    /// Expires a bounded slice of the conntrack table (at most every 50 ms
+    /// of the time given to [`Engine::set_now`]), and drops flows of
+    /// services that were removed; call once per loop.
+    pub fn sweep_conntrack(&mut self) {
+        self.ctx.sweep_conntrack(&self.fdb);
+    }
+
+    /// This worker's balanced flows (conntrack entries), as of the time of
+    /// the last [`Engine::set_now`].
+    pub fn flows(&self) -> impl Iterator<Item = FlowInfo> + '_ {
+        self.ctx.flows()
     }
 
     pub fn stats(&self) -> &Arc<Stats> {
         &self.ctx.stats
     }
 
-    /// Handles one `vnet header ‖ frame` read from the TAP of `port`.
-    pub fn from_tap(&mut self, port: PortId, pkt: &[u8], out: &mut Outputs) {
+    /// Handles one `vnet header ‖ frame` read from the TAP of `port`. The
+    /// frame may be rewritten in place (VIP DNAT, reverse translation).
+    pub fn from_tap(&mut self, port: PortId, pkt: &mut [u8], out: &mut Outputs) {
         let ctx = &mut self.ctx;
         let stats = &*ctx.stats;
         stats.inc(Counter::TapRxFrames);
@@ -193,7 +231,7 @@ impl Engine {
         let Ok(hdr) = VnetHdr::parse(pkt) else {
             return stats.dropped(Drop::TapBadVnetHdr);
         };
-        let frame = &pkt[vnet::LEN..];
+        let frame = &mut pkt[vnet::LEN..];
         if hdr.gso_type != vnet::GsoType::None {
             stats.inc(Counter::TapRxGsoFrames);
         }
@@ -217,19 +255,19 @@ impl Engine {
             }
             return ctx.flood(fdb, vni, table, port, &hdr, frame, out);
         }
-        match table.macs.get(&dst) {
-            // Back where it came from: a bridge does not hairpin either.
-            Some(Dest::Local(to)) if *to == port => stats.dropped(Drop::TapSamePort),
-            Some(Dest::Local(to)) => {
-                stats.inc(Counter::LocalSwitched);
-                out.tap(*to).push_as_is(&hdr, frame);
+        let mut dest = table.macs.get(&dst).copied();
+        if dest.is_none() && !table.services.is_empty() {
+            // A unicast ARP or NS for a VIP (its MAC is no endpoint's).
+            if ctx.proxy(table, port, frame, out) {
+                return;
             }
-            Some(Dest::Remote(vtep)) => {
-                ctx.unicast_remote(fdb, vni, table.encrypted, *vtep, port, &hdr, frame, out)
+            match ctx.balance(table, vni, port, &hdr, frame, out) {
+                Vip::Pass => {}
+                Vip::Done => return,
+                Vip::Forward(backend) => dest = table.macs.get(&backend).copied(),
             }
-            // Unknown unicast: flooded, as a bridge does.
-            None => ctx.flood(fdb, vni, table, port, &hdr, frame, out),
         }
+        ctx.unicast(fdb, vni, table, port, dest, &hdr, frame, out);
     }
 
     /// Handles one datagram received on the data port from `src`: plain
@@ -278,7 +316,7 @@ impl Engine {
                         ctx.stats.inc(Counter::Decrypted);
                         // Skip the inner UDP header (RFC 3948 style).
                         let start = o.range.start + 8;
-                        let Some(inner) = datagram.get(start..o.range.end) else {
+                        let Some(inner) = datagram.get_mut(start..o.range.end) else {
                             return ctx.stats.dropped(Drop::WireBadEsp);
                         };
                         // Opened in place: the plaintext is where it was.
@@ -299,6 +337,38 @@ impl Engine {
 }
 
 impl Ctx {
+    /// Sends a unicast frame from local `port` where the FDB says its
+    /// destination MAC lives (`dest`), or floods it when the MAC is unknown.
+    #[allow(clippy::too_many_arguments)]
+    fn unicast(
+        &mut self,
+        fdb: &Fdb,
+        vni: Vni,
+        table: &VniTable,
+        port: PortId,
+        dest: Option<Dest>,
+        hdr: &VnetHdr,
+        frame: &mut [u8],
+        out: &mut Outputs,
+    ) {
+        match dest {
+            // Back where it came from: a bridge does not hairpin either.
+            Some(Dest::Local(to)) if to == port => self.stats.dropped(Drop::TapSamePort),
+            Some(Dest::Local(to)) => {
+                if table.backends.may_contain_src(frame) {
+                    self.reverse(vni, hdr.needs_csum(), frame);
+                }
+                self.stats.inc(Counter::LocalSwitched);
+                out.tap(to).push_as_is(hdr, frame);
+            }
+            Some(Dest::Remote(vtep)) => {
+                self.unicast_remote(fdb, vni, table.encrypted, vtep, port, hdr, frame, out)
+            }
+            // Unknown unicast: flooded, as a bridge does.
+            None => self.flood(fdb, vni, table, port, hdr, frame, out),
+        }
+    }
+
     /// Sends a unicast frame from local `port` to the endpoint behind
     /// `vtep`. A frame too big for the underlay is answered with an ICMP
     /// "too big" when its sender can use one (and dropped), else sent in a
@@ -340,22 +410,23 @@ impl Ctx {
     fn decap(
         &mut self,
         fdb: &Fdb,
-        datagram: &[u8],
+        datagram: &mut [u8],
         at: Option<FrameRef>,
         sa_vni: Option<u32>,
         out: &mut Outputs,
     ) {
-        let stats = &*self.stats;
         let pkt = match vxlan::Packet::new_checked(datagram) {
             Ok(p) => p,
-            Err(WireError::Truncated) => return stats.dropped(Drop::WireRunt),
-            Err(_) => return stats.dropped(Drop::WireBadVxlan),
+            Err(WireError::Truncated) => return self.stats.dropped(Drop::WireRunt),
+            Err(_) => return self.stats.dropped(Drop::WireBadVxlan),
         };
         let vni = pkt.vni();
         if sa_vni.is_some_and(|v| v != vni.get()) {
-            return stats.dropped(Drop::WireVniMismatch);
+            return self.stats.dropped(Drop::WireVniMismatch);
         }
-        let inner = pkt.payload();
+        // new_checked guaranteed the header.
+        let inner = &mut pkt.into_inner()[vxlan::HEADER_LEN..];
+        let stats = &*self.stats;
         let (Some(dst), Some(src)) = (MacAddr::dst_of(inner), MacAddr::src_of(inner)) else {
             return stats.dropped(Drop::WireRunt);
         };
@@ -381,10 +452,15 @@ impl Ctx {
         match table.macs.get(&dst) {
             Some(Dest::Local(p)) => {
                 stats.inc(Counter::Decapsulated);
+                let p = *p;
+                if table.backends.may_contain_src(inner) {
+                    // Rewritten in place: references still see the bytes.
+                    self.reverse(vni, false, inner);
+                }
                 // The payload follows the VXLAN header.
                 match at {
-                    Some(at) => out.tap(*p).push_ref(inner, at.advance(vxlan::HEADER_LEN)),
-                    None => out.tap(*p).push(inner),
+                    Some(at) => out.tap(p).push_ref(inner, at.advance(vxlan::HEADER_LEN)),
+                    None => out.tap(p).push(inner),
                 }
             }
             _ => stats.dropped(Drop::WireNoEndpoint),
@@ -523,7 +599,8 @@ impl Ctx {
     }
 
     /// Answers ARP requests and neighbour solicitations for addresses the
-    /// table knows, on the port they came from. Returns true if answered.
+    /// table knows (endpoints and VIPs), on the port they came from.
+    /// Returns true if answered.
     fn proxy(&mut self, table: &VniTable, port: PortId, frame: &[u8], out: &mut Outputs) -> bool {
         let (answer, counter) = match ethertype(frame) {
             ETHERTYPE_ARP => {
@@ -534,11 +611,11 @@ impl Ctx {
                     // An announcement for the others, not a question.
                     return false;
                 }
-                let Some(mac) = table.ips.get(&IpAddr::V4(req.target_ip)) else {
+                let Some(mac) = proxied_mac(table, IpAddr::V4(req.target_ip)) else {
                     return false;
                 };
                 (
-                    arp::emit_reply(&req, *mac, &mut self.reply),
+                    arp::emit_reply(&req, mac, &mut self.reply),
                     Counter::ArpProxied,
                 )
             }
@@ -546,11 +623,11 @@ impl Ctx {
                 let Ok(Some(sol)) = nd::parse_solicit(frame) else {
                     return false;
                 };
-                let Some(mac) = table.ips.get(&IpAddr::V6(sol.target)) else {
+                let Some(mac) = proxied_mac(table, IpAddr::V6(sol.target)) else {
                     return false;
                 };
                 (
-                    nd::emit_advert(&sol, *mac, &mut self.reply),
+                    nd::emit_advert(&sol, mac, &mut self.reply),
                     Counter::NdProxied,
                 )
             }
@@ -621,6 +698,15 @@ struct Encapped {
     capped: bool,
 }
 
+/// The MAC the proxy answers for `ip`: an endpoint's, or a VIP's.
+#[inline]
+fn proxied_mac(table: &VniTable, ip: IpAddr) -> Option<MacAddr> {
+    match table.ips.get(&ip) {
+        Some(m) => Some(*m),
+        None => table.services.get(&ip).map(|s| s.mac()),
+    }
+}
+
 #[inline]
 fn ethertype(frame: &[u8]) -> u16 {
     match frame.get(12..14) {
@@ -673,6 +759,8 @@ pub fn flow_hash(frame: &[u8]) -> u32 {
     (h ^ (h >> 32)) as u32
 }
 
+#[cfg(test)]
+mod lb_tests;
 #[cfg(any(test, feature = "testkit"))]
 #[doc(hidden)]
 pub mod testkit;

@@ -12,6 +12,7 @@
 //! and the network's flooding policy ([`crate::replication`]).
 
 use crate::crypto::session::Session;
+use crate::lb::service::{BackendFilter, Service};
 use crate::mtu::Underlay;
 use crate::replication::{self, FloodPolicy, SharedReplication};
 use crate::wire::{MacAddr, Vni};
@@ -59,6 +60,13 @@ pub struct VniTable {
     /// The rate limiter and counters of replication (shared by every
     /// version of this table).
     pub replication: SharedReplication,
+    /// Services by VIP: connections to a VIP are balanced over its
+    /// backends (`crate::lb`). Shared, immutable builds: cloning the table
+    /// does not copy their Maglev tables.
+    pub services: FxHashMap<IpAddr, Arc<Service>>,
+    /// Every backend of those services, for the cheap test of whether a
+    /// frame may be the reply of a balanced flow.
+    pub backends: BackendFilter,
 }
 
 impl VniTable {
@@ -68,6 +76,7 @@ impl VniTable {
             && self.ports.is_empty()
             && !self.encrypted
             && self.policy == FloodPolicy::default()
+            && self.services.is_empty()
     }
 
     /// Recomputes [`VniTable::replicate`] from the remote entries and the
@@ -90,6 +99,14 @@ impl VniTable {
         }
         self.replicate = vteps;
     }
+
+    /// The VIP whose MAC is `mac`, if any.
+    fn vip_with_mac(&self, mac: MacAddr) -> Option<IpAddr> {
+        self.services
+            .values()
+            .find(|s| s.mac() == mac)
+            .map(|s| s.vip())
+    }
 }
 
 /// A local port and the endpoint MACs behind it.
@@ -103,13 +120,49 @@ pub struct Port {
 /// Why a table change was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FdbError {
-    MacInUse { vni: Vni, mac: MacAddr, by: String },
-    IpInUse { vni: Vni, ip: IpAddr, by: String },
+    MacInUse {
+        vni: Vni,
+        mac: MacAddr,
+        by: String,
+    },
+    IpInUse {
+        vni: Vni,
+        ip: IpAddr,
+        by: String,
+    },
     NotMulticastSafe(MacAddr),
-    PortOnOtherVni { port: PortId, vni: Vni },
-    NoSuchPeer { vni: Vni, mac: MacAddr },
-    NoSuchFlood { vni: Vni, vtep: IpAddr },
-    FloodExists { vni: Vni, vtep: IpAddr },
+    PortOnOtherVni {
+        port: PortId,
+        vni: Vni,
+    },
+    NoSuchPeer {
+        vni: Vni,
+        mac: MacAddr,
+    },
+    NoSuchFlood {
+        vni: Vni,
+        vtep: IpAddr,
+    },
+    FloodExists {
+        vni: Vni,
+        vtep: IpAddr,
+    },
+    NoSuchService {
+        vni: Vni,
+        vip: IpAddr,
+    },
+    /// A service's backend is the VIP of another service.
+    BackendIsVip {
+        vni: Vni,
+        ip: IpAddr,
+    },
+    /// A backend's MAC differs from the MAC the table knows for its address.
+    BackendMac {
+        vni: Vni,
+        ip: IpAddr,
+        given: MacAddr,
+        known: MacAddr,
+    },
 }
 
 impl fmt::Display for FdbError {
@@ -139,6 +192,22 @@ impl fmt::Display for FdbError {
             FdbError::FloodExists { vni, vtep } => {
                 write!(f, "VTEP {vtep} is already a flood VTEP of VNI {vni}")
             }
+            FdbError::NoSuchService { vni, vip } => {
+                write!(f, "no service has VIP {vip} on VNI {vni}")
+            }
+            FdbError::BackendIsVip { vni, ip } => write!(
+                f,
+                "backend {ip} is the VIP of another service on VNI {vni}; give task addresses"
+            ),
+            FdbError::BackendMac {
+                vni,
+                ip,
+                given,
+                known,
+            } => write!(
+                f,
+                "backend {ip} is given MAC {given}, but VNI {vni} knows {ip} at {known}; omit the MAC or give {known}"
+            ),
         }
     }
 }
@@ -308,6 +377,20 @@ impl Fdb {
         let Some(t) = self.vnis.get(&vni) else {
             return Ok(());
         };
+        if let Some(vip) = t.vip_with_mac(mac) {
+            return Err(FdbError::MacInUse {
+                vni,
+                mac,
+                by: format!("the VIP {vip}"),
+            });
+        }
+        if let Some(ip) = ips.iter().find(|ip| t.services.contains_key(ip)) {
+            return Err(FdbError::IpInUse {
+                vni,
+                ip: *ip,
+                by: "a service (it is a VIP)".into(),
+            });
+        }
         let blocks = |d: &Dest| match d {
             Dest::Local(_) => true,
             Dest::Remote(_) => false,
@@ -479,6 +562,66 @@ impl Fdb {
         Ok(())
     }
 
+    /// Adds a service, or replaces the one with the same VIP (its whole
+    /// backend set at once). Refused if the VIP or its MAC belongs to an
+    /// endpoint, if a backend is another service's VIP, or if a backend's
+    /// MAC contradicts the MAC the table knows for its address.
+    pub fn set_service(&mut self, vni: Vni, service: Arc<Service>) -> Result<(), FdbError> {
+        let vip = service.vip();
+        if let Some(t) = self.vnis.get(&vni) {
+            if let Some(owner) = t.ips.get(&vip) {
+                let by = t.macs.get(owner).map_or_else(
+                    || owner.to_string(),
+                    |d| format!("{owner} ({})", describe(*d)),
+                );
+                return Err(FdbError::IpInUse { vni, ip: vip, by });
+            }
+            if let Some(d) = t.macs.get(&service.mac()) {
+                return Err(FdbError::MacInUse {
+                    vni,
+                    mac: service.mac(),
+                    by: describe(*d),
+                });
+            }
+            for b in service.backends() {
+                if b.ip != vip && t.services.contains_key(&b.ip) {
+                    return Err(FdbError::BackendIsVip { vni, ip: b.ip });
+                }
+                if let Some(known) = t.ips.get(&b.ip) {
+                    if *known != b.mac {
+                        return Err(FdbError::BackendMac {
+                            vni,
+                            ip: b.ip,
+                            given: b.mac,
+                            known: *known,
+                        });
+                    }
+                }
+            }
+        }
+        let t = self.vnis.entry(vni).or_default();
+        t.services.insert(vip, service);
+        t.backends = BackendFilter::of(t.services.values().map(|s| &**s));
+        Ok(())
+    }
+
+    /// Removes the service with VIP `vip` from `vni`.
+    pub fn remove_service(&mut self, vni: Vni, vip: IpAddr) -> Result<Arc<Service>, FdbError> {
+        let err = FdbError::NoSuchService { vni, vip };
+        let t = self.vnis.get_mut(&vni).ok_or(err.clone())?;
+        let s = t.services.remove(&vip).ok_or(err)?;
+        t.backends = BackendFilter::of(t.services.values().map(|s| &**s));
+        if t.is_unused() {
+            self.vnis.remove(&vni);
+        }
+        Ok(s)
+    }
+
+    /// True if some VNI has a service.
+    pub fn has_services(&self) -> bool {
+        self.vnis.values().any(|t| !t.services.is_empty())
+    }
+
     pub fn add_flood(&mut self, vni: Vni, vtep: IpAddr) -> Result<(), FdbError> {
         let t = self.vnis.entry(vni).or_default();
         if t.flood.contains(&vtep) {
@@ -627,6 +770,69 @@ mod tests {
         assert_eq!(before, format!("{f:?}"));
         // The same IP on another VNI is fine: networks are isolated.
         f.add_local(1, vni(8), mac(5), &[ip("10.0.0.2")]).unwrap();
+    }
+
+    fn service(vip: &str, backends: &[(&str, MacAddr)]) -> Arc<Service> {
+        use crate::lb::service::Backend;
+        let bs = backends
+            .iter()
+            .map(|(i, m)| Backend { ip: ip(i), mac: *m })
+            .collect();
+        Arc::new(Service::new(ip(vip), bs, 251).unwrap())
+    }
+
+    #[test]
+    fn services_and_endpoints_do_not_overlap() {
+        let mut f = Fdb::default();
+        f.add_local(0, vni(7), mac(2), &[ip("10.0.0.2")]).unwrap();
+        f.add_remote(vni(7), mac(3), &[ip("10.0.0.3")], ip("192.0.2.2"))
+            .unwrap();
+        let before = format!("{f:?}");
+        // The VIP may not be an endpoint's address...
+        assert!(matches!(
+            f.set_service(vni(7), service("10.0.0.2", &[])),
+            Err(FdbError::IpInUse { .. })
+        ));
+        // ...nor a backend's MAC contradict the table.
+        let e = f
+            .set_service(vni(7), service("10.0.0.100", &[("10.0.0.3", mac(9))]))
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("knows 10.0.0.3 at 02:42:00:00:00:03"),
+            "{e}"
+        );
+        assert_eq!(before, format!("{f:?}"), "refusals change nothing");
+        f.set_service(vni(7), service("10.0.0.100", &[("10.0.0.3", mac(3))]))
+            .unwrap();
+        // A backend may not be a VIP.
+        assert!(matches!(
+            f.set_service(vni(7), service("10.0.0.101", &[("10.0.0.100", mac(8))])),
+            Err(FdbError::BackendIsVip { .. })
+        ));
+        // An endpoint may not take a VIP's address or MAC.
+        assert!(matches!(
+            f.add_local(1, vni(7), mac(5), &[ip("10.0.0.100")]),
+            Err(FdbError::IpInUse { .. })
+        ));
+        let vip_mac = crate::lb::service::vip_mac(ip("10.0.0.100"));
+        assert!(matches!(
+            f.add_remote(vni(7), vip_mac, &[], ip("192.0.2.2")),
+            Err(FdbError::MacInUse { .. })
+        ));
+        // Replacing is allowed; removing twice is not.
+        f.set_service(vni(7), service("10.0.0.100", &[])).unwrap();
+        assert!(f.has_services());
+        f.remove_service(vni(7), ip("10.0.0.100")).unwrap();
+        assert!(matches!(
+            f.remove_service(vni(7), ip("10.0.0.100")),
+            Err(FdbError::NoSuchService { .. })
+        ));
+        // A VNI with only a service is kept, and goes with it.
+        f.set_service(vni(9), service("10.9.0.100", &[])).unwrap();
+        assert!(f.vni(vni(9)).is_some());
+        f.remove_service(vni(9), ip("10.9.0.100")).unwrap();
+        assert!(f.vni(vni(9)).is_none());
     }
 
     #[test]

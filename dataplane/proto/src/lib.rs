@@ -18,6 +18,7 @@
 //!   IP -> MAC for the ARP/ND proxy, flood VTEPs, the VTEPs flooded frames
 //!   are replicated to).
 //! - [`replication`]: per-VNI flooding policy, rate limit and counters.
+//! - [`lb`]: service VIP load balancing (Maglev, conntrack, NAT).
 //! - [`engine`]: the forwarding decisions, `from_tap` and `from_wire`.
 //! - [`stats`]: per-thread counters and drop reasons.
 #![forbid(unsafe_code)]
@@ -26,6 +27,7 @@ pub mod batch;
 pub mod crypto;
 pub mod engine;
 pub mod fdb;
+pub mod lb;
 pub mod mtu;
 pub mod offload;
 pub mod replication;

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod frames;
+pub mod swarm;
 pub mod udp;
 
 use std::time::Duration;

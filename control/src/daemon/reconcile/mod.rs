@@ -14,6 +14,7 @@
 //! never removes what it does not own: dataplane entries made by hand, and
 //! namespaces of containers it never knew.
 
+pub mod names;
 pub mod plan;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -26,15 +27,19 @@ use vxnet_api::ctl::ReconcileReport;
 use vxnet_api::dp;
 use vxnet_api::{ApiResult, ErrorCode, MacAddr};
 
+use self::names::Live;
 use self::plan::{Announcement, Desired, DpState, EndpointKey, LocalContainer, Observed, Op};
 use super::changes::Outcome;
 use super::dataplane::{DataplaneApi, DataplaneExt};
 use super::gossip::{GossipCmd, GossipView};
 use super::host::{Exit, Host, Spawn};
-use super::runtime::{LocalNode, Runtime};
+use super::runtime::{LocalNode, QUICK_EXIT_MS, Runtime};
 use super::{Daemon, lock};
 use crate::containers;
-use crate::model::{Container, DesiredState, External, Network};
+use crate::dns::{DnsEntry, DnsRecords, DnsServer};
+use crate::model::{
+    Container, DesiredState, External, Network, RestartCondition, Service, TaskState, TaskStatus,
+};
 use crate::store::{Store, StoreExt, Txn};
 
 /// Grace between SIGTERM and SIGKILL when none was asked for (Docker's).
@@ -49,6 +54,15 @@ pub struct Reconciler<S, D, H> {
     instance: Option<u64>,
     /// Endpoints whose MTU the underlay no longer gives, as last reported.
     drift: Vec<(EndpointKey, u32, u32)>,
+    /// The embedded DNS server, when this daemon runs one.
+    dns: Option<DnsServer>,
+    /// The table it was last given.
+    dns_table: Vec<DnsEntry>,
+    /// Container id -> (namespace, networks) it answers in.
+    dns_served: BTreeMap<String, (String, Vec<String>)>,
+    /// The earliest time (Unix ms) a pass has something to do that no
+    /// change announces: a task's delayed restart.
+    wake_ms: Option<u64>,
 }
 
 fn unix_ms() -> u64 {
@@ -89,7 +103,17 @@ where
             host,
             instance: None,
             drift: Vec::new(),
+            dns: None,
+            dns_table: Vec::new(),
+            dns_served: BTreeMap::new(),
+            wake_ms: None,
         }
+    }
+
+    /// Answers DNS at 127.0.0.11 in every container namespace.
+    pub fn with_dns(mut self, dns: DnsServer) -> Self {
+        self.dns = Some(dns);
+        self
     }
 
     /// Runs passes until `stop` is set: at once on any change, else every
@@ -109,7 +133,11 @@ where
                 }
                 last_errors = r.errors;
             }
-            seq = self.d.changes.wait_change(seq, interval);
+            let wait = self.wake_ms.map_or(interval, |at| {
+                // Not below 50 ms: a restart that keeps failing must not spin.
+                interval.min(Duration::from_millis(at.saturating_sub(unix_ms()).max(50)))
+            });
+            seq = self.d.changes.wait_change(seq, wait);
         }
     }
 
@@ -127,7 +155,8 @@ where
     }
 
     fn pass_into(&mut self, p: &mut Pass) -> ApiResult<()> {
-        let store = &self.d.store;
+        let d = Arc::clone(&self.d);
+        let store = &d.store;
         let me = store
             .get::<LocalNode>(LocalNode::KEY)
             .map_err(super::internal)?
@@ -208,12 +237,24 @@ where
                 })
             })
             .collect();
+        // Tasks alive now are the VIPs' backends; one started below counts
+        // from the next pass (its runtime record changes, so that is soon).
+        let everyone: Vec<Container> = store.list::<Container>().map_err(super::internal)?;
+        let services: Vec<Service> = store.list::<Service>().map_err(super::internal)?;
+        let running_before: Vec<&Container> = containers
+            .iter()
+            .filter(|c| ready.contains(&c.id) && runs(runtimes.get(&c.id)))
+            .collect();
+        let live = Live::new(&gossip, show.local_vtep, &running_before);
         let want = plan::plan(&Desired {
             own_vtep: show.local_vtep,
             underlay,
             networks: &networks,
             containers: &locals,
             gossip: &gossip,
+            services: &services,
+            tasks: &everyone,
+            live: &live,
         });
         let have = self.observe()?;
         self.report_drift(plan::mtu_drift(&have, &want.state));
@@ -260,6 +301,13 @@ where
             }
         }
 
+        self.wake_ms = containers
+            .iter()
+            .filter(|c| ready.contains(&c.id))
+            .filter_map(|c| restart_at(c, runtimes.get(&c.id)?))
+            .min();
+        self.statuses(&containers, &mut runtimes)?;
+
         // Containers that are gone: their endpoints left with the diff;
         // now their namespaces, then their records.
         for c in containers
@@ -286,14 +334,128 @@ where
             p.outcomes.insert(c.id.clone(), Outcome::Done);
         }
 
-        // Gossip: announce exactly the endpoints that exist.
+        // Gossip: announce exactly the endpoints that exist; a task's only
+        // while its command runs, so other hosts stop sending it new
+        // connections as soon as it is dead (Docker keeps dead backends:
+        // moby#33790).
         let mut announce: BTreeSet<Announcement> = BTreeSet::new();
         for (key, list) in &want.announce {
-            if !failed_endpoints.contains(key) {
+            let live = want
+                .owners
+                .get(key)
+                .and_then(|id| containers.iter().find(|c| &c.id == id))
+                .is_some_and(|c| c.task.is_none() || runs(runtimes.get(&c.id)));
+            if live && !failed_endpoints.contains(key) {
                 announce.extend(list.iter().cloned());
             }
         }
         self.announce(&gossip, show.local_vtep, &announce);
+
+        // Names, from the same view.
+        let local_running: Vec<&Container> = containers
+            .iter()
+            .filter(|c| ready.contains(&c.id) && runs(runtimes.get(&c.id)))
+            .collect();
+        let live = Live::new(&gossip, show.local_vtep, &local_running);
+        let here: Vec<&Network> = networks
+            .iter()
+            .filter(|n| want.state.networks.contains_key(&n.vni))
+            .collect();
+        let serve: Vec<(&Container, &Runtime)> = containers
+            .iter()
+            .filter(|c| ready.contains(&c.id))
+            .filter_map(|c| runtimes.get(&c.id).map(|rt| (c, rt)))
+            .filter(|(_, rt)| !rt.external && rt.veth.is_none())
+            .collect();
+        self.tend_dns(&here, &everyone, &services, &live, &serve);
+        Ok(())
+    }
+
+    /// Gives the DNS server the table of this host's networks, and makes
+    /// it answer in exactly the namespaces of this host's running
+    /// containers (not another runtime's: their resolv.conf is theirs).
+    fn tend_dns(
+        &mut self,
+        networks: &[&Network],
+        everyone: &[Container],
+        services: &[Service],
+        live: &Live,
+        serve: &[(&Container, &Runtime)],
+    ) {
+        let Some(dns) = &self.dns else { return };
+        let (entries, names) = names::dns_entries(networks, everyone, services, live);
+        if entries != self.dns_table {
+            dns.set_records(Arc::new(DnsRecords::new(entries.clone(), names)));
+            self.dns_table = entries;
+        }
+        let mut want: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
+        for (c, rt) in serve {
+            let nets = c.attachments.iter().map(|a| a.network.clone()).collect();
+            want.insert(c.id.clone(), (rt.netns.clone(), nets));
+        }
+        for (id, (netns, nets)) in &want {
+            if self.dns_served.get(id) == Some(&(netns.clone(), nets.clone())) {
+                continue;
+            }
+            match dns.serve_netns(id, netns, nets.clone()) {
+                Ok(()) => {
+                    self.dns_served
+                        .insert(id.clone(), (netns.clone(), nets.clone()));
+                }
+                Err(e) => tracing::warn!(container = %id, error = %e, "no DNS in the container"),
+            }
+        }
+        let gone: Vec<String> = self
+            .dns_served
+            .keys()
+            .filter(|id| !want.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            dns.stop_netns(&id);
+            self.dns_served.remove(&id);
+        }
+    }
+
+    /// Records each local container's state as this node sees it; a
+    /// manager keeps it in the container's record at once (a worker's
+    /// agent reports it).
+    fn statuses(
+        &self,
+        containers: &[Container],
+        runtimes: &mut BTreeMap<String, Runtime>,
+    ) -> ApiResult<()> {
+        let now = super::now();
+        let manager = self.d.is_manager();
+        let mut txn = Txn::new();
+        for c in containers {
+            let Some(rt) = runtimes.get_mut(&c.id) else {
+                continue;
+            };
+            if rt.removed {
+                continue;
+            }
+            let st = status_of(c, rt, c.desired, now);
+            if rt.status.as_ref() != Some(&st) {
+                rt.status = Some(st.clone());
+                txn.put(rt).map_err(super::internal)?;
+            }
+            if manager && c.status.as_ref() != Some(&st) {
+                let _w = self.d.write();
+                if let Some(mut cur) = self
+                    .d
+                    .store
+                    .get::<Container>(&c.id)
+                    .map_err(super::internal)?
+                {
+                    cur.status = Some(st);
+                    self.d.store.put(&cur).map_err(super::internal)?;
+                }
+            }
+        }
+        if !txn.is_empty() {
+            self.d.store.apply(&txn).map_err(super::internal)?;
+        }
         Ok(())
     }
 
@@ -410,6 +572,31 @@ where
         }
     }
 
+    /// What a command learns about itself from its environment (the
+    /// user's `--env` comes after, so it may override these). Docker
+    /// offers the same facts through `--hostname` templates
+    /// (`{{.Task.Name}}`, `{{.Service.Name}}`).
+    fn identity_env(&self, c: &Container) -> Vec<String> {
+        let mut env = vec![
+            format!("VXNET_CONTAINER_ID={}", c.id),
+            format!("VXNET_CONTAINER_NAME={}", c.name),
+            format!("VXNET_NODE_ID={}", c.node),
+        ];
+        if let Some(t) = &c.task {
+            let name = self
+                .d
+                .store
+                .get::<Service>(&t.service)
+                .ok()
+                .flatten()
+                .map(|s| s.name);
+            env.push(format!("VXNET_SERVICE_ID={}", t.service));
+            env.push(format!("VXNET_SERVICE_NAME={}", name.unwrap_or_default()));
+            env.push(format!("VXNET_TASK_SLOT={}", t.slot));
+        }
+        env
+    }
+
     /// Starts the command of a running container when it has not run yet
     /// or a start was asked for; notes when it ended. True when started.
     fn run_process(&self, c: &Container, rt: &mut Runtime) -> Result<bool, String> {
@@ -422,11 +609,21 @@ where
                 }
                 Exit::Unknown => rt.ended = true,
             }
+            let now = unix_ms();
+            rt.ended_ms = Some(now);
+            let quick = rt
+                .started_ms
+                .is_none_or(|t| now.saturating_sub(t) < QUICK_EXIT_MS);
+            rt.quick_exits = if quick { rt.quick_exits + 1 } else { 0 };
+            tracing::info!(container = %c.name, code = ?rt.exit_code, "command ended");
         }
         if c.command.is_empty() || rt.external {
             return Ok(false);
         }
-        let due = rt.starts == 0 || (rt.ended && rt.restart);
+        let now = unix_ms();
+        let due = rt.starts == 0
+            || (rt.ended && rt.restart)
+            || restart_at(c, rt).is_some_and(|at| now >= at);
         if !due {
             return Ok(false);
         }
@@ -434,17 +631,23 @@ where
             &rt.netns,
             &Spawn {
                 command: c.command.clone(),
-                env: c.env.clone(),
+                env: self
+                    .identity_env(c)
+                    .into_iter()
+                    .chain(c.env.iter().cloned())
+                    .collect(),
                 log_path: rt.log_path.clone().into(),
             },
         )?;
         tracing::info!(container = %c.name, pid, "command started");
         rt.pid = Some(pid);
         rt.starts += 1;
+        rt.started_ms = Some(now);
         rt.ended = false;
         rt.exit_code = None;
         rt.restart = false;
         rt.term_sent_ms = None;
+        rt.ended_ms = None;
         Ok(true)
     }
 
@@ -489,6 +692,7 @@ where
             endpoints: self.dp.call(dp::Endpoints {})?,
             fdb: self.dp.call(dp::Fdb { vni: None })?,
             vteps: self.dp.call(dp::Vteps {})?,
+            services: self.dp.call(dp::Services { vni: None })?,
         };
         Ok(plan::observe(&o))
     }
@@ -503,7 +707,11 @@ where
             let gone = e.code == ErrorCode::NotFound
                 && matches!(
                     op,
-                    Op::Detach(_) | Op::PeerDel { .. } | Op::NetworkDel(_) | Op::VtepDel(_)
+                    Op::Detach(_)
+                        | Op::PeerDel { .. }
+                        | Op::NetworkDel(_)
+                        | Op::VtepDel(_)
+                        | Op::ServiceDel { .. }
                 );
             if !gone {
                 return Err(e.context(describe(op)));
@@ -518,6 +726,8 @@ where
             Op::Detach(_) => r.detached += 1,
             Op::PeerAdd { .. } => r.peers_added += 1,
             Op::PeerDel { .. } => r.peers_removed += 1,
+            Op::ServiceSet { .. } => r.services_set += 1,
+            Op::ServiceDel { .. } => r.services_removed += 1,
         }
         Ok(())
     }
@@ -550,6 +760,61 @@ where
 
 use vxnet_api::ApiError;
 
+/// Whether a container's command runs (as of the last look).
+fn runs(rt: Option<&Runtime>) -> bool {
+    rt.is_some_and(|rt| rt.pid.is_some() && !rt.ended)
+}
+
+/// When (Unix ms) a task's ended command starts again, if its restart
+/// condition wants it: after a delay that doubles with every exit in a row
+/// soon after a start (0.5 s to 16 s), so a command that keeps failing
+/// does not spin, while one that ran for a while comes back at once.
+fn restart_at(c: &Container, rt: &Runtime) -> Option<u64> {
+    let task = c.task.as_ref()?;
+    if !rt.ended {
+        return None;
+    }
+    let wanted = match task.restart {
+        RestartCondition::Any => true,
+        RestartCondition::OnFailure => rt.exit_code != Some(0),
+        RestartCondition::None => false,
+    };
+    let delay = 500u64 << rt.quick_exits.saturating_sub(1).min(5);
+    wanted.then(|| rt.ended_ms.map_or(0, |t| t + delay))
+}
+
+/// The state of a container as this node sees it, keeping `since` while
+/// the state stays.
+fn status_of(c: &Container, rt: &Runtime, desired: DesiredState, now: u64) -> TaskStatus {
+    let (state, error) = if desired != DesiredState::Running {
+        (TaskState::Shutdown, None)
+    } else if rt.external {
+        (TaskState::Running, None)
+    } else if let Some(e) = rt.error.clone().filter(|_| rt.pid.is_none() || rt.ended) {
+        (TaskState::Failed, Some(e))
+    } else if rt.pid.is_none() {
+        (TaskState::Pending, None)
+    } else if !rt.ended {
+        (TaskState::Running, None)
+    } else if rt.exit_code == Some(0) {
+        (TaskState::Complete, None)
+    } else {
+        (TaskState::Failed, None)
+    };
+    let _ = c;
+    let since = match &rt.status {
+        Some(old) if old.state == state => old.since,
+        _ => now,
+    };
+    TaskStatus {
+        state,
+        since,
+        exit_code: rt.exit_code.filter(|_| rt.ended),
+        error,
+        restarts: rt.starts.saturating_sub(1),
+    }
+}
+
 /// Names what an op was about, for errors.
 fn describe(op: &Op) -> String {
     match op {
@@ -561,6 +826,13 @@ fn describe(op: &Op) -> String {
         Op::Detach(k) => format!("detaching {}", key_name(k)),
         Op::PeerAdd { vni, mac, vtep, .. } => format!("peer {mac} behind {vtep} on VNI {vni}"),
         Op::PeerDel { vni, mac, .. } => format!("removing peer {mac} on VNI {vni}"),
+        Op::ServiceSet { vni, vip, backends } => {
+            format!(
+                "service VIP {vip} with {} backends on VNI {vni}",
+                backends.len()
+            )
+        }
+        Op::ServiceDel { vni, vip } => format!("removing service VIP {vip} on VNI {vni}"),
     }
 }
 
@@ -584,5 +856,71 @@ fn sync_ifnames(c: &Container, rt: &mut Runtime) {
             let name = rt.next_ifname();
             rt.ifnames.insert(a.network.clone(), name);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::TaskInfo;
+
+    fn task(restart: RestartCondition) -> Container {
+        Container {
+            id: "t".into(),
+            name: "web.1.t".into(),
+            node: "n".into(),
+            netns: None,
+            attachments: Vec::new(),
+            created: 0,
+            desired: DesiredState::Running,
+            command: vec!["true".into()],
+            env: Vec::new(),
+            external: None,
+            task: Some(TaskInfo {
+                service: "s".into(),
+                slot: 1,
+                version: 1,
+                restart,
+            }),
+            status: None,
+        }
+    }
+
+    fn ended(code: i32, quick_exits: u32) -> Runtime {
+        Runtime {
+            ended: true,
+            exit_code: Some(code),
+            ended_ms: Some(1_000),
+            quick_exits,
+            ..Runtime::default()
+        }
+    }
+
+    #[test]
+    fn restarts_back_off_only_while_the_command_keeps_failing_fast() {
+        let any = task(RestartCondition::Any);
+        // After a long run (no quick exit in a row): the shortest delay.
+        assert_eq!(restart_at(&any, &ended(1, 0)), Some(1_500));
+        assert_eq!(restart_at(&any, &ended(1, 1)), Some(1_500));
+        assert_eq!(restart_at(&any, &ended(1, 3)), Some(3_000));
+        assert_eq!(restart_at(&any, &ended(1, 40)), Some(17_000));
+        // Still running: nothing to restart.
+        let running = Runtime {
+            ended: false,
+            ..ended(1, 0)
+        };
+        assert_eq!(restart_at(&any, &running), None);
+        // The conditions.
+        let on_failure = task(RestartCondition::OnFailure);
+        assert_eq!(restart_at(&on_failure, &ended(0, 0)), None);
+        assert_eq!(restart_at(&on_failure, &ended(2, 0)), Some(1_500));
+        assert_eq!(
+            restart_at(&task(RestartCondition::None), &ended(2, 0)),
+            None
+        );
+        // A standalone container is not restarted.
+        let mut plain = task(RestartCondition::Any);
+        plain.task = None;
+        assert_eq!(restart_at(&plain, &ended(2, 0)), None);
     }
 }

@@ -35,20 +35,26 @@
 //!   underlay's MTU changed after it was attached) is not re-attached,
 //!   which would cut its connections: [`mtu_drift`] reports it.
 //! - A network's flooding setting goes to the dataplane with it.
+//! - Every VIP-mode service on a network declared here gets its VIP
+//!   (`service_set`), IPv4 and IPv6 apart, with the addresses of the tasks
+//!   alive on that network ([`Live`]) as backends. With none alive the
+//!   service still exists: the dataplane refuses connections at once (TCP
+//!   RST) instead of letting them time out.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use vxnet_api::dp::{
     self, AttachTarget, DetachTarget, EndpointInfo, EndpointKind, FdbEntry, FdbKind, NetworkInfo,
-    Owner, VtepInfo,
+    Owner, ServiceInfo, VtepInfo,
 };
 use vxnet_api::{IpNet, MacAddr, PublicKey, Vni};
 use vxnet_proto::mtu::Underlay;
 
+use super::names::Live;
 use crate::daemon::gossip::GossipView;
 use crate::daemon::runtime::Runtime;
-use crate::model::{Container, Network};
+use crate::model::{Container, EndpointMode, Network, Service};
 
 /// One container of this host the plan gives endpoints to, with the
 /// host-side facts only this host knows.
@@ -72,6 +78,13 @@ pub struct Desired<'a> {
     /// namespace in place).
     pub containers: &'a [LocalContainer<'a>],
     pub gossip: &'a GossipView,
+    /// Every service the store knows.
+    pub services: &'a [Service],
+    /// Every container the store knows (this host's and its peers'): the
+    /// candidates for backends.
+    pub tasks: &'a [Container],
+    /// Which tasks are alive where.
+    pub live: &'a Live,
 }
 
 /// Where a local endpoint is plugged in.
@@ -129,6 +142,8 @@ pub struct DpState {
     pub endpoints: BTreeMap<EndpointKey, EndpointSpec>,
     pub peers: BTreeMap<(Vni, MacAddr), PeerSpec>,
     pub vteps: BTreeMap<IpAddr, PublicKey>,
+    /// (VNI, VIP) -> backends (address, MAC).
+    pub services: BTreeMap<(Vni, IpAddr), BTreeSet<(IpAddr, MacAddr)>>,
 }
 
 /// An endpoint to announce by gossip: (network id, address, MAC).
@@ -264,7 +279,49 @@ pub fn plan(d: &Desired<'_>) -> Plan {
                 .insert(m.data_addr, PublicKey::from_bytes(m.public_key));
         }
     }
+    p.state.services = services(d, &p.state.networks);
     p
+}
+
+/// The VIPs of services on the networks declared here, with their live
+/// tasks as backends.
+fn services(
+    d: &Desired<'_>,
+    declared: &BTreeMap<Vni, NetSpec>,
+) -> BTreeMap<(Vni, IpAddr), BTreeSet<(IpAddr, MacAddr)>> {
+    let mut out: BTreeMap<(Vni, IpAddr), BTreeSet<(IpAddr, MacAddr)>> = BTreeMap::new();
+    for s in d.services {
+        if s.endpoint_mode != EndpointMode::Vip {
+            continue;
+        }
+        for vip in &s.vips {
+            let Some(net) = d.networks.iter().find(|n| n.id == vip.network) else {
+                continue;
+            };
+            if !declared.contains_key(&net.vni) {
+                continue;
+            }
+            let tasks = d.tasks.iter().filter(|c| {
+                c.task.as_ref().is_some_and(|t| t.service == s.id) && d.live.counts(c, &net.id)
+            });
+            let mut v4 = BTreeSet::new();
+            let mut v6 = BTreeSet::new();
+            for t in tasks {
+                let Some(a) = t.attachment(&net.id) else {
+                    continue;
+                };
+                v4.insert((IpAddr::V4(a.ipv4), a.mac));
+                if let Some(ip) = a.ipv6 {
+                    v6.insert((IpAddr::V6(ip), a.mac));
+                }
+            }
+            out.insert((net.vni, IpAddr::V4(vip.ipv4)), v4);
+            if let Some(ip) = vip.ipv6 {
+                out.insert((net.vni, IpAddr::V6(ip)), v6);
+            }
+        }
+    }
+    out
 }
 
 /// Where the endpoint of `network_id` of a container lives.
@@ -285,6 +342,7 @@ pub struct Observed {
     pub endpoints: Vec<EndpointInfo>,
     pub fdb: Vec<FdbEntry>,
     pub vteps: Vec<VtepInfo>,
+    pub services: Vec<ServiceInfo>,
 }
 
 /// What of the dataplane's state the control plane owns.
@@ -333,6 +391,12 @@ pub fn observe(o: &Observed) -> DpState {
     for v in o.vteps.iter().filter(|v| mine(&v.owner)) {
         s.vteps.insert(v.vtep, v.pubkey);
     }
+    for svc in o.services.iter().filter(|v| mine(&v.owner)) {
+        s.services.insert(
+            (svc.vni, svc.vip),
+            svc.backends.iter().map(|b| (b.ip, b.mac)).collect(),
+        );
+    }
     s
 }
 
@@ -354,6 +418,16 @@ pub enum Op {
         mac: MacAddr,
         ips: Vec<IpAddr>,
         vtep: IpAddr,
+    },
+    /// Creates the service or replaces its backends.
+    ServiceSet {
+        vni: Vni,
+        vip: IpAddr,
+        backends: Vec<(IpAddr, MacAddr)>,
+    },
+    ServiceDel {
+        vni: Vni,
+        vip: IpAddr,
     },
     NetworkDel(Vni),
     VtepDel(IpAddr),
@@ -426,6 +500,24 @@ impl Op {
                 ips: ips.clone(),
                 vtep: *vtep,
                 owner: Owner::Control,
+            }
+            .into_request(),
+            Op::ServiceSet { vni, vip, backends } => dp::ServiceSet {
+                vni: *vni,
+                vip: *vip,
+                backends: backends
+                    .iter()
+                    .map(|(ip, mac)| dp::BackendSpec {
+                        ip: *ip,
+                        mac: Some(*mac),
+                    })
+                    .collect(),
+                owner: Owner::Control,
+            }
+            .into_request(),
+            Op::ServiceDel { vni, vip } => dp::ServiceDel {
+                vni: *vni,
+                vip: *vip,
             }
             .into_request(),
             Op::NetworkDel(vni) => dp::NetworkDel { vni: *vni }.into_request(),
@@ -536,17 +628,39 @@ pub fn diff(actual: &DpState, desired: &DpState) -> Vec<Op> {
         }
     }
 
+    let mut svc_del = Vec::new();
+    let mut svc_set = Vec::new();
+    for ((vni, vip), want) in &desired.services {
+        if actual.services.get(&(*vni, *vip)) != Some(want) {
+            svc_set.push(Op::ServiceSet {
+                vni: *vni,
+                vip: *vip,
+                backends: want.iter().copied().collect(),
+            });
+        }
+    }
+    for (vni, vip) in actual.services.keys() {
+        if !desired.services.contains_key(&(*vni, *vip)) {
+            svc_del.push(Op::ServiceDel {
+                vni: *vni,
+                vip: *vip,
+            });
+        }
+    }
+
     // Keys first (an encrypted peer is reachable as soon as it exists),
     // then networks, then what leaves before what arrives (a peer taking
-    // over a departed endpoint's address), then the networks and keys
-    // nothing uses any more.
+    // over a departed endpoint's address), services once their backends'
+    // endpoints exist, then the networks and keys nothing uses any more.
     let mut ops = Vec::new();
     ops.extend(vtep_add);
     ops.extend(net_add);
+    ops.extend(svc_del);
     ops.extend(detach);
     ops.extend(peer_del);
     ops.extend(attach);
     ops.extend(peer_add);
+    ops.extend(svc_set);
     ops.extend(net_del);
     ops.extend(vtep_del);
     ops

@@ -102,7 +102,7 @@ where
         })
     }
 
-    fn hostname_of(&self, node: &str) -> String {
+    pub(crate) fn hostname_of(&self, node: &str) -> String {
         self.store
             .get::<Node>(node)
             .ok()
@@ -187,6 +187,15 @@ where
             .and_then(|g| self.realized(g, &c.id));
         if let Err(e) = r {
             tracing::warn!(container = %c.name, error = %e, "could not undo the container");
+            return;
+        }
+        if !self.is_manager() {
+            // As `container rm` does: the manager forgets it now, not on
+            // the agent's next round, so the refused request leaves no
+            // record behind when it returns.
+            if let Err(e) = self.report_removed() {
+                tracing::info!(container = %c.name, error = %e, "removal not reported yet");
+            }
         }
     }
 
@@ -220,6 +229,8 @@ where
             command: r.command,
             env: r.env,
             external: None,
+            task: None,
+            id: None,
         })?;
         self.made_real(&c, generation, true)?;
         tracing::info!(container = %c.name, "container created");

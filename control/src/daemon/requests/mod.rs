@@ -7,6 +7,7 @@
 mod containers;
 mod networks;
 mod nodes;
+mod services;
 mod swarm;
 
 use vxnet_api::Response;
@@ -42,6 +43,14 @@ pub(super) fn op_name(req: &CtlRequest) -> &'static str {
         CtlRequest::ContainerStop(_) => "container_stop",
         CtlRequest::ContainerStart(_) => "container_start",
         CtlRequest::ContainerLogs(_) => "container_logs",
+        CtlRequest::ServiceCreate(_) => "service_create",
+        CtlRequest::ServiceLs(_) => "service_ls",
+        CtlRequest::ServiceInspect(_) => "service_inspect",
+        CtlRequest::ServicePs(_) => "service_ps",
+        CtlRequest::ServiceScale(_) => "service_scale",
+        CtlRequest::ServiceUpdate(_) => "service_update",
+        CtlRequest::ServiceRm(_) => "service_rm",
+        CtlRequest::ServiceLogs(_) => "service_logs",
         CtlRequest::Reconcile(_) => "reconcile",
     }
 }
@@ -89,6 +98,22 @@ where
             R::of::<ctl::ContainerStart>(d.container_start(&r.container))
         }
         CtlRequest::ContainerLogs(r) => R::of::<ctl::ContainerLogs>(d.container_logs(r)),
+        CtlRequest::ServiceCreate(r) => R::of::<ctl::ServiceCreate>(d.service_create(r)),
+        CtlRequest::ServiceLs(_) => R::of::<ctl::ServiceLs>(d.service_ls()),
+        CtlRequest::ServiceInspect(r) => {
+            R::of::<ctl::ServiceInspect>(d.service_inspect(&r.service))
+        }
+        CtlRequest::ServicePs(r) => R::of::<ctl::ServicePs>(d.service_ps(&r.service)),
+        CtlRequest::ServiceScale(r) => {
+            R::of::<ctl::ServiceScale>(d.service_update(ctl::ServiceUpdate {
+                service: r.service,
+                replicas: Some(r.replicas),
+                ..Default::default()
+            }))
+        }
+        CtlRequest::ServiceUpdate(r) => R::of::<ctl::ServiceUpdate>(d.service_update(r)),
+        CtlRequest::ServiceRm(r) => R::of::<ctl::ServiceRm>(d.service_rm(&r.service)),
+        CtlRequest::ServiceLogs(r) => R::of::<ctl::ServiceLogs>(d.service_logs(r)),
         CtlRequest::Reconcile(_) => R::of::<ctl::Reconcile>(d.reconcile_now()),
     }
 }

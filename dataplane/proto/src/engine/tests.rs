@@ -75,8 +75,8 @@ fn gro_batch(tx: &TxBatch, m: &crate::batch::TxMsg, i: usize) -> RxBatch {
 #[test]
 fn unicast_to_remote_is_encapsulated() {
     let (mut e, mut out) = setup(|_| {});
-    let pkt = udp_frame(A, B, b"hello");
-    e.from_tap(0, &pkt, &mut out);
+    let mut pkt = udp_frame(A, B, b"hello");
+    e.from_tap(0, &mut pkt, &mut out);
     let msgs = out.udp.msgs().to_vec();
     assert_eq!(msgs.len(), 1);
     assert_eq!(msgs[0].dst, "192.0.2.2:4789".parse().unwrap());
@@ -91,9 +91,9 @@ fn unicast_to_remote_is_encapsulated() {
 #[test]
 fn spoofed_and_runt_frames_are_dropped() {
     let (mut e, mut out) = setup(|_| {});
-    e.from_tap(0, &udp_frame(C, B, b"x"), &mut out);
-    e.from_tap(0, &[0u8; 12], &mut out);
-    e.from_tap(7, &udp_frame(A, B, b"x"), &mut out);
+    e.from_tap(0, &mut udp_frame(C, B, b"x"), &mut out);
+    e.from_tap(0, &mut [0u8; 12], &mut out);
+    e.from_tap(7, &mut udp_frame(A, B, b"x"), &mut out);
     assert!(out.udp.is_empty());
     assert_eq!(e.stats().drops(Drop::TapSpoofedSource), 1);
     assert_eq!(e.stats().drops(Drop::TapRunt), 1);
@@ -103,7 +103,7 @@ fn spoofed_and_runt_frames_are_dropped() {
 #[test]
 fn unknown_unicast_goes_to_every_vtep_of_the_vni() {
     let (mut e, mut out) = setup(|f| f.remove_remote(vni(), B, &[]).unwrap());
-    e.from_tap(0, &udp_frame(A, C, b"x"), &mut out);
+    e.from_tap(0, &mut udp_frame(A, C, b"x"), &mut out);
     assert!(out.udp.is_empty());
     assert_eq!(e.stats().drops(Drop::TapNoReceivers), 1, "nobody to go to");
 
@@ -111,7 +111,7 @@ fn unknown_unicast_goes_to_every_vtep_of_the_vni() {
         f.add_flood(vni(), ip("192.0.2.7")).unwrap();
         f.add_flood(vni(), ip("192.0.2.8")).unwrap();
     });
-    e.from_tap(0, &udp_frame(A, C, b"x"), &mut out);
+    e.from_tap(0, &mut udp_frame(A, C, b"x"), &mut out);
     let msgs = out.udp.msgs().to_vec();
     assert_eq!(msgs.len(), 3, "B's VTEP and both flood VTEPs");
     assert!(
@@ -135,7 +135,7 @@ fn arp_for_known_address_is_answered_locally() {
     pkt.extend_from_slice(&[10, 0, 0, 2]);
     pkt.extend_from_slice(&[0; 6]);
     pkt.extend_from_slice(&[10, 0, 0, 3]);
-    e.from_tap(0, &pkt, &mut out);
+    e.from_tap(0, &mut pkt, &mut out);
     assert!(
         out.udp.is_empty(),
         "ARP is never sent across hosts when the proxy knows the answer"
@@ -179,7 +179,7 @@ fn neighbour_solicitation_is_answered_locally() {
         })
         .write(&mut pkt, &icmp[8..])
         .unwrap();
-    e.from_tap(0, &pkt, &mut out);
+    e.from_tap(0, &mut pkt, &mut out);
     let taps = drained(&mut out);
     assert_eq!(taps.len(), 1, "answered on the asking port");
     assert_eq!(e.stats().counter(Counter::NdProxied), 1);
@@ -194,7 +194,7 @@ fn neighbour_solicitation_is_answered_locally() {
 #[test]
 fn local_endpoints_switch_without_the_wire() {
     let (mut e, mut out) = setup(|f| f.add_local(1, vni(), C, &[ip("10.0.0.4")]).unwrap());
-    e.from_tap(0, &udp_frame(A, C, b"local"), &mut out);
+    e.from_tap(0, &mut udp_frame(A, C, b"local"), &mut out);
     assert!(out.udp.is_empty());
     let taps = drained(&mut out);
     assert_eq!(taps.len(), 1);
@@ -278,8 +278,8 @@ pub(super) fn tcp_gso_frame(payload_len: usize, mss: u16) -> Vec<u8> {
 #[test]
 fn gso_frame_becomes_one_udp_gso_message_and_coalesces_back() {
     let (mut e, mut out) = setup(|_| {});
-    let pkt = tcp_gso_frame(60_000, 1398);
-    e.from_tap(0, &pkt, &mut out);
+    let mut pkt = tcp_gso_frame(60_000, 1398);
+    e.from_tap(0, &mut pkt, &mut out);
     let msgs = out.udp.msgs().to_vec();
     assert_eq!(msgs.len(), 1);
     let m = &msgs[0];
@@ -343,9 +343,9 @@ fn receiver() -> (Engine, Outputs) {
 #[test]
 fn from_wire_at_writes_what_from_wire_writes_without_copying() {
     let (mut e, mut out) = setup(|_| {});
-    e.from_tap(0, &tcp_gso_frame(60_000, 1398), &mut out);
+    e.from_tap(0, &mut tcp_gso_frame(60_000, 1398), &mut out);
     // A small frame too: copied, whatever its location.
-    e.from_tap(0, &udp_frame(A, B, b"small"), &mut out);
+    e.from_tap(0, &mut udp_frame(A, B, b"small"), &mut out);
     let msgs = out.udp.msgs().to_vec();
     let src: SocketAddr = "192.0.2.1:1".parse().unwrap();
 
@@ -410,7 +410,8 @@ mod encrypted {
     #[test]
     fn nothing_leaves_before_keys_exist() {
         let (mut a, _b) = pair(Instant::now());
-        a.engine.from_tap(0, &udp_frame(A, B, b"early"), &mut a.out);
+        a.engine
+            .from_tap(0, &mut udp_frame(A, B, b"early"), &mut a.out);
         assert!(a.out.udp.is_empty());
         assert_eq!(a.engine.stats().drops(Drop::TapNoSa), 1);
     }
@@ -420,7 +421,7 @@ mod encrypted {
         let (mut a, mut b) = pair(Instant::now());
         handshake(&mut a, &mut b);
         a.engine
-            .from_tap(0, &tcp_gso_frame(60_000, 1398), &mut a.out);
+            .from_tap(0, &mut tcp_gso_frame(60_000, 1398), &mut a.out);
         let m = a.out.udp.msgs()[0].clone();
         assert_eq!(a.out.udp.msgs().len(), 1);
         let full = esp::sealed_len(8 + 8 + 14 + 20 + 20 + 1398);
@@ -452,9 +453,9 @@ mod encrypted {
             let (mut a, mut b) = pair(Instant::now());
             handshake(&mut a, &mut b);
             a.engine
-                .from_tap(0, &tcp_gso_frame(60_000, 1398), &mut a.out);
+                .from_tap(0, &mut tcp_gso_frame(60_000, 1398), &mut a.out);
             a.engine
-                .from_tap(0, &udp_frame(A, B, &[5; 900]), &mut a.out);
+                .from_tap(0, &mut udp_frame(A, B, &[5; 900]), &mut a.out);
             let msgs = a.out.udp.msgs().to_vec();
             assert_eq!(msgs.len(), 2);
             let from = SocketAddr::new(a.addr, 4789);
@@ -496,7 +497,8 @@ mod encrypted {
     fn injected_packets_are_dropped_by_reason() {
         let (mut a, mut b) = pair(Instant::now());
         handshake(&mut a, &mut b);
-        a.engine.from_tap(0, &udp_frame(A, B, b"real"), &mut a.out);
+        a.engine
+            .from_tap(0, &mut udp_frame(A, B, b"real"), &mut a.out);
         let m = a.out.udp.msgs()[0].clone();
         let captured = a.out.udp.bytes(&m).to_vec();
         let from = SocketAddr::new(a.addr, 40000);
@@ -508,7 +510,8 @@ mod encrypted {
         b.engine.from_wire(from, &mut replayed, &mut b.out);
         // A fresh packet (new sequence number) with one bit flipped: only
         // the ICV can catch it.
-        a.engine.from_tap(0, &udp_frame(A, B, b"fresh"), &mut a.out);
+        a.engine
+            .from_tap(0, &mut udp_frame(A, B, b"fresh"), &mut a.out);
         let fresh = a.out.udp.msgs()[1].clone();
         let mut flipped = a.out.udp.bytes(&fresh).to_vec();
         a.out.udp.clear();
@@ -539,7 +542,8 @@ mod encrypted {
         assert_eq!(s.drops(Drop::WirePlainOnEncrypted), 1);
 
         // The real flow goes on.
-        a.engine.from_tap(0, &udp_frame(A, B, b"after"), &mut a.out);
+        a.engine
+            .from_tap(0, &mut udp_frame(A, B, b"after"), &mut a.out);
         deliver(&mut a, &mut b);
         assert_eq!(drained(&mut b.out).len(), 1);
     }
@@ -573,8 +577,10 @@ mod encrypted {
                 b.engine.set_now(now);
                 a.engine.handle_timers(&mut a.out);
                 b.engine.handle_timers(&mut b.out);
-                a.engine.from_tap(0, &udp_frame(A, B, b"ab"), &mut a.out);
-                b.engine.from_tap(0, &udp_frame(B, A, b"ba"), &mut b.out);
+                a.engine
+                    .from_tap(0, &mut udp_frame(A, B, b"ab"), &mut a.out);
+                b.engine
+                    .from_tap(0, &mut udp_frame(B, A, b"ba"), &mut b.out);
                 sent += 2;
                 deliver(&mut a, &mut b);
                 deliver(&mut b, &mut a);

@@ -89,7 +89,7 @@ fn a_frame_too_big_is_answered_with_the_mtu_that_fits() {
     let (mut e, mut out) = setup(|_| {});
     e.from_tap(
         0,
-        &with_vnet(&udp4(B, [10, 0, 0, 3], 1351 - 28, true)),
+        &mut with_vnet(&udp4(B, [10, 0, 0, 3], 1351 - 28, true)),
         &mut out,
     );
     assert!(out.udp.is_empty(), "nothing goes out");
@@ -110,7 +110,7 @@ fn a_frame_too_big_is_answered_with_the_mtu_that_fits() {
     // One byte less fits.
     e.from_tap(
         0,
-        &with_vnet(&udp4(B, [10, 0, 0, 3], 1350 - 28, true)),
+        &mut with_vnet(&udp4(B, [10, 0, 0, 3], 1350 - 28, true)),
         &mut out,
     );
     assert_eq!(out.udp.msgs().len(), 1);
@@ -118,7 +118,7 @@ fn a_frame_too_big_is_answered_with_the_mtu_that_fits() {
 
     // IPv6: packet too big, same MTU.
     let (mut e, mut out) = setup(|_| {});
-    e.from_tap(0, &with_vnet(&udp6(B, "fd00::3", 1351 - 48)), &mut out);
+    e.from_tap(0, &mut with_vnet(&udp6(B, "fd00::3", 1351 - 48)), &mut out);
     let w = taps(&mut out);
     let p = SlicedPacket::from_ethernet(&w[0].1[vnet::LEN..]).unwrap();
     let Some(TransportSlice::Icmpv6(icmp)) = p.transport else {
@@ -131,7 +131,7 @@ fn a_frame_too_big_is_answered_with_the_mtu_that_fits() {
     let (mut e, mut out) = setup(|f| f.set_encrypted(vni(), true));
     e.from_tap(
         0,
-        &with_vnet(&udp4(B, [10, 0, 0, 3], 1309 - 28, true)),
+        &mut with_vnet(&udp4(B, [10, 0, 0, 3], 1309 - 28, true)),
         &mut out,
     );
     let w = taps(&mut out);
@@ -150,7 +150,7 @@ fn a_frame_that_may_be_fragmented_is_sent_whole() {
     let (mut e, mut out) = setup(|_| {});
     e.from_tap(
         0,
-        &with_vnet(&udp4(B, [10, 0, 0, 3], 3000, false)),
+        &mut with_vnet(&udp4(B, [10, 0, 0, 3], 3000, false)),
         &mut out,
     );
     assert_eq!(out.udp.msgs().len(), 1);
@@ -168,7 +168,7 @@ fn a_gso_frame_is_cut_to_fit_and_its_sender_told() {
     // A container with MTU 1450 over a 1400 underlay: MSS 1398 asked,
     // 1350 - 40 = 1310 fits.
     let (mut e, mut out) = setup(|_| {});
-    e.from_tap(0, &tcp_gso_frame(60_000, 1398), &mut out);
+    e.from_tap(0, &mut tcp_gso_frame(60_000, 1398), &mut out);
     let msgs = out.udp.msgs().to_vec();
     assert_eq!(msgs.len(), 1);
     assert_eq!(msgs[0].segment as usize, 8 + 14 + 20 + 20 + 1310);
@@ -183,7 +183,7 @@ fn a_gso_frame_is_cut_to_fit_and_its_sender_told() {
     };
     assert_eq!(icmp.bytes5to8(), [0, 0, 0x05, 0x46], "MTU 1350");
     // A frame that fits is not touched.
-    e.from_tap(0, &tcp_gso_frame(60_000, 1310), &mut out);
+    e.from_tap(0, &mut tcp_gso_frame(60_000, 1310), &mut out);
     assert_eq!(e.stats().counter(Counter::GsoCapped), 1);
 }
 
@@ -202,7 +202,7 @@ fn broadcast_reaches_local_ports_and_every_vtep_once() {
         f.add_remote(vni(), MacAddr([2, 0x42, 10, 0, 0, 6]), &[], ip("192.0.2.2"))
             .unwrap();
     });
-    e.from_tap(0, &broadcast(100), &mut out);
+    e.from_tap(0, &mut broadcast(100), &mut out);
     let dsts: Vec<SocketAddr> = out.udp.msgs().iter().map(|m| m.dst).collect();
     assert_eq!(
         dsts,
@@ -224,9 +224,9 @@ fn broadcast_reaches_local_ports_and_every_vtep_once() {
     );
     // IPv4 and IPv6 multicast go the same way.
     let mut mc = udp4(MacAddr([1, 0, 0x5e, 1, 1, 1]), [239, 1, 1, 1], 20, false);
-    e.from_tap(0, &with_vnet(&mc), &mut out);
+    e.from_tap(0, &mut with_vnet(&mc), &mut out);
     mc = udp6(MacAddr([0x33, 0x33, 0, 0, 0, 1]), "ff02::1", 20);
-    e.from_tap(0, &with_vnet(&mc), &mut out);
+    e.from_tap(0, &mut with_vnet(&mc), &mut out);
     assert_eq!(counts(&e).frames, 3);
     assert_eq!(e.stats().counter(Counter::Flooded), 6);
 }
@@ -239,15 +239,19 @@ fn flooding_off_keeps_frames_on_the_host() {
     };
     let (mut e, mut out) = setup(|f| f.add_local(1, vni(), C, &[]).unwrap());
     with_policy(&mut e, off);
-    e.from_tap(0, &broadcast(10), &mut out);
+    e.from_tap(0, &mut broadcast(10), &mut out);
     assert!(out.udp.is_empty());
     assert_eq!(taps(&mut out).len(), 1, "the local endpoint still gets it");
     assert_eq!(counts(&e).suppressed, 1);
     // Nobody local: counted as a drop too.
     let (mut e, mut out) = setup(|_| {});
     with_policy(&mut e, off);
-    e.from_tap(0, &broadcast(10), &mut out);
-    e.from_tap(0, &with_vnet(&udp4(C, [10, 0, 0, 9], 10, false)), &mut out);
+    e.from_tap(0, &mut broadcast(10), &mut out);
+    e.from_tap(
+        0,
+        &mut with_vnet(&udp4(C, [10, 0, 0, 9], 10, false)),
+        &mut out,
+    );
     assert!(out.udp.is_empty());
     assert_eq!(e.stats().drops(Drop::TapFloodOff), 2);
     assert_eq!(counts(&e).suppressed, 2);
@@ -266,19 +270,23 @@ fn a_broadcast_storm_is_held_to_the_vni_rate() {
     let t0 = Instant::now();
     e.set_now(t0);
     for _ in 0..50 {
-        e.from_tap(0, &broadcast(10), &mut out);
+        e.from_tap(0, &mut broadcast(10), &mut out);
     }
     assert_eq!(out.udp.msgs().len(), 10);
     assert_eq!(e.stats().drops(Drop::TapFloodRateLimited), 40);
     assert_eq!(counts(&e).rate_limited, 40);
     e.set_now(t0 + Duration::from_millis(500));
     for _ in 0..50 {
-        e.from_tap(0, &broadcast(10), &mut out);
+        e.from_tap(0, &mut broadcast(10), &mut out);
     }
     assert_eq!(out.udp.msgs().len(), 15, "5 more after half a second");
     // Unicast to a known MAC is never limited.
     for _ in 0..50 {
-        e.from_tap(0, &with_vnet(&udp4(B, [10, 0, 0, 3], 10, false)), &mut out);
+        e.from_tap(
+            0,
+            &mut with_vnet(&udp4(B, [10, 0, 0, 3], 10, false)),
+            &mut out,
+        );
     }
     assert_eq!(out.udp.msgs().len(), 65);
 }
@@ -288,7 +296,7 @@ fn an_encrypted_broadcast_is_sealed_per_vtep_and_opens_on_the_peer() {
     use crate::engine::testkit::{deliver, encrypted_pair, handshake};
     let (mut a, mut b) = encrypted_pair(Instant::now());
     handshake(&mut a, &mut b);
-    a.engine.from_tap(0, &broadcast(300), &mut a.out);
+    a.engine.from_tap(0, &mut broadcast(300), &mut a.out);
     assert_eq!(a.out.udp.msgs().len(), 1);
     assert_eq!(deliver(&mut a, &mut b), 1);
     let w = taps(&mut b.out);
@@ -334,7 +342,7 @@ fn a_gratuitous_arp_is_flooded_not_answered() {
     let (mut e, mut out) = setup(|_| {});
     let mut garp = [0u8; arp::FRAME_LEN];
     arp::emit_gratuitous(std::net::Ipv4Addr::new(10, 0, 0, 2), A, &mut garp);
-    e.from_tap(0, &with_vnet(&garp), &mut out);
+    e.from_tap(0, &mut with_vnet(&garp), &mut out);
     assert_eq!(e.stats().counter(Counter::ArpProxied), 0);
     assert_eq!(out.udp.msgs().len(), 1, "to B's host");
 }
@@ -352,7 +360,7 @@ enum Outcome {
 
 fn outcome(frame: &[u8]) -> Outcome {
     let (mut e, mut out) = setup(|f| f.add_local(1, vni(), C, &[ip("10.0.0.4")]).unwrap());
-    e.from_tap(0, frame, &mut out);
+    e.from_tap(0, &mut frame.to_vec(), &mut out);
     let s = e.stats();
     let drops: Vec<Drop> = Drop::ALL
         .iter()

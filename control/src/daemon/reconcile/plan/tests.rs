@@ -1,7 +1,7 @@
 //! Tables of desired against actual: what the plan wants, and the steps
 //! the diff takes from what a dataplane holds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
 use super::*;
@@ -85,6 +85,8 @@ fn container(id: &str, attachments: Vec<Attachment>) -> (Container, Runtime) {
         command: Vec::new(),
         env: Vec::new(),
         external: None,
+        task: None,
+        status: None,
     };
     (c, rt)
 }
@@ -122,6 +124,9 @@ struct World {
     containers: Vec<(Container, Runtime)>,
     gossip: GossipView,
     underlay: Option<Underlay>,
+    services: Vec<Service>,
+    /// Other hosts' containers the store holds.
+    remote: Vec<Container>,
 }
 
 impl World {
@@ -134,12 +139,19 @@ impl World {
                 runtime: r,
             })
             .collect();
+        let mut tasks: Vec<Container> = self.containers.iter().map(|(c, _)| c.clone()).collect();
+        tasks.extend(self.remote.iter().cloned());
+        let running: Vec<&Container> = self.containers.iter().map(|(c, _)| c).collect();
+        let live = Live::new(&self.gossip, IpAddr::from(OWN), &running);
         plan(&Desired {
             own_vtep: IpAddr::from(OWN),
             underlay: self.underlay,
             networks: &self.networks,
             containers: &locals,
             gossip: &self.gossip,
+            services: &self.services,
+            tasks: &tasks,
+            live: &live,
         })
     }
 }
@@ -165,6 +177,8 @@ fn world() -> World {
             ],
         },
         underlay: Some(Underlay::new(1500, false)),
+        services: Vec::new(),
+        remote: Vec::new(),
     }
 }
 
@@ -394,6 +408,8 @@ fn after_leaving_everything_owned_goes() {
         containers: vec![],
         gossip: GossipView::default(),
         underlay: None,
+        services: Vec::new(),
+        remote: Vec::new(),
     }
     .plan();
     let ops = diff(&p.state, &empty.state);
@@ -454,6 +470,7 @@ fn only_control_owned_entries_are_observed() {
             },
         ],
         vteps: vec![],
+        services: vec![],
     };
     let s = observe(&o);
     assert_eq!(s.networks.len(), 1);
@@ -538,4 +555,173 @@ fn a_network_with_flooding_off_says_so() {
         panic!("not a network_add")
     };
     assert!(!req.flood && req.encrypted);
+}
+
+fn service(id: &str, network: &str, vip: &str, vip6: Option<&str>) -> Service {
+    Service {
+        id: id.into(),
+        name: id.into(),
+        mode: crate::model::ServiceMode::Replicated { replicas: 2 },
+        endpoint_mode: EndpointMode::Vip,
+        networks: vec![crate::model::ServiceNetwork {
+            network: network.into(),
+            aliases: Vec::new(),
+        }],
+        command: vec!["sleep".into()],
+        env: Vec::new(),
+        restart: crate::model::RestartCondition::Any,
+        vips: vec![crate::model::VirtualIp {
+            network: network.into(),
+            ipv4: vip.parse().unwrap(),
+            ipv6: vip6.map(|s| s.parse().unwrap()),
+        }],
+        created: 0,
+        updated: 0,
+        version: 1,
+    }
+}
+
+fn task_of(c: &mut Container, service: &str, slot: u64) {
+    c.task = Some(crate::model::TaskInfo {
+        service: service.into(),
+        slot,
+        version: 1,
+        restart: crate::model::RestartCondition::Any,
+    });
+}
+
+/// `world()` with service `web` on n1: task c1 here, task t2 on host 2
+/// (alive: gossip has its record), task t3 on host 3 (not a member).
+fn service_world() -> World {
+    let mut w = world();
+    task_of(&mut w.containers[0].0, "web", 1);
+    let (mut t2, _) = container("t2", vec![attachment("n1", "10.0.1.3", Some("fd00::3"))]);
+    task_of(&mut t2, "web", 2);
+    t2.node = "node2".into();
+    let (mut t3, _) = container("t3", vec![attachment("n1", "10.0.1.4", None)]);
+    task_of(&mut t3, "web", 3);
+    t3.node = "node3".into();
+    w.remote = vec![t2, t3];
+    w.services = vec![service("web", "n1", "10.0.1.100", Some("fd00::100"))];
+    w
+}
+
+#[test]
+fn a_vip_balances_over_the_tasks_alive_on_its_network() {
+    let p = service_world().plan();
+    let mac = |v4: &str| MacAddr::from_ip(ip(v4));
+    assert_eq!(
+        p.state.services,
+        BTreeMap::from([
+            (
+                (vni(4097), ip("10.0.1.100")),
+                BTreeSet::from([
+                    (ip("10.0.1.2"), mac("10.0.1.2")),
+                    (ip("10.0.1.3"), mac("10.0.1.3")),
+                ])
+            ),
+            (
+                (vni(4097), ip("fd00::100")),
+                BTreeSet::from([
+                    (ip("fd00::2"), mac("10.0.1.2")),
+                    (ip("fd00::3"), mac("10.0.1.3")),
+                ])
+            ),
+        ])
+    );
+}
+
+#[test]
+fn a_dead_task_leaves_the_backends_and_a_vip_without_tasks_stays() {
+    let mut w = service_world();
+    // Host 2 withdrew t2 (its command exited); c1 left this host.
+    w.gossip
+        .records
+        .retain(|r| r.ip != ip("10.0.1.3") && r.ip != ip("fd00::3"));
+    let mut other = container("c9", vec![attachment("n1", "10.0.1.9", None)]);
+    other.0.task = None;
+    w.containers = vec![other];
+    let p = w.plan();
+    assert_eq!(
+        p.state.services[&(vni(4097), ip("10.0.1.100"))],
+        BTreeSet::new()
+    );
+    assert_eq!(
+        p.state.services[&(vni(4097), ip("fd00::100"))],
+        BTreeSet::new()
+    );
+}
+
+#[test]
+fn no_vip_where_the_network_is_not_used_or_in_dnsrr_mode() {
+    let mut w = service_world();
+    w.services.push(service("db", "n2", "10.0.2.100", None));
+    let mut rr = service("rr", "n1", "10.0.1.101", None);
+    rr.endpoint_mode = EndpointMode::Dnsrr;
+    rr.vips.clear();
+    w.services.push(rr);
+    let p = w.plan();
+    let vips: Vec<IpAddr> = p.state.services.keys().map(|(_, v)| *v).collect();
+    assert_eq!(vips, [ip("10.0.1.100"), ip("fd00::100")]);
+}
+
+#[test]
+fn services_change_after_endpoints_and_leave_before_them() {
+    let w = service_world();
+    let p = w.plan();
+    let ops = diff(&DpState::default(), &p.state);
+    let pos = |f: &dyn Fn(&Op) -> bool| ops.iter().position(f).unwrap();
+    let set = pos(&|o| matches!(o, Op::ServiceSet { .. }));
+    assert!(set > pos(&|o| matches!(o, Op::Attach(..))), "{ops:?}");
+    assert!(set > pos(&|o| matches!(o, Op::PeerAdd { .. })), "{ops:?}");
+    // Already right: nothing to do.
+    assert_eq!(diff(&p.state, &p.state), vec![]);
+    // Everything goes: the VIPs before the endpoint and the network.
+    let ops = diff(&p.state, &DpState::default());
+    let pos = |f: &dyn Fn(&Op) -> bool| ops.iter().position(f).unwrap();
+    let del = pos(&|o| matches!(o, Op::ServiceDel { .. }));
+    assert!(del < pos(&|o| matches!(o, Op::Detach(..))), "{ops:?}");
+    assert!(del < pos(&|o| matches!(o, Op::NetworkDel(..))), "{ops:?}");
+    // A changed backend set is one replacement.
+    let mut fewer = p.state.clone();
+    fewer
+        .services
+        .get_mut(&(vni(4097), ip("10.0.1.100")))
+        .unwrap()
+        .retain(|(b, _)| *b != ip("10.0.1.3"));
+    let ops = diff(&p.state, &fewer);
+    assert_eq!(ops.len(), 1, "{ops:?}");
+    assert!(matches!(&ops[0], Op::ServiceSet { backends, .. } if backends.len() == 1));
+}
+
+#[test]
+fn only_control_owned_services_are_observed() {
+    use vxnet_api::dp::{BackendInfo, Owner, ServiceInfo};
+    let svc = |vip: &str, owner| ServiceInfo {
+        vni: vni(4097),
+        vip: ip(vip),
+        mac: MacAddr::from_ip(ip(vip)),
+        table_size: 65537,
+        backends: vec![BackendInfo {
+            ip: ip("10.0.1.2"),
+            mac: MacAddr::from_ip(ip("10.0.1.2")),
+            flows: 3,
+        }],
+        owner,
+    };
+    let o = Observed {
+        services: vec![
+            svc("10.0.1.100", Owner::Control),
+            svc("10.0.1.200", Owner::User),
+        ],
+        ..Observed::default()
+    };
+    let s = observe(&o);
+    assert_eq!(
+        s.services,
+        BTreeMap::from([(
+            (vni(4097), ip("10.0.1.100")),
+            BTreeSet::from([(ip("10.0.1.2"), MacAddr::from_ip(ip("10.0.1.2")))])
+        )])
+    );
 }

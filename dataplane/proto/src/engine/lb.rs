@@ -1,0 +1,307 @@
+//! VIP load balancing in the engine (see [`crate::lb`] for the design):
+//! what happens to a frame from a TAP addressed to a VIP, and to a frame
+//! about to be written to a local port that may be a reply of a balanced
+//! flow. This module owns the worker's conntrack table.
+use super::{Ctx, Outputs};
+use crate::fdb::{Fdb, PortId, VniTable};
+use crate::lb::conntrack::{Conntrack, ConntrackConfig, Dir, FlowId, FlowInfo, FlowKey};
+use crate::lb::maglev::flow_hash;
+use crate::lb::nat::{self, NatError, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Side};
+use crate::lb::reply;
+use crate::lb::service::{Backend, Service, vip_mac};
+use crate::stats::{Counter, Drop};
+use crate::wire::vnet::VnetHdr;
+use crate::wire::{MacAddr, Vni};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::{Duration, Instant};
+
+/// How often [`Lb::sweep`] examines the next slice of the table.
+const SWEEP_EVERY: Duration = Duration::from_millis(50);
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+const ICMPV6_NEIGHBOR_SOLICIT: u8 = 135;
+
+/// One worker's load-balancing state.
+pub(super) struct Lb {
+    cfg: ConntrackConfig,
+    /// Allocated when the first service appears (between batches), so
+    /// that a dataplane without services spends no memory on it.
+    conntrack: Option<Conntrack>,
+    next_sweep: Option<Instant>,
+    /// The last lookup and its answer. A GRO burst delivers dozens of
+    /// segments of one flow in a row, and a GSO frame's segments follow
+    /// each other too: all but the first skip the table.
+    recent: Option<Recent>,
+}
+
+/// A remembered lookup: still true while the table has not changed and,
+/// for a hit (which may expire), within the same batch.
+#[derive(Clone, Copy)]
+struct Recent {
+    key: FlowKey,
+    found: Option<(FlowId, Dir)>,
+    changes: u64,
+    now: Instant,
+}
+
+/// [`Conntrack::lookup`], answered from `recent` when it still holds.
+#[inline]
+fn lookup(
+    ct: &mut Conntrack,
+    recent: &mut Option<Recent>,
+    key: &FlowKey,
+    now: Instant,
+    stats: &crate::stats::Stats,
+) -> Option<(FlowId, Dir)> {
+    if let Some(r) = recent {
+        if r.key == *key && r.changes == ct.changes() && (r.found.is_none() || r.now == now) {
+            return r.found;
+        }
+    }
+    let found = ct.lookup(key, now, stats);
+    *recent = Some(Recent {
+        key: *key,
+        found,
+        changes: ct.changes(),
+        now,
+    });
+    found
+}
+
+/// What became of a frame offered to the VIP path.
+pub(super) enum Vip {
+    /// Its destination is not a VIP: forward it as usual.
+    Pass,
+    /// Answered, or dropped and counted.
+    Done,
+    /// Translated: forward it to this (the backend's) MAC.
+    Forward(MacAddr),
+}
+
+impl Lb {
+    pub(super) fn new(cfg: ConntrackConfig) -> Lb {
+        Lb {
+            cfg,
+            conntrack: None,
+            next_sweep: None,
+            recent: None,
+        }
+    }
+
+    /// Makes sure the table exists once services do.
+    pub(super) fn prepare(&mut self, now: Instant) {
+        if self.conntrack.is_none() {
+            self.conntrack = Some(Conntrack::new(self.cfg, now));
+        }
+    }
+
+    pub(super) fn conntrack(&self) -> Option<&Conntrack> {
+        self.conntrack.as_ref()
+    }
+}
+
+/// The key of packet `p` on `vni`, in the direction it travels.
+fn flow_key(vni: Vni, p: &nat::L4) -> FlowKey {
+    FlowKey {
+        vni: vni.get(),
+        proto: p.proto,
+        src: p.src,
+        dst: p.dst,
+        sport: p.sport,
+        dport: p.dport,
+    }
+}
+
+/// True if `frame` is IPv4 or IPv6 to a VIP of `table` (read without
+/// looking at the L4 header, which a fragment may not have).
+fn frame_dst_is_vip(table: &VniTable, frame: &[u8]) -> bool {
+    let dst = match super::ethertype(frame) {
+        super::ETHERTYPE_IPV4 => frame
+            .get(30..34)
+            .map(|b| IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))),
+        super::ETHERTYPE_IPV6 => frame.get(38..54).map(|b| {
+            let mut o = [0u8; 16];
+            o.copy_from_slice(b);
+            IpAddr::V6(Ipv6Addr::from(o))
+        }),
+        _ => None,
+    };
+    dst.is_some_and(|d| table.services.contains_key(&d))
+}
+
+impl Ctx {
+    /// Expires the next slice of the conntrack table, at most every 50 ms,
+    /// and drops flows to VIPs that are no longer services in `fdb`
+    /// (nothing would look them up again before they time out).
+    pub(super) fn sweep_conntrack(&mut self, fdb: &Fdb) {
+        let now = self.now;
+        let lb = &mut self.lb;
+        let Some(ct) = lb.conntrack.as_mut() else {
+            return;
+        };
+        if lb.next_sweep.is_some_and(|t| now < t) {
+            return;
+        }
+        lb.next_sweep = Some(now + SWEEP_EVERY);
+        ct.handle_timeout(now, &self.stats, |f| {
+            Vni::new(f.key.vni)
+                .and_then(|v| fdb.vni(v))
+                .is_some_and(|t| t.services.contains_key(&f.key.dst))
+        });
+    }
+
+    /// The balanced flows of this worker, as of the current batch's time.
+    pub(super) fn flows(&self) -> impl Iterator<Item = FlowInfo> + '_ {
+        self.lb
+            .conntrack()
+            .into_iter()
+            .flat_map(move |ct| ct.iter(self.now))
+    }
+
+    /// A frame from local `port` on `vni` whose destination MAC is no
+    /// endpoint: balanced if its destination IP is a VIP of the VNI.
+    pub(super) fn balance(
+        &mut self,
+        table: &VniTable,
+        vni: Vni,
+        port: PortId,
+        hdr: &VnetHdr,
+        frame: &mut [u8],
+        out: &mut Outputs,
+    ) -> Vip {
+        let p = match nat::parse(frame) {
+            Ok(p) => p,
+            Err(NatError::Fragment) => {
+                // Only a VIP's fragments are this path's business.
+                if frame_dst_is_vip(table, frame) {
+                    self.stats.dropped(Drop::LbFragment);
+                    return Vip::Done;
+                }
+                return Vip::Pass;
+            }
+            Err(_) => return Vip::Pass,
+        };
+        let Some(svc) = table.services.get(&p.dst) else {
+            return Vip::Pass;
+        };
+        if reply::is_echo_request(&p) {
+            match reply::echo_reply(frame, &p, svc.mac()) {
+                Some(n) => {
+                    self.stats.inc(Counter::LbEchoReplies);
+                    out.tap(port).push_as_is(&VnetHdr::NONE, &frame[..n]);
+                }
+                None => self.stats.dropped(Drop::LbMalformed),
+            }
+            return Vip::Done;
+        }
+        if p.proto == PROTO_ICMPV6 && p.icmp_type == ICMPV6_NEIGHBOR_SOLICIT {
+            // A unicast solicitation (neighbour unreachability detection).
+            if !self.proxy(table, port, frame, out) {
+                self.stats.dropped(Drop::LbMalformed);
+            }
+            return Vip::Done;
+        }
+        if p.proto != PROTO_TCP && p.proto != PROTO_UDP {
+            self.stats.dropped(Drop::LbUnsupported);
+            return Vip::Done;
+        }
+        let key = flow_key(vni, &p);
+        let Some(backend) = self.track(svc, &key, p.tcp_flags) else {
+            if svc.backends().is_empty() {
+                self.refuse(port, frame, &p, svc.mac(), out);
+            }
+            return Vip::Done;
+        };
+        if nat::rewrite(frame, &p, Side::Dst, backend.ip, None, hdr.needs_csum()).is_err() {
+            self.stats.dropped(Drop::LbMalformed);
+            return Vip::Done;
+        }
+        nat::set_dst_mac(frame, backend.mac);
+        self.stats.inc(Counter::LbDnat);
+        Vip::Forward(backend.mac)
+    }
+
+    /// The backend of flow `key` (a packet to the VIP of `svc` with TCP
+    /// flags `flags`): its tracked one if it is still in the set, else a
+    /// new pick, tracked. `None` when the packet is dropped (counted).
+    fn track<'s>(&mut self, svc: &'s Service, key: &FlowKey, flags: u8) -> Option<&'s Backend> {
+        let now = self.now;
+        let stats = &*self.stats;
+        let lb = &mut self.lb;
+        let ct = match lb.conntrack.as_mut() {
+            Some(ct) => ct,
+            None => lb.conntrack.insert(Conntrack::new(lb.cfg, now)),
+        };
+        if let Some((id, dir)) = lookup(ct, &mut lb.recent, key, now, stats) {
+            let f = ct.flow(id);
+            let new_syn = key.proto == PROTO_TCP && flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+            if dir == Dir::Forward && !(f.is_closed() && new_syn) {
+                let (backend_ip, generation, index) = (f.backend, f.service, f.index);
+                let index = if generation == svc.generation() {
+                    index
+                } else {
+                    // The set changed since: the flow stays if its backend did.
+                    let Some(i) = svc.find(backend_ip) else {
+                        ct.remove(id);
+                        stats.inc(Counter::ConntrackRemoved);
+                        stats.dropped(Drop::LbBackendGone);
+                        return None;
+                    };
+                    ct.rebind(id, svc.generation(), i);
+                    i
+                };
+                ct.update(id, Dir::Forward, flags, now);
+                return svc.backends().get(usize::from(index));
+            }
+            // A new connection reusing a closed one's ports (or, oddly, a
+            // packet matching a flow's reply key): start afresh.
+            ct.remove(id);
+        }
+        let hash = flow_hash(key.src, key.dst, key.proto, key.sport, key.dport);
+        let Some((index, backend)) = svc.pick(hash) else {
+            stats.dropped(Drop::LbNoBackend);
+            return None;
+        };
+        ct.insert(*key, backend.ip, svc.generation(), index, flags, now, stats)?;
+        stats.inc(Counter::LbNewFlows);
+        Some(backend)
+    }
+
+    /// A new flow to a VIP with no backend: a TCP segment gets a reset from
+    /// the VIP (so `connect` fails at once); anything else is only dropped.
+    fn refuse(&mut self, port: PortId, frame: &[u8], p: &nat::L4, mac: MacAddr, out: &mut Outputs) {
+        if let Some(n) = reply::tcp_reset(frame, p, mac, &mut self.reply) {
+            self.stats.inc(Counter::LbResets);
+            out.tap(port).push_as_is(&VnetHdr::NONE, &self.reply[..n]);
+        }
+    }
+
+    /// A frame about to be written to a local port on `vni`: if it is a
+    /// reply of a balanced flow (backend → client), its source becomes the
+    /// VIP again (address and MAC). `partial`: its L4 checksum field holds
+    /// a partial sum (NEEDS_CSUM, TAP-to-TAP).
+    pub(super) fn reverse(&mut self, vni: Vni, partial: bool, frame: &mut [u8]) {
+        let now = self.now;
+        let stats = &*self.stats;
+        let lb = &mut self.lb;
+        let Some(ct) = lb.conntrack.as_mut() else {
+            return;
+        };
+        let Ok(p) = nat::parse(frame) else {
+            return;
+        };
+        if p.proto != PROTO_TCP && p.proto != PROTO_UDP {
+            return;
+        }
+        let key = flow_key(vni, &p);
+        let Some((id, Dir::Reply)) = lookup(ct, &mut lb.recent, &key, now, stats) else {
+            return;
+        };
+        ct.update(id, Dir::Reply, p.tcp_flags, now);
+        let vip = ct.flow(id).key.dst;
+        if nat::rewrite(frame, &p, Side::Src, vip, None, partial).is_ok() {
+            nat::set_src_mac(frame, vip_mac(vip));
+            stats.inc(Counter::LbReverseNat);
+        }
+    }
+}
