@@ -257,7 +257,7 @@ impl LiveTap {
                     .is_some_and(|fl| fl.sport == Some(p) || fl.dport == Some(p))
             })
             || f.proto
-                .is_some_and(|p| !flow.as_ref().is_some_and(|fl| fl.proto == p.to_string()))
+                .is_some_and(|p| flow.as_ref().is_none_or(|fl| fl.proto != p.to_string()))
         {
             return !self.state.done.load(Ordering::Relaxed);
         }

@@ -11,7 +11,7 @@ pub fn of_drop(d: Drop) -> TraceStage {
     use TraceStage as S;
     match (d.stage(), d.reason()) {
         ("tap", "spoofed_source") => S::AntiSpoof,
-        ("tap", "no_destination") => S::Fdb,
+        ("tap", "same_port" | "no_receivers" | "flood_off" | "flood_rate") => S::Fdb,
         ("tap", "no_sa") => S::Sa,
         ("tap", "too_big" | "segment_error") => S::Outer,
         ("tap", _) => S::TapRx,
@@ -36,13 +36,25 @@ pub fn fix(d: Drop) -> &'static str {
             "the container sends from a MAC that is not its endpoint's: use the MAC `vxnet dp endpoints` shows"
         }
         ("tap", "no_destination") => {
-            "no endpoint or peer has this MAC on the VNI: add the peer (`vxnet dp peer add`), or check that the destination's container runs and its host is Ready (`vxnet node ls`)"
+            "the source's network has no forwarding table on this host: re-add it (`vxnet dp network add`), or reconnect the container"
+        }
+        ("tap", "no_receivers") => {
+            "no endpoint or peer has this MAC on the VNI, and no other host or endpoint is there to flood it to: add the peer (`vxnet dp peer add`), or check that the destination's container runs and its host is Ready (`vxnet node ls`)"
+        }
+        ("tap", "flood_off") => {
+            "the destination MAC is unknown here and the network does not flood: add the peer (`vxnet dp peer add`), or turn flooding on for the network"
+        }
+        ("tap", "flood_rate") => {
+            "broadcast and unknown unicast exceed the network's flood rate: find the sender that floods, or raise the rate"
+        }
+        ("tap", "same_port") => {
+            "the destination MAC is behind the port the frame came from: the container sends to itself through the bridge, check its neighbour cache"
         }
         ("tap", "no_sa") => {
             "no established SA with the destination's host: both hosts need each other's key (`vxnet dp vtep ls` on both; `vxnet node ls` shows both Ready)"
         }
         ("tap", "too_big") => {
-            "the packet does not fit the underlay after encapsulation: send smaller packets (path MTU discovery follows the ICMP answer), or raise the underlay's MTU"
+            "a DF packet does not fit the underlay after encapsulation: the sender got an ICMP fragmentation needed (packet too big) with the MTU that fits; send smaller packets, lower the container's MTU, or raise the underlay's MTU"
         }
         ("tap", _) => "the frame is malformed or from an unknown port; see `vxnet dp endpoints`",
         ("lb", "no_backend") => {
@@ -74,6 +86,15 @@ pub fn fix(d: Drop) -> &'static str {
             "the inner source MAC is a local endpoint here: a MAC is used on two hosts"
         }
         ("wire", _) => "the datagram is not valid VXLAN",
+        ("io", "udp_send_unreachable") => {
+            "the underlay has no route to the destination VTEP: check the host's routes to it"
+        }
+        ("io", "udp_send_eperm") => {
+            "a firewall on this host refused the datagram: allow UDP to the data port"
+        }
+        ("io", "udp_send_family") => {
+            "the destination VTEP is of the other address family than this host's VTEP: use one family for all VTEPs"
+        }
         _ => "the kernel refused the send or write; see the dataplane's log",
     }
 }

@@ -124,6 +124,16 @@ pub enum Command {
     },
     /// Run the session timers now (a rekey was asked for).
     Kick,
+    /// Tell the local endpoints of each VNI that the address is at the
+    /// MAC (gratuitous ARP, unsolicited neighbour advertisement): it was
+    /// just attached or moved. Uses the newest table.
+    Announce(
+        Vec<(
+            vxnet_proto::wire::Vni,
+            std::net::IpAddr,
+            vxnet_proto::wire::MacAddr,
+        )>,
+    ),
     /// Run this on the engine between batches (listings of the worker's
     /// own state, such as its conntrack table); it answers through a
     /// channel it carries.
@@ -381,6 +391,13 @@ impl Worker {
                     let _ = done.send(());
                 }
                 Command::Kick => self.kicked = true,
+                Command::Announce(news) => {
+                    // The table that made the news.
+                    self.refresh_fdb();
+                    for (vni, ip, mac) in news {
+                        self.engine.announce(vni, ip, mac, &mut self.out);
+                    }
+                }
                 Command::Inspect(f) => {
                     self.engine.set_now(Instant::now());
                     f(&self.engine);

@@ -140,13 +140,13 @@ fn dp_trace_plain_paths_and_failures() -> Result<()> {
     assert_eq!(r["verdict"], "dropped");
 
     // No peer for the destination (a neighbour cache still holds its MAC):
-    // the FDB has no entry, host1.
+    // the FDB has no entry and nobody else is on the VNI to flood it to, host1.
     p.dp1
         .cli_ok(&["peer", "del", "--vni", "44", "--mac", &p.ep2.mac])?;
     let r = trace(&p.dp1, &["--from", a4, "--to", b4, "--dst-mac", &p.ep2.mac])?;
     assert_eq!(
         first_failure(&r),
-        Some((h1.clone(), "fdb".into(), "tap/no_destination".into())),
+        Some((h1.clone(), "fdb".into(), "tap/no_receivers".into())),
         "{r:#}"
     );
     assert!(

@@ -237,12 +237,12 @@ fn swarm_trace_paths_and_failures() -> Result<()> {
             // longer answers.
             let r = trace(m, &["--from", "c1", "--to", &ip2, "--network", "plain"]);
             Ok(r.ok()
-                .filter(|r| first_failure(r).is_some_and(|f| f.2 == "tap/no_destination")))
+                .filter(|r| first_failure(r).is_some_and(|f| f.2 == "tap/no_receivers")))
         },
     )?;
     assert_eq!(
         first_failure(&r),
-        Some(("host1".into(), "fdb".into(), "tap/no_destination".into())),
+        Some(("host1".into(), "fdb".into(), "tap/no_receivers".into())),
         "{r:#}"
     );
     Ok(())

@@ -32,7 +32,8 @@ use crate::store::MemStore;
 struct FakeDp {
     up: bool,
     instance: u64,
-    networks: BTreeMap<Vni, (bool, Owner)>,
+    /// VNI -> (encrypted, flood, owner).
+    networks: BTreeMap<Vni, (bool, bool, Owner)>,
     endpoints: Vec<EndpointInfo>,
     peers: BTreeMap<(Vni, MacAddr), (BTreeSet<IpAddr>, IpAddr, Owner)>,
     vteps: BTreeMap<IpAddr, (PublicKey, Owner)>,
@@ -62,16 +63,21 @@ impl FakeDp {
                 endpoints: self.endpoints.len(),
                 vnis: self.networks.len(),
                 public_key: PublicKey::from_bytes([7; 32]),
+                underlay_mtu: 1500,
+                flood_rate: 1000,
             }),
             Request::Networks(_) => v(self
                 .networks
                 .iter()
-                .map(|(vni, (enc, owner))| NetworkInfo {
+                .map(|(vni, (enc, flood, owner))| NetworkInfo {
                     vni: *vni,
                     encrypted: *enc,
                     endpoints: self.endpoints.iter().filter(|e| e.vni == *vni).count(),
                     peers: 0,
                     mtu: 1450,
+                    flood: *flood,
+                    flood_rate: 1000,
+                    flooding: dp::FloodStats::default(),
                     owner: *owner,
                 })
                 .collect::<Vec<_>>()),
@@ -103,7 +109,7 @@ impl FakeDp {
                 .collect::<Vec<_>>()),
             Request::NetworkAdd(n) => {
                 self.writes.push(format!("network_add {}", n.vni));
-                self.networks.insert(n.vni, (n.encrypted, n.owner));
+                self.networks.insert(n.vni, (n.encrypted, n.flood, n.owner));
                 v(())
             }
             Request::NetworkDel(n) => {
@@ -154,6 +160,7 @@ impl FakeDp {
                     kind,
                     tap: format!("vx{}", self.next_id),
                     gateways: a.gateways.clone(),
+                    path_mtu: 1450,
                     owner: a.owner,
                 };
                 self.endpoints.push(e.clone());
@@ -581,7 +588,10 @@ fn a_container_is_made_real_and_removed_without_a_trace() {
             .with(|h| h.netns.contains("c1") && h.resolv.contains("c1"))
     );
     n.dp.with(|d| {
-        assert_eq!(d.networks.get(&net.vni), Some(&(false, Owner::Control)));
+        assert_eq!(
+            d.networks.get(&net.vni),
+            Some(&(false, true, Owner::Control))
+        );
         let e = &d.endpoints[0];
         assert_eq!((e.location.as_str(), e.ifname.as_str()), ("c1", "eth0"));
         assert_eq!(e.gateways.len(), 1, "the first network routes by default");

@@ -63,29 +63,27 @@ impl Dataplane {
             )));
         }
         let size = p.size.unwrap_or(DEFAULT_SIZE);
-        if size > src.mtu {
-            if p.df || p.dst.is_ipv6() {
-                let mut s = step(
-                    TraceStage::TapRx,
-                    StepVerdict::Drop,
-                    format!(
-                        "{size}-byte packet with DF, above the endpoint's MTU of {}: its kernel refuses to send it (EMSGSIZE)",
-                        src.mtu
-                    ),
-                );
-                s.reason = Some("tap/endpoint_mtu".into());
-                s.fix = Some(format!(
-                    "send at most {} bytes (ping -s {}), or attach the endpoint with a larger --mtu",
-                    src.mtu,
-                    src.mtu.saturating_sub(28)
-                ));
-                steps.push(s);
-                return Ok(TraceReport {
-                    steps,
-                    verdict: TraceVerdict::Dropped,
-                    outer: None,
-                });
-            }
+        if size > src.mtu && (p.df || p.dst.is_ipv6()) {
+            let mut s = step(
+                TraceStage::TapRx,
+                StepVerdict::Drop,
+                format!(
+                    "{size}-byte packet with DF, above the endpoint's MTU of {}: its kernel refuses to send it (EMSGSIZE)",
+                    src.mtu
+                ),
+            );
+            s.reason = Some("tap/endpoint_mtu".into());
+            s.fix = Some(format!(
+                "send at most {} bytes (ping -s {}), or attach the endpoint with a larger --mtu",
+                src.mtu,
+                src.mtu.saturating_sub(28)
+            ));
+            steps.push(s);
+            return Ok(TraceReport {
+                steps,
+                verdict: TraceVerdict::Dropped,
+                outer: None,
+            });
         }
         // The next hop: the destination itself when on-link, else the
         // endpoint's gateway of that family.
@@ -498,7 +496,7 @@ fn report(host: &str, run: &TraceRun, names: &[(PortId, String)]) -> TraceReport
                 );
             }
             Note::FdbMiss { mac } => {
-                // The drop that follows says it.
+                // The flood or the drop that follows says it.
                 let _ = mac;
             }
             Note::FdbLocal { mac, port } => {

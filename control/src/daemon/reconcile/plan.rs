@@ -29,6 +29,12 @@
 //!   (IPv4 and IPv6); if they disagree on the VTEP, the newest record's
 //!   VTEP wins.
 //! - Every live member but this host gets its key (`vtep_add`).
+//! - An endpoint's MTU is its network's given MTU, else what this host's
+//!   underlay carries ([`Network::mtu_on`], the same rule `vxnet dp
+//!   attach` applies). An endpoint whose MTU alone differs from that (the
+//!   underlay's MTU changed after it was attached) is not re-attached,
+//!   which would cut its connections: [`mtu_drift`] reports it.
+//! - A network's flooding setting goes to the dataplane with it.
 //! - Every VIP-mode service on a network declared here gets its VIP
 //!   (`service_set`), IPv4 and IPv6 apart, with the addresses of the tasks
 //!   alive on that network ([`Live`]) as backends. With none alive the
@@ -43,6 +49,7 @@ use vxnet_api::dp::{
     Owner, ServiceInfo, VtepInfo,
 };
 use vxnet_api::{IpNet, MacAddr, PublicKey, Vni};
+use vxnet_proto::mtu::Underlay;
 
 use super::names::Live;
 use crate::daemon::gossip::GossipView;
@@ -62,6 +69,9 @@ pub struct LocalContainer<'a> {
 pub struct Desired<'a> {
     /// This host's VTEP (the dataplane's local address).
     pub own_vtep: IpAddr,
+    /// What carries it (the dataplane's `show`); `None` from a dataplane
+    /// that does not say, and then networks' recorded MTUs are used.
+    pub underlay: Option<Underlay>,
     /// Every network the store knows.
     pub networks: &'a [Network],
     /// The containers whose endpoints must exist (running, with their
@@ -99,6 +109,25 @@ pub struct EndpointSpec {
     pub gateways: Vec<IpAddr>,
 }
 
+impl EndpointSpec {
+    /// Equal but for the MTU.
+    fn same_but_mtu(&self, other: &EndpointSpec) -> bool {
+        self.mtu != other.mtu
+            && EndpointSpec {
+                mtu: other.mtu,
+                ..self.clone()
+            } == *other
+    }
+}
+
+/// A network's settings on the dataplane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetSpec {
+    pub encrypted: bool,
+    /// Replicate flooded frames to other hosts.
+    pub flood: bool,
+}
+
 /// A remote endpoint: its addresses behind one VTEP.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerSpec {
@@ -109,8 +138,7 @@ pub struct PeerSpec {
 /// The part of a dataplane's state the control plane manages.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DpState {
-    /// VNI -> encrypted.
-    pub networks: BTreeMap<Vni, bool>,
+    pub networks: BTreeMap<Vni, NetSpec>,
     pub endpoints: BTreeMap<EndpointKey, EndpointSpec>,
     pub peers: BTreeMap<(Vni, MacAddr), PeerSpec>,
     pub vteps: BTreeMap<IpAddr, PublicKey>,
@@ -172,14 +200,24 @@ pub fn plan(d: &Desired<'_>) -> Plan {
             if sidecar {
                 gateways.clear();
             }
-            p.state.networks.insert(net.vni, net.encrypted);
+            p.state.networks.insert(
+                net.vni,
+                NetSpec {
+                    encrypted: net.encrypted,
+                    flood: net.flood,
+                },
+            );
+            let mtu = match d.underlay {
+                Some(u) => net.mtu_on(u),
+                None => u32::from(net.mtu),
+            };
             p.state.endpoints.insert(
                 key.clone(),
                 EndpointSpec {
                     vni: net.vni,
                     mac: a.mac,
                     ips: sorted(ips),
-                    mtu: u32::from(net.mtu),
+                    mtu,
                     gateways: sorted(gateways),
                 },
             );
@@ -249,7 +287,7 @@ pub fn plan(d: &Desired<'_>) -> Plan {
 /// tasks as backends.
 fn services(
     d: &Desired<'_>,
-    declared: &BTreeMap<Vni, bool>,
+    declared: &BTreeMap<Vni, NetSpec>,
 ) -> BTreeMap<(Vni, IpAddr), BTreeSet<(IpAddr, MacAddr)>> {
     let mut out: BTreeMap<(Vni, IpAddr), BTreeSet<(IpAddr, MacAddr)>> = BTreeMap::new();
     for s in d.services {
@@ -312,7 +350,13 @@ pub fn observe(o: &Observed) -> DpState {
     let mine = |owner: &Owner| *owner == Owner::Control;
     let mut s = DpState::default();
     for n in o.networks.iter().filter(|n| mine(&n.owner)) {
-        s.networks.insert(n.vni, n.encrypted);
+        s.networks.insert(
+            n.vni,
+            NetSpec {
+                encrypted: n.encrypted,
+                flood: n.flood,
+            },
+        );
     }
     for e in o.endpoints.iter().filter(|e| mine(&e.owner)) {
         let key = match e.kind {
@@ -360,7 +404,7 @@ pub fn observe(o: &Observed) -> DpState {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     VtepAdd(IpAddr, PublicKey),
-    NetworkAdd(Vni, bool),
+    NetworkAdd(Vni, NetSpec),
     Detach(EndpointKey),
     PeerDel {
         vni: Vni,
@@ -400,9 +444,11 @@ impl Op {
                 owner: Owner::Control,
             }
             .into_request(),
-            Op::NetworkAdd(vni, encrypted) => dp::NetworkAdd {
+            Op::NetworkAdd(vni, spec) => dp::NetworkAdd {
                 vni: *vni,
-                encrypted: *encrypted,
+                encrypted: spec.encrypted,
+                flood: spec.flood,
+                flood_rate: None,
                 owner: Owner::Control,
             }
             .into_request(),
@@ -480,6 +526,23 @@ impl Op {
     }
 }
 
+/// Endpoints whose MTU alone differs from what they would get now (the
+/// underlay's MTU changed since they were attached): (endpoint, MTU it
+/// has, MTU it would get). [`diff`] leaves them alone; a re-attach (the
+/// container's restart) gives them the new MTU. Until then the dataplane
+/// answers their too-big frames with ICMP, so their TCP adapts.
+pub fn mtu_drift(actual: &DpState, desired: &DpState) -> Vec<(EndpointKey, u32, u32)> {
+    desired
+        .endpoints
+        .iter()
+        .filter_map(|(key, want)| {
+            let have = actual.endpoints.get(key)?;
+            have.same_but_mtu(want)
+                .then(|| (key.clone(), have.mtu, want.mtu))
+        })
+        .collect()
+}
+
 /// The steps from `actual` to `desired`, in the order to apply them.
 pub fn diff(actual: &DpState, desired: &DpState) -> Vec<Op> {
     let mut vtep_add = Vec::new();
@@ -513,6 +576,8 @@ pub fn diff(actual: &DpState, desired: &DpState) -> Vec<Op> {
     for (key, spec) in &desired.endpoints {
         match actual.endpoints.get(key) {
             Some(have) if have == spec => {}
+            // Only the MTU: reported by `mtu_drift`, not re-attached.
+            Some(have) if have.same_but_mtu(spec) => {}
             Some(_) => {
                 detach.push(Op::Detach(key.clone()));
                 attach.push(Op::Attach(key.clone(), spec.clone()));

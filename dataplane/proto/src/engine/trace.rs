@@ -76,8 +76,9 @@ pub enum Note {
         /// Backends the service has.
         backends: usize,
     },
-    /// The FDB has no entry for the destination MAC and the VNI no flood
-    /// VTEP (the drop follows).
+    /// The FDB has no entry for the destination MAC: the frame is flooded
+    /// ([`Note::Flood`]), or dropped when nobody would get it (the drop
+    /// follows).
     FdbMiss { mac: MacAddr },
     /// Switched to another local endpoint.
     FdbLocal { mac: MacAddr, port: PortId },

@@ -112,9 +112,28 @@ fn drops_name_the_reason_the_counters_use() {
     assert_eq!(run.drops, vec![Drop::TapSpoofedSource]);
     assert!(run.notes.is_empty() && run.sent.is_empty());
 
+    // Unknown unicast is flooded to the VNI's other host, which has no
+    // endpoint with that MAC.
     let run = h1.trace_tap(0, &mut udp_frame(A, C));
-    assert_eq!(run.drops, vec![Drop::TapNoDestination]);
+    assert!(run.drops.is_empty(), "{run:?}");
+    assert_eq!(
+        &run.notes[1..3],
+        &[Note::FdbMiss { mac: C }, Note::Flood { ports: 0, vteps: 1 }]
+    );
+    assert_eq!(run.sent.len(), 1);
+    let (_, mut flooded) = run.sent[0].clone();
+    let run = h2.trace_wire("192.0.2.1:4789".parse().unwrap(), &mut flooded);
+    assert_eq!(run.drops, vec![Drop::WireNoEndpoint]);
+
+    // With no other host or endpoint on the VNI, nobody gets it.
+    let mut fdb = Fdb::default();
+    fdb.add_local(0, vni(), A, &[]).unwrap();
+    let stats = Arc::new(Stats::default());
+    let mut alone = Engine::new(EngineConfig::default(), Arc::new(fdb), Arc::clone(&stats));
+    let run = alone.trace_tap(0, &mut udp_frame(A, C));
+    assert_eq!(run.drops, vec![Drop::TapNoReceivers]);
     assert_eq!(run.notes.last(), Some(&Note::FdbMiss { mac: C }));
+    assert_eq!(counted(&alone), (0, 0));
 
     // A VNI only the sender has.
     let mut d = vec![0u8; 8];
