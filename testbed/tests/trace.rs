@@ -257,6 +257,21 @@ fn dp_trace_too_big_for_the_underlay() -> Result<()> {
         Some((host_vtep(&tb, 1), "outer".into(), "tap/too_big".into())),
         "{r:#}"
     );
+    // The sender is told the MTU that fits (1400 - 50 of VXLAN), and the
+    // drop says how to fix it.
+    let steps = r["steps"].as_array().cloned().unwrap_or_default();
+    assert!(
+        steps.iter().any(|s| s["stage"] == "outer"
+            && s["verdict"] == "answered"
+            && s["detail"].as_str().is_some_and(|d| d.contains("MTU 1350"))),
+        "{r:#}"
+    );
+    assert!(
+        steps.iter().any(|s| s["fix"]
+            .as_str()
+            .is_some_and(|f| f.contains("ICMP") && f.contains("MTU"))),
+        "{r:#}"
+    );
     // Bigger than the endpoint itself: its own kernel refuses it.
     let r = trace(&dp1, &["--from", a4, "--to", b4, "--size", "1500", "--df"])?;
     assert_eq!(

@@ -571,6 +571,29 @@ fn report(host: &str, run: &TraceRun, names: &[(PortId, String)]) -> TraceReport
                 Pass,
                 format!("reply of a balanced flow: its source becomes VIP {vip} again"),
             ),
+            Note::TooBig {
+                mtu,
+                port,
+                answered: true,
+            } => push(
+                S::Outer,
+                Answered,
+                format!(
+                    "too big for the underlay once encapsulated (it carries inner packets of {mtu} bytes): an ICMP fragmentation needed (packet too big) with MTU {mtu} goes back to {}",
+                    name(*port)
+                ),
+            ),
+            Note::TooBig {
+                mtu,
+                answered: false,
+                ..
+            } => push(
+                S::Outer,
+                Pass,
+                format!(
+                    "too big for the underlay once encapsulated (it carries inner packets of {mtu} bytes), without DF: sent whole, the kernel fragments the datagram"
+                ),
+            ),
             Note::TapTx { port, len } => push(
                 S::TapTx,
                 Delivered,

@@ -86,6 +86,16 @@ pub enum Note {
     FdbRemote { mac: MacAddr, vtep: IpAddr },
     /// Broadcast or unknown unicast: copied to local ports and flood VTEPs.
     Flood { ports: usize, vteps: usize },
+    /// Longer than the underlay carries for the VNI once encapsulated
+    /// (`mtu`: the inner IP MTU that fits). `answered`: an ICMP
+    /// fragmentation needed or packet too big went back to `port` (and
+    /// the drop `tap/too_big` follows); else the frame is sent whole, in a
+    /// datagram the kernel fragments.
+    TooBig {
+        mtu: u32,
+        port: PortId,
+        answered: bool,
+    },
     /// Sealed with this outbound SA.
     Sa { spi: u32, generation: u32, seq: u64 },
     /// Encapsulated: `datagrams` UDP payloads of `len` bytes (the first;
