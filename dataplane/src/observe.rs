@@ -356,3 +356,28 @@ pub fn vteps_of(fdb: &Fdb, vni: Vni) -> Vec<IpAddr> {
     v.dedup();
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that falls behind loses records, counted; the worker
+    /// never waits. A closed or finished stream removes the tap.
+    #[test]
+    fn a_full_queue_drops_and_counts_and_never_blocks() {
+        let (tx, rx) = crossbeam_channel::bounded(2);
+        let state = StreamState::default();
+        for i in 0..5u32 {
+            assert!(offer(&tx, &state, i), "the tap stays");
+        }
+        assert_eq!(state.dropped.load(Ordering::Relaxed), 3);
+        assert_eq!(rx.try_iter().collect::<Vec<_>>(), [0, 1]);
+
+        state.done.store(true, Ordering::Relaxed);
+        assert!(!offer(&tx, &state, 9), "a finished stream drops the tap");
+        let fresh = StreamState::default();
+        drop(rx);
+        assert!(!offer(&tx, &fresh, 9), "a gone reader drops the tap");
+        assert_eq!(fresh.dropped.load(Ordering::Relaxed), 0);
+    }
+}

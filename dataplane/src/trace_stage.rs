@@ -38,9 +38,7 @@ pub fn fix(d: Drop) -> &'static str {
         ("tap", "no_destination") => {
             "the source's network has no forwarding table on this host: re-add it (`vxnet dp network add`), or reconnect the container"
         }
-        ("tap", "no_receivers") => {
-            "no endpoint or peer has this MAC on the VNI, and no other host or endpoint is there to flood it to: add the peer (`vxnet dp peer add`), or check that the destination's container runs and its host is Ready (`vxnet node ls`)"
-        }
+        ("tap", "no_receivers") => fix_no_peer(),
         ("tap", "flood_off") => {
             "the destination MAC is unknown here and the network does not flood: add the peer (`vxnet dp peer add`), or turn flooding on for the network"
         }
@@ -97,4 +95,10 @@ pub fn fix(d: Drop) -> &'static str {
         }
         _ => "the kernel refused the send or write; see the dataplane's log",
     }
+}
+
+/// How to fix unknown unicast that nobody else gets (`tap/no_receivers`,
+/// and the trace's own `fdb/no_peer`).
+pub fn fix_no_peer() -> &'static str {
+    "no endpoint or peer has this MAC on the VNI: add the peer (`vxnet dp peer add`), or check that the destination's container runs and its host is Ready (`vxnet node ls`)"
 }

@@ -148,12 +148,14 @@ fn capture_of_encrypted_ping_shows_icmp_inside_and_only_esp_outside() -> Result<
         "{ifaces}"
     );
 
-    // `-w -` streams pcapng to stdout, as `tshark -i -` reads it.
-    let streamed = tb.state_dir().join("streamed.pcapng");
+    // `-w -` streams pcapng to stdout, read live by `tshark -i -`; `-c`
+    // bounds it.
+    let streamed = tb.state_dir().join("streamed.txt");
     let cli = find_binary("vxnet")?.display().to_string();
     let socket = tb.state_dir().join(format!("{}.sock", tb.host(1).name));
     let sh = format!(
-        "{cli} capture --socket {} --vni {vni} --inner -c 2 --duration 10s -w - > {}",
+        "{cli} capture --socket {} --vni {vni} --inner -c 2 --duration 10s -w - \
+         | tshark -i - -l -T fields -e frame.interface_name -e icmp.type > {}",
         socket.display(),
         streamed.display()
     );
@@ -161,15 +163,52 @@ fn capture_of_encrypted_ping_shows_icmp_inside_and_only_esp_outside() -> Result<
     wait_started(&tb, &mut s, "capture-stdout", "capturing on")?;
     tb.ping_ok(&p.c1.ns, b4, 2, None)?;
     wait_exit(&mut s, Duration::from_secs(15))?;
-    let n = tshark(&[
-        "-r",
-        &streamed.display().to_string(),
-        "-T",
-        "fields",
-        "-e",
-        "frame.number",
-    ])?;
-    ensure!(n.lines().count() == 2, "streamed: {n}");
+    ensure!(
+        s.log_tail(2000).contains("2 packets captured")
+            && s.log_tail(2000).contains("stopped by count"),
+        "{}",
+        s.log_tail(2000)
+    );
+    let read = std::fs::read_to_string(&streamed)?;
+    let types: Vec<&str> = read.lines().map(|l| l.trim()).collect();
+    ensure!(
+        types == ["inner\t8", "inner\t0"],
+        "tshark -i - read: {read:?}"
+    );
+
+    // `--max-bytes` bounds it too: two 98-byte frames pass 150 bytes.
+    let name = "capture-bytes";
+    let bounded = tb.state_dir().join("bounded.pcapng");
+    let bounded_s = bounded.display().to_string();
+    let mut cap = spawn_cli(
+        &tb,
+        1,
+        name,
+        &[
+            "capture",
+            "--vni",
+            &vni,
+            "--inner",
+            "--max-bytes",
+            "150",
+            "-c",
+            "1000",
+            "--duration",
+            "10s",
+            "-w",
+            &bounded_s,
+        ],
+    )?;
+    wait_started(&tb, &mut cap, name, "capturing on")?;
+    tb.ping_ok(&p.c1.ns, b4, 3, None)?;
+    wait_exit(&mut cap, Duration::from_secs(15))?;
+    let tail = cap.log_tail(2000);
+    ensure!(
+        tail.contains("2 packets captured") && tail.contains("stopped by bytes"),
+        "{tail}"
+    );
+    let n = tshark(&["-r", &bounded_s, "-T", "fields", "-e", "frame.number"])?;
+    ensure!(n.lines().count() == 2, "bounded by bytes: {n}");
     Ok(())
 }
 

@@ -226,7 +226,9 @@ fn swarm_trace_paths_and_failures() -> Result<()> {
     );
 
     // No peer for the destination: host2 dies, its endpoints leave
-    // host1's dataplane while the swarm still lists c2 there.
+    // host1's dataplane while the swarm still lists c2 there. c1 still
+    // has c2's MAC: unknown unicast, flooded to host1's other endpoints
+    // only, which the trace calls fdb/no_peer.
     process::kill_pid(w.pid, libc::SIGKILL);
     process::kill_pid(sw.dataplanes[1].pid, libc::SIGKILL);
     let r = wait_for(
@@ -237,12 +239,12 @@ fn swarm_trace_paths_and_failures() -> Result<()> {
             // longer answers.
             let r = trace(m, &["--from", "c1", "--to", &ip2, "--network", "plain"]);
             Ok(r.ok()
-                .filter(|r| first_failure(r).is_some_and(|f| f.2 == "tap/no_receivers")))
+                .filter(|r| first_failure(r).is_some_and(|f| f.2 == "fdb/no_peer")))
         },
     )?;
     assert_eq!(
         first_failure(&r),
-        Some(("host1".into(), "fdb".into(), "tap/no_receivers".into())),
+        Some(("host1".into(), "fdb".into(), "fdb/no_peer".into())),
         "{r:#}"
     );
     Ok(())

@@ -413,6 +413,10 @@ fn build_packet(src: &Source, dst_mac: MacAddr, p: &PacketSpec, size: u32) -> R<
 }
 
 /// The stages of a dry run on `host`: its notes, then its drop.
+/// The trace's own reason for unknown unicast that reaches no other host
+/// (no counter sees it: the other local endpoints get copies).
+pub const NO_PEER: &str = "fdb/no_peer";
+
 fn report(host: &str, run: &TraceRun, names: &[(PortId, String)]) -> TraceReport {
     let name = |port: PortId| {
         names
@@ -601,6 +605,14 @@ fn report(host: &str, run: &TraceRun, names: &[(PortId, String)]) -> TraceReport
             ),
         }
     }
+    // Unknown unicast that reached no other host: copied to the other
+    // local endpoints (none has the MAC) at most. No counter calls that a
+    // drop, but the packet goes nowhere.
+    let unknown = run.notes.iter().any(|n| matches!(n, Note::FdbMiss { .. }))
+        && run
+            .notes
+            .iter()
+            .any(|n| matches!(n, Note::Flood { vteps: 0, .. }));
     let verdict = if let Some(d) = run.drops.first() {
         steps.push(TraceStep {
             host: host.to_string(),
@@ -609,6 +621,16 @@ fn report(host: &str, run: &TraceRun, names: &[(PortId, String)]) -> TraceReport
             detail: d.help().to_string(),
             reason: Some(format!("{}/{}", d.stage(), d.reason())),
             fix: Some(crate::trace_stage::fix(*d).to_string()),
+        });
+        TraceVerdict::Dropped
+    } else if unknown {
+        steps.push(TraceStep {
+            host: host.to_string(),
+            stage: S::Fdb,
+            verdict: StepVerdict::Drop,
+            detail: "no endpoint or peer has the destination MAC on the VNI, and no other host is there to flood it to: only the other local endpoints get a copy, and none of them has the MAC".into(),
+            reason: Some(NO_PEER.into()),
+            fix: Some(crate::trace_stage::fix_no_peer().into()),
         });
         TraceVerdict::Dropped
     } else if steps.iter().any(|s| s.verdict == Delivered) {
