@@ -567,8 +567,20 @@ fn run_path(tb: &Testbed, path: Path, cfg: &BenchConfig) -> Result<Sample> {
         Path::VxnetPlainTraced => {
             let pair = tb.vxnet_pair(DEMO_VNI, &cfg.dataplane, ("t1", "t2"))?;
             let ip = pair.ep2.v4().unwrap_or_default().to_string();
-            let r = live_traced(tb, &[&pair.dp1, &pair.dp2], cfg)
-                .and_then(|_live| measure(tb, &pair.c1.ns, &pair.c2.ns, &ip, cfg));
+            let r = live_traced(tb, &[&pair.dp1, &pair.dp2], cfg).and_then(|live| {
+                let sample = measure(tb, &pair.c1.ns, &pair.c2.ns, &ip, cfg)?;
+                // The row is honest only if live trace saw the traffic.
+                for (name, p) in &live {
+                    let log = crate::process::log_tail(&tb.log_path(name), 100_000);
+                    if !log
+                        .lines()
+                        .any(|l| l.starts_with(|c: char| c.is_ascii_digit()))
+                    {
+                        anyhow::bail!("{name} reported no packet: {}", p.log_tail(2000));
+                    }
+                }
+                Ok(sample)
+            });
             tb.stop_dataplanes(&[&pair.dp1, &pair.dp2]);
             r
         }
@@ -586,12 +598,13 @@ fn run_path(tb: &Testbed, path: Path, cfg: &BenchConfig) -> Result<Sample> {
 
 /// Starts `vxnet trace --live` on each of `dps` (defaults: every drop and
 /// one packet in 64), bounded well past the measurement, and waits until
-/// each is watching. They stop when the returned processes drop.
+/// each is watching. They stop when the returned processes (with their
+/// log names) drop.
 fn live_traced(
     tb: &Testbed,
     dps: &[&crate::vxnet::Dataplane],
     cfg: &BenchConfig,
-) -> Result<Vec<crate::process::BackgroundProc>> {
+) -> Result<Vec<(String, crate::process::BackgroundProc)>> {
     let cli = crate::vxnet::find_binary("vxnet")?.display().to_string();
     let count = vxnet_api::observe::MAX_COUNT.to_string();
     let duration = format!("{}s", cfg.seconds + 120);
@@ -617,7 +630,7 @@ fn live_traced(
         }) {
             anyhow::bail!("live trace did not start: {}", p.log_tail(2000));
         }
-        procs.push(p);
+        procs.push((name, p));
     }
     Ok(procs)
 }
@@ -823,7 +836,7 @@ pub fn table(r: &BenchReport) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<16} {:>9} {:>11} {:>9} {:>12} {:>12} {:>12} {:>6} {:>9}",
+        "{:<18} {:>9} {:>11} {:>9} {:>12} {:>12} {:>12} {:>6} {:>9}",
         "path",
         "Gbit/s",
         "min-max",
@@ -837,7 +850,7 @@ pub fn table(r: &BenchReport) -> String {
     for row in &r.rows {
         let _ = write!(
             s,
-            "{:<16} {:>9} {:>11} {:>9} {:>12} {:>12} {:>12} {:>6} {:>9}",
+            "{:<18} {:>9} {:>11} {:>9} {:>12} {:>12} {:>12} {:>6} {:>9}",
             row.path.label(),
             opt(row.gbit(), 2),
             row.spread()
