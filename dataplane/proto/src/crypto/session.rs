@@ -230,12 +230,42 @@ struct PendingResp {
 }
 
 /// Remembered after a completed handshake as initiator, to answer a
-/// retransmitted RESP (our CONFIRM was lost) with CONFIRM again.
+/// retransmitted RESP (our CONFIRM was lost) with CONFIRM again, once.
 struct CompletedInit {
     ts: u64,
-    init_eph: PublicKey,
     resp_eph: PublicKey,
     confirm: [u8; CONTROL_LEN],
+    /// The CONFIRM was sent again already: further copies of the RESP
+    /// (replays) get nothing.
+    resent: bool,
+}
+
+/// How many INITs we sent, and handshakes we answered, are remembered (by
+/// their public values only) so that late RESPs and CONFIRMs can still be
+/// authenticated before they are called stale.
+const HISTORY: usize = 16;
+
+/// An INIT we sent: its timestamp and ephemeral public key.
+#[derive(Clone, Copy)]
+struct SentInit {
+    ts: u64,
+    generation: u32,
+    e_i: PublicKey,
+}
+
+/// A handshake we answered: the INIT's timestamp and both ephemerals.
+#[derive(Clone, Copy)]
+struct Answered {
+    ts: u64,
+    e_i: PublicKey,
+    e_r: PublicKey,
+}
+
+fn remember<T>(ring: &mut VecDeque<T>, item: T) {
+    if ring.len() == HISTORY {
+        ring.pop_front();
+    }
+    ring.push_back(item);
 }
 
 /// Key rotation state with one peer.
@@ -267,6 +297,15 @@ pub struct Session {
     /// (INIT ts, e_i, e_r) of the last handshake we answered and switched to.
     last_promoted: Option<(u64, PublicKey, PublicKey)>,
     last_peer_init_ts: u64,
+    /// The peer handshake (e_i) we last answered with a RESP: its INIT
+    /// retries (and replays of them) get no second RESP; our own RESP
+    /// retransmission covers a lost one. Cleared when we give up on it.
+    answered_eph: Option<PublicKey>,
+    /// The peer handshake (e_i) for which we last sent our pending INIT
+    /// again at once (as the side with the larger key).
+    nudged_eph: Option<PublicKey>,
+    sent_inits: VecDeque<SentInit>,
+    answered: VecDeque<Answered>,
     rekey_at: Option<Instant>,
     rekey_wanted: bool,
     transmit: VecDeque<[u8; CONTROL_LEN]>,
@@ -334,6 +373,10 @@ impl Session {
             completed: None,
             last_promoted: None,
             last_peer_init_ts: 0,
+            answered_eph: None,
+            nudged_eph: None,
+            sent_inits: VecDeque::with_capacity(HISTORY),
+            answered: VecDeque::with_capacity(HISTORY),
             rekey_at: None,
             rekey_wanted: true,
             transmit: VecDeque::new(),
@@ -542,8 +585,10 @@ impl Session {
         let mut consider = |x: Instant| t = Some(t.map_or(x, |t| t.min(x)));
         if let Some(i) = &self.initiating {
             consider(i.next_retry);
-        } else if self.responding.is_some() {
-            // The answered handshake brings the next generation.
+        } else if self.responding.is_some() && self.current.is_some() {
+            // The answered handshake brings the next generation. Without a
+            // current one we initiate all the same: the INIT we answered
+            // may be a replay (see "Freshness").
         } else if self.rekey_wanted {
             consider(self.last_now);
         } else if let Some(r) = self.rekey_at {
@@ -575,10 +620,18 @@ impl Session {
                 .retain(|_, sa| !expired.contains(&sa.local_gen));
             self.gens.retain(|g| !expired.contains(&g.local_id));
         }
-        // INIT retry with a fresh timestamp (the responder only takes newer ones).
+        // INIT retry with a fresh timestamp (the responder only takes newer
+        // ones), except while we answer the peer's INIT: the same timestamp
+        // then lets a peer that completed that handshake (its RESP told us
+        // so through `sender_ts`) ignore the retry instead of starting a
+        // handshake we would drop once we switch.
         if let Some(i) = &self.initiating {
             if now >= i.next_retry {
-                let ts = self.next_ts(now);
+                let ts = if self.responding.is_some() {
+                    i.ts
+                } else {
+                    self.next_ts(now)
+                };
                 let max = self.config.max_retry_interval;
                 if let Some(i) = self.initiating.as_mut() {
                     i.ts = ts;
@@ -587,7 +640,7 @@ impl Session {
                 }
                 self.queue_init();
             }
-        } else if self.responding.is_none()
+        } else if (self.responding.is_none() || self.current.is_none())
             && (self.rekey_wanted || self.rekey_at.is_some_and(|at| now >= at))
         {
             self.start_init(now);
@@ -609,6 +662,10 @@ impl Session {
         if give_up {
             if let Some(r) = self.responding.take() {
                 self.retire(r.local_id, now);
+                // Should the peer still be retrying that INIT, answer it anew.
+                if self.answered_eph == Some(r.init_eph) {
+                    self.answered_eph = None;
+                }
             }
             // The peer wanted a new generation and did not get it: we try.
             self.rekey_wanted = true;
@@ -653,26 +710,40 @@ impl Session {
         if ts <= self.last_peer_init_ts {
             return Err(CryptoError::StaleControlMessage);
         }
-        if self.initiating.is_some() {
-            if self.preferred {
-                // Simultaneous INIT: we stay initiator; the peer will answer
-                // ours. It may never have seen ours, though: an INIT that
-                // reached it before it had our key was dropped there, and
-                // our next retry may be far off. This authenticated INIT
-                // proves it knows us now, so send ours again at once (the
-                // same generation, timestamp and ephemeral: a peer that did
-                // get it drops the copy as stale). Taking the peer's INIT as
-                // seen makes a replayed copy stale, so it cannot make us
-                // send again.
-                self.last_peer_init_ts = ts;
-                self.queue_init();
-                return Ok(());
-            }
-            // We yield: drop our pending INIT (wiping its ephemeral). Should
-            // the peer's handshake fail too, we start over ourselves.
-            self.initiating = None;
-            self.rekey_wanted = true;
+        // Retries of one handshake carry the same ephemeral: one RESP per
+        // handshake, so a replayed retry costs nothing. A lost RESP is
+        // covered by our retransmission timer.
+        if self.answered_eph == Some(e_i) {
+            self.last_peer_init_ts = ts;
+            return Err(CryptoError::StaleControlMessage);
         }
+        if self.initiating.is_some() && self.preferred {
+            // Simultaneous INIT: we stay initiator; the peer will answer
+            // ours. It may never have seen ours, though: an INIT that
+            // reached it before it had our key was dropped there, and our
+            // next retry may be far off. This authenticated INIT suggests it
+            // knows us now, so send ours again at once (the same
+            // generation, timestamp and ephemeral: a peer that did get it
+            // drops the copy as stale), once per peer handshake, so a
+            // replayed copy or retry makes us send nothing.
+            self.last_peer_init_ts = ts;
+            if self.nudged_eph != Some(e_i) {
+                self.nudged_eph = Some(e_i);
+                self.queue_init();
+                // Should the copy be lost, retry soon rather than after the
+                // backed-off interval: our own timer, not the peer's retries
+                // (which a replay could imitate), covers the loss.
+                let first = self.config.handshake_timeout;
+                if let Some(i) = self.initiating.as_mut() {
+                    i.interval = first;
+                    i.next_retry = now + first;
+                }
+            }
+            return Ok(());
+        }
+        // We answer. A pending INIT of ours stays pending and keeps being
+        // retried: this INIT may be a replay (see "Freshness"); it is
+        // dropped only when the answered handshake is confirmed.
         let e_r = Ephemeral::generate(&mut *self.rng);
         let dh_ee = e_r.dh(&e_i).ok_or(CryptoError::BadControlMessage)?;
         self.last_peer_init_ts = ts;
@@ -680,6 +751,15 @@ impl Session {
         drop(dh_ee);
         let resp_eph = e_r.public;
         drop(e_r);
+        self.answered_eph = Some(e_i);
+        remember(
+            &mut self.answered,
+            Answered {
+                ts,
+                e_i,
+                e_r: resp_eph,
+            },
+        );
         self.generation = self.generation.max(generation);
         // A previous unconfirmed answer is superseded; keep receiving on it
         // for the grace period in case the peer did switch to it.
@@ -719,27 +799,38 @@ impl Session {
         e_r: PublicKey,
         sender_ts: u64,
     ) -> Result<(), CryptoError> {
+        // Authenticate first: the RESP is bound to the INIT it answers, so
+        // find that INIT (by its timestamp) among those we sent. One we
+        // cannot find cannot be authenticated and counts as bad.
+        let sent = self
+            .sent_inits
+            .iter()
+            .rev()
+            .find(|s| s.ts == ts && s.generation == generation)
+            .copied()
+            .ok_or(CryptoError::BadControlMessage)?;
+        self.verify(msg, Some(&sent.e_i))?;
+        // Any retry of our pending INIT (same ephemeral) may be answered.
         let Some(init) = self
             .initiating
             .as_ref()
-            .filter(|i| i.ts == ts && i.generation == generation)
+            .filter(|i| i.eph.public == sent.e_i && i.generation == generation)
         else {
             // A retransmitted RESP for the handshake we completed: our
-            // CONFIRM was lost; send it again.
+            // CONFIRM was lost; send it again, once (a replayed RESP must
+            // not make us answer one for one).
             if let Some(c) = self
                 .completed
-                .as_ref()
-                .filter(|c| c.ts == ts && c.resp_eph == e_r)
+                .as_mut()
+                .filter(|c| c.ts == ts && c.resp_eph == e_r && !c.resent)
             {
+                c.resent = true;
                 let confirm = c.confirm;
-                let e_i = c.init_eph;
-                // Authenticate before answering so forged copies cost nothing.
-                self.verify(msg, Some(&e_i))?;
                 self.transmit.push_back(confirm);
                 return Ok(());
             }
-            // For an INIT we abandoned or retried since: cannot even be
-            // authenticated any more (the ephemeral is gone).
+            // For an INIT we abandoned, a handshake already answered, or a
+            // replay.
             return Err(CryptoError::StaleControlMessage);
         };
         let e_i_pub = init.eph.public;
@@ -774,9 +865,9 @@ impl Session {
         self.transmit.push_back(confirm);
         self.completed = Some(CompletedInit {
             ts,
-            init_eph: e_i_pub,
             resp_eph: e_r,
             confirm,
+            resent: false,
         });
         Ok(())
     }
@@ -788,30 +879,43 @@ impl Session {
         ts: u64,
         e_r: PublicKey,
     ) -> Result<(), CryptoError> {
-        let Some(r) = self
+        // Authenticate first, against the handshake it names.
+        let answered = self
+            .answered
+            .iter()
+            .rev()
+            .find(|a| a.ts == ts && a.e_r == e_r)
+            .copied()
+            .ok_or(CryptoError::BadControlMessage)?;
+        self.verify(msg, Some(&answered.e_i))?;
+        if self
             .responding
             .as_ref()
-            .filter(|r| r.ts == ts && r.resp_eph == e_r)
-        else {
-            // Usually we already switched because data of the new generation
-            // arrived first: authenticate and accept that as a no-op.
-            if let Some((_, e_i, _)) = self
-                .last_promoted
-                .filter(|(t, _, resp_eph)| *t == ts && *resp_eph == e_r)
-            {
-                return self.verify(msg, Some(&e_i));
-            }
-            return Err(CryptoError::StaleControlMessage);
-        };
-        let e_i = r.init_eph;
-        self.verify(msg, Some(&e_i))?;
-        self.promote_responding(now);
-        Ok(())
+            .is_some_and(|r| r.ts == ts && r.resp_eph == e_r)
+        {
+            self.promote_responding(now);
+            return Ok(());
+        }
+        // Usually we already switched because data of the new generation
+        // arrived first: accept that as a no-op.
+        if self
+            .last_promoted
+            .is_some_and(|(t, _, resp_eph)| t == ts && resp_eph == e_r)
+        {
+            return Ok(());
+        }
+        Err(CryptoError::StaleControlMessage)
     }
 
     fn promote_responding(&mut self, now: Instant) {
         if let Some(r) = self.responding.take() {
             self.last_promoted = Some((r.ts, r.init_eph, r.resp_eph));
+            // The answered handshake is confirmed (only the holder of e_i
+            // can confirm it): it is fresh and brings the new generation, so
+            // our own pending INIT, if any, is no longer needed, and a
+            // RESP to a handshake we completed earlier is now stale.
+            self.initiating = None;
+            self.completed = None;
             let PendingResp {
                 local_id, outbound, ..
             } = r;
@@ -923,6 +1027,7 @@ impl Session {
         self.generation = generation;
         let eph = Ephemeral::generate(&mut *self.rng);
         let ts = self.next_ts(now);
+        self.nudged_eph = None;
         self.initiating = Some(PendingInit {
             generation,
             eph,
@@ -942,6 +1047,12 @@ impl Session {
         {
             let msg = self.build(TYPE_INIT, generation, ts, &e_i, ts, None);
             self.transmit.push_back(msg);
+            if self.sent_inits.back().is_none_or(|s| s.ts != ts) {
+                remember(
+                    &mut self.sent_inits,
+                    SentInit { ts, generation, e_i },
+                );
+            }
         }
     }
 
