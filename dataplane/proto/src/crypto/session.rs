@@ -1050,7 +1050,11 @@ impl Session {
             if self.sent_inits.back().is_none_or(|s| s.ts != ts) {
                 remember(
                     &mut self.sent_inits,
-                    SentInit { ts, generation, e_i },
+                    SentInit {
+                        ts,
+                        generation,
+                        e_i,
+                    },
                 );
             }
         }

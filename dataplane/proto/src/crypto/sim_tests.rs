@@ -55,6 +55,12 @@ struct Sim {
     configured: [bool; 2],
     /// Messages a node dropped because it had no session for the sender.
     unknown_host_drops: [u64; 2],
+    /// Restarts of each node so far: `log_session[i]` is the sender's
+    /// count when `control_log[i]` was sent.
+    restarts: [u32; 2],
+    log_session: Vec<u32>,
+    /// Replays of recorded control messages injected per millisecond.
+    replays_per_ms: u32,
 }
 
 fn session(
@@ -135,6 +141,9 @@ impl Sim {
             control_log: Vec::new(),
             configured: [true; 2],
             unknown_host_drops: [0; 2],
+            restarts: [0; 2],
+            log_session: Vec::new(),
+            replays_per_ms: 0,
         }
     }
 
@@ -169,6 +178,7 @@ impl Sim {
             while let Some(m) = self.nodes[from].poll_transmit() {
                 let dropped = self.drop_control.as_mut().is_some_and(|f| f(from, &m));
                 self.control_log.push((from, m.clone()));
+                self.log_session.push(self.restarts[from]);
                 if !dropped {
                     self.send(1 - from, Msg::Control(m));
                 }
@@ -224,6 +234,7 @@ impl Sim {
             }
         }
         self.flush_transmits();
+        self.replay_recorded();
         if self.traffic {
             for from in (0..2).filter(|&n| configured[n]) {
                 let counter = self.counters[from];
@@ -286,8 +297,50 @@ impl Sim {
             && !self.nodes[1].is_rotating()
     }
 
+    /// The adversary on the path: [`Sim::replays_per_ms`] control messages
+    /// picked at random from everything either node ever sent, each to its
+    /// original receiver (one in eight reflected to its sender), with the
+    /// network's random delay, so they arrive in any order.
+    fn replay_recorded(&mut self) {
+        if self.control_log.is_empty() {
+            return;
+        }
+        for _ in 0..self.replays_per_ms {
+            let i = (self.rng.next_u64() % self.control_log.len() as u64) as usize;
+            let (from, m) = self.control_log[i].clone();
+            let to = if self.rng.next_u32() % 8 == 0 {
+                from
+            } else {
+                1 - from
+            };
+            self.send(to, Msg::Control(m));
+        }
+    }
+
+    /// Delivers every recorded control message of `from` to the other node
+    /// right now, before anything real can arrive, newest or oldest first.
+    fn replay_all_now(&mut self, from: usize, newest_first: bool) {
+        let to = 1 - from;
+        let mut msgs: Vec<Vec<u8>> = self
+            .control_log
+            .iter()
+            .filter(|(f, _)| *f == from)
+            .map(|(_, m)| m.clone())
+            .collect();
+        if newest_first {
+            msgs.reverse();
+        }
+        for m in msgs {
+            if let Err(e) = self.nodes[to].handle_message(self.now, &m) {
+                self.control_errors.push((to, e));
+            }
+        }
+        self.flush_transmits();
+    }
+
     /// A new session on `node`; what was in flight to the old one is lost.
     fn restart(&mut self, node: usize, seed: u64) {
+        self.restarts[node] += 1;
         self.new_session(node, seed);
         self.in_flight.retain(|_, (to, _)| *to != node);
     }
@@ -982,4 +1035,172 @@ fn larger_key_sends_its_init_again_once_per_fresh_peer_init() {
     let confirm = sim.nodes[0].poll_transmit().unwrap();
     sim.nodes[1].handle_message(now, &confirm).unwrap();
     assert!(sim.both_on_same_generation());
+}
+
+// ---- a recording, replaying adversary (issue 13, fault 1) ---------------
+
+/// The pair must be back this soon after a restart, whatever is replayed.
+const RECOVER_WITHIN: Duration = Duration::from_secs(1);
+
+/// Each node's generation and outbound SPIs.
+fn sa_state(sim: &Sim) -> Vec<(u32, Vec<u32>)> {
+    (0..2)
+        .map(|n| {
+            let mut spis: Vec<u32> = sim.nodes[n]
+                .sa_infos(sim.now, false)
+                .iter()
+                .filter(|i| i.direction == SaDirection::Outbound)
+                .map(|i| i.spi)
+                .collect();
+            spis.sort_unstable();
+            (sim.nodes[n].generation(), spis)
+        })
+        .collect()
+}
+
+/// Every session answered each peer handshake (INIT ephemeral) with at most
+/// one RESP (its retransmissions are the same bytes), and sent each CONFIRM
+/// at most twice (once more for a retransmitted RESP, never per replay).
+fn at_most_one_answer_per_handshake(sim: &Sim, case: &str) {
+    use std::collections::{HashMap, HashSet};
+    let mut init_eph: HashMap<(usize, Vec<u8>), Vec<u8>> = HashMap::new();
+    for (from, m) in sim.control_log.iter().filter(|(_, m)| msg_type(m) == 1) {
+        init_eph.insert((*from, m[12..20].to_vec()), m[20..52].to_vec());
+    }
+    let mut resps: HashMap<(usize, u32, Vec<u8>), HashSet<&[u8]>> = HashMap::new();
+    let mut confirms: HashMap<(usize, u32, Vec<u8>), usize> = HashMap::new();
+    for ((from, m), session) in sim.control_log.iter().zip(&sim.log_session) {
+        match msg_type(m) {
+            2 => {
+                let e_i = init_eph[&(1 - *from, m[12..20].to_vec())].clone();
+                resps
+                    .entry((*from, *session, e_i))
+                    .or_default()
+                    .insert(&m[..]);
+            }
+            3 => {
+                *confirms
+                    .entry((*from, *session, m[12..52].to_vec()))
+                    .or_default() += 1
+            }
+            _ => {}
+        }
+    }
+    for (k, v) in &resps {
+        assert_eq!(
+            v.len(),
+            1,
+            "{case}: node {} answered one handshake {} times",
+            k.0,
+            v.len()
+        );
+    }
+    for (k, n) in &confirms {
+        assert!(*n <= 2, "{case}: node {} sent one CONFIRM {n} times", k.0);
+    }
+}
+
+/// Rotations under a replay flood, then `restarted` node(s) restart while
+/// every message the other node ever sent is delivered to them at once
+/// and the flood goes on. Asserts recovery within [`RECOVER_WITHIN`], that
+/// the flood then changes nothing for 2 s, and the answer bound; returns
+/// the recovery time.
+fn restart_under_replay(
+    seed: u64,
+    larger: usize,
+    restarted: &[usize],
+    newest_first: bool,
+) -> Duration {
+    let case = format!(
+        "seed {seed}: larger key on node {larger}, node(s) {restarted:?} restarted, \
+         recorded messages replayed {} first",
+        if newest_first { "newest" } else { "oldest" }
+    );
+    let mut sim = Sim::with_larger_key(seed, SessionConfig::default(), larger);
+    sim.max_delay_us = 2000;
+    assert!(sim.run_until(Duration::from_millis(100), Sim::both_on_same_generation));
+    sim.replays_per_ms = 5;
+    for i in 0..4 {
+        let g = sim.nodes[0].generation();
+        let now = sim.now;
+        if i == 3 {
+            sim.nodes[0].rekey(now);
+        }
+        sim.nodes[i % 2].rekey(now);
+        sim.flush_transmits();
+        assert!(
+            sim.run_until(RECOVER_WITHIN, |s| s.both_on_same_generation()
+                && s.nodes[0].generation() != g),
+            "{case}: rotation {i} under replay: {:?} {:?}",
+            sim.nodes[0],
+            sim.nodes[1]
+        );
+    }
+    sim.run(Duration::from_millis(50));
+    for &n in restarted {
+        sim.restart(n, seed * 100 + n as u64);
+    }
+    for &n in restarted {
+        sim.replay_all_now(1 - n, newest_first);
+    }
+    let start = sim.now;
+    let opened = sim.opened;
+    let up = sim.run_until(RECOVER_WITHIN, |s| {
+        s.both_on_same_generation() && s.opened[0] > opened[0] && s.opened[1] > opened[1]
+    });
+    let took = sim.now - start;
+    assert!(
+        up,
+        "{case}: not back {took:?} after the restart: {:?} {:?}",
+        sim.nodes[0], sim.nodes[1]
+    );
+    // Packets the survivor sealed with the old keys are still arriving.
+    sim.run(Duration::from_millis(5));
+    let errors = sim.data_errors.len();
+    let state = sa_state(&sim);
+    let opened = sim.opened;
+    sim.run(Duration::from_secs(2));
+    assert_eq!(sa_state(&sim), state, "{case}: replays moved the SAs");
+    assert!(
+        !sim.nodes[0].is_rotating() && !sim.nodes[1].is_rotating(),
+        "{case}: replays started a handshake: {:?} {:?}",
+        sim.nodes[0],
+        sim.nodes[1]
+    );
+    assert_eq!(
+        sim.data_errors.len(),
+        errors,
+        "{case}: {:?}",
+        &sim.data_errors[errors..]
+    );
+    assert!(
+        sim.opened[0] >= opened[0] + 1990 && sim.opened[1] >= opened[1] + 1990,
+        "{case}: {:?} -> {:?}",
+        opened,
+        sim.opened
+    );
+    at_most_one_answer_per_handshake(&sim, &case);
+    took
+}
+
+#[test]
+fn restart_under_replay_of_every_control_message_recovers_within_1s() {
+    let mut times = Vec::new();
+    for seed in [70u64, 71, 72] {
+        for larger in [0, 1] {
+            for restarted in [&[0usize][..], &[1], &[0, 1]] {
+                for newest_first in [true, false] {
+                    times.push(restart_under_replay(seed, larger, restarted, newest_first));
+                }
+            }
+        }
+    }
+    times.sort_unstable();
+    eprintln!(
+        "restart under replay: back after min {:?}, median {:?}, max {:?} ({} runs)",
+        times[0],
+        times[times.len() / 2],
+        times[times.len() - 1],
+        times.len()
+    );
 }
