@@ -37,6 +37,47 @@
 //! than the last accepted one from that peer (the timestamp is wall clock,
 //! so this survives a restart of the initiator; a retry carries a fresh one).
 //!
+//! Every RESP and CONFIRM is authenticated before anything else is decided:
+//! the public halves of the last 16 INITs we sent and handshakes we
+//! answered are kept for that (never a secret), so a late copy of a real
+//! message is told apart from a forgery. Forgeries and messages we cannot
+//! authenticate are [`CryptoError::BadControlMessage`] (`bad_control`);
+//! only authentic superseded ones are [`CryptoError::StaleControlMessage`].
+//!
+//! # Freshness: what a replayed INIT can and cannot do
+//!
+//! The static keys live in the key file, so a recorded INIT authenticates
+//! forever; only its timestamp dates it, and a host that just started (or
+//! was just told the peer's key) has no earlier timestamp to compare with.
+//! It cannot tell a replay from the peer's real INIT. We do not try to
+//! prove freshness up front (a cookie round trip, or timestamps kept on
+//! disk); instead an unproven INIT is never allowed to cost anything that
+//! matters, and freshness is proven by completion:
+//!
+//! - Answering an INIT never abandons our own: a pending INIT of ours keeps
+//!   being retried, and the peer's RESP to it is accepted, until the
+//!   answered handshake is confirmed (by CONFIRM or the first packet of its
+//!   generation, which only the holder of e_i can produce). A host that has
+//!   no current generation initiates even while it answers. So a replay
+//!   can neither stop us sending INIT nor make us reject the real RESP.
+//! - A replay costs at most one RESP per peer handshake (its INIT
+//!   ephemeral; INIT retries and their replays carry the same one, and a
+//!   lost RESP is covered by our own bounded retransmission schedule, not
+//!   by the peer's retries), and one INIT copy per peer handshake for the
+//!   larger key. The pending answer it creates is replaced by any newer
+//!   INIT and dropped when our own handshake completes.
+//! - Nothing moves backwards: our current SAs change only on a completed
+//!   handshake. Once one has completed, every recorded message is stale by
+//!   timestamp (the peer's RESP carries its clock in `sender_ts`).
+//! - While we answer, our INIT retries keep their timestamp, so a peer that
+//!   completed the handshake we answered ignores them rather than starting
+//!   a handshake we would drop once we switch.
+//!
+//! This needs no new message, state on disk, or extra round trip on the
+//! normal path; the price is one unusable answer per replayed handshake.
+//! `crypto/sim_tests.rs` replays every recorded message at restarts of
+//! either host and during rotations and checks the pair is back within 1 s.
+//!
 //! # Rotation (make-before-break)
 //!
 //! ```text
@@ -55,11 +96,11 @@
 //! switch, then are removed (their keys wiped). INIT is retried with
 //! exponential backoff until a RESP arrives; RESP is retransmitted until the
 //! switch (a duplicate RESP for a completed handshake is answered with
-//! CONFIRM again). When both sides send INIT at once, the side with the
-//! larger static public key stays initiator and answers the other's INIT only
-//! by sending its own INIT again (see below); the other abandons its own and
-//! answers. Ephemeral secrets are dropped (wiped) as soon as the
-//! generation's PRK is derived.
+//! CONFIRM again, once). When both sides send INIT at once, the side with
+//! the larger static public key stays initiator and answers the other's INIT
+//! only by sending its own INIT again (see below); the other answers, and
+//! drops its own INIT once the answered handshake is confirmed. Ephemeral
+//! secrets are dropped (wiped) as soon as the generation's PRK is derived.
 //!
 //! # Hosts configured at different times
 //!
@@ -840,6 +881,8 @@ impl Session {
         drop(dh_ee);
         // Forward secrecy: the ephemeral secret goes now.
         self.initiating = None;
+        // A CONFIRM of a handshake we answered before is now stale.
+        self.last_promoted = None;
         // Any INIT the peer sent before answering ours was abandoned by it.
         self.last_peer_init_ts = self.last_peer_init_ts.max(sender_ts);
         let local_id = self.install_generation(secret, true);

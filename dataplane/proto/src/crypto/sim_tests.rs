@@ -1067,8 +1067,10 @@ fn at_most_one_answer_per_handshake(sim: &Sim, case: &str) {
     for (from, m) in sim.control_log.iter().filter(|(_, m)| msg_type(m) == 1) {
         init_eph.insert((*from, m[12..20].to_vec()), m[20..52].to_vec());
     }
-    let mut resps: HashMap<(usize, u32, Vec<u8>), HashSet<&[u8]>> = HashMap::new();
-    let mut confirms: HashMap<(usize, u32, Vec<u8>), usize> = HashMap::new();
+    // (sender, its session, handshake) -> distinct RESPs / CONFIRMs sent.
+    type Key = (usize, u32, Vec<u8>);
+    let mut resps: HashMap<Key, HashSet<&[u8]>> = HashMap::new();
+    let mut confirms: HashMap<Key, usize> = HashMap::new();
     for ((from, m), session) in sim.control_log.iter().zip(&sim.log_session) {
         match msg_type(m) {
             2 => {
@@ -1203,4 +1205,146 @@ fn restart_under_replay_of_every_control_message_recovers_within_1s() {
         times[times.len() - 1],
         times.len()
     );
+}
+
+// ---- forged and replayed RESP / CONFIRM (issue 13, faults 3 and 4) ------
+
+/// One complete handshake started by `initiator` on an idle pair, delivered
+/// by hand; returns (INIT, RESP, CONFIRM).
+fn handshake_by_hand(sim: &mut Sim, initiator: usize) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let (i, r) = (initiator, 1 - initiator);
+    let now = sim.now;
+    sim.nodes[i].rekey(now);
+    let init = sim.nodes[i].poll_transmit().expect("INIT");
+    sim.nodes[r].handle_message(now, &init).unwrap();
+    let resp = sim.nodes[r].poll_transmit().expect("RESP");
+    sim.nodes[i].handle_message(now, &resp).unwrap();
+    let confirm = sim.nodes[i].poll_transmit().expect("CONFIRM");
+    sim.nodes[r].handle_message(now, &confirm).unwrap();
+    assert!(sim.both_on_same_generation());
+    assert!(sim.nodes[0].poll_transmit().is_none() && sim.nodes[1].poll_transmit().is_none());
+    (init, resp, confirm)
+}
+
+/// `msg` with its tag altered (a forgery of an otherwise valid message).
+fn bad_tag(msg: &[u8]) -> Vec<u8> {
+    let mut m = msg.to_vec();
+    m[80] ^= 0x40;
+    m
+}
+
+#[test]
+fn forged_resp_and_confirm_are_bad_not_stale() {
+    let mut sim = Sim::new(80, SessionConfig::default());
+    sim.traffic = false;
+    assert!(sim.run_until(Duration::from_millis(100), Sim::both_on_same_generation));
+    sim.nodes[0].poll_transmit();
+    sim.nodes[1].poll_transmit();
+    let (_, resp, confirm) = handshake_by_hand(&mut sim, 0);
+    let now = sim.now;
+    // Neither node is in a handshake now: before the fix, anything shaped
+    // like a RESP or CONFIRM was "stale" without a look at its tag.
+    let mut other_ts = resp.clone();
+    other_ts[12..20].copy_from_slice(&7u64.to_be_bytes());
+    let mut other_e_r = resp.clone();
+    other_e_r[20] ^= 1;
+    let mut garbage = vec![0u8; 88];
+    ChaCha20Rng::seed_from_u64(81).fill_bytes(&mut garbage[8..]);
+    garbage[4] = 1;
+    for (what, forged) in [
+        ("RESP with a bad tag", bad_tag(&resp)),
+        ("RESP for an INIT never sent", other_ts),
+        ("RESP with another ephemeral", other_e_r),
+        ("random RESP", {
+            let mut g = garbage.clone();
+            g[5] = 2;
+            g
+        }),
+    ] {
+        assert_eq!(
+            sim.nodes[0].handle_message(now, &forged),
+            Err(CryptoError::BadControlMessage),
+            "{what}"
+        );
+    }
+    let mut other_ts = confirm.clone();
+    other_ts[12..20].copy_from_slice(&7u64.to_be_bytes());
+    for (what, forged) in [
+        ("CONFIRM with a bad tag", bad_tag(&confirm)),
+        ("CONFIRM for a handshake never answered", other_ts),
+        ("random CONFIRM", {
+            let mut g = garbage.clone();
+            g[5] = 3;
+            g
+        }),
+    ] {
+        assert_eq!(
+            sim.nodes[1].handle_message(now, &forged),
+            Err(CryptoError::BadControlMessage),
+            "{what}"
+        );
+    }
+    assert!(sim.nodes[0].poll_transmit().is_none() && sim.nodes[1].poll_transmit().is_none());
+    // The same during a handshake: a forged RESP or CONFIRM does not
+    // disturb it.
+    let now = sim.now;
+    sim.nodes[1].rekey(now);
+    let init = sim.nodes[1].poll_transmit().unwrap();
+    assert_eq!(
+        sim.nodes[1].handle_message(now, &bad_tag(&resp)),
+        Err(CryptoError::BadControlMessage)
+    );
+    sim.nodes[0].handle_message(now, &init).unwrap();
+    let resp2 = sim.nodes[0].poll_transmit().unwrap();
+    assert_eq!(
+        sim.nodes[0].handle_message(now, &bad_tag(&confirm)),
+        Err(CryptoError::BadControlMessage)
+    );
+    assert_eq!(
+        sim.nodes[1].handle_message(now, &bad_tag(&resp2)),
+        Err(CryptoError::BadControlMessage)
+    );
+    sim.nodes[1].handle_message(now, &resp2).unwrap();
+    let confirm2 = sim.nodes[1].poll_transmit().unwrap();
+    sim.nodes[0].handle_message(now, &confirm2).unwrap();
+    assert!(sim.both_on_same_generation());
+    // Authentic but superseded copies are still "stale".
+    assert_eq!(
+        sim.nodes[0].handle_message(now, &resp),
+        Err(CryptoError::StaleControlMessage)
+    );
+    assert_eq!(
+        sim.nodes[1].handle_message(now, &confirm),
+        Err(CryptoError::StaleControlMessage)
+    );
+}
+
+#[test]
+fn replayed_resp_gets_one_confirm_per_generation() {
+    let mut sim = Sim::new(82, SessionConfig::default());
+    sim.traffic = false;
+    assert!(sim.run_until(Duration::from_millis(100), Sim::both_on_same_generation));
+    sim.nodes[0].poll_transmit();
+    sim.nodes[1].poll_transmit();
+    let mut resps = Vec::new();
+    for round in 0..4 {
+        // Node 0 initiates every other rotation, node 1 the others.
+        let (_, resp, confirm) = handshake_by_hand(&mut sim, round % 2);
+        resps.push((round % 2, resp, confirm.clone()));
+        let now = sim.now;
+        // Every RESP recorded so far, replayed 100 times to its initiator:
+        // the newest one (the initiator's CONFIRM might have been lost)
+        // gets its CONFIRM once more, nothing gets anything after that.
+        let mut confirms = Vec::new();
+        for _ in 0..100 {
+            for (initiator, resp, _) in &resps {
+                let _ = sim.nodes[*initiator].handle_message(now, resp);
+                while let Some(m) = sim.nodes[*initiator].poll_transmit() {
+                    confirms.push(m);
+                }
+            }
+        }
+        assert_eq!(confirms, vec![confirm], "round {round}");
+        assert!(sim.both_on_same_generation());
+    }
 }
