@@ -38,7 +38,7 @@
 //! so this survives a restart of the initiator; a retry carries a fresh one).
 //!
 //! Every RESP and CONFIRM is authenticated before anything else is decided:
-//! the public halves of the last 16 INITs we sent and handshakes we
+//! the public halves of the last 16 handshakes we initiated and
 //! answered are kept for that (never a secret), so a late copy of a real
 //! message is told apart from a forgery. Forgeries and messages we cannot
 //! authenticate are [`CryptoError::BadControlMessage`] (`bad_control`);
@@ -260,10 +260,10 @@ struct PendingInit {
 
 struct PendingResp {
     local_id: u64,
+    generation: u32,
     ts: u64,
     init_eph: PublicKey,
     resp_eph: PublicKey,
-    msg: [u8; CONTROL_LEN],
     outbound: FxHashMap<u32, OutboundSa>,
     next_retry: Instant,
     interval: Duration,
@@ -271,27 +271,31 @@ struct PendingResp {
 }
 
 /// Remembered after a completed handshake as initiator, to answer a
-/// retransmitted RESP (our CONFIRM was lost) with CONFIRM again, once.
+/// retransmitted RESP (our CONFIRM was lost) with CONFIRM again.
 struct CompletedInit {
     ts: u64,
     resp_eph: PublicKey,
     confirm: [u8; CONTROL_LEN],
-    /// The CONFIRM was sent again already: further copies of the RESP
-    /// (replays) get nothing.
-    resent: bool,
+    /// Nonces of the RESP copies answered so far. The responder makes a new
+    /// copy (new nonce) per retransmission; a replayed copy gets nothing,
+    /// and no more copies are answered than the responder makes.
+    answered: Vec<[u8; 12]>,
 }
 
-/// How many INITs we sent, and handshakes we answered, are remembered (by
+/// How many handshakes we initiated, and handshakes we answered, are remembered (by
 /// their public values only) so that late RESPs and CONFIRMs can still be
 /// authenticated before they are called stale.
 const HISTORY: usize = 16;
 
-/// An INIT we sent: its timestamp and ephemeral public key.
+/// A handshake we initiated: its generation, ephemeral public key, and the
+/// timestamps of its first and latest INIT (retries carry newer ones; a
+/// RESP echoes whichever copy it answers).
 #[derive(Clone, Copy)]
 struct SentInit {
-    ts: u64,
     generation: u32,
     e_i: PublicKey,
+    first_ts: u64,
+    last_ts: u64,
 }
 
 /// A handshake we answered: the INIT's timestamp and both ephemerals.
@@ -688,6 +692,7 @@ impl Session {
         }
         // RESP retransmission until the initiator confirms (or we give up).
         let mut give_up = false;
+        let mut resend = None;
         if let Some(r) = self.responding.as_mut() {
             if now >= r.next_retry {
                 if r.tries >= self.config.max_resp_retries {
@@ -696,9 +701,16 @@ impl Session {
                     r.tries += 1;
                     r.interval = (r.interval * 2).min(self.config.max_retry_interval);
                     r.next_retry = now + r.interval;
-                    self.transmit.push_back(r.msg);
+                    resend = Some((r.generation, r.ts, r.resp_eph, r.init_eph));
                 }
             }
+        }
+        // A new copy (new nonce): the initiator answers each copy at most
+        // once, so a replayed one gets nothing but ours still get through.
+        if let Some((generation, ts, e_r, e_i)) = resend {
+            let sender_ts = self.next_ts(now);
+            let resp = self.build(TYPE_RESP, generation, ts, &e_r, sender_ts, Some(&e_i));
+            self.transmit.push_back(resp);
         }
         if give_up {
             if let Some(r) = self.responding.take() {
@@ -822,7 +834,7 @@ impl Session {
             ts,
             init_eph: e_i,
             resp_eph,
-            msg: resp,
+            generation,
             outbound,
             next_retry: now + self.config.handshake_timeout,
             interval: self.config.handshake_timeout,
@@ -847,10 +859,12 @@ impl Session {
             .sent_inits
             .iter()
             .rev()
-            .find(|s| s.ts == ts && s.generation == generation)
+            .find(|s| s.generation == generation && (s.first_ts..=s.last_ts).contains(&ts))
             .copied()
             .ok_or(CryptoError::BadControlMessage)?;
         self.verify(msg, Some(&sent.e_i))?;
+        let mut nonce = [0u8; 12];
+        nonce.copy_from_slice(&msg[60..72]);
         // Any retry of our pending INIT (same ephemeral) may be answered.
         let Some(init) = self
             .initiating
@@ -858,14 +872,16 @@ impl Session {
             .filter(|i| i.eph.public == sent.e_i && i.generation == generation)
         else {
             // A retransmitted RESP for the handshake we completed: our
-            // CONFIRM was lost; send it again, once (a replayed RESP must
-            // not make us answer one for one).
-            if let Some(c) = self
-                .completed
-                .as_mut()
-                .filter(|c| c.ts == ts && c.resp_eph == e_r && !c.resent)
-            {
-                c.resent = true;
+            // CONFIRM was lost; send it again, once per copy of the RESP
+            // (a replayed copy must not make us answer one for one).
+            let copies = self.config.max_resp_retries as usize + 1;
+            if let Some(c) = self.completed.as_mut().filter(|c| {
+                c.ts == ts
+                    && c.resp_eph == e_r
+                    && !c.answered.contains(&nonce)
+                    && c.answered.len() < copies
+            }) {
+                c.answered.push(nonce);
                 let confirm = c.confirm;
                 self.transmit.push_back(confirm);
                 return Ok(());
@@ -910,7 +926,7 @@ impl Session {
             ts,
             resp_eph: e_r,
             confirm,
-            resent: false,
+            answered: vec![nonce],
         });
         Ok(())
     }
@@ -1090,15 +1106,17 @@ impl Session {
         {
             let msg = self.build(TYPE_INIT, generation, ts, &e_i, ts, None);
             self.transmit.push_back(msg);
-            if self.sent_inits.back().is_none_or(|s| s.ts != ts) {
-                remember(
+            match self.sent_inits.back_mut() {
+                Some(s) if s.e_i == e_i => s.last_ts = s.last_ts.max(ts),
+                _ => remember(
                     &mut self.sent_inits,
                     SentInit {
-                        ts,
                         generation,
                         e_i,
+                        first_ts: ts,
+                        last_ts: ts,
                     },
-                );
+                ),
             }
         }
     }
