@@ -95,8 +95,10 @@
 //! generation's inbound SAs stay for [`SessionConfig::grace`] after the
 //! switch, then are removed (their keys wiped). INIT is retried with
 //! exponential backoff until a RESP arrives; RESP is retransmitted until the
-//! switch (a duplicate RESP for a completed handshake is answered with
-//! CONFIRM again, once). When both sides send INIT at once, the side with
+//! switch, each time as a new copy (new nonce), and the initiator answers
+//! each copy of the RESP of a completed handshake with CONFIRM once: a
+//! replayed copy gets nothing, however often it comes, also after later
+//! rotations. When both sides send INIT at once, the side with
 //! the larger static public key stays initiator and answers the other's INIT
 //! only by sending its own INIT again (see below); the other answers, and
 //! drops its own INIT once the answered handshake is confirmed. Ephemeral
