@@ -128,3 +128,10 @@ fn dns_query() {
         vxnet_fuzz::dns_query(d);
     });
 }
+
+#[test]
+fn kx_rotation() {
+    run("kx_rotation", 800, |d| {
+        vxnet_fuzz::kx_rotation(d);
+    });
+}
