@@ -72,6 +72,14 @@
 //! - While we answer, our INIT retries keep their timestamp, so a peer that
 //!   completed the handshake we answered ignores them rather than starting
 //!   a handshake we would drop once we switch.
+//! - One INIT of ours can be answered twice, by a peer that restarted (or
+//!   gave up on its first answer) while our retries were in flight, and the
+//!   abandoned answer's RESP can arrive first: we complete with keys the
+//!   peer no longer holds. An authentic RESP to that same handshake with
+//!   another ephemeral and a later `sender_ts` proves it, and we start a
+//!   new handshake at once (once per completed handshake, so a replay of
+//!   it costs one rotation at most); otherwise the peer would keep
+//!   answering, unestablished, until its RESP retries ran out.
 //!
 //! This needs no new message, state on disk, or extra round trip on the
 //! normal path; the price is one unusable answer per replayed handshake.
@@ -276,7 +284,11 @@ struct PendingResp {
 /// retransmitted RESP (our CONFIRM was lost) with CONFIRM again.
 struct CompletedInit {
     ts: u64,
+    /// Our INIT ephemeral: another RESP to the same handshake is told by it.
+    e_i: PublicKey,
     resp_eph: PublicKey,
+    /// `sender_ts` of the RESP we completed with: dates the peer's answer.
+    resp_sender_ts: u64,
     confirm: [u8; CONTROL_LEN],
     /// Nonces of the RESP copies answered so far. The responder makes a new
     /// copy (new nonce) per retransmission; a replayed copy gets nothing,
@@ -888,6 +900,31 @@ impl Session {
                 self.transmit.push_back(confirm);
                 return Ok(());
             }
+            // An authentic RESP to the handshake we completed, with another
+            // ephemeral and sent after the one we completed with: the peer
+            // answered our INIT twice (it restarted, or gave up on its first
+            // answer, while our retries were in flight) and the RESP we took
+            // came from the abandoned answer, arriving late. The peer does
+            // not hold our keys and never will (the other answer's secret
+            // is gone on both sides), and it ignores our retries (same
+            // ephemeral) and its own INIT retries keep their timestamp while
+            // it answers, which we have seen: without this the pair is
+            // stuck, one side established and the other not, until its RESP
+            // retries run out. So start a new handshake now. Only the peer
+            // can make such a RESP (it is bound to our ephemeral); a replay
+            // of it costs at most one rotation per completed handshake, as
+            // a new INIT of ours is pending from then on. Not while we
+            // answer the peer's INIT: that handshake brings a new
+            // generation already, and confirming it would drop ours and
+            // leave the peer answering it until its RESP retries run out.
+            if !self.is_rotating()
+                && self.completed.as_ref().is_some_and(|c| {
+                    c.e_i == sent.e_i && c.resp_eph != e_r && sender_ts > c.resp_sender_ts
+                })
+            {
+                self.start_init(now);
+                return Ok(());
+            }
             // For an INIT we abandoned, a handshake already answered, or a
             // replay.
             return Err(CryptoError::StaleControlMessage);
@@ -914,19 +951,14 @@ impl Session {
             self.retire(old.local_id, now);
         }
         self.switch_outbound(local_id, outbound, now);
-        let sender_ts = self.next_ts(now);
-        let confirm = self.build(
-            TYPE_CONFIRM,
-            generation,
-            ts,
-            &e_r,
-            sender_ts,
-            Some(&e_i_pub),
-        );
+        let our_ts = self.next_ts(now);
+        let confirm = self.build(TYPE_CONFIRM, generation, ts, &e_r, our_ts, Some(&e_i_pub));
         self.transmit.push_back(confirm);
         self.completed = Some(CompletedInit {
             ts,
+            e_i: e_i_pub,
             resp_eph: e_r,
+            resp_sender_ts: sender_ts,
             confirm,
             answered: vec![nonce],
         });

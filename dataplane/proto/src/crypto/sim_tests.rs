@@ -1368,3 +1368,81 @@ fn replayed_resp_gets_no_confirm_and_each_retransmission_one() {
         assert!(sim.both_on_same_generation(), "round {round}");
     }
 }
+
+/// The peer restarts while our INIT is retried: its old session answered
+/// the first copy, its new one answers a retry anew, and the old RESP
+/// arrives first. We complete with keys nobody holds any more; the live
+/// RESP must make us start over rather than leave the peer answering,
+/// unestablished, until its RESP retries run out (found by the
+/// `kx_rotation` fuzz target: `fuzz/corpus/kx_rotation/seed-regress-no-agreement`).
+#[test]
+fn late_resp_from_before_a_peer_restart_does_not_strand_the_pair() {
+    let (a, b) = (0, 1);
+    let mut sim = Sim::with_larger_key(90, SessionConfig::default(), a);
+    sim.traffic = false;
+    assert!(sim.run_until(Duration::from_millis(100), Sim::both_on_same_generation));
+    assert!(sim.in_flight.is_empty());
+    let now = sim.now;
+    sim.nodes[a].rekey(now);
+    let init = sim.nodes[a].poll_transmit().expect("INIT");
+    sim.nodes[b].handle_message(now, &init).unwrap();
+    let old_resp = sim.nodes[b].poll_transmit().expect("RESP");
+    // B restarts before its RESP arrives; the new session initiates.
+    sim.now += Duration::from_millis(1);
+    sim.restart(b, 91);
+    let now = sim.now;
+    sim.nodes[b].handle_timeout(now);
+    let init_b = sim.nodes[b]
+        .poll_transmit()
+        .expect("the new session's INIT");
+    // A's INIT retry (same ephemeral) reaches the new session, which
+    // answers it with a new ephemeral and keeps initiating.
+    sim.now = sim.nodes[a].poll_timeout().expect("INIT retry timer");
+    let now = sim.now;
+    sim.nodes[a].handle_timeout(now);
+    let retry = sim.nodes[a].poll_transmit().expect("INIT retry");
+    sim.nodes[b].handle_message(now, &retry).unwrap();
+    let new_resp = sim.nodes[b]
+        .poll_transmit()
+        .expect("the new session's RESP");
+    assert!(sim.nodes[b].is_rotating() && !sim.nodes[b].is_established());
+    // B's INIT reaches A, the larger key: A sends its own INIT again, which
+    // B has answered already.
+    sim.nodes[a].handle_message(now, &init_b).unwrap();
+    let copy = sim.nodes[a].poll_transmit().expect("INIT copy");
+    assert_eq!(
+        sim.nodes[b].handle_message(now, &copy),
+        Err(CryptoError::StaleControlMessage)
+    );
+    // The old session's RESP arrives first: A completes with it, and its
+    // CONFIRM means nothing to the new session.
+    sim.nodes[a].handle_message(now, &old_resp).unwrap();
+    assert!(sim.nodes[a].is_established() && !sim.nodes[a].is_rotating());
+    let confirm = sim.nodes[a].poll_transmit().expect("CONFIRM");
+    assert!(sim.nodes[b].handle_message(now, &confirm).is_err());
+    // The live RESP: authentic, for the handshake A completed, another
+    // ephemeral and sent later. Before the fix it was "stale", A ignored
+    // B's INIT retries (same timestamp while B answers) and B stayed
+    // unestablished for the 15.75 s of its RESP retries.
+    sim.nodes[a].handle_message(now, &new_resp).unwrap();
+    assert!(
+        sim.nodes[a].is_rotating(),
+        "A starts a new handshake at once"
+    );
+    sim.flush_transmits();
+    assert!(
+        sim.run_until(Duration::from_secs(1), Sim::both_on_same_generation),
+        "{:?} {:?}",
+        sim.nodes[a],
+        sim.nodes[b]
+    );
+    // A replay of either RESP changes nothing now.
+    for m in [&old_resp, &new_resp] {
+        assert!(sim.nodes[a].handle_message(sim.now, m).is_err());
+        assert!(sim.nodes[a].poll_transmit().is_none());
+    }
+    sim.traffic = true;
+    let opened = sim.opened;
+    sim.run(Duration::from_millis(100));
+    assert!(sim.opened[0] > opened[0] + 50 && sim.opened[1] > opened[1] + 50);
+}
