@@ -79,7 +79,11 @@
 //!   another ephemeral and a later `sender_ts` proves it, and we start a
 //!   new handshake at once (once per completed handshake, so a replay of
 //!   it costs one rotation at most); otherwise the peer would keep
-//!   answering, unestablished, until its RESP retries ran out.
+//!   answering, unestablished, until its RESP retries ran out. The same
+//!   late RESP can also make us drop an answer we gave meanwhile, which the
+//!   peer then confirms: an authentic CONFIRM of such an answer, sent after
+//!   the peer last showed it holds our current generation, also starts a
+//!   new handshake (a replay of it is dated before the new one).
 //!
 //! This needs no new message, state on disk, or extra round trip on the
 //! normal path; the price is one unusable answer per replayed handshake.
@@ -355,6 +359,11 @@ pub struct Session {
     completed: Option<CompletedInit>,
     /// (INIT ts, e_i, e_r) of the last handshake we answered and switched to.
     last_promoted: Option<(u64, PublicKey, PublicKey)>,
+    /// The peer's clock when it last showed it holds our current
+    /// generation (its RESP's `sender_ts`, or its INIT's timestamp for a
+    /// handshake we answered): a CONFIRM of another handshake it sent later
+    /// means it switched to keys we no longer hold.
+    current_peer_ts: u64,
     last_peer_init_ts: u64,
     /// The peer handshake (e_i) we last answered with a RESP: its INIT
     /// retries (and replays of them) get no second RESP; our own RESP
@@ -431,6 +440,7 @@ impl Session {
             responding: None,
             completed: None,
             last_promoted: None,
+            current_peer_ts: 0,
             last_peer_init_ts: 0,
             answered_eph: None,
             nudged_eph: None,
@@ -760,7 +770,7 @@ impl Session {
         match msg[5] {
             TYPE_INIT => self.on_init(now, msg, generation, ts, eph),
             TYPE_RESP => self.on_resp(now, msg, generation, ts, eph, sender_ts),
-            TYPE_CONFIRM => self.on_confirm(now, msg, ts, eph),
+            TYPE_CONFIRM => self.on_confirm(now, msg, ts, eph, sender_ts),
             _ => Err(CryptoError::BadControlMessage),
         }
     }
@@ -954,6 +964,7 @@ impl Session {
         let our_ts = self.next_ts(now);
         let confirm = self.build(TYPE_CONFIRM, generation, ts, &e_r, our_ts, Some(&e_i_pub));
         self.transmit.push_back(confirm);
+        self.current_peer_ts = sender_ts;
         self.completed = Some(CompletedInit {
             ts,
             e_i: e_i_pub,
@@ -971,6 +982,7 @@ impl Session {
         msg: &[u8; CONTROL_LEN],
         ts: u64,
         e_r: PublicKey,
+        sender_ts: u64,
     ) -> Result<(), CryptoError> {
         // Authenticate first, against the handshake it names.
         let answered = self
@@ -997,12 +1009,24 @@ impl Session {
         {
             return Ok(());
         }
+        // An answer we dropped (a RESP to our own INIT completed first, and
+        // that RESP came from an answer the peer had abandoned, e.g. before
+        // it restarted), confirmed after the peer last showed it holds our
+        // current generation: the peer now sends with keys we no longer
+        // hold, and neither side is in a handshake that would fix it before
+        // the next timed rekey. Start one now. A replay of this CONFIRM is
+        // dated before the new generation's RESP and changes nothing.
+        if !self.is_rotating() && self.current.is_some() && sender_ts > self.current_peer_ts {
+            self.start_init(now);
+            return Ok(());
+        }
         Err(CryptoError::StaleControlMessage)
     }
 
     fn promote_responding(&mut self, now: Instant) {
         if let Some(r) = self.responding.take() {
             self.last_promoted = Some((r.ts, r.init_eph, r.resp_eph));
+            self.current_peer_ts = r.ts;
             // The answered handshake is confirmed (only the holder of e_i
             // can confirm it): it is fresh and brings the new generation, so
             // our own pending INIT, if any, is no longer needed, and a

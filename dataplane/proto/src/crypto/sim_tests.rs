@@ -1446,3 +1446,64 @@ fn late_resp_from_before_a_peer_restart_does_not_strand_the_pair() {
     sim.run(Duration::from_millis(100));
     assert!(sim.opened[0] > opened[0] + 50 && sim.opened[1] > opened[1] + 50);
 }
+
+/// As above with the smaller key on the initiator: while its INIT is
+/// retried it answers the restarted peer's INIT, then the old session's
+/// RESP completes its own handshake and drops that answer, and the peer
+/// confirms the dropped answer. Each side then sends with keys the other
+/// does not hold, and neither is in a handshake (found by mutating the
+/// seed above: `fuzz/corpus/kx_rotation/seed-regress-confirm-of-dropped-answer`).
+#[test]
+fn confirm_of_an_answer_dropped_for_a_late_resp_starts_a_new_handshake() {
+    let (a, b) = (0, 1);
+    let mut sim = Sim::with_larger_key(92, SessionConfig::default(), b);
+    sim.traffic = false;
+    assert!(sim.run_until(Duration::from_millis(100), Sim::both_on_same_generation));
+    assert!(sim.in_flight.is_empty());
+    let now = sim.now;
+    sim.nodes[a].rekey(now);
+    let init = sim.nodes[a].poll_transmit().expect("INIT");
+    sim.nodes[b].handle_message(now, &init).unwrap();
+    let old_resp = sim.nodes[b].poll_transmit().expect("RESP");
+    // B restarts before its RESP arrives; the new session initiates and A,
+    // the smaller key, answers while its own INIT is pending.
+    sim.now += Duration::from_millis(1);
+    sim.restart(b, 93);
+    let now = sim.now;
+    sim.nodes[b].handle_timeout(now);
+    let init_b = sim.nodes[b]
+        .poll_transmit()
+        .expect("the new session's INIT");
+    sim.nodes[a].handle_message(now, &init_b).unwrap();
+    let resp_a = sim.nodes[a].poll_transmit().expect("A's RESP");
+    // The old session's RESP completes A's handshake (keys nobody else
+    // holds) and supersedes A's answer; its CONFIRM means nothing to B.
+    sim.nodes[a].handle_message(now, &old_resp).unwrap();
+    let confirm_a = sim.nodes[a].poll_transmit().expect("CONFIRM");
+    assert!(sim.nodes[b].handle_message(now, &confirm_a).is_err());
+    // B completes its handshake with A's dropped answer and confirms it.
+    sim.nodes[b].handle_message(now, &resp_a).unwrap();
+    let confirm_b = sim.nodes[b].poll_transmit().expect("B's CONFIRM");
+    assert!(!sim.nodes[a].is_rotating() && !sim.nodes[b].is_rotating());
+    // Before the fix this CONFIRM was "stale" and the pair stayed on
+    // different keys until the next timed rekey (12 h by default).
+    sim.nodes[a].handle_message(now, &confirm_b).unwrap();
+    assert!(
+        sim.nodes[a].is_rotating(),
+        "A starts a new handshake at once"
+    );
+    sim.flush_transmits();
+    assert!(
+        sim.run_until(Duration::from_secs(1), Sim::both_on_same_generation),
+        "{:?} {:?}",
+        sim.nodes[a],
+        sim.nodes[b]
+    );
+    // A replay of B's CONFIRM changes nothing now.
+    assert!(sim.nodes[a].handle_message(sim.now, &confirm_b).is_err());
+    assert!(sim.nodes[a].poll_transmit().is_none());
+    sim.traffic = true;
+    let opened = sim.opened;
+    sim.run(Duration::from_millis(100));
+    assert!(sim.opened[0] > opened[0] + 50 && sim.opened[1] > opened[1] + 50);
+}
