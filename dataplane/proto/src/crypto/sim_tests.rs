@@ -1369,6 +1369,30 @@ fn replayed_resp_gets_no_confirm_and_each_retransmission_one() {
     }
 }
 
+/// An established pair, no traffic; node `a` rekeys, the peer answers, and
+/// restarts (new session seeded `seed`) before its RESP arrives; the new
+/// session initiates. Returns the old session's RESP and the new INIT, both
+/// still undelivered.
+fn restart_between_init_and_resp(sim: &mut Sim, a: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
+    let b = 1 - a;
+    sim.traffic = false;
+    assert!(sim.run_until(Duration::from_millis(100), Sim::both_on_same_generation));
+    assert!(sim.in_flight.is_empty());
+    let now = sim.now;
+    sim.nodes[a].rekey(now);
+    let init = sim.nodes[a].poll_transmit().expect("INIT");
+    sim.nodes[b].handle_message(now, &init).unwrap();
+    let old_resp = sim.nodes[b].poll_transmit().expect("RESP");
+    sim.now += Duration::from_millis(1);
+    sim.restart(b, seed);
+    let now = sim.now;
+    sim.nodes[b].handle_timeout(now);
+    let init_b = sim.nodes[b]
+        .poll_transmit()
+        .expect("the new session's INIT");
+    (old_resp, init_b)
+}
+
 /// The peer restarts while our INIT is retried: its old session answered
 /// the first copy, its new one answers a retry anew, and the old RESP
 /// arrives first. We complete with keys nobody holds any more; the live
@@ -1379,22 +1403,7 @@ fn replayed_resp_gets_no_confirm_and_each_retransmission_one() {
 fn late_resp_from_before_a_peer_restart_does_not_strand_the_pair() {
     let (a, b) = (0, 1);
     let mut sim = Sim::with_larger_key(90, SessionConfig::default(), a);
-    sim.traffic = false;
-    assert!(sim.run_until(Duration::from_millis(100), Sim::both_on_same_generation));
-    assert!(sim.in_flight.is_empty());
-    let now = sim.now;
-    sim.nodes[a].rekey(now);
-    let init = sim.nodes[a].poll_transmit().expect("INIT");
-    sim.nodes[b].handle_message(now, &init).unwrap();
-    let old_resp = sim.nodes[b].poll_transmit().expect("RESP");
-    // B restarts before its RESP arrives; the new session initiates.
-    sim.now += Duration::from_millis(1);
-    sim.restart(b, 91);
-    let now = sim.now;
-    sim.nodes[b].handle_timeout(now);
-    let init_b = sim.nodes[b]
-        .poll_transmit()
-        .expect("the new session's INIT");
+    let (old_resp, init_b) = restart_between_init_and_resp(&mut sim, a, 91);
     // A's INIT retry (same ephemeral) reaches the new session, which
     // answers it with a new ephemeral and keeps initiating.
     sim.now = sim.nodes[a].poll_timeout().expect("INIT retry timer");
@@ -1457,23 +1466,9 @@ fn late_resp_from_before_a_peer_restart_does_not_strand_the_pair() {
 fn confirm_of_an_answer_dropped_for_a_late_resp_starts_a_new_handshake() {
     let (a, b) = (0, 1);
     let mut sim = Sim::with_larger_key(92, SessionConfig::default(), b);
-    sim.traffic = false;
-    assert!(sim.run_until(Duration::from_millis(100), Sim::both_on_same_generation));
-    assert!(sim.in_flight.is_empty());
+    let (old_resp, init_b) = restart_between_init_and_resp(&mut sim, a, 93);
+    // A, the smaller key, answers while its own INIT is pending.
     let now = sim.now;
-    sim.nodes[a].rekey(now);
-    let init = sim.nodes[a].poll_transmit().expect("INIT");
-    sim.nodes[b].handle_message(now, &init).unwrap();
-    let old_resp = sim.nodes[b].poll_transmit().expect("RESP");
-    // B restarts before its RESP arrives; the new session initiates and A,
-    // the smaller key, answers while its own INIT is pending.
-    sim.now += Duration::from_millis(1);
-    sim.restart(b, 93);
-    let now = sim.now;
-    sim.nodes[b].handle_timeout(now);
-    let init_b = sim.nodes[b]
-        .poll_transmit()
-        .expect("the new session's INIT");
     sim.nodes[a].handle_message(now, &init_b).unwrap();
     let resp_a = sim.nodes[a].poll_transmit().expect("A's RESP");
     // The old session's RESP completes A's handshake (keys nobody else
