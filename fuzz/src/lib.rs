@@ -1,9 +1,18 @@
 //! The bodies of the fuzz targets, kept in a library so that the same code
-//! runs under libFuzzer (`fuzz_targets/`, nightly) and as a plain regression
-//! test over the seed corpora (`tests/corpus.rs`, stable).
+//! runs under libFuzzer (`fuzz_targets/`, `cargo fuzz run`) and as a plain
+//! regression test over the seed corpora (`tests/corpus.rs`, `cargo test`).
 //!
 //! Each body feeds untrusted bytes to a parser and then checks invariants
-//! that must hold for any input, panicking when one breaks.
+//! that must hold for any input, panicking when one breaks. The larger
+//! bodies have their own module: [`gossip`] (`gossip_rx`) and [`mgmt`]
+//! (`mgmt_frame`).
+pub mod alloc_probe;
+pub mod gossip;
+pub mod mgmt;
+
+pub use gossip::gossip_rx;
+pub use mgmt::mgmt_frame;
+
 use std::sync::Arc;
 use vxnet_proto::batch::{FrameRef, TxBatch};
 use vxnet_proto::engine::{Engine, EngineConfig, Outputs};

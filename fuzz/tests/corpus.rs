@@ -105,3 +105,63 @@ fn dns_query() {
         assert!(seed(name).accepted_upstream, "{name}");
     }
 }
+
+#[test]
+fn gossip_rx() {
+    use vxnet_fuzz::gossip::GossipMode;
+    run("gossip_rx", |d| {
+        vxnet_fuzz::gossip_rx(d);
+    });
+    // The seeds get past the seal and are accepted: datagrams as they
+    // arrived (`raw`), the same plaintexts sealed by the target (`plain`),
+    // snapshots and endpoint records.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/gossip_rx");
+    for entry in fs::read_dir(&dir).expect("corpus dir") {
+        let path = entry.expect("dir entry").path();
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        if !name.starts_with("seed-") {
+            continue;
+        }
+        let r = vxnet_fuzz::gossip_rx(&fs::read(&path).expect("seed"));
+        // A record is parsed on its own, with no seal to open.
+        let record = name.starts_with("seed-record");
+        assert!((r.opened || record) && r.accepted, "{name}: {r:?}");
+        if record || name.contains("broadcast") || name.contains("snapshot") {
+            assert!(r.records >= 1, "{name} carries a record: {r:?}");
+        }
+    }
+    // A datagram sealed under another key changes nothing.
+    let r = vxnet_fuzz::gossip_rx(&GossipMode::Raw.input(&[0u8; 64]));
+    assert!(!r.opened, "{r:?}");
+}
+
+#[test]
+fn mgmt_frame() {
+    run("mgmt_frame", |d| {
+        vxnet_fuzz::mgmt_frame(d);
+    });
+    let seed = |name: &str| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("corpus/mgmt_frame")
+            .join(name);
+        vxnet_fuzz::mgmt_frame(&fs::read(path).expect("seed"))
+    };
+    let join = seed("seed-join");
+    assert_eq!(join.joins, 1, "{join:?}");
+    assert!(join.token_ok, "the join's token parses: {join:?}");
+    for name in [
+        "seed-node-assignments",
+        "seed-node-container-create",
+        "seed-node-container-desire",
+    ] {
+        let r = seed(name);
+        assert!(r.node_calls >= 1, "{name}: {r:?}");
+    }
+    // A length over MAX_FRAME is refused after its four bytes.
+    let r = vxnet_fuzz::mgmt_frame(&[0xff, 0xff, 0xff, 0xff, b'{']);
+    assert!(r.too_large && r.requests == 0, "{r:?}");
+}

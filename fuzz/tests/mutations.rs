@@ -123,3 +123,17 @@ fn dns_query() {
         vxnet_fuzz::dns_query(d);
     });
 }
+
+#[test]
+fn gossip_rx() {
+    run("gossip_rx", 5_000, |d| {
+        vxnet_fuzz::gossip_rx(d);
+    });
+}
+
+#[test]
+fn mgmt_frame() {
+    run("mgmt_frame", 5_000, |d| {
+        vxnet_fuzz::mgmt_frame(d);
+    });
+}
