@@ -301,11 +301,16 @@ impl Engine {
     ) {
         let ctx = &mut self.ctx;
         let fdb = &*self.fdb;
+        // Every datagram counted here ends as exactly one of decapsulated,
+        // decrypted, control_rx, control_stale or a drop (the invariant
+        // `engine/accounting_tests.rs` checks).
+        ctx.stats.inc(Counter::UdpRxDatagrams);
         match esp::classify(datagram) {
+            None if datagram.is_empty() => ctx.stats.dropped(Drop::WireEmpty),
             None => ctx.stats.dropped(Drop::WireRunt),
             Some(Classified::Vxlan) => ctx.decap(fdb, datagram, at, None, out),
             Some(Classified::Control) => ctx.control(fdb, src, datagram, out),
-            Some(Classified::Reserved(_)) => ctx.stats.dropped(Drop::WireBadVxlan),
+            Some(Classified::Reserved(_)) => ctx.stats.dropped(Drop::WireReservedSpi),
             Some(Classified::Esp(_)) => {
                 let Some(session) = fdb.peer(src.ip()) else {
                     return ctx.stats.dropped(Drop::WireUnknownSpi);
@@ -313,7 +318,7 @@ impl Engine {
                 let opened = lock(session).open(datagram, ctx.now);
                 match opened {
                     Ok(o) => {
-                        ctx.stats.inc(Counter::Decrypted);
+                        // Counted as decrypted once `decap` delivers it.
                         // Skip the inner UDP header (RFC 3948 style).
                         let start = o.range.start + 8;
                         let Some(inner) = datagram.get_mut(start..o.range.end) else {
@@ -327,7 +332,8 @@ impl Engine {
                         CryptoError::AuthFailed => Drop::WireAuthFailed,
                         CryptoError::Replay => Drop::WireReplay,
                         CryptoError::TooOld => Drop::WireTooOld,
-                        CryptoError::UnknownSpi | CryptoError::ReservedSpi => Drop::WireUnknownSpi,
+                        CryptoError::UnknownSpi => Drop::WireUnknownSpi,
+                        CryptoError::ReservedSpi => Drop::WireReservedSpi,
                         _ => Drop::WireBadEsp,
                     }),
                 }
@@ -406,7 +412,8 @@ impl Ctx {
 
     /// Delivers a VXLAN datagram (at `at` in the receive buffers, if
     /// known) to local endpoints. `sa_vni` is the VNI of the SA it was
-    /// decrypted with, `None` for plain VXLAN.
+    /// decrypted with, `None` for plain VXLAN. Counts it once: delivered
+    /// as `decrypted` (ESP) or `decapsulated` (plain), or as its drop.
     fn decap(
         &mut self,
         fdb: &Fdb,
@@ -442,8 +449,13 @@ impl Ctx {
         if let Some(Dest::Local(_)) = table.macs.get(&src) {
             return stats.dropped(Drop::WireFromSelf);
         }
+        let delivered = if sa_vni.is_some() {
+            Counter::Decrypted
+        } else {
+            Counter::Decapsulated
+        };
         if dst.is_multicast() {
-            stats.inc(Counter::Decapsulated);
+            stats.inc(delivered);
             for &p in &table.ports {
                 out.tap(p).push_as_is(&VnetHdr::NONE, inner);
             }
@@ -451,7 +463,7 @@ impl Ctx {
         }
         match table.macs.get(&dst) {
             Some(Dest::Local(p)) => {
-                stats.inc(Counter::Decapsulated);
+                stats.inc(delivered);
                 let p = *p;
                 if table.backends.may_contain_src(inner) {
                     // Rewritten in place: references still see the bytes.
@@ -759,6 +771,8 @@ pub fn flow_hash(frame: &[u8]) -> u32 {
     (h ^ (h >> 32)) as u32
 }
 
+#[cfg(test)]
+mod accounting_tests;
 #[cfg(test)]
 mod lb_tests;
 #[cfg(any(test, feature = "testkit"))]
