@@ -123,7 +123,9 @@ fn gossip_rx() {
             .expect("name")
             .to_string_lossy()
             .into_owned();
-        if !name.starts_with("seed-") {
+        // `seed-regress-*` are crashes the fuzzer found: the run above
+        // checks them; they need not be accepted.
+        if !name.starts_with("seed-") || name.starts_with("seed-regress-") {
             continue;
         }
         let r = vxnet_fuzz::gossip_rx(&fs::read(&path).expect("seed"));
