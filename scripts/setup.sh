@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what vxnet needs on a Debian/Ubuntu host (run as root):
 # iproute2 (ip, bridge), iperf3, ping, tshark, dig, ethtool, python3 (the
-# services tests' task server), curl, and a Rust toolchain if there is none.
+# services tests' task server), curl, a Rust toolchain if there is none, and
+# cargo-fuzz. A C++ compiler too: libFuzzer is built from source.
 set -euo pipefail
 
 need_pkgs=()
@@ -14,6 +15,7 @@ have tshark || need_pkgs+=(tshark)
 have dig || need_pkgs+=(dnsutils)
 have ethtool || need_pkgs+=(ethtool)
 have cc || need_pkgs+=(gcc libc6-dev)
+have c++ || need_pkgs+=(g++)
 have curl || need_pkgs+=(curl ca-certificates)
 have python3 || need_pkgs+=(python3)
 
@@ -37,6 +39,12 @@ if ! have cargo; then
     echo "setup: installing the Rust toolchain with rustup"
     curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
     export PATH="$HOME/.cargo/bin:$PATH"
+fi
+# cargo-fuzz for scripts/fuzz.sh (coverage-guided fuzzing on stable with
+# --sanitizer none), from the crates registry.
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "setup: installing cargo-fuzz"
+    cargo install --locked cargo-fuzz
 fi
 # The kernel modules the testbed uses; built in on many kernels, so a
 # failure here is not fatal (the tests say what is missing).
