@@ -241,7 +241,13 @@ pub fn lb_nat(data: &[u8]) {
         mac: bmac,
     }];
     let service = Service::new(vip, backends, 251).expect("service");
-    fdb.set_service(vni, Arc::new(service)).expect("service");
+    let vip_mac = service.mac();
+    // Refused when the frame's source (our client) already holds the VIP's
+    // MAC: the FDB keeps one owner per MAC, as it should.
+    if fdb.set_service(vni, Arc::new(service)).is_err() {
+        assert_eq!(client, vip_mac, "only a MAC clash refuses");
+        return;
+    }
     let cfg = EngineConfig {
         conntrack: ConntrackConfig {
             capacity: 64,
