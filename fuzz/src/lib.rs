@@ -4,8 +4,8 @@
 //!
 //! Each body feeds untrusted bytes to a parser and then checks invariants
 //! that must hold for any input, panicking when one breaks. The larger
-//! bodies have their own module: [`gossip`] (`gossip_rx`) and [`mgmt`]
-//! (`mgmt_frame`).
+//! bodies have their own module: [`gossip`] (`gossip_rx`), [`mgmt`]
+//! (`mgmt_frame`) and [`kx_rotation`].
 pub mod alloc_probe;
 pub mod gossip;
 pub mod mgmt;
@@ -14,6 +14,9 @@ pub use gossip::gossip_rx;
 pub use mgmt::mgmt_frame;
 
 use std::sync::Arc;
+
+pub mod kx_rotation;
+pub use kx_rotation::kx_rotation;
 use vxnet_proto::batch::{FrameRef, TxBatch};
 use vxnet_proto::engine::{Engine, EngineConfig, Outputs};
 use vxnet_proto::fdb::Fdb;

@@ -175,3 +175,19 @@ fn mgmt_frame() {
     let r = vxnet_fuzz::mgmt_frame(&[0xff, 0xff, 0xff, 0xff, b'{']);
     assert!(r.too_large && r.requests == 0, "{r:?}");
 }
+
+#[test]
+fn kx_rotation() {
+    run("kx_rotation", |d| {
+        vxnet_fuzz::kx_rotation(d);
+    });
+    // The seeds reach restarts, replays and rotations.
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/kx_rotation/seed-restart-replay-all");
+    let reached = vxnet_fuzz::kx_rotation(&fs::read(path).expect("seed"));
+    assert!(
+        reached.restarts >= 2 && reached.replays > 10 && reached.rotations >= 4,
+        "{reached:?}"
+    );
+    assert!(reached.opened > 0, "{reached:?}");
+}

@@ -137,3 +137,10 @@ fn mgmt_frame() {
         vxnet_fuzz::mgmt_frame(d);
     });
 }
+
+#[test]
+fn kx_rotation() {
+    run("kx_rotation", 800, |d| {
+        vxnet_fuzz::kx_rotation(d);
+    });
+}
