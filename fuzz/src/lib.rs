@@ -367,8 +367,8 @@ pub fn api_request(data: &[u8]) {
 /// One datagram arriving on the data port of host B from host A (plain
 /// VXLAN, ESP for the encrypted VNI, or a key-rotation control message):
 /// the whole receive path, including SA lookup, the replay check and open
-/// (under `cfg(fuzzing)` the ICV check is skipped so the fuzzer gets past
-/// it), from a receive buffer as the worker does it, so TAP writes refer to
+/// (under `cfg(fuzzing)` ESP carries no AEAD, so the fuzzer writes
+/// trailers directly), from a receive buffer as the worker does it, so TAP writes refer to
 /// that buffer and every reference must resolve. Whatever arrives, B keeps
 /// its keys and forwards the next real packet from A.
 pub fn wire_rx(data: &[u8]) {
