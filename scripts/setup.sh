@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs what vxnet needs on a Debian/Ubuntu host (run as root):
 # iproute2 (ip, bridge), iperf3, ping, tshark, dig, ethtool, python3 (the
-# services tests' task server), curl, a Rust toolchain if there is none, and
-# cargo-fuzz. A C++ compiler too: libFuzzer is built from source.
+# services tests' task server), curl, promtool (from Debian's prometheus
+# package: the metrics tests check both daemons' /metrics with it), a Rust
+# toolchain if there is none, and cargo-fuzz (scripts/fuzz.sh). A C++
+# compiler too: libFuzzer is built from source.
 set -euo pipefail
 
 need_pkgs=()
@@ -18,6 +20,7 @@ have cc || need_pkgs+=(gcc libc6-dev)
 have c++ || need_pkgs+=(g++)
 have curl || need_pkgs+=(curl ca-certificates)
 have python3 || need_pkgs+=(python3)
+have promtool || need_pkgs+=(prometheus)
 
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then

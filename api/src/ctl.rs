@@ -448,6 +448,7 @@ pub enum CtlRequest {
     ServiceRm(ServiceRm),
     ServiceLogs(ServiceLogs),
     Reconcile(Reconcile),
+    Trace(crate::trace::SwarmTrace),
 }
 
 calls!(CtlRequest;
@@ -483,6 +484,7 @@ calls!(CtlRequest;
     ServiceRm(ServiceRm) -> ServiceView,
     ServiceLogs(ServiceLogs) -> Vec<TaskLogs>,
     Reconcile(Reconcile) -> ReconcileReport,
+    Trace(crate::trace::SwarmTrace) -> crate::trace::TraceReport,
 );
 
 /// A service's VIP on one network, with the network's name.

@@ -26,6 +26,8 @@ use vxnet_proto::crypto::keys::PublicKey;
 use vxnet_proto::wire::{MacAddr, Vni};
 
 use crate::calls;
+pub use crate::observe::{Capture, CaptureMsg, LiveMsg, LiveTrace};
+pub use crate::trace::{Trace, TraceReport, TraceWire};
 
 /// Default path of the dataplane's API socket.
 pub const DEFAULT_SOCKET: &str = "/run/vxnet/dataplane.sock";
@@ -341,6 +343,10 @@ pub enum Request {
     ServiceDel(ServiceDel),
     Services(Services),
     Conntrack(Conntrack),
+    Trace(Trace),
+    TraceWire(TraceWire),
+    Capture(Capture),
+    LiveTrace(LiveTrace),
 }
 
 calls!(Request;
@@ -366,6 +372,10 @@ calls!(Request;
     ServiceDel(ServiceDel) -> (),
     Services(Services) -> Vec<ServiceInfo>,
     Conntrack(Conntrack) -> ConntrackReport,
+    Trace(Trace) -> TraceReport,
+    TraceWire(TraceWire) -> TraceReport,
+    Capture(Capture) -> CaptureMsg,
+    LiveTrace(LiveTrace) -> LiveMsg,
 );
 
 /// How an endpoint is plugged in.

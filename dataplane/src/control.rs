@@ -40,7 +40,9 @@ use vxnet_api::{ApiError, IpNet, Response};
 
 type R<T> = Result<T, ApiError>;
 
+mod observe;
 mod services;
+mod trace;
 
 /// Start-up settings of a dataplane.
 #[derive(Debug, Clone)]
@@ -178,6 +180,9 @@ pub struct Dataplane {
     bridge_done: Condvar,
     workers: Mutex<Vec<WorkerHandle>>,
     stats: Vec<Arc<vxnet_proto::stats::Stats>>,
+    /// A capture, or a live trace, is running (one of each at a time).
+    capturing: Arc<std::sync::atomic::AtomicBool>,
+    live_tracing: Arc<std::sync::atomic::AtomicBool>,
     gso: bool,
     gro: bool,
     /// Set by [`Dataplane::shutdown`]: the underlay watcher ends.
@@ -229,6 +234,8 @@ impl Dataplane {
             bridge_done: Condvar::new(),
             workers: Mutex::new(workers),
             stats,
+            capturing: Arc::default(),
+            live_tracing: Arc::default(),
             gso,
             gro,
             stopping: AtomicBool::new(false),
@@ -302,6 +309,11 @@ impl Dataplane {
             Request::ServiceDel(s) => Re::of::<dp::ServiceDel>(self.service_del(s.vni, s.vip)),
             Request::Services(s) => Re::of::<dp::Services>(self.services(s.vni)),
             Request::Conntrack(c) => Re::of::<dp::Conntrack>(self.conntrack(c.vni, c.limit)),
+            Request::Trace(t) => Re::of::<dp::Trace>(self.trace(t)),
+            Request::TraceWire(t) => Re::of::<dp::TraceWire>(self.trace_wire(t)),
+            Request::Capture(_) | Request::LiveTrace(_) => Re::err(ApiError::invalid(
+                "capture and live_trace answer with a stream; the API server hands them to handle_reply",
+            )),
         }
     }
 

@@ -6,5 +6,7 @@ pub mod attach;
 pub mod control;
 pub mod keyfile;
 pub mod metrics;
+pub mod observe;
 pub mod sys;
+pub mod trace_stage;
 pub mod worker;

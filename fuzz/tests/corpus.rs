@@ -177,6 +177,11 @@ fn mgmt_frame() {
 }
 
 #[test]
+fn trace_dry_run() {
+    run("trace_dry_run", vxnet_fuzz::trace_dry_run);
+}
+
+#[test]
 fn kx_rotation() {
     run("kx_rotation", |d| {
         vxnet_fuzz::kx_rotation(d);

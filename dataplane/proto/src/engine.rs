@@ -40,8 +40,23 @@ const ETHERTYPE_IPV6: u16 = 0x86dd;
 mod announce;
 mod flood;
 mod lb;
+pub mod live;
 mod too_big;
+pub mod trace;
 use lb::{Lb, Vip};
+use trace::{Answer, Note, Recorder, TraceRun};
+
+/// Records `$note` if a recorder is installed (`vxnet trace`); otherwise
+/// one test of a `None`. `$rec` is the `Ctx::rec` field, named directly so
+/// that other fields of the context may be borrowed meanwhile.
+macro_rules! note {
+    ($rec:expr, $note:expr) => {
+        if let Some(r) = $rec.as_deref_mut() {
+            r.notes.push($note);
+        }
+    };
+}
+use note;
 
 /// Static settings of one dataplane.
 #[derive(Debug, Clone, Copy)]
@@ -129,6 +144,8 @@ struct Ctx {
     timers_moved: bool,
     /// Service load balancing: this worker's conntrack table.
     lb: Lb,
+    /// Installed while a packet is traced (see [`trace`]).
+    rec: Option<Box<Recorder>>,
 }
 
 /// ESP header, inner UDP header and VXLAN header in front of each frame.
@@ -152,6 +169,7 @@ impl Engine {
             now,
             timers_moved: false,
             lb: Lb::new(cfg.conntrack),
+            rec: None,
         };
         if fdb.has_services() {
             ctx.lb.prepare(now);
@@ -215,6 +233,77 @@ impl Engine {
         &self.ctx.stats
     }
 
+    /// The forwarding table in use.
+    pub fn fdb(&self) -> &Fdb {
+        &self.fdb
+    }
+
+    /// Runs `pkt` (`vnet header ‖ frame`, as the TAP of `port` would hand
+    /// it over) through [`Engine::from_tap`] without sending anything: a
+    /// dry run that records each decision ([`trace`]).
+    pub fn trace_tap(&mut self, port: PortId, pkt: &mut [u8]) -> TraceRun {
+        self.dry_run(|e, out| e.from_tap(port, pkt, out))
+    }
+
+    /// Runs a datagram from `src` (one that [`Engine::trace_tap`] on the
+    /// sending host produced) through [`Engine::from_wire`] as a dry run.
+    pub fn trace_wire(&mut self, src: SocketAddr, datagram: &mut [u8]) -> TraceRun {
+        self.dry_run(|e, out| e.from_wire(src, datagram, out))
+    }
+
+    fn dry_run(&mut self, f: impl FnOnce(&mut Engine, &mut Outputs)) -> TraceRun {
+        let scratch = Arc::new(Stats::default());
+        let real = std::mem::replace(&mut self.ctx.stats, Arc::clone(&scratch));
+        let before = self.ctx.rec.replace(Box::new(Recorder::dry_run()));
+        let timers_moved = self.ctx.timers_moved;
+        let mut out = Outputs::new(TxBatch::new(256 * 1024, 64));
+        f(self, &mut out);
+        self.ctx.stats = real;
+        self.ctx.timers_moved = timers_moved;
+        let notes = std::mem::replace(&mut self.ctx.rec, before)
+            .map(|r| r.notes)
+            .unwrap_or_default();
+        let drops = Drop::ALL
+            .iter()
+            .copied()
+            .filter(|d| scratch.drops(*d) > 0)
+            .collect();
+        let sent = out
+            .udp
+            .msgs()
+            .iter()
+            .map(|m| {
+                let b = out.udp.bytes(m);
+                let first = match m.segment {
+                    0 => b,
+                    n => &b[..b.len().min(usize::from(n))],
+                };
+                (m.dst, first.to_vec())
+            })
+            .collect();
+        let mut delivered = Vec::new();
+        out.drain_taps(|port, w| {
+            let frame = w
+                .as_bytes()
+                .and_then(|b| b.get(vnet::LEN..))
+                .unwrap_or_default();
+            delivered.push((port, frame.to_vec()));
+        });
+        TraceRun {
+            notes,
+            drops,
+            sent,
+            delivered,
+        }
+    }
+
+    /// Installs (or removes, with `None`) the recorder that notes the
+    /// decisions of the next packets (`vxnet trace --live` installs one for
+    /// each sampled packet); returns the one installed before.
+    pub fn set_recorder(&mut self, rec: Option<Box<Recorder>>) -> Option<Box<Recorder>> {
+        std::mem::replace(&mut self.ctx.rec, rec)
+    }
+
     /// Handles one `vnet header ‖ frame` read from the TAP of `port`. The
     /// frame may be rewritten in place (VIP DNAT, reverse translation).
     pub fn from_tap(&mut self, port: PortId, pkt: &mut [u8], out: &mut Outputs) {
@@ -246,6 +335,16 @@ impl Engine {
             return stats.dropped(Drop::TapSpoofedSource);
         }
         let vni = p.vni;
+        note!(
+            ctx.rec,
+            Note::TapRx {
+                port,
+                vni,
+                src,
+                dst,
+                len: frame.len(),
+            }
+        );
         let Some(table) = fdb.vni(vni) else {
             return stats.dropped(Drop::TapNoDestination);
         };
@@ -305,13 +404,20 @@ impl Engine {
         // decrypted, control_rx, control_stale or a drop (the invariant
         // `engine/accounting_tests.rs` checks).
         ctx.stats.inc(Counter::UdpRxDatagrams);
+        note!(
+            ctx.rec,
+            Note::WireRx {
+                src,
+                len: datagram.len()
+            }
+        );
         match esp::classify(datagram) {
             None if datagram.is_empty() => ctx.stats.dropped(Drop::WireEmpty),
             None => ctx.stats.dropped(Drop::WireRunt),
             Some(Classified::Vxlan) => ctx.decap(fdb, datagram, at, None, out),
             Some(Classified::Control) => ctx.control(fdb, src, datagram, out),
             Some(Classified::Reserved(_)) => ctx.stats.dropped(Drop::WireReservedSpi),
-            Some(Classified::Esp(_)) => {
+            Some(Classified::Esp(spi)) => {
                 let Some(session) = fdb.peer(src.ip()) else {
                     return ctx.stats.dropped(Drop::WireUnknownSpi);
                 };
@@ -319,6 +425,14 @@ impl Engine {
                 match opened {
                     Ok(o) => {
                         // Counted as decrypted once `decap` delivers it.
+                        note!(
+                            ctx.rec,
+                            Note::Decrypted {
+                                spi,
+                                vni: o.vni,
+                                generation: o.generation
+                            }
+                        );
                         // Skip the inner UDP header (RFC 3948 style).
                         let start = o.range.start + 8;
                         let Some(inner) = datagram.get_mut(start..o.range.end) else {
@@ -357,6 +471,17 @@ impl Ctx {
         frame: &mut [u8],
         out: &mut Outputs,
     ) {
+        if self.rec.is_some() {
+            let mac = MacAddr::dst_of(frame).unwrap_or(MacAddr([0; 6]));
+            note!(
+                self.rec,
+                match dest {
+                    Some(Dest::Local(port)) => Note::FdbLocal { mac, port },
+                    Some(Dest::Remote(vtep)) => Note::FdbRemote { mac, vtep },
+                    None => Note::FdbMiss { mac },
+                }
+            );
+        }
         match dest {
             // Back where it came from: a bridge does not hairpin either.
             Some(Dest::Local(to)) if to == port => self.stats.dropped(Drop::TapSamePort),
@@ -365,6 +490,13 @@ impl Ctx {
                     self.reverse(vni, hdr.needs_csum(), frame);
                 }
                 self.stats.inc(Counter::LocalSwitched);
+                note!(
+                    self.rec,
+                    Note::TapTx {
+                        port: to,
+                        len: frame.len()
+                    }
+                );
                 out.tap(to).push_as_is(hdr, frame);
             }
             Some(Dest::Remote(vtep)) => {
@@ -454,9 +586,23 @@ impl Ctx {
         } else {
             Counter::Decapsulated
         };
+        note!(
+            self.rec,
+            Note::Vni {
+                vni,
+                encrypted: table.encrypted
+            }
+        );
         if dst.is_multicast() {
             stats.inc(delivered);
             for &p in &table.ports {
+                note!(
+                    self.rec,
+                    Note::TapTx {
+                        port: p,
+                        len: inner.len()
+                    }
+                );
                 out.tap(p).push_as_is(&VnetHdr::NONE, inner);
             }
             return;
@@ -465,10 +611,18 @@ impl Ctx {
             Some(Dest::Local(p)) => {
                 stats.inc(delivered);
                 let p = *p;
+                note!(self.rec, Note::Endpoint { mac: dst, port: p });
                 if table.backends.may_contain_src(inner) {
                     // Rewritten in place: references still see the bytes.
                     self.reverse(vni, false, inner);
                 }
+                note!(
+                    self.rec,
+                    Note::TapTx {
+                        port: p,
+                        len: inner.len()
+                    }
+                );
                 // The payload follows the VXLAN header.
                 match at {
                     Some(at) => out.tap(p).push_ref(inner, at.advance(vxlan::HEADER_LEN)),
@@ -562,6 +716,14 @@ impl Ctx {
             stats.dropped(Drop::TapNoSa);
             return false;
         };
+        if let Some(r) = self.rec.as_deref_mut() {
+            let id = sa.id();
+            r.notes.push(Note::Sa {
+                spi: id.spi,
+                generation: id.generation,
+                seq: sa.next_seq(),
+            });
+        }
         let arena = out.udp.arena();
         let (mut read, mut write, mut first) = (start, start, 0);
         for i in 0..seg.count {
@@ -605,6 +767,16 @@ impl Ctx {
         };
         out.udp
             .commit(SocketAddr::new(vtep, self.cfg.port), start, gso, entropy);
+        note!(
+            self.rec,
+            Note::Outer {
+                dst: SocketAddr::new(vtep, self.cfg.port),
+                vni,
+                len: first,
+                datagrams: seg.count,
+                encrypted: true,
+            }
+        );
         stats.add(Counter::Encapsulated, seg.count as u64);
         stats.add(Counter::Encrypted, seg.count as u64);
         seg.capped
@@ -649,6 +821,17 @@ impl Ctx {
             return false;
         }
         self.stats.inc(counter);
+        note!(
+            self.rec,
+            Note::Answered {
+                answer: if counter == Counter::ArpProxied {
+                    Answer::Arp
+                } else {
+                    Answer::Nd
+                },
+                port
+            }
+        );
         out.tap(port)
             .push_as_is(&VnetHdr::NONE, &self.reply[..answer]);
         true
@@ -687,6 +870,16 @@ impl Ctx {
                 }
                 let dst = SocketAddr::new(vtep, self.cfg.port);
                 out.udp.commit(dst, start, gso, flow_hash(frame));
+                note!(
+                    self.rec,
+                    Note::Outer {
+                        dst,
+                        vni,
+                        len: if seg.count > 1 { seg.stride } else { seg.total },
+                        datagrams: seg.count,
+                        encrypted: false,
+                    }
+                );
                 self.stats.add(Counter::Encapsulated, seg.count as u64);
                 Some(Encapped {
                     range: start..start + seg.total,
@@ -780,5 +973,7 @@ mod lb_tests;
 pub mod testkit;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod trace_tests;
 #[cfg(test)]
 mod underlay_tests;
