@@ -38,6 +38,7 @@ const ETHERTYPE_ARP: u16 = 0x0806;
 const ETHERTYPE_IPV6: u16 = 0x86dd;
 
 mod lb;
+mod mesh;
 use lb::{Lb, Vip};
 
 /// Static settings of one dataplane.
@@ -147,7 +148,7 @@ impl Engine {
             timers_moved: false,
             lb: Lb::new(cfg.conntrack),
         };
-        if fdb.has_services() {
+        if fdb.needs_conntrack() {
             ctx.lb.prepare(now);
         }
         Engine { fdb, ctx }
@@ -186,7 +187,7 @@ impl Engine {
     /// Installs a new forwarding table (between batches). The conntrack
     /// table is allocated here when the first service appears.
     pub fn set_fdb(&mut self, fdb: Arc<Fdb>) {
-        if fdb.has_services() {
+        if fdb.needs_conntrack() {
             self.ctx.lb.prepare(self.ctx.now);
         }
         self.fdb = fdb;
@@ -230,6 +231,9 @@ impl Engine {
             stats.inc(Counter::TapRxGsoFrames);
         }
         let fdb = &*self.fdb;
+        if let Some(h) = fdb.host().filter(|h| h.port == port) {
+            return ctx.host_in(fdb, h, &hdr, frame, out);
+        }
         let Some(p) = fdb.port(port) else {
             return stats.dropped(Drop::TapUnknownPort);
         };
@@ -250,6 +254,9 @@ impl Engine {
             return ctx.flood(fdb, vni, table, port, &hdr, frame, out);
         }
         let mut dest = table.macs.get(&dst).copied();
+        if dest.is_none() && table.is_gateway_mac(dst) {
+            return ctx.route(fdb, vni, table, port, &hdr, frame, out);
+        }
         if dest.is_none() && !table.services.is_empty() {
             // A unicast ARP or NS for a VIP (its MAC is no endpoint's).
             if ctx.proxy(table, port, frame, out) {
@@ -345,6 +352,12 @@ impl Ctx {
         frame: &mut [u8],
         out: &mut Outputs,
     ) {
+        if let Some(h) = mesh::is_host_port(fdb, dest) {
+            if self.reply_to_host(h, vni, hdr.needs_csum(), frame) {
+                out.tap(h.port).push_as_is(hdr, frame);
+            }
+            return;
+        }
         match dest {
             Some(Dest::Local(to)) => {
                 if table.backends.may_contain_src(frame) {
@@ -409,10 +422,25 @@ impl Ctx {
             }
             return;
         }
-        match table.macs.get(&dst) {
+        let dest = table.macs.get(&dst).copied();
+        if let Some(h) = mesh::is_host_port(fdb, dest) {
+            stats.inc(Counter::Decapsulated);
+            if self.reply_to_host(h, vni, false, inner) {
+                match at {
+                    Some(at) => out
+                        .tap(h.port)
+                        .push_ref(inner, at.advance(vxlan::HEADER_LEN)),
+                    None => out.tap(h.port).push(inner),
+                }
+            }
+            return;
+        }
+        match dest {
             Some(Dest::Local(p)) => {
-                stats.inc(Counter::Decapsulated);
-                let p = *p;
+                self.stats.inc(Counter::Decapsulated);
+                if table.ingress {
+                    self.track_return(vni, table, inner);
+                }
                 if table.backends.may_contain_src(inner) {
                     // Rewritten in place: references still see the bytes.
                     self.reverse(vni, false, inner);
@@ -671,12 +699,19 @@ impl Ctx {
     }
 }
 
-/// The MAC the proxy answers for `ip`: an endpoint's, or a VIP's.
+/// The MAC the proxy answers for `ip`: an endpoint's, a VIP's, or the
+/// gateway's.
 #[inline]
 fn proxied_mac(table: &VniTable, ip: IpAddr) -> Option<MacAddr> {
     match table.ips.get(&ip) {
         Some(m) => Some(*m),
-        None => table.services.get(&ip).map(|s| s.mac()),
+        None => table.services.get(&ip).map(|s| s.mac()).or_else(|| {
+            table
+                .gateways
+                .iter()
+                .find(|(g, _)| *g == ip)
+                .map(|(_, m)| *m)
+        }),
     }
 }
 
@@ -734,6 +769,8 @@ pub fn flow_hash(frame: &[u8]) -> u32 {
 
 #[cfg(test)]
 mod lb_tests;
+#[cfg(test)]
+mod mesh_tests;
 #[cfg(any(test, feature = "testkit"))]
 #[doc(hidden)]
 pub mod testkit;
