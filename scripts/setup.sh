@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what vxnet needs on a Debian/Ubuntu host (run as root):
-# iproute2 (ip, bridge), iperf3, ping, tshark, dig, ethtool, and a Rust
+# iproute2 (ip, bridge), iperf3, ping, tshark, dig, ethtool, nft (the
+# dataplane's host link programs the host's firewall with it), and a Rust
 # toolchain if there is none.
 set -euo pipefail
 
@@ -13,6 +14,7 @@ have ping || need_pkgs+=(iputils-ping)
 have tshark || need_pkgs+=(tshark)
 have dig || need_pkgs+=(dnsutils)
 have ethtool || need_pkgs+=(ethtool)
+have nft || need_pkgs+=(nftables)
 have cc || need_pkgs+=(gcc libc6-dev)
 have curl || need_pkgs+=(curl ca-certificates)
 

@@ -34,6 +34,7 @@ use vxnet_api::{ApiError, IpNet, Response};
 
 type R<T> = Result<T, ApiError>;
 
+mod host_link;
 mod services;
 
 /// Start-up settings of a dataplane.
@@ -158,6 +159,8 @@ struct State {
     peer_owners: HashMap<(Vni, MacAddr), Owner>,
     /// Who set each service.
     service_owners: HashMap<(Vni, IpAddr), Owner>,
+    /// The host link's port, reserved from its creation on.
+    host_port: Option<PortId>,
 }
 
 pub struct Dataplane {
@@ -169,6 +172,9 @@ pub struct Dataplane {
     /// Signalled when a bridge slot stops being `Busy`.
     bridge_done: Condvar,
     workers: Mutex<Vec<WorkerHandle>>,
+    /// The host link; its lock serializes host-link and port requests
+    /// (taken before `state`'s, never after).
+    host: Mutex<Option<host_link::Linked>>,
     stats: Vec<Arc<vxnet_proto::stats::Stats>>,
     gso: bool,
     gro: bool,
@@ -214,6 +220,7 @@ impl Dataplane {
             }),
             bridge_done: Condvar::new(),
             workers: Mutex::new(workers),
+            host: Mutex::new(None),
             stats,
             gso,
             gro,
@@ -268,9 +275,7 @@ impl Dataplane {
                 .map(|e| e.info.clone())
                 .collect())),
             Request::Show(_) => Re::of::<dp::Show>(Ok(self.show())),
-            Request::NetworkAdd(n) => {
-                Re::of::<dp::NetworkAdd>(self.network_add(n.vni, n.encrypted, n.owner))
-            }
+            Request::NetworkAdd(n) => Re::of::<dp::NetworkAdd>(self.network_add(n)),
             Request::NetworkDel(n) => Re::of::<dp::NetworkDel>(self.network_del(n.vni)),
             Request::Networks(_) => Re::of::<dp::Networks>(Ok(self.networks())),
             Request::VtepAdd(v) => Re::of::<dp::VtepAdd>(self.vtep_add(v.vtep, v.pubkey, v.owner)),
@@ -282,6 +287,12 @@ impl Dataplane {
             Request::ServiceDel(s) => Re::of::<dp::ServiceDel>(self.service_del(s.vni, s.vip)),
             Request::Services(s) => Re::of::<dp::Services>(self.services(s.vni)),
             Request::Conntrack(c) => Re::of::<dp::Conntrack>(self.conntrack(c.vni, c.limit)),
+            Request::HostLinkSet(h) => Re::of::<dp::HostLinkSet>(self.host_link_set(h)),
+            Request::HostLinkDel(_) => Re::of::<dp::HostLinkDel>(self.host_link_del()),
+            Request::HostLink(_) => Re::of::<dp::HostLink>(Ok(self.host_link())),
+            Request::PortSet(p) => Re::of::<dp::PortSet>(self.port_set(p)),
+            Request::PortDel(p) => Re::of::<dp::PortDel>(self.port_del(p.protocol, p.published)),
+            Request::Ports(_) => Re::of::<dp::Ports>(Ok(self.ports())),
         }
     }
 
@@ -823,9 +834,31 @@ impl Dataplane {
         }
     }
 
-    fn network_add(&self, vni: Vni, encrypted: bool, owner: Owner) -> R<()> {
+    fn network_add(&self, n: dp::NetworkAdd) -> R<()> {
+        let dp::NetworkAdd {
+            vni,
+            encrypted,
+            gateways,
+            egress,
+            ingress,
+            owner,
+        } = n;
+        for (i, g) in gateways.iter().enumerate() {
+            if gateways[..i].iter().any(|o| o.is_ipv4() == g.is_ipv4()) {
+                return Err(ApiError::invalid(format!(
+                    "more than one {} gateway given",
+                    family(*g)
+                )));
+            }
+            if g.is_unspecified() || g.is_multicast() || g.is_loopback() {
+                return Err(ApiError::invalid(format!(
+                    "gateway {g} is not a unicast address"
+                )));
+            }
+        }
         let now = Instant::now();
         self.edit_fdb(|f| {
+            f.set_routing(vni, &gateways, egress, ingress);
             if let Some(t) = f.vni(vni) {
                 if t.encrypted != encrypted && !t.ports.is_empty() {
                     return Err(ApiError::precondition(format!(
@@ -914,6 +947,11 @@ impl Dataplane {
                     endpoints: count(true),
                     peers: count(false),
                     mtu: self.default_mtu(&st.fdb, vni),
+                    gateways: t
+                        .map(|t| t.gateways.iter().map(|g| g.0).collect())
+                        .unwrap_or_default(),
+                    egress: t.is_some_and(|t| t.egress),
+                    ingress: t.is_some_and(|t| t.ingress),
                     owner: st.networks.get(&vni).copied().unwrap_or_default(),
                 }
             })
@@ -1093,6 +1131,11 @@ impl Dataplane {
     /// Detaches everything (TAPs closed, bridges deleted) and stops the
     /// workers.
     pub fn shutdown(&self) {
+        if let Err(e) = self.host_link_del() {
+            if e.code != vxnet_api::ErrorCode::NotFound {
+                tracing::warn!(error = %e.message, "cannot remove the host link");
+            }
+        }
         let ids: Vec<u32> = self.lock().endpoints.keys().copied().collect();
         for id in ids {
             let _ = self.detach(DetachTarget::Id(id));
@@ -1112,7 +1155,8 @@ impl Dataplane {
 /// holds.
 fn free_port(st: &State) -> PortId {
     let taken = |p: PortId| {
-        st.fdb.port(p).is_some()
+        st.host_port == Some(p)
+            || st.fdb.port(p).is_some()
             || st.claims.iter().any(|c| c.port == p)
             || st.draining.contains(&p)
             || st
@@ -1183,9 +1227,11 @@ impl From<vxnet_proto::fdb::FdbError> for FdbRefusal {
             F::MacInUse { .. } | F::IpInUse { .. } | F::FloodExists { .. } => {
                 vxnet_api::ErrorCode::AlreadyExists
             }
-            F::NoSuchPeer { .. } | F::NoSuchFlood { .. } | F::NoSuchService { .. } => {
-                vxnet_api::ErrorCode::NotFound
-            }
+            F::NoSuchPeer { .. }
+            | F::NoSuchFlood { .. }
+            | F::NoSuchService { .. }
+            | F::NoSuchPort { .. } => vxnet_api::ErrorCode::NotFound,
+            F::NoHostLink => vxnet_api::ErrorCode::FailedPrecondition,
             F::NotMulticastSafe(_)
             | F::PortOnOtherVni { .. }
             | F::BackendIsVip { .. }

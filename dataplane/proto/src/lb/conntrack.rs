@@ -423,6 +423,8 @@ pub struct FlowInfo {
     pub kind: FlowKind,
     pub backend: IpAddr,
     pub backend_port: u16,
+    /// The VNI replies arrive on (the backend's network).
+    pub reply_vni: u32,
     pub state: State,
     pub age: Duration,
     pub idle: Duration,
@@ -828,6 +830,7 @@ impl Conntrack {
                 kind: f.kind,
                 backend: f.backend,
                 backend_port: f.backend_port,
+                reply_vni: f.reply_vni,
                 state: f.state,
                 age: Duration::from_millis(now_ms - f.created),
                 idle: Duration::from_millis(now_ms - f.last),
