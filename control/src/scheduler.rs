@@ -18,7 +18,12 @@
 //!   the other slots are never touched.
 //! - Global: one task per eligible node, nodes that join later included.
 //! - A task made from an older version of the service's template
-//!   (command, env, restart condition) is replaced.
+//!   (command, env, restart condition) is replaced, and so is a task
+//!   whose networks are no longer the service's (Docker's rolling update
+//!   after `--network-add/--network-rm`, or after the routing mesh comes
+//!   or goes: a task with a port published through it is on the ingress
+//!   network first, so its default route, and so its replies to outside
+//!   clients, go through the ingress network).
 //! - The tasks of a removed service are removed.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -49,8 +54,26 @@ fn active(t: &Container) -> bool {
     t.desired != DesiredState::Removed
 }
 
-/// The changes that bring the tasks to what the services want.
-pub fn schedule(services: &[Service], tasks: &[Container], nodes: &[Node]) -> Vec<Action> {
+/// The networks (ids) a task of `s` joins, in order: the ingress network
+/// (`ingress`, the swarm's) first when `s` publishes through it, then the
+/// service's own.
+pub fn task_networks(s: &Service, ingress: Option<&str>) -> Vec<String> {
+    ingress
+        .filter(|_| s.uses_ingress())
+        .map(str::to_owned)
+        .into_iter()
+        .chain(s.networks.iter().map(|n| n.network.clone()))
+        .collect()
+}
+
+/// The changes that bring the tasks to what the services want; `ingress`
+/// is the swarm's ingress network.
+pub fn schedule(
+    services: &[Service],
+    tasks: &[Container],
+    nodes: &[Node],
+    ingress: Option<&str>,
+) -> Vec<Action> {
     let mut actions = Vec::new();
     let node_of = |id: &str| nodes.iter().find(|n| n.id == id);
     // Tasks per node (all services), counted as placements happen.
@@ -80,6 +103,14 @@ pub fn schedule(services: &[Service], tasks: &[Container], nodes: &[Node]) -> Ve
                 Some("its node is drained")
             }
             (Some(s), _) if info.version < s.version => Some("the service was updated"),
+            (Some(s), _)
+                if t.attachments
+                    .iter()
+                    .map(|a| &a.network)
+                    .ne(task_networks(s, ingress).iter()) =>
+            {
+                Some("the service's networks changed")
+            }
             (Some(s), _) => match s.mode {
                 ServiceMode::Replicated { replicas } if info.slot > replicas || info.slot == 0 => {
                     Some("the service was scaled down")

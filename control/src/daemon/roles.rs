@@ -97,6 +97,7 @@ where
         self.tend_agent(in_swarm && !manager);
         if manager {
             self.d.tend_node_status();
+            self.d.tend_ingress_endpoints();
             self.d.tend_services();
         }
         self.tend_keys(in_swarm, manager);

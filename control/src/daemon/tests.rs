@@ -32,7 +32,11 @@ use crate::store::MemStore;
 struct FakeDp {
     up: bool,
     instance: u64,
-    networks: BTreeMap<Vni, (bool, Owner)>,
+    networks: BTreeMap<Vni, dp::NetworkAdd>,
+    /// The host link and whether its firewall table is whole.
+    host_link: Option<(dp::HostLinkSet, bool)>,
+    /// Published ports and whether the firewall holds each.
+    ports: BTreeMap<(dp::PortProtocol, u16), (dp::PortSet, bool)>,
     endpoints: Vec<EndpointInfo>,
     peers: BTreeMap<(Vni, MacAddr), (BTreeSet<IpAddr>, IpAddr, Owner)>,
     vteps: BTreeMap<IpAddr, (PublicKey, Owner)>,
@@ -66,15 +70,93 @@ impl FakeDp {
             Request::Networks(_) => v(self
                 .networks
                 .iter()
-                .map(|(vni, (enc, owner))| NetworkInfo {
+                .map(|(vni, n)| NetworkInfo {
                     vni: *vni,
-                    encrypted: *enc,
+                    encrypted: n.encrypted,
                     endpoints: self.endpoints.iter().filter(|e| e.vni == *vni).count(),
                     peers: 0,
                     mtu: 1450,
-                    owner: *owner,
+                    gateways: n.gateways.clone(),
+                    egress: n.egress,
+                    ingress: n.ingress,
+                    owner: n.owner,
                 })
                 .collect::<Vec<_>>()),
+            Request::HostLink(_) => v(self.host_link.as_ref().map(|(h, ok)| dp::HostLinkInfo {
+                ifname: "vxnet0".into(),
+                subnet: h.subnet,
+                host_ip: "198.18.0.1".parse().unwrap(),
+                mesh_ip: "198.18.0.2".parse().unwrap(),
+                mac: MacAddr([2, 0x42, 0, 0, 0, 1]),
+                mtu: h.mtu.unwrap_or(1450),
+                ingress: h.ingress,
+                firewall_ok: *ok,
+                firewall_error: None,
+                egress_addresses: 0,
+                owner: h.owner,
+            })),
+            Request::HostLinkSet(h) => {
+                self.writes.push("host_link_set".into());
+                if self.host_link.as_ref().is_none_or(|(old, _)| {
+                    old.subnet != h.subnet || old.ingress != h.ingress || old.mtu != h.mtu
+                }) {
+                    // A new link starts without ports, as the real one.
+                    self.ports.clear();
+                }
+                self.host_link = Some((h.clone(), true));
+                v(dp::HostLinkInfo {
+                    ifname: "vxnet0".into(),
+                    subnet: h.subnet,
+                    host_ip: "198.18.0.1".parse().unwrap(),
+                    mesh_ip: "198.18.0.2".parse().unwrap(),
+                    mac: MacAddr([2, 0x42, 0, 0, 0, 1]),
+                    mtu: 1450,
+                    ingress: h.ingress,
+                    firewall_ok: true,
+                    firewall_error: None,
+                    egress_addresses: 0,
+                    owner: h.owner,
+                })
+            }
+            Request::HostLinkDel(_) => {
+                self.writes.push("host_link_del".into());
+                self.ports.clear();
+                match self.host_link.take() {
+                    Some(_) => v(()),
+                    None => Err(ApiError::not_found("no host link")),
+                }
+            }
+            Request::Ports(_) => v(self
+                .ports
+                .values()
+                .map(|(p, in_firewall)| dp::PortInfo {
+                    protocol: p.protocol,
+                    published: p.published,
+                    target: p.target,
+                    vni: p.vni,
+                    to: p.to.clone(),
+                    in_firewall: *in_firewall,
+                    owner: p.owner,
+                })
+                .collect::<Vec<_>>()),
+            Request::PortSet(p) => {
+                self.writes
+                    .push(format!("port_set {} {}", p.protocol, p.published));
+                if self.host_link.is_none() {
+                    return Err(ApiError::precondition("no host link"));
+                }
+                self.ports
+                    .insert((p.protocol, p.published), (p.clone(), true));
+                v(())
+            }
+            Request::PortDel(p) => {
+                self.writes
+                    .push(format!("port_del {} {}", p.protocol, p.published));
+                match self.ports.remove(&(p.protocol, p.published)) {
+                    Some(_) => v(()),
+                    None => Err(ApiError::not_found("not published")),
+                }
+            }
             Request::Endpoints(_) => v(&self.endpoints),
             Request::Fdb(_) => v(self
                 .peers
@@ -103,7 +185,7 @@ impl FakeDp {
                 .collect::<Vec<_>>()),
             Request::NetworkAdd(n) => {
                 self.writes.push(format!("network_add {}", n.vni));
-                self.networks.insert(n.vni, (n.encrypted, n.owner));
+                self.networks.insert(n.vni, n.clone());
                 v(())
             }
             Request::NetworkDel(n) => {
@@ -581,7 +663,8 @@ fn a_container_is_made_real_and_removed_without_a_trace() {
             .with(|h| h.netns.contains("c1") && h.resolv.contains("c1"))
     );
     n.dp.with(|d| {
-        assert_eq!(d.networks.get(&net.vni), Some(&(false, Owner::Control)));
+        let n = d.networks.get(&net.vni).unwrap();
+        assert_eq!((n.encrypted, n.owner), (false, Owner::Control));
         let e = &d.endpoints[0];
         assert_eq!((e.location.as_str(), e.ifname.as_str()), ("c1", "eth0"));
         assert_eq!(e.gateways.len(), 1, "the first network routes by default");
@@ -963,6 +1046,7 @@ fn an_ambiguous_hostname_names_the_candidates() {
 fn eventually(n: &Node, what: &str, f: impl Fn(&FakeDp) -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
+        n.d.tend_ingress_endpoints();
         n.d.tend_services();
         n.settle();
         if n.dp.with(|d| f(d)) {
@@ -1000,6 +1084,7 @@ fn a_service_vip_follows_its_running_tasks_and_leaves_with_it() {
         command: vec!["sleep".into(), "600".into()],
         env: vec![],
         restart: crate::model::RestartCondition::Any,
+        ports: vec![],
     });
     let vip = IpAddr::V4(s.service.vips[0].ipv4);
     eventually(&n, "two backends", |d| backends_of(d, vip) == Some(2));
@@ -1050,4 +1135,87 @@ fn a_service_vip_follows_its_running_tasks_and_leaves_with_it() {
         d.services.is_empty() && d.networks.is_empty()
     });
     assert!(rm.join().unwrap().ok);
+}
+
+#[test]
+fn a_published_port_is_programmed_repaired_and_withdrawn() {
+    let n = node();
+    n.init();
+    n.net("tnet");
+    let s = n.ok(ctl::ServiceCreate {
+        name: "web".into(),
+        mode: crate::model::ServiceMode::Replicated { replicas: 1 },
+        endpoint_mode: crate::model::EndpointMode::Vip,
+        networks: vec![ctl::ServiceNetworkRequest {
+            network: "tnet".into(),
+            aliases: vec![],
+        }],
+        command: vec!["sleep".into(), "600".into()],
+        env: vec![],
+        restart: crate::model::RestartCondition::Any,
+        ports: vec![ctl::PortRequest {
+            protocol: crate::model::PortProtocol::Tcp,
+            target_port: 80,
+            published_port: Some(8080),
+            publish_mode: crate::model::PublishMode::Ingress,
+        }],
+    });
+    assert_eq!(s.service.vips.len(), 2, "{:?}", s.service.vips);
+    let key = (dp::PortProtocol::Tcp, 8080);
+    let published = |d: &FakeDp| {
+        d.ports.get(&key).is_some_and(|(p, _)| p.target == 80)
+            && d.host_link
+                .as_ref()
+                .is_some_and(|(h, _)| h.ingress.is_some())
+    };
+    eventually(&n, "8080 published through the mesh", published);
+    // The task is on the ingress network first (its default route).
+    let tasks = n.ok(ctl::ServicePs {
+        service: "web".into(),
+    });
+    let ingress = n.ok(ctl::NetworkInspect {
+        network: "ingress".into(),
+    });
+    let task = n.ok(ctl::ContainerInspect {
+        container: tasks[0].container.clone(),
+    });
+    assert_eq!(task.networks[0].network_id, ingress.network.id);
+    // A pass with nothing to do writes nothing.
+    n.settle();
+    n.writes();
+    n.settle();
+    assert!(
+        !n.writes()
+            .iter()
+            .any(|w| w.starts_with("port_") || w.starts_with("host_link")),
+        "no duplicates"
+    );
+    // The host's firewall lost the element: published again.
+    n.dp.with(|d| d.ports.get_mut(&key).unwrap().1 = false);
+    eventually(&n, "repaired", |d| d.ports.get(&key).is_some_and(|p| p.1));
+    // The firewall table went: the link is set again, and the port.
+    n.dp.with(|d| d.host_link.as_mut().unwrap().1 = false);
+    eventually(&n, "table rewritten", |d| {
+        d.host_link.as_ref().is_some_and(|h| h.1) && published(d)
+    });
+    // A dataplane restart: everything comes back.
+    n.dp.with(FakeDp::restart);
+    eventually(&n, "back after a restart", published);
+    // Unpublished: the port goes, the ingress network with it.
+    n.ok(ctl::ServiceUpdate {
+        service: "web".into(),
+        publish_rm: vec![ctl::PortRequest {
+            protocol: crate::model::PortProtocol::Tcp,
+            target_port: 80,
+            published_port: None,
+            publish_mode: crate::model::PublishMode::Ingress,
+        }],
+        ..Default::default()
+    });
+    eventually(&n, "8080 withdrawn", |d| {
+        d.ports.is_empty()
+            && d.host_link
+                .as_ref()
+                .is_some_and(|(h, _)| h.ingress.is_none())
+    });
 }

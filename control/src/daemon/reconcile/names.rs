@@ -212,6 +212,7 @@ mod tests {
             created: 0,
             updated: 0,
             version: 1,
+            ports: Vec::new(),
         }
     }
 

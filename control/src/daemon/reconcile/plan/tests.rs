@@ -10,15 +10,15 @@ use crate::model::{Attachment, DesiredState, Driver, Ipv4Config, Ipv6Config};
 
 const OWN: [u8; 4] = [192, 0, 2, 1];
 
-fn ip(s: &str) -> IpAddr {
+pub(super) fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-fn vni(n: u32) -> Vni {
+pub(super) fn vni(n: u32) -> Vni {
     Vni::new(n).unwrap()
 }
 
-fn net(id: &str, v: u32, encrypted: bool, v6: bool) -> Network {
+pub(super) fn net(id: &str, v: u32, encrypted: bool, v6: bool) -> Network {
     Network {
         id: id.into(),
         name: format!("{id}-name"),
@@ -43,7 +43,7 @@ fn net(id: &str, v: u32, encrypted: bool, v6: bool) -> Network {
     }
 }
 
-fn attachment(network: &str, v4: &str, v6: Option<&str>) -> Attachment {
+pub(super) fn attachment(network: &str, v4: &str, v6: Option<&str>) -> Attachment {
     let ipv4: std::net::Ipv4Addr = v4.parse().unwrap();
     Attachment {
         network: network.into(),
@@ -54,7 +54,7 @@ fn attachment(network: &str, v4: &str, v6: Option<&str>) -> Attachment {
     }
 }
 
-fn container(id: &str, attachments: Vec<Attachment>) -> (Container, Runtime) {
+pub(super) fn container(id: &str, attachments: Vec<Attachment>) -> (Container, Runtime) {
     let rt = Runtime {
         container_id: id.into(),
         netns: format!("ns-{id}"),
@@ -106,21 +106,23 @@ fn record_of(network: &str, ip: &str, v4: &str, vtep_last: u8, version: u64) -> 
     }
 }
 
-fn record(network: &str, v4: &str, vtep_last: u8, version: u64) -> EndpointRecord {
+pub(super) fn record(network: &str, v4: &str, vtep_last: u8, version: u64) -> EndpointRecord {
     record_of(network, v4, v4, vtep_last, version)
 }
 
-struct World {
-    networks: Vec<Network>,
-    containers: Vec<(Container, Runtime)>,
-    gossip: GossipView,
-    services: Vec<Service>,
+pub(super) struct World {
+    pub(super) networks: Vec<Network>,
+    pub(super) containers: Vec<(Container, Runtime)>,
+    pub(super) gossip: GossipView,
+    pub(super) services: Vec<Service>,
     /// Other hosts' containers the store holds.
-    remote: Vec<Container>,
+    pub(super) remote: Vec<Container>,
+    /// This node, in a swarm with a host link.
+    pub(super) node: Option<crate::model::Node>,
 }
 
 impl World {
-    fn plan(&self) -> Plan {
+    pub(super) fn plan(&self) -> Plan {
         let locals: Vec<LocalContainer<'_>> = self
             .containers
             .iter()
@@ -141,13 +143,15 @@ impl World {
             services: &self.services,
             tasks: &tasks,
             live: &live,
+            node: self.node.as_ref(),
+            host_link_subnet: self.node.as_ref().map(|_| "198.18.0.0/16".parse().unwrap()),
         })
     }
 }
 
 /// Host 1 with one container on `n1`; host 2 (live) has one, host 3 (not
 /// a member any more) has one.
-fn world() -> World {
+pub(super) fn world() -> World {
     World {
         networks: vec![net("n1", 4097, true, true), net("n2", 4098, false, false)],
         containers: vec![container(
@@ -167,6 +171,7 @@ fn world() -> World {
         },
         services: Vec::new(),
         remote: Vec::new(),
+        node: None,
     }
 }
 
@@ -175,7 +180,18 @@ fn plan_of_a_host_with_one_container() {
     let p = world().plan();
     let s = &p.state;
     // Only the network a container here uses is declared.
-    assert_eq!(s.networks, BTreeMap::from([(vni(4097), true)]));
+    assert_eq!(
+        s.networks,
+        BTreeMap::from([(
+            vni(4097),
+            NetSpec {
+                encrypted: true,
+                gateways: vec![ip("10.0.1.1"), ip("fd00::1")],
+                egress: true,
+                ingress: false,
+            }
+        )])
+    );
     let key = EndpointKey::Netns {
         netns: "ns-c1".into(),
         ifname: "eth0".into(),
@@ -253,7 +269,7 @@ fn dataplane_ahead_of_desired_loses_stale_state() {
             gateways: vec![],
         },
     );
-    actual.networks.insert(vni(4098), false);
+    actual.networks.insert(vni(4098), NetSpec::default());
     actual
         .vteps
         .insert(IpAddr::from([192, 0, 2, 9]), PublicKey::from_bytes([9; 32]));
@@ -386,6 +402,7 @@ fn after_leaving_everything_owned_goes() {
         gossip: GossipView::default(),
         services: Vec::new(),
         remote: Vec::new(),
+        node: None,
     }
     .plan();
     let ops = diff(&p.state, &empty.state);
@@ -407,6 +424,9 @@ fn only_control_owned_entries_are_observed() {
                 endpoints: 0,
                 peers: 1,
                 mtu: 1450,
+                gateways: vec![],
+                egress: false,
+                ingress: false,
                 owner: Owner::Control,
             },
             NetworkInfo {
@@ -415,6 +435,9 @@ fn only_control_owned_entries_are_observed() {
                 endpoints: 0,
                 peers: 0,
                 mtu: 1450,
+                gateways: vec![],
+                egress: false,
+                ingress: false,
                 owner: Owner::User,
             },
         ],
@@ -441,13 +464,15 @@ fn only_control_owned_entries_are_observed() {
         ],
         vteps: vec![],
         services: vec![],
+        host_link: None,
+        ports: vec![],
     };
     let s = observe(&o);
     assert_eq!(s.networks.len(), 1);
     assert_eq!(s.peers.len(), 1);
 }
 
-fn service(id: &str, network: &str, vip: &str, vip6: Option<&str>) -> Service {
+pub(super) fn service(id: &str, network: &str, vip: &str, vip6: Option<&str>) -> Service {
     Service {
         id: id.into(),
         name: id.into(),
@@ -468,10 +493,11 @@ fn service(id: &str, network: &str, vip: &str, vip6: Option<&str>) -> Service {
         created: 0,
         updated: 0,
         version: 1,
+        ports: Vec::new(),
     }
 }
 
-fn task_of(c: &mut Container, service: &str, slot: u64) {
+pub(super) fn task_of(c: &mut Container, service: &str, slot: u64) {
     c.task = Some(crate::model::TaskInfo {
         service: service.into(),
         slot,
