@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what vxnet needs on a Debian/Ubuntu host (run as root):
-# iproute2 (ip, bridge), iperf3, ping, tshark, dig, ethtool, nft (the
-# dataplane's host link programs the host's firewall with it), and a Rust
-# toolchain if there is none.
+# iproute2 (ip, bridge), iperf3, ping, tshark, dig, ethtool, python3 (the
+# services tests' task server), curl, nft (the dataplane's host link
+# programs the host's firewall with it), and a Rust toolchain if there is
+# none.
 set -euo pipefail
 
 need_pkgs=()
@@ -17,6 +18,7 @@ have ethtool || need_pkgs+=(ethtool)
 have nft || need_pkgs+=(nftables)
 have cc || need_pkgs+=(gcc libc6-dev)
 have curl || need_pkgs+=(curl ca-certificates)
+have python3 || need_pkgs+=(python3)
 
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then

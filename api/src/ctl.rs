@@ -385,11 +385,11 @@ pub struct ServiceScale {
 }
 
 /// `service update`: only what is given changes. A change of the task
-/// template (command, env, restart condition) or of the networks replaces
-/// the tasks (Docker's rolling update); a change of replicas or of
-/// published ports keeps the running ones, unless the routing mesh is
-/// newly used or no longer used (the tasks join or leave the ingress
-/// network).
+/// template (command, env, restart condition) replaces the tasks; a
+/// change of replicas, networks or published ports keeps the running ones,
+/// unless the routing mesh is newly used or no longer used (the tasks are
+/// replaced to join or leave the ingress network, which must be their
+/// first).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceUpdate {

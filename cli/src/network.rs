@@ -304,8 +304,9 @@ pub fn run(args: &NetworkArgs, out: &mut dyn Write) -> Result<(), CliError> {
             let filter = parse_filter(filter)?;
             let nets = s.call(ctl::NetworkLs { filter })?;
             if *quiet {
+                // Short ids, as `docker network ls -q` prints them.
                 for n in &nets {
-                    write(out, &format!("{}\n", n.id))?;
+                    write(out, &format!("{}\n", short(&n.id)))?;
                 }
                 return Ok(());
             }

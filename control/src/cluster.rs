@@ -367,6 +367,10 @@ fn forget_node<S: Store + ?Sized>(store: &S, txn: &mut Txn, n: &Node) -> Result<
     Ok(())
 }
 
+/// The `down_reason` of a node that left (`swarm leave`): it stays Down
+/// with it, whatever gossip says while the node says goodbye.
+pub const LEFT_REASON: &str = "left the swarm";
+
 /// A node left the swarm (`swarm leave`): Down, with the reason, and its
 /// containers forgotten (it removed them).
 pub fn node_left<S: Store + ?Sized>(store: &S, id: &str) -> Result<Node> {
@@ -376,7 +380,7 @@ pub fn node_left<S: Store + ?Sized>(store: &S, id: &str) -> Result<Node> {
     let mut txn = Txn::new();
     forget_node(store, &mut txn, &n)?;
     n.status = NodeStatus::Down;
-    n.down_reason = Some("left the swarm".into());
+    n.down_reason = Some(LEFT_REASON.into());
     txn.put(&n)?;
     store.apply(&txn)?;
     Ok(n)

@@ -101,7 +101,8 @@ fn main() -> ExitCode {
         // Colours only on a terminal: logs usually go to a file or journal.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
+            // The dataplane's variable, so one setting covers both daemons.
+            tracing_subscriber::EnvFilter::try_from_env("VXNET_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)

@@ -18,12 +18,11 @@
 //!   the other slots are never touched.
 //! - Global: one task per eligible node, nodes that join later included.
 //! - A task made from an older version of the service's template
-//!   (command, env, restart condition) is replaced, and so is a task
-//!   whose networks are no longer the service's (Docker's rolling update
-//!   after `--network-add/--network-rm`, or after the routing mesh comes
-//!   or goes: a task with a port published through it is on the ingress
-//!   network first, so its default route, and so its replies to outside
-//!   clients, go through the ingress network).
+//!   (command, env, restart condition) is replaced, and so is a task when
+//!   the routing mesh comes or goes (the service's first port published
+//!   through it, or its last one unpublished): a task with such a port is
+//!   on the ingress network first, so its default route, and so its
+//!   replies to outside clients, go through the ingress network.
 //! - The tasks of a removed service are removed.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -43,6 +42,16 @@ pub enum Action {
     Remove { task: String, why: &'static str },
     /// Forgotten at once: its node is Down.
     Forget { task: String },
+    /// The task joins a network its service joined (`service update
+    /// --network-add`), keeping its process: its node plugs the new
+    /// interface in (Docker replaces the task instead).
+    Connect {
+        task: String,
+        network: String,
+        aliases: Vec<String>,
+    },
+    /// The task leaves a network its service left.
+    Disconnect { task: String, network: String },
 }
 
 fn eligible(n: &Node) -> bool {
@@ -64,6 +73,11 @@ pub fn task_networks(s: &Service, ingress: Option<&str>) -> Vec<String> {
         .into_iter()
         .chain(s.networks.iter().map(|n| n.network.clone()))
         .collect()
+}
+
+/// Whether task `t` is on the ingress network `ingress`, first.
+fn on_mesh(t: &Container, ingress: Option<&str>) -> bool {
+    ingress.is_some_and(|i| t.attachments.first().is_some_and(|a| a.network == i))
 }
 
 /// The changes that bring the tasks to what the services want; `ingress`
@@ -103,13 +117,8 @@ pub fn schedule(
                 Some("its node is drained")
             }
             (Some(s), _) if info.version < s.version => Some("the service was updated"),
-            (Some(s), _)
-                if t.attachments
-                    .iter()
-                    .map(|a| &a.network)
-                    .ne(task_networks(s, ingress).iter()) =>
-            {
-                Some("the service's networks changed")
+            (Some(s), _) if on_mesh(t, ingress) != (s.uses_ingress() && ingress.is_some()) => {
+                Some("the routing mesh came or went")
             }
             (Some(s), _) => match s.mode {
                 ServiceMode::Replicated { replicas } if info.slot > replicas || info.slot == 0 => {
@@ -166,6 +175,37 @@ pub fn schedule(
             });
             if let Some(l) = load.get_mut(&t.node) {
                 *l = l.saturating_sub(1);
+            }
+        }
+    }
+    // Tasks that stay follow their service's networks.
+    for t in &kept {
+        let Some(s) = t
+            .task
+            .as_ref()
+            .and_then(|i| services.iter().find(|s| s.id == i.service))
+        else {
+            continue;
+        };
+        for n in s
+            .networks
+            .iter()
+            .filter(|n| t.attachment(&n.network).is_none())
+        {
+            actions.push(Action::Connect {
+                task: t.id.clone(),
+                network: n.network.clone(),
+                aliases: n.aliases.clone(),
+            });
+        }
+        for a in &t.attachments {
+            if Some(a.network.as_str()) != ingress
+                && !s.networks.iter().any(|n| n.network == a.network)
+            {
+                actions.push(Action::Disconnect {
+                    task: t.id.clone(),
+                    network: a.network.clone(),
+                });
             }
         }
     }

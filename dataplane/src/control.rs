@@ -766,18 +766,20 @@ impl Dataplane {
                     .map(|(ip, _)| *ip)
                     .collect();
                 ips.sort();
-                let (kind, endpoint, vtep) = match dest {
+                let (kind, endpoint, vtep, local_owner) = match dest {
                     Dest::Local(p) => {
                         let ep = st
                             .endpoints
                             .values()
                             .find(|e| e.port == *p && e.info.mac == *mac);
-                        (FdbKind::Local, ep.map(|e| e.info.id), None)
+                        let owner = ep.map(|e| e.info.owner).unwrap_or_default();
+                        (FdbKind::Local, ep.map(|e| e.info.id), None, owner)
                     }
-                    Dest::Remote(v) => (FdbKind::Remote, None, Some(*v)),
+                    Dest::Remote(v) => (FdbKind::Remote, None, Some(*v), Owner::default()),
                 };
+                // A local entry is its endpoint's.
                 let owner = match dest {
-                    Dest::Local(_) => Owner::default(),
+                    Dest::Local(_) => local_owner,
                     Dest::Remote(_) => st
                         .peer_owners
                         .get(&(vni, *mac))

@@ -17,6 +17,7 @@ use crate::cpu::{CpuSample, CpuUse};
 use crate::measure::{IperfResult, PingResult, parse_iperf};
 use crate::process;
 use crate::scenario::{DEMO_VNI, ENCRYPTED_VNI, VXLAN_PORT};
+use crate::swarm::Control;
 use crate::topology::{Testbed, TestbedConfig};
 use crate::vxnet::DataplaneOptions;
 
@@ -36,15 +37,20 @@ pub enum Path {
     /// swarm of the two hosts, an attachable overlay network and a
     /// container on each host made with `vxnet container run -d`.
     VxnetSwarm,
+    /// The same swarm, to a service's VIP: the client's dataplane picks
+    /// the task (on the other host) and NATs the flow (issue 9). Its RTT is
+    /// to the VIP, which the client host's dataplane answers itself.
+    VxnetVip,
 }
 
 impl Path {
-    pub const ALL: [Path; 5] = [
+    pub const ALL: [Path; 6] = [
         Path::Underlay,
         Path::KernelVxlan,
         Path::VxnetPlain,
         Path::VxnetEncrypted,
         Path::VxnetSwarm,
+        Path::VxnetVip,
     ];
 
     pub fn label(self) -> &'static str {
@@ -54,6 +60,7 @@ impl Path {
             Path::VxnetPlain => "vxnet-plain",
             Path::VxnetEncrypted => "vxnet-encrypted",
             Path::VxnetSwarm => "vxnet-swarm",
+            Path::VxnetVip => "vxnet-vip",
         }
     }
 }
@@ -236,6 +243,17 @@ pub const ENCRYPTED_RATIO: RatioSpec = RatioSpec {
     target: ENCRYPTED_RATIO_TARGET,
 };
 
+/// The issue-9 target for vxnet-vip / vxnet-swarm.
+pub const VIP_RATIO_TARGET: f64 = 0.95;
+
+/// vxnet-vip / vxnet-swarm: the same swarm and plain network, to the VIP
+/// rather than to the container's own address.
+pub const VIP_RATIO: RatioSpec = RatioSpec {
+    numerator: Path::VxnetVip,
+    denominator: Path::VxnetSwarm,
+    target: VIP_RATIO_TARGET,
+};
+
 /// vxnet-plain / kernel-vxlan.
 pub const PLAIN_VS_KERNEL_RATIO: RatioSpec = RatioSpec {
     numerator: Path::VxnetPlain,
@@ -312,6 +330,12 @@ pub struct BenchReport {
     pub plain_vs_kernel_ratio_rounds: Vec<Option<f64>>,
     /// The median of `plain_vs_kernel_ratio_rounds`: what the table prints.
     pub plain_vs_kernel_ratio_round_median: Option<f64>,
+    /// vxnet-vip / vxnet-swarm of the rows' median Gbit/s.
+    pub vip_ratio: Option<f64>,
+    /// vxnet-vip / vxnet-swarm in each round.
+    pub vip_ratio_rounds: Vec<Option<f64>>,
+    /// The median of `vip_ratio_rounds`: what the table prints.
+    pub vip_ratio_round_median: Option<f64>,
 }
 
 impl BenchReport {
@@ -325,6 +349,7 @@ impl BenchReport {
     ) -> BenchReport {
         let enc = ratio(&rows, ENCRYPTED_RATIO);
         let pvk = ratio(&rows, PLAIN_VS_KERNEL_RATIO);
+        let vip = ratio(&rows, VIP_RATIO);
         BenchReport {
             machine,
             rounds,
@@ -337,6 +362,9 @@ impl BenchReport {
             plain_vs_kernel_ratio: pvk.of_medians,
             plain_vs_kernel_ratio_rounds: pvk.rounds,
             plain_vs_kernel_ratio_round_median: pvk.round_median,
+            vip_ratio: vip.of_medians,
+            vip_ratio_rounds: vip.rounds,
+            vip_ratio_round_median: vip.round_median,
         }
     }
 }
@@ -456,10 +484,23 @@ fn measure(
     server_ip: &str,
     cfg: &BenchConfig,
 ) -> Result<Sample> {
-    tb.wait_reachable(client_ns, server_ip, Duration::from_secs(10))?;
+    measure_via(tb, client_ns, server_ns, server_ip, server_ip, cfg)
+}
+
+/// [`measure`] with the client aiming at `target` (a VIP) while the server
+/// listens on `server_ip`.
+fn measure_via(
+    tb: &Testbed,
+    client_ns: &str,
+    server_ns: &str,
+    server_ip: &str,
+    target: &str,
+    cfg: &BenchConfig,
+) -> Result<Sample> {
+    tb.wait_reachable(client_ns, target, Duration::from_secs(10))?;
     let ping = tb.ping(
         client_ns,
-        server_ip,
+        target,
         cfg.ping_count,
         Duration::from_millis(10),
         None,
@@ -467,7 +508,7 @@ fn measure(
     )?;
     let _server = tb.iperf_server(server_ns, server_ip)?;
     let before = CpuSample::now()?;
-    let out = tb.iperf_client(client_ns, server_ip, cfg.seconds, &[])?;
+    let out = tb.iperf_client(client_ns, target, cfg.seconds, &[])?;
     let cpu = before.until(&CpuSample::now()?);
     let tcp = parse_iperf(&out.stdout)
         .with_context(|| format!("iperf3 client stderr: {}", out.stderr))?;
@@ -503,13 +544,16 @@ fn run_path(tb: &Testbed, path: Path, cfg: &BenchConfig) -> Result<Sample> {
             tb.stop_dataplanes(&[&pair.dp1, &pair.dp2]);
             r
         }
-        Path::VxnetSwarm => swarm_path(tb, cfg),
+        Path::VxnetSwarm => swarm_path(tb, cfg, false),
+        Path::VxnetVip => swarm_path(tb, cfg, true),
     }
 }
 
 /// The [`Path::VxnetSwarm`] row: nothing is programmed by hand; the
-/// control daemons place the containers and program both dataplanes.
-fn swarm_path(tb: &Testbed, cfg: &BenchConfig) -> Result<Sample> {
+/// control daemons place the containers and program both dataplanes. With
+/// `vip`, the [`Path::VxnetVip`] row: a one-task service on host2 (host1
+/// drained), measured from host1's container through the VIP.
+fn swarm_path(tb: &Testbed, cfg: &BenchConfig, vip: bool) -> Result<Sample> {
     use crate::swarm::vxnet_ctl;
     let mut dps = Vec::new();
     let mut controls = Vec::new();
@@ -570,7 +614,11 @@ fn swarm_path(tb: &Testbed, cfg: &BenchConfig) -> Result<Sample> {
         let (Some((ns1, _)), Some((ns2, ip2))) = (ends.first(), ends.get(1)) else {
             anyhow::bail!("containers missing");
         };
-        measure(tb, ns1, ns2, ip2, cfg)
+        if !vip {
+            return measure(tb, ns1, ns2, ip2, cfg);
+        }
+        let (task_ns, task_ip, vip) = vip_task(c1, c2)?;
+        measure_via(tb, ns1, &task_ns, &task_ip, &vip, cfg)
     })();
     // Stop the control daemons first (they would re-create what the
     // dataplanes' stop removes), then free UDP 4789 for later rows. The
@@ -578,7 +626,57 @@ fn swarm_path(tb: &Testbed, cfg: &BenchConfig) -> Result<Sample> {
     let pids: Vec<u32> = controls.iter().map(|c| c.pid).collect();
     tb.stop_pids(&pids);
     tb.stop_dataplanes(&dps.iter().collect::<Vec<_>>());
+    // The next swarm row starts afresh: no swarm state, no containers.
+    for h in tb.hosts() {
+        let _ = std::fs::remove_dir_all(tb.state_dir().join(format!("{}-control", h.name)));
+        let mine = format!("{}-", h.ns);
+        for ns in crate::topology::list_netns().unwrap_or_default() {
+            if ns.starts_with(&mine) {
+                let _ = crate::topology::destroy_netns(&ns);
+            }
+        }
+    }
     r
+}
+
+/// A one-task service `bench-vip` on the bench network, placed on `c2`'s
+/// host: its task's namespace and address, and the VIP.
+fn vip_task(c1: &Control, c2: &Control) -> Result<(String, String, String)> {
+    c1.ok(&["node", "update", "--availability", "drain", "host1"])?;
+    c1.ok(&[
+        "service",
+        "create",
+        "--name",
+        "bench-vip",
+        "--network",
+        "bench",
+        "--",
+        "sleep",
+        "3600",
+    ])?;
+    let tasks = c1.json(&["service", "ps", "bench-vip", "--format", "json"])?;
+    let task = tasks
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["desired"] == "running"))
+        .with_context(|| format!("no task of bench-vip: {tasks}"))?;
+    let name = task["container"].as_str().unwrap_or_default();
+    let c = c2.json(&["container", "inspect", name])?;
+    let ns = c[0]["netns"].as_str().unwrap_or_default().to_owned();
+    let ip = c[0]["networks"][0]["ipv4"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let s = c1.json(&["service", "inspect", "bench-vip"])?;
+    let vip = s[0]["Endpoint"]["VirtualIPs"][0]["Addr"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_default()
+        .to_owned();
+    anyhow::ensure!(
+        !ns.is_empty() && !ip.is_empty() && !vip.is_empty(),
+        "bench-vip: no task namespace, address or VIP ({task}, {s})"
+    );
+    Ok((ns, ip, vip))
 }
 
 fn opt(v: Option<f64>, prec: usize) -> String {
@@ -698,7 +796,7 @@ pub fn table(r: &BenchReport) -> String {
         }
         s.push('\n');
     }
-    for spec in [ENCRYPTED_RATIO, PLAIN_VS_KERNEL_RATIO] {
+    for spec in [ENCRYPTED_RATIO, PLAIN_VS_KERNEL_RATIO, VIP_RATIO] {
         if let Some(line) = ratio_line(spec, &ratio(&r.rows, spec)) {
             let _ = writeln!(s, "{line}");
         }

@@ -93,7 +93,8 @@ impl Testbed {
     }
 
     /// [`Testbed::start_control`] with more `vxnet-control` options (say
-    /// `--gossip-key-rotation 3s`).
+    /// `--gossip-key-rotation 3s`, or `--hostname NAME` instead of the
+    /// host's own).
     pub fn start_control_with(
         &self,
         host: &Host,
@@ -134,8 +135,6 @@ impl Testbed {
             state.display().to_string(),
             "--dataplane-socket".into(),
             dataplane_socket.display().to_string(),
-            "--hostname".into(),
-            host.name.clone(),
             "--advertise-addr".into(),
             host.underlay_v4.to_string(),
             "--netns-prefix".into(),
@@ -143,6 +142,11 @@ impl Testbed {
             "--reconcile-interval".into(),
             "1".into(),
         ];
+        // The host's name unless the caller gives its own (two hosts
+        // sharing one is what some tests need).
+        if !extra.contains(&"--hostname") {
+            argv.extend(["--hostname".into(), host.name.clone()]);
+        }
         argv.extend(extra.iter().map(|a| (*a).to_owned()));
         let name = format!("control-{}", host.name);
         let log = self.log_path(&name);

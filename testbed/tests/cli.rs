@@ -163,11 +163,14 @@ fn up_forms_a_swarm_by_default() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The vxnet-swarm row: the control plane places a container on each host
-/// and programs both dataplanes; traffic flows between them.
+/// The vxnet-swarm and vxnet-vip rows, one after the other in the same
+/// round (each swarm starts afresh): the control plane places a container
+/// on each host and programs both dataplanes, then a one-task service whose
+/// VIP the client's dataplane balances; traffic flows on both, and the VIP
+/// ratio is reported.
 #[test]
-fn bench_swarm_row_is_measured() -> anyhow::Result<()> {
-    if !root_or_skip("bench_swarm_row_is_measured") {
+fn bench_swarm_and_vip_rows_are_measured() -> anyhow::Result<()> {
+    if !root_or_skip("bench_swarm_and_vip_rows_are_measured") {
         return Ok(());
     }
     let out = process::run(
@@ -183,20 +186,25 @@ fn bench_swarm_row_is_measured() -> anyhow::Result<()> {
             "5",
             "--paths",
             "vxnet-swarm",
+            "--paths",
+            "vxnet-vip",
             "--format",
             "json",
         ],
-        Duration::from_secs(240),
+        Duration::from_secs(300),
     )?
     .check()?;
     let v: serde_json::Value = serde_json::from_str(&out.stdout)?;
-    let row = &v["rows"][0];
-    assert_eq!(row["path"], "vxnet-swarm", "{v}");
-    assert!(row["error"].is_null(), "{row}");
-    assert!(
-        row["tcp"]["received_bytes"].as_u64().unwrap_or(0) > 0,
-        "{row}"
-    );
-    assert_eq!(row["ping"]["received"], 5, "{row}");
+    for (i, path) in ["vxnet-swarm", "vxnet-vip"].into_iter().enumerate() {
+        let row = &v["rows"][i];
+        assert_eq!(row["path"], path, "{v}");
+        assert!(row["error"].is_null(), "{row}");
+        assert!(
+            row["tcp"]["received_bytes"].as_u64().unwrap_or(0) > 0,
+            "{row}"
+        );
+        assert_eq!(row["ping"]["received"], 5, "{row}");
+    }
+    assert!(v["vip_ratio"].as_f64().is_some_and(|r| r > 0.0), "{v}");
     Ok(())
 }

@@ -89,27 +89,7 @@ impl Swarm {
 
     /// `vxnet dp services` of host `n` (1-based): VIP -> backend addresses.
     fn backends(&self, n: usize) -> Result<BTreeMap<String, BTreeSet<String>>> {
-        let socket = self
-            .tb
-            .state_dir()
-            .join(format!("{}.sock", self.tb.host(n).name));
-        let cli = vxnet_testbed::vxnet::find_binary("vxnet")?;
-        let out = process::run(
-            None,
-            &[
-                cli.display().to_string(),
-                "dp".into(),
-                "services".into(),
-                "--format".into(),
-                "json".into(),
-                "--socket".into(),
-                socket.display().to_string(),
-            ],
-            Duration::from_secs(10),
-        )?
-        .check()?
-        .stdout;
-        let v: serde_json::Value = serde_json::from_str(&out)?;
+        let v = common::swarm::dp_json(&self.tb, n, &["services"])?;
         let mut m = BTreeMap::new();
         for s in v.as_array().context("services")? {
             let vip = s["vip"].as_str().context("vip")?.to_owned();
@@ -590,7 +570,9 @@ fn replicated_service_balances_resolves_scales_and_heals() -> Result<()> {
 }
 
 /// A global service gets a task on a host that joins later; a DNSRR
-/// service has no VIP, and its name answers the tasks' addresses.
+/// service has no VIP, and its name answers the tasks' addresses; running
+/// tasks join and leave networks with their service; a drained node's
+/// tasks go elsewhere (or, global, away).
 #[test]
 fn global_and_dnsrr_services() -> Result<()> {
     if !root_or_skip("global_and_dnsrr_services") {
@@ -661,5 +643,58 @@ fn global_and_dnsrr_services() -> Result<()> {
     let (counts, errors) = sw.connect(&client, "rr", 20)?;
     assert!(errors.is_empty(), "{errors}");
     assert!(!counts.is_empty());
+
+    // Joining another network: its containers resolve and reach the tasks.
+    m.ok(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "--attachable",
+        "gnet2",
+    ])?;
+    m.ok(&["service", "update", "--network-add", "gnet2", "rr"])?;
+    let probe2 = sw.container(m, "probe2", "gnet2", &[])?;
+    time_until("rr answers on gnet2", Duration::from_secs(10), || {
+        sw.dig(&probe2, "rr", "A")
+            .is_ok_and(|(a, _)| a.len() == 2 && a.is_disjoint(&want))
+    })
+    .with_context(|| format!("{:?}", sw.dig(&probe2, "rr", "A")))?;
+    let (_, errors) = sw.connect(&probe2, "rr", 10)?;
+    assert!(errors.is_empty(), "{errors}");
+
+    // Draining host2 takes every task off it: the global one goes, the
+    // replicated ones run elsewhere; DNS follows.
+    m.ok(&["node", "update", "--availability", "drain", "host2"])?;
+    let off_host2 = |service: &str, n: usize| {
+        sw.running(service)
+            .is_ok_and(|r| r.len() == n && r.iter().all(|t| t.1 != "host2"))
+            && sw.tasks(service).is_ok_and(|t| {
+                t.iter()
+                    .all(|t| t["node"] != "host2" || t["state"] != "running")
+            })
+    };
+    time_until(
+        "nothing runs on the drained host2",
+        Duration::from_secs(30),
+        || off_host2("agent", 2) && off_host2("rr", 2),
+    )
+    .with_context(|| format!("{:#?} {:#?}", sw.tasks("agent"), sw.tasks("rr")))?;
+    let want = addresses(&sw.running("rr")?);
+    time_until(
+        "rr answers its moved tasks",
+        Duration::from_secs(10),
+        || sw.dig(&client, "rr", "A").is_ok_and(|(a, _)| a == want),
+    )?;
+    m.ok(&["node", "update", "--availability", "active", "host2"])?;
+    sw.wait_running("agent", 3, Duration::from_secs(30))?;
+
+    // Leaving a network: the name goes there, and stays on the other.
+    m.ok(&["service", "update", "--network-rm", "gnet", "rr"])?;
+    time_until("rr gone from gnet", Duration::from_secs(10), || {
+        sw.dig(&client, "rr", "A").is_ok_and(|(a, _)| a.is_empty())
+    })?;
+    let (_, errors) = sw.connect(&probe2, "rr", 10)?;
+    assert!(errors.is_empty(), "{errors}");
     Ok(())
 }

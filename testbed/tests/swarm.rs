@@ -10,68 +10,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use common::swarm::{
+    container, control_call, create_network, daemons, dp, log_of, network_vni, ok, run_sleeper,
+    swarm, vni_declared,
+};
 use common::{dp_opts, root_or_skip, testbed};
-use vxnet_testbed::Testbed;
 use vxnet_testbed::process;
 use vxnet_testbed::swarm::{Control, vxnet_ctl};
-
-/// Dataplane and control daemon on every host.
-fn daemons(tb: &Testbed) -> Result<Vec<(Control, u32)>> {
-    let mut v = Vec::new();
-    for h in tb.hosts() {
-        let dp = tb.start_dataplane(h, &dp_opts())?;
-        let c = tb.start_control(h, &dp.socket)?;
-        v.push((c, dp.pid));
-    }
-    Ok(v)
-}
-
-fn ok(c: &Control, args: &[&str]) -> Result<String> {
-    Ok(vxnet_ctl(&c.socket, args)?.check()?.stdout)
-}
-
-/// The container's namespace and IPv4 address, from `container inspect`.
-fn container(c: &Control, name: &str) -> Result<(String, String)> {
-    let v: serde_json::Value = serde_json::from_str(&ok(c, &["container", "inspect", name])?)?;
-    let ns = v[0]["netns"].as_str().context("netns")?.to_owned();
-    let ip = v[0]["networks"][0]["ipv4"]
-        .as_str()
-        .context("ipv4")?
-        .to_owned();
-    Ok((ns, ip))
-}
-
-/// `vxnet dp <args>` against a host's dataplane socket.
-fn dp(tb: &Testbed, host: usize, args: &[&str]) -> Result<String> {
-    let socket = tb.state_dir().join(format!("{}.sock", tb.host(host).name));
-    let cli = vxnet_testbed::vxnet::find_binary("vxnet")?;
-    let mut argv = vec![cli.display().to_string(), "dp".into()];
-    argv.extend(args.iter().map(|s| (*s).to_string()));
-    argv.extend(["--socket".into(), socket.display().to_string()]);
-    Ok(process::run(None, &argv, Duration::from_secs(10))?
-        .check()?
-        .stdout)
-}
-
-fn vni_declared(tb: &Testbed, host: usize, vni: u64) -> Result<bool> {
-    let v: serde_json::Value =
-        serde_json::from_str(&dp(tb, host, &["network", "ls", "--format", "json"])?)?;
-    Ok(v.as_array()
-        .is_some_and(|a| a.iter().any(|n| n["vni"].as_u64() == Some(vni))))
-}
-
-fn network_vni(c: &Control, name: &str) -> Result<u64> {
-    let v: serde_json::Value = serde_json::from_str(&ok(c, &["network", "inspect", name])?)?;
-    let n = if v.is_array() { &v[0] } else { &v };
-    n["Options"]["com.docker.network.driver.overlay.vxlanid_list"]
-        .as_str()
-        .and_then(|v| v.parse().ok())
-        .with_context(|| format!("no vni in {n}"))
-}
-
-fn log_of(tb: &Testbed, name: &str) -> String {
-    process::log_tail(&tb.log_path(name), 3000)
-}
 
 /// Docker's overlay tutorial: init on host1, a bad token refused on host2
 /// with nothing changed, join host2, an attachable network created on
@@ -112,43 +57,12 @@ fn two_host_walkthrough() -> Result<()> {
         "{nodes}"
     );
 
-    ok(
-        c1,
-        &["network", "create", "-d", "overlay", "--attachable", "tnet"],
-    )?;
+    create_network(c1, "tnet", &[])?;
     let vni = network_vni(c1, "tnet")?;
-    ok(
-        c1,
-        &[
-            "container",
-            "run",
-            "-d",
-            "--name",
-            "ca",
-            "--network",
-            "tnet",
-            "--",
-            "sleep",
-            "600",
-        ],
-    )?;
+    run_sleeper(c1, "ca", &["tnet"])?;
     // The network is not on host2 until a container there needs it.
     assert!(!vni_declared(&tb, 2, vni)?);
-    ok(
-        c2,
-        &[
-            "container",
-            "run",
-            "-d",
-            "--name",
-            "cb",
-            "--network",
-            "tnet",
-            "--",
-            "sleep",
-            "600",
-        ],
-    )?;
+    run_sleeper(c2, "cb", &["tnet"])?;
     assert!(vni_declared(&tb, 2, vni)?);
     let (ns_a, ip_a) = container(c1, "ca")?;
     let (ns_b, ip_b) = container(c2, "cb")?;
@@ -207,44 +121,11 @@ fn dead_host_marked_down_and_withdrawn() -> Result<()> {
         return Ok(());
     }
     let tb = testbed(2, 1500)?;
-    let d = daemons(&tb)?;
-    let (c1, c2) = (&d[0].0, &d[1].0);
-    let controls = [c1.clone(), c2.clone()];
-    tb.form_swarm(&controls)?;
-    ok(
-        c1,
-        &["network", "create", "-d", "overlay", "--attachable", "dnet"],
-    )?;
-    ok(
-        c1,
-        &[
-            "container",
-            "run",
-            "-d",
-            "--name",
-            "da",
-            "--network",
-            "dnet",
-            "--",
-            "sleep",
-            "600",
-        ],
-    )?;
-    ok(
-        c2,
-        &[
-            "container",
-            "run",
-            "-d",
-            "--name",
-            "db",
-            "--network",
-            "dnet",
-            "--",
-            "sleep",
-            "600",
-        ],
-    )?;
+    let s = swarm(&tb)?;
+    let (c1, c2) = (&s.controls[0], &s.controls[1]);
+    create_network(c1, "dnet", &[])?;
+    run_sleeper(c1, "da", &["dnet"])?;
+    run_sleeper(c2, "db", &["dnet"])?;
     let (_, ip_b) = container(c2, "db")?;
     let fdb1 = || dp(&tb, 1, &["fdb", "--format", "json"]).unwrap_or_default();
     assert!(
@@ -254,7 +135,7 @@ fn dead_host_marked_down_and_withdrawn() -> Result<()> {
     );
 
     let killed = Instant::now();
-    for pid in [c2.pid, d[1].1] {
+    for pid in [c2.pid, s.dataplanes[1].pid] {
         process::kill_pid(pid, libc::SIGKILL);
     }
     let down = || {
@@ -296,29 +177,11 @@ fn restarted_host_resyncs_endpoints() -> Result<()> {
         return Ok(());
     }
     let tb = testbed(2, 1500)?;
-    let d = daemons(&tb)?;
-    let (c1, c2) = (&d[0].0, &d[1].0);
-    tb.form_swarm(&[c1.clone(), c2.clone()])?;
-    ok(
-        c1,
-        &["network", "create", "-d", "overlay", "--attachable", "rnet"],
-    )?;
+    let s = swarm(&tb)?;
+    let (c1, c2) = (&s.controls[0], &s.controls[1]);
+    create_network(c1, "rnet", &[])?;
     for (c, name) in [(c1, "ra"), (c2, "rb")] {
-        ok(
-            c,
-            &[
-                "container",
-                "run",
-                "-d",
-                "--name",
-                name,
-                "--network",
-                "rnet",
-                "--",
-                "sleep",
-                "600",
-            ],
-        )?;
+        run_sleeper(c, name, &["rnet"])?;
     }
     let (_, ip_a) = container(c1, "ra")?;
     let (ns_b, _) = container(c2, "rb")?;
@@ -329,7 +192,7 @@ fn restarted_host_resyncs_endpoints() -> Result<()> {
         fdb2()
     );
 
-    for pid in [c2.pid, d[1].1] {
+    for pid in [c2.pid, s.dataplanes[1].pid] {
         process::kill_pid(pid, libc::SIGKILL);
     }
     let down = || {
@@ -371,40 +234,12 @@ fn encrypted_network_across_three_hosts() -> Result<()> {
         return Ok(());
     }
     let tb = testbed(3, 1500)?;
-    let d = daemons(&tb)?;
-    let controls: Vec<Control> = d.iter().map(|(c, _)| c.clone()).collect();
-    tb.form_swarm(&controls)?;
-    ok(
-        &controls[0],
-        &[
-            "network",
-            "create",
-            "-d",
-            "overlay",
-            "--attachable",
-            "--opt",
-            "encrypted",
-            "enet",
-        ],
-    )?;
+    let controls = swarm(&tb)?.controls;
+    create_network(&controls[0], "enet", &["--opt", "encrypted"])?;
     let mut eps = Vec::new();
     for (i, c) in controls.iter().enumerate() {
         let name = format!("e{}", i + 1);
-        ok(
-            c,
-            &[
-                "container",
-                "run",
-                "-d",
-                "--name",
-                &name,
-                "--network",
-                "enet",
-                "--",
-                "sleep",
-                "600",
-            ],
-        )?;
+        run_sleeper(c, &name, &["enet"])?;
         eps.push(container(c, &name)?);
     }
     for (i, (ns, _)) in eps.iter().enumerate() {
@@ -430,20 +265,6 @@ fn encrypted_network_across_three_hosts() -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// One request to a control daemon's socket, its `result` (the CLI has no
-/// command for the gossip driver's counters).
-fn control_call(c: &Control, req: &serde_json::Value) -> Result<serde_json::Value> {
-    use std::io::{BufRead, BufReader, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(&c.socket)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    writeln!(s, "{req}")?;
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line)?;
-    let v: serde_json::Value = serde_json::from_str(&line)?;
-    anyhow::ensure!(v["ok"] == true, "{req} refused: {line}");
-    Ok(v["result"].clone())
 }
 
 /// The manager rotates the gossip key every 3 s: across several rotations
@@ -508,40 +329,9 @@ fn gossip_key_rotation_keeps_membership() -> Result<()> {
     // Gossip still carries news under the newest key: an endpoint made now
     // reaches the manager's dataplane (which has a container on the
     // network, so the network is declared there).
-    ok(
-        &controls[0],
-        &["network", "create", "-d", "overlay", "--attachable", "knet"],
-    )?;
-    ok(
-        &controls[0],
-        &[
-            "container",
-            "run",
-            "-d",
-            "--name",
-            "k1",
-            "--network",
-            "knet",
-            "--",
-            "sleep",
-            "600",
-        ],
-    )?;
-    ok(
-        &controls[2],
-        &[
-            "container",
-            "run",
-            "-d",
-            "--name",
-            "k3",
-            "--network",
-            "knet",
-            "--",
-            "sleep",
-            "600",
-        ],
-    )?;
+    create_network(&controls[0], "knet", &[])?;
+    run_sleeper(&controls[0], "k1", &["knet"])?;
+    run_sleeper(&controls[2], "k3", &["knet"])?;
     let (_, ip3) = container(&controls[2], "k3")?;
     let fdb1 = || dp(&tb, 1, &["fdb", "--format", "json"]).unwrap_or_default();
     assert!(

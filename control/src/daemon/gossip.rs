@@ -239,6 +239,10 @@ fn spawn_sync(seed: SocketAddr, tx: Sender<Msg>) {
 /// A running driver. Dropping it stops the thread without leaving.
 pub struct GossipHandle {
     tx: Sender<Msg>,
+    /// Wakes the driver out of its receive: an empty datagram to its
+    /// socket, so a command is handled at once rather than after the
+    /// receive timeout.
+    waker: Option<(UdpSocket, SocketAddr)>,
     thread: Option<JoinHandle<()>>,
     status: StatusCell,
     view: ViewCell,
@@ -268,7 +272,16 @@ impl GossipHandle {
 
     /// Queues a command; false if the driver has stopped.
     pub fn send(&self, cmd: GossipCmd) -> bool {
-        self.tx.send(Msg::Cmd(cmd)).is_ok()
+        let sent = self.tx.send(Msg::Cmd(cmd)).is_ok();
+        self.wake();
+        sent
+    }
+
+    fn wake(&self) {
+        if let Some((sock, to)) = &self.waker {
+            // Best effort: the receive timeout still bounds the delay.
+            let _ = sock.send_to(&[], to);
+        }
     }
 
     /// Stops the driver; with `leave`, tells members we are gone first.
@@ -278,6 +291,7 @@ impl GossipHandle {
 
     fn shutdown(&mut self, leave: bool) {
         let _ = self.tx.send(Msg::Stop { leave });
+        self.wake();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -312,6 +326,23 @@ pub fn spawn(
             None
         }
     };
+    let waker = socket.local_addr().ok().and_then(|addr| {
+        let to = if addr.ip().is_unspecified() {
+            match addr {
+                SocketAddr::V4(_) => SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, addr.port())),
+                SocketAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port())),
+            }
+        } else {
+            addr
+        };
+        let any: SocketAddr = match to {
+            SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+            SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let sock = UdpSocket::bind(any).ok()?;
+        sock.set_nonblocking(true).ok()?;
+        Some((sock, to))
+    });
     let (tx, rx) = mpsc::channel();
     let status = StatusCell::default();
     let view = ViewCell::default();
@@ -333,6 +364,7 @@ pub fn spawn(
         .spawn(move || driver.run(&rx))?;
     Ok(GossipHandle {
         tx,
+        waker,
         thread: Some(thread),
         status,
         view,
@@ -402,6 +434,9 @@ impl Driver {
                 .clamp(Duration::from_millis(1), POLL);
             let _ = self.sock.set_read_timeout(Some(wait));
             match self.sock.recv_from(&mut buf) {
+                // An empty datagram is a wake-up (ours, or anyone's:
+                // harmless either way), not gossip.
+                Ok((0, _)) => {}
                 Ok((n, _from)) => {
                     if let Some(pkt) = buf.get(..n) {
                         if let Err(e) = self.m.handle_data(pkt, Instant::now()) {

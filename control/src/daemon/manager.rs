@@ -452,6 +452,28 @@ where
                     tracing::info!(task = %c.name, "task forgotten: its node is down");
                 }
             }
+            Action::Connect {
+                task,
+                network,
+                aliases,
+            } => {
+                let req = crate::containers::NetworkRequest {
+                    network: network.clone(),
+                    aliases: aliases.clone(),
+                    ..Default::default()
+                };
+                match containers::connect(&self.store, task, &req) {
+                    Ok(c) => tracing::info!(task = %c.name, network, "task joined a network"),
+                    // A full network: tried again next round.
+                    Err(e) => tracing::warn!(task, network, error = %e, "task not connected"),
+                }
+            }
+            Action::Disconnect { task, network } => {
+                match containers::disconnect(&self.store, task, network) {
+                    Ok(c) => tracing::info!(task = %c.name, network, "task left a network"),
+                    Err(e) => tracing::warn!(task, network, error = %e, "task not disconnected"),
+                }
+            }
         }
         Ok(())
     }
@@ -506,6 +528,10 @@ where
         };
         let mut seen = super::lock(&self.seen_members);
         for mut n in nodes {
+            if n.down_reason.as_deref() == Some(cluster::LEFT_REASON) {
+                // It left: gossip may hold it a moment longer.
+                continue;
+            }
             let live = n.id == me || view.members.iter().any(|m| m.node_id == n.id);
             if live {
                 seen.insert(n.id.clone());

@@ -147,6 +147,11 @@ pub struct Daemon<S, D> {
     /// `swarm leave` is under way: the roles loop must not restart gossip
     /// for the swarm being left.
     pub(crate) leaving: AtomicBool,
+    /// Whether a roles loop tends this daemon, and whether its management
+    /// server (TCP 2377) listens: `swarm init` returns once it does, so a
+    /// `swarm join` right after finds it.
+    pub(crate) roles_running: AtomicBool,
+    pub(crate) mgmt_serving: AtomicBool,
     /// The addresses of this host's interfaces (`--advertise-addr` must be
     /// one of them).
     pub(crate) local_addrs: LocalAddrs,
@@ -220,6 +225,8 @@ where
             gossip: Mutex::new(None),
             key_acks: Mutex::default(),
             leaving: AtomicBool::new(false),
+            roles_running: AtomicBool::new(false),
+            mgmt_serving: AtomicBool::new(false),
             local_addrs: Box::new(system_addresses),
             seen_members: Mutex::default(),
             logs: Mutex::default(),

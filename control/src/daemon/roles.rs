@@ -75,10 +75,13 @@ where
     /// a goodbye: a restart is not a departure).
     pub fn run(&mut self, stop: &AtomicBool) {
         let mut seq = self.d.changes.sequence();
+        self.d.roles_running.store(true, Ordering::SeqCst);
         while !stop.load(Ordering::SeqCst) {
             self.tend();
             seq = self.d.changes.wait_change(seq, TICK);
         }
+        self.d.roles_running.store(false, Ordering::SeqCst);
+        self.d.mgmt_serving.store(false, Ordering::SeqCst);
         if let Some(a) = self.agent.take() {
             a.stop();
         }
@@ -90,9 +93,13 @@ where
 
     /// One look at every role.
     pub fn tend(&mut self) {
-        let in_swarm = self.d.local_node().is_ok() && !self.d.leaving.load(Ordering::SeqCst);
+        let leaving = self.d.leaving.load(Ordering::SeqCst);
+        let in_swarm = self.d.local_node().is_ok() && !leaving;
         let manager = in_swarm && self.d.is_manager();
-        self.tend_gossip(in_swarm);
+        // While `swarm leave` runs, gossip stays up: the reconciler
+        // withdraws this host's endpoints through it, and the leave ends it
+        // with a goodbye. It is only not started again.
+        self.tend_gossip(in_swarm, leaving);
         self.tend_server(manager);
         self.tend_agent(in_swarm && !manager);
         if manager {
@@ -115,12 +122,12 @@ where
         }
     }
 
-    fn tend_gossip(&mut self, in_swarm: bool) {
+    fn tend_gossip(&mut self, in_swarm: bool, leaving: bool) {
         let running = lock(&self.d.gossip).is_some();
         if in_swarm && !running {
             let r = self.start_gossip();
             self.note(0, "gossip not running", r);
-        } else if !in_swarm && running {
+        } else if !in_swarm && !leaving && running {
             drop(lock(&self.d.gossip).take());
             tracing::info!("gossip stopped: not in a swarm");
         }
@@ -198,6 +205,7 @@ where
         if self.server.as_ref().map(|s| &s.cert) != cert.as_ref() {
             if let Some(s) = self.server.take() {
                 s.task.abort();
+                self.d.mgmt_serving.store(false, Ordering::SeqCst);
                 tracing::info!("management server stopped");
             }
         }
@@ -212,6 +220,7 @@ where
             .block_on(MgmtServer::bind(addr, &st.identity, handler))
             .map(|server| {
                 tracing::info!(addr = %addr, "management server running");
+                self.d.mgmt_serving.store(true, Ordering::SeqCst);
                 self.server = Some(Server {
                     task: self.rt.spawn(server.serve()),
                     cert: cert_digest(&st.identity.cert_pem),

@@ -1028,6 +1028,41 @@ fn a_worker_that_leaves_is_down_and_forgotten_and_a_rejoin_replaces_it() {
 }
 
 #[test]
+fn a_command_that_cannot_start_on_a_worker_leaves_no_record_anywhere() {
+    let (m, w, _) = pair();
+    let e = w.err(run_req("bad", &["tnet"], &["/nonexistent/binary"]));
+    assert!(e.message.contains("/nonexistent/binary"), "{e}");
+    for n in [&w, &m] {
+        let e = n.err(ctl::ContainerInspect {
+            container: "bad".into(),
+        });
+        assert_eq!(e.code, ErrorCode::NotFound, "{e}");
+    }
+    assert!(w.host.with(|h| h.netns.is_empty()));
+}
+
+#[test]
+fn a_node_that_left_stays_down_while_gossip_still_holds_it() {
+    let (m, w, worker) = pair();
+    w.ok(ctl::SwarmLeave { force: true });
+    // The manager's gossip has not heard the goodbye yet.
+    let mut held = member(2);
+    held.node_id = worker.clone();
+    m.set_view(GossipView {
+        own: Some(member(1)),
+        members: vec![held],
+        records: vec![],
+    });
+    m.d.tend_node_status();
+    let n = m.ok(ctl::NodeInspect { node: worker });
+    assert_eq!(n.node.status, crate::model::NodeStatus::Down);
+    assert_eq!(
+        n.node.down_reason.as_deref(),
+        Some(crate::cluster::LEFT_REASON)
+    );
+}
+
+#[test]
 fn an_ambiguous_hostname_names_the_candidates() {
     let m = node();
     m.init();

@@ -257,10 +257,78 @@ fn tasks_follow_their_services_networks_with_the_mesh_first() {
         )
         .is_empty()
     );
-    // `--network-add app2 --network-rm app`: replaced too.
+    // `--network-add app2 --network-rm app`: the task stays, joins app2
+    // and leaves app; it stays on the ingress network.
     web.networks[0].network = "app2".into();
+    let a = schedule(
+        std::slice::from_ref(&web),
+        &[t.clone()],
+        &nodes,
+        Some("ing"),
+    );
+    assert!(removes(&a).is_empty(), "{a:?}");
+    assert!(a.contains(&Action::Disconnect {
+        task: "t2".into(),
+        network: "app".into(),
+    }));
+    assert!(
+        a.iter()
+            .any(|x| matches!(x, Action::Connect { network, .. } if network == "app2"))
+    );
+    // The last mesh port unpublished: replaced (off the ingress network).
+    web.ports.clear();
     assert_eq!(
         removes(&schedule(&[web], &[t], &nodes, Some("ing"))),
         ["t2"]
+    );
+}
+
+#[test]
+fn staying_tasks_follow_their_service_networks() {
+    use crate::model::{Attachment, ServiceNetwork};
+    let nodes = [ready("a")];
+    let mut s = replicated("web", 1);
+    s.networks = vec![
+        ServiceNetwork {
+            network: "n1".into(),
+            aliases: vec![],
+        },
+        ServiceNetwork {
+            network: "n2".into(),
+            aliases: vec!["www".into()],
+        },
+    ];
+    let mut t = task("t1", "web", 1, "a");
+    let ipv4 = "10.0.0.2".parse().unwrap();
+    for net in ["n1", "n0"] {
+        t.attachments.push(Attachment {
+            network: net.into(),
+            ipv4,
+            ipv6: None,
+            mac: vxnet_api::MacAddr::from_ip(std::net::IpAddr::V4(ipv4)),
+            aliases: vec![],
+        });
+    }
+    let a = schedule(&[s.clone()], std::slice::from_ref(&t), &nodes, None);
+    assert_eq!(
+        a,
+        [
+            Action::Connect {
+                task: "t1".into(),
+                network: "n2".into(),
+                aliases: vec!["www".into()],
+            },
+            Action::Disconnect {
+                task: "t1".into(),
+                network: "n0".into(),
+            },
+        ]
+    );
+    // A task on its way out is left alone.
+    t.desired = DesiredState::Removed;
+    assert!(
+        schedule(&[s], &[t], &nodes, None)
+            .iter()
+            .all(|a| matches!(a, Action::Create { .. }))
     );
 }

@@ -71,10 +71,7 @@ fn a_vip_per_network_from_its_ipam_and_back() {
     assert_eq!(svc.networks[0].network, b.id);
     assert_eq!(svc.networks[0].aliases, ["www"]);
     assert!(b.ipv4.subnet.contains(&svc.vip(&b.id).unwrap().ipv4));
-    assert_eq!(
-        svc.version, 1,
-        "the template is the same (the scheduler replaces tasks whose networks differ)"
-    );
+    assert_eq!(svc.version, 1, "networks do not replace tasks");
     assert_eq!(vips_of(&s, &svc.id), 1);
     remove_service(&s, "web").unwrap();
     assert_eq!(vips_of(&s, &svc.id), 0);

@@ -1,6 +1,8 @@
 //! Shared helpers for the testbed's integration tests.
 #![allow(dead_code)]
 
+pub mod swarm;
+
 use std::time::Duration;
 use vxnet_testbed::process;
 use vxnet_testbed::{DataplaneOptions, Testbed, TestbedConfig};

@@ -187,6 +187,15 @@ where
             .and_then(|g| self.realized(g, &c.id));
         if let Err(e) = r {
             tracing::warn!(container = %c.name, error = %e, "could not undo the container");
+            return;
+        }
+        if !self.is_manager() {
+            // As `container rm` does: the manager forgets it now, not on
+            // the agent's next round, so the refused request leaves no
+            // record behind when it returns.
+            if let Err(e) = self.report_removed() {
+                tracing::info!(container = %c.name, error = %e, "removal not reported yet");
+            }
         }
     }
 

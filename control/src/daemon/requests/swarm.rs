@@ -19,7 +19,7 @@ use crate::daemon::runtime::{LocalNode, Runtime};
 use crate::daemon::swarm_state::MgmtState;
 use crate::daemon::worker::AgentState;
 use crate::daemon::{Daemon, internal, now};
-use crate::mgmt::calls::NodeLeave;
+use crate::mgmt::calls::{Assignments, NodeLeave};
 use crate::mgmt::{CaPem, JoinParams, SwarmCa};
 use crate::model::{
     AddressAlloc, Cluster, Container, DesiredState, JoinTokens, Network, Node, Role,
@@ -155,7 +155,9 @@ where
         })
         .map_err(internal)?;
         self.store.apply(&txn).map_err(internal)?;
+        drop(_w);
         tracing::info!(node = %res.node.id, advertise = %advertise_addr, "swarm initialized");
+        self.wait_for_mgmt_server();
         Ok(InitView {
             node_id: res.node.id.clone(),
             cluster_id: res.cluster.id.clone(),
@@ -164,6 +166,20 @@ where
             manager_token: res.cluster.tokens.manager.clone(),
             ingress_network: res.ingress.name,
         })
+    }
+
+    /// Waits (up to 5 s) for the roles loop to have the management server
+    /// listening, so workers can join as soon as `swarm init` returns. A
+    /// daemon without a roles loop (unit tests) does not wait.
+    fn wait_for_mgmt_server(&self) {
+        use std::sync::atomic::Ordering;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while self.roles_running.load(Ordering::SeqCst)
+            && !self.mgmt_serving.load(Ordering::SeqCst)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     pub(crate) fn join_token(&self, r: vxnet_api::ctl::JoinToken) -> ApiResult<JoinTokenView> {
@@ -233,22 +249,36 @@ where
         };
         let role = j.node.role;
         let node_id = j.node.id.clone();
-        let _w = self.write();
-        self.no_swarm_yet()?;
-        let mut txn = Txn::new();
-        txn.put(&cluster).map_err(internal)?;
-        txn.put(&j.node).map_err(internal)?;
-        txn.put(&LocalNode {
-            node_id: node_id.clone(),
-        })
-        .map_err(internal)?;
-        txn.put(&MgmtState {
-            identity: j.identity,
-            manager: Some(manager),
-        })
-        .map_err(internal)?;
-        self.store.apply(&txn).map_err(internal)?;
+        {
+            let _w = self.write();
+            self.no_swarm_yet()?;
+            let mut txn = Txn::new();
+            txn.put(&cluster).map_err(internal)?;
+            txn.put(&j.node).map_err(internal)?;
+            txn.put(&LocalNode {
+                node_id: node_id.clone(),
+            })
+            .map_err(internal)?;
+            txn.put(&MgmtState {
+                identity: j.identity,
+                manager: Some(manager),
+            })
+            .map_err(internal)?;
+            self.store.apply(&txn).map_err(internal)?;
+        }
         tracing::info!(node = %node_id, manager = %manager, role = ?role, "joined the swarm");
+        // The first assignments now rather than from the agent's first
+        // round, so `network ls` shows ingress as soon as the join
+        // returns (as Docker's does); the agent keeps them up to date.
+        let first = self
+            .manager_call(Assignments {
+                since: 0,
+                wait_ms: 0,
+            })
+            .and_then(|set| self.apply_assignments(&set));
+        if let Err(e) = first {
+            tracing::warn!(error = %e, "no assignments from the manager yet");
+        }
         Ok(JoinView { node_id, role })
     }
 

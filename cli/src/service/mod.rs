@@ -1,6 +1,8 @@
 //! `vxnet service ...`: services and their tasks, in the shape of
 //! `docker service` (managers only).
 
+mod converge;
+
 use crate::dp::CliError;
 use crate::output::{Format, Table};
 use crate::swarm::{ControlSocket, FormatArg, json, short, write};
@@ -109,12 +111,14 @@ Example:
         /// SERVICE=REPLICAS
         #[arg(required = true, value_parser = parse_scale)]
         targets: Vec<(String, u64)>,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
-    /// Change a service. Replicas and published ports change without
-    /// touching the running tasks; new networks, a new command,
-    /// environment or restart condition replace them (as does the first
-    /// port published through the routing mesh, or the last one removed:
-    /// the tasks join or leave the ingress network).
+    /// Change a service. Replicas, networks and published ports change
+    /// without touching the running tasks; a new command, environment or
+    /// restart condition replaces them (as does the first port published
+    /// through the routing mesh, or the last one removed: the tasks join or
+    /// leave the ingress network, which must be their first).
     #[command(after_help = "\
 Examples:
   vxnet service update --replicas 4 web
@@ -143,6 +147,29 @@ Example:
         tail: Option<usize>,
         service: String,
     },
+}
+
+/// Whether a command waits for the service to converge.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct WaitArgs {
+    /// Return at once instead of waiting for the tasks to run (or stop).
+    #[arg(short, long)]
+    pub detach: bool,
+}
+
+impl WaitArgs {
+    /// Waits (unless detached) with progress on stderr.
+    fn wait(&self, socket: &ControlSocket, service: &str) -> Result<(), CliError> {
+        if self.detach {
+            return Ok(());
+        }
+        converge::wait(
+            socket,
+            service,
+            converge::DEFAULT_TIMEOUT,
+            &mut std::io::stderr(),
+        )
+    }
 }
 
 #[derive(Debug, Args)]
@@ -174,6 +201,8 @@ pub struct CreateArgs {
     /// or P:T[/udp] (repeat for more).
     #[arg(short = 'p', long = "publish", value_name = "PORT", value_parser = parse_publish)]
     pub publish: Vec<PortRequest>,
+    #[command(flatten)]
+    pub wait: WaitArgs,
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }
@@ -233,6 +262,8 @@ pub struct UpdateArgs {
     /// (`8080:80`, `published=8080,target=80`).
     #[arg(long, value_name = "PORT", value_parser = parse_publish)]
     pub publish_rm: Vec<PortRequest>,
+    #[command(flatten)]
+    pub wait: WaitArgs,
     pub service: String,
 }
 
@@ -431,7 +462,8 @@ pub fn run(args: &ServiceArgs, out: &mut dyn Write) -> Result<(), CliError> {
     match &args.command {
         ServiceCommand::Create(c) => {
             let v = s.call(c.request())?;
-            write(out, &format!("{}\n", v.service.id))
+            write(out, &format!("{}\n", v.service.id))?;
+            c.wait.wait(s, &v.service.name)
         }
         ServiceCommand::Ls { quiet, format } => {
             let list = s.call(ctl::ServiceLs {})?;
@@ -483,7 +515,7 @@ pub fn run(args: &ServiceArgs, out: &mut dyn Write) -> Result<(), CliError> {
             }
             json(out, &all)
         }
-        ServiceCommand::Scale { targets } => {
+        ServiceCommand::Scale { targets, wait } => {
             for (name, n) in targets {
                 s.call(ctl::ServiceScale {
                     service: name.clone(),
@@ -491,11 +523,15 @@ pub fn run(args: &ServiceArgs, out: &mut dyn Write) -> Result<(), CliError> {
                 })?;
                 write(out, &format!("{name} scaled to {n}\n"))?;
             }
+            for (name, _) in targets {
+                wait.wait(s, name)?;
+            }
             Ok(())
         }
         ServiceCommand::Update(u) => {
             s.call(u.request())?;
-            write(out, &format!("{}\n", u.service))
+            write(out, &format!("{}\n", u.service))?;
+            u.wait.wait(s, &u.service)
         }
         ServiceCommand::Rm { services } => {
             for name in services {
@@ -688,11 +724,18 @@ mod tests {
 
     #[test]
     fn scale_and_update() {
-        let ServiceCommand::Scale { targets } = service(&["service", "scale", "web=5", "api=0"])
+        let ServiceCommand::Scale { targets, wait } =
+            service(&["service", "scale", "web=5", "api=0"])
         else {
             panic!("not scale")
         };
         assert_eq!(targets, [("web".to_owned(), 5), ("api".to_owned(), 0)]);
+        assert!(!wait.detach, "waits for convergence by default");
+        let ServiceCommand::Scale { wait, .. } = service(&["service", "scale", "-d", "web=1"])
+        else {
+            panic!("not scale")
+        };
+        assert!(wait.detach);
         assert!(parse(&["service", "scale", "web"]).is_err());
         assert!(parse(&["service", "scale", "web=x"]).is_err());
         let ServiceCommand::Update(u) = service(&[
