@@ -95,3 +95,8 @@ fn dns_query() {
         assert!(seed(name).accepted_upstream, "{name}");
     }
 }
+
+#[test]
+fn mesh() {
+    run("mesh", vxnet_fuzz::mesh);
+}

@@ -109,3 +109,8 @@ fn dns_query() {
         vxnet_fuzz::dns_query(d);
     });
 }
+
+#[test]
+fn mesh() {
+    run("mesh", 5_000, vxnet_fuzz::mesh);
+}
