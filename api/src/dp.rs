@@ -75,8 +75,11 @@ pub struct Attach {
     /// Defaults to one derived from the first address (02:42:...).
     #[serde(default)]
     pub mac: Option<MacAddr>,
-    /// Bytes; defaults to the network's MTU (1450 plain: 1500 minus the
-    /// 50-byte VXLAN overhead).
+    /// Bytes; defaults to what the underlay carries for the network: the
+    /// MTU of the interface holding the local VTEP address minus 50 (IPv4
+    /// VTEP) or 70 (IPv6), minus 42 more on an encrypted network (1450 and
+    /// 1408 over a 1500-byte IPv4 underlay; [`vxnet_proto::mtu`]), unless
+    /// the dataplane was started with `--mtu`.
     #[serde(default)]
     pub mtu: Option<u32>,
     /// Default routes to install, one per address family at most.
@@ -179,9 +182,11 @@ pub struct Endpoints {}
 #[serde(deny_unknown_fields)]
 pub struct Show {}
 
-/// `network_add`: declares a network (VNI) and whether its traffic must be
-/// encrypted. Declaring it again with the same settings is a no-op;
-/// with other gateways or egress, they change.
+/// `network_add`: declares a network (VNI), whether its traffic must be
+/// encrypted, its gateways and egress, and how its broadcast, multicast
+/// and unknown-unicast frames are flooded. Declaring it again with the
+/// same settings is a no-op; with other gateways or egress, they change;
+/// the flooding settings of a declared network may change at any time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkAdd {
@@ -200,8 +205,21 @@ pub struct NetworkAdd {
     /// The swarm's ingress network (routing-mesh flows are tracked on it).
     #[serde(default)]
     pub ingress: bool,
+    /// Replicate flooded frames to every host with endpoints on the
+    /// network (head-end replication); when false they only reach the
+    /// network's endpoints on this host. Default true.
+    #[serde(default = "yes")]
+    pub flood: bool,
+    /// Frames per second the network may flood from this host; the
+    /// dataplane's `--flood-rate` when absent.
+    #[serde(default)]
+    pub flood_rate: Option<u32>,
     #[serde(default)]
     pub owner: Owner,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `network_del`: refused while endpoints are attached on it.
@@ -504,6 +522,11 @@ pub struct EndpointInfo {
     /// Default routes installed with it.
     #[serde(default)]
     pub gateways: Vec<IpAddr>,
+    /// The largest MTU the underlay carries now for its network, bytes:
+    /// less than `mtu` when the underlay's MTU shrank after the attach (its
+    /// too-big frames are then answered with ICMP, so TCP adapts).
+    #[serde(default)]
+    pub path_mtu: u32,
     #[serde(default)]
     pub owner: Owner,
 }
@@ -591,8 +614,18 @@ pub struct NetworkInfo {
     pub endpoints: usize,
     /// Remote endpoints known on it.
     pub peers: usize,
-    /// Default MTU of endpoints attached to it, bytes.
+    /// Default MTU of endpoints attached to it, bytes (what the underlay
+    /// carries now, unless the dataplane was started with `--mtu`).
     pub mtu: u32,
+    /// Flooded frames are replicated to other hosts.
+    #[serde(default = "yes")]
+    pub flood: bool,
+    /// Frames per second it may flood from this host.
+    #[serde(default)]
+    pub flood_rate: u32,
+    /// What replication did on it since the dataplane started.
+    #[serde(default)]
+    pub flooding: FloodStats,
     #[serde(default)]
     pub gateways: Vec<IpAddr>,
     #[serde(default)]
@@ -644,6 +677,20 @@ pub struct PortInfo {
     pub in_firewall: bool,
     #[serde(default)]
     pub owner: Owner,
+}
+
+/// Head-end replication of one network on this host.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FloodStats {
+    /// Broadcast, multicast and unknown-unicast frames replicated.
+    pub frames: u64,
+    /// Datagrams they became (one per VTEP with endpoints on the network).
+    pub copies: u64,
+    /// Frames dropped by the flood rate.
+    pub rate_limited: u64,
+    /// Frames kept on this host because flooding is off.
+    pub suppressed: u64,
 }
 
 /// A host whose key this dataplane knows (`vxnet dp vtep ls`).
@@ -874,6 +921,13 @@ pub struct ShowReport {
     pub vnis: usize,
     /// The host's X25519 public key.
     pub public_key: PublicKey,
+    /// MTU of the interface holding the local VTEP address, bytes, as last
+    /// read (every second); 0 from a dataplane that does not say.
+    #[serde(default)]
+    pub underlay_mtu: u32,
+    /// Frames per second each network may flood unless it says.
+    #[serde(default)]
+    pub flood_rate: u32,
 }
 
 #[cfg(test)]
@@ -902,6 +956,16 @@ mod tests {
             panic!("not attach")
         };
         assert_eq!(a.ips[0].to_string(), "10.0.0.2/24");
+        // Flooding is on unless a network says otherwise.
+        let n: Request = serde_json::from_str(r#"{"op":"network_add","vni":5}"#).unwrap();
+        assert!(matches!(
+            n,
+            Request::NetworkAdd(NetworkAdd {
+                flood: true,
+                flood_rate: None,
+                ..
+            })
+        ));
         assert_eq!(a.ips[0].addr().to_string(), "10.0.0.2");
         let r: Request = serde_json::from_str(
             r#"{"op":"service_set","vni":4096,"vip":"10.0.0.100","backends":[{"ip":"10.0.0.2","mac":"02:42:0a:00:00:02"},{"ip":"10.0.0.3"}]}"#,
@@ -933,6 +997,7 @@ mod tests {
             r#"{"op":"attach","target":{"netns":"n"},"vni":5,"ips":["10.0.0.2"]}"#,
             r#"{"op":"vtep_add","vtep":"192.0.2.2","pubkey":"not base64"}"#,
             r#"{"op":"network_add","vni":5,"owner":"someone"}"#,
+            r#"{"op":"network_add","vni":5,"flood":"no"}"#,
             r#"{"op":"service_set","vni":4096,"vip":"10.0.0.300"}"#,
             r#"{"op":"service_set","vni":0,"vip":"10.0.0.1"}"#,
             r#"{"op":"service_set","vni":1,"vip":"10.0.0.1","backends":[{"ip":"10.0.0.2","mac":"zz"}]}"#,

@@ -12,6 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use vxnet_proto::crypto::keys::PublicKey;
+use vxnet_proto::mtu::Underlay;
 use vxnet_proto::wire::{MacAddr, Vni};
 
 /// Seconds since the Unix epoch; the caller reads the clock.
@@ -130,15 +131,62 @@ pub struct Network {
     pub ingress: bool,
     /// Data traffic is ESP-encrypted.
     pub encrypted: bool,
-    /// MTU inside the containers, bytes.
+    /// MTU inside the containers, bytes, when given (`--opt mtu=N`). When
+    /// not, what it would be over a 1500-byte IPv4 underlay (1450, 1408
+    /// encrypted); the MTU in force then comes from each host's underlay
+    /// ([`Network::mtu_on`]).
     pub mtu: u16,
+    /// Whether `mtu` was given. `None` in records written before this
+    /// field existed: see [`Network::explicit_mtu`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu_explicit: Option<bool>,
+    /// Broadcast, multicast and unknown-unicast frames are replicated to
+    /// every host with endpoints on the network (`--opt flood=false` keeps
+    /// them on their host).
+    #[serde(default = "flood_default")]
+    pub flood: bool,
     /// No egress to the outside (`--internal`).
     #[serde(default)]
     pub internal: bool,
     pub created: UnixTime,
 }
 
+fn flood_default() -> bool {
+    true
+}
+
+/// The MTUs networks had before the MTU came from the underlay (issue 12):
+/// a 1500-byte underlay minus VXLAN's 50 bytes, minus 42 for ESP.
+const LEGACY_MTU: (u16, u16) = (1450, 1408);
+
 impl Network {
+    /// The MTU the network's creator gave, if any. A record from before
+    /// `mtu_explicit` existed holds either the default of its time or a
+    /// given MTU: a value other than that default was given.
+    pub fn explicit_mtu(&self) -> Option<u16> {
+        let legacy = if self.encrypted {
+            LEGACY_MTU.1
+        } else {
+            LEGACY_MTU.0
+        };
+        match self.mtu_explicit {
+            Some(true) => Some(self.mtu),
+            Some(false) => None,
+            None => (self.mtu != legacy).then_some(self.mtu),
+        }
+    }
+
+    /// The MTU of the network's endpoints on a host whose VTEP is carried
+    /// by `underlay` (the path MTU rule, [`vxnet_proto::mtu`]): the given
+    /// MTU wins; else the underlay's MTU minus VXLAN (50 bytes over IPv4,
+    /// 70 over IPv6), minus 42 more when encrypted.
+    pub fn mtu_on(&self, underlay: Underlay) -> u32 {
+        match self.explicit_mtu() {
+            Some(m) => u32::from(m),
+            None => underlay.endpoint_mtu(self.encrypted),
+        }
+    }
+
     /// The network's subnets, IPv4 first.
     pub fn subnets(&self) -> Vec<ipnet::IpNet> {
         let mut v = vec![ipnet::IpNet::V4(self.ipv4.subnet)];
@@ -500,6 +548,8 @@ mod tests {
             ingress: false,
             encrypted: true,
             mtu: 1408,
+            mtu_explicit: Some(false),
+            flood: true,
             internal: false,
             created: 1,
         };
@@ -508,9 +558,60 @@ mod tests {
         assert!(s.contains("\"driver\":\"overlay\""), "{s}");
         assert!(s.contains("\"vni\":4096"), "{s}");
         assert_eq!(serde_json::from_str::<Network>(&s).unwrap(), n);
-        // A record written before `internal` existed still loads.
-        let old = s.replace(",\"internal\":false", "");
-        assert_eq!(serde_json::from_str::<Network>(&old).unwrap(), n);
+        // A record written before `internal`, `mtu_explicit` and `flood`
+        // existed still loads.
+        let old = s
+            .replace(",\"internal\":false", "")
+            .replace(",\"mtu_explicit\":false", "")
+            .replace(",\"flood\":true", "");
+        assert_ne!(old, s);
+        let loaded: Network = serde_json::from_str(&old).unwrap();
+        assert_eq!(
+            loaded,
+            Network {
+                mtu_explicit: None,
+                ..n.clone()
+            }
+        );
+        assert_eq!(loaded.explicit_mtu(), None, "1408 was the default");
         assert_eq!(AddressPool::default().base.to_string(), "10.0.0.0/8");
+    }
+
+    #[test]
+    fn the_mtu_in_force() {
+        let v4 = |mtu| Underlay::new(mtu, false);
+        let n = |encrypted, mtu, mtu_explicit| Network {
+            id: "n".into(),
+            name: "n".into(),
+            driver: Driver::Overlay,
+            vni: Vni::new(4096).unwrap(),
+            ipv4: Ipv4Config {
+                subnet: "10.0.1.0/24".parse().unwrap(),
+                gateway: "10.0.1.1".parse().unwrap(),
+                ip_range: None,
+            },
+            ipv6: None,
+            attachable: true,
+            ingress: false,
+            encrypted,
+            mtu,
+            mtu_explicit,
+            flood: true,
+            internal: false,
+            created: 1,
+        };
+        // Derived from the underlay: plain, encrypted, IPv6.
+        assert_eq!(n(false, 1450, Some(false)).mtu_on(v4(1400)), 1350);
+        assert_eq!(n(true, 1408, Some(false)).mtu_on(v4(9000)), 8908);
+        assert_eq!(
+            n(false, 1450, Some(false)).mtu_on(Underlay::new(1400, true)),
+            1330
+        );
+        // Given: wins, even when the underlay carries less.
+        assert_eq!(n(false, 1450, Some(true)).mtu_on(v4(1400)), 1450);
+        // Records from before: the old default is not a choice, 1200 was.
+        assert_eq!(n(false, 1450, None).mtu_on(v4(1400)), 1350);
+        assert_eq!(n(false, 1200, None).mtu_on(v4(9000)), 1200);
+        assert_eq!(n(true, 1450, None).explicit_mtu(), Some(1450));
     }
 }

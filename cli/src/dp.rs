@@ -347,11 +347,15 @@ Examples:
 #[derive(Debug, Subcommand)]
 pub enum NetworkCommand {
     /// Declare a network; --encrypted makes every frame between hosts ESP.
+    /// Its broadcast, multicast and unknown-unicast frames are replicated
+    /// to every host with endpoints on it, unless --no-flood.
     #[command(after_help = "\
 Examples:
   vxnet dp network add --vni 4096
   vxnet dp network add --vni 4097 --encrypted
-  vxnet dp network add --vni 4098 --gateway 10.0.3.1 --egress")]
+  vxnet dp network add --vni 4098 --gateway 10.0.3.1 --egress
+  vxnet dp network add --vni 4099 --no-flood
+  vxnet dp network add --vni 4100 --flood-rate 200")]
     Add {
         /// VXLAN network identifier, 1 to 16777215.
         #[arg(long, value_parser = parse_vni)]
@@ -369,6 +373,15 @@ Examples:
         /// This is the swarm's ingress network (routing-mesh flows).
         #[arg(long)]
         ingress: bool,
+        /// Keep flooded frames (broadcast, multicast, unknown unicast) on
+        /// this host: they reach only its local endpoints.
+        #[arg(long)]
+        no_flood: bool,
+        /// Frames per second this network may flood from this host (the
+        /// dataplane's --flood-rate by default).
+        #[arg(long, value_name = "FRAMES", conflicts_with = "no_flood",
+              value_parser = clap::value_parser!(u32).range(1..))]
+        flood_rate: Option<u32>,
     },
     /// Forget a network declaration (refused while endpoints are attached).
     Del {
@@ -427,7 +440,8 @@ pub struct AttachArgs {
     /// MAC address (default: derived from the first address, 02:42:...).
     #[arg(long, value_parser = parse_unicast_mac)]
     pub mac: Option<MacAddr>,
-    /// Interface MTU (default 1450).
+    /// Interface MTU (default: what the underlay carries, 1450 on a
+    /// 1500-byte IPv4 underlay; see `vxnet dp show`).
     #[arg(long, value_parser = clap::value_parser!(u32).range(68..=65535))]
     pub mtu: Option<u32>,
     /// Default gateway; at most one IPv4 and one IPv6.
@@ -793,12 +807,16 @@ impl DpCommand {
                 gateways,
                 egress,
                 ingress,
+                no_flood,
+                flood_rate,
             }) => dp::NetworkAdd {
                 vni: *vni,
                 encrypted: *encrypted,
                 gateways: gateways.clone(),
                 egress: *egress,
                 ingress: *ingress,
+                flood: !*no_flood,
+                flood_rate: *flood_rate,
                 owner: Owner::User,
             }
             .into_request(),

@@ -88,7 +88,7 @@ pub fn endpoints(list: &[EndpointInfo]) -> String {
             e.vni.to_string(),
             e.mac.to_string(),
             join(&e.ips),
-            e.mtu.to_string(),
+            mtu_cell(e),
             e.kind.to_string(),
             e.location.clone(),
             e.ifname.clone(),
@@ -96,6 +96,16 @@ pub fn endpoints(list: &[EndpointInfo]) -> String {
         ]);
     }
     t.render()
+}
+
+/// The MTU, and what the path carries when that is less (the underlay's
+/// MTU shrank after the attach).
+fn mtu_cell(e: &EndpointInfo) -> String {
+    if e.path_mtu != 0 && e.path_mtu < e.mtu {
+        format!("{} (path {})", e.mtu, e.path_mtu)
+    } else {
+        e.mtu.to_string()
+    }
 }
 
 pub fn fdb(list: &[FdbEntry]) -> String {
@@ -125,6 +135,10 @@ pub fn networks(list: &[NetworkInfo]) -> String {
         "PEERS",
         "GATEWAYS",
         "EGRESS",
+        "FLOOD",
+        "FLOODED",
+        "RATE LIMITED",
+        "KEPT LOCAL",
     ]);
     for n in list {
         let gateways: Vec<String> = n.gateways.iter().map(ToString::to_string).collect();
@@ -144,6 +158,14 @@ pub fn networks(list: &[NetworkInfo]) -> String {
                 (true, false) => "yes".into(),
                 (false, false) => "no".into(),
             },
+            if n.flood {
+                format!("{}/s", n.flood_rate)
+            } else {
+                "off".into()
+            },
+            n.flooding.frames.to_string(),
+            n.flooding.rate_limited.to_string(),
+            n.flooding.suppressed.to_string(),
         ]);
     }
     t.render()
@@ -337,6 +359,11 @@ pub fn show(r: &ShowReport) -> String {
         ("Endpoints", r.endpoints.to_string()),
         ("VNIs", r.vnis.to_string()),
         ("Public key", r.public_key.to_string()),
+        ("Underlay MTU", r.underlay_mtu.to_string()),
+        (
+            "Flood rate",
+            format!("{} frames/s per network", r.flood_rate),
+        ),
     ];
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     let mut out = String::new();
@@ -515,8 +542,14 @@ mod tests {
             kind: vxnet_api::dp::EndpointKind::Native,
             tap: "vx7".into(),
             gateways: vec![],
+            path_mtu: 1450,
             owner: vxnet_api::dp::Owner::User,
         };
+        let shrunk = EndpointInfo {
+            path_mtu: 1350,
+            ..e.clone()
+        };
+        assert!(endpoints(&[shrunk]).contains("1450 (path 1350)"));
         let s = endpoints(&[e]);
         let lines: Vec<&str> = s.lines().collect();
         assert_eq!(lines.len(), 2);
@@ -610,12 +643,15 @@ mod tests {
             endpoints: 3,
             vnis: 1,
             public_key: vxnet_api::PublicKey::from_bytes([0; 32]),
+            underlay_mtu: 1400,
+            flood_rate: 1000,
         };
         let s = show(&r);
-        assert!(s.contains("Local VTEP:   192.0.2.1\n"), "{s}");
-        assert!(s.contains("UDP GSO:      yes\n"), "{s}");
+        assert!(s.contains("Underlay MTU:   1400\n"), "{s}");
+        assert!(s.contains("Local VTEP:     192.0.2.1\n"), "{s}");
+        assert!(s.contains("UDP GSO:        yes\n"), "{s}");
         assert!(
-            s.contains("Public key:   AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n"),
+            s.contains("Public key:     AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n"),
             "{s}"
         );
     }

@@ -254,6 +254,7 @@ fn attach_prints_the_endpoint_and_socket_comes_from_env() {
             kind: EndpointKind::Native,
             tap: "vx1".into(),
             gateways: vec![],
+            path_mtu: 1450,
             owner: Owner::User,
         }),
         _ => Response::error(ErrorCode::Internal, "unexpected"),

@@ -63,7 +63,7 @@ pub enum ControlError {
     #[error("an ingress network cannot be attachable; drop --attachable or --ingress")]
     IngressAttachable,
     #[error(
-        "unknown network option '{0}'; known options are encrypted and mtu (or com.docker.network.driver.mtu)"
+        "unknown network option '{0}'; known options are encrypted, flood and mtu (or com.docker.network.driver.mtu)"
     )]
     UnknownOption(String),
     #[error("option {option}={value} is invalid: {reason}")]

@@ -28,11 +28,12 @@ use vxnet_api::Vni;
 pub const VNI_FIRST: u32 = 4096;
 /// Largest 24-bit VNI.
 pub const VNI_LAST: u32 = 0x00ff_ffff;
-/// Container MTU by default: 1500 minus 50 bytes of VXLAN overhead.
+/// What a network without `--opt mtu` records as its MTU: its endpoints'
+/// MTU over a 1500-byte IPv4 underlay. The MTU in force comes from each
+/// host's underlay ([`Network::mtu_on`]).
 pub const MTU_DEFAULT: u16 = 1450;
-/// Container MTU on encrypted networks: [`MTU_DEFAULT`] minus the ESP
-/// overhead (header 8, IV 8, trailer 2 + padding up to 3, ICV 16), rounded
-/// down to a multiple of 8.
+/// The same on encrypted networks: [`MTU_DEFAULT`] minus the ESP overhead
+/// (header and IV 16, inner UDP 8, trailer 2, ICV 16).
 pub const MTU_ENCRYPTED: u16 = 1408;
 /// Range accepted for `--opt mtu=N`: Linux's IPv4 minimum (68) to the
 /// largest inner MTU a 9216-byte jumbo underlay carries. Docker's own
@@ -44,6 +45,9 @@ pub const MTU_MIN_IPV6: u16 = 1280;
 pub const INGRESS_NAME: &str = "ingress";
 
 const OPT_ENCRYPTED: &str = "encrypted";
+/// `--opt flood=false`: broadcast, multicast and unknown unicast stay on
+/// their host (not replicated to the network's other hosts).
+const OPT_FLOOD: &str = "flood";
 const OPT_MTU: &str = "mtu";
 const OPT_DOCKER_MTU: &str = "com.docker.network.driver.mtu";
 
@@ -123,23 +127,42 @@ pub fn default_ingress_request() -> CreateNetwork {
     }
 }
 
-fn parse_options(opts: &BTreeMap<String, String>) -> Result<(bool, Option<u16>)> {
+/// What `--opt` says.
+struct Options {
+    encrypted: bool,
+    mtu: Option<u16>,
+    flood: bool,
+}
+
+/// A yes/no option: given alone (`--opt encrypted`), `true` or `false`.
+fn flag(option: &str, value: &str, hint: &str) -> Result<bool> {
+    match value {
+        "" | "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(ControlError::InvalidOption {
+            option: option.to_owned(),
+            value: value.to_owned(),
+            reason: hint.to_owned(),
+        }),
+    }
+}
+
+fn parse_options(opts: &BTreeMap<String, String>) -> Result<Options> {
     let mut encrypted = false;
     let mut mtu = None;
+    let mut flood = true;
     for (k, v) in opts {
         match k.as_str() {
+            OPT_FLOOD => {
+                flood = flag(
+                    k,
+                    v,
+                    "use --opt flood=false to keep broadcast, multicast and unknown unicast \
+                     on their host (or flood=true)",
+                )?;
+            }
             OPT_ENCRYPTED => {
-                encrypted = match v.as_str() {
-                    "" | "true" => true,
-                    "false" => false,
-                    _ => {
-                        return Err(ControlError::InvalidOption {
-                            option: k.clone(),
-                            value: v.clone(),
-                            reason: "use --opt encrypted (or encrypted=true|false)".into(),
-                        });
-                    }
-                }
+                encrypted = flag(k, v, "use --opt encrypted (or encrypted=true|false)")?;
             }
             OPT_MTU | OPT_DOCKER_MTU => {
                 let bad = |reason: &str| ControlError::InvalidOption {
@@ -166,7 +189,11 @@ fn parse_options(opts: &BTreeMap<String, String>) -> Result<(bool, Option<u16>)>
             _ => return Err(ControlError::UnknownOption(k.clone())),
         }
     }
-    Ok((encrypted, mtu))
+    Ok(Options {
+        encrypted,
+        mtu,
+        flood,
+    })
 }
 
 /// Subnet, gateway and range of one address family, as requested.
@@ -244,7 +271,11 @@ pub(crate) fn plan_network<S: Store + ?Sized>(
     if req.ingress && req.attachable {
         return Err(ControlError::IngressAttachable);
     }
-    let (encrypted, mtu) = parse_options(&req.options)?;
+    let Options {
+        encrypted,
+        mtu,
+        flood,
+    } = parse_options(&req.options)?;
     let (v4, v6) = split_addressing(req)?;
     if let (Some(m), Some(_)) = (mtu, v6.subnet) {
         if m < MTU_MIN_IPV6 {
@@ -364,6 +395,8 @@ pub(crate) fn plan_network<S: Store + ?Sized>(
         } else {
             MTU_DEFAULT
         }),
+        mtu_explicit: Some(mtu.is_some()),
+        flood,
         created: now,
     };
     txn.require_absent::<Network>(&net.id);
@@ -614,13 +647,26 @@ mod tests {
         let mut r = req("o");
         r.options.insert("encrypted".into(), "yes".into());
         assert!(create(&s, &r).is_err());
+        // Flooding is on unless turned off; only true or false.
+        assert!(a.flood && a.mtu_explicit == Some(false));
+        let mut r = req("quiet");
+        r.options.insert("flood".into(), "false".into());
+        let q = create(&s, &r).unwrap();
+        assert!(!q.flood);
+        let mut r = req("o");
+        r.options.insert("flood".into(), "off".into());
+        let e = create(&s, &r).unwrap_err();
+        assert!(e.to_string().contains("flood=false"), "{e}");
+        // A given MTU is recorded as given.
+        let m = resolve_network(&s, "m").unwrap();
+        assert_eq!((m.mtu, m.mtu_explicit), (9000, Some(true)));
         // None of the refused requests left anything behind.
         let names: Vec<String> = list_networks(&s, &NetworkFilter::default())
             .unwrap()
             .into_iter()
             .map(|n| n.name)
             .collect();
-        assert_eq!(names, ["a", "enc", "ingress", "m", "m1200"]);
+        assert_eq!(names, ["a", "enc", "ingress", "m", "m1200", "quiet"]);
     }
 
     #[test]

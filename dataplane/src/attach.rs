@@ -24,8 +24,8 @@ const MIN_MTU: u32 = 68;
 /// Smallest MTU of an interface with an IPv6 address (RFC 8200 §5).
 const MIN_MTU_IPV6: u32 = 1280;
 /// Largest inner MTU: a 9000-byte underlay minus 50 bytes of VXLAN, with
-/// room for bigger underlays.
-const MAX_MTU: u32 = 65_000;
+/// room for bigger underlays (the path MTU rule never gives more).
+pub const MAX_MTU: u32 = 65_000;
 
 /// A validated attach request.
 #[derive(Debug, Clone)]

@@ -10,11 +10,15 @@
 //! commits under it again (see `Dataplane::attach`); a detach forgets the
 //! endpoint under the lock and removes its devices after.
 
+mod underlay;
+pub use underlay::WATCH_INTERVAL as UNDERLAY_WATCH_INTERVAL;
+
 use crate::attach::{self, Bridge};
 use crate::sys::tap::Tap;
 use crate::worker::{self, Command, FdbCell, PollMode, WorkerConfig, WorkerHandle};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use vxnet_proto::crypto::OsRng;
@@ -23,6 +27,8 @@ use vxnet_proto::crypto::session::{SaDirection, Session, SessionConfig};
 use vxnet_proto::engine::EngineConfig;
 use vxnet_proto::fdb::{Dest, Fdb, PortId};
 use vxnet_proto::lb::conntrack::ConntrackConfig;
+use vxnet_proto::mtu::ESP_OVERHEAD;
+use vxnet_proto::replication::FloodPolicy;
 use vxnet_proto::stats::{Counter, Drop, Snapshot};
 use vxnet_proto::wire::{MacAddr, Vni};
 
@@ -46,7 +52,11 @@ pub struct Config {
     pub src_ports: usize,
     pub poll: PollMode,
     pub spin: Duration,
-    pub default_mtu: u32,
+    /// Endpoint MTU when an attach gives none (`--mtu`), in place of the
+    /// one the underlay carries (the path MTU rule, [`vxnet_proto::mtu`]).
+    pub mtu: Option<u32>,
+    /// Frames per second each network may flood unless it says.
+    pub flood_rate: u32,
     /// This host's X25519 static key.
     pub keypair: Arc<StaticKeypair>,
     /// How often each host pair rotates its keys.
@@ -71,7 +81,8 @@ impl Config {
             src_ports: 1,
             poll: PollMode::Interrupt,
             spin: Duration::ZERO,
-            default_mtu: 1450,
+            mtu: Some(1450),
+            flood_rate: vxnet_proto::replication::DEFAULT_RATE,
             keypair: Arc::new(StaticKeypair::generate(&mut OsRng)),
             rekey_interval: Duration::from_secs(3600),
             allow_key_export: false,
@@ -83,11 +94,6 @@ impl Config {
         }
     }
 }
-
-/// Bytes an encrypted network adds per packet on top of VXLAN: ESP header
-/// and IV (16), inner UDP header (8), trailer (2, no padding for MTUs that
-/// are multiples of 4) and ICV (16). 1450 - 42 = 1408.
-pub const ESP_OVERHEAD: u32 = 42;
 
 /// Bytes each inner packet gains on the wire as UDP payload: its Ethernet
 /// header, the VXLAN header and, on an encrypted network, ESP.
@@ -113,6 +119,8 @@ struct Claim {
     new_bridge: bool,
     /// Whether the VNI was encrypted when the plan (MTU) was made.
     encrypted: bool,
+    /// The MTU the underlay carried for the VNI then.
+    path_mtu: u32,
     /// Who asked for it.
     owner: Owner,
 }
@@ -178,6 +186,8 @@ pub struct Dataplane {
     stats: Vec<Arc<vxnet_proto::stats::Stats>>,
     gso: bool,
     gro: bool,
+    /// Set by [`Dataplane::shutdown`]: the underlay watcher ends.
+    stopping: AtomicBool,
     /// Test hook: (reached, go) for [`Dataplane::stall_before_configure`].
     #[cfg(test)]
     stall: Mutex<
@@ -191,7 +201,10 @@ pub struct Dataplane {
 impl Dataplane {
     /// Binds the sockets and starts the workers.
     pub fn start(cfg: Config) -> std::io::Result<Dataplane> {
-        let cell = Arc::new(FdbCell::new(Fdb::default()));
+        let mut fdb = Fdb::default();
+        fdb.set_underlay(underlay::read(cfg.local_vtep));
+        fdb.set_flood_rate(cfg.flood_rate);
+        let cell = Arc::new(FdbCell::new(fdb.clone()));
         let mut workers = Vec::with_capacity(cfg.workers);
         for id in 0..cfg.workers.max(1) {
             let wc = WorkerConfig {
@@ -216,6 +229,7 @@ impl Dataplane {
             cell,
             state: Mutex::new(State {
                 next_id: 1,
+                fdb,
                 ..State::default()
             }),
             bridge_done: Condvar::new(),
@@ -224,6 +238,7 @@ impl Dataplane {
             stats,
             gso,
             gro,
+            stopping: AtomicBool::new(false),
             #[cfg(test)]
             stall: Mutex::new(None),
         })
@@ -241,6 +256,18 @@ impl Dataplane {
     pub fn sizes(&self) -> (usize, usize) {
         let st = self.lock();
         (st.endpoints.len(), st.fdb.vnis().count())
+    }
+
+    /// Head-end replication counters of every VNI.
+    pub fn flood_counts(&self) -> Vec<(Vni, vxnet_proto::replication::FloodCounts)> {
+        let st = self.lock();
+        let mut v: Vec<_> = st
+            .fdb
+            .vnis()
+            .map(|(vni, t)| (vni, t.replication.counts()))
+            .collect();
+        v.sort_by_key(|(vni, _)| *vni);
+        v
     }
 
     pub fn worker_count(&self) -> usize {
@@ -268,14 +295,9 @@ impl Dataplane {
             }
             Request::Stats(_) => Re::of::<dp::Stats>(Ok(self.stats_report())),
             Request::Fdb(f) => Re::of::<dp::Fdb>(Ok(self.fdb_entries(f.vni))),
-            Request::Endpoints(_) => Re::of::<dp::Endpoints>(Ok(self
-                .lock()
-                .endpoints
-                .values()
-                .map(|e| e.info.clone())
-                .collect())),
+            Request::Endpoints(_) => Re::of::<dp::Endpoints>(Ok(self.endpoints())),
             Request::Show(_) => Re::of::<dp::Show>(Ok(self.show())),
-            Request::NetworkAdd(n) => Re::of::<dp::NetworkAdd>(self.network_add(n)),
+            Request::NetworkAdd(n) => Re::of::<dp::NetworkAdd>(self.network_add(&n)),
             Request::NetworkDel(n) => Re::of::<dp::NetworkDel>(self.network_del(n.vni)),
             Request::Networks(_) => Re::of::<dp::Networks>(Ok(self.networks())),
             Request::VtepAdd(v) => Re::of::<dp::VtepAdd>(self.vtep_add(v.vtep, v.pubkey, v.owner)),
@@ -327,10 +349,22 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Adds a remote endpoint; where that moved an address to another MAC
+    /// or host, the local endpoints of the VNI are told at once.
     fn peer_add(&self, p: PeerAdd) -> R<()> {
         self.check_vtep(p.vtep)?;
-        self.edit_fdb(|f| f.add_remote(p.vni, p.mac, &p.ips, p.vtep))?;
-        self.lock().peer_owners.insert((p.vni, p.mac), p.owner);
+        let news = {
+            let mut st = self.lock();
+            let mut next = st.fdb.clone();
+            next.add_remote(p.vni, p.mac, &p.ips, p.vtep)
+                .map_err(|e| FdbRefusal::from(e).0)?;
+            let news = underlay::announcements(&st.fdb, &next, p.vni, p.mac, &p.ips);
+            self.cell.publish(next.clone());
+            st.fdb = next;
+            st.peer_owners.insert((p.vni, p.mac), p.owner);
+            news
+        };
+        self.announce(news);
         Ok(())
     }
 
@@ -361,6 +395,8 @@ impl Dataplane {
     /// Checks `req` against the table and the other claims and records its
     /// claim. Refused requests change nothing.
     fn reserve(&self, req: &Attach) -> R<Claim> {
+        // A new endpoint gets the MTU the underlay carries now.
+        self.refresh_underlay();
         let mut st = self.lock();
         let encrypted = st.fdb.is_encrypted(req.vni);
         let plan = attach::Plan::validate(
@@ -440,6 +476,7 @@ impl Dataplane {
             port,
             new_bridge,
             encrypted,
+            path_mtu: st.fdb.underlay().path_mtu(encrypted),
             owner: req.owner,
         };
         st.claims.push(claim.clone());
@@ -564,8 +601,11 @@ impl Dataplane {
                 info
             }
         };
+        let news = underlay::announcements(&st.fdb, &next, plan.vni, plan.mac, &ips);
         self.cell.publish(next.clone());
         st.fdb = next;
+        drop(st);
+        self.announce(news);
         Ok(info)
     }
 
@@ -811,6 +851,19 @@ impl Dataplane {
         out
     }
 
+    /// Every endpoint, with the MTU the underlay carries for it now.
+    fn endpoints(&self) -> Vec<EndpointInfo> {
+        let st = self.lock();
+        let underlay = st.fdb.underlay();
+        st.endpoints
+            .values()
+            .map(|e| EndpointInfo {
+                path_mtu: underlay.path_mtu(st.fdb.is_encrypted(e.info.vni)),
+                ..e.info.clone()
+            })
+            .collect()
+    }
+
     fn show(&self) -> ShowReport {
         let (endpoints, vnis) = self.sizes();
         ShowReport {
@@ -825,26 +878,30 @@ impl Dataplane {
             endpoints,
             vnis,
             public_key: self.cfg.keypair.public(),
+            underlay_mtu: self.lock().fdb.underlay().mtu,
+            flood_rate: self.cfg.flood_rate,
         }
     }
 
+    /// The MTU of an endpoint attached to `vni` without one: `--mtu`, or
+    /// what the underlay carries (the path MTU rule).
     fn default_mtu(&self, fdb: &Fdb, vni: Vni) -> u32 {
-        if fdb.is_encrypted(vni) {
-            self.cfg.default_mtu.saturating_sub(ESP_OVERHEAD)
-        } else {
-            self.cfg.default_mtu
+        let encrypted = fdb.is_encrypted(vni);
+        match self.cfg.mtu {
+            Some(m) if encrypted => m.saturating_sub(ESP_OVERHEAD),
+            Some(m) => m,
+            None => fdb.underlay().endpoint_mtu(encrypted).min(attach::MAX_MTU),
         }
     }
 
-    fn network_add(&self, n: dp::NetworkAdd) -> R<()> {
-        let dp::NetworkAdd {
-            vni,
-            encrypted,
-            gateways,
-            egress,
-            ingress,
-            owner,
-        } = n;
+    fn network_add(&self, n: &dp::NetworkAdd) -> R<()> {
+        let (vni, encrypted) = (n.vni, n.encrypted);
+        if n.flood_rate == Some(0) {
+            return Err(ApiError::invalid(
+                "a flood rate of 0 frames per second floods nothing; give flood: false to turn flooding off",
+            ));
+        }
+        let gateways = &n.gateways;
         for (i, g) in gateways.iter().enumerate() {
             if gateways[..i].iter().any(|o| o.is_ipv4() == g.is_ipv4()) {
                 return Err(ApiError::invalid(format!(
@@ -858,19 +915,25 @@ impl Dataplane {
                 )));
             }
         }
+        let policy = FloodPolicy {
+            enabled: n.flood,
+            rate: n.flood_rate,
+        };
         let now = Instant::now();
         self.edit_fdb(|f| {
-            f.set_routing(vni, &gateways, egress, ingress);
+            f.set_routing(vni, gateways, n.egress, n.ingress);
+            let was = f.vni(vni).is_some_and(|t| t.encrypted);
             if let Some(t) = f.vni(vni) {
-                if t.encrypted != encrypted && !t.ports.is_empty() {
+                if was != encrypted && !t.ports.is_empty() {
                     return Err(ApiError::precondition(format!(
                         "VNI {vni} has local endpoints; detach them before making it {}",
                         if encrypted { "encrypted" } else { "plain" }
                     )));
                 }
-                if t.encrypted == encrypted {
-                    return Ok(());
-                }
+            }
+            f.set_flood_policy(vni, policy);
+            if was == encrypted {
+                return Ok(());
             }
             f.set_encrypted(vni, encrypted);
             for (_, s) in f.peers() {
@@ -885,7 +948,7 @@ impl Dataplane {
             }
             Ok(())
         })?;
-        self.lock().networks.insert(vni, owner);
+        self.lock().networks.insert(vni, n.owner);
         self.kick_timers();
         Ok(())
     }
@@ -943,6 +1006,8 @@ impl Dataplane {
                             .count()
                     })
                 };
+                let policy = t.map(|t| t.policy).unwrap_or_default();
+                let counts = t.map(|t| t.replication.counts()).unwrap_or_default();
                 NetworkInfo {
                     vni,
                     encrypted: t.is_some_and(|t| t.encrypted),
@@ -954,6 +1019,14 @@ impl Dataplane {
                         .unwrap_or_default(),
                     egress: t.is_some_and(|t| t.egress),
                     ingress: t.is_some_and(|t| t.ingress),
+                    flood: policy.enabled,
+                    flood_rate: policy.rate.unwrap_or(self.cfg.flood_rate),
+                    flooding: dp::FloodStats {
+                        frames: counts.frames,
+                        copies: counts.copies,
+                        rate_limited: counts.rate_limited,
+                        suppressed: counts.suppressed,
+                    },
                     owner: st.networks.get(&vni).copied().unwrap_or_default(),
                 }
             })
@@ -1133,6 +1206,8 @@ impl Dataplane {
     /// Detaches everything (TAPs closed, bridges deleted) and stops the
     /// workers.
     pub fn shutdown(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = self.host_link_del() {
             if e.code != vxnet_api::ErrorCode::NotFound {
                 tracing::warn!(error = %e.message, "cannot remove the host link");
@@ -1206,6 +1281,7 @@ fn endpoint_info(
         kind,
         tap: tap.to_string(),
         gateways: claim.plan.gateways.clone(),
+        path_mtu: claim.path_mtu,
         owner: claim.owner,
     }
 }

@@ -138,6 +138,7 @@ fn ports_held_by_claims_or_draining_are_not_handed_out() {
         port: 1,
         new_bridge: false,
         encrypted: false,
+        path_mtu: 1450,
         owner: Owner::User,
     });
     assert_eq!(free_port(&st), 2);

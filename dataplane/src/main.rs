@@ -49,11 +49,19 @@ struct Args {
     /// Outer UDP source ports per worker, chosen by inner-flow hash (ECMP entropy).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     src_ports: u16,
-    /// Default MTU of endpoints: a 1500-byte underlay minus VXLAN overhead,
-    /// 1450 over IPv4 and 1430 over IPv6 (40-byte outer header); encrypted
-    /// networks get 42 bytes less.
+    /// MTU of endpoints attached without one, in place of the one the
+    /// underlay carries: the MTU of the interface holding --local-vtep minus
+    /// 50 bytes (IPv4 VTEP) or 70 (IPv6), read again every second
+    /// (1450 and 1430 on a 1500-byte underlay). Encrypted networks get 42
+    /// bytes less either way.
     #[arg(long)]
     mtu: Option<u32>,
+    /// Broadcast, multicast and unknown-unicast frames per second each
+    /// network may flood to other hosts (per host; a network may say
+    /// otherwise). The burst is one second's worth.
+    #[arg(long, value_name = "FRAMES", default_value_t = vxnet_proto::replication::DEFAULT_RATE,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    flood_rate: u32,
     /// This host's X25519 key; created (mode 0600) if missing.
     #[arg(
         long,
@@ -157,11 +165,8 @@ fn run(args: Args) -> Result<(), String> {
         src_ports: usize::from(args.src_ports),
         poll: args.poll,
         spin: Duration::from_micros(args.spin_us),
-        default_mtu: args.mtu.unwrap_or(if args.local_vtep.is_ipv4() {
-            1450
-        } else {
-            1430
-        }),
+        mtu: args.mtu,
+        flood_rate: args.flood_rate,
         keypair: Arc::new(keypair),
         rekey_interval: args.rekey_interval,
         allow_key_export: args.allow_key_export,
@@ -179,6 +184,8 @@ fn run(args: Args) -> Result<(), String> {
             args.local_vtep
         )
     })?);
+    dp.watch_underlay(vxnet_dataplane::control::UNDERLAY_WATCH_INTERVAL)
+        .map_err(|e| format!("cannot start the underlay watcher: {e}"))?;
     let handler_dp = Arc::clone(&dp);
     let api = server::serve(&args.socket, Arc::new(move |req| handler_dp.handle(req)))
         .map_err(|e| format!("cannot serve the API on {}: {e}", args.socket.display()))?;
@@ -192,6 +199,7 @@ fn run(args: Args) -> Result<(), String> {
                     endpoints,
                     vnis,
                     workers: view_dp.worker_count(),
+                    flooding: view_dp.flood_counts(),
                 }
             });
             Some(

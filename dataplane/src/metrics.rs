@@ -19,7 +19,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
+use vxnet_proto::replication::FloodCounts;
 use vxnet_proto::stats::{Counter, Drop as DropReason, Snapshot};
+use vxnet_proto::wire::Vni;
 
 /// What one scrape shows: the workers' summed counters and a few gauges.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +33,8 @@ pub struct MetricsView {
     pub vnis: usize,
     /// Worker threads.
     pub workers: usize,
+    /// Head-end replication of each VNI.
+    pub flooding: Vec<(Vni, FloodCounts)>,
 }
 
 impl MetricsView {
@@ -41,6 +45,7 @@ impl MetricsView {
             endpoints: 0,
             vnis: 0,
             workers: 0,
+            flooding: Vec::new(),
         }
     }
 }
@@ -50,6 +55,30 @@ pub type ViewFn = Arc<dyn Fn() -> MetricsView + Send + Sync>;
 
 const DROPS_NAME: &str = "vxnet_drops_total";
 const DROPS_HELP: &str = "packets dropped, by pipeline stage and reason";
+/// Per-VNI replication counters: `vxnet_flood_<what>_total{vni}`.
+const FLOOD: [(&str, &str); 4] = [
+    (
+        "vxnet_flood_frames_total",
+        "broadcast, multicast and unknown-unicast frames replicated to other hosts, by VNI",
+    ),
+    (
+        "vxnet_flood_copies_total",
+        "datagrams replicated frames became (one per VTEP), by VNI",
+    ),
+    (
+        "vxnet_flood_rate_limited_total",
+        "flooded frames dropped by the VNI's flood rate, by VNI",
+    ),
+    (
+        "vxnet_flood_suppressed_total",
+        "flooded frames kept on this host because the network turned flooding off, by VNI",
+    ),
+];
+
+fn flood_values(c: &FloodCounts) -> [u64; 4] {
+    [c.frames, c.copies, c.rate_limited, c.suppressed]
+}
+
 const GAUGES: [(&str, &str); 3] = [
     ("vxnet_endpoints", "attached endpoints"),
     ("vxnet_vnis", "VNIs in use on this host"),
@@ -92,6 +121,17 @@ impl StatsCollector {
             )
             .ok(),
         );
+        for (name, help) in FLOOD {
+            descs.extend(
+                Desc::new(
+                    name.into(),
+                    help.into(),
+                    vec!["vni".into()],
+                    Default::default(),
+                )
+                .ok(),
+            );
+        }
         for (name, help) in GAUGES {
             descs.extend(Desc::new(name.into(), help.into(), vec![], Default::default()).ok());
         }
@@ -114,6 +154,14 @@ impl StatsCollector {
                 .inc_by(view.snapshot.drop_count(*d));
         }
         out.extend(drops.collect());
+        for (i, (name, help)) in FLOOD.into_iter().enumerate() {
+            let m = IntCounterVec::new(Opts::new(name, help), &["vni"])?;
+            for (vni, c) in &view.flooding {
+                m.get_metric_with_label_values(&[&vni.to_string()])?
+                    .inc_by(flood_values(c)[i]);
+            }
+            out.extend(m.collect());
+        }
         let values = [view.endpoints, view.vnis, view.workers];
         for ((name, help), v) in GAUGES.into_iter().zip(values) {
             let g = IntGauge::new(name, help)?;
@@ -386,6 +434,15 @@ mod tests {
             endpoints: 3,
             vnis: 2,
             workers: 4,
+            flooding: vec![(
+                Vni::new(4096).unwrap(),
+                FloodCounts {
+                    frames: 5,
+                    copies: 10,
+                    rate_limited: 1,
+                    suppressed: 0,
+                },
+            )],
         }
     }
 
@@ -452,6 +509,11 @@ mod tests {
         assert!(body.contains("\nvxnet_endpoints 3\n"));
         assert!(body.contains("\nvxnet_workers 4\n"));
         assert!(body.contains("# TYPE vxnet_vnis gauge\n"));
+        assert!(
+            body.contains("vxnet_flood_copies_total{vni=\"4096\"} 10\n"),
+            "{body}"
+        );
+        assert!(body.contains("vxnet_flood_rate_limited_total{vni=\"4096\"} 1\n"));
         for c in Counter::ALL {
             assert!(body.contains(&format!("\n{} ", counter_metric_name(*c))));
         }

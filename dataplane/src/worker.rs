@@ -122,6 +122,16 @@ pub enum Command {
     },
     /// Run the session timers now (a rekey was asked for).
     Kick,
+    /// Tell the local endpoints of each VNI that the address is at the
+    /// MAC (gratuitous ARP, unsolicited neighbour advertisement): it was
+    /// just attached or moved. Uses the newest table.
+    Announce(
+        Vec<(
+            vxnet_proto::wire::Vni,
+            std::net::IpAddr,
+            vxnet_proto::wire::MacAddr,
+        )>,
+    ),
     /// Run this on the engine between batches (listings of the worker's
     /// own state, such as its conntrack table); it answers through a
     /// channel it carries.
@@ -263,10 +273,7 @@ impl Worker {
             if !self.handle_commands() {
                 break;
             }
-            if self.fdb.version() != self.fdb_version {
-                let (v, table) = self.fdb.load();
-                self.fdb_version = v;
-                self.engine.set_fdb(table);
+            if self.refresh_fdb() {
                 next_timer = Instant::now();
             }
             let now = Instant::now();
@@ -347,6 +354,13 @@ impl Worker {
                     let _ = done.send(());
                 }
                 Command::Kick => self.kicked = true,
+                Command::Announce(news) => {
+                    // The table that made the news.
+                    self.refresh_fdb();
+                    for (vni, ip, mac) in news {
+                        self.engine.announce(vni, ip, mac, &mut self.out);
+                    }
+                }
                 Command::Inspect(f) => {
                     self.engine.set_now(Instant::now());
                     f(&self.engine);
@@ -354,6 +368,17 @@ impl Worker {
                 Command::Stop => return false,
             }
         }
+        true
+    }
+
+    /// Picks up a newly published forwarding table; true if there was one.
+    fn refresh_fdb(&mut self) -> bool {
+        if self.fdb.version() == self.fdb_version {
+            return false;
+        }
+        let (v, table) = self.fdb.load();
+        self.fdb_version = v;
+        self.engine.set_fdb(table);
         true
     }
 

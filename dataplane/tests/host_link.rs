@@ -49,6 +49,8 @@ fn the_host_link_programs_only_its_own_table_and_removes_it() {
                     gateways: vec!["10.0.0.1".parse().unwrap()],
                     egress: true,
                     ingress: true,
+                    flood: true,
+                    flood_rate: None,
                     owner: Owner::Control,
                 },
             )?;

@@ -16,6 +16,15 @@ fn pattern(tag: u8, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Datagrams dropped for any send error.
+fn send_drops(stats: &Stats) -> u64 {
+    Drop::ALL
+        .iter()
+        .filter(|d| d.stage() == "io" && d.reason().starts_with("udp_send"))
+        .map(|d| stats.drops(*d))
+        .sum()
+}
+
 fn push(tx: &mut TxBatch, dst: SocketAddr, bytes: &[u8], segment: u16, entropy: u32) {
     let start = tx.arena().len();
     tx.arena().extend_from_slice(bytes);
@@ -114,7 +123,7 @@ fn gso_gro_round_trip(ip: &str, seg: usize) {
     assert_eq!(stats.counter(Counter::UdpTxGsoMessages), 1);
     // One sendmmsg per source socket (entropies 0..3 over 4 sockets).
     assert_eq!(stats.counter(Counter::UdpTxCalls), 4);
-    assert_eq!(stats.drops(Drop::IoUdpSend), 0);
+    assert_eq!(send_drops(&stats), 0);
     assert_eq!(stats.counter(Counter::GsoFallbacks), 0);
 
     let got = recv_datagrams(&mut receiver, 13);
@@ -193,7 +202,7 @@ fn udp_consecutive_gso_messages_are_packed() {
     assert_eq!(stats.counter(Counter::UdpTxDatagrams), 141);
     assert_eq!(stats.counter(Counter::UdpTxGsoMessages), 4);
     assert_eq!(stats.counter(Counter::UdpTxCalls), 1);
-    assert_eq!(stats.drops(Drop::IoUdpSend), 0);
+    assert_eq!(send_drops(&stats), 0);
     let got = recv_datagrams(&mut receiver, 141);
     let all: Vec<u8> = got.iter().flat_map(|g| g.bytes.clone()).collect();
     assert_eq!(all, msgs.concat(), "same bytes, same order");
@@ -255,7 +264,7 @@ fn udp_gso_refused_by_kernel_falls_back() {
         stats.counter(Counter::UdpTxBytes),
         (a.len() + b.len() + c.len()) as u64
     );
-    assert_eq!(stats.drops(Drop::IoUdpSend), 0);
+    assert_eq!(send_drops(&stats), 0);
     let got = recv_datagrams(&mut receiver, 10);
     let all: Vec<u8> = got.iter().flat_map(|g| g.bytes.clone()).collect();
     assert_eq!(all, [c, a, b].concat(), "same bytes, same order");
@@ -265,6 +274,55 @@ fn udp_gso_refused_by_kernel_falls_back() {
     assert_eq!(stats.counter(Counter::GsoFallbacks), 1);
     assert_eq!(stats.counter(Counter::UdpTxDatagrams), 20);
     recv_datagrams(&mut receiver, 10);
+}
+
+/// Issue 12: a GSO send whose segments are larger than the route's MTU
+/// (the kernel says EMSGSIZE) is resent datagram by datagram, which the
+/// kernel fragments, and arrives whole; GSO stays on for the next sends.
+#[test]
+fn udp_gso_segments_too_big_for_the_route_are_resent_one_by_one() {
+    if !root_or_skip("udp_gso_segments_too_big_for_the_route_are_resent_one_by_one") {
+        return;
+    }
+    let a = TestNetns::new().unwrap();
+    let b = TestNetns::new().unwrap();
+    a.ip(&[
+        "link", "add", "v0", "mtu", "1400", "type", "veth", "peer", "name", "v1",
+    ])
+    .unwrap();
+    a.ip(&["link", "set", "v1", "netns", b.name()]).unwrap();
+    a.ip(&["addr", "add", "10.97.0.1/24", "dev", "v0"]).unwrap();
+    b.ip(&["addr", "add", "10.97.0.2/24", "dev", "v1"]).unwrap();
+    b.ip(&["link", "set", "v1", "mtu", "1400"]).unwrap();
+    a.ip(&["link", "set", "v0", "up"]).unwrap();
+    b.ip(&["link", "set", "v1", "up"]).unwrap();
+    let mut receiver = b
+        .run(|| UdpIo::bind("10.97.0.2:0".parse().unwrap(), 0).unwrap())
+        .unwrap();
+    let mut sender = a
+        .run(|| UdpIo::bind("10.97.0.1:0".parse().unwrap(), 1).unwrap())
+        .unwrap();
+    let dst = receiver.local_addr();
+    // 1472-byte datagrams over a 1400-byte link.
+    let big = pattern(20, 4 * 1472 + 100);
+    let fits = pattern(21, 3 * 1000);
+    let mut tx = TxBatch::new(1 << 20, 64);
+    push(&mut tx, dst, &big, 1472, 0);
+    push(&mut tx, dst, &fits, 1000, 0);
+    let stats = Stats::default();
+    sender.send_batch(&tx, &stats);
+    assert_eq!(send_drops(&stats), 0, "nothing lost");
+    assert_eq!(stats.counter(Counter::UdpTxRetried), 5);
+    assert_eq!(stats.counter(Counter::UdpTxDatagrams), 5 + 3);
+    assert_eq!(
+        stats.counter(Counter::UdpTxGsoMessages),
+        1,
+        "the one that fits"
+    );
+    assert!(sender.gso_enabled(), "GSO itself was not refused");
+    let got = recv_datagrams(&mut receiver, 8);
+    let all: Vec<u8> = got.iter().flat_map(|g| g.bytes.clone()).collect();
+    assert_eq!(all, [big, fits].concat(), "same bytes, same order");
 }
 
 #[test]
@@ -295,7 +353,9 @@ fn udp_unsendable_messages_are_dropped_and_counted() {
     push(&mut tx, receiver.local_addr(), &ok, 0, 0);
     let stats = Stats::default();
     sender.send_batch(&tx, &stats);
-    assert_eq!(stats.drops(Drop::IoUdpSend), 3 + 1);
+    assert_eq!(stats.drops(Drop::IoUdpSendUnreachable), 3);
+    assert_eq!(stats.drops(Drop::IoUdpSendFamily), 1);
+    assert_eq!(send_drops(&stats), 3 + 1);
     assert_eq!(stats.counter(Counter::UdpTxDatagrams), 1);
     assert_eq!(stats.counter(Counter::GsoFallbacks), 0, "not a GSO refusal");
     assert!(sender.gso_enabled());
@@ -412,7 +472,8 @@ fn udp_full_send_buffer_waits_briefly_then_drops() {
     sender.send_batch(&tx, &stats);
     let elapsed = t.elapsed();
     let sent = stats.counter(Counter::UdpTxDatagrams);
-    let dropped = stats.drops(Drop::IoUdpSend);
+    let dropped = stats.drops(Drop::IoUdpSendFull);
+    assert_eq!(send_drops(&stats), dropped, "only for a full queue");
     assert_eq!(sent + dropped, 20, "every datagram sent or counted lost");
     assert!(sent >= 1, "the first datagrams fit");
     assert!(dropped >= 10, "a full buffer drops the rest: {sent} sent");

@@ -241,8 +241,60 @@ fn main() {
     });
     write("lb_nat", "ping6", &f);
     write("lb_nat", "reply4", &tcp(false, 7, &data(100)));
+    underlay_seeds(&tso4, &icmp_echo);
     let _ = MacAddr::BROADCAST;
     println!("seeds written");
+}
+
+/// Frames too big for a 1400-byte underlay (`too_big`: MTU 1350 first),
+/// and frames from a TAP of every kind the engine tells apart
+/// (`tap_frame_accounted`: flags byte first, 0x20 = a 1780-byte underlay).
+fn underlay_seeds(tso4: &[u8], icmp_echo: &[u8]) {
+    let big4 = {
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2(A, B)
+            .ipv4([10, 0, 0, 2], [10, 0, 0, 3], 64)
+            .udp(5000, 5201)
+            .write(&mut f, &data(1400))
+            .expect("udp");
+        f
+    };
+    let big6 = {
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2(A, B)
+            .ipv6(A6, B6, 64)
+            .udp(5000, 5201)
+            .write(&mut f, &data(1400))
+            .expect("udp");
+        f
+    };
+    for (name, frame) in [("udp4-df-1428", &big4), ("udp6-1448", &big6)] {
+        let mut d = 1350u16.to_le_bytes().to_vec();
+        d.extend_from_slice(frame);
+        write("too_big", name, &d);
+    }
+    let mut broadcast = arp_request();
+    broadcast[38..42].copy_from_slice(&[10, 0, 0, 99]);
+    let plain = |f: &[u8]| {
+        let mut v = vec![0u8; LEN];
+        v.extend_from_slice(f);
+        v
+    };
+    for (name, flags, read) in [
+        ("tso4-capped", 0x00, tap_read(tso4, GsoType::TcpV4, 1398)),
+        ("udp4-too-big", 0x00, plain(&big4)),
+        ("udp6-too-big-v6-underlay", 0x02, plain(&big6)),
+        ("arp-known", 0x20, plain(&arp_request())),
+        ("arp-unknown-flooded", 0x20, plain(&broadcast)),
+        ("arp-unknown-flood-off", 0x24, plain(&broadcast)),
+        ("arp-unknown-rate-1", 0x28, plain(&broadcast)),
+        ("nd-solicit", 0x20, plain(&nd_solicit(A6, true))),
+        ("icmp-echo", 0x20, plain(icmp_echo)),
+    ] {
+        let mut d = vec![flags];
+        d.extend_from_slice(&read);
+        write("tap_frame_accounted", name, &d);
+    }
 }
 
 /// Real ESP and control datagrams from the testkit's two hosts (the same

@@ -17,7 +17,7 @@ use vxnet_proto::offload::segment::{complete_checksum, segment};
 use vxnet_proto::stats::Stats;
 use vxnet_proto::wire::vnet::{self, GsoType, VnetHdr};
 use vxnet_proto::wire::{MacAddr, Vni};
-use vxnet_proto::wire::{arp, checksum, nd, vxlan};
+use vxnet_proto::wire::{arp, checksum, icmp, nd, vxlan};
 
 /// A VXLAN datagram (UDP payload) from the wire.
 pub fn vxlan(data: &[u8]) {
@@ -663,4 +663,138 @@ pub fn dns_seed_query(name: &str, id: u16) -> Vec<u8> {
         RecordType::A,
     ));
     m.to_vec().expect("seed query encodes")
+}
+
+/// A frame too big for the underlay: `[mtu: u16 LE][Ethernet frame]`. An
+/// answer, when there is one, is a valid ICMP or ICMPv6 error back from
+/// the frame's destination to its source, quoting the start of its IP
+/// packet, within the size limits of RFC 1812 and RFC 4443.
+pub fn too_big(data: &[u8]) {
+    let Some((mtu, frame)) = data.split_at_checked(2) else {
+        return;
+    };
+    let mtu = u32::from(u16::from_le_bytes([mtu[0], mtu[1]]));
+    let mut out = [0u8; icmp::MAX_LEN];
+    let Some(n) = icmp::emit_too_big(frame, mtu, &mut out) else {
+        return;
+    };
+    let a = &out[..n];
+    assert_eq!(&a[0..6], &frame[6..12], "to the sender");
+    assert_eq!(&a[6..12], &frame[0..6], "from the MAC it was sent to");
+    assert_eq!(&a[12..14], &frame[12..14], "same IP version");
+    let ip = &frame[14..];
+    if a[12..14] == [0x08, 0x00] {
+        assert!(n <= 14 + 576 && mtu >= icmp::MIN_MTU_V4);
+        assert_eq!(checksum::ipv4_header(&a[14..34]), 0, "IPv4 header checksum");
+        assert_eq!(
+            checksum::finish(checksum::sum(&a[34..], 0)),
+            0,
+            "ICMP checksum"
+        );
+        assert_eq!(&a[26..30], &ip[16..20], "from the destination");
+        assert_eq!(&a[30..34], &ip[12..16], "to the source");
+        assert_eq!(&a[34..36], &[3, 4]);
+        assert_eq!(&a[42..], &ip[..n - 42], "quotes the packet");
+    } else {
+        assert!(n <= icmp::MAX_LEN && mtu >= icmp::MIN_MTU_V6);
+        let mut s = [0u8; 16];
+        let mut d = [0u8; 16];
+        s.copy_from_slice(&a[22..38]);
+        d.copy_from_slice(&a[38..54]);
+        assert_eq!(&s, &ip[24..40], "from the destination");
+        assert_eq!(&d, &ip[8..24], "to the source");
+        let p = checksum::pseudo_v6(s.into(), d.into(), 58, (n - 54) as u32);
+        assert_eq!(
+            checksum::finish(checksum::sum(&a[54..], p)),
+            0,
+            "ICMPv6 checksum"
+        );
+        assert_eq!(a[54], 2);
+        assert_eq!(&a[62..], &ip[..n - 62], "quotes the packet");
+    }
+}
+
+/// `[flags][vnet header ‖ frame]` read from local port 0 of a VNI with a
+/// second local port, a remote endpoint and a flood VTEP, over a small
+/// underlay. Flags: bit 0 keeps the frame's source MAC (else it is port
+/// 0's endpoint, to get past anti-spoofing), bit 1 an IPv6 underlay, bit 2
+/// flooding off, bit 3 a flood rate of one frame a second, bits 4-7 add
+/// 500 bytes each to a 1280-byte underlay MTU. Every frame is forwarded,
+/// answered or counted as dropped (once), and no GSO segment is larger
+/// than the underlay carries.
+pub fn tap_frame_accounted(data: &[u8]) {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::sync::Arc;
+    use vxnet_proto::batch::TxBatch;
+    use vxnet_proto::engine::{Engine, EngineConfig, Outputs};
+    use vxnet_proto::fdb::Fdb;
+    use vxnet_proto::mtu::Underlay;
+    use vxnet_proto::replication::FloodPolicy;
+    use vxnet_proto::stats::{Counter, Drop, Stats};
+    use vxnet_proto::wire::{MacAddr, Vni};
+
+    let Some((&flags, pkt)) = data.split_first() else {
+        return;
+    };
+    let a = MacAddr([2, 0x42, 10, 0, 0, 2]);
+    let mut pkt = pkt.to_vec();
+    if flags & 1 == 0 && pkt.len() >= vnet::LEN + 12 {
+        pkt[vnet::LEN + 6..vnet::LEN + 12].copy_from_slice(&a.0);
+    }
+    let vni = Vni::new(4096).expect("valid VNI");
+    let ip = |last: u8| IpAddr::V4(Ipv4Addr::new(10, 0, 0, last));
+    let underlay = Underlay::new(1280 + u32::from(flags >> 4) * 500, flags & 2 != 0);
+    let mut fdb = Fdb::default();
+    fdb.set_underlay(underlay);
+    let setup = (|| {
+        fdb.add_local(0, vni, a, &[ip(2), "fd00::2".parse().ok()?])
+            .ok()?;
+        fdb.add_local(1, vni, MacAddr([2, 0x42, 10, 0, 0, 4]), &[ip(4)])
+            .ok()?;
+        let (b, flood) = if underlay.ipv6 {
+            ("2001:db8::2".parse().ok()?, "2001:db8::9".parse().ok()?)
+        } else {
+            ("192.0.2.2".parse().ok()?, "192.0.2.9".parse().ok()?)
+        };
+        fdb.add_remote(
+            vni,
+            MacAddr([2, 0x42, 10, 0, 0, 3]),
+            &[ip(3), "fd00::3".parse().ok()?],
+            b,
+        )
+        .ok()?;
+        fdb.add_flood(vni, flood).ok()
+    })();
+    assert!(setup.is_some(), "fixture");
+    fdb.set_flood_policy(
+        vni,
+        FloodPolicy {
+            enabled: flags & 4 == 0,
+            rate: (flags & 8 != 0).then_some(1),
+        },
+    );
+    let stats = Arc::new(Stats::default());
+    let mut e = Engine::new(EngineConfig::default(), Arc::new(fdb), Arc::clone(&stats));
+    let mut out = Outputs::new(TxBatch::new(1 << 20, 256));
+    // Twice: the second meets an empty flood budget with bit 3.
+    for round in 1..=2u64 {
+        e.from_tap(0, &mut pkt.clone(), &mut out);
+        let drops: u64 = Drop::ALL.iter().map(|d| stats.drops(*d)).sum();
+        let answered = stats.counter(Counter::ArpProxied) + stats.counter(Counter::NdProxied);
+        let mut forwarded = !out.udp.is_empty();
+        out.drain_taps(|port, _| forwarded |= port != 0);
+        assert!(
+            drops + answered + u64::from(forwarded) >= 1,
+            "a frame went nowhere uncounted"
+        );
+        assert!(drops <= round, "one frame, one drop at most");
+        let max = underlay.max_frame(false) + vxlan::HEADER_LEN;
+        for m in out.udp.msgs() {
+            assert!(
+                m.segment == 0 || usize::from(m.segment) <= max,
+                "a GSO segment larger than the underlay carries"
+            );
+        }
+        out.udp.clear();
+    }
 }

@@ -37,6 +37,16 @@ fn arp_nd() {
 }
 
 #[test]
+fn too_big() {
+    run("too_big", vxnet_fuzz::too_big);
+}
+
+#[test]
+fn tap_frame_accounted() {
+    run("tap_frame_accounted", vxnet_fuzz::tap_frame_accounted);
+}
+
+#[test]
 fn coalesce() {
     run("coalesce", |d| {
         vxnet_fuzz::coalesce(d);

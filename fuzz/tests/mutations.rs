@@ -82,6 +82,20 @@ fn arp_nd() {
 }
 
 #[test]
+fn too_big() {
+    run("too_big", 20_000, vxnet_fuzz::too_big);
+}
+
+#[test]
+fn tap_frame_accounted() {
+    run(
+        "tap_frame_accounted",
+        5_000,
+        vxnet_fuzz::tap_frame_accounted,
+    );
+}
+
+#[test]
 fn coalesce() {
     run("coalesce", 2_000, |d| {
         vxnet_fuzz::coalesce(d);

@@ -45,6 +45,11 @@ enum Cmd {
         /// The default; kept so that older scripts still work.
         #[arg(long, hide = true, conflicts_with_all = ["no_dataplane", "no_swarm"])]
         swarm: bool,
+        /// Run over the IPv6 underlay: each dataplane's VTEP is its host's
+        /// IPv6 address, and the swarm advertises those (management, gossip
+        /// and data path over IPv6).
+        #[arg(long)]
+        underlay_v6: bool,
         #[command(flatten)]
         dp: DpArgs,
     },
@@ -205,6 +210,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             no_dataplane,
             no_swarm,
             swarm: _,
+            underlay_v6,
             dp,
         } => up(
             hosts,
@@ -212,7 +218,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             no_dataplane,
             // Without a dataplane there is nothing for a control plane to drive.
             !no_swarm && !no_dataplane,
-            &dp.options(),
+            &DataplaneOptions {
+                underlay_v6,
+                ..dp.options()
+            },
         ),
         Cmd::Exec { host, cmd } => exec(&host, &cmd),
         Cmd::Down { all } => {
@@ -344,7 +353,7 @@ fn up(
                 })
             })
             .collect();
-        tb.form_swarm(&controls)?;
+        tb.form_swarm_with(&controls, opts.underlay_v6)?;
     }
     let st = UpState {
         prefix: tb.prefix().to_string(),

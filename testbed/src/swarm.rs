@@ -167,11 +167,25 @@ impl Testbed {
     /// `swarm init` on the first daemon, `swarm join` with the worker token
     /// on the others. Returns the worker join token.
     pub fn form_swarm(&self, controls: &[Control]) -> Result<String> {
+        self.form_swarm_with(controls, false)
+    }
+
+    /// [`Testbed::form_swarm`]; with `v6` the nodes advertise their IPv6
+    /// underlay addresses, so management, gossip and the data path run
+    /// over IPv6 (each dataplane must use its host's IPv6 address as VTEP).
+    pub fn form_swarm_with(&self, controls: &[Control], v6: bool) -> Result<String> {
         let Some((first, rest)) = controls.split_first() else {
             bail!("no control daemon to form a swarm with");
         };
-        let manager = self.host(first.host);
-        let ip = manager.underlay_v4.to_string();
+        let addr = |h: &Host| -> std::net::IpAddr {
+            if v6 {
+                h.underlay_v6.into()
+            } else {
+                h.underlay_v4.into()
+            }
+        };
+        let manager = addr(self.host(first.host));
+        let ip = manager.to_string();
         vxnet_ctl(&first.socket, &["swarm", "init", "--advertise-addr", &ip])?
             .check()
             .context("swarm init")?;
@@ -180,10 +194,10 @@ impl Testbed {
             .stdout
             .trim()
             .to_string();
-        let remote = format!("{ip}:2377");
+        let remote = std::net::SocketAddr::new(manager, 2377).to_string();
         for c in rest {
             let h = self.host(c.host);
-            let addr = h.underlay_v4.to_string();
+            let a = addr(h).to_string();
             vxnet_ctl(
                 &c.socket,
                 &[
@@ -192,7 +206,7 @@ impl Testbed {
                     "--token",
                     &token,
                     "--advertise-addr",
-                    &addr,
+                    &a,
                     &remote,
                 ],
             )?

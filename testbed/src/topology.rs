@@ -292,6 +292,29 @@ impl Testbed {
         self.underlay_mtu
     }
 
+    /// Changes the MTU of the whole underlay while it runs: the bridge, its
+    /// ports and every host's eth0 (what an operator's network change looks
+    /// like to the hosts).
+    pub fn set_underlay_mtu(&mut self, mtu: u32) -> Result<()> {
+        let m = mtu.to_string();
+        let ul = self.underlay_ns.clone();
+        for h in &self.hosts {
+            ip(&[
+                "-n",
+                &ul,
+                "link",
+                "set",
+                &format!("h{}", h.index),
+                "mtu",
+                &m,
+            ])?;
+            ip(&["-n", &h.ns, "link", "set", "eth0", "mtu", &m])?;
+        }
+        ip(&["-n", &ul, "link", "set", "br0", "mtu", &m])?;
+        self.underlay_mtu = mtu;
+        Ok(())
+    }
+
     pub fn hosts(&self) -> &[Host] {
         &self.hosts
     }

@@ -354,6 +354,17 @@ impl Dataplane {
         self.cli_ok(&args)
     }
 
+    /// Native attach without `--mtu`: the endpoint gets the MTU the
+    /// dataplane's underlay carries (the path MTU rule; `ep.mtu` unused).
+    pub fn attach_path_mtu(&self, c: &Container, vni: u32, ep: &EndpointSpec) -> Result<CmdOutput> {
+        let vni = vni.to_string();
+        let mut args = vec!["attach", "--netns", &c.ns, "--vni", &vni, "--mac", &ep.mac];
+        for ip in &ep.ips {
+            args.extend(["--ip", ip.as_str()]);
+        }
+        self.cli_ok(&args)
+    }
+
     /// `peer add`: `ep` lives behind VTEP `vtep`.
     pub fn peer_add(&self, vni: u32, ep: &EndpointSpec, vtep: &str) -> Result<CmdOutput> {
         let vni = vni.to_string();
@@ -412,6 +423,37 @@ impl Dataplane {
             args.push("--encrypted");
         }
         self.cli_ok(&args)
+    }
+
+    /// `network add --vni N [--encrypted] [--no-flood] [--flood-rate R]`:
+    /// declares a network or changes its flooding.
+    pub fn network_flood(
+        &self,
+        vni: u32,
+        encrypted: bool,
+        flood: bool,
+        rate: Option<u32>,
+    ) -> Result<CmdOutput> {
+        let vni = vni.to_string();
+        let rate = rate.map(|r| r.to_string());
+        let mut args = vec!["network", "add", "--vni", &vni];
+        if encrypted {
+            args.push("--encrypted");
+        }
+        if !flood {
+            args.push("--no-flood");
+        }
+        if let Some(r) = &rate {
+            args.extend(["--flood-rate", r]);
+        }
+        self.cli_ok(&args)
+    }
+
+    /// `network ls --format json`.
+    pub fn networks(&self) -> Result<Vec<vxnet_api::dp::NetworkInfo>> {
+        let out = self.cli_ok(&["network", "ls", "--format", "json"])?;
+        serde_json::from_str(&out.stdout)
+            .with_context(|| format!("parsing `vxnet dp network ls` output: {}", out.stdout))
     }
 
     /// `vtep add`: host `vtep` has public key `pubkey`.

@@ -159,6 +159,10 @@ pub struct Daemon<S, D> {
     pub(crate) logs: Mutex<manager::LogQueue>,
     /// Nodes gossip has held Up since this daemon started (a manager's).
     pub(crate) seen_members: Mutex<std::collections::BTreeSet<String>>,
+    /// What carries this host's VTEP, as the dataplane last said (each
+    /// reconciliation pass): the MTU in force of networks without a given
+    /// MTU comes from it.
+    underlay: Mutex<Option<vxnet_proto::mtu::Underlay>>,
     /// What unit tests make gossip say, without a driver.
     #[cfg(test)]
     pub(crate) view_override: Mutex<Option<Arc<gossip::GossipView>>>,
@@ -229,6 +233,7 @@ where
             mgmt_serving: AtomicBool::new(false),
             local_addrs: Box::new(system_addresses),
             seen_members: Mutex::default(),
+            underlay: Mutex::default(),
             logs: Mutex::default(),
             #[cfg(test)]
             view_override: Mutex::default(),
@@ -245,6 +250,20 @@ where
             .as_ref()
             .map(|g| g.view())
             .unwrap_or_default()
+    }
+
+    pub(crate) fn set_underlay(&self, u: Option<vxnet_proto::mtu::Underlay>) {
+        *lock(&self.underlay) = u;
+    }
+
+    /// The MTU `net`'s endpoints get on this host: its given MTU, else
+    /// what this host's underlay carries (its recorded MTU before the
+    /// reconciler heard from the dataplane).
+    pub(crate) fn mtu_in_force(&self, net: &crate::model::Network) -> u32 {
+        match *lock(&self.underlay) {
+            Some(u) => net.mtu_on(u),
+            None => u32::from(net.mtu),
+        }
     }
 
     /// Wakes the reconciler and the roles loop (shutdown, tests).

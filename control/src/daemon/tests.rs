@@ -66,6 +66,8 @@ impl FakeDp {
                 endpoints: self.endpoints.len(),
                 vnis: self.networks.len(),
                 public_key: PublicKey::from_bytes([7; 32]),
+                underlay_mtu: 1500,
+                flood_rate: 1000,
             }),
             Request::Networks(_) => v(self
                 .networks
@@ -79,6 +81,9 @@ impl FakeDp {
                     gateways: n.gateways.clone(),
                     egress: n.egress,
                     ingress: n.ingress,
+                    flood: n.flood,
+                    flood_rate: n.flood_rate.unwrap_or(1000),
+                    flooding: dp::FloodStats::default(),
                     owner: n.owner,
                 })
                 .collect::<Vec<_>>()),
@@ -236,6 +241,7 @@ impl FakeDp {
                     kind,
                     tap: format!("vx{}", self.next_id),
                     gateways: a.gateways.clone(),
+                    path_mtu: 1450,
                     owner: a.owner,
                 };
                 self.endpoints.push(e.clone());
@@ -664,7 +670,10 @@ fn a_container_is_made_real_and_removed_without_a_trace() {
     );
     n.dp.with(|d| {
         let n = d.networks.get(&net.vni).unwrap();
-        assert_eq!((n.encrypted, n.owner), (false, Owner::Control));
+        assert_eq!(
+            (n.encrypted, n.flood, n.owner),
+            (false, true, Owner::Control)
+        );
         let e = &d.endpoints[0];
         assert_eq!((e.location.as_str(), e.ifname.as_str()), ("c1", "eth0"));
         assert_eq!(e.gateways.len(), 1, "the first network routes by default");

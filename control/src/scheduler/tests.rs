@@ -262,7 +262,7 @@ fn tasks_follow_their_services_networks_with_the_mesh_first() {
     web.networks[0].network = "app2".into();
     let a = schedule(
         std::slice::from_ref(&web),
-        &[t.clone()],
+        std::slice::from_ref(&t),
         &nodes,
         Some("ing"),
     );

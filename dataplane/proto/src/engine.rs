@@ -24,10 +24,10 @@ use crate::crypto::esp::{self, Classified};
 use crate::fdb::{Dest, Fdb, PeerSession, PortId, VniTable};
 use crate::lb::conntrack::{ConntrackConfig, FlowInfo};
 use crate::offload::coalesce::{Coalescer, TapWrite};
-use crate::offload::segment::segment;
+use crate::offload::segment::segment_within;
 use crate::stats::{Counter, Drop, Stats};
 use crate::wire::vnet::{self, VnetHdr};
-use crate::wire::{MacAddr, Vni, WireError, arp, nd, vxlan};
+use crate::wire::{MacAddr, Vni, WireError, arp, icmp, nd, vxlan};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, MutexGuard, PoisonError};
 use std::time::Instant;
@@ -37,8 +37,11 @@ const ETHERTYPE_IPV4: u16 = 0x0800;
 const ETHERTYPE_ARP: u16 = 0x0806;
 const ETHERTYPE_IPV6: u16 = 0x86dd;
 
+mod announce;
+mod flood;
 mod lb;
 mod mesh;
+mod too_big;
 use lb::{Lb, Vip};
 
 /// Static settings of one dataplane.
@@ -119,6 +122,8 @@ struct Ctx {
     stats: Arc<Stats>,
     /// Room for one proxy reply.
     reply: [u8; 128],
+    /// Room for one ICMP "too big" answer or neighbour announcement.
+    icmp: Box<[u8; icmp::MAX_LEN]>,
     /// The time of the current batch (sans-IO: set by the caller).
     now: Instant,
     /// A control message arrived: session timers may have moved.
@@ -144,6 +149,7 @@ impl Engine {
             cfg,
             stats,
             reply: [0; 128],
+            icmp: Box::new([0; icmp::MAX_LEN]),
             now,
             timers_moved: false,
             lb: Lb::new(cfg.conntrack),
@@ -359,6 +365,8 @@ impl Ctx {
             return;
         }
         match dest {
+            // Back where it came from: a bridge does not hairpin either.
+            Some(Dest::Local(to)) if to == port => self.stats.dropped(Drop::TapSamePort),
             Some(Dest::Local(to)) => {
                 if table.backends.may_contain_src(frame) {
                     self.reverse(vni, hdr.needs_csum(), frame);
@@ -366,14 +374,46 @@ impl Ctx {
                 self.stats.inc(Counter::LocalSwitched);
                 out.tap(to).push_as_is(hdr, frame);
             }
-            Some(Dest::Remote(vtep)) if table.encrypted => {
-                self.encap_esp(fdb, vni, vtep, hdr, frame, out)
-            }
             Some(Dest::Remote(vtep)) => {
-                self.encap(vni, vtep, hdr, frame, out);
+                self.unicast_remote(fdb, vni, table.encrypted, vtep, port, hdr, frame, out)
             }
-            None if !table.flood.is_empty() => self.flood(fdb, vni, table, port, hdr, frame, out),
-            None => self.stats.dropped(Drop::TapNoDestination),
+            // Unknown unicast: flooded, as a bridge does.
+            None => self.flood(fdb, vni, table, port, hdr, frame, out),
+        }
+    }
+
+    /// Sends a unicast frame from local `port` to the endpoint behind
+    /// `vtep`. A frame too big for the underlay is answered with an ICMP
+    /// "too big" when its sender can use one (and dropped), else sent in a
+    /// datagram the kernel fragments; GSO frames are segmented to fit (and
+    /// their sender told). Costs the fast path one comparison.
+    #[allow(clippy::too_many_arguments)]
+    fn unicast_remote(
+        &mut self,
+        fdb: &Fdb,
+        vni: Vni,
+        encrypted: bool,
+        vtep: IpAddr,
+        port: PortId,
+        hdr: &VnetHdr,
+        frame: &[u8],
+        out: &mut Outputs,
+    ) {
+        let max = fdb.max_frame(encrypted);
+        if frame.len() > max
+            && hdr.gso_type == vnet::GsoType::None
+            && self.too_big(fdb, encrypted, port, frame, out)
+        {
+            return;
+        }
+        let capped = if encrypted {
+            self.encap_esp(fdb, vni, vtep, hdr, frame, max, out)
+        } else {
+            self.encap(vni, vtep, hdr, frame, max, out)
+                .is_some_and(|e| e.capped)
+        };
+        if capped {
+            self.gso_capped(fdb, encrypted, port, frame, out);
         }
     }
 
@@ -490,6 +530,9 @@ impl Ctx {
     /// `ESP header ‖ UDP header ‖ VXLAN ‖ frame ‖ ESP trailer ‖ ICV`, sealed
     /// in place and packed back to back so that every datagram but the last
     /// has the same length (one UDP_SEGMENT message per GSO frame).
+    /// Segments are at most `max_frame` long; true when a GSO frame had to
+    /// be cut smaller than it asked for that.
+    #[allow(clippy::too_many_arguments)]
     fn encap_esp(
         &mut self,
         fdb: &Fdb,
@@ -497,14 +540,17 @@ impl Ctx {
         vtep: IpAddr,
         hdr: &VnetHdr,
         frame: &[u8],
+        max_frame: usize,
         out: &mut Outputs,
-    ) {
+    ) -> bool {
         let stats = &*self.stats;
         if hdr.gso_type != vnet::GsoType::None && hdr.gso_size < MIN_GSO_SIZE {
-            return stats.dropped(Drop::TapSegmentError);
+            stats.dropped(Drop::TapSegmentError);
+            return false;
         }
         let Some(session) = fdb.peer(vtep) else {
-            return stats.dropped(Drop::TapNoSa);
+            stats.dropped(Drop::TapNoSa);
+            return false;
         };
         let entropy = flow_hash(frame);
         let mut prefix = [0u8; ESP_PREFIX];
@@ -517,17 +563,20 @@ impl Ctx {
         prefix[udp + 2..udp + 4].copy_from_slice(&self.cfg.port.to_be_bytes());
         vxlan::write_header(&mut prefix[udp + 8..], vni);
         let start = out.udp.arena().len();
-        let seg = match segment(hdr, frame, &prefix, esp::MAX_TRAILER, out.udp.arena()) {
+        let arena = out.udp.arena();
+        let seg = match segment_within(hdr, frame, &prefix, esp::MAX_TRAILER, max_frame, arena) {
             Ok(seg) => seg,
             Err(_) => {
                 out.udp.rollback(start);
-                return stats.dropped(Drop::TapSegmentError);
+                stats.dropped(Drop::TapSegmentError);
+                return false;
             }
         };
         let mut s = lock(session);
         let Some(sa) = s.outbound(vni.get()) else {
             out.udp.rollback(start);
-            return stats.dropped(Drop::TapNoSa);
+            stats.dropped(Drop::TapNoSa);
+            return false;
         };
         let arena = out.udp.arena();
         let (mut read, mut write, mut first) = (start, start, 0);
@@ -540,7 +589,8 @@ impl Ctx {
             let payload_len = len - esp::HEADER_LEN - esp::MAX_TRAILER;
             let Ok(udp_len) = u16::try_from(payload_len) else {
                 arena.truncate(start);
-                return stats.dropped(Drop::TapTooBig);
+                stats.dropped(Drop::TapSegmentError);
+                return false;
             };
             arena[read + udp + 4..read + udp + 6].copy_from_slice(&udp_len.to_be_bytes());
             let sealed = match esp::seal_in_place(sa, &mut arena[read..read + len], payload_len) {
@@ -549,7 +599,8 @@ impl Ctx {
                     // The sequence space is used up; the rekey that should
                     // have happened long before is overdue.
                     arena.truncate(start);
-                    return stats.dropped(Drop::TapNoSa);
+                    stats.dropped(Drop::TapNoSa);
+                    return false;
                 }
             };
             if write != read {
@@ -572,6 +623,7 @@ impl Ctx {
             .commit(SocketAddr::new(vtep, self.cfg.port), start, gso, entropy);
         stats.add(Counter::Encapsulated, seg.count as u64);
         stats.add(Counter::Encrypted, seg.count as u64);
+        seg.capped
     }
 
     /// Answers ARP requests and neighbour solicitations for addresses the
@@ -583,6 +635,10 @@ impl Ctx {
                 let Ok(Some(req)) = arp::parse_request(frame) else {
                     return false;
                 };
+                if req.is_gratuitous() {
+                    // An announcement for the others, not a question.
+                    return false;
+                }
                 let Some(mac) = proxied_mac(table, IpAddr::V4(req.target_ip)) else {
                     return false;
                 };
@@ -614,58 +670,18 @@ impl Ctx {
         true
     }
 
-    /// Broadcast, multicast and unknown unicast: to the other local ports of
-    /// the VNI and to its flood VTEPs (never to every host: peers are
-    /// programmed, as in Docker's overlay).
-    #[allow(clippy::too_many_arguments)]
-    fn flood(
-        &mut self,
-        fdb: &Fdb,
-        vni: Vni,
-        table: &VniTable,
-        from: PortId,
-        hdr: &VnetHdr,
-        frame: &[u8],
-        out: &mut Outputs,
-    ) {
-        for &p in table.ports.iter().filter(|p| **p != from) {
-            out.tap(p).push_as_is(hdr, frame);
-        }
-        if table.encrypted {
-            // Each flood VTEP has its own keys: no sharing of sealed bytes.
-            for vtep in &table.flood {
-                self.encap_esp(fdb, vni, *vtep, hdr, frame, out);
-            }
-            self.stats.add(Counter::Flooded, table.flood.len() as u64);
-            return;
-        }
-        let Some((first, rest)) = table.flood.split_first() else {
-            return;
-        };
-        let Some(range) = self.encap(vni, *first, hdr, frame, out) else {
-            return;
-        };
-        let Some(msg) = out.udp.msgs().last().cloned() else {
-            return;
-        };
-        for vtep in rest {
-            let dst = SocketAddr::new(*vtep, self.cfg.port);
-            out.udp
-                .commit_again(dst, range.clone(), msg.segment, msg.entropy);
-        }
-        self.stats.add(Counter::Flooded, table.flood.len() as u64);
-    }
-
-    /// Encapsulates `frame` (segmenting GSO frames) towards `vtep`; returns
-    /// the arena range of the committed message.
+    /// Encapsulates `frame` (segmenting GSO frames into segments of at most
+    /// `max_frame` bytes) towards `vtep`; returns where the committed
+    /// message lies in the arena.
     fn encap(
         &mut self,
         vni: Vni,
         vtep: IpAddr,
         hdr: &VnetHdr,
         frame: &[u8],
+        max_frame: usize,
         out: &mut Outputs,
-    ) -> Option<std::ops::Range<usize>> {
+    ) -> Option<Encapped> {
         if hdr.gso_type != vnet::GsoType::None && hdr.gso_size < MIN_GSO_SIZE {
             self.stats.dropped(Drop::TapSegmentError);
             return None;
@@ -673,7 +689,7 @@ impl Ctx {
         let mut prefix = [0u8; vxlan::HEADER_LEN];
         vxlan::write_header(&mut prefix, vni);
         let start = out.udp.arena().len();
-        match segment(hdr, frame, &prefix, 0, out.udp.arena()) {
+        match segment_within(hdr, frame, &prefix, 0, max_frame, out.udp.arena()) {
             Ok(seg) => {
                 let gso = if seg.count > 1 {
                     u16::try_from(seg.stride).unwrap_or(0)
@@ -688,7 +704,10 @@ impl Ctx {
                 let dst = SocketAddr::new(vtep, self.cfg.port);
                 out.udp.commit(dst, start, gso, flow_hash(frame));
                 self.stats.add(Counter::Encapsulated, seg.count as u64);
-                Some(start..start + seg.total)
+                Some(Encapped {
+                    range: start..start + seg.total,
+                    capped: seg.capped,
+                })
             }
             Err(_) => {
                 out.udp.rollback(start);
@@ -697,6 +716,14 @@ impl Ctx {
             }
         }
     }
+}
+
+/// A frame [`Ctx::encap`] committed.
+struct Encapped {
+    /// Its bytes in the batch arena.
+    range: std::ops::Range<usize>,
+    /// Its segments were cut smaller than the frame asked, to fit.
+    capped: bool,
 }
 
 /// The MAC the proxy answers for `ip`: an endpoint's, a VIP's, or the
@@ -776,3 +803,5 @@ mod mesh_tests;
 pub mod testkit;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod underlay_tests;

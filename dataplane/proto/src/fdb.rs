@@ -4,9 +4,17 @@
 //! the workers as an immutable `Arc<Fdb>`: workers read it without locks and
 //! pick up a new version between batches. Every mutation validates first and
 //! changes nothing when it fails.
+//!
+//! Besides the tables it holds the underlay the datagrams leave over (its
+//! MTU bounds the frames the engine sends, see [`crate::mtu`]) and, per
+//! VNI, what head-end replication needs: the VTEPs to copy flooded frames
+//! to, derived from the remote entries (no separate list to keep in sync),
+//! and the network's flooding policy ([`crate::replication`]).
 
 use crate::crypto::session::Session;
 use crate::lb::service::{BackendFilter, Service};
+use crate::mtu::Underlay;
+use crate::replication::{self, FloodPolicy, SharedReplication};
 use crate::wire::{MacAddr, Vni};
 use rustc_hash::FxHashMap;
 use std::fmt;
@@ -38,11 +46,20 @@ pub struct VniTable {
     pub ips: FxHashMap<IpAddr, MacAddr>,
     /// Default VTEPs for broadcast and unknown unicast (kernel interop).
     pub flood: Vec<IpAddr>,
+    /// Where flooded frames are copied to: every VTEP behind a remote
+    /// entry, then the `flood` VTEPs not among them. Derived; kept up to
+    /// date by every change of `macs` or `flood`.
+    pub replicate: Vec<IpAddr>,
     /// Local ports on this VNI (broadcast delivery).
     pub ports: Vec<PortId>,
     /// Every frame of this VNI between hosts must be ESP: plain VXLAN for it
     /// is dropped, and nothing is sent before an SA exists.
     pub encrypted: bool,
+    /// Whether and how fast flooded frames are replicated to other hosts.
+    pub policy: FloodPolicy,
+    /// The rate limiter and counters of replication (shared by every
+    /// version of this table).
+    pub replication: SharedReplication,
     /// Services by VIP: connections to a VIP are balanced over its
     /// backends (`crate::lb`). Shared, immutable builds: cloning the table
     /// does not copy their Maglev tables.
@@ -69,6 +86,7 @@ impl VniTable {
             && self.flood.is_empty()
             && self.ports.is_empty()
             && !self.encrypted
+            && self.policy == FloodPolicy::default()
             && self.services.is_empty()
             && self.gateways.is_empty()
             && !self.egress
@@ -79,6 +97,27 @@ impl VniTable {
     #[inline]
     pub fn is_gateway_mac(&self, mac: MacAddr) -> bool {
         self.gateways.iter().any(|(_, m)| *m == mac)
+    }
+
+    /// Recomputes [`VniTable::replicate`] from the remote entries and the
+    /// flood VTEPs.
+    fn refresh_replicate(&mut self) {
+        let mut vteps: Vec<IpAddr> = self
+            .macs
+            .values()
+            .filter_map(|d| match d {
+                Dest::Remote(v) => Some(*v),
+                Dest::Local(_) => None,
+            })
+            .collect();
+        vteps.sort_unstable();
+        vteps.dedup();
+        for v in &self.flood {
+            if !vteps.contains(v) {
+                vteps.push(*v);
+            }
+        }
+        self.replicate = vteps;
     }
 
     /// The VIP whose MAC is `mac`, if any.
@@ -308,7 +347,7 @@ impl fmt::Display for FdbError {
 impl std::error::Error for FdbError {}
 
 /// All forwarding state of a dataplane.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Fdb {
     vnis: FxHashMap<Vni, VniTable>,
     ports: Vec<Option<Port>>,
@@ -324,6 +363,31 @@ pub struct Fdb {
     /// Local IPv4 container addresses by egress slot, and back.
     egress: Vec<Option<EgressSlot>>,
     egress_of: FxHashMap<(Vni, Ipv4Addr), u32>,
+    underlay: Underlay,
+    /// [`Underlay::max_frame`] of `underlay`, plain and encrypted.
+    max_frame: [usize; 2],
+    /// Frames per second a VNI floods when its policy sets no rate.
+    flood_rate: u32,
+}
+
+impl Default for Fdb {
+    /// Empty, with no MTU limit (see [`Fdb::set_underlay`]), the default
+    /// flood rate, and no host link.
+    fn default() -> Self {
+        Fdb {
+            vnis: FxHashMap::default(),
+            ports: Vec::new(),
+            peers: FxHashMap::default(),
+            host: None,
+            published: FxHashMap::default(),
+            published_targets: Vec::new(),
+            egress: Vec::new(),
+            egress_of: FxHashMap::default(),
+            underlay: Underlay::UNLIMITED,
+            max_frame: [usize::MAX; 2],
+            flood_rate: replication::DEFAULT_RATE,
+        }
+    }
 }
 
 fn describe(dest: Dest) -> String {
@@ -346,6 +410,43 @@ impl Fdb {
 
     pub fn vnis(&self) -> impl Iterator<Item = (Vni, &VniTable)> {
         self.vnis.iter().map(|(v, t)| (*v, t))
+    }
+
+    /// Sets the underlay the datagrams leave over (its MTU may change
+    /// while running).
+    pub fn set_underlay(&mut self, u: Underlay) {
+        self.underlay = u;
+        self.max_frame = [u.max_frame(false), u.max_frame(true)];
+    }
+
+    pub fn underlay(&self) -> Underlay {
+        self.underlay
+    }
+
+    /// The longest inner frame that fits the underlay after encapsulation
+    /// (with ESP when `encrypted`).
+    #[inline]
+    pub fn max_frame(&self, encrypted: bool) -> usize {
+        self.max_frame[usize::from(encrypted)]
+    }
+
+    /// Frames per second each VNI may flood unless its policy says.
+    pub fn set_flood_rate(&mut self, rate: u32) {
+        self.flood_rate = rate;
+    }
+
+    /// The flood rate that applies to `t`.
+    pub fn flood_rate(&self, t: &VniTable) -> u32 {
+        t.policy.rate.unwrap_or(self.flood_rate)
+    }
+
+    /// Sets the flooding policy of `vni` (declaring it if new).
+    pub fn set_flood_policy(&mut self, vni: Vni, policy: FloodPolicy) {
+        let t = self.vnis.entry(vni).or_default();
+        t.policy = policy;
+        if t.is_unused() {
+            self.vnis.remove(&vni);
+        }
     }
 
     /// The session with the host at `vtep`, if keys were set up with it.
@@ -388,6 +489,8 @@ impl Fdb {
         t.gateways.clear();
         t.egress = false;
         t.ingress = false;
+        t.policy = FloodPolicy::default();
+        t.refresh_replicate();
         if t.is_unused() {
             self.vnis.remove(&vni);
         }
@@ -485,6 +588,7 @@ impl Fdb {
                 }
             }
         }
+        t.refresh_replicate();
     }
 
     /// Checks that a local endpoint could be added, without adding it.
@@ -615,6 +719,7 @@ impl Fdb {
         for ip in ips {
             t.ips.insert(*ip, mac);
         }
+        t.refresh_replicate();
         Ok(())
     }
 
@@ -636,6 +741,7 @@ impl Fdb {
         if ips.is_empty() {
             t.macs.remove(&mac);
             t.ips.retain(|_, m| *m != mac);
+            t.refresh_replicate();
         } else {
             t.ips.retain(|ip, m| *m != mac || !ips.contains(ip));
         }
@@ -857,6 +963,7 @@ impl Fdb {
             return Err(FdbError::FloodExists { vni, vtep });
         }
         t.flood.push(vtep);
+        t.refresh_replicate();
         Ok(())
     }
 
@@ -870,6 +977,7 @@ impl Fdb {
         if t.flood.len() == before {
             return Err(FdbError::NoSuchFlood { vni, vtep });
         }
+        t.refresh_replicate();
         if t.is_unused() {
             self.vnis.remove(&vni);
         }
@@ -1060,6 +1168,77 @@ mod tests {
         assert!(f.vni(vni(9)).is_some());
         f.remove_service(vni(9), ip("10.9.0.100")).unwrap();
         assert!(f.vni(vni(9)).is_none());
+    }
+
+    #[test]
+    fn replication_targets_follow_remote_entries() {
+        let mut f = Fdb::default();
+        let (h2, h3, k) = (ip("192.0.2.2"), ip("192.0.2.3"), ip("192.0.2.9"));
+        f.add_local(0, vni(7), mac(2), &[]).unwrap();
+        f.add_remote(vni(7), mac(3), &[], h2).unwrap();
+        f.add_remote(vni(7), mac(4), &[], h2).unwrap();
+        f.add_remote(vni(7), mac(5), &[], h3).unwrap();
+        f.add_flood(vni(7), h2).unwrap();
+        f.add_flood(vni(7), k).unwrap();
+        assert_eq!(f.vni(vni(7)).unwrap().replicate, vec![h2, h3, k]);
+        // A MAC moves host: host3 keeps nothing on the VNI.
+        f.add_remote(vni(7), mac(5), &[], h2).unwrap();
+        assert_eq!(f.vni(vni(7)).unwrap().replicate, vec![h2, k]);
+        f.remove_remote(vni(7), mac(3), &[]).unwrap();
+        f.remove_remote(vni(7), mac(4), &[]).unwrap();
+        f.remove_flood(vni(7), k).unwrap();
+        assert_eq!(
+            f.vni(vni(7)).unwrap().replicate,
+            vec![h2],
+            "mac 5 and a flood entry"
+        );
+        // A local endpoint taking over the last remote MAC.
+        f.remove_flood(vni(7), h2).unwrap();
+        f.add_local(1, vni(7), mac(5), &[]).unwrap();
+        assert!(f.vni(vni(7)).unwrap().replicate.is_empty());
+        f.add_remote(vni(8), mac(9), &[], h3).unwrap();
+        f.remove_vni(vni(8));
+        assert!(f.vni(vni(8)).is_none());
+    }
+
+    #[test]
+    fn a_flood_policy_declares_the_vni_and_survives_edits() {
+        let mut f = Fdb::default();
+        let off = FloodPolicy {
+            enabled: false,
+            rate: None,
+        };
+        f.set_flood_policy(vni(7), off);
+        assert_eq!(f.vni(vni(7)).unwrap().policy, off);
+        let counters = Arc::clone(&f.vni(vni(7)).unwrap().replication);
+        f.add_remote(vni(7), mac(3), &[], ip("192.0.2.2")).unwrap();
+        let copy = f.clone();
+        assert!(Arc::ptr_eq(
+            &counters,
+            &copy.vni(vni(7)).unwrap().replication
+        ));
+        assert_eq!(
+            copy.flood_rate(copy.vni(vni(7)).unwrap()),
+            replication::DEFAULT_RATE
+        );
+        f.set_flood_policy(vni(7), FloodPolicy::default());
+        f.remove_remote(vni(7), mac(3), &[]).unwrap();
+        assert!(
+            f.vni(vni(7)).is_none(),
+            "default policy and nothing else: gone"
+        );
+    }
+
+    #[test]
+    fn underlay_bounds_frames() {
+        let mut f = Fdb::default();
+        assert_eq!(f.max_frame(false), usize::MAX);
+        f.set_underlay(Underlay::new(1400, false));
+        assert_eq!(f.max_frame(false), 1364);
+        assert_eq!(
+            f.max_frame(true),
+            Underlay::new(1400, false).max_frame(true)
+        );
     }
 
     #[test]

@@ -135,7 +135,17 @@ impl Dataplane {
                 req.subnet
             )));
         }
-        let mtu = req.mtu.unwrap_or(self.cfg.default_mtu);
+        // By default what the ingress network's endpoints get: routing-mesh
+        // flows cross the underlay in VXLAN.
+        let mtu = req.mtu.unwrap_or_else(|| {
+            let st = self.lock();
+            match req.ingress {
+                Some(i) => self.default_mtu(&st.fdb, i.vni),
+                None => self.cfg.mtu.unwrap_or_else(|| {
+                    (st.fdb.underlay().endpoint_mtu(false)).min(crate::attach::MAX_MTU)
+                }),
+            }
+        });
         if !(576..=65_000).contains(&mtu) {
             return Err(ApiError::invalid(format!(
                 "MTU {mtu} is outside 576..=65000"

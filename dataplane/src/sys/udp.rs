@@ -18,6 +18,13 @@
 //! segments of which a send takes 44, and without packing every frame would
 //! cost a second trip down the stack for its last 2 segments.
 //!
+//! A send the kernel refuses is retried before anything is dropped: a GSO
+//! send refused for its segments' size (EMSGSIZE, a route whose MTU is
+//! smaller than they are) is resent datagram by datagram, which the kernel
+//! fragments; a refusal of GSO itself (EIO, EINVAL) turns GSO off for
+//! [`GSO_REPROBE`] and resends the rest as datagrams. What is still lost is
+//! counted by the errno it failed with (`udp_send_emsgsize`, ...).
+//!
 //! The scratch arrays the syscalls need (`mmsghdr`, `iovec`, addresses,
 //! control buffers) are allocated once and reused: the hot path allocates
 //! nothing. Their raw pointers are rewritten on every call and never read
@@ -26,6 +33,7 @@ use std::io;
 use std::mem::size_of;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use vxnet_proto::batch::{RxBatch, RxMeta, TxBatch};
@@ -63,6 +71,11 @@ const SEND_WAIT_MS: libc::c_int = 1;
 const CMSG_CAP: usize = 64;
 /// Batch messages one GSO send may gather (one iovec each).
 const MAX_PIECES: usize = 8;
+/// How long GSO stays off after the kernel refused it (EIO or EINVAL, as
+/// with SO_NO_CHECK or a device without checksum offload) before it is
+/// tried again: the refusal may have been a passing one (a segment too
+/// big for a route whose MTU just shrank, on kernels that say EINVAL).
+pub const GSO_REPROBE: Duration = Duration::from_secs(10);
 
 /// A control-message buffer aligned for `cmsghdr`.
 #[repr(C, align(8))]
@@ -138,6 +151,9 @@ pub struct UdpIo {
     local: SocketAddr,
     tx_addrs: Vec<SocketAddr>,
     gso: bool,
+    /// When the kernel last refused GSO (it is off until [`GSO_REPROBE`]
+    /// later).
+    gso_refused: Option<Instant>,
     gro: bool,
     rx_scratch: Scratch,
     tx_scratch: Scratch,
@@ -201,6 +217,7 @@ impl UdpIo {
             local,
             tx_addrs,
             gso,
+            gso_refused: None,
             gro,
             rx_scratch: Scratch::new(64),
             tx_scratch: Scratch::with_iovs(TX_SLOTS, TX_SLOTS * MAX_PIECES),
@@ -221,9 +238,11 @@ impl UdpIo {
     }
 
     /// Stops using UDP_SEGMENT: messages are sent as single datagrams.
-    /// `send_batch` does this by itself when the kernel refuses GSO.
+    /// `send_batch` does this by itself for [`GSO_REPROBE`] when the kernel
+    /// refuses GSO.
     pub fn disable_gso(&mut self) {
         self.gso = false;
+        self.gso_refused = None;
     }
 
     /// Makes the kernel refuse UDP_SEGMENT sends on IPv4 (SO_NO_CHECK: GSO
@@ -331,6 +350,10 @@ impl UdpIo {
             return;
         }
         let mut waits_left = SEND_WAITS;
+        if self.gso_refused.is_some_and(|t| t.elapsed() >= GSO_REPROBE) {
+            self.gso = true;
+            self.gso_refused = None;
+        }
         self.used.iter_mut().for_each(|u| *u = false);
         for m in msgs {
             let i = self.sock_index(m.entropy);
@@ -351,7 +374,7 @@ impl UdpIo {
                     // An IPv6 VTEP behind an IPv4 socket (or the reverse):
                     // the kernel would refuse it with EINVAL, which must not
                     // be mistaken for a GSO refusal.
-                    stats.drop_n(Drop::IoUdpSend, m.datagrams() as u64);
+                    stats.drop_n(Drop::IoUdpSendFamily, m.datagrams() as u64);
                     continue;
                 }
                 self.push_entries(idx, m.range.len(), m.segment, m.dst);
@@ -537,25 +560,43 @@ impl UdpIo {
                     // Out of patience: drop the rest rather than stall the
                     // worker (and the TAPs it serves) behind a full queue.
                     let lost: usize = self.entries[start..].iter().map(|e| e.datagrams).sum();
-                    stats.drop_n(Drop::IoUdpSend, lost as u64);
+                    stats.drop_n(Drop::IoUdpSendFull, lost as u64);
                     tracing::debug!(local = %self.local, lost, error = %err, "UDP send queue full, datagrams dropped");
                     break;
                 }
-                Some(libc::EIO | libc::EINVAL) if head_segment != 0 => {
+                Some(libc::EIO | libc::EINVAL) if head_segment != 0 && self.gso => {
                     // The kernel refuses GSO here (no checksum offload on
                     // the route's device, SO_NO_CHECK, ...): stop asking and
                     // resend what is left as single datagrams.
                     tracing::warn!(local = %self.local, error = %err, "kernel refused UDP GSO, sending datagrams one by one");
                     self.gso = false;
+                    self.gso_refused = Some(Instant::now());
                     stats.inc(Counter::GsoFallbacks);
+                    let retried: usize = self.entries[start..]
+                        .iter()
+                        .filter(|e| e.segment != 0)
+                        .map(|e| e.datagrams)
+                        .sum();
+                    stats.add(Counter::UdpTxRetried, retried as u64);
                     self.split_pending(start, msgs);
                 }
-                _ => {
-                    // This message cannot be sent (no route, too big, ...);
+                Some(libc::EMSGSIZE) if head_segment != 0 => {
+                    // This GSO send was refused: a segment is larger than
+                    // the route's MTU (the underlay's shrank, or a frame
+                    // larger than the engine knew). Each datagram alone
+                    // still goes (the kernel fragments it): retry them one
+                    // by one before anything is dropped.
+                    tracing::debug!(local = %self.local, dst = %self.entries[start].dst, error = %err, "UDP GSO send refused, retrying its datagrams one by one");
+                    stats.inc(Counter::GsoFallbacks);
+                    let n = self.split_entry(start);
+                    stats.add(Counter::UdpTxRetried, n as u64);
+                }
+                Some(errno) => {
+                    // This datagram cannot be sent (no route, too big, ...);
                     // the others may still go.
                     let e = &self.entries[start];
-                    stats.drop_n(Drop::IoUdpSend, e.datagrams as u64);
-                    tracing::debug!(local = %self.local, dst = %e.dst, error = %err, "UDP send failed, message dropped");
+                    stats.drop_n(send_drop(errno), e.datagrams as u64);
+                    tracing::debug!(local = %self.local, dst = %e.dst, error = %err, "UDP send failed, datagram dropped");
                     start += 1;
                 }
             }
@@ -563,34 +604,67 @@ impl UdpIo {
         self.entries.clear();
     }
 
+    /// Replaces entry `start`, a GSO send, by one entry per datagram, in
+    /// place; returns how many. Allocates, but only after the kernel
+    /// refused a send.
+    fn split_entry(&mut self, start: usize) -> usize {
+        let e = self.entries[start].clone();
+        let first = self.entries.len();
+        for i in e.pieces.clone() {
+            self.push_datagrams(e.dst, self.pieces[i], usize::from(e.gso_size));
+        }
+        let singles: Vec<Entry> = self.entries.drain(first..).collect();
+        let n = singles.len();
+        self.entries.splice(start..=start, singles);
+        n
+    }
+
     /// Replaces the GSO entries from `start` on by single datagrams (GSO is
     /// off by now). Allocates, but runs at most once per `UdpIo`.
     fn split_pending(&mut self, start: usize, msgs: &[vxnet_proto::batch::TxMsg]) {
         let rest: Vec<Entry> = self.entries.drain(start..).collect();
         for e in rest {
-            let seg = e.gso_size as usize;
             for i in e.pieces.clone() {
                 let p = self.pieces[i];
-                if e.segment == 0 || seg == 0 {
+                if e.segment == 0 {
                     self.push_entry(e.dst, p, 0);
-                    continue;
-                }
-                // Every piece but the last holds whole segments, so cutting
-                // each piece gives exactly the datagrams GSO would have sent.
-                let mut off = 0;
-                while off < p.len {
-                    let len = seg.min(p.len - off);
-                    let piece = Piece {
-                        msg: p.msg,
-                        off: p.off + off,
-                        len,
-                    };
-                    self.push_entry(e.dst, piece, 0);
-                    off += len;
+                } else {
+                    self.push_datagrams(e.dst, p, usize::from(e.gso_size));
                 }
             }
         }
         debug_assert!(self.pieces.iter().all(|p| p.msg < msgs.len()));
+    }
+
+    /// Appends one single-datagram entry per `seg` bytes of piece `p`.
+    /// Every piece but the last of a GSO entry holds whole segments, so
+    /// cutting each piece gives exactly the datagrams GSO would have sent.
+    fn push_datagrams(&mut self, dst: SocketAddr, p: Piece, seg: usize) {
+        let seg = seg.max(1);
+        let mut off = 0;
+        while off < p.len {
+            let len = seg.min(p.len - off);
+            let piece = Piece {
+                msg: p.msg,
+                off: p.off + off,
+                len,
+            };
+            self.push_entry(dst, piece, 0);
+            off += len;
+        }
+    }
+}
+
+/// The drop reason of a send that failed with `errno`, also when sent as
+/// a single datagram.
+fn send_drop(errno: i32) -> Drop {
+    match errno {
+        libc::EMSGSIZE => Drop::IoUdpSendTooBig,
+        libc::EINVAL => Drop::IoUdpSendInvalid,
+        libc::ENETUNREACH | libc::EHOSTUNREACH => Drop::IoUdpSendUnreachable,
+        libc::EPERM => Drop::IoUdpSendDenied,
+        libc::EAGAIN | libc::ENOBUFS => Drop::IoUdpSendFull,
+        _ => Drop::IoUdpSend,
     }
 }
 

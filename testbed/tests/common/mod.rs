@@ -1,7 +1,9 @@
 //! Shared helpers for the testbed's integration tests.
 #![allow(dead_code)]
 
+pub mod frames;
 pub mod swarm;
+pub mod udp;
 
 use std::time::Duration;
 use vxnet_testbed::process;

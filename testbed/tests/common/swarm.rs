@@ -6,15 +6,20 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use vxnet_testbed::process;
 use vxnet_testbed::swarm::Control;
-use vxnet_testbed::{Dataplane, Testbed};
+use vxnet_testbed::{Dataplane, DataplaneOptions, Testbed};
 
 use super::dp_opts;
 
 /// Dataplane and control daemon on every host, in host order.
 pub fn daemons(tb: &Testbed) -> Result<Vec<(Control, Dataplane)>> {
+    daemons_with(tb, &dp_opts())
+}
+
+/// [`daemons`] with dataplanes started with `opts`.
+pub fn daemons_with(tb: &Testbed, opts: &DataplaneOptions) -> Result<Vec<(Control, Dataplane)>> {
     let mut v = Vec::new();
     for h in tb.hosts() {
-        let dp = tb.start_dataplane(h, &dp_opts())?;
+        let dp = tb.start_dataplane(h, opts)?;
         let c = tb.start_control(h, &dp.socket)?;
         v.push((c, dp));
     }
@@ -122,8 +127,14 @@ pub struct Swarm {
 /// [`daemons`] on every host of `tb`, then `swarm init` on host1 and
 /// `swarm join` on the others.
 pub fn swarm(tb: &Testbed) -> Result<Swarm> {
-    let (controls, dataplanes): (Vec<_>, Vec<_>) = daemons(tb)?.into_iter().unzip();
-    let token = tb.form_swarm(&controls)?;
+    swarm_with(tb, &dp_opts())
+}
+
+/// [`swarm`] with dataplanes started with `opts`; over the IPv6 underlay
+/// (management, gossip and data path) when they use it.
+pub fn swarm_with(tb: &Testbed, opts: &DataplaneOptions) -> Result<Swarm> {
+    let (controls, dataplanes): (Vec<_>, Vec<_>) = daemons_with(tb, opts)?.into_iter().unzip();
+    let token = tb.form_swarm_with(&controls, opts.underlay_v6)?;
     Ok(Swarm {
         controls,
         dataplanes,

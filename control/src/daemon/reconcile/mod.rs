@@ -53,6 +53,8 @@ pub struct Reconciler<S, D, H> {
     host: H,
     /// The dataplane's `instance` at the last pass.
     instance: Option<u64>,
+    /// Endpoints whose MTU the underlay no longer gives, as last reported.
+    drift: Vec<(EndpointKey, u32, u32)>,
     /// The embedded DNS server, when this daemon runs one.
     dns: Option<DnsServer>,
     /// The table it was last given.
@@ -101,6 +103,7 @@ where
             dp,
             host,
             instance: None,
+            drift: Vec::new(),
             dns: None,
             dns_table: Vec::new(),
             dns_served: BTreeMap::new(),
@@ -181,6 +184,9 @@ where
             tracing::warn!("the dataplane restarted: programming it again");
         }
         self.instance = Some(show.instance);
+        let underlay = (show.underlay_mtu != 0)
+            .then(|| vxnet_proto::mtu::Underlay::new(show.underlay_mtu, show.local_vtep.is_ipv6()));
+        self.d.set_underlay(underlay);
         // Outside a swarm nothing gossip knew is wanted any more.
         let gossip: Arc<GossipView> = if me.is_some() {
             self.d.gossip_view()
@@ -247,6 +253,7 @@ where
         };
         let want = plan::plan(&Desired {
             own_vtep: show.local_vtep,
+            underlay,
             networks: &networks,
             containers: &locals,
             gossip: &gossip,
@@ -257,6 +264,7 @@ where
             host_link_subnet: d.cfg.host_link_subnet,
         });
         let have = self.observe()?;
+        self.report_drift(plan::mtu_drift(&have, &want.state));
         let mut failed_endpoints: BTreeSet<EndpointKey> = BTreeSet::new();
         for op in plan::diff(&have, &want.state) {
             if let Err(e) = self.apply(&op, &mut p.report) {
@@ -456,6 +464,24 @@ where
             self.d.store.apply(&txn).map_err(super::internal)?;
         }
         Ok(())
+    }
+
+    /// Logs endpoints whose MTU the underlay no longer gives, when that
+    /// list changes.
+    fn report_drift(&mut self, drift: Vec<(EndpointKey, u32, u32)>) {
+        if drift == self.drift {
+            return;
+        }
+        for (key, have, want) in &drift {
+            tracing::warn!(
+                endpoint = %key_name(key),
+                mtu = have,
+                underlay_gives = want,
+                "the underlay's MTU changed since this endpoint was attached; it keeps its MTU \
+                 until its container restarts"
+            );
+        }
+        self.drift = drift;
     }
 
     fn default_runtime(&self, c: &Container) -> Runtime {

@@ -157,6 +157,8 @@ mod tests {
             ingress: false,
             encrypted: false,
             mtu: 1450,
+            mtu_explicit: Some(false),
+            flood: true,
             internal: false,
             created: 0,
         }

@@ -29,6 +29,12 @@
 //!   (IPv4 and IPv6); if they disagree on the VTEP, the newest record's
 //!   VTEP wins.
 //! - Every live member but this host gets its key (`vtep_add`).
+//! - An endpoint's MTU is its network's given MTU, else what this host's
+//!   underlay carries ([`Network::mtu_on`], the same rule `vxnet dp
+//!   attach` applies). An endpoint whose MTU alone differs from that (the
+//!   underlay's MTU changed after it was attached) is not re-attached,
+//!   which would cut its connections: [`mtu_drift`] reports it.
+//! - A network's flooding setting goes to the dataplane with it.
 //! - Every VIP-mode service on a network declared here gets its VIP
 //!   (`service_set`), IPv4 and IPv6 apart, with the addresses of the tasks
 //!   alive on that network ([`Live`]) as backends. With none alive the
@@ -55,6 +61,7 @@ use vxnet_api::dp::{
 };
 use vxnet_api::model::{PortProtocol, PublishMode};
 use vxnet_api::{IpNet, Ipv4Net, MacAddr, PublicKey, Vni};
+use vxnet_proto::mtu::Underlay;
 
 use super::names::Live;
 use crate::daemon::gossip::GossipView;
@@ -74,6 +81,9 @@ pub struct LocalContainer<'a> {
 pub struct Desired<'a> {
     /// This host's VTEP (the dataplane's local address).
     pub own_vtep: IpAddr,
+    /// What carries it (the dataplane's `show`); `None` from a dataplane
+    /// that does not say, and then networks' recorded MTUs are used.
+    pub underlay: Option<Underlay>,
     /// Every network the store knows.
     pub networks: &'a [Network],
     /// The containers whose endpoints must exist (running, with their
@@ -116,6 +126,17 @@ pub struct EndpointSpec {
     pub gateways: Vec<IpAddr>,
 }
 
+impl EndpointSpec {
+    /// Equal but for the MTU.
+    fn same_but_mtu(&self, other: &EndpointSpec) -> bool {
+        self.mtu != other.mtu
+            && EndpointSpec {
+                mtu: other.mtu,
+                ..self.clone()
+            } == *other
+    }
+}
+
 /// A remote endpoint: its addresses behind one VTEP.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerSpec {
@@ -131,6 +152,8 @@ pub struct NetSpec {
     pub gateways: Vec<IpAddr>,
     pub egress: bool,
     pub ingress: bool,
+    /// Replicate flooded frames to other hosts.
+    pub flood: bool,
 }
 
 /// The host link.
@@ -227,13 +250,17 @@ pub fn plan(d: &Desired<'_>) -> Plan {
                 gateways.clear();
             }
             p.state.networks.insert(net.vni, net_spec(net));
+            let mtu = match d.underlay {
+                Some(u) => net.mtu_on(u),
+                None => u32::from(net.mtu),
+            };
             p.state.endpoints.insert(
                 key.clone(),
                 EndpointSpec {
                     vni: net.vni,
                     mac: a.mac,
                     ips: sorted(ips),
-                    mtu: u32::from(net.mtu),
+                    mtu,
                     gateways: sorted(gateways),
                 },
             );
@@ -259,7 +286,9 @@ pub fn plan(d: &Desired<'_>) -> Plan {
     if let (Some(_), Some(subnet)) = (d.node, d.host_link_subnet) {
         p.state.host_link = Some(HostLinkSpec {
             subnet,
-            mtu: ingress.map_or(1450, |n| u32::from(n.mtu)),
+            mtu: ingress.map_or(1450, |n| {
+                d.underlay.map_or(u32::from(n.mtu), |u| n.mtu_on(u))
+            }),
             ingress: ingress_endpoint,
         });
     }
@@ -355,6 +384,7 @@ fn net_spec(net: &Network) -> NetSpec {
         gateways: sorted(gateways),
         egress: !net.internal,
         ingress: net.ingress,
+        flood: net.flood,
     }
 }
 
@@ -495,6 +525,7 @@ pub fn observe(o: &Observed) -> DpState {
             n.vni,
             NetSpec {
                 encrypted: n.encrypted,
+                flood: n.flood,
                 gateways: sorted(n.gateways.clone()),
                 egress: n.egress,
                 ingress: n.ingress,
@@ -625,6 +656,8 @@ impl Op {
                 gateways: n.gateways.clone(),
                 egress: n.egress,
                 ingress: n.ingress,
+                flood: n.flood,
+                flood_rate: None,
                 owner: Owner::Control,
             }
             .into_request(),
@@ -732,6 +765,23 @@ impl Op {
     }
 }
 
+/// Endpoints whose MTU alone differs from what they would get now (the
+/// underlay's MTU changed since they were attached): (endpoint, MTU it
+/// has, MTU it would get). [`diff`] leaves them alone; a re-attach (the
+/// container's restart) gives them the new MTU. Until then the dataplane
+/// answers their too-big frames with ICMP, so their TCP adapts.
+pub fn mtu_drift(actual: &DpState, desired: &DpState) -> Vec<(EndpointKey, u32, u32)> {
+    desired
+        .endpoints
+        .iter()
+        .filter_map(|(key, want)| {
+            let have = actual.endpoints.get(key)?;
+            have.same_but_mtu(want)
+                .then(|| (key.clone(), have.mtu, want.mtu))
+        })
+        .collect()
+}
+
 /// The steps from `actual` to `desired`, in the order to apply them.
 pub fn diff(actual: &DpState, desired: &DpState) -> Vec<Op> {
     let mut vtep_add = Vec::new();
@@ -765,6 +815,8 @@ pub fn diff(actual: &DpState, desired: &DpState) -> Vec<Op> {
     for (key, spec) in &desired.endpoints {
         match actual.endpoints.get(key) {
             Some(have) if have == spec => {}
+            // Only the MTU: reported by `mtu_drift`, not re-attached.
+            Some(have) if have.same_but_mtu(spec) => {}
             Some(_) => {
                 detach.push(Op::Detach(key.clone()));
                 attach.push(Op::Attach(key.clone(), spec.clone()));

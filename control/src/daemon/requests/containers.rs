@@ -77,7 +77,7 @@ where
                     ipv6: a.ipv6,
                     mac: a.mac,
                     gateway: n.ipv4.gateway,
-                    mtu: n.mtu,
+                    mtu: u16::try_from(self.mtu_in_force(n)).unwrap_or(u16::MAX),
                     aliases: a.aliases.clone(),
                 })
             })

@@ -70,8 +70,12 @@ where
                 });
             }
         }
+        let mut network = details.network;
+        // What this host's endpoints get (`Options` shows it as Docker's
+        // com.docker.network.driver.mtu).
+        network.mtu = u16::try_from(self.mtu_in_force(&network)).unwrap_or(u16::MAX);
         Ok(NetworkInspectView {
-            network: details.network,
+            network,
             containers: details.containers,
             peers: peers.into_values().collect(),
             self_node: Some(me),

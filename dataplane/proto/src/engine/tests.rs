@@ -3,14 +3,14 @@ use crate::batch::RxBatch;
 use crate::fdb::Fdb;
 use etherparse::PacketBuilder;
 
-const A: MacAddr = MacAddr([2, 0x42, 10, 0, 0, 2]);
-const B: MacAddr = MacAddr([2, 0x42, 10, 0, 0, 3]);
-const C: MacAddr = MacAddr([2, 0x42, 10, 0, 0, 4]);
+pub(super) const A: MacAddr = MacAddr([2, 0x42, 10, 0, 0, 2]);
+pub(super) const B: MacAddr = MacAddr([2, 0x42, 10, 0, 0, 3]);
+pub(super) const C: MacAddr = MacAddr([2, 0x42, 10, 0, 0, 4]);
 
-fn vni() -> Vni {
+pub(super) fn vni() -> Vni {
     Vni::new(4096).unwrap()
 }
-fn ip(s: &str) -> IpAddr {
+pub(super) fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
@@ -101,11 +101,11 @@ fn spoofed_and_runt_frames_are_dropped() {
 }
 
 #[test]
-fn unknown_unicast_needs_a_flood_vtep() {
-    let (mut e, mut out) = setup(|_| {});
+fn unknown_unicast_goes_to_every_vtep_of_the_vni() {
+    let (mut e, mut out) = setup(|f| f.remove_remote(vni(), B, &[]).unwrap());
     e.from_tap(0, &mut udp_frame(A, C, b"x"), &mut out);
     assert!(out.udp.is_empty());
-    assert_eq!(e.stats().drops(Drop::TapNoDestination), 1);
+    assert_eq!(e.stats().drops(Drop::TapNoReceivers), 1, "nobody to go to");
 
     let (mut e, mut out) = setup(|f| {
         f.add_flood(vni(), ip("192.0.2.7")).unwrap();
@@ -113,13 +113,14 @@ fn unknown_unicast_needs_a_flood_vtep() {
     });
     e.from_tap(0, &mut udp_frame(A, C, b"x"), &mut out);
     let msgs = out.udp.msgs().to_vec();
-    assert_eq!(msgs.len(), 2);
-    assert_eq!(
-        msgs[0].range, msgs[1].range,
+    assert_eq!(msgs.len(), 3, "B's VTEP and both flood VTEPs");
+    assert!(
+        msgs.iter().all(|m| m.range == msgs[0].range),
         "flooding reuses the encapsulated bytes"
     );
-    assert_eq!(msgs[1].dst, "192.0.2.8:4789".parse().unwrap());
-    assert_eq!(e.stats().counter(Counter::Flooded), 2);
+    assert_eq!(msgs[0].dst, "192.0.2.2:4789".parse().unwrap());
+    assert_eq!(msgs[2].dst, "192.0.2.8:4789".parse().unwrap());
+    assert_eq!(e.stats().counter(Counter::Flooded), 3);
 }
 
 #[test]
@@ -250,7 +251,7 @@ fn from_wire_delivers_and_drops_by_reason() {
 }
 
 /// A 64 KB TCP GSO frame as a TAP with TSO hands it over.
-fn tcp_gso_frame(payload_len: usize, mss: u16) -> Vec<u8> {
+pub(super) fn tcp_gso_frame(payload_len: usize, mss: u16) -> Vec<u8> {
     let payload: Vec<u8> = (0..payload_len).map(|i| (i * 7) as u8).collect();
     let mut frame = Vec::new();
     PacketBuilder::ethernet2(A.0, B.0)

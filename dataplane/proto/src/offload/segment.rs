@@ -2,6 +2,11 @@
 //! cutting one TAP GSO frame (TCPv4, TCPv6, UDP L4) into wire-sized frames
 //! laid out back to back in one buffer, ready for a single UDP_SEGMENT send,
 //! and completing partial checksums (NEEDS_CSUM) of non-GSO frames.
+//!
+//! Segments are cut at the frame's `gso_size`, or smaller when that would
+//! not fit the underlay ([`segment_within`]): a container whose MTU is
+//! larger than the path still gets its data through, and is told so by the
+//! engine (an ICMP "too big") so that its TCP adapts.
 use super::{ETH_LEN, IpInfo, OffloadError, PROTO_TCP, PROTO_UDP, tcp_header_len};
 use crate::wire::checksum;
 use crate::wire::vnet::{GsoType, VnetHdr};
@@ -20,6 +25,9 @@ pub struct Segmented {
     pub stride: usize,
     /// Total bytes appended.
     pub total: usize,
+    /// The segments were cut smaller than the frame's `gso_size` asked, to
+    /// fit the `max_frame` given to [`segment_within`].
+    pub capped: bool,
 }
 
 /// Cuts the GSO `frame` (Ethernet + IPv4/IPv6 + TCP/UDP + payload as read
@@ -40,12 +48,29 @@ pub fn segment(
     tailroom: usize,
     out: &mut Vec<u8>,
 ) -> Result<Segmented, OffloadError> {
+    segment_within(hdr, frame, prefix, tailroom, usize::MAX, out)
+}
+
+/// [`segment`], with the segments of a GSO frame at most `max_frame` bytes
+/// long (headers included, prefix and tailroom not): the payload per
+/// segment is `min(gso_size, max_frame - headers)`, and
+/// [`Segmented::capped`] says whether that was less than `gso_size`. A
+/// frame without GSO is appended whole whatever its length (the caller
+/// decides what to do with one that is too long).
+pub fn segment_within(
+    hdr: &VnetHdr,
+    frame: &[u8],
+    prefix: &[u8],
+    tailroom: usize,
+    max_frame: usize,
+    out: &mut Vec<u8>,
+) -> Result<Segmented, OffloadError> {
     let start = out.len();
     let r = match hdr.gso_type {
         GsoType::None => single(hdr, frame, prefix, tailroom, out),
-        GsoType::TcpV4 => gso(hdr, frame, prefix, tailroom, out, Some(false)),
-        GsoType::TcpV6 => gso(hdr, frame, prefix, tailroom, out, Some(true)),
-        GsoType::UdpL4 => gso(hdr, frame, prefix, tailroom, out, None),
+        GsoType::TcpV4 => gso(hdr, frame, prefix, tailroom, max_frame, out, Some(false)),
+        GsoType::TcpV6 => gso(hdr, frame, prefix, tailroom, max_frame, out, Some(true)),
+        GsoType::UdpL4 => gso(hdr, frame, prefix, tailroom, max_frame, out, None),
         GsoType::Unknown(_) => Err(OffloadError::Unsupported),
     };
     if r.is_err() {
@@ -72,6 +97,7 @@ fn single(
         count: 1,
         stride: total,
         total,
+        capped: false,
     })
 }
 
@@ -81,6 +107,7 @@ fn gso(
     frame: &[u8],
     prefix: &[u8],
     tailroom: usize,
+    max_frame: usize,
     out: &mut Vec<u8>,
     tcp_v6: Option<bool>,
 ) -> Result<Segmented, OffloadError> {
@@ -102,11 +129,16 @@ fn gso(
             (PROTO_UDP, 8)
         }
     };
-    let mss = hdr.gso_size as usize;
-    if mss == 0 {
+    if hdr.gso_size == 0 {
         return Err(OffloadError::BadHeader);
     }
     let hl = ip.l4 + l4_hl;
+    let mss = usize::from(hdr.gso_size).min(max_frame.saturating_sub(hl));
+    if mss == 0 {
+        // Not even the headers fit.
+        return Err(OffloadError::Malformed);
+    }
+    let capped = mss < usize::from(hdr.gso_size);
     let headers = frame.get(..hl).ok_or(OffloadError::Malformed)?;
     let payload = frame.get(hl..ip.end).ok_or(OffloadError::Malformed)?;
     let count = payload.len().div_ceil(mss).max(1);
@@ -172,6 +204,7 @@ fn gso(
         count,
         stride,
         total: out.len() - start,
+        capped,
     })
 }
 
@@ -227,6 +260,17 @@ mod tests {
     }
 
     fn check_tcp_segments(v6: bool, len: usize, mss: u16, prefix: &[u8], tail: usize) {
+        check_tcp_segments_within(v6, len, mss, usize::MAX, prefix, tail);
+    }
+
+    fn check_tcp_segments_within(
+        v6: bool,
+        len: usize,
+        mss: u16,
+        max_frame: usize,
+        prefix: &[u8],
+        tail: usize,
+    ) {
         let data = payload(len);
         let mut frame = tcp(v6, 1_000_000, &data, true);
         frame[ETH_LEN + if v6 { 0 } else { 1 }] |= 0; // keep TOS/TC as built
@@ -235,10 +279,15 @@ mod tests {
         let t = if v6 { GsoType::TcpV6 } else { GsoType::TcpV4 };
         let hdr = as_partial(&mut frame, t, mss);
         let mut out = vec![0xee; 3]; // existing content is kept
-        let s = segment(&hdr, &frame, prefix, tail, &mut out).unwrap();
+        let s = segment_within(&hdr, &frame, prefix, tail, max_frame, &mut out).unwrap();
         assert_eq!(&out[..3], &[0xee; 3]);
-        let mss = mss as usize;
         let hl = l4 + 32;
+        let asked = mss as usize;
+        let mss = asked.min(max_frame.saturating_sub(hl));
+        assert_eq!(s.capped, mss < asked);
+        if s.capped {
+            assert!(s.stride - prefix.len() - tail <= max_frame, "segments fit");
+        }
         assert_eq!(s.count, len.div_ceil(mss).max(1));
         assert_eq!(s.stride, prefix.len() + hl + mss + tail);
         assert_eq!(s.total, out.len() - 3);
@@ -275,6 +324,21 @@ mod tests {
     #[test]
     fn tcpv6_with_prefix_and_tailroom() {
         check_tcp_segments(true, 30000, 1388, &[1, 2, 3, 4, 5, 6, 7, 8], 16);
+    }
+
+    #[test]
+    fn segments_are_capped_to_what_fits() {
+        // A 1450-MTU container over a 1400 underlay: 1364-byte frames fit.
+        check_tcp_segments_within(false, 60000, 1398, 1364, &[], 0);
+        check_tcp_segments_within(true, 60000, 1378, 1364, &[7; 8], 21);
+        // Already small enough: not capped.
+        check_tcp_segments_within(false, 10000, 1000, 1364, &[], 0);
+        // Not even the headers fit: refused, nothing appended.
+        let mut frame = tcp(false, 1, &payload(3000), true);
+        let hdr = as_partial(&mut frame, GsoType::TcpV4, 1400);
+        let mut out = Vec::new();
+        assert!(segment_within(&hdr, &frame, &[], 0, 60, &mut out).is_err());
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! ARP over Ethernet for IPv4 (RFC 826), enough for the local ARP proxy:
-//! this module reads requests from whole Ethernet frames and writes replies.
+//! this module reads requests from whole Ethernet frames and writes replies,
+//! and the gratuitous requests (RFC 5227 announcements) that tell
+//! neighbours an address moved.
 //!
 //! ```text
 //!  0       6      12  14   16   18 19 20   22        28     32        38     42
@@ -86,6 +88,27 @@ pub fn emit_reply(req: &Request, answer: MacAddr, out: &mut [u8]) -> usize {
     FRAME_LEN
 }
 
+/// Writes a complete Ethernet frame holding a gratuitous ARP request
+/// ("`ip` is at `mac`", an ARP announcement of RFC 5227 section 2.3:
+/// sender and target IP both `ip`, target hardware address zero) to the
+/// broadcast address; returns its length (42). Linux replaces the MAC of
+/// an existing neighbour entry on it at once (`arp_is_garp`).
+///
+/// # Panics
+/// If `out` is shorter than [`FRAME_LEN`] (a caller's sizing mistake).
+pub fn emit_gratuitous(ip: Ipv4Addr, mac: MacAddr, out: &mut [u8]) -> usize {
+    let f = &mut out[..FRAME_LEN];
+    f[0..6].copy_from_slice(&MacAddr::BROADCAST.0);
+    f[6..12].copy_from_slice(&mac.0);
+    f[12..14].copy_from_slice(&ETHERTYPE.to_be_bytes());
+    f[14..22].copy_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, OP_REQUEST as u8]);
+    f[22..28].copy_from_slice(&mac.0);
+    f[28..32].copy_from_slice(&ip.octets());
+    f[32..38].copy_from_slice(&[0; 6]);
+    f[38..42].copy_from_slice(&ip.octets());
+    FRAME_LEN
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +156,19 @@ mod tests {
         assert_eq!(&f[28..32], &[10, 0, 0, 3], "sender ip = asked-for ip");
         assert_eq!(&f[32..38], &r.sender_mac.0, "target hw = requester");
         assert_eq!(&f[38..42], &[10, 0, 0, 2], "target ip = requester");
+    }
+
+    #[test]
+    fn gratuitous_request_announces_itself() {
+        let mac: MacAddr = "02:42:0a:00:00:09".parse().unwrap();
+        let ip = Ipv4Addr::new(10, 0, 0, 3);
+        let mut out = [0u8; FRAME_LEN];
+        assert_eq!(emit_gratuitous(ip, mac, &mut out), FRAME_LEN);
+        let r = parse_request(&out).unwrap().unwrap();
+        assert!(r.is_gratuitous());
+        assert_eq!((r.sender_mac, r.sender_ip, r.target_ip), (mac, ip, ip));
+        assert_eq!(&out[0..6], &[0xff; 6]);
+        assert_eq!(&out[32..38], &[0; 6], "target hardware address unknown");
     }
 
     #[test]

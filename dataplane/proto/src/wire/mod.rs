@@ -3,6 +3,7 @@
 
 pub mod arp;
 pub mod checksum;
+pub mod icmp;
 pub mod nd;
 pub mod vnet;
 pub mod vxlan;

@@ -1,6 +1,8 @@
 //! IPv6 neighbour discovery (RFC 4861): neighbour solicitation in, neighbour
 //! advertisement out, for the local ND proxy. This module owns the parsing of
-//! solicitations from whole Ethernet frames and the construction of replies.
+//! solicitations from whole Ethernet frames and the construction of
+//! advertisements: replies, and the unsolicited ones that tell neighbours
+//! an address moved.
 //!
 //! ```text
 //! Ethernet (14) | IPv6 (40, next header 58, hop limit 255) | ICMPv6:
@@ -143,30 +145,55 @@ fn is_solicited_node(a: Ipv6Addr) -> bool {
 /// # Panics
 /// If `out` is shorter than [`ADVERT_LEN`] (a caller's sizing mistake).
 pub fn emit_advert(sol: &Solicit, answer: MacAddr, out: &mut [u8]) -> usize {
-    let f = &mut out[..ADVERT_LEN];
     let dad = sol.src_ip.is_unspecified();
     let (dst_mac, dst_ip) = if dad {
-        (
-            MacAddr([0x33, 0x33, 0, 0, 0, 1]),
-            Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1),
-        )
+        (ALL_NODES_MAC, ALL_NODES)
     } else {
         (sol.src_mac, sol.src_ip)
     };
+    let flags = FLAG_OVERRIDE | if dad { 0 } else { FLAG_SOLICITED };
+    write_advert(dst_mac, dst_ip, sol.target, answer, flags, out)
+}
+
+/// Writes a complete Ethernet frame holding an unsolicited neighbour
+/// advertisement "`target` is at `mac`" to all nodes (ff02::1), with the
+/// Override flag set and Solicited clear (RFC 4861 7.2.6), so that
+/// neighbours holding an entry for `target` replace its link-layer address
+/// at once; returns its length ([`ADVERT_LEN`]). The IPv6 source is
+/// `target` itself.
+///
+/// # Panics
+/// If `out` is shorter than [`ADVERT_LEN`] (a caller's sizing mistake).
+pub fn emit_unsolicited_advert(target: Ipv6Addr, mac: MacAddr, out: &mut [u8]) -> usize {
+    write_advert(ALL_NODES_MAC, ALL_NODES, target, mac, FLAG_OVERRIDE, out)
+}
+
+/// ff02::1, and the Ethernet address it maps to (RFC 2464 section 7).
+const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+const ALL_NODES_MAC: MacAddr = MacAddr([0x33, 0x33, 0, 0, 0, 1]);
+
+fn write_advert(
+    dst_mac: MacAddr,
+    dst_ip: Ipv6Addr,
+    target: Ipv6Addr,
+    answer: MacAddr,
+    flags: u8,
+    out: &mut [u8],
+) -> usize {
+    let f = &mut out[..ADVERT_LEN];
     f[0..6].copy_from_slice(&dst_mac.0);
     f[6..12].copy_from_slice(&answer.0);
     f[12..14].copy_from_slice(&ETHERTYPE.to_be_bytes());
     let icmp_len = (ADVERT_LEN - 54) as u16;
     let [l0, l1] = icmp_len.to_be_bytes();
     f[14..22].copy_from_slice(&[0x60, 0, 0, 0, l0, l1, NEXT_HEADER_ICMPV6, 255]);
-    f[22..38].copy_from_slice(&sol.target.octets());
+    f[22..38].copy_from_slice(&target.octets());
     f[38..54].copy_from_slice(&dst_ip.octets());
-    let flags = FLAG_OVERRIDE | if dad { 0 } else { FLAG_SOLICITED };
     f[54..62].copy_from_slice(&[TYPE_NA, 0, 0, 0, flags, 0, 0, 0]);
-    f[62..78].copy_from_slice(&sol.target.octets());
+    f[62..78].copy_from_slice(&target.octets());
     f[78..80].copy_from_slice(&[OPT_TARGET_LLA, 1]);
     f[80..86].copy_from_slice(&answer.0);
-    let pseudo = checksum::pseudo_v6(sol.target, dst_ip, NEXT_HEADER_ICMPV6, icmp_len as u32);
+    let pseudo = checksum::pseudo_v6(target, dst_ip, NEXT_HEADER_ICMPV6, icmp_len as u32);
     let c = checksum::finish(checksum::sum(&f[54..], pseudo));
     f[56..58].copy_from_slice(&c.to_be_bytes());
     ADVERT_LEN
@@ -276,6 +303,19 @@ pub(crate) mod tests {
         let n = emit_advert(&s, answer, &mut out);
         check_advert(&out[..n], a("ff02::1"), a("fd00::3"), answer, false);
         assert_eq!(&out[0..6], &[0x33, 0x33, 0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn unsolicited_advert_overrides_at_all_nodes() {
+        let mac: MacAddr = "02:42:0a:00:00:09".parse().unwrap();
+        let mut out = [0u8; ADVERT_LEN];
+        let n = emit_unsolicited_advert(a("fd00::3"), mac, &mut out);
+        check_advert(&out[..n], a("ff02::1"), a("fd00::3"), mac, false);
+        assert_eq!(&out[0..6], &[0x33, 0x33, 0, 0, 0, 1]);
+        assert_eq!(
+            out[58], FLAG_OVERRIDE,
+            "override, not solicited, not router"
+        );
     }
 
     #[test]

@@ -38,8 +38,18 @@ pub(super) fn net(id: &str, v: u32, encrypted: bool, v6: bool) -> Network {
         ingress: false,
         encrypted,
         mtu: if encrypted { 1408 } else { 1450 },
+        mtu_explicit: Some(false),
+        flood: true,
         internal: false,
         created: 0,
+    }
+}
+
+/// A plain network that floods, as the dataplane reports one.
+fn plain() -> NetSpec {
+    NetSpec {
+        flood: true,
+        ..NetSpec::default()
     }
 }
 
@@ -114,6 +124,7 @@ pub(super) struct World {
     pub(super) networks: Vec<Network>,
     pub(super) containers: Vec<(Container, Runtime)>,
     pub(super) gossip: GossipView,
+    pub(super) underlay: Option<Underlay>,
     pub(super) services: Vec<Service>,
     /// Other hosts' containers the store holds.
     pub(super) remote: Vec<Container>,
@@ -137,6 +148,7 @@ impl World {
         let live = Live::new(&self.gossip, IpAddr::from(OWN), &running);
         plan(&Desired {
             own_vtep: IpAddr::from(OWN),
+            underlay: self.underlay,
             networks: &self.networks,
             containers: &locals,
             gossip: &self.gossip,
@@ -169,6 +181,7 @@ pub(super) fn world() -> World {
                 record("n2", "10.0.2.3", 2, 1),
             ],
         },
+        underlay: Some(Underlay::new(1500, false)),
         services: Vec::new(),
         remote: Vec::new(),
         node: None,
@@ -189,6 +202,7 @@ fn plan_of_a_host_with_one_container() {
                 gateways: vec![ip("10.0.1.1"), ip("fd00::1")],
                 egress: true,
                 ingress: false,
+                flood: true,
             }
         )])
     );
@@ -269,7 +283,7 @@ fn dataplane_ahead_of_desired_loses_stale_state() {
             gateways: vec![],
         },
     );
-    actual.networks.insert(vni(4098), NetSpec::default());
+    actual.networks.insert(vni(4098), plain());
     actual
         .vteps
         .insert(IpAddr::from([192, 0, 2, 9]), PublicKey::from_bytes([9; 32]));
@@ -383,7 +397,9 @@ fn a_changed_endpoint_is_detached_then_attached() {
     let p = w.plan();
     let mut actual = p.state.clone();
     let key = p.state.endpoints.keys().next().unwrap().clone();
-    actual.endpoints.get_mut(&key).unwrap().mtu = 1500;
+    // Another MAC (the MTU alone does not count: see
+    // an_underlay_mtu_change_is_reported_not_reattached).
+    actual.endpoints.get_mut(&key).unwrap().mac = MacAddr::from_ip(ip("10.0.1.99"));
     assert_eq!(
         diff(&actual, &p.state),
         vec![
@@ -400,6 +416,7 @@ fn after_leaving_everything_owned_goes() {
         networks: vec![],
         containers: vec![],
         gossip: GossipView::default(),
+        underlay: None,
         services: Vec::new(),
         remote: Vec::new(),
         node: None,
@@ -427,6 +444,9 @@ fn only_control_owned_entries_are_observed() {
                 gateways: vec![],
                 egress: false,
                 ingress: false,
+                flood: false,
+                flood_rate: 1000,
+                flooding: Default::default(),
                 owner: Owner::Control,
             },
             NetworkInfo {
@@ -438,6 +458,9 @@ fn only_control_owned_entries_are_observed() {
                 gateways: vec![],
                 egress: false,
                 ingress: false,
+                flood: true,
+                flood_rate: 1000,
+                flooding: Default::default(),
                 owner: Owner::User,
             },
         ],
@@ -469,7 +492,87 @@ fn only_control_owned_entries_are_observed() {
     };
     let s = observe(&o);
     assert_eq!(s.networks.len(), 1);
+    assert!(
+        !s.networks[&vni(4097)].flood,
+        "the flooding setting is observed"
+    );
     assert_eq!(s.peers.len(), 1);
+}
+
+/// The endpoint of `c1` in `w`'s plan.
+fn c1_endpoint(w: &World) -> EndpointSpec {
+    let key = EndpointKey::Netns {
+        netns: "ns-c1".into(),
+        ifname: "eth0".into(),
+    };
+    w.plan().state.endpoints[&key].clone()
+}
+
+#[test]
+fn endpoint_mtu_comes_from_the_underlay_unless_given() {
+    let mut w = world();
+    // n1 is encrypted: 1500 - 50 - 42.
+    assert_eq!(c1_endpoint(&w).mtu, 1408);
+    w.underlay = Some(Underlay::new(1400, false));
+    assert_eq!(c1_endpoint(&w).mtu, 1308);
+    w.underlay = Some(Underlay::new(9000, true));
+    assert_eq!(c1_endpoint(&w).mtu, 9000 - 70 - 42);
+    w.networks[0].encrypted = false;
+    assert_eq!(c1_endpoint(&w).mtu, 8930);
+    // A given MTU wins whatever the underlay.
+    w.networks[0].mtu = 1200;
+    w.networks[0].mtu_explicit = Some(true);
+    assert_eq!(c1_endpoint(&w).mtu, 1200);
+    // A dataplane that does not say its underlay: the recorded MTU.
+    w.networks[0].mtu_explicit = Some(false);
+    w.networks[0].mtu = 1450;
+    w.underlay = None;
+    assert_eq!(c1_endpoint(&w).mtu, 1450);
+}
+
+#[test]
+fn an_underlay_mtu_change_is_reported_not_reattached() {
+    let mut w = world();
+    let before = w.plan().state;
+    w.underlay = Some(Underlay::new(1400, false));
+    let after = w.plan().state;
+    assert!(
+        diff(&before, &after).is_empty(),
+        "existing endpoints keep their MTU (a re-attach would cut their connections)"
+    );
+    let drift = mtu_drift(&before, &after);
+    assert_eq!(drift.len(), 1);
+    assert_eq!((drift[0].1, drift[0].2), (1408, 1308));
+    // Anything else about the endpoint still re-attaches it.
+    let mut moved = before.clone();
+    for e in moved.endpoints.values_mut() {
+        e.gateways.clear();
+    }
+    assert_eq!(diff(&moved, &after).len(), 2, "detach and attach");
+    assert!(mtu_drift(&after, &after).is_empty());
+}
+
+#[test]
+fn a_network_with_flooding_off_says_so() {
+    let mut w = world();
+    w.networks[0].flood = false;
+    let p = w.plan();
+    assert!(!p.state.networks[&vni(4097)].flood);
+    let ops = diff(&world().plan().state, &p.state);
+    assert_eq!(
+        ops,
+        vec![Op::NetworkAdd(
+            vni(4097),
+            NetSpec {
+                flood: false,
+                ..world().plan().state.networks[&vni(4097)].clone()
+            }
+        )]
+    );
+    let dp::Request::NetworkAdd(req) = ops[0].request() else {
+        panic!("not a network_add")
+    };
+    assert!(!req.flood && req.encrypted);
 }
 
 pub(super) fn service(id: &str, network: &str, vip: &str, vip6: Option<&str>) -> Service {
