@@ -246,10 +246,15 @@ where
         if let Some(v) = lock(&self.view_override).clone() {
             return v;
         }
-        lock(&self.gossip)
-            .as_ref()
-            .map(|g| g.view())
-            .unwrap_or_default()
+        match lock(&self.gossip).as_ref() {
+            Some(g) => g.view(),
+            // The roles loop starts gossip soon: until its first pull, the
+            // swarm's members and endpoints are unknown, not gone.
+            None => Arc::new(gossip::GossipView {
+                syncing: self.roles_running.load(std::sync::atomic::Ordering::SeqCst),
+                ..gossip::GossipView::default()
+            }),
+        }
     }
 
     pub(crate) fn set_underlay(&self, u: Option<vxnet_proto::mtu::Underlay>) {

@@ -148,7 +148,7 @@ where
         let h: GossipHandle =
             gossip::spawn(sock, m, on_change).map_err(|e| format!("cannot start gossip: {e}"))?;
         if let Some(seed) = self.gossip_seed() {
-            h.send(GossipCmd::Join(seed));
+            h.join(seed);
         }
         tracing::info!(addr = %addr, "gossip running");
         *lock(&self.d.gossip) = Some(h);

@@ -735,6 +735,7 @@ fn a_restarted_dataplane_gets_everything_back() {
     n.run("c1", &["tnet"], &["sleep", "600"]);
     // Another host with an endpoint (IPv4 and IPv6 records) on the network.
     n.set_view(GossipView {
+        syncing: false,
         own: Some(member(1)),
         members: vec![member(2)],
         records: vec![
@@ -765,6 +766,7 @@ fn a_restarted_dataplane_gets_everything_back() {
     assert!(n.dp.with(|d| d.peers.contains_key(&(net.vni, hand))));
     // The host goes Down: its peers and key go.
     n.set_view(GossipView {
+        syncing: false,
         own: Some(member(1)),
         members: vec![],
         records: vec![record(&net.id, "10.0.0.3", 2)],
@@ -775,6 +777,34 @@ fn a_restarted_dataplane_gets_everything_back() {
     });
 }
 
+/// A daemon that just (re)started sees an empty view until gossip pulled
+/// its seed's state: nothing it lacks is removed from the dataplane until
+/// then, so connections through other hosts' endpoints survive.
+#[test]
+fn nothing_is_removed_while_gossip_syncs() {
+    let n = node();
+    n.init();
+    let net = n.net("tnet");
+    n.run("c1", &["tnet"], &["sleep", "600"]);
+    let host2 = vec![member(2)];
+    let view = |members, records, syncing| GossipView {
+        own: Some(member(1)),
+        members,
+        records,
+        syncing,
+    };
+    n.set_view(view(host2, vec![record(&net.id, "10.0.0.3", 2)], false));
+    let before = n.dp.with(|d| (d.peers.clone(), d.vteps.clone()));
+    assert_eq!((before.0.len(), before.1.len()), (1, 1));
+    // Restarted: gossip knows nobody yet, and says it is syncing.
+    n.set_view(view(vec![], vec![], true));
+    n.settle();
+    assert_eq!(n.dp.with(|d| (d.peers.clone(), d.vteps.clone())), before);
+    // Synced, and the host is really gone: now its peer and key go.
+    n.set_view(view(vec![], vec![], false));
+    n.dp.with(|d| assert!(d.peers.is_empty() && d.vteps.is_empty(), "{:?}", d.peers));
+}
+
 #[test]
 fn leaving_refuses_while_containers_run_and_then_removes_everything() {
     let n = node();
@@ -783,6 +813,7 @@ fn leaving_refuses_while_containers_run_and_then_removes_everything() {
     n.run("web", &["tnet"], &["sleep", "600"]);
     n.run("db", &["tnet"], &["sleep", "600"]);
     n.set_view(GossipView {
+        syncing: false,
         own: Some(member(1)),
         members: vec![member(2)],
         records: vec![record(&net.id, "10.0.0.9", 2)],
@@ -1058,6 +1089,7 @@ fn a_node_that_left_stays_down_while_gossip_still_holds_it() {
     let mut held = member(2);
     held.node_id = worker.clone();
     m.set_view(GossipView {
+        syncing: false,
         own: Some(member(1)),
         members: vec![held],
         records: vec![],

@@ -266,7 +266,16 @@ where
         let have = self.observe()?;
         self.report_drift(plan::mtu_drift(&have, &want.state));
         let mut failed_endpoints: BTreeSet<EndpointKey> = BTreeSet::new();
+        let mut held = 0usize;
         for op in plan::diff(&have, &want.state) {
+            // A daemon that just started does not know the swarm yet: the
+            // peers, backends and ports it lacks are unknown, not gone, and
+            // removing them would cut live connections (a published
+            // port's flow reset through a VIP without backends).
+            if gossip.syncing && !plan::additive(&op, &have) {
+                held += 1;
+                continue;
+            }
             if let Err(e) = self.apply(&op, &mut p.report) {
                 if let Op::Attach(key, _) = &op {
                     failed_endpoints.insert(key.clone());
@@ -281,6 +290,10 @@ where
                 }
                 p.report.errors.push(e.message);
             }
+        }
+
+        if held > 0 {
+            tracing::info!(held, "gossip is syncing: dataplane removals wait for it");
         }
 
         // Processes of running containers, once their endpoints exist.

@@ -228,6 +228,7 @@ mod tests {
             generation: 1,
         };
         GossipView {
+            syncing: false,
             own: None,
             members: vec![member],
             records: ips

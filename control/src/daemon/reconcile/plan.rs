@@ -595,6 +595,18 @@ pub fn observe(o: &Observed) -> DpState {
     s
 }
 
+/// Whether `op` only adds to what the dataplane holds (`have`): a VTEP,
+/// a network, a remote peer, or an endpoint not attached yet. Everything
+/// else removes or replaces state (a service's or port's backends, the
+/// host link) and waits while gossip syncs.
+pub fn additive(op: &Op, have: &DpState) -> bool {
+    match op {
+        Op::VtepAdd(..) | Op::NetworkAdd(..) | Op::PeerAdd { .. } => true,
+        Op::Attach(key, _) => !have.endpoints.contains_key(key),
+        _ => false,
+    }
+}
+
 /// One change to the dataplane.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {

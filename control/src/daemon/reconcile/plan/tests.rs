@@ -171,6 +171,7 @@ pub(super) fn world() -> World {
             vec![attachment("n1", "10.0.1.2", Some("fd00::2"))],
         )],
         gossip: GossipView {
+            syncing: false,
             own: Some(member(1)),
             members: vec![member(2)],
             records: vec![
@@ -743,4 +744,18 @@ fn only_control_owned_services_are_observed() {
             BTreeSet::from([(ip("10.0.1.2"), MacAddr::from_ip(ip("10.0.1.2")))])
         )])
     );
+}
+
+#[test]
+fn only_additions_are_additive() {
+    let w = world();
+    let want = w.plan().state;
+    let empty = DpState::default();
+    // Onto an empty dataplane everything the plan makes is an addition.
+    assert!(diff(&empty, &want).iter().all(|op| additive(op, &empty)));
+    // Taking it all away is not, nor is re-attaching what exists.
+    assert!(!diff(&want, &empty).iter().any(|op| additive(op, &want)));
+    let key = want.endpoints.keys().next().unwrap().clone();
+    let spec = want.endpoints[&key].clone();
+    assert!(!additive(&Op::Attach(key, spec), &want));
 }
