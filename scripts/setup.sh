@@ -41,7 +41,8 @@ if ! have cargo; then
     curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
     export PATH="$HOME/.cargo/bin:$PATH"
 fi
-# The kernel modules the testbed uses; built in on many kernels, so a
-# failure here is not fatal (the tests say what is missing).
-for m in tun veth bridge vxlan; do modprobe -q "$m" 2>/dev/null || true; done
+# The kernel modules the testbed and the host link (nftables NAT) use;
+# built in on many kernels, so a failure here is not fatal (the tests say
+# what is missing).
+for m in tun veth bridge vxlan nf_tables nf_nat; do modprobe -q "$m" 2>/dev/null || true; done
 echo "setup: ok ($(cargo --version))"
