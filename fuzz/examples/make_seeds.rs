@@ -126,6 +126,7 @@ fn batch(frames: &[&[u8]]) -> Vec<u8> {
 
 fn main() {
     esp_seeds();
+    kx_seeds();
     dns_seeds();
     let vni = Vni::new(4096).expect("vni");
     let icmp_echo = {
@@ -457,6 +458,93 @@ fn mesh_seeds() {
                 (80, 40000),
                 false,
             ),
+        ),
+    );
+}
+
+/// Scripts for `kx_rotation` (pairs of [op, arg]; the first byte picks
+/// which host has the larger key).
+fn kx_seeds() {
+    use vxnet_fuzz::kx_rotation::op::*;
+    let deliver = |n: usize| vec![[DELIVER, 0]; n];
+    let data = vec![[DATA, 0], [DATA, 1]];
+    let script = |first: u8, parts: &[Vec<[u8; 2]>]| {
+        let mut v = vec![first];
+        for p in parts {
+            for [o, a] in p {
+                v.extend_from_slice(&[*o, *a]);
+            }
+        }
+        v
+    };
+    write(
+        "kx_rotation",
+        "handshake-traffic",
+        &script(
+            0,
+            &[deliver(6), data.clone(), vec![[ADVANCE, 20]], data.clone()],
+        ),
+    );
+    write(
+        "kx_rotation",
+        "restart-replay-all",
+        &script(
+            0,
+            &[
+                deliver(6),
+                data.clone(),
+                vec![[REKEY, 0]],
+                deliver(4),
+                vec![[REKEY, 1]],
+                deliver(4),
+                data.clone(),
+                vec![[ADVANCE, 10], [RESTART, 0], [REPLAY_ALL, 1]],
+                deliver(8),
+                data.clone(),
+                vec![[RESTART, 1], [REPLAY_ALL, 0], [REPLAY, 3], [REPLAY, 7]],
+                deliver(8),
+                data.clone(),
+                vec![[ADVANCE_LONG, 15]],
+                data.clone(),
+            ],
+        ),
+    );
+    write(
+        "kx_rotation",
+        "collision-loss-forgery",
+        &script(
+            1,
+            &[
+                deliver(6),
+                vec![
+                    [REKEY, 0],
+                    [REKEY, 1],
+                    [DROP, 0],
+                    [DUPLICATE, 0],
+                    [REORDER, 0],
+                ],
+                deliver(3),
+                vec![[FORGE, 9], [REFLECT, 2], [ADVANCE, 12]],
+                deliver(6),
+                data.clone(),
+            ],
+        ),
+    );
+    let mut many = vec![[DATA, 0]; 50];
+    many.extend(vec![[DATA, 1]; 50]);
+    write(
+        "kx_rotation",
+        "packet-budget-and-grace",
+        &script(
+            0,
+            &[
+                deliver(6),
+                many,
+                deliver(6),
+                vec![[ADVANCE_LONG, 12], [ADVANCE_LONG, 250]],
+                deliver(6),
+                data,
+            ],
         ),
     );
 }

@@ -5,6 +5,9 @@
 //! Each body feeds untrusted bytes to a parser and then checks invariants
 //! that must hold for any input, panicking when one breaks.
 use std::sync::Arc;
+
+pub mod kx_rotation;
+pub use kx_rotation::kx_rotation;
 use vxnet_proto::batch::{FrameRef, TxBatch};
 use vxnet_proto::engine::{Engine, EngineConfig, Outputs};
 use vxnet_proto::fdb::Fdb;

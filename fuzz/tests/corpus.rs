@@ -110,3 +110,19 @@ fn dns_query() {
 fn mesh() {
     run("mesh", vxnet_fuzz::mesh);
 }
+
+#[test]
+fn kx_rotation() {
+    run("kx_rotation", |d| {
+        vxnet_fuzz::kx_rotation(d);
+    });
+    // The seeds reach restarts, replays and rotations.
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/kx_rotation/seed-restart-replay-all");
+    let reached = vxnet_fuzz::kx_rotation(&fs::read(path).expect("seed"));
+    assert!(
+        reached.restarts >= 2 && reached.replays > 10 && reached.rotations >= 4,
+        "{reached:?}"
+    );
+    assert!(reached.opened > 0, "{reached:?}");
+}

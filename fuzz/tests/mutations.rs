@@ -128,3 +128,10 @@ fn dns_query() {
 fn mesh() {
     run("mesh", 5_000, vxnet_fuzz::mesh);
 }
+
+#[test]
+fn kx_rotation() {
+    run("kx_rotation", 800, |d| {
+        vxnet_fuzz::kx_rotation(d);
+    });
+}

@@ -37,6 +37,47 @@
 //! than the last accepted one from that peer (the timestamp is wall clock,
 //! so this survives a restart of the initiator; a retry carries a fresh one).
 //!
+//! Every RESP and CONFIRM is authenticated before anything else is decided:
+//! the public halves of the last 16 handshakes we initiated and
+//! answered are kept for that (never a secret), so a late copy of a real
+//! message is told apart from a forgery. Forgeries and messages we cannot
+//! authenticate are [`CryptoError::BadControlMessage`] (`bad_control`);
+//! only authentic superseded ones are [`CryptoError::StaleControlMessage`].
+//!
+//! # Freshness: what a replayed INIT can and cannot do
+//!
+//! The static keys live in the key file, so a recorded INIT authenticates
+//! forever; only its timestamp dates it, and a host that just started (or
+//! was just told the peer's key) has no earlier timestamp to compare with.
+//! It cannot tell a replay from the peer's real INIT. We do not try to
+//! prove freshness up front (a cookie round trip, or timestamps kept on
+//! disk); instead an unproven INIT is never allowed to cost anything that
+//! matters, and freshness is proven by completion:
+//!
+//! - Answering an INIT never abandons our own: a pending INIT of ours keeps
+//!   being retried, and the peer's RESP to it is accepted, until the
+//!   answered handshake is confirmed (by CONFIRM or the first packet of its
+//!   generation, which only the holder of e_i can produce). A host that has
+//!   no current generation initiates even while it answers. So a replay
+//!   can neither stop us sending INIT nor make us reject the real RESP.
+//! - A replay costs at most one RESP per peer handshake (its INIT
+//!   ephemeral; INIT retries and their replays carry the same one, and a
+//!   lost RESP is covered by our own bounded retransmission schedule, not
+//!   by the peer's retries), and one INIT copy per peer handshake for the
+//!   larger key. The pending answer it creates is replaced by any newer
+//!   INIT and dropped when our own handshake completes.
+//! - Nothing moves backwards: our current SAs change only on a completed
+//!   handshake. Once one has completed, every recorded message is stale by
+//!   timestamp (the peer's RESP carries its clock in `sender_ts`).
+//! - While we answer, our INIT retries keep their timestamp, so a peer that
+//!   completed the handshake we answered ignores them rather than starting
+//!   a handshake we would drop once we switch.
+//!
+//! This needs no new message, state on disk, or extra round trip on the
+//! normal path; the price is one unusable answer per replayed handshake.
+//! `crypto/sim_tests.rs` replays every recorded message at restarts of
+//! either host and during rotations and checks the pair is back within 1 s.
+//!
 //! # Rotation (make-before-break)
 //!
 //! ```text
@@ -54,12 +95,14 @@
 //! generation's inbound SAs stay for [`SessionConfig::grace`] after the
 //! switch, then are removed (their keys wiped). INIT is retried with
 //! exponential backoff until a RESP arrives; RESP is retransmitted until the
-//! switch (a duplicate RESP for a completed handshake is answered with
-//! CONFIRM again). When both sides send INIT at once, the side with the
-//! larger static public key stays initiator and answers the other's INIT only
-//! by sending its own INIT again (see below); the other abandons its own and
-//! answers. Ephemeral secrets are dropped (wiped) as soon as the
-//! generation's PRK is derived.
+//! switch, each time as a new copy (new nonce), and the initiator answers
+//! each copy of the RESP of a completed handshake with CONFIRM once: a
+//! replayed copy gets nothing, however often it comes, also after later
+//! rotations. When both sides send INIT at once, the side with
+//! the larger static public key stays initiator and answers the other's INIT
+//! only by sending its own INIT again (see below); the other answers, and
+//! drops its own INIT once the answered handshake is confirmed. Ephemeral
+//! secrets are dropped (wiped) as soon as the generation's PRK is derived.
 //!
 //! # Hosts configured at different times
 //!
@@ -219,10 +262,10 @@ struct PendingInit {
 
 struct PendingResp {
     local_id: u64,
+    generation: u32,
     ts: u64,
     init_eph: PublicKey,
     resp_eph: PublicKey,
-    msg: [u8; CONTROL_LEN],
     outbound: FxHashMap<u32, OutboundSa>,
     next_retry: Instant,
     interval: Duration,
@@ -233,9 +276,43 @@ struct PendingResp {
 /// retransmitted RESP (our CONFIRM was lost) with CONFIRM again.
 struct CompletedInit {
     ts: u64,
-    init_eph: PublicKey,
     resp_eph: PublicKey,
     confirm: [u8; CONTROL_LEN],
+    /// Nonces of the RESP copies answered so far. The responder makes a new
+    /// copy (new nonce) per retransmission; a replayed copy gets nothing,
+    /// and no more copies are answered than the responder makes.
+    answered: Vec<[u8; 12]>,
+}
+
+/// How many handshakes we initiated, and handshakes we answered, are remembered (by
+/// their public values only) so that late RESPs and CONFIRMs can still be
+/// authenticated before they are called stale.
+const HISTORY: usize = 16;
+
+/// A handshake we initiated: its generation, ephemeral public key, and the
+/// timestamps of its first and latest INIT (retries carry newer ones; a
+/// RESP echoes whichever copy it answers).
+#[derive(Clone, Copy)]
+struct SentInit {
+    generation: u32,
+    e_i: PublicKey,
+    first_ts: u64,
+    last_ts: u64,
+}
+
+/// A handshake we answered: the INIT's timestamp and both ephemerals.
+#[derive(Clone, Copy)]
+struct Answered {
+    ts: u64,
+    e_i: PublicKey,
+    e_r: PublicKey,
+}
+
+fn remember<T>(ring: &mut VecDeque<T>, item: T) {
+    if ring.len() == HISTORY {
+        ring.pop_front();
+    }
+    ring.push_back(item);
 }
 
 /// Key rotation state with one peer.
@@ -267,6 +344,15 @@ pub struct Session {
     /// (INIT ts, e_i, e_r) of the last handshake we answered and switched to.
     last_promoted: Option<(u64, PublicKey, PublicKey)>,
     last_peer_init_ts: u64,
+    /// The peer handshake (e_i) we last answered with a RESP: its INIT
+    /// retries (and replays of them) get no second RESP; our own RESP
+    /// retransmission covers a lost one. Cleared when we give up on it.
+    answered_eph: Option<PublicKey>,
+    /// The peer handshake (e_i) for which we last sent our pending INIT
+    /// again at once (as the side with the larger key).
+    nudged_eph: Option<PublicKey>,
+    sent_inits: VecDeque<SentInit>,
+    answered: VecDeque<Answered>,
     rekey_at: Option<Instant>,
     rekey_wanted: bool,
     transmit: VecDeque<[u8; CONTROL_LEN]>,
@@ -334,6 +420,10 @@ impl Session {
             completed: None,
             last_promoted: None,
             last_peer_init_ts: 0,
+            answered_eph: None,
+            nudged_eph: None,
+            sent_inits: VecDeque::with_capacity(HISTORY),
+            answered: VecDeque::with_capacity(HISTORY),
             rekey_at: None,
             rekey_wanted: true,
             transmit: VecDeque::new(),
@@ -542,8 +632,10 @@ impl Session {
         let mut consider = |x: Instant| t = Some(t.map_or(x, |t| t.min(x)));
         if let Some(i) = &self.initiating {
             consider(i.next_retry);
-        } else if self.responding.is_some() {
-            // The answered handshake brings the next generation.
+        } else if self.responding.is_some() && self.current.is_some() {
+            // The answered handshake brings the next generation. Without a
+            // current one we initiate all the same: the INIT we answered
+            // may be a replay (see "Freshness").
         } else if self.rekey_wanted {
             consider(self.last_now);
         } else if let Some(r) = self.rekey_at {
@@ -575,10 +667,18 @@ impl Session {
                 .retain(|_, sa| !expired.contains(&sa.local_gen));
             self.gens.retain(|g| !expired.contains(&g.local_id));
         }
-        // INIT retry with a fresh timestamp (the responder only takes newer ones).
+        // INIT retry with a fresh timestamp (the responder only takes newer
+        // ones), except while we answer the peer's INIT: the same timestamp
+        // then lets a peer that completed that handshake (its RESP told us
+        // so through `sender_ts`) ignore the retry instead of starting a
+        // handshake we would drop once we switch.
         if let Some(i) = &self.initiating {
             if now >= i.next_retry {
-                let ts = self.next_ts(now);
+                let ts = if self.responding.is_some() {
+                    i.ts
+                } else {
+                    self.next_ts(now)
+                };
                 let max = self.config.max_retry_interval;
                 if let Some(i) = self.initiating.as_mut() {
                     i.ts = ts;
@@ -587,13 +687,14 @@ impl Session {
                 }
                 self.queue_init();
             }
-        } else if self.responding.is_none()
+        } else if (self.responding.is_none() || self.current.is_none())
             && (self.rekey_wanted || self.rekey_at.is_some_and(|at| now >= at))
         {
             self.start_init(now);
         }
         // RESP retransmission until the initiator confirms (or we give up).
         let mut give_up = false;
+        let mut resend = None;
         if let Some(r) = self.responding.as_mut() {
             if now >= r.next_retry {
                 if r.tries >= self.config.max_resp_retries {
@@ -602,13 +703,24 @@ impl Session {
                     r.tries += 1;
                     r.interval = (r.interval * 2).min(self.config.max_retry_interval);
                     r.next_retry = now + r.interval;
-                    self.transmit.push_back(r.msg);
+                    resend = Some((r.generation, r.ts, r.resp_eph, r.init_eph));
                 }
             }
+        }
+        // A new copy (new nonce): the initiator answers each copy at most
+        // once, so a replayed one gets nothing but ours still get through.
+        if let Some((generation, ts, e_r, e_i)) = resend {
+            let sender_ts = self.next_ts(now);
+            let resp = self.build(TYPE_RESP, generation, ts, &e_r, sender_ts, Some(&e_i));
+            self.transmit.push_back(resp);
         }
         if give_up {
             if let Some(r) = self.responding.take() {
                 self.retire(r.local_id, now);
+                // Should the peer still be retrying that INIT, answer it anew.
+                if self.answered_eph == Some(r.init_eph) {
+                    self.answered_eph = None;
+                }
             }
             // The peer wanted a new generation and did not get it: we try.
             self.rekey_wanted = true;
@@ -653,26 +765,40 @@ impl Session {
         if ts <= self.last_peer_init_ts {
             return Err(CryptoError::StaleControlMessage);
         }
-        if self.initiating.is_some() {
-            if self.preferred {
-                // Simultaneous INIT: we stay initiator; the peer will answer
-                // ours. It may never have seen ours, though: an INIT that
-                // reached it before it had our key was dropped there, and
-                // our next retry may be far off. This authenticated INIT
-                // proves it knows us now, so send ours again at once (the
-                // same generation, timestamp and ephemeral: a peer that did
-                // get it drops the copy as stale). Taking the peer's INIT as
-                // seen makes a replayed copy stale, so it cannot make us
-                // send again.
-                self.last_peer_init_ts = ts;
-                self.queue_init();
-                return Ok(());
-            }
-            // We yield: drop our pending INIT (wiping its ephemeral). Should
-            // the peer's handshake fail too, we start over ourselves.
-            self.initiating = None;
-            self.rekey_wanted = true;
+        // Retries of one handshake carry the same ephemeral: one RESP per
+        // handshake, so a replayed retry costs nothing. A lost RESP is
+        // covered by our retransmission timer.
+        if self.answered_eph == Some(e_i) {
+            self.last_peer_init_ts = ts;
+            return Err(CryptoError::StaleControlMessage);
         }
+        if self.initiating.is_some() && self.preferred {
+            // Simultaneous INIT: we stay initiator; the peer will answer
+            // ours. It may never have seen ours, though: an INIT that
+            // reached it before it had our key was dropped there, and our
+            // next retry may be far off. This authenticated INIT suggests it
+            // knows us now, so send ours again at once (the same
+            // generation, timestamp and ephemeral: a peer that did get it
+            // drops the copy as stale), once per peer handshake, so a
+            // replayed copy or retry makes us send nothing.
+            self.last_peer_init_ts = ts;
+            if self.nudged_eph != Some(e_i) {
+                self.nudged_eph = Some(e_i);
+                self.queue_init();
+                // Should the copy be lost, retry soon rather than after the
+                // backed-off interval: our own timer, not the peer's retries
+                // (which a replay could imitate), covers the loss.
+                let first = self.config.handshake_timeout;
+                if let Some(i) = self.initiating.as_mut() {
+                    i.interval = first;
+                    i.next_retry = now + first;
+                }
+            }
+            return Ok(());
+        }
+        // We answer. A pending INIT of ours stays pending and keeps being
+        // retried: this INIT may be a replay (see "Freshness"); it is
+        // dropped only when the answered handshake is confirmed.
         let e_r = Ephemeral::generate(&mut *self.rng);
         let dh_ee = e_r.dh(&e_i).ok_or(CryptoError::BadControlMessage)?;
         self.last_peer_init_ts = ts;
@@ -680,6 +806,15 @@ impl Session {
         drop(dh_ee);
         let resp_eph = e_r.public;
         drop(e_r);
+        self.answered_eph = Some(e_i);
+        remember(
+            &mut self.answered,
+            Answered {
+                ts,
+                e_i,
+                e_r: resp_eph,
+            },
+        );
         self.generation = self.generation.max(generation);
         // A previous unconfirmed answer is superseded; keep receiving on it
         // for the grace period in case the peer did switch to it.
@@ -701,7 +836,7 @@ impl Session {
             ts,
             init_eph: e_i,
             resp_eph,
-            msg: resp,
+            generation,
             outbound,
             next_retry: now + self.config.handshake_timeout,
             interval: self.config.handshake_timeout,
@@ -719,27 +854,42 @@ impl Session {
         e_r: PublicKey,
         sender_ts: u64,
     ) -> Result<(), CryptoError> {
+        // Authenticate first: the RESP is bound to the INIT it answers, so
+        // find that INIT (by its timestamp) among those we sent. One we
+        // cannot find cannot be authenticated and counts as bad.
+        let sent = self
+            .sent_inits
+            .iter()
+            .rev()
+            .find(|s| s.generation == generation && (s.first_ts..=s.last_ts).contains(&ts))
+            .copied()
+            .ok_or(CryptoError::BadControlMessage)?;
+        self.verify(msg, Some(&sent.e_i))?;
+        let mut nonce = [0u8; 12];
+        nonce.copy_from_slice(&msg[60..72]);
+        // Any retry of our pending INIT (same ephemeral) may be answered.
         let Some(init) = self
             .initiating
             .as_ref()
-            .filter(|i| i.ts == ts && i.generation == generation)
+            .filter(|i| i.eph.public == sent.e_i && i.generation == generation)
         else {
             // A retransmitted RESP for the handshake we completed: our
-            // CONFIRM was lost; send it again.
-            if let Some(c) = self
-                .completed
-                .as_ref()
-                .filter(|c| c.ts == ts && c.resp_eph == e_r)
-            {
+            // CONFIRM was lost; send it again, once per copy of the RESP
+            // (a replayed copy must not make us answer one for one).
+            let copies = self.config.max_resp_retries as usize + 1;
+            if let Some(c) = self.completed.as_mut().filter(|c| {
+                c.ts == ts
+                    && c.resp_eph == e_r
+                    && !c.answered.contains(&nonce)
+                    && c.answered.len() < copies
+            }) {
+                c.answered.push(nonce);
                 let confirm = c.confirm;
-                let e_i = c.init_eph;
-                // Authenticate before answering so forged copies cost nothing.
-                self.verify(msg, Some(&e_i))?;
                 self.transmit.push_back(confirm);
                 return Ok(());
             }
-            // For an INIT we abandoned or retried since: cannot even be
-            // authenticated any more (the ephemeral is gone).
+            // For an INIT we abandoned, a handshake already answered, or a
+            // replay.
             return Err(CryptoError::StaleControlMessage);
         };
         let e_i_pub = init.eph.public;
@@ -749,6 +899,8 @@ impl Session {
         drop(dh_ee);
         // Forward secrecy: the ephemeral secret goes now.
         self.initiating = None;
+        // A CONFIRM of a handshake we answered before is now stale.
+        self.last_promoted = None;
         // Any INIT the peer sent before answering ours was abandoned by it.
         self.last_peer_init_ts = self.last_peer_init_ts.max(sender_ts);
         let local_id = self.install_generation(secret, true);
@@ -774,9 +926,9 @@ impl Session {
         self.transmit.push_back(confirm);
         self.completed = Some(CompletedInit {
             ts,
-            init_eph: e_i_pub,
             resp_eph: e_r,
             confirm,
+            answered: vec![nonce],
         });
         Ok(())
     }
@@ -788,30 +940,43 @@ impl Session {
         ts: u64,
         e_r: PublicKey,
     ) -> Result<(), CryptoError> {
-        let Some(r) = self
+        // Authenticate first, against the handshake it names.
+        let answered = self
+            .answered
+            .iter()
+            .rev()
+            .find(|a| a.ts == ts && a.e_r == e_r)
+            .copied()
+            .ok_or(CryptoError::BadControlMessage)?;
+        self.verify(msg, Some(&answered.e_i))?;
+        if self
             .responding
             .as_ref()
-            .filter(|r| r.ts == ts && r.resp_eph == e_r)
-        else {
-            // Usually we already switched because data of the new generation
-            // arrived first: authenticate and accept that as a no-op.
-            if let Some((_, e_i, _)) = self
-                .last_promoted
-                .filter(|(t, _, resp_eph)| *t == ts && *resp_eph == e_r)
-            {
-                return self.verify(msg, Some(&e_i));
-            }
-            return Err(CryptoError::StaleControlMessage);
-        };
-        let e_i = r.init_eph;
-        self.verify(msg, Some(&e_i))?;
-        self.promote_responding(now);
-        Ok(())
+            .is_some_and(|r| r.ts == ts && r.resp_eph == e_r)
+        {
+            self.promote_responding(now);
+            return Ok(());
+        }
+        // Usually we already switched because data of the new generation
+        // arrived first: accept that as a no-op.
+        if self
+            .last_promoted
+            .is_some_and(|(t, _, resp_eph)| t == ts && resp_eph == e_r)
+        {
+            return Ok(());
+        }
+        Err(CryptoError::StaleControlMessage)
     }
 
     fn promote_responding(&mut self, now: Instant) {
         if let Some(r) = self.responding.take() {
             self.last_promoted = Some((r.ts, r.init_eph, r.resp_eph));
+            // The answered handshake is confirmed (only the holder of e_i
+            // can confirm it): it is fresh and brings the new generation, so
+            // our own pending INIT, if any, is no longer needed, and a
+            // RESP to a handshake we completed earlier is now stale.
+            self.initiating = None;
+            self.completed = None;
             let PendingResp {
                 local_id, outbound, ..
             } = r;
@@ -923,6 +1088,7 @@ impl Session {
         self.generation = generation;
         let eph = Ephemeral::generate(&mut *self.rng);
         let ts = self.next_ts(now);
+        self.nudged_eph = None;
         self.initiating = Some(PendingInit {
             generation,
             eph,
@@ -942,6 +1108,18 @@ impl Session {
         {
             let msg = self.build(TYPE_INIT, generation, ts, &e_i, ts, None);
             self.transmit.push_back(msg);
+            match self.sent_inits.back_mut() {
+                Some(s) if s.e_i == e_i => s.last_ts = s.last_ts.max(ts),
+                _ => remember(
+                    &mut self.sent_inits,
+                    SentInit {
+                        generation,
+                        e_i,
+                        first_ts: ts,
+                        last_ts: ts,
+                    },
+                ),
+            }
         }
     }
 

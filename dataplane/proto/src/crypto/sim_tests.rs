@@ -55,6 +55,12 @@ struct Sim {
     configured: [bool; 2],
     /// Messages a node dropped because it had no session for the sender.
     unknown_host_drops: [u64; 2],
+    /// Restarts of each node so far: `log_session[i]` is the sender's
+    /// count when `control_log[i]` was sent.
+    restarts: [u32; 2],
+    log_session: Vec<u32>,
+    /// Replays of recorded control messages injected per millisecond.
+    replays_per_ms: u32,
 }
 
 fn session(
@@ -135,6 +141,9 @@ impl Sim {
             control_log: Vec::new(),
             configured: [true; 2],
             unknown_host_drops: [0; 2],
+            restarts: [0; 2],
+            log_session: Vec::new(),
+            replays_per_ms: 0,
         }
     }
 
@@ -169,6 +178,7 @@ impl Sim {
             while let Some(m) = self.nodes[from].poll_transmit() {
                 let dropped = self.drop_control.as_mut().is_some_and(|f| f(from, &m));
                 self.control_log.push((from, m.clone()));
+                self.log_session.push(self.restarts[from]);
                 if !dropped {
                     self.send(1 - from, Msg::Control(m));
                 }
@@ -224,6 +234,7 @@ impl Sim {
             }
         }
         self.flush_transmits();
+        self.replay_recorded();
         if self.traffic {
             for from in (0..2).filter(|&n| configured[n]) {
                 let counter = self.counters[from];
@@ -286,8 +297,50 @@ impl Sim {
             && !self.nodes[1].is_rotating()
     }
 
+    /// The adversary on the path: [`Sim::replays_per_ms`] control messages
+    /// picked at random from everything either node ever sent, each to its
+    /// original receiver (one in eight reflected to its sender), with the
+    /// network's random delay, so they arrive in any order.
+    fn replay_recorded(&mut self) {
+        if self.control_log.is_empty() {
+            return;
+        }
+        for _ in 0..self.replays_per_ms {
+            let i = (self.rng.next_u64() % self.control_log.len() as u64) as usize;
+            let (from, m) = self.control_log[i].clone();
+            let to = if self.rng.next_u32() % 8 == 0 {
+                from
+            } else {
+                1 - from
+            };
+            self.send(to, Msg::Control(m));
+        }
+    }
+
+    /// Delivers every recorded control message of `from` to the other node
+    /// right now, before anything real can arrive, newest or oldest first.
+    fn replay_all_now(&mut self, from: usize, newest_first: bool) {
+        let to = 1 - from;
+        let mut msgs: Vec<Vec<u8>> = self
+            .control_log
+            .iter()
+            .filter(|(f, _)| *f == from)
+            .map(|(_, m)| m.clone())
+            .collect();
+        if newest_first {
+            msgs.reverse();
+        }
+        for m in msgs {
+            if let Err(e) = self.nodes[to].handle_message(self.now, &m) {
+                self.control_errors.push((to, e));
+            }
+        }
+        self.flush_transmits();
+    }
+
     /// A new session on `node`; what was in flight to the old one is lost.
     fn restart(&mut self, node: usize, seed: u64) {
+        self.restarts[node] += 1;
         self.new_session(node, seed);
         self.in_flight.retain(|_, (to, _)| *to != node);
     }
@@ -605,7 +658,7 @@ fn tampered_reflected_and_replayed_control_messages_rejected() {
         );
     }
     // Tampered RESP rejected; real RESP completes; a replayed RESP changes
-    // nothing (it only repeats the CONFIRM).
+    // nothing (and gets no second CONFIRM).
     let mut bad = resp.clone();
     bad[30] ^= 1;
     assert_eq!(
@@ -619,10 +672,13 @@ fn tampered_reflected_and_replayed_control_messages_rejected() {
     let confirm = sim.nodes[0].poll_transmit().unwrap();
     assert_eq!(msg_type(&confirm), 3);
     let infos_before = sim.nodes[0].sa_infos(now, false).len();
-    sim.nodes[0].handle_message(now, &resp).unwrap();
+    assert_eq!(
+        sim.nodes[0].handle_message(now, &resp),
+        Err(CryptoError::StaleControlMessage)
+    );
     assert_eq!(sim.nodes[0].generation(), g_after);
     assert_eq!(sim.nodes[0].sa_infos(now, false).len(), infos_before);
-    assert_eq!(sim.nodes[0].poll_transmit().map(|m| msg_type(&m)), Some(3));
+    assert!(sim.nodes[0].poll_transmit().is_none());
     // CONFIRM: tampered rejected, real one switches the responder.
     let mut bad = confirm.clone();
     bad[70] ^= 1;
@@ -706,11 +762,15 @@ fn responder_that_gives_up_initiates_itself() {
         .filter(|(f, _)| *f == smaller)
         .map(|(_, m)| msg_type(m))
         .collect();
-    // INIT at start, RESP + 2 retransmissions, then (after giving up) INITs again.
-    let first_resp = smaller_msgs.iter().position(|&t| t == 2).expect("answered");
-    assert_eq!(smaller_msgs[first_resp..first_resp + 3], [2, 2, 2]);
+    // RESP + 2 retransmissions, then (after giving up) INITs again; its
+    // own INIT is retried throughout (the INIT it answered might have been
+    // a replay).
+    let resps: Vec<usize> = (0..smaller_msgs.len())
+        .filter(|&i| smaller_msgs[i] == 2)
+        .collect();
+    assert_eq!(resps.len(), 3, "{smaller_msgs:?}");
     assert!(
-        smaller_msgs[first_resp + 3..].contains(&1),
+        smaller_msgs[resps[2] + 1..].contains(&1),
         "{smaller_msgs:?}"
     );
     // Once the network heals, the sides agree.
@@ -978,4 +1038,333 @@ fn larger_key_sends_its_init_again_once_per_fresh_peer_init() {
     let confirm = sim.nodes[0].poll_transmit().unwrap();
     sim.nodes[1].handle_message(now, &confirm).unwrap();
     assert!(sim.both_on_same_generation());
+}
+
+// ---- a recording, replaying adversary (issue 13, fault 1) ---------------
+
+/// The pair must be back this soon after a restart, whatever is replayed.
+const RECOVER_WITHIN: Duration = Duration::from_secs(1);
+
+/// Each node's generation and outbound SPIs.
+fn sa_state(sim: &Sim) -> Vec<(u32, Vec<u32>)> {
+    (0..2)
+        .map(|n| {
+            let mut spis: Vec<u32> = sim.nodes[n]
+                .sa_infos(sim.now, false)
+                .iter()
+                .filter(|i| i.direction == SaDirection::Outbound)
+                .map(|i| i.spi)
+                .collect();
+            spis.sort_unstable();
+            (sim.nodes[n].generation(), spis)
+        })
+        .collect()
+}
+
+/// Every session answered each peer handshake (INIT ephemeral) with at most
+/// one RESP handshake (one e_r; retransmissions are new copies of it), and
+/// sent each CONFIRM no more often than the responder made copies of the
+/// RESP (once per copy, never per replay).
+fn at_most_one_answer_per_handshake(sim: &Sim, case: &str) {
+    use std::collections::{HashMap, HashSet};
+    let mut init_eph: HashMap<(usize, Vec<u8>), Vec<u8>> = HashMap::new();
+    for (from, m) in sim.control_log.iter().filter(|(_, m)| msg_type(m) == 1) {
+        init_eph.insert((*from, m[12..20].to_vec()), m[20..52].to_vec());
+    }
+    // (sender, its session, handshake) -> answers (e_r) / RESP copies.
+    type Key = (usize, u32, Vec<u8>);
+    let mut answers: HashMap<Key, HashSet<&[u8]>> = HashMap::new();
+    let mut copies: HashMap<Vec<u8>, HashSet<&[u8]>> = HashMap::new();
+    let mut confirms: HashMap<Vec<u8>, usize> = HashMap::new();
+    for ((from, m), session) in sim.control_log.iter().zip(&sim.log_session) {
+        match msg_type(m) {
+            2 => {
+                let e_i = init_eph[&(1 - *from, m[12..20].to_vec())].clone();
+                answers
+                    .entry((*from, *session, e_i))
+                    .or_default()
+                    .insert(&m[20..52]);
+                copies.entry(m[20..52].to_vec()).or_default().insert(&m[..]);
+            }
+            // Keyed by e_r, which the CONFIRM echoes.
+            3 => *confirms.entry(m[20..52].to_vec()).or_default() += 1,
+            _ => {}
+        }
+    }
+    for (k, v) in &answers {
+        assert_eq!(
+            v.len(),
+            1,
+            "{case}: node {} answered one handshake {} times",
+            k.0,
+            v.len()
+        );
+    }
+    for (e_r, n) in &confirms {
+        let made = copies.get(e_r).map_or(0, HashSet::len);
+        assert!(
+            *n <= made.max(1),
+            "{case}: one CONFIRM sent {n} times for {made} RESP copies"
+        );
+    }
+}
+
+/// Rotations under a replay flood, then `restarted` node(s) restart while
+/// every message the other node ever sent is delivered to them at once
+/// and the flood goes on. Asserts recovery within [`RECOVER_WITHIN`], that
+/// the flood then changes nothing for 2 s, and the answer bound; returns
+/// the recovery time.
+fn restart_under_replay(
+    seed: u64,
+    larger: usize,
+    restarted: &[usize],
+    newest_first: bool,
+) -> Duration {
+    let case = format!(
+        "seed {seed}: larger key on node {larger}, node(s) {restarted:?} restarted, \
+         recorded messages replayed {} first",
+        if newest_first { "newest" } else { "oldest" }
+    );
+    let mut sim = Sim::with_larger_key(seed, SessionConfig::default(), larger);
+    sim.max_delay_us = 2000;
+    assert!(sim.run_until(Duration::from_millis(100), Sim::both_on_same_generation));
+    sim.replays_per_ms = 5;
+    for i in 0..4 {
+        let g = sim.nodes[0].generation();
+        let now = sim.now;
+        if i == 3 {
+            sim.nodes[0].rekey(now);
+        }
+        sim.nodes[i % 2].rekey(now);
+        sim.flush_transmits();
+        assert!(
+            sim.run_until(RECOVER_WITHIN, |s| s.both_on_same_generation()
+                && s.nodes[0].generation() != g),
+            "{case}: rotation {i} under replay: {:?} {:?}",
+            sim.nodes[0],
+            sim.nodes[1]
+        );
+    }
+    sim.run(Duration::from_millis(50));
+    for &n in restarted {
+        sim.restart(n, seed * 100 + n as u64);
+    }
+    for &n in restarted {
+        sim.replay_all_now(1 - n, newest_first);
+    }
+    let start = sim.now;
+    let opened = sim.opened;
+    let up = sim.run_until(RECOVER_WITHIN, |s| {
+        s.both_on_same_generation() && s.opened[0] > opened[0] && s.opened[1] > opened[1]
+    });
+    let took = sim.now - start;
+    assert!(
+        up,
+        "{case}: not back {took:?} after the restart: {:?} {:?}",
+        sim.nodes[0], sim.nodes[1]
+    );
+    // Packets the survivor sealed with the old keys are still arriving.
+    sim.run(Duration::from_millis(5));
+    let errors = sim.data_errors.len();
+    let state = sa_state(&sim);
+    let opened = sim.opened;
+    sim.run(Duration::from_secs(2));
+    assert_eq!(sa_state(&sim), state, "{case}: replays moved the SAs");
+    assert!(
+        !sim.nodes[0].is_rotating() && !sim.nodes[1].is_rotating(),
+        "{case}: replays started a handshake: {:?} {:?}",
+        sim.nodes[0],
+        sim.nodes[1]
+    );
+    assert_eq!(
+        sim.data_errors.len(),
+        errors,
+        "{case}: {:?}",
+        &sim.data_errors[errors..]
+    );
+    assert!(
+        sim.opened[0] >= opened[0] + 1990 && sim.opened[1] >= opened[1] + 1990,
+        "{case}: {:?} -> {:?}",
+        opened,
+        sim.opened
+    );
+    at_most_one_answer_per_handshake(&sim, &case);
+    took
+}
+
+#[test]
+fn restart_under_replay_of_every_control_message_recovers_within_1s() {
+    let mut times = Vec::new();
+    for seed in [70u64, 71, 72] {
+        for larger in [0, 1] {
+            for restarted in [&[0usize][..], &[1], &[0, 1]] {
+                for newest_first in [true, false] {
+                    times.push(restart_under_replay(seed, larger, restarted, newest_first));
+                }
+            }
+        }
+    }
+    times.sort_unstable();
+    eprintln!(
+        "restart under replay: back after min {:?}, median {:?}, max {:?} ({} runs)",
+        times[0],
+        times[times.len() / 2],
+        times[times.len() - 1],
+        times.len()
+    );
+}
+
+// ---- forged and replayed RESP / CONFIRM (issue 13, faults 3 and 4) ------
+
+/// One complete handshake started by `initiator` on an idle pair, delivered
+/// by hand; returns (INIT, RESP, CONFIRM).
+fn handshake_by_hand(sim: &mut Sim, initiator: usize) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let (i, r) = (initiator, 1 - initiator);
+    let now = sim.now;
+    sim.nodes[i].rekey(now);
+    let init = sim.nodes[i].poll_transmit().expect("INIT");
+    sim.nodes[r].handle_message(now, &init).unwrap();
+    let resp = sim.nodes[r].poll_transmit().expect("RESP");
+    sim.nodes[i].handle_message(now, &resp).unwrap();
+    let confirm = sim.nodes[i].poll_transmit().expect("CONFIRM");
+    sim.nodes[r].handle_message(now, &confirm).unwrap();
+    assert!(sim.both_on_same_generation());
+    assert!(sim.nodes[0].poll_transmit().is_none() && sim.nodes[1].poll_transmit().is_none());
+    (init, resp, confirm)
+}
+
+/// `msg` with its tag altered (a forgery of an otherwise valid message).
+fn bad_tag(msg: &[u8]) -> Vec<u8> {
+    let mut m = msg.to_vec();
+    m[80] ^= 0x40;
+    m
+}
+
+#[test]
+fn forged_resp_and_confirm_are_bad_not_stale() {
+    let mut sim = Sim::new(80, SessionConfig::default());
+    sim.traffic = false;
+    assert!(sim.run_until(Duration::from_millis(100), Sim::both_on_same_generation));
+    sim.nodes[0].poll_transmit();
+    sim.nodes[1].poll_transmit();
+    let (_, resp, confirm) = handshake_by_hand(&mut sim, 0);
+    let now = sim.now;
+    // Neither node is in a handshake now: before the fix, anything shaped
+    // like a RESP or CONFIRM was "stale" without a look at its tag.
+    let mut other_ts = resp.clone();
+    other_ts[12..20].copy_from_slice(&7u64.to_be_bytes());
+    let mut other_e_r = resp.clone();
+    other_e_r[20] ^= 1;
+    let mut garbage = vec![0u8; 88];
+    ChaCha20Rng::seed_from_u64(81).fill_bytes(&mut garbage[8..]);
+    garbage[4] = 1;
+    for (what, forged) in [
+        ("RESP with a bad tag", bad_tag(&resp)),
+        ("RESP for an INIT never sent", other_ts),
+        ("RESP with another ephemeral", other_e_r),
+        ("random RESP", {
+            let mut g = garbage.clone();
+            g[5] = 2;
+            g
+        }),
+    ] {
+        assert_eq!(
+            sim.nodes[0].handle_message(now, &forged),
+            Err(CryptoError::BadControlMessage),
+            "{what}"
+        );
+    }
+    let mut other_ts = confirm.clone();
+    other_ts[12..20].copy_from_slice(&7u64.to_be_bytes());
+    for (what, forged) in [
+        ("CONFIRM with a bad tag", bad_tag(&confirm)),
+        ("CONFIRM for a handshake never answered", other_ts),
+        ("random CONFIRM", {
+            let mut g = garbage.clone();
+            g[5] = 3;
+            g
+        }),
+    ] {
+        assert_eq!(
+            sim.nodes[1].handle_message(now, &forged),
+            Err(CryptoError::BadControlMessage),
+            "{what}"
+        );
+    }
+    assert!(sim.nodes[0].poll_transmit().is_none() && sim.nodes[1].poll_transmit().is_none());
+    // The same during a handshake: a forged RESP or CONFIRM does not
+    // disturb it.
+    let now = sim.now;
+    sim.nodes[1].rekey(now);
+    let init = sim.nodes[1].poll_transmit().unwrap();
+    assert_eq!(
+        sim.nodes[1].handle_message(now, &bad_tag(&resp)),
+        Err(CryptoError::BadControlMessage)
+    );
+    sim.nodes[0].handle_message(now, &init).unwrap();
+    let resp2 = sim.nodes[0].poll_transmit().unwrap();
+    assert_eq!(
+        sim.nodes[0].handle_message(now, &bad_tag(&confirm)),
+        Err(CryptoError::BadControlMessage)
+    );
+    assert_eq!(
+        sim.nodes[1].handle_message(now, &bad_tag(&resp2)),
+        Err(CryptoError::BadControlMessage)
+    );
+    sim.nodes[1].handle_message(now, &resp2).unwrap();
+    let confirm2 = sim.nodes[1].poll_transmit().unwrap();
+    sim.nodes[0].handle_message(now, &confirm2).unwrap();
+    assert!(sim.both_on_same_generation());
+    // Authentic but superseded copies are still "stale".
+    assert_eq!(
+        sim.nodes[0].handle_message(now, &resp),
+        Err(CryptoError::StaleControlMessage)
+    );
+    assert_eq!(
+        sim.nodes[1].handle_message(now, &confirm),
+        Err(CryptoError::StaleControlMessage)
+    );
+}
+
+#[test]
+fn replayed_resp_gets_no_confirm_and_each_retransmission_one() {
+    let mut sim = Sim::new(82, SessionConfig::default());
+    sim.traffic = false;
+    assert!(sim.run_until(Duration::from_millis(100), Sim::both_on_same_generation));
+    sim.nodes[0].poll_transmit();
+    sim.nodes[1].poll_transmit();
+    let mut resps: Vec<(usize, Vec<u8>)> = Vec::new();
+    for round in 0..4 {
+        // Node 0 initiates every other rotation, node 1 the others.
+        let (i, r) = (round % 2, 1 - round % 2);
+        let now = sim.now;
+        sim.nodes[i].rekey(now);
+        let init = sim.nodes[i].poll_transmit().unwrap();
+        sim.nodes[r].handle_message(now, &init).unwrap();
+        let resp = sim.nodes[r].poll_transmit().unwrap();
+        sim.nodes[i].handle_message(now, &resp).unwrap();
+        let confirm = sim.nodes[i].poll_transmit().unwrap();
+        // The CONFIRM is lost: the responder retransmits its RESP, a new
+        // copy, which the initiator answers once.
+        let later = now + SessionConfig::default().handshake_timeout;
+        sim.nodes[r].handle_timeout(later);
+        let copy = sim.nodes[r].poll_transmit().unwrap();
+        assert_eq!((msg_type(&copy), &copy[..60 - 8]), (2, &resp[..60 - 8]));
+        assert_ne!(copy, resp, "a new nonce");
+        resps.push((i, resp));
+        resps.push((i, copy.clone()));
+        sim.nodes[i].handle_message(later, &copy).unwrap();
+        assert_eq!(sim.nodes[i].poll_transmit(), Some(confirm.clone()));
+        // Every RESP copy recorded so far, replayed 100 times to its
+        // initiator: nothing is answered any more, in this generation or
+        // after later rotations.
+        for _ in 0..100 {
+            for (to, m) in &resps {
+                assert!(sim.nodes[*to].handle_message(later, m).is_err());
+                assert!(sim.nodes[*to].poll_transmit().is_none(), "round {round}");
+            }
+        }
+        sim.nodes[r].handle_message(later, &confirm).unwrap();
+        assert!(sim.both_on_same_generation(), "round {round}");
+    }
 }

@@ -142,3 +142,13 @@ pub fn rekey(host: &Host, peer: IpAddr, now: Instant) {
             .rekey(now);
     }
 }
+
+/// A deterministic static keypair (fuzz targets driving sessions directly).
+pub fn keypair(seed: u64) -> StaticKeypair {
+    StaticKeypair::generate(&mut ChaCha20Rng::seed_from_u64(seed))
+}
+
+/// A deterministic RNG for [`Session::new`].
+pub fn seeded_rng(seed: u64) -> Box<dyn rand_core::CryptoRngCore + Send> {
+    Box::new(ChaCha20Rng::seed_from_u64(seed))
+}

@@ -606,4 +606,28 @@ mod encrypted {
             assert_eq!(h.engine.stats().drops(Drop::TapNoSa), 0);
         }
     }
+
+    /// Issue 13, fault 3: RESPs and CONFIRMs with a bad tag are forgeries
+    /// (`bad_control`), not retries (`control_stale`), whatever state the
+    /// session is in.
+    #[test]
+    fn forged_resp_and_confirm_count_as_bad_control() {
+        let (mut a, mut b) = pair(Instant::now());
+        handshake(&mut a, &mut b);
+        a.out.udp.clear();
+        let from = SocketAddr::new(b.addr, 4789);
+        // (A collision in the handshake may have left a stale message.)
+        let stale = a.engine.stats().counter(Counter::ControlStale);
+        for kind in [2u8, 3] {
+            for fill in [0u8, 0x5a, 0xff] {
+                let mut m = vec![fill; 88];
+                m[..8].copy_from_slice(&[0, 0, 0, 0, 1, kind, 0, 0]);
+                a.engine.from_wire(from, &mut m, &mut a.out);
+            }
+        }
+        let s = a.engine.stats();
+        assert_eq!(s.drops(Drop::WireBadControl), 6);
+        assert_eq!(s.counter(Counter::ControlStale), stale);
+        assert!(a.out.udp.is_empty(), "a forgery is never answered");
+    }
 }
