@@ -2,8 +2,9 @@
 # Installs what vxnet needs on a Debian/Ubuntu host (run as root):
 # iproute2 (ip, bridge), iperf3, ping, tshark, dig, ethtool, python3 (the
 # services tests' task server), curl, nft (the dataplane's host link
-# programs the host's firewall with it), and a Rust toolchain if there is
-# none.
+# programs the host's firewall with it), promtool (from Debian's
+# prometheus package: the metrics tests check both daemons' /metrics with
+# it), and a Rust toolchain if there is none.
 set -euo pipefail
 
 need_pkgs=()
@@ -19,6 +20,7 @@ have nft || need_pkgs+=(nftables)
 have cc || need_pkgs+=(gcc libc6-dev)
 have curl || need_pkgs+=(curl ca-certificates)
 have python3 || need_pkgs+=(python3)
+have promtool || need_pkgs+=(prometheus)
 
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then

@@ -129,6 +129,43 @@ impl Client {
         }
     }
 
+    /// Sends `call`, whose answer is a stream, and returns its lines as
+    /// they come, each decoded as `C::Reply`, until the server closes the
+    /// connection. Reads wait without a timeout (the server bounds the
+    /// stream); a refusal is the first and only line.
+    pub fn stream<C: Call>(
+        mut self,
+        call: C,
+    ) -> ApiResult<impl Iterator<Item = ApiResult<C::Reply>>> {
+        let mut line = serde_json::to_vec(&call.into_request())
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        line.push(b'\n');
+        self.writer
+            .write_all(&line)
+            .and_then(|()| self.writer.flush())
+            .map_err(|e| transport_error(self.io_context(e, "sending the request")))?;
+        self.writer
+            .set_read_timeout(None)
+            .map_err(transport_error)?;
+        let mut done = false;
+        Ok(std::iter::from_fn(move || {
+            if done {
+                return None;
+            }
+            match self.read_response() {
+                Ok(r) => {
+                    done = !r.ok;
+                    Some(r.decode::<C>())
+                }
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => None,
+                Err(e) => {
+                    done = true;
+                    Some(Err(transport_error(e)))
+                }
+            }
+        }))
+    }
+
     fn read_response(&mut self) -> io::Result<Response> {
         let mut buf = Vec::new();
         let n = (&mut self.reader)

@@ -476,6 +476,7 @@ pub enum CtlRequest {
     ServiceRm(ServiceRm),
     ServiceLogs(ServiceLogs),
     Reconcile(Reconcile),
+    Trace(crate::trace::SwarmTrace),
 }
 
 calls!(CtlRequest;
@@ -511,6 +512,7 @@ calls!(CtlRequest;
     ServiceRm(ServiceRm) -> ServiceView,
     ServiceLogs(ServiceLogs) -> Vec<TaskLogs>,
     Reconcile(Reconcile) -> ReconcileReport,
+    Trace(crate::trace::SwarmTrace) -> crate::trace::TraceReport,
 );
 
 /// A service's VIP on one network, with the network's name.

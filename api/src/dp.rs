@@ -27,6 +27,8 @@ use vxnet_proto::wire::{MacAddr, Vni};
 
 use crate::calls;
 pub use crate::model::PortProtocol;
+pub use crate::observe::{Capture, CaptureMsg, LiveMsg, LiveTrace};
+pub use crate::trace::{Trace, TraceReport, TraceWire};
 
 /// Default path of the dataplane's API socket.
 pub const DEFAULT_SOCKET: &str = "/run/vxnet/dataplane.sock";
@@ -450,6 +452,10 @@ pub enum Request {
     PortSet(PortSet),
     PortDel(PortDel),
     Ports(Ports),
+    Trace(Trace),
+    TraceWire(TraceWire),
+    Capture(Capture),
+    LiveTrace(LiveTrace),
 }
 
 calls!(Request;
@@ -481,6 +487,10 @@ calls!(Request;
     PortSet(PortSet) -> (),
     PortDel(PortDel) -> (),
     Ports(Ports) -> Vec<PortInfo>,
+    Trace(Trace) -> TraceReport,
+    TraceWire(TraceWire) -> TraceReport,
+    Capture(Capture) -> CaptureMsg,
+    LiveTrace(LiveTrace) -> LiveMsg,
 );
 
 /// How an endpoint is plugged in.

@@ -24,9 +24,11 @@ pub mod ctl;
 pub mod dp;
 pub mod error;
 pub mod model;
+pub mod observe;
 pub mod server;
 #[cfg(test)]
 mod testutil;
+pub mod trace;
 
 pub use call::{Call, Response};
 pub use error::{ApiError, ApiResult, ErrorCode};

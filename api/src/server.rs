@@ -26,6 +26,26 @@ use std::time::Duration;
 /// What the server calls for every decoded request of type `R`.
 pub type Handler<R> = Arc<dyn Fn(R) -> Response + Send + Sync>;
 
+/// A handler's answer: one response, or a stream of them (`vxnet dp
+/// capture`, `vxnet dp trace --live`). A stream's lines are written as the
+/// iterator yields them; when it ends (or the client goes away, which
+/// drops the iterator and with it whatever feeds it) the connection is
+/// closed. The iterator must itself be bounded in time and count: the
+/// server only adds the write timeout.
+pub enum Reply {
+    One(Response),
+    Stream(Box<dyn Iterator<Item = Response> + Send>),
+}
+
+impl From<Response> for Reply {
+    fn from(r: Response) -> Reply {
+        Reply::One(r)
+    }
+}
+
+/// A handler that may answer with a stream.
+pub type StreamHandler<R> = Arc<dyn Fn(R) -> Reply + Send + Sync>;
+
 /// Longest request line the server reads; longer ones are refused.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
@@ -82,6 +102,14 @@ impl Drop for ServerHandle {
 /// stealing or deleting it. The socket is made mode 0660 so that access can
 /// be granted through its group.
 pub fn serve<R>(path: &Path, handler: Handler<R>) -> io::Result<ServerHandle>
+where
+    R: serde::de::DeserializeOwned + 'static,
+{
+    serve_streaming(path, Arc::new(move |r| Reply::One(handler(r))))
+}
+
+/// [`serve`] for an API some of whose requests answer with a stream.
+pub fn serve_streaming<R>(path: &Path, handler: StreamHandler<R>) -> io::Result<ServerHandle>
 where
     R: serde::de::DeserializeOwned + 'static,
 {
@@ -157,7 +185,7 @@ fn remove_stale_socket(path: &Path) -> io::Result<()> {
 
 fn accept_loop<R: serde::de::DeserializeOwned + 'static>(
     listener: UnixListener,
-    handler: Handler<R>,
+    handler: StreamHandler<R>,
     stop: Arc<AtomicBool>,
 ) {
     let active = Arc::new(AtomicUsize::new(0));
@@ -230,7 +258,7 @@ fn write_response(w: &mut impl Write, resp: &Response) -> io::Result<()> {
 /// Reads request lines until the client closes, idles out or misbehaves.
 fn serve_connection<R: serde::de::DeserializeOwned>(
     stream: UnixStream,
-    handler: &dyn Fn(R) -> Response,
+    handler: &dyn Fn(R) -> Reply,
 ) -> io::Result<()> {
     stream.set_read_timeout(Some(IDLE_TIMEOUT))?;
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
@@ -271,9 +299,21 @@ fn serve_connection<R: serde::de::DeserializeOwned>(
             }
             return Ok(());
         }
-        let resp = match serde_json::from_str::<R>(text) {
+        let reply = match serde_json::from_str::<R>(text) {
             Ok(req) => call_handler(handler, req),
-            Err(e) => Response::error(ErrorCode::InvalidArgument, format!("bad request: {e}")),
+            Err(e) => Reply::One(Response::error(
+                ErrorCode::InvalidArgument,
+                format!("bad request: {e}"),
+            )),
+        };
+        let resp = match reply {
+            Reply::One(resp) => resp,
+            Reply::Stream(items) => {
+                for item in items {
+                    write_response(&mut writer, &item)?;
+                }
+                return Ok(());
+            }
         };
         write_response(&mut writer, &resp)?;
         if !complete {
@@ -285,15 +325,15 @@ fn serve_connection<R: serde::de::DeserializeOwned>(
 
 /// A panicking handler answers an error instead of silently killing the
 /// connection, so the client learns something went wrong.
-fn call_handler<R>(handler: &dyn Fn(R) -> Response, req: R) -> Response {
+fn call_handler<R>(handler: &dyn Fn(R) -> Reply, req: R) -> Reply {
     match catch_unwind(AssertUnwindSafe(|| handler(req))) {
-        Ok(resp) => resp,
+        Ok(reply) => reply,
         Err(_) => {
             tracing::error!("API request handler panicked");
-            Response::error(
+            Reply::One(Response::error(
                 ErrorCode::Internal,
                 "internal error while handling the request",
-            )
+            ))
         }
     }
 }

@@ -217,5 +217,36 @@ fn drain_resolved(out: &mut Outputs, rx: &RxBatch) -> usize {
     black_box(n)
 }
 
-criterion_group!(benches, from_tap, from_wire);
+/// `vxnet trace --live`'s cost on `from_tap` of a 1450-byte frame: off
+/// (the plain call), on with drops only (two loads of the drop sequence
+/// per packet), sampling one packet in 64 (the default), and noting every
+/// packet (the recorder's own cost, for reference).
+fn live(c: &mut Criterion) {
+    use vxnet_proto::engine::live::LiveSampler;
+    let mut g = c.benchmark_group("live");
+    let frame = udp_frame(1450);
+    g.throughput(Throughput::Bytes(1450));
+    let mut e = plain_engine(10);
+    let mut out = Outputs::new(TxBatch::new(1 << 20, 256));
+    let mut pkt = frame;
+    g.bench_function("off", |b| {
+        b.iter(|| {
+            e.from_tap(0, black_box(&mut pkt), &mut out);
+            out.udp.clear();
+        })
+    });
+    for (name, every) in [("drops_only", 0), ("sample_64", 64), ("every_packet", 1)] {
+        let mut live = LiveSampler::new(every);
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let o = e.from_tap_observed(0, black_box(&mut pkt), &mut out, &mut live);
+                out.udp.clear();
+                black_box(o)
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, from_tap, from_wire, live);
 criterion_main!(benches);

@@ -191,6 +191,58 @@ Examples:
         format: FormatArg,
     },
 
+    /// Trace one packet through this host's dataplane, sending nothing.
+    ///
+    /// Builds what the local endpoint with address --from would send to
+    /// --to (its ARP or neighbour solicitation first), runs it through the
+    /// engine's real code as a dry run, and prints each stage: TAP
+    /// receive, anti-spoof, ARP/ND, VIP and conntrack, FDB, SA, outer
+    /// header. A drop names its stage, its reason (as in `vxnet dp stats`)
+    /// and a fix. The remote host's half needs the control plane: `vxnet
+    /// trace`.
+    #[command(after_help = "\
+Examples:
+  vxnet dp trace --from 10.0.0.2 --to 10.0.0.3
+  vxnet dp trace --from 10.0.0.2 --to 10.0.0.100 --proto tcp --dport 80
+  vxnet dp trace --from 10.0.0.2 --to 10.0.0.3 --size 1450 --df --format json")]
+    Trace {
+        /// The local endpoint's address.
+        #[arg(long, value_name = "IP")]
+        from: IpAddr,
+        /// The destination address.
+        #[arg(long, value_name = "IP")]
+        to: IpAddr,
+        /// The source's network, when several local endpoints have --from.
+        #[arg(long, value_parser = parse_vni)]
+        vni: Option<Vni>,
+        /// Send to this MAC without ARP/ND, as a container whose neighbour
+        /// cache holds it would.
+        #[arg(long, value_parser = parse_unicast_mac, value_name = "MAC")]
+        dst_mac: Option<MacAddr>,
+        #[command(flatten)]
+        packet: crate::trace::PacketArgs,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+
+    /// Run a datagram through this host's receive path, as if it came
+    /// from --src: the remote half of a trace (the `outer.datagram` of
+    /// `vxnet dp trace --format json` on the sending host). Nothing is
+    /// delivered; `vxnet trace` does this for you over the control plane.
+    #[command(after_help = "\
+Examples:
+  vxnet dp trace-wire --src 192.0.2.10 --datagram CAAAAAAQAAACQgoAAAMCQgoAAAIIAEU...
+  vxnet dp trace-wire --src 192.0.2.10 --datagram \"$(vxnet dp trace --from 10.0.0.2 --to 10.0.0.3 --format json | jq -r .outer.datagram)\"")]
+    TraceWire {
+        /// The sending host's VTEP.
+        #[arg(long, value_name = "IP")]
+        src: IpAddr,
+        /// The UDP payload (VXLAN or ESP), base64.
+        #[arg(long, value_name = "BASE64")]
+        datagram: String,
+        #[command(flatten)]
+        format: FormatArg,
+    },
     /// Show or program the host link: the dataplane's TAP in the host's
     /// namespace (vxnet0) and the host firewall's table `ip vxnet`, through
     /// which published ports come in and containers reach the outside.
@@ -717,6 +769,19 @@ impl DpCommand {
     /// Cross-argument checks; an error here is a usage error.
     pub fn validate(&self) -> Result<(), String> {
         match self {
+            DpCommand::Trace {
+                from, to, packet, ..
+            } => {
+                if from.is_ipv4() != to.is_ipv4() {
+                    return Err(format!(
+                        "--from {from} and --to {to} are of different address families"
+                    ));
+                }
+                packet.validate()
+            }
+            DpCommand::TraceWire { datagram, .. } => decode_base64(datagram)
+                .map(|_| ())
+                .map_err(|e| format!("--datagram is not base64: {e}")),
             DpCommand::Attach(a) => a.validate(),
             DpCommand::Detach(d) if d.ifname.is_some() && d.netns.is_none() => {
                 Err("--ifname selects an interface of --netns; use it with --netns".into())
@@ -760,6 +825,8 @@ impl DpCommand {
             DpCommand::HostLink(_) => "host-link",
             DpCommand::Port(_) => "port",
             DpCommand::Ports { .. } => "ports",
+            DpCommand::Trace { .. } => "trace",
+            DpCommand::TraceWire { .. } => "trace-wire",
         }
     }
 
@@ -900,6 +967,32 @@ impl DpCommand {
             }
             .into_request(),
             DpCommand::Ports { .. } => dp::Ports {}.into_request(),
+            DpCommand::Trace {
+                from,
+                to,
+                vni,
+                dst_mac,
+                packet,
+                ..
+            } => dp::Trace {
+                src: *from,
+                vni: *vni,
+                packet: vxnet_api::trace::PacketSpec {
+                    dst_mac: *dst_mac,
+                    ..packet.spec(*to)
+                },
+            }
+            .into_request(),
+            DpCommand::TraceWire { src, datagram, .. } => {
+                // Checked in validate(); an undecodable one is sent empty
+                // and refused by the dataplane.
+                let bytes = decode_base64(datagram).unwrap_or_default();
+                dp::TraceWire {
+                    src: *src,
+                    datagram: vxnet_api::trace::Bytes(bytes),
+                }
+                .into_request()
+            }
         }
     }
 
@@ -921,7 +1014,9 @@ impl DpCommand {
             | DpCommand::Services { format, .. }
             | DpCommand::Ports { format }
             | DpCommand::HostLink(HostLinkCommand::Show { format })
-            | DpCommand::Conntrack { format, .. } => format.format,
+            | DpCommand::Conntrack { format, .. }
+            | DpCommand::Trace { format, .. }
+            | DpCommand::TraceWire { format, .. } => format.format,
             DpCommand::Stats { format, .. }
             | DpCommand::Fdb { format, .. }
             | DpCommand::Endpoints { format }
@@ -982,6 +1077,9 @@ impl DpCommand {
                 output::host_link(&decode::<dp::HostLinkInfo>(result)?)
             }
             DpCommand::Ports { .. } => output::ports(&decode::<Vec<dp::PortInfo>>(result)?),
+            DpCommand::Trace { .. } | DpCommand::TraceWire { .. } => {
+                crate::trace::render(&decode::<vxnet_api::trace::TraceReport>(result)?)
+            }
             DpCommand::Network(_)
             | DpCommand::Vtep(_)
             | DpCommand::Service(_)
@@ -989,6 +1087,13 @@ impl DpCommand {
             | DpCommand::HostLink(HostLinkCommand::Del) => String::new(),
         })
     }
+}
+
+fn decode_base64(s: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .map_err(|e| e.to_string())
 }
 
 fn decode<T: DeserializeOwned>(v: serde_json::Value) -> Result<T, CliError> {

@@ -10,12 +10,14 @@
 //! possible in the current state; 5 permission denied (say, a worker asked
 //! a manager-only question); 6 a daemon is unreachable or timed out.
 
+mod capture;
 mod container;
 mod dp;
 mod network;
 mod output;
 mod service;
 mod swarm;
+mod trace;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
@@ -49,6 +51,11 @@ pub enum Command {
     Container(container::ContainerArgs),
     /// Services: replicated or global tasks behind a VIP or DNS round robin.
     Service(service::ServiceArgs),
+    /// Where did my packet go: trace one packet from a container through
+    /// both hosts' dataplanes, stage by stage, sending nothing.
+    Trace(trace::TraceArgs),
+    /// Capture a network's inner frames and/or outer datagrams to pcapng.
+    Capture(capture::CaptureArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +68,8 @@ fn main() -> ExitCode {
         Command::Network(args) => network::run(args, &mut stdout).map(|()| 0),
         Command::Container(args) => container::run(args, &mut stdout),
         Command::Service(args) => service::run(args, &mut stdout).map(|()| 0),
+        Command::Trace(args) => trace::run(args, &mut stdout),
+        Command::Capture(args) => capture::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -78,6 +87,8 @@ fn main() -> ExitCode {
                 Command::Network(_) => cmd.find_subcommand_mut("network"),
                 Command::Container(_) => cmd.find_subcommand_mut("container"),
                 Command::Service(_) => cmd.find_subcommand_mut("service"),
+                Command::Trace(_) => cmd.find_subcommand_mut("trace"),
+                Command::Capture(_) => cmd.find_subcommand_mut("capture"),
             };
             match sub {
                 Some(sub) => sub

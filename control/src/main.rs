@@ -76,6 +76,9 @@ struct Args {
     /// nothing changed in its firewall.
     #[arg(long)]
     no_host_link: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off by default).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
     /// How often a manager rotates the gossip key (`12h`, `30m`, `90s`).
     #[arg(long, default_value = "12h", value_parser = parse_duration, value_name = "DURATION")]
     gossip_key_rotation: Duration,
@@ -193,6 +196,19 @@ fn run(args: Args) -> Result<(), String> {
     )
     .map_err(|e| format!("cannot serve on {}: {e}", args.socket.display()))?;
 
+    let _metrics = match args.metrics {
+        Some(addr) => {
+            let d = Arc::clone(&daemon);
+            let registry =
+                vxnet_control::daemon::metrics::registry(Arc::new(move || d.metrics_view()))
+                    .map_err(|e| format!("cannot set up metrics: {e}"))?;
+            Some(
+                vxnet_dataplane::metrics::serve_registry(addr, registry)
+                    .map_err(|e| e.to_string())?,
+            )
+        }
+        None => None,
+    };
     tracing::info!(
         socket = %args.socket.display(),
         state_dir = %args.state_dir.display(),

@@ -41,7 +41,9 @@ use vxnet_api::{ApiError, IpNet, Response};
 type R<T> = Result<T, ApiError>;
 
 mod host_link;
+mod observe;
 mod services;
+mod trace;
 
 /// Start-up settings of a dataplane.
 #[derive(Debug, Clone)]
@@ -184,6 +186,9 @@ pub struct Dataplane {
     /// (taken before `state`'s, never after).
     host: Mutex<Option<host_link::Linked>>,
     stats: Vec<Arc<vxnet_proto::stats::Stats>>,
+    /// A capture, or a live trace, is running (one of each at a time).
+    capturing: Arc<std::sync::atomic::AtomicBool>,
+    live_tracing: Arc<std::sync::atomic::AtomicBool>,
     gso: bool,
     gro: bool,
     /// Set by [`Dataplane::shutdown`]: the underlay watcher ends.
@@ -236,6 +241,8 @@ impl Dataplane {
             workers: Mutex::new(workers),
             host: Mutex::new(None),
             stats,
+            capturing: Arc::default(),
+            live_tracing: Arc::default(),
             gso,
             gro,
             stopping: AtomicBool::new(false),
@@ -315,6 +322,11 @@ impl Dataplane {
             Request::PortSet(p) => Re::of::<dp::PortSet>(self.port_set(p)),
             Request::PortDel(p) => Re::of::<dp::PortDel>(self.port_del(p.protocol, p.published)),
             Request::Ports(_) => Re::of::<dp::Ports>(Ok(self.ports())),
+            Request::Trace(t) => Re::of::<dp::Trace>(self.trace(t)),
+            Request::TraceWire(t) => Re::of::<dp::TraceWire>(self.trace_wire(t)),
+            Request::Capture(_) | Request::LiveTrace(_) => Re::err(ApiError::invalid(
+                "capture and live_trace answer with a stream; the API server hands them to handle_reply",
+            )),
         }
     }
 

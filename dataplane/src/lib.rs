@@ -7,5 +7,7 @@ pub mod control;
 pub mod firewall;
 pub mod keyfile;
 pub mod metrics;
+pub mod observe;
 pub mod sys;
+pub mod trace_stage;
 pub mod worker;

@@ -187,8 +187,11 @@ fn run(args: Args) -> Result<(), String> {
     dp.watch_underlay(vxnet_dataplane::control::UNDERLAY_WATCH_INTERVAL)
         .map_err(|e| format!("cannot start the underlay watcher: {e}"))?;
     let handler_dp = Arc::clone(&dp);
-    let api = server::serve(&args.socket, Arc::new(move |req| handler_dp.handle(req)))
-        .map_err(|e| format!("cannot serve the API on {}: {e}", args.socket.display()))?;
+    let api = server::serve_streaming(
+        &args.socket,
+        Arc::new(move |req| handler_dp.handle_reply(req)),
+    )
+    .map_err(|e| format!("cannot serve the API on {}: {e}", args.socket.display()))?;
     let _metrics = match args.metrics {
         Some(addr) => {
             let view_dp = Arc::clone(&dp);

@@ -239,12 +239,44 @@ impl Drop for MetricsHandle {
     }
 }
 
-/// Serves `GET /metrics` on `addr` in a background thread.
+/// Serves the dataplane's `GET /metrics` on `addr` in a background
+/// thread: the workers' counters, build info and process metrics.
 pub fn serve_metrics(addr: SocketAddr, view: ViewFn) -> io::Result<MetricsHandle> {
     let registry = Registry::new();
     registry
         .register(Box::new(StatsCollector::new(view)))
         .map_err(io::Error::other)?;
+    register_common(&registry, "vxnet-dataplane")?;
+    serve_registry(addr, registry)
+}
+
+/// Registers what every vxnet daemon exports besides its own metrics:
+/// `vxnet_build_info{daemon,version}` (always 1) and the standard process
+/// metrics (`process_cpu_seconds_total`, `process_resident_memory_bytes`,
+/// `process_open_fds`, ... read from /proc on each scrape).
+pub fn register_common(registry: &Registry, daemon: &str) -> io::Result<()> {
+    let info = prometheus::IntGaugeVec::new(
+        Opts::new(
+            "vxnet_build_info",
+            "the running daemon and its version (always 1)",
+        ),
+        &["daemon", "version"],
+    )
+    .map_err(io::Error::other)?;
+    info.with_label_values(&[daemon, env!("CARGO_PKG_VERSION")])
+        .set(1);
+    registry
+        .register(Box::new(info))
+        .map_err(io::Error::other)?;
+    registry
+        .register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .map_err(io::Error::other)
+}
+
+/// Serves `GET /metrics` of `registry` on `addr` in a background thread.
+pub fn serve_registry(addr: SocketAddr, registry: Registry) -> io::Result<MetricsHandle> {
     let listener = TcpListener::bind(addr).map_err(|e| {
         io::Error::new(
             e.kind(),
@@ -373,8 +405,8 @@ fn route(head: &[u8], registry: &Registry) -> (&'static str, &'static str, Vec<u
         "/" => (
             "200 OK",
             "text/html; charset=utf-8",
-            b"<html><head><title>vxnet dataplane</title></head><body>\
-              <h1>vxnet dataplane</h1><p><a href=\"/metrics\">/metrics</a></p></body></html>\n"
+            b"<html><head><title>vxnet</title></head><body>\
+              <h1>vxnet</h1><p><a href=\"/metrics\">/metrics</a></p></body></html>\n"
                 .to_vec(),
         ),
         _ => ("404 Not Found", TEXT, b"not found; try /metrics\n".to_vec()),

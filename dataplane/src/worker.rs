@@ -14,6 +14,7 @@
 //! new `Arc<Fdb>` and picked up between batches by comparing a version
 //! number, so the hot path takes no lock.
 
+use crate::observe::{CaptureTap, LiveTap};
 use crate::sys::poll::{Poller, Waker};
 use crate::sys::tap::Tap;
 use crate::sys::udp::UdpIo;
@@ -25,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use vxnet_api::observe::Direction;
 use vxnet_proto::batch::{RxBatch, TxBatch};
 use vxnet_proto::engine::{Engine, EngineConfig, Outputs};
 use vxnet_proto::fdb::{Fdb, PortId};
@@ -136,6 +138,13 @@ pub enum Command {
     /// own state, such as its conntrack table); it answers through a
     /// channel it carries.
     Inspect(Box<dyn FnOnce(&Engine) + Send>),
+    /// Run this on the engine between batches, mutably (`vxnet trace`'s
+    /// dry runs); it answers through a channel it carries.
+    Run(Box<dyn FnOnce(&mut Engine) + Send>),
+    /// Start (or, with `None`, stop) copying packets for a capture.
+    Capture(Option<Box<CaptureTap>>),
+    /// Start (or stop) reporting packets' verdicts for a live trace.
+    Live(Option<Box<LiveTap>>),
     Stop,
 }
 
@@ -159,7 +168,29 @@ pub struct WorkerHandle {
     pub gro: bool,
 }
 
+/// A way to send a worker commands that outlives a borrow of its handle
+/// (a stream's end tells the workers to drop its taps).
+#[derive(Clone)]
+pub struct Commander {
+    commands: Sender<Command>,
+    waker: Arc<Waker>,
+}
+
+impl Commander {
+    pub fn send(&self, cmd: Command) {
+        let _ = self.commands.send(cmd);
+        self.waker.wake();
+    }
+}
+
 impl WorkerHandle {
+    pub fn commander(&self) -> Commander {
+        Commander {
+            commands: self.commands.clone(),
+            waker: Arc::clone(&self.waker),
+        }
+    }
+
     pub fn send(&self, cmd: Command) {
         // A worker only goes away at shutdown; then there is nobody to tell.
         let _ = self.commands.send(cmd);
@@ -219,6 +250,8 @@ pub fn spawn(cfg: WorkerConfig, fdb: Arc<FdbCell>) -> io::Result<WorkerHandle> {
         tapbuf: vec![0u8; TAP_BUF].into_boxed_slice(),
         ready: Vec::with_capacity(64),
         kicked: false,
+        capture: None,
+        live: None,
     };
     let thread = std::thread::Builder::new()
         .name(format!("vxnet-worker-{}", worker.cfg.id))
@@ -260,6 +293,10 @@ struct Worker {
     tapbuf: Box<[u8]>,
     ready: Vec<u64>,
     kicked: bool,
+    /// Installed while a capture runs (`vxnet capture`).
+    capture: Option<Box<CaptureTap>>,
+    /// Installed while a live trace runs (`vxnet trace --live`).
+    live: Option<Box<LiveTap>>,
 }
 
 impl Worker {
@@ -365,6 +402,14 @@ impl Worker {
                     self.engine.set_now(Instant::now());
                     f(&self.engine);
                 }
+                Command::Capture(c) => self.capture = c,
+                Command::Live(l) => self.live = l,
+                Command::Run(f) => {
+                    // A trace sees the table the next packet would see.
+                    self.refresh_fdb();
+                    self.engine.set_now(Instant::now());
+                    f(&mut self.engine);
+                }
                 Command::Stop => return false,
             }
         }
@@ -415,7 +460,26 @@ impl Worker {
                         }
                         for (at, d) in self.rx.datagrams_at_mut(i) {
                             stats.inc(Counter::UdpRxDatagrams);
-                            self.engine.from_wire_at(meta.src, d, at, &mut self.out);
+                            if let Some(c) = &self.capture {
+                                if !c.outer(Direction::Rx, meta.src, meta.src, d) {
+                                    self.capture = None;
+                                }
+                            }
+                            match &mut self.live {
+                                None => self.engine.from_wire_at(meta.src, d, at, &mut self.out),
+                                Some(live) => {
+                                    let o = self.engine.from_wire_observed(
+                                        meta.src,
+                                        d,
+                                        at,
+                                        &mut self.out,
+                                        &mut live.sampler,
+                                    );
+                                    if !live.wire(self.engine.fdb(), o, meta.src, d) {
+                                        self.live = None;
+                                    }
+                                }
+                            }
                         }
                     }
                     // Hand the batch to the TAPs now, while the received
@@ -450,8 +514,28 @@ impl Worker {
                 match tap.read(&mut self.tapbuf) {
                     Ok(n) => {
                         worked = true;
-                        self.engine
-                            .from_tap(port, &mut self.tapbuf[..n], &mut self.out);
+                        let pkt = &mut self.tapbuf[..n];
+                        if let Some(c) = &self.capture {
+                            let frame = pkt.get(vnet::LEN..).unwrap_or_default();
+                            if !c.inner(self.engine.fdb(), port, Direction::Rx, frame) {
+                                self.capture = None;
+                            }
+                        }
+                        match &mut self.live {
+                            None => self.engine.from_tap(port, pkt, &mut self.out),
+                            Some(live) => {
+                                let o = self.engine.from_tap_observed(
+                                    port,
+                                    pkt,
+                                    &mut self.out,
+                                    &mut live.sampler,
+                                );
+                                let frame = pkt.get(vnet::LEN..).unwrap_or_default();
+                                if !live.tap(self.engine.fdb(), o, port, frame) {
+                                    self.live = None;
+                                }
+                            }
+                        }
                         if self.out.udp.is_full() {
                             self.udp.send_batch(&self.out.udp, self.engine.stats());
                             self.out.udp.clear();
@@ -478,6 +562,9 @@ impl Worker {
     }
 
     fn flush(&mut self) {
+        if self.capture.is_some() {
+            self.capture_outputs();
+        }
         let stats = self.engine.stats();
         if !self.out.udp.is_empty() {
             self.udp.send_batch(&self.out.udp, stats);
@@ -486,7 +573,16 @@ impl Worker {
         if self.out.has_tap_output() {
             let ports = &self.ports;
             let rx = &self.rx;
+            let capture = &mut self.capture;
+            let fdb = self.engine.fdb();
             self.out.drain_taps(|port, w| {
+                if let Some(c) = capture.as_deref() {
+                    let frame = w.to_vec(|r| rx.resolve(r)).unwrap_or_default();
+                    let frame = frame.get(vnet::LEN..).unwrap_or_default();
+                    if !c.inner(fdb, port, Direction::Tx, frame) {
+                        *capture = None;
+                    }
+                }
                 let Some(Some(tap)) = ports.get(port as usize) else {
                     return stats.dropped(Drop::IoTapWrite);
                 };
@@ -507,6 +603,31 @@ impl Worker {
                     Err(_) => stats.dropped(Drop::IoTapWrite),
                 }
             });
+        }
+    }
+}
+
+impl Worker {
+    /// Copies every datagram about to be sent for the capture (one record
+    /// per datagram of a UDP_SEGMENT message).
+    fn capture_outputs(&mut self) {
+        let Some(c) = self.capture.as_deref() else {
+            return;
+        };
+        let mut keep = true;
+        for m in self.out.udp.msgs() {
+            let bytes = self.out.udp.bytes(m);
+            let step = match m.segment {
+                0 => bytes.len().max(1),
+                n => usize::from(n),
+            };
+            let from = self.udp.source_addr(m.entropy);
+            for d in bytes.chunks(step) {
+                keep &= c.outer(Direction::Tx, m.dst, from, d);
+            }
+        }
+        if !keep {
+            self.capture = None;
         }
     }
 }

@@ -668,6 +668,52 @@ pub fn dns_seed_query(name: &str, id: u16) -> Vec<u8> {
     m.to_vec().expect("seed query encodes")
 }
 
+/// `vxnet trace`'s dry runs on arbitrary bytes: the first byte picks the
+/// path (even: a `vnet header ‖ frame` from host A's TAP, odd: a datagram
+/// arriving at host B from A), the rest is the packet. Whatever it is, a
+/// dry run counts nothing on either host, and what it would send or
+/// deliver is well-formed enough to report (`vxnet trace --live` parses
+/// the same frames' flows).
+pub fn trace_dry_run(data: &[u8]) {
+    use std::net::SocketAddr;
+    use std::sync::{Mutex, OnceLock};
+    use vxnet_proto::engine::testkit::{self, Host};
+    use vxnet_proto::stats::{Counter, Drop};
+    static WORLD: OnceLock<Mutex<(Host, Host)>> = OnceLock::new();
+    let world = WORLD.get_or_init(|| {
+        let (mut a, mut b) = testkit::encrypted_pair(std::time::Instant::now());
+        testkit::handshake(&mut a, &mut b);
+        Mutex::new((a, b))
+    });
+    let mut guard = world
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let (a, b) = &mut *guard;
+    let Some((&pick, pkt)) = data.split_first() else {
+        return;
+    };
+    let counted = |h: &Host| {
+        let s = h.engine.stats();
+        let c: u64 = Counter::ALL.iter().map(|c| s.counter(*c)).sum();
+        let d: u64 = Drop::ALL.iter().map(|d| s.drops(*d)).sum();
+        (c, d)
+    };
+    let before = (counted(a), counted(b));
+    let mut bytes = pkt.to_vec();
+    let run = if pick % 2 == 0 {
+        a.engine.trace_tap(0, &mut bytes)
+    } else {
+        b.engine
+            .trace_wire(SocketAddr::new(a.addr, 4789), &mut bytes)
+    };
+    assert_eq!((counted(a), counted(b)), before, "a dry run counted");
+    assert!(run.drops.len() <= Drop::COUNT);
+    for (_, frame) in &run.delivered {
+        let _ = vxnet_dataplane::observe::flow_of(frame);
+    }
+    let _ = vxnet_dataplane::observe::flow_of(pkt);
+}
+
 /// A frame too big for the underlay: `[mtu: u16 LE][Ethernet frame]`. An
 /// answer, when there is one, is a valid ICMP or ICMPv6 error back from
 /// the frame's destination to its source, quoting the start of its IP

@@ -112,6 +112,11 @@ fn mesh() {
 }
 
 #[test]
+fn trace_dry_run() {
+    run("trace_dry_run", vxnet_fuzz::trace_dry_run);
+}
+
+#[test]
 fn kx_rotation() {
     run("kx_rotation", |d| {
         vxnet_fuzz::kx_rotation(d);

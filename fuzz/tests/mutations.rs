@@ -113,6 +113,11 @@ fn wire_rx() {
 }
 
 #[test]
+fn trace_dry_run() {
+    run("trace_dry_run", 5_000, vxnet_fuzz::trace_dry_run);
+}
+
+#[test]
 fn lb_nat() {
     run("lb_nat", 5_000, vxnet_fuzz::lb_nat);
 }

@@ -176,6 +176,9 @@ where
         };
         match r {
             Ok(Some(c)) => {
+                if matches!(step, Step::Begin) {
+                    super::metrics::ControlCounters::inc(&self.counters.key_rotations);
+                }
                 let ids: Vec<u32> = c.gossip_keys.iter().map(|k| k.id).collect();
                 tracing::info!(step = ?step, keys = ?ids, "gossip key rotation");
                 Some(c.gossip_keys)

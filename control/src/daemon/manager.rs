@@ -181,6 +181,7 @@ where
             peers,
             services,
             log_requests: super::lock(&self.logs).take_for(node),
+            trace_requests: super::lock(&self.traces).take_for(node),
         })
     }
 
@@ -271,6 +272,12 @@ where
             }
             ManagerCall::LogsReply(r) => {
                 super::lock(&self.logs).answer(r);
+                self.changes.poke();
+                value(())
+            }
+            ManagerCall::NodeTrace(t) => value(self.trace_on_node(&t.node, t.wire)?),
+            ManagerCall::TraceReply(r) => {
+                super::lock(&self.traces).answer(r);
                 self.changes.poke();
                 value(())
             }

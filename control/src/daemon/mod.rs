@@ -32,10 +32,12 @@ pub mod gossip;
 pub mod host;
 pub mod keys;
 pub mod manager;
+pub mod metrics;
 pub mod reconcile;
 mod requests;
 pub mod roles;
 pub mod runtime;
+pub mod trace;
 pub mod worker;
 
 #[cfg(test)]
@@ -157,6 +159,13 @@ pub struct Daemon<S, D> {
     pub(crate) local_addrs: LocalAddrs,
     /// Log requests to other nodes and their answers (a manager's).
     pub(crate) logs: Mutex<manager::LogQueue>,
+    /// Events the metrics count (`--metrics`).
+    pub(crate) counters: metrics::ControlCounters,
+    /// Trace halves asked of other nodes and their answers (a manager's).
+    pub(crate) traces: Mutex<trace::TraceQueue>,
+    /// The names the embedded DNS server answers from, as the reconciler
+    /// last built them (`vxnet trace` resolves names with them).
+    pub(crate) dns_records: Mutex<Option<Arc<crate::dns::DnsRecords>>>,
     /// Nodes gossip has held Up since this daemon started (a manager's).
     pub(crate) seen_members: Mutex<std::collections::BTreeSet<String>>,
     /// What carries this host's VTEP, as the dataplane last said (each
@@ -235,6 +244,9 @@ where
             seen_members: Mutex::default(),
             underlay: Mutex::default(),
             logs: Mutex::default(),
+            traces: Mutex::default(),
+            counters: metrics::ControlCounters::default(),
+            dns_records: Mutex::default(),
             #[cfg(test)]
             view_override: Mutex::default(),
         }

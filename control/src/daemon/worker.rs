@@ -430,6 +430,7 @@ where
             .and_then(|set| {
                 d.apply_assignments(&set)?;
                 d.answer_log_requests(&set.log_requests);
+                d.answer_trace_requests(&set.trace_requests);
                 Ok(())
             });
         match r {

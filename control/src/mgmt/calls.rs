@@ -126,6 +126,36 @@ pub struct LogsReply {
     pub error: Option<String>,
 }
 
+/// A trace's remote half (`vxnet trace`): node `node` runs `wire`
+/// through its dataplane's receive path and answers the stages. A worker
+/// asks its manager, which runs it itself or asks that node through its
+/// assignment watch ([`TraceRequest`], answered by [`TraceReply`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeTrace {
+    pub node: String,
+    pub wire: vxnet_api::trace::TraceWire,
+}
+
+/// The manager asks a node to run a trace's remote half.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraceRequest {
+    pub id: u64,
+    pub wire: vxnet_api::trace::TraceWire,
+}
+
+/// A node's answer to a [`TraceRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraceReply {
+    pub id: u64,
+    #[serde(default)]
+    pub report: Option<vxnet_api::trace::TraceReport>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
 /// A node reports how its containers are doing (their states as the
 /// node sees them); the manager keeps them for `service ps` and
 /// `container inspect`.
@@ -159,6 +189,9 @@ pub struct AssignmentSet {
     /// Logs the manager wants from this node.
     #[serde(default)]
     pub log_requests: Vec<LogRequest>,
+    /// Trace halves the manager wants this node's dataplane to run.
+    #[serde(default)]
+    pub trace_requests: Vec<TraceRequest>,
 }
 
 /// Every call a node makes to its manager.
@@ -175,6 +208,8 @@ pub enum ManagerCall {
     GossipKeys(KeyringReport),
     StatusReport(StatusReport),
     LogsReply(LogsReply),
+    NodeTrace(NodeTrace),
+    TraceReply(TraceReply),
 }
 
 calls!(ManagerCall;
@@ -188,6 +223,8 @@ calls!(ManagerCall;
     GossipKeys(KeyringReport) -> KeysReply,
     StatusReport(StatusReport) -> (),
     LogsReply(LogsReply) -> (),
+    NodeTrace(NodeTrace) -> vxnet_api::trace::TraceReport,
+    TraceReply(TraceReply) -> (),
 );
 
 impl ManagerCall {
@@ -204,6 +241,8 @@ impl ManagerCall {
             ManagerCall::GossipKeys(_) => "gossip_keys",
             ManagerCall::StatusReport(_) => "status_report",
             ManagerCall::LogsReply(_) => "logs_reply",
+            ManagerCall::NodeTrace(_) => "node_trace",
+            ManagerCall::TraceReply(_) => "trace_reply",
         }
     }
 }

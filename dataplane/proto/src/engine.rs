@@ -40,9 +40,24 @@ const ETHERTYPE_IPV6: u16 = 0x86dd;
 mod announce;
 mod flood;
 mod lb;
+pub mod live;
 mod mesh;
 mod too_big;
+pub mod trace;
 use lb::{Lb, Vip};
+use trace::{Answer, Note, Recorder, TraceRun};
+
+/// Records `$note` if a recorder is installed (`vxnet trace`); otherwise
+/// one test of a `None`. `$rec` is the `Ctx::rec` field, named directly so
+/// that other fields of the context may be borrowed meanwhile.
+macro_rules! note {
+    ($rec:expr, $note:expr) => {
+        if let Some(r) = $rec.as_deref_mut() {
+            r.notes.push($note);
+        }
+    };
+}
+use note;
 
 /// Static settings of one dataplane.
 #[derive(Debug, Clone, Copy)]
@@ -130,6 +145,8 @@ struct Ctx {
     timers_moved: bool,
     /// Service load balancing: this worker's conntrack table.
     lb: Lb,
+    /// Installed while a packet is traced (see [`trace`]).
+    rec: Option<Box<Recorder>>,
 }
 
 /// ESP header, inner UDP header and VXLAN header in front of each frame.
@@ -153,6 +170,7 @@ impl Engine {
             now,
             timers_moved: false,
             lb: Lb::new(cfg.conntrack),
+            rec: None,
         };
         if fdb.needs_conntrack() {
             ctx.lb.prepare(now);
@@ -216,6 +234,77 @@ impl Engine {
         &self.ctx.stats
     }
 
+    /// The forwarding table in use.
+    pub fn fdb(&self) -> &Fdb {
+        &self.fdb
+    }
+
+    /// Runs `pkt` (`vnet header ‖ frame`, as the TAP of `port` would hand
+    /// it over) through [`Engine::from_tap`] without sending anything: a
+    /// dry run that records each decision ([`trace`]).
+    pub fn trace_tap(&mut self, port: PortId, pkt: &mut [u8]) -> TraceRun {
+        self.dry_run(|e, out| e.from_tap(port, pkt, out))
+    }
+
+    /// Runs a datagram from `src` (one that [`Engine::trace_tap`] on the
+    /// sending host produced) through [`Engine::from_wire`] as a dry run.
+    pub fn trace_wire(&mut self, src: SocketAddr, datagram: &mut [u8]) -> TraceRun {
+        self.dry_run(|e, out| e.from_wire(src, datagram, out))
+    }
+
+    fn dry_run(&mut self, f: impl FnOnce(&mut Engine, &mut Outputs)) -> TraceRun {
+        let scratch = Arc::new(Stats::default());
+        let real = std::mem::replace(&mut self.ctx.stats, Arc::clone(&scratch));
+        let before = self.ctx.rec.replace(Box::new(Recorder::dry_run()));
+        let timers_moved = self.ctx.timers_moved;
+        let mut out = Outputs::new(TxBatch::new(256 * 1024, 64));
+        f(self, &mut out);
+        self.ctx.stats = real;
+        self.ctx.timers_moved = timers_moved;
+        let notes = std::mem::replace(&mut self.ctx.rec, before)
+            .map(|r| r.notes)
+            .unwrap_or_default();
+        let drops = Drop::ALL
+            .iter()
+            .copied()
+            .filter(|d| scratch.drops(*d) > 0)
+            .collect();
+        let sent = out
+            .udp
+            .msgs()
+            .iter()
+            .map(|m| {
+                let b = out.udp.bytes(m);
+                let first = match m.segment {
+                    0 => b,
+                    n => &b[..b.len().min(usize::from(n))],
+                };
+                (m.dst, first.to_vec())
+            })
+            .collect();
+        let mut delivered = Vec::new();
+        out.drain_taps(|port, w| {
+            let frame = w
+                .as_bytes()
+                .and_then(|b| b.get(vnet::LEN..))
+                .unwrap_or_default();
+            delivered.push((port, frame.to_vec()));
+        });
+        TraceRun {
+            notes,
+            drops,
+            sent,
+            delivered,
+        }
+    }
+
+    /// Installs (or removes, with `None`) the recorder that notes the
+    /// decisions of the next packets (`vxnet trace --live` installs one for
+    /// each sampled packet); returns the one installed before.
+    pub fn set_recorder(&mut self, rec: Option<Box<Recorder>>) -> Option<Box<Recorder>> {
+        std::mem::replace(&mut self.ctx.rec, rec)
+    }
+
     /// Handles one `vnet header ‖ frame` read from the TAP of `port`. The
     /// frame may be rewritten in place (VIP DNAT, reverse translation).
     pub fn from_tap(&mut self, port: PortId, pkt: &mut [u8], out: &mut Outputs) {
@@ -250,6 +339,16 @@ impl Engine {
             return stats.dropped(Drop::TapSpoofedSource);
         }
         let vni = p.vni;
+        note!(
+            ctx.rec,
+            Note::TapRx {
+                port,
+                vni,
+                src,
+                dst,
+                len: frame.len(),
+            }
+        );
         let Some(table) = fdb.vni(vni) else {
             return stats.dropped(Drop::TapNoDestination);
         };
@@ -308,12 +407,19 @@ impl Engine {
     ) {
         let ctx = &mut self.ctx;
         let fdb = &*self.fdb;
+        note!(
+            ctx.rec,
+            Note::WireRx {
+                src,
+                len: datagram.len()
+            }
+        );
         match esp::classify(datagram) {
             None => ctx.stats.dropped(Drop::WireRunt),
             Some(Classified::Vxlan) => ctx.decap(fdb, datagram, at, None, out),
             Some(Classified::Control) => ctx.control(fdb, src, datagram, out),
             Some(Classified::Reserved(_)) => ctx.stats.dropped(Drop::WireBadVxlan),
-            Some(Classified::Esp(_)) => {
+            Some(Classified::Esp(spi)) => {
                 let Some(session) = fdb.peer(src.ip()) else {
                     return ctx.stats.dropped(Drop::WireUnknownSpi);
                 };
@@ -321,6 +427,14 @@ impl Engine {
                 match opened {
                     Ok(o) => {
                         ctx.stats.inc(Counter::Decrypted);
+                        note!(
+                            ctx.rec,
+                            Note::Decrypted {
+                                spi,
+                                vni: o.vni,
+                                generation: o.generation
+                            }
+                        );
                         // Skip the inner UDP header (RFC 3948 style).
                         let start = o.range.start + 8;
                         let Some(inner) = datagram.get_mut(start..o.range.end) else {
@@ -358,6 +472,17 @@ impl Ctx {
         frame: &mut [u8],
         out: &mut Outputs,
     ) {
+        if self.rec.is_some() {
+            let mac = MacAddr::dst_of(frame).unwrap_or(MacAddr([0; 6]));
+            note!(
+                self.rec,
+                match dest {
+                    Some(Dest::Local(port)) => Note::FdbLocal { mac, port },
+                    Some(Dest::Remote(vtep)) => Note::FdbRemote { mac, vtep },
+                    None => Note::FdbMiss { mac },
+                }
+            );
+        }
         if let Some(h) = mesh::is_host_port(fdb, dest) {
             if self.reply_to_host(h, vni, hdr.needs_csum(), frame) {
                 out.tap(h.port).push_as_is(hdr, frame);
@@ -372,6 +497,13 @@ impl Ctx {
                     self.reverse(vni, hdr.needs_csum(), frame);
                 }
                 self.stats.inc(Counter::LocalSwitched);
+                note!(
+                    self.rec,
+                    Note::TapTx {
+                        port: to,
+                        len: frame.len()
+                    }
+                );
                 out.tap(to).push_as_is(hdr, frame);
             }
             Some(Dest::Remote(vtep)) => {
@@ -455,9 +587,23 @@ impl Ctx {
         if let Some(Dest::Local(_)) = table.macs.get(&src) {
             return stats.dropped(Drop::WireFromSelf);
         }
+        note!(
+            self.rec,
+            Note::Vni {
+                vni,
+                encrypted: table.encrypted
+            }
+        );
         if dst.is_multicast() {
             stats.inc(Counter::Decapsulated);
             for &p in &table.ports {
+                note!(
+                    self.rec,
+                    Note::TapTx {
+                        port: p,
+                        len: inner.len()
+                    }
+                );
                 out.tap(p).push_as_is(&VnetHdr::NONE, inner);
             }
             return;
@@ -478,6 +624,7 @@ impl Ctx {
         match dest {
             Some(Dest::Local(p)) => {
                 self.stats.inc(Counter::Decapsulated);
+                note!(self.rec, Note::Endpoint { mac: dst, port: p });
                 if table.ingress {
                     self.track_return(vni, table, inner);
                 }
@@ -485,6 +632,13 @@ impl Ctx {
                     // Rewritten in place: references still see the bytes.
                     self.reverse(vni, false, inner);
                 }
+                note!(
+                    self.rec,
+                    Note::TapTx {
+                        port: p,
+                        len: inner.len()
+                    }
+                );
                 // The payload follows the VXLAN header.
                 match at {
                     Some(at) => out.tap(p).push_ref(inner, at.advance(vxlan::HEADER_LEN)),
@@ -578,6 +732,14 @@ impl Ctx {
             stats.dropped(Drop::TapNoSa);
             return false;
         };
+        if let Some(r) = self.rec.as_deref_mut() {
+            let id = sa.id();
+            r.notes.push(Note::Sa {
+                spi: id.spi,
+                generation: id.generation,
+                seq: sa.next_seq(),
+            });
+        }
         let arena = out.udp.arena();
         let (mut read, mut write, mut first) = (start, start, 0);
         for i in 0..seg.count {
@@ -621,6 +783,16 @@ impl Ctx {
         };
         out.udp
             .commit(SocketAddr::new(vtep, self.cfg.port), start, gso, entropy);
+        note!(
+            self.rec,
+            Note::Outer {
+                dst: SocketAddr::new(vtep, self.cfg.port),
+                vni,
+                len: first,
+                datagrams: seg.count,
+                encrypted: true,
+            }
+        );
         stats.add(Counter::Encapsulated, seg.count as u64);
         stats.add(Counter::Encrypted, seg.count as u64);
         seg.capped
@@ -665,6 +837,17 @@ impl Ctx {
             return false;
         }
         self.stats.inc(counter);
+        note!(
+            self.rec,
+            Note::Answered {
+                answer: if counter == Counter::ArpProxied {
+                    Answer::Arp
+                } else {
+                    Answer::Nd
+                },
+                port
+            }
+        );
         out.tap(port)
             .push_as_is(&VnetHdr::NONE, &self.reply[..answer]);
         true
@@ -703,6 +886,16 @@ impl Ctx {
                 }
                 let dst = SocketAddr::new(vtep, self.cfg.port);
                 out.udp.commit(dst, start, gso, flow_hash(frame));
+                note!(
+                    self.rec,
+                    Note::Outer {
+                        dst,
+                        vni,
+                        len: if seg.count > 1 { seg.stride } else { seg.total },
+                        datagrams: seg.count,
+                        encrypted: false,
+                    }
+                );
                 self.stats.add(Counter::Encapsulated, seg.count as u64);
                 Some(Encapped {
                     range: start..start + seg.total,
@@ -803,5 +996,7 @@ mod mesh_tests;
 pub mod testkit;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod trace_tests;
 #[cfg(test)]
 mod underlay_tests;

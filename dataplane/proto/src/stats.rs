@@ -156,14 +156,30 @@ impl Drop {
 /// One worker's counters.
 pub struct Stats {
     counters: CachePadded<[AtomicU64; Counter::COUNT]>,
-    drops: CachePadded<[AtomicU64; Drop::COUNT]>,
+    drops: CachePadded<DropSlots>,
+}
+
+/// Drop counts, and which drop came last: `vxnet trace --live --drops`
+/// learns that a packet was dropped, and why, by comparing
+/// [`Stats::drop_seq`] before and after it, at no cost to packets that
+/// are not dropped.
+struct DropSlots {
+    counts: [AtomicU64; Drop::COUNT],
+    /// Drops counted so far (all reasons).
+    seq: AtomicU64,
+    /// `Drop as u64 + 1` of the last drop counted; 0 before the first.
+    last: AtomicU64,
 }
 
 impl Default for Stats {
     fn default() -> Self {
         Stats {
             counters: CachePadded::new(std::array::from_fn(|_| AtomicU64::new(0))),
-            drops: CachePadded::new(std::array::from_fn(|_| AtomicU64::new(0))),
+            drops: CachePadded::new(DropSlots {
+                counts: std::array::from_fn(|_| AtomicU64::new(0)),
+                seq: AtomicU64::new(0),
+                last: AtomicU64::new(0),
+            }),
         }
     }
 }
@@ -187,11 +203,14 @@ impl Stats {
     /// Counts `n` dropped packets. Only the owning worker may call this.
     #[inline]
     pub fn drop_n(&self, d: Drop, n: u64) {
-        let slot = &self.drops[d as usize];
-        slot.store(
-            slot.load(Ordering::Relaxed).wrapping_add(n),
-            Ordering::Relaxed,
-        );
+        let slots = &*self.drops;
+        for (slot, add) in [(&slots.counts[d as usize], n), (&slots.seq, n)] {
+            slot.store(
+                slot.load(Ordering::Relaxed).wrapping_add(add),
+                Ordering::Relaxed,
+            );
+        }
+        slots.last.store(d as u64 + 1, Ordering::Relaxed);
     }
 
     #[inline]
@@ -204,7 +223,22 @@ impl Stats {
     }
 
     pub fn drops(&self, d: Drop) -> u64 {
-        self.drops[d as usize].load(Ordering::Relaxed)
+        self.drops.counts[d as usize].load(Ordering::Relaxed)
+    }
+
+    /// Packets dropped so far, all reasons together: a packet was dropped
+    /// if this moved while it was handled.
+    #[inline]
+    pub fn drop_seq(&self) -> u64 {
+        self.drops.seq.load(Ordering::Relaxed)
+    }
+
+    /// The reason of the last drop counted, if any.
+    pub fn last_drop(&self) -> Option<Drop> {
+        let last = self.drops.last.load(Ordering::Relaxed);
+        Drop::ALL
+            .get(usize::try_from(last).ok()?.checked_sub(1)?)
+            .copied()
     }
 }
 
@@ -260,6 +294,15 @@ mod tests {
         assert_eq!(s.counter(Counter::TapRxFrames), 4);
         assert_eq!(s.drop_count(Drop::WireUnknownVni), 1);
         assert_eq!(s.total_drops(), 1);
+    }
+
+    #[test]
+    fn drop_seq_and_last_drop_follow_drops() {
+        let a = Stats::default();
+        assert_eq!((a.drop_seq(), a.last_drop()), (0, None));
+        a.dropped(Drop::WireReplay);
+        a.drop_n(Drop::TapNoSa, 3);
+        assert_eq!((a.drop_seq(), a.last_drop()), (4, Some(Drop::TapNoSa)));
     }
 
     #[test]

@@ -149,6 +149,11 @@ where
         if let Err(e) = self.pass_into(&mut p) {
             p.report.errors.push(e.message);
         }
+        use super::metrics::ControlCounters;
+        ControlCounters::inc(&self.d.counters.reconcile_runs);
+        if !p.report.errors.is_empty() {
+            ControlCounters::inc(&self.d.counters.reconcile_errors);
+        }
         self.d
             .realized
             .publish(generation, p.outcomes, p.report.clone());
@@ -405,7 +410,9 @@ where
         let Some(dns) = &self.dns else { return };
         let (entries, names) = names::dns_entries(networks, everyone, services, live);
         if entries != self.dns_table {
-            dns.set_records(Arc::new(DnsRecords::new(entries.clone(), names)));
+            let records = Arc::new(DnsRecords::new(entries.clone(), names));
+            *super::lock(&self.d.dns_records) = Some(Arc::clone(&records));
+            dns.set_records(records);
             self.dns_table = entries;
         }
         let mut want: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();

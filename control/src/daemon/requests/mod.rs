@@ -52,6 +52,7 @@ pub(super) fn op_name(req: &CtlRequest) -> &'static str {
         CtlRequest::ServiceRm(_) => "service_rm",
         CtlRequest::ServiceLogs(_) => "service_logs",
         CtlRequest::Reconcile(_) => "reconcile",
+        CtlRequest::Trace(_) => "trace",
     }
 }
 
@@ -115,5 +116,6 @@ where
         CtlRequest::ServiceRm(r) => R::of::<ctl::ServiceRm>(d.service_rm(&r.service)),
         CtlRequest::ServiceLogs(r) => R::of::<ctl::ServiceLogs>(d.service_logs(r)),
         CtlRequest::Reconcile(_) => R::of::<ctl::Reconcile>(d.reconcile_now()),
+        CtlRequest::Trace(r) => R::of::<vxnet_api::trace::SwarmTrace>(d.trace(r)),
     }
 }

@@ -11,7 +11,8 @@
 //! rate (`flood_rate`). Per VNI, [`crate::replication::Replication`] counts
 //! frames replicated, copies, rate-limited and suppressed frames.
 
-use super::{Ctx, Outputs};
+use super::trace::Note;
+use super::{Ctx, Outputs, note};
 use crate::fdb::{Fdb, PortId, VniTable};
 use crate::stats::{Counter, Drop};
 use crate::wire::Vni;
@@ -48,6 +49,13 @@ impl Ctx {
         if !table.replication.admit(self.now, fdb.flood_rate(table)) {
             return self.stats.dropped(Drop::TapFloodRateLimited);
         }
+        note!(
+            self.rec,
+            Note::Flood {
+                ports: table.ports.iter().filter(|p| **p != from).count(),
+                vteps: if replicate { table.replicate.len() } else { 0 },
+            }
+        );
         let max = fdb.max_frame(table.encrypted);
         if replicate
             && frame.len() > max

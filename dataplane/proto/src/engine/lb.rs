@@ -2,7 +2,8 @@
 //! what happens to a frame from a TAP addressed to a VIP, and to a frame
 //! about to be written to a local port that may be a reply of a balanced
 //! flow. This module owns the worker's conntrack table.
-use super::{Ctx, Outputs};
+use super::trace::{Answer, FlowMatch, Note};
+use super::{Ctx, Outputs, note};
 use crate::fdb::{Fdb, PortId, VniTable};
 use crate::lb::conntrack::{
     Conntrack, ConntrackConfig, Dir, FlowId, FlowInfo, FlowKey, FlowKind, NewFlow,
@@ -194,6 +195,13 @@ impl Ctx {
             match reply::echo_reply(frame, &p, svc.mac()) {
                 Some(n) => {
                     self.stats.inc(Counter::LbEchoReplies);
+                    note!(
+                        self.rec,
+                        Note::Answered {
+                            answer: Answer::VipEcho,
+                            port
+                        }
+                    );
                     out.tap(port).push_as_is(&VnetHdr::NONE, &frame[..n]);
                 }
                 None => self.stats.dropped(Drop::LbMalformed),
@@ -212,12 +220,22 @@ impl Ctx {
             return Vip::Done;
         }
         let key = flow_key(vni, &p);
-        let Some(backend) = self.track(svc, &key, p.tcp_flags) else {
+        let Some((backend, flow)) = self.track(svc, &key, p.tcp_flags) else {
             if svc.backends().is_empty() {
                 self.refuse(port, frame, &p, svc.mac(), out);
             }
             return Vip::Done;
         };
+        note!(
+            self.rec,
+            Note::Vip {
+                vip: p.dst,
+                backend: backend.ip,
+                mac: backend.mac,
+                flow,
+                backends: svc.backends().len(),
+            }
+        );
         if nat::rewrite(frame, &p, Side::Dst, backend.ip, None, hdr.needs_csum()).is_err() {
             self.stats.dropped(Drop::LbMalformed);
             return Vip::Done;
@@ -229,8 +247,15 @@ impl Ctx {
 
     /// The backend of flow `key` (a packet to the VIP of `svc` with TCP
     /// flags `flags`): its tracked one if it is still in the set, else a
-    /// new pick, tracked. `None` when the packet is dropped (counted).
-    fn track<'s>(&mut self, svc: &'s Service, key: &FlowKey, flags: u8) -> Option<&'s Backend> {
+    /// new pick, tracked. `None` when the packet is dropped (counted). A
+    /// dry run (`vxnet trace`) decides the same but changes no flow; it
+    /// cannot tell that a full table would refuse a new flow.
+    fn track<'s>(
+        &mut self,
+        svc: &'s Service,
+        key: &FlowKey,
+        flags: u8,
+    ) -> Option<(&'s Backend, FlowMatch)> {
         let hash = flow_hash(key.src, key.dst, key.proto, key.sport, key.dport);
         let k = *key;
         self.track_flow(svc, key, flags, hash, |ip, index, generation| {
@@ -247,7 +272,8 @@ impl Ctx {
         flags: u8,
         hash: u64,
         make: impl FnOnce(IpAddr, u16, u64) -> NewFlow,
-    ) -> Option<&'s Backend> {
+    ) -> Option<(&'s Backend, FlowMatch)> {
+        let dry = self.rec.as_ref().is_some_and(|r| r.dry_run);
         let now = self.now;
         let stats = &*self.stats;
         let lb = &mut self.lb;
@@ -265,28 +291,41 @@ impl Ctx {
                 } else {
                     // The set changed since: the flow stays if its backend did.
                     let Some(i) = svc.find(backend_ip) else {
-                        ct.remove(id);
-                        stats.inc(Counter::ConntrackRemoved);
+                        if !dry {
+                            ct.remove(id);
+                            stats.inc(Counter::ConntrackRemoved);
+                        }
                         stats.dropped(Drop::LbBackendGone);
                         return None;
                     };
-                    ct.rebind(id, svc.generation(), i);
+                    if !dry {
+                        ct.rebind(id, svc.generation(), i);
+                    }
                     i
                 };
-                ct.update(id, Dir::Forward, flags, now);
-                return svc.backends().get(usize::from(index));
+                if !dry {
+                    ct.update(id, Dir::Forward, flags, now);
+                }
+                return svc
+                    .backends()
+                    .get(usize::from(index))
+                    .map(|b| (b, FlowMatch::Hit));
             }
             // A new connection reusing a closed one's ports (or, oddly, a
             // packet matching a flow's reply key): start afresh.
-            ct.remove(id);
+            if !dry {
+                ct.remove(id);
+            }
         }
         let Some((index, backend)) = svc.pick(hash) else {
             stats.dropped(Drop::LbNoBackend);
             return None;
         };
-        ct.insert_flow(make(backend.ip, index, svc.generation()), flags, now, stats)?;
+        if !dry {
+            ct.insert_flow(make(backend.ip, index, svc.generation()), flags, now, stats)?;
+        }
         stats.inc(Counter::LbNewFlows);
-        Some(backend)
+        Some((backend, FlowMatch::New))
     }
 
     /// A new flow to a VIP with no backend: a TCP segment gets a reset from
@@ -294,6 +333,13 @@ impl Ctx {
     fn refuse(&mut self, port: PortId, frame: &[u8], p: &nat::L4, mac: MacAddr, out: &mut Outputs) {
         if let Some(n) = reply::tcp_reset(frame, p, mac, &mut self.reply) {
             self.stats.inc(Counter::LbResets);
+            note!(
+                self.rec,
+                Note::Answered {
+                    answer: Answer::VipReset,
+                    port
+                }
+            );
             out.tap(port).push_as_is(&VnetHdr::NONE, &self.reply[..n]);
         }
     }
@@ -322,8 +368,11 @@ impl Ctx {
         if ct.flow(id).kind != FlowKind::Vip {
             return;
         }
-        ct.update(id, Dir::Reply, p.tcp_flags, now);
+        if !self.rec.as_ref().is_some_and(|r| r.dry_run) {
+            ct.update(id, Dir::Reply, p.tcp_flags, now);
+        }
         let vip = ct.flow(id).key.dst;
+        note!(self.rec, Note::ReverseNat { vip });
         if nat::rewrite(frame, &p, Side::Src, vip, None, partial).is_ok() {
             nat::set_src_mac(frame, vip_mac(vip));
             stats.inc(Counter::LbReverseNat);

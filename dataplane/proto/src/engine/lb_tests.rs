@@ -738,3 +738,49 @@ fn flows_of_a_removed_service_are_swept() {
     assert_eq!(left, [ip("10.0.0.101")]);
     assert_eq!(h.stat(Counter::ConntrackRemoved), 1);
 }
+
+/// `vxnet trace` to a VIP: Maglev's pick, without creating the flow; once
+/// the real flow exists, the trace sees it (conntrack hit, same backend).
+#[test]
+fn trace_to_a_vip_picks_without_tracking() {
+    use super::trace::{FlowMatch, Note};
+    let mut h = Host::with(&[("10.0.0.100", &remote(3, false))]);
+    let syn = to_vip("10.0.0.100", 40_000, Tcp::Syn);
+    let mut pkt = vec![0u8; vnet::LEN];
+    pkt.extend_from_slice(&syn);
+    let run = h.e.trace_tap(0, &mut pkt.clone());
+    let Some(Note::Vip {
+        backend,
+        flow,
+        backends: 3,
+        ..
+    }) = run
+        .notes
+        .iter()
+        .find(|n| matches!(n, Note::Vip { .. }))
+        .cloned()
+    else {
+        panic!("no VIP note: {run:?}");
+    };
+    assert_eq!(flow, FlowMatch::New);
+    assert_eq!(h.e.flows().count(), 0, "a dry run tracks no flow");
+    assert_eq!(h.stat(Counter::LbNewFlows), 0);
+    let real = h.send(0, &syn);
+    assert_eq!(
+        real,
+        Some(backend),
+        "the real packet goes where the trace said"
+    );
+    let again = h.e.trace_tap(0, &mut pkt);
+    assert!(again.notes.iter().any(|n| matches!(
+        n,
+        Note::Vip { backend: b, flow: FlowMatch::Hit, .. } if *b == backend
+    )));
+    // No backend: the trace shows the reset the client would get.
+    let mut empty = Host::with(&[("10.0.0.101", &[])]);
+    let mut pkt = vec![0u8; vnet::LEN];
+    pkt.extend_from_slice(&to_vip("10.0.0.101", 40_001, Tcp::Syn));
+    let run = empty.e.trace_tap(0, &mut pkt);
+    assert_eq!(run.drops, vec![Drop::LbNoBackend]);
+    assert_eq!(run.delivered.len(), 1, "the reset");
+}

@@ -159,7 +159,7 @@ impl Ctx {
             index,
             peer: [0; 6],
         };
-        let Some(backend) = self.track_flow(svc, &key, p.tcp_flags, hash, make) else {
+        let Some((backend, _)) = self.track_flow(svc, &key, p.tcp_flags, hash, make) else {
             if svc.backends().is_empty() {
                 // Refused at once, like a VIP without tasks.
                 if let Some(n) = reply::tcp_reset(frame, p, h.link_mac(), &mut self.reply) {

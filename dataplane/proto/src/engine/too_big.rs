@@ -16,7 +16,8 @@
 //! ([`crate::mtu::Underlay::path_mtu`]). The answer goes back into the TAP
 //! the frame came from; it costs nothing to frames that fit.
 
-use super::{Ctx, Outputs};
+use super::trace::Note;
+use super::{Ctx, Outputs, note};
 use crate::fdb::{Fdb, PortId};
 use crate::stats::{Counter, Drop};
 use crate::wire::icmp;
@@ -35,7 +36,16 @@ impl Ctx {
         out: &mut Outputs,
     ) -> bool {
         let mtu = fdb.underlay().path_mtu(encrypted);
-        if self.answer_too_big(port, frame, mtu, out) {
+        let answered = self.answer_too_big(port, frame, mtu, out);
+        note!(
+            self.rec,
+            Note::TooBig {
+                mtu,
+                port,
+                answered
+            }
+        );
+        if answered {
             self.stats.dropped(Drop::TapTooBig);
             true
         } else {

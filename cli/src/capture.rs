@@ -1,0 +1,295 @@
+//! `vxnet capture`: the dataplane's copies of inner frames and outer
+//! datagrams, written as pcapng (one interface per view: `inner`,
+//! Ethernet; `outer`, raw IP) through the `pcap-file` crate, to a file or
+//! to stdout (`-w -`, for `tshark -i -`). Names (`--network`,
+//! `--container`) are resolved by the control daemon; `--vni` and
+//! `--endpoint` need only the dataplane.
+
+use crate::dp::{CliError, parse_vni};
+use clap::Args;
+use pcap_file::DataLink;
+use pcap_file::pcapng::PcapNgWriter;
+use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketBlock;
+use pcap_file::pcapng::blocks::interface_description::{
+    InterfaceDescriptionBlock, InterfaceDescriptionOption,
+};
+use std::borrow::Cow;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use vxnet_api::Vni;
+use vxnet_api::client::{Client, Server, transport_error};
+use vxnet_api::dp::DEFAULT_SOCKET;
+use vxnet_api::observe::{Capture, CaptureMsg, View};
+
+/// Filters shared by `vxnet capture` and `vxnet trace --live`.
+#[derive(Debug, Args, Clone)]
+pub struct Scope {
+    #[command(flatten)]
+    pub control: crate::swarm::ControlSocket,
+    /// Path of the dataplane's API socket.
+    #[arg(long, env = "VXNET_SOCKET", default_value = DEFAULT_SOCKET, value_name = "PATH")]
+    pub socket: PathBuf,
+    /// Only this overlay network (resolved by the control daemon).
+    #[arg(long, value_name = "NET", conflicts_with = "vni")]
+    pub network: Option<String>,
+    /// Only this VNI.
+    #[arg(long, value_parser = parse_vni)]
+    pub vni: Option<Vni>,
+    /// Only this container's endpoints on this host (resolved by the
+    /// control daemon).
+    #[arg(long, value_name = "NAME")]
+    pub container: Option<String>,
+    /// Stop after this many packets.
+    #[arg(short = 'c', long, value_name = "COUNT")]
+    pub count: Option<u64>,
+    /// Stop after this long (`10s`, `2m`; 60s by default).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub duration: Option<Duration>,
+}
+
+impl Scope {
+    /// The VNI `--network` or `--vni` names.
+    pub fn vni(&self) -> Result<Option<Vni>, CliError> {
+        match &self.network {
+            Some(n) => {
+                let v = self
+                    .control
+                    .call(vxnet_api::ctl::NetworkInspect { network: n.clone() })?;
+                Ok(Some(v.network.vni))
+            }
+            None => Ok(self.vni),
+        }
+    }
+
+    /// The addresses of `--container` (on `vni` if given).
+    pub fn addresses(&self, vni: Option<Vni>) -> Result<Vec<IpAddr>, CliError> {
+        let Some(c) = &self.container else {
+            return Ok(Vec::new());
+        };
+        let v = self.control.call(vxnet_api::ctl::ContainerInspect {
+            container: c.clone(),
+        })?;
+        let mut ips = Vec::new();
+        for a in &v.networks {
+            if let Some(vni) = vni {
+                let net = self.control.call(vxnet_api::ctl::NetworkInspect {
+                    network: a.network_id.clone(),
+                })?;
+                if net.network.vni != vni {
+                    continue;
+                }
+            }
+            ips.push(IpAddr::V4(a.ipv4));
+        }
+        if ips.is_empty() {
+            return Err(CliError::Failed(format!(
+                "container {c} has no endpoint on that network"
+            )));
+        }
+        Ok(ips)
+    }
+
+    pub fn duration_ms(&self) -> Option<u64> {
+        self.duration.map(|d| d.as_millis() as u64)
+    }
+
+    pub fn dataplane(&self) -> Result<Client, CliError> {
+        Client::connect(Server::Dataplane, &self.socket).map_err(|e| transport_error(e).into())
+    }
+}
+
+/// `10s`, `500ms`, `2m`, `1h`, or a number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(n));
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration such as 10s or 2m ({e})"))
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  vxnet capture --network test-net --both -c 100 -w /tmp/test-net.pcapng
+  vxnet capture --container alpine1 --inner --duration 10s -w - | tshark -r -
+  vxnet capture --vni 4096 --outer -w outer.pcapng      # needs only the dataplane")]
+pub struct CaptureArgs {
+    #[command(flatten)]
+    pub scope: Scope,
+    /// Only this local endpoint (by address; needs only the dataplane).
+    #[arg(long, value_name = "IP")]
+    pub endpoint: Vec<IpAddr>,
+    /// Frames as the containers see them (decrypted on an encrypted network).
+    #[arg(long)]
+    pub inner: bool,
+    /// Datagrams as on the underlay (VXLAN, or ESP on an encrypted network).
+    #[arg(long)]
+    pub outer: bool,
+    /// Both views (the default).
+    #[arg(long)]
+    pub both: bool,
+    /// Stop after this many bytes of packets (64 MB by default).
+    #[arg(long, value_name = "BYTES")]
+    pub max_bytes: Option<u64>,
+    /// Bytes kept of each packet.
+    #[arg(long, value_name = "BYTES")]
+    pub snaplen: Option<u32>,
+    /// The pcapng file to write; `-` writes to stdout.
+    #[arg(short = 'w', long = "write", value_name = "FILE")]
+    pub file: String,
+}
+
+/// Runs `vxnet capture`; the summary goes to stderr.
+pub fn run(args: &CaptureArgs) -> Result<u8, CliError> {
+    let s = &args.scope;
+    let vni = s.vni()?;
+    let mut endpoints = s.addresses(vni)?;
+    endpoints.extend(&args.endpoint);
+    let neither = !args.inner && !args.outer;
+    let req = Capture {
+        vni,
+        endpoints,
+        inner: args.inner || args.both || neither,
+        outer: args.outer || args.both || neither,
+        count: s.count,
+        duration_ms: s.duration_ms(),
+        max_bytes: args.max_bytes,
+        snaplen: args.snaplen,
+    };
+    let views: Vec<View> = [(req.inner, View::Inner), (req.outer, View::Outer)]
+        .into_iter()
+        .filter_map(|(on, v)| on.then_some(v))
+        .collect();
+    let out: Box<dyn Write> = if args.file == "-" {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(
+            std::fs::File::create(&args.file)
+                .map_err(|e| CliError::Failed(format!("cannot create {}: {e}", args.file)))?,
+        )
+    };
+    let snaplen = req.snaplen.unwrap_or(65_535);
+    let mut w = pcapng(out, &views, snaplen)?;
+    let mut records = 0u64;
+    for msg in s.dataplane()?.stream(req)? {
+        match msg? {
+            CaptureMsg::Start { local_vtep } => {
+                eprintln!(
+                    "capturing on {local_vtep} ({} view{})",
+                    views_name(&views),
+                    if views.len() > 1 { "s" } else { "" }
+                );
+            }
+            CaptureMsg::Record(r) => {
+                let Some(iface) = views.iter().position(|v| *v == r.view) else {
+                    continue;
+                };
+                let block = EnhancedPacketBlock {
+                    interface_id: iface as u32,
+                    timestamp: Duration::from_nanos(r.ts_ns),
+                    original_len: r.orig_len,
+                    data: Cow::Borrowed(&r.data.0),
+                    options: vec![],
+                };
+                w.write_pcapng_block(block)
+                    .map_err(|e| CliError::Failed(format!("cannot write the capture: {e}")))?;
+                // Streaming readers (`tshark -i -`) see each packet at once.
+                w.get_mut()
+                    .flush()
+                    .map_err(|e| CliError::Failed(format!("cannot write the capture: {e}")))?;
+                records += 1;
+            }
+            CaptureMsg::End(end) => {
+                eprintln!(
+                    "{records} packets captured, {} dropped by the dataplane (reader too slow); stopped by {}",
+                    end.dropped, end.why
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn views_name(views: &[View]) -> String {
+    views
+        .iter()
+        .map(|v| match v {
+            View::Inner => "inner",
+            View::Outer => "outer",
+        })
+        .collect::<Vec<_>>()
+        .join(" and ")
+}
+
+/// A pcapng writer with one interface per view, nanosecond timestamps.
+fn pcapng<W: Write>(out: W, views: &[View], snaplen: u32) -> Result<PcapNgWriter<W>, CliError> {
+    let fail = |e: pcap_file::PcapError| CliError::Failed(format!("cannot write the capture: {e}"));
+    let mut w = PcapNgWriter::new(out).map_err(fail)?;
+    for v in views {
+        let (linktype, name) = match v {
+            View::Inner => (DataLink::ETHERNET, "inner"),
+            View::Outer => (DataLink::RAW, "outer"),
+        };
+        w.write_pcapng_block(InterfaceDescriptionBlock {
+            linktype,
+            snaplen,
+            options: vec![
+                InterfaceDescriptionOption::IfName(Cow::Borrowed(name)),
+                InterfaceDescriptionOption::IfTsResol(9),
+            ],
+        })
+        .map_err(fail)?;
+    }
+    Ok(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pcapng_has_one_interface_per_view_and_reads_back() {
+        let mut buf = Vec::new();
+        {
+            let mut w = pcapng(&mut buf, &[View::Inner, View::Outer], 65_535).unwrap();
+            w.write_pcapng_block(EnhancedPacketBlock {
+                interface_id: 1,
+                timestamp: Duration::from_nanos(1_700_000_000_123_456_789),
+                original_len: 3,
+                data: Cow::Borrowed(&[0x45, 0, 0]),
+                options: vec![],
+            })
+            .unwrap();
+        }
+        let mut r = pcap_file::pcapng::PcapNgReader::new(&buf[..]).unwrap();
+        let mut ifaces = 0;
+        let mut packets = 0;
+        while let Some(b) = r.next_block() {
+            match b.unwrap() {
+                pcap_file::pcapng::Block::InterfaceDescription(i) => {
+                    ifaces += 1;
+                    assert!(
+                        i.options
+                            .contains(&InterfaceDescriptionOption::IfTsResol(9))
+                    );
+                }
+                pcap_file::pcapng::Block::EnhancedPacket(p) => {
+                    packets += 1;
+                    assert_eq!(p.interface_id, 1);
+                    assert_eq!(p.timestamp, Duration::from_nanos(1_700_000_000_123_456_789));
+                }
+                _ => {}
+            }
+        }
+        assert_eq!((ifaces, packets), (2, 1));
+        assert_eq!(
+            parse_duration("1500ms").unwrap(),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("soon").is_err());
+    }
+}

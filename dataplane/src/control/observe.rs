@@ -1,0 +1,286 @@
+//! `capture` and `live_trace`: installs taps in every worker (see
+//! `crate::observe`) and streams what they send back, bounded in count,
+//! bytes and time; the end, or a client that goes away, takes the taps
+//! out again.
+use super::{Dataplane, R};
+use crate::observe::{
+    CaptureFilter, CaptureTap, LiveFilter, LiveTap, QUEUE, StreamState, vteps_of,
+};
+use crate::worker::{Command, Commander};
+use crossbeam_channel::Receiver;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use vxnet_api::Response;
+use vxnet_api::observe::{
+    Capture, CaptureMsg, LiveMsg, LiveTrace, MAX_COUNT, MAX_DURATION_MS, StreamEnd,
+};
+use vxnet_api::server::Reply;
+use vxnet_api::{ApiError, ErrorCode};
+use vxnet_proto::engine::live::LiveSampler;
+
+const DEFAULT_COUNT: u64 = 1000;
+const DEFAULT_DURATION_MS: u64 = 60_000;
+const DEFAULT_MAX_BYTES: u64 = 64 << 20;
+const MAX_BYTES: u64 = 1 << 30;
+const DEFAULT_SAMPLE: u32 = 64;
+
+impl Dataplane {
+    /// Answers a request that may stream (the others through `handle`).
+    pub fn handle_reply(&self, req: vxnet_api::dp::Request) -> Reply {
+        use vxnet_api::dp::Request;
+        let r = match req {
+            Request::Capture(c) => self.capture(c),
+            Request::LiveTrace(l) => self.live_trace(l),
+            other => return Reply::One(self.handle(other)),
+        };
+        r.unwrap_or_else(|e| Reply::One(Response::err(e)))
+    }
+
+    fn commanders(&self) -> Vec<Commander> {
+        self.workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|w| w.commander())
+            .collect()
+    }
+
+    fn capture(&self, c: Capture) -> R<Reply> {
+        let (count, duration) = bounds(c.count, c.duration_ms)?;
+        let max_bytes = c.max_bytes.unwrap_or(DEFAULT_MAX_BYTES);
+        if max_bytes == 0 || max_bytes > MAX_BYTES {
+            return Err(ApiError::invalid(format!(
+                "max_bytes {max_bytes} is outside 1..={MAX_BYTES}"
+            )));
+        }
+        if !c.inner && !c.outer {
+            return Err(ApiError::invalid(
+                "capture the inner view, the outer view or both",
+            ));
+        }
+        let snaplen = c.snaplen.unwrap_or(65_535).clamp(64, 262_144) as usize;
+        let filter = {
+            let st = self.lock();
+            let mut ports = Vec::new();
+            let mut macs = Vec::new();
+            for ip in &c.endpoints {
+                let e = st
+                    .endpoints
+                    .values()
+                    .find(|e| {
+                        e.info.ips.iter().any(|n| n.addr() == *ip)
+                            && c.vni.is_none_or(|v| v == e.info.vni)
+                    })
+                    .ok_or_else(|| {
+                        ApiError::not_found(format!(
+                            "no local endpoint has address {ip}; see `vxnet dp endpoints`"
+                        ))
+                    })?;
+                ports.push(e.port);
+                macs.push(e.info.mac);
+            }
+            CaptureFilter {
+                vni: c.vni,
+                ports,
+                macs,
+                vteps: c.vni.map(|v| vteps_of(&st.fdb, v)).unwrap_or_default(),
+                inner: c.inner,
+                outer: c.outer,
+                snaplen,
+            }
+        };
+        let slot = Slot::take(&self.capturing, "a capture")?;
+        let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+        let state = Arc::new(StreamState::default());
+        let workers = self.commanders();
+        let local = SocketAddr::new(self.cfg.local_vtep, self.cfg.port);
+        for w in &workers {
+            w.send(Command::Capture(Some(Box::new(CaptureTap {
+                filter: filter.clone(),
+                tx: tx.clone(),
+                state: Arc::clone(&state),
+                local,
+            }))));
+        }
+        drop(tx);
+        let mut stream = Stream {
+            rx,
+            state,
+            workers,
+            stop: |w: &Commander| w.send(Command::Capture(None)),
+            deadline: Instant::now() + duration,
+            count,
+            left: count,
+            _slot: slot,
+            started: false,
+            ended: false,
+        };
+        let local_vtep = self.cfg.local_vtep;
+        let mut bytes = 0u64;
+        Ok(Reply::Stream(Box::new(std::iter::from_fn(move || {
+            if !stream.started {
+                stream.started = true;
+                return Some(Response::ok(CaptureMsg::Start { local_vtep }));
+            }
+            if bytes >= max_bytes && !stream.ended {
+                return Some(Response::ok(CaptureMsg::End(stream.end("bytes"))));
+            }
+            match stream.next_item()? {
+                Ok(r) => {
+                    bytes += r.data.0.len() as u64;
+                    Some(Response::ok(CaptureMsg::Record(r)))
+                }
+                Err(end) => Some(Response::ok(CaptureMsg::End(end))),
+            }
+        }))))
+    }
+
+    fn live_trace(&self, l: LiveTrace) -> R<Reply> {
+        let (count, duration) = bounds(l.count, l.duration_ms)?;
+        let every = l.sample.unwrap_or(DEFAULT_SAMPLE);
+        let every = if l.drops { 0 } else { every };
+        let slot = Slot::take(&self.live_tracing, "a live trace")?;
+        let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+        let state = Arc::new(StreamState::default());
+        let workers = self.commanders();
+        let host: IpAddr = self.cfg.local_vtep;
+        let filter = LiveFilter {
+            vni: l.vni,
+            addr: l.addr,
+            port: l.port,
+            proto: l.proto,
+            drops: l.drops,
+        };
+        for w in &workers {
+            w.send(Command::Live(Some(Box::new(LiveTap {
+                sampler: LiveSampler::new(every),
+                filter: filter.clone(),
+                tx: tx.clone(),
+                state: Arc::clone(&state),
+                host,
+            }))));
+        }
+        drop(tx);
+        let mut stream = Stream {
+            rx,
+            state,
+            workers,
+            stop: |w: &Commander| w.send(Command::Live(None)),
+            deadline: Instant::now() + duration,
+            count,
+            left: count,
+            _slot: slot,
+            started: false,
+            ended: false,
+        };
+        Ok(Reply::Stream(Box::new(std::iter::from_fn(move || {
+            if !stream.started {
+                stream.started = true;
+                return Some(Response::ok(LiveMsg::Start { local_vtep: host }));
+            }
+            match stream.next_item()? {
+                Ok(e) => Some(Response::ok(LiveMsg::Event(e))),
+                Err(end) => Some(Response::ok(LiveMsg::End(end))),
+            }
+        }))))
+    }
+}
+
+/// The count and duration a stream is bounded by.
+fn bounds(count: Option<u64>, duration_ms: Option<u64>) -> R<(u64, Duration)> {
+    let count = count.unwrap_or(DEFAULT_COUNT);
+    let ms = duration_ms.unwrap_or(DEFAULT_DURATION_MS);
+    if count == 0 || count > MAX_COUNT {
+        return Err(ApiError::invalid(format!(
+            "count {count} is outside 1..={MAX_COUNT}"
+        )));
+    }
+    if ms == 0 || ms > MAX_DURATION_MS {
+        return Err(ApiError::invalid(format!(
+            "duration {ms} ms is outside 1..={MAX_DURATION_MS} ms (an hour)"
+        )));
+    }
+    Ok((count, Duration::from_millis(ms)))
+}
+
+/// One running stream of a kind; freed when the stream goes.
+struct Slot(Arc<AtomicBool>);
+
+impl Slot {
+    fn take(flag: &Arc<AtomicBool>, what: &str) -> R<Slot> {
+        if flag.swap(true, Ordering::SeqCst) {
+            return Err(ApiError::new(
+                ErrorCode::FailedPrecondition,
+                format!("{what} is already running on this dataplane; wait for it to end"),
+            ));
+        }
+        Ok(Slot(Arc::clone(flag)))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+/// The API side of a stream: takes what the workers send until a bound
+/// is reached; on drop (the end, or a client gone) the taps leave.
+struct Stream<T, F: Fn(&Commander)> {
+    rx: Receiver<T>,
+    state: Arc<StreamState>,
+    workers: Vec<Commander>,
+    stop: F,
+    deadline: Instant,
+    count: u64,
+    left: u64,
+    _slot: Slot,
+    started: bool,
+    ended: bool,
+}
+
+impl<T, F: Fn(&Commander)> Stream<T, F> {
+    /// The next item, the end, or `None` after the end.
+    fn next_item(&mut self) -> Option<Result<T, StreamEnd>> {
+        if self.ended {
+            return None;
+        }
+        if self.left == 0 {
+            return Some(Err(self.end("count")));
+        }
+        let wait = self.deadline.saturating_duration_since(Instant::now());
+        match self.rx.recv_timeout(wait) {
+            Ok(item) => {
+                self.left -= 1;
+                Some(Ok(item))
+            }
+            Err(_) => Some(Err(self.end("duration"))),
+        }
+    }
+
+    fn end(&mut self, why: &str) -> StreamEnd {
+        self.ended = true;
+        self.halt();
+        StreamEnd {
+            sent: self.count - self.left,
+            dropped: self.state.dropped.load(Ordering::Relaxed),
+            why: why.to_owned(),
+        }
+    }
+
+    fn halt(&mut self) {
+        if !self.state.done.swap(true, Ordering::SeqCst) {
+            for w in &self.workers {
+                (self.stop)(w);
+            }
+        }
+    }
+}
+
+impl<T, F: Fn(&Commander)> Drop for Stream<T, F> {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}

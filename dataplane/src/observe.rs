@@ -1,0 +1,383 @@
+//! What workers copy out while a capture or a live trace runs: the taps
+//! installed in a worker (between batches, by command) and what they do
+//! with each packet. Off (no tap installed) a worker pays one test of a
+//! `None` per packet. On, a record or event is built only for packets that
+//! match, and handed over with `try_send` on a bounded channel: a reader
+//! that falls behind loses records (counted), never the data path's time.
+
+use crossbeam_channel::{Sender, TrySendError};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+use vxnet_api::observe::{CaptureRecord, Direction, Flow, LiveEvent, View};
+use vxnet_api::trace::{Bytes, TraceProto, TraceStage, TraceVerdict};
+use vxnet_proto::engine::live::{LiveSampler, Observed};
+use vxnet_proto::engine::trace::Note;
+use vxnet_proto::fdb::{Dest, Fdb, PortId};
+use vxnet_proto::wire::{MacAddr, Vni, vxlan};
+
+/// Records or events queued towards the API thread at most.
+pub const QUEUE: usize = 4096;
+
+/// Shared between the API thread and the workers of one stream.
+#[derive(Debug, Default)]
+pub struct StreamState {
+    /// Set when the stream ends: workers drop the tap at their next packet.
+    pub done: AtomicBool,
+    /// Records or events lost to a full queue.
+    pub dropped: AtomicU64,
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Sends `item` unless the stream ended; false when the tap should go.
+fn offer<T>(tx: &Sender<T>, state: &StreamState, item: T) -> bool {
+    if state.done.load(Ordering::Relaxed) {
+        return false;
+    }
+    match tx.try_send(item) {
+        Ok(()) => true,
+        Err(TrySendError::Full(_)) => {
+            state.dropped.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+        Err(TrySendError::Disconnected(_)) => false,
+    }
+}
+
+/// A capture's filter, resolved against the table when it started.
+#[derive(Debug, Clone)]
+pub struct CaptureFilter {
+    pub vni: Option<Vni>,
+    /// Local ports of the selected endpoints (empty: all).
+    pub ports: Vec<PortId>,
+    /// Their MACs (plain outer datagrams are matched on the inner frame).
+    pub macs: Vec<MacAddr>,
+    /// With a VNI: the VTEPs with endpoints on it (ESP is matched on them).
+    pub vteps: Vec<IpAddr>,
+    pub inner: bool,
+    pub outer: bool,
+    pub snaplen: usize,
+}
+
+/// A capture installed in a worker.
+pub struct CaptureTap {
+    pub filter: CaptureFilter,
+    pub tx: Sender<CaptureRecord>,
+    pub state: Arc<StreamState>,
+    /// The worker's local address (the outer view's rebuilt headers).
+    pub local: SocketAddr,
+}
+
+impl CaptureTap {
+    fn record(&self, view: View, dir: Direction, data: &[u8]) -> bool {
+        let keep = data.len().min(self.filter.snaplen);
+        offer(
+            &self.tx,
+            &self.state,
+            CaptureRecord {
+                view,
+                dir,
+                ts_ns: now_ns(),
+                orig_len: u32::try_from(data.len()).unwrap_or(u32::MAX),
+                data: Bytes(data[..keep].to_vec()),
+            },
+        )
+    }
+
+    /// A frame read from (`Rx`) or written to (`Tx`) the TAP of `port`
+    /// (without its vnet header). False when the tap should go.
+    pub fn inner(&self, fdb: &Fdb, port: PortId, dir: Direction, frame: &[u8]) -> bool {
+        if self.state.done.load(Ordering::Relaxed) {
+            return false;
+        }
+        let f = &self.filter;
+        if !f.inner {
+            return true;
+        }
+        if !f.ports.is_empty() && !f.ports.contains(&port) {
+            return true;
+        }
+        if let Some(vni) = f.vni {
+            if fdb.port(port).is_none_or(|p| p.vni != vni) {
+                return true;
+            }
+        }
+        self.record(View::Inner, dir, frame)
+    }
+
+    /// A UDP payload received from or sent to `peer` (one datagram).
+    pub fn outer(
+        &self,
+        dir: Direction,
+        peer: SocketAddr,
+        from: SocketAddr,
+        payload: &[u8],
+    ) -> bool {
+        if self.state.done.load(Ordering::Relaxed) {
+            return false;
+        }
+        let f = &self.filter;
+        if !f.outer || !self.outer_matches(peer.ip(), payload) {
+            return true;
+        }
+        let (src, dst) = match dir {
+            Direction::Rx => (peer, self.local),
+            Direction::Tx => (from, peer),
+        };
+        match ip_udp(src, dst, payload) {
+            Some(pkt) => self.record(View::Outer, dir, &pkt),
+            None => true,
+        }
+    }
+
+    fn outer_matches(&self, peer: IpAddr, payload: &[u8]) -> bool {
+        let f = &self.filter;
+        if f.vni.is_none() && f.macs.is_empty() {
+            return true;
+        }
+        match vxlan::Packet::new_checked(payload) {
+            // Plain VXLAN: its header and inner frame say.
+            Ok(p) if payload.get(..4) == Some(&[8, 0, 0, 0]) => {
+                if f.vni.is_some_and(|v| v != p.vni()) {
+                    return false;
+                }
+                let inner = &payload[vxlan::HEADER_LEN..];
+                f.macs.is_empty()
+                    || [MacAddr::dst_of(inner), MacAddr::src_of(inner)]
+                        .iter()
+                        .any(|m| m.is_some_and(|m| f.macs.contains(&m)))
+            }
+            // ESP (or a control message): by the network's VTEPs.
+            _ => f.vni.is_some() && f.vteps.contains(&peer),
+        }
+    }
+}
+
+/// `payload` behind rebuilt IPv4 or IPv6 and UDP headers (checksum 0).
+fn ip_udp(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
+    let b = match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            etherparse::PacketBuilder::ipv4(s.octets(), d.octets(), 64)
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            etherparse::PacketBuilder::ipv6(s.octets(), d.octets(), 64)
+        }
+        _ => return None,
+    };
+    let mut out = Vec::with_capacity(payload.len() + 48);
+    b.udp(src.port(), dst.port())
+        .write(&mut out, payload)
+        .ok()?;
+    Some(out)
+}
+
+/// A live trace's filter.
+#[derive(Debug, Clone, Default)]
+pub struct LiveFilter {
+    pub vni: Option<Vni>,
+    pub addr: Option<IpAddr>,
+    pub port: Option<u16>,
+    pub proto: Option<TraceProto>,
+    pub drops: bool,
+}
+
+/// A live trace installed in a worker.
+pub struct LiveTap {
+    pub sampler: LiveSampler,
+    pub filter: LiveFilter,
+    pub tx: Sender<LiveEvent>,
+    pub state: Arc<StreamState>,
+    pub host: IpAddr,
+}
+
+impl LiveTap {
+    /// Reports a packet read from the TAP of `port` (`frame` without its
+    /// vnet header, as it is after the engine: a VIP's is translated).
+    pub fn tap(&mut self, fdb: &Fdb, o: Observed, port: PortId, frame: &[u8]) -> bool {
+        let vni = fdb.port(port).map(|p| p.vni);
+        let outer_dst = self.sampler.notes().iter().find_map(|n| match n {
+            Note::Outer { dst, .. } => Some(dst.ip()),
+            _ => None,
+        });
+        let outer_dst = if o.sampled { outer_dst } else { None };
+        let outer_src = outer_dst.map(|_| self.host);
+        self.report(o, vni, frame, outer_src, outer_dst, TraceStage::TapRx)
+    }
+
+    /// Reports a datagram received from `src` (decrypted in place if it
+    /// was opened).
+    pub fn wire(&mut self, fdb: &Fdb, o: Observed, src: SocketAddr, datagram: &[u8]) -> bool {
+        let _ = fdb;
+        let decrypted = o.sampled
+            && self
+                .sampler
+                .notes()
+                .iter()
+                .any(|n| matches!(n, Note::Decrypted { .. }));
+        // ESP: header and IV (16), then the inner UDP header (8).
+        let vx = match datagram.get(..4) {
+            Some([8, 0, 0, 0]) => Some(datagram),
+            _ if decrypted => datagram.get(24..),
+            _ => None,
+        };
+        let vni = vx
+            .and_then(|d| vxlan::Packet::new_checked(d).ok())
+            .map(|p| p.vni());
+        let inner = vx.and_then(|d| d.get(vxlan::HEADER_LEN..)).unwrap_or(&[]);
+        let host = Some(self.host);
+        self.report(o, vni, inner, Some(src.ip()), host, TraceStage::WireRx)
+    }
+
+    fn report(
+        &mut self,
+        o: Observed,
+        vni: Option<Vni>,
+        frame: &[u8],
+        outer_src: Option<IpAddr>,
+        outer_dst: Option<IpAddr>,
+        entry: TraceStage,
+    ) -> bool {
+        if !o.is_event() || (self.filter.drops && o.drop.is_none()) {
+            return !self.state.done.load(Ordering::Relaxed);
+        }
+        let flow = flow_of(frame);
+        let f = &self.filter;
+        if f.vni.is_some_and(|v| Some(v) != vni)
+            || f.addr
+                .is_some_and(|a| !flow.as_ref().is_some_and(|fl| fl.src == a || fl.dst == a))
+            || f.port.is_some_and(|p| {
+                !flow
+                    .as_ref()
+                    .is_some_and(|fl| fl.sport == Some(p) || fl.dport == Some(p))
+            })
+            || f.proto
+                .is_some_and(|p| flow.as_ref().is_none_or(|fl| fl.proto != p.to_string()))
+        {
+            return !self.state.done.load(Ordering::Relaxed);
+        }
+        let (stage, verdict, reason) = match o.drop {
+            Some(d) => (
+                crate::trace_stage::of_drop(d),
+                TraceVerdict::Dropped,
+                Some(format!("{}/{}", d.stage(), d.reason())),
+            ),
+            None => ending(self.sampler.notes(), entry),
+        };
+        offer(
+            &self.tx,
+            &self.state,
+            LiveEvent {
+                ts_ns: now_ns(),
+                host: self.host,
+                stage,
+                verdict,
+                reason,
+                flow,
+                vni,
+                outer_src,
+                outer_dst,
+            },
+        )
+    }
+}
+
+/// Where a sampled packet that was not dropped ended.
+fn ending(notes: &[Note], entry: TraceStage) -> (TraceStage, TraceVerdict, Option<String>) {
+    for n in notes.iter().rev() {
+        let end = match n {
+            Note::TapTx { .. } => (TraceStage::TapTx, TraceVerdict::Delivered),
+            Note::Answered { .. } => (TraceStage::ArpNd, TraceVerdict::Answered),
+            Note::Outer { .. } => (TraceStage::Outer, TraceVerdict::Sent),
+            _ => continue,
+        };
+        return (end.0, end.1, None);
+    }
+    (entry, TraceVerdict::Sent, None)
+}
+
+/// The inner IPv4/IPv6 flow of an Ethernet frame (untrusted bytes: a
+/// frame from a container or the wire; fuzzed by `trace_dry_run`).
+pub fn flow_of(frame: &[u8]) -> Option<Flow> {
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+    let p = SlicedPacket::from_ethernet(frame).ok()?;
+    let (src, dst, proto): (IpAddr, IpAddr, u8) = match p.net? {
+        NetSlice::Ipv4(v4) => (
+            v4.header().source_addr().into(),
+            v4.header().destination_addr().into(),
+            v4.header().protocol().0,
+        ),
+        NetSlice::Ipv6(v6) => (
+            v6.header().source_addr().into(),
+            v6.header().destination_addr().into(),
+            v6.payload().ip_number.0,
+        ),
+    };
+    let (sport, dport) = match &p.transport {
+        Some(TransportSlice::Tcp(t)) => (Some(t.source_port()), Some(t.destination_port())),
+        Some(TransportSlice::Udp(u)) => (Some(u.source_port()), Some(u.destination_port())),
+        _ => (None, None),
+    };
+    let proto = match proto {
+        1 | 58 => "icmp".to_owned(),
+        6 => "tcp".to_owned(),
+        17 => "udp".to_owned(),
+        n => n.to_string(),
+    };
+    Some(Flow {
+        proto,
+        src,
+        dst,
+        sport,
+        dport,
+    })
+}
+
+/// The VTEPs that have endpoints of `vni`, and its flood VTEPs.
+pub fn vteps_of(fdb: &Fdb, vni: Vni) -> Vec<IpAddr> {
+    let Some(t) = fdb.vni(vni) else {
+        return Vec::new();
+    };
+    let mut v: Vec<IpAddr> = t
+        .macs
+        .values()
+        .filter_map(|d| match d {
+            Dest::Remote(ip) => Some(*ip),
+            Dest::Local(_) => None,
+        })
+        .chain(t.flood.iter().copied())
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that falls behind loses records, counted; the worker
+    /// never waits. A closed or finished stream removes the tap.
+    #[test]
+    fn a_full_queue_drops_and_counts_and_never_blocks() {
+        let (tx, rx) = crossbeam_channel::bounded(2);
+        let state = StreamState::default();
+        for i in 0..5u32 {
+            assert!(offer(&tx, &state, i), "the tap stays");
+        }
+        assert_eq!(state.dropped.load(Ordering::Relaxed), 3);
+        assert_eq!(rx.try_iter().collect::<Vec<_>>(), [0, 1]);
+
+        state.done.store(true, Ordering::Relaxed);
+        assert!(!offer(&tx, &state, 9), "a finished stream drops the tap");
+        let fresh = StreamState::default();
+        drop(rx);
+        assert!(!offer(&tx, &fresh, 9), "a gone reader drops the tap");
+        assert_eq!(fresh.dropped.load(Ordering::Relaxed), 0);
+    }
+}
