@@ -177,6 +177,11 @@ fn mgmt_frame() {
 }
 
 #[test]
+fn mesh() {
+    run("mesh", vxnet_fuzz::mesh);
+}
+
+#[test]
 fn trace_dry_run() {
     run("trace_dry_run", vxnet_fuzz::trace_dry_run);
 }

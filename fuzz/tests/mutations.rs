@@ -144,6 +144,11 @@ fn mgmt_frame() {
 }
 
 #[test]
+fn mesh() {
+    run("mesh", 5_000, vxnet_fuzz::mesh);
+}
+
+#[test]
 fn kx_rotation() {
     run("kx_rotation", 800, |d| {
         vxnet_fuzz::kx_rotation(d);

@@ -41,6 +41,7 @@ mod announce;
 mod flood;
 mod lb;
 pub mod live;
+mod mesh;
 mod too_big;
 pub mod trace;
 use lb::{Lb, Vip};
@@ -171,7 +172,7 @@ impl Engine {
             lb: Lb::new(cfg.conntrack),
             rec: None,
         };
-        if fdb.has_services() {
+        if fdb.needs_conntrack() {
             ctx.lb.prepare(now);
         }
         Engine { fdb, ctx }
@@ -210,7 +211,7 @@ impl Engine {
     /// Installs a new forwarding table (between batches). The conntrack
     /// table is allocated here when the first service appears.
     pub fn set_fdb(&mut self, fdb: Arc<Fdb>) {
-        if fdb.has_services() {
+        if fdb.needs_conntrack() {
             self.ctx.lb.prepare(self.ctx.now);
         }
         self.fdb = fdb;
@@ -325,6 +326,9 @@ impl Engine {
             stats.inc(Counter::TapRxGsoFrames);
         }
         let fdb = &*self.fdb;
+        if let Some(h) = fdb.host().filter(|h| h.port == port) {
+            return ctx.host_in(fdb, h, &hdr, frame, out);
+        }
         let Some(p) = fdb.port(port) else {
             return stats.dropped(Drop::TapUnknownPort);
         };
@@ -355,6 +359,9 @@ impl Engine {
             return ctx.flood(fdb, vni, table, port, &hdr, frame, out);
         }
         let mut dest = table.macs.get(&dst).copied();
+        if dest.is_none() && table.is_gateway_mac(dst) {
+            return ctx.route(fdb, vni, table, port, &hdr, frame, out);
+        }
         if dest.is_none() && !table.services.is_empty() {
             // A unicast ARP or NS for a VIP (its MAC is no endpoint's).
             if ctx.proxy(table, port, frame, out) {
@@ -482,6 +489,12 @@ impl Ctx {
                 }
             );
         }
+        if let Some(h) = mesh::is_host_port(fdb, dest) {
+            if self.reply_to_host(h, vni, hdr.needs_csum(), frame) {
+                out.tap(h.port).push_as_is(hdr, frame);
+            }
+            return;
+        }
         match dest {
             // Back where it came from: a bridge does not hairpin either.
             Some(Dest::Local(to)) if to == port => self.stats.dropped(Drop::TapSamePort),
@@ -607,11 +620,28 @@ impl Ctx {
             }
             return;
         }
-        match table.macs.get(&dst) {
+        let dest = table.macs.get(&dst).copied();
+        if let Some(h) = mesh::is_host_port(fdb, dest) {
+            // A reply that matches no flow is counted as its drop instead:
+            // one outcome per datagram.
+            if self.reply_to_host(h, vni, false, inner) {
+                self.stats.inc(delivered);
+                match at {
+                    Some(at) => out
+                        .tap(h.port)
+                        .push_ref(inner, at.advance(vxlan::HEADER_LEN)),
+                    None => out.tap(h.port).push(inner),
+                }
+            }
+            return;
+        }
+        match dest {
             Some(Dest::Local(p)) => {
                 stats.inc(delivered);
-                let p = *p;
                 note!(self.rec, Note::Endpoint { mac: dst, port: p });
+                if table.ingress {
+                    self.track_return(vni, table, inner);
+                }
                 if table.backends.may_contain_src(inner) {
                     // Rewritten in place: references still see the bytes.
                     self.reverse(vni, false, inner);
@@ -903,12 +933,19 @@ struct Encapped {
     capped: bool,
 }
 
-/// The MAC the proxy answers for `ip`: an endpoint's, or a VIP's.
+/// The MAC the proxy answers for `ip`: an endpoint's, a VIP's, or the
+/// gateway's.
 #[inline]
 fn proxied_mac(table: &VniTable, ip: IpAddr) -> Option<MacAddr> {
     match table.ips.get(&ip) {
         Some(m) => Some(*m),
-        None => table.services.get(&ip).map(|s| s.mac()),
+        None => table.services.get(&ip).map(|s| s.mac()).or_else(|| {
+            table
+                .gateways
+                .iter()
+                .find(|(g, _)| *g == ip)
+                .map(|(_, m)| *m)
+        }),
     }
 }
 
@@ -968,6 +1005,8 @@ pub fn flow_hash(frame: &[u8]) -> u32 {
 mod accounting_tests;
 #[cfg(test)]
 mod lb_tests;
+#[cfg(test)]
+mod mesh_tests;
 #[cfg(any(test, feature = "testkit"))]
 #[doc(hidden)]
 pub mod testkit;
