@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs what vxnet needs on a Debian/Ubuntu host (run as root):
 # iproute2 (ip, bridge), iperf3, ping, tshark, dig, ethtool, python3 (the
-# services tests' task server), curl, promtool (from Debian's prometheus
-# package: the metrics tests check both daemons' /metrics with it), and a
-# Rust toolchain if there is none.
+# services tests' task server), curl, nft (the dataplane's host link
+# programs the host's firewall with it), promtool (from Debian's
+# prometheus package: the metrics tests check both daemons' /metrics with
+# it), a Rust toolchain if there is none, and cargo-fuzz (scripts/fuzz.sh).
+# A C++ compiler too: libFuzzer is built from source.
 set -euo pipefail
 
 need_pkgs=()
@@ -15,7 +17,9 @@ have ping || need_pkgs+=(iputils-ping)
 have tshark || need_pkgs+=(tshark)
 have dig || need_pkgs+=(dnsutils)
 have ethtool || need_pkgs+=(ethtool)
+have nft || need_pkgs+=(nftables)
 have cc || need_pkgs+=(gcc libc6-dev)
+have c++ || need_pkgs+=(g++)
 have curl || need_pkgs+=(curl ca-certificates)
 have python3 || need_pkgs+=(python3)
 have promtool || need_pkgs+=(prometheus)
@@ -41,7 +45,14 @@ if ! have cargo; then
     curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
     export PATH="$HOME/.cargo/bin:$PATH"
 fi
-# The kernel modules the testbed uses; built in on many kernels, so a
-# failure here is not fatal (the tests say what is missing).
-for m in tun veth bridge vxlan; do modprobe -q "$m" 2>/dev/null || true; done
+# cargo-fuzz for scripts/fuzz.sh (coverage-guided fuzzing on stable with
+# --sanitizer none), from the crates registry.
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "setup: installing cargo-fuzz"
+    cargo install --locked cargo-fuzz
+fi
+# The kernel modules the testbed and the host link (nftables NAT) use;
+# built in on many kernels, so a failure here is not fatal (the tests say
+# what is missing).
+for m in tun veth bridge vxlan nf_tables nf_nat; do modprobe -q "$m" 2>/dev/null || true; done
 echo "setup: ok ($(cargo --version))"

@@ -11,5 +11,5 @@ cargo build --workspace --bins
 # namespaces and share this machine's cores.
 cargo test --workspace -- --test-threads=2
 # The fuzz targets' bodies over their seed corpora and bounded mutations
-# (libFuzzer itself needs nightly; see fuzz/README.md).
+# (coverage-guided fuzzing is scripts/fuzz.sh, which .ci/run runs next).
 (cd fuzz && cargo test)

@@ -22,8 +22,8 @@ use vxnet_proto::wire::MacAddr;
 
 use crate::calls;
 use crate::model::{
-    Availability, DesiredState, Driver, EndpointMode, Network, Node, NodeStatus, RestartCondition,
-    Role, Service, ServiceMode, TaskState,
+    Availability, DesiredState, Driver, EndpointMode, Network, Node, NodeStatus, PortProtocol,
+    PublishMode, RestartCondition, Role, Service, ServiceMode, TaskState,
 };
 
 /// Default path of the daemon's socket.
@@ -320,6 +320,21 @@ pub struct ServiceNetworkRequest {
     pub aliases: Vec<String>,
 }
 
+/// One `--publish published=P,target=T,protocol=tcp|udp,mode=ingress|host`
+/// (or `-p P:T[/udp]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortRequest {
+    #[serde(default)]
+    pub protocol: PortProtocol,
+    pub target_port: u16,
+    /// Allocated from 30000-32767 when absent (ingress mode only).
+    #[serde(default)]
+    pub published_port: Option<u16>,
+    #[serde(default)]
+    pub publish_mode: PublishMode,
+}
+
 /// `service create` (managers only).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -337,6 +352,9 @@ pub struct ServiceCreate {
     pub env: Vec<String>,
     #[serde(default)]
     pub restart: RestartCondition,
+    /// Published ports.
+    #[serde(default)]
+    pub ports: Vec<PortRequest>,
 }
 
 /// `service ls`.
@@ -368,7 +386,10 @@ pub struct ServiceScale {
 
 /// `service update`: only what is given changes. A change of the task
 /// template (command, env, restart condition) replaces the tasks; a
-/// change of replicas or networks keeps the running ones.
+/// change of replicas, networks or published ports keeps the running ones,
+/// unless the routing mesh is newly used or no longer used (the tasks are
+/// replaced to join or leave the ingress network, which must be their
+/// first).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceUpdate {
@@ -388,6 +409,13 @@ pub struct ServiceUpdate {
     pub command: Option<Vec<String>>,
     #[serde(default)]
     pub restart: Option<RestartCondition>,
+    /// `--publish-add`.
+    #[serde(default)]
+    pub publish_add: Vec<PortRequest>,
+    /// `--publish-rm`: ports to unpublish, matched by target port and
+    /// protocol, and by published port when it is given.
+    #[serde(default)]
+    pub publish_rm: Vec<PortRequest>,
 }
 
 /// `service rm`: its tasks are removed, then its VIPs released.
@@ -735,6 +763,14 @@ pub struct ReconcileReport {
     pub services_set: usize,
     #[serde(default)]
     pub services_removed: usize,
+    /// Published ports set up or changed here, and removed.
+    #[serde(default)]
+    pub ports_set: usize,
+    #[serde(default)]
+    pub ports_removed: usize,
+    /// The host link set up (or replaced) or removed.
+    #[serde(default)]
+    pub host_link_changes: usize,
     pub netns_created: usize,
     pub processes_started: usize,
     pub containers_removed: usize,
@@ -754,6 +790,9 @@ impl ReconcileReport {
             + self.vteps_removed
             + self.services_set
             + self.services_removed
+            + self.ports_set
+            + self.ports_removed
+            + self.host_link_changes
             + self.netns_created
             + self.processes_started
             + self.containers_removed

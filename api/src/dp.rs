@@ -19,13 +19,14 @@
 //! its reconciler removes only what it owns and leaves entries made by
 //! hand (`vxnet dp ...`, [`Owner::User`]) alone.
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use vxnet_proto::crypto::keys::PublicKey;
 use vxnet_proto::wire::{MacAddr, Vni};
 
 use crate::calls;
+pub use crate::model::PortProtocol;
 pub use crate::observe::{Capture, CaptureMsg, LiveMsg, LiveTrace};
 pub use crate::trace::{Trace, TraceReport, TraceWire};
 
@@ -184,15 +185,28 @@ pub struct Endpoints {}
 pub struct Show {}
 
 /// `network_add`: declares a network (VNI), whether its traffic must be
-/// encrypted and how its broadcast, multicast and unknown-unicast frames
-/// are flooded. Declaring it again with the same settings is a no-op; the
-/// flooding settings of a declared network may change at any time.
+/// encrypted, its gateways and egress, and how its broadcast, multicast
+/// and unknown-unicast frames are flooded. Declaring it again with the
+/// same settings is a no-op; with other gateways or egress, they change;
+/// the flooding settings of a declared network may change at any time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkAdd {
     pub vni: Vni,
     #[serde(default)]
     pub encrypted: bool,
+    /// The network's gateway addresses (one per family at most): the
+    /// dataplane answers ARP/ND and ping for them, and routes what
+    /// containers send to them (published ports' replies, egress).
+    #[serde(default)]
+    pub gateways: Vec<IpAddr>,
+    /// Containers reach the outside through the host link (a network made
+    /// with `--internal` has none).
+    #[serde(default)]
+    pub egress: bool,
+    /// The swarm's ingress network (routing-mesh flows are tracked on it).
+    #[serde(default)]
+    pub ingress: bool,
     /// Replicate flooded frames to every host with endpoints on the
     /// network (head-end replication); when false they only reach the
     /// network's endpoints on this host. Default true.
@@ -317,6 +331,95 @@ pub struct Conntrack {
     pub limit: Option<usize>,
 }
 
+/// This node's endpoint on the ingress network, which the host link's host
+/// side stands for (its MAC is derived from the address: `02:42:` and the
+/// address, as Docker derives them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngressEndpoint {
+    pub vni: Vni,
+    pub ip: Ipv4Addr,
+}
+
+/// `host_link_set`: the dataplane's TAP in its own (the host's) network
+/// namespace, through which published ports come in and containers reach
+/// the outside, with the host's firewall table `ip vxnet` (nftables):
+/// published ports are DNATed to the link's second address, egress from
+/// the link's subnet is masqueraded. Nothing else of the host's firewall
+/// is touched; the table and the TAP go with `host_link_del` and when the
+/// dataplane stops. Setting it again with other settings replaces it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostLinkSet {
+    /// The TAP's name (`vxnet0` by default).
+    #[serde(default)]
+    pub ifname: Option<String>,
+    /// vxnet's own subnet on the link, at most /22 (room for the egress
+    /// addresses): the host's side gets its first address.
+    pub subnet: Ipv4Net,
+    /// Bytes (the ingress network's MTU, so the host tells clients the
+    /// path MTU).
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    #[serde(default)]
+    pub ingress: Option<IngressEndpoint>,
+    #[serde(default)]
+    pub owner: Owner,
+}
+
+/// `host_link_del`: removes the host link, its firewall table and every
+/// published port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostLinkDel {}
+
+/// `host_link`: the host link, if set up, with what the host's firewall
+/// holds of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostLink {}
+
+/// Where a published port's connections go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum PortTo {
+    /// Ingress mode: balanced over this VIP's backends (its service on the
+    /// port's VNI, the ingress network) with the VIP's Maglev table.
+    Vip(IpAddr),
+    /// Host mode: balanced over these local tasks.
+    Backends(Vec<BackendSpec>),
+}
+
+/// `port_set`: publishes `protocol`/`published` on the host (through the
+/// host link), leading to `target` on the tasks of network `vni`, or
+/// changes where it leads. Refused without a host link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSet {
+    #[serde(default)]
+    pub protocol: PortProtocol,
+    pub published: u16,
+    pub target: u16,
+    pub vni: Vni,
+    pub to: PortTo,
+    #[serde(default)]
+    pub owner: Owner,
+}
+
+/// `port_del`: unpublishes a port (its firewall element goes at once).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortDel {
+    #[serde(default)]
+    pub protocol: PortProtocol,
+    pub published: u16,
+}
+
+/// `ports`: the published ports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ports {}
+
 /// Every request, tagged by `op`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -343,6 +446,12 @@ pub enum Request {
     ServiceDel(ServiceDel),
     Services(Services),
     Conntrack(Conntrack),
+    HostLinkSet(HostLinkSet),
+    HostLinkDel(HostLinkDel),
+    HostLink(HostLink),
+    PortSet(PortSet),
+    PortDel(PortDel),
+    Ports(Ports),
     Trace(Trace),
     TraceWire(TraceWire),
     Capture(Capture),
@@ -372,6 +481,12 @@ calls!(Request;
     ServiceDel(ServiceDel) -> (),
     Services(Services) -> Vec<ServiceInfo>,
     Conntrack(Conntrack) -> ConntrackReport,
+    HostLinkSet(HostLinkSet) -> HostLinkInfo,
+    HostLinkDel(HostLinkDel) -> (),
+    HostLink(HostLink) -> Option<HostLinkInfo>,
+    PortSet(PortSet) -> (),
+    PortDel(PortDel) -> (),
+    Ports(Ports) -> Vec<PortInfo>,
     Trace(Trace) -> TraceReport,
     TraceWire(TraceWire) -> TraceReport,
     Capture(Capture) -> CaptureMsg,
@@ -521,6 +636,55 @@ pub struct NetworkInfo {
     /// What replication did on it since the dataplane started.
     #[serde(default)]
     pub flooding: FloodStats,
+    #[serde(default)]
+    pub gateways: Vec<IpAddr>,
+    #[serde(default)]
+    pub egress: bool,
+    #[serde(default)]
+    pub ingress: bool,
+    #[serde(default)]
+    pub owner: Owner,
+}
+
+/// The host link as `vxnet dp host-link` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostLinkInfo {
+    pub ifname: String,
+    pub subnet: Ipv4Net,
+    /// The host side's address (the subnet's first).
+    pub host_ip: Ipv4Addr,
+    /// Where the host's firewall sends published ports (the second).
+    pub mesh_ip: Ipv4Addr,
+    /// The host side's MAC.
+    pub mac: MacAddr,
+    pub mtu: u32,
+    #[serde(default)]
+    pub ingress: Option<IngressEndpoint>,
+    /// The host's firewall holds vxnet's table with its chains as made.
+    pub firewall_ok: bool,
+    /// Why the firewall could not be read or written, if so.
+    #[serde(default)]
+    pub firewall_error: Option<String>,
+    /// Local container addresses with an egress address.
+    pub egress_addresses: usize,
+    #[serde(default)]
+    pub owner: Owner,
+}
+
+/// A published port as `vxnet dp ports` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortInfo {
+    pub protocol: PortProtocol,
+    pub published: u16,
+    pub target: u16,
+    pub vni: Vni,
+    /// For host mode, the backends with their MACs, sorted by address.
+    pub to: PortTo,
+    /// The host's firewall sends the port to the dataplane (its element is
+    /// in vxnet's set).
+    pub in_firewall: bool,
     #[serde(default)]
     pub owner: Owner,
 }
@@ -684,18 +848,39 @@ impl std::fmt::Display for FlowState {
     }
 }
 
+/// What a tracked flow is for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowKind {
+    /// To a service VIP.
+    #[default]
+    Vip,
+    /// To a published port (from the host link; `vip` is the mesh
+    /// address, `port` the published port).
+    Published,
+    /// A routing-mesh flow arriving from another node, whose replies go
+    /// back there (`vip` and `backend` are the task).
+    Return,
+}
+
 /// One tracked flow.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConntrackEntry {
+    /// The backend's network.
     pub vni: Vni,
+    #[serde(default)]
+    pub kind: FlowKind,
     pub proto: FlowProto,
     pub client: IpAddr,
     pub client_port: u16,
     pub vip: IpAddr,
-    /// The destination port, the same on the backend (VIP mode keeps it).
+    /// The destination port, the same on the backend (VIP mode keeps it)
+    /// but for a published port (`backend_port`).
     pub port: u16,
     pub backend: IpAddr,
+    #[serde(default)]
+    pub backend_port: u16,
     pub state: FlowState,
     pub age_secs: f64,
     pub idle_secs: f64,

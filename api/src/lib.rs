@@ -32,6 +32,6 @@ pub mod trace;
 
 pub use call::{Call, Response};
 pub use error::{ApiError, ApiResult, ErrorCode};
-pub use ipnet::IpNet;
+pub use ipnet::{IpNet, Ipv4Net};
 pub use vxnet_proto::crypto::keys::PublicKey;
 pub use vxnet_proto::wire::{MacAddr, Vni};

@@ -74,6 +74,11 @@ pub struct Node {
     /// gossip stopped hearing from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub down_reason: Option<String>,
+    /// The node's own endpoint on the ingress network (Docker's
+    /// `ingress-sbox`), through which published ports reach the tasks; its
+    /// MAC is derived from it (`02:42:` and the address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_ipv4: Option<Ipv4Addr>,
 }
 
 /// The only network driver vxnet has.
@@ -277,6 +282,71 @@ pub struct ServiceNetwork {
     pub aliases: Vec<String>,
 }
 
+/// The transport protocol of a published port.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum PortProtocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl PortProtocol {
+    /// The IP protocol number (6 or 17).
+    pub fn number(self) -> u8 {
+        match self {
+            PortProtocol::Tcp => 6,
+            PortProtocol::Udp => 17,
+        }
+    }
+}
+
+impl std::fmt::Display for PortProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PortProtocol::Tcp => "tcp",
+            PortProtocol::Udp => "udp",
+        })
+    }
+}
+
+/// Where a published port answers (Docker's `mode=`).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishMode {
+    /// On every node of the swarm (the routing mesh), balanced over all
+    /// tasks through the ingress network.
+    #[default]
+    Ingress,
+    /// Only on the nodes that run a task, to the task there.
+    Host,
+}
+
+impl std::fmt::Display for PublishMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PublishMode::Ingress => "ingress",
+            PublishMode::Host => "host",
+        })
+    }
+}
+
+/// A published port of a service (Docker's `Endpoint.Spec.Ports` entry).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PortConfig {
+    pub protocol: PortProtocol,
+    /// The port the tasks listen on.
+    pub target_port: u16,
+    /// The port on the nodes.
+    pub published_port: u16,
+    pub publish_mode: PublishMode,
+}
+
 /// A service's virtual IP on one network (VIP mode).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VirtualIp {
@@ -309,9 +379,20 @@ pub struct Service {
     /// Bumped when the task template (command, env, restart) changes:
     /// tasks of an older version are replaced.
     pub version: u64,
+    /// Published ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortConfig>,
 }
 
 impl Service {
+    /// Whether a port of the service is published through the routing
+    /// mesh (its tasks then join the ingress network, first).
+    pub fn uses_ingress(&self) -> bool {
+        self.ports
+            .iter()
+            .any(|p| p.publish_mode == PublishMode::Ingress)
+    }
+
     pub fn vip(&self, network: &str) -> Option<&VirtualIp> {
         self.vips.iter().find(|v| v.network == network)
     }

@@ -243,6 +243,121 @@ Examples:
         #[command(flatten)]
         format: FormatArg,
     },
+    /// Show or program the host link: the dataplane's TAP in the host's
+    /// namespace (vxnet0) and the host firewall's table `ip vxnet`, through
+    /// which published ports come in and containers reach the outside.
+    #[command(subcommand)]
+    HostLink(HostLinkCommand),
+
+    /// Publish or unpublish a port on the host (through the host link).
+    #[command(subcommand)]
+    Port(PortCommand),
+
+    /// List published ports, where they lead, and whether the host's
+    /// firewall sends them to the dataplane.
+    #[command(after_help = "\
+Examples:
+  vxnet dp ports
+  vxnet dp ports --format json")]
+    Ports {
+        #[command(flatten)]
+        format: FormatArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostLinkCommand {
+    /// Show the host link (nothing when there is none).
+    #[command(after_help = "Example:\n  vxnet dp host-link show --format json")]
+    Show {
+        #[command(flatten)]
+        format: FormatArg,
+    },
+    /// Set up (or replace) the host link. The host side gets the subnet's
+    /// first address; published ports are sent to the second; egress
+    /// addresses start at the 257th and are masqueraded by the host.
+    #[command(after_help = "\
+Examples:
+  vxnet dp host-link set --subnet 198.18.0.0/16
+  vxnet dp host-link set --subnet 198.18.0.0/16 --ingress 4096,10.0.0.2 --mtu 1450")]
+    Set {
+        /// vxnet's own subnet on the link, a /22 or larger.
+        #[arg(long, value_name = "CIDR")]
+        subnet: vxnet_api::Ipv4Net,
+        /// The TAP's name (default vxnet0).
+        #[arg(long)]
+        ifname: Option<String>,
+        /// Bytes (default: the dataplane's default MTU).
+        #[arg(long)]
+        mtu: Option<u32>,
+        /// This node's endpoint on the ingress network, VNI,IPv4.
+        #[arg(long, value_name = "VNI,IP", value_parser = parse_ingress)]
+        ingress: Option<dp::IngressEndpoint>,
+    },
+    /// Remove the host link, its firewall table and every published port.
+    Del,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PortCommand {
+    /// Publish PROTOCOL/PUBLISHED on the host, leading to TARGET on the
+    /// tasks of a network: balanced over a VIP's backends (--vip, the
+    /// routing mesh) or over given local backends (--backend, host mode).
+    #[command(after_help = "\
+Examples:
+  vxnet dp port set --published 8080 --target 80 --vni 4096 --vip 10.0.0.100
+  vxnet dp port set --protocol udp --published 5353 --target 53 --vni 4097 --backend 10.0.1.5")]
+    #[command(group(ArgGroup::new("to").required(true).args(["vip", "backends"])))]
+    Set {
+        #[arg(long, value_enum, default_value_t = ProtocolArg::Tcp)]
+        protocol: ProtocolArg,
+        #[arg(long)]
+        published: u16,
+        #[arg(long)]
+        target: u16,
+        #[arg(long, value_parser = parse_vni)]
+        vni: Vni,
+        #[arg(long, value_name = "IP")]
+        vip: Option<IpAddr>,
+        #[arg(long = "backend", value_name = "IP[,MAC]", value_parser = parse_backend)]
+        backends: Vec<BackendSpec>,
+    },
+    /// Unpublish a port.
+    #[command(after_help = "Example:\n  vxnet dp port del --published 8080")]
+    Del {
+        #[arg(long, value_enum, default_value_t = ProtocolArg::Tcp)]
+        protocol: ProtocolArg,
+        #[arg(long)]
+        published: u16,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProtocolArg {
+    Tcp,
+    Udp,
+}
+
+impl From<ProtocolArg> for dp::PortProtocol {
+    fn from(p: ProtocolArg) -> Self {
+        match p {
+            ProtocolArg::Tcp => dp::PortProtocol::Tcp,
+            ProtocolArg::Udp => dp::PortProtocol::Udp,
+        }
+    }
+}
+
+/// `VNI,IPv4`.
+fn parse_ingress(s: &str) -> Result<dp::IngressEndpoint, String> {
+    let (vni, ip) = s
+        .split_once(',')
+        .ok_or_else(|| format!("'{s}' is not VNI,IP (e.g. 4096,10.0.0.2)"))?;
+    Ok(dp::IngressEndpoint {
+        vni: parse_vni(vni)?,
+        ip: ip
+            .parse()
+            .map_err(|_| format!("'{ip}' is not an IPv4 address"))?,
+    })
 }
 
 #[derive(Debug, Subcommand)]
@@ -290,8 +405,9 @@ pub enum NetworkCommand {
 Examples:
   vxnet dp network add --vni 4096
   vxnet dp network add --vni 4097 --encrypted
-  vxnet dp network add --vni 4098 --no-flood
-  vxnet dp network add --vni 4099 --flood-rate 200")]
+  vxnet dp network add --vni 4098 --gateway 10.0.3.1 --egress
+  vxnet dp network add --vni 4099 --no-flood
+  vxnet dp network add --vni 4100 --flood-rate 200")]
     Add {
         /// VXLAN network identifier, 1 to 16777215.
         #[arg(long, value_parser = parse_vni)]
@@ -299,6 +415,16 @@ Examples:
         /// Encrypt and authenticate this network's traffic between hosts.
         #[arg(long)]
         encrypted: bool,
+        /// The network's gateway (answered by the dataplane: ARP/ND, ping,
+        /// and routing of what containers send to it); one per family.
+        #[arg(long = "gateway", value_name = "IP")]
+        gateways: Vec<IpAddr>,
+        /// Containers reach the outside through the host link.
+        #[arg(long)]
+        egress: bool,
+        /// This is the swarm's ingress network (routing-mesh flows).
+        #[arg(long)]
+        ingress: bool,
         /// Keep flooded frames (broadcast, multicast, unknown unicast) on
         /// this host: they reach only its local endpoints.
         #[arg(long)]
@@ -696,6 +822,9 @@ impl DpCommand {
             DpCommand::Service(_) => "service",
             DpCommand::Services { .. } => "services",
             DpCommand::Conntrack { .. } => "conntrack",
+            DpCommand::HostLink(_) => "host-link",
+            DpCommand::Port(_) => "port",
+            DpCommand::Ports { .. } => "ports",
             DpCommand::Trace { .. } => "trace",
             DpCommand::TraceWire { .. } => "trace-wire",
         }
@@ -742,11 +871,17 @@ impl DpCommand {
             DpCommand::Network(NetworkCommand::Add {
                 vni,
                 encrypted,
+                gateways,
+                egress,
+                ingress,
                 no_flood,
                 flood_rate,
             }) => dp::NetworkAdd {
                 vni: *vni,
                 encrypted: *encrypted,
+                gateways: gateways.clone(),
+                egress: *egress,
+                ingress: *ingress,
                 flood: !*no_flood,
                 flood_rate: *flood_rate,
                 owner: Owner::User,
@@ -789,6 +924,49 @@ impl DpCommand {
                 limit: Some(*limit),
             }
             .into_request(),
+            DpCommand::HostLink(HostLinkCommand::Show { .. }) => dp::HostLink {}.into_request(),
+            DpCommand::HostLink(HostLinkCommand::Set {
+                subnet,
+                ifname,
+                mtu,
+                ingress,
+            }) => dp::HostLinkSet {
+                ifname: ifname.clone(),
+                subnet: *subnet,
+                mtu: *mtu,
+                ingress: *ingress,
+                owner: Owner::User,
+            }
+            .into_request(),
+            DpCommand::HostLink(HostLinkCommand::Del) => dp::HostLinkDel {}.into_request(),
+            DpCommand::Port(PortCommand::Set {
+                protocol,
+                published,
+                target,
+                vni,
+                vip,
+                backends,
+            }) => dp::PortSet {
+                protocol: (*protocol).into(),
+                published: *published,
+                target: *target,
+                vni: *vni,
+                to: match vip {
+                    Some(v) => dp::PortTo::Vip(*v),
+                    None => dp::PortTo::Backends(backends.clone()),
+                },
+                owner: Owner::User,
+            }
+            .into_request(),
+            DpCommand::Port(PortCommand::Del {
+                protocol,
+                published,
+            }) => dp::PortDel {
+                protocol: (*protocol).into(),
+                published: *published,
+            }
+            .into_request(),
+            DpCommand::Ports { .. } => dp::Ports {}.into_request(),
             DpCommand::Trace {
                 from,
                 to,
@@ -826,12 +1004,16 @@ impl DpCommand {
             | DpCommand::Flood(_)
             | DpCommand::Rekey { .. }
             | DpCommand::Service(_)
+            | DpCommand::Port(_)
+            | DpCommand::HostLink(HostLinkCommand::Set { .. } | HostLinkCommand::Del)
             | DpCommand::Network(NetworkCommand::Add { .. } | NetworkCommand::Del { .. })
             | DpCommand::Vtep(VtepCommand::Add { .. } | VtepCommand::Del { .. }) => Format::Table,
             DpCommand::Network(NetworkCommand::Ls { format })
             | DpCommand::Vtep(VtepCommand::Ls { format })
             | DpCommand::Sa { format, .. }
             | DpCommand::Services { format, .. }
+            | DpCommand::Ports { format }
+            | DpCommand::HostLink(HostLinkCommand::Show { format })
             | DpCommand::Conntrack { format, .. }
             | DpCommand::Trace { format, .. }
             | DpCommand::TraceWire { format, .. } => format.format,
@@ -885,10 +1067,24 @@ impl DpCommand {
             }
             DpCommand::Services { .. } => output::services(&decode::<Vec<ServiceInfo>>(result)?),
             DpCommand::Conntrack { .. } => output::conntrack(&decode::<ConntrackReport>(result)?),
+            DpCommand::HostLink(HostLinkCommand::Show { .. }) => {
+                match decode::<Option<dp::HostLinkInfo>>(result)? {
+                    Some(h) => output::host_link(&h),
+                    None => "no host link\n".into(),
+                }
+            }
+            DpCommand::HostLink(HostLinkCommand::Set { .. }) => {
+                output::host_link(&decode::<dp::HostLinkInfo>(result)?)
+            }
+            DpCommand::Ports { .. } => output::ports(&decode::<Vec<dp::PortInfo>>(result)?),
             DpCommand::Trace { .. } | DpCommand::TraceWire { .. } => {
                 crate::trace::render(&decode::<vxnet_api::trace::TraceReport>(result)?)
             }
-            DpCommand::Network(_) | DpCommand::Vtep(_) | DpCommand::Service(_) => String::new(),
+            DpCommand::Network(_)
+            | DpCommand::Vtep(_)
+            | DpCommand::Service(_)
+            | DpCommand::Port(_)
+            | DpCommand::HostLink(HostLinkCommand::Del) => String::new(),
         })
     }
 }

@@ -133,18 +133,31 @@ pub fn networks(list: &[NetworkInfo]) -> String {
         "MTU",
         "ENDPOINTS",
         "PEERS",
+        "GATEWAYS",
+        "EGRESS",
         "FLOOD",
         "FLOODED",
         "RATE LIMITED",
         "KEPT LOCAL",
     ]);
     for n in list {
+        let gateways: Vec<String> = n.gateways.iter().map(ToString::to_string).collect();
         t.row(vec![
             n.vni.to_string(),
             if n.encrypted { "yes" } else { "no" }.into(),
             n.mtu.to_string(),
             n.endpoints.to_string(),
             n.peers.to_string(),
+            if gateways.is_empty() {
+                "-".into()
+            } else {
+                gateways.join(",")
+            },
+            match (n.egress, n.ingress) {
+                (_, true) => "ingress".into(),
+                (true, false) => "yes".into(),
+                (false, false) => "no".into(),
+            },
             if n.flood {
                 format!("{}/s", n.flood_rate)
             } else {
@@ -256,7 +269,14 @@ pub fn conntrack(r: &ConntrackReport) -> String {
             e.proto.to_string(),
             addr(e.client, e.client_port),
             addr(e.vip, e.port),
-            addr(e.backend, e.port),
+            addr(
+                e.backend,
+                if e.backend_port == 0 {
+                    e.port
+                } else {
+                    e.backend_port
+                },
+            ),
             e.state.to_string(),
             ago(e.age_secs),
             ago(e.idle_secs),
@@ -273,6 +293,57 @@ pub fn conntrack(r: &ConntrackReport) -> String {
         ));
     }
     out
+}
+
+pub fn host_link(h: &vxnet_api::dp::HostLinkInfo) -> String {
+    let mut out = String::new();
+    let ingress = h
+        .ingress
+        .map_or_else(|| "-".to_string(), |i| format!("{} on VNI {}", i.ip, i.vni));
+    let rows = [
+        ("interface", h.ifname.clone()),
+        ("subnet", h.subnet.to_string()),
+        ("host address", h.host_ip.to_string()),
+        ("mesh address", h.mesh_ip.to_string()),
+        ("MAC", h.mac.to_string()),
+        ("MTU", h.mtu.to_string()),
+        ("ingress endpoint", ingress),
+        (
+            "firewall",
+            match (&h.firewall_error, h.firewall_ok) {
+                (Some(e), _) => e.clone(),
+                (None, true) => "table ip vxnet in place".into(),
+                (None, false) => "table ip vxnet missing or incomplete".into(),
+            },
+        ),
+        ("egress addresses", h.egress_addresses.to_string()),
+    ];
+    for (k, v) in rows {
+        let _ = writeln!(out, "{k:<18}{v}");
+    }
+    out
+}
+
+pub fn ports(list: &[vxnet_api::dp::PortInfo]) -> String {
+    let mut t = Table::new(&["PORT", "TARGET", "VNI", "TO", "FIREWALL"]);
+    for p in list {
+        let to = match &p.to {
+            vxnet_api::dp::PortTo::Vip(v) => format!("VIP {v}"),
+            vxnet_api::dp::PortTo::Backends(b) => b
+                .iter()
+                .map(|b| b.ip.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        };
+        t.row(vec![
+            format!("{}/{}", p.published, p.protocol),
+            p.target.to_string(),
+            p.vni.to_string(),
+            to,
+            if p.in_firewall { "yes" } else { "MISSING" }.into(),
+        ]);
+    }
+    t.render()
 }
 
 pub fn show(r: &ShowReport) -> String {
@@ -413,12 +484,14 @@ mod tests {
             total: 2,
             entries: vec![vxnet_api::dp::ConntrackEntry {
                 vni,
+                kind: vxnet_api::dp::FlowKind::Vip,
                 proto: vxnet_api::dp::FlowProto::Tcp,
                 client: "fd00::2".parse().unwrap(),
                 client_port: 40000,
                 vip: "fd00::100".parse().unwrap(),
                 port: 80,
                 backend: "fd00::3".parse().unwrap(),
+                backend_port: 80,
                 state: vxnet_api::dp::FlowState::Established,
                 age_secs: 7300.0,
                 idle_secs: 3.5,

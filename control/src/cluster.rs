@@ -142,6 +142,7 @@ pub fn swarm_init<S: Store + ?Sized>(
         public_key: req.public_key,
         created: now,
         down_reason: None,
+        ingress_ipv4: None,
     };
     let (ingress, mut txn) = plan_network(store, &pool, &default_ingress_request(), now, rng)?;
     txn.require_absent::<Cluster>(Cluster::KEY);
@@ -332,6 +333,7 @@ pub fn add_node<S: Store + ?Sized>(
         public_key: req.public_key,
         created: now,
         down_reason: None,
+        ingress_ipv4: None,
     };
     let mut txn = Txn::new();
     // The same host joining again (its dataplane key is its identity):

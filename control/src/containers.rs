@@ -108,6 +108,7 @@ fn owner_name(allocs: &[AddressAlloc], containers: &[Container], ip: IpAddr) -> 
             None => format!("container {id}"),
         },
         Some(AddressOwner::Service(id)) => format!("the virtual IP of service {id}"),
+        Some(AddressOwner::Node(id)) => format!("the ingress endpoint of node {id}"),
         None => "another endpoint".to_owned(),
     }
 }

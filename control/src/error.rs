@@ -170,6 +170,48 @@ pub enum ControlError {
     ScaleGlobal(String),
     #[error("service {service} is not on network {network}")]
     ServiceNotOnNetwork { service: String, network: String },
+
+    // --- published ports ---
+    #[error("port {0} is out of range; ports are 1-65535")]
+    PortRange(u16),
+    #[error(
+        "{protocol} port {port} is already published by service {service}; choose another published port or remove it there first"
+    )]
+    PortInUse {
+        protocol: vxnet_api::model::PortProtocol,
+        port: u16,
+        service: String,
+    },
+    #[error("{protocol} port {port} is given twice")]
+    PortGivenTwice {
+        protocol: vxnet_api::model::PortProtocol,
+        port: u16,
+    },
+    #[error("no free port left in 30000-32767 to publish on; give published= explicitly")]
+    PortsExhausted,
+    #[error("mode=host needs published=: say which port answers on the task's node")]
+    HostModeNeedsPublished,
+    #[error(
+        "network {0} is --internal: it has neither egress nor published ports; publish from a service on another network"
+    )]
+    PublishOnInternal(String),
+    #[error(
+        "a port published with mode=ingress needs a VIP; it cannot be used with --endpoint-mode dnsrr (use mode=host)"
+    )]
+    IngressWithDnsrr,
+    #[error(
+        "the swarm has no ingress network to publish through; create one with `vxnet network create --ingress`"
+    )]
+    NoIngressNetwork,
+    #[error(
+        "service {service} publishes no {protocol} port with target {target}{published}; see `vxnet service inspect {service}`"
+    )]
+    NotPublished {
+        service: String,
+        protocol: vxnet_api::model::PortProtocol,
+        target: u16,
+        published: String,
+    },
 }
 
 impl ControlError {
@@ -186,7 +228,11 @@ impl ControlError {
             | E::NotAttachable(_)
             | E::NotAttached { .. }
             | E::ScaleGlobal(_)
-            | E::ServiceNotOnNetwork { .. } => C::FailedPrecondition,
+            | E::ServiceNotOnNetwork { .. }
+            | E::PortsExhausted
+            | E::NoIngressNetwork
+            | E::PublishOnInternal(_)
+            | E::NotPublished { .. } => C::FailedPrecondition,
             E::VniExhausted | E::PoolExhausted { .. } | E::AddressesExhausted { .. } => {
                 C::FailedPrecondition
             }
@@ -200,6 +246,7 @@ impl ControlError {
             | E::AddressInUse { .. }
             | E::AlreadyAttached { .. }
             | E::ServiceNameInUse { .. }
+            | E::PortInUse { .. }
             | E::SubnetOverlap { .. } => C::AlreadyExists,
             E::DataPathPort(_)
             | E::InvalidPool { .. }
@@ -225,6 +272,10 @@ impl ControlError {
             | E::TooManyReplicas(_)
             | E::IngressForServices(_)
             | E::NetworkGivenTwice(_)
+            | E::PortRange(_)
+            | E::PortGivenTwice { .. }
+            | E::HostModeNeedsPublished
+            | E::IngressWithDnsrr
             | E::NoNetwork => C::InvalidArgument,
         }
     }

@@ -67,6 +67,15 @@ struct Args {
     /// Seconds between reconciliations when nothing changed.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=3600))]
     reconcile_interval: u64,
+    /// The subnet of the dataplane's host link (`vxnet0`), through which
+    /// published ports come in and containers reach the outside; pick one
+    /// the host's networks do not use. At least a /22.
+    #[arg(long, default_value = vxnet_control::daemon::DEFAULT_HOST_LINK_SUBNET, value_name = "CIDR")]
+    host_link_subnet: vxnet_api::Ipv4Net,
+    /// No host link: no published ports and no egress on this host, and
+    /// nothing changed in its firewall.
+    #[arg(long)]
+    no_host_link: bool,
     /// Serve Prometheus metrics at http://ADDR/metrics (off by default).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
@@ -133,6 +142,7 @@ fn run(args: Args) -> Result<(), String> {
     cfg.data_path_addr = args.data_path_addr;
     cfg.netns_prefix = args.netns_prefix;
     cfg.key_rotation = args.gossip_key_rotation.as_secs().max(1);
+    cfg.host_link_subnet = (!args.no_host_link).then_some(args.host_link_subnet.trunc());
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -76,6 +76,8 @@ pub enum AddressOwner {
     Container(String),
     /// A service's virtual IP.
     Service(String),
+    /// A node's endpoint on the ingress network.
+    Node(String),
 }
 
 /// One allocated address of one network. Kept as its own record, written in

@@ -18,7 +18,11 @@
 //!   the other slots are never touched.
 //! - Global: one task per eligible node, nodes that join later included.
 //! - A task made from an older version of the service's template
-//!   (command, env, restart condition) is replaced.
+//!   (command, env, restart condition) is replaced, and so is a task when
+//!   the routing mesh comes or goes (the service's first port published
+//!   through it, or its last one unpublished): a task with such a port is
+//!   on the ingress network first, so its default route, and so its
+//!   replies to outside clients, go through the ingress network.
 //! - The tasks of a removed service are removed.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -59,8 +63,31 @@ fn active(t: &Container) -> bool {
     t.desired != DesiredState::Removed
 }
 
-/// The changes that bring the tasks to what the services want.
-pub fn schedule(services: &[Service], tasks: &[Container], nodes: &[Node]) -> Vec<Action> {
+/// The networks (ids) a task of `s` joins, in order: the ingress network
+/// (`ingress`, the swarm's) first when `s` publishes through it, then the
+/// service's own.
+pub fn task_networks(s: &Service, ingress: Option<&str>) -> Vec<String> {
+    ingress
+        .filter(|_| s.uses_ingress())
+        .map(str::to_owned)
+        .into_iter()
+        .chain(s.networks.iter().map(|n| n.network.clone()))
+        .collect()
+}
+
+/// Whether task `t` is on the ingress network `ingress`, first.
+fn on_mesh(t: &Container, ingress: Option<&str>) -> bool {
+    ingress.is_some_and(|i| t.attachments.first().is_some_and(|a| a.network == i))
+}
+
+/// The changes that bring the tasks to what the services want; `ingress`
+/// is the swarm's ingress network.
+pub fn schedule(
+    services: &[Service],
+    tasks: &[Container],
+    nodes: &[Node],
+    ingress: Option<&str>,
+) -> Vec<Action> {
     let mut actions = Vec::new();
     let node_of = |id: &str| nodes.iter().find(|n| n.id == id);
     // Tasks per node (all services), counted as placements happen.
@@ -90,6 +117,9 @@ pub fn schedule(services: &[Service], tasks: &[Container], nodes: &[Node]) -> Ve
                 Some("its node is drained")
             }
             (Some(s), _) if info.version < s.version => Some("the service was updated"),
+            (Some(s), _) if on_mesh(t, ingress) != (s.uses_ingress() && ingress.is_some()) => {
+                Some("the routing mesh came or went")
+            }
             (Some(s), _) => match s.mode {
                 ServiceMode::Replicated { replicas } if info.slot > replicas || info.slot == 0 => {
                     Some("the service was scaled down")
@@ -169,7 +199,9 @@ pub fn schedule(services: &[Service], tasks: &[Container], nodes: &[Node]) -> Ve
             });
         }
         for a in &t.attachments {
-            if !s.networks.iter().any(|n| n.network == a.network) {
+            if Some(a.network.as_str()) != ingress
+                && !s.networks.iter().any(|n| n.network == a.network)
+            {
                 actions.push(Action::Disconnect {
                     task: t.id.clone(),
                     network: a.network.clone(),

@@ -18,6 +18,8 @@ use crate::model::{
 use crate::networks::{resolve, resolve_network, valid_name};
 use crate::store::{Store, StoreExt, Txn};
 
+pub mod ports;
+
 /// The most replicas a service may ask for.
 pub const MAX_REPLICAS: u64 = 10_000;
 
@@ -92,6 +94,40 @@ fn allocate_vip<S: Store + ?Sized>(
     })
 }
 
+/// Gives `s` a VIP on the ingress network while a port of it is published
+/// through the routing mesh (Docker lists it in `Endpoint.VirtualIPs`
+/// too), and releases it when none is.
+fn sync_ingress_vip<S: Store + ?Sized>(store: &S, txn: &mut Txn, s: &mut Service) -> Result<()> {
+    let nets = store.list::<Network>()?;
+    let ingress = nets.iter().find(|n| n.ingress);
+    let has = |s: &Service| ingress.and_then(|n| s.vip(&n.id)).cloned();
+    let wants = s.uses_ingress() && s.endpoint_mode == EndpointMode::Vip;
+    match (wants, ingress, has(s)) {
+        (true, None, _) => Err(ControlError::NoIngressNetwork),
+        (true, Some(n), None) => {
+            let v = allocate_vip(store, txn, &s.id, n)?;
+            s.vips.push(v);
+            Ok(())
+        }
+        (false, Some(n), Some(v)) => {
+            release_vip(txn, &v);
+            s.vips.retain(|x| x.network != n.id);
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Checks that `s`'s ports may be published on its networks.
+fn check_ports<S: Store + ?Sized>(store: &S, s: &Service) -> Result<()> {
+    let nets = store.list::<Network>()?;
+    let mine: Vec<&Network> = nets
+        .iter()
+        .filter(|n| s.networks.iter().any(|x| x.network == n.id))
+        .collect();
+    ports::check_publishable(&s.ports, s.endpoint_mode, &mine)
+}
+
 fn release_vip(txn: &mut Txn, v: &VirtualIp) {
     txn.delete::<AddressAlloc>(&AddressAlloc::key_of(&v.network, v.ipv4.into()));
     if let Some(v6) = v.ipv6 {
@@ -132,7 +168,9 @@ pub fn create_service<S: Store + ?Sized>(
             aliases: nr.aliases.clone(),
         });
     }
-    let s = Service {
+    let all = store.list::<Service>()?;
+    let published = ports::add_ports(&id, &[], &req.ports, &all)?;
+    let mut s = Service {
         id,
         name: req.name.clone(),
         mode: req.mode,
@@ -145,7 +183,10 @@ pub fn create_service<S: Store + ?Sized>(
         created: now,
         updated: now,
         version: 1,
+        ports: published,
     };
+    check_ports(store, &s)?;
+    sync_ingress_vip(store, &mut txn, &mut s)?;
     txn.require_absent::<Service>(&s.id);
     txn.put(&s)?;
     store.apply(&txn)?;
@@ -225,6 +266,15 @@ pub fn update_service<S: Store + ?Sized>(
         s.restart = r;
         template = true;
     }
+    if !req.publish_rm.is_empty() {
+        s.ports = ports::remove_ports(&s.name, &s.ports, &req.publish_rm)?;
+    }
+    if !req.publish_add.is_empty() {
+        let all = store.list::<Service>()?;
+        s.ports = ports::add_ports(&s.id, &s.ports, &req.publish_add, &all)?;
+    }
+    check_ports(store, &s)?;
+    sync_ingress_vip(store, &mut txn, &mut s)?;
     if template {
         s.version += 1;
     }

@@ -40,6 +40,7 @@ use vxnet_api::{ApiError, IpNet, Response};
 
 type R<T> = Result<T, ApiError>;
 
+mod host_link;
 mod observe;
 mod services;
 mod trace;
@@ -168,6 +169,8 @@ struct State {
     peer_owners: HashMap<(Vni, MacAddr), Owner>,
     /// Who set each service.
     service_owners: HashMap<(Vni, IpAddr), Owner>,
+    /// The host link's port, reserved from its creation on.
+    host_port: Option<PortId>,
 }
 
 pub struct Dataplane {
@@ -179,6 +182,9 @@ pub struct Dataplane {
     /// Signalled when a bridge slot stops being `Busy`.
     bridge_done: Condvar,
     workers: Mutex<Vec<WorkerHandle>>,
+    /// The host link; its lock serializes host-link and port requests
+    /// (taken before `state`'s, never after).
+    host: Mutex<Option<host_link::Linked>>,
     stats: Vec<Arc<vxnet_proto::stats::Stats>>,
     /// A capture, or a live trace, is running (one of each at a time).
     capturing: Arc<std::sync::atomic::AtomicBool>,
@@ -233,6 +239,7 @@ impl Dataplane {
             }),
             bridge_done: Condvar::new(),
             workers: Mutex::new(workers),
+            host: Mutex::new(None),
             stats,
             capturing: Arc::default(),
             live_tracing: Arc::default(),
@@ -309,6 +316,12 @@ impl Dataplane {
             Request::ServiceDel(s) => Re::of::<dp::ServiceDel>(self.service_del(s.vni, s.vip)),
             Request::Services(s) => Re::of::<dp::Services>(self.services(s.vni)),
             Request::Conntrack(c) => Re::of::<dp::Conntrack>(self.conntrack(c.vni, c.limit)),
+            Request::HostLinkSet(h) => Re::of::<dp::HostLinkSet>(self.host_link_set(h)),
+            Request::HostLinkDel(_) => Re::of::<dp::HostLinkDel>(self.host_link_del()),
+            Request::HostLink(_) => Re::of::<dp::HostLink>(Ok(self.host_link())),
+            Request::PortSet(p) => Re::of::<dp::PortSet>(self.port_set(p)),
+            Request::PortDel(p) => Re::of::<dp::PortDel>(self.port_del(p.protocol, p.published)),
+            Request::Ports(_) => Re::of::<dp::Ports>(Ok(self.ports())),
             Request::Trace(t) => Re::of::<dp::Trace>(self.trace(t)),
             Request::TraceWire(t) => Re::of::<dp::TraceWire>(self.trace_wire(t)),
             Request::Capture(_) | Request::LiveTrace(_) => Re::err(ApiError::invalid(
@@ -900,12 +913,27 @@ impl Dataplane {
                 "a flood rate of 0 frames per second floods nothing; give flood: false to turn flooding off",
             ));
         }
+        let gateways = &n.gateways;
+        for (i, g) in gateways.iter().enumerate() {
+            if gateways[..i].iter().any(|o| o.is_ipv4() == g.is_ipv4()) {
+                return Err(ApiError::invalid(format!(
+                    "more than one {} gateway given",
+                    family(*g)
+                )));
+            }
+            if g.is_unspecified() || g.is_multicast() || g.is_loopback() {
+                return Err(ApiError::invalid(format!(
+                    "gateway {g} is not a unicast address"
+                )));
+            }
+        }
         let policy = FloodPolicy {
             enabled: n.flood,
             rate: n.flood_rate,
         };
         let now = Instant::now();
         self.edit_fdb(|f| {
+            f.set_routing(vni, gateways, n.egress, n.ingress);
             let was = f.vni(vni).is_some_and(|t| t.encrypted);
             if let Some(t) = f.vni(vni) {
                 if was != encrypted && !t.ports.is_empty() {
@@ -998,6 +1026,11 @@ impl Dataplane {
                     endpoints: count(true),
                     peers: count(false),
                     mtu: self.default_mtu(&st.fdb, vni),
+                    gateways: t
+                        .map(|t| t.gateways.iter().map(|g| g.0).collect())
+                        .unwrap_or_default(),
+                    egress: t.is_some_and(|t| t.egress),
+                    ingress: t.is_some_and(|t| t.ingress),
                     flood: policy.enabled,
                     flood_rate: policy.rate.unwrap_or(self.cfg.flood_rate),
                     flooding: dp::FloodStats {
@@ -1187,6 +1220,11 @@ impl Dataplane {
     pub fn shutdown(&self) {
         self.stopping
             .store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Err(e) = self.host_link_del() {
+            if e.code != vxnet_api::ErrorCode::NotFound {
+                tracing::warn!(error = %e.message, "cannot remove the host link");
+            }
+        }
         let ids: Vec<u32> = self.lock().endpoints.keys().copied().collect();
         for id in ids {
             let _ = self.detach(DetachTarget::Id(id));
@@ -1206,7 +1244,8 @@ impl Dataplane {
 /// holds.
 fn free_port(st: &State) -> PortId {
     let taken = |p: PortId| {
-        st.fdb.port(p).is_some()
+        st.host_port == Some(p)
+            || st.fdb.port(p).is_some()
             || st.claims.iter().any(|c| c.port == p)
             || st.draining.contains(&p)
             || st
@@ -1278,9 +1317,11 @@ impl From<vxnet_proto::fdb::FdbError> for FdbRefusal {
             F::MacInUse { .. } | F::IpInUse { .. } | F::FloodExists { .. } => {
                 vxnet_api::ErrorCode::AlreadyExists
             }
-            F::NoSuchPeer { .. } | F::NoSuchFlood { .. } | F::NoSuchService { .. } => {
-                vxnet_api::ErrorCode::NotFound
-            }
+            F::NoSuchPeer { .. }
+            | F::NoSuchFlood { .. }
+            | F::NoSuchService { .. }
+            | F::NoSuchPort { .. } => vxnet_api::ErrorCode::NotFound,
+            F::NoHostLink => vxnet_api::ErrorCode::FailedPrecondition,
             F::NotMulticastSafe(_)
             | F::PortOnOtherVni { .. }
             | F::BackendIsVip { .. }

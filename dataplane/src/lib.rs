@@ -4,6 +4,7 @@
 
 pub mod attach;
 pub mod control;
+pub mod firewall;
 pub mod keyfile;
 pub mod metrics;
 pub mod observe;

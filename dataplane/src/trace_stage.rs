@@ -83,6 +83,12 @@ pub fn fix(d: Drop) -> &'static str {
         ("wire", "from_self") => {
             "the inner source MAC is a local endpoint here: a MAC is used on two hosts"
         }
+        ("wire", "empty") => {
+            "a zero-length UDP datagram reached the data port: something on the underlay sends to it that is not a VTEP (a probe or an attack)"
+        }
+        ("wire", "reserved_spi") => {
+            "ESP with an SPI of 1-255, which no SA has (RFC 4303 section 2.1): a forged or corrupted packet"
+        }
         ("wire", _) => "the datagram is not valid VXLAN",
         ("io", "udp_send_unreachable") => {
             "the underlay has no route to the destination VTEP: check the host's routes to it"

@@ -458,8 +458,9 @@ impl Worker {
                         if meta.segment != 0 && meta.len > usize::from(meta.segment) {
                             stats.inc(Counter::UdpRxGroBuffers);
                         }
+                        // The engine counts each datagram (empty ones
+                        // too) as received and as what became of it.
                         for (at, d) in self.rx.datagrams_at_mut(i) {
-                            stats.inc(Counter::UdpRxDatagrams);
                             if let Some(c) = &self.capture {
                                 if !c.outer(Direction::Rx, meta.src, meta.src, d) {
                                     self.capture = None;

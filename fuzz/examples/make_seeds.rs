@@ -199,6 +199,7 @@ fn main() {
         segs.insert(2, &arp);
         write("coalesce", name, &batch(&segs));
     }
+    mesh_seeds();
     // lb_nat: a client's first packets to a VIP (10.0.0.100, fd00::100),
     // a ping to it, and a backend's reply.
     let vip_mac = [6, 0x56, 10, 0, 0, 100];
@@ -363,6 +364,102 @@ fn dns_seeds() {
     two.set_id(4).set_recursion_desired(true);
     two.add_query(question("web.")).add_query(question("db."));
     write("dns_query", "qdcount2", &encode(&two));
+}
+
+/// mesh: the first byte picks the way in (see `vxnet_fuzz::mesh`).
+fn mesh_seeds() {
+    let host = [2, 0x42, 10, 0, 0, 2];
+    let link = [6, 0x56, 198, 18, 0, 2];
+    let task = [2, 0x42, 10, 0, 0, 5];
+    let gw = [6, 0x56, 10, 0, 0, 1];
+    let with = |way: u8, f: Vec<u8>| {
+        let mut v = vec![way];
+        v.extend_from_slice(&f);
+        v
+    };
+    let tcp = |src_mac, dst_mac, src: [u8; 4], dst: [u8; 4], ports: (u16, u16), syn: bool| {
+        let b = PacketBuilder::ethernet2(src_mac, dst_mac)
+            .ipv4(src, dst, 64)
+            .tcp(ports.0, ports.1, 1, 64240);
+        let b = if syn { b.syn() } else { b.ack(1) };
+        let mut f = Vec::new();
+        b.write(&mut f, if syn { &[] } else { &[1, 2, 3] })
+            .expect("tcp");
+        f
+    };
+    let client = [192, 0, 2, 231];
+    // Into a published port from the host (TCP, UDP, host mode).
+    write(
+        "mesh",
+        "published-syn",
+        &with(
+            0,
+            tcp(host, link, client, [198, 18, 0, 2], (40000, 8080), true),
+        ),
+    );
+    write(
+        "mesh",
+        "host-mode-syn",
+        &with(
+            0,
+            tcp(host, link, client, [198, 18, 0, 2], (40001, 9090), true),
+        ),
+    );
+    let mut u = Vec::new();
+    PacketBuilder::ethernet2(host, link)
+        .ipv4(client, [198, 18, 0, 2], 64)
+        .udp(5353, 8080)
+        .write(&mut u, &data(20))
+        .expect("udp");
+    write("mesh", "published-udp", &with(0, u));
+    // An egress answer, and the host's ARP for the mesh address.
+    write(
+        "mesh",
+        "egress-answer",
+        &with(
+            0,
+            tcp(host, link, client, [198, 18, 1, 0], (22, 50000), false),
+        ),
+    );
+    write("mesh", "host-arp", &with(0, arp_request()));
+    // A task's answer to an outside client through its gateway, egress.
+    write(
+        "mesh",
+        "task-reply",
+        &with(1, tcp(task, gw, [10, 1, 0, 5], client, (80, 40001), false)),
+    );
+    // A routing-mesh flow arriving from another node, and a reply to this
+    // node's ingress endpoint.
+    write(
+        "mesh",
+        "from-node",
+        &with(
+            2,
+            tcp(
+                [2, 0x42, 10, 0, 0, 3],
+                task,
+                client,
+                [10, 0, 0, 5],
+                (40002, 80),
+                true,
+            ),
+        ),
+    );
+    write(
+        "mesh",
+        "to-ingress-endpoint",
+        &with(
+            3,
+            tcp(
+                [2, 0x42, 10, 0, 0, 6],
+                host,
+                [10, 0, 0, 6],
+                client,
+                (80, 40000),
+                false,
+            ),
+        ),
+    );
 }
 
 /// Scripts for `kx_rotation` (pairs of [op, arg]; the first byte picks

@@ -130,6 +130,25 @@ fn dns_query() {
 }
 
 #[test]
+fn gossip_rx() {
+    run("gossip_rx", 5_000, |d| {
+        vxnet_fuzz::gossip_rx(d);
+    });
+}
+
+#[test]
+fn mgmt_frame() {
+    run("mgmt_frame", 5_000, |d| {
+        vxnet_fuzz::mgmt_frame(d);
+    });
+}
+
+#[test]
+fn mesh() {
+    run("mesh", 5_000, vxnet_fuzz::mesh);
+}
+
+#[test]
 fn kx_rotation() {
     run("kx_rotation", 800, |d| {
         vxnet_fuzz::kx_rotation(d);

@@ -14,7 +14,7 @@ use clap::ValueEnum;
 use serde::Serialize;
 
 use crate::cpu::{CpuSample, CpuUse};
-use crate::measure::{IperfResult, PingResult, parse_iperf};
+use crate::measure::{IPERF_PORT, IperfResult, PingResult, parse_iperf};
 use crate::process;
 use crate::scenario::{DEMO_VNI, ENCRYPTED_VNI, VXLAN_PORT};
 use crate::swarm::Control;
@@ -45,10 +45,19 @@ pub enum Path {
     /// the task (on the other host) and NATs the flow (issue 9). Its RTT is
     /// to the VIP, which the client host's dataplane answers itself.
     VxnetVip,
+    /// The routing mesh (issue 10): from a client outside the swarm (on
+    /// the underlay) to a published port of host1, which runs no task; the
+    /// flow crosses to the task on host2 over the ingress network and its
+    /// replies come back through host1. Its RTT is to host1's address,
+    /// which the host answers itself.
+    VxnetMesh,
+    /// The same published port on host2, the task's own node: the direct
+    /// path to the task, without the overlay hop.
+    VxnetMeshDirect,
 }
 
 impl Path {
-    pub const ALL: [Path; 7] = [
+    pub const ALL: [Path; 9] = [
         Path::Underlay,
         Path::KernelVxlan,
         Path::VxnetPlain,
@@ -56,6 +65,8 @@ impl Path {
         Path::VxnetEncrypted,
         Path::VxnetSwarm,
         Path::VxnetVip,
+        Path::VxnetMesh,
+        Path::VxnetMeshDirect,
     ];
 
     pub fn label(self) -> &'static str {
@@ -67,6 +78,8 @@ impl Path {
             Path::VxnetEncrypted => "vxnet-encrypted",
             Path::VxnetSwarm => "vxnet-swarm",
             Path::VxnetVip => "vxnet-vip",
+            Path::VxnetMesh => "vxnet-mesh",
+            Path::VxnetMeshDirect => "vxnet-mesh-direct",
         }
     }
 }
@@ -260,6 +273,19 @@ pub const VIP_RATIO: RatioSpec = RatioSpec {
     target: VIP_RATIO_TARGET,
 };
 
+/// Our target for vxnet-mesh / vxnet-mesh-direct (the issue sets none):
+/// the extra overlay hop (a VXLAN send and receive, conntrack on both
+/// nodes) should cost at most a quarter.
+pub const MESH_RATIO_TARGET: f64 = 0.75;
+
+/// vxnet-mesh / vxnet-mesh-direct: to the same task through a node
+/// without it, and through its own node.
+pub const MESH_RATIO: RatioSpec = RatioSpec {
+    numerator: Path::VxnetMesh,
+    denominator: Path::VxnetMeshDirect,
+    target: MESH_RATIO_TARGET,
+};
+
 /// The issue-11 target for vxnet-plain-traced / vxnet-plain: live trace
 /// on costs at most 5%.
 pub const LIVE_TRACE_RATIO_TARGET: f64 = 0.95;
@@ -353,6 +379,12 @@ pub struct BenchReport {
     pub vip_ratio_rounds: Vec<Option<f64>>,
     /// The median of `vip_ratio_rounds`: what the table prints.
     pub vip_ratio_round_median: Option<f64>,
+    /// vxnet-mesh / vxnet-mesh-direct of the rows' median Gbit/s.
+    pub mesh_ratio: Option<f64>,
+    /// vxnet-mesh / vxnet-mesh-direct in each round.
+    pub mesh_ratio_rounds: Vec<Option<f64>>,
+    /// The median of `mesh_ratio_rounds`: what the table prints.
+    pub mesh_ratio_round_median: Option<f64>,
     /// vxnet-plain-traced / vxnet-plain of the rows' median Gbit/s.
     pub live_trace_ratio: Option<f64>,
     /// vxnet-plain-traced / vxnet-plain in each round.
@@ -373,6 +405,7 @@ impl BenchReport {
         let enc = ratio(&rows, ENCRYPTED_RATIO);
         let pvk = ratio(&rows, PLAIN_VS_KERNEL_RATIO);
         let vip = ratio(&rows, VIP_RATIO);
+        let mesh = ratio(&rows, MESH_RATIO);
         let live = ratio(&rows, LIVE_TRACE_RATIO);
         BenchReport {
             machine,
@@ -389,6 +422,9 @@ impl BenchReport {
             vip_ratio: vip.of_medians,
             vip_ratio_rounds: vip.rounds,
             vip_ratio_round_median: vip.round_median,
+            mesh_ratio: mesh.of_medians,
+            mesh_ratio_rounds: mesh.rounds,
+            mesh_ratio_round_median: mesh.round_median,
             live_trace_ratio: live.of_medians,
             live_trace_ratio_rounds: live.rounds,
             live_trace_ratio_round_median: live.round_median,
@@ -591,9 +627,23 @@ fn run_path(tb: &Testbed, path: Path, cfg: &BenchConfig) -> Result<Sample> {
             tb.stop_dataplanes(&[&pair.dp1, &pair.dp2]);
             r
         }
-        Path::VxnetSwarm => swarm_path(tb, cfg, false),
-        Path::VxnetVip => swarm_path(tb, cfg, true),
+        Path::VxnetSwarm => swarm_path(tb, cfg, Row::Containers),
+        Path::VxnetVip => swarm_path(tb, cfg, Row::Vip),
+        Path::VxnetMesh => swarm_path(tb, cfg, Row::Mesh { via: 1 }),
+        Path::VxnetMeshDirect => swarm_path(tb, cfg, Row::Mesh { via: 2 }),
     }
+}
+
+/// What a swarm row measures.
+#[derive(Clone, Copy)]
+enum Row {
+    /// Container to container.
+    Containers,
+    /// Container to a one-task service's VIP.
+    Vip,
+    /// An outside client to a one-task service's published port on host
+    /// `via`.
+    Mesh { via: usize },
 }
 
 /// Starts `vxnet trace --live` on each of `dps` (defaults: every drop and
@@ -636,10 +686,12 @@ fn live_traced(
 }
 
 /// The [`Path::VxnetSwarm`] row: nothing is programmed by hand; the
-/// control daemons place the containers and program both dataplanes. With
-/// `vip`, the [`Path::VxnetVip`] row: a one-task service on host2 (host1
-/// drained), measured from host1's container through the VIP.
-fn swarm_path(tb: &Testbed, cfg: &BenchConfig, vip: bool) -> Result<Sample> {
+/// control daemons place the containers and program both dataplanes. The
+/// [`Path::VxnetVip`] row: a one-task service on host2 (host1 drained),
+/// measured from host1's container through the VIP. The mesh rows: the
+/// same service publishing the iperf3 port, measured from a client
+/// outside the swarm through host1 (no task) or host2 (the task's node).
+fn swarm_path(tb: &Testbed, cfg: &BenchConfig, row: Row) -> Result<Sample> {
     use crate::swarm::vxnet_ctl;
     let mut dps = Vec::new();
     let mut controls = Vec::new();
@@ -700,11 +752,31 @@ fn swarm_path(tb: &Testbed, cfg: &BenchConfig, vip: bool) -> Result<Sample> {
         let (Some((ns1, _)), Some((ns2, ip2))) = (ends.first(), ends.get(1)) else {
             anyhow::bail!("containers missing");
         };
-        if !vip {
-            return measure(tb, ns1, ns2, ip2, cfg);
+        match row {
+            Row::Containers => measure(tb, ns1, ns2, ip2, cfg),
+            Row::Vip => {
+                let (task_ns, task_ip, vip) = vip_task(c1, c2, &[])?;
+                measure_via(tb, ns1, &task_ns, &task_ip, &vip, cfg)
+            }
+            Row::Mesh { via } => {
+                let port = format!("{IPERF_PORT}:{IPERF_PORT}");
+                let (task_ns, task_ip, _) = vip_task(c1, c2, &["-p", &port])?;
+                let outside = tb.add_external(1)?;
+                let node = tb.host(via).underlay_v4.to_string();
+                // The published port answers once every node programmed it.
+                let ready = crate::process::wait_until(Duration::from_secs(20), || {
+                    vxnet_ctl(&c1.socket, &["service", "ls"]).is_ok()
+                        && tb
+                            .exec(
+                                &tb.host(via).ns,
+                                &["nft", "list", "set", "ip", "vxnet", "tcp_ports"],
+                            )
+                            .is_ok_and(|o| o.stdout.contains(&IPERF_PORT.to_string()))
+                });
+                anyhow::ensure!(ready, "port {IPERF_PORT} never published on host{via}");
+                measure_via(tb, &outside.ns, &task_ns, &task_ip, &node, cfg)
+            }
         }
-        let (task_ns, task_ip, vip) = vip_task(c1, c2)?;
-        measure_via(tb, ns1, &task_ns, &task_ip, &vip, cfg)
     })();
     // Stop the control daemons first (they would re-create what the
     // dataplanes' stop removes), then free UDP 4789 for later rows. The
@@ -712,7 +784,9 @@ fn swarm_path(tb: &Testbed, cfg: &BenchConfig, vip: bool) -> Result<Sample> {
     let pids: Vec<u32> = controls.iter().map(|c| c.pid).collect();
     tb.stop_pids(&pids);
     tb.stop_dataplanes(&dps.iter().collect::<Vec<_>>());
-    // The next swarm row starts afresh: no swarm state, no containers.
+    // The next swarm row starts afresh: no swarm state, no containers, no
+    // outside client.
+    let _ = crate::topology::destroy_netns(&format!("{}-x1", tb.prefix()));
     for h in tb.hosts() {
         let _ = std::fs::remove_dir_all(tb.state_dir().join(format!("{}-control", h.name)));
         let mine = format!("{}-", h.ns);
@@ -725,21 +799,22 @@ fn swarm_path(tb: &Testbed, cfg: &BenchConfig, vip: bool) -> Result<Sample> {
     r
 }
 
-/// A one-task service `bench-vip` on the bench network, placed on `c2`'s
-/// host: its task's namespace and address, and the VIP.
-fn vip_task(c1: &Control, c2: &Control) -> Result<(String, String, String)> {
+/// A one-task service `bench-vip` on the bench network (with `extra`
+/// options), placed on `c2`'s host: its task's namespace and address, and
+/// the VIP.
+fn vip_task(c1: &Control, c2: &Control, extra: &[&str]) -> Result<(String, String, String)> {
     c1.ok(&["node", "update", "--availability", "drain", "host1"])?;
-    c1.ok(&[
+    let mut args = vec![
         "service",
         "create",
         "--name",
         "bench-vip",
         "--network",
         "bench",
-        "--",
-        "sleep",
-        "3600",
-    ])?;
+    ];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", "sleep", "3600"]);
+    c1.ok(&args)?;
     let tasks = c1.json(&["service", "ps", "bench-vip", "--format", "json"])?;
     let task = tasks
         .as_array()
@@ -886,6 +961,7 @@ pub fn table(r: &BenchReport) -> String {
         ENCRYPTED_RATIO,
         PLAIN_VS_KERNEL_RATIO,
         VIP_RATIO,
+        MESH_RATIO,
         LIVE_TRACE_RATIO,
     ] {
         if let Some(line) = ratio_line(spec, &ratio(&r.rows, spec)) {

@@ -7,7 +7,9 @@
 //! `replay` sends them again unchanged, `flip` alters one bit of the
 //! sequence number (so the packet passes the replay pre-check as new) and one
 //! bit of the ciphertext, so only the ICV can reject it. `random-spi` and
-//! `plain-vxlan` need no capture.
+//! `plain-vxlan` need no capture. `--src` sends as another host (whose
+//! address this namespace does not own), as an adversary on the underlay
+//! would.
 //!
 //! ```text
 //!  ESP in UDP (RFC 3948 style, on the VXLAN port):
@@ -27,10 +29,11 @@
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //! ```
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
+use socket2::{Domain, Protocol, Socket, Type};
 
 /// What to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -53,6 +56,11 @@ pub enum InjectKind {
     /// Captured datagrams (`--from`) with a sequence-number bit and a
     /// ciphertext bit flipped.
     Flip,
+    /// Zero-length datagrams.
+    Empty,
+    /// Forged key-exchange control messages: a first word of 0 (the
+    /// control marker), then pseudo-random bytes no static key signed.
+    Control,
 }
 
 impl InjectKind {
@@ -67,6 +75,8 @@ impl InjectKind {
             InjectKind::RandomSpi => "random-spi",
             InjectKind::Replay => "replay",
             InjectKind::Flip => "flip",
+            InjectKind::Empty => "empty",
+            InjectKind::Control => "control",
         }
     }
 
@@ -194,27 +204,45 @@ pub fn craft(kind: InjectKind, vni: u32, seq: u64) -> Vec<u8> {
             d.extend((0..100 + ESP_ICV).map(|_| next(&mut s) as u8));
             d
         }
+        InjectKind::Empty => Vec::new(),
+        InjectKind::Control => {
+            let mut s = seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0xc0de;
+            let mut d = vec![0u8; 4];
+            d.extend((0..120).map(|_| next(&mut s) as u8));
+            d
+        }
         // Without a capture there is nothing to replay: an ESP-shaped
         // datagram with a random SPI is the closest stand-in.
         InjectKind::Replay | InjectKind::Flip => craft(InjectKind::RandomSpi, vni, seq),
     }
 }
 
-/// Sends `count` datagrams of `kind` to `to`; returns how many were sent.
-pub fn send(to: SocketAddr, kind: InjectKind, vni: u32, count: u64) -> Result<u64> {
-    send_with(to, count, |seq| craft(kind, vni, seq))
+/// Sends `count` datagrams of `kind` to `to`, from `src` if given (see
+/// [`send_captured`]); returns how many were sent.
+pub fn send(
+    to: SocketAddr,
+    src: Option<IpAddr>,
+    kind: InjectKind,
+    vni: u32,
+    count: u64,
+) -> Result<u64> {
+    send_with(to, src, count, |seq| craft(kind, vni, seq))
 }
 
 /// Sends every captured datagram (altered as `kind` says) once, in order,
-/// up to `count`; returns how many were sent.
+/// up to `count`; returns how many were sent. With `src`, the datagrams
+/// carry that source address although this namespace does not own it
+/// (`IP_TRANSPARENT`, needs CAP_NET_ADMIN): an adversary on the underlay
+/// replaying a host's packets as that host.
 pub fn send_captured(
     to: SocketAddr,
+    src: Option<IpAddr>,
     kind: InjectKind,
     captured: &[Vec<u8>],
     count: u64,
 ) -> Result<u64> {
     let n = count.min(captured.len() as u64);
-    send_with(to, n, |seq| {
+    send_with(to, src, n, |seq| {
         let d = usize::try_from(seq)
             .ok()
             .and_then(|i| captured.get(i))
@@ -223,13 +251,33 @@ pub fn send_captured(
     })
 }
 
-fn send_with(to: SocketAddr, count: u64, mut make: impl FnMut(u64) -> Vec<u8>) -> Result<u64> {
-    let bind: SocketAddr = if to.is_ipv4() {
-        "0.0.0.0:0".parse()?
-    } else {
-        "[::]:0".parse()?
+fn send_with(
+    to: SocketAddr,
+    src: Option<IpAddr>,
+    count: u64,
+    mut make: impl FnMut(u64) -> Vec<u8>,
+) -> Result<u64> {
+    let sock = match src {
+        None => {
+            let bind: SocketAddr = if to.is_ipv4() {
+                "0.0.0.0:0".parse()?
+            } else {
+                "[::]:0".parse()?
+            };
+            UdpSocket::bind(bind).context("binding the injection socket")?
+        }
+        Some(ip) => {
+            let s = Socket::new(Domain::for_address(to), Type::DGRAM, Some(Protocol::UDP))?;
+            if !ip.is_ipv4() {
+                bail!("--src {ip}: only IPv4 sources can be spoofed");
+            }
+            s.set_ip_transparent(true)
+                .context("IP_TRANSPARENT (needs CAP_NET_ADMIN)")?;
+            s.bind(&SocketAddr::new(ip, 0).into())
+                .with_context(|| format!("binding the injection socket to {ip}"))?;
+            s.into()
+        }
     };
-    let sock = UdpSocket::bind(bind).context("binding the injection socket")?;
     let mut sent = 0;
     for seq in 0..count {
         let d = make(seq);
@@ -315,7 +363,10 @@ mod tests {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
         let to = rx.local_addr().unwrap();
         let caps = vec![vec![1u8; 40], vec![2u8; 40]];
-        assert_eq!(send_captured(to, InjectKind::Replay, &caps, 10).unwrap(), 2);
+        assert_eq!(
+            send_captured(to, None, InjectKind::Replay, &caps, 10).unwrap(),
+            2
+        );
         let mut buf = [0u8; 64];
         for c in &caps {
             let (n, _) = rx.recv_from(&mut buf).unwrap();
@@ -327,9 +378,32 @@ mod tests {
     fn send_reaches_a_local_socket() {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
         let to = rx.local_addr().unwrap();
-        assert_eq!(send(to, InjectKind::Runt, 7, 3).unwrap(), 3);
+        assert_eq!(send(to, None, InjectKind::Runt, 7, 3).unwrap(), 3);
         let mut buf = [0u8; 64];
         let (n, _) = rx.recv_from(&mut buf).unwrap();
         assert_eq!(&buf[..n], craft(InjectKind::Runt, 7, 0).as_slice());
+    }
+
+    #[test]
+    fn empty_and_control_from_a_chosen_source() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        let src: IpAddr = "127.0.0.9".parse().unwrap();
+        match send(to, Some(src), InjectKind::Empty, 0, 1) {
+            Ok(n) => assert_eq!(n, 1),
+            // IP_TRANSPARENT needs CAP_NET_ADMIN.
+            Err(e) if !crate::process::is_root() => {
+                eprintln!("skipped (not root): {e:#}");
+                return;
+            }
+            Err(e) => panic!("{e:#}"),
+        }
+        send(to, Some(src), InjectKind::Control, 0, 1).unwrap();
+        let mut buf = [0u8; 256];
+        let (n, from) = rx.recv_from(&mut buf).unwrap();
+        assert_eq!((n, from.ip()), (0, src), "an empty datagram from {src}");
+        let (n, _) = rx.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..4], &[0; 4], "the control marker");
+        assert_eq!(n, 124);
     }
 }

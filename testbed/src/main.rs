@@ -113,6 +113,10 @@ enum Cmd {
         /// Captured UDP payloads, hex, one per line (for replay and flip).
         #[arg(long, value_name = "PATH")]
         from: Option<std::path::PathBuf>,
+        /// Source address to send from, also one this namespace does not own
+        /// (IP_TRANSPARENT): replays that look like they come from their host.
+        #[arg(long)]
+        src: Option<std::net::IpAddr>,
     },
 }
 
@@ -279,6 +283,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             count,
             vni,
             from,
+            src,
         } => {
             let n = match (&from, kind.needs_capture()) {
                 (Some(path), _) => {
@@ -288,10 +293,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     if captured.is_empty() {
                         bail!("{} holds no datagram", path.display());
                     }
-                    inject::send_captured(to, kind, &captured, count)?
+                    inject::send_captured(to, src, kind, &captured, count)?
                 }
                 (None, true) => bail!("--kind {} needs --from CAPTURE", kind.as_arg()),
-                (None, false) => inject::send(to, kind, vni, count)?,
+                (None, false) => inject::send(to, src, kind, vni, count)?,
             };
             println!("sent {n} {kind:?} datagrams to {to}");
             Ok(ExitCode::SUCCESS)

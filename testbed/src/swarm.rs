@@ -34,8 +34,9 @@ pub struct Control {
 }
 
 /// A service task for tests and demos (`python3 whoami.py`): HTTP on port
-/// 80 answers the task's name; TCP and UDP port 7000 greet with it and
-/// echo.
+/// 80 answers the task's name and the client address it saw; TCP port 7000
+/// greets with the name and echoes; UDP port 7000 answers with the name,
+/// the client address and the datagram.
 pub const WHOAMI_PY: &str = include_str!("assets/whoami.py");
 
 impl Control {

@@ -7,6 +7,7 @@
 //!   netns <prefix>-h1:         eth0 192.0.2.11/24, 2001:db8::11/64
 //!   netns <prefix>-h2:         eth0 192.0.2.12/24, 2001:db8::12/64
 //!   netns <prefix>-h1-c1:      lo (+ eth0 made by the dataplane or a helper)
+//!   netns <prefix>-x1:         eth0 192.0.2.231/24 on br0: an outside client
 //! ```
 //!
 //! Nothing is created in the root namespace: veths are created inside the
@@ -96,6 +97,13 @@ pub struct Testbed {
     procs: Mutex<Vec<BackgroundProc>>,
     /// Set by [`Testbed::detach`]: leave everything running.
     detached: bool,
+}
+
+/// A machine outside the swarm on the underlay ([`Testbed::add_external`]).
+#[derive(Debug, Clone)]
+pub struct External {
+    pub ns: String,
+    pub v4: Ipv4Addr,
 }
 
 /// Underlay addresses of host `index` (1-based).
@@ -230,6 +238,30 @@ impl Testbed {
             ip(&["-n", &h.ns, "link", "set", "eth0", "up"])?;
         }
         Ok(())
+    }
+
+    /// An outside machine on the underlay ([`External`], `n` in 1..=20):
+    /// a namespace on the underlay bridge with its own address
+    /// (192.0.2.230+n), no dataplane, no swarm membership. Removed with
+    /// the testbed.
+    pub fn add_external(&self, n: u8) -> Result<External> {
+        if !(1..=20).contains(&n) {
+            bail!("external client {n} out of range 1..=20");
+        }
+        let ns = format!("{}-x{n}", self.prefix);
+        self.add_netns(&ns)?;
+        let mtu = self.underlay_mtu.to_string();
+        let port = format!("x{n}");
+        let ul = self.underlay_ns.clone();
+        ip(&[
+            "-n", &ul, "link", "add", &port, "mtu", &mtu, "type", "veth", "peer", "name", "eth0",
+            "mtu", &mtu, "netns", &ns,
+        ])?;
+        ip(&["-n", &ul, "link", "set", &port, "master", "br0", "up"])?;
+        let v4 = Ipv4Addr::new(192, 0, 2, 230 + n);
+        ip(&["-n", &ns, "addr", "add", &format!("{v4}/24"), "dev", "eth0"])?;
+        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        Ok(External { ns, v4 })
     }
 
     /// Creates a namespace with `lo` up and records it for teardown.

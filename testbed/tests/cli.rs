@@ -173,6 +173,24 @@ fn bench_swarm_and_vip_rows_are_measured() -> anyhow::Result<()> {
     if !root_or_skip("bench_swarm_and_vip_rows_are_measured") {
         return Ok(());
     }
+    rows_are_measured(["vxnet-swarm", "vxnet-vip"], "vip_ratio")
+}
+
+/// The vxnet-mesh and vxnet-mesh-direct rows: a client outside the swarm
+/// reaches a one-task service's published port through host1 (no task,
+/// over the ingress network) and through host2 (the task's node); traffic
+/// flows on both and the mesh ratio is reported.
+#[test]
+fn bench_mesh_rows_are_measured() -> anyhow::Result<()> {
+    if !root_or_skip("bench_mesh_rows_are_measured") {
+        return Ok(());
+    }
+    rows_are_measured(["vxnet-mesh", "vxnet-mesh-direct"], "mesh_ratio")
+}
+
+/// Runs one bench round of the two `paths`: each row carries traffic and
+/// answers every ping, and `ratio` (their ratio) is reported.
+fn rows_are_measured(paths: [&str; 2], ratio: &str) -> anyhow::Result<()> {
     let out = process::run(
         None,
         &[
@@ -185,9 +203,9 @@ fn bench_swarm_and_vip_rows_are_measured() -> anyhow::Result<()> {
             "--pings",
             "5",
             "--paths",
-            "vxnet-swarm",
+            paths[0],
             "--paths",
-            "vxnet-vip",
+            paths[1],
             "--format",
             "json",
         ],
@@ -195,7 +213,7 @@ fn bench_swarm_and_vip_rows_are_measured() -> anyhow::Result<()> {
     )?
     .check()?;
     let v: serde_json::Value = serde_json::from_str(&out.stdout)?;
-    for (i, path) in ["vxnet-swarm", "vxnet-vip"].into_iter().enumerate() {
+    for (i, path) in paths.into_iter().enumerate() {
         let row = &v["rows"][i];
         assert_eq!(row["path"], path, "{v}");
         assert!(row["error"].is_null(), "{row}");
@@ -205,6 +223,6 @@ fn bench_swarm_and_vip_rows_are_measured() -> anyhow::Result<()> {
         );
         assert_eq!(row["ping"]["received"], 5, "{row}");
     }
-    assert!(v["vip_ratio"].as_f64().is_some_and(|r| r > 0.0), "{v}");
+    assert!(v[ratio].as_f64().is_some_and(|r| r > 0.0), "{v}");
     Ok(())
 }

@@ -5,7 +5,8 @@
 //! (skipped otherwise) and the workspace's binaries, python3 and dig.
 //!
 //! Tasks run `whoami.py` (shipped with the testbed): HTTP on port 80
-//! answers the task's name; TCP port 7000 greets with it and echoes.
+//! answers the task's name (and the client's address); TCP port 7000 greets
+//! with the name and echoes.
 
 mod common;
 
@@ -39,7 +40,7 @@ for _ in range(n):
                 break
             data += d
         s.close()
-        counts[data.split(b"\r\n\r\n", 1)[1].decode().strip()] += 1
+        counts[data.split(b"\r\n\r\n", 1)[1].decode().splitlines()[0].strip()] += 1
     except Exception as e:
         errors[type(e).__name__ + ": " + str(e)] += 1
 print(json.dumps({"counts": counts, "errors": errors}))

@@ -189,22 +189,7 @@ fn forged_esp_is_dropped_and_counted() -> anyhow::Result<()> {
 
     // Capture real ESP from host1 to host2.
     let n: u64 = 10;
-    let pcap = tb.state_dir().join("flow.pcap");
-    let filter = vxnet_testbed::capture::esp_filter(&tb.host(1).underlay_v4.to_string());
-    let mut cap = tb.capture(&tb.host(1).ns, "eth0", &filter, n as u32, &pcap)?;
-    for _ in 0..20 {
-        tb.ping_ok(&p.c1.ns, b4, 2, None)?;
-        if cap.finished() {
-            break;
-        }
-    }
-    cap.wait(Duration::from_secs(10))?;
-    let hex = tb.udp_payloads_hex(&pcap)?;
-    let captured = vxnet_testbed::inject::parse_hex_lines(&hex)?;
-    assert_eq!(captured.len() as u64, n, "captured:\n{hex}");
-    let hex_file = tb.state_dir().join("flow.hex");
-    std::fs::write(&hex_file, &hex)?;
-    let hex_path = hex_file.display().to_string();
+    let hex_path = common::capture_esp_from_host1(&tb, &p.c1.ns, b4, n)?;
 
     // A ping runs across the whole injection.
     let mut bg_ping = tb.spawn_proc(

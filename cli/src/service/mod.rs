@@ -9,8 +9,8 @@ use crate::swarm::{ControlSocket, FormatArg, json, short, write};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 use std::io::Write;
-use vxnet_api::ctl::{self, ServiceNetworkRequest, ServiceView, TaskView};
-use vxnet_api::model::{EndpointMode, RestartCondition, ServiceMode};
+use vxnet_api::ctl::{self, PortRequest, ServiceNetworkRequest, ServiceView, TaskView};
+use vxnet_api::model::{EndpointMode, PortProtocol, PublishMode, RestartCondition, ServiceMode};
 
 #[derive(Debug, Args)]
 #[command(after_help = "\
@@ -62,8 +62,14 @@ pub enum ServiceCommand {
     #[command(after_help = "\
 Examples:
   vxnet service create --name web --replicas 3 --network app -- python3 -m http.server 80
-  vxnet service create --name mon --mode global --network app -- sleep infinity
-  vxnet service create --name db --endpoint-mode dnsrr --network app --env ROLE=db -- sleep infinity")]
+  vxnet service create --name web --replicas 2 --network app -p 8080:80 -- python3 -m http.server 80
+  vxnet service create --name dns --network app --publish published=5353,target=53,protocol=udp -- ./dns
+  vxnet service create --name mon --mode global --network app --publish published=9100,target=9100,mode=host -- ./exporter
+  vxnet service create --name db --endpoint-mode dnsrr --network app --env ROLE=db -- sleep infinity
+
+A published port (mode=ingress, the default) answers on every node of the swarm, whether
+or not a task runs there, and the task sees the client's own address. mode=host answers
+only on the nodes that run a task. Without published=, a port from 30000-32767 is chosen.")]
     Create(CreateArgs),
     /// List services.
     #[command(
@@ -108,13 +114,16 @@ Example:
         #[command(flatten)]
         wait: WaitArgs,
     },
-    /// Change a service. Replicas and networks change without touching the
-    /// running tasks; a new command, environment or restart condition
-    /// replaces them.
+    /// Change a service. Replicas, networks and published ports change
+    /// without touching the running tasks; a new command, environment or
+    /// restart condition replaces them (as does the first port published
+    /// through the routing mesh, or the last one removed: the tasks join or
+    /// leave the ingress network, which must be their first).
     #[command(after_help = "\
 Examples:
   vxnet service update --replicas 4 web
   vxnet service update --network-add app2 --network-rm app web
+  vxnet service update --publish-add 8081:81 --publish-rm 80 web
   vxnet service update --env-add MODE=fast web")]
     Update(UpdateArgs),
     /// Remove services and their tasks.
@@ -188,6 +197,10 @@ pub struct CreateArgs {
     /// When a task's command is started again after it ends.
     #[arg(long, value_enum, default_value_t = RestartArg::Any)]
     pub restart_condition: RestartArg,
+    /// Publish a port: published=P,target=T[,protocol=tcp|udp][,mode=ingress|host],
+    /// or P:T[/udp] (repeat for more).
+    #[arg(short = 'p', long = "publish", value_name = "PORT", value_parser = parse_publish)]
+    pub publish: Vec<PortRequest>,
     #[command(flatten)]
     pub wait: WaitArgs,
     #[arg(last = true, required = true, value_name = "COMMAND")]
@@ -219,6 +232,7 @@ impl CreateArgs {
             command: self.command.clone(),
             env: self.env.clone(),
             restart: self.restart_condition.into(),
+            ports: self.publish.clone(),
         }
     }
 }
@@ -241,6 +255,13 @@ pub struct UpdateArgs {
     pub env_rm: Vec<String>,
     #[arg(long, value_enum)]
     pub restart_condition: Option<RestartArg>,
+    /// Publish a port (as `create --publish`).
+    #[arg(long, value_name = "PORT", value_parser = parse_publish)]
+    pub publish_add: Vec<PortRequest>,
+    /// Unpublish a port: its target port (`80`, `53/udp`), or exactly
+    /// (`8080:80`, `published=8080,target=80`).
+    #[arg(long, value_name = "PORT", value_parser = parse_publish)]
+    pub publish_rm: Vec<PortRequest>,
     #[command(flatten)]
     pub wait: WaitArgs,
     pub service: String,
@@ -264,8 +285,79 @@ impl UpdateArgs {
             env_rm: self.env_rm.clone(),
             command: None,
             restart: self.restart_condition.map(Into::into),
+            publish_add: self.publish_add.clone(),
+            publish_rm: self.publish_rm.clone(),
         }
     }
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(format!("'{s}' is not a port (1-65535)")),
+    }
+}
+
+/// Docker's `--publish`: `published=P,target=T[,protocol=tcp|udp][,mode=ingress|host]`
+/// or the short form `[P:]T[/tcp|/udp]`.
+pub fn parse_publish(s: &str) -> Result<PortRequest, String> {
+    let mut r = PortRequest {
+        protocol: PortProtocol::Tcp,
+        target_port: 0,
+        published_port: None,
+        publish_mode: PublishMode::Ingress,
+    };
+    if s.contains('=') {
+        for kv in s.split(',') {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| format!("'{kv}' is not KEY=VALUE (in '{s}')"))?;
+            match k.trim() {
+                "published" => r.published_port = Some(parse_port(v)?),
+                "target" => r.target_port = parse_port(v)?,
+                "protocol" => {
+                    r.protocol = match v {
+                        "tcp" => PortProtocol::Tcp,
+                        "udp" => PortProtocol::Udp,
+                        _ => return Err(format!("protocol '{v}' is not tcp or udp")),
+                    }
+                }
+                "mode" => {
+                    r.publish_mode = match v {
+                        "ingress" => PublishMode::Ingress,
+                        "host" => PublishMode::Host,
+                        _ => return Err(format!("mode '{v}' is not ingress or host")),
+                    }
+                }
+                other => {
+                    return Err(format!(
+                        "unknown key '{other}'; use published=, target=, protocol= and mode="
+                    ));
+                }
+            }
+        }
+        if r.target_port == 0 {
+            return Err(format!(
+                "'{s}' has no target=: the port the tasks listen on"
+            ));
+        }
+        return Ok(r);
+    }
+    let (ports, proto) = match s.split_once('/') {
+        Some((p, "tcp")) => (p, PortProtocol::Tcp),
+        Some((p, "udp")) => (p, PortProtocol::Udp),
+        Some((_, other)) => return Err(format!("protocol '{other}' is not tcp or udp")),
+        None => (s, PortProtocol::Tcp),
+    };
+    r.protocol = proto;
+    match ports.split_once(':') {
+        Some((p, t)) => {
+            r.published_port = Some(parse_port(p)?);
+            r.target_port = parse_port(t)?;
+        }
+        None => r.target_port = parse_port(ports)?,
+    }
+    Ok(r)
 }
 
 /// `SERVICE=REPLICAS`.
@@ -313,9 +405,14 @@ pub fn inspect_json(v: &ServiceView) -> serde_json::Value {
                     "Aliases": n.aliases,
                 })).collect::<Vec<_>>(),
             },
-            "EndpointSpec": { "Mode": serde_json::to_value(s.endpoint_mode).unwrap_or_default() },
+            "EndpointSpec": {
+                "Mode": serde_json::to_value(s.endpoint_mode).unwrap_or_default(),
+                "Ports": s.ports,
+            },
         },
         "Endpoint": {
+            "Spec": { "Ports": s.ports },
+            "Ports": s.ports,
             "VirtualIPs": v.virtual_ips.iter().map(|x| json!({
                 "NetworkID": x.network_id,
                 "NetworkName": x.network,
@@ -379,17 +476,21 @@ pub fn run(args: &ServiceArgs, out: &mut dyn Write) -> Result<(), CliError> {
             if format.format == Format::Json {
                 return json(out, &list);
             }
-            let mut t = Table::new(&["ID", "NAME", "MODE", "REPLICAS", "ENDPOINT", "COMMAND"]);
+            let mut t = Table::new(&["ID", "NAME", "MODE", "REPLICAS", "PORTS", "COMMAND"]);
             for v in &list {
+                // Docker's `*:8080->80/tcp`.
+                let ports: Vec<String> = v
+                    .service
+                    .ports
+                    .iter()
+                    .map(|p| format!("*:{}->{}/{}", p.published_port, p.target_port, p.protocol))
+                    .collect();
                 t.row(vec![
                     short(&v.service.id).to_owned(),
                     v.service.name.clone(),
                     mode_text(v).into(),
                     format!("{}/{}", v.running, v.desired),
-                    match v.service.endpoint_mode {
-                        EndpointMode::Vip => "vip".into(),
-                        EndpointMode::Dnsrr => "dnsrr".into(),
-                    },
+                    ports.join(", "),
                     v.service.command.join(" "),
                 ]);
             }
@@ -475,6 +576,75 @@ mod tests {
             Command::Service(s) => s.command,
             other => panic!("not service: {other:?}"),
         }
+    }
+
+    #[test]
+    fn publish_forms_are_dockers() {
+        let r = parse_publish("8080:80").unwrap();
+        assert_eq!(
+            (r.published_port, r.target_port, r.protocol, r.publish_mode),
+            (Some(8080), 80, PortProtocol::Tcp, PublishMode::Ingress)
+        );
+        let r = parse_publish("53/udp").unwrap();
+        assert_eq!(
+            (r.published_port, r.target_port, r.protocol),
+            (None, 53, PortProtocol::Udp)
+        );
+        let r = parse_publish("published=9100,target=9100,protocol=udp,mode=host").unwrap();
+        assert_eq!(
+            (r.published_port, r.protocol, r.publish_mode),
+            (Some(9100), PortProtocol::Udp, PublishMode::Host)
+        );
+        for (bad, want) in [
+            ("8080:0", "not a port"),
+            ("70000:80", "not a port"),
+            ("8080:80/sctp", "not tcp or udp"),
+            ("published=8080", "no target="),
+            ("published=8080,target=80,mode=mesh", "not ingress or host"),
+            ("src=1,target=2", "unknown key 'src'"),
+            ("published8080", "not a port"),
+        ] {
+            let e = parse_publish(bad).unwrap_err();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+        let ServiceCommand::Create(c) = service(&[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "-p",
+            "8080:80",
+            "--publish",
+            "published=5353,target=53,protocol=udp",
+            "--",
+            "true",
+        ]) else {
+            panic!("not create");
+        };
+        assert_eq!(c.request().ports.len(), 2);
+        let ServiceCommand::Update(u) = service(&[
+            "service",
+            "update",
+            "--publish-add",
+            "8081:81",
+            "--publish-rm",
+            "80",
+            "web",
+        ]) else {
+            panic!("not update");
+        };
+        let r = u.request();
+        assert_eq!(r.publish_add[0].published_port, Some(8081));
+        assert_eq!(
+            (r.publish_rm[0].target_port, r.publish_rm[0].published_port),
+            (80, None)
+        );
+        assert!(
+            parse(&[
+                "service", "create", "--name", "w", "-p", "x:80", "--", "true"
+            ])
+            .is_err()
+        );
     }
 
     #[test]

@@ -231,6 +231,7 @@ fn node_commands_and_inspect_shape() {
             public_key: vxnet_api::PublicKey::from_bytes([1; 32]),
             created: 1,
             down_reason: None,
+            ingress_ipv4: None,
         },
         is_self: true,
     };

@@ -25,10 +25,29 @@ struct Counters {
 }
 
 /// A change counter with waiting.
-#[derive(Default)]
 pub struct Changes {
     state: Mutex<Counters>,
     cv: Condvar,
+}
+
+impl Default for Changes {
+    /// The store generation starts at the wall clock in microseconds, so a
+    /// manager that restarts hands out generations above those it handed
+    /// out before: a worker keeps the newest assignments it saw and would
+    /// ignore a restarted manager's until its counter caught up (it took
+    /// no new task after a manager restart).
+    fn default() -> Self {
+        let base = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        Changes {
+            state: Mutex::new(Counters {
+                store: base,
+                any: 0,
+            }),
+            cv: Condvar::new(),
+        }
+    }
 }
 
 impl Changes {

@@ -24,7 +24,7 @@
 use std::io;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -67,6 +67,10 @@ pub struct GossipView {
     pub members: Vec<NodeIdentity>,
     /// Every live endpoint record, this node's own included.
     pub records: Vec<EndpointRecord>,
+    /// The driver is still pulling its seed's state (it just started or
+    /// joined): members and records the swarm has may be missing, so what
+    /// is absent here must not be taken as gone.
+    pub syncing: bool,
 }
 
 impl GossipView {
@@ -143,6 +147,9 @@ enum Msg {
     },
     /// A sealed snapshot pulled from the seed, to merge.
     Snapshot(Vec<u8>),
+    /// Every pull from the seed failed: the driver goes on with what SWIM
+    /// brings.
+    SyncGaveUp,
 }
 
 /// Writes `snapshot` as one frame: a big-endian u32 length, then the bytes.
@@ -230,6 +237,7 @@ fn spawn_sync(seed: SocketAddr, tx: Sender<Msg>) {
                 }
             }
             tracing::warn!(seed = %seed, "state sync gave up");
+            let _ = tx.send(Msg::SyncGaveUp);
         });
     if let Err(e) = r {
         tracing::warn!(error = %e, "cannot start state sync");
@@ -246,6 +254,8 @@ pub struct GossipHandle {
     thread: Option<JoinHandle<()>>,
     status: StatusCell,
     view: ViewCell,
+    /// Shared with the driver: see [`GossipView::syncing`].
+    syncing: Arc<AtomicBool>,
 }
 
 /// The latest [`GossipView`], shared between the driver and its readers.
@@ -268,6 +278,21 @@ impl GossipHandle {
     /// What the driver knows now.
     pub fn view(&self) -> Arc<GossipView> {
         Arc::clone(&self.view.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Joins the swarm through `seed` and pulls its state; until that pull
+    /// is over the view says [`GossipView::syncing`] (set here, before the
+    /// driver sees the command, so no reader sees a fresh driver's empty
+    /// view as the swarm's).
+    pub fn join(&self, seed: SocketAddr) -> bool {
+        self.syncing.store(true, Ordering::SeqCst);
+        {
+            let mut v = self.view.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut now = (**v).clone();
+            now.syncing = true;
+            *v = Arc::new(now);
+        }
+        self.send(GossipCmd::Join(seed))
     }
 
     /// Queues a command; false if the driver has stopped.
@@ -346,6 +371,7 @@ pub fn spawn(
     let (tx, rx) = mpsc::channel();
     let status = StatusCell::default();
     let view = ViewCell::default();
+    let syncing = Arc::new(AtomicBool::new(false));
     let mut driver = Driver {
         status: Arc::clone(&status),
         view: Arc::clone(&view),
@@ -357,6 +383,7 @@ pub fn spawn(
         tx: tx.clone(),
         seed: None,
         serving: Arc::default(),
+        syncing: Arc::clone(&syncing),
     };
     driver.publish_view();
     let thread = std::thread::Builder::new()
@@ -368,6 +395,7 @@ pub fn spawn(
         thread: Some(thread),
         status,
         view,
+        syncing,
     })
 }
 
@@ -386,6 +414,8 @@ struct Driver {
     seed: Option<SocketAddr>,
     /// Snapshot writes in flight.
     serving: Arc<AtomicUsize>,
+    /// A join's pull from the seed is under way ([`GossipView::syncing`]).
+    syncing: Arc<AtomicBool>,
 }
 
 impl Driver {
@@ -407,7 +437,9 @@ impl Driver {
                             Err(e) => tracing::warn!(error = %e, "gossip state not merged"),
                         }
                         self.flush();
+                        self.synced();
                     }
+                    Ok(Msg::SyncGaveUp) => self.synced(),
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => return,
                 }
@@ -588,6 +620,16 @@ impl Driver {
         (self.on_change)();
     }
 
+    /// The pull from the seed is over (merged or given up): the view is
+    /// as complete as gossip can make it, and the reconciler may act on
+    /// what it lacks.
+    fn synced(&self) {
+        if self.syncing.swap(false, Ordering::SeqCst) {
+            self.publish_view();
+            (self.on_change)();
+        }
+    }
+
     fn publish_view(&self) {
         let own = self.m.identity().clone();
         let view = GossipView {
@@ -599,6 +641,7 @@ impl Driver {
                 .collect(),
             records: self.m.endpoints(),
             own: Some(own),
+            syncing: self.syncing.load(Ordering::SeqCst),
         };
         *self.view.lock().unwrap_or_else(PoisonError::into_inner) = Arc::new(view);
     }
@@ -855,19 +898,25 @@ mod tests {
         let snap = fetch_snapshot(addr_a).unwrap();
         let seed = TcpListener::bind("127.0.0.1:0").unwrap();
         let seed_addr = seed.local_addr().unwrap();
+        // It answers only when told, so b's view is seen while it syncs.
+        let (go, wait) = mpsc::channel::<()>();
         let server = std::thread::spawn(move || {
+            wait.recv().unwrap();
             let (mut s, _) = seed.accept().unwrap();
             write_snapshot(&mut s, &snap).unwrap();
         });
         let (b, _, _) = start(2);
-        assert!(b.send(GossipCmd::Join(seed_addr)));
+        assert!(!b.view().syncing);
+        assert!(b.join(seed_addr));
+        assert!(b.view().syncing, "a joining driver's view says it syncs");
+        go.send(()).unwrap();
         assert!(
             wait_for(Duration::from_secs(10), || has_record(
                 &b,
                 [10, 0, 1, 8],
                 [192, 0, 2, 1]
-            )),
-            "b never learned a's endpoint: {:?}",
+            ) && !b.view().syncing),
+            "b never learned a's endpoint, or still syncs: {:?}",
             b.view()
         );
         server.join().unwrap();

@@ -23,9 +23,11 @@ use crate::mgmt::{
     self, CaPem, ErrorCode, Handler, JoinRequest, JoinResponse, Peer, Request, Response, RpcError,
     SwarmCa,
 };
-use crate::model::{Container, Network, Node, NodeStatus, Service, TaskInfo};
+use crate::model::{
+    AddressAlloc, AddressOwner, Container, Network, Node, NodeStatus, Service, TaskInfo,
+};
 use crate::scheduler::Action;
-use crate::store::{Store, StoreExt};
+use crate::store::{Store, StoreExt, Txn};
 use std::collections::BTreeMap;
 
 /// How long `service logs` waits for another node's log.
@@ -299,9 +301,16 @@ where
                 .filter(|c| c.task.is_some())
                 .collect();
             let nodes = self.store.list::<Node>().map_err(internal)?;
-            let actions = crate::scheduler::schedule(&services, &tasks, &nodes);
+            let ingress = self
+                .store
+                .list::<Network>()
+                .map_err(internal)?
+                .into_iter()
+                .find(|n| n.ingress)
+                .map(|n| n.id);
+            let actions = crate::scheduler::schedule(&services, &tasks, &nodes, ingress.as_deref());
             for a in &actions {
-                self.apply_action(a, &services)?;
+                self.apply_action(a, &services, ingress.as_deref())?;
             }
             Ok(actions.len())
         })();
@@ -312,7 +321,82 @@ where
         }
     }
 
-    fn apply_action(&self, a: &Action, services: &[Service]) -> ApiResult<()> {
+    /// Gives every node an endpoint on the ingress network (Docker's
+    /// `ingress-sbox`: its host link stands for it there, so the tasks'
+    /// nodes know where a routing-mesh flow came from), and releases the
+    /// endpoints of nodes that are gone. One node per transaction: the
+    /// allocator reads the store, not the transaction.
+    pub(crate) fn tend_ingress_endpoints(&self) {
+        if self.local_node().is_err() || !self.is_manager() {
+            return;
+        }
+        let _w = self.write();
+        let r = (|| -> crate::error::Result<()> {
+            let Some(ingress) = self
+                .store
+                .list::<Network>()?
+                .into_iter()
+                .find(|n| n.ingress)
+            else {
+                return Ok(());
+            };
+            let allocs = self.store.list::<AddressAlloc>()?;
+            let nodes = self.store.list::<Node>()?;
+            let holds = |n: &Node, ip: std::net::Ipv4Addr| {
+                allocs.iter().any(|a| {
+                    a.network == ingress.id
+                        && a.ip == std::net::IpAddr::V4(ip)
+                        && a.owner == AddressOwner::Node(n.id.clone())
+                })
+            };
+            for n in &nodes {
+                if n.ingress_ipv4.is_some_and(|ip| holds(n, ip)) {
+                    continue;
+                }
+                let mut txn = Txn::new();
+                let a = containers::allocate(
+                    &self.store,
+                    &mut txn,
+                    &ingress,
+                    &AddressOwner::Node(n.id.clone()),
+                    &containers::NetworkRequest {
+                        network: ingress.id.clone(),
+                        ..Default::default()
+                    },
+                )?;
+                let mut with = n.clone();
+                with.ingress_ipv4 = Some(a.ipv4);
+                txn.put(&with)?;
+                self.store.apply(&txn)?;
+                tracing::info!(node = %n.hostname, ip = %a.ipv4, "ingress endpoint");
+            }
+            let mut txn = Txn::new();
+            for a in &allocs {
+                if let AddressOwner::Node(id) = &a.owner {
+                    let live = nodes.iter().any(|n| {
+                        &n.id == id && n.ingress_ipv4.map(std::net::IpAddr::V4) == Some(a.ip)
+                    });
+                    if !live || a.network != ingress.id {
+                        txn.delete::<AddressAlloc>(&AddressAlloc::key_of(&a.network, a.ip));
+                    }
+                }
+            }
+            if !txn.is_empty() {
+                self.store.apply(&txn)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "ingress endpoints not allocated");
+        }
+    }
+
+    fn apply_action(
+        &self,
+        a: &Action,
+        services: &[Service],
+        ingress: Option<&str>,
+    ) -> ApiResult<()> {
         match a {
             Action::Create {
                 service,
@@ -329,12 +413,16 @@ where
                         name: format!("{}.{}.{id}", s.name, slot),
                         node: node.clone(),
                         netns: None,
-                        networks: s
-                            .networks
-                            .iter()
-                            .map(|n| crate::containers::NetworkRequest {
-                                network: n.network.clone(),
-                                aliases: n.aliases.clone(),
+                        networks: crate::scheduler::task_networks(s, ingress)
+                            .into_iter()
+                            .map(|id| crate::containers::NetworkRequest {
+                                aliases: s
+                                    .networks
+                                    .iter()
+                                    .find(|n| n.network == id)
+                                    .map(|n| n.aliases.clone())
+                                    .unwrap_or_default(),
+                                network: id,
                                 ..Default::default()
                             })
                             .collect(),

@@ -80,7 +80,14 @@ pub struct Config {
     pub key_rotation: u64,
     /// How long a request waits for the reconciler to make its change real.
     pub realize_timeout: Duration,
+    /// The dataplane's host link subnet (published ports and egress go
+    /// through it); `None`: no host link.
+    pub host_link_subnet: Option<vxnet_api::Ipv4Net>,
 }
+
+/// The default host link subnet: part of 198.18.0.0/15 (RFC 2544,
+/// benchmarking), which real networks rarely route.
+pub const DEFAULT_HOST_LINK_SUBNET: &str = "198.18.0.0/16";
 
 impl Config {
     pub fn new(hostname: impl Into<String>, log_dir: impl Into<PathBuf>) -> Self {
@@ -92,6 +99,7 @@ impl Config {
             netns_prefix: String::new(),
             key_rotation: crate::cluster::GOSSIP_KEY_ROTATION_SECS,
             realize_timeout: Duration::from_secs(30),
+            host_link_subnet: DEFAULT_HOST_LINK_SUBNET.parse().ok(),
         }
     }
 }
@@ -250,10 +258,15 @@ where
         if let Some(v) = lock(&self.view_override).clone() {
             return v;
         }
-        lock(&self.gossip)
-            .as_ref()
-            .map(|g| g.view())
-            .unwrap_or_default()
+        match lock(&self.gossip).as_ref() {
+            Some(g) => g.view(),
+            // The roles loop starts gossip soon: until its first pull, the
+            // swarm's members and endpoints are unknown, not gone.
+            None => Arc::new(gossip::GossipView {
+                syncing: self.roles_running.load(std::sync::atomic::Ordering::SeqCst),
+                ..gossip::GossipView::default()
+            }),
+        }
     }
 
     pub(crate) fn set_underlay(&self, u: Option<vxnet_proto::mtu::Underlay>) {

@@ -104,6 +104,7 @@ where
         self.tend_agent(in_swarm && !manager);
         if manager {
             self.d.tend_node_status();
+            self.d.tend_ingress_endpoints();
             self.d.tend_services();
         }
         self.tend_keys(in_swarm, manager);
@@ -147,7 +148,7 @@ where
         let h: GossipHandle =
             gossip::spawn(sock, m, on_change).map_err(|e| format!("cannot start gossip: {e}"))?;
         if let Some(seed) = self.gossip_seed() {
-            h.send(GossipCmd::Join(seed));
+            h.join(seed);
         }
         tracing::info!(addr = %addr, "gossip running");
         *lock(&self.d.gossip) = Some(h);

@@ -32,8 +32,11 @@ use crate::store::MemStore;
 struct FakeDp {
     up: bool,
     instance: u64,
-    /// VNI -> (encrypted, flood, owner).
-    networks: BTreeMap<Vni, (bool, bool, Owner)>,
+    networks: BTreeMap<Vni, dp::NetworkAdd>,
+    /// The host link and whether its firewall table is whole.
+    host_link: Option<(dp::HostLinkSet, bool)>,
+    /// Published ports and whether the firewall holds each.
+    ports: BTreeMap<(dp::PortProtocol, u16), (dp::PortSet, bool)>,
     endpoints: Vec<EndpointInfo>,
     peers: BTreeMap<(Vni, MacAddr), (BTreeSet<IpAddr>, IpAddr, Owner)>,
     vteps: BTreeMap<IpAddr, (PublicKey, Owner)>,
@@ -69,18 +72,96 @@ impl FakeDp {
             Request::Networks(_) => v(self
                 .networks
                 .iter()
-                .map(|(vni, (enc, flood, owner))| NetworkInfo {
+                .map(|(vni, n)| NetworkInfo {
                     vni: *vni,
-                    encrypted: *enc,
+                    encrypted: n.encrypted,
                     endpoints: self.endpoints.iter().filter(|e| e.vni == *vni).count(),
                     peers: 0,
                     mtu: 1450,
-                    flood: *flood,
-                    flood_rate: 1000,
+                    gateways: n.gateways.clone(),
+                    egress: n.egress,
+                    ingress: n.ingress,
+                    flood: n.flood,
+                    flood_rate: n.flood_rate.unwrap_or(1000),
                     flooding: dp::FloodStats::default(),
-                    owner: *owner,
+                    owner: n.owner,
                 })
                 .collect::<Vec<_>>()),
+            Request::HostLink(_) => v(self.host_link.as_ref().map(|(h, ok)| dp::HostLinkInfo {
+                ifname: "vxnet0".into(),
+                subnet: h.subnet,
+                host_ip: "198.18.0.1".parse().unwrap(),
+                mesh_ip: "198.18.0.2".parse().unwrap(),
+                mac: MacAddr([2, 0x42, 0, 0, 0, 1]),
+                mtu: h.mtu.unwrap_or(1450),
+                ingress: h.ingress,
+                firewall_ok: *ok,
+                firewall_error: None,
+                egress_addresses: 0,
+                owner: h.owner,
+            })),
+            Request::HostLinkSet(h) => {
+                self.writes.push("host_link_set".into());
+                if self.host_link.as_ref().is_none_or(|(old, _)| {
+                    old.subnet != h.subnet || old.ingress != h.ingress || old.mtu != h.mtu
+                }) {
+                    // A new link starts without ports, as the real one.
+                    self.ports.clear();
+                }
+                self.host_link = Some((h.clone(), true));
+                v(dp::HostLinkInfo {
+                    ifname: "vxnet0".into(),
+                    subnet: h.subnet,
+                    host_ip: "198.18.0.1".parse().unwrap(),
+                    mesh_ip: "198.18.0.2".parse().unwrap(),
+                    mac: MacAddr([2, 0x42, 0, 0, 0, 1]),
+                    mtu: 1450,
+                    ingress: h.ingress,
+                    firewall_ok: true,
+                    firewall_error: None,
+                    egress_addresses: 0,
+                    owner: h.owner,
+                })
+            }
+            Request::HostLinkDel(_) => {
+                self.writes.push("host_link_del".into());
+                self.ports.clear();
+                match self.host_link.take() {
+                    Some(_) => v(()),
+                    None => Err(ApiError::not_found("no host link")),
+                }
+            }
+            Request::Ports(_) => v(self
+                .ports
+                .values()
+                .map(|(p, in_firewall)| dp::PortInfo {
+                    protocol: p.protocol,
+                    published: p.published,
+                    target: p.target,
+                    vni: p.vni,
+                    to: p.to.clone(),
+                    in_firewall: *in_firewall,
+                    owner: p.owner,
+                })
+                .collect::<Vec<_>>()),
+            Request::PortSet(p) => {
+                self.writes
+                    .push(format!("port_set {} {}", p.protocol, p.published));
+                if self.host_link.is_none() {
+                    return Err(ApiError::precondition("no host link"));
+                }
+                self.ports
+                    .insert((p.protocol, p.published), (p.clone(), true));
+                v(())
+            }
+            Request::PortDel(p) => {
+                self.writes
+                    .push(format!("port_del {} {}", p.protocol, p.published));
+                match self.ports.remove(&(p.protocol, p.published)) {
+                    Some(_) => v(()),
+                    None => Err(ApiError::not_found("not published")),
+                }
+            }
             Request::Endpoints(_) => v(&self.endpoints),
             Request::Fdb(_) => v(self
                 .peers
@@ -109,7 +190,7 @@ impl FakeDp {
                 .collect::<Vec<_>>()),
             Request::NetworkAdd(n) => {
                 self.writes.push(format!("network_add {}", n.vni));
-                self.networks.insert(n.vni, (n.encrypted, n.flood, n.owner));
+                self.networks.insert(n.vni, n.clone());
                 v(())
             }
             Request::NetworkDel(n) => {
@@ -588,9 +669,10 @@ fn a_container_is_made_real_and_removed_without_a_trace() {
             .with(|h| h.netns.contains("c1") && h.resolv.contains("c1"))
     );
     n.dp.with(|d| {
+        let n = d.networks.get(&net.vni).unwrap();
         assert_eq!(
-            d.networks.get(&net.vni),
-            Some(&(false, true, Owner::Control))
+            (n.encrypted, n.flood, n.owner),
+            (false, true, Owner::Control)
         );
         let e = &d.endpoints[0];
         assert_eq!((e.location.as_str(), e.ifname.as_str()), ("c1", "eth0"));
@@ -653,6 +735,7 @@ fn a_restarted_dataplane_gets_everything_back() {
     n.run("c1", &["tnet"], &["sleep", "600"]);
     // Another host with an endpoint (IPv4 and IPv6 records) on the network.
     n.set_view(GossipView {
+        syncing: false,
         own: Some(member(1)),
         members: vec![member(2)],
         records: vec![
@@ -683,6 +766,7 @@ fn a_restarted_dataplane_gets_everything_back() {
     assert!(n.dp.with(|d| d.peers.contains_key(&(net.vni, hand))));
     // The host goes Down: its peers and key go.
     n.set_view(GossipView {
+        syncing: false,
         own: Some(member(1)),
         members: vec![],
         records: vec![record(&net.id, "10.0.0.3", 2)],
@@ -693,6 +777,34 @@ fn a_restarted_dataplane_gets_everything_back() {
     });
 }
 
+/// A daemon that just (re)started sees an empty view until gossip pulled
+/// its seed's state: nothing it lacks is removed from the dataplane until
+/// then, so connections through other hosts' endpoints survive.
+#[test]
+fn nothing_is_removed_while_gossip_syncs() {
+    let n = node();
+    n.init();
+    let net = n.net("tnet");
+    n.run("c1", &["tnet"], &["sleep", "600"]);
+    let host2 = vec![member(2)];
+    let view = |members, records, syncing| GossipView {
+        own: Some(member(1)),
+        members,
+        records,
+        syncing,
+    };
+    n.set_view(view(host2, vec![record(&net.id, "10.0.0.3", 2)], false));
+    let before = n.dp.with(|d| (d.peers.clone(), d.vteps.clone()));
+    assert_eq!((before.0.len(), before.1.len()), (1, 1));
+    // Restarted: gossip knows nobody yet, and says it is syncing.
+    n.set_view(view(vec![], vec![], true));
+    n.settle();
+    assert_eq!(n.dp.with(|d| (d.peers.clone(), d.vteps.clone())), before);
+    // Synced, and the host is really gone: now its peer and key go.
+    n.set_view(view(vec![], vec![], false));
+    n.dp.with(|d| assert!(d.peers.is_empty() && d.vteps.is_empty(), "{:?}", d.peers));
+}
+
 #[test]
 fn leaving_refuses_while_containers_run_and_then_removes_everything() {
     let n = node();
@@ -701,6 +813,7 @@ fn leaving_refuses_while_containers_run_and_then_removes_everything() {
     n.run("web", &["tnet"], &["sleep", "600"]);
     n.run("db", &["tnet"], &["sleep", "600"]);
     n.set_view(GossipView {
+        syncing: false,
         own: Some(member(1)),
         members: vec![member(2)],
         records: vec![record(&net.id, "10.0.0.9", 2)],
@@ -976,6 +1089,7 @@ fn a_node_that_left_stays_down_while_gossip_still_holds_it() {
     let mut held = member(2);
     held.node_id = worker.clone();
     m.set_view(GossipView {
+        syncing: false,
         own: Some(member(1)),
         members: vec![held],
         records: vec![],
@@ -1008,6 +1122,7 @@ fn an_ambiguous_hostname_names_the_candidates() {
 fn eventually(n: &Node, what: &str, f: impl Fn(&FakeDp) -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
+        n.d.tend_ingress_endpoints();
         n.d.tend_services();
         n.settle();
         if n.dp.with(|d| f(d)) {
@@ -1045,6 +1160,7 @@ fn a_service_vip_follows_its_running_tasks_and_leaves_with_it() {
         command: vec!["sleep".into(), "600".into()],
         env: vec![],
         restart: crate::model::RestartCondition::Any,
+        ports: vec![],
     });
     let vip = IpAddr::V4(s.service.vips[0].ipv4);
     eventually(&n, "two backends", |d| backends_of(d, vip) == Some(2));
@@ -1095,4 +1211,87 @@ fn a_service_vip_follows_its_running_tasks_and_leaves_with_it() {
         d.services.is_empty() && d.networks.is_empty()
     });
     assert!(rm.join().unwrap().ok);
+}
+
+#[test]
+fn a_published_port_is_programmed_repaired_and_withdrawn() {
+    let n = node();
+    n.init();
+    n.net("tnet");
+    let s = n.ok(ctl::ServiceCreate {
+        name: "web".into(),
+        mode: crate::model::ServiceMode::Replicated { replicas: 1 },
+        endpoint_mode: crate::model::EndpointMode::Vip,
+        networks: vec![ctl::ServiceNetworkRequest {
+            network: "tnet".into(),
+            aliases: vec![],
+        }],
+        command: vec!["sleep".into(), "600".into()],
+        env: vec![],
+        restart: crate::model::RestartCondition::Any,
+        ports: vec![ctl::PortRequest {
+            protocol: crate::model::PortProtocol::Tcp,
+            target_port: 80,
+            published_port: Some(8080),
+            publish_mode: crate::model::PublishMode::Ingress,
+        }],
+    });
+    assert_eq!(s.service.vips.len(), 2, "{:?}", s.service.vips);
+    let key = (dp::PortProtocol::Tcp, 8080);
+    let published = |d: &FakeDp| {
+        d.ports.get(&key).is_some_and(|(p, _)| p.target == 80)
+            && d.host_link
+                .as_ref()
+                .is_some_and(|(h, _)| h.ingress.is_some())
+    };
+    eventually(&n, "8080 published through the mesh", published);
+    // The task is on the ingress network first (its default route).
+    let tasks = n.ok(ctl::ServicePs {
+        service: "web".into(),
+    });
+    let ingress = n.ok(ctl::NetworkInspect {
+        network: "ingress".into(),
+    });
+    let task = n.ok(ctl::ContainerInspect {
+        container: tasks[0].container.clone(),
+    });
+    assert_eq!(task.networks[0].network_id, ingress.network.id);
+    // A pass with nothing to do writes nothing.
+    n.settle();
+    n.writes();
+    n.settle();
+    assert!(
+        !n.writes()
+            .iter()
+            .any(|w| w.starts_with("port_") || w.starts_with("host_link")),
+        "no duplicates"
+    );
+    // The host's firewall lost the element: published again.
+    n.dp.with(|d| d.ports.get_mut(&key).unwrap().1 = false);
+    eventually(&n, "repaired", |d| d.ports.get(&key).is_some_and(|p| p.1));
+    // The firewall table went: the link is set again, and the port.
+    n.dp.with(|d| d.host_link.as_mut().unwrap().1 = false);
+    eventually(&n, "table rewritten", |d| {
+        d.host_link.as_ref().is_some_and(|h| h.1) && published(d)
+    });
+    // A dataplane restart: everything comes back.
+    n.dp.with(FakeDp::restart);
+    eventually(&n, "back after a restart", published);
+    // Unpublished: the port goes, the ingress network with it.
+    n.ok(ctl::ServiceUpdate {
+        service: "web".into(),
+        publish_rm: vec![ctl::PortRequest {
+            protocol: crate::model::PortProtocol::Tcp,
+            target_port: 80,
+            published_port: None,
+            publish_mode: crate::model::PublishMode::Ingress,
+        }],
+        ..Default::default()
+    });
+    eventually(&n, "8080 withdrawn", |d| {
+        d.ports.is_empty()
+            && d.host_link
+                .as_ref()
+                .is_some_and(|(h, _)| h.ingress.is_none())
+    });
 }

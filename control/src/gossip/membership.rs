@@ -367,7 +367,16 @@ impl Membership {
 
     /// Active members, ourselves excluded.
     pub fn members(&self) -> Vec<NodeIdentity> {
-        self.swim.iter_members().map(|m| m.id().clone()).collect()
+        // As for events: an identity from the wire that is not valid (an
+        // empty node id, say) never reaches the daemon. foca may still hold
+        // it (its decoder cannot refuse it: a join's seed identity has an
+        // empty id) until it probes it Down.
+        self.swim
+            .iter_members()
+            .map(|m| m.id())
+            .filter(|id| id.is_valid())
+            .cloned()
+            .collect()
     }
 
     /// Leaves the swarm: tells a few members we are Down. The instance is

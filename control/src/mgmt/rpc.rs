@@ -224,7 +224,7 @@ pub enum FrameError {
 
 /// Reads one frame and decodes it. [`FrameError::Closed`] for a clean end
 /// of stream before the first length byte.
-pub(crate) async fn read_frame<T, R>(r: &mut R) -> Result<T, FrameError>
+pub async fn read_frame<T, R>(r: &mut R) -> Result<T, FrameError>
 where
     T: serde::de::DeserializeOwned,
     R: AsyncRead + Unpin,
@@ -245,7 +245,7 @@ where
 }
 
 /// Encodes one frame and writes it (and flushes: TLS buffers records).
-pub(crate) async fn write_frame<T, W>(w: &mut W, msg: &T) -> Result<(), FrameError>
+pub async fn write_frame<T, W>(w: &mut W, msg: &T) -> Result<(), FrameError>
 where
     T: Serialize,
     W: AsyncWrite + Unpin,

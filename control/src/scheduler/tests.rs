@@ -19,6 +19,7 @@ fn node(id: &str, status: NodeStatus, availability: Availability) -> Node {
         public_key: PublicKey::from_bytes([0; 32]),
         created: 0,
         down_reason: None,
+        ingress_ipv4: None,
     }
 }
 
@@ -40,6 +41,7 @@ fn service(id: &str, mode: ServiceMode) -> Service {
         created: 0,
         updated: 0,
         version: 1,
+        ports: Vec::new(),
     }
 }
 
@@ -90,7 +92,7 @@ fn removes(a: &[Action]) -> Vec<String> {
 #[test]
 fn replicas_spread_over_eligible_nodes_fewest_first() {
     let nodes = [ready("a"), ready("b"), ready("c")];
-    let a = schedule(&[replicated("web", 5)], &[], &nodes);
+    let a = schedule(&[replicated("web", 5)], &[], &nodes, None);
     let c = creates(&a);
     assert_eq!(c.len(), 5);
     let per = |n: &str| c.iter().filter(|(_, x)| x == n).count();
@@ -103,7 +105,7 @@ fn replicas_spread_over_eligible_nodes_fewest_first() {
         .iter()
         .map(|(slot, n)| task(&format!("t{slot}"), "web", *slot, n))
         .collect();
-    assert!(schedule(&[replicated("web", 5)], &tasks, &nodes).is_empty());
+    assert!(schedule(&[replicated("web", 5)], &tasks, &nodes, None).is_empty());
 }
 
 #[test]
@@ -115,11 +117,11 @@ fn scaling_touches_only_the_slots_that_change() {
         task("t3", "web", 3, "a"),
     ];
     // Down to 2: slot 3 goes, 1 and 2 stay.
-    let a = schedule(&[replicated("web", 2)], &tasks, &nodes);
+    let a = schedule(&[replicated("web", 2)], &tasks, &nodes, None);
     assert_eq!(removes(&a), ["t3"]);
     assert!(creates(&a).is_empty());
     // Up to 5: slots 4 and 5 are added, to the least loaded first.
-    let a = schedule(&[replicated("web", 5)], &tasks, &nodes);
+    let a = schedule(&[replicated("web", 5)], &tasks, &nodes, None);
     assert!(removes(&a).is_empty());
     assert_eq!(creates(&a), [(4, "b".to_owned()), (5, "a".to_owned())]);
 }
@@ -131,7 +133,7 @@ fn a_down_nodes_tasks_are_forgotten_and_placed_elsewhere() {
         node("b", NodeStatus::Down, Availability::Active),
     ];
     let tasks = [task("t1", "web", 1, "a"), task("t2", "web", 2, "b")];
-    let a = schedule(&[replicated("web", 2)], &tasks, &nodes);
+    let a = schedule(&[replicated("web", 2)], &tasks, &nodes, None);
     assert!(a.contains(&Action::Forget { task: "t2".into() }));
     assert_eq!(creates(&a), [(2, "a".to_owned())]);
 }
@@ -144,7 +146,7 @@ fn drain_moves_tasks_and_pause_keeps_them() {
         node("c", NodeStatus::Ready, Availability::Pause),
     ];
     let tasks = [task("t1", "web", 1, "b"), task("t2", "web", 2, "c")];
-    let a = schedule(&[replicated("web", 3)], &tasks, &nodes);
+    let a = schedule(&[replicated("web", 3)], &tasks, &nodes, None);
     assert_eq!(removes(&a), ["t1"]);
     // Slot 1 (from the drained node) and slot 3 both go to the only
     // eligible node; the paused node keeps slot 2 and gets nothing new.
@@ -155,18 +157,18 @@ fn drain_moves_tasks_and_pause_keeps_them() {
 fn global_runs_one_task_per_eligible_node() {
     let mut nodes = vec![ready("a"), ready("b")];
     let g = service("mon", ServiceMode::Global);
-    let a = schedule(std::slice::from_ref(&g), &[], &nodes);
+    let a = schedule(std::slice::from_ref(&g), &[], &nodes, None);
     assert_eq!(creates(&a), [(0, "a".to_owned()), (0, "b".to_owned())]);
     // A node that joins later gets its task.
     let tasks = [task("t1", "mon", 0, "a"), task("t2", "mon", 0, "b")];
     nodes.push(ready("c"));
-    let a = schedule(std::slice::from_ref(&g), &tasks, &nodes);
+    let a = schedule(std::slice::from_ref(&g), &tasks, &nodes, None);
     assert_eq!(creates(&a), [(0, "c".to_owned())]);
     // Two on one node: the younger goes.
     let mut twin = task("t9", "mon", 0, "a");
     twin.created = 5;
     let tasks = [task("t1", "mon", 0, "a"), twin, task("t2", "mon", 0, "b")];
-    let a = schedule(&[g], &tasks, &nodes[..2]);
+    let a = schedule(&[g], &tasks, &nodes[..2], None);
     assert_eq!(removes(&a), ["t9"]);
 }
 
@@ -176,7 +178,7 @@ fn an_updated_template_replaces_tasks_and_a_removed_service_loses_them() {
     let mut s = replicated("web", 1);
     s.version = 2;
     let tasks = [task("t1", "web", 1, "a"), task("x1", "gone", 1, "a")];
-    let a = schedule(&[s], &tasks, &nodes);
+    let a = schedule(&[s], &tasks, &nodes, None);
     let mut r = removes(&a);
     r.sort();
     assert_eq!(r, ["t1", "x1"]);
@@ -186,7 +188,7 @@ fn an_updated_template_replaces_tasks_and_a_removed_service_loses_them() {
 #[test]
 fn no_eligible_node_leaves_tasks_pending() {
     let nodes = [node("a", NodeStatus::Ready, Availability::Pause)];
-    assert!(schedule(&[replicated("web", 2)], &[], &nodes).is_empty());
+    assert!(schedule(&[replicated("web", 2)], &[], &nodes, None).is_empty());
 }
 
 #[test]
@@ -194,9 +196,91 @@ fn tasks_on_their_way_out_do_not_hold_slots() {
     let nodes = [ready("a")];
     let mut leaving = task("t1", "web", 1, "a");
     leaving.desired = DesiredState::Removed;
-    let a = schedule(&[replicated("web", 1)], &[leaving], &nodes);
+    let a = schedule(&[replicated("web", 1)], &[leaving], &nodes, None);
     assert!(removes(&a).is_empty(), "already removed");
     assert_eq!(creates(&a), [(1, "a".to_owned())]);
+}
+
+fn on(mut t: Container, nets: &[&str]) -> Container {
+    t.attachments = nets
+        .iter()
+        .enumerate()
+        .map(|(i, n)| crate::model::Attachment {
+            network: (*n).into(),
+            ipv4: std::net::Ipv4Addr::new(10, 0, 0, 2 + i as u8),
+            ipv6: None,
+            mac: vxnet_api::MacAddr([2, 0x42, 10, 0, 0, 2 + i as u8]),
+            aliases: vec![],
+        })
+        .collect();
+    t
+}
+
+#[test]
+fn tasks_follow_their_services_networks_with_the_mesh_first() {
+    let nodes = [ready("a")];
+    let mut web = replicated("web", 1);
+    web.networks = vec![crate::model::ServiceNetwork {
+        network: "app".into(),
+        aliases: vec![],
+    }];
+    assert_eq!(task_networks(&web, Some("ing")), ["app"]);
+    let t = on(task("t1", "web", 1, "a"), &["app"]);
+    assert!(
+        schedule(
+            std::slice::from_ref(&web),
+            std::slice::from_ref(&t),
+            &nodes,
+            Some("ing")
+        )
+        .is_empty()
+    );
+    // A port published through the mesh: the ingress network comes first,
+    // and the task made before is replaced.
+    web.ports = vec![crate::model::PortConfig {
+        protocol: crate::model::PortProtocol::Tcp,
+        target_port: 80,
+        published_port: 8080,
+        publish_mode: crate::model::PublishMode::Ingress,
+    }];
+    assert_eq!(task_networks(&web, Some("ing")), ["ing", "app"]);
+    let a = schedule(std::slice::from_ref(&web), &[t], &nodes, Some("ing"));
+    assert_eq!(removes(&a), ["t1"]);
+    assert_eq!(creates(&a).len(), 1);
+    let t = on(task("t2", "web", 1, "a"), &["ing", "app"]);
+    assert!(
+        schedule(
+            std::slice::from_ref(&web),
+            std::slice::from_ref(&t),
+            &nodes,
+            Some("ing")
+        )
+        .is_empty()
+    );
+    // `--network-add app2 --network-rm app`: the task stays, joins app2
+    // and leaves app; it stays on the ingress network.
+    web.networks[0].network = "app2".into();
+    let a = schedule(
+        std::slice::from_ref(&web),
+        std::slice::from_ref(&t),
+        &nodes,
+        Some("ing"),
+    );
+    assert!(removes(&a).is_empty(), "{a:?}");
+    assert!(a.contains(&Action::Disconnect {
+        task: "t2".into(),
+        network: "app".into(),
+    }));
+    assert!(
+        a.iter()
+            .any(|x| matches!(x, Action::Connect { network, .. } if network == "app2"))
+    );
+    // The last mesh port unpublished: replaced (off the ingress network).
+    web.ports.clear();
+    assert_eq!(
+        removes(&schedule(&[web], &[t], &nodes, Some("ing"))),
+        ["t2"]
+    );
 }
 
 #[test]
@@ -225,7 +309,7 @@ fn staying_tasks_follow_their_service_networks() {
             aliases: vec![],
         });
     }
-    let a = schedule(&[s.clone()], std::slice::from_ref(&t), &nodes);
+    let a = schedule(&[s.clone()], std::slice::from_ref(&t), &nodes, None);
     assert_eq!(
         a,
         [
@@ -243,7 +327,7 @@ fn staying_tasks_follow_their_service_networks() {
     // A task on its way out is left alone.
     t.desired = DesiredState::Removed;
     assert!(
-        schedule(&[s], &[t], &nodes)
+        schedule(&[s], &[t], &nodes, None)
             .iter()
             .all(|a| matches!(a, Action::Create { .. }))
     );

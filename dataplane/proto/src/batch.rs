@@ -222,16 +222,37 @@ impl RxBatch {
     }
 
     /// The datagrams of received buffer `i`, split at the GRO segment size.
+    /// A zero-length datagram is one empty slice, so that it is counted.
     pub fn datagrams(&self, i: usize) -> impl Iterator<Item = &[u8]> {
         let (len, step) = self.split(i);
-        self.bufs[i][..len].chunks(step)
+        let mut rest = Some(&self.bufs[i][..len]);
+        std::iter::from_fn(move || {
+            let r = rest.take()?;
+            if r.len() <= step {
+                return Some(r);
+            }
+            let (d, tail) = r.split_at(step);
+            rest = Some(tail);
+            Some(d)
+        })
     }
 
     /// The datagrams of received buffer `i`, split at the GRO segment size,
-    /// mutable so that ESP can be decrypted in place.
+    /// mutable so that ESP can be decrypted in place. A zero-length
+    /// datagram is one empty slice (`chunks_mut` would yield none, and the
+    /// datagram would be counted nowhere).
     pub fn datagrams_mut(&mut self, i: usize) -> impl Iterator<Item = &mut [u8]> {
         let (len, step) = self.split(i);
-        self.bufs[i][..len].chunks_mut(step)
+        let mut rest = Some(&mut self.bufs[i][..len]);
+        std::iter::from_fn(move || {
+            let r = rest.take()?;
+            if r.len() <= step {
+                return Some(r);
+            }
+            let (d, tail) = r.split_at_mut(step);
+            rest = Some(tail);
+            Some(d)
+        })
     }
 
     /// Like [`datagrams_mut`](RxBatch::datagrams_mut), with where each
@@ -313,6 +334,31 @@ mod tests {
         assert_eq!(lens, vec![10, 10, 5]);
         rx.meta[0].segment = 0;
         assert_eq!(rx.datagrams(0).count(), 1);
+        rx.meta[0].len = 20;
+        rx.meta[0].segment = 10;
+        let lens: Vec<usize> = rx.datagrams_mut(0).map(|d| d.len()).collect();
+        assert_eq!(lens, vec![10, 10], "no empty tail after a whole segment");
+    }
+
+    #[test]
+    fn rx_empty_datagram_is_one_empty_slice() {
+        let mut rx = RxBatch::new(1, 64);
+        rx.filled = 1;
+        for segment in [0, 10] {
+            rx.meta[0].len = 0;
+            rx.meta[0].segment = segment;
+            let lens: Vec<usize> = rx.datagrams(0).map(<[u8]>::len).collect();
+            assert_eq!(lens, vec![0]);
+            assert_eq!(
+                rx.datagrams_mut(0).map(|d| d.len()).collect::<Vec<_>>(),
+                [0]
+            );
+            let at: Vec<_> = rx
+                .datagrams_at_mut(0)
+                .map(|(at, d)| (at, d.len()))
+                .collect();
+            assert_eq!(at, vec![(FrameRef { buf: 0, off: 0 }, 0)]);
+        }
     }
 
     #[test]

@@ -41,6 +41,7 @@ mod announce;
 mod flood;
 mod lb;
 pub mod live;
+mod mesh;
 mod too_big;
 pub mod trace;
 use lb::{Lb, Vip};
@@ -171,7 +172,7 @@ impl Engine {
             lb: Lb::new(cfg.conntrack),
             rec: None,
         };
-        if fdb.has_services() {
+        if fdb.needs_conntrack() {
             ctx.lb.prepare(now);
         }
         Engine { fdb, ctx }
@@ -210,7 +211,7 @@ impl Engine {
     /// Installs a new forwarding table (between batches). The conntrack
     /// table is allocated here when the first service appears.
     pub fn set_fdb(&mut self, fdb: Arc<Fdb>) {
-        if fdb.has_services() {
+        if fdb.needs_conntrack() {
             self.ctx.lb.prepare(self.ctx.now);
         }
         self.fdb = fdb;
@@ -325,6 +326,9 @@ impl Engine {
             stats.inc(Counter::TapRxGsoFrames);
         }
         let fdb = &*self.fdb;
+        if let Some(h) = fdb.host().filter(|h| h.port == port) {
+            return ctx.host_in(fdb, h, &hdr, frame, out);
+        }
         let Some(p) = fdb.port(port) else {
             return stats.dropped(Drop::TapUnknownPort);
         };
@@ -355,6 +359,9 @@ impl Engine {
             return ctx.flood(fdb, vni, table, port, &hdr, frame, out);
         }
         let mut dest = table.macs.get(&dst).copied();
+        if dest.is_none() && table.is_gateway_mac(dst) {
+            return ctx.route(fdb, vni, table, port, &hdr, frame, out);
+        }
         if dest.is_none() && !table.services.is_empty() {
             // A unicast ARP or NS for a VIP (its MAC is no endpoint's).
             if ctx.proxy(table, port, frame, out) {
@@ -400,6 +407,10 @@ impl Engine {
     ) {
         let ctx = &mut self.ctx;
         let fdb = &*self.fdb;
+        // Every datagram counted here ends as exactly one of decapsulated,
+        // decrypted, control_rx, control_stale or a drop (the invariant
+        // `engine/accounting_tests.rs` checks).
+        ctx.stats.inc(Counter::UdpRxDatagrams);
         note!(
             ctx.rec,
             Note::WireRx {
@@ -408,10 +419,11 @@ impl Engine {
             }
         );
         match esp::classify(datagram) {
+            None if datagram.is_empty() => ctx.stats.dropped(Drop::WireEmpty),
             None => ctx.stats.dropped(Drop::WireRunt),
             Some(Classified::Vxlan) => ctx.decap(fdb, datagram, at, None, out),
             Some(Classified::Control) => ctx.control(fdb, src, datagram, out),
-            Some(Classified::Reserved(_)) => ctx.stats.dropped(Drop::WireBadVxlan),
+            Some(Classified::Reserved(_)) => ctx.stats.dropped(Drop::WireReservedSpi),
             Some(Classified::Esp(spi)) => {
                 let Some(session) = fdb.peer(src.ip()) else {
                     return ctx.stats.dropped(Drop::WireUnknownSpi);
@@ -419,7 +431,7 @@ impl Engine {
                 let opened = lock(session).open(datagram, ctx.now);
                 match opened {
                     Ok(o) => {
-                        ctx.stats.inc(Counter::Decrypted);
+                        // Counted as decrypted once `decap` delivers it.
                         note!(
                             ctx.rec,
                             Note::Decrypted {
@@ -441,7 +453,8 @@ impl Engine {
                         CryptoError::AuthFailed => Drop::WireAuthFailed,
                         CryptoError::Replay => Drop::WireReplay,
                         CryptoError::TooOld => Drop::WireTooOld,
-                        CryptoError::UnknownSpi | CryptoError::ReservedSpi => Drop::WireUnknownSpi,
+                        CryptoError::UnknownSpi => Drop::WireUnknownSpi,
+                        CryptoError::ReservedSpi => Drop::WireReservedSpi,
                         _ => Drop::WireBadEsp,
                     }),
                 }
@@ -475,6 +488,12 @@ impl Ctx {
                     None => Note::FdbMiss { mac },
                 }
             );
+        }
+        if let Some(h) = mesh::is_host_port(fdb, dest) {
+            if self.reply_to_host(h, vni, hdr.needs_csum(), frame) {
+                out.tap(h.port).push_as_is(hdr, frame);
+            }
+            return;
         }
         match dest {
             // Back where it came from: a bridge does not hairpin either.
@@ -538,7 +557,8 @@ impl Ctx {
 
     /// Delivers a VXLAN datagram (at `at` in the receive buffers, if
     /// known) to local endpoints. `sa_vni` is the VNI of the SA it was
-    /// decrypted with, `None` for plain VXLAN.
+    /// decrypted with, `None` for plain VXLAN. Counts it once: delivered
+    /// as `decrypted` (ESP) or `decapsulated` (plain), or as its drop.
     fn decap(
         &mut self,
         fdb: &Fdb,
@@ -574,6 +594,11 @@ impl Ctx {
         if let Some(Dest::Local(_)) = table.macs.get(&src) {
             return stats.dropped(Drop::WireFromSelf);
         }
+        let delivered = if sa_vni.is_some() {
+            Counter::Decrypted
+        } else {
+            Counter::Decapsulated
+        };
         note!(
             self.rec,
             Note::Vni {
@@ -582,7 +607,7 @@ impl Ctx {
             }
         );
         if dst.is_multicast() {
-            stats.inc(Counter::Decapsulated);
+            stats.inc(delivered);
             for &p in &table.ports {
                 note!(
                     self.rec,
@@ -595,11 +620,28 @@ impl Ctx {
             }
             return;
         }
-        match table.macs.get(&dst) {
+        let dest = table.macs.get(&dst).copied();
+        if let Some(h) = mesh::is_host_port(fdb, dest) {
+            // A reply that matches no flow is counted as its drop instead:
+            // one outcome per datagram.
+            if self.reply_to_host(h, vni, false, inner) {
+                self.stats.inc(delivered);
+                match at {
+                    Some(at) => out
+                        .tap(h.port)
+                        .push_ref(inner, at.advance(vxlan::HEADER_LEN)),
+                    None => out.tap(h.port).push(inner),
+                }
+            }
+            return;
+        }
+        match dest {
             Some(Dest::Local(p)) => {
-                stats.inc(Counter::Decapsulated);
-                let p = *p;
+                stats.inc(delivered);
                 note!(self.rec, Note::Endpoint { mac: dst, port: p });
+                if table.ingress {
+                    self.track_return(vni, table, inner);
+                }
                 if table.backends.may_contain_src(inner) {
                     // Rewritten in place: references still see the bytes.
                     self.reverse(vni, false, inner);
@@ -891,12 +933,19 @@ struct Encapped {
     capped: bool,
 }
 
-/// The MAC the proxy answers for `ip`: an endpoint's, or a VIP's.
+/// The MAC the proxy answers for `ip`: an endpoint's, a VIP's, or the
+/// gateway's.
 #[inline]
 fn proxied_mac(table: &VniTable, ip: IpAddr) -> Option<MacAddr> {
     match table.ips.get(&ip) {
         Some(m) => Some(*m),
-        None => table.services.get(&ip).map(|s| s.mac()),
+        None => table.services.get(&ip).map(|s| s.mac()).or_else(|| {
+            table
+                .gateways
+                .iter()
+                .find(|(g, _)| *g == ip)
+                .map(|(_, m)| *m)
+        }),
     }
 }
 
@@ -953,7 +1002,11 @@ pub fn flow_hash(frame: &[u8]) -> u32 {
 }
 
 #[cfg(test)]
+mod accounting_tests;
+#[cfg(test)]
 mod lb_tests;
+#[cfg(test)]
+mod mesh_tests;
 #[cfg(any(test, feature = "testkit"))]
 #[doc(hidden)]
 pub mod testkit;

@@ -18,7 +18,7 @@ use crate::replication::{self, FloodPolicy, SharedReplication};
 use crate::wire::{MacAddr, Vni};
 use rustc_hash::FxHashMap;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 
 /// The key-rotation session with one peer host, shared by the workers: a
@@ -67,6 +67,17 @@ pub struct VniTable {
     /// Every backend of those services, for the cheap test of whether a
     /// frame may be the reply of a balanced flow.
     pub backends: BackendFilter,
+    /// The network's gateway addresses and the MACs the dataplane answers
+    /// ARP/ND for them with ([`crate::lb::service::vip_mac`]): a frame to
+    /// one of those MACs is routed by the dataplane (`engine/mesh.rs`).
+    pub gateways: Vec<(IpAddr, MacAddr)>,
+    /// Its containers reach the outside through the host link (not an
+    /// `--internal` network).
+    pub egress: bool,
+    /// The swarm's ingress network: flows from outside clients that
+    /// arrive here from another node are tracked so that their replies
+    /// return through that node.
+    pub ingress: bool,
 }
 
 impl VniTable {
@@ -77,6 +88,15 @@ impl VniTable {
             && !self.encrypted
             && self.policy == FloodPolicy::default()
             && self.services.is_empty()
+            && self.gateways.is_empty()
+            && !self.egress
+            && !self.ingress
+    }
+
+    /// Whether `mac` is one of the gateway MACs of this network.
+    #[inline]
+    pub fn is_gateway_mac(&self, mac: MacAddr) -> bool {
+        self.gateways.iter().any(|(_, m)| *m == mac)
     }
 
     /// Recomputes [`VniTable::replicate`] from the remote entries and the
@@ -115,6 +135,103 @@ pub struct Port {
     pub vni: Vni,
     /// Source MACs accepted from this port (anti-spoofing).
     pub macs: Vec<MacAddr>,
+}
+
+/// The host link: the dataplane's TAP in the host's own network namespace
+/// (`vxnet0`), through which published ports come in and containers reach
+/// the outside (see `engine/mesh.rs` for the paths). Its subnet is vxnet's
+/// own: the host's side has the first address, the dataplane answers for
+/// the second (the mesh address, where the host's firewall sends published
+/// ports) and for the egress addresses from [`EGRESS_FIRST`] on, one per
+/// local container address, which the host's firewall masquerades.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostLink {
+    pub port: PortId,
+    /// The subnet's first address and its prefix length.
+    pub net: Ipv4Addr,
+    pub prefix: u8,
+    /// The MAC of the host's side (the TAP's kernel side).
+    pub host_mac: MacAddr,
+    /// This node's endpoint on the ingress network, if it has one: the
+    /// host's side of the link stands for it there (its MAC is `host_mac`).
+    pub ingress: Option<(Vni, Ipv4Addr)>,
+}
+
+/// Offset of the first egress address in the host link's subnet.
+pub const EGRESS_FIRST: u32 = 256;
+
+impl HostLink {
+    /// The host side's address: the subnet's first.
+    pub fn host_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.net).wrapping_add(1))
+    }
+
+    /// The address the dataplane answers published ports on: the second.
+    pub fn mesh_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.net).wrapping_add(2))
+    }
+
+    /// The MAC the dataplane's side of the link answers with.
+    pub fn link_mac(&self) -> MacAddr {
+        crate::lb::service::vip_mac(IpAddr::V4(self.mesh_ip()))
+    }
+
+    fn size(&self) -> u32 {
+        1u32.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0)
+    }
+
+    /// Whether `ip` is in the link's subnet.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip).wrapping_sub(u32::from(self.net)) < self.size()
+    }
+
+    /// The egress address of slot `index`, if the subnet has room for it
+    /// (its broadcast address excluded).
+    pub fn egress_addr(&self, index: u32) -> Option<Ipv4Addr> {
+        let off = EGRESS_FIRST.checked_add(index)?;
+        (off < self.size().saturating_sub(1))
+            .then(|| Ipv4Addr::from(u32::from(self.net).wrapping_add(off)))
+    }
+
+    /// The slot an egress address stands for.
+    pub fn egress_index(&self, ip: Ipv4Addr) -> Option<u32> {
+        let off = u32::from(ip).wrapping_sub(u32::from(self.net));
+        (off >= EGRESS_FIRST && off < self.size().saturating_sub(1)).then(|| off - EGRESS_FIRST)
+    }
+}
+
+/// A local container address that may reach the outside: the slot's index
+/// gives its egress address ([`HostLink::egress_addr`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EgressSlot {
+    pub vni: Vni,
+    pub ip: Ipv4Addr,
+    pub mac: MacAddr,
+    pub port: PortId,
+}
+
+/// Where a published port's connections go.
+#[derive(Debug, Clone)]
+pub enum PublishedTo {
+    /// Ingress mode: balanced over the service with this VIP on the
+    /// published port's VNI (the ingress network), with the VIP's own
+    /// Maglev table, so every node picks the same task for a flow.
+    Vip(IpAddr),
+    /// Host mode: balanced over these local tasks.
+    Tasks(Arc<Service>),
+}
+
+/// A port published on the host (TCP or UDP), as the engine uses it.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// 6 (TCP) or 17 (UDP).
+    pub proto: u8,
+    pub port: u16,
+    /// The port the tasks listen on.
+    pub target_port: u16,
+    /// The network the tasks are reached on.
+    pub vni: Vni,
+    pub to: PublishedTo,
 }
 
 /// Why a table change was refused.
@@ -163,6 +280,12 @@ pub enum FdbError {
         given: MacAddr,
         known: MacAddr,
     },
+    /// Ports are published through the host link, which is not set up.
+    NoHostLink,
+    NoSuchPort {
+        proto: u8,
+        port: u16,
+    },
 }
 
 impl fmt::Display for FdbError {
@@ -208,6 +331,15 @@ impl fmt::Display for FdbError {
                 f,
                 "backend {ip} is given MAC {given}, but VNI {vni} knows {ip} at {known}; omit the MAC or give {known}"
             ),
+            FdbError::NoHostLink => write!(
+                f,
+                "the host link is not set up; ports are published through it (`vxnet dp host-link set`)"
+            ),
+            FdbError::NoSuchPort { proto, port } => write!(
+                f,
+                "{} port {port} is not published here; see `vxnet dp ports`",
+                if *proto == 17 { "UDP" } else { "TCP" }
+            ),
         }
     }
 }
@@ -221,6 +353,16 @@ pub struct Fdb {
     ports: Vec<Option<Port>>,
     /// Key-rotation sessions by peer VTEP address.
     peers: FxHashMap<IpAddr, PeerSession>,
+    /// The host link, once set up.
+    host: Option<HostLink>,
+    /// Published ports by (protocol, port).
+    published: FxHashMap<(u8, u16), Published>,
+    /// (VNI, port's target) of every published port, for the cheap test
+    /// of whether a packet may be a published port's reply.
+    published_targets: Vec<(Vni, u8, u16)>,
+    /// Local IPv4 container addresses by egress slot, and back.
+    egress: Vec<Option<EgressSlot>>,
+    egress_of: FxHashMap<(Vni, Ipv4Addr), u32>,
     underlay: Underlay,
     /// [`Underlay::max_frame`] of `underlay`, plain and encrypted.
     max_frame: [usize; 2],
@@ -229,13 +371,18 @@ pub struct Fdb {
 }
 
 impl Default for Fdb {
-    /// Empty, with no MTU limit (see [`Fdb::set_underlay`]) and the
-    /// default flood rate.
+    /// Empty, with no MTU limit (see [`Fdb::set_underlay`]), the default
+    /// flood rate, and no host link.
     fn default() -> Self {
         Fdb {
             vnis: FxHashMap::default(),
             ports: Vec::new(),
             peers: FxHashMap::default(),
+            host: None,
+            published: FxHashMap::default(),
+            published_targets: Vec::new(),
+            egress: Vec::new(),
+            egress_of: FxHashMap::default(),
             underlay: Underlay::UNLIMITED,
             max_frame: [usize::MAX; 2],
             flood_rate: replication::DEFAULT_RATE,
@@ -339,6 +486,9 @@ impl Fdb {
         t.ips.retain(|_, m| macs.contains_key(m));
         t.flood.clear();
         t.encrypted = false;
+        t.gateways.clear();
+        t.egress = false;
+        t.ingress = false;
         t.policy = FloodPolicy::default();
         t.refresh_replicate();
         if t.is_unused() {
@@ -485,7 +635,34 @@ impl Fdb {
         for ip in ips {
             t.ips.insert(*ip, mac);
         }
+        for ip in ips {
+            if let IpAddr::V4(v4) = ip {
+                self.add_egress_slot(EgressSlot {
+                    vni,
+                    ip: *v4,
+                    mac,
+                    port,
+                });
+            }
+        }
         Ok(())
+    }
+
+    fn add_egress_slot(&mut self, slot: EgressSlot) {
+        let key = (slot.vni, slot.ip);
+        if let Some(&i) = self.egress_of.get(&key) {
+            self.egress[i as usize] = Some(slot);
+            return;
+        }
+        let i = match self.egress.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => {
+                self.egress.push(None);
+                self.egress.len() - 1
+            }
+        };
+        self.egress[i] = Some(slot);
+        self.egress_of.insert(key, i as u32);
     }
 
     /// Removes a local endpoint; the port goes when its last endpoint does.
@@ -496,6 +673,18 @@ impl Fdb {
         let vni = p.vni;
         p.macs.retain(|m| *m != mac);
         let port_gone = p.macs.is_empty();
+        let gone: Vec<(Vni, Ipv4Addr)> = self
+            .egress
+            .iter()
+            .flatten()
+            .filter(|s| s.port == port && s.mac == mac)
+            .map(|s| (s.vni, s.ip))
+            .collect();
+        for key in gone {
+            if let Some(i) = self.egress_of.remove(&key) {
+                self.egress[i as usize] = None;
+            }
+        }
         if port_gone {
             self.ports[port as usize] = None;
         }
@@ -620,6 +809,152 @@ impl Fdb {
     /// True if some VNI has a service.
     pub fn has_services(&self) -> bool {
         self.vnis.values().any(|t| !t.services.is_empty())
+    }
+
+    /// Sets how `vni` routes: its gateway addresses (answered by the
+    /// dataplane), whether it has egress, whether it is the ingress
+    /// network. Declares the VNI if new.
+    pub fn set_routing(&mut self, vni: Vni, gateways: &[IpAddr], egress: bool, ingress: bool) {
+        let t = self.vnis.entry(vni).or_default();
+        t.gateways = gateways
+            .iter()
+            .map(|ip| (*ip, crate::lb::service::vip_mac(*ip)))
+            .collect();
+        t.egress = egress;
+        t.ingress = ingress;
+        if t.is_unused() {
+            self.vnis.remove(&vni);
+        }
+    }
+
+    #[inline]
+    pub fn host(&self) -> Option<&HostLink> {
+        self.host.as_ref()
+    }
+
+    /// Sets up (or replaces) the host link. Its ingress endpoint, if any,
+    /// becomes a local endpoint of the ingress VNI behind the link's port;
+    /// refused if its MAC or address is taken there.
+    pub fn set_host_link(&mut self, link: HostLink) -> Result<(), FdbError> {
+        let old = self.host.take();
+        if let Some(o) = &old {
+            self.forget_host_endpoint(o);
+        }
+        if let Some((vni, ip)) = link.ingress {
+            if let Err(e) = self.check_new(vni, link.host_mac, &[IpAddr::V4(ip)], true) {
+                if let Some(o) = old {
+                    self.restore_host(o);
+                }
+                return Err(e);
+            }
+            self.evict_remote(vni, link.host_mac, &[IpAddr::V4(ip)]);
+            let t = self.vnis.entry(vni).or_default();
+            t.macs.insert(link.host_mac, Dest::Local(link.port));
+            t.ips.insert(IpAddr::V4(ip), link.host_mac);
+        }
+        self.host = Some(link);
+        Ok(())
+    }
+
+    fn restore_host(&mut self, o: HostLink) {
+        if let Some((vni, ip)) = o.ingress {
+            let t = self.vnis.entry(vni).or_default();
+            t.macs.insert(o.host_mac, Dest::Local(o.port));
+            t.ips.insert(IpAddr::V4(ip), o.host_mac);
+        }
+        self.host = Some(o);
+    }
+
+    fn forget_host_endpoint(&mut self, o: &HostLink) {
+        if let Some((vni, ip)) = o.ingress {
+            if let Some(t) = self.vnis.get_mut(&vni) {
+                if t.macs.get(&o.host_mac) == Some(&Dest::Local(o.port)) {
+                    t.macs.remove(&o.host_mac);
+                }
+                if t.ips.get(&IpAddr::V4(ip)) == Some(&o.host_mac) {
+                    t.ips.remove(&IpAddr::V4(ip));
+                }
+                if t.is_unused() {
+                    self.vnis.remove(&vni);
+                }
+            }
+        }
+    }
+
+    /// Removes the host link and every published port (they came in
+    /// through it).
+    pub fn clear_host_link(&mut self) -> Option<HostLink> {
+        let o = self.host.take()?;
+        self.forget_host_endpoint(&o);
+        self.published.clear();
+        self.published_targets.clear();
+        Some(o)
+    }
+
+    /// Publishes a port, or replaces what it leads to.
+    pub fn set_published(&mut self, p: Published) -> Result<(), FdbError> {
+        if self.host.is_none() {
+            return Err(FdbError::NoHostLink);
+        }
+        self.published.insert((p.proto, p.port), p);
+        self.index_published();
+        Ok(())
+    }
+
+    pub fn remove_published(&mut self, proto: u8, port: u16) -> Result<Published, FdbError> {
+        let p = self
+            .published
+            .remove(&(proto, port))
+            .ok_or(FdbError::NoSuchPort { proto, port })?;
+        self.index_published();
+        Ok(p)
+    }
+
+    fn index_published(&mut self) {
+        self.published_targets = self
+            .published
+            .values()
+            .map(|p| (p.vni, p.proto, p.target_port))
+            .collect();
+        self.published_targets.sort_unstable();
+        self.published_targets.dedup();
+    }
+
+    #[inline]
+    pub fn published(&self, proto: u8, port: u16) -> Option<&Published> {
+        self.published.get(&(proto, port))
+    }
+
+    pub fn published_ports(&self) -> impl Iterator<Item = &Published> {
+        self.published.values()
+    }
+
+    /// Whether a packet on `vni` from port `sport` may be the reply of a
+    /// published port's flow (a task answering from its target port).
+    #[inline]
+    pub fn may_be_published_reply(&self, vni: Vni, proto: u8, sport: u16) -> bool {
+        self.published_targets.contains(&(vni, proto, sport))
+    }
+
+    /// The egress slot of local address `ip` on `vni`.
+    #[inline]
+    pub fn egress_slot_of(&self, vni: Vni, ip: Ipv4Addr) -> Option<u32> {
+        self.egress_of.get(&(vni, ip)).copied()
+    }
+
+    #[inline]
+    pub fn egress_slot(&self, index: u32) -> Option<&EgressSlot> {
+        self.egress.get(index as usize).and_then(Option::as_ref)
+    }
+
+    /// Whether workers need a conntrack table: services, published ports
+    /// or an ingress network exist.
+    pub fn needs_conntrack(&self) -> bool {
+        !self.published.is_empty()
+            || self
+                .vnis
+                .values()
+                .any(|t| !t.services.is_empty() || t.ingress)
     }
 
     pub fn add_flood(&mut self, vni: Vni, vtep: IpAddr) -> Result<(), FdbError> {

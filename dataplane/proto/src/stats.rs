@@ -38,12 +38,12 @@ enumerate! {
         UdpTxBytes => ("udp_tx_bytes", "UDP payload bytes sent"),
         UdpTxCalls => ("udp_tx_calls", "sendmmsg calls"),
         UdpTxGsoMessages => ("udp_tx_gso_messages", "messages sent with UDP_SEGMENT"),
-        UdpRxDatagrams => ("udp_rx_datagrams", "datagrams received"),
+        UdpRxDatagrams => ("udp_rx_datagrams", "datagrams received on the data port, empty ones included; each ends as exactly one of decapsulated, decrypted, control_rx, control_stale or a wire/lb drop"),
         UdpRxBytes => ("udp_rx_bytes", "UDP payload bytes received"),
         UdpRxCalls => ("udp_rx_calls", "recvmmsg calls that returned data"),
         UdpRxGroBuffers => ("udp_rx_gro_buffers", "received buffers holding several GRO-coalesced datagrams"),
         Encapsulated => ("encapsulated", "frames encapsulated towards a remote VTEP"),
-        Decapsulated => ("decapsulated", "frames decapsulated from the wire"),
+        Decapsulated => ("decapsulated", "plain VXLAN datagrams whose frame was delivered to local endpoints (ESP ones count as decrypted)"),
         LocalSwitched => ("local_switched", "frames switched between two local endpoints"),
         Flooded => ("flooded", "copies of broadcast, multicast and unknown-unicast frames sent to other hosts (head-end replication)"),
         NeighbourAnnounced => ("neighbour_announced", "gratuitous ARPs and unsolicited neighbour advertisements written to local endpoints"),
@@ -56,7 +56,7 @@ enumerate! {
         UdpTxRetried => ("udp_tx_retried", "datagrams resent one by one after the kernel refused their GSO send"),
         PollSleeps => ("poll_sleeps", "times a worker went to sleep in epoll"),
         Encrypted => ("encrypted", "frames sealed in ESP"),
-        Decrypted => ("decrypted", "ESP packets authenticated and opened"),
+        Decrypted => ("decrypted", "ESP datagrams authenticated, opened and their frame delivered to local endpoints (one opened but then dropped counts as that drop)"),
         ControlRx => ("control_rx", "key-rotation control messages received"),
         ControlTx => ("control_tx", "key-rotation control messages sent"),
         ControlStale => ("control_stale", "authentic but superseded control messages (retries, collisions)"),
@@ -65,6 +65,13 @@ enumerate! {
         LbReverseNat => ("lb_reverse_nat", "replies translated back to come from their VIP"),
         LbEchoReplies => ("lb_echo_replies", "pings to a VIP answered by the dataplane"),
         LbResets => ("lb_resets", "TCP resets sent for a VIP that has no backend"),
+        MeshIngress => ("mesh_ingress", "packets to a published port sent on to their task (DNAT, port translated)"),
+        MeshToHost => ("mesh_to_host", "replies of published-port flows translated back and handed to the host"),
+        MeshReturned => ("mesh_returned", "replies of ingress flows sent back to the node the client came through"),
+        MeshEgress => ("mesh_egress", "packets from containers to the outside handed to the host (source mapped for its NAT)"),
+        MeshEgressReplies => ("mesh_egress_replies", "packets from the outside delivered to a container (egress replies)"),
+        MeshGatewayReplies => ("mesh_gateway_replies", "pings to a network's gateway answered by the dataplane"),
+        MeshHostArp => ("mesh_host_arp", "ARP requests of the host link answered"),
         ConntrackInserted => ("conntrack_inserted", "flows added to conntrack"),
         ConntrackEvicted => ("conntrack_evicted", "flows evicted from a full conntrack table (closed, half-open or unanswered ones)"),
         ConntrackExpired => ("conntrack_expired", "flows removed from conntrack after their timeout"),
@@ -89,6 +96,7 @@ enumerate! {
         TapFloodRateLimited => ("tap", "flood_rate", "broadcast, multicast or unknown unicast over the VNI's flood rate"),
         TapTooBig => ("tap", "too_big", "frame too big for the underlay after encapsulation, answered with ICMP fragmentation needed or packet too big"),
         TapNoSa => ("tap", "no_sa", "encrypted VNI, but no established SA with the peer yet"),
+        WireEmpty => ("wire", "empty", "zero-length UDP datagram"),
         WireRunt => ("wire", "runt", "datagram shorter than a VXLAN header plus Ethernet header"),
         WireBadVxlan => ("wire", "bad_vxlan", "VXLAN flags or reserved fields invalid"),
         WireUnknownVni => ("wire", "unknown_vni", "VNI not configured on this host"),
@@ -96,6 +104,7 @@ enumerate! {
         WireFromSelf => ("wire", "from_self", "inner source MAC belongs to a local endpoint"),
         WirePlainOnEncrypted => ("wire", "plain_on_encrypted", "plain VXLAN for a VNI that must be encrypted"),
         WireUnknownSpi => ("wire", "unknown_spi", "ESP with an SPI no SA of the sending host has"),
+        WireReservedSpi => ("wire", "reserved_spi", "ESP with an SPI of 1-255, reserved by IANA for future use (RFC 4303 section 2.1)"),
         WireAuthFailed => ("wire", "auth_failed", "ESP ICV did not verify (tampered or wrong key)"),
         WireReplay => ("wire", "replay", "ESP sequence number already received"),
         WireTooOld => ("wire", "too_old", "ESP sequence number left of the anti-replay window"),
@@ -108,6 +117,11 @@ enumerate! {
         LbFragment => ("lb", "fragment", "IP fragment to a VIP (fragments are not balanced)"),
         LbUnsupported => ("lb", "unsupported", "packet to a VIP that is neither TCP, UDP nor an echo request"),
         LbMalformed => ("lb", "malformed", "packet to a VIP with truncated or inconsistent headers"),
+        MeshNoPort => ("mesh", "no_port", "packet from the host to a port nothing publishes"),
+        MeshNoRoute => ("mesh", "no_route", "packet from the host to an address no local container has"),
+        MeshNoEgress => ("mesh", "no_egress", "packet to the outside from a network without egress (--internal, IPv6, or no host link)"),
+        MeshNoFlow => ("mesh", "no_flow", "reply of a published-port flow the dataplane has no state for (after a restart); the peer's retransmission recreates it"),
+        MeshUnsupported => ("mesh", "unsupported", "packet from the host link that is neither ARP, TCP, UDP nor ICMP over IPv4"),
         IoUdpSend => ("io", "udp_send", "sendmmsg failed with an errno not listed apart (datagrams lost; the log names it)"),
         IoUdpSendFull => ("io", "udp_send_enobufs", "send queue still full (ENOBUFS or EAGAIN) after waiting for it to drain"),
         IoUdpSendTooBig => ("io", "udp_send_emsgsize", "a datagram too long for the socket (EMSGSIZE), also when sent alone"),
@@ -264,6 +278,30 @@ impl Snapshot {
 
     pub fn total_drops(&self) -> u64 {
         self.drops.iter().sum()
+    }
+
+    /// What became of the datagrams received on the data port: delivered
+    /// (`decapsulated` plain, `decrypted` ESP), taken by the key exchange
+    /// (`control_rx`, `control_stale`) or dropped at the `wire` stage. Each
+    /// received datagram adds exactly one, so this equals
+    /// `udp_rx_datagrams` for every worker (and for their sum) whenever the
+    /// worker is between two datagrams.
+    pub fn wire_outcomes(&self) -> u64 {
+        let delivered = [
+            Counter::Decapsulated,
+            Counter::Decrypted,
+            Counter::ControlRx,
+            Counter::ControlStale,
+        ]
+        .iter()
+        .map(|c| self.counter(*c))
+        .sum::<u64>();
+        let dropped = Drop::ALL
+            .iter()
+            .filter(|d| d.stage() == "wire")
+            .map(|d| self.drop_count(*d))
+            .sum::<u64>();
+        delivered + dropped
     }
 }
 

@@ -10,11 +10,12 @@ use std::net::IpAddr;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 use vxnet_api::dp::{
-    BackendInfo, ConntrackEntry, ConntrackReport, FlowProto, FlowState, ServiceInfo, ServiceSet,
+    self, BackendInfo, ConntrackEntry, ConntrackReport, FlowProto, FlowState, ServiceInfo,
+    ServiceSet,
 };
 use vxnet_api::{ApiError, ErrorCode};
 use vxnet_proto::engine::Engine;
-use vxnet_proto::lb::conntrack::{FlowInfo, State};
+use vxnet_proto::lb::conntrack::{FlowInfo, FlowKind, State};
 use vxnet_proto::lb::service::{Backend, MAX_BACKENDS, Service};
 use vxnet_proto::wire::Vni;
 
@@ -121,7 +122,7 @@ impl Dataplane {
         let mut all: Vec<FlowInfo> = self
             .ask_workers(move |e| {
                 e.flows()
-                    .filter(|f| only.is_none_or(|o| o.get() == f.key.vni))
+                    .filter(|f| only.is_none_or(|o| o.get() == f.reply_vni))
                     .collect::<Vec<_>>()
             })?
             .into_iter()
@@ -176,7 +177,12 @@ impl Dataplane {
 
 fn entry(f: FlowInfo) -> Option<ConntrackEntry> {
     Some(ConntrackEntry {
-        vni: Vni::new(f.key.vni)?,
+        vni: Vni::new(f.reply_vni)?,
+        kind: match f.kind {
+            FlowKind::Vip => dp::FlowKind::Vip,
+            FlowKind::Published => dp::FlowKind::Published,
+            FlowKind::Return => dp::FlowKind::Return,
+        },
         proto: match f.key.proto {
             6 => FlowProto::Tcp,
             17 => FlowProto::Udp,
@@ -187,6 +193,7 @@ fn entry(f: FlowInfo) -> Option<ConntrackEntry> {
         vip: f.key.dst,
         port: f.key.dport,
         backend: f.backend,
+        backend_port: f.backend_port,
         state: match f.state {
             State::SynSent => FlowState::SynSent,
             State::Established => FlowState::Established,

@@ -1,9 +1,11 @@
 """A service task for tests and demos: says which task answered.
 
 HTTP on port 80: GET answers the task's container name (from
-VXNET_CONTAINER_NAME, which vxnet-control sets), one line.
+VXNET_CONTAINER_NAME, which vxnet-control sets) on the first line and
+`client=IP:PORT`, the address the connection came from, on the second.
 TCP port 7000: greets with the name, then echoes what it receives.
-UDP port 7000: answers every datagram with the name and the datagram.
+UDP port 7000: answers every datagram with the name, `client=IP:PORT`
+(one line each) and the datagram.
 
 Listens on IPv6 and IPv4 where the namespace has IPv6, else IPv4 only.
 """
@@ -53,9 +55,17 @@ class UdpServer(Dual, socketserver.ThreadingUDPServer):
     pass
 
 
+def client(addr):
+    """`IP:PORT` of a peer, IPv4-mapped IPv6 addresses shown as IPv4."""
+    host, port = addr[0], addr[1]
+    if host.startswith("::ffff:"):
+        host = host[len("::ffff:"):]
+    return f"{host}:{port}"
+
+
 class Who(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
-        body = (NAME + "\n").encode()
+        body = (NAME + "\nclient=" + client(self.client_address) + "\n").encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
@@ -79,7 +89,8 @@ class Echo(socketserver.BaseRequestHandler):
 class UdpEcho(socketserver.BaseRequestHandler):
     def handle(self):
         data, sock = self.request
-        sock.sendto((NAME + "\n").encode() + data, self.client_address)
+        head = NAME + "\nclient=" + client(self.client_address) + "\n"
+        sock.sendto(head.encode() + data, self.client_address)
 
 
 servers = [HttpServer((ANY, 80), Who), TcpServer((ANY, 7000), Echo), UdpServer((ANY, 7000), UdpEcho)]

@@ -115,3 +115,32 @@ pub fn tcp_transfer_intact(
     }
     Ok(())
 }
+
+/// Captures `n` ESP datagrams host1 sends on its underlay while `from`
+/// pings `to` (bounded: 20 rounds of 2 pings), and writes their UDP
+/// payloads as hex lines (what `vxnet-testbed inject --from` reads) to the
+/// state dir; returns that file's path.
+pub fn capture_esp_from_host1(
+    tb: &Testbed,
+    from: &str,
+    to: &str,
+    n: u64,
+) -> anyhow::Result<String> {
+    let pcap = tb.state_dir().join("flow.pcap");
+    let filter = vxnet_testbed::capture::esp_filter(&tb.host(1).underlay_v4.to_string());
+    let packets = u32::try_from(n)?;
+    let mut cap = tb.capture(&tb.host(1).ns, "eth0", &filter, packets, &pcap)?;
+    for _ in 0..20 {
+        tb.ping_ok(from, to, 2, None)?;
+        if cap.finished() {
+            break;
+        }
+    }
+    cap.wait(Duration::from_secs(10))?;
+    let hex = tb.udp_payloads_hex(&pcap)?;
+    let captured = vxnet_testbed::inject::parse_hex_lines(&hex)?;
+    anyhow::ensure!(captured.len() as u64 == n, "captured:\n{hex}");
+    let hex_file = tb.state_dir().join("flow.hex");
+    std::fs::write(&hex_file, &hex)?;
+    Ok(hex_file.display().to_string())
+}

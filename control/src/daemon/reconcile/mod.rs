@@ -38,7 +38,8 @@ use super::{Daemon, lock};
 use crate::containers;
 use crate::dns::{DnsEntry, DnsRecords, DnsServer};
 use crate::model::{
-    Container, DesiredState, External, Network, RestartCondition, Service, TaskState, TaskStatus,
+    Container, DesiredState, External, Network, Node, RestartCondition, Service, TaskState,
+    TaskStatus,
 };
 use crate::store::{Store, StoreExt, Txn};
 
@@ -251,6 +252,10 @@ where
             .filter(|c| ready.contains(&c.id) && runs(runtimes.get(&c.id)))
             .collect();
         let live = Live::new(&gossip, show.local_vtep, &running_before);
+        let node: Option<Node> = match &me {
+            Some(id) => store.get::<Node>(id).map_err(super::internal)?,
+            None => None,
+        };
         let want = plan::plan(&Desired {
             own_vtep: show.local_vtep,
             underlay,
@@ -260,11 +265,22 @@ where
             services: &services,
             tasks: &everyone,
             live: &live,
+            node: node.as_ref(),
+            host_link_subnet: d.cfg.host_link_subnet,
         });
         let have = self.observe()?;
         self.report_drift(plan::mtu_drift(&have, &want.state));
         let mut failed_endpoints: BTreeSet<EndpointKey> = BTreeSet::new();
+        let mut held = 0usize;
         for op in plan::diff(&have, &want.state) {
+            // A daemon that just started does not know the swarm yet: the
+            // peers, backends and ports it lacks are unknown, not gone, and
+            // removing them would cut live connections (a published
+            // port's flow reset through a VIP without backends).
+            if gossip.syncing && !plan::additive(&op, &have) {
+                held += 1;
+                continue;
+            }
             if let Err(e) = self.apply(&op, &mut p.report) {
                 if let Op::Attach(key, _) = &op {
                     failed_endpoints.insert(key.clone());
@@ -279,6 +295,10 @@ where
                 }
                 p.report.errors.push(e.message);
             }
+        }
+
+        if held > 0 {
+            tracing::info!(held, "gossip is syncing: dataplane removals wait for it");
         }
 
         // Processes of running containers, once their endpoints exist.
@@ -343,7 +363,7 @@ where
         // while its command runs, so other hosts stop sending it new
         // connections as soon as it is dead (Docker keeps dead backends:
         // moby#33790).
-        let mut announce: BTreeSet<Announcement> = BTreeSet::new();
+        let mut announce: BTreeSet<Announcement> = want.announce_node.iter().cloned().collect();
         for (key, list) in &want.announce {
             let live = want
                 .owners
@@ -700,6 +720,8 @@ where
             fdb: self.dp.call(dp::Fdb { vni: None })?,
             vteps: self.dp.call(dp::Vteps {})?,
             services: self.dp.call(dp::Services { vni: None })?,
+            host_link: self.dp.call(dp::HostLink {})?,
+            ports: self.dp.call(dp::Ports {})?,
         };
         Ok(plan::observe(&o))
     }
@@ -719,6 +741,8 @@ where
                         | Op::NetworkDel(_)
                         | Op::VtepDel(_)
                         | Op::ServiceDel { .. }
+                        | Op::PortDel { .. }
+                        | Op::HostLinkDel
                 );
             if !gone {
                 return Err(e.context(describe(op)));
@@ -735,6 +759,9 @@ where
             Op::PeerDel { .. } => r.peers_removed += 1,
             Op::ServiceSet { .. } => r.services_set += 1,
             Op::ServiceDel { .. } => r.services_removed += 1,
+            Op::PortSet { .. } => r.ports_set += 1,
+            Op::PortDel { .. } => r.ports_removed += 1,
+            Op::HostLinkSet(_) | Op::HostLinkDel => r.host_link_changes += 1,
         }
         Ok(())
     }
@@ -840,6 +867,20 @@ fn describe(op: &Op) -> String {
             )
         }
         Op::ServiceDel { vni, vip } => format!("removing service VIP {vip} on VNI {vni}"),
+        Op::HostLinkSet(h) => format!("host link on {}", h.subnet),
+        Op::HostLinkDel => "removing the host link".into(),
+        Op::PortSet {
+            protocol,
+            published,
+            spec,
+        } => format!(
+            "published {protocol} port {published} to {} on VNI {}",
+            spec.target, spec.vni
+        ),
+        Op::PortDel {
+            protocol,
+            published,
+        } => format!("unpublishing {protocol} port {published}"),
     }
 }
 

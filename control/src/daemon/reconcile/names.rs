@@ -214,6 +214,7 @@ mod tests {
             created: 0,
             updated: 0,
             version: 1,
+            ports: Vec::new(),
         }
     }
 
@@ -227,6 +228,7 @@ mod tests {
             generation: 1,
         };
         GossipView {
+            syncing: false,
             own: None,
             members: vec![member],
             records: ips

@@ -40,21 +40,33 @@
 //!   alive on that network ([`Live`]) as backends. With none alive the
 //!   service still exists: the dataplane refuses connections at once (TCP
 //!   RST) instead of letting them time out.
+//! - Every declared network gets its gateways (answered by the dataplane)
+//!   and egress unless it is `--internal`. A container's default route
+//!   goes through its first network that is not internal (Docker's rule);
+//!   a container only on internal networks has none.
+//! - In a swarm, the host link exists ([`HostLinkSpec`]). While a service
+//!   publishes a port through the routing mesh, every node declares the
+//!   ingress network, its host link stands for the node's ingress
+//!   endpoint (announced by gossip like a container's), and the port is
+//!   published with the service's ingress VIP (the same Maglev table on
+//!   every node). A `mode=host` port is published only where a task of
+//!   the service is alive, to the local tasks.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use vxnet_api::dp::{
-    self, AttachTarget, DetachTarget, EndpointInfo, EndpointKind, FdbEntry, FdbKind, NetworkInfo,
-    Owner, ServiceInfo, VtepInfo,
+    self, AttachTarget, BackendSpec, DetachTarget, EndpointInfo, EndpointKind, FdbEntry, FdbKind,
+    HostLinkInfo, IngressEndpoint, NetworkInfo, Owner, PortInfo, PortTo, ServiceInfo, VtepInfo,
 };
-use vxnet_api::{IpNet, MacAddr, PublicKey, Vni};
+use vxnet_api::model::{PortProtocol, PublishMode};
+use vxnet_api::{IpNet, Ipv4Net, MacAddr, PublicKey, Vni};
 use vxnet_proto::mtu::Underlay;
 
 use super::names::Live;
 use crate::daemon::gossip::GossipView;
 use crate::daemon::runtime::Runtime;
-use crate::model::{Container, EndpointMode, Network, Service};
+use crate::model::{Container, EndpointMode, Network, Node, Service};
 
 /// One container of this host the plan gives endpoints to, with the
 /// host-side facts only this host knows.
@@ -85,6 +97,11 @@ pub struct Desired<'a> {
     pub tasks: &'a [Container],
     /// Which tasks are alive where.
     pub live: &'a Live,
+    /// This node's record, in a swarm.
+    pub node: Option<&'a Node>,
+    /// The host link's subnet (`None`: no host link, no published ports
+    /// and no egress here).
+    pub host_link_subnet: Option<Ipv4Net>,
 }
 
 /// Where a local endpoint is plugged in.
@@ -120,19 +137,41 @@ impl EndpointSpec {
     }
 }
 
-/// A network's settings on the dataplane.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NetSpec {
-    pub encrypted: bool,
-    /// Replicate flooded frames to other hosts.
-    pub flood: bool,
-}
-
 /// A remote endpoint: its addresses behind one VTEP.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerSpec {
     pub ips: BTreeSet<IpAddr>,
     pub vtep: IpAddr,
+}
+
+/// How a declared network routes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetSpec {
+    pub encrypted: bool,
+    /// Sorted.
+    pub gateways: Vec<IpAddr>,
+    pub egress: bool,
+    pub ingress: bool,
+    /// Replicate flooded frames to other hosts.
+    pub flood: bool,
+}
+
+/// The host link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostLinkSpec {
+    pub subnet: Ipv4Net,
+    /// Bytes.
+    pub mtu: u32,
+    pub ingress: Option<IngressEndpoint>,
+}
+
+/// A published port here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortSpec {
+    pub target: u16,
+    pub vni: Vni,
+    /// Backends sorted by address, with their MACs.
+    pub to: PortTo,
 }
 
 /// The part of a dataplane's state the control plane manages.
@@ -144,6 +183,8 @@ pub struct DpState {
     pub vteps: BTreeMap<IpAddr, PublicKey>,
     /// (VNI, VIP) -> backends (address, MAC).
     pub services: BTreeMap<(Vni, IpAddr), BTreeSet<(IpAddr, MacAddr)>>,
+    pub host_link: Option<HostLinkSpec>,
+    pub ports: BTreeMap<(PortProtocol, u16), PortSpec>,
 }
 
 /// An endpoint to announce by gossip: (network id, address, MAC).
@@ -159,6 +200,8 @@ pub struct Plan {
     pub owners: BTreeMap<EndpointKey, String>,
     /// Endpoint -> what gossip announces for it.
     pub announce: BTreeMap<EndpointKey, Vec<Announcement>>,
+    /// What gossip announces for this node itself (its ingress endpoint).
+    pub announce_node: Vec<Announcement>,
 }
 
 fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
@@ -173,6 +216,12 @@ pub fn plan(d: &Desired<'_>) -> Plan {
     // Local endpoints, and the networks they need.
     for lc in d.containers {
         let c = lc.container;
+        // The default route goes through the first network that is not
+        // internal.
+        let routed = c
+            .attachments
+            .iter()
+            .position(|a| net_of(&a.network).is_some_and(|n| !n.internal));
         for (i, a) in c.attachments.iter().enumerate() {
             let Some(net) = net_of(&a.network) else {
                 continue;
@@ -186,7 +235,7 @@ pub fn plan(d: &Desired<'_>) -> Plan {
             )];
             let sidecar = lc.runtime.veth.is_some();
             // Another runtime's container keeps its own default route.
-            let primary = i == 0 && !lc.runtime.external;
+            let primary = routed == Some(i) && !lc.runtime.external;
             let mut gateways = Vec::new();
             if primary {
                 gateways.push(IpAddr::V4(net.ipv4.gateway));
@@ -200,13 +249,7 @@ pub fn plan(d: &Desired<'_>) -> Plan {
             if sidecar {
                 gateways.clear();
             }
-            p.state.networks.insert(
-                net.vni,
-                NetSpec {
-                    encrypted: net.encrypted,
-                    flood: net.flood,
-                },
-            );
+            p.state.networks.insert(net.vni, net_spec(net));
             let mtu = match d.underlay {
                 Some(u) => net.mtu_on(u),
                 None => u32::from(net.mtu),
@@ -227,15 +270,72 @@ pub fn plan(d: &Desired<'_>) -> Plan {
         }
     }
 
+    // The routing mesh: the ingress network on every node of the swarm
+    // while a service publishes through it.
+    let ingress = d.networks.iter().find(|n| n.ingress);
+    let mesh = d.services.iter().any(|s| s.uses_ingress());
+    let mut ingress_endpoint = None;
+    if let (Some(node), Some(net), true, Some(_)) = (d.node, ingress, mesh, d.host_link_subnet) {
+        if let Some(ip) = node.ingress_ipv4 {
+            p.state.networks.insert(net.vni, net_spec(net));
+            ingress_endpoint = Some(IngressEndpoint { vni: net.vni, ip });
+            let mac = MacAddr::from_ip(IpAddr::V4(ip));
+            p.announce_node.push((net.id.clone(), IpAddr::V4(ip), mac));
+        }
+    }
+    if let (Some(_), Some(subnet)) = (d.node, d.host_link_subnet) {
+        p.state.host_link = Some(HostLinkSpec {
+            subnet,
+            mtu: ingress.map_or(1450, |n| {
+                d.underlay.map_or(u32::from(n.mtu), |u| n.mtu_on(u))
+            }),
+            ingress: ingress_endpoint,
+        });
+    }
+
     // Remote peers: live records of declared networks, merged per MAC.
-    let local_macs: BTreeSet<(Vni, MacAddr)> =
-        p.state.endpoints.values().map(|e| (e.vni, e.mac)).collect();
-    let local_ips: BTreeSet<(Vni, IpAddr)> = p
-        .state
+    let own_ingress: Option<(Vni, MacAddr, IpAddr)> = ingress_endpoint.map(|e| {
+        let ip = IpAddr::V4(e.ip);
+        (e.vni, MacAddr::from_ip(ip), ip)
+    });
+    p.state.peers = peers(d, &p.state, own_ingress);
+
+    // Every live member's key.
+    for m in &d.gossip.members {
+        if m.data_addr != d.own_vtep {
+            p.state
+                .vteps
+                .insert(m.data_addr, PublicKey::from_bytes(m.public_key));
+        }
+    }
+    p.state.services = services(d, &p.state.networks);
+    if p.state.host_link.is_some() {
+        p.state.ports = ports(d, &p.state.networks, ingress);
+    }
+    p
+}
+
+/// Remote peers: live records of declared networks, merged per MAC; a
+/// record colliding with a local endpoint (or this node's ingress
+/// endpoint) is left out.
+fn peers(
+    d: &Desired<'_>,
+    state: &DpState,
+    own_ingress: Option<(Vni, MacAddr, IpAddr)>,
+) -> BTreeMap<(Vni, MacAddr), PeerSpec> {
+    let mut out = BTreeMap::new();
+    let net_of = |id: &str| d.networks.iter().find(|n| n.id == id);
+    let mut local_macs: BTreeSet<(Vni, MacAddr)> =
+        state.endpoints.values().map(|e| (e.vni, e.mac)).collect();
+    let mut local_ips: BTreeSet<(Vni, IpAddr)> = state
         .endpoints
         .values()
         .flat_map(|e| e.ips.iter().map(move |n| (e.vni, n.addr())))
         .collect();
+    if let Some((vni, mac, ip)) = own_ingress {
+        local_macs.insert((vni, mac));
+        local_ips.insert((vni, ip));
+    }
     let live: BTreeSet<IpAddr> = d.gossip.members.iter().map(|m| m.data_addr).collect();
     // (vni, mac) -> [(version, vtep, ip)]
     type Seen = Vec<(u64, IpAddr, IpAddr)>;
@@ -247,7 +347,7 @@ pub fn plan(d: &Desired<'_>) -> Plan {
         let Some(net) = net_of(&r.network_id) else {
             continue;
         };
-        if !p.state.networks.contains_key(&net.vni) {
+        if !state.networks.contains_key(&net.vni) {
             continue;
         }
         let mac = MacAddr(r.mac);
@@ -268,19 +368,88 @@ pub fn plan(d: &Desired<'_>) -> Plan {
             .filter(|(_, v, _)| *v == vtep)
             .map(|(_, _, ip)| *ip)
             .collect();
-        p.state.peers.insert(key, PeerSpec { ips, vtep });
+        out.insert(key, PeerSpec { ips, vtep });
     }
+    out
+}
 
-    // Every live member's key.
-    for m in &d.gossip.members {
-        if m.data_addr != d.own_vtep {
-            p.state
-                .vteps
-                .insert(m.data_addr, PublicKey::from_bytes(m.public_key));
+/// How `net` routes (see the module's rules).
+fn net_spec(net: &Network) -> NetSpec {
+    let mut gateways = vec![IpAddr::V4(net.ipv4.gateway)];
+    if let Some(c) = &net.ipv6 {
+        gateways.push(IpAddr::V6(c.gateway));
+    }
+    NetSpec {
+        encrypted: net.encrypted,
+        gateways: sorted(gateways),
+        egress: !net.internal,
+        ingress: net.ingress,
+        flood: net.flood,
+    }
+}
+
+/// The ports published here: ingress ones through the VIP of their
+/// service on the ingress network (when it is declared), host ones to the
+/// service's tasks alive on this node.
+fn ports(
+    d: &Desired<'_>,
+    declared: &BTreeMap<Vni, NetSpec>,
+    ingress: Option<&Network>,
+) -> BTreeMap<(PortProtocol, u16), PortSpec> {
+    let mut out = BTreeMap::new();
+    let me = d.node.map(|n| n.id.as_str());
+    for s in d.services {
+        for port in &s.ports {
+            let spec = match port.publish_mode {
+                PublishMode::Ingress => {
+                    let Some(net) = ingress.filter(|n| declared.contains_key(&n.vni)) else {
+                        continue;
+                    };
+                    let Some(vip) = s.vip(&net.id) else { continue };
+                    PortSpec {
+                        target: port.target_port,
+                        vni: net.vni,
+                        to: PortTo::Vip(IpAddr::V4(vip.ipv4)),
+                    }
+                }
+                PublishMode::Host => {
+                    // The tasks here, on their first network (their
+                    // default route's: replies come back that way).
+                    let mut vni = None;
+                    let mut backends = BTreeMap::new();
+                    for t in d.tasks.iter().filter(|c| {
+                        Some(c.node.as_str()) == me
+                            && c.task.as_ref().is_some_and(|t| t.service == s.id)
+                    }) {
+                        let Some(a) = t.attachments.first() else {
+                            continue;
+                        };
+                        let Some(net) = d.networks.iter().find(|n| n.id == a.network) else {
+                            continue;
+                        };
+                        if !declared.contains_key(&net.vni) || !d.live.counts(t, &net.id) {
+                            continue;
+                        }
+                        vni = Some(net.vni);
+                        backends.insert(IpAddr::V4(a.ipv4), a.mac);
+                    }
+                    let Some(vni) = vni else { continue };
+                    PortSpec {
+                        target: port.target_port,
+                        vni,
+                        to: PortTo::Backends(
+                            backends
+                                .into_iter()
+                                .map(|(ip, mac)| BackendSpec { ip, mac: Some(mac) })
+                                .collect(),
+                        ),
+                    }
+                }
+            };
+            out.insert((port.protocol, port.published_port), spec);
         }
     }
-    p.state.services = services(d, &p.state.networks);
-    p
+    out
 }
 
 /// The VIPs of services on the networks declared here, with their live
@@ -343,6 +512,8 @@ pub struct Observed {
     pub fdb: Vec<FdbEntry>,
     pub vteps: Vec<VtepInfo>,
     pub services: Vec<ServiceInfo>,
+    pub host_link: Option<HostLinkInfo>,
+    pub ports: Vec<PortInfo>,
 }
 
 /// What of the dataplane's state the control plane owns.
@@ -355,6 +526,30 @@ pub fn observe(o: &Observed) -> DpState {
             NetSpec {
                 encrypted: n.encrypted,
                 flood: n.flood,
+                gateways: sorted(n.gateways.clone()),
+                egress: n.egress,
+                ingress: n.ingress,
+            },
+        );
+    }
+    // A link whose firewall table is not whole counts as missing: setting
+    // it again writes the table again.
+    s.host_link = o
+        .host_link
+        .as_ref()
+        .filter(|h| mine(&h.owner) && h.firewall_ok)
+        .map(|h| HostLinkSpec {
+            subnet: h.subnet,
+            mtu: h.mtu,
+            ingress: h.ingress,
+        });
+    for port in o.ports.iter().filter(|p| mine(&p.owner) && p.in_firewall) {
+        s.ports.insert(
+            (port.protocol, port.published),
+            PortSpec {
+                target: port.target,
+                vni: port.vni,
+                to: port.to.clone(),
             },
         );
     }
@@ -400,11 +595,34 @@ pub fn observe(o: &Observed) -> DpState {
     s
 }
 
+/// Whether `op` only adds to what the dataplane holds (`have`): a VTEP,
+/// a network, a remote peer, or an endpoint not attached yet. Everything
+/// else removes or replaces state (a service's or port's backends, the
+/// host link) and waits while gossip syncs.
+pub fn additive(op: &Op, have: &DpState) -> bool {
+    match op {
+        Op::VtepAdd(..) | Op::NetworkAdd(..) | Op::PeerAdd { .. } => true,
+        Op::Attach(key, _) => !have.endpoints.contains_key(key),
+        _ => false,
+    }
+}
+
 /// One change to the dataplane.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     VtepAdd(IpAddr, PublicKey),
     NetworkAdd(Vni, NetSpec),
+    HostLinkSet(HostLinkSpec),
+    HostLinkDel,
+    PortSet {
+        protocol: PortProtocol,
+        published: u16,
+        spec: PortSpec,
+    },
+    PortDel {
+        protocol: PortProtocol,
+        published: u16,
+    },
     Detach(EndpointKey),
     PeerDel {
         vni: Vni,
@@ -444,12 +662,45 @@ impl Op {
                 owner: Owner::Control,
             }
             .into_request(),
-            Op::NetworkAdd(vni, spec) => dp::NetworkAdd {
+            Op::NetworkAdd(vni, n) => dp::NetworkAdd {
                 vni: *vni,
-                encrypted: spec.encrypted,
-                flood: spec.flood,
+                encrypted: n.encrypted,
+                gateways: n.gateways.clone(),
+                egress: n.egress,
+                ingress: n.ingress,
+                flood: n.flood,
                 flood_rate: None,
                 owner: Owner::Control,
+            }
+            .into_request(),
+            Op::HostLinkSet(h) => dp::HostLinkSet {
+                ifname: None,
+                subnet: h.subnet,
+                mtu: Some(h.mtu),
+                ingress: h.ingress,
+                owner: Owner::Control,
+            }
+            .into_request(),
+            Op::HostLinkDel => dp::HostLinkDel {}.into_request(),
+            Op::PortSet {
+                protocol,
+                published,
+                spec,
+            } => dp::PortSet {
+                protocol: *protocol,
+                published: *published,
+                target: spec.target,
+                vni: spec.vni,
+                to: spec.to.clone(),
+                owner: Owner::Control,
+            }
+            .into_request(),
+            Op::PortDel {
+                protocol,
+                published,
+            } => dp::PortDel {
+                protocol: *protocol,
+                published: *published,
             }
             .into_request(),
             Op::Detach(key) => dp::Detach {
@@ -560,9 +811,9 @@ pub fn diff(actual: &DpState, desired: &DpState) -> Vec<Op> {
 
     let mut net_add = Vec::new();
     let mut net_del = Vec::new();
-    for (vni, enc) in &desired.networks {
-        if actual.networks.get(vni) != Some(enc) {
-            net_add.push(Op::NetworkAdd(*vni, *enc));
+    for (vni, spec) in &desired.networks {
+        if actual.networks.get(vni) != Some(spec) {
+            net_add.push(Op::NetworkAdd(*vni, spec.clone()));
         }
     }
     for vni in actual.networks.keys() {
@@ -648,23 +899,59 @@ pub fn diff(actual: &DpState, desired: &DpState) -> Vec<Op> {
         }
     }
 
+    // A host link set anew (or replaced) starts without ports.
+    let (link_set, link_del) = match (&actual.host_link, &desired.host_link) {
+        (a, Some(want)) if a.as_ref() != Some(want) => (Some(Op::HostLinkSet(want.clone())), None),
+        (Some(_), None) => (None, Some(Op::HostLinkDel)),
+        _ => (None, None),
+    };
+    let mut port_set = Vec::new();
+    let mut port_del = Vec::new();
+    for ((protocol, published), spec) in &desired.ports {
+        if link_set.is_some() || actual.ports.get(&(*protocol, *published)) != Some(spec) {
+            port_set.push(Op::PortSet {
+                protocol: *protocol,
+                published: *published,
+                spec: spec.clone(),
+            });
+        }
+    }
+    if link_del.is_none() {
+        for (protocol, published) in actual.ports.keys() {
+            if !desired.ports.contains_key(&(*protocol, *published)) {
+                port_del.push(Op::PortDel {
+                    protocol: *protocol,
+                    published: *published,
+                });
+            }
+        }
+    }
+
     // Keys first (an encrypted peer is reachable as soon as it exists),
-    // then networks, then what leaves before what arrives (a peer taking
-    // over a departed endpoint's address), services once their backends'
-    // endpoints exist, then the networks and keys nothing uses any more.
+    // then networks and the host link, then what leaves before what
+    // arrives (a peer taking over a departed endpoint's address; a port
+    // unpublished before its service goes), services once their backends'
+    // endpoints exist, ports once their services do, then what nothing
+    // uses any more.
     let mut ops = Vec::new();
     ops.extend(vtep_add);
     ops.extend(net_add);
+    ops.extend(link_set);
+    ops.extend(port_del);
     ops.extend(svc_del);
     ops.extend(detach);
     ops.extend(peer_del);
     ops.extend(attach);
     ops.extend(peer_add);
     ops.extend(svc_set);
+    ops.extend(port_set);
+    ops.extend(link_del);
     ops.extend(net_del);
     ops.extend(vtep_del);
     ops
 }
 
+#[cfg(test)]
+mod mesh_tests;
 #[cfg(test)]
 mod tests;

@@ -5,7 +5,9 @@
 use super::trace::{Answer, FlowMatch, Note};
 use super::{Ctx, Outputs, note};
 use crate::fdb::{Fdb, PortId, VniTable};
-use crate::lb::conntrack::{Conntrack, ConntrackConfig, Dir, FlowId, FlowInfo, FlowKey};
+use crate::lb::conntrack::{
+    Conntrack, ConntrackConfig, Dir, FlowId, FlowInfo, FlowKey, FlowKind, NewFlow,
+};
 use crate::lb::maglev::flow_hash;
 use crate::lb::nat::{self, NatError, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Side};
 use crate::lb::reply;
@@ -24,21 +26,21 @@ const ICMPV6_NEIGHBOR_SOLICIT: u8 = 135;
 
 /// One worker's load-balancing state.
 pub(super) struct Lb {
-    cfg: ConntrackConfig,
+    pub(super) cfg: ConntrackConfig,
     /// Allocated when the first service appears (between batches), so
     /// that a dataplane without services spends no memory on it.
-    conntrack: Option<Conntrack>,
+    pub(super) conntrack: Option<Conntrack>,
     next_sweep: Option<Instant>,
     /// The last lookup and its answer. A GRO burst delivers dozens of
     /// segments of one flow in a row, and a GSO frame's segments follow
     /// each other too: all but the first skip the table.
-    recent: Option<Recent>,
+    pub(super) recent: Option<Recent>,
 }
 
 /// A remembered lookup: still true while the table has not changed and,
 /// for a hit (which may expire), within the same batch.
 #[derive(Clone, Copy)]
-struct Recent {
+pub(super) struct Recent {
     key: FlowKey,
     found: Option<(FlowId, Dir)>,
     changes: u64,
@@ -47,7 +49,7 @@ struct Recent {
 
 /// [`Conntrack::lookup`], answered from `recent` when it still holds.
 #[inline]
-fn lookup(
+pub(super) fn lookup(
     ct: &mut Conntrack,
     recent: &mut Option<Recent>,
     key: &FlowKey,
@@ -144,10 +146,14 @@ impl Ctx {
             return;
         }
         lb.next_sweep = Some(now + SWEEP_EVERY);
-        ct.handle_timeout(now, &self.stats, |f| {
-            Vni::new(f.key.vni)
+        ct.handle_timeout(now, &self.stats, |f| match f.kind {
+            FlowKind::Vip => Vni::new(f.key.vni)
                 .and_then(|v| fdb.vni(v))
-                .is_some_and(|t| t.services.contains_key(&f.key.dst))
+                .is_some_and(|t| t.services.contains_key(&f.key.dst)),
+            FlowKind::Published => fdb.published(f.key.proto, f.key.dport).is_some(),
+            FlowKind::Return => Vni::new(f.key.vni)
+                .and_then(|v| fdb.vni(v))
+                .is_some_and(|t| t.ingress),
         });
     }
 
@@ -250,6 +256,23 @@ impl Ctx {
         key: &FlowKey,
         flags: u8,
     ) -> Option<(&'s Backend, FlowMatch)> {
+        let hash = flow_hash(key.src, key.dst, key.proto, key.sport, key.dport);
+        let k = *key;
+        self.track_flow(svc, key, flags, hash, |ip, index, generation| {
+            NewFlow::vip(k, ip, generation, index)
+        })
+    }
+
+    /// [`Ctx::track`] for any flow balanced over `svc`: a new one is
+    /// picked by `hash` and tracked as `make(backend, index, generation)`.
+    pub(super) fn track_flow<'s>(
+        &mut self,
+        svc: &'s Service,
+        key: &FlowKey,
+        flags: u8,
+        hash: u64,
+        make: impl FnOnce(IpAddr, u16, u64) -> NewFlow,
+    ) -> Option<(&'s Backend, FlowMatch)> {
         let dry = self.rec.as_ref().is_some_and(|r| r.dry_run);
         let now = self.now;
         let stats = &*self.stats;
@@ -294,13 +317,12 @@ impl Ctx {
                 ct.remove(id);
             }
         }
-        let hash = flow_hash(key.src, key.dst, key.proto, key.sport, key.dport);
         let Some((index, backend)) = svc.pick(hash) else {
             stats.dropped(Drop::LbNoBackend);
             return None;
         };
         if !dry {
-            ct.insert(*key, backend.ip, svc.generation(), index, flags, now, stats)?;
+            ct.insert_flow(make(backend.ip, index, svc.generation()), flags, now, stats)?;
         }
         stats.inc(Counter::LbNewFlows);
         Some((backend, FlowMatch::New))
@@ -343,6 +365,9 @@ impl Ctx {
         let Some((id, Dir::Reply)) = lookup(ct, &mut lb.recent, &key, now, stats) else {
             return;
         };
+        if ct.flow(id).kind != FlowKind::Vip {
+            return;
+        }
         if !self.rec.as_ref().is_some_and(|r| r.dry_run) {
             ct.update(id, Dir::Reply, p.tcp_flags, now);
         }

@@ -242,7 +242,7 @@ fn from_wire_delivers_and_drops_by_reason() {
     assert!(drained(&mut out).is_empty());
     let s = e.stats();
     assert_eq!(s.drops(Drop::WireUnknownVni), 1);
-    assert_eq!(s.drops(Drop::WireBadVxlan), 1);
+    assert_eq!(s.drops(Drop::WireReservedSpi), 1);
     assert_eq!(s.drops(Drop::WireBadControl), 1);
     assert_eq!(s.drops(Drop::WireRunt), 2);
     assert_eq!(s.drops(Drop::WireNoEndpoint), 1);

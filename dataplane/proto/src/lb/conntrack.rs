@@ -116,6 +116,62 @@ impl FlowKey {
     }
 }
 
+/// What a tracked flow is for; decides how its replies are handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowKind {
+    /// Client → VIP on one network, DNAT to a backend (the VIP path).
+    Vip,
+    /// Client → a published port, from the host link (key VNI
+    /// [`HOST_VNI`]): DNAT to a task, on `reply_vni`, port translated.
+    Published,
+    /// An ingress-mesh flow arriving at its task's node from another node
+    /// (its `peer`, the ingress endpoint of the node that balanced it):
+    /// nothing is translated here, replies go back to `peer`.
+    Return,
+}
+
+/// The VNI of keys of flows that entered from the host link (no overlay
+/// network uses 0).
+pub const HOST_VNI: u32 = 0;
+
+/// A new flow for [`Conntrack::insert_flow`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewFlow {
+    /// The forward key, as the first packet arrived.
+    pub key: FlowKey,
+    pub kind: FlowKind,
+    /// Where the flow is sent (for a [`FlowKind::Return`] flow, the task:
+    /// the key's own destination).
+    pub backend: IpAddr,
+    /// The destination port on the backend (the key's own `dport` unless
+    /// a published port is translated).
+    pub backend_port: u16,
+    /// The VNI replies come back on (the key's own unless it entered from
+    /// the host link).
+    pub reply_vni: u32,
+    /// The service build and backend index (0 when not balanced).
+    pub service: u64,
+    pub index: u16,
+    /// [`FlowKind::Return`]: the MAC replies are sent to.
+    pub peer: [u8; 6],
+}
+
+impl NewFlow {
+    /// A VIP flow: same VNI and port both ways.
+    pub fn vip(key: FlowKey, backend: IpAddr, service: u64, index: u16) -> NewFlow {
+        NewFlow {
+            key,
+            kind: FlowKind::Vip,
+            backend,
+            backend_port: key.dport,
+            reply_vni: key.vni,
+            service,
+            index,
+            peer: [0; 6],
+        }
+    }
+}
+
 /// Which way a packet goes relative to the flow's first packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dir {
@@ -256,6 +312,13 @@ pub struct Flow {
     pub service: u64,
     /// The backend's index in that service's sorted backends.
     pub index: u16,
+    pub kind: FlowKind,
+    /// The destination port on the backend.
+    pub backend_port: u16,
+    /// The VNI replies arrive on.
+    pub reply_vni: u32,
+    /// [`FlowKind::Return`]: where replies go (a MAC's bytes).
+    pub peer: [u8; 6],
     pub state: State,
     /// FIN seen: bit 0 forward, bit 1 reply.
     fins: u8,
@@ -282,6 +345,10 @@ impl Flow {
         backend: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
         service: 0,
         index: 0,
+        kind: FlowKind::Vip,
+        backend_port: 0,
+        reply_vni: 0,
+        peer: [0; 6],
         state: State::Closed,
         fins: 0,
         live: false,
@@ -328,6 +395,20 @@ impl Flow {
         };
     }
 
+    /// The key its replies carry: backend → client on the reply VNI, from
+    /// the backend's port.
+    #[inline]
+    pub fn reply_key(&self) -> FlowKey {
+        FlowKey {
+            vni: self.reply_vni,
+            proto: self.key.proto,
+            src: self.backend,
+            dst: self.key.src,
+            sport: self.backend_port,
+            dport: self.key.sport,
+        }
+    }
+
     /// True for a TCP flow whose connection ended (a new SYN on its
     /// addresses and ports starts a new flow).
     pub fn is_closed(&self) -> bool {
@@ -339,7 +420,11 @@ impl Flow {
 #[derive(Debug, Clone, Copy)]
 pub struct FlowInfo {
     pub key: FlowKey,
+    pub kind: FlowKind,
     pub backend: IpAddr,
+    pub backend_port: u16,
+    /// The VNI replies arrive on (the backend's network).
+    pub reply_vni: u32,
     pub state: State,
     pub age: Duration,
     pub idle: Duration,
@@ -454,11 +539,7 @@ impl Conntrack {
 
     #[inline]
     fn key_of(f: &Flow, dir: u32) -> FlowKey {
-        if dir == 0 {
-            f.key
-        } else {
-            f.key.reply(f.backend)
-        }
+        if dir == 0 { f.key } else { f.reply_key() }
     }
 
     /// Finds the flow `key` belongs to and the direction it matched in.
@@ -517,8 +598,42 @@ impl Conntrack {
         now: Instant,
         stats: &Stats,
     ) -> Option<FlowId> {
+        self.insert_flow(
+            NewFlow::vip(key, backend, service, index),
+            tcp_flags,
+            now,
+            stats,
+        )
+    }
+
+    /// [`Conntrack::insert`] for any kind of flow.
+    pub fn insert_flow(
+        &mut self,
+        new: NewFlow,
+        tcp_flags: u8,
+        now: Instant,
+        stats: &Stats,
+    ) -> Option<FlowId> {
+        let key = new.key;
+        let mut f = Flow {
+            key,
+            backend: new.backend,
+            service: new.service,
+            index: new.index,
+            kind: new.kind,
+            backend_port: new.backend_port,
+            reply_vni: new.reply_vni,
+            peer: new.peer,
+            state: State::Closed,
+            fins: 0,
+            live: true,
+            created: 0,
+            last: 0,
+            packets: [1, 0],
+            buckets: [0; 2],
+        };
         let hf = key.hash(self.seed);
-        let hr = key.reply(backend).hash(self.seed);
+        let hr = f.reply_key().hash(self.seed);
         let (bf, br) = (hf as usize & self.mask, hr as usize & self.mask);
         let now_ms = self.ms(now);
         if !self.has_room(bf, br) {
@@ -530,24 +645,24 @@ impl Conntrack {
         }
         let id = self.free.pop()?;
         let (state, fins) = Flow::initial_state(key.proto, tcp_flags);
-        self.flows[id as usize] = Flow {
-            key,
-            backend,
-            service,
-            index,
-            state,
-            fins,
-            live: true,
-            created: now_ms,
-            last: now_ms,
-            packets: [1, 0],
-            buckets: [bf as u32, br as u32],
-        };
+        f.state = state;
+        f.fins = fins;
+        f.created = now_ms;
+        f.last = now_ms;
+        f.buckets = [bf as u32, br as u32];
+        self.flows[id as usize] = f;
         self.link(bf, tag_of(hf), id << 1);
         self.link(br, tag_of(hr), (id << 1) | 1);
         stats.inc(Counter::ConntrackInserted);
         self.changes += 1;
         Some(id)
+    }
+
+    /// Points a [`FlowKind::Return`] flow's replies at another peer (the
+    /// client's packets now arrive through another node).
+    #[inline]
+    pub fn set_peer(&mut self, id: FlowId, peer: [u8; 6]) {
+        self.flows[id as usize].peer = peer;
     }
 
     fn has_room(&self, bf: usize, br: usize) -> bool {
@@ -712,7 +827,10 @@ impl Conntrack {
             .filter(move |f| f.live && now_ms < self.deadline(f))
             .map(move |f| FlowInfo {
                 key: f.key,
+                kind: f.kind,
                 backend: f.backend,
+                backend_port: f.backend_port,
+                reply_vni: f.reply_vni,
                 state: f.state,
                 age: Duration::from_millis(now_ms - f.created),
                 idle: Duration::from_millis(now_ms - f.last),

@@ -10,15 +10,15 @@ use crate::model::{Attachment, DesiredState, Driver, Ipv4Config, Ipv6Config};
 
 const OWN: [u8; 4] = [192, 0, 2, 1];
 
-fn ip(s: &str) -> IpAddr {
+pub(super) fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-fn vni(n: u32) -> Vni {
+pub(super) fn vni(n: u32) -> Vni {
     Vni::new(n).unwrap()
 }
 
-fn net(id: &str, v: u32, encrypted: bool, v6: bool) -> Network {
+pub(super) fn net(id: &str, v: u32, encrypted: bool, v6: bool) -> Network {
     Network {
         id: id.into(),
         name: format!("{id}-name"),
@@ -45,14 +45,15 @@ fn net(id: &str, v: u32, encrypted: bool, v6: bool) -> Network {
     }
 }
 
+/// A plain network that floods, as the dataplane reports one.
 fn plain() -> NetSpec {
     NetSpec {
-        encrypted: false,
         flood: true,
+        ..NetSpec::default()
     }
 }
 
-fn attachment(network: &str, v4: &str, v6: Option<&str>) -> Attachment {
+pub(super) fn attachment(network: &str, v4: &str, v6: Option<&str>) -> Attachment {
     let ipv4: std::net::Ipv4Addr = v4.parse().unwrap();
     Attachment {
         network: network.into(),
@@ -63,7 +64,7 @@ fn attachment(network: &str, v4: &str, v6: Option<&str>) -> Attachment {
     }
 }
 
-fn container(id: &str, attachments: Vec<Attachment>) -> (Container, Runtime) {
+pub(super) fn container(id: &str, attachments: Vec<Attachment>) -> (Container, Runtime) {
     let rt = Runtime {
         container_id: id.into(),
         netns: format!("ns-{id}"),
@@ -115,22 +116,24 @@ fn record_of(network: &str, ip: &str, v4: &str, vtep_last: u8, version: u64) -> 
     }
 }
 
-fn record(network: &str, v4: &str, vtep_last: u8, version: u64) -> EndpointRecord {
+pub(super) fn record(network: &str, v4: &str, vtep_last: u8, version: u64) -> EndpointRecord {
     record_of(network, v4, v4, vtep_last, version)
 }
 
-struct World {
-    networks: Vec<Network>,
-    containers: Vec<(Container, Runtime)>,
-    gossip: GossipView,
-    underlay: Option<Underlay>,
-    services: Vec<Service>,
+pub(super) struct World {
+    pub(super) networks: Vec<Network>,
+    pub(super) containers: Vec<(Container, Runtime)>,
+    pub(super) gossip: GossipView,
+    pub(super) underlay: Option<Underlay>,
+    pub(super) services: Vec<Service>,
     /// Other hosts' containers the store holds.
-    remote: Vec<Container>,
+    pub(super) remote: Vec<Container>,
+    /// This node, in a swarm with a host link.
+    pub(super) node: Option<crate::model::Node>,
 }
 
 impl World {
-    fn plan(&self) -> Plan {
+    pub(super) fn plan(&self) -> Plan {
         let locals: Vec<LocalContainer<'_>> = self
             .containers
             .iter()
@@ -152,13 +155,15 @@ impl World {
             services: &self.services,
             tasks: &tasks,
             live: &live,
+            node: self.node.as_ref(),
+            host_link_subnet: self.node.as_ref().map(|_| "198.18.0.0/16".parse().unwrap()),
         })
     }
 }
 
 /// Host 1 with one container on `n1`; host 2 (live) has one, host 3 (not
 /// a member any more) has one.
-fn world() -> World {
+pub(super) fn world() -> World {
     World {
         networks: vec![net("n1", 4097, true, true), net("n2", 4098, false, false)],
         containers: vec![container(
@@ -166,6 +171,7 @@ fn world() -> World {
             vec![attachment("n1", "10.0.1.2", Some("fd00::2"))],
         )],
         gossip: GossipView {
+            syncing: false,
             own: Some(member(1)),
             members: vec![member(2)],
             records: vec![
@@ -179,6 +185,7 @@ fn world() -> World {
         underlay: Some(Underlay::new(1500, false)),
         services: Vec::new(),
         remote: Vec::new(),
+        node: None,
     }
 }
 
@@ -193,7 +200,10 @@ fn plan_of_a_host_with_one_container() {
             vni(4097),
             NetSpec {
                 encrypted: true,
-                flood: true
+                gateways: vec![ip("10.0.1.1"), ip("fd00::1")],
+                egress: true,
+                ingress: false,
+                flood: true,
             }
         )])
     );
@@ -410,6 +420,7 @@ fn after_leaving_everything_owned_goes() {
         underlay: None,
         services: Vec::new(),
         remote: Vec::new(),
+        node: None,
     }
     .plan();
     let ops = diff(&p.state, &empty.state);
@@ -431,6 +442,9 @@ fn only_control_owned_entries_are_observed() {
                 endpoints: 0,
                 peers: 1,
                 mtu: 1450,
+                gateways: vec![],
+                egress: false,
+                ingress: false,
                 flood: false,
                 flood_rate: 1000,
                 flooding: Default::default(),
@@ -442,6 +456,9 @@ fn only_control_owned_entries_are_observed() {
                 endpoints: 0,
                 peers: 0,
                 mtu: 1450,
+                gateways: vec![],
+                egress: false,
+                ingress: false,
                 flood: true,
                 flood_rate: 1000,
                 flooding: Default::default(),
@@ -471,6 +488,8 @@ fn only_control_owned_entries_are_observed() {
         ],
         vteps: vec![],
         services: vec![],
+        host_link: None,
+        ports: vec![],
     };
     let s = observe(&o);
     assert_eq!(s.networks.len(), 1);
@@ -546,8 +565,8 @@ fn a_network_with_flooding_off_says_so() {
         vec![Op::NetworkAdd(
             vni(4097),
             NetSpec {
-                encrypted: true,
-                flood: false
+                flood: false,
+                ..world().plan().state.networks[&vni(4097)].clone()
             }
         )]
     );
@@ -557,7 +576,7 @@ fn a_network_with_flooding_off_says_so() {
     assert!(!req.flood && req.encrypted);
 }
 
-fn service(id: &str, network: &str, vip: &str, vip6: Option<&str>) -> Service {
+pub(super) fn service(id: &str, network: &str, vip: &str, vip6: Option<&str>) -> Service {
     Service {
         id: id.into(),
         name: id.into(),
@@ -578,10 +597,11 @@ fn service(id: &str, network: &str, vip: &str, vip6: Option<&str>) -> Service {
         created: 0,
         updated: 0,
         version: 1,
+        ports: Vec::new(),
     }
 }
 
-fn task_of(c: &mut Container, service: &str, slot: u64) {
+pub(super) fn task_of(c: &mut Container, service: &str, slot: u64) {
     c.task = Some(crate::model::TaskInfo {
         service: service.into(),
         slot,
@@ -724,4 +744,18 @@ fn only_control_owned_services_are_observed() {
             BTreeSet::from([(ip("10.0.1.2"), MacAddr::from_ip(ip("10.0.1.2")))])
         )])
     );
+}
+
+#[test]
+fn only_additions_are_additive() {
+    let w = world();
+    let want = w.plan().state;
+    let empty = DpState::default();
+    // Onto an empty dataplane everything the plan makes is an addition.
+    assert!(diff(&empty, &want).iter().all(|op| additive(op, &empty)));
+    // Taking it all away is not, nor is re-attaching what exists.
+    assert!(!diff(&want, &empty).iter().any(|op| additive(op, &want)));
+    let key = want.endpoints.keys().next().unwrap().clone();
+    let spec = want.endpoints[&key].clone();
+    assert!(!additive(&Op::Attach(key, spec), &want));
 }
