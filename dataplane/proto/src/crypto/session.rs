@@ -83,7 +83,9 @@
 //!   late RESP can also make us drop an answer we gave meanwhile, which the
 //!   peer then confirms: an authentic CONFIRM of such an answer, sent after
 //!   the peer last showed it holds our current generation, also starts a
-//!   new handshake (a replay of it is dated before the new one).
+//!   new handshake (a replay of it is dated before the new one); and an
+//!   answer dropped that way never counts as given, so the peer's retries
+//!   of its INIT newer than that RESP are answered anew.
 //!
 //! This needs no new message, state on disk, or extra round trip on the
 //! normal path; the price is one unusable answer per replayed handshake.
@@ -956,9 +958,18 @@ impl Session {
             self.inbound.insert(sa.spi(), sa);
         }
         let outbound = outs.into_iter().map(|sa| (sa.id().vni, sa)).collect();
-        // An answer we gave to the peer's INIT meanwhile is superseded.
+        // An answer we gave to the peer's INIT meanwhile is superseded. Its
+        // INIT is answered anew should the peer retry it with a timestamp
+        // newer than this RESP (older retries are stale by the line above):
+        // the peer sent that retry after this RESP, so this RESP may come
+        // from a session of the peer that no longer exists (it restarted),
+        // and the peer, wanting our answer, would otherwise wait forever
+        // (it keeps retrying; as the larger key it answers nothing of ours).
         if let Some(old) = self.responding.take() {
             self.retire(old.local_id, now);
+            if self.answered_eph == Some(old.init_eph) {
+                self.answered_eph = None;
+            }
         }
         self.switch_outbound(local_id, outbound, now);
         let our_ts = self.next_ts(now);

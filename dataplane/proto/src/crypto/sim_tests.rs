@@ -1502,3 +1502,41 @@ fn confirm_of_an_answer_dropped_for_a_late_resp_starts_a_new_handshake() {
     sim.run(Duration::from_millis(100));
     assert!(sim.opened[0] > opened[0] + 50 && sim.opened[1] > opened[1] + 50);
 }
+
+/// The same late RESP on the smaller key's side, the peer's RESP lost: the
+/// smaller key answers the restarted peer's INIT, the old session's RESP
+/// then completes its own handshake and drops that answer, and the answer
+/// never arrives. The peer (larger key) answers none of our INITs and keeps
+/// retrying its own; those retries must be answered anew (found by
+/// `cargo fuzz run kx_rotation`:
+/// `fuzz/corpus/kx_rotation/seed-regress-retry-of-dropped-answer`).
+#[test]
+fn retry_of_an_answer_dropped_for_a_late_resp_is_answered_anew() {
+    let (i, r) = (1, 0);
+    let mut sim = Sim::with_larger_key(94, SessionConfig::default(), r);
+    let (old_resp, init_r) = restart_between_init_and_resp(&mut sim, i, 195);
+    let now = sim.now;
+    sim.nodes[i].handle_message(now, &init_r).unwrap();
+    let lost_resp = sim.nodes[i].poll_transmit().expect("the answer");
+    assert_eq!(msg_type(&lost_resp), 2);
+    sim.nodes[i].handle_message(now, &old_resp).unwrap();
+    let confirm = sim.nodes[i].poll_transmit().expect("CONFIRM");
+    assert!(sim.nodes[r].handle_message(now, &confirm).is_err());
+    assert!(!sim.nodes[i].is_rotating() && !sim.nodes[r].is_established());
+    // The peer's next INIT retry: before the fix it was "stale" (its
+    // handshake counted as answered) and the pair never agreed.
+    sim.now = sim.nodes[r].poll_timeout().expect("INIT retry timer");
+    let now = sim.now;
+    sim.nodes[r].handle_timeout(now);
+    let retry = sim.nodes[r].poll_transmit().expect("INIT retry");
+    sim.nodes[i].handle_message(now, &retry).unwrap();
+    assert!(sim.nodes[i].poll_transmit().is_some(), "answered anew");
+    assert!(sim.run_until(Duration::from_secs(1), Sim::both_on_same_generation));
+    // The retry again, replayed: no second answer.
+    assert!(sim.nodes[i].handle_message(sim.now, &retry).is_err());
+    assert!(sim.nodes[i].poll_transmit().is_none());
+    sim.traffic = true;
+    let opened = sim.opened;
+    sim.run(Duration::from_millis(100));
+    assert!(sim.opened[0] > opened[0] + 50 && sim.opened[1] > opened[1] + 50);
+}
