@@ -1369,6 +1369,14 @@ fn replayed_resp_gets_no_confirm_and_each_retransmission_one() {
     }
 }
 
+/// Turns traffic on for 100 ms: each side must open what the other sends.
+fn assert_traffic_flows_both_ways(sim: &mut Sim) {
+    sim.traffic = true;
+    let opened = sim.opened;
+    sim.run(Duration::from_millis(100));
+    assert!(sim.opened[0] > opened[0] + 50 && sim.opened[1] > opened[1] + 50);
+}
+
 /// An established pair, no traffic; node `a` rekeys, the peer answers, and
 /// restarts (new session seeded `seed`) before its RESP arrives; the new
 /// session initiates. Returns the old session's RESP and the new INIT, both
@@ -1450,10 +1458,7 @@ fn late_resp_from_before_a_peer_restart_does_not_strand_the_pair() {
         assert!(sim.nodes[a].handle_message(sim.now, m).is_err());
         assert!(sim.nodes[a].poll_transmit().is_none());
     }
-    sim.traffic = true;
-    let opened = sim.opened;
-    sim.run(Duration::from_millis(100));
-    assert!(sim.opened[0] > opened[0] + 50 && sim.opened[1] > opened[1] + 50);
+    assert_traffic_flows_both_ways(&mut sim);
 }
 
 /// As above with the smaller key on the initiator: while its INIT is
@@ -1497,10 +1502,7 @@ fn confirm_of_an_answer_dropped_for_a_late_resp_starts_a_new_handshake() {
     // A replay of B's CONFIRM changes nothing now.
     assert!(sim.nodes[a].handle_message(sim.now, &confirm_b).is_err());
     assert!(sim.nodes[a].poll_transmit().is_none());
-    sim.traffic = true;
-    let opened = sim.opened;
-    sim.run(Duration::from_millis(100));
-    assert!(sim.opened[0] > opened[0] + 50 && sim.opened[1] > opened[1] + 50);
+    assert_traffic_flows_both_ways(&mut sim);
 }
 
 /// The same late RESP on the smaller key's side, the peer's RESP lost: the
@@ -1535,8 +1537,5 @@ fn retry_of_an_answer_dropped_for_a_late_resp_is_answered_anew() {
     // The retry again, replayed: no second answer.
     assert!(sim.nodes[i].handle_message(sim.now, &retry).is_err());
     assert!(sim.nodes[i].poll_transmit().is_none());
-    sim.traffic = true;
-    let opened = sim.opened;
-    sim.run(Duration::from_millis(100));
-    assert!(sim.opened[0] > opened[0] + 50 && sim.opened[1] > opened[1] + 50);
+    assert_traffic_flows_both_ways(&mut sim);
 }
