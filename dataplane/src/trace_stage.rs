@@ -25,6 +25,9 @@ pub fn of_drop(d: Drop) -> TraceStage {
         ("wire", "no_endpoint") => S::Endpoint,
         ("wire", _) => S::WireRx,
         ("io", "tap_write" | "bad_ref") => S::TapTx,
+        ("mesh", "no_port" | "no_route") => S::Vip,
+        ("mesh", "no_flow") => S::Conntrack,
+        ("mesh", _) => S::Fdb,
         _ => S::Outer,
     }
 }
@@ -99,6 +102,19 @@ pub fn fix(d: Drop) -> &'static str {
         ("io", "udp_send_family") => {
             "the destination VTEP is of the other address family than this host's VTEP: use one family for all VTEPs"
         }
+        ("mesh", "no_port") => {
+            "nothing publishes this port: `vxnet service ls` shows the published PORTS; add one with `vxnet service update --publish-add`"
+        }
+        ("mesh", "no_route") => {
+            "the host link sent to an address no local container has: the task moved or stopped; `vxnet dp ports` and `vxnet dp endpoints` show what is here"
+        }
+        ("mesh", "no_egress") => {
+            "the network has no way out: it was created --internal, the address is IPv6, or the dataplane runs without a host link"
+        }
+        ("mesh", "no_flow") => {
+            "a published-port reply with no flow state here (the dataplane restarted): the client's next packet recreates it"
+        }
+        ("mesh", _) => "only ARP, TCP, UDP and ICMP over IPv4 cross the host link",
         _ => "the kernel refused the send or write; see the dataplane's log",
     }
 }
@@ -107,4 +123,24 @@ pub fn fix(d: Drop) -> &'static str {
 /// and the trace's own `fdb/no_peer`).
 pub fn fix_no_peer() -> &'static str {
     "no endpoint or peer has this MAC on the VNI: add the peer (`vxnet dp peer add`), or check that the destination's container runs and its host is Ready (`vxnet node ls`)"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Outside the kernel's own refusals (`io/*`, whose errno the log
+    /// has), every drop reason has a fix of its own words, not the
+    /// fallback.
+    #[test]
+    fn every_reason_outside_io_has_its_own_fix() {
+        let fallback = fix(Drop::ALL
+            .iter()
+            .copied()
+            .find(|d| d.stage() == "io" && d.reason() == "udp_send")
+            .expect("io/udp_send"));
+        for d in Drop::ALL.iter().copied().filter(|d| d.stage() != "io") {
+            assert_ne!(fix(d), fallback, "{}/{} has no fix", d.stage(), d.reason());
+        }
+    }
 }

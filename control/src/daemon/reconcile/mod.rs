@@ -752,6 +752,8 @@ where
             Op::VtepAdd(..) => r.vteps_added += 1,
             Op::VtepDel(_) => r.vteps_removed += 1,
             Op::NetworkAdd(..) => r.networks_added += 1,
+            // Counted when the network was added.
+            Op::EgressOn(..) => {}
             Op::NetworkDel(_) => r.networks_removed += 1,
             Op::Attach(..) => r.attached += 1,
             Op::Detach(_) => r.detached += 1,
@@ -855,6 +857,7 @@ fn describe(op: &Op) -> String {
         Op::VtepAdd(v, _) => format!("key of host {v}"),
         Op::VtepDel(v) => format!("removing the key of host {v}"),
         Op::NetworkAdd(v, _) => format!("network VNI {v}"),
+        Op::EgressOn(v, _) => format!("egress of network VNI {v}"),
         Op::NetworkDel(v) => format!("removing network VNI {v}"),
         Op::Attach(k, s) => format!("endpoint {} on VNI {}", key_name(k), s.vni),
         Op::Detach(k) => format!("detaching {}", key_name(k)),

@@ -612,6 +612,9 @@ pub fn additive(op: &Op, have: &DpState) -> bool {
 pub enum Op {
     VtepAdd(IpAddr, PublicKey),
     NetworkAdd(Vni, NetSpec),
+    /// The network's egress turned on after its ports (the same request
+    /// as [`Op::NetworkAdd`], with the spec in full).
+    EgressOn(Vni, NetSpec),
     HostLinkSet(HostLinkSpec),
     HostLinkDel,
     PortSet {
@@ -662,7 +665,7 @@ impl Op {
                 owner: Owner::Control,
             }
             .into_request(),
-            Op::NetworkAdd(vni, n) => dp::NetworkAdd {
+            Op::NetworkAdd(vni, n) | Op::EgressOn(vni, n) => dp::NetworkAdd {
                 vni: *vni,
                 encrypted: n.encrypted,
                 gateways: n.gateways.clone(),
@@ -927,6 +930,26 @@ pub fn diff(actual: &DpState, desired: &DpState) -> Vec<Op> {
         }
     }
 
+    // A network (re)added with egress on, whose ports are set in this same
+    // plan, gets egress only after them. Between its endpoints' attach and
+    // the ports, a task's segment of a published-port connection (a
+    // retransmission after this dataplane restarted) would otherwise look
+    // like egress and leave from the host's address; the client's kernel
+    // answers that with a reset, which reaches the task and kills the
+    // connection. Until then such a segment is dropped, and retransmitted.
+    let mut egress_on = Vec::new();
+    for op in &mut net_add {
+        if let Op::NetworkAdd(vni, spec) = op {
+            let has_ports = port_set
+                .iter()
+                .any(|p| matches!(p, Op::PortSet { spec: ps, .. } if ps.vni == *vni));
+            if spec.egress && has_ports {
+                egress_on.push(Op::EgressOn(*vni, spec.clone()));
+                spec.egress = false;
+            }
+        }
+    }
+
     // Keys first (an encrypted peer is reachable as soon as it exists),
     // then networks and the host link, then what leaves before what
     // arrives (a peer taking over a departed endpoint's address; a port
@@ -945,6 +968,7 @@ pub fn diff(actual: &DpState, desired: &DpState) -> Vec<Op> {
     ops.extend(peer_add);
     ops.extend(svc_set);
     ops.extend(port_set);
+    ops.extend(egress_on);
     ops.extend(link_del);
     ops.extend(net_del);
     ops.extend(vtep_del);

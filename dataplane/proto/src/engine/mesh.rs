@@ -326,7 +326,10 @@ impl Ctx {
         if dir != Dir::Reply {
             return None;
         }
-        ct.update(id, Dir::Reply, flags, now);
+        // A dry run (`vxnet trace`) decides the same but changes no flow.
+        if !self.rec.as_ref().is_some_and(|r| r.dry_run) {
+            ct.update(id, Dir::Reply, flags, now);
+        }
         let f = ct.flow(id);
         Some((f.kind, f.peer, f.key.dst, f.key.dport))
     }
@@ -440,6 +443,10 @@ impl Ctx {
     /// tracked with the MAC it came from, so that the task's replies go
     /// back through that node (which holds the flow's translation).
     pub(super) fn track_return(&mut self, vni: Vni, table: &VniTable, frame: &[u8]) {
+        // A dry run (`vxnet trace`) tracks nothing: the real packet will.
+        if self.rec.as_ref().is_some_and(|r| r.dry_run) {
+            return;
+        }
         let Ok(p) = nat::parse(frame) else {
             return;
         };

@@ -687,3 +687,60 @@ fn a_flow_that_moves_to_another_ingress_node_returns_there() {
             .all(|(_, f)| f[0..6] != mac_of(ingress_ip(1)).0)
     );
 }
+
+/// Every flow as the table holds it, less its times.
+fn flow_table(e: &Engine) -> Vec<String> {
+    let mut v: Vec<String> = e
+        .flows()
+        .map(|f| format!("{:?} {:?} {:?} {:?}", f.key, f.kind, f.state, f.packets))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn traces_of_mesh_packets_change_no_flow() {
+    let now = Instant::now();
+    let mut n1 = Node::new(node(1), now);
+    let mut n2 = Node::new(node(2), now);
+    // A real flow: the client's SYN through node 1 to the task on node 2.
+    n1.tap(HOST_PORT, &from_client(1, 40_000, true));
+    let (_, inner) = n1.sent().pop().expect("sent to the task's node");
+    n2.wire(node_ip(1), &inner);
+    let (task_port, _) = n2.written().pop().expect("delivered to the task");
+    let task = nat::parse(&inner).unwrap().dst.to_string();
+    let syn_ack = tcp(
+        mac_of(&task),
+        vip_mac(ip("10.0.0.1")),
+        &task,
+        CLIENT,
+        (80, 40_000),
+        false,
+    );
+    let (before1, before2) = (flow_table(&n1.e), flow_table(&n2.e));
+    assert!(!before1.is_empty() && !before2.is_empty());
+
+    // Traces of: a new client's SYN on node 1 (published port), its
+    // arrival on node 2 (return tracking), the task's answer on node 2
+    // (a reply of the return flow) and on node 1 (to the host).
+    let mut pkt = [&[0u8; vnet::LEN][..], &from_client(1, 40_001, true)].concat();
+    let run = n1.e.trace_tap(HOST_PORT, &mut pkt);
+    assert_eq!(run.sent.len(), 1, "the trace picks a task: {:?}", run.drops);
+    let mut d = run.sent[0].1.clone();
+    assert_eq!(
+        n2.e.trace_wire(SocketAddr::new(node_ip(1), 4789), &mut d)
+            .delivered
+            .len(),
+        1
+    );
+    let mut pkt = [&[0u8; vnet::LEN][..], &syn_ack].concat();
+    let run = n2.e.trace_tap(task_port, &mut pkt);
+    assert_eq!(run.sent.len(), 1, "back to node 1: {:?}", run.drops);
+    let mut d = run.sent[0].1.clone();
+    let run = n1.e.trace_wire(SocketAddr::new(node_ip(2), 4789), &mut d);
+    assert_eq!(run.delivered.len(), 1, "to the host: {:?}", run.drops);
+    assert_eq!(run.delivered[0].0, HOST_PORT);
+
+    assert_eq!(flow_table(&n1.e), before1, "node 1's conntrack moved");
+    assert_eq!(flow_table(&n2.e), before2, "node 2's conntrack moved");
+}

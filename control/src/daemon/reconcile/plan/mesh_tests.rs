@@ -283,3 +283,42 @@ fn what_the_firewall_lost_is_not_observed() {
     };
     assert_eq!(observe(&o).host_link, None, "a broken table is set again");
 }
+
+#[test]
+fn a_fresh_dataplane_gets_egress_after_the_ports() {
+    // A restarted dataplane: everything is added anew. The ingress
+    // network's egress comes only after its ports, so a task's segment of
+    // a published-port connection never leaves as egress in between.
+    let p = mesh_world().plan();
+    let ops = diff(&DpState::default(), &p.state);
+    let adds: Vec<(usize, bool)> = ops
+        .iter()
+        .enumerate()
+        .filter_map(|(i, o)| match o {
+            Op::NetworkAdd(v, s) | Op::EgressOn(v, s) if *v == vni(4096) => Some((i, s.egress)),
+            _ => None,
+        })
+        .collect();
+    let last_port = ops
+        .iter()
+        .rposition(|o| matches!(o, Op::PortSet { .. }))
+        .unwrap();
+    assert_eq!(adds.len(), 2, "{ops:?}");
+    assert!(!adds[0].1, "added without egress first: {ops:?}");
+    assert!(
+        adds[1].1 && adds[1].0 > last_port,
+        "egress after the ports: {ops:?}"
+    );
+    // Once applied, nothing is left to do; a network whose ports are
+    // already there gets egress at once.
+    assert!(diff(&p.state, &p.state).is_empty());
+    let mut actual = p.state.clone();
+    if let Some(n) = actual.networks.get_mut(&vni(4096)) {
+        n.egress = false;
+    }
+    let ops = diff(&actual, &p.state);
+    assert!(
+        matches!(&ops[..], [Op::NetworkAdd(_, s)] if s.egress),
+        "a network whose ports are there gets egress in its own add: {ops:?}"
+    );
+}
