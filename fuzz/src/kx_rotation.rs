@@ -15,8 +15,12 @@
 //!
 //! At the end the adversary stops: what is in flight arrives in order,
 //! nothing is lost any more, and time moves on. Within [`CONVERGE_WITHIN`]
-//! of virtual time both hosts must be established, out of any handshake,
-//! and a packet sealed by each must open at the other.
+//! of virtual time both hosts must be established, with no INIT of their
+//! own outstanding, and a packet sealed by each must open at the other.
+//! An answer to a peer's INIT may still be pending then: one the peer has
+//! moved on from (it has no message to say so) ends by its bounded RESP
+//! retries, so within [`QUIESCE_WITHIN`] both hosts must be out of every
+//! handshake, and packets must still open both ways.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -70,6 +74,11 @@ const MAX_OPS: usize = 400;
 /// (The slowest legitimate path: an INIT retry backed off to the 0.8 s
 /// cap, then one round trip.)
 pub const CONVERGE_WITHIN: Duration = Duration::from_millis(1200);
+
+/// Once the adversary stops, both hosts must be out of every handshake
+/// within this virtual time: a dangling answer gives up after 1.55 s
+/// ([`config`]'s RESP retries), plus slack.
+pub const QUIESCE_WITHIN: Duration = Duration::from_millis(2000);
 
 /// Short timers so that short scripts reach retries, give-ups, rekeys by
 /// time and by packet count, and the end of grace periods.
@@ -384,14 +393,43 @@ impl World {
         }
     }
 
-    /// Whether both hosts are established, out of any handshake, and a
-    /// packet from each opens at the other.
+    /// Whether both hosts are established, with no INIT of their own
+    /// outstanding, and a packet from each opens at the other.
     fn agreed(&mut self) -> bool {
         self.nodes
             .iter()
-            .all(|s| s.is_established() && !s.is_rotating())
+            .all(|s| s.is_established() && !s.is_initiating())
             && self.data(0)
             && self.data(1)
+    }
+
+    /// After agreement: every pending answer ends by [`QUIESCE_WITHIN`]
+    /// from `start`, and changes nothing that works.
+    fn quiesce(&mut self, start: Instant) {
+        let deadline = start + QUIESCE_WITHIN;
+        while self.nodes.iter().any(Session::is_rotating) {
+            while let Some((to, m)) = self.in_flight.pop_front() {
+                self.deliver(to, &m);
+            }
+            assert!(
+                self.now < deadline,
+                "a handshake still pending {QUIESCE_WITHIN:?} after the adversary stopped: {:?} {:?}",
+                self.nodes[0],
+                self.nodes[1]
+            );
+            let next = (0..2)
+                .filter_map(|n| self.nodes[n].poll_timeout())
+                .min()
+                .unwrap_or(deadline)
+                .max(self.now + Duration::from_millis(1));
+            self.run_timers(next.min(deadline));
+        }
+        assert!(
+            self.data(0) && self.data(1),
+            "packets stopped opening once the handshakes ended: {:?} {:?}",
+            self.nodes[0],
+            self.nodes[1]
+        );
     }
 
     /// The adversary has stopped: a fair, lossless, in-order network.
@@ -406,7 +444,9 @@ impl World {
                 assert!(delivered < 10_000, "control messages never stop");
             }
             if self.agreed() {
-                return self.now - start;
+                let took = self.now - start;
+                self.quiesce(start);
+                return took;
             }
             assert!(
                 self.now < deadline,

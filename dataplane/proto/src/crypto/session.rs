@@ -471,6 +471,11 @@ impl Session {
         self.current.is_some()
     }
 
+    /// Whether our own INIT is outstanding (we want new keys).
+    pub fn is_initiating(&self) -> bool {
+        self.initiating.is_some()
+    }
+
     /// Whether a handshake (as initiator or responder) is in progress.
     pub fn is_rotating(&self) -> bool {
         self.initiating.is_some() || self.responding.is_some()
