@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use vxnet_api::{ApiError, ApiResult};
@@ -78,9 +79,10 @@ impl LogQueue {
     }
 }
 
-/// A node that joined less than this long ago and gossip has not seen yet
-/// is still Ready (gossip needs a moment to hear of it); one gossip saw is
-/// Down as soon as gossip drops it.
+/// A node that joined less than this long ago (or before this manager
+/// process started, less than this long after its start) and gossip has
+/// not seen yet is still Ready (gossip needs a moment to hear of it); one
+/// gossip saw is Down as soon as gossip drops it.
 const JOIN_GRACE_SECS: u64 = 10;
 
 impl<S, D> Daemon<S, D>
@@ -525,10 +527,19 @@ where
             return;
         }
         let view = self.gossip_view();
-        if view.own.is_none() {
-            // No gossip yet: nothing to tell Ready from Down by.
+        if view.own.is_none() || view.syncing {
+            // No gossip yet, or still pulling the swarm's state: nothing
+            // to tell Ready from Down by.
             return;
         }
+        let since = match self.tending_since.load(Ordering::Relaxed) {
+            0 => {
+                let t = now();
+                self.tending_since.store(t, Ordering::Relaxed);
+                t
+            }
+            t => t,
+        };
         let _w = self.write();
         let Ok(nodes) = self.store.list::<Node>() else {
             return;
@@ -545,7 +556,7 @@ where
             }
             let joining = n.status == NodeStatus::Ready
                 && !seen.contains(&n.id)
-                && now() < n.created + JOIN_GRACE_SECS;
+                && now() < n.created.max(since) + JOIN_GRACE_SECS;
             let status = if live || joining {
                 NodeStatus::Ready
             } else {

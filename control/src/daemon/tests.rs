@@ -1295,3 +1295,39 @@ fn a_published_port_is_programmed_repaired_and_withdrawn() {
                 .is_some_and(|(h, _)| h.ingress.is_none())
     });
 }
+
+#[test]
+fn a_restarted_manager_does_not_take_ready_nodes_for_down() {
+    let (m, _w, worker) = pair();
+    // The worker joined long ago; this manager process has just started
+    // and its gossip has heard of nobody yet.
+    let mut n =
+        m.d.store
+            .list::<crate::model::Node>()
+            .unwrap()
+            .into_iter()
+            .find(|n| n.id == worker)
+            .unwrap();
+    n.created = 0;
+    m.d.store.put(&n).unwrap();
+    let alone = GossipView {
+        syncing: false,
+        own: Some(member(1)),
+        members: vec![],
+        records: vec![],
+    };
+    m.set_view(alone.clone());
+    m.d.tend_node_status();
+    let status = |m: &Node| {
+        m.ok(ctl::NodeInspect {
+            node: worker.clone(),
+        })
+        .node
+        .status
+    };
+    assert_eq!(status(&m), crate::model::NodeStatus::Ready);
+    // The grace from the start has passed and gossip never found it: Down.
+    m.d.tending_since.store(1, Ordering::Relaxed);
+    m.d.tend_node_status();
+    assert_eq!(status(&m), crate::model::NodeStatus::Down);
+}
