@@ -311,8 +311,30 @@ where
                 .find(|n| n.ingress)
                 .map(|n| n.id);
             let actions = crate::scheduler::schedule(&services, &tasks, &nodes, ingress.as_deref());
+            let mut errors = super::lock(&self.schedule_errors);
+            // A service that needs no new task has no scheduling problem.
+            errors.retain(|id, _| {
+                actions
+                    .iter()
+                    .any(|a| matches!(a, Action::Create { service, .. } if service == id))
+            });
             for a in &actions {
-                self.apply_action(a, &services, ingress.as_deref())?;
+                let r = self.apply_action(a, &services, ingress.as_deref());
+                // A task that cannot be created (no free address, say) is
+                // the service's problem, shown by `service inspect` and
+                // the CLI's wait; the other services' actions go on.
+                if let Action::Create { service, .. } = a {
+                    match r {
+                        Ok(()) => {
+                            errors.remove(service);
+                        }
+                        Err(e) => {
+                            errors.insert(service.clone(), e.message.clone());
+                        }
+                    }
+                    continue;
+                }
+                r?;
             }
             Ok(actions.len())
         })();
@@ -445,8 +467,12 @@ where
                 match r {
                     Ok(c) => tracing::info!(task = %c.name, node = %node, "task created"),
                     // A full network: the slot stays empty and the next
-                    // round tries again; `service ps` shows fewer tasks.
-                    Err(e) => tracing::warn!(service = %s.name, error = %e, "task not created"),
+                    // round tries again; the caller records why for the
+                    // service (`service inspect`, the CLI's wait).
+                    Err(e) => {
+                        tracing::warn!(service = %s.name, error = %e, "task not created");
+                        return Err(e.into());
+                    }
                 }
             }
             Action::Remove { task, why } => {

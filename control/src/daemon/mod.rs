@@ -174,6 +174,9 @@ pub struct Daemon<S, D> {
     /// Down before its gossip has found them (their tasks would be
     /// rescheduled).
     pub(crate) tending_since: std::sync::atomic::AtomicU64,
+    /// Service id -> why the scheduler's last attempt to create one of
+    /// its tasks failed; cleared when one is created (the manager's).
+    pub(crate) schedule_errors: Mutex<std::collections::BTreeMap<String, String>>,
     /// What carries this host's VTEP, as the dataplane last said (each
     /// reconciliation pass): the MTU in force of networks without a given
     /// MTU comes from it.
@@ -249,6 +252,7 @@ where
             local_addrs: Box::new(system_addresses),
             seen_members: Mutex::default(),
             tending_since: std::sync::atomic::AtomicU64::new(0),
+            schedule_errors: Mutex::default(),
             underlay: Mutex::default(),
             logs: Mutex::default(),
             traces: Mutex::default(),

@@ -1331,3 +1331,45 @@ fn a_restarted_manager_does_not_take_ready_nodes_for_down() {
     m.d.tend_node_status();
     assert_eq!(status(&m), crate::model::NodeStatus::Down);
 }
+
+#[test]
+fn a_task_that_cannot_be_created_is_the_services_visible_problem() {
+    let n = node();
+    n.init();
+    // A /29 holds 5 addresses after the gateway: the VIP and 4 tasks.
+    n.ok(ctl::NetworkCreate {
+        name: "tiny".into(),
+        subnets: vec!["10.9.9.0/29".parse().unwrap()],
+        ..Default::default()
+    });
+    let create = |replicas| ctl::ServiceCreate {
+        name: "many".into(),
+        mode: crate::model::ServiceMode::Replicated { replicas },
+        endpoint_mode: crate::model::EndpointMode::Vip,
+        networks: vec![ctl::ServiceNetworkRequest {
+            network: "tiny".into(),
+            aliases: vec![],
+        }],
+        command: vec!["sleep".into(), "600".into()],
+        env: vec![],
+        restart: crate::model::RestartCondition::Any,
+        ports: vec![],
+    };
+    n.ok(create(6));
+    n.d.tend_services();
+    let view = n.ok(ctl::ServiceInspect {
+        service: "many".into(),
+    });
+    let e = view.schedule_error.expect("the missing tasks say why");
+    assert!(e.contains("no free address left in 10.9.9.0/29"), "{e}");
+    // Down to what fits: nothing is wrong any more.
+    n.ok(ctl::ServiceScale {
+        service: "many".into(),
+        replicas: 2,
+    });
+    n.d.tend_services();
+    let view = n.ok(ctl::ServiceInspect {
+        service: "many".into(),
+    });
+    assert_eq!(view.schedule_error, None);
+}
