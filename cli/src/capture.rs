@@ -163,6 +163,24 @@ pub fn run(args: &CaptureArgs) -> Result<u8, CliError> {
         .into_iter()
         .filter_map(|(on, v)| on.then_some(v))
         .collect();
+    let snaplen = req.snaplen.unwrap_or(65_535);
+    let mut stream = s.dataplane()?.stream(req)?;
+    // A refused request changes nothing: the file is created (or
+    // truncated) only once the dataplane has accepted the capture.
+    match stream.next() {
+        Some(Ok(CaptureMsg::Start { local_vtep })) => eprintln!(
+            "capturing on {local_vtep} ({} view{})",
+            views_name(&views),
+            if views.len() > 1 { "s" } else { "" }
+        ),
+        Some(Err(e)) => return Err(e.into()),
+        Some(Ok(_)) | None => {
+            return Err(CliError::Failed(
+                "the dataplane did not start the capture; are the CLI and the dataplane the same version?"
+                    .into(),
+            ));
+        }
+    }
     let out: Box<dyn Write> = if args.file == "-" {
         Box::new(std::io::stdout().lock())
     } else {
@@ -171,18 +189,11 @@ pub fn run(args: &CaptureArgs) -> Result<u8, CliError> {
                 .map_err(|e| CliError::Failed(format!("cannot create {}: {e}", args.file)))?,
         )
     };
-    let snaplen = req.snaplen.unwrap_or(65_535);
     let mut w = pcapng(out, &views, snaplen)?;
     let mut records = 0u64;
-    for msg in s.dataplane()?.stream(req)? {
+    for msg in stream {
         match msg? {
-            CaptureMsg::Start { local_vtep } => {
-                eprintln!(
-                    "capturing on {local_vtep} ({} view{})",
-                    views_name(&views),
-                    if views.len() > 1 { "s" } else { "" }
-                );
-            }
+            CaptureMsg::Start { .. } => {}
             CaptureMsg::Record(r) => {
                 let Some(iface) = views.iter().position(|v| *v == r.view) else {
                     continue;

@@ -283,3 +283,34 @@ fn attach_prints_the_endpoint_and_socket_comes_from_env() {
         "{text}"
     );
 }
+
+/// A refused capture changes nothing: the `-w` file keeps its contents
+/// (the file is opened only after the dataplane's `start`).
+#[test]
+fn refused_capture_leaves_the_file_untouched() {
+    let fake = Fake::new(|_| {
+        Response::error(
+            ErrorCode::NotFound,
+            "no local endpoint has address 10.0.1.9; see `vxnet dp endpoints`",
+        )
+    });
+    let keep = fake._dir.0.join("keep.txt");
+    std::fs::write(&keep, "precious\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vxnet"))
+        .arg("capture")
+        .arg("--socket")
+        .arg(&fake.socket)
+        .args(["--endpoint", "10.0.1.9", "-c", "5", "-w"])
+        .arg(&keep)
+        .env_remove("VXNET_SOCKET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no local endpoint"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read_to_string(&keep).unwrap(), "precious\n");
+    assert!(matches!(fake.seen().as_slice(), [Request::Capture(_)]));
+}
