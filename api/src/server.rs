@@ -28,14 +28,21 @@ pub type Handler<R> = Arc<dyn Fn(R) -> Response + Send + Sync>;
 
 /// A handler's answer: one response, or a stream of them (`vxnet dp
 /// capture`, `vxnet dp trace --live`). A stream's lines are written as the
-/// iterator yields them; when it ends (or the client goes away, which
-/// drops the iterator and with it whatever feeds it) the connection is
-/// closed. The iterator must itself be bounded in time and count: the
-/// server only adds the write timeout.
+/// iterator yields them (`Some(response)`); when it ends, or the client goes
+/// away, the iterator is dropped (and with it whatever feeds it) and the
+/// connection is closed. A stream that has nothing to send yields `None`
+/// now and then (every [`STREAM_IDLE_CHECK`] or so): the server then checks
+/// whether the client hung up, so a killed client frees what the stream
+/// holds at once instead of at the stream's end. The iterator must itself
+/// be bounded in time and count: the server only adds the write timeout.
 pub enum Reply {
     One(Response),
-    Stream(Box<dyn Iterator<Item = Response> + Send>),
+    Stream(Box<dyn Iterator<Item = Option<Response>> + Send>),
 }
+
+/// How often a stream with nothing to send should yield `None` so the
+/// server can notice a client that went away.
+pub const STREAM_IDLE_CHECK: Duration = Duration::from_millis(200);
 
 impl From<Response> for Reply {
     fn from(r: Response) -> Reply {
@@ -310,7 +317,11 @@ fn serve_connection<R: serde::de::DeserializeOwned>(
             Reply::One(resp) => resp,
             Reply::Stream(items) => {
                 for item in items {
-                    write_response(&mut writer, &item)?;
+                    match item {
+                        Some(resp) => write_response(&mut writer, &resp)?,
+                        None if hung_up(&writer) => return Ok(()),
+                        None => {}
+                    }
                 }
                 return Ok(());
             }
@@ -321,6 +332,22 @@ fn serve_connection<R: serde::de::DeserializeOwned>(
             return Ok(());
         }
     }
+}
+
+/// Whether the client closed its end (or the socket failed), without
+/// waiting: a client streaming an answer sends nothing more, so a read
+/// that sees the end of the stream means it is gone.
+fn hung_up(stream: &UnixStream) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return true;
+    }
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
+    let gone = match socket2::SockRef::from(stream).peek(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+    };
+    stream.set_nonblocking(false).is_err() || gone
 }
 
 /// A panicking handler answers an error instead of silently killing the
@@ -401,6 +428,51 @@ mod tests {
         );
         drop(srv);
         assert!(!path.exists(), "socket file removed on drop");
+    }
+
+    /// Sets its flag when dropped: the stream's iterator is gone.
+    struct Dropped(Arc<AtomicBool>);
+
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn idle_stream_is_dropped_once_its_client_hangs_up() {
+        let dir = TempDir::new("srv-hup");
+        let path = dir.path().join("dp.sock");
+        let dropped = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&dropped);
+        let handler: StreamHandler<Request> = Arc::new(move |_| {
+            let guard = Dropped(Arc::clone(&flag));
+            let end = std::time::Instant::now() + Duration::from_secs(60);
+            let mut started = false;
+            Reply::Stream(Box::new(std::iter::from_fn(move || {
+                let _keep = &guard;
+                if !started {
+                    started = true;
+                    return Some(Some(Response::ok("start")));
+                }
+                std::thread::sleep(STREAM_IDLE_CHECK);
+                (std::time::Instant::now() < end).then_some(None)
+            })))
+        });
+        let _srv = serve_streaming(&path, handler).unwrap();
+        let mut s = UnixStream::connect(&path).unwrap();
+        let r = roundtrip_raw(&mut s, b"{\"op\":\"stats\"}\n");
+        assert_eq!(r.result.unwrap(), "start");
+        assert!(!dropped.load(Ordering::SeqCst), "the stream still runs");
+        drop(s);
+        let give_up = std::time::Instant::now() + Duration::from_secs(10);
+        while !dropped.load(Ordering::SeqCst) {
+            assert!(
+                std::time::Instant::now() < give_up,
+                "the stream outlived its client"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     #[test]

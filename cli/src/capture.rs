@@ -17,6 +17,8 @@ use std::borrow::Cow;
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vxnet_api::Vni;
 use vxnet_api::client::{Client, Server, transport_error};
@@ -44,8 +46,8 @@ pub struct Scope {
     /// Stop after this many packets.
     #[arg(short = 'c', long, value_name = "COUNT")]
     pub count: Option<u64>,
-    /// Stop after this long (`10s`, `2m`; 60s by default).
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    /// Stop after this long (`10s`, `2m`; at least 1ms; 60s by default).
+    #[arg(long, value_parser = parse_stream_duration, value_name = "DURATION")]
     pub duration: Option<Duration>,
 }
 
@@ -71,6 +73,17 @@ impl Scope {
         let v = self.control.call(vxnet_api::ctl::ContainerInspect {
             container: c.clone(),
         })?;
+        // The dataplane sees only this host's endpoints: say where the
+        // container runs, as `vxnet trace` does.
+        let node = self.control.call(vxnet_api::ctl::NodeInspect {
+            node: v.node.clone(),
+        })?;
+        if !node.is_self {
+            return Err(CliError::Api(vxnet_api::ApiError::precondition(format!(
+                "container {} runs on {}; run the command there",
+                v.name, node.node.hostname
+            ))));
+        }
         let mut ips = Vec::new();
         for a in &v.networks {
             if let Some(vni) = vni {
@@ -98,6 +111,19 @@ impl Scope {
     pub fn dataplane(&self) -> Result<Client, CliError> {
         Client::connect(Server::Dataplane, &self.socket).map_err(|e| transport_error(e).into())
     }
+}
+
+/// [`parse_duration`], at least a millisecond (the dataplane counts
+/// whole milliseconds).
+fn parse_stream_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(1) {
+        return Err(format!(
+            "{} is shorter than the shortest duration, 1ms",
+            s.trim()
+        ));
+    }
+    Ok(d)
 }
 
 /// `10s`, `500ms`, `2m`, `1h`, or a number of seconds.
@@ -163,6 +189,28 @@ pub fn run(args: &CaptureArgs) -> Result<u8, CliError> {
         .into_iter()
         .filter_map(|(on, v)| on.then_some(v))
         .collect();
+    let snaplen = req.snaplen.unwrap_or(65_535);
+    let mut stream = s.dataplane()?.stream(req)?;
+    // A refused request changes nothing: the file is created (or
+    // truncated) only once the dataplane has accepted the capture.
+    match stream.next() {
+        Some(Ok(CaptureMsg::Start { local_vtep })) => eprintln!(
+            "capturing on {local_vtep} ({} view{})",
+            views_name(&views),
+            if views.len() > 1 { "s" } else { "" }
+        ),
+        Some(Err(e)) => return Err(e.into()),
+        Some(Ok(_)) | None => {
+            return Err(CliError::Failed(
+                "the dataplane did not start the capture; are the CLI and the dataplane the same version?"
+                    .into(),
+            ));
+        }
+    }
+    let records = Arc::new(AtomicU64::new(0));
+    let writing = Arc::new(Mutex::new(()));
+    on_interrupt(Arc::clone(&records), Arc::clone(&writing));
+    let header = writing.lock().unwrap_or_else(|e| e.into_inner());
     let out: Box<dyn Write> = if args.file == "-" {
         Box::new(std::io::stdout().lock())
     } else {
@@ -171,18 +219,14 @@ pub fn run(args: &CaptureArgs) -> Result<u8, CliError> {
                 .map_err(|e| CliError::Failed(format!("cannot create {}: {e}", args.file)))?,
         )
     };
-    let snaplen = req.snaplen.unwrap_or(65_535);
     let mut w = pcapng(out, &views, snaplen)?;
-    let mut records = 0u64;
-    for msg in s.dataplane()?.stream(req)? {
+    w.get_mut()
+        .flush()
+        .map_err(|e| CliError::Failed(format!("cannot write the capture: {e}")))?;
+    drop(header);
+    for msg in stream {
         match msg? {
-            CaptureMsg::Start { local_vtep } => {
-                eprintln!(
-                    "capturing on {local_vtep} ({} view{})",
-                    views_name(&views),
-                    if views.len() > 1 { "s" } else { "" }
-                );
-            }
+            CaptureMsg::Start { .. } => {}
             CaptureMsg::Record(r) => {
                 let Some(iface) = views.iter().position(|v| *v == r.view) else {
                     continue;
@@ -194,23 +238,47 @@ pub fn run(args: &CaptureArgs) -> Result<u8, CliError> {
                     data: Cow::Borrowed(&r.data.0),
                     options: vec![],
                 };
+                // A SIGINT waits for the block being written: the file
+                // ends on a whole block.
+                let _writing = writing.lock().unwrap_or_else(|e| e.into_inner());
                 w.write_pcapng_block(block)
                     .map_err(|e| CliError::Failed(format!("cannot write the capture: {e}")))?;
                 // Streaming readers (`tshark -i -`) see each packet at once.
                 w.get_mut()
                     .flush()
                     .map_err(|e| CliError::Failed(format!("cannot write the capture: {e}")))?;
-                records += 1;
+                records.fetch_add(1, Ordering::SeqCst);
             }
             CaptureMsg::End(end) => {
                 eprintln!(
-                    "{records} packets captured, {} dropped by the dataplane (reader too slow); stopped by {}",
-                    end.dropped, end.why
+                    "{} packets captured, {} dropped by the dataplane (reader too slow); stopped by {}",
+                    records.load(Ordering::SeqCst),
+                    end.dropped,
+                    end.why
                 );
             }
         }
     }
     Ok(0)
+}
+
+/// On SIGINT (Ctrl-C) or SIGTERM: wait for the packet being written
+/// (every block is flushed as written and pcapng has no trailer, so the
+/// file is then complete), say so, and exit 130 as a shell does for an
+/// interrupted command. Closing the connection ends the dataplane's
+/// capture.
+fn on_interrupt(records: Arc<AtomicU64>, writing: Arc<Mutex<()>>) {
+    let r = ctrlc::set_handler(move || {
+        let _held = writing.lock().unwrap_or_else(|e| e.into_inner());
+        eprintln!(
+            "{} packets captured; interrupted",
+            records.load(Ordering::SeqCst)
+        );
+        std::process::exit(130);
+    });
+    if let Err(e) = r {
+        eprintln!("warning: Ctrl-C will not print a summary ({e})");
+    }
 }
 
 fn views_name(views: &[View]) -> String {
@@ -291,5 +359,11 @@ mod tests {
         );
         assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
         assert!(parse_duration("soon").is_err());
+        let short = parse_stream_duration("500us").unwrap_err();
+        assert!(short.contains("500us") && short.contains("1ms"), "{short}");
+        assert_eq!(
+            parse_stream_duration("1ms").unwrap(),
+            Duration::from_millis(1)
+        );
     }
 }

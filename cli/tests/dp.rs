@@ -283,3 +283,97 @@ fn attach_prints_the_endpoint_and_socket_comes_from_env() {
         "{text}"
     );
 }
+
+/// A refused capture changes nothing: the `-w` file keeps its contents
+/// (the file is opened only after the dataplane's `start`).
+#[test]
+fn refused_capture_leaves_the_file_untouched() {
+    let fake = Fake::new(|_| {
+        Response::error(
+            ErrorCode::NotFound,
+            "no local endpoint has address 10.0.1.9; see `vxnet dp endpoints`",
+        )
+    });
+    let keep = fake._dir.0.join("keep.txt");
+    std::fs::write(&keep, "precious\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vxnet"))
+        .arg("capture")
+        .arg("--socket")
+        .arg(&fake.socket)
+        .args(["--endpoint", "10.0.1.9", "-c", "5", "-w"])
+        .arg(&keep)
+        .env_remove("VXNET_SOCKET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no local endpoint"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read_to_string(&keep).unwrap(), "precious\n");
+    assert!(matches!(fake.seen().as_slice(), [Request::Capture(_)]));
+}
+
+/// SIGINT ends `vxnet capture` saying it was interrupted (not "stopped by
+/// duration"), exit 130, with the file a whole pcapng.
+#[test]
+fn interrupted_capture_says_so_and_leaves_a_whole_file() {
+    use vxnet_api::observe::CaptureMsg;
+    use vxnet_api::server::{Reply, serve_streaming};
+    let dir = TempDir::new("sigint");
+    let socket = dir.0.join("dp.sock");
+    let _server = serve_streaming(
+        &socket,
+        Arc::new(|_req: Request| {
+            let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            let mut started = false;
+            Reply::Stream(Box::new(std::iter::from_fn(move || {
+                if !started {
+                    started = true;
+                    let local_vtep = "192.0.2.1".parse().unwrap();
+                    return Some(Some(Response::ok(CaptureMsg::Start { local_vtep })));
+                }
+                std::thread::sleep(vxnet_api::server::STREAM_IDLE_CHECK);
+                (std::time::Instant::now() < end).then_some(None)
+            })))
+        }),
+    )
+    .unwrap();
+    let file = dir.0.join("out.pcapng");
+    let child = Command::new(env!("CARGO_BIN_EXE_vxnet"))
+        .arg("capture")
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--vni", "4096", "-w"])
+        .arg(&file)
+        .env_remove("VXNET_SOCKET")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // The file has its header once the capture started (the handler is
+    // set before the file is opened).
+    while std::fs::metadata(&file).map_or(true, |m| m.len() == 0) {
+        assert!(std::time::Instant::now() < give_up, "capture never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert!(!err.contains("stopped by duration"), "{err}");
+    let bytes = std::fs::read(&file).unwrap();
+    let mut r = pcap_file::pcapng::PcapNgReader::new(&bytes[..]).unwrap();
+    let mut blocks = 0;
+    while let Some(b) = r.next_block() {
+        b.unwrap();
+        blocks += 1;
+    }
+    assert_eq!(blocks, 2, "one interface description per view");
+}

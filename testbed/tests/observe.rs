@@ -2,7 +2,8 @@
 //! 11): a capture of a ping on an encrypted network shows the inner ICMP
 //! in the inner view and only ESP in the outer view, read back with
 //! tshark; `trace --live --drops` shows injected bad packets with their
-//! reasons while a ping goes on without loss.
+//! reasons while a ping goes on without loss; a killed live-trace client
+//! frees the dataplane's live-trace slot at once.
 
 mod common;
 
@@ -288,6 +289,59 @@ fn live_drops_shows_injected_packets_while_ping_flows() -> Result<()> {
     ensure!(
         events.iter().all(|e| e["verdict"] == "dropped"),
         "--drops shows only drops:\n{log}"
+    );
+    Ok(())
+}
+
+/// A killed `vxnet trace --live` client frees the dataplane's single
+/// live-trace slot at once, not when its duration runs out: a second live
+/// trace started right after is served. A capture on a VNI the dataplane
+/// does not have is refused at once and creates no file.
+#[test]
+fn killed_live_trace_frees_the_slot() -> Result<()> {
+    if !root_or_skip("killed_live_trace_frees_the_slot") {
+        return Ok(());
+    }
+    let tb = testbed(2, 1500)?;
+    tb.vxnet_encrypted_pair(ENCRYPTED_VNI, &dp_opts(), ("cl1", "cl2"))?;
+    let first = "live-killed";
+    let mut live = spawn_cli(&tb, 1, first, &["trace", "--live", "--duration", "60s"])?;
+    wait_started(&tb, &mut live, first, "watching")?;
+    process::kill_pid(live.pid(), libc::SIGKILL);
+    wait_exit(&mut live, Duration::from_secs(5))?;
+    // The slot is freed within the server's idle check (200 ms); poll
+    // with fresh live traces rather than sleeping.
+    let start = Instant::now();
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let name = format!("live-after-{tries}");
+        let mut again = spawn_cli(&tb, 1, &name, &["trace", "--live", "--duration", "1s"])?;
+        wait_exit(&mut again, Duration::from_secs(10))?;
+        let log = again.log_tail(2000);
+        if log.contains("stopped by duration") {
+            break;
+        }
+        ensure!(
+            log.contains("already running") && start.elapsed() < Duration::from_secs(5),
+            "the killed client's live trace still holds the slot after {:?}:\n{log}",
+            start.elapsed()
+        );
+    }
+    // A VNI this dataplane does not have is refused at once, naming it.
+    let file = tb.state_dir().join("unknown-vni.pcapng");
+    let file = file.display().to_string();
+    let name = "capture-unknown-vni";
+    let mut cap = spawn_cli(&tb, 1, name, &["capture", "--vni", "99999", "-w", &file])?;
+    wait_exit(&mut cap, Duration::from_secs(5))?;
+    let log = cap.log_tail(2000);
+    ensure!(
+        log.contains("VNI 99999") && log.contains("vxnet dp network ls"),
+        "{log}"
+    );
+    ensure!(
+        !std::path::Path::new(&file).exists(),
+        "refused, yet {file} exists"
     );
     Ok(())
 }

@@ -7,17 +7,17 @@ use crate::observe::{
     CaptureFilter, CaptureTap, LiveFilter, LiveTap, QUEUE, StreamState, vteps_of,
 };
 use crate::worker::{Command, Commander};
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use vxnet_api::Response;
 use vxnet_api::observe::{
     Capture, CaptureMsg, LiveMsg, LiveTrace, MAX_COUNT, MAX_DURATION_MS, StreamEnd,
 };
-use vxnet_api::server::Reply;
+use vxnet_api::server::{Reply, STREAM_IDLE_CHECK};
 use vxnet_api::{ApiError, ErrorCode};
+use vxnet_api::{Response, Vni};
 use vxnet_proto::engine::live::LiveSampler;
 
 const DEFAULT_COUNT: u64 = 1000;
@@ -63,6 +63,9 @@ impl Dataplane {
         let snaplen = c.snaplen.unwrap_or(65_535).clamp(64, 262_144) as usize;
         let filter = {
             let st = self.lock();
+            if let Some(v) = c.vni {
+                known_vni(&st, v)?;
+            }
             let mut ports = Vec::new();
             let mut macs = Vec::new();
             for ip in &c.endpoints {
@@ -122,18 +125,19 @@ impl Dataplane {
         Ok(Reply::Stream(Box::new(std::iter::from_fn(move || {
             if !stream.started {
                 stream.started = true;
-                return Some(Response::ok(CaptureMsg::Start { local_vtep }));
+                return Some(Some(Response::ok(CaptureMsg::Start { local_vtep })));
             }
             if bytes >= max_bytes && !stream.ended {
-                return Some(Response::ok(CaptureMsg::End(stream.end("bytes"))));
+                return Some(Some(Response::ok(CaptureMsg::End(stream.end("bytes")))));
             }
-            match stream.next_item()? {
-                Ok(r) => {
+            Some(match stream.next_item()? {
+                Next::Item(r) => {
                     bytes += r.data.0.len() as u64;
                     Some(Response::ok(CaptureMsg::Record(r)))
                 }
-                Err(end) => Some(Response::ok(CaptureMsg::End(end))),
-            }
+                Next::Idle => None,
+                Next::End(end) => Some(Response::ok(CaptureMsg::End(end))),
+            })
         }))))
     }
 
@@ -141,6 +145,9 @@ impl Dataplane {
         let (count, duration) = bounds(l.count, l.duration_ms)?;
         let every = l.sample.unwrap_or(DEFAULT_SAMPLE);
         let every = if l.drops { 0 } else { every };
+        if let Some(v) = l.vni {
+            known_vni(&self.lock(), v)?;
+        }
         let slot = Slot::take(&self.live_tracing, "a live trace")?;
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
         let state = Arc::new(StreamState::default());
@@ -178,12 +185,13 @@ impl Dataplane {
         Ok(Reply::Stream(Box::new(std::iter::from_fn(move || {
             if !stream.started {
                 stream.started = true;
-                return Some(Response::ok(LiveMsg::Start { local_vtep: host }));
+                return Some(Some(Response::ok(LiveMsg::Start { local_vtep: host })));
             }
-            match stream.next_item()? {
-                Ok(e) => Some(Response::ok(LiveMsg::Event(e))),
-                Err(end) => Some(Response::ok(LiveMsg::End(end))),
-            }
+            Some(match stream.next_item()? {
+                Next::Item(e) => Some(Response::ok(LiveMsg::Event(e))),
+                Next::Idle => None,
+                Next::End(end) => Some(Response::ok(LiveMsg::End(end))),
+            })
         }))))
     }
 }
@@ -197,12 +205,31 @@ fn bounds(count: Option<u64>, duration_ms: Option<u64>) -> R<(u64, Duration)> {
             "count {count} is outside 1..={MAX_COUNT}"
         )));
     }
-    if ms == 0 || ms > MAX_DURATION_MS {
+    if ms == 0 {
+        return Err(ApiError::invalid(
+            "duration 0 ms is too short; the shortest is 1 ms",
+        ));
+    }
+    if ms > MAX_DURATION_MS {
         return Err(ApiError::invalid(format!(
-            "duration {ms} ms is outside 1..={MAX_DURATION_MS} ms (an hour)"
+            "duration {ms} ms is too long; the longest is {MAX_DURATION_MS} ms (an hour)"
         )));
     }
     Ok((count, Duration::from_millis(ms)))
+}
+
+/// Refuses a VNI this dataplane has no network, FDB entry or endpoint
+/// for: a stream on it would wait out its whole duration for nothing.
+fn known_vni(st: &super::State, vni: Vni) -> R<()> {
+    let known = st.networks.contains_key(&vni)
+        || st.fdb.vni(vni).is_some()
+        || st.endpoints.values().any(|e| e.info.vni == vni);
+    if known {
+        return Ok(());
+    }
+    Err(ApiError::not_found(format!(
+        "VNI {vni} is not on this dataplane (no network, FDB entry or endpoint); see `vxnet dp network ls`"
+    )))
 }
 
 /// One running stream of a kind; freed when the stream goes.
@@ -226,6 +253,15 @@ impl Drop for Slot {
     }
 }
 
+/// What a stream has next.
+enum Next<T> {
+    Item(T),
+    /// Nothing for [`STREAM_IDLE_CHECK`]: the server looks whether the
+    /// client is still there (a killed client frees the slot at once).
+    Idle,
+    End(StreamEnd),
+}
+
 /// The API side of a stream: takes what the workers send until a bound
 /// is reached; on drop (the end, or a client gone) the taps leave.
 struct Stream<T, F: Fn(&Commander)> {
@@ -242,21 +278,22 @@ struct Stream<T, F: Fn(&Commander)> {
 }
 
 impl<T, F: Fn(&Commander)> Stream<T, F> {
-    /// The next item, the end, or `None` after the end.
-    fn next_item(&mut self) -> Option<Result<T, StreamEnd>> {
+    /// The next item, a pause, the end, or `None` after the end.
+    fn next_item(&mut self) -> Option<Next<T>> {
         if self.ended {
             return None;
         }
         if self.left == 0 {
-            return Some(Err(self.end("count")));
+            return Some(Next::End(self.end("count")));
         }
         let wait = self.deadline.saturating_duration_since(Instant::now());
-        match self.rx.recv_timeout(wait) {
+        match self.rx.recv_timeout(wait.min(STREAM_IDLE_CHECK)) {
             Ok(item) => {
                 self.left -= 1;
-                Some(Ok(item))
+                Some(Next::Item(item))
             }
-            Err(_) => Some(Err(self.end("duration"))),
+            Err(RecvTimeoutError::Timeout) if Instant::now() < self.deadline => Some(Next::Idle),
+            Err(_) => Some(Next::End(self.end("duration"))),
         }
     }
 
