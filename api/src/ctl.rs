@@ -539,6 +539,10 @@ pub struct ServiceView {
     pub running: u64,
     /// Tasks the service wants.
     pub desired: u64,
+    /// Why the scheduler could not create a task the service wants (e.g.
+    /// its network has no free address), while that lasts.
+    #[serde(default)]
+    pub schedule_error: Option<String>,
 }
 
 /// One task in `service ps`.

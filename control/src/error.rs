@@ -182,6 +182,21 @@ pub enum ControlError {
         port: u16,
         service: String,
     },
+    #[error(
+        "{protocol} port {port} is the swarm's own (2377/tcp management, 7946 gossip, 4789/udp VXLAN); publish on another port"
+    )]
+    SwarmPort {
+        protocol: vxnet_api::model::PortProtocol,
+        port: u16,
+    },
+    #[error(
+        "{protocol} port {port} is already published by this service (to target port {target}); remove it with --publish-rm first"
+    )]
+    PortPublishedHere {
+        protocol: vxnet_api::model::PortProtocol,
+        port: u16,
+        target: u16,
+    },
     #[error("{protocol} port {port} is given twice")]
     PortGivenTwice {
         protocol: vxnet_api::model::PortProtocol,
@@ -274,6 +289,8 @@ impl ControlError {
             | E::NetworkGivenTwice(_)
             | E::PortRange(_)
             | E::PortGivenTwice { .. }
+            | E::SwarmPort { .. }
+            | E::PortPublishedHere { .. }
             | E::HostModeNeedsPublished
             | E::IngressWithDnsrr
             | E::NoNetwork => C::InvalidArgument,

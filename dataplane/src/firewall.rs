@@ -9,11 +9,21 @@
 //!     fib daddr type local tcp dport @tcp_ports dnat to 198.18.0.2  # port kept: the
 //!     fib daddr type local udp dport @udp_ports dnat to 198.18.0.2  #  dataplane balances
 //!   }
+//!   chain output { type nat hook output priority dstnat; policy accept;
+//!     oifname "lo" ip daddr != 127.0.0.0/8 tcp dport @tcp_ports dnat to 198.18.0.2
+//!     oifname "lo" ip daddr != 127.0.0.0/8 udp dport @udp_ports dnat to 198.18.0.2
+//!   }                                                               # the host's own clients
 //!   chain postrouting { type nat hook postrouting priority srcnat; policy accept;
 //!     ip saddr 198.18.0.0/16 oifname != "vxnet0" masquerade         # egress
 //!   }
 //! }
 //! ```
+//!
+//! The output chain lets the host's own processes reach a published port
+//! on any of its addresses, as Docker's mesh does (a locally generated
+//! packet to a local address is routed through `lo`). Not on 127.0.0.1:
+//! a loopback source cannot leave through another interface, and Docker
+//! reaches it only through its userland proxy.
 //!
 //! Published ports only DNAT the destination: the client's address is
 //! never touched (the kernel's conntrack undoes the DNAT on the replies).
@@ -46,6 +56,7 @@ const TCP_SET: &str = "tcp_ports";
 const UDP_SET: &str = "udp_ports";
 const PREROUTING: &str = "prerouting";
 const POSTROUTING: &str = "postrouting";
+const OUTPUT: &str = "output";
 /// Netfilter's `dstnat` and `srcnat` priorities.
 const DSTNAT: i32 = -100;
 const SRCNAT: i32 = 100;
@@ -72,7 +83,7 @@ pub struct Ports {
 /// What the host's firewall holds of the table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Observed {
-    /// Both chains and both sets are there.
+    /// All three chains and both sets are there.
     pub complete: bool,
     pub ports: Ports,
 }
@@ -155,6 +166,33 @@ fn dnat_rule(proto: &'static str, set: &'static str, mesh: Ipv4Addr) -> Rule<'st
     rule(PREROUTING, vec![local, port, dnat])
 }
 
+/// `oifname "lo" ip daddr != 127.0.0.0/8 <proto> dport @<set> dnat to
+/// <mesh>`: the host's own connections to its published ports.
+fn local_dnat_rule(proto: &'static str, set: &'static str, mesh: Ipv4Addr) -> Rule<'static> {
+    let lo = matches(
+        Expression::Named(NamedExpression::Meta(Meta {
+            key: MetaKey::Oifname,
+        })),
+        Operator::EQ,
+        Expression::String("lo".into()),
+    );
+    let not_loopback = matches(
+        field("ip", "daddr"),
+        Operator::NEQ,
+        Expression::Named(NamedExpression::Prefix(Prefix {
+            addr: Box::new(Expression::String("127.0.0.0".into())),
+            len: 8,
+        })),
+    );
+    let mut r = dnat_rule(proto, set, mesh);
+    let mut expr = vec![lo, not_loopback];
+    // The port match and the DNAT, without prerouting's `fib` match.
+    expr.extend(r.expr.iter().skip(1).cloned());
+    r.chain = OUTPUT.into();
+    r.expr = expr.into();
+    r
+}
+
 /// `ip saddr <net>/<prefix> oifname != <ifname> masquerade`.
 fn masquerade_rule(spec: &Spec) -> Rule<'static> {
     let from = matches(
@@ -208,8 +246,23 @@ pub fn install(spec: &Spec, ports: &Ports) -> Nftables<'static> {
         NfHook::Postrouting,
         SRCNAT,
     )));
+    b.add(NfListObject::Chain(base_chain(
+        OUTPUT,
+        NfHook::Output,
+        DSTNAT,
+    )));
     b.add(NfListObject::Rule(dnat_rule("tcp", TCP_SET, spec.mesh_ip)));
     b.add(NfListObject::Rule(dnat_rule("udp", UDP_SET, spec.mesh_ip)));
+    b.add(NfListObject::Rule(local_dnat_rule(
+        "tcp",
+        TCP_SET,
+        spec.mesh_ip,
+    )));
+    b.add(NfListObject::Rule(local_dnat_rule(
+        "udp",
+        UDP_SET,
+        spec.mesh_ip,
+    )));
     b.add(NfListObject::Rule(masquerade_rule(spec)));
     b.to_nftables()
 }
@@ -252,7 +305,8 @@ pub fn observe(listing: &Nftables) -> Observed {
         };
         match obj {
             NfListObject::Chain(c)
-                if c.table == TABLE && (c.name == PREROUTING || c.name == POSTROUTING) =>
+                if c.table == TABLE
+                    && (c.name == PREROUTING || c.name == POSTROUTING || c.name == OUTPUT) =>
             {
                 chains += 1;
             }
@@ -272,7 +326,7 @@ pub fn observe(listing: &Nftables) -> Observed {
             _ => {}
         }
     }
-    o.complete = chains == 2 && sets == 2;
+    o.complete = chains == 3 && sets == 2;
     o
 }
 
@@ -359,6 +413,9 @@ mod tests {
             r#""prefix":{"addr":"198.18.0.0","len":16}"#,
             r#""hook":"prerouting""#,
             r#""prio":-100"#,
+            r#""hook":"output""#,
+            r#""right":"lo""#,
+            r#""prefix":{"addr":"127.0.0.0","len":8}"#,
         ] {
             assert!(text.contains(want), "{want} missing from {text}");
         }
@@ -389,7 +446,8 @@ mod tests {
           {"set": {"family": "ip", "name": "tcp_ports", "table": "vxnet", "type": "inet_service", "handle": 1, "elem": [80, 8080]}},
           {"set": {"family": "ip", "name": "udp_ports", "table": "vxnet", "type": "inet_service", "handle": 2}},
           {"chain": {"family": "ip", "table": "vxnet", "name": "prerouting", "handle": 3, "type": "nat", "hook": "prerouting", "prio": -100, "policy": "accept"}},
-          {"chain": {"family": "ip", "table": "vxnet", "name": "postrouting", "handle": 4, "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}}]}"#;
+          {"chain": {"family": "ip", "table": "vxnet", "name": "postrouting", "handle": 4, "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}},
+          {"chain": {"family": "ip", "table": "vxnet", "name": "output", "handle": 5, "type": "nat", "hook": "output", "prio": -100, "policy": "accept"}}]}"#;
         let n: Nftables = serde_json::from_str(listing).unwrap();
         let o = observe(&n);
         assert!(o.complete);

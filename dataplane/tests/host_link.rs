@@ -113,7 +113,9 @@ fn the_host_link_programs_only_its_own_table_and_removes_it() {
             call(&d, set.clone())?;
             let (_, all) = nft(&["list", "ruleset"]);
             assert_eq!(all.matches("table ip vxnet").count(), 1, "{all}");
-            assert_eq!(all.matches("dnat to 198.18.0.2").count(), 2, "{all}");
+            // Prerouting's and output's, for TCP and UDP.
+            assert_eq!(all.matches("dnat to 198.18.0.2").count(), 4, "{all}");
+            assert!(all.contains("hook output"), "{all}");
             assert!(all.contains("8080"));
             // Someone flushes a set: the listing says so.
             nft(&["flush", "set", "ip", "vxnet", "tcp_ports"]);

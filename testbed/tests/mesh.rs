@@ -379,6 +379,18 @@ fn routing_mesh_keeps_the_client_address() -> Result<()> {
         answered == names,
         "30 connections via host1 reached {answered:?}"
     );
+    // Each node reaches its own published port on its own address, as
+    // Docker's mesh lets it; the task sees the node as the client.
+    for n in 1..=3 {
+        let ns = sw.tb.host(n).ns.clone();
+        let to = SocketAddr::new(sw.host_ip(n), 8080);
+        let (task, client) = answer(Duration::from_secs(10), || http(&ns, to))
+            .with_context(|| format!("host{n} to its own :8080"))?;
+        ensure!(
+            names.contains(&task) && client_ip(&client)? == sw.host_ip(n),
+            "host{n} to itself: {task} saw {client}"
+        );
+    }
 
     // A second service may not publish 8080; the refusal names the first.
     let e = m.cli(&[

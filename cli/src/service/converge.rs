@@ -124,6 +124,20 @@ pub fn wait(
             let _ = writeln!(err, "{service}: verify: service converged");
             return Ok(());
         }
+        if let Some(e) = &view.schedule_error {
+            let f = format!("a task cannot be created: {e}");
+            if !told.contains(&f) {
+                let _ = writeln!(err, "  {f}");
+                told.push(f);
+            }
+        }
+        // Stuck: the tasks that exist have all failed, or the ones still
+        // missing cannot be created.
+        let all_failed = all_failed || (view.schedule_error.is_some() && p.running < p.desired);
+        let first_failure = match (&view.schedule_error, first_failure.is_empty()) {
+            (Some(e), true) => format!("a task cannot be created: {e}"),
+            _ => first_failure,
+        };
         all_failed_since = if all_failed {
             all_failed_since.or(Some(Instant::now()))
         } else {
@@ -133,7 +147,7 @@ pub fn wait(
             return Err(CliError::Api(ApiError::new(
                 ErrorCode::FailedPrecondition,
                 format!(
-                    "no task of {service} could run ({first_failure}); the service exists and \
+                    "{service} cannot converge ({first_failure}); the service exists and \
                      keeps trying: fix it with `vxnet service update` or remove it with \
                      `vxnet service rm {service}`"
                 ),

@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use vxnet_api::{ApiError, ApiResult};
@@ -78,9 +79,10 @@ impl LogQueue {
     }
 }
 
-/// A node that joined less than this long ago and gossip has not seen yet
-/// is still Ready (gossip needs a moment to hear of it); one gossip saw is
-/// Down as soon as gossip drops it.
+/// A node that joined less than this long ago (or before this manager
+/// process started, less than this long after its start) and gossip has
+/// not seen yet is still Ready (gossip needs a moment to hear of it); one
+/// gossip saw is Down as soon as gossip drops it.
 const JOIN_GRACE_SECS: u64 = 10;
 
 impl<S, D> Daemon<S, D>
@@ -309,8 +311,30 @@ where
                 .find(|n| n.ingress)
                 .map(|n| n.id);
             let actions = crate::scheduler::schedule(&services, &tasks, &nodes, ingress.as_deref());
+            let mut errors = super::lock(&self.schedule_errors);
+            // A service that needs no new task has no scheduling problem.
+            errors.retain(|id, _| {
+                actions
+                    .iter()
+                    .any(|a| matches!(a, Action::Create { service, .. } if service == id))
+            });
             for a in &actions {
-                self.apply_action(a, &services, ingress.as_deref())?;
+                let r = self.apply_action(a, &services, ingress.as_deref());
+                // A task that cannot be created (no free address, say) is
+                // the service's problem, shown by `service inspect` and
+                // the CLI's wait; the other services' actions go on.
+                if let Action::Create { service, .. } = a {
+                    match r {
+                        Ok(()) => {
+                            errors.remove(service);
+                        }
+                        Err(e) => {
+                            errors.insert(service.clone(), e.message.clone());
+                        }
+                    }
+                    continue;
+                }
+                r?;
             }
             Ok(actions.len())
         })();
@@ -443,8 +467,12 @@ where
                 match r {
                     Ok(c) => tracing::info!(task = %c.name, node = %node, "task created"),
                     // A full network: the slot stays empty and the next
-                    // round tries again; `service ps` shows fewer tasks.
-                    Err(e) => tracing::warn!(service = %s.name, error = %e, "task not created"),
+                    // round tries again; the caller records why for the
+                    // service (`service inspect`, the CLI's wait).
+                    Err(e) => {
+                        tracing::warn!(service = %s.name, error = %e, "task not created");
+                        return Err(e.into());
+                    }
                 }
             }
             Action::Remove { task, why } => {
@@ -525,10 +553,19 @@ where
             return;
         }
         let view = self.gossip_view();
-        if view.own.is_none() {
-            // No gossip yet: nothing to tell Ready from Down by.
+        if view.own.is_none() || view.syncing {
+            // No gossip yet, or still pulling the swarm's state: nothing
+            // to tell Ready from Down by.
             return;
         }
+        let since = match self.tending_since.load(Ordering::Relaxed) {
+            0 => {
+                let t = now();
+                self.tending_since.store(t, Ordering::Relaxed);
+                t
+            }
+            t => t,
+        };
         let _w = self.write();
         let Ok(nodes) = self.store.list::<Node>() else {
             return;
@@ -545,7 +582,7 @@ where
             }
             let joining = n.status == NodeStatus::Ready
                 && !seen.contains(&n.id)
-                && now() < n.created + JOIN_GRACE_SECS;
+                && now() < n.created.max(since) + JOIN_GRACE_SECS;
             let status = if live || joining {
                 NodeStatus::Ready
             } else {

@@ -168,6 +168,15 @@ pub struct Daemon<S, D> {
     pub(crate) dns_records: Mutex<Option<Arc<crate::dns::DnsRecords>>>,
     /// Nodes gossip has held Up since this daemon started (a manager's).
     pub(crate) seen_members: Mutex<std::collections::BTreeSet<String>>,
+    /// When this process first tended node status (s since the epoch; 0:
+    /// not yet). A node gossip has not heard of since is given the join
+    /// grace from then: a restarted manager must not take every node for
+    /// Down before its gossip has found them (their tasks would be
+    /// rescheduled).
+    pub(crate) tending_since: std::sync::atomic::AtomicU64,
+    /// Service id -> why the scheduler's last attempt to create one of
+    /// its tasks failed; cleared when one is created (the manager's).
+    pub(crate) schedule_errors: Mutex<std::collections::BTreeMap<String, String>>,
     /// What carries this host's VTEP, as the dataplane last said (each
     /// reconciliation pass): the MTU in force of networks without a given
     /// MTU comes from it.
@@ -242,6 +251,8 @@ where
             mgmt_serving: AtomicBool::new(false),
             local_addrs: Box::new(system_addresses),
             seen_members: Mutex::default(),
+            tending_since: std::sync::atomic::AtomicU64::new(0),
+            schedule_errors: Mutex::default(),
             underlay: Mutex::default(),
             logs: Mutex::default(),
             traces: Mutex::default(),

@@ -1295,3 +1295,81 @@ fn a_published_port_is_programmed_repaired_and_withdrawn() {
                 .is_some_and(|(h, _)| h.ingress.is_none())
     });
 }
+
+#[test]
+fn a_restarted_manager_does_not_take_ready_nodes_for_down() {
+    let (m, _w, worker) = pair();
+    // The worker joined long ago; this manager process has just started
+    // and its gossip has heard of nobody yet.
+    let mut n =
+        m.d.store
+            .list::<crate::model::Node>()
+            .unwrap()
+            .into_iter()
+            .find(|n| n.id == worker)
+            .unwrap();
+    n.created = 0;
+    m.d.store.put(&n).unwrap();
+    let alone = GossipView {
+        syncing: false,
+        own: Some(member(1)),
+        members: vec![],
+        records: vec![],
+    };
+    m.set_view(alone.clone());
+    m.d.tend_node_status();
+    let status = |m: &Node| {
+        m.ok(ctl::NodeInspect {
+            node: worker.clone(),
+        })
+        .node
+        .status
+    };
+    assert_eq!(status(&m), crate::model::NodeStatus::Ready);
+    // The grace from the start has passed and gossip never found it: Down.
+    m.d.tending_since.store(1, Ordering::Relaxed);
+    m.d.tend_node_status();
+    assert_eq!(status(&m), crate::model::NodeStatus::Down);
+}
+
+#[test]
+fn a_task_that_cannot_be_created_is_the_services_visible_problem() {
+    let n = node();
+    n.init();
+    // A /29 holds 5 addresses after the gateway: the VIP and 4 tasks.
+    n.ok(ctl::NetworkCreate {
+        name: "tiny".into(),
+        subnets: vec!["10.9.9.0/29".parse().unwrap()],
+        ..Default::default()
+    });
+    let create = |replicas| ctl::ServiceCreate {
+        name: "many".into(),
+        mode: crate::model::ServiceMode::Replicated { replicas },
+        endpoint_mode: crate::model::EndpointMode::Vip,
+        networks: vec![ctl::ServiceNetworkRequest {
+            network: "tiny".into(),
+            aliases: vec![],
+        }],
+        command: vec!["sleep".into(), "600".into()],
+        env: vec![],
+        restart: crate::model::RestartCondition::Any,
+        ports: vec![],
+    };
+    n.ok(create(6));
+    n.d.tend_services();
+    let view = n.ok(ctl::ServiceInspect {
+        service: "many".into(),
+    });
+    let e = view.schedule_error.expect("the missing tasks say why");
+    assert!(e.contains("no free address left in 10.9.9.0/29"), "{e}");
+    // Down to what fits: nothing is wrong any more.
+    n.ok(ctl::ServiceScale {
+        service: "many".into(),
+        replicas: 2,
+    });
+    n.d.tend_services();
+    let view = n.ok(ctl::ServiceInspect {
+        service: "many".into(),
+    });
+    assert_eq!(view.schedule_error, None);
+}

@@ -10,10 +10,21 @@ use std::ops::RangeInclusive;
 use vxnet_api::ctl::PortRequest;
 
 use crate::error::{ControlError, Result};
-use crate::model::{EndpointMode, Network, PortConfig, PublishMode, Service};
+use crate::model::{EndpointMode, Network, PortConfig, PortProtocol, PublishMode, Service};
 
 /// Where ports published without a number come from (Docker's).
 pub const AUTO_PORTS: RangeInclusive<u16> = 30000..=32767;
+
+/// Ports the swarm itself listens on, on every node (Docker's defaults):
+/// the management port (2377/tcp), gossip (7946/udp, and /tcp as Docker
+/// has it) and the VXLAN data port (4789/udp). A service publishing one
+/// would take it from the node's own daemons.
+pub const SWARM_PORTS: [(PortProtocol, u16); 4] = [
+    (PortProtocol::Tcp, 2377),
+    (PortProtocol::Tcp, 7946),
+    (PortProtocol::Udp, 7946),
+    (PortProtocol::Udp, 4789),
+];
 
 /// `keep` plus the ports `reqs` ask for, for service `id` among `all`
 /// (every service, its own old record included): refused if a port is
@@ -51,11 +62,27 @@ pub fn add_ports(
                 })
                 .ok_or(ControlError::PortsExhausted)?,
         };
+        if SWARM_PORTS.contains(&(r.protocol, published)) {
+            return Err(ControlError::SwarmPort {
+                protocol: r.protocol,
+                port: published,
+            });
+        }
         if let Some(s) = taken(r.protocol, published) {
             return Err(ControlError::PortInUse {
                 protocol: r.protocol,
                 port: published,
                 service: s.name.clone(),
+            });
+        }
+        if let Some(k) = keep
+            .iter()
+            .find(|o| o.protocol == r.protocol && o.published_port == published)
+        {
+            return Err(ControlError::PortPublishedHere {
+                protocol: r.protocol,
+                port: published,
+                target: k.target_port,
             });
         }
         if out
@@ -174,6 +201,22 @@ mod tests {
         assert_eq!(b[1].published_port, 30001);
         // The service itself may keep its own ports on update.
         assert!(add_ports("a", &web, &[req(82, Some(9000))], &all).is_ok());
+        // Already published by this very service: named as such.
+        let e = add_ports("a", &web, &[req(81, Some(8080))], &all).unwrap_err();
+        assert!(
+            matches!(e, ControlError::PortPublishedHere { target: 80, .. }),
+            "{e}"
+        );
+        // The swarm's own ports, on either protocol they are used with.
+        for (protocol, port) in SWARM_PORTS {
+            let mut r = req(80, Some(port));
+            r.protocol = protocol;
+            let e = add_ports("c", &[], &[r], &all).unwrap_err();
+            assert!(matches!(e, ControlError::SwarmPort { .. }), "{e}");
+        }
+        let mut r = req(80, Some(2377));
+        r.protocol = PortProtocol::Udp;
+        assert!(add_ports("c", &[], &[r], &all).is_ok(), "2377/udp is free");
         // Twice in one request, zero, and host mode without a number.
         assert!(matches!(
             add_ports("c", &[], &[req(1, Some(7)), req(2, Some(7))], &all),

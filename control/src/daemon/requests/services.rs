@@ -77,7 +77,11 @@ where
                 })
                 .count() as u64,
         };
+        let schedule_error = crate::daemon::lock(&self.schedule_errors)
+            .get(&s.id)
+            .cloned();
         Ok(ServiceView {
+            schedule_error,
             network_names: s.networks.iter().map(|n| name_of(&n.network)).collect(),
             service: s,
             virtual_ips,
