@@ -87,6 +87,17 @@
 //!   answer dropped that way never counts as given, so the peer's retries
 //!   of its INIT newer than that RESP are answered anew.
 //!
+//! - Our INIT's ephemeral lives as long as its retries, so every RESP the
+//!   peer ever made for it authenticates, also one from an answer the peer
+//!   has since given up (its RESP retries ran out) or lost in a restart. A
+//!   RESP whose `sender_ts` is older than an INIT of the peer we have seen
+//!   is such an answer and is stale: the peer generates a fresh INIT
+//!   timestamp only when it is not answering (retries keep theirs while it
+//!   answers) or when it has no current generation, and then its RESP
+//!   retransmissions carry newer `sender_ts`. Otherwise we would switch to
+//!   keys the peer dropped and the pair would end on one generation with
+//!   different keys.
+//!
 //! This needs no new message, state on disk, or extra round trip on the
 //! normal path; the price is one unusable answer per replayed handshake.
 //! `crypto/sim_tests.rs` replays every recorded message at restarts of
@@ -946,6 +957,18 @@ impl Session {
             // replay.
             return Err(CryptoError::StaleControlMessage);
         };
+        // A RESP sent before an INIT of the peer we have seen comes from an
+        // answer the peer no longer holds: when it sent that INIT with a
+        // fresh timestamp it was not answering (retries keep their
+        // timestamp while it answers), or it had restarted, or it had no
+        // current generation and still answers, in which case its RESP
+        // retransmissions (each with a new `sender_ts`) get through. Our
+        // INIT's ephemeral lives as long as our retries, so without this a
+        // late or replayed RESP from an abandoned answer completes the
+        // handshake with keys the peer dropped.
+        if sender_ts < self.last_peer_init_ts {
+            return Err(CryptoError::StaleControlMessage);
+        }
         let e_i_pub = init.eph.public;
         self.verify(msg, Some(&e_i_pub))?;
         let dh_ee = init.eph.dh(&e_r).ok_or(CryptoError::BadControlMessage)?;

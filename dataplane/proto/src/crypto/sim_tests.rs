@@ -1403,9 +1403,10 @@ fn restart_between_init_and_resp(sim: &mut Sim, a: usize, seed: u64) -> (Vec<u8>
 
 /// The peer restarts while our INIT is retried: its old session answered
 /// the first copy, its new one answers a retry anew, and the old RESP
-/// arrives first. We complete with keys nobody holds any more; the live
-/// RESP must make us start over rather than leave the peer answering,
-/// unestablished, until its RESP retries run out (found by the
+/// arrives first, after the new session's INIT: it is stale, and the live
+/// RESP completes the handshake, rather than our completing with keys
+/// nobody holds and leaving the peer answering, unestablished, until its
+/// RESP retries run out (found by the
 /// `kx_rotation` fuzz target: `fuzz/corpus/kx_rotation/seed-regress-no-agreement`).
 #[test]
 fn late_resp_from_before_a_peer_restart_does_not_strand_the_pair() {
@@ -1431,21 +1432,17 @@ fn late_resp_from_before_a_peer_restart_does_not_strand_the_pair() {
         sim.nodes[b].handle_message(now, &copy),
         Err(CryptoError::StaleControlMessage)
     );
-    // The old session's RESP arrives first: A completes with it, and its
-    // CONFIRM means nothing to the new session.
-    sim.nodes[a].handle_message(now, &old_resp).unwrap();
-    assert!(sim.nodes[a].is_established() && !sim.nodes[a].is_rotating());
-    let confirm = sim.nodes[a].poll_transmit().expect("CONFIRM");
-    assert!(sim.nodes[b].handle_message(now, &confirm).is_err());
-    // The live RESP: authentic, for the handshake A completed, another
-    // ephemeral and sent later. Before the fix it was "stale", A ignored
-    // B's INIT retries (same timestamp while B answers) and B stayed
-    // unestablished for the 15.75 s of its RESP retries.
-    sim.nodes[a].handle_message(now, &new_resp).unwrap();
-    assert!(
-        sim.nodes[a].is_rotating(),
-        "A starts a new handshake at once"
+    // The old session's RESP arrives first. It was sent before B's new
+    // INIT, which A has seen: it comes from an answer B no longer holds,
+    // and is stale (before that check A completed with it, keys nobody
+    // else holds, and had to start over when the live RESP came).
+    assert_eq!(
+        sim.nodes[a].handle_message(now, &old_resp),
+        Err(CryptoError::StaleControlMessage)
     );
+    assert!(sim.nodes[a].is_initiating());
+    // The live RESP completes A's handshake.
+    sim.nodes[a].handle_message(now, &new_resp).unwrap();
     sim.flush_transmits();
     assert!(
         sim.run_until(Duration::from_secs(1), Sim::both_on_same_generation),
@@ -1463,12 +1460,13 @@ fn late_resp_from_before_a_peer_restart_does_not_strand_the_pair() {
 
 /// As above with the smaller key on the initiator: while its INIT is
 /// retried it answers the restarted peer's INIT, then the old session's
-/// RESP completes its own handshake and drops that answer, and the peer
-/// confirms the dropped answer. Each side then sends with keys the other
-/// does not hold, and neither is in a handshake (found by mutating the
+/// RESP arrives: it is stale, so our answer stands and the peer's CONFIRM
+/// of it switches us (before, the old RESP completed our handshake and
+/// dropped the answer, and each side sent with keys the other did not
+/// hold until that CONFIRM started a new handshake; found by mutating the
 /// seed above: `fuzz/corpus/kx_rotation/seed-regress-confirm-of-dropped-answer`).
 #[test]
-fn confirm_of_an_answer_dropped_for_a_late_resp_starts_a_new_handshake() {
+fn late_resp_from_before_a_peer_restart_keeps_our_answer() {
     let (a, b) = (0, 1);
     let mut sim = Sim::with_larger_key(92, SessionConfig::default(), b);
     let (old_resp, init_b) = restart_between_init_and_resp(&mut sim, a, 93);
@@ -1476,22 +1474,18 @@ fn confirm_of_an_answer_dropped_for_a_late_resp_starts_a_new_handshake() {
     let now = sim.now;
     sim.nodes[a].handle_message(now, &init_b).unwrap();
     let resp_a = sim.nodes[a].poll_transmit().expect("A's RESP");
-    // The old session's RESP completes A's handshake (keys nobody else
-    // holds) and supersedes A's answer; its CONFIRM means nothing to B.
-    sim.nodes[a].handle_message(now, &old_resp).unwrap();
-    let confirm_a = sim.nodes[a].poll_transmit().expect("CONFIRM");
-    assert!(sim.nodes[b].handle_message(now, &confirm_a).is_err());
-    // B completes its handshake with A's dropped answer and confirms it.
+    // The old session's RESP was sent before B's new INIT, which A has
+    // seen: it is stale (before that check it completed A's handshake with
+    // keys nobody else holds and dropped A's answer, which B then
+    // confirmed, so A had to start over on that CONFIRM).
+    assert_eq!(
+        sim.nodes[a].handle_message(now, &old_resp),
+        Err(CryptoError::StaleControlMessage)
+    );
+    // B completes its handshake with A's answer and confirms it.
     sim.nodes[b].handle_message(now, &resp_a).unwrap();
     let confirm_b = sim.nodes[b].poll_transmit().expect("B's CONFIRM");
-    assert!(!sim.nodes[a].is_rotating() && !sim.nodes[b].is_rotating());
-    // Before the fix this CONFIRM was "stale" and the pair stayed on
-    // different keys until the next timed rekey (12 h by default).
     sim.nodes[a].handle_message(now, &confirm_b).unwrap();
-    assert!(
-        sim.nodes[a].is_rotating(),
-        "A starts a new handshake at once"
-    );
     sim.flush_transmits();
     assert!(
         sim.run_until(Duration::from_secs(1), Sim::both_on_same_generation),
@@ -1500,20 +1494,23 @@ fn confirm_of_an_answer_dropped_for_a_late_resp_starts_a_new_handshake() {
         sim.nodes[b]
     );
     // A replay of B's CONFIRM changes nothing now.
-    assert!(sim.nodes[a].handle_message(sim.now, &confirm_b).is_err());
-    assert!(sim.nodes[a].poll_transmit().is_none());
+    let generation = sim.nodes[a].generation();
+    let _ = sim.nodes[a].handle_message(sim.now, &confirm_b);
+    assert!(sim.nodes[a].poll_transmit().is_none() && !sim.nodes[a].is_rotating());
+    assert_eq!(sim.nodes[a].generation(), generation);
     assert_traffic_flows_both_ways(&mut sim);
 }
 
 /// The same late RESP on the smaller key's side, the peer's RESP lost: the
 /// smaller key answers the restarted peer's INIT, the old session's RESP
-/// then completes its own handshake and drops that answer, and the answer
-/// never arrives. The peer (larger key) answers none of our INITs and keeps
-/// retrying its own; those retries must be answered anew (found by
+/// arrives (stale: sent before that INIT) and the answer is lost; our RESP
+/// retransmission brings the pair together (before, the old RESP completed
+/// our handshake and dropped the answer, and the peer's INIT retries had to
+/// be answered anew; found by
 /// `cargo fuzz run kx_rotation`:
 /// `fuzz/corpus/kx_rotation/seed-regress-retry-of-dropped-answer`).
 #[test]
-fn retry_of_an_answer_dropped_for_a_late_resp_is_answered_anew() {
+fn late_resp_from_before_a_peer_restart_with_our_answer_lost() {
     let (i, r) = (1, 0);
     let mut sim = Sim::with_larger_key(94, SessionConfig::default(), r);
     let (old_resp, init_r) = restart_between_init_and_resp(&mut sim, i, 195);
@@ -1521,21 +1518,67 @@ fn retry_of_an_answer_dropped_for_a_late_resp_is_answered_anew() {
     sim.nodes[i].handle_message(now, &init_r).unwrap();
     let lost_resp = sim.nodes[i].poll_transmit().expect("the answer");
     assert_eq!(msg_type(&lost_resp), 2);
-    sim.nodes[i].handle_message(now, &old_resp).unwrap();
-    let confirm = sim.nodes[i].poll_transmit().expect("CONFIRM");
-    assert!(sim.nodes[r].handle_message(now, &confirm).is_err());
-    assert!(!sim.nodes[i].is_rotating() && !sim.nodes[r].is_established());
-    // The peer's next INIT retry: before the fix it was "stale" (its
-    // handshake counted as answered) and the pair never agreed.
-    sim.now = sim.nodes[r].poll_timeout().expect("INIT retry timer");
-    let now = sim.now;
-    sim.nodes[r].handle_timeout(now);
-    let retry = sim.nodes[r].poll_transmit().expect("INIT retry");
-    sim.nodes[i].handle_message(now, &retry).unwrap();
-    assert!(sim.nodes[i].poll_transmit().is_some(), "answered anew");
+    // The old session's RESP was sent before the peer's new INIT, which
+    // we have seen: it is stale (before that check it completed our
+    // handshake with keys nobody else holds and dropped our answer).
+    assert_eq!(
+        sim.nodes[i].handle_message(now, &old_resp),
+        Err(CryptoError::StaleControlMessage)
+    );
+    assert!(sim.nodes[i].is_rotating());
+    // Our RESP retransmission replaces the lost answer.
     assert!(sim.run_until(Duration::from_secs(1), Sim::both_on_same_generation));
-    // The retry again, replayed: no second answer.
-    assert!(sim.nodes[i].handle_message(sim.now, &retry).is_err());
-    assert!(sim.nodes[i].poll_transmit().is_none());
+    assert_traffic_flows_both_ways(&mut sim);
+}
+
+/// No restart: the peer answers our INIT, its RESPs are all lost, it gives
+/// up on that answer and initiates itself; we (the smaller key) answer
+/// while our INIT is still retried with the same ephemeral. A late (or
+/// replayed) copy of the abandoned RESP must not complete our handshake:
+/// it was sent before the peer's INIT we have seen, and the peer no longer
+/// holds its keys. Before the fix we switched to them, dropped our answer,
+/// and the pair ended on one generation with different keys, each side
+/// answering the other's INIT until its RESP retries ran out (found by
+/// `cargo fuzz run kx_rotation`:
+/// `fuzz/corpus/kx_rotation/seed-regress-both-responding`).
+#[test]
+fn resp_from_an_answer_the_peer_gave_up_is_stale() {
+    let (a, b) = (1, 0);
+    let mut sim = Sim::with_larger_key(96, SessionConfig::default(), b);
+    sim.traffic = false;
+    assert!(sim.run_until(Duration::from_millis(100), Sim::both_on_same_generation));
+    assert!(sim.in_flight.is_empty());
+    let generation = sim.nodes[a].generation();
+    let now = sim.now;
+    sim.nodes[a].rekey(now);
+    let init = sim.nodes[a].poll_transmit().expect("INIT");
+    sim.nodes[b].handle_message(now, &init).unwrap();
+    let abandoned = sim.nodes[b].poll_transmit().expect("RESP");
+    assert_eq!(msg_type(&abandoned), 2);
+    // Every RESP retransmission is lost; B gives up and initiates.
+    while !sim.nodes[b].is_initiating() {
+        sim.now = sim.nodes[b].poll_timeout().expect("B's timer");
+        let now = sim.now;
+        sim.nodes[b].handle_timeout(now);
+    }
+    let mut init_b = None;
+    while let Some(m) = sim.nodes[b].poll_transmit() {
+        init_b = Some(m);
+    }
+    let init_b = init_b.expect("B's INIT");
+    assert_eq!(msg_type(&init_b), 1);
+    // A, still initiating, answers B's INIT; then the abandoned RESP.
+    let now = sim.now;
+    sim.nodes[a].handle_message(now, &init_b).unwrap();
+    assert!(sim.nodes[a].is_initiating());
+    assert_eq!(
+        sim.nodes[a].handle_message(now, &abandoned),
+        Err(CryptoError::StaleControlMessage)
+    );
+    assert!(sim.nodes[a].is_initiating());
+    assert_eq!(sim.nodes[a].generation(), generation);
+    sim.flush_transmits();
+    assert!(sim.run_until(Duration::from_secs(1), Sim::both_on_same_generation));
+    assert!(sim.nodes[a].handle_message(sim.now, &abandoned).is_err());
     assert_traffic_flows_both_ways(&mut sim);
 }
