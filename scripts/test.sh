@@ -9,7 +9,8 @@ export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --workspace --bins
 # Two test threads: end-to-end tests run real iperf3/ping between
 # namespaces and share this machine's cores.
-cargo test --workspace -- --test-threads=2
+# --no-fail-fast: one failing test binary does not hide the others.
+cargo test --workspace --no-fail-fast -- --test-threads=2
 # The fuzz targets' bodies over their seed corpora and bounded mutations
 # (coverage-guided fuzzing is scripts/fuzz.sh, which .ci/run runs next).
 (cd fuzz && cargo test)
