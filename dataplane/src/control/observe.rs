@@ -7,7 +7,7 @@ use crate::observe::{
     CaptureFilter, CaptureTap, LiveFilter, LiveTap, QUEUE, StreamState, vteps_of,
 };
 use crate::worker::{Command, Commander};
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -95,31 +95,22 @@ impl Dataplane {
             }
         };
         let slot = Slot::take(&self.capturing, "a capture")?;
-        let (tx, rx) = crossbeam_channel::bounded(QUEUE);
-        let state = Arc::new(StreamState::default());
-        let workers = self.commanders();
         let local = SocketAddr::new(self.cfg.local_vtep, self.cfg.port);
-        for w in &workers {
-            w.send(Command::Capture(Some(Box::new(CaptureTap {
-                filter: filter.clone(),
-                tx: tx.clone(),
-                state: Arc::clone(&state),
-                local,
-            }))));
-        }
-        drop(tx);
-        let mut stream = Stream {
-            rx,
-            state,
-            workers,
-            stop: |w: &Commander| w.send(Command::Capture(None)),
-            deadline: Instant::now() + duration,
+        let mut stream = Stream::start(
+            slot,
+            self.commanders(),
+            |tx, state| {
+                Command::Capture(Some(Box::new(CaptureTap {
+                    filter: filter.clone(),
+                    tx,
+                    state,
+                    local,
+                })))
+            },
+            |w: &Commander| w.send(Command::Capture(None)),
+            duration,
             count,
-            left: count,
-            _slot: slot,
-            started: false,
-            ended: false,
-        };
+        );
         let local_vtep = self.cfg.local_vtep;
         let mut bytes = 0u64;
         Ok(Reply::Stream(Box::new(std::iter::from_fn(move || {
@@ -149,9 +140,6 @@ impl Dataplane {
             known_vni(&self.lock(), v)?;
         }
         let slot = Slot::take(&self.live_tracing, "a live trace")?;
-        let (tx, rx) = crossbeam_channel::bounded(QUEUE);
-        let state = Arc::new(StreamState::default());
-        let workers = self.commanders();
         let host: IpAddr = self.cfg.local_vtep;
         let filter = LiveFilter {
             vni: l.vni,
@@ -160,28 +148,22 @@ impl Dataplane {
             proto: l.proto,
             drops: l.drops,
         };
-        for w in &workers {
-            w.send(Command::Live(Some(Box::new(LiveTap {
-                sampler: LiveSampler::new(every),
-                filter: filter.clone(),
-                tx: tx.clone(),
-                state: Arc::clone(&state),
-                host,
-            }))));
-        }
-        drop(tx);
-        let mut stream = Stream {
-            rx,
-            state,
-            workers,
-            stop: |w: &Commander| w.send(Command::Live(None)),
-            deadline: Instant::now() + duration,
+        let mut stream = Stream::start(
+            slot,
+            self.commanders(),
+            |tx, state| {
+                Command::Live(Some(Box::new(LiveTap {
+                    sampler: LiveSampler::new(every),
+                    filter: filter.clone(),
+                    tx,
+                    state,
+                    host,
+                })))
+            },
+            |w: &Commander| w.send(Command::Live(None)),
+            duration,
             count,
-            left: count,
-            _slot: slot,
-            started: false,
-            ended: false,
-        };
+        );
         Ok(Reply::Stream(Box::new(std::iter::from_fn(move || {
             if !stream.started {
                 stream.started = true;
@@ -278,6 +260,37 @@ struct Stream<T, F: Fn(&Commander)> {
 }
 
 impl<T, F: Fn(&Commander)> Stream<T, F> {
+    /// Installs a tap on every worker (`tap` makes each one's command from
+    /// its end of a shared bounded queue and the shared state) and streams
+    /// what they send for `duration` or `count` items; `stop` takes the
+    /// taps out again when the stream ends or is dropped.
+    fn start(
+        slot: Slot,
+        workers: Vec<Commander>,
+        tap: impl Fn(Sender<T>, Arc<StreamState>) -> Command,
+        stop: F,
+        duration: Duration,
+        count: u64,
+    ) -> Self {
+        let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+        let state = Arc::new(StreamState::default());
+        for w in &workers {
+            w.send(tap(tx.clone(), Arc::clone(&state)));
+        }
+        Stream {
+            rx,
+            state,
+            workers,
+            stop,
+            deadline: Instant::now() + duration,
+            count,
+            left: count,
+            _slot: slot,
+            started: false,
+            ended: false,
+        }
+    }
+
     /// The next item, a pause, the end, or `None` after the end.
     fn next_item(&mut self) -> Option<Next<T>> {
         if self.ended {
