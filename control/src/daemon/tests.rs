@@ -575,6 +575,23 @@ impl Node {
     }
 }
 
+/// A replicated VIP service of `sleep 600` on `net`.
+fn service_req(name: &str, replicas: u64, net: &str) -> ctl::ServiceCreate {
+    ctl::ServiceCreate {
+        name: name.into(),
+        mode: crate::model::ServiceMode::Replicated { replicas },
+        endpoint_mode: crate::model::EndpointMode::Vip,
+        networks: vec![ctl::ServiceNetworkRequest {
+            network: net.into(),
+            aliases: vec![],
+        }],
+        command: vec!["sleep".into(), "600".into()],
+        env: vec![],
+        restart: crate::model::RestartCondition::Any,
+        ports: vec![],
+    }
+}
+
 fn run_req(name: &str, nets: &[&str], command: &[&str]) -> ctl::ContainerCreate {
     ctl::ContainerCreate {
         name: name.into(),
@@ -1149,19 +1166,7 @@ fn a_service_vip_follows_its_running_tasks_and_leaves_with_it() {
     let n = node();
     n.init();
     n.net("tnet");
-    let s = n.ok(ctl::ServiceCreate {
-        name: "web".into(),
-        mode: crate::model::ServiceMode::Replicated { replicas: 2 },
-        endpoint_mode: crate::model::EndpointMode::Vip,
-        networks: vec![ctl::ServiceNetworkRequest {
-            network: "tnet".into(),
-            aliases: vec![],
-        }],
-        command: vec!["sleep".into(), "600".into()],
-        env: vec![],
-        restart: crate::model::RestartCondition::Any,
-        ports: vec![],
-    });
+    let s = n.ok(service_req("web", 2, "tnet"));
     let vip = IpAddr::V4(s.service.vips[0].ipv4);
     eventually(&n, "two backends", |d| backends_of(d, vip) == Some(2));
     // Each task knows what it is.
@@ -1219,22 +1224,13 @@ fn a_published_port_is_programmed_repaired_and_withdrawn() {
     n.init();
     n.net("tnet");
     let s = n.ok(ctl::ServiceCreate {
-        name: "web".into(),
-        mode: crate::model::ServiceMode::Replicated { replicas: 1 },
-        endpoint_mode: crate::model::EndpointMode::Vip,
-        networks: vec![ctl::ServiceNetworkRequest {
-            network: "tnet".into(),
-            aliases: vec![],
-        }],
-        command: vec!["sleep".into(), "600".into()],
-        env: vec![],
-        restart: crate::model::RestartCondition::Any,
         ports: vec![ctl::PortRequest {
             protocol: crate::model::PortProtocol::Tcp,
             target_port: 80,
             published_port: Some(8080),
             publish_mode: crate::model::PublishMode::Ingress,
         }],
+        ..service_req("web", 1, "tnet")
     });
     assert_eq!(s.service.vips.len(), 2, "{:?}", s.service.vips);
     let key = (dp::PortProtocol::Tcp, 8080);
@@ -1342,20 +1338,7 @@ fn a_task_that_cannot_be_created_is_the_services_visible_problem() {
         subnets: vec!["10.9.9.0/29".parse().unwrap()],
         ..Default::default()
     });
-    let create = |replicas| ctl::ServiceCreate {
-        name: "many".into(),
-        mode: crate::model::ServiceMode::Replicated { replicas },
-        endpoint_mode: crate::model::EndpointMode::Vip,
-        networks: vec![ctl::ServiceNetworkRequest {
-            network: "tiny".into(),
-            aliases: vec![],
-        }],
-        command: vec!["sleep".into(), "600".into()],
-        env: vec![],
-        restart: crate::model::RestartCondition::Any,
-        ports: vec![],
-    };
-    n.ok(create(6));
+    n.ok(service_req("many", 6, "tiny"));
     n.d.tend_services();
     let view = n.ok(ctl::ServiceInspect {
         service: "many".into(),
