@@ -403,26 +403,44 @@ impl World {
             && self.data(1)
     }
 
+    /// Delivers what is in flight, and what that sends, in order.
+    fn deliver_in_flight(&mut self) {
+        let mut delivered = 0;
+        while let Some((to, m)) = self.in_flight.pop_front() {
+            self.deliver(to, &m);
+            delivered += 1;
+            assert!(delivered < 10_000, "control messages never stop");
+        }
+    }
+
+    /// Moves time on by one millisecond of network delay (when something
+    /// is in flight) or to the next timer, at most to `deadline`.
+    fn advance(&mut self, deadline: Instant) {
+        let next = if self.in_flight.is_empty() {
+            (0..2)
+                .filter_map(|n| self.nodes[n].poll_timeout())
+                .min()
+                .unwrap_or(deadline)
+                .max(self.now + Duration::from_millis(1))
+        } else {
+            self.now + Duration::from_millis(1)
+        };
+        self.run_timers(next.min(deadline));
+    }
+
     /// After agreement: every pending answer ends by [`QUIESCE_WITHIN`]
     /// from `start`, and changes nothing that works.
     fn quiesce(&mut self, start: Instant) {
         let deadline = start + QUIESCE_WITHIN;
         while self.nodes.iter().any(Session::is_rotating) {
-            while let Some((to, m)) = self.in_flight.pop_front() {
-                self.deliver(to, &m);
-            }
+            self.deliver_in_flight();
             assert!(
                 self.now < deadline,
                 "a handshake still pending {QUIESCE_WITHIN:?} after the adversary stopped: {:?} {:?}",
                 self.nodes[0],
                 self.nodes[1]
             );
-            let next = (0..2)
-                .filter_map(|n| self.nodes[n].poll_timeout())
-                .min()
-                .unwrap_or(deadline)
-                .max(self.now + Duration::from_millis(1));
-            self.run_timers(next.min(deadline));
+            self.advance(deadline);
         }
         assert!(
             self.data(0) && self.data(1),
@@ -437,12 +455,7 @@ impl World {
         let start = self.now;
         let deadline = start + CONVERGE_WITHIN;
         loop {
-            let mut delivered = 0;
-            while let Some((to, m)) = self.in_flight.pop_front() {
-                self.deliver(to, &m);
-                delivered += 1;
-                assert!(delivered < 10_000, "control messages never stop");
-            }
+            self.deliver_in_flight();
             if self.agreed() {
                 let took = self.now - start;
                 self.quiesce(start);
@@ -454,18 +467,7 @@ impl World {
                 self.nodes[0],
                 self.nodes[1]
             );
-            // One millisecond of network delay, or the next timer.
-            let next = (0..2)
-                .filter_map(|n| self.nodes[n].poll_timeout())
-                .min()
-                .unwrap_or(deadline)
-                .max(self.now + Duration::from_millis(1));
-            let next = if self.in_flight.is_empty() {
-                next
-            } else {
-                self.now + Duration::from_millis(1)
-            };
-            self.run_timers(next.min(deadline));
+            self.advance(deadline);
         }
     }
 }
