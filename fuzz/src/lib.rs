@@ -401,12 +401,11 @@ pub fn mesh(data: &[u8]) {
             panic!("a TAP write did not resolve");
         };
         let out = &b[vnet::LEN..];
-        if valid {
-            if let Ok(q) = nat::parse(out) {
-                if matches!(q.proto, 6 | 17) {
-                    assert!(l4_checksum_ok(out, &q), "the mesh broke a valid checksum");
-                }
-            }
+        if valid
+            && let Ok(q) = nat::parse(out)
+            && matches!(q.proto, 6 | 17)
+        {
+            assert!(l4_checksum_ok(out, &q), "the mesh broke a valid checksum");
         }
     });
 }
