@@ -129,6 +129,10 @@ pub enum TraceStage {
     Endpoint,
     /// Written to the destination's TAP.
     TapTx,
+    /// The network's gateway and the host link (`vxnet0`): egress out of
+    /// the overlay and its answers, published ports (routing mesh, host
+    /// mode) and their replies, a ping to the gateway.
+    Gateway,
 }
 
 impl TraceStage {
@@ -148,6 +152,7 @@ impl TraceStage {
             TraceStage::Vni => "vni",
             TraceStage::Endpoint => "endpoint",
             TraceStage::TapTx => "tap_tx",
+            TraceStage::Gateway => "gateway",
         }
     }
 }

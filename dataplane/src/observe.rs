@@ -292,7 +292,13 @@ fn ending(notes: &[Note], entry: TraceStage) -> (TraceStage, TraceVerdict, Optio
     for n in notes.iter().rev() {
         let end = match n {
             Note::TapTx { .. } => (TraceStage::TapTx, TraceVerdict::Delivered),
-            Note::Answered { .. } => (TraceStage::ArpNd, TraceVerdict::Answered),
+            Note::Egress { .. } | Note::ToHost { .. } => {
+                (TraceStage::Gateway, TraceVerdict::Delivered)
+            }
+            Note::Answered { answer, .. } => (
+                crate::trace_stage::of_answer(*answer),
+                TraceVerdict::Answered,
+            ),
             Note::Outer { .. } => (TraceStage::Outer, TraceVerdict::Sent),
             _ => continue,
         };

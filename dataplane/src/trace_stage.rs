@@ -1,9 +1,11 @@
 //! Where each drop reason happens on the packet path, and how to fix it:
-//! the words `vxnet trace` and `vxnet trace --live` print for a drop.
+//! the words `vxnet trace` and `vxnet trace --live` print for a drop (and
+//! the stage of a packet the dataplane answered itself).
 //! Matched on the counters' own `stage/reason` names, so a reason added
 //! to `vxnet_proto::stats::Drop` lands at its stage's default.
 
 use vxnet_api::trace::TraceStage;
+use vxnet_proto::engine::trace::Answer;
 use vxnet_proto::stats::Drop;
 
 /// The stage a drop happens at.
@@ -25,10 +27,18 @@ pub fn of_drop(d: Drop) -> TraceStage {
         ("wire", "no_endpoint") => S::Endpoint,
         ("wire", _) => S::WireRx,
         ("io", "tap_write" | "bad_ref") => S::TapTx,
-        ("mesh", "no_port" | "no_route") => S::Vip,
         ("mesh", "no_flow") => S::Conntrack,
-        ("mesh", _) => S::Fdb,
+        ("mesh", _) => S::Gateway,
         _ => S::Outer,
+    }
+}
+
+/// The stage of a packet the dataplane answered itself.
+pub fn of_answer(a: Answer) -> TraceStage {
+    match a {
+        Answer::Arp | Answer::Nd => TraceStage::ArpNd,
+        Answer::VipEcho | Answer::VipReset => TraceStage::Vip,
+        Answer::GatewayEcho => TraceStage::Gateway,
     }
 }
 

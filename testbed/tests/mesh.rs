@@ -713,6 +713,23 @@ fn containers_reach_the_outside_but_internal_networks_do_not() -> Result<()> {
         );
     }
 
+    // `vxnet trace` follows a packet out through the gateway.
+    let out = m.cli(&[
+        "trace", "--from", "plain", "--to", &target, "--proto", "tcp", "--dport", "8000",
+        "--format", "json",
+    ])?;
+    let t: serde_json::Value = serde_json::from_str(&out.stdout)
+        .with_context(|| format!("trace: {} {}", out.stdout, out.stderr))?;
+    let last = t["steps"].as_array().and_then(|a| a.last());
+    ensure!(
+        t["verdict"] == "delivered"
+            && last.is_some_and(|s| s["stage"] == "gateway"
+                && s["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("egress address"))),
+        "a trace to the outside ends delivered at the gateway: {t:#}"
+    );
+
     // The internal network: no way out, at once (no default route).
     let r = sw
         .tb

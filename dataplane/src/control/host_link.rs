@@ -318,6 +318,13 @@ impl Dataplane {
         }
     }
 
+    /// The host link's port and how a trace names it.
+    pub(super) fn host_link_port(&self) -> Option<(PortId, String)> {
+        let host = self.host_lock();
+        host.as_ref()
+            .map(|l| (l.port, format!("the host link {}", l.ifname)))
+    }
+
     pub(super) fn host_link(&self) -> Option<HostLinkInfo> {
         let host = self.host_lock();
         host.as_ref().map(|l| self.info(l))

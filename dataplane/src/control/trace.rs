@@ -236,8 +236,10 @@ impl Dataplane {
         }
     }
 
-    /// Local ports and the endpoint addresses on them, for the report.
+    /// Local ports and the endpoint addresses on them (and the host link),
+    /// for the report.
     fn port_names(&self) -> Vec<(PortId, String)> {
+        let link = self.host_link_port();
         self.lock()
             .endpoints
             .values()
@@ -252,6 +254,7 @@ impl Dataplane {
                     ),
                 )
             })
+            .chain(link)
             .collect()
     }
 
@@ -461,18 +464,22 @@ fn report(host: &str, run: &TraceRun, names: &[(PortId, String)]) -> TraceReport
                 );
             }
             Note::Answered { answer, port } => {
-                let (stage, what) = match answer {
-                    Answer::Arp => (S::ArpNd, "ARP request answered by the proxy"),
-                    Answer::Nd => (S::ArpNd, "neighbour solicitation answered by the proxy"),
-                    Answer::VipEcho => {
-                        (S::Vip, "echo request to the VIP answered by the dataplane")
+                let what = match answer {
+                    Answer::Arp => "ARP request answered by the proxy",
+                    Answer::Nd => "neighbour solicitation answered by the proxy",
+                    Answer::VipEcho => "echo request to the VIP answered by the dataplane",
+                    Answer::VipReset => {
+                        "the service has no backend: the connection is refused with a TCP reset"
                     }
-                    Answer::VipReset => (
-                        S::Vip,
-                        "the VIP has no backend: the connection is refused with a TCP reset",
-                    ),
+                    Answer::GatewayEcho => {
+                        "echo request to the network's gateway answered by the dataplane"
+                    }
                 };
-                push(stage, Answered, format!("{what}, back to {}", name(*port)));
+                push(
+                    crate::trace_stage::of_answer(*answer),
+                    Answered,
+                    format!("{what}, back to {}", name(*port)),
+                );
             }
             Note::Vip {
                 vip,
@@ -603,6 +610,48 @@ fn report(host: &str, run: &TraceRun, names: &[(PortId, String)]) -> TraceReport
                 Delivered,
                 format!("{len}-byte frame written to the TAP of {}", name(*port)),
             ),
+            Note::HostLinkRx { port, len } => push(
+                S::Gateway,
+                Pass,
+                format!("{len}-byte frame from the host through {}", name(*port)),
+            ),
+            Note::Published {
+                published,
+                backend,
+                target_port,
+            } => push(
+                S::Gateway,
+                Pass,
+                format!(
+                    "published port {published}: destination rewritten to task {backend} port {target_port} (DNAT); the client's address is kept"
+                ),
+            ),
+            Note::EgressReply { addr } => push(
+                S::Gateway,
+                Pass,
+                format!("answer to egress traffic: destination rewritten back to {addr}"),
+            ),
+            Note::Egress { addr, port, len } => push(
+                S::Gateway,
+                Delivered,
+                format!(
+                    "leaves the overlay: source rewritten to egress address {addr} (SNAT), {len}-byte frame written to {}; the host masquerades it to its own address and routes it",
+                    name(*port)
+                ),
+            ),
+            Note::ToHost {
+                mesh,
+                published,
+                port,
+                len,
+            } => push(
+                S::Gateway,
+                Delivered,
+                format!(
+                    "reply of published port {published}: source rewritten to {mesh} port {published}, {len}-byte frame written to {} for the host to return to the client",
+                    name(*port)
+                ),
+            ),
         }
     }
     // Unknown unicast that reached no other host: copied to the other
@@ -646,5 +695,94 @@ fn report(host: &str, run: &TraceRun, names: &[(PortId, String)]) -> TraceReport
         steps,
         verdict,
         outer: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vxnet_proto::stats::Drop;
+
+    fn tap_rx() -> Note {
+        Note::TapRx {
+            port: 2,
+            vni: Vni::new(4097).expect("VNI"),
+            src: MacAddr([2, 0x42, 10, 1, 0, 5]),
+            dst: MacAddr([2, 0x42, 10, 1, 0, 1]),
+            len: 74,
+        }
+    }
+
+    fn run(notes: Vec<Note>, drops: Vec<Drop>) -> TraceRun {
+        TraceRun {
+            notes,
+            drops,
+            sent: Vec::new(),
+            delivered: Vec::new(),
+        }
+    }
+
+    fn names() -> Vec<(PortId, String)> {
+        vec![
+            (2, "10.1.0.5 in c1".to_string()),
+            (9, "the host link vxnet0".to_string()),
+        ]
+    }
+
+    /// A packet to an address outside the overlay ends at the gateway,
+    /// delivered to the host link with its egress address (it used to end
+    /// "dropped" with no stage at all).
+    #[test]
+    fn egress_is_delivered_at_the_gateway() {
+        let egress = Note::Egress {
+            addr: "198.18.0.9".parse().expect("address"),
+            port: 9,
+            len: 74,
+        };
+        let r = report("host1", &run(vec![tap_rx(), egress], vec![]), &names());
+        assert_eq!(r.verdict, TraceVerdict::Delivered);
+        let last = r.steps.last().expect("steps");
+        assert_eq!(
+            (last.stage, last.verdict),
+            (TraceStage::Gateway, StepVerdict::Delivered)
+        );
+        assert!(
+            last.detail.contains("egress address 198.18.0.9")
+                && last.detail.contains("the host link vxnet0"),
+            "{}",
+            last.detail
+        );
+    }
+
+    /// A network without egress stops at the gateway, with the counter's
+    /// reason and its fix.
+    #[test]
+    fn no_egress_drops_at_the_gateway() {
+        let r = report(
+            "host1",
+            &run(vec![tap_rx()], vec![Drop::MeshNoEgress]),
+            &names(),
+        );
+        assert_eq!(r.verdict, TraceVerdict::Dropped);
+        let f = r.first_failure().expect("a drop step");
+        assert_eq!(f.stage, TraceStage::Gateway);
+        assert_eq!(f.reason.as_deref(), Some("mesh/no_egress"));
+        assert!(f.fix.as_deref().is_some_and(|x| x.contains("--internal")));
+    }
+
+    /// A ping to the gateway is answered at the gateway stage.
+    #[test]
+    fn a_ping_to_the_gateway_is_answered_there() {
+        let echo = Note::Answered {
+            answer: Answer::GatewayEcho,
+            port: 2,
+        };
+        let r = report("host1", &run(vec![tap_rx(), echo], vec![]), &names());
+        assert_eq!(r.verdict, TraceVerdict::Answered);
+        let last = r.steps.last().expect("steps");
+        assert_eq!(
+            (last.stage, last.verdict),
+            (TraceStage::Gateway, StepVerdict::Answered)
+        );
     }
 }

@@ -26,7 +26,8 @@
 //! host's own address, and the answers come back to the egress address,
 //! which maps back to the container. The dataplane keeps no per-flow state
 //! for egress: the host's conntrack does.
-use super::{Ctx, ETHERTYPE_ARP, ETHERTYPE_IPV4, Outputs, ethertype};
+use super::trace::{Answer, Note};
+use super::{Ctx, ETHERTYPE_ARP, ETHERTYPE_IPV4, Outputs, ethertype, note};
 use crate::fdb::{Dest, Fdb, HostLink, PortId, PublishedTo, VniTable};
 use crate::lb::conntrack::{Dir, FlowKey, FlowKind, HOST_VNI, NewFlow};
 use crate::lb::maglev::flow_hash;
@@ -71,6 +72,13 @@ impl Ctx {
         frame: &mut [u8],
         out: &mut Outputs,
     ) {
+        note!(
+            self.rec,
+            Note::HostLinkRx {
+                port: h.port,
+                len: frame.len()
+            }
+        );
         match ethertype(frame) {
             ETHERTYPE_ARP => return self.host_arp(h, frame, out),
             ETHERTYPE_IPV4 => {}
@@ -105,6 +113,13 @@ impl Ctx {
         }
         let n = arp::emit_reply(&req, h.link_mac(), &mut self.reply);
         self.stats.inc(Counter::MeshHostArp);
+        note!(
+            self.rec,
+            Note::Answered {
+                answer: Answer::Arp,
+                port: h.port
+            }
+        );
         out.tap(h.port).push_as_is(&VnetHdr::NONE, &self.reply[..n]);
     }
 
@@ -164,6 +179,13 @@ impl Ctx {
                 // Refused at once, like a VIP without tasks.
                 if let Some(n) = reply::tcp_reset(frame, p, h.link_mac(), &mut self.reply) {
                     self.stats.inc(Counter::LbResets);
+                    note!(
+                        self.rec,
+                        Note::Answered {
+                            answer: Answer::VipReset,
+                            port: h.port
+                        }
+                    );
                     out.tap(h.port).push_as_is(&VnetHdr::NONE, &self.reply[..n]);
                 }
             }
@@ -183,6 +205,14 @@ impl Ctx {
         };
         nat::set_src_mac(frame, from);
         self.stats.inc(Counter::MeshIngress);
+        note!(
+            self.rec,
+            Note::Published {
+                published: p.dport,
+                backend: ip,
+                target_port: target
+            }
+        );
         let dest = table.macs.get(&mac).copied();
         self.unicast(fdb, vni, table, h.port, dest, hdr, frame, out);
     }
@@ -221,6 +251,19 @@ impl Ctx {
         nat::set_dst_mac(frame, slot.mac);
         nat::set_src_mac(frame, gateway_mac(table, false, h.link_mac()));
         self.stats.inc(Counter::MeshEgressReplies);
+        note!(
+            self.rec,
+            Note::EgressReply {
+                addr: IpAddr::V4(slot.ip)
+            }
+        );
+        note!(
+            self.rec,
+            Note::TapTx {
+                port: slot.port,
+                len: frame.len()
+            }
+        );
         out.tap(slot.port).push_as_is(hdr, frame);
     }
 
@@ -255,6 +298,13 @@ impl Ctx {
                 match reply::echo_reply(frame, &p, mac) {
                     Some(n) => {
                         self.stats.inc(Counter::MeshGatewayReplies);
+                        note!(
+                            self.rec,
+                            Note::Answered {
+                                answer: Answer::GatewayEcho,
+                                port
+                            }
+                        );
                         out.tap(port).push_as_is(&VnetHdr::NONE, &frame[..n]);
                     }
                     None => self.stats.dropped(Drop::LbMalformed),
@@ -352,6 +402,15 @@ impl Ctx {
         nat::set_src_mac(frame, h.link_mac());
         nat::set_dst_mac(frame, h.host_mac);
         self.stats.inc(Counter::MeshToHost);
+        note!(
+            self.rec,
+            Note::ToHost {
+                mesh,
+                published,
+                port: h.port,
+                len: frame.len()
+            }
+        );
         true
     }
 
@@ -434,6 +493,14 @@ impl Ctx {
         nat::set_src_mac(frame, h.link_mac());
         nat::set_dst_mac(frame, h.host_mac);
         self.stats.inc(Counter::MeshEgress);
+        note!(
+            self.rec,
+            Note::Egress {
+                addr: IpAddr::V4(mapped),
+                port: h.port,
+                len: frame.len()
+            }
+        );
         out.tap(h.port).push_as_is(hdr, frame);
     }
 

@@ -501,6 +501,20 @@ fn the_host_link_answers_arp_for_its_subnet_but_the_hosts_address() {
     assert!(n1.written().is_empty());
 }
 
+/// The outside server's answer to C's connection from 192.0.2.200:22 to
+/// 50000, as the host writes it into the link once its masquerade is
+/// undone: to C's egress address `mapped`.
+fn egress_answer(h: &HostLink, mapped: Ipv4Addr) -> Vec<u8> {
+    tcp(
+        h.host_mac,
+        h.link_mac(),
+        "192.0.2.200",
+        &mapped.to_string(),
+        (22, 50_000),
+        false,
+    )
+}
+
 #[test]
 fn egress_maps_the_source_one_to_one_and_back() {
     let now = Instant::now();
@@ -525,17 +539,7 @@ fn egress_maps_the_source_one_to_one_and_back() {
     assert_eq!((p.dst, p.sport), (ip("192.0.2.200"), 50_000));
     assert_eq!(w[0].1[0..6], h.host_mac.0);
     // The host's answer (after its masquerade is undone).
-    n2.tap(
-        HOST_PORT,
-        &tcp(
-            h.host_mac,
-            h.link_mac(),
-            "192.0.2.200",
-            &mapped.to_string(),
-            (22, 50_000),
-            false,
-        ),
-    );
+    n2.tap(HOST_PORT, &egress_answer(&h, mapped));
     let w = n2.written();
     assert_eq!(w.len(), 1);
     assert_eq!(w[0].0, 2);
@@ -726,6 +730,24 @@ fn traces_of_mesh_packets_change_no_flow() {
     let mut pkt = [&[0u8; vnet::LEN][..], &from_client(1, 40_001, true)].concat();
     let run = n1.e.trace_tap(HOST_PORT, &mut pkt);
     assert_eq!(run.sent.len(), 1, "the trace picks a task: {:?}", run.drops);
+    assert!(
+        matches!(
+            run.notes[..2],
+            [
+                Note::HostLinkRx {
+                    port: HOST_PORT,
+                    ..
+                },
+                Note::Published {
+                    published: 8080,
+                    target_port: 80,
+                    ..
+                }
+            ]
+        ),
+        "{:?}",
+        run.notes
+    );
     let mut d = run.sent[0].1.clone();
     assert_eq!(
         n2.e.trace_wire(SocketAddr::new(node_ip(1), 4789), &mut d)
@@ -741,6 +763,83 @@ fn traces_of_mesh_packets_change_no_flow() {
     assert_eq!(run.delivered.len(), 1, "to the host: {:?}", run.drops);
     assert_eq!(run.delivered[0].0, HOST_PORT);
 
+    assert!(
+        run.notes.iter().any(|n| matches!(
+            n,
+            Note::ToHost {
+                published: 8080,
+                port: HOST_PORT,
+                ..
+            }
+        )),
+        "the reply is noted to the host: {:?}",
+        run.notes
+    );
+
     assert_eq!(flow_table(&n1.e), before1, "node 1's conntrack moved");
     assert_eq!(flow_table(&n2.e), before2, "node 2's conntrack moved");
+}
+
+/// `vxnet trace` follows the gateway's paths too: egress out with the
+/// container's egress address, the answer back in, a ping to the gateway;
+/// and a network without egress stops at `mesh/no_egress`. Dry runs count
+/// nothing.
+#[test]
+fn traces_note_the_gateway_paths() {
+    let now = Instant::now();
+    let mut n2 = Node::new(node(2), now);
+    let with_hdr = |f: &[u8]| [&[0u8; vnet::LEN][..], f].concat();
+    let c = mac_of("10.1.0.5");
+    let gw = vip_mac(ip("10.1.0.1"));
+    let out = tcp(c, gw, "10.1.0.5", "192.0.2.200", (50_000, 22), true);
+    let run = n2.e.trace_tap(2, &mut with_hdr(&out));
+    assert!(run.drops.is_empty(), "{:?}", run.drops);
+    let Some(&Note::Egress { addr, port, len }) = run.notes.last() else {
+        panic!("egress is noted last: {:?}", run.notes)
+    };
+    let IpAddr::V4(mapped) = addr else {
+        panic!("{addr}")
+    };
+    let h = link(2);
+    assert!(h.egress_index(mapped).is_some(), "{mapped}");
+    assert_eq!((port, len), (HOST_PORT, out.len()));
+    assert_eq!(run.delivered.len(), 1);
+    assert_eq!(run.delivered[0].0, HOST_PORT);
+
+    let back = egress_answer(&h, mapped);
+    let run = n2.e.trace_tap(HOST_PORT, &mut with_hdr(&back));
+    assert_eq!(
+        run.notes,
+        vec![
+            Note::HostLinkRx {
+                port: HOST_PORT,
+                len: back.len()
+            },
+            Note::EgressReply {
+                addr: ip("10.1.0.5")
+            },
+            Note::TapTx {
+                port: 2,
+                len: back.len()
+            },
+        ]
+    );
+
+    let i = mac_of("10.2.0.5");
+    let gw = vip_mac(ip("10.2.0.1"));
+    let run =
+        n2.e.trace_tap(3, &mut with_hdr(&ping(i, gw, "10.2.0.5", "10.2.0.1")));
+    assert_eq!(
+        run.notes.last(),
+        Some(&Note::Answered {
+            answer: Answer::GatewayEcho,
+            port: 3
+        })
+    );
+    let run =
+        n2.e.trace_tap(3, &mut with_hdr(&ping(i, gw, "10.2.0.5", "192.0.2.200")));
+    assert_eq!(run.drops, vec![Drop::MeshNoEgress]);
+
+    assert_eq!(n2.stat(Counter::MeshEgress), 0, "a dry run counted");
+    assert_eq!(n2.stat(Counter::MeshGatewayReplies), 0, "a dry run counted");
 }

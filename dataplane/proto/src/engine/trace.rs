@@ -48,8 +48,10 @@ pub enum Answer {
     Nd,
     /// Echo request to a VIP answered by the dataplane.
     VipEcho,
-    /// TCP reset from a VIP that has no backend.
+    /// TCP reset from a VIP (or a published port) that has no backend.
     VipReset,
+    /// Echo request to the network's gateway answered by the dataplane.
+    GatewayEcho,
 }
 
 /// One decision of the engine about the packet being recorded.
@@ -119,6 +121,38 @@ pub enum Note {
     ReverseNat { vip: IpAddr },
     /// Queued for the TAP of `port`.
     TapTx { port: PortId, len: usize },
+    /// Read from the host link (`vxnet0`, on `port`): a connection to a
+    /// published port, or an answer to a container's egress traffic.
+    HostLinkRx { port: PortId, len: usize },
+    /// To published port `published` (routing mesh or host mode): the
+    /// destination became task `backend`, port `target_port` (DNAT); the
+    /// client's source address is kept.
+    Published {
+        published: u16,
+        backend: IpAddr,
+        target_port: u16,
+    },
+    /// An answer to egress traffic: the destination became the
+    /// container's own address `addr` again (the host's conntrack undid
+    /// its masquerade first).
+    EgressReply { addr: IpAddr },
+    /// Out of the overlay through the network's gateway: the source became
+    /// egress address `addr` (SNAT; the host masquerades it to its own
+    /// address), queued for the host link's TAP on `port`.
+    Egress {
+        addr: IpAddr,
+        port: PortId,
+        len: usize,
+    },
+    /// A published flow's reply: the source became `mesh`:`published`,
+    /// queued for the host link's TAP on `port`, for the host to return to
+    /// the client.
+    ToHost {
+        mesh: IpAddr,
+        published: u16,
+        port: PortId,
+        len: usize,
+    },
 }
 
 /// Collects the [`Note`]s of one packet. Installed in the engine only
