@@ -41,7 +41,7 @@ Examples:
   vxnet container run --rm --name c1 --network test-net -- ping -c 3 10.0.1.3
   vxnet container run -d --name c2 --network test-net --network other --ip 10.0.1.9 -- sleep infinity")]
     Run(RunArgs),
-    /// Run a command in a container.
+    /// Run a command in a running container of this host.
     #[command(after_help = "\
 Example:
   vxnet container exec c1 -- ip addr")]
@@ -258,6 +258,22 @@ pub fn run(args: &ContainerArgs, out: &mut dyn Write) -> Result<u8, CliError> {
             let v = s.call(ctl::ContainerInspect {
                 container: container.clone(),
             })?;
+            // Like `docker exec`: only into a running container, and only
+            // on its own host (its namespace is there, nowhere else).
+            if v.state == ContainerState::Remote {
+                return Err(CliError::Failed(format!(
+                    "container {} runs on node {}, not on this host: run the command there",
+                    v.name, v.node
+                )));
+            }
+            if !matches!(v.state, ContainerState::Running | ContainerState::External) {
+                return Err(CliError::Failed(format!(
+                    "container {} is not running ({}); start it with `vxnet container start {}`",
+                    v.name,
+                    state_text(&v),
+                    v.name
+                )));
+            }
             let st = in_netns(&v.netns, command)
                 .status()
                 .map_err(failed("cannot run ip netns exec"))?;

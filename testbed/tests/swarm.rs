@@ -66,6 +66,36 @@ fn two_host_walkthrough() -> Result<()> {
     assert!(vni_declared(&tb, 2, vni)?);
     let (ns_a, ip_a) = container(c1, "ca")?;
     let (ns_b, ip_b) = container(c2, "cb")?;
+    // The same name again on the worker: refused for its name (not for
+    // the namespace the first one holds).
+    let o = vxnet_ctl(
+        &c2.socket,
+        &[
+            "container",
+            "run",
+            "-d",
+            "--name",
+            "cb",
+            "--network",
+            "tnet",
+            "--",
+            "sleep",
+            "600",
+        ],
+    )?;
+    assert!(
+        !o.success() && o.stderr.contains("container name 'cb' is already used"),
+        "{}",
+        o.stderr
+    );
+    // `container exec` on another host than the container's is refused
+    // (on the testbed every namespace is visible, on real hosts it is not).
+    let o = vxnet_ctl(&c1.socket, &["container", "exec", "cb", "--", "true"])?;
+    assert!(
+        !o.success() && o.stderr.contains("runs on node host2"),
+        "{}",
+        o.stderr
+    );
     assert_ne!(ip_a, ip_b, "the manager allocates addresses swarm-wide");
 
     tb.wait_reachable(&ns_b, &ip_a, Duration::from_secs(10))

@@ -915,9 +915,13 @@ fn refusals_change_nothing() {
         assert_eq!(n.err(req).code, code);
     }
     n.run("c1", &["tnet"], &["sleep", "600"]);
-    assert_eq!(
-        n.err(run_req("c1", &["tnet"], &[])).code,
-        ErrorCode::AlreadyExists
+    let twice = n.err(run_req("c1", &["tnet"], &[]));
+    assert_eq!(twice.code, ErrorCode::AlreadyExists);
+    assert!(
+        twice
+            .message
+            .contains("container name 'c1' is already used"),
+        "{twice}"
     );
     let e = n.err(ctl::NetworkRm {
         network: "tnet".into(),

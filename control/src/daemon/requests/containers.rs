@@ -215,6 +215,10 @@ where
 
     pub(crate) fn container_create(&self, r: ContainerCreate) -> ApiResult<ContainerView> {
         let me = self.local_node()?;
+        // The name before the namespace: a container of that name holds
+        // the namespace too, and its name is what to hear about. (On a
+        // worker the manager checks the name again when it allocates.)
+        containers::check_name_free(&self.store, &r.name)?;
         let netns = format!("{}{}", self.cfg.netns_prefix, r.name);
         if Path::new(NETNS_DIR).join(&netns).exists() {
             return Err(ApiError::exists(format!(
