@@ -511,6 +511,14 @@ fn replicated_service_balances_resolves_scales_and_heals() -> Result<()> {
         )
     })?;
     eprintln!("and came back after {restarted:?}");
+    // Its server listens a moment after the task runs (a task without a
+    // health check joins the backends once it runs, as in Docker; under
+    // load that moment is long enough to refuse a connection): once it
+    // answers directly, every connection through the VIP must succeed.
+    time_until("the restarted task listens", Duration::from_secs(10), || {
+        sw.connect(&client, &ip, 1)
+            .is_ok_and(|(_, errors)| errors.is_empty())
+    })?;
     let (_, errors) = sw.connect(&client, "web", 20)?;
     assert!(errors.is_empty(), "{errors}");
 
