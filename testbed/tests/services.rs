@@ -230,6 +230,29 @@ impl Swarm {
     fn log(&self, name: &str) -> String {
         process::log_tail(&self.tb.log_path(name), 4000)
     }
+
+    /// Waits until the server of each task address answers a connection
+    /// from `ns` directly. A task without a health check joins the
+    /// backends once it runs, as in Docker, and its server listens a
+    /// moment later (long enough, under load, to refuse a connection
+    /// through the VIP); the assertions after this are about balancing.
+    fn wait_listening<'a>(
+        &self,
+        ns: &str,
+        tasks: impl IntoIterator<Item = &'a String>,
+    ) -> Result<()> {
+        for ip in tasks {
+            time_until(
+                &format!("the task at {ip} listens"),
+                Duration::from_secs(10),
+                || {
+                    self.connect(ns, ip, 1)
+                        .is_ok_and(|(_, errors)| errors.is_empty())
+                },
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// A TCP connection opened from inside a namespace, to a task's echo port.
@@ -511,14 +534,8 @@ fn replicated_service_balances_resolves_scales_and_heals() -> Result<()> {
         )
     })?;
     eprintln!("and came back after {restarted:?}");
-    // Its server listens a moment after the task runs (a task without a
-    // health check joins the backends once it runs, as in Docker; under
-    // load that moment is long enough to refuse a connection): once it
-    // answers directly, every connection through the VIP must succeed.
-    time_until("the restarted task listens", Duration::from_secs(10), || {
-        sw.connect(&client, &ip, 1)
-            .is_ok_and(|(_, errors)| errors.is_empty())
-    })?;
+    // Once its server listens, every connection through the VIP succeeds.
+    sw.wait_listening(&client, [&ip])?;
     let (_, errors) = sw.connect(&client, "web", 20)?;
     assert!(errors.is_empty(), "{errors}");
 
@@ -563,6 +580,7 @@ fn replicated_service_balances_resolves_scales_and_heals() -> Result<()> {
         || sw.vip_on(&[1, 2], &vip, &want),
     )
     .with_context(|| format!("want {want:?}: {:?} {:?}", sw.backends(1), sw.backends(2)))?;
+    sw.wait_listening(&client, &want)?;
     let (counts, errors) = sw.connect(&client, "web", 60)?;
     assert!(errors.is_empty(), "{errors}");
     assert_eq!(counts.len(), 3, "{counts:?}");
