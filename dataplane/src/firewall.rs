@@ -16,8 +16,20 @@
 //!   chain postrouting { type nat hook postrouting priority srcnat; policy accept;
 //!     ip saddr 198.18.0.0/16 oifname != "vxnet0" masquerade         # egress
 //!   }
+//!   chain forward { type filter hook forward priority filter; policy accept;
+//!     oifname "vxnet0" ip daddr != 198.18.0.2 ct state new drop     # isolation
+//!   }
 //! }
 //! ```
+//!
+//! The forward chain keeps the egress addresses answer-only, as Docker's
+//! `docker_gwbridge` isolation does: nothing routed into the host link
+//! starts a connection, except to the mesh address (a published port,
+//! after the DNAT above). Without it, any underlay neighbour with a route
+//! to 198.18.0.0/16, and any container through its own egress, would
+//! reach every container's ports through its egress address, across
+//! networks. The host's own processes are not forwarded, so they are not
+//! stopped here.
 //!
 //! The output chain lets the host's own processes reach a published port
 //! on any of its addresses, as Docker's mesh does (a locally generated
@@ -39,7 +51,7 @@ use std::net::Ipv4Addr;
 
 use nftables::batch::Batch;
 use nftables::expr::{
-    Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression, Payload, PayloadField,
+    CT, Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression, Payload, PayloadField,
     Prefix,
 };
 use nftables::helper;
@@ -57,9 +69,11 @@ const UDP_SET: &str = "udp_ports";
 const PREROUTING: &str = "prerouting";
 const POSTROUTING: &str = "postrouting";
 const OUTPUT: &str = "output";
-/// Netfilter's `dstnat` and `srcnat` priorities.
+const FORWARD: &str = "forward";
+/// Netfilter's `dstnat`, `srcnat` and `filter` priorities.
 const DSTNAT: i32 = -100;
 const SRCNAT: i32 = 100;
+const FILTER: i32 = 0;
 
 /// What the table is made from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,7 +97,7 @@ pub struct Ports {
 /// What the host's firewall holds of the table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Observed {
-    /// All three chains and both sets are there.
+    /// All four chains and both sets are there.
     pub complete: bool,
     pub ports: Ports,
 }
@@ -213,12 +227,46 @@ fn masquerade_rule(spec: &Spec) -> Rule<'static> {
     rule(POSTROUTING, vec![from, out, Statement::Masquerade(None)])
 }
 
+/// `oifname <ifname> ip daddr != <mesh> ct state new drop`.
+fn isolation_rule(spec: &Spec) -> Rule<'static> {
+    let into_link = matches(
+        Expression::Named(NamedExpression::Meta(Meta {
+            key: MetaKey::Oifname,
+        })),
+        Operator::EQ,
+        Expression::String(spec.ifname.clone().into()),
+    );
+    let not_mesh = matches(
+        field("ip", "daddr"),
+        Operator::NEQ,
+        Expression::String(spec.mesh_ip.to_string().into()),
+    );
+    let new = matches(
+        Expression::Named(NamedExpression::CT(CT {
+            key: "state".into(),
+            family: None,
+            dir: None,
+        })),
+        Operator::IN,
+        Expression::String("new".into()),
+    );
+    rule(
+        FORWARD,
+        vec![into_link, not_mesh, new, Statement::Drop(None)],
+    )
+}
+
 fn base_chain(name: &'static str, hook: NfHook, prio: i32) -> Chain<'static> {
+    let kind = if name == FORWARD {
+        NfChainType::Filter
+    } else {
+        NfChainType::NAT
+    };
     Chain {
         family: NfFamily::IP,
         table: TABLE.into(),
         name: name.into(),
-        _type: Some(NfChainType::NAT),
+        _type: Some(kind),
         hook: Some(hook),
         prio: Some(prio),
         policy: Some(NfChainPolicy::Accept),
@@ -251,6 +299,11 @@ pub fn install(spec: &Spec, ports: &Ports) -> Nftables<'static> {
         NfHook::Output,
         DSTNAT,
     )));
+    b.add(NfListObject::Chain(base_chain(
+        FORWARD,
+        NfHook::Forward,
+        FILTER,
+    )));
     b.add(NfListObject::Rule(dnat_rule("tcp", TCP_SET, spec.mesh_ip)));
     b.add(NfListObject::Rule(dnat_rule("udp", UDP_SET, spec.mesh_ip)));
     b.add(NfListObject::Rule(local_dnat_rule(
@@ -264,6 +317,7 @@ pub fn install(spec: &Spec, ports: &Ports) -> Nftables<'static> {
         spec.mesh_ip,
     )));
     b.add(NfListObject::Rule(masquerade_rule(spec)));
+    b.add(NfListObject::Rule(isolation_rule(spec)));
     b.to_nftables()
 }
 
@@ -306,7 +360,7 @@ pub fn observe(listing: &Nftables) -> Observed {
         match obj {
             NfListObject::Chain(c)
                 if c.table == TABLE
-                    && (c.name == PREROUTING || c.name == POSTROUTING || c.name == OUTPUT) =>
+                    && [PREROUTING, POSTROUTING, OUTPUT, FORWARD].contains(&c.name.as_ref()) =>
             {
                 chains += 1;
             }
@@ -326,7 +380,7 @@ pub fn observe(listing: &Nftables) -> Observed {
             _ => {}
         }
     }
-    o.complete = chains == 3 && sets == 2;
+    o.complete = chains == 4 && sets == 2;
     o
 }
 
@@ -416,6 +470,11 @@ mod tests {
             r#""hook":"output""#,
             r#""right":"lo""#,
             r#""prefix":{"addr":"127.0.0.0","len":8}"#,
+            r#""hook":"forward""#,
+            r#""type":"filter""#,
+            r#""ct":{"key":"state"}"#,
+            r#""right":"new""#,
+            r#""drop":null"#,
         ] {
             assert!(text.contains(want), "{want} missing from {text}");
         }
@@ -447,7 +506,8 @@ mod tests {
           {"set": {"family": "ip", "name": "udp_ports", "table": "vxnet", "type": "inet_service", "handle": 2}},
           {"chain": {"family": "ip", "table": "vxnet", "name": "prerouting", "handle": 3, "type": "nat", "hook": "prerouting", "prio": -100, "policy": "accept"}},
           {"chain": {"family": "ip", "table": "vxnet", "name": "postrouting", "handle": 4, "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}},
-          {"chain": {"family": "ip", "table": "vxnet", "name": "output", "handle": 5, "type": "nat", "hook": "output", "prio": -100, "policy": "accept"}}]}"#;
+          {"chain": {"family": "ip", "table": "vxnet", "name": "output", "handle": 5, "type": "nat", "hook": "output", "prio": -100, "policy": "accept"}},
+          {"chain": {"family": "ip", "table": "vxnet", "name": "forward", "handle": 6, "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}}]}"#;
         let n: Nftables = serde_json::from_str(listing).unwrap();
         let o = observe(&n);
         assert!(o.complete);

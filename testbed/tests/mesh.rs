@@ -730,6 +730,39 @@ fn containers_reach_the_outside_but_internal_networks_do_not() -> Result<()> {
         "a trace to the outside ends delivered at the gateway: {t:#}"
     );
 
+    // Nothing starts a connection to an egress address (it is answer-only,
+    // as Docker's gwbridge isolation makes it): not even an underlay
+    // neighbour with a route to the host link's subnet through host1.
+    let egress = last
+        .and_then(|s| s["detail"].as_str())
+        .and_then(|d| d.split("egress address ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .context("the trace names the egress address")?
+        .to_owned();
+    let inside = outside_server(&plain, "0.0.0.0:5555".parse()?)?;
+    sw.tb
+        .exec(
+            &outside.ns,
+            &[
+                "ip",
+                "route",
+                "add",
+                "198.18.0.0/16",
+                "via",
+                &sw.host_ip(1).to_string(),
+            ],
+        )?
+        .check()?;
+    let probe = format!(
+        "import socket; socket.create_connection(('{egress}', 5555), timeout=2); print('connected')"
+    );
+    let r = sw.tb.exec(&outside.ns, &["python3", "-c", &probe])?;
+    ensure!(
+        !r.success() && inside.lock().unwrap_or_else(|e| e.into_inner()).is_empty(),
+        "the outside opened a connection to {egress}, plain's egress address: {}",
+        r.combined()
+    );
+
     // The internal network: no way out, at once (no default route).
     let r = sw
         .tb
