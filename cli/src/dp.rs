@@ -198,8 +198,8 @@ Examples:
     /// engine's real code as a dry run, and prints each stage: TAP
     /// receive, anti-spoof, ARP/ND, VIP and conntrack, FDB, SA, outer
     /// header. A drop names its stage, its reason (as in `vxnet dp stats`)
-    /// and a fix. The remote host's half needs the control plane: `vxnet
-    /// trace`.
+    /// and a fix, and the command exits 1. The remote host's half needs the
+    /// control plane: `vxnet trace`.
     #[command(after_help = "\
 Examples:
   vxnet dp trace --from 10.0.0.2 --to 10.0.0.3
@@ -229,6 +229,7 @@ Examples:
     /// from --src: the remote half of a trace (the `outer.datagram` of
     /// `vxnet dp trace --format json` on the sending host). Nothing is
     /// delivered; `vxnet trace` does this for you over the control plane.
+    /// Exits 1 when the datagram is dropped.
     #[command(after_help = "\
 Examples:
   vxnet dp trace-wire --src 192.0.2.10 --datagram CAAAAAAQAAACQgoAAAMCQgoAAAIIAEU...
@@ -1104,8 +1105,10 @@ fn decode<T: DeserializeOwned>(v: serde_json::Value) -> Result<T, CliError> {
     })
 }
 
-/// Runs one `vxnet dp` command, writing its output to `out`.
-pub fn run(args: &DpArgs, out: &mut dyn Write) -> Result<(), CliError> {
+/// Runs one `vxnet dp` command, writing its output to `out`. Returns the
+/// exit status: 0, or 1 when a `trace`/`trace-wire` packet is dropped
+/// (as `vxnet trace` does, so scripts can test a path).
+pub fn run(args: &DpArgs, out: &mut dyn Write) -> Result<u8, CliError> {
     args.command.validate().map_err(CliError::Usage)?;
     let req = args.command.request();
     let mut client = Client::connect(Server::Dataplane, &args.socket).map_err(transport_error)?;
@@ -1113,8 +1116,13 @@ pub fn run(args: &DpArgs, out: &mut dyn Write) -> Result<(), CliError> {
         .send(&req)
         .map_err(transport_error)?
         .decode_as::<serde_json::Value>()?;
+    let dropped = matches!(
+        args.command,
+        DpCommand::Trace { .. } | DpCommand::TraceWire { .. }
+    ) && result["verdict"] == "dropped";
     let text = args.command.render(result)?;
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())
-        .map_err(|e| CliError::Failed(format!("cannot write output: {e}")))
+        .map_err(|e| CliError::Failed(format!("cannot write output: {e}")))?;
+    Ok(u8::from(dropped))
 }

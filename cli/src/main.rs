@@ -62,7 +62,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut stdout = std::io::stdout().lock();
     let result = match &cli.command {
-        Command::Dp(args) => dp::run(args, &mut stdout).map(|()| 0),
+        Command::Dp(args) => dp::run(args, &mut stdout),
         Command::Swarm(args) => swarm::run_swarm(args, &mut stdout).map(|()| 0),
         Command::Node(args) => swarm::run_node(args, &mut stdout).map(|()| 0),
         Command::Network(args) => network::run(args, &mut stdout).map(|()| 0),

@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use common::{dp_opts, root_or_skip, testbed};
 use serde_json::Value;
 use vxnet_testbed::Dataplane;
+use vxnet_testbed::process::CmdOutput;
 use vxnet_testbed::scenario::{ENCRYPTED_VNI, numbered_endpoint};
 use vxnet_testbed::vxnet::StatsExt;
 
@@ -20,8 +21,24 @@ fn trace(dp: &Dataplane, args: &[&str]) -> Result<Value> {
     let mut argv = vec!["trace"];
     argv.extend_from_slice(args);
     argv.extend(["--format", "json"]);
-    let out = dp.cli_ok(&argv)?;
-    serde_json::from_str(&out.stdout).with_context(|| out.stdout.clone())
+    report(dp.cli(&argv)?)
+}
+
+/// A trace's JSON report, checking its exit status: 1 exactly when the
+/// packet was dropped (as `vxnet trace`), else 0.
+fn report(out: CmdOutput) -> Result<Value> {
+    let v: Value = serde_json::from_str(&out.stdout)
+        .with_context(|| format!("{} {}", out.stdout, out.stderr))?;
+    let dropped = v["verdict"] == "dropped";
+    if out.success() == dropped {
+        bail!(
+            "exit status {:?} for verdict {}: {}",
+            out.status,
+            v["verdict"],
+            out.stderr
+        );
+    }
+    Ok(v)
 }
 
 /// The remote half on `dp` of a local trace that ended `sent`.
@@ -32,7 +49,7 @@ fn remote_half(dp: &Dataplane, local: &Value) -> Result<Value> {
     let outer = &local["outer"];
     let src = outer["src"].as_str().unwrap_or_default();
     let datagram = outer["datagram"].as_str().unwrap_or_default();
-    let out = dp.cli_ok(&[
+    let out = dp.cli(&[
         "trace-wire",
         "--src",
         src,
@@ -41,7 +58,7 @@ fn remote_half(dp: &Dataplane, local: &Value) -> Result<Value> {
         "--format",
         "json",
     ])?;
-    serde_json::from_str(&out.stdout).with_context(|| out.stdout.clone())
+    report(out)
 }
 
 /// (host, stage, reason) of the first step that dropped.
