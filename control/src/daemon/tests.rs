@@ -883,6 +883,19 @@ fn stop_keeps_the_address_and_start_brings_it_back() {
     n.dp.with(|d| assert!(d.endpoints.is_empty() && d.networks.is_empty()));
     assert!(n.ok(ctl::ContainerLs { all: false }).is_empty());
     assert_eq!(n.ok(ctl::ContainerLs { all: true }).len(), 1);
+    // A trace from it says it is stopped (the dataplane has no endpoint).
+    let e = n.err(vxnet_api::trace::SwarmTrace {
+        from: "c1".into(),
+        to: "10.0.0.9".into(),
+        network: None,
+        proto: Default::default(),
+        sport: None,
+        dport: None,
+        size: None,
+        df: false,
+    });
+    assert_eq!(e.code, ErrorCode::FailedPrecondition, "{e}");
+    assert!(e.message.contains("c1 is not running (stopped)"), "{e}");
     let started = n.ok(ctl::ContainerStart {
         container: "c1".into(),
     });

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use vxnet_api::ctl::ContainerState;
 use vxnet_api::dp;
 use vxnet_api::trace::{
     PacketSpec, StepVerdict, SwarmTrace, TraceReport, TraceStage, TraceStep, TraceVerdict,
@@ -86,6 +87,14 @@ where
                 "container {} runs on {}; run `vxnet trace` there",
                 src.name,
                 self.hostname_of(&src.node)
+            )));
+        }
+        // A stopped container has no endpoint in the dataplane to trace.
+        let state = self.view(&src)?.state;
+        if !matches!(state, ContainerState::Running | ContainerState::External) {
+            return Err(ApiError::precondition(format!(
+                "container {} is not running ({state}); start it with `vxnet container start {}`",
+                src.name, src.name
             )));
         }
         let networks = self.store.list::<Network>().map_err(internal)?;
