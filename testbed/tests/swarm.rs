@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use common::swarm::{
     container, control_call, create_network, daemons, dp, log_of, network_vni, ok, run_sleeper,
-    swarm, vni_declared,
+    sleeper_args, swarm, vni_declared,
 };
 use common::{dp_opts, root_or_skip, testbed};
 use vxnet_testbed::process;
@@ -68,21 +68,7 @@ fn two_host_walkthrough() -> Result<()> {
     let (ns_b, ip_b) = container(c2, "cb")?;
     // The same name again on the worker: refused for its name (not for
     // the namespace the first one holds).
-    let o = vxnet_ctl(
-        &c2.socket,
-        &[
-            "container",
-            "run",
-            "-d",
-            "--name",
-            "cb",
-            "--network",
-            "tnet",
-            "--",
-            "sleep",
-            "600",
-        ],
-    )?;
+    let o = vxnet_ctl(&c2.socket, &sleeper_args("cb", &["tnet"]))?;
     assert!(
         !o.success() && o.stderr.contains("container name 'cb' is already used"),
         "{}",

@@ -39,12 +39,17 @@ pub fn ok_json(c: &Control, args: &[&str]) -> Result<serde_json::Value> {
 
 /// `container run -d --name NAME --network NET... -- sleep 600`.
 pub fn run_sleeper(c: &Control, name: &str, networks: &[&str]) -> Result<String> {
+    ok(c, &sleeper_args(name, networks))
+}
+
+/// The arguments of [`run_sleeper`], for a run that may be refused.
+pub fn sleeper_args<'a>(name: &'a str, networks: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["container", "run", "-d", "--name", name];
     for n in networks {
         args.extend(["--network", n]);
     }
     args.extend(["--", "sleep", "600"]);
-    ok(c, &args)
+    args
 }
 
 /// The container's namespace and IPv4 address, from `container inspect`.
