@@ -97,7 +97,7 @@ pub struct Ports {
 /// What the host's firewall holds of the table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Observed {
-    /// All four chains and both sets are there.
+    /// All the chains of [`CHAINS`] and both sets are there.
     pub complete: bool,
     pub ports: Ports,
 }
@@ -256,12 +256,18 @@ fn isolation_rule(spec: &Spec) -> Rule<'static> {
     )
 }
 
-fn base_chain(name: &'static str, hook: NfHook, prio: i32) -> Chain<'static> {
-    let kind = if name == FORWARD {
-        NfChainType::Filter
-    } else {
-        NfChainType::NAT
-    };
+/// The table's base chains: name, hook, priority and type. `install`
+/// creates them; `observe` counts them.
+const CHAINS: [(&str, NfHook, i32, NfChainType); 4] = [
+    (PREROUTING, NfHook::Prerouting, DSTNAT, NfChainType::NAT),
+    (POSTROUTING, NfHook::Postrouting, SRCNAT, NfChainType::NAT),
+    (OUTPUT, NfHook::Output, DSTNAT, NfChainType::NAT),
+    (FORWARD, NfHook::Forward, FILTER, NfChainType::Filter),
+];
+
+fn base_chain(
+    (name, hook, prio, kind): (&'static str, NfHook, i32, NfChainType),
+) -> Chain<'static> {
     Chain {
         family: NfFamily::IP,
         table: TABLE.into(),
@@ -284,26 +290,9 @@ pub fn install(spec: &Spec, ports: &Ports) -> Nftables<'static> {
     b.add(NfListObject::Table(table()));
     b.add(NfListObject::Set(Box::new(set(TCP_SET, &ports.tcp))));
     b.add(NfListObject::Set(Box::new(set(UDP_SET, &ports.udp))));
-    b.add(NfListObject::Chain(base_chain(
-        PREROUTING,
-        NfHook::Prerouting,
-        DSTNAT,
-    )));
-    b.add(NfListObject::Chain(base_chain(
-        POSTROUTING,
-        NfHook::Postrouting,
-        SRCNAT,
-    )));
-    b.add(NfListObject::Chain(base_chain(
-        OUTPUT,
-        NfHook::Output,
-        DSTNAT,
-    )));
-    b.add(NfListObject::Chain(base_chain(
-        FORWARD,
-        NfHook::Forward,
-        FILTER,
-    )));
+    for chain in CHAINS {
+        b.add(NfListObject::Chain(base_chain(chain)));
+    }
     b.add(NfListObject::Rule(dnat_rule("tcp", TCP_SET, spec.mesh_ip)));
     b.add(NfListObject::Rule(dnat_rule("udp", UDP_SET, spec.mesh_ip)));
     b.add(NfListObject::Rule(local_dnat_rule(
@@ -359,8 +348,7 @@ pub fn observe(listing: &Nftables) -> Observed {
         };
         match obj {
             NfListObject::Chain(c)
-                if c.table == TABLE
-                    && [PREROUTING, POSTROUTING, OUTPUT, FORWARD].contains(&c.name.as_ref()) =>
+                if c.table == TABLE && CHAINS.iter().any(|(name, ..)| *name == c.name) =>
             {
                 chains += 1;
             }
@@ -380,7 +368,7 @@ pub fn observe(listing: &Nftables) -> Observed {
             _ => {}
         }
     }
-    o.complete = chains == 4 && sets == 2;
+    o.complete = chains == CHAINS.len() && sets == 2;
     o
 }
 
