@@ -706,6 +706,32 @@ pub struct ContainerView {
     pub networks: Vec<AttachmentView>,
 }
 
+impl ContainerView {
+    /// Its state as `container ls` shows it: `exited (CODE)` once its
+    /// command ended with a known status, else the state's name.
+    pub fn status(&self) -> String {
+        match (self.state, self.exit_code) {
+            (ContainerState::Exited, Some(code)) => format!("exited ({code})"),
+            (state, _) => state.to_string(),
+        }
+    }
+
+    /// Why nothing can run in it or be traced from it, unless it is
+    /// running (or another runtime's, attached here). Callers say
+    /// [`ContainerState::Remote`] in their own words first.
+    pub fn not_running(&self) -> Option<String> {
+        match self.state {
+            ContainerState::Running | ContainerState::External => None,
+            _ => Some(format!(
+                "container {} is not running ({}); start it with `vxnet container start {}`",
+                self.name,
+                self.status(),
+                self.name
+            )),
+        }
+    }
+}
+
 /// `container logs`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

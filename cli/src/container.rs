@@ -16,7 +16,7 @@ use std::io::Write;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
-use vxnet_api::ctl::{self, ContainerState, ContainerView, EndpointRequest};
+use vxnet_api::ctl::{self, ContainerState, EndpointRequest};
 
 #[derive(Debug, Args)]
 #[command(after_help = "\
@@ -243,13 +243,6 @@ fn run_container(s: &ControlSocket, r: &RunArgs, out: &mut dyn Write) -> Result<
     Ok(exit_code(st))
 }
 
-fn state_text(c: &ContainerView) -> String {
-    match (c.state, c.exit_code) {
-        (ContainerState::Exited, Some(code)) => format!("exited ({code})"),
-        (state, _) => state.to_string(),
-    }
-}
-
 pub fn run(args: &ContainerArgs, out: &mut dyn Write) -> Result<u8, CliError> {
     let s = &args.socket;
     match &args.command {
@@ -266,13 +259,8 @@ pub fn run(args: &ContainerArgs, out: &mut dyn Write) -> Result<u8, CliError> {
                     v.name, v.node
                 )));
             }
-            if !matches!(v.state, ContainerState::Running | ContainerState::External) {
-                return Err(CliError::Failed(format!(
-                    "container {} is not running ({}); start it with `vxnet container start {}`",
-                    v.name,
-                    state_text(&v),
-                    v.name
-                )));
+            if let Some(why) = v.not_running() {
+                return Err(CliError::Failed(why));
             }
             let st = in_netns(&v.netns, command)
                 .status()
@@ -296,7 +284,7 @@ pub fn run(args: &ContainerArgs, out: &mut dyn Write) -> Result<u8, CliError> {
                 t.row(vec![
                     short(&c.id).to_owned(),
                     c.name.clone(),
-                    state_text(c),
+                    c.status(),
                     c.pid.map_or("-".into(), |p| p.to_string()),
                     c.networks
                         .iter()

@@ -16,7 +16,6 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use vxnet_api::ctl::ContainerState;
 use vxnet_api::dp;
 use vxnet_api::trace::{
     PacketSpec, StepVerdict, SwarmTrace, TraceReport, TraceStage, TraceStep, TraceVerdict,
@@ -90,12 +89,8 @@ where
             )));
         }
         // A stopped container has no endpoint in the dataplane to trace.
-        let state = self.view(&src)?.state;
-        if !matches!(state, ContainerState::Running | ContainerState::External) {
-            return Err(ApiError::precondition(format!(
-                "container {} is not running ({state}); start it with `vxnet container start {}`",
-                src.name, src.name
-            )));
+        if let Some(why) = self.view(&src)?.not_running() {
+            return Err(ApiError::precondition(why));
         }
         let networks = self.store.list::<Network>().map_err(internal)?;
         let my_nets: Vec<&Network> = src
