@@ -187,6 +187,73 @@ pub struct LiveFilter {
     pub drops: bool,
 }
 
+impl LiveFilter {
+    /// Whether a packet matches: `vni` is the network it is on (where it
+    /// entered, else where it was delivered), `flow` its addresses as it
+    /// left the engine, `notes` (a sampled packet's) what the engine
+    /// translated. `--addr` (and `--container`, which becomes its address)
+    /// matches the packet as its sender and its receiver know it too: an
+    /// egress request after its SNAT, a VIP's connection after its DNAT,
+    /// a reply after its reverse NAT.
+    pub fn matches(&self, vni: Option<Vni>, flow: Option<&Flow>, notes: &[Note]) -> bool {
+        if self.vni.is_some_and(|v| Some(v) != vni) {
+            return false;
+        }
+        if let Some(a) = self.addr {
+            let in_flow = flow.is_some_and(|fl| fl.src == a || fl.dst == a);
+            if !in_flow && !notes.iter().any(|n| translated(n).contains(&Some(a))) {
+                return false;
+            }
+        }
+        if let Some(p) = self.port {
+            let in_flow = flow.is_some_and(|fl| fl.sport == Some(p) || fl.dport == Some(p));
+            if !in_flow && !notes.iter().any(|n| translated_port(n).contains(&Some(p))) {
+                return false;
+            }
+        }
+        self.proto
+            .is_none_or(|p| flow.is_some_and(|fl| fl.proto == p.to_string()))
+    }
+}
+
+/// The addresses a note says the packet had before or after a
+/// translation (NAT of a VIP, a published port, egress).
+fn translated(n: &Note) -> [Option<IpAddr>; 2] {
+    match *n {
+        Note::Vip { vip, backend, .. } => [Some(vip), Some(backend)],
+        Note::Egress { from, addr, .. } => [Some(from), Some(addr)],
+        Note::EgressReply { addr } => [Some(addr), None],
+        Note::Published { backend, .. } => [Some(backend), None],
+        Note::ReverseNat { vip } => [Some(vip), None],
+        Note::ToHost { mesh, .. } => [Some(mesh), None],
+        _ => [None, None],
+    }
+}
+
+/// The ports a note says the packet had before or after a translation
+/// (a published port and the task's port it is mapped to).
+fn translated_port(n: &Note) -> [Option<u16>; 2] {
+    match *n {
+        Note::Published {
+            published,
+            target_port,
+            ..
+        } => [Some(published), Some(target_port)],
+        Note::ToHost { published, .. } => [Some(published), None],
+        _ => [None, None],
+    }
+}
+
+/// The network of the endpoint a packet was delivered to: what a packet
+/// from the host link (an answer to egress traffic, which carries no VNI)
+/// is on.
+fn delivered_vni(fdb: &Fdb, notes: &[Note]) -> Option<Vni> {
+    notes.iter().rev().find_map(|n| match n {
+        Note::TapTx { port, .. } => fdb.port(*port).map(|p| p.vni),
+        _ => None,
+    })
+}
+
 /// A live trace installed in a worker.
 pub struct LiveTap {
     pub sampler: LiveSampler,
@@ -207,13 +274,19 @@ impl LiveTap {
         });
         let outer_dst = if o.sampled { outer_dst } else { None };
         let outer_src = outer_dst.map(|_| self.host);
-        self.report(o, vni, frame, outer_src, outer_dst, TraceStage::TapRx)
+        self.report(
+            fdb,
+            o,
+            vni,
+            frame,
+            (outer_src, outer_dst),
+            TraceStage::TapRx,
+        )
     }
 
     /// Reports a datagram received from `src` (decrypted in place if it
     /// was opened).
     pub fn wire(&mut self, fdb: &Fdb, o: Observed, src: SocketAddr, datagram: &[u8]) -> bool {
-        let _ = fdb;
         let decrypted = o.sampled
             && self
                 .sampler
@@ -231,34 +304,34 @@ impl LiveTap {
             .map(|p| p.vni());
         let inner = vx.and_then(|d| d.get(vxlan::HEADER_LEN..)).unwrap_or(&[]);
         let host = Some(self.host);
-        self.report(o, vni, inner, Some(src.ip()), host, TraceStage::WireRx)
+        self.report(
+            fdb,
+            o,
+            vni,
+            inner,
+            (Some(src.ip()), host),
+            TraceStage::WireRx,
+        )
     }
 
     fn report(
         &mut self,
+        fdb: &Fdb,
         o: Observed,
         vni: Option<Vni>,
         frame: &[u8],
-        outer_src: Option<IpAddr>,
-        outer_dst: Option<IpAddr>,
+        (outer_src, outer_dst): (Option<IpAddr>, Option<IpAddr>),
         entry: TraceStage,
     ) -> bool {
         if !o.is_event() || (self.filter.drops && o.drop.is_none()) {
             return !self.state.done.load(Ordering::Relaxed);
         }
         let flow = flow_of(frame);
-        let f = &self.filter;
-        if f.vni.is_some_and(|v| Some(v) != vni)
-            || f.addr
-                .is_some_and(|a| !flow.as_ref().is_some_and(|fl| fl.src == a || fl.dst == a))
-            || f.port.is_some_and(|p| {
-                !flow
-                    .as_ref()
-                    .is_some_and(|fl| fl.sport == Some(p) || fl.dport == Some(p))
-            })
-            || f.proto
-                .is_some_and(|p| flow.as_ref().is_none_or(|fl| fl.proto != p.to_string()))
-        {
+        // A sampled packet's notes also name what the engine translated
+        // it from; a dropped one that was not sampled has stale notes.
+        let notes = if o.sampled { self.sampler.notes() } else { &[] };
+        let vni = vni.or_else(|| delivered_vni(fdb, notes));
+        if !self.filter.matches(vni, flow.as_ref(), notes) {
             return !self.state.done.load(Ordering::Relaxed);
         }
         let (stage, verdict, reason) = match o.drop {
@@ -385,5 +458,112 @@ mod tests {
         drop(rx);
         assert!(!offer(&tx, &fresh, 9), "a gone reader drops the tap");
         assert_eq!(fresh.dropped.load(Ordering::Relaxed), 0);
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("address")
+    }
+
+    fn tcp(src: &str, dst: &str, sport: u16, dport: u16) -> Flow {
+        Flow {
+            proto: "tcp".into(),
+            src: ip(src),
+            dst: ip(dst),
+            sport: Some(sport),
+            dport: Some(dport),
+        }
+    }
+
+    /// `--container c1` (its address) and `--network` follow an egress
+    /// flow both ways: the request leaves the engine with the egress
+    /// address as its source, the answer comes from the host link with
+    /// no VNI. Before, the filter saw neither.
+    #[test]
+    fn filters_follow_egress_translations() {
+        let net = Vni::new(4097).expect("vni");
+        let mut fdb = Fdb::default();
+        let port = fdb.free_port();
+        fdb.add_local(
+            port,
+            net,
+            MacAddr([2, 0x42, 10, 1, 0, 5]),
+            &[ip("10.1.0.5")],
+        )
+        .expect("endpoint");
+        let by_container = LiveFilter {
+            addr: Some(ip("10.1.0.5")),
+            ..LiveFilter::default()
+        };
+        let by_network = LiveFilter {
+            vni: Some(net),
+            ..LiveFilter::default()
+        };
+
+        // The request, as it left the engine (source translated).
+        let request = tcp("198.18.0.9", "192.0.2.200", 50_000, 22);
+        let snat = [Note::Egress {
+            from: ip("10.1.0.5"),
+            addr: ip("198.18.0.9"),
+            port: 9,
+            len: 74,
+        }];
+        assert!(by_container.matches(Some(net), Some(&request), &snat));
+        assert!(
+            !by_container.matches(Some(net), Some(&request), &[]),
+            "without the note nothing says it was the container's"
+        );
+
+        // The answer, from the host link: no VNI where it entered; it is
+        // the network of the endpoint it was written to.
+        let answer = tcp("192.0.2.200", "10.1.0.5", 22, 50_000);
+        let notes = [
+            Note::HostLinkRx { port: 9, len: 74 },
+            Note::EgressReply {
+                addr: ip("10.1.0.5"),
+            },
+            Note::TapTx { port, len: 74 },
+        ];
+        let vni = delivered_vni(&fdb, &notes);
+        assert_eq!(vni, Some(net));
+        assert!(by_network.matches(vni, Some(&answer), &notes));
+        assert!(by_container.matches(vni, Some(&answer), &notes));
+
+        // Other networks and addresses still do not match.
+        let other = LiveFilter {
+            vni: Some(Vni::new(4098).expect("vni")),
+            ..LiveFilter::default()
+        };
+        assert!(!other.matches(vni, Some(&answer), &notes));
+        let stranger = LiveFilter {
+            addr: Some(ip("10.1.0.6")),
+            ..LiveFilter::default()
+        };
+        assert!(!stranger.matches(Some(net), Some(&request), &snat));
+    }
+
+    /// `--port` matches a published connection by its published port and
+    /// by the task's port it was mapped to; `--proto` by the flow's.
+    #[test]
+    fn port_filter_follows_published_ports() {
+        let to_task = tcp("192.0.2.7", "10.0.0.5", 40_000, 80);
+        let dnat = [Note::Published {
+            published: 8080,
+            backend: ip("10.0.0.5"),
+            target_port: 80,
+        }];
+        let port = |p| LiveFilter {
+            port: Some(p),
+            ..LiveFilter::default()
+        };
+        assert!(port(8080).matches(None, Some(&to_task), &dnat));
+        assert!(port(80).matches(None, Some(&to_task), &dnat));
+        assert!(!port(8080).matches(None, Some(&to_task), &[]));
+        assert!(!port(8081).matches(None, Some(&to_task), &dnat));
+        let udp = LiveFilter {
+            proto: Some(TraceProto::Udp),
+            ..LiveFilter::default()
+        };
+        assert!(!udp.matches(None, Some(&to_task), &dnat));
+        assert!(!udp.matches(None, None, &[]), "no flow, no protocol");
     }
 }

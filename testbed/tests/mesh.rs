@@ -730,6 +730,66 @@ fn containers_reach_the_outside_but_internal_networks_do_not() -> Result<()> {
         "a trace to the outside ends delivered at the gateway: {t:#}"
     );
 
+    // `vxnet trace --live --container plain` follows its egress flow both
+    // ways: the request leaves the engine with the egress address as its
+    // source, the answer comes from the host link with no VNI. (Before,
+    // the filter matched neither.)
+    let plain_ip = m.json(&["container", "inspect", "plain"])?[0]["networks"][0]["ipv4"]
+        .as_str()
+        .context("ipv4")?
+        .to_owned();
+    let vni = common::swarm::network_vni(m, "egress-net")?;
+    let dp_socket = sw.dataplanes[0].socket.display().to_string();
+    let live = std::thread::scope(|s| {
+        let watch = s.spawn(|| {
+            m.cli(&[
+                "trace",
+                "--socket",
+                &dp_socket,
+                "--live",
+                "--container",
+                "plain",
+                "--sample",
+                "1",
+                "-c",
+                "1000",
+                "--duration",
+                "6s",
+                "--format",
+                "json",
+            ])
+        });
+        // Connections until the watch ends (it starts a moment after).
+        while !watch.is_finished() {
+            let _ = sw.tb.exec(&plain, &["python3", "-c", &connect_py]);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        watch
+            .join()
+            .unwrap_or_else(|_| bail!("the live trace panicked"))
+    })?;
+    let events: Vec<serde_json::Value> = live
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    ensure!(
+        events.iter().any(|e| e["stage"] == "gateway"
+            && e["verdict"] == "delivered"
+            && e["flow"]["dst"] == target.as_str()),
+        "trace --live --container shows plain's requests leaving through the gateway: {}{}",
+        live.stdout,
+        live.stderr
+    );
+    ensure!(
+        events.iter().any(|e| e["flow"]["src"] == target.as_str()
+            && e["flow"]["dst"] == plain_ip.as_str()
+            && e["vni"] == vni),
+        "trace --live --container shows the answers, on egress-net's VNI {vni}: {}{}",
+        live.stdout,
+        live.stderr
+    );
+
     // Nothing starts a connection to an egress address (it is answer-only,
     // as Docker's gwbridge isolation makes it): not even an underlay
     // neighbour with a route to the host link's subnet through host1.

@@ -654,11 +654,16 @@ fn report(host: &str, run: &TraceRun, names: &[(PortId, String)]) -> TraceReport
                 Pass,
                 format!("answer to egress traffic: destination rewritten back to {addr}"),
             ),
-            Note::Egress { addr, port, len } => push(
+            Note::Egress {
+                from,
+                addr,
+                port,
+                len,
+            } => push(
                 S::Gateway,
                 Delivered,
                 format!(
-                    "leaves the overlay: source rewritten to egress address {addr} (SNAT), {len}-byte frame written to {}; the host masquerades it to its own address and routes it",
+                    "leaves the overlay: source {from} rewritten to egress address {addr} (SNAT), {len}-byte frame written to {}; the host masquerades it to its own address and routes it",
                     name(*port)
                 ),
             ),
@@ -758,6 +763,7 @@ mod tests {
     #[test]
     fn egress_is_delivered_at_the_gateway() {
         let egress = Note::Egress {
+            from: "10.1.0.5".parse().expect("address"),
             addr: "198.18.0.9".parse().expect("address"),
             port: 9,
             len: 74,

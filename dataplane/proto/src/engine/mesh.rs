@@ -496,6 +496,7 @@ impl Ctx {
         note!(
             self.rec,
             Note::Egress {
+                from: IpAddr::V4(src),
                 addr: IpAddr::V4(mapped),
                 port: h.port,
                 len: frame.len()

@@ -794,9 +794,16 @@ fn traces_note_the_gateway_paths() {
     let out = tcp(c, gw, "10.1.0.5", "192.0.2.200", (50_000, 22), true);
     let run = n2.e.trace_tap(2, &mut with_hdr(&out));
     assert!(run.drops.is_empty(), "{:?}", run.drops);
-    let Some(&Note::Egress { addr, port, len }) = run.notes.last() else {
+    let Some(&Note::Egress {
+        from,
+        addr,
+        port,
+        len,
+    }) = run.notes.last()
+    else {
         panic!("egress is noted last: {:?}", run.notes)
     };
+    assert_eq!(from, ip("10.1.0.5"), "the container's own address is noted");
     let IpAddr::V4(mapped) = addr else {
         panic!("{addr}")
     };

@@ -136,10 +136,12 @@ pub enum Note {
     /// container's own address `addr` again (the host's conntrack undid
     /// its masquerade first).
     EgressReply { addr: IpAddr },
-    /// Out of the overlay through the network's gateway: the source became
-    /// egress address `addr` (SNAT; the host masquerades it to its own
-    /// address), queued for the host link's TAP on `port`.
+    /// Out of the overlay through the network's gateway: the source,
+    /// container address `from`, became egress address `addr` (SNAT; the
+    /// host masquerades it to its own address), queued for the host link's
+    /// TAP on `port`.
     Egress {
+        from: IpAddr,
         addr: IpAddr,
         port: PortId,
         len: usize,
