@@ -133,6 +133,18 @@ fn swarm_trace_paths_and_failures() -> Result<()> {
             "{want:?} {r:#}"
         );
     }
+    // Containers are named as the user named them, on both hosts, not by
+    // their network namespaces.
+    let details: Vec<&str> = r["steps"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s["detail"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        details.iter().any(|d| d.ends_with(&format!("{ip2} in c2")))
+            && details.iter().any(|d| d.contains(" in c1"))
+            && !details.iter().any(|d| d.contains(&ns1) || d.contains(&ns2)),
+        "{r:#}"
+    );
     // The table people read says the same.
     let table = m.ok(&["trace", "--from", "c1", "--to", "c2", "--network", "plain"])?;
     eprintln!("{table}");

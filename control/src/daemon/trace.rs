@@ -194,7 +194,9 @@ where
                 .find(|n| n.data_path_addr.to_string() == vtep)
                 .map(|n| n.hostname.clone())
         };
+        let containers = self.store.list::<Container>().map_err(internal)?;
         rename_hosts(&mut local, &name_of);
+        rename_namespaces(&mut local, &containers, &me);
         steps.append(&mut local.steps);
         let mut verdict = local.verdict;
         if let (TraceVerdict::Sent, Some(outer)) = (verdict, &local.outer) {
@@ -227,6 +229,7 @@ where
                         },
                     )?;
                     rename_hosts(&mut remote, &name_of);
+                    rename_namespaces(&mut remote, &containers, &node.id);
                     verdict = remote.verdict;
                     steps.append(&mut remote.steps);
                 }
@@ -420,5 +423,106 @@ fn rename_hosts(r: &mut TraceReport, name_of: &impl Fn(&str) -> Option<String>) 
         if let Some(n) = name_of(&s.host) {
             s.host = n;
         }
+    }
+}
+
+/// Dataplanes name an endpoint by the network namespace it lives in
+/// (`10.0.1.2 in vxnet-c1`); the swarm knows the container's name, which
+/// is what the user typed (`10.0.1.2 in c1`). Replaces each word of the
+/// details that is the namespace of a container on `node`.
+fn rename_namespaces(r: &mut TraceReport, containers: &[Container], node: &str) {
+    let names: BTreeMap<&str, &str> = containers
+        .iter()
+        .filter(|c| c.node == node)
+        .filter_map(|c| Some((c.netns.as_deref()?, c.name.as_str())))
+        .collect();
+    if names.is_empty() {
+        return;
+    }
+    let rename = |word: &str| -> String {
+        // "ns," or "ns;" in a list: the punctuation stays.
+        let core = word.trim_end_matches([',', ';', ':', ')']);
+        match names.get(word).map(|n| (n, "")).or_else(|| {
+            names
+                .get(core)
+                .map(|n| (n, word.get(core.len()..).unwrap_or_default()))
+        }) {
+            Some((name, rest)) => format!("{name}{rest}"),
+            None => word.to_owned(),
+        }
+    };
+    for s in &mut r.steps {
+        if names.keys().any(|ns| s.detail.contains(ns)) {
+            s.detail = s
+                .detail
+                .split(' ')
+                .map(rename)
+                .collect::<Vec<_>>()
+                .join(" ");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn container(name: &str, node: &str, netns: &str) -> Container {
+        Container {
+            id: format!("id-{name}"),
+            name: name.into(),
+            node: node.into(),
+            netns: Some(netns.into()),
+            attachments: vec![],
+            created: 0,
+            desired: Default::default(),
+            command: vec![],
+            env: vec![],
+            external: None,
+            task: None,
+            status: None,
+        }
+    }
+
+    fn step(detail: &str) -> TraceStep {
+        TraceStep {
+            host: "host1".into(),
+            stage: TraceStage::TapTx,
+            verdict: StepVerdict::Delivered,
+            detail: detail.into(),
+            reason: None,
+            fix: None,
+        }
+    }
+
+    /// Details speak of containers by name, not by the namespace the
+    /// dataplane knows them by; only the node's own containers count, and
+    /// a name that merely starts like a namespace is left alone.
+    #[test]
+    fn details_name_containers_not_namespaces() {
+        let containers = [
+            container("c1", "n1", "vxnet-c1"),
+            container("web.1.abc", "n1", "vxnet-web.1.abc"),
+            container("c2", "n2", "vxnet-c2"),
+        ];
+        let mut r = TraceReport {
+            steps: vec![
+                step("98-byte frame written to the TAP of 10.0.1.2 in vxnet-c1"),
+                step("copied to 10.0.1.3 in vxnet-web.1.abc, 10.0.1.2 in vxnet-c1; and more"),
+                step("10.0.1.4 in vxnet-c2 and vxnet-c10"),
+            ],
+            verdict: TraceVerdict::Delivered,
+            outer: None,
+        };
+        rename_namespaces(&mut r, &containers, "n1");
+        let details: Vec<&str> = r.steps.iter().map(|s| s.detail.as_str()).collect();
+        assert_eq!(
+            details,
+            [
+                "98-byte frame written to the TAP of 10.0.1.2 in c1",
+                "copied to 10.0.1.3 in web.1.abc, 10.0.1.2 in c1; and more",
+                "10.0.1.4 in vxnet-c2 and vxnet-c10",
+            ]
+        );
     }
 }
