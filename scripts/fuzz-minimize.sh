@@ -5,10 +5,10 @@
 # reach together (libFuzzer's -set_cover_merge=1 on edge coverage). The
 # seeds stay as they are. Commit what it leaves in fuzz/corpus.
 #
-#   FUZZ_SECONDS=3600 ./scripts/fuzz.sh wire_rx   # the long run
-#   ./scripts/fuzz-minimize.sh wire_rx            # then this
+#   ./scripts/fuzz-cpu.sh wire_rx        # the long run (one CPU-hour)
+#   ./scripts/fuzz-minimize.sh wire_rx   # then this
 #
-# Uses the binaries scripts/fuzz.sh built (fuzz/target/.../release/<target>).
+# Uses the binaries scripts/fuzz.sh or fuzz-cpu.sh built (fuzz/target/.../release/<target>).
 set -euo pipefail
 cd "${FUZZ_DIR:-$(dirname "$0")/../fuzz}"
 
