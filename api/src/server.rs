@@ -8,20 +8,25 @@
 //! itself. Everything a client sends is untrusted: a
 //! line is bounded by [`MAX_REQUEST_BYTES`], a connection idle for
 //! [`IDLE_TIMEOUT`] is closed, and at most [`MAX_CONNECTIONS`] are served at
-//! once, so a stuck or hostile client cannot pin memory or threads.
+//! once, so a stuck or hostile client cannot pin memory or threads. When
+//! every slot is taken, the connection idle the longest is closed to make
+//! way (its client would lose it to the idle timeout anyway), so clients
+//! that hold connections open without using them cannot lock out the CLI;
+//! only [`MAX_CONNECTIONS`] requests in progress at once can.
 
 use crate::call::Response;
 use crate::error::ErrorCode;
+use std::collections::HashMap;
 use std::fs::{self, DirBuilder};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What the server calls for every decoded request of type `R`.
 pub type Handler<R> = Arc<dyn Fn(R) -> Response + Send + Sync>;
@@ -60,7 +65,9 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A client that does not read its answer for this long is dropped.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Connections served at once; more are answered with an error and closed.
+/// Connections served at once. Beyond it the connection idle the longest
+/// is closed to make way; with none idle, the new one is answered with an
+/// error and closed.
 pub const MAX_CONNECTIONS: usize = 64;
 
 /// A running API server. Dropping it stops accepting and removes the socket
@@ -195,7 +202,7 @@ fn accept_loop<R: serde::de::DeserializeOwned + 'static>(
     handler: StreamHandler<R>,
     stop: Arc<AtomicBool>,
 ) {
-    let active = Arc::new(AtomicUsize::new(0));
+    let table = Arc::new(Mutex::new(Connections::default()));
     loop {
         let accepted = listener.accept();
         if stop.load(Ordering::SeqCst) {
@@ -212,35 +219,86 @@ fn accept_loop<R: serde::de::DeserializeOwned + 'static>(
                 continue;
             }
         };
-        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            active.fetch_sub(1, Ordering::SeqCst);
+        let Some(slot) = Connections::admit(&table, &stream) else {
             refuse_busy(stream);
             continue;
-        }
-        let slot = ConnectionSlot(active.clone());
+        };
         let handler = handler.clone();
         let spawned = std::thread::Builder::new()
             .name("vxnet-api-conn".into())
             .spawn(move || {
-                let _slot = slot;
-                if let Err(e) = serve_connection(stream, &*handler) {
+                if let Err(e) = serve_connection(stream, &*handler, &slot) {
                     tracing::debug!(error = %e, "API connection ended");
                 }
             });
         if let Err(e) = spawned {
-            // The closure (and with it the slot) was dropped: count is right.
+            // The closure (and with it the slot) was dropped: the table is right.
             tracing::warn!(error = %e, "cannot spawn an API connection thread");
         }
     }
 }
 
-/// Frees one connection slot when the connection's thread ends, however it
-/// ends.
-struct ConnectionSlot(Arc<AtomicUsize>);
+/// The connections being served: a handle on each to close it, and since
+/// when it has been waiting for its next request (`None` while one is
+/// being answered).
+#[derive(Default)]
+struct Connections {
+    next: u64,
+    open: HashMap<u64, (UnixStream, Option<Instant>)>,
+}
+
+impl Connections {
+    /// A slot for `stream`, after closing the connection idle the longest
+    /// if every slot is taken; `None` when all are answering requests.
+    /// (A closed one leaves the table at once; its thread ends as soon as
+    /// its blocked read returns, so threads exceed the cap only for that
+    /// moment.)
+    fn admit(table: &Arc<Mutex<Connections>>, stream: &UnixStream) -> Option<ConnectionSlot> {
+        let handle = stream.try_clone().ok()?;
+        let mut t = table.lock().unwrap_or_else(|e| e.into_inner());
+        if t.open.len() >= MAX_CONNECTIONS {
+            let (&oldest, _) = t
+                .open
+                .iter()
+                .filter_map(|(id, (_, idle))| idle.map(|since| (id, since)))
+                .min_by_key(|(_, since)| *since)?;
+            if let Some((s, _)) = t.open.remove(&oldest) {
+                tracing::debug!("API connections all taken: closing the one idle longest");
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        }
+        t.next += 1;
+        let id = t.next;
+        t.open.insert(id, (handle, Some(Instant::now())));
+        Some(ConnectionSlot {
+            table: table.clone(),
+            id,
+        })
+    }
+}
+
+/// One connection's entry in [`Connections`]; leaves the table when the
+/// connection's thread ends, however it ends.
+struct ConnectionSlot {
+    table: Arc<Mutex<Connections>>,
+    id: u64,
+}
+
+impl ConnectionSlot {
+    /// Marks the connection answering a request (`false`) or waiting for
+    /// the next one (`true`, evictable).
+    fn set_idle(&self, idle: bool) {
+        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, since)) = t.open.get_mut(&self.id) {
+            *since = idle.then(Instant::now);
+        }
+    }
+}
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        t.open.remove(&self.id);
     }
 }
 
@@ -266,6 +324,7 @@ fn write_response(w: &mut impl Write, resp: &Response) -> io::Result<()> {
 fn serve_connection<R: serde::de::DeserializeOwned>(
     stream: UnixStream,
     handler: &dyn Fn(R) -> Reply,
+    slot: &ConnectionSlot,
 ) -> io::Result<()> {
     stream.set_read_timeout(Some(IDLE_TIMEOUT))?;
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
@@ -274,6 +333,7 @@ fn serve_connection<R: serde::de::DeserializeOwned>(
     let mut line = Vec::new();
     loop {
         line.clear();
+        slot.set_idle(true);
         // One byte more than allowed tells an over-long line from one that
         // is exactly at the limit.
         let n = (&mut reader)
@@ -282,6 +342,7 @@ fn serve_connection<R: serde::de::DeserializeOwned>(
         if n == 0 {
             return Ok(());
         }
+        slot.set_idle(false);
         let complete = line.last() == Some(&b'\n');
         if !complete && line.len() > MAX_REQUEST_BYTES {
             let resp = Response::error(
@@ -592,30 +653,81 @@ mod tests {
         assert!(c.send(&Request::Stats(Stats {})).unwrap().ok);
     }
 
+    /// Clients that hold every slot without using it (each made one
+    /// call, then went quiet) do not lock others out: a new client is
+    /// served, the connection idle the longest is closed for it, and the
+    /// others stay usable.
     #[test]
-    fn connections_beyond_the_cap_are_refused_politely() {
-        let dir = TempDir::new("srv-cap");
+    fn idle_connections_make_way_for_new_clients() {
+        let dir = TempDir::new("srv-idle");
         let path = dir.path().join("dp.sock");
         let _srv = serve(&path, echo_handler()).unwrap();
-        // Fill every slot, making sure each is being served before going on.
         let mut held = Vec::new();
         for _ in 0..MAX_CONNECTIONS {
             let mut c = connect(&path);
             assert!(c.send(&Request::Stats(Stats {})).unwrap().ok);
             held.push(c);
         }
+        let mut newcomer = connect(&path);
+        let r = newcomer.send(&Request::Stats(Stats {})).unwrap();
+        assert!(r.ok, "{r:?}");
+        assert!(
+            held[0].send(&Request::Stats(Stats {})).is_err(),
+            "the connection idle the longest was closed"
+        );
+        for c in &mut held[1..] {
+            assert!(c.send(&Request::Stats(Stats {})).unwrap().ok);
+        }
+    }
+
+    /// With every slot answering a request, a new client is refused with
+    /// an answer that says so; a freed slot is usable again.
+    #[test]
+    fn busy_connections_beyond_the_cap_are_refused_politely() {
+        let dir = TempDir::new("srv-cap");
+        let path = dir.path().join("dp.sock");
+        let entered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let release = Arc::new(AtomicBool::new(false));
+        let (e2, r2) = (entered.clone(), release.clone());
+        let handler: Handler<Request> = Arc::new(move |req: Request| {
+            if matches!(req, Request::Fdb(_)) {
+                e2.fetch_add(1, Ordering::SeqCst);
+                // Bounded: the test releases it, or it gives up after 20 s.
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while !r2.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            Response::ok("done")
+        });
+        let _srv = serve(&path, handler).unwrap();
+        let mut busy = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            let mut s = UnixStream::connect(&path).unwrap();
+            s.write_all(b"{\"op\":\"fdb\"}\n").unwrap();
+            busy.push(s);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while entered.load(Ordering::SeqCst) < MAX_CONNECTIONS {
+            assert!(
+                Instant::now() < deadline,
+                "requests never reached the handler"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let mut extra = connect(&path);
         let r = extra.send(&Request::Stats(Stats {})).unwrap();
         assert!(r.error.unwrap().message.contains("try again later"));
-        // A freed slot is usable again.
-        held.pop();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        // A finished request frees nothing (its connection stays open) but
+        // makes its connection idle, so the next client gets in.
+        release.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let mut c = connect(&path);
             if c.send(&Request::Stats(Stats {})).is_ok_and(|r| r.ok) {
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "slot never freed");
+            assert!(Instant::now() < deadline, "no slot came free");
             std::thread::yield_now();
         }
     }
