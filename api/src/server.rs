@@ -285,12 +285,27 @@ struct ConnectionSlot {
 }
 
 impl ConnectionSlot {
-    /// Marks the connection answering a request (`false`) or waiting for
-    /// the next one (`true`, evictable).
-    fn set_idle(&self, idle: bool) {
+    /// Marks the connection waiting for its next request: evictable.
+    fn set_idle(&self) {
         let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, since)) = t.open.get_mut(&self.id) {
-            *since = idle.then(Instant::now);
+            *since = Some(Instant::now());
+        }
+    }
+
+    /// Marks the connection answering a request, unless it was evicted
+    /// first: then `false`, and the request must not be handled. (It may
+    /// have been read just before the eviction closed the socket; the
+    /// client, which gets no answer, may send it again, so handling it
+    /// too could apply it twice.)
+    fn set_busy(&self) -> bool {
+        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        match t.open.get_mut(&self.id) {
+            Some((_, since)) => {
+                *since = None;
+                true
+            }
+            None => false,
         }
     }
 }
@@ -333,7 +348,7 @@ fn serve_connection<R: serde::de::DeserializeOwned>(
     let mut line = Vec::new();
     loop {
         line.clear();
-        slot.set_idle(true);
+        slot.set_idle();
         // One byte more than allowed tells an over-long line from one that
         // is exactly at the limit.
         let n = (&mut reader)
@@ -342,7 +357,9 @@ fn serve_connection<R: serde::de::DeserializeOwned>(
         if n == 0 {
             return Ok(());
         }
-        slot.set_idle(false);
+        if !slot.set_busy() {
+            return Ok(());
+        }
         let complete = line.last() == Some(&b'\n');
         if !complete && line.len() > MAX_REQUEST_BYTES {
             let resp = Response::error(
@@ -678,6 +695,32 @@ mod tests {
         for c in &mut held[1..] {
             assert!(c.send(&Request::Stats(Stats {})).unwrap().ok);
         }
+    }
+
+    /// A request read just before its connection was evicted is not
+    /// handled: its client gets no answer and may send it again.
+    #[test]
+    fn an_evicted_connection_handles_nothing_more() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let table = Arc::new(Mutex::new(Connections::default()));
+        let slot = Connections::admit(&table, &a).unwrap();
+        slot.set_idle();
+        // Every other slot busy, so this one is the one idle the longest.
+        let mut others = Vec::new();
+        for _ in 1..MAX_CONNECTIONS {
+            let (x, _y) = UnixStream::pair().unwrap();
+            let s = Connections::admit(&table, &x).unwrap();
+            assert!(s.set_busy());
+            others.push((s, x));
+        }
+        let (n, _m) = UnixStream::pair().unwrap();
+        let newcomer = Connections::admit(&table, &n);
+        assert!(
+            newcomer.as_ref().is_some_and(ConnectionSlot::set_busy),
+            "the idle one made way"
+        );
+        assert!(!slot.set_busy(), "the evicted connection handles nothing");
+        assert!(Connections::admit(&table, &n).is_none(), "none idle now");
     }
 
     /// With every slot answering a request, a new client is refused with
