@@ -118,6 +118,13 @@ pub enum CaptureMsg {
 pub struct LiveTrace {
     #[serde(default)]
     pub vni: Option<Vni>,
+    /// `--container`: the addresses of its endpoints on this host; a
+    /// packet matches if it comes from or goes to one of them (or was
+    /// read from or written to their TAPs). Each must be a local
+    /// endpoint's (`not_found` otherwise).
+    #[serde(default)]
+    pub endpoints: Vec<IpAddr>,
+    /// Also from or to this address.
     #[serde(default)]
     pub addr: Option<IpAddr>,
     #[serde(default)]

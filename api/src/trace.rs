@@ -61,8 +61,9 @@ impl std::fmt::Display for TraceProto {
 
 impl std::str::FromStr for TraceProto {
     type Err = String;
+    /// Case-insensitive: `tcp`, `TCP`.
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
+        match s.to_ascii_lowercase().as_str() {
             "icmp" => Ok(TraceProto::Icmp),
             "tcp" => Ok(TraceProto::Tcp),
             "udp" => Ok(TraceProto::Udp),

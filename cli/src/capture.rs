@@ -43,7 +43,8 @@ pub struct Scope {
     /// control daemon).
     #[arg(long, value_name = "NAME")]
     pub container: Option<String>,
-    /// Stop after this many packets.
+    /// Stop after this many packets (`trace --live`: events; 1000 by
+    /// default for both, at most 10,000,000).
     #[arg(short = 'c', long, value_name = "COUNT")]
     pub count: Option<u64>,
     /// Stop after this long (`10s`, `2m`; at least 1ms; 60s by default).
@@ -65,7 +66,9 @@ impl Scope {
         }
     }
 
-    /// The addresses of `--container` (on `vni` if given).
+    /// The addresses of `--container` (on `vni` if given), IPv4 and IPv6,
+    /// on every network it is on. Refused for a container of another node,
+    /// one that is not running, or one not on that network.
     pub fn addresses(&self, vni: Option<Vni>) -> Result<Vec<IpAddr>, CliError> {
         let Some(c) = &self.container else {
             return Ok(Vec::new());
@@ -84,6 +87,9 @@ impl Scope {
                 v.name, node.node.hostname
             ))));
         }
+        if let Some(why) = v.not_running() {
+            return Err(CliError::Api(vxnet_api::ApiError::precondition(why)));
+        }
         let mut ips = Vec::new();
         for a in &v.networks {
             if let Some(vni) = vni {
@@ -95,11 +101,22 @@ impl Scope {
                 }
             }
             ips.push(IpAddr::V4(a.ipv4));
+            ips.extend(a.ipv6.map(IpAddr::V6));
         }
         if ips.is_empty() {
-            return Err(CliError::Failed(format!(
-                "container {c} has no endpoint on that network"
-            )));
+            let on = v
+                .networks
+                .iter()
+                .map(|a| a.network.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let which = self.network.clone().unwrap_or_else(|| {
+                vni.map_or_else(|| "the one given".into(), |v| format!("of VNI {v}"))
+            });
+            return Err(CliError::Api(vxnet_api::ApiError::not_found(format!(
+                "container {} is not on network {which}; it is on: {on}",
+                v.name
+            ))));
         }
         Ok(ips)
     }

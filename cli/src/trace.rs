@@ -55,6 +55,9 @@ impl PacketArgs {
         if self.proto() == TraceProto::Icmp && (self.sport.is_some() || self.dport.is_some()) {
             return Err("--sport and --dport need --proto tcp or udp".into());
         }
+        if self.sport == Some(0) || self.dport == Some(0) {
+            return Err("port 0 is not a port a packet can carry; give one from 1 to 65535".into());
+        }
         Ok(())
     }
 }
@@ -140,13 +143,63 @@ pub struct TraceArgs {
     pub format: crate::swarm::FormatArg,
 }
 
+impl TraceArgs {
+    /// Flags that belong to the other mode are refused, not ignored: a
+    /// trace of one packet has no filters or bounds, a live trace has no
+    /// packet to describe. (clap's `requires = "live"` cannot tell: the
+    /// flag `--live` always has a value.)
+    fn validate(&self) -> Result<(), String> {
+        let s = &self.scope;
+        let p = &self.packet;
+        if self.live {
+            let packet_only = [
+                ("--sport", p.sport.is_some()),
+                ("--dport", p.dport.is_some()),
+                ("--size", p.size.is_some()),
+                ("--df", p.df),
+            ];
+            if let Some((flag, _)) = packet_only.iter().find(|(_, given)| *given) {
+                return Err(format!(
+                    "{flag} describes the packet of a one-packet trace; --live watches real packets (filter them with --port, --proto, --addr, --container)"
+                ));
+            }
+            if self.port == Some(0) {
+                return Err("--port 0 matches no packet; give a port from 1 to 65535".into());
+            }
+            if self.port.is_some() && p.proto_given() == Some(TraceProto::Icmp) {
+                return Err("--port needs --proto tcp or udp (or no --proto)".into());
+            }
+            if self.drops && self.sample.is_some() {
+                return Err("--drops shows only drops; --sample applies to the packets that are not dropped".into());
+            }
+            return Ok(());
+        }
+        let live_only = [
+            ("--addr", self.addr.is_some()),
+            ("--port", self.port.is_some()),
+            ("--drops", self.drops),
+            ("--sample", self.sample.is_some()),
+            ("--container", s.container.is_some()),
+            ("--vni", s.vni.is_some()),
+            ("-c/--count", s.count.is_some()),
+            ("--duration", s.duration.is_some()),
+        ];
+        if let Some((flag, _)) = live_only.iter().find(|(_, given)| *given) {
+            return Err(format!(
+                "{flag} applies to --live only; a one-packet trace takes --from, --to, --network and the packet's --proto, --sport, --dport, --size, --df"
+            ));
+        }
+        p.validate()
+    }
+}
+
 /// Runs `vxnet trace`: exit 0 when the packet is delivered or answered,
 /// 1 when it is dropped (so scripts can test a path).
 pub fn run(args: &TraceArgs, out: &mut dyn std::io::Write) -> Result<u8, crate::dp::CliError> {
+    args.validate().map_err(crate::dp::CliError::Usage)?;
     if args.live {
         return live(args, out);
     }
-    args.packet.validate().map_err(crate::dp::CliError::Usage)?;
     let p = &args.packet;
     let report = args.scope.control.call(vxnet_api::trace::SwarmTrace {
         from: args.from.clone().unwrap_or_default(),
@@ -175,11 +228,11 @@ fn live(args: &TraceArgs, out: &mut dyn std::io::Write) -> Result<u8, crate::dp:
     use vxnet_api::observe::{LiveMsg, LiveTrace};
     let s = &args.scope;
     let vni = s.vni()?;
-    let addrs = s.addresses(vni)?;
-    let addr = args.addr.or_else(|| addrs.first().copied());
+    let endpoints = s.addresses(vni)?;
     let req = LiveTrace {
         vni,
-        addr,
+        endpoints,
+        addr: args.addr,
         port: args.port,
         proto: args.packet.proto_given(),
         drops: args.drops,
@@ -241,4 +294,61 @@ fn live_line(e: &vxnet_api::observe::LiveEvent) -> String {
         e.host,
         e.stage.name()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        trace: TraceArgs,
+    }
+
+    fn check(args: &[&str]) -> Result<(), String> {
+        let cmd = Cmd::try_parse_from(std::iter::once("trace").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        cmd.trace.validate()
+    }
+
+    /// A flag of the other mode is refused with what the mode takes, not
+    /// silently ignored (`--vni` on a one-packet trace traced another
+    /// network than the user asked for).
+    #[test]
+    fn flags_of_the_other_mode_are_refused() {
+        let one = ["--from", "c1", "--to", "c2"];
+        assert_eq!(check(&one), Ok(()));
+        for extra in [
+            &["--addr", "10.0.0.1"][..],
+            &["--port", "80"],
+            &["--drops"],
+            &["--sample", "3"],
+            &["-c", "5"],
+            &["--duration", "5s"],
+            &["--container", "c4"],
+            &["--vni", "4098"],
+        ] {
+            let args = [&one[..], extra].concat();
+            let e = check(&args).expect_err("refused");
+            assert!(e.contains("applies to --live only"), "{extra:?}: {e}");
+            assert!(e.contains(extra[0]), "names the flag: {e}");
+        }
+        for extra in [
+            &["--size", "100"][..],
+            &["--df"],
+            &["--dport", "80", "--proto", "tcp"],
+        ] {
+            let args = [&["--live"][..], extra].concat();
+            let e = check(&args).expect_err("refused");
+            assert!(e.contains("--live watches real packets"), "{extra:?}: {e}");
+        }
+        assert_eq!(check(&["--live", "--port", "80", "--proto", "tcp"]), Ok(()));
+        assert!(check(&["--live", "--port", "0"]).is_err());
+        assert!(check(&["--live", "--port", "80", "--proto", "icmp"]).is_err());
+        assert!(check(&["--live", "--drops", "--sample", "1"]).is_err());
+        assert!(check(&[&one[..], &["--proto", "tcp", "--dport", "0"]].concat()).is_err());
+        assert_eq!(check(&[&one[..], &["--proto", "TCP"]].concat()), Ok(()));
+    }
 }

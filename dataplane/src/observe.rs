@@ -181,38 +181,85 @@ fn ip_udp(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
 #[derive(Debug, Clone, Default)]
 pub struct LiveFilter {
     pub vni: Option<Vni>,
+    /// `--container`: the addresses of its endpoints here, and their TAPs.
+    /// A packet matches if it comes from or goes to one of them.
+    pub endpoints: Vec<IpAddr>,
+    pub ports: Vec<PortId>,
+    /// `--addr`: and (with `--container`) also from or to this address.
     pub addr: Option<IpAddr>,
     pub port: Option<u16>,
     pub proto: Option<TraceProto>,
     pub drops: bool,
 }
 
+/// What a live trace knows of one packet, to match against its filter.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Seen<'a> {
+    /// The network it is on: where it entered, else where it was
+    /// delivered or sent.
+    pub vni: Option<Vni>,
+    /// Its addresses as it left the engine (`None`: not IP, e.g. ARP).
+    pub flow: Option<&'a Flow>,
+    /// A sampled packet's notes (what the engine translated); empty for
+    /// one that was not sampled.
+    pub notes: &'a [Note],
+    /// The TAP it was read from, if it came from one.
+    pub port: Option<PortId>,
+}
+
+impl Seen<'_> {
+    /// Whether `a` is one of its addresses, before or after a translation.
+    fn has_addr(&self, a: IpAddr) -> bool {
+        self.flow.is_some_and(|fl| fl.src == a || fl.dst == a)
+            || self.notes.iter().any(|n| translated(n).contains(&Some(a)))
+    }
+
+    /// Whether it was read from or written to one of `ports`.
+    fn at_port(&self, ports: &[PortId]) -> bool {
+        self.port.is_some_and(|p| ports.contains(&p))
+            || self.notes.iter().any(|n| match n {
+                Note::TapTx { port, .. } => ports.contains(port),
+                _ => false,
+            })
+    }
+}
+
 impl LiveFilter {
-    /// Whether a packet matches: `vni` is the network it is on (where it
-    /// entered, else where it was delivered), `flow` its addresses as it
-    /// left the engine, `notes` (a sampled packet's) what the engine
-    /// translated. `--addr` (and `--container`, which becomes its address)
-    /// matches the packet as its sender and its receiver know it too: an
-    /// egress request after its SNAT, a VIP's connection after its DNAT,
-    /// a reply after its reverse NAT.
-    pub fn matches(&self, vni: Option<Vni>, flow: Option<&Flow>, notes: &[Note]) -> bool {
-        if self.vni.is_some_and(|v| Some(v) != vni) {
+    /// Whether a packet matches every filter given. Addresses and ports
+    /// match the packet as its sender and its receiver know it too, across
+    /// the translations on the way: an egress request after its SNAT, a
+    /// VIP's connection after its DNAT, a published port's connection after
+    /// its DNAT, and the replies after their reverse NAT. `--container`
+    /// also matches what its TAP sent or received that has no addresses
+    /// (ARP, a frame dropped for a spoofed source).
+    pub fn matches(&self, seen: &Seen) -> bool {
+        if self.vni.is_some_and(|v| Some(v) != seen.vni) {
             return false;
         }
-        if let Some(a) = self.addr {
-            let in_flow = flow.is_some_and(|fl| fl.src == a || fl.dst == a);
-            if !in_flow && !notes.iter().any(|n| translated(n).contains(&Some(a))) {
-                return false;
-            }
+        if !self.endpoints.is_empty()
+            && !seen.at_port(&self.ports)
+            && !self.endpoints.iter().any(|a| seen.has_addr(*a))
+        {
+            return false;
+        }
+        if self.addr.is_some_and(|a| !seen.has_addr(a)) {
+            return false;
         }
         if let Some(p) = self.port {
-            let in_flow = flow.is_some_and(|fl| fl.sport == Some(p) || fl.dport == Some(p));
-            if !in_flow && !notes.iter().any(|n| translated_port(n).contains(&Some(p))) {
+            let in_flow = seen
+                .flow
+                .is_some_and(|fl| fl.sport == Some(p) || fl.dport == Some(p));
+            if !in_flow
+                && !seen
+                    .notes
+                    .iter()
+                    .any(|n| translated_port(n).contains(&Some(p)))
+            {
                 return false;
             }
         }
         self.proto
-            .is_none_or(|p| flow.is_some_and(|fl| fl.proto == p.to_string()))
+            .is_none_or(|p| seen.flow.is_some_and(|fl| fl.proto == p.to_string()))
     }
 }
 
@@ -225,7 +272,7 @@ fn translated(n: &Note) -> [Option<IpAddr>; 2] {
         Note::EgressReply { addr } => [Some(addr), None],
         Note::Published { backend, .. } => [Some(backend), None],
         Note::ReverseNat { vip } => [Some(vip), None],
-        Note::ToHost { mesh, .. } => [Some(mesh), None],
+        Note::ToHost { mesh, backend, .. } => [Some(mesh), Some(backend)],
         _ => [None, None],
     }
 }
@@ -239,17 +286,23 @@ fn translated_port(n: &Note) -> [Option<u16>; 2] {
             target_port,
             ..
         } => [Some(published), Some(target_port)],
-        Note::ToHost { published, .. } => [Some(published), None],
+        Note::ToHost {
+            published,
+            target_port,
+            ..
+        } => [Some(published), Some(target_port)],
         _ => [None, None],
     }
 }
 
-/// The network of the endpoint a packet was delivered to: what a packet
-/// from the host link (an answer to egress traffic, which carries no VNI)
-/// is on.
-fn delivered_vni(fdb: &Fdb, notes: &[Note]) -> Option<Vni> {
+/// The network a packet without one where it entered (from the host
+/// link: an answer to egress traffic, a published port's connection) is
+/// on: that of the endpoint it was written to, or of the VXLAN datagram
+/// it was sent in.
+fn noted_vni(fdb: &Fdb, notes: &[Note]) -> Option<Vni> {
     notes.iter().rev().find_map(|n| match n {
         Note::TapTx { port, .. } => fdb.port(*port).map(|p| p.vni),
+        Note::Outer { vni, .. } => Some(*vni),
         _ => None,
     })
 }
@@ -274,14 +327,7 @@ impl LiveTap {
         });
         let outer_dst = if o.sampled { outer_dst } else { None };
         let outer_src = outer_dst.map(|_| self.host);
-        self.report(
-            fdb,
-            o,
-            vni,
-            frame,
-            (outer_src, outer_dst),
-            TraceStage::TapRx,
-        )
+        self.report(fdb, o, vni, frame, (outer_src, outer_dst), Some(port))
     }
 
     /// Reports a datagram received from `src` (decrypted in place if it
@@ -304,14 +350,7 @@ impl LiveTap {
             .map(|p| p.vni());
         let inner = vx.and_then(|d| d.get(vxlan::HEADER_LEN..)).unwrap_or(&[]);
         let host = Some(self.host);
-        self.report(
-            fdb,
-            o,
-            vni,
-            inner,
-            (Some(src.ip()), host),
-            TraceStage::WireRx,
-        )
+        self.report(fdb, o, vni, inner, (Some(src.ip()), host), None)
     }
 
     fn report(
@@ -321,7 +360,7 @@ impl LiveTap {
         vni: Option<Vni>,
         frame: &[u8],
         (outer_src, outer_dst): (Option<IpAddr>, Option<IpAddr>),
-        entry: TraceStage,
+        tap_port: Option<PortId>,
     ) -> bool {
         if !o.is_event() || (self.filter.drops && o.drop.is_none()) {
             return !self.state.done.load(Ordering::Relaxed);
@@ -330,10 +369,20 @@ impl LiveTap {
         // A sampled packet's notes also name what the engine translated
         // it from; a dropped one that was not sampled has stale notes.
         let notes = if o.sampled { self.sampler.notes() } else { &[] };
-        let vni = vni.or_else(|| delivered_vni(fdb, notes));
-        if !self.filter.matches(vni, flow.as_ref(), notes) {
+        let vni = vni.or_else(|| noted_vni(fdb, notes));
+        let seen = Seen {
+            vni,
+            flow: flow.as_ref(),
+            notes,
+            port: tap_port,
+        };
+        if !self.filter.matches(&seen) {
             return !self.state.done.load(Ordering::Relaxed);
         }
+        let entry = match tap_port {
+            Some(_) => TraceStage::TapRx,
+            None => TraceStage::WireRx,
+        };
         let (stage, verdict, reason) = match o.drop {
             Some(d) => (
                 crate::trace_stage::of_drop(d),
@@ -474,10 +523,27 @@ mod tests {
         }
     }
 
-    /// `--container c1` (its address) and `--network` follow an egress
-    /// flow both ways: the request leaves the engine with the egress
-    /// address as its source, the answer comes from the host link with
-    /// no VNI. Before, the filter saw neither.
+    fn seen<'a>(vni: Option<Vni>, flow: Option<&'a Flow>, notes: &'a [Note]) -> Seen<'a> {
+        Seen {
+            vni,
+            flow,
+            notes,
+            port: None,
+        }
+    }
+
+    fn container(addrs: &[&str], ports: &[PortId]) -> LiveFilter {
+        LiveFilter {
+            endpoints: addrs.iter().map(|a| ip(a)).collect(),
+            ports: ports.to_vec(),
+            ..LiveFilter::default()
+        }
+    }
+
+    /// `--container c1` and `--network` follow an egress flow both ways:
+    /// the request leaves the engine with the egress address as its
+    /// source, the answer comes from the host link with no VNI. Before,
+    /// the filter saw neither.
     #[test]
     fn filters_follow_egress_translations() {
         let net = Vni::new(4097).expect("vni");
@@ -490,10 +556,7 @@ mod tests {
             &[ip("10.1.0.5")],
         )
         .expect("endpoint");
-        let by_container = LiveFilter {
-            addr: Some(ip("10.1.0.5")),
-            ..LiveFilter::default()
-        };
+        let by_container = container(&["10.1.0.5"], &[]);
         let by_network = LiveFilter {
             vni: Some(net),
             ..LiveFilter::default()
@@ -507,9 +570,9 @@ mod tests {
             port: 9,
             len: 74,
         }];
-        assert!(by_container.matches(Some(net), Some(&request), &snat));
+        assert!(by_container.matches(&seen(Some(net), Some(&request), &snat)));
         assert!(
-            !by_container.matches(Some(net), Some(&request), &[]),
+            !by_container.matches(&seen(Some(net), Some(&request), &[])),
             "without the note nothing says it was the container's"
         );
 
@@ -523,28 +586,26 @@ mod tests {
             },
             Note::TapTx { port, len: 74 },
         ];
-        let vni = delivered_vni(&fdb, &notes);
+        let vni = noted_vni(&fdb, &notes);
         assert_eq!(vni, Some(net));
-        assert!(by_network.matches(vni, Some(&answer), &notes));
-        assert!(by_container.matches(vni, Some(&answer), &notes));
+        assert!(by_network.matches(&seen(vni, Some(&answer), &notes)));
+        assert!(by_container.matches(&seen(vni, Some(&answer), &notes)));
 
         // Other networks and addresses still do not match.
         let other = LiveFilter {
             vni: Some(Vni::new(4098).expect("vni")),
             ..LiveFilter::default()
         };
-        assert!(!other.matches(vni, Some(&answer), &notes));
-        let stranger = LiveFilter {
-            addr: Some(ip("10.1.0.6")),
-            ..LiveFilter::default()
-        };
-        assert!(!stranger.matches(Some(net), Some(&request), &snat));
+        assert!(!other.matches(&seen(vni, Some(&answer), &notes)));
+        let stranger = container(&["10.1.0.6"], &[]);
+        assert!(!stranger.matches(&seen(Some(net), Some(&request), &snat)));
     }
 
     /// `--port` matches a published connection by its published port and
-    /// by the task's port it was mapped to; `--proto` by the flow's.
+    /// by the task's port it was mapped to, both ways; `--addr` the task's
+    /// replies by the task's address; `--proto` by the flow's.
     #[test]
-    fn port_filter_follows_published_ports() {
+    fn filters_follow_published_ports() {
         let to_task = tcp("192.0.2.7", "10.0.0.5", 40_000, 80);
         let dnat = [Note::Published {
             published: 8080,
@@ -555,15 +616,96 @@ mod tests {
             port: Some(p),
             ..LiveFilter::default()
         };
-        assert!(port(8080).matches(None, Some(&to_task), &dnat));
-        assert!(port(80).matches(None, Some(&to_task), &dnat));
-        assert!(!port(8080).matches(None, Some(&to_task), &[]));
-        assert!(!port(8081).matches(None, Some(&to_task), &dnat));
+        assert!(port(8080).matches(&seen(None, Some(&to_task), &dnat)));
+        assert!(port(80).matches(&seen(None, Some(&to_task), &dnat)));
+        assert!(!port(8080).matches(&seen(None, Some(&to_task), &[])));
+        assert!(!port(8081).matches(&seen(None, Some(&to_task), &dnat)));
+
+        // The task's reply, as it left the engine for the host link.
+        let reply = tcp("198.18.0.2", "192.0.2.7", 8080, 40_000);
+        let to_host = [Note::ToHost {
+            backend: ip("10.0.0.5"),
+            target_port: 80,
+            mesh: ip("198.18.0.2"),
+            published: 8080,
+            port: 9,
+            len: 74,
+        }];
+        assert!(port(80).matches(&seen(None, Some(&reply), &to_host)));
+        let task = LiveFilter {
+            addr: Some(ip("10.0.0.5")),
+            ..LiveFilter::default()
+        };
+        assert!(task.matches(&seen(None, Some(&reply), &to_host)));
+        assert!(!task.matches(&seen(None, Some(&reply), &[])));
+
         let udp = LiveFilter {
             proto: Some(TraceProto::Udp),
             ..LiveFilter::default()
         };
-        assert!(!udp.matches(None, Some(&to_task), &dnat));
-        assert!(!udp.matches(None, None, &[]), "no flow, no protocol");
+        assert!(!udp.matches(&seen(None, Some(&to_task), &dnat)));
+        assert!(!udp.matches(&seen(None, None, &[])), "no flow, no protocol");
+    }
+
+    /// A request forwarded to another host's task carries the VNI it was
+    /// sent on, though it came from the host link.
+    #[test]
+    fn a_packet_sent_from_the_host_link_has_the_vni_it_was_sent_on() {
+        let ingress = Vni::new(4096).expect("vni");
+        let notes = [
+            Note::HostLinkRx { port: 9, len: 74 },
+            Note::Outer {
+                dst: "192.0.2.12:4789".parse().expect("address"),
+                vni: ingress,
+                len: 124,
+                datagrams: 1,
+                encrypted: false,
+            },
+        ];
+        assert_eq!(noted_vni(&Fdb::default(), &notes), Some(ingress));
+    }
+
+    /// `--container` matches every address of the container (both
+    /// families, every network), what its TAP sent without addresses, and
+    /// `--addr` with it narrows to the traffic between the two.
+    #[test]
+    fn container_and_addr_filters() {
+        let c1 = container(&["10.0.1.2", "fd00:9::2", "10.0.2.2"], &[3]);
+        let v6 = Flow {
+            proto: "icmp".into(),
+            src: ip("fd00:9::2"),
+            dst: ip("fd00:9::3"),
+            sport: None,
+            dport: None,
+        };
+        assert!(c1.matches(&seen(None, Some(&v6), &[])));
+        let other_net = tcp("10.0.2.7", "10.0.2.2", 40_000, 80);
+        assert!(c1.matches(&seen(None, Some(&other_net), &[])));
+        let not_c1 = tcp("10.0.1.7", "10.0.1.3", 40_000, 80);
+        assert!(!c1.matches(&seen(None, Some(&not_c1), &[])));
+
+        // ARP, or a spoofed frame, from c1's TAP: no flow, its port.
+        let from_tap = Seen {
+            port: Some(3),
+            ..Seen::default()
+        };
+        assert!(c1.matches(&from_tap));
+        let other_tap = Seen {
+            port: Some(4),
+            ..Seen::default()
+        };
+        assert!(!c1.matches(&other_tap));
+        // Written to c1's TAP.
+        let to_c1 = [Note::TapTx { port: 3, len: 42 }];
+        assert!(c1.matches(&seen(None, None, &to_c1)));
+
+        // --container c1 --addr 10.0.1.3: only c1's traffic with it.
+        let narrowed = LiveFilter {
+            addr: Some(ip("10.0.1.3")),
+            ..c1.clone()
+        };
+        assert!(!narrowed.matches(&seen(None, Some(&not_c1), &[])));
+        let with_c1 = tcp("10.0.1.2", "10.0.1.3", 40_000, 80);
+        assert!(narrowed.matches(&seen(None, Some(&with_c1), &[])));
     }
 }

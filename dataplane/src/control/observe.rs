@@ -19,6 +19,8 @@ use vxnet_api::server::{Reply, STREAM_IDLE_CHECK};
 use vxnet_api::{ApiError, ErrorCode};
 use vxnet_api::{Response, Vni};
 use vxnet_proto::engine::live::LiveSampler;
+use vxnet_proto::fdb::PortId;
+use vxnet_proto::wire::MacAddr;
 
 const DEFAULT_COUNT: u64 = 1000;
 const DEFAULT_DURATION_MS: u64 = 60_000;
@@ -66,24 +68,7 @@ impl Dataplane {
             if let Some(v) = c.vni {
                 known_vni(&st, v)?;
             }
-            let mut ports = Vec::new();
-            let mut macs = Vec::new();
-            for ip in &c.endpoints {
-                let e = st
-                    .endpoints
-                    .values()
-                    .find(|e| {
-                        e.info.ips.iter().any(|n| n.addr() == *ip)
-                            && c.vni.is_none_or(|v| v == e.info.vni)
-                    })
-                    .ok_or_else(|| {
-                        ApiError::not_found(format!(
-                            "no local endpoint has address {ip}; see `vxnet dp endpoints`"
-                        ))
-                    })?;
-                ports.push(e.port);
-                macs.push(e.info.mac);
-            }
+            let (ports, macs) = local_endpoints(&st, &c.endpoints, c.vni)?;
             CaptureFilter {
                 vni: c.vni,
                 ports,
@@ -136,13 +121,19 @@ impl Dataplane {
         let (count, duration) = bounds(l.count, l.duration_ms)?;
         let every = l.sample.unwrap_or(DEFAULT_SAMPLE);
         let every = if l.drops { 0 } else { every };
-        if let Some(v) = l.vni {
-            known_vni(&self.lock(), v)?;
-        }
+        let ports = {
+            let st = self.lock();
+            if let Some(v) = l.vni {
+                known_vni(&st, v)?;
+            }
+            local_endpoints(&st, &l.endpoints, l.vni)?.0
+        };
         let slot = Slot::take(&self.live_tracing, "a live trace")?;
         let host: IpAddr = self.cfg.local_vtep;
         let filter = LiveFilter {
             vni: l.vni,
+            endpoints: l.endpoints,
+            ports,
             addr: l.addr,
             port: l.port,
             proto: l.proto,
@@ -176,6 +167,35 @@ impl Dataplane {
             })
         }))))
     }
+}
+
+/// The TAPs and MACs of the local endpoints with addresses `ips` (on
+/// `vni` if given); `not_found` for an address no local endpoint has.
+fn local_endpoints(
+    st: &super::State,
+    ips: &[IpAddr],
+    vni: Option<Vni>,
+) -> R<(Vec<PortId>, Vec<MacAddr>)> {
+    let mut ports = Vec::new();
+    let mut macs = Vec::new();
+    for ip in ips {
+        let e = st
+            .endpoints
+            .values()
+            .find(|e| {
+                e.info.ips.iter().any(|n| n.addr() == *ip) && vni.is_none_or(|v| v == e.info.vni)
+            })
+            .ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "no local endpoint has address {ip}; see `vxnet dp endpoints`"
+                ))
+            })?;
+        if !ports.contains(&e.port) {
+            ports.push(e.port);
+            macs.push(e.info.mac);
+        }
+    }
+    Ok((ports, macs))
 }
 
 /// The count and duration a stream is bounded by.

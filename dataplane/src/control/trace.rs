@@ -668,6 +668,8 @@ fn report(host: &str, run: &TraceRun, names: &[(PortId, String)]) -> TraceReport
                 ),
             ),
             Note::ToHost {
+                backend,
+                target_port,
                 mesh,
                 published,
                 port,
@@ -676,7 +678,7 @@ fn report(host: &str, run: &TraceRun, names: &[(PortId, String)]) -> TraceReport
                 S::Gateway,
                 Delivered,
                 format!(
-                    "reply of published port {published}: source rewritten to {mesh} port {published}, {len}-byte frame written to {} for the host to return to the client",
+                    "reply of published port {published}: source {backend} port {target_port} rewritten to {mesh} port {published}, {len}-byte frame written to {} for the host to return to the client",
                     name(*port)
                 ),
             ),

@@ -405,6 +405,8 @@ impl Ctx {
         note!(
             self.rec,
             Note::ToHost {
+                backend: p.src,
+                target_port: p.sport,
                 mesh,
                 published,
                 port: h.port,

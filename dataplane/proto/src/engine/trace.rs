@@ -146,10 +146,12 @@ pub enum Note {
         port: PortId,
         len: usize,
     },
-    /// A published flow's reply: the source became `mesh`:`published`,
-    /// queued for the host link's TAP on `port`, for the host to return to
-    /// the client.
+    /// A published flow's reply from task `backend` port `target_port`:
+    /// the source became `mesh`:`published`, queued for the host link's
+    /// TAP on `port`, for the host to return to the client.
     ToHost {
+        backend: IpAddr,
+        target_port: u16,
         mesh: IpAddr,
         published: u16,
         port: PortId,
