@@ -790,6 +790,29 @@ fn containers_reach_the_outside_but_internal_networks_do_not() -> Result<()> {
         live.stderr
     );
 
+    // Another overlay's address leaves through the gateway too, but the
+    // host does not route between overlays: the trace says so.
+    let secret_ip = h2.json(&["container", "inspect", "secret"])?[0]["networks"][0]["ipv4"]
+        .as_str()
+        .context("ipv4")?
+        .to_owned();
+    let iso = m.cli(&[
+        "trace", "--from", "plain", "--to", &secret_ip, "--format", "json",
+    ])?;
+    let report: serde_json::Value = serde_json::from_str(&iso.stdout)
+        .with_context(|| format!("trace: {} {}", iso.stdout, iso.stderr))?;
+    let end = report["steps"].as_array().and_then(|a| a.last());
+    ensure!(
+        report["verdict"] == "dropped"
+            && iso.status.code() == Some(1)
+            && end.is_some_and(|s| s["stage"] == "gateway" && s["reason"] == "mesh/isolated"),
+        "a trace to another overlay's address ends dropped at the gateway: {report:#}"
+    );
+    let r = sw
+        .tb
+        .exec(&plain, &["ping", "-c", "1", "-W", "2", &secret_ip])?;
+    ensure!(!r.success(), "plain reached secret-net's {secret_ip}");
+
     // Nothing starts a connection to an egress address (it is answer-only,
     // as Docker's gwbridge isolation makes it): not even an underlay
     // neighbour with a route to the host link's subnet through host1.

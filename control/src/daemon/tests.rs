@@ -869,6 +869,20 @@ fn leaving_refuses_while_containers_run_and_then_removes_everything() {
     assert_eq!(nets[0].name, "ingress");
 }
 
+/// `vxnet trace --from FROM --to TO`: an echo request.
+fn trace_of_icmp(from: &str, to: &str) -> vxnet_api::trace::SwarmTrace {
+    vxnet_api::trace::SwarmTrace {
+        from: from.into(),
+        to: to.into(),
+        network: None,
+        proto: Default::default(),
+        sport: None,
+        dport: None,
+        size: None,
+        df: false,
+    }
+}
+
 #[test]
 fn stop_keeps_the_address_and_start_brings_it_back() {
     let n = node();
@@ -884,16 +898,7 @@ fn stop_keeps_the_address_and_start_brings_it_back() {
     assert!(n.ok(ctl::ContainerLs { all: false }).is_empty());
     assert_eq!(n.ok(ctl::ContainerLs { all: true }).len(), 1);
     // A trace from it says it is stopped (the dataplane has no endpoint).
-    let e = n.err(vxnet_api::trace::SwarmTrace {
-        from: "c1".into(),
-        to: "10.0.0.9".into(),
-        network: None,
-        proto: Default::default(),
-        sport: None,
-        dport: None,
-        size: None,
-        df: false,
-    });
+    let e = n.err(trace_of_icmp("c1", "10.0.0.9"));
     assert_eq!(e.code, ErrorCode::FailedPrecondition, "{e}");
     assert!(e.message.contains("c1 is not running (stopped)"), "{e}");
     let started = n.ok(ctl::ContainerStart {
@@ -903,6 +908,31 @@ fn stop_keeps_the_address_and_start_brings_it_back() {
     assert_ne!(started.pid, c.pid, "a new process");
     assert_eq!(started.networks[0].ipv4, c.networks[0].ipv4);
     n.dp.with(|d| assert_eq!(d.endpoints.len(), 1));
+}
+
+/// A trace to the source's own address, or to a mistyped address, is
+/// refused with what is wrong, before anything is traced.
+#[test]
+fn traces_to_own_or_mistyped_addresses_are_refused() {
+    let n = node();
+    n.init();
+    n.net("tnet");
+    let c = n.run("c1", &["tnet"], &["sleep", "600"]);
+    let own = c.networks[0].ipv4.to_string();
+    let e = n.err(trace_of_icmp("c1", &own));
+    assert_eq!(e.code, ErrorCode::InvalidArgument, "{e}");
+    assert!(
+        e.message.contains(&format!("{own} is c1's own address")),
+        "{e}"
+    );
+    for bad in ["999.1.1.1", "10.0.0", "fd00::zz"] {
+        let e = n.err(trace_of_icmp("c1", bad));
+        assert_eq!(e.code, ErrorCode::InvalidArgument, "{bad}: {e}");
+        assert!(e.message.contains("not a valid IP address"), "{e}");
+    }
+    let e = n.err(trace_of_icmp("c1", "nosuchname"));
+    assert_eq!(e.code, ErrorCode::NotFound, "{e}");
+    assert!(e.message.contains("no name on network tnet"), "{e}");
 }
 
 #[test]

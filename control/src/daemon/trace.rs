@@ -24,6 +24,7 @@ use vxnet_api::trace::{
 use vxnet_api::{ApiError, ApiResult, ErrorCode};
 
 use super::dataplane::{DataplaneApi, DataplaneExt};
+use super::runtime::Runtime;
 use super::{Daemon, internal, lock};
 use crate::mgmt::calls::{NodeTrace, TraceReply, TraceRequest};
 use crate::model::{Container, Network, Node, Service};
@@ -119,6 +120,12 @@ where
             None => src.attachments.iter().map(|a| a.network.clone()).collect(),
         };
         let (dst, dns) = self.trace_destination(&src, &scope, &r.to, &host)?;
+        if src.attachments.iter().any(|a| a.ips().any(|ip| ip == dst)) {
+            return Err(ApiError::invalid(format!(
+                "{dst} is {}'s own address: a packet to it never leaves the container; trace to another address",
+                src.name
+            )));
+        }
         steps.extend(dns);
         let net = match chosen {
             Some(n) => n,
@@ -166,6 +173,7 @@ where
             .first_failure()
             .is_some_and(|f| f.reason.as_deref() == Some("arp_nd/no_answer"))
             && let Some((owner, mac)) = self.owner_of(&net.id, dst)
+            && owner.node != me
         {
             let unanswered = local.steps.pop();
             packet.dst_mac = Some(mac);
@@ -187,6 +195,25 @@ where
                 );
             }
         }
+        // No answer for a container of this host: it has no endpoint, as
+        // it is not running (its namespace and TAP are gone).
+        if let Some(arp) = local
+            .steps
+            .last_mut()
+            .filter(|s| s.reason.as_deref() == Some("arp_nd/no_answer"))
+            && let Some((owner, _)) = self.owner_of(&net.id, dst)
+            && owner.node == me
+        {
+            let why = self
+                .view(&owner)?
+                .not_running()
+                .unwrap_or_else(|| format!("container {} has no endpoint here yet", owner.name));
+            arp.detail = format!(
+                "{}: {dst} belongs to {}, on this host, which has no endpoint for it",
+                arp.detail, owner.name
+            );
+            arp.fix = Some(why);
+        }
         let nodes = self.store.list::<Node>().map_err(internal)?;
         let name_of = |vtep: &str| -> Option<String> {
             nodes
@@ -194,11 +221,36 @@ where
                 .find(|n| n.data_path_addr.to_string() == vtep)
                 .map(|n| n.hostname.clone())
         };
-        let containers = self.store.list::<Container>().map_err(internal)?;
         rename_hosts(&mut local, &name_of);
-        rename_namespaces(&mut local, &containers, &me);
+        rename_namespaces(&mut local, &self.local_namespaces()?);
         steps.append(&mut local.steps);
         let mut verdict = local.verdict;
+        // Out through the gateway to another overlay network's address:
+        // the dataplane hands it to the host, which does not route between
+        // overlays (they are isolated, as in Docker), so it ends there.
+        let left = steps.last().is_some_and(|s| s.stage == TraceStage::Gateway);
+        if verdict == TraceVerdict::Delivered
+            && left
+            && let Some(other) = networks
+                .iter()
+                .find(|n| on_network(n, dst) && src.attachment(&n.id).is_none())
+        {
+            verdict = TraceVerdict::Dropped;
+            steps.push(TraceStep {
+                host: host.clone(),
+                stage: TraceStage::Gateway,
+                verdict: StepVerdict::Drop,
+                detail: format!(
+                    "{dst} is on network {}, which {} is not on: the host does not route between overlay networks (they are isolated from each other)",
+                    other.name, src.name
+                ),
+                reason: Some("mesh/isolated".into()),
+                fix: Some(format!(
+                    "connect the container to that network: `vxnet network connect {} {}`",
+                    other.name, src.name
+                )),
+            });
+        }
         if let (TraceVerdict::Sent, Some(outer)) = (verdict, &local.outer) {
             match nodes.iter().find(|n| n.data_path_addr == outer.dst) {
                 Some(node) if node.status == crate::model::NodeStatus::Down => {
@@ -229,7 +281,6 @@ where
                         },
                     )?;
                     rename_hosts(&mut remote, &name_of);
-                    rename_namespaces(&mut remote, &containers, &node.id);
                     verdict = remote.verdict;
                     steps.append(&mut remote.steps);
                 }
@@ -260,10 +311,12 @@ where
     /// node's through the manager.
     pub(crate) fn trace_on_node(&self, node: &str, wire: TraceWire) -> ApiResult<TraceReport> {
         if self.local_node()? == node {
-            return self.dp().call(dp::TraceWire {
+            let mut r = self.dp().call(dp::TraceWire {
                 src: wire.src,
                 datagram: wire.datagram,
-            });
+            })?;
+            rename_namespaces(&mut r, &self.local_namespaces()?);
+            return Ok(r);
         }
         if !self.is_manager() {
             return self.manager_call(NodeTrace {
@@ -302,10 +355,15 @@ where
     /// Runs the manager's trace requests on this node's dataplane.
     pub(crate) fn answer_trace_requests(&self, reqs: &[TraceRequest]) {
         for r in reqs {
-            let reply = match self.dp().call(dp::TraceWire {
+            let half = self.dp().call(dp::TraceWire {
                 src: r.wire.src,
                 datagram: r.wire.datagram.clone(),
-            }) {
+            });
+            let half = half.and_then(|mut report| {
+                rename_namespaces(&mut report, &self.local_namespaces()?);
+                Ok(report)
+            });
+            let reply = match half {
                 Ok(report) => TraceReply {
                     id: r.id,
                     report: Some(report),
@@ -321,6 +379,25 @@ where
                 tracing::warn!(error = %e, "trace half not sent to the manager");
             }
         }
+    }
+
+    /// This node's containers by the network namespace its dataplane
+    /// knows their endpoints by (the runtime's: a task's namespace is
+    /// named on the node that runs it).
+    fn local_namespaces(&self) -> ApiResult<BTreeMap<String, String>> {
+        let me = self.local_node()?;
+        let containers = self.store.list::<Container>().map_err(internal)?;
+        let runtimes = self.store.list::<Runtime>().map_err(internal)?;
+        Ok(runtimes
+            .into_iter()
+            .filter(|rt| !rt.netns.is_empty())
+            .filter_map(|rt| {
+                let c = containers
+                    .iter()
+                    .find(|c| c.id == rt.container_id && c.node == me)?;
+                Some((rt.netns, c.name.clone()))
+            })
+            .collect())
     }
 
     /// The container `from` names: a name, an ID, or an address.
@@ -348,6 +425,12 @@ where
         if let Ok(ip) = to.parse::<IpAddr>() {
             return Ok((ip, None));
         }
+        // "999.1.1.1" or "fd00::zz" is a mistyped address, not a name.
+        if to.contains(':') || to.chars().all(|ch| ch.is_ascii_digit() || ch == '.') {
+            return Err(ApiError::invalid(format!(
+                "{to} is not a valid IP address; give an address or a name"
+            )));
+        }
         let records = lock(&self.dns_records).clone();
         let name = crate::dns::records::normalize(to);
         let found = records.as_ref().and_then(|r| {
@@ -357,9 +440,15 @@ where
                 .or_else(|| r.resolve(&name, &on, IpAddr::is_ipv6))
         });
         let Some(ip) = found.and_then(|v| v.first().copied()) else {
+            let on = match nets {
+                [one] => {
+                    let net = self.store.get::<Network>(one).ok().flatten();
+                    format!("network {}", net.map_or_else(|| one.clone(), |n| n.name))
+                }
+                _ => format!("{}'s networks", src.name),
+            };
             return Err(ApiError::not_found(format!(
-                "{to} is no name on {}'s networks: its DNS server would forward it to the host's resolvers (a name outside the swarm)",
-                src.name
+                "{to} is no name on {on}: its DNS server would forward it to the host's resolvers (a name outside the swarm)"
             )));
         };
         let what = match self.service_of_vip(ip)? {
@@ -429,13 +518,8 @@ fn rename_hosts(r: &mut TraceReport, name_of: &impl Fn(&str) -> Option<String>) 
 /// Dataplanes name an endpoint by the network namespace it lives in
 /// (`10.0.1.2 in vxnet-c1`); the swarm knows the container's name, which
 /// is what the user typed (`10.0.1.2 in c1`). Replaces each word of the
-/// details that is the namespace of a container on `node`.
-fn rename_namespaces(r: &mut TraceReport, containers: &[Container], node: &str) {
-    let names: BTreeMap<&str, &str> = containers
-        .iter()
-        .filter(|c| c.node == node)
-        .filter_map(|c| Some((c.netns.as_deref()?, c.name.as_str())))
-        .collect();
+/// details that is one of `names`' namespaces (namespace -> container).
+fn rename_namespaces(r: &mut TraceReport, names: &BTreeMap<String, String>) {
     if names.is_empty() {
         return;
     }
@@ -452,7 +536,7 @@ fn rename_namespaces(r: &mut TraceReport, containers: &[Container], node: &str) 
         }
     };
     for s in &mut r.steps {
-        if names.keys().any(|ns| s.detail.contains(ns)) {
+        if names.keys().any(|ns| s.detail.contains(ns.as_str())) {
             s.detail = s
                 .detail
                 .split(' ')
@@ -467,23 +551,6 @@ fn rename_namespaces(r: &mut TraceReport, containers: &[Container], node: &str) 
 mod tests {
     use super::*;
 
-    fn container(name: &str, node: &str, netns: &str) -> Container {
-        Container {
-            id: format!("id-{name}"),
-            name: name.into(),
-            node: node.into(),
-            netns: Some(netns.into()),
-            attachments: vec![],
-            created: 0,
-            desired: Default::default(),
-            command: vec![],
-            env: vec![],
-            external: None,
-            task: None,
-            status: None,
-        }
-    }
-
     fn step(detail: &str) -> TraceStep {
         TraceStep {
             host: "host1".into(),
@@ -496,15 +563,16 @@ mod tests {
     }
 
     /// Details speak of containers by name, not by the namespace the
-    /// dataplane knows them by; only the node's own containers count, and
-    /// a name that merely starts like a namespace is left alone.
+    /// dataplane knows them by; only the given namespaces are renamed (a
+    /// node renames its own containers'), and a word that merely starts
+    /// like one is left alone.
     #[test]
     fn details_name_containers_not_namespaces() {
-        let containers = [
-            container("c1", "n1", "vxnet-c1"),
-            container("web.1.abc", "n1", "vxnet-web.1.abc"),
-            container("c2", "n2", "vxnet-c2"),
-        ];
+        let names: BTreeMap<String, String> =
+            [("vxnet-c1", "c1"), ("vxnet-web.1.abc", "web.1.abc")]
+                .into_iter()
+                .map(|(ns, n)| (ns.to_owned(), n.to_owned()))
+                .collect();
         let mut r = TraceReport {
             steps: vec![
                 step("98-byte frame written to the TAP of 10.0.1.2 in vxnet-c1"),
@@ -514,7 +582,7 @@ mod tests {
             verdict: TraceVerdict::Delivered,
             outer: None,
         };
-        rename_namespaces(&mut r, &containers, "n1");
+        rename_namespaces(&mut r, &names);
         let details: Vec<&str> = r.steps.iter().map(|s| s.detail.as_str()).collect();
         assert_eq!(
             details,
