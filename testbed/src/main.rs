@@ -26,7 +26,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Create hosts and underlay, start a dataplane per host, and leave them running.
+    /// Create hosts and underlay, start a dataplane and vxnet-control per host forming a swarm (host1 manager), and leave them running.
     Up {
         /// Number of hosts.
         #[arg(long, default_value_t = 2)]
