@@ -192,6 +192,14 @@ fn swarm_trace_paths_and_failures() -> Result<()> {
         path(&r).contains(&("host1".into(), "conntrack".into())),
         "{r:#}"
     );
+    // The task it reached is named as `service ps` names it, on whichever
+    // host it runs (each host names its own tasks).
+    let reached = r["steps"]
+        .as_array()
+        .and_then(|a| a.last())
+        .and_then(|s| s["detail"].as_str())
+        .unwrap_or_default();
+    assert!(reached.contains(" in web."), "{r:#}");
 
     // A service with no running task: its VIP refuses, at the VIP, host1.
     m.ok(&[
