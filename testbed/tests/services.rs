@@ -513,9 +513,21 @@ fn replicated_service_balances_resolves_scales_and_heals() -> Result<()> {
     eprintln!("a killed task left the backends after {took:?}");
     assert!(took <= Duration::from_secs(2), "{took:?}");
     // Until it runs again, new connections go to the others (one sent to
-    // the dead task would be refused: its namespace has no listener).
+    // the dead task would be refused: its namespace has no listener). It
+    // restarts 0.5 s after it died and rejoins the backends once it runs,
+    // a moment before its server listens (as in Docker without a health
+    // check): only then may a connection be refused (seen under load).
     let (_, errors) = sw.connect(&client, "web", 10)?;
-    assert!(errors.is_empty(), "{errors}");
+    if !errors.is_empty() {
+        let restarted = sw.tasks("web").is_ok_and(|t| {
+            t.iter()
+                .any(|t| t["container"] == victim.as_str() && t["restarts"] == 1)
+        });
+        assert!(
+            restarted,
+            "refused while the dead task was out of the backends: {errors}"
+        );
+    }
     let restarted = time_until("the task restarted", Duration::from_secs(10), || {
         sw.tasks("web").is_ok_and(|t| {
             t.iter().any(|t| {

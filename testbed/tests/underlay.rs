@@ -283,9 +283,9 @@ fn received(listeners: &[Listener], mark: &[u8], want: usize) -> Vec<usize> {
         .collect()
 }
 
-/// How many hosts' containers answer a ping to all-nodes from `ns`: the
-/// distinct sources of the replies (the sender's own included).
-fn all_nodes_responders(tb: &Testbed, ns: &str) -> Result<usize> {
+/// The distinct sources of the replies to a ping to all-nodes from `ns`
+/// (the sender's own included), and ping's output.
+fn all_nodes_responders(tb: &Testbed, ns: &str) -> Result<(Vec<String>, String)> {
     let out = tb.exec(
         ns,
         &[
@@ -302,15 +302,16 @@ fn all_nodes_responders(tb: &Testbed, ns: &str) -> Result<usize> {
         ],
     )?;
     // "64 bytes from fe80::44:ff:fe00:3%eth0: icmp_seq=1 ttl=64 ..."
-    let mut from: Vec<&str> = out
+    let mut from: Vec<String> = out
         .stdout
         .lines()
         .filter_map(|l| l.split(" from ").nth(1))
         .filter_map(|rest| rest.split(": icmp_seq").next())
+        .map(str::to_owned)
         .collect();
     from.sort_unstable();
     from.dedup();
-    Ok(from.len())
+    Ok((from, out.combined()))
 }
 
 /// Broadcast (to the subnet's and to 255.255.255.255), an IPv4 multicast
@@ -349,7 +350,8 @@ fn flooding_reaches_three_hosts(v6: bool, encrypted: bool) -> Result<()> {
             "{what}, {kind}"
         );
     }
-    assert_eq!(all_nodes_responders(&tb, c1)?, 3, "{what}: ping ff02::1");
+    let (from, out) = all_nodes_responders(&tb, c1)?;
+    assert_eq!(from.len(), 3, "{what}: ping ff02::1: {from:?}\n{out}");
     let flooding = m.dps[0].networks()?[0].flooding;
     assert!(
         flooding.frames >= 20 && flooding.copies >= 40,
@@ -379,7 +381,8 @@ fn flooding_reaches_three_hosts(v6: bool, encrypted: bool) -> Result<()> {
         .unwrap_or(0);
     assert!(after - before >= 20, "{what}: {} counted", after - before);
     assert!(m.dps[0].networks()?[0].flooding.suppressed >= 20, "{what}");
-    assert_eq!(all_nodes_responders(&tb, c1)?, 1, "{what}: only itself");
+    let (from, out) = all_nodes_responders(&tb, c1)?;
+    assert_eq!(from.len(), 1, "{what}: only itself: {from:?}\n{out}");
 
     // On again, with a rate of 20 frames a second: a storm of 300 is held
     // to it, and what does not go is counted.
