@@ -77,14 +77,12 @@ impl Scope {
             container: c.clone(),
         })?;
         // The dataplane sees only this host's endpoints: say where the
-        // container runs, as `vxnet trace` does.
-        let node = self.control.call(vxnet_api::ctl::NodeInspect {
-            node: v.node.clone(),
-        })?;
-        if !node.is_self {
+        // container runs, as `vxnet trace` does. (From the container's
+        // state: `node inspect` is a manager's, and this runs on workers.)
+        if v.state == vxnet_api::ctl::ContainerState::Remote {
             return Err(CliError::Api(vxnet_api::ApiError::precondition(format!(
                 "container {} runs on {}; run the command there",
-                v.name, node.node.hostname
+                v.name, v.node
             ))));
         }
         if let Some(why) = v.not_running() {

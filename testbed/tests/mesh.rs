@@ -790,6 +790,24 @@ fn containers_reach_the_outside_but_internal_networks_do_not() -> Result<()> {
         live.stderr
     );
 
+    // On a worker too (a worker has no `node inspect` to ask).
+    let dp2 = sw.dataplanes[1].socket.display().to_string();
+    let w = h2.cli(&[
+        "trace",
+        "--socket",
+        &dp2,
+        "--live",
+        "--container",
+        "secret",
+        "--duration",
+        "1s",
+    ])?;
+    ensure!(
+        w.success(),
+        "trace --live --container on a worker: {}",
+        w.combined()
+    );
+
     // Another overlay's address leaves through the gateway too, but the
     // host does not route between overlays: the trace says so.
     let secret_ip = h2.json(&["container", "inspect", "secret"])?[0]["networks"][0]["ipv4"]

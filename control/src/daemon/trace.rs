@@ -236,6 +236,21 @@ where
                 .find(|n| on_network(n, dst) && src.attachment(&n.id).is_none())
         {
             verdict = TraceVerdict::Dropped;
+            // It reached the host, where it ends: handed over, not delivered.
+            if let Some(out) = steps.last_mut() {
+                out.verdict = StepVerdict::Pass;
+            }
+            let fix = if other.attachable {
+                format!(
+                    "connect the container to that network: `vxnet network connect {} {}`",
+                    other.name, src.name
+                )
+            } else {
+                format!(
+                    "network {} is not attachable: only service tasks join it; to reach a service, use its name or VIP on a network {} shares with it",
+                    other.name, src.name
+                )
+            };
             steps.push(TraceStep {
                 host: host.clone(),
                 stage: TraceStage::Gateway,
@@ -245,10 +260,7 @@ where
                     other.name, src.name
                 ),
                 reason: Some("mesh/isolated".into()),
-                fix: Some(format!(
-                    "connect the container to that network: `vxnet network connect {} {}`",
-                    other.name, src.name
-                )),
+                fix: Some(fix),
             });
         }
         if let (TraceVerdict::Sent, Some(outer)) = (verdict, &local.outer) {
