@@ -72,6 +72,34 @@ impl std::str::FromStr for TraceProto {
     }
 }
 
+/// What `dst` is when it is no unicast address a packet could be traced
+/// to: the container's own loopback never leaves it, and broadcast or
+/// multicast are flooded, not routed.
+pub fn not_unicast(dst: IpAddr) -> Option<&'static str> {
+    if dst.is_loopback() {
+        Some("the container's own loopback (the packet never leaves it)")
+    } else if dst.is_unspecified() {
+        Some("the unspecified address")
+    } else if dst.is_multicast() {
+        Some("a multicast address")
+    } else if matches!(dst, IpAddr::V4(v4) if v4.is_broadcast()) {
+        Some("the broadcast address")
+    } else {
+        None
+    }
+}
+
+/// The refusal of a trace to `dst` when it is not unicast, in the words
+/// `vxnet trace` and `vxnet dp trace` both give.
+pub fn unicast_only(dst: IpAddr) -> Result<(), String> {
+    match not_unicast(dst) {
+        Some(what) => Err(format!(
+            "{dst} is {what}: a trace follows one unicast packet; give the address of a container, a service or a host outside"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The packet a trace builds: what the source would send to `dst`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -309,6 +337,26 @@ pub struct SwarmTrace {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Loopback, unspecified, broadcast and multicast destinations are
+    /// refused with what they are; unicast ones pass.
+    #[test]
+    fn only_unicast_destinations_are_traced() {
+        for (dst, what) in [
+            ("127.0.0.1", "loopback"),
+            ("::1", "loopback"),
+            ("0.0.0.0", "unspecified"),
+            ("255.255.255.255", "broadcast"),
+            ("224.0.0.1", "multicast"),
+            ("ff02::1", "multicast"),
+        ] {
+            let got = not_unicast(dst.parse().expect("address"));
+            assert!(got.is_some_and(|w| w.contains(what)), "{dst}: {got:?}");
+        }
+        for dst in ["10.0.1.3", "192.0.2.12", "8.8.8.8", "fd00::5"] {
+            assert_eq!(not_unicast(dst.parse().expect("address")), None, "{dst}");
+        }
+    }
 
     #[test]
     fn json_shapes() {

@@ -930,6 +930,15 @@ fn traces_to_own_or_mistyped_addresses_are_refused() {
         assert_eq!(e.code, ErrorCode::InvalidArgument, "{bad}: {e}");
         assert!(e.message.contains("not a valid IP address"), "{e}");
     }
+    for (dst, what) in [
+        ("::1", "loopback"),
+        ("ff02::1", "multicast"),
+        ("", "no destination"),
+    ] {
+        let e = n.err(trace_of_icmp("c1", dst));
+        assert_eq!(e.code, ErrorCode::InvalidArgument, "{dst}: {e}");
+        assert!(e.message.contains(what), "{dst}: {e}");
+    }
     let e = n.err(trace_of_icmp("c1", "nosuchname"));
     assert_eq!(e.code, ErrorCode::NotFound, "{e}");
     assert!(e.message.contains("no name on network tnet"), "{e}");

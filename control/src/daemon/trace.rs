@@ -120,6 +120,7 @@ where
             None => src.attachments.iter().map(|a| a.network.clone()).collect(),
         };
         let (dst, dns) = self.trace_destination(&src, &scope, &r.to, &host)?;
+        vxnet_api::trace::unicast_only(dst).map_err(ApiError::invalid)?;
         if src.attachments.iter().any(|a| a.ips().any(|ip| ip == dst)) {
             return Err(ApiError::invalid(format!(
                 "{dst} is {}'s own address: a packet to it never leaves the container; trace to another address",
@@ -434,6 +435,11 @@ where
         to: &str,
         host: &str,
     ) -> ApiResult<(IpAddr, Option<TraceStep>)> {
+        if to.trim().is_empty() {
+            return Err(ApiError::invalid(
+                "no destination: give --to an address or a name",
+            ));
+        }
         if let Ok(ip) = to.parse::<IpAddr>() {
             return Ok((ip, None));
         }

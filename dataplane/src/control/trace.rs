@@ -56,12 +56,7 @@ impl Dataplane {
             fix: None,
         };
         let p = &t.packet;
-        if let Some(what) = not_unicast(p.dst) {
-            return Err(ApiError::invalid(format!(
-                "{} is {what}: a trace follows one unicast packet; give the address of a container, a service or a host outside",
-                p.dst
-            )));
-        }
+        vxnet_api::trace::unicast_only(p.dst).map_err(ApiError::invalid)?;
         if p.dst.is_ipv4() != src.ip.is_ipv4() {
             return Err(ApiError::invalid(format!(
                 "source {} and destination {} are of different address families",
@@ -282,23 +277,6 @@ impl Dataplane {
                 "the worker did not answer in time; try again",
             )
         })
-    }
-}
-
-/// What `dst` is when it is no unicast address a packet could be traced
-/// to: the container's own loopback never leaves it, and broadcast or
-/// multicast are flooded, not routed.
-fn not_unicast(dst: IpAddr) -> Option<&'static str> {
-    if dst.is_loopback() {
-        Some("the container's own loopback (the packet never leaves it)")
-    } else if dst.is_unspecified() {
-        Some("the unspecified address")
-    } else if dst.is_multicast() {
-        Some("a multicast address")
-    } else if matches!(dst, IpAddr::V4(v4) if v4.is_broadcast()) {
-        Some("the broadcast address")
-    } else {
-        None
     }
 }
 
@@ -799,26 +777,6 @@ mod tests {
         assert_eq!(f.stage, TraceStage::Gateway);
         assert_eq!(f.reason.as_deref(), Some("mesh/no_egress"));
         assert!(f.fix.as_deref().is_some_and(|x| x.contains("--internal")));
-    }
-
-    /// Loopback, unspecified, broadcast and multicast destinations are
-    /// refused with what they are; unicast ones pass.
-    #[test]
-    fn only_unicast_destinations_are_traced() {
-        for (dst, what) in [
-            ("127.0.0.1", "loopback"),
-            ("::1", "loopback"),
-            ("0.0.0.0", "unspecified"),
-            ("255.255.255.255", "broadcast"),
-            ("224.0.0.1", "multicast"),
-            ("ff02::1", "multicast"),
-        ] {
-            let got = not_unicast(dst.parse().expect("address"));
-            assert!(got.is_some_and(|w| w.contains(what)), "{dst}: {got:?}");
-        }
-        for dst in ["10.0.1.3", "192.0.2.12", "8.8.8.8", "fd00::5"] {
-            assert_eq!(not_unicast(dst.parse().expect("address")), None, "{dst}");
-        }
     }
 
     /// A ping to the gateway is answered at the gateway stage.
