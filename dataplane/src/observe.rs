@@ -214,6 +214,17 @@ impl Seen<'_> {
             || self.notes.iter().any(|n| translated(n).contains(&Some(a)))
     }
 
+    /// Whether `p` is one of its transport ports, before or after a
+    /// translation.
+    fn has_port(&self, p: u16) -> bool {
+        self.flow
+            .is_some_and(|fl| fl.sport == Some(p) || fl.dport == Some(p))
+            || self
+                .notes
+                .iter()
+                .any(|n| translated_port(n).contains(&Some(p)))
+    }
+
     /// Whether it was read from or written to one of `ports`.
     fn at_port(&self, ports: &[PortId]) -> bool {
         self.port.is_some_and(|p| ports.contains(&p))
@@ -245,18 +256,8 @@ impl LiveFilter {
         if self.addr.is_some_and(|a| !seen.has_addr(a)) {
             return false;
         }
-        if let Some(p) = self.port {
-            let in_flow = seen
-                .flow
-                .is_some_and(|fl| fl.sport == Some(p) || fl.dport == Some(p));
-            if !in_flow
-                && !seen
-                    .notes
-                    .iter()
-                    .any(|n| translated_port(n).contains(&Some(p)))
-            {
-                return false;
-            }
+        if self.port.is_some_and(|p| !seen.has_port(p)) {
+            return false;
         }
         self.proto
             .is_none_or(|p| seen.flow.is_some_and(|fl| fl.proto == p.to_string()))
@@ -285,8 +286,8 @@ fn translated_port(n: &Note) -> [Option<u16>; 2] {
             published,
             target_port,
             ..
-        } => [Some(published), Some(target_port)],
-        Note::ToHost {
+        }
+        | Note::ToHost {
             published,
             target_port,
             ..
