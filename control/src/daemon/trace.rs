@@ -168,52 +168,54 @@ where
             packet: packet.clone(),
         })?;
         // No answer to ARP, though the swarm has a container with that
-        // address: this host has no peer for it. A container that still
-        // has it in its neighbour cache sends to its MAC; trace that.
-        if local
+        // address.
+        let unanswered = local
             .first_failure()
-            .is_some_and(|f| f.reason.as_deref() == Some("arp_nd/no_answer"))
-            && let Some((owner, mac)) = self.owner_of(&net.id, dst)
-            && owner.node != me
-        {
-            let unanswered = local.steps.pop();
-            packet.dst_mac = Some(mac);
-            local = self.dp().call(dp::Trace {
-                src: src_ip,
-                vni: Some(net.vni),
-                packet,
-            })?;
-            if let Some(arp) = local
-                .steps
-                .iter_mut()
-                .find(|s| s.stage == TraceStage::ArpNd)
-            {
-                arp.detail = format!(
-                    "{} unanswered: this host has no peer for {dst}, which the swarm gives to {} on {}; a neighbour cache still holding {mac} sends there",
-                    unanswered.map_or_else(|| "ARP".to_owned(), |s| s.detail),
-                    owner.name,
-                    self.hostname_of(&owner.node)
-                );
+            .is_some_and(|f| f.reason.as_deref() == Some("arp_nd/no_answer"));
+        match unanswered.then(|| self.owner_of(&net.id, dst)).flatten() {
+            // On another host: this host has no peer for it. A container
+            // that still has it in its neighbour cache sends to its MAC;
+            // trace that.
+            Some((owner, mac)) if owner.node != me => {
+                let unanswered = local.steps.pop();
+                packet.dst_mac = Some(mac);
+                local = self.dp().call(dp::Trace {
+                    src: src_ip,
+                    vni: Some(net.vni),
+                    packet,
+                })?;
+                if let Some(arp) = local
+                    .steps
+                    .iter_mut()
+                    .find(|s| s.stage == TraceStage::ArpNd)
+                {
+                    arp.detail = format!(
+                        "{} unanswered: this host has no peer for {dst}, which the swarm gives to {} on {}; a neighbour cache still holding {mac} sends there",
+                        unanswered.map_or_else(|| "ARP".to_owned(), |s| s.detail),
+                        owner.name,
+                        self.hostname_of(&owner.node)
+                    );
+                }
             }
-        }
-        // No answer for a container of this host: it has no endpoint, as
-        // it is not running (its namespace and TAP are gone).
-        if let Some(arp) = local
-            .steps
-            .last_mut()
-            .filter(|s| s.reason.as_deref() == Some("arp_nd/no_answer"))
-            && let Some((owner, _)) = self.owner_of(&net.id, dst)
-            && owner.node == me
-        {
-            let why = self
-                .view(&owner)?
-                .not_running()
-                .unwrap_or_else(|| format!("container {} has no endpoint here yet", owner.name));
-            arp.detail = format!(
-                "{}: {dst} belongs to {}, on this host, which has no endpoint for it",
-                arp.detail, owner.name
-            );
-            arp.fix = Some(why);
+            // On this host: it has no endpoint, as it is not running (its
+            // namespace and TAP are gone).
+            Some((owner, _)) => {
+                if let Some(arp) = local
+                    .steps
+                    .last_mut()
+                    .filter(|s| s.reason.as_deref() == Some("arp_nd/no_answer"))
+                {
+                    let why = self.view(&owner)?.not_running().unwrap_or_else(|| {
+                        format!("container {} has no endpoint here yet", owner.name)
+                    });
+                    arp.detail = format!(
+                        "{}: {dst} belongs to {}, on this host, which has no endpoint for it",
+                        arp.detail, owner.name
+                    );
+                    arp.fix = Some(why);
+                }
+            }
+            None => {}
         }
         let nodes = self.store.list::<Node>().map_err(internal)?;
         let name_of = |vtep: &str| -> Option<String> {
