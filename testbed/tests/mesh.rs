@@ -714,12 +714,12 @@ fn containers_reach_the_outside_but_internal_networks_do_not() -> Result<()> {
     }
 
     // `vxnet trace` follows a packet out through the gateway.
-    let out = m.cli(&[
-        "trace", "--from", "plain", "--to", &target, "--proto", "tcp", "--dport", "8000",
-        "--format", "json",
-    ])?;
-    let t: serde_json::Value = serde_json::from_str(&out.stdout)
-        .with_context(|| format!("trace: {} {}", out.stdout, out.stderr))?;
+    let (t, _) = common::swarm::trace_json(
+        m,
+        &[
+            "--from", "plain", "--to", &target, "--proto", "tcp", "--dport", "8000",
+        ],
+    )?;
     let last = t["steps"].as_array().and_then(|a| a.last());
     ensure!(
         t["verdict"] == "delivered"
@@ -814,15 +814,11 @@ fn containers_reach_the_outside_but_internal_networks_do_not() -> Result<()> {
         .as_str()
         .context("ipv4")?
         .to_owned();
-    let iso = m.cli(&[
-        "trace", "--from", "plain", "--to", &secret_ip, "--format", "json",
-    ])?;
-    let report: serde_json::Value = serde_json::from_str(&iso.stdout)
-        .with_context(|| format!("trace: {} {}", iso.stdout, iso.stderr))?;
+    let (report, code) = common::swarm::trace_json(m, &["--from", "plain", "--to", &secret_ip])?;
     let end = report["steps"].as_array().and_then(|a| a.last());
     ensure!(
         report["verdict"] == "dropped"
-            && iso.status.code() == Some(1)
+            && code == Some(1)
             && end.is_some_and(|s| s["stage"] == "gateway" && s["reason"] == "mesh/isolated"),
         "a trace to another overlay's address ends dropped at the gateway: {report:#}"
     );

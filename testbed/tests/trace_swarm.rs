@@ -10,21 +10,16 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use common::swarm::{container, create_network, run_sleeper, swarm};
 use common::{root_or_skip, testbed};
 use serde_json::Value;
 use vxnet_testbed::process;
 use vxnet_testbed::swarm::Control;
 
-/// `vxnet trace ARGS --format json` on `c` (exit 1 means dropped).
+/// `vxnet trace ARGS --format json` on `c`.
 fn trace(c: &Control, args: &[&str]) -> Result<Value> {
-    let mut argv = vec!["trace"];
-    argv.extend_from_slice(args);
-    argv.extend(["--format", "json"]);
-    let out = c.cli(&argv)?;
-    serde_json::from_str(&out.stdout)
-        .with_context(|| format!("`vxnet {}`: {} {}", argv.join(" "), out.stdout, out.stderr))
+    Ok(common::swarm::trace_json(c, args)?.0)
 }
 
 /// (host, stage, reason) of the first drop.

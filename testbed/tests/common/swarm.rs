@@ -154,3 +154,15 @@ pub fn create_network(c: &Control, name: &str, opts: &[&str]) -> Result<String> 
     args.push(name);
     ok(c, &args)
 }
+
+/// `vxnet trace ARGS --format json` on `c`: the report, and the exit code
+/// (1 means dropped).
+pub fn trace_json(c: &Control, args: &[&str]) -> Result<(serde_json::Value, Option<i32>)> {
+    let mut argv = vec!["trace"];
+    argv.extend_from_slice(args);
+    argv.extend(["--format", "json"]);
+    let out = c.cli(&argv)?;
+    let report = serde_json::from_str(&out.stdout)
+        .with_context(|| format!("`vxnet {}`: {} {}", argv.join(" "), out.stdout, out.stderr))?;
+    Ok((report, out.status.code()))
+}
