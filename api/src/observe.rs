@@ -16,6 +16,13 @@ use crate::trace::{Bytes, TraceProto, TraceStage, TraceVerdict};
 pub const MAX_COUNT: u64 = 10_000_000;
 /// Longest a stream runs (one hour).
 pub const MAX_DURATION_MS: u64 = 3_600_000;
+/// Most bytes of packets one capture gives (1 GiB).
+pub const MAX_CAPTURE_BYTES: u64 = 1 << 30;
+/// Fewest bytes a capture keeps of each packet: an outer IPv6 + UDP +
+/// VXLAN header and the inner Ethernet header fit.
+pub const MIN_SNAPLEN: u32 = 64;
+/// Most bytes a capture keeps of each packet (tcpdump's largest).
+pub const MAX_SNAPLEN: u32 = 262_144;
 
 /// Which copy of a packet a capture record is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -62,7 +69,7 @@ pub struct Capture {
     pub duration_ms: Option<u64>,
     #[serde(default)]
     pub max_bytes: Option<u64>,
-    /// Bytes kept of each packet (65535).
+    /// Bytes kept of each packet (65535; `MIN_SNAPLEN..=MAX_SNAPLEN`).
     #[serde(default)]
     pub snaplen: Option<u32>,
 }

@@ -23,7 +23,10 @@ use std::time::Duration;
 use vxnet_api::Vni;
 use vxnet_api::client::{Client, Server, transport_error};
 use vxnet_api::dp::DEFAULT_SOCKET;
-use vxnet_api::observe::{Capture, CaptureMsg, View};
+use vxnet_api::observe::{
+    Capture, CaptureMsg, MAX_CAPTURE_BYTES, MAX_COUNT, MAX_DURATION_MS, MAX_SNAPLEN, MIN_SNAPLEN,
+    View,
+};
 
 /// Filters shared by `vxnet capture` and `vxnet trace --live`.
 #[derive(Debug, Args, Clone)]
@@ -45,9 +48,10 @@ pub struct Scope {
     pub container: Option<String>,
     /// Stop after this many packets (`trace --live`: events; 1000 by
     /// default for both, at most 10,000,000).
-    #[arg(short = 'c', long, value_name = "COUNT")]
+    #[arg(short = 'c', long, value_name = "COUNT",
+          value_parser = clap::value_parser!(u64).range(1..=MAX_COUNT))]
     pub count: Option<u64>,
-    /// Stop after this long (`10s`, `2m`; at least 1ms; 60s by default).
+    /// Stop after this long (`10s`, `2m`; 1ms to 1h; 60s by default).
     #[arg(long, value_parser = parse_stream_duration, value_name = "DURATION")]
     pub duration: Option<Duration>,
 }
@@ -129,12 +133,18 @@ impl Scope {
 }
 
 /// [`parse_duration`], at least a millisecond (the dataplane counts
-/// whole milliseconds).
+/// whole milliseconds) and at most an hour (`MAX_DURATION_MS`).
 fn parse_stream_duration(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if d < Duration::from_millis(1) {
         return Err(format!(
             "{} is shorter than the shortest duration, 1ms",
+            s.trim()
+        ));
+    }
+    if d > Duration::from_millis(MAX_DURATION_MS) {
+        return Err(format!(
+            "{} is longer than the longest duration, 1h",
             s.trim()
         ));
     }
@@ -172,11 +182,14 @@ pub struct CaptureArgs {
     /// Both views (the default).
     #[arg(long)]
     pub both: bool,
-    /// Stop after this many bytes of packets (64 MB by default).
-    #[arg(long, value_name = "BYTES")]
+    /// Stop after this many bytes of packets (64 MiB by default, at most
+    /// 1 GiB).
+    #[arg(long, value_name = "BYTES",
+          value_parser = clap::value_parser!(u64).range(1..=MAX_CAPTURE_BYTES))]
     pub max_bytes: Option<u64>,
-    /// Bytes kept of each packet.
-    #[arg(long, value_name = "BYTES")]
+    /// Bytes kept of each packet (65535 by default, 64 to 262144).
+    #[arg(long, value_name = "BYTES",
+          value_parser = clap::value_parser!(u32).range(i64::from(MIN_SNAPLEN)..=i64::from(MAX_SNAPLEN)))]
     pub snaplen: Option<u32>,
     /// The pcapng file to write; `-` writes to stdout.
     #[arg(short = 'w', long = "write", value_name = "FILE")]
@@ -186,6 +199,7 @@ pub struct CaptureArgs {
 /// Runs `vxnet capture`; the summary goes to stderr.
 pub fn run(args: &CaptureArgs) -> Result<u8, CliError> {
     let s = &args.scope;
+    writable(&args.file)?;
     let vni = s.vni()?;
     let mut endpoints = s.addresses(vni)?;
     endpoints.extend(&args.endpoint);
@@ -208,12 +222,8 @@ pub fn run(args: &CaptureArgs) -> Result<u8, CliError> {
     let mut stream = s.dataplane()?.stream(req)?;
     // A refused request changes nothing: the file is created (or
     // truncated) only once the dataplane has accepted the capture.
-    match stream.next() {
-        Some(Ok(CaptureMsg::Start { local_vtep })) => eprintln!(
-            "capturing on {local_vtep} ({} view{})",
-            views_name(&views),
-            if views.len() > 1 { "s" } else { "" }
-        ),
+    let local_vtep = match stream.next() {
+        Some(Ok(CaptureMsg::Start { local_vtep })) => local_vtep,
         Some(Err(e)) => return Err(e.into()),
         Some(Ok(_)) | None => {
             return Err(CliError::Failed(
@@ -221,7 +231,7 @@ pub fn run(args: &CaptureArgs) -> Result<u8, CliError> {
                     .into(),
             ));
         }
-    }
+    };
     let records = Arc::new(AtomicU64::new(0));
     let writing = Arc::new(Mutex::new(()));
     on_interrupt(Arc::clone(&records), Arc::clone(&writing));
@@ -239,6 +249,11 @@ pub fn run(args: &CaptureArgs) -> Result<u8, CliError> {
         .flush()
         .map_err(|e| CliError::Failed(format!("cannot write the capture: {e}")))?;
     drop(header);
+    eprintln!(
+        "capturing on {local_vtep} ({} view{})",
+        views_name(&views),
+        if views.len() > 1 { "s" } else { "" }
+    );
     for msg in stream {
         match msg? {
             CaptureMsg::Start { .. } => {}
@@ -275,6 +290,37 @@ pub fn run(args: &CaptureArgs) -> Result<u8, CliError> {
         }
     }
     Ok(0)
+}
+
+/// Refuses, before anything is asked of the dataplane, a file whose
+/// directory does not exist or is not a directory (the file itself is
+/// created only once the capture has started).
+fn writable(file: &str) -> Result<(), CliError> {
+    if file == "-" {
+        return Ok(());
+    }
+    let path = std::path::Path::new(file);
+    if path.is_dir() {
+        return Err(CliError::Failed(format!(
+            "{file} is a directory; give a file name such as {}",
+            path.join("capture.pcapng").display()
+        )));
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(CliError::Failed(format!(
+            "cannot write {file}: {} is not a directory",
+            dir.display()
+        ))),
+        Err(e) => Err(CliError::Failed(format!(
+            "cannot write {file}: {}: {e}",
+            dir.display()
+        ))),
+    }
 }
 
 /// On SIGINT (Ctrl-C) or SIGTERM: wait for the packet being written
@@ -380,5 +426,31 @@ mod tests {
             parse_stream_duration("1ms").unwrap(),
             Duration::from_millis(1)
         );
+        assert_eq!(
+            parse_stream_duration("1h").unwrap(),
+            Duration::from_secs(3600)
+        );
+        let long = parse_stream_duration("61m").unwrap_err();
+        assert!(long.contains("61m") && long.contains("1h"), "{long}");
+    }
+
+    #[test]
+    fn a_file_in_a_missing_directory_is_refused_before_the_capture() {
+        let dir = std::env::temp_dir().join(format!("vxnet-capture-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = dir.join("x.pcapng");
+        assert!(writable(ok.to_str().unwrap()).is_ok());
+        assert!(writable("-").is_ok());
+        assert!(writable("relative.pcapng").is_ok());
+        let refusal = |f: &std::path::Path| match writable(f.to_str().unwrap()) {
+            Err(CliError::Failed(m)) => m,
+            other => panic!("{} was not refused: {other:?}", f.display()),
+        };
+        let e = refusal(&dir.join("nope/x.pcapng"));
+        assert!(e.contains("nope") && e.contains("No such file"), "{e}");
+        let e = refusal(&dir);
+        assert!(e.contains("is a directory"), "{e}");
+        assert!(!ok.exists(), "checking must not create the file");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

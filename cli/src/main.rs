@@ -589,4 +589,49 @@ mod tests {
             Request::Services(api::Services { vni: None })
         );
     }
+
+    #[test]
+    fn stream_bounds_are_checked_with_the_flag_named() {
+        for (args, flag) in [
+            (&["capture", "-c", "0", "-w", "x"][..], "--count"),
+            (&["capture", "-c", "10000001", "-w", "x"], "--count"),
+            (&["trace", "--live", "-c", "0"], "--count"),
+            (&["capture", "--max-bytes", "0", "-w", "x"], "--max-bytes"),
+            (
+                &["capture", "--max-bytes", "1073741825", "-w", "x"],
+                "--max-bytes",
+            ),
+            (&["capture", "--snaplen", "63", "-w", "x"], "--snaplen"),
+            (&["capture", "--snaplen", "262145", "-w", "x"], "--snaplen"),
+            (&["capture", "--duration", "61m", "-w", "x"], "--duration"),
+            (&["trace", "--live", "--duration", "0s"], "--duration"),
+        ] {
+            let e = err(args);
+            assert_eq!(e.kind(), ErrorKind::ValueValidation, "{args:?}");
+            assert!(e.to_string().contains(flag), "{args:?}: {e}");
+        }
+        for args in [
+            &["capture", "-c", "10000000", "-w", "x"][..],
+            &[
+                "capture",
+                "--max-bytes",
+                "1073741824",
+                "--snaplen",
+                "64",
+                "-w",
+                "x",
+            ],
+            &[
+                "capture",
+                "--snaplen",
+                "262144",
+                "--duration",
+                "1h",
+                "-w",
+                "x",
+            ],
+        ] {
+            assert!(parse(args).is_ok(), "{args:?}");
+        }
+    }
 }

@@ -315,6 +315,31 @@ fn refused_capture_leaves_the_file_untouched() {
     assert!(matches!(fake.seen().as_slice(), [Request::Capture(_)]));
 }
 
+/// A file in a directory that does not exist is refused before the
+/// dataplane is asked (before, the capture started and "capturing" was
+/// printed first).
+#[test]
+fn capture_to_a_missing_directory_asks_nothing() {
+    let fake = Fake::new(|_| panic!("the dataplane must not be asked"));
+    let file = fake._dir.0.join("missing/out.pcapng");
+    let out = Command::new(env!("CARGO_BIN_EXE_vxnet"))
+        .arg("capture")
+        .arg("--socket")
+        .arg(&fake.socket)
+        .args(["--vni", "4096", "-w"])
+        .arg(&file)
+        .env_remove("VXNET_SOCKET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("missing") && !err.contains("capturing"),
+        "{err}"
+    );
+    assert!(fake.seen().is_empty());
+}
+
 /// SIGINT ends `vxnet capture` saying it was interrupted (not "stopped by
 /// duration"), exit 130, with the file a whole pcapng.
 #[test]

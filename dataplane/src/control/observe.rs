@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use vxnet_api::observe::{
-    Capture, CaptureMsg, LiveMsg, LiveTrace, MAX_COUNT, MAX_DURATION_MS, StreamEnd,
+    Capture, CaptureMsg, LiveMsg, LiveTrace, MAX_CAPTURE_BYTES, MAX_COUNT, MAX_DURATION_MS,
+    MAX_SNAPLEN, MIN_SNAPLEN, StreamEnd,
 };
 use vxnet_api::server::{Reply, STREAM_IDLE_CHECK};
 use vxnet_api::{ApiError, ErrorCode};
@@ -25,7 +26,6 @@ use vxnet_proto::wire::MacAddr;
 const DEFAULT_COUNT: u64 = 1000;
 const DEFAULT_DURATION_MS: u64 = 60_000;
 const DEFAULT_MAX_BYTES: u64 = 64 << 20;
-const MAX_BYTES: u64 = 1 << 30;
 const DEFAULT_SAMPLE: u32 = 64;
 
 impl Dataplane {
@@ -52,9 +52,15 @@ impl Dataplane {
     fn capture(&self, c: Capture) -> R<Reply> {
         let (count, duration) = bounds(c.count, c.duration_ms)?;
         let max_bytes = c.max_bytes.unwrap_or(DEFAULT_MAX_BYTES);
-        if max_bytes == 0 || max_bytes > MAX_BYTES {
+        if max_bytes == 0 || max_bytes > MAX_CAPTURE_BYTES {
             return Err(ApiError::invalid(format!(
-                "max_bytes {max_bytes} is outside 1..={MAX_BYTES}"
+                "max_bytes {max_bytes} is outside 1..={MAX_CAPTURE_BYTES}"
+            )));
+        }
+        let snaplen = c.snaplen.unwrap_or(65_535);
+        if !(MIN_SNAPLEN..=MAX_SNAPLEN).contains(&snaplen) {
+            return Err(ApiError::invalid(format!(
+                "snaplen {snaplen} is outside {MIN_SNAPLEN}..={MAX_SNAPLEN}"
             )));
         }
         if !c.inner && !c.outer {
@@ -62,7 +68,6 @@ impl Dataplane {
                 "capture the inner view, the outer view or both",
             ));
         }
-        let snaplen = c.snaplen.unwrap_or(65_535).clamp(64, 262_144) as usize;
         let filter = {
             let st = self.lock();
             if let Some(v) = c.vni {
@@ -76,7 +81,7 @@ impl Dataplane {
                 vteps: c.vni.map(|v| vteps_of(&st.fdb, v)).unwrap_or_default(),
                 inner: c.inner,
                 outer: c.outer,
-                snaplen,
+                snaplen: snaplen as usize,
             }
         };
         let slot = Slot::take(&self.capturing, "a capture")?;
@@ -352,5 +357,71 @@ impl<T, F: Fn(&Commander)> Stream<T, F> {
 impl<T, F: Fn(&Commander)> Drop for Stream<T, F> {
     fn drop(&mut self) {
         self.halt();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::Config;
+    use vxnet_api::dp::Request;
+
+    /// A capture outside its bounds is refused with the bound named, and
+    /// starts nothing (before, a `snaplen` outside them was clamped).
+    #[test]
+    fn captures_outside_their_bounds_are_refused() {
+        let dp = Dataplane::start(Config::loopback_for_tests()).unwrap();
+        let base = Capture {
+            inner: true,
+            ..Capture::default()
+        };
+        for (bad, says) in [
+            (
+                Capture {
+                    snaplen: Some(MIN_SNAPLEN - 1),
+                    ..base.clone()
+                },
+                "snaplen 63 is outside 64..=262144",
+            ),
+            (
+                Capture {
+                    snaplen: Some(MAX_SNAPLEN + 1),
+                    ..base.clone()
+                },
+                "snaplen 262145",
+            ),
+            (
+                Capture {
+                    max_bytes: Some(0),
+                    ..base.clone()
+                },
+                "max_bytes 0",
+            ),
+            (
+                Capture {
+                    count: Some(MAX_COUNT + 1),
+                    ..base.clone()
+                },
+                "count 10000001",
+            ),
+        ] {
+            match dp.handle_reply(Request::Capture(bad)) {
+                Reply::One(r) => {
+                    let e = r.error.expect("refused");
+                    assert_eq!(e.code, ErrorCode::InvalidArgument);
+                    assert!(e.message.contains(says), "{}", e.message);
+                }
+                Reply::Stream(_) => panic!("{says}: started"),
+            }
+        }
+        let ok = Capture {
+            snaplen: Some(MIN_SNAPLEN),
+            duration_ms: Some(1),
+            ..base
+        };
+        assert!(matches!(
+            dp.handle_reply(Request::Capture(ok)),
+            Reply::Stream(_)
+        ));
     }
 }
