@@ -340,25 +340,7 @@ impl Dataplane {
     }
 
     fn check_vtep(&self, vtep: IpAddr) -> R<()> {
-        let local = self.cfg.local_vtep;
-        if vtep.is_ipv4() != local.is_ipv4() {
-            return Err(ApiError::invalid(format!(
-                "VTEP {vtep} is {} but this dataplane's local VTEP {local} is {}; use an address of the same family",
-                family(vtep),
-                family(local)
-            )));
-        }
-        if vtep == local {
-            return Err(ApiError::invalid(format!(
-                "VTEP {vtep} is this dataplane's own address; a peer lives behind another host"
-            )));
-        }
-        if vtep.is_unspecified() || vtep.is_multicast() {
-            return Err(ApiError::invalid(format!(
-                "VTEP {vtep} is not a unicast host address"
-            )));
-        }
-        Ok(())
+        remote_vtep(self.cfg.local_vtep, vtep)
     }
 
     /// Adds a remote endpoint; where that moved an address to another MAC
@@ -1300,6 +1282,37 @@ fn endpoint_info(
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Refuses a peer's VTEP that cannot be another host's underlay address
+/// seen from `local`: another address family, `local` itself, an
+/// unspecified, multicast or broadcast address, or loopback (unless `local`
+/// is loopback too, as when dataplanes share one host in tests).
+fn remote_vtep(local: IpAddr, vtep: IpAddr) -> R<()> {
+    if vtep.is_ipv4() != local.is_ipv4() {
+        return Err(ApiError::invalid(format!(
+            "VTEP {vtep} is {} but this dataplane's local VTEP {local} is {}; use an address of the same family",
+            family(vtep),
+            family(local)
+        )));
+    }
+    if vtep == local {
+        return Err(ApiError::invalid(format!(
+            "VTEP {vtep} is this dataplane's own address; a peer lives behind another host"
+        )));
+    }
+    let broadcast = matches!(vtep, IpAddr::V4(v4) if v4.is_broadcast());
+    if vtep.is_unspecified() || vtep.is_multicast() || broadcast {
+        return Err(ApiError::invalid(format!(
+            "VTEP {vtep} is not a unicast host address"
+        )));
+    }
+    if vtep.is_loopback() && !local.is_loopback() {
+        return Err(ApiError::invalid(format!(
+            "VTEP {vtep} is a loopback address, which reaches only this host; give the peer host's underlay address"
+        )));
+    }
+    Ok(())
 }
 
 fn family(ip: IpAddr) -> &'static str {

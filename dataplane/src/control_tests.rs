@@ -145,3 +145,39 @@ fn ports_held_by_claims_or_draining_are_not_handed_out() {
     st.draining.clear();
     assert_eq!(free_port(&st), 0);
 }
+
+/// A peer's VTEP must be another host's underlay address: loopback is
+/// refused unless the dataplane itself is on loopback (several dataplanes
+/// on one host, as in these tests); broadcast, multicast, unspecified, the
+/// own address and the other family are refused everywhere.
+#[test]
+fn peer_vteps_that_cannot_be_another_host_are_refused() {
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let refusal = |local: &str, vtep: &str| match remote_vtep(ip(local), ip(vtep)) {
+        Ok(()) => None,
+        Err(e) => {
+            assert_eq!(e.code, vxnet_api::ErrorCode::InvalidArgument, "{vtep}");
+            Some(e.message)
+        }
+    };
+    let loopback = refusal("10.0.0.1", "127.0.0.1").expect("refused");
+    assert!(loopback.contains("loopback"), "{loopback}");
+    assert!(refusal("fd00::1", "::1").unwrap().contains("loopback"));
+    for bad in ["255.255.255.255", "224.0.0.1", "0.0.0.0", "10.0.0.1"] {
+        assert!(refusal("10.0.0.1", bad).is_some(), "{bad}");
+    }
+    assert!(refusal("10.0.0.1", "fd00::2").unwrap().contains("IPv6"));
+    assert_eq!(refusal("10.0.0.1", "10.0.0.2"), None);
+    assert_eq!(refusal("127.0.0.1", "127.0.0.2"), None);
+    // Through the API: the refused peer leaves no FDB entry.
+    let dp = dataplane();
+    let r = dp.handle(Request::PeerAdd(PeerAdd {
+        vni: Vni::new(4096).unwrap(),
+        mac: "02:42:0a:00:00:09".parse().unwrap(),
+        ips: vec![ip("10.0.0.9")],
+        vtep: ip("255.255.255.255"),
+        owner: Owner::User,
+    }));
+    assert!(error(&r).contains("not a unicast host address"), "{r:?}");
+    assert!(dp.lock().fdb.vni(Vni::new(4096).unwrap()).is_none());
+}
