@@ -187,8 +187,8 @@ pub struct Dataplane {
     host: Mutex<Option<host_link::Linked>>,
     stats: Vec<Arc<vxnet_proto::stats::Stats>>,
     /// A capture, or a live trace, is running (one of each at a time).
-    capturing: Arc<std::sync::atomic::AtomicBool>,
-    live_tracing: Arc<std::sync::atomic::AtomicBool>,
+    capturing: observe::SlotState,
+    live_tracing: observe::SlotState,
     gso: bool,
     gro: bool,
     /// Set by [`Dataplane::shutdown`]: the underlay watcher ends.

@@ -9,8 +9,8 @@ use crate::observe::{
 use crate::worker::{Command, Commander};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vxnet_api::observe::{
     Capture, CaptureMsg, LiveMsg, LiveTrace, MAX_CAPTURE_BYTES, MAX_COUNT, MAX_DURATION_MS,
@@ -84,7 +84,7 @@ impl Dataplane {
                 snaplen: snaplen as usize,
             }
         };
-        let slot = Slot::take(&self.capturing, "a capture")?;
+        let slot = Slot::take(&self.capturing, "a capture", duration)?;
         let local = SocketAddr::new(self.cfg.local_vtep, self.cfg.port);
         let mut stream = Stream::start(
             slot,
@@ -133,7 +133,7 @@ impl Dataplane {
             }
             local_endpoints(&st, &l.endpoints, l.vni)?.0
         };
-        let slot = Slot::take(&self.live_tracing, "a live trace")?;
+        let slot = Slot::take(&self.live_tracing, "a live trace", duration)?;
         let host: IpAddr = self.cfg.local_vtep;
         let filter = LiveFilter {
             vni: l.vni,
@@ -239,24 +239,36 @@ fn known_vni(st: &super::State, vni: Vni) -> R<()> {
     )))
 }
 
+/// Whether a stream of one kind runs: its deadline, if one does.
+pub(super) type SlotState = Arc<Mutex<Option<Instant>>>;
+
 /// One running stream of a kind; freed when the stream goes.
-struct Slot(Arc<AtomicBool>);
+struct Slot(SlotState);
 
 impl Slot {
-    fn take(flag: &Arc<AtomicBool>, what: &str) -> R<Slot> {
-        if flag.swap(true, Ordering::SeqCst) {
+    /// Takes the slot for a stream of at most `duration`; refused while
+    /// another runs, saying when that one ends at the latest.
+    fn take(state: &SlotState, what: &str, duration: Duration) -> R<Slot> {
+        let mut running = state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(deadline) = *running {
+            let left = deadline.saturating_duration_since(Instant::now());
             return Err(ApiError::new(
                 ErrorCode::FailedPrecondition,
-                format!("{what} is already running on this dataplane; wait for it to end"),
+                format!(
+                    "{what} is already running on this dataplane; it ends within {} s at the latest \
+                     (sooner at its count, or when its client stops); try again then",
+                    left.as_secs() + 1
+                ),
             ));
         }
-        Ok(Slot(Arc::clone(flag)))
+        *running = Some(Instant::now() + duration);
+        Ok(Slot(Arc::clone(state)))
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::SeqCst);
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
 
@@ -423,5 +435,36 @@ mod tests {
             dp.handle_reply(Request::Capture(ok)),
             Reply::Stream(_)
         ));
+    }
+
+    /// A second capture while one runs is refused, saying when the first
+    /// ends at the latest; once the first is dropped, the slot is free.
+    #[test]
+    fn a_second_capture_is_told_when_the_first_ends() {
+        let dp = Dataplane::start(Config::loopback_for_tests()).unwrap();
+        let capture = |ms| {
+            dp.handle_reply(Request::Capture(Capture {
+                inner: true,
+                duration_ms: Some(ms),
+                ..Capture::default()
+            }))
+        };
+        let first = capture(30_000);
+        assert!(matches!(first, Reply::Stream(_)));
+        let Reply::One(r) = capture(1_000) else {
+            panic!("a second capture started")
+        };
+        let e = r.error.expect("refused");
+        assert_eq!(e.code, ErrorCode::FailedPrecondition);
+        let secs: u64 = e
+            .message
+            .split("ends within ")
+            .nth(1)
+            .and_then(|t| t.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no time left in {:?}", e.message));
+        assert!((1..=30).contains(&secs), "{}", e.message);
+        drop(first);
+        assert!(matches!(capture(1_000), Reply::Stream(_)));
     }
 }
