@@ -165,7 +165,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[command(after_help = "\
 Examples:
   vxnet capture --network test-net --both -c 100 -w /tmp/test-net.pcapng
-  vxnet capture --container alpine1 --inner --duration 10s -w - | tshark -r -
+  vxnet capture --container alpine1 --inner --duration 10s -w - | tshark -i -
   vxnet capture --vni 4096 --outer -w outer.pcapng      # needs only the dataplane")]
 pub struct CaptureArgs {
     #[command(flatten)]
@@ -199,7 +199,7 @@ pub struct CaptureArgs {
 /// Runs `vxnet capture`; the summary goes to stderr.
 pub fn run(args: &CaptureArgs) -> Result<u8, CliError> {
     let s = &args.scope;
-    writable(&args.file)?;
+    let mut sink = Sink::open(&args.file)?;
     let vni = s.vni()?;
     let mut endpoints = s.addresses(vni)?;
     endpoints.extend(&args.endpoint);
@@ -236,18 +236,9 @@ pub fn run(args: &CaptureArgs) -> Result<u8, CliError> {
     let writing = Arc::new(Mutex::new(()));
     on_interrupt(Arc::clone(&records), Arc::clone(&writing));
     let header = writing.lock().unwrap_or_else(|e| e.into_inner());
-    let out: Box<dyn Write> = if args.file == "-" {
-        Box::new(std::io::stdout().lock())
-    } else {
-        Box::new(
-            std::fs::File::create(&args.file)
-                .map_err(|e| CliError::Failed(format!("cannot create {}: {e}", args.file)))?,
-        )
-    };
+    let out = sink.start()?;
     let mut w = pcapng(out, &views, snaplen)?;
-    w.get_mut()
-        .flush()
-        .map_err(|e| CliError::Failed(format!("cannot write the capture: {e}")))?;
+    w.get_mut().flush().map_err(write_error)?;
     drop(header);
     eprintln!(
         "capturing on {local_vtep} ({} view{})",
@@ -271,19 +262,19 @@ pub fn run(args: &CaptureArgs) -> Result<u8, CliError> {
                 // A SIGINT waits for the block being written: the file
                 // ends on a whole block.
                 let _writing = writing.lock().unwrap_or_else(|e| e.into_inner());
-                w.write_pcapng_block(block)
-                    .map_err(|e| CliError::Failed(format!("cannot write the capture: {e}")))?;
+                w.write_pcapng_block(block).map_err(pcap_error)?;
                 // Streaming readers (`tshark -i -`) see each packet at once.
-                w.get_mut()
-                    .flush()
-                    .map_err(|e| CliError::Failed(format!("cannot write the capture: {e}")))?;
+                w.get_mut().flush().map_err(write_error)?;
                 records.fetch_add(1, Ordering::SeqCst);
             }
             CaptureMsg::End(end) => {
+                let dropped = match end.dropped {
+                    0 => String::new(),
+                    n => format!(", {n} dropped by the dataplane (reader too slow)"),
+                };
                 eprintln!(
-                    "{} packets captured, {} dropped by the dataplane (reader too slow); stopped by {}",
-                    records.load(Ordering::SeqCst),
-                    end.dropped,
+                    "{}{dropped}; stopped by {}",
+                    packets(records.load(Ordering::SeqCst)),
                     end.why
                 );
             }
@@ -292,34 +283,81 @@ pub fn run(args: &CaptureArgs) -> Result<u8, CliError> {
     Ok(0)
 }
 
-/// Refuses, before anything is asked of the dataplane, a file whose
-/// directory does not exist or is not a directory (the file itself is
-/// created only once the capture has started).
-fn writable(file: &str) -> Result<(), CliError> {
-    if file == "-" {
-        return Ok(());
+/// Where the capture goes: stdout (`-`), or a file opened for writing
+/// (not yet truncated) before the dataplane is asked, so that a path that
+/// cannot be written is refused first and a refused capture changes
+/// nothing. A file this command created is removed again if the capture
+/// does not start.
+struct Sink {
+    name: String,
+    file: Option<std::fs::File>,
+    created: bool,
+}
+
+impl Sink {
+    fn open(name: &str) -> Result<Sink, CliError> {
+        let mut sink = Sink {
+            name: name.to_string(),
+            file: None,
+            created: false,
+        };
+        if name == "-" {
+            return Ok(sink);
+        }
+        if name.is_empty() {
+            return Err(CliError::Usage(
+                "-w needs a file name, or - for stdout".into(),
+            ));
+        }
+        let path = std::path::Path::new(name);
+        if path.is_dir() {
+            return Err(CliError::Failed(format!(
+                "{name} is a directory; give a file name such as {}",
+                path.join("capture.pcapng").display()
+            )));
+        }
+        if let (Ok(_), Err(_)) = (path.symlink_metadata(), path.metadata()) {
+            let to = std::fs::read_link(path).unwrap_or_default();
+            return Err(CliError::Failed(format!(
+                "{name} is a symbolic link to {}, which does not exist",
+                to.display()
+            )));
+        }
+        let cannot = |e: std::io::Error| CliError::Failed(format!("cannot write {name}: {e}"));
+        let mut open = std::fs::OpenOptions::new();
+        open.write(true);
+        sink.file = Some(match open.open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let f = open.create_new(true).open(path).map_err(cannot)?;
+                sink.created = true;
+                f
+            }
+            Err(e) => return Err(cannot(e)),
+        });
+        Ok(sink)
     }
-    let path = std::path::Path::new(file);
-    if path.is_dir() {
-        return Err(CliError::Failed(format!(
-            "{file} is a directory; give a file name such as {}",
-            path.join("capture.pcapng").display()
-        )));
+
+    /// The capture has started: the file, emptied, or stdout.
+    fn start(&mut self) -> Result<Box<dyn Write>, CliError> {
+        let Some(f) = self.file.take() else {
+            return Ok(Box::new(std::io::stdout().lock()));
+        };
+        let regular = f.metadata().is_ok_and(|m| m.is_file());
+        if regular {
+            f.set_len(0)
+                .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", self.name)))?;
+        }
+        Ok(Box::new(f))
     }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => std::path::Path::new("."),
-    };
-    match std::fs::metadata(dir) {
-        Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(CliError::Failed(format!(
-            "cannot write {file}: {} is not a directory",
-            dir.display()
-        ))),
-        Err(e) => Err(CliError::Failed(format!(
-            "cannot write {file}: {}: {e}",
-            dir.display()
-        ))),
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        // Still held: the capture never started.
+        if self.created && self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.name);
+        }
     }
 }
 
@@ -331,14 +369,29 @@ fn writable(file: &str) -> Result<(), CliError> {
 fn on_interrupt(records: Arc<AtomicU64>, writing: Arc<Mutex<()>>) {
     let r = ctrlc::set_handler(move || {
         let _held = writing.lock().unwrap_or_else(|e| e.into_inner());
-        eprintln!(
-            "{} packets captured; interrupted",
-            records.load(Ordering::SeqCst)
-        );
+        eprintln!("{}; interrupted", packets(records.load(Ordering::SeqCst)));
         std::process::exit(130);
     });
     if let Err(e) = r {
         eprintln!("warning: Ctrl-C will not print a summary ({e})");
+    }
+}
+
+/// "1 packet captured", "2 packets captured".
+fn packets(n: u64) -> String {
+    format!("{n} packet{} captured", if n == 1 { "" } else { "s" })
+}
+
+fn write_error(e: std::io::Error) -> CliError {
+    CliError::Failed(format!("cannot write the capture: {e}"))
+}
+
+/// pcap-file's I/O error says "Error reading bytes" also when writing:
+/// name the I/O error itself.
+fn pcap_error(e: pcap_file::PcapError) -> CliError {
+    match e {
+        pcap_file::PcapError::IoError(e) => write_error(e),
+        other => CliError::Failed(format!("cannot write the capture: {other}")),
     }
 }
 
@@ -355,8 +408,7 @@ fn views_name(views: &[View]) -> String {
 
 /// A pcapng writer with one interface per view, nanosecond timestamps.
 fn pcapng<W: Write>(out: W, views: &[View], snaplen: u32) -> Result<PcapNgWriter<W>, CliError> {
-    let fail = |e: pcap_file::PcapError| CliError::Failed(format!("cannot write the capture: {e}"));
-    let mut w = PcapNgWriter::new(out).map_err(fail)?;
+    let mut w = PcapNgWriter::new(out).map_err(pcap_error)?;
     for v in views {
         let (linktype, name) = match v {
             View::Inner => (DataLink::ETHERNET, "inner"),
@@ -370,7 +422,7 @@ fn pcapng<W: Write>(out: W, views: &[View], snaplen: u32) -> Result<PcapNgWriter
                 InterfaceDescriptionOption::IfTsResol(9),
             ],
         })
-        .map_err(fail)?;
+        .map_err(pcap_error)?;
     }
     Ok(w)
 }
@@ -434,23 +486,47 @@ mod tests {
         assert!(long.contains("61m") && long.contains("1h"), "{long}");
     }
 
+    /// The file is checked before the dataplane is asked and emptied only
+    /// once the capture starts; one the command created goes again if it
+    /// does not.
     #[test]
-    fn a_file_in_a_missing_directory_is_refused_before_the_capture() {
+    fn sink_refuses_what_cannot_be_written_and_leaves_no_trace() {
         let dir = std::env::temp_dir().join(format!("vxnet-capture-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let ok = dir.join("x.pcapng");
-        assert!(writable(ok.to_str().unwrap()).is_ok());
-        assert!(writable("-").is_ok());
-        assert!(writable("relative.pcapng").is_ok());
-        let refusal = |f: &std::path::Path| match writable(f.to_str().unwrap()) {
-            Err(CliError::Failed(m)) => m,
-            other => panic!("{} was not refused: {other:?}", f.display()),
+        let name = |p: &std::path::Path| p.to_str().unwrap().to_string();
+        let refusal = |p: &str| match Sink::open(p) {
+            Err(CliError::Failed(m) | CliError::Usage(m)) => m,
+            Err(other) => panic!("{p}: {other:?}"),
+            Ok(_) => panic!("{p} was not refused"),
         };
-        let e = refusal(&dir.join("nope/x.pcapng"));
+        assert!(refusal("").contains("-w needs a file name"));
+        let e = refusal(&name(&dir.join("nope/x.pcapng")));
         assert!(e.contains("nope") && e.contains("No such file"), "{e}");
-        let e = refusal(&dir);
-        assert!(e.contains("is a directory"), "{e}");
-        assert!(!ok.exists(), "checking must not create the file");
+        assert!(refusal(&name(&dir)).contains("is a directory"));
+        let link = dir.join("dangling");
+        std::os::unix::fs::symlink(dir.join("gone"), &link).unwrap();
+        assert!(refusal(&name(&link)).contains("which does not exist"));
+        // A new file that never gets a capture is removed again.
+        let fresh = dir.join("fresh.pcapng");
+        drop(Sink::open(&name(&fresh)).unwrap());
+        assert!(!fresh.exists());
+        // An existing file keeps its content until the capture starts.
+        let old = dir.join("old.pcapng");
+        std::fs::write(&old, "precious").unwrap();
+        drop(Sink::open(&name(&old)).unwrap());
+        assert_eq!(std::fs::read_to_string(&old).unwrap(), "precious");
+        let mut sink = Sink::open(&name(&old)).unwrap();
+        sink.start().unwrap().write_all(b"new").unwrap();
+        drop(sink);
+        assert_eq!(std::fs::read_to_string(&old).unwrap(), "new");
+        // A created file that got its capture stays.
+        let mut sink = Sink::open(&name(&fresh)).unwrap();
+        drop(sink.start().unwrap());
+        drop(sink);
+        assert!(fresh.exists());
+        assert!(Sink::open("-").is_ok());
         std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(packets(1), "1 packet captured");
+        assert_eq!(packets(2), "2 packets captured");
     }
 }

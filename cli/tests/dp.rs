@@ -313,6 +313,19 @@ fn refused_capture_leaves_the_file_untouched() {
     );
     assert_eq!(std::fs::read_to_string(&keep).unwrap(), "precious\n");
     assert!(matches!(fake.seen().as_slice(), [Request::Capture(_)]));
+    // A file that did not exist is not left behind, empty.
+    let new = fake._dir.0.join("new.pcapng");
+    let out = Command::new(env!("CARGO_BIN_EXE_vxnet"))
+        .arg("capture")
+        .arg("--socket")
+        .arg(&fake.socket)
+        .args(["--endpoint", "10.0.1.9", "-w"])
+        .arg(&new)
+        .env_remove("VXNET_SOCKET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(!new.exists());
 }
 
 /// A file in a directory that does not exist is refused before the
