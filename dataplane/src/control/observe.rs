@@ -10,7 +10,7 @@ use crate::worker::{Command, Commander};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use vxnet_api::observe::{
     Capture, CaptureMsg, LiveMsg, LiveTrace, MAX_CAPTURE_BYTES, MAX_COUNT, MAX_DURATION_MS,
@@ -239,17 +239,28 @@ fn known_vni(st: &super::State, vni: Vni) -> R<()> {
     )))
 }
 
-/// Whether a stream of one kind runs: its deadline, if one does.
-pub(super) type SlotState = Arc<Mutex<Option<Instant>>>;
+/// Whether a stream of one kind runs (its deadline, if one does), and a
+/// signal for when it stops.
+pub(super) type SlotState = Arc<(Mutex<Option<Instant>>, Condvar)>;
+
+/// How long a new stream waits for a running one to go: a client that
+/// went away (Ctrl-C) is noticed at the next item or idle check, so its
+/// stream may still hold the slot for up to [`STREAM_IDLE_CHECK`].
+const SLOT_GRACE: Duration = Duration::from_millis(STREAM_IDLE_CHECK.as_millis() as u64 + 150);
 
 /// One running stream of a kind; freed when the stream goes.
 struct Slot(SlotState);
 
 impl Slot {
-    /// Takes the slot for a stream of at most `duration`; refused while
-    /// another runs, saying when that one ends at the latest.
+    /// Takes the slot for a stream of at most `duration`, waiting up to
+    /// [`SLOT_GRACE`] for a running one to go; refused if it does not,
+    /// saying when it ends at the latest.
     fn take(state: &SlotState, what: &str, duration: Duration) -> R<Slot> {
-        let mut running = state.lock().unwrap_or_else(|e| e.into_inner());
+        let (running, freed) = &**state;
+        let running = running.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut running, _) = freed
+            .wait_timeout_while(running, SLOT_GRACE, |r| r.is_some())
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(deadline) = *running {
             let left = deadline.saturating_duration_since(Instant::now());
             return Err(ApiError::new(
@@ -268,7 +279,9 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let (running, freed) = &*self.0;
+        *running.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        freed.notify_all();
     }
 }
 
@@ -466,5 +479,28 @@ mod tests {
         assert!((1..=30).contains(&secs), "{}", e.message);
         drop(first);
         assert!(matches!(capture(1_000), Reply::Stream(_)));
+    }
+
+    /// A stream whose client has just gone may hold the slot until the
+    /// server notices; a new one waits for it instead of being refused.
+    #[test]
+    fn a_new_capture_waits_for_one_that_is_going() {
+        let dp = Dataplane::start(Config::loopback_for_tests()).unwrap();
+        let capture = || {
+            dp.handle_reply(Request::Capture(Capture {
+                inner: true,
+                duration_ms: Some(30_000),
+                ..Capture::default()
+            }))
+        };
+        let first = capture();
+        assert!(matches!(first, Reply::Stream(_)));
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                std::thread::sleep(SLOT_GRACE / 4);
+                drop(first);
+            });
+            assert!(matches!(capture(), Reply::Stream(_)));
+        });
     }
 }
