@@ -453,11 +453,14 @@ mod tests {
             .command
             .request();
         assert!(matches!(r, Request::FloodDel(_)));
-        assert!(
-            err(&["dp", "flood", "add", "--vni", "7", "--vtep", "224.0.0.1"])
-                .to_string()
-                .contains("cannot be a VTEP")
-        );
+        for bad in ["224.0.0.1", "255.255.255.255", "::"] {
+            assert!(
+                err(&["dp", "flood", "add", "--vni", "7", "--vtep", bad])
+                    .to_string()
+                    .contains("cannot be a VTEP"),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

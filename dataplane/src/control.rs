@@ -1304,7 +1304,7 @@ fn remote_vtep(local: IpAddr, vtep: IpAddr) -> R<()> {
     let broadcast = matches!(vtep, IpAddr::V4(v4) if v4.is_broadcast());
     if vtep.is_unspecified() || vtep.is_multicast() || broadcast {
         return Err(ApiError::invalid(format!(
-            "VTEP {vtep} is not a unicast host address"
+            "VTEP {vtep} is not a unicast host address; give the peer host's underlay address"
         )));
     }
     if vtep.is_loopback() && !local.is_loopback() {
