@@ -284,8 +284,21 @@ fn attach_prints_the_endpoint_and_socket_comes_from_env() {
     );
 }
 
+/// `vxnet capture ARGS FILE` against `fake` (ARGS end with `-w`).
+fn capture(fake: &Fake, args: &[&str], file: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_vxnet"))
+        .arg("capture")
+        .arg("--socket")
+        .arg(&fake.socket)
+        .args(args)
+        .arg(file)
+        .env_remove("VXNET_SOCKET")
+        .output()
+        .unwrap()
+}
+
 /// A refused capture changes nothing: the `-w` file keeps its contents
-/// (the file is opened only after the dataplane's `start`).
+/// (it is emptied only after the dataplane's `start`).
 #[test]
 fn refused_capture_leaves_the_file_untouched() {
     let fake = Fake::new(|_| {
@@ -296,15 +309,7 @@ fn refused_capture_leaves_the_file_untouched() {
     });
     let keep = fake._dir.0.join("keep.txt");
     std::fs::write(&keep, "precious\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_vxnet"))
-        .arg("capture")
-        .arg("--socket")
-        .arg(&fake.socket)
-        .args(["--endpoint", "10.0.1.9", "-c", "5", "-w"])
-        .arg(&keep)
-        .env_remove("VXNET_SOCKET")
-        .output()
-        .unwrap();
+    let out = capture(&fake, &["--endpoint", "10.0.1.9", "-c", "5", "-w"], &keep);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("no local endpoint"),
@@ -315,15 +320,7 @@ fn refused_capture_leaves_the_file_untouched() {
     assert!(matches!(fake.seen().as_slice(), [Request::Capture(_)]));
     // A file that did not exist is not left behind, empty.
     let new = fake._dir.0.join("new.pcapng");
-    let out = Command::new(env!("CARGO_BIN_EXE_vxnet"))
-        .arg("capture")
-        .arg("--socket")
-        .arg(&fake.socket)
-        .args(["--endpoint", "10.0.1.9", "-w"])
-        .arg(&new)
-        .env_remove("VXNET_SOCKET")
-        .output()
-        .unwrap();
+    let out = capture(&fake, &["--endpoint", "10.0.1.9", "-w"], &new);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(!new.exists());
 }
@@ -335,15 +332,7 @@ fn refused_capture_leaves_the_file_untouched() {
 fn capture_to_a_missing_directory_asks_nothing() {
     let fake = Fake::new(|_| panic!("the dataplane must not be asked"));
     let file = fake._dir.0.join("missing/out.pcapng");
-    let out = Command::new(env!("CARGO_BIN_EXE_vxnet"))
-        .arg("capture")
-        .arg("--socket")
-        .arg(&fake.socket)
-        .args(["--vni", "4096", "-w"])
-        .arg(&file)
-        .env_remove("VXNET_SOCKET")
-        .output()
-        .unwrap();
+    let out = capture(&fake, &["--vni", "4096", "-w"], &file);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
