@@ -151,6 +151,22 @@ fn parse_stream_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// `--max-bytes`: a number of bytes, or one with a binary multiple
+/// (`64K`, `64M`, `1G`, also `64MiB`), 1 to `MAX_CAPTURE_BYTES` (1 GiB).
+fn parse_max_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let n = parse_size::Config::new()
+        .with_binary()
+        .parse_size(s)
+        .map_err(|e| format!("{s:?} is not a size such as 1000000, 64M or 1G ({e})"))?;
+    if n == 0 || n > MAX_CAPTURE_BYTES {
+        return Err(format!(
+            "{s} is outside 1 byte to 1G ({MAX_CAPTURE_BYTES} bytes)"
+        ));
+    }
+    Ok(n)
+}
+
 /// `10s`, `500ms`, `2m`, `1h`, or a number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -182,10 +198,9 @@ pub struct CaptureArgs {
     /// Both views (the default).
     #[arg(long)]
     pub both: bool,
-    /// Stop after this many bytes of packets (64 MiB by default, at most
-    /// 1 GiB).
-    #[arg(long, value_name = "BYTES",
-          value_parser = clap::value_parser!(u64).range(1..=MAX_CAPTURE_BYTES))]
+    /// Stop after this many bytes of packets (`1000000`, `64M`, `1G`:
+    /// binary multiples; 64M by default, at most 1G).
+    #[arg(long, value_name = "BYTES", value_parser = parse_max_bytes)]
     pub max_bytes: Option<u64>,
     /// Bytes kept of each packet (65535 by default, 64 to 262144).
     #[arg(long, value_name = "BYTES",
@@ -482,6 +497,13 @@ mod tests {
             parse_stream_duration("1h").unwrap(),
             Duration::from_secs(3600)
         );
+        assert_eq!(parse_max_bytes("64M"), Ok(64 << 20));
+        assert_eq!(parse_max_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_max_bytes("1G"), Ok(MAX_CAPTURE_BYTES));
+        assert_eq!(parse_max_bytes("150"), Ok(150));
+        for bad in ["0", "2G", "lots", "", "-5"] {
+            assert!(parse_max_bytes(bad).is_err(), "{bad}");
+        }
         let long = parse_stream_duration("61m").unwrap_err();
         assert!(long.contains("61m") && long.contains("1h"), "{long}");
     }
