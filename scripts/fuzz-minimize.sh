@@ -30,7 +30,9 @@ for t in "$@"; do
     fi
     rm -rf "${tmp:?}"/*
     mkdir "$tmp/keep" "$tmp/old"
-    cp corpus/"$t"/seed-* "$tmp/keep/"
+    # Seeds are every checked-in input not named min-* (seed-*, and
+    # trace_dry_run's tap-seed-*/wire-seed-*).
+    find corpus/"$t" -maxdepth 1 -type f ! -name 'min-*' -exec cp {} "$tmp/keep/" \;
     find corpus/"$t" -maxdepth 1 -name 'min-*' -exec cp {} "$tmp/old/" \;
     before=$(find "$tmp/old" -type f | wc -l)
     scratch=()
@@ -47,9 +49,14 @@ for t in "$@"; do
     for f in "$tmp/keep"/*; do
         name=${f##*/}
         case "$name" in
-        seed-*) ;;
         min-*) cp "$f" corpus/"$t"/"$name"; after=$((after + 1)) ;;
-        *) cp "$f" corpus/"$t"/min-"$name"; after=$((after + 1)) ;;
+        # What the merge added, named by the SHA-1 of its contents.
+        [0-9a-f][0-9a-f][0-9a-f][0-9a-f]*)
+            if [ "${#name}" -eq 40 ]; then
+                cp "$f" corpus/"$t"/min-"$name"
+                after=$((after + 1))
+            fi ;;
+        *) ;;  # a seed
         esac
     done
     summary=$(grep -o 'MERGE-OUTER: [0-9]* new files.*' "$tmp/merge.log" | tail -n 1 || true)
