@@ -98,7 +98,6 @@ impl Dataplane {
                 })))
             },
             |w: &Commander| w.send(Command::Capture(None)),
-            duration,
             count,
         );
         let local_vtep = self.cfg.local_vtep;
@@ -157,7 +156,6 @@ impl Dataplane {
                 })))
             },
             |w: &Commander| w.send(Command::Live(None)),
-            duration,
             count,
         );
         Ok(Reply::Stream(Box::new(std::iter::from_fn(move || {
@@ -248,8 +246,12 @@ pub(super) type SlotState = Arc<(Mutex<Option<Instant>>, Condvar)>;
 /// stream may still hold the slot for up to [`STREAM_IDLE_CHECK`].
 const SLOT_GRACE: Duration = Duration::from_millis(STREAM_IDLE_CHECK.as_millis() as u64 + 150);
 
-/// One running stream of a kind; freed when the stream goes.
-struct Slot(SlotState);
+/// One running stream of a kind, until `deadline`; freed when the
+/// stream goes.
+struct Slot {
+    state: SlotState,
+    deadline: Instant,
+}
 
 impl Slot {
     /// Takes the slot for a stream of at most `duration`, waiting up to
@@ -272,14 +274,18 @@ impl Slot {
                 ),
             ));
         }
-        *running = Some(Instant::now() + duration);
-        Ok(Slot(Arc::clone(state)))
+        let deadline = Instant::now() + duration;
+        *running = Some(deadline);
+        Ok(Slot {
+            state: Arc::clone(state),
+            deadline,
+        })
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let (running, freed) = &*self.0;
+        let (running, freed) = &*self.state;
         *running.lock().unwrap_or_else(|e| e.into_inner()) = None;
         freed.notify_all();
     }
@@ -301,10 +307,10 @@ struct Stream<T, F: Fn(&Commander)> {
     state: Arc<StreamState>,
     workers: Vec<Commander>,
     stop: F,
-    deadline: Instant,
+    /// Held while the stream runs; its deadline ends the stream.
+    slot: Slot,
     count: u64,
     left: u64,
-    _slot: Slot,
     started: bool,
     ended: bool,
 }
@@ -312,14 +318,13 @@ struct Stream<T, F: Fn(&Commander)> {
 impl<T, F: Fn(&Commander)> Stream<T, F> {
     /// Installs a tap on every worker (`tap` makes each one's command from
     /// its end of a shared bounded queue and the shared state) and streams
-    /// what they send for `duration` or `count` items; `stop` takes the
-    /// taps out again when the stream ends or is dropped.
+    /// what they send until the slot's deadline or `count` items; `stop`
+    /// takes the taps out again when the stream ends or is dropped.
     fn start(
         slot: Slot,
         workers: Vec<Commander>,
         tap: impl Fn(Sender<T>, Arc<StreamState>) -> Command,
         stop: F,
-        duration: Duration,
         count: u64,
     ) -> Self {
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
@@ -332,10 +337,9 @@ impl<T, F: Fn(&Commander)> Stream<T, F> {
             state,
             workers,
             stop,
-            deadline: Instant::now() + duration,
+            slot,
             count,
             left: count,
-            _slot: slot,
             started: false,
             ended: false,
         }
@@ -349,13 +353,15 @@ impl<T, F: Fn(&Commander)> Stream<T, F> {
         if self.left == 0 {
             return Some(Next::End(self.end("count")));
         }
-        let wait = self.deadline.saturating_duration_since(Instant::now());
+        let wait = self.slot.deadline.saturating_duration_since(Instant::now());
         match self.rx.recv_timeout(wait.min(STREAM_IDLE_CHECK)) {
             Ok(item) => {
                 self.left -= 1;
                 Some(Next::Item(item))
             }
-            Err(RecvTimeoutError::Timeout) if Instant::now() < self.deadline => Some(Next::Idle),
+            Err(RecvTimeoutError::Timeout) if Instant::now() < self.slot.deadline => {
+                Some(Next::Idle)
+            }
             Err(_) => Some(Next::End(self.end("duration"))),
         }
     }
