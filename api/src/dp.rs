@@ -115,6 +115,14 @@ pub struct Detach {
     pub target: DetachTarget,
 }
 
+/// Whether `ip` can be a host's address on the underlay, so a VTEP: not
+/// unspecified, multicast or the IPv4 limited broadcast. The CLI and the
+/// dataplane refuse the rest for `peer_add` and `flood_add`.
+pub fn is_host_address(ip: IpAddr) -> bool {
+    let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    !(ip.is_unspecified() || ip.is_multicast() || broadcast)
+}
+
 /// `peer_add`: a remote endpoint, `mac` with `ips` behind `vtep`.
 ///
 /// Adds `ips` to what the FDB holds for `mac` (an endpoint's IPv6 address

@@ -235,8 +235,8 @@ pub fn run(args: &CaptureArgs) -> Result<u8, CliError> {
         .collect();
     let snaplen = req.snaplen.unwrap_or(65_535);
     let mut stream = s.dataplane()?.stream(req)?;
-    // A refused request changes nothing: the file is created (or
-    // truncated) only once the dataplane has accepted the capture.
+    // A refused request changes nothing: the file, opened above, is
+    // emptied only once the dataplane has accepted the capture.
     let local_vtep = match stream.next() {
         Some(Ok(CaptureMsg::Start { local_vtep })) => local_vtep,
         Some(Err(e)) => return Err(e.into()),

@@ -638,8 +638,7 @@ pub fn parse_vtep(s: &str) -> Result<IpAddr, String> {
     let ip: IpAddr = s
         .parse()
         .map_err(|_| format!("'{s}' is not an IPv4 or IPv6 address"))?;
-    let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
-    if ip.is_unspecified() || ip.is_multicast() || broadcast {
+    if !vxnet_api::dp::is_host_address(ip) {
         return Err(format!(
             "{ip} cannot be a VTEP; give the remote host's unicast address"
         ));

@@ -1301,8 +1301,7 @@ fn remote_vtep(local: IpAddr, vtep: IpAddr) -> R<()> {
             "VTEP {vtep} is this dataplane's own address; a peer lives behind another host"
         )));
     }
-    let broadcast = matches!(vtep, IpAddr::V4(v4) if v4.is_broadcast());
-    if vtep.is_unspecified() || vtep.is_multicast() || broadcast {
+    if !vxnet_api::dp::is_host_address(vtep) {
         return Err(ApiError::invalid(format!(
             "VTEP {vtep} is not a unicast host address; give the peer host's underlay address"
         )));
