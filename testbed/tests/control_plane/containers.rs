@@ -260,6 +260,20 @@ fn container_lifecycle_mtu_and_dual_stack() -> Result<()> {
         logs().contains("hello-from-talker")
     })?;
     tb.wait_reachable(&d1.netns, &talker.ipv4, Duration::from_secs(10))?;
+    // The embedded DNS on the other host answers the name only while the
+    // container runs (Docker drops a stopped container's records).
+    let resolve = |name: &str| -> String {
+        tb.exec_timeout(
+            &d1.netns,
+            &["dig", "+short", "+time=2", "+tries=1", name, "A"],
+            Duration::from_secs(10),
+        )
+        .map(|o| o.stdout.trim().to_owned())
+        .unwrap_or_default()
+    };
+    within(Duration::from_secs(10), "talker resolved on host1", || {
+        resolve("talker") == talker.ipv4
+    })?;
     ok(c2, &["container", "stop", "-t", "1", "talker"])?;
     let v = ok_json(c2, &["container", "inspect", "talker"])?;
     assert_eq!(v[0]["state"], "stopped", "{v}");
@@ -268,8 +282,16 @@ fn container_lifecycle_mtu_and_dual_stack() -> Result<()> {
         "{}",
         endpoints(&tb, 2)
     );
+    within(
+        Duration::from_secs(10),
+        "no answer for stopped talker",
+        || resolve("talker").is_empty(),
+    )?;
     ok(c2, &["container", "start", "talker"])?;
     tb.wait_reachable(&d1.netns, &talker.ipv4, Duration::from_secs(10))?;
+    within(Duration::from_secs(10), "talker resolved again", || {
+        resolve("talker") == talker.ipv4
+    })?;
     within(Duration::from_secs(5), "talker's second output", || {
         logs().matches("hello-from-talker").count() == 2
     })?;

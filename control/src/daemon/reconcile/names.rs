@@ -40,10 +40,11 @@ impl Live {
         Live(set)
     }
 
-    /// Whether `c` counts on `network`: a standalone container always
-    /// (while it is not being removed), a task when alive there.
+    /// Whether `c` counts on `network`: a standalone container while it
+    /// is meant to run (a stopped one has no endpoint, so Docker drops its
+    /// names until `container start`), a task when alive there.
     pub fn counts(&self, c: &Container, network: &str) -> bool {
-        if c.desired == DesiredState::Removed {
+        if c.desired != DesiredState::Running {
             return false;
         }
         match (&c.task, c.attachment(network)) {
@@ -294,7 +295,7 @@ mod tests {
     }
 
     #[test]
-    fn a_local_running_task_is_live_and_a_removed_container_is_not() {
+    fn a_local_running_task_is_live_and_a_stopped_or_removed_container_is_not() {
         let t = container("t3", "web.3.t3", "10.0.1.5", Some("s1"));
         let live = Live::new(&GossipView::default(), "192.0.2.1".parse().unwrap(), &[&t]);
         assert!(live.counts(&t, "n1"));
@@ -302,5 +303,14 @@ mod tests {
         gone.desired = DesiredState::Removed;
         assert!(!live.counts(&gone, "n1"));
         assert!(!live.counts(&t, "n2"), "not on that network");
+        let mut c = container("c8", "db", "10.0.1.8", None);
+        assert!(
+            live.counts(&c, "n1"),
+            "a standalone container needs no announcement"
+        );
+        c.desired = DesiredState::Stopped;
+        assert!(!live.counts(&c, "n1"), "stopped: no endpoint, no name");
+        let (e, _) = dns_entries(&[&net()], &[c], &[], &live);
+        assert!(e.is_empty(), "{e:?}");
     }
 }
