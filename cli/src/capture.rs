@@ -48,8 +48,10 @@ pub struct Scope {
     pub container: Option<String>,
     /// Stop after this many packets (`trace --live`: events; 1000 by
     /// default for both, at most 10,000,000).
-    #[arg(short = 'c', long, value_name = "COUNT",
-          value_parser = clap::value_parser!(u64).range(1..=MAX_COUNT))]
+    // Parsed through i64 with negative numbers allowed, so `-c -5` is
+    // told the range rather than "unexpected argument '-5'".
+    #[arg(short = 'c', long, value_name = "COUNT", allow_negative_numbers = true,
+          value_parser = clap::builder::RangedI64ValueParser::<u64>::new().range(1..=MAX_COUNT as i64))]
     pub count: Option<u64>,
     /// Stop after this long (`10s`, `2m`; 1ms to 1h; 60s by default).
     #[arg(long, value_parser = parse_stream_duration, value_name = "DURATION")]
@@ -200,10 +202,10 @@ pub struct CaptureArgs {
     pub both: bool,
     /// Stop after this many bytes of packets (`1000000`, `64M`, `1G`:
     /// binary multiples; 64M by default, at most 1G).
-    #[arg(long, value_name = "BYTES", value_parser = parse_max_bytes)]
+    #[arg(long, value_name = "BYTES", value_parser = parse_max_bytes, allow_negative_numbers = true)]
     pub max_bytes: Option<u64>,
     /// Bytes kept of each packet (65535 by default, 64 to 262144).
-    #[arg(long, value_name = "BYTES",
+    #[arg(long, value_name = "BYTES", allow_negative_numbers = true,
           value_parser = clap::value_parser!(u32).range(i64::from(MIN_SNAPLEN)..=i64::from(MAX_SNAPLEN)))]
     pub snaplen: Option<u32>,
     /// The pcapng file to write; `-` writes to stdout.

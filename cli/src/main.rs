@@ -598,6 +598,10 @@ mod tests {
         for (args, flag) in [
             (&["capture", "-c", "0", "-w", "x"][..], "--count"),
             (&["capture", "-c", "10000001", "-w", "x"], "--count"),
+            (&["capture", "-c", "-5", "-w", "x"], "--count"),
+            (&["trace", "--live", "-c", "-1"], "--count"),
+            (&["capture", "--max-bytes", "-1", "-w", "x"], "--max-bytes"),
+            (&["capture", "--snaplen", "-64", "-w", "x"], "--snaplen"),
             (&["trace", "--live", "-c", "0"], "--count"),
             (&["capture", "--max-bytes", "0", "-w", "x"], "--max-bytes"),
             (
