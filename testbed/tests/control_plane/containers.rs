@@ -287,6 +287,14 @@ fn container_lifecycle_mtu_and_dual_stack() -> Result<()> {
         "no answer for stopped talker",
         || resolve("talker").is_empty(),
     )?;
+    // Its endpoint is withdrawn from the other host's FDB too, so a packet
+    // for it stops at the sender (`tap/no_receivers`), not on the wire.
+    within(
+        Duration::from_secs(10),
+        "talker's MAC gone from host1",
+        || !fdb(&tb, 1).iter().any(|e| e["mac"] == talker.mac.as_str()),
+    )
+    .with_context(|| format!("{:?}", fdb(&tb, 1)))?;
     ok(c2, &["container", "start", "talker"])?;
     tb.wait_reachable(&d1.netns, &talker.ipv4, Duration::from_secs(10))?;
     within(Duration::from_secs(10), "talker resolved again", || {
