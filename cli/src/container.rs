@@ -286,11 +286,7 @@ pub fn run(args: &ContainerArgs, out: &mut dyn Write) -> Result<u8, CliError> {
                     c.name.clone(),
                     c.status(),
                     c.pid.map_or("-".into(), |p| p.to_string()),
-                    c.networks
-                        .iter()
-                        .map(|n| format!("{}:{}={}", n.network, n.ifname, n.ipv4))
-                        .collect::<Vec<_>>()
-                        .join(","),
+                    networks_cell(&c.networks),
                 ]);
             }
             write(out, &t.render())?;
@@ -343,5 +339,51 @@ pub fn run(args: &ContainerArgs, out: &mut dyn Write) -> Result<u8, CliError> {
             write(out, &l.text)?;
             Ok(0)
         }
+    }
+}
+
+/// `container ls`'s NETWORKS cell: `NETWORK:IFNAME=IPV4[,IPV6]` per
+/// network, networks separated by a space.
+fn networks_cell(networks: &[vxnet_api::ctl::AttachmentView]) -> String {
+    networks
+        .iter()
+        .map(|n| match n.ipv6 {
+            Some(v6) => format!("{}:{}={},{v6}", n.network, n.ifname, n.ipv4),
+            None => format!("{}:{}={}", n.network, n.ifname, n.ipv4),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_networks_cell_shows_both_families() {
+        let v4 = vxnet_api::ctl::AttachmentView {
+            network_id: "n1".into(),
+            network: "front".into(),
+            ifname: "eth0".into(),
+            ipv4: "10.0.1.3".parse().unwrap(),
+            prefix: 24,
+            ipv6: None,
+            mac: "02:42:0a:00:01:03".parse().unwrap(),
+            gateway: "10.0.1.1".parse().unwrap(),
+            mtu: 1450,
+            aliases: Vec::new(),
+        };
+        let dual = vxnet_api::ctl::AttachmentView {
+            network: "dual".into(),
+            ifname: "eth1".into(),
+            ipv4: "10.96.0.2".parse().unwrap(),
+            ipv6: Some("fd96::2".parse().unwrap()),
+            ..v4.clone()
+        };
+        assert_eq!(
+            networks_cell(&[v4, dual]),
+            "front:eth0=10.0.1.3 dual:eth1=10.96.0.2,fd96::2"
+        );
+        assert_eq!(networks_cell(&[]), "");
     }
 }
