@@ -272,7 +272,7 @@ fn translated(n: &Note) -> [Option<IpAddr>; 2] {
         Note::Egress { from, addr, .. } => [Some(from), Some(addr)],
         Note::EgressReply { addr } => [Some(addr), None],
         Note::Published { backend, .. } => [Some(backend), None],
-        Note::ReverseNat { vip } => [Some(vip), None],
+        Note::ReverseNat { vip } | Note::Hairpin { vip } => [Some(vip), None],
         Note::ToHost { mesh, backend, .. } => [Some(mesh), Some(backend)],
         _ => [None, None],
     }

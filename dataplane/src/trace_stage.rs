@@ -59,7 +59,7 @@ pub fn fix(d: Drop) -> &'static str {
             "broadcast and unknown unicast exceed the network's flood rate: find the sender that floods, or raise the rate"
         }
         ("tap", "same_port") => {
-            "the destination MAC is behind the port the frame came from: the container sends to itself through the bridge, check its neighbour cache"
+            "the destination MAC is behind the port the frame came from: the container sends to its own MAC, check its neighbour cache (`ip neigh` in it)"
         }
         ("tap", "no_sa") => {
             "no established SA with the destination's host: both hosts need each other's key (`vxnet dp vtep ls` on both; `vxnet node ls` shows both Ready)"
@@ -76,6 +76,9 @@ pub fn fix(d: Drop) -> &'static str {
         }
         ("lb", "conntrack_full") => {
             "the conntrack table is full of live connections: raise --conntrack-size"
+        }
+        ("lb", "hairpin_port") => {
+            "a task connects to its own service's VIP from the service's port: connect from another (an ephemeral) source port"
         }
         ("lb", _) => "only TCP, UDP and ping to a VIP are balanced, unfragmented",
         ("wire", "unknown_vni") => {

@@ -433,6 +433,20 @@ fn replicated_service_balances_resolves_scales_and_heals() -> Result<()> {
     for (task, n) in &counts {
         assert!(*n >= 60, "{task} got {n} of 300: {counts:?}");
     }
+    // A task connects to its own service: balanced over every task, itself
+    // included (hairpin NAT), as in Docker.
+    let (me, node, _) = tasks.first().context("a task")?.clone();
+    let me_ns = sw.on(&node)?.json(&["container", "inspect", &me])?[0]["netns"]
+        .as_str()
+        .context("netns")?
+        .to_owned();
+    let (counts, errors) = sw.connect(&me_ns, "web", 60)?;
+    assert!(errors.is_empty(), "from {me} to its own VIP: {errors}");
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert!(
+        counts.contains_key(&me),
+        "{me} never reached itself: {counts:?}"
+    );
 
     // A long-lived connection to a task that survives scaling to 2.
     let to: SocketAddr = SocketAddr::new(vip.parse::<IpAddr>()?, 7000);

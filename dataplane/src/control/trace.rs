@@ -578,6 +578,13 @@ fn report(host: &str, run: &TraceRun, names: &[(PortId, String)]) -> TraceReport
             Note::Endpoint { mac, port } => {
                 push(S::Endpoint, Pass, format!("{mac} is {}", name(*port)))
             }
+            Note::Hairpin { vip } => push(
+                S::Vip,
+                Pass,
+                format!(
+                    "the sender is its own backend: source rewritten to VIP {vip} too (hairpin NAT), so that its reply comes back through the dataplane"
+                ),
+            ),
             Note::ReverseNat { vip } => push(
                 S::Vip,
                 Pass,

@@ -132,6 +132,14 @@ fn frame_dst_is_vip(table: &VniTable, frame: &[u8]) -> bool {
     dst.is_some_and(|d| table.services.contains_key(&d))
 }
 
+/// True if `backend` is the sender of packet `p` (parsed from `frame`):
+/// its address and its MAC, which anti-spoofing checked is the TAP's.
+/// (A container that borrows a backend's address gets no hairpin: its
+/// packet goes to the backend, which drops it as a martian.)
+fn is_sender(backend: &Backend, p: &nat::L4, frame: &[u8]) -> bool {
+    backend.ip == p.src && MacAddr::src_of(frame) == Some(backend.mac)
+}
+
 impl Ctx {
     /// Expires the next slice of the conntrack table, at most every 50 ms,
     /// and drops flows to VIPs that are no longer services in `fdb`
@@ -220,6 +228,20 @@ impl Ctx {
             return Vip::Done;
         }
         let key = flow_key(vni, &p);
+        if self.hairpin_reply(&key, &p, port, hdr, frame, out) {
+            return Vip::Done;
+        }
+        if p.sport == p.dport
+            && svc
+                .find(p.src)
+                .and_then(|i| svc.backends().get(usize::from(i)))
+                .is_some_and(|b| is_sender(b, &p, frame))
+        {
+            // Balanced back to itself, this flow's replies would carry its
+            // own forward key.
+            self.stats.dropped(Drop::LbHairpinPort);
+            return Vip::Done;
+        }
         let Some((backend, flow)) = self.track(svc, &key, p.tcp_flags) else {
             if svc.backends().is_empty() {
                 self.refuse(port, frame, &p, svc.mac(), out);
@@ -236,6 +258,9 @@ impl Ctx {
                 backends: svc.backends().len(),
             }
         );
+        if is_sender(backend, &p, frame) {
+            return self.hairpin(&p, backend.mac, port, hdr, frame, out);
+        }
         if nat::rewrite(frame, &p, Side::Dst, backend.ip, None, hdr.needs_csum()).is_err() {
             self.stats.dropped(Drop::LbMalformed);
             return Vip::Done;
@@ -243,6 +268,99 @@ impl Ctx {
         nat::set_dst_mac(frame, backend.mac);
         self.stats.inc(Counter::LbDnat);
         Vip::Forward(backend.mac)
+    }
+
+    /// A packet `p` of a task to its own service's VIP that was balanced
+    /// to the task itself, as Docker allows (its IPVS runs in the task's
+    /// own namespace). Translating the destination alone would hand the
+    /// task a packet from its own address (a martian, dropped) whose
+    /// reply would never leave it. So the source becomes the VIP as well
+    /// (hairpin NAT, as kube-proxy's masquerade does), and the packet goes
+    /// back to the port it came from, to the task's own MAC. Its replies,
+    /// to the VIP, come back through [`Ctx::hairpin_reply`].
+    fn hairpin(
+        &mut self,
+        p: &nat::L4,
+        mac: MacAddr,
+        port: PortId,
+        hdr: &VnetHdr,
+        frame: &mut [u8],
+        out: &mut Outputs,
+    ) -> Vip {
+        let partial = hdr.needs_csum();
+        // Swapped: the client is the backend, the VIP the new source.
+        if nat::rewrite(frame, p, Side::Src, p.dst, None, partial).is_err()
+            || nat::rewrite(frame, p, Side::Dst, p.src, None, partial).is_err()
+        {
+            self.stats.dropped(Drop::LbMalformed);
+            return Vip::Done;
+        }
+        nat::set_src_mac(frame, vip_mac(p.dst));
+        nat::set_dst_mac(frame, mac);
+        self.stats.inc(Counter::LbDnat);
+        note!(self.rec, Note::Hairpin { vip: p.dst });
+        self.send_back(port, hdr, frame, out);
+        Vip::Done
+    }
+
+    /// A reply (task → VIP) of a hairpin flow, if `key` is one: translated
+    /// to come from the VIP and go to the task's own address and MAC, and
+    /// sent back to `port`. False (and `frame` untouched) for any other
+    /// packet.
+    fn hairpin_reply(
+        &mut self,
+        key: &FlowKey,
+        p: &nat::L4,
+        port: PortId,
+        hdr: &VnetHdr,
+        frame: &mut [u8],
+        out: &mut Outputs,
+    ) -> bool {
+        let (now, stats, lb) = (self.now, &*self.stats, &mut self.lb);
+        let Some(ct) = lb.conntrack.as_mut() else {
+            return false;
+        };
+        let Some((id, Dir::Reply)) = lookup(ct, &mut lb.recent, key, now, stats) else {
+            return false;
+        };
+        if !ct.flow(id).is_hairpin() {
+            return false;
+        }
+        if !self.rec.as_ref().is_some_and(|r| r.dry_run) {
+            ct.update(id, Dir::Reply, p.tcp_flags, now);
+        }
+        let vip = ct.flow(id).key.dst;
+        note!(self.rec, Note::ReverseNat { vip });
+        let Some(task_mac) = MacAddr::src_of(frame) else {
+            self.stats.dropped(Drop::LbMalformed);
+            return true;
+        };
+        let partial = hdr.needs_csum();
+        // Swapped back: from the VIP, to the task's own address.
+        if nat::rewrite(frame, p, Side::Src, vip, None, partial).is_err()
+            || nat::rewrite(frame, p, Side::Dst, p.src, None, partial).is_err()
+        {
+            self.stats.dropped(Drop::LbMalformed);
+            return true;
+        }
+        nat::set_src_mac(frame, vip_mac(vip));
+        nat::set_dst_mac(frame, task_mac);
+        self.stats.inc(Counter::LbReverseNat);
+        self.send_back(port, hdr, frame, out);
+        true
+    }
+
+    /// Writes a hairpinned `frame` to the port it came from.
+    fn send_back(&mut self, port: PortId, hdr: &VnetHdr, frame: &[u8], out: &mut Outputs) {
+        self.stats.inc(Counter::LbHairpin);
+        note!(
+            self.rec,
+            Note::TapTx {
+                port,
+                len: frame.len()
+            }
+        );
+        out.tap(port).push_as_is(hdr, frame);
     }
 
     /// The backend of flow `key` (a packet to the VIP of `svc` with TCP

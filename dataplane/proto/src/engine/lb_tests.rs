@@ -784,3 +784,147 @@ fn trace_to_a_vip_picks_without_tracking() {
     assert_eq!(run.drops, vec![Drop::LbNoBackend]);
     assert_eq!(run.delivered.len(), 1, "the reset");
 }
+
+/// Sends `frame` from `port` with a partial checksum when `offload` (as a
+/// TAP with checksum offload hands it over); returns the TAP writes, their
+/// checksums completed and checked.
+fn send_local(h: &mut Host, port: PortId, frame: &[u8], offload: bool) -> Vec<(PortId, Vec<u8>)> {
+    let mut f = frame.to_vec();
+    let mut pkt = vec![0u8; vnet::LEN];
+    if offload {
+        let p = nat::parse(&f).unwrap();
+        partial(&mut f, &p).emit(&mut pkt);
+    }
+    pkt.extend_from_slice(&f);
+    h.e.from_tap(port, &mut pkt, &mut h.out);
+    h.written()
+        .into_iter()
+        .map(|(port, whdr, mut frame)| {
+            assert_eq!(whdr.needs_csum(), offload);
+            complete_checksum(&whdr, &mut frame).unwrap();
+            assert_valid(&frame);
+            (port, frame)
+        })
+        .collect()
+}
+
+#[test]
+fn a_task_reaches_its_own_vip_through_a_hairpin() {
+    for (vip, task, offload) in [
+        ("10.0.0.100", "10.0.0.2", false),
+        ("fd00::100", "fd00::2", true),
+    ] {
+        let mut fdb = table(&[]);
+        let only_a = vec![Backend {
+            ip: ip(task),
+            mac: A,
+        }];
+        fdb.set_service(
+            vni(),
+            Arc::new(Service::new(ip(vip), only_a, 16_381).unwrap()),
+        )
+        .unwrap();
+        let mut h = Host::new(fdb, ConntrackConfig::default());
+        // `vxnet trace` says so, and tracks nothing.
+        let mut pkt = vec![0u8; vnet::LEN];
+        pkt.extend_from_slice(&to_vip(vip, 42_000, Tcp::Syn));
+        let run = h.e.trace_tap(0, &mut pkt);
+        assert!(run.drops.is_empty(), "{run:?}");
+        assert!(
+            run.notes
+                .contains(&super::trace::Note::Hairpin { vip: ip(vip) }),
+            "{run:?}"
+        );
+        assert!(
+            run.notes
+                .iter()
+                .any(|n| matches!(n, super::trace::Note::TapTx { port: 0, .. })),
+            "{run:?}"
+        );
+        assert_eq!(h.e.flows().count(), 0);
+        // A is the service's only task: its SYN to the VIP comes back to
+        // it from the VIP.
+        let back_to_a = |h: &mut Host, frame: &[u8], sport: u16, dport: u16| {
+            let w = send_local(h, 0, frame, offload);
+            assert_eq!(w.len(), 1, "{vip}");
+            let (port, frame) = &w[0];
+            assert_eq!(*port, 0, "back to the task's own port");
+            let p = nat::parse(frame).unwrap();
+            assert_eq!(
+                (p.src, p.dst, p.sport, p.dport),
+                (ip(vip), ip(task), sport, dport)
+            );
+            assert_eq!(MacAddr::src_of(frame), Some(vip_mac(ip(vip))));
+            assert_eq!(MacAddr::dst_of(frame), Some(A));
+        };
+        back_to_a(&mut h, &to_vip(vip, 42_000, Tcp::Syn), 42_000, 80);
+        // The task answers the VIP: the reply reaches the connecting
+        // socket from the VIP's port.
+        let reply = tcp(A, vip_mac(ip(vip)), task, vip, 80, 42_000, Tcp::SynAck);
+        back_to_a(&mut h, &reply, 80, 42_000);
+        // The rest of the connection follows the same flow.
+        assert_eq!(
+            send_local(&mut h, 0, &to_vip(vip, 42_000, Tcp::Ack), offload).len(),
+            1
+        );
+        let flows: Vec<_> = h.e.flows().collect();
+        assert_eq!(flows.len(), 1);
+        assert_eq!(flows[0].state.name(), "established");
+        assert_eq!(flows[0].packets, [2, 1]);
+        assert_eq!(h.stat(Counter::LbHairpin), 3);
+        assert_eq!(h.stat(Counter::LbDnat), 2);
+        assert_eq!(h.stat(Counter::LbReverseNat), 1);
+        assert_eq!(h.drops(Drop::TapSamePort), 0);
+
+        // From the service's own port, the reply would carry the request's
+        // key: refused, counted, and nothing tracked.
+        let same = tcp(A, vip_mac(ip(vip)), task, vip, 80, 80, Tcp::Syn);
+        assert!(send_local(&mut h, 0, &same, offload).is_empty());
+        assert_eq!(h.drops(Drop::LbHairpinPort), 1);
+        assert_eq!(h.e.flows().count(), 1);
+    }
+}
+
+#[test]
+fn another_client_of_a_tasks_vip_is_not_hairpinned() {
+    let mut h = Host::with(&[("10.0.0.100", &["10.0.0.2"])]);
+    let from_l = |sport: u16| {
+        let (l, vip) = ("10.0.0.21", "10.0.0.100");
+        tcp(mac_of(l), vip_mac(ip(vip)), l, vip, sport, 80, Tcp::Syn)
+    };
+    // L (port 1) connects to the VIP whose only task is A.
+    let w = send_local(&mut h, 1, &from_l(43_000), false);
+    assert_eq!(w.len(), 1);
+    let p = nat::parse(&w[0].1).unwrap();
+    assert_eq!(w[0].0, 0, "to the task's port");
+    assert_eq!(
+        (p.src, p.dst),
+        (ip("10.0.0.21"), ip("10.0.0.2")),
+        "source kept"
+    );
+    // From port 80 too: only a task's own flows are refused that way.
+    assert_eq!(send_local(&mut h, 1, &from_l(80), false).len(), 1);
+    assert_eq!(h.stat(Counter::LbHairpin), 0);
+    assert_eq!(h.drops(Drop::LbHairpinPort), 0);
+    // A borrowing the address of L, the VIP's only backend: sent to L as
+    // any client's packet would be, not back to A.
+    let mut h = Host::with(&[("10.0.0.101", &["10.0.0.21"])]);
+    let mut borrowed = from_l(44_000);
+    nat::set_src_mac(&mut borrowed, A);
+    let p = nat::parse(&borrowed).unwrap();
+    nat::rewrite(
+        &mut borrowed,
+        &p,
+        nat::Side::Dst,
+        ip("10.0.0.101"),
+        None,
+        false,
+    )
+    .unwrap();
+    nat::set_dst_mac(&mut borrowed, vip_mac(ip("10.0.0.101")));
+    let w = send_local(&mut h, 0, &borrowed, false);
+    assert_eq!(w.len(), 1);
+    assert_eq!(w[0].0, 1, "to L's port");
+    assert_eq!(nat::parse(&w[0].1).unwrap().src, ip("10.0.0.21"));
+    assert_eq!(h.stat(Counter::LbHairpin), 0);
+}

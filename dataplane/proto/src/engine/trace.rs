@@ -78,6 +78,10 @@ pub enum Note {
         /// Backends the service has.
         backends: usize,
     },
+    /// Balanced back to the task that sent it ([`Note::Vip`] came
+    /// first): its source became `vip` too (hairpin NAT), and it goes back
+    /// to the port it came from.
+    Hairpin { vip: IpAddr },
     /// The FDB has no entry for the destination MAC: the frame is flooded
     /// ([`Note::Flood`]), or dropped when nobody would get it (the drop
     /// follows).

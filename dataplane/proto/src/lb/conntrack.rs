@@ -396,17 +396,31 @@ impl Flow {
     }
 
     /// The key its replies carry: backend → client on the reply VNI, from
-    /// the backend's port.
+    /// the backend's port. A hairpin flow's replies go to the VIP, the
+    /// source its packets were given (see [`Flow::is_hairpin`]).
     #[inline]
     pub fn reply_key(&self) -> FlowKey {
         FlowKey {
             vni: self.reply_vni,
             proto: self.key.proto,
             src: self.backend,
-            dst: self.key.src,
+            dst: if self.is_hairpin() {
+                self.key.dst
+            } else {
+                self.key.src
+            },
             sport: self.backend_port,
             dport: self.key.sport,
         }
+    }
+
+    /// True for a VIP flow balanced back to its own client (a task that
+    /// connects to its own service's VIP). Its packets reach the task from
+    /// the VIP (source translated too), so that the task's replies come
+    /// back through the dataplane instead of going to itself.
+    #[inline]
+    pub fn is_hairpin(&self) -> bool {
+        self.kind == FlowKind::Vip && self.backend == self.key.src
     }
 
     /// True for a TCP flow whose connection ended (a new SYN on its
