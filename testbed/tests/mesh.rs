@@ -859,6 +859,41 @@ fn containers_reach_the_outside_but_internal_networks_do_not() -> Result<()> {
         "the outside opened a connection to {egress}, plain's egress address: {}",
         r.combined()
     );
+    // Nor a container: its packet to an egress address stops in the
+    // dataplane, counted, and `vxnet trace` says so (before, it said
+    // delivered and the host's isolation rule dropped it unseen).
+    let (report, code) = common::swarm::trace_json(
+        m,
+        &[
+            "--from", "plain", "--to", &egress, "--proto", "tcp", "--dport", "5555",
+        ],
+    )?;
+    let end = report["steps"].as_array().and_then(|a| a.last());
+    ensure!(
+        report["verdict"] == "dropped"
+            && code == Some(1)
+            && end.is_some_and(|s| s["stage"] == "gateway" && s["reason"] == "mesh/egress_address"),
+        "a trace to an egress address ends dropped at the gateway: {report:#}"
+    );
+    let egress_drops = || -> Result<u64> {
+        let v = common::swarm::dp_json(&sw.tb, 1, &["stats"])?;
+        Ok(v["drops"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|d| d["stage"] == "mesh" && d["reason"] == "egress_address")
+            .filter_map(|d| d["count"].as_u64())
+            .sum())
+    };
+    let before = egress_drops()?;
+    let r = sw.tb.exec(&plain, &["python3", "-c", &probe])?;
+    ensure!(
+        !r.success(),
+        "plain connected to {egress}: {}",
+        r.combined()
+    );
+    let after = egress_drops()?;
+    ensure!(after > before, "not counted: {before} -> {after}");
 
     // The internal network: no way out, at once (no default route).
     let r = sw

@@ -470,6 +470,16 @@ impl Ctx {
         let (Some(h), true, IpAddr::V4(src)) = (fdb.host(), table.egress, p.src) else {
             return self.stats.dropped(Drop::MeshNoEgress);
         };
+        // Another container's egress address: the host's forward chain
+        // drops every new connection into the link but the mesh address's
+        // (crate docs of the dataplane's firewall), so say it here, where
+        // it is counted and traced. The host's address and the mesh
+        // address stay reachable.
+        if let IpAddr::V4(dst) = p.dst {
+            if h.contains(dst) && dst != h.host_ip() && dst != h.mesh_ip() {
+                return self.stats.dropped(Drop::MeshEgressAddress);
+            }
+        }
         let mapped = fdb
             .egress_slot_of(vni, src)
             .filter(|i| {

@@ -556,6 +556,25 @@ fn egress_maps_the_source_one_to_one_and_back() {
     n2.tap(2, &ping(c, gw, "10.1.0.9", "192.0.2.200"));
     assert!(n2.written().is_empty());
     assert_eq!(n2.drops(Drop::MeshNoEgress), 1);
+    // An egress address (its own here) is answer-only: dropped and
+    // counted here, not left to the host's firewall.
+    n2.tap(
+        2,
+        &tcp(c, gw, "10.1.0.5", &mapped.to_string(), (50_001, 80), true),
+    );
+    assert!(n2.written().is_empty());
+    assert_eq!(n2.drops(Drop::MeshEgressAddress), 1);
+    // The host's own address and the mesh address are not.
+    for to in [h.host_ip(), h.mesh_ip()] {
+        n2.tap(
+            2,
+            &tcp(c, gw, "10.1.0.5", &to.to_string(), (50_002, 80), true),
+        );
+        let w = n2.written();
+        assert_eq!(w.len(), 1, "{to}");
+        assert_eq!(w[0].0, HOST_PORT);
+    }
+    assert_eq!(n2.drops(Drop::MeshEgressAddress), 1);
 }
 
 #[test]
