@@ -400,7 +400,9 @@ pub enum PortTo {
 
 /// `port_set`: publishes `protocol`/`published` on the host (through the
 /// host link), leading to `target` on the tasks of network `vni`, or
-/// changes where it leads. Refused without a host link.
+/// changes where it leads. Refused without a host link, when `vni` is no
+/// network here, or (ingress mode) when the VIP is no service on it: set
+/// those first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PortSet {

@@ -80,6 +80,32 @@ fn the_host_link_programs_only_its_own_table_and_removes_it() {
             assert!(e.contains("host-link set"), "{e}");
             let info = call(&d, set.clone())?;
             assert!(info.firewall_ok, "{info:?}");
+            // Refused, naming what to add, while what it leads to is
+            // missing: the network, then the VIP. Nothing is published.
+            let port_to = |vni, vip: &str| dp::PortSet {
+                protocol: PortProtocol::Tcp,
+                published: 8080,
+                target: 80,
+                vni,
+                to: PortTo::Vip(vip.parse().unwrap()),
+                owner: Owner::Control,
+            };
+            let e = call(&d, port_to(Vni::new(4097).unwrap(), "10.0.0.100")).unwrap_err();
+            assert!(e.contains("network add --vni 4097"), "{e}");
+            let e = call(&d, port_to(vni, "10.0.0.100")).unwrap_err();
+            assert!(e.contains("service set --vni 4096 --vip 10.0.0.100"), "{e}");
+            assert!(call(&d, dp::Ports {})?.is_empty());
+            let (_, table) = nft(&["list", "table", "ip", "vxnet"]);
+            assert!(!table.contains("8080"), "{table}");
+            call(
+                &d,
+                dp::ServiceSet {
+                    vni,
+                    vip: "10.0.0.100".parse().unwrap(),
+                    backends: Vec::new(),
+                    owner: Owner::Control,
+                },
+            )?;
             assert_eq!(info.mac.to_string(), "02:42:0a:00:00:02");
             // The TAP is there with its address.
             let out = Command::new("ip")

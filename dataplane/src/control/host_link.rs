@@ -346,6 +346,25 @@ impl Dataplane {
                 "the host link is not set up; ports are published through it (`vxnet dp host-link set`)",
             ));
         };
+        // What the port leads to must exist first (the control plane sets
+        // networks and services before ports, and deletes ports first).
+        {
+            let st = self.lock();
+            let Some(table) = st.fdb.vni(req.vni) else {
+                return Err(ApiError::precondition(format!(
+                    "VNI {} is not a network here: add it first (`vxnet dp network add --vni {}`)",
+                    req.vni, req.vni
+                )));
+            };
+            if let PortTo::Vip(vip) = req.to {
+                if !table.services.contains_key(&vip) {
+                    return Err(ApiError::precondition(format!(
+                        "{vip} is no service VIP on VNI {}: set the service first (`vxnet dp service set --vni {} --vip {vip}`), see `vxnet dp services`",
+                        req.vni, req.vni
+                    )));
+                }
+            }
+        }
         let to = match &req.to {
             PortTo::Vip(vip) => PublishedTo::Vip(*vip),
             PortTo::Backends(bs) => {
