@@ -942,6 +942,17 @@ fn traces_to_own_or_mistyped_addresses_are_refused() {
     let e = n.err(trace_of_icmp("c1", "nosuchname"));
     assert_eq!(e.code, ErrorCode::NotFound, "{e}");
     assert!(e.message.contains("no name on network tnet"), "{e}");
+    // The network's broadcast address: a flood, like 255.255.255.255.
+    let ip: std::net::Ipv4Addr = own.parse().unwrap();
+    let prefix = c.networks[0].prefix;
+    let net = ipnet::Ipv4Net::new(ip, prefix).unwrap();
+    let bcast = net.broadcast().to_string();
+    let e = n.err(trace_of_icmp("c1", &bcast));
+    assert_eq!(e.code, ErrorCode::InvalidArgument, "{bcast}: {e}");
+    assert!(
+        e.message.contains("broadcast address of network tnet"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -121,6 +121,17 @@ where
         };
         let (dst, dns) = self.trace_destination(&src, &scope, &r.to, &host)?;
         vxnet_api::trace::unicast_only(dst).map_err(ApiError::invalid)?;
+        // A network's broadcast address is as much a flood as
+        // 255.255.255.255 (the container sends it to ff:ff:ff:ff:ff:ff).
+        if let Some(n) = my_nets
+            .iter()
+            .find(|n| IpAddr::V4(n.ipv4.subnet.broadcast()) == dst)
+        {
+            return Err(ApiError::invalid(format!(
+                "{dst} is the broadcast address of network {}: a trace follows one unicast packet; give the address of a container, a service or a host outside",
+                n.name
+            )));
+        }
         if src.attachments.iter().any(|a| a.ips().any(|ip| ip == dst)) {
             return Err(ApiError::invalid(format!(
                 "{dst} is {}'s own address: a packet to it never leaves the container; trace to another address",
