@@ -95,6 +95,11 @@ pub fn render(r: &TraceReport) -> String {
                 .find(|s| s.verdict != StepVerdict::Pass);
             let host = last.or(r.steps.last()).map_or("", |s| s.host.as_str());
             let _ = writeln!(out, "\n{} on {host}", r.verdict);
+            // A trace cut short (another host's half did not come back)
+            // says what to check.
+            if let Some(fix) = r.steps.last().and_then(|s| s.fix.as_ref()) {
+                let _ = writeln!(out, "fix: {fix}");
+            }
         }
     }
     out
@@ -194,7 +199,9 @@ impl TraceArgs {
 }
 
 /// Runs `vxnet trace`: exit 0 when the packet is delivered or answered,
-/// 1 when it is dropped (so scripts can test a path).
+/// 1 when it is dropped (so scripts can test a path), 6 (unavailable)
+/// when it was sent to another host whose half of the trace did not come
+/// back (the report shows what is known).
 pub fn run(args: &TraceArgs, out: &mut dyn std::io::Write) -> Result<u8, crate::dp::CliError> {
     args.validate().map_err(crate::dp::CliError::Usage)?;
     if args.live {
@@ -218,6 +225,9 @@ pub fn run(args: &TraceArgs, out: &mut dyn std::io::Write) -> Result<u8, crate::
     }
     Ok(match report.verdict {
         vxnet_api::trace::TraceVerdict::Dropped => 1,
+        // A swarm trace follows the packet to the host that receives it:
+        // ending `sent` means that host's half is missing.
+        vxnet_api::trace::TraceVerdict::Sent => vxnet_api::ErrorCode::Unavailable.exit_status(),
         _ => 0,
     })
 }
@@ -350,5 +360,29 @@ mod tests {
         assert!(check(&["--live", "--drops", "--sample", "1"]).is_err());
         assert!(check(&[&one[..], &["--proto", "tcp", "--dport", "0"]].concat()).is_err());
         assert_eq!(check(&[&one[..], &["--proto", "TCP"]].concat()), Ok(()));
+    }
+
+    /// A trace cut short says how it ended and what to check.
+    #[test]
+    fn a_partial_trace_renders_its_end_and_fix() {
+        use vxnet_api::trace::{StepVerdict, TraceStage, TraceStep, TraceVerdict};
+        let step = |host: &str, stage, fix: Option<&str>| TraceStep {
+            host: host.into(),
+            stage,
+            verdict: StepVerdict::Pass,
+            detail: "d".into(),
+            reason: None,
+            fix: fix.map(str::to_owned),
+        };
+        let r = TraceReport {
+            steps: vec![
+                step("host1", TraceStage::Outer, None),
+                step("host2", TraceStage::WireRx, Some("check host2")),
+            ],
+            verdict: TraceVerdict::Sent,
+            outer: None,
+        };
+        let text = render(&r);
+        assert!(text.contains("sent on host2\nfix: check host2"), "{text}");
     }
 }

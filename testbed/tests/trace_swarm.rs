@@ -246,6 +246,21 @@ fn swarm_trace_paths_and_failures() -> Result<()> {
     // only, which the trace calls fdb/no_peer.
     process::kill_pid(w.pid, libc::SIGKILL);
     process::kill_pid(sw.dataplanes[1].pid, libc::SIGKILL);
+    // Right away host2 is not Down yet: the trace reaches for its half,
+    // which never comes, and shows host1's steps, ending `sent`.
+    let (r, code) =
+        common::swarm::trace_json(m, &["--from", "c1", "--to", &ip2, "--network", "plain"])?;
+    let last = r["steps"].as_array().and_then(|a| a.last());
+    assert!(
+        r["verdict"] == "sent"
+            && code == Some(6)
+            && path(&r).iter().any(|(h, s)| h == "host1" && s == "outer")
+            && last.is_some_and(|s| s["host"] == "host2"
+                && s["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("did not come back"))),
+        "a trace whose remote half never comes: {code:?} {r:#}"
+    );
     let r = wait_for(
         "host2's endpoints withdrawn",
         Duration::from_secs(20),

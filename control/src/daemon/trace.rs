@@ -299,16 +299,39 @@ where
                     });
                 }
                 Some(node) => {
-                    let mut remote = self.trace_on_node(
+                    let half = self.trace_on_node(
                         &node.id,
                         TraceWire {
                             src: outer.src,
                             datagram: outer.datagram.clone(),
                         },
-                    )?;
-                    rename_hosts(&mut remote, &name_of);
-                    verdict = remote.verdict;
-                    steps.append(&mut remote.steps);
+                    );
+                    match half {
+                        Ok(mut remote) => {
+                            rename_hosts(&mut remote, &name_of);
+                            verdict = remote.verdict;
+                            steps.append(&mut remote.steps);
+                        }
+                        // What this host did still stands: show it, and
+                        // end where the knowledge ends (verdict `sent`).
+                        Err(e) if matches!(e.code, ErrorCode::Timeout | ErrorCode::Unavailable) => {
+                            steps.push(TraceStep {
+                                host: node.hostname.clone(),
+                                stage: TraceStage::WireRx,
+                                verdict: StepVerdict::Pass,
+                                detail: format!(
+                                    "sent to {} ({}), whose half of the trace did not come back ({}): what became of the packet there is unknown",
+                                    node.hostname, outer.dst, e.message
+                                ),
+                                reason: None,
+                                fix: Some(format!(
+                                    "check that {}'s vxnet-control runs and reaches the manager (`vxnet node ls`), then trace again",
+                                    node.hostname
+                                )),
+                            });
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
                 None => {
                     verdict = TraceVerdict::Dropped;
