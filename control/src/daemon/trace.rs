@@ -183,6 +183,7 @@ where
         let unanswered = local
             .first_failure()
             .is_some_and(|f| f.reason.as_deref() == Some("arp_nd/no_answer"));
+        let mut stopped_fix = None;
         match unanswered.then(|| self.owner_of(&net.id, dst)).flatten() {
             // On another host: this host has no peer for it. A container
             // that still has it in its neighbour cache sends to its MAC;
@@ -206,6 +207,17 @@ where
                         owner.name,
                         self.hostname_of(&owner.node)
                     );
+                }
+                // Its host withdrew the endpoint because it was stopped:
+                // that is the fix, wherever the packet ends up dropped (no
+                // peer here, or flooded and unknown there).
+                if owner.desired == crate::model::DesiredState::Stopped {
+                    stopped_fix = Some(format!(
+                        "container {} on {} is stopped: start it with `vxnet container start {}`",
+                        owner.name,
+                        self.hostname_of(&owner.node),
+                        owner.name
+                    ));
                 }
             }
             // On this host: it has no endpoint, as it is not running (its
@@ -347,6 +359,11 @@ where
                         ),
                     });
                 }
+            }
+        }
+        if let Some(fix) = stopped_fix {
+            if let Some(drop) = steps.iter_mut().find(|s| s.verdict == StepVerdict::Drop) {
+                drop.fix = Some(fix);
             }
         }
         Ok(TraceReport {

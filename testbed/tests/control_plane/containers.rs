@@ -295,6 +295,18 @@ fn container_lifecycle_mtu_and_dual_stack() -> Result<()> {
         || !fdb(&tb, 1).iter().any(|e| e["mac"] == talker.mac.as_str()),
     )
     .with_context(|| format!("{:?}", fdb(&tb, 1)))?;
+    // `vxnet trace` to it from host1 says why and what to do.
+    let (r, code) = super::common::swarm::trace_json(c1, &["--from", "d1", "--to", &talker.ipv4])?;
+    let fix = r["steps"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["verdict"] == "drop"))
+        .and_then(|s| s["fix"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    ensure!(
+        code == Some(1) && fix.contains("talker on host2 is stopped"),
+        "a trace to a stopped container on another host: {r:#}"
+    );
     ok(c2, &["container", "start", "talker"])?;
     tb.wait_reachable(&d1.netns, &talker.ipv4, Duration::from_secs(10))?;
     within(Duration::from_secs(10), "talker resolved again", || {
