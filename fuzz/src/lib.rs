@@ -265,6 +265,95 @@ pub fn lb_nat(data: &[u8]) {
     e.from_tap(0, &mut pkt, &mut outs);
     e.from_tap(1, &mut pkt, &mut outs);
     outs.drain_taps(|_, w| assert!(w.as_bytes().is_some()));
+    lb_hairpin(data, &p, client, valid);
+}
+
+/// The frame sent by a task to a VIP whose only backend is the task
+/// itself: it comes back from the VIP (hairpin NAT), and the task's reply
+/// to the VIP reaches it as coming from the VIP's port, checksums kept.
+fn lb_hairpin(data: &[u8], p: &nat::L4, client: MacAddr, valid: bool) {
+    use vxnet_proto::lb::nat::{PROTO_TCP, PROTO_UDP};
+    let vip: std::net::IpAddr = if p.v6 { "fd00::101" } else { "10.0.0.101" }
+        .parse()
+        .expect("addr");
+    let vni = Vni::new(4096).expect("vni");
+    let mut fdb = Fdb::default();
+    let me = vec![Backend {
+        ip: p.src,
+        mac: client,
+    }];
+    let Ok(service) = Service::new(vip, me, 251) else {
+        return;
+    };
+    let vip_mac = service.mac();
+    if fdb.add_local(0, vni, client, &[p.src]).is_err()
+        || fdb.set_service(vni, Arc::new(service)).is_err()
+    {
+        return;
+    }
+    let mut e = Engine::new(
+        EngineConfig::default(),
+        Arc::new(fdb),
+        Arc::new(Stats::default()),
+    );
+    let mut outs = Outputs::new(TxBatch::new(1 << 17, 16));
+    let mut f = data.to_vec();
+    if nat::rewrite(&mut f, p, Side::Dst, vip, None, false).is_err() {
+        return;
+    }
+    nat::set_dst_mac(&mut f, vip_mac);
+    let send = |e: &mut Engine, outs: &mut Outputs, frame: &[u8]| {
+        let mut pkt = vec![0u8; vnet::LEN];
+        pkt.extend_from_slice(frame);
+        e.from_tap(0, &mut pkt, outs);
+        let mut written = Vec::new();
+        outs.drain_taps(|port, w| {
+            assert_eq!(port, 0, "a hairpin goes back to its own port");
+            written.push(w.as_bytes().expect("copied")[vnet::LEN..].to_vec());
+        });
+        written
+    };
+    let tcp_udp = matches!(p.proto, PROTO_TCP | PROTO_UDP) && p.sport != p.dport;
+    let out = send(&mut e, &mut outs, &f);
+    let [there] = &out[..] else { return };
+    if !tcp_udp {
+        return;
+    }
+    let q = nat::parse(there).expect("the hairpinned frame parses");
+    assert_eq!(
+        (q.src, q.dst, q.sport, q.dport),
+        (vip, p.src, p.sport, p.dport)
+    );
+    assert_eq!(MacAddr::src_of(there), Some(vip_mac));
+    if valid {
+        assert!(
+            l4_checksum_ok(there, &q),
+            "the hairpin broke a valid checksum"
+        );
+    }
+    // The task answers the VIP, from the port it was asked on.
+    let mut reply = there.clone();
+    nat::rewrite(&mut reply, &q, Side::Src, q.dst, Some(q.dport), false).expect("same family");
+    let r = nat::parse(&reply).expect("parses");
+    nat::rewrite(&mut reply, &r, Side::Dst, vip, Some(q.sport), false).expect("same family");
+    nat::set_src_mac(&mut reply, client);
+    nat::set_dst_mac(&mut reply, vip_mac);
+    let back = send(&mut e, &mut outs, &reply);
+    let [back] = &back[..] else {
+        panic!("the reply of a hairpin flow went nowhere")
+    };
+    let b = nat::parse(back).expect("parses");
+    assert_eq!(
+        (b.src, b.dst, b.sport, b.dport),
+        (vip, p.src, p.dport, p.sport)
+    );
+    assert_eq!(MacAddr::dst_of(back), Some(client));
+    if valid {
+        assert!(
+            l4_checksum_ok(back, &b),
+            "the reply's translation broke a valid checksum"
+        );
+    }
 }
 
 /// The routing mesh's node: ingress network 4096 (gateway 10.0.0.1, this
