@@ -238,6 +238,11 @@ impl Host for SystemHost {
             }
         }
         netns::exec_in(&mut cmd, netns).map_err(|e| e.to_string())?;
+        // The daemon's threads block SIGTERM, SIGINT and SIGHUP (it waits
+        // for them on one thread), and a blocked mask survives exec: the
+        // command must get them, or `container stop` waits out its grace
+        // and kills.
+        vxnet_dataplane::sys::signal::start_unblocked(&mut cmd);
         let child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {program}: {e}"))?;

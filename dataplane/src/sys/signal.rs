@@ -28,6 +28,36 @@ pub fn block_termination() -> io::Result<()> {
     Ok(())
 }
 
+/// Unblocks every signal in the calling thread. For a child between fork
+/// and exec (`CommandExt::pre_exec`; only async-signal-safe calls): the
+/// mask survives exec, so without this a command started by a daemon that
+/// called [`block_termination`] could not be stopped with SIGTERM, which
+/// `docker stop` sends first.
+pub fn unblock_all() -> io::Result<()> {
+    // SAFETY: sigemptyset writes only the set we own; pthread_sigmask reads
+    // it and asks for no old set. Both are async-signal-safe.
+    let rc = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+/// Makes the process `cmd` starts begin with no signal blocked (see
+/// [`unblock_all`]), whatever the spawning thread blocks.
+pub fn start_unblocked(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec and makes only
+    // async-signal-safe calls.
+    unsafe {
+        cmd.pre_exec(unblock_all);
+    }
+}
+
 /// Waits until a termination signal arrives; returns its number.
 pub fn wait_termination() -> io::Result<i32> {
     let set = termination_set();

@@ -255,6 +255,21 @@ fn container_lifecycle_mtu_and_dual_stack() -> Result<()> {
         ],
     )?;
     let talker = endpoint(c2, "talker", "dual")?;
+    // Its command gets SIGTERM (`container stop`): no signal is blocked,
+    // though the daemon that started it blocks the termination signals.
+    let pid = ok_json(c2, &["container", "inspect", "talker"])?[0]["pid"]
+        .as_u64()
+        .context("talker's pid")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let blocked = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigBlk:"))
+        .map(str::trim)
+        .unwrap_or_default();
+    ensure!(
+        blocked.chars().all(|c| c == '0'),
+        "talker starts with signals blocked: SigBlk {blocked}"
+    );
     let logs = || ok(c2, &["container", "logs", "talker"]).unwrap_or_default();
     within(Duration::from_secs(5), "talker's output in its log", || {
         logs().contains("hello-from-talker")
