@@ -118,7 +118,6 @@ enumerate! {
         LbFragment => ("lb", "fragment", "IP fragment to a VIP (fragments are not balanced)"),
         LbUnsupported => ("lb", "unsupported", "packet to a VIP that is neither TCP, UDP nor an echo request"),
         LbMalformed => ("lb", "malformed", "packet to a VIP with truncated or inconsistent headers"),
-        LbHairpinPort => ("lb", "hairpin_port", "packet of a task to its own service's VIP from the service's own port (balanced back to it, its replies could not be told from its requests)"),
         MeshNoPort => ("mesh", "no_port", "packet from the host to a port nothing publishes"),
         MeshNoRoute => ("mesh", "no_route", "packet from the host to an address no local container has"),
         MeshEgressAddress => ("mesh", "egress_address", "packet from a container to an egress address of the host link (answer-only: the host's isolation rule would drop it)"),

@@ -231,17 +231,6 @@ impl Ctx {
         if self.hairpin_reply(&key, &p, port, hdr, frame, out) {
             return Vip::Done;
         }
-        if p.sport == p.dport
-            && svc
-                .find(p.src)
-                .and_then(|i| svc.backends().get(usize::from(i)))
-                .is_some_and(|b| is_sender(b, &p, frame))
-        {
-            // Balanced back to itself, this flow's replies would carry its
-            // own forward key.
-            self.stats.dropped(Drop::LbHairpinPort);
-            return Vip::Done;
-        }
         let Some((backend, flow)) = self.track(svc, &key, p.tcp_flags) else {
             if svc.backends().is_empty() {
                 self.refuse(port, frame, &p, svc.mac(), out);
@@ -278,6 +267,12 @@ impl Ctx {
     /// (hairpin NAT, as kube-proxy's masquerade does), and the packet goes
     /// back to the port it came from, to the task's own MAC. Its replies,
     /// to the VIP, come back through [`Ctx::hairpin_reply`].
+    ///
+    /// From the service's own port (client port = VIP port), the flow's
+    /// reply key equals its forward key, so a packet may be found as
+    /// either direction. Both translate it the same way ({task, VIP} to
+    /// {VIP, task}, ports kept), so the connection works as in Docker; only
+    /// its conntrack state sees one direction.
     fn hairpin(
         &mut self,
         p: &nat::L4,
