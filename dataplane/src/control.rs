@@ -948,7 +948,8 @@ impl Dataplane {
     }
 
     /// Forgets a network: its remote and flood entries and its keys go
-    /// with it; refused while local endpoints use it.
+    /// with it; refused while local endpoints, services or published ports
+    /// use it.
     fn network_del(&self, vni: Vni) -> R<()> {
         let declared = self.lock().networks.contains_key(&vni);
         self.edit_fdb(|f| {
@@ -965,6 +966,20 @@ impl Dataplane {
                     "VNI {vni} still has local endpoints; detach them first"
                 )));
             }
+            // Its services and published ports would outlive it (the
+            // control plane removes them first, too).
+            if let Some(vip) = t.services.keys().next() {
+                return Err(ApiError::precondition(format!(
+                    "VNI {vni} still has services (VIP {vip}); remove them first (`vxnet dp service del --vni {vni} --vip {vip}`, see `vxnet dp services`)"
+                )));
+            }
+            if let Some(p) = f.published_ports().find(|p| p.vni == vni) {
+                return Err(ApiError::precondition(format!(
+                    "published {} port {} leads into VNI {vni}; unpublish it first (`vxnet dp port del`, see `vxnet dp ports`)",
+                    host_link::protocol(p.proto),
+                    p.port
+                )));
+            }
             if t.encrypted {
                 for (_, s) in f.peers() {
                     s.lock()
@@ -978,8 +993,6 @@ impl Dataplane {
         let mut st = self.lock();
         st.networks.remove(&vni);
         st.peer_owners.retain(|(v, _), _| *v != vni);
-        // The VNI's services left with its table.
-        st.service_owners.retain(|(v, _), _| *v != vni);
         Ok(())
     }
 

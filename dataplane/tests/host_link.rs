@@ -94,6 +94,8 @@ fn the_host_link_programs_only_its_own_table_and_removes_it() {
             assert!(e.contains("network add --vni 4097"), "{e}");
             let e = call(&d, port_to(vni, "10.0.0.100")).unwrap_err();
             assert!(e.contains("service set --vni 4096 --vip 10.0.0.100"), "{e}");
+            let e = call(&d, port_to(vni, "fd00::100")).unwrap_err();
+            assert!(e.contains("IPv4 addresses only"), "{e}");
             assert!(call(&d, dp::Ports {})?.is_empty());
             let (_, table) = nft(&["list", "table", "ip", "vxnet"]);
             assert!(!table.contains("8080"), "{table}");
@@ -129,6 +131,25 @@ fn the_host_link_programs_only_its_own_table_and_removes_it() {
             }
             let ports = call(&d, dp::Ports {})?;
             assert_eq!(ports.len(), 2);
+            // The network and its service stay while ports lead there.
+            call(
+                &d,
+                dp::ServiceDel {
+                    vni,
+                    vip: "10.0.0.100".parse().unwrap(),
+                },
+            )?;
+            let e = call(&d, dp::NetworkDel { vni }).unwrap_err();
+            assert!(e.contains("port 8080 leads into VNI 4096"), "{e}");
+            call(
+                &d,
+                dp::ServiceSet {
+                    vni,
+                    vip: "10.0.0.100".parse().unwrap(),
+                    backends: Vec::new(),
+                    owner: Owner::Control,
+                },
+            )?;
             assert!(ports.iter().all(|p| p.in_firewall), "{ports:?}");
             let (_, table) = nft(&["list", "table", "ip", "vxnet"]);
             assert!(table.contains("8080") && table.contains("5353"), "{table}");

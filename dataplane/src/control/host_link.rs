@@ -81,7 +81,7 @@ fn proto_of(p: PortProtocol) -> u8 {
     p.number()
 }
 
-fn protocol(n: u8) -> PortProtocol {
+pub(super) fn protocol(n: u8) -> PortProtocol {
     if n == 17 {
         PortProtocol::Udp
     } else {
@@ -346,6 +346,16 @@ impl Dataplane {
                 "the host link is not set up; ports are published through it (`vxnet dp host-link set`)",
             ));
         };
+        // The host link and vxnet's firewall table are IPv4 (`table ip`).
+        let v6 = match &req.to {
+            PortTo::Vip(vip) => vip.is_ipv6(),
+            PortTo::Backends(bs) => bs.iter().any(|b| b.ip.is_ipv6()),
+        };
+        if v6 {
+            return Err(ApiError::invalid(
+                "published ports lead to IPv4 addresses only (the host link is IPv4): give the service's IPv4 VIP or its tasks' IPv4 addresses",
+            ));
+        }
         // What the port leads to must exist first (the control plane sets
         // networks and services before ports, and deletes ports first).
         {

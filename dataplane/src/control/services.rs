@@ -354,6 +354,25 @@ mod tests {
         dp.shutdown();
     }
 
+    /// A network with a service is not deleted under it: refused with what
+    /// to remove first, and the service stays; once it is gone, the
+    /// network goes.
+    #[test]
+    fn a_network_with_services_is_not_deleted() {
+        let dp = dataplane(1);
+        outcome(dp.handle(peer("02:42:0a:00:00:03", "10.0.0.3"))).unwrap();
+        set(&dp, "10.0.0.100", &[("10.0.0.3", None)]).unwrap();
+        let net_del = || dp.handle(Request::NetworkDel(dp::NetworkDel { vni: vni() }));
+        let (c, e) = outcome(net_del()).unwrap_err();
+        assert_eq!(c, ErrorCode::FailedPrecondition, "{e}");
+        assert!(e.contains("service del --vni 4096 --vip 10.0.0.100"), "{e}");
+        assert_eq!(dp.services(None).unwrap().len(), 1);
+        outcome(dp.handle(del("10.0.0.100"))).unwrap();
+        outcome(net_del()).unwrap();
+        assert!(dp.services(None).unwrap().is_empty());
+        dp.shutdown();
+    }
+
     #[test]
     fn more_than_one_worker_is_refused() {
         let dp = dataplane(2);
