@@ -99,15 +99,18 @@ fn the_host_link_programs_only_its_own_table_and_removes_it() {
             assert!(call(&d, dp::Ports {})?.is_empty());
             let (_, table) = nft(&["list", "table", "ip", "vxnet"]);
             assert!(!table.contains("8080"), "{table}");
-            call(
-                &d,
-                dp::ServiceSet {
-                    vni,
-                    vip: "10.0.0.100".parse().unwrap(),
-                    backends: Vec::new(),
-                    owner: Owner::Control,
-                },
-            )?;
+            let add_vip = || {
+                call(
+                    &d,
+                    dp::ServiceSet {
+                        vni,
+                        vip: "10.0.0.100".parse().unwrap(),
+                        backends: Vec::new(),
+                        owner: Owner::Control,
+                    },
+                )
+            };
+            add_vip()?;
             assert_eq!(info.mac.to_string(), "02:42:0a:00:00:02");
             // The TAP is there with its address.
             let out = Command::new("ip")
@@ -141,15 +144,7 @@ fn the_host_link_programs_only_its_own_table_and_removes_it() {
             )?;
             let e = call(&d, dp::NetworkDel { vni }).unwrap_err();
             assert!(e.contains("port 8080 leads into VNI 4096"), "{e}");
-            call(
-                &d,
-                dp::ServiceSet {
-                    vni,
-                    vip: "10.0.0.100".parse().unwrap(),
-                    backends: Vec::new(),
-                    owner: Owner::Control,
-                },
-            )?;
+            add_vip()?;
             assert!(ports.iter().all(|p| p.in_firewall), "{ports:?}");
             let (_, table) = nft(&["list", "table", "ip", "vxnet"]);
             assert!(table.contains("8080") && table.contains("5353"), "{table}");
