@@ -511,6 +511,25 @@ where
                 .or_else(|| r.resolve(&name, &on, IpAddr::is_ipv6))
         });
         let Some(ip) = found.and_then(|v| v.first().copied()) else {
+            // A stopped container's names answer only while it runs.
+            let stopped = self
+                .store
+                .list::<Container>()
+                .map_err(internal)?
+                .into_iter()
+                .find(|c| {
+                    c.desired == crate::model::DesiredState::Stopped
+                        && c.name.eq_ignore_ascii_case(&name)
+                        && c.attachments.iter().any(|a| nets.contains(&a.network))
+                });
+            if let Some(c) = stopped {
+                return Err(ApiError::precondition(format!(
+                    "container {} on {} is stopped, so its name does not resolve: start it with `vxnet container start {}`",
+                    c.name,
+                    self.hostname_of(&c.node),
+                    c.name
+                )));
+            }
             let on = match nets {
                 [one] => {
                     let net = self.store.get::<Network>(one).ok().flatten();

@@ -322,6 +322,12 @@ fn container_lifecycle_mtu_and_dual_stack() -> Result<()> {
         code == Some(1) && fix.contains("talker on host2 is stopped"),
         "a trace to a stopped container on another host: {r:#}"
     );
+    let by_name = c1.cli(&["trace", "--from", "d1", "--to", "talker"])?;
+    ensure!(
+        by_name.status.code() == Some(4) && by_name.stderr.contains("talker on host2 is stopped"),
+        "a trace to a stopped container's name: {}",
+        by_name.combined()
+    );
     ok(c2, &["container", "start", "talker"])?;
     tb.wait_reachable(&d1.netns, &talker.ipv4, Duration::from_secs(10))?;
     within(Duration::from_secs(10), "talker resolved again", || {
