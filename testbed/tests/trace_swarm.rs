@@ -277,5 +277,11 @@ fn swarm_trace_paths_and_failures() -> Result<()> {
         Some(("host1".into(), "fdb".into(), "fdb/no_peer".into())),
         "{r:#}"
     );
+    let fix = r["steps"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["verdict"] == "drop"))
+        .and_then(|s| s["fix"].as_str())
+        .unwrap_or_default();
+    assert!(fix.contains("host host2 is Down"), "{r:#}");
     Ok(())
 }

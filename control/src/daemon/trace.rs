@@ -183,7 +183,8 @@ where
         let unanswered = local
             .first_failure()
             .is_some_and(|f| f.reason.as_deref() == Some("arp_nd/no_answer"));
-        let mut stopped_fix = None;
+        // The fix that names the real cause, when the owner is stopped or Down.
+        let mut owner_fix = None;
         match unanswered.then(|| self.owner_of(&net.id, dst)).flatten() {
             // On another host: this host has no peer for it. A container
             // that still has it in its neighbour cache sends to its MAC;
@@ -211,12 +212,23 @@ where
                 // Its host withdrew the endpoint because it was stopped:
                 // that is the fix, wherever the packet ends up dropped (no
                 // peer here, or flooded and unknown there).
+                let host_down = self
+                    .store
+                    .get::<Node>(&owner.node)
+                    .map_err(internal)?
+                    .is_some_and(|n| n.status == crate::model::NodeStatus::Down);
                 if owner.desired == crate::model::DesiredState::Stopped {
-                    stopped_fix = Some(format!(
+                    owner_fix = Some(format!(
                         "container {} on {} is stopped: start it with `vxnet container start {}`",
                         owner.name,
                         self.hostname_of(&owner.node),
                         owner.name
+                    ));
+                } else if host_down {
+                    owner_fix = Some(format!(
+                        "container {}'s host {} is Down (`vxnet node ls`): bring the host back; a service's tasks are started elsewhere on their own",
+                        owner.name,
+                        self.hostname_of(&owner.node)
                     ));
                 }
             }
@@ -361,7 +373,7 @@ where
                 }
             }
         }
-        if let Some(fix) = stopped_fix {
+        if let Some(fix) = owner_fix {
             if let Some(drop) = steps.iter_mut().find(|s| s.verdict == StepVerdict::Drop) {
                 drop.fix = Some(fix);
             }
