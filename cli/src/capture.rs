@@ -54,7 +54,8 @@ pub struct Scope {
           value_parser = clap::builder::RangedI64ValueParser::<u64>::new().range(1..=MAX_COUNT as i64))]
     pub count: Option<u64>,
     /// Stop after this long (`10s`, `2m`; 1ms to 1h; 60s by default).
-    #[arg(long, value_parser = parse_stream_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = parse_stream_duration, value_name = "DURATION",
+          allow_hyphen_values = true)]
     pub duration: Option<Duration>,
 }
 
@@ -137,6 +138,9 @@ impl Scope {
 /// [`parse_duration`], at least a millisecond (the dataplane counts
 /// whole milliseconds) and at most an hour (`MAX_DURATION_MS`).
 fn parse_stream_duration(s: &str) -> Result<Duration, String> {
+    if s.trim().starts_with('-') {
+        return Err(format!("{} is not in 1ms..=1h", s.trim()));
+    }
     let d = parse_duration(s)?;
     if d < Duration::from_millis(1) {
         return Err(format!(
@@ -157,6 +161,11 @@ fn parse_stream_duration(s: &str) -> Result<Duration, String> {
 /// (`64K`, `64M`, `1G`, also `64MiB`), 1 to `MAX_CAPTURE_BYTES` (1 GiB).
 fn parse_max_bytes(s: &str) -> Result<u64, String> {
     let s = s.trim();
+    if s.starts_with('-') {
+        return Err(format!(
+            "{s} is outside 1 byte to 1G ({MAX_CAPTURE_BYTES} bytes)"
+        ));
+    }
     let n = parse_size::Config::new()
         .with_binary()
         .parse_size(s)

@@ -602,6 +602,8 @@ mod tests {
             (&["trace", "--live", "-c", "-1"], "--count"),
             (&["capture", "--max-bytes", "-1", "-w", "x"], "--max-bytes"),
             (&["capture", "--snaplen", "-64", "-w", "x"], "--snaplen"),
+            (&["capture", "--duration", "-1s", "-w", "x"], "--duration"),
+            (&["trace", "--live", "--sample", "-1"], "--sample"),
             (&["trace", "--live", "-c", "0"], "--count"),
             (&["capture", "--max-bytes", "0", "-w", "x"], "--max-bytes"),
             (

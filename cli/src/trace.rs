@@ -142,7 +142,8 @@ pub struct TraceArgs {
     #[arg(long, requires = "live")]
     pub drops: bool,
     /// --live: report one packet in N that is not dropped (64; 0: none).
-    #[arg(long, value_name = "N", requires = "live")]
+    #[arg(long, value_name = "N", requires = "live", allow_negative_numbers = true,
+          value_parser = clap::builder::RangedI64ValueParser::<u32>::new().range(0..=i64::from(u32::MAX)))]
     pub sample: Option<u32>,
     #[command(flatten)]
     pub format: crate::swarm::FormatArg,
