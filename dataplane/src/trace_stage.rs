@@ -119,7 +119,7 @@ pub fn fix(d: Drop) -> &'static str {
             "the host link sent to an address no local container has: the task moved or stopped; `vxnet dp ports` and `vxnet dp endpoints` show what is here"
         }
         ("mesh", "egress_address") => {
-            "egress addresses only carry answers to the containers' own connections: reach the container by its address on a network you share, or through a published port"
+            "the host link's addresses other than the host's own and the mesh address are egress addresses, which only carry answers to the containers' own connections: reach a container by its address on a network you share, or through a published port"
         }
         ("mesh", "no_egress") => {
             "the network has no way out: it was created --internal, the address is IPv6, or the dataplane runs without a host link"

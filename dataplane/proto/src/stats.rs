@@ -120,7 +120,7 @@ enumerate! {
         LbMalformed => ("lb", "malformed", "packet to a VIP with truncated or inconsistent headers"),
         MeshNoPort => ("mesh", "no_port", "packet from the host to a port nothing publishes"),
         MeshNoRoute => ("mesh", "no_route", "packet from the host to an address no local container has"),
-        MeshEgressAddress => ("mesh", "egress_address", "packet from a container to an egress address of the host link (answer-only: the host's isolation rule would drop it)"),
+        MeshEgressAddress => ("mesh", "egress_address", "packet from a container to an address of the host link's subnet other than the host's and the mesh address: egress addresses, answer-only (the host's isolation rule would drop it)"),
         MeshNoEgress => ("mesh", "no_egress", "packet to the outside from a network without egress (--internal, IPv6, or no host link)"),
         MeshNoFlow => ("mesh", "no_flow", "reply of a published-port flow the dataplane has no state for (after a restart); the peer's retransmission recreates it"),
         MeshUnsupported => ("mesh", "unsupported", "packet from the host link that is neither ARP, TCP, UDP nor ICMP over IPv4"),
