@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vxnet_api::ctl::{self, ContainerState, ContainerView, CtlRequest, InitView};
 use vxnet_api::dp::{
@@ -377,6 +377,8 @@ struct FakeHostState {
     killed: Vec<u32>,
     /// The environment of every process started.
     envs: Vec<Vec<String>>,
+    /// Processes ignore SIGTERM (they end only when killed).
+    ignore_term: bool,
 }
 
 #[derive(Clone, Default)]
@@ -417,7 +419,9 @@ impl Host for SharedHost {
         });
     }
     fn terminate_group(&self, pid: u32) {
-        self.kill_group(pid);
+        if !self.with(|h| h.ignore_term) {
+            self.kill_group(pid);
+        }
     }
     fn spawn(&self, _netns: &str, spawn: &Spawn) -> Result<u32, String> {
         let program = spawn.command.first().cloned().unwrap_or_default();
@@ -908,6 +912,47 @@ fn stop_keeps_the_address_and_start_brings_it_back() {
     assert_ne!(started.pid, c.pid, "a new process");
     assert_eq!(started.networks[0].ipv4, c.networks[0].ipv4);
     n.dp.with(|d| assert_eq!(d.endpoints.len(), 1));
+}
+
+/// A `container start` while a `container stop` waits for the command to
+/// end: the stop says it was overtaken, at once, instead of waiting out its
+/// grace period and reporting that the container did not stop.
+#[test]
+fn a_stop_overtaken_by_a_start_says_so() {
+    let n = node();
+    n.init();
+    n.net("tnet");
+    n.run("c1", &["tnet"], &["sleep", "600"]);
+    n.host.with(|h| h.ignore_term = true);
+    let d = Arc::clone(&n.d);
+    let stopping = std::thread::spawn(move || {
+        d.handle(
+            ctl::ContainerStop {
+                container: "c1".into(),
+                timeout_secs: Some(2),
+            }
+            .into_request(),
+        )
+        .decode_as::<ContainerView>()
+    });
+    let state = || {
+        n.ok(ctl::ContainerInspect {
+            container: "c1".into(),
+        })
+        .state
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while state() != ContainerState::Stopped {
+        assert!(Instant::now() < deadline, "the stop never began");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    n.ok(ctl::ContainerStart {
+        container: "c1".into(),
+    });
+    let e = stopping.join().unwrap().unwrap_err();
+    assert_eq!(e.code, ErrorCode::FailedPrecondition, "{e}");
+    assert!(e.message.contains("c1 was started again"), "{e}");
+    assert_eq!(state(), ContainerState::Running);
 }
 
 /// A trace to the source's own address, or to a mistyped address, is

@@ -392,6 +392,20 @@ where
                 if rt.pid.is_none() || rt.ended {
                     break;
                 }
+                // Another request (`container start`, `rm`) overtook this
+                // one: its command is meant to run on, or to go.
+                let desired = rt.desired_override.unwrap_or(self.resolve(&c.id)?.desired);
+                if desired != DesiredState::Stopped {
+                    let what = if desired == DesiredState::Running {
+                        "started again"
+                    } else {
+                        "removed"
+                    };
+                    return Err(ApiError::precondition(format!(
+                        "container {} was {what} by another request while it stopped; see `vxnet container inspect {}`",
+                        c.name, c.name
+                    )));
+                }
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     return Err(ApiError::new(
