@@ -312,9 +312,11 @@ Examples:
     Set {
         #[arg(long, value_enum, default_value_t = ProtocolArg::Tcp)]
         protocol: ProtocolArg,
-        #[arg(long)]
+        /// The host's port (1-65535).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..), allow_negative_numbers = true)]
         published: u16,
-        #[arg(long)]
+        /// The tasks' port (1-65535).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..), allow_negative_numbers = true)]
         target: u16,
         #[arg(long, value_parser = parse_vni)]
         vni: Vni,
@@ -328,7 +330,8 @@ Examples:
     Del {
         #[arg(long, value_enum, default_value_t = ProtocolArg::Tcp)]
         protocol: ProtocolArg,
-        #[arg(long)]
+        /// The host's port (1-65535).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..), allow_negative_numbers = true)]
         published: u16,
     },
 }

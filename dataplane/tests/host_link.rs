@@ -96,6 +96,21 @@ fn the_host_link_programs_only_its_own_table_and_removes_it() {
             assert!(e.contains("service set --vni 4096 --vip 10.0.0.100"), "{e}");
             let e = call(&d, port_to(vni, "fd00::100")).unwrap_err();
             assert!(e.contains("IPv4 addresses only"), "{e}");
+            call(
+                &d,
+                dp::PeerAdd {
+                    vni,
+                    mac: "02:42:0a:00:00:09".parse().unwrap(),
+                    ips: vec!["10.0.0.9".parse().unwrap()],
+                    vtep: "127.0.0.2".parse().unwrap(),
+                    owner: Owner::User,
+                },
+            )?;
+            let e = call(&d, port_to(vni, "10.0.0.9")).unwrap_err();
+            assert!(
+                e.contains("an endpoint's address on VNI 4096, not a service VIP"),
+                "{e}"
+            );
             assert!(call(&d, dp::Ports {})?.is_empty());
             let (_, table) = nft(&["list", "table", "ip", "vxnet"]);
             assert!(!table.contains("8080"), "{table}");

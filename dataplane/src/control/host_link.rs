@@ -367,6 +367,12 @@ impl Dataplane {
                 )));
             };
             if let PortTo::Vip(vip) = req.to {
+                if table.ips.contains_key(&vip) {
+                    return Err(ApiError::precondition(format!(
+                        "{vip} is an endpoint's address on VNI {}, not a service VIP: give the VIP (`vxnet dp services`), or --backend {vip} for host mode",
+                        req.vni
+                    )));
+                }
                 if !table.services.contains_key(&vip) {
                     return Err(ApiError::precondition(format!(
                         "{vip} is no service VIP on VNI {}: set the service first (`vxnet dp service set --vni {} --vip {vip}`), see `vxnet dp services`",
