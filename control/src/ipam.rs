@@ -91,8 +91,30 @@ pub fn check_subnet(subnet: &IpNet) -> Result<()> {
             "subnet {subnet} is too small; use /{max} or larger"
         )));
     }
+    if let Some((_, what)) = RESERVED
+        .iter()
+        .map(|(n, what)| (n.parse::<IpNet>().expect("a valid literal"), what))
+        .find(|(n, _)| overlaps(n, subnet))
+    {
+        return Err(ControlError::InvalidAddressing(format!(
+            "subnet {subnet} overlaps {what}, which containers cannot use; use a private range such as 10.0.0.0/8 or fd00::/8"
+        )));
+    }
     Ok(())
 }
+
+/// Ranges no network may take: packets to or from them never pass as
+/// ordinary unicast (RFC 6890; RFC 4291 section 2.5.5.2 for IPv4-mapped,
+/// section 2.5.6 for link-local, which each interface has of its own).
+const RESERVED: [(&str, &str); 7] = [
+    ("0.0.0.0/8", "\"this network\" (0.0.0.0/8)"),
+    ("127.0.0.0/8", "loopback (127.0.0.0/8)"),
+    ("224.0.0.0/4", "multicast (224.0.0.0/4)"),
+    ("::/127", "the unspecified and loopback addresses (::/127)"),
+    ("::ffff:0:0/96", "IPv4-mapped addresses (::ffff:0:0/96)"),
+    ("fe80::/10", "link-local addresses (fe80::/10)"),
+    ("ff00::/8", "multicast (ff00::/8)"),
+];
 
 /// The usable addresses of one subnet of one network and which of them are
 /// taken.
@@ -318,6 +340,22 @@ mod tests {
         let e = check_subnet(&net("10.0.0.5/24")).unwrap_err();
         assert!(e.to_string().contains("did you mean 10.0.0.0/24"), "{e}");
         assert!(check_subnet(&net("fd00::/64")).is_ok());
+        for (bad, what) in [
+            ("127.1.0.0/16", "loopback"),
+            ("0.0.0.0/24", "this network"),
+            ("224.1.0.0/24", "multicast"),
+            ("::ffff:10.1.2.0/120", "IPv4-mapped"),
+            ("fe80::/64", "link-local"),
+            ("ff02::/64", "multicast"),
+            ("::/64", "unspecified"),
+            ("0.0.0.0/0", "this network"),
+        ] {
+            let e = check_subnet(&net(bad)).unwrap_err().to_string();
+            assert!(
+                e.contains(what) && e.contains("private range"),
+                "{bad}: {e}"
+            );
+        }
         assert!(check_subnet(&net("fd00::/127")).is_err());
     }
 
