@@ -379,6 +379,8 @@ struct FakeHostState {
     envs: Vec<Vec<String>>,
     /// Processes ignore SIGTERM (they end only when killed).
     ignore_term: bool,
+    /// Processes sent SIGTERM.
+    terminated: Vec<u32>,
 }
 
 #[derive(Clone, Default)]
@@ -419,6 +421,7 @@ impl Host for SharedHost {
         });
     }
     fn terminate_group(&self, pid: u32) {
+        self.with(|h| h.terminated.push(pid));
         if !self.with(|h| h.ignore_term) {
             self.kill_group(pid);
         }
@@ -1306,11 +1309,21 @@ fn a_service_vip_follows_its_running_tasks_and_leaves_with_it() {
     n.dp.with(FakeDp::restart);
     eventually(&n, "the VIP is back", |d| backends_of(d, vip).is_some());
 
+    let before = n.host.with(|h| h.terminated.len());
     n.ok(ctl::ServiceScale {
         service: "web".into(),
         replicas: 1,
     });
     eventually(&n, "scaled to one", |d| backends_of(d, vip) == Some(1));
+    // The task scaled away got SIGTERM first (Docker's stop grace period).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while n.host.with(|h| h.terminated.len()) == before {
+        assert!(
+            Instant::now() < deadline,
+            "no SIGTERM for the task scaled away"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 
     // Removed: the VIP goes, and the network with it.
     let rm = {

@@ -46,6 +46,18 @@ use crate::store::{Store, StoreExt, Txn};
 /// Grace between SIGTERM and SIGKILL when none was asked for (Docker's).
 pub const DEFAULT_STOP_GRACE: u64 = 10;
 
+/// Seconds a container being removed has between SIGTERM and SIGKILL: a
+/// task's, as Docker's `--stop-grace-period` (scale down, `service rm`,
+/// a rolling update), so it can finish what it serves; none for a
+/// standalone container (`container rm -f`, as `docker rm -f`).
+fn removal_grace(c: &Container, rt: &Runtime) -> u64 {
+    if c.task.is_some() {
+        rt.grace_secs.unwrap_or(DEFAULT_STOP_GRACE)
+    } else {
+        0
+    }
+}
+
 /// The reconciler of one host.
 pub struct Reconciler<S, D, H> {
     d: Arc<Daemon<S, D>>,
@@ -213,7 +225,7 @@ where
             }
             sync_ifnames(c, rt);
             match c.desired {
-                DesiredState::Removed => self.end_process(rt, 0),
+                DesiredState::Removed => self.end_process(rt, removal_grace(c, rt)),
                 DesiredState::Stopped => {
                     let grace = rt.grace_secs.unwrap_or(DEFAULT_STOP_GRACE);
                     self.end_process(rt, grace);
@@ -345,9 +357,14 @@ where
             if rt.removed {
                 continue;
             }
-            if let Err(e) = self.finish_removal(c, &rt) {
-                p.fail(c, e);
-                continue;
+            match self.finish_removal(c, &rt) {
+                Ok(true) => {}
+                // Still in its grace period.
+                Ok(false) => continue,
+                Err(e) => {
+                    p.fail(c, e);
+                    continue;
+                }
             }
             p.report.containers_removed += 1;
             p.outcomes.insert(c.id.clone(), Outcome::Done);
@@ -682,9 +699,18 @@ where
     /// already) and then its records: on a manager the container record
     /// too (releasing its addresses), on a worker only once the manager
     /// has been told ([`Runtime::removed`], the agent's job).
-    fn finish_removal(&self, c: &Container, rt: &Runtime) -> Result<(), String> {
+    /// Removes `c` once its process has ended: true when removed, false
+    /// while a task's command still has time left after its SIGTERM.
+    fn finish_removal(&self, c: &Container, rt: &Runtime) -> Result<bool, String> {
         if let Some(pid) = rt.pid.filter(|_| !rt.ended) {
             if self.host.exit(pid) == Exit::Running {
+                let grace_ms = removal_grace(c, rt).saturating_mul(1000);
+                if rt
+                    .term_sent_ms
+                    .is_some_and(|t| unix_ms().saturating_sub(t) < grace_ms)
+                {
+                    return Ok(false);
+                }
                 self.host.kill_group(pid);
                 // Gone at the next pass.
                 if self.host.exit(pid) == Exit::Running {
@@ -710,7 +736,7 @@ where
             self.d.store.put(&done).map_err(|e| e.to_string())?;
         }
         tracing::info!(container = %c.name, "container removed");
-        Ok(())
+        Ok(true)
     }
 
     fn observe(&mut self) -> ApiResult<DpState> {
