@@ -77,6 +77,9 @@ pub fn fix(d: Drop) -> &'static str {
         ("lb", "conntrack_full") => {
             "the conntrack table is full of live connections: raise --conntrack-size"
         }
+        ("lb", "hairpin_port") => {
+            "a task connects to its own service's VIP from the service's own port and was balanced to itself: connect from another source port (let the kernel pick one)"
+        }
         ("lb", _) => "only TCP, UDP and ping to a VIP are balanced, unfragmented",
         ("wire", "unknown_vni") => {
             "the receiving host has no network with this VNI: the network must reach that host (a container there on it), or `vxnet dp network add` it there"

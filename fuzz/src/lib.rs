@@ -313,7 +313,8 @@ fn lb_hairpin(data: &[u8], p: &nat::L4, client: MacAddr, valid: bool) {
         });
         written
     };
-    let tcp_udp = matches!(p.proto, PROTO_TCP | PROTO_UDP);
+    // From the VIP's own port, a flow balanced to its sender is refused.
+    let tcp_udp = matches!(p.proto, PROTO_TCP | PROTO_UDP) && p.sport != p.dport;
     let out = send(&mut e, &mut outs, &f);
     let [there] = &out[..] else { return };
     if !tcp_udp {

@@ -118,6 +118,7 @@ enumerate! {
         LbFragment => ("lb", "fragment", "IP fragment to a VIP (fragments are not balanced)"),
         LbUnsupported => ("lb", "unsupported", "packet to a VIP that is neither TCP, UDP nor an echo request"),
         LbMalformed => ("lb", "malformed", "packet to a VIP with truncated or inconsistent headers"),
+        LbHairpinPort => ("lb", "hairpin_port", "new flow of a task to its own service's VIP from the service's own port, balanced back to the task itself (it would connect to itself); TCP gets a reset"),
         MeshNoPort => ("mesh", "no_port", "packet from the host to a port nothing publishes"),
         MeshNoRoute => ("mesh", "no_route", "packet from the host to an address no local container has"),
         MeshEgressAddress => ("mesh", "egress_address", "packet from a container to an address of the host link's subnet other than the host's and the mesh address: egress addresses, answer-only (the host's isolation rule would drop it)"),

@@ -231,6 +231,13 @@ impl Ctx {
         if self.hairpin_reply(&key, &p, port, hdr, frame, out) {
             return Vip::Done;
         }
+        if p.sport == p.dport && self.picks_itself(svc, &key, &p, frame) {
+            // Refused like a VIP without backends: a reset ends the
+            // connect at once.
+            self.stats.dropped(Drop::LbHairpinPort);
+            self.refuse(port, frame, &p, svc.mac(), out);
+            return Vip::Done;
+        }
         let Some((backend, flow)) = self.track(svc, &key, p.tcp_flags) else {
             if svc.backends().is_empty() {
                 self.refuse(port, frame, &p, svc.mac(), out);
@@ -268,11 +275,7 @@ impl Ctx {
     /// back to the port it came from, to the task's own MAC. Its replies,
     /// to the VIP, come back through [`Ctx::hairpin_reply`].
     ///
-    /// From the service's own port (client port = VIP port), the flow's
-    /// reply key equals its forward key, so a packet may be found as
-    /// either direction. Both translate it the same way ({task, VIP} to
-    /// {VIP, task}, ports kept), so the connection works as in Docker; only
-    /// its conntrack state sees one direction.
+    /// Not from the service's own port: see [`Ctx::picks_itself`].
     fn hairpin(
         &mut self,
         p: &nat::L4,
@@ -343,6 +346,33 @@ impl Ctx {
         self.stats.inc(Counter::LbReverseNat);
         self.send_back(port, hdr, frame, out);
         true
+    }
+
+    /// Whether a packet `p` from the service's own port (client port = VIP
+    /// port) of one of `svc`'s tasks starts a flow Maglev balances back to
+    /// the task itself. That hairpin cannot work: the translated packet,
+    /// VIP:P → task:P, matches the client's own connected socket (task:P ↔
+    /// VIP:P) before the server's listening one, so the task would connect
+    /// to itself. Without translating the source port it cannot work, so
+    /// it is refused (`lb/hairpin_port`) rather than let the client talk to
+    /// itself. Balanced to another task, it works.
+    fn picks_itself(&mut self, svc: &Service, key: &FlowKey, p: &nat::L4, frame: &[u8]) -> bool {
+        let own = svc
+            .find(p.src)
+            .and_then(|i| svc.backends().get(usize::from(i)))
+            .is_some_and(|b| is_sender(b, p, frame));
+        if !own {
+            return false;
+        }
+        let (now, stats, lb) = (self.now, &*self.stats, &mut self.lb);
+        // A tracked flow keeps the backend it has (never the sender).
+        if let Some(ct) = lb.conntrack.as_mut() {
+            if lookup(ct, &mut lb.recent, key, now, stats).is_some() {
+                return false;
+            }
+        }
+        let hash = flow_hash(key.src, key.dst, key.proto, key.sport, key.dport);
+        svc.pick(hash).is_some_and(|(_, b)| is_sender(b, p, frame))
     }
 
     /// Writes a hairpinned `frame` to the port it came from.

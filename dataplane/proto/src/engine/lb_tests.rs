@@ -876,25 +876,46 @@ fn a_task_reaches_its_own_vip_through_a_hairpin() {
         assert_eq!(h.stat(Counter::LbReverseNat), 1);
         assert_eq!(h.drops(Drop::TapSamePort), 0);
 
-        // From the service's own port the reply's key is the request's:
-        // both ways still come back from the VIP, on one more flow.
-        back_to_a(
-            &mut h,
-            &tcp(A, vip_mac(ip(vip)), task, vip, 80, 80, Tcp::Syn),
-            80,
-            80,
+        // From the service's own port, balanced to itself, it would reach
+        // its own socket: refused with a reset from the VIP, no flow.
+        let same = tcp(A, vip_mac(ip(vip)), task, vip, 80, 80, Tcp::Syn);
+        let w = send_local(&mut h, 0, &same, false);
+        assert_eq!(w.len(), 1, "the reset");
+        let r = nat::parse(&w[0].1).unwrap();
+        assert_eq!(
+            (r.src, r.dst, r.tcp_flags & 0x04),
+            (ip(vip), ip(task), 0x04)
         );
-        for _ in 0..3 {
-            back_to_a(
-                &mut h,
-                &tcp(A, vip_mac(ip(vip)), task, vip, 80, 80, Tcp::SynAck),
-                80,
-                80,
-            );
-        }
-        assert_eq!(h.e.flows().count(), 2);
-        assert_eq!(h.stat(Counter::LbHairpin), 7);
+        assert_eq!(h.drops(Drop::LbHairpinPort), 1);
+        assert_eq!(h.e.flows().count(), 1);
     }
+}
+
+/// From the service's own port, a task's flow balanced to another task
+/// works; only one balanced to itself is refused. Which one Maglev picks
+/// depends on the VIP: over 20 VIPs, both happen.
+#[test]
+fn a_same_port_flow_is_refused_only_when_it_picks_the_sender() {
+    let (mut refused, mut sent) = (0, 0);
+    for last in 100..120u8 {
+        let vip = format!("10.0.0.{last}");
+        let mut h = Host::with(&[(vip.as_str(), &["10.0.0.2", "10.0.0.11"])]);
+        let syn = tcp(A, vip_mac(ip(&vip)), "10.0.0.2", &vip, 80, 80, Tcp::Syn);
+        match h.send(0, &syn) {
+            Some(to) => {
+                assert_eq!(to, ip("10.0.0.11"));
+                sent += 1;
+            }
+            None => {
+                assert_eq!(h.drops(Drop::LbHairpinPort), 1, "{vip}");
+                refused += 1;
+            }
+        }
+        // The same packet again decides the same way.
+        let again = h.send(0, &syn);
+        assert_eq!(again.is_some(), h.drops(Drop::LbHairpinPort) == 0, "{vip}");
+    }
+    assert!(refused > 0 && sent > 0, "refused {refused}, sent {sent}");
 }
 
 #[test]
