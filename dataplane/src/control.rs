@@ -953,6 +953,14 @@ impl Dataplane {
     fn network_del(&self, vni: Vni) -> R<()> {
         let declared = self.lock().networks.contains_key(&vni);
         self.edit_fdb(|f| {
+            // Checked first: a port outlives the service it led to.
+            if let Some(p) = f.published_ports().find(|p| p.vni == vni) {
+                return Err(ApiError::precondition(format!(
+                    "published {} port {} leads into VNI {vni}; unpublish it first (`vxnet dp port del`, see `vxnet dp ports`)",
+                    host_link::protocol(p.proto),
+                    p.port
+                )));
+            }
             let Some(t) = f.vni(vni) else {
                 if declared {
                     return Ok(());
@@ -966,18 +974,11 @@ impl Dataplane {
                     "VNI {vni} still has local endpoints; detach them first"
                 )));
             }
-            // Its services and published ports would outlive it (the
-            // control plane removes them first, too).
+            // Its services would outlive it (the control plane removes
+            // them first, too).
             if let Some(vip) = t.services.keys().next() {
                 return Err(ApiError::precondition(format!(
                     "VNI {vni} still has services (VIP {vip}); remove them first (`vxnet dp service del --vni {vni} --vip {vip}`, see `vxnet dp services`)"
-                )));
-            }
-            if let Some(p) = f.published_ports().find(|p| p.vni == vni) {
-                return Err(ApiError::precondition(format!(
-                    "published {} port {} leads into VNI {vni}; unpublish it first (`vxnet dp port del`, see `vxnet dp ports`)",
-                    host_link::protocol(p.proto),
-                    p.port
                 )));
             }
             if t.encrypted {

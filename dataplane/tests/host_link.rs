@@ -188,6 +188,51 @@ fn the_host_link_programs_only_its_own_table_and_removes_it() {
             )?;
             let (_, table) = nft(&["list", "table", "ip", "vxnet"]);
             assert!(!table.contains("5353"), "{table}");
+            // A network that holds nothing but a port's service: the port
+            // still keeps it after the service goes. A declared, empty
+            // network takes a host-mode port.
+            let v2 = Vni::new(5010).unwrap();
+            for vni in [v2, Vni::new(5011).unwrap()] {
+                call(
+                    &d,
+                    dp::NetworkAdd {
+                        vni,
+                        encrypted: false,
+                        gateways: Vec::new(),
+                        egress: false,
+                        ingress: false,
+                        flood: true,
+                        flood_rate: None,
+                        owner: Owner::User,
+                    },
+                )?;
+            }
+            let vip2 = "10.9.0.2".parse().unwrap();
+            let service2 = dp::ServiceSet {
+                vni: v2,
+                vip: vip2,
+                backends: Vec::new(),
+                owner: Owner::User,
+            };
+            call(&d, service2)?;
+            call(&d, port_to(v2, "10.9.0.2"))?;
+            call(&d, dp::ServiceDel { vni: v2, vip: vip2 })?;
+            let e = call(&d, dp::NetworkDel { vni: v2 }).unwrap_err();
+            assert!(e.contains("port 8080 leads into VNI 5010"), "{e}");
+            call(
+                &d,
+                dp::PortSet {
+                    protocol: PortProtocol::Tcp,
+                    published: 9096,
+                    target: 80,
+                    vni: Vni::new(5011).unwrap(),
+                    to: PortTo::Backends(vec![dp::BackendSpec {
+                        ip: "10.9.1.3".parse().unwrap(),
+                        mac: Some("02:42:0a:09:01:03".parse().unwrap()),
+                    }]),
+                    owner: Owner::User,
+                },
+            )?;
             call(&d, dp::HostLinkDel {})?;
             let (gone, _) = nft(&["list", "table", "ip", "vxnet"]);
             assert!(!gone, "the table is removed");

@@ -360,12 +360,16 @@ impl Dataplane {
         // networks and services before ports, and deletes ports first).
         {
             let st = self.lock();
-            let Some(table) = st.fdb.vni(req.vni) else {
+            // Declared, or holding something (its table may be empty).
+            let table = st.fdb.vni(req.vni);
+            if table.is_none() && !st.networks.contains_key(&req.vni) {
                 return Err(ApiError::precondition(format!(
                     "VNI {} is not a network here: add it first (`vxnet dp network add --vni {}`)",
                     req.vni, req.vni
                 )));
-            };
+            }
+            let empty = vxnet_proto::fdb::VniTable::default();
+            let table = table.unwrap_or(&empty);
             if let PortTo::Vip(vip) = req.to {
                 if table.ips.contains_key(&vip) {
                     return Err(ApiError::precondition(format!(
