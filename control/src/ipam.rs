@@ -105,11 +105,23 @@ pub fn check_subnet(subnet: &IpNet) -> Result<()> {
 
 /// Ranges no network may take: packets to or from them never pass as
 /// ordinary unicast (RFC 6890; RFC 4291 section 2.5.5.2 for IPv4-mapped,
-/// section 2.5.6 for link-local, which each interface has of its own).
-const RESERVED: [(&str, &str); 7] = [
+/// section 2.5.6 for link-local, which each interface has of its own),
+/// and 198.18.0.0/15 (RFC 2544), where the dataplanes' host links live
+/// (`DEFAULT_HOST_LINK_SUBNET`): a container there could take the mesh
+/// address.
+const RESERVED: [(&str, &str); 10] = [
     ("0.0.0.0/8", "\"this network\" (0.0.0.0/8)"),
     ("127.0.0.0/8", "loopback (127.0.0.0/8)"),
+    ("169.254.0.0/16", "link-local addresses (169.254.0.0/16)"),
+    (
+        "198.18.0.0/15",
+        "the range of vxnet's host links (198.18.0.0/15)",
+    ),
     ("224.0.0.0/4", "multicast (224.0.0.0/4)"),
+    (
+        "240.0.0.0/4",
+        "reserved addresses and the broadcast address (240.0.0.0/4)",
+    ),
     ("::/127", "the unspecified and loopback addresses (::/127)"),
     ("::ffff:0:0/96", "IPv4-mapped addresses (::ffff:0:0/96)"),
     ("fe80::/10", "link-local addresses (fe80::/10)"),
@@ -349,6 +361,10 @@ mod tests {
             ("ff02::/64", "multicast"),
             ("::/64", "unspecified"),
             ("0.0.0.0/0", "this network"),
+            ("169.254.1.0/24", "link-local"),
+            ("198.18.0.0/16", "host links"),
+            ("255.255.255.0/24", "broadcast"),
+            ("240.0.0.0/24", "reserved"),
         ] {
             let e = check_subnet(&net(bad)).unwrap_err().to_string();
             assert!(
