@@ -106,6 +106,8 @@ fn the_host_link_programs_only_its_own_table_and_removes_it() {
                     owner: Owner::User,
                 },
             )?;
+            let e = call(&d, port_to(vni, "0.0.0.0")).unwrap_err();
+            assert!(e.contains("cannot be a VIP"), "{e}");
             let e = call(&d, port_to(vni, "10.0.0.9")).unwrap_err();
             assert!(
                 e.contains("an endpoint's address on VNI 4096, not a service VIP"),
@@ -216,6 +218,16 @@ fn the_host_link_programs_only_its_own_table_and_removes_it() {
             };
             call(&d, service2)?;
             call(&d, port_to(v2, "10.9.0.2"))?;
+            let to_vip = dp::PortSet {
+                published: 9097,
+                to: PortTo::Backends(vec![dp::BackendSpec {
+                    ip: vip2,
+                    mac: Some("02:42:0a:09:00:02".parse().unwrap()),
+                }]),
+                ..port_to(v2, "10.9.0.2")
+            };
+            let e = call(&d, to_vip).unwrap_err();
+            assert!(e.contains("backend 10.9.0.2 is a service VIP"), "{e}");
             call(&d, dp::ServiceDel { vni: v2, vip: vip2 })?;
             let e = call(&d, dp::NetworkDel { vni: v2 }).unwrap_err();
             assert!(e.contains("port 8080 leads into VNI 5010"), "{e}");

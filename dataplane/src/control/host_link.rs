@@ -370,7 +370,20 @@ impl Dataplane {
             }
             let empty = vxnet_proto::fdb::VniTable::default();
             let table = table.unwrap_or(&empty);
+            if let PortTo::Backends(bs) = &req.to {
+                if let Some(b) = bs.iter().find(|b| table.services.contains_key(&b.ip)) {
+                    return Err(ApiError::invalid(format!(
+                        "backend {} is a service VIP on VNI {}: give it as --vip, or give the tasks' addresses as backends",
+                        b.ip, req.vni
+                    )));
+                }
+            }
             if let PortTo::Vip(vip) = req.to {
+                if !vxnet_api::dp::is_host_address(vip) || vip.is_loopback() {
+                    return Err(ApiError::invalid(format!(
+                        "{vip} cannot be a VIP: give the service's VIP (`vxnet dp services`)"
+                    )));
+                }
                 if table.ips.contains_key(&vip) {
                     return Err(ApiError::precondition(format!(
                         "{vip} is an endpoint's address on VNI {}, not a service VIP: give the VIP (`vxnet dp services`), or --backend {vip} for host mode",

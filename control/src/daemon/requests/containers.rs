@@ -397,13 +397,13 @@ where
                 let desired = rt.desired_override.unwrap_or(self.resolve(&c.id)?.desired);
                 if desired != DesiredState::Stopped {
                     let what = if desired == DesiredState::Running {
-                        "started again"
+                        format!("started again; see `vxnet container inspect {}`", c.name)
                     } else {
-                        "removed"
+                        "removed".to_owned()
                     };
                     return Err(ApiError::precondition(format!(
-                        "container {} was {what} by another request while it stopped; see `vxnet container inspect {}`",
-                        c.name, c.name
+                        "container {} was {what} by another request while it stopped",
+                        c.name
                     )));
                 }
                 let left = deadline.saturating_duration_since(Instant::now());
