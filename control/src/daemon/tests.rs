@@ -958,6 +958,31 @@ fn a_stop_overtaken_by_a_start_says_so() {
     assert_eq!(state(), ContainerState::Running);
 }
 
+/// A trace to any name of a stopped container (its name, short ID or
+/// `NAME.NETWORK`) says it is stopped, though DNS no longer has it.
+#[test]
+fn a_trace_to_a_stopped_containers_names_says_it_is_stopped() {
+    let n = node();
+    n.init();
+    n.net("tnet");
+    let c1 = n.run("c1", &["tnet"], &["sleep", "600"]);
+    n.run("c2", &["tnet"], &["sleep", "600"]);
+    n.ok(ctl::ContainerStop {
+        container: "c1".into(),
+        timeout_secs: Some(0),
+    });
+    for to in ["c1", "C1", &c1.id[..12], "c1.tnet"] {
+        let e = n.err(trace_of_icmp("c2", to));
+        assert_eq!(e.code, ErrorCode::FailedPrecondition, "{to}: {e}");
+        assert!(
+            e.message.contains("container c1 on host1 is stopped"),
+            "{to}: {e}"
+        );
+    }
+    let e = n.err(trace_of_icmp("c2", "c9"));
+    assert_eq!(e.code, ErrorCode::NotFound, "{e}");
+}
+
 /// A trace to the source's own address, or to a mistyped address, is
 /// refused with what is wrong, before anything is traced.
 #[test]

@@ -523,6 +523,7 @@ where
                 .or_else(|| r.resolve(&name, &on, IpAddr::is_ipv6))
         });
         let Some(ip) = found.and_then(|v| v.first().copied()) else {
+            let networks = self.store.list::<Network>().map_err(internal)?;
             // A stopped container's names answer only while it runs.
             let stopped = self
                 .store
@@ -531,8 +532,10 @@ where
                 .into_iter()
                 .find(|c| {
                     c.desired == crate::model::DesiredState::Stopped
-                        && c.name.eq_ignore_ascii_case(&name)
-                        && c.attachments.iter().any(|a| nets.contains(&a.network))
+                        && c.attachments
+                            .iter()
+                            .filter(|a| nets.contains(&a.network))
+                            .any(|a| answers_for(c, a, &name, &networks))
                 });
             if let Some(c) = stopped {
                 return Err(ApiError::precondition(format!(
@@ -647,6 +650,32 @@ fn rename_namespaces(r: &mut TraceReport, names: &BTreeMap<String, String>) {
                 .join(" ");
         }
     }
+}
+
+/// Whether `name` (normalised) is one the embedded DNS gives `c` on its
+/// attachment `a` while it runs: its name, an alias, its short ID, each
+/// also as `NAME.NETWORK` (as `reconcile::names` registers them).
+fn answers_for(
+    c: &Container,
+    a: &crate::model::Attachment,
+    name: &str,
+    networks: &[Network],
+) -> bool {
+    let net = networks
+        .iter()
+        .find(|n| n.id == a.network)
+        .map(|n| n.name.to_ascii_lowercase());
+    let bare = match &net {
+        Some(n) => name
+            .strip_suffix(n.as_str())
+            .and_then(|s| s.strip_suffix('.'))
+            .unwrap_or(name),
+        None => name,
+    };
+    std::iter::once(c.name.as_str())
+        .chain(a.aliases.iter().map(String::as_str))
+        .chain(c.id.get(..12))
+        .any(|n| n.eq_ignore_ascii_case(bare))
 }
 
 #[cfg(test)]
