@@ -255,7 +255,7 @@ impl Ctx {
             }
         );
         if is_sender(backend, &p, frame) {
-            return self.hairpin(&p, backend.mac, port, hdr, frame, out);
+            return self.hairpin(&p, port, hdr, frame, out);
         }
         if nat::rewrite(frame, &p, Side::Dst, backend.ip, None, hdr.needs_csum()).is_err() {
             self.stats.dropped(Drop::LbMalformed);
@@ -279,25 +279,17 @@ impl Ctx {
     fn hairpin(
         &mut self,
         p: &nat::L4,
-        mac: MacAddr,
         port: PortId,
         hdr: &VnetHdr,
         frame: &mut [u8],
         out: &mut Outputs,
     ) -> Vip {
-        let partial = hdr.needs_csum();
-        // Swapped: the client is the backend, the VIP the new source.
-        if nat::rewrite(frame, p, Side::Src, p.dst, None, partial).is_err()
-            || nat::rewrite(frame, p, Side::Dst, p.src, None, partial).is_err()
-        {
-            self.stats.dropped(Drop::LbMalformed);
-            return Vip::Done;
+        let vip = p.dst;
+        if self.reflect(vip, p, frame, hdr) {
+            self.stats.inc(Counter::LbDnat);
+            note!(self.rec, Note::Hairpin { vip });
+            self.send_back(port, hdr, frame, out);
         }
-        nat::set_src_mac(frame, vip_mac(p.dst));
-        nat::set_dst_mac(frame, mac);
-        self.stats.inc(Counter::LbDnat);
-        note!(self.rec, Note::Hairpin { vip: p.dst });
-        self.send_back(port, hdr, frame, out);
         Vip::Done
     }
 
@@ -329,22 +321,31 @@ impl Ctx {
         }
         let vip = ct.flow(id).key.dst;
         note!(self.rec, Note::ReverseNat { vip });
+        if self.reflect(vip, p, frame, hdr) {
+            self.stats.inc(Counter::LbReverseNat);
+            self.send_back(port, hdr, frame, out);
+        }
+        true
+    }
+
+    /// Turns packet `p` of a task (parsed from `frame`) around for a
+    /// hairpin, either way: from `vip` to the task's own address and MAC
+    /// (its source's), checksums fixed. False when the frame is malformed
+    /// (counted).
+    fn reflect(&mut self, vip: IpAddr, p: &nat::L4, frame: &mut [u8], hdr: &VnetHdr) -> bool {
+        let partial = hdr.needs_csum();
         let Some(task_mac) = MacAddr::src_of(frame) else {
             self.stats.dropped(Drop::LbMalformed);
-            return true;
+            return false;
         };
-        let partial = hdr.needs_csum();
-        // Swapped back: from the VIP, to the task's own address.
         if nat::rewrite(frame, p, Side::Src, vip, None, partial).is_err()
             || nat::rewrite(frame, p, Side::Dst, p.src, None, partial).is_err()
         {
             self.stats.dropped(Drop::LbMalformed);
-            return true;
+            return false;
         }
         nat::set_src_mac(frame, vip_mac(vip));
         nat::set_dst_mac(frame, task_mac);
-        self.stats.inc(Counter::LbReverseNat);
-        self.send_back(port, hdr, frame, out);
         true
     }
 
