@@ -379,9 +379,9 @@ impl Dataplane {
                 }
             }
             if let PortTo::Vip(vip) = req.to {
-                if !vxnet_api::dp::is_host_address(vip) || vip.is_loopback() {
+                if let Some(what) = vxnet_api::trace::not_unicast(vip) {
                     return Err(ApiError::invalid(format!(
-                        "{vip} cannot be a VIP: give the service's VIP (`vxnet dp services`)"
+                        "{vip} is {what}: it cannot be a VIP; give the service's VIP (`vxnet dp services`)"
                     )));
                 }
                 if table.ips.contains_key(&vip) {
