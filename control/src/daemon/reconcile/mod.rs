@@ -58,6 +58,13 @@ fn removal_grace(c: &Container, rt: &Runtime) -> u64 {
     }
 }
 
+/// Whether the command of `rt`, sent SIGTERM, still has time left of
+/// `grace` seconds at `now_ms` (before SIGKILL).
+fn in_grace(rt: &Runtime, grace: u64, now_ms: u64) -> bool {
+    rt.term_sent_ms
+        .is_some_and(|t| now_ms.saturating_sub(t) < grace.saturating_mul(1000))
+}
+
 /// The reconciler of one host.
 pub struct Reconciler<S, D, H> {
     d: Arc<Daemon<S, D>>,
@@ -609,9 +616,7 @@ where
                 self.host.terminate_group(pid);
                 rt.term_sent_ms = Some(now);
             }
-            Some(t) if now.saturating_sub(t) >= grace.saturating_mul(1000) => {
-                self.host.kill_group(pid)
-            }
+            Some(_) if !in_grace(rt, grace, now) => self.host.kill_group(pid),
             Some(_) => {}
         }
     }
@@ -698,17 +703,13 @@ where
     /// Removes what is left of a removed container (its endpoints are gone
     /// already) and then its records: on a manager the container record
     /// too (releasing its addresses), on a worker only once the manager
-    /// has been told ([`Runtime::removed`], the agent's job).
-    /// Removes `c` once its process has ended: true when removed, false
-    /// while a task's command still has time left after its SIGTERM.
+    /// has been told ([`Runtime::removed`], the agent's job). True when
+    /// removed; false while a task's command still has time left after
+    /// its SIGTERM.
     fn finish_removal(&self, c: &Container, rt: &Runtime) -> Result<bool, String> {
         if let Some(pid) = rt.pid.filter(|_| !rt.ended) {
             if self.host.exit(pid) == Exit::Running {
-                let grace_ms = removal_grace(c, rt).saturating_mul(1000);
-                if rt
-                    .term_sent_ms
-                    .is_some_and(|t| unix_ms().saturating_sub(t) < grace_ms)
-                {
+                if in_grace(rt, removal_grace(c, rt), unix_ms()) {
                     return Ok(false);
                 }
                 self.host.kill_group(pid);
