@@ -212,11 +212,13 @@ where
                 // Its host withdrew the endpoint because it was stopped:
                 // that is the fix, wherever the packet ends up dropped (no
                 // peer here, or flooded and unknown there).
-                let host_down = self
-                    .store
-                    .get::<Node>(&owner.node)
-                    .map_err(internal)?
-                    .is_some_and(|n| n.status == crate::model::NodeStatus::Down);
+                let host_down = || -> ApiResult<bool> {
+                    Ok(self
+                        .store
+                        .get::<Node>(&owner.node)
+                        .map_err(internal)?
+                        .is_some_and(|n| n.status == crate::model::NodeStatus::Down))
+                };
                 if owner.desired == crate::model::DesiredState::Stopped {
                     owner_fix = Some(format!(
                         "container {} on {} is stopped: start it with `vxnet container start {}`",
@@ -224,7 +226,7 @@ where
                         self.hostname_of(&owner.node),
                         owner.name
                     ));
-                } else if host_down {
+                } else if host_down()? {
                     owner_fix = Some(format!(
                         "container {}'s host {} is Down (`vxnet node ls`): bring the host back; a service's tasks are started elsewhere on their own",
                         owner.name,
@@ -653,8 +655,10 @@ fn rename_namespaces(r: &mut TraceReport, names: &BTreeMap<String, String>) {
 }
 
 /// Whether `name` (normalised) is one the embedded DNS gives `c` on its
-/// attachment `a` while it runs: its name, an alias, its short ID, each
-/// also as `NAME.NETWORK` (as `reconcile::names` registers them).
+/// attachment `a` while it runs ([`own_names`], each also as
+/// `NAME.NETWORK`).
+///
+/// [`own_names`]: super::reconcile::names::own_names
 fn answers_for(
     c: &Container,
     a: &crate::model::Attachment,
@@ -672,10 +676,7 @@ fn answers_for(
             .unwrap_or(name),
         None => name,
     };
-    std::iter::once(c.name.as_str())
-        .chain(a.aliases.iter().map(String::as_str))
-        .chain(c.id.get(..12))
-        .any(|n| n.eq_ignore_ascii_case(bare))
+    super::reconcile::names::own_names(c, a).any(|(n, _)| n.eq_ignore_ascii_case(bare))
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use std::net::IpAddr;
 
 use crate::daemon::gossip::GossipView;
 use crate::dns::{DnsEntry, EntryKind};
-use crate::model::{Container, DesiredState, EndpointMode, Network, Service};
+use crate::model::{Attachment, Container, DesiredState, EndpointMode, Network, Service};
 
 /// (network id, address) of every live task endpoint.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -55,6 +55,22 @@ impl Live {
     }
 }
 
+/// The names container `c` answers to on its attachment `a` (each also
+/// as `NAME.NETWORK`): its own name, a standalone container's aliases,
+/// and its short ID, as Docker registers them.
+pub fn own_names<'a>(
+    c: &'a Container,
+    a: &'a Attachment,
+) -> impl Iterator<Item = (&'a str, EntryKind)> + 'a {
+    // A task's aliases are its service's: they answer like the service
+    // name (the VIP), in `dns_entries` (Docker's svcAliases).
+    let aliases = a.aliases.iter().filter(|_| c.task.is_none());
+    std::iter::once((c.name.as_str(), EntryKind::Container))
+        .chain(aliases.map(|n| (n.as_str(), EntryKind::Alias)))
+        // Docker also answers a container's short id.
+        .chain(c.id.get(..12).map(|short| (short, EntryKind::Alias)))
+}
+
 /// The DNS table of the networks in `networks` (those used here), and
 /// their names (for `NAME.NETWORK`).
 pub fn dns_entries(
@@ -78,17 +94,8 @@ pub fn dns_entries(
                 continue;
             };
             for ip in a.ips() {
-                push(&net.id, &c.name, ip, EntryKind::Container);
-                // A task's aliases are its service's: they answer like the
-                // service name (the VIP), below (Docker's svcAliases).
-                if c.task.is_none() {
-                    for alias in &a.aliases {
-                        push(&net.id, alias, ip, EntryKind::Alias);
-                    }
-                }
-                // Docker also answers a container's short id.
-                if let Some(short) = c.id.get(..12) {
-                    push(&net.id, short, ip, EntryKind::Alias);
+                for (name, kind) in own_names(c, a) {
+                    push(&net.id, name, ip, kind);
                 }
             }
         }
