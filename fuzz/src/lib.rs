@@ -320,18 +320,23 @@ fn lb_hairpin(data: &[u8], p: &nat::L4, client: MacAddr, valid: bool) {
     if !tcp_udp {
         return;
     }
-    let q = nat::parse(there).expect("the hairpinned frame parses");
-    assert_eq!(
-        (q.src, q.dst, q.sport, q.dport),
-        (vip, p.src, p.sport, p.dport)
-    );
-    assert_eq!(MacAddr::src_of(there), Some(vip_mac));
-    if valid {
-        assert!(
-            l4_checksum_ok(there, &q),
-            "the hairpin broke a valid checksum"
+    // Both ways, what reaches the task comes from the VIP to the task's
+    // own address and MAC, on the given ports, its checksums kept.
+    let from_vip = |f: &[u8], sport: u16, dport: u16, what: &str| {
+        let q = nat::parse(f).unwrap_or_else(|e| panic!("{what}: {e:?}"));
+        assert_eq!(
+            (q.src, q.dst, q.sport, q.dport),
+            (vip, p.src, sport, dport),
+            "{what}"
         );
-    }
+        assert_eq!(MacAddr::src_of(f), Some(vip_mac), "{what}");
+        assert_eq!(MacAddr::dst_of(f), Some(client), "{what}");
+        if valid {
+            assert!(l4_checksum_ok(f, &q), "{what} broke a valid checksum");
+        }
+        q
+    };
+    let q = from_vip(there, p.sport, p.dport, "the hairpin");
     // The task answers the VIP, from the port it was asked on.
     let mut reply = there.clone();
     nat::rewrite(&mut reply, &q, Side::Src, q.dst, Some(q.dport), false).expect("same family");
@@ -343,18 +348,7 @@ fn lb_hairpin(data: &[u8], p: &nat::L4, client: MacAddr, valid: bool) {
     let [back] = &back[..] else {
         panic!("the reply of a hairpin flow went nowhere")
     };
-    let b = nat::parse(back).expect("parses");
-    assert_eq!(
-        (b.src, b.dst, b.sport, b.dport),
-        (vip, p.src, p.dport, p.sport)
-    );
-    assert_eq!(MacAddr::dst_of(back), Some(client));
-    if valid {
-        assert!(
-            l4_checksum_ok(back, &b),
-            "the reply's translation broke a valid checksum"
-        );
-    }
+    from_vip(back, p.dport, p.sport, "the reply's translation");
 }
 
 /// The routing mesh's node: ingress network 4096 (gateway 10.0.0.1, this
